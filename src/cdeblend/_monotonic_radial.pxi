@@ -1,0 +1,1 @@
+def _radial_placeholder(): return 2

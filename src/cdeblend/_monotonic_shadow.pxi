@@ -1,0 +1,1 @@
+def _shadow_placeholder(): return 1

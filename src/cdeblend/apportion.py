@@ -1,0 +1,127 @@
+"""Flux re-apportioning: split an observed image among children by their templates' shares.
+
+Both deblenders end here. Each child ``i`` has a template ``T_i`` (a symmetric, PSF or
+monotonic template in the single-band deblender; a source's model convolved to the observed
+PSF in the multi-band one) on its own box. Its *conserved* image is
+
+    conserved_i = image * max(0, T_i) / sum_j max(0, T_j)
+
+wherever the sum is positive (and the pixel is in the parent footprint), so that the
+children add up to the image exactly there, noise included. Pixels that no template claims
+are the parent's *stray flux*; the single-band deblender can hand them out by a rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import _apportion_cy
+
+__all__ = ["FlatStack", "apportion_flux"]
+
+
+class FlatStack:
+    """Per-child arrays of shape (B, h_i, w_i), each on its own box, stored in one buffer.
+
+    Parameters
+    ----------
+    flat : numpy.ndarray
+        1-D float32 or float64 buffer: row ``i`` is ``B * h_i * w_i`` values in C order.
+    boxes : numpy.ndarray
+        (N, 4) int64 ``(y0, x0, h, w)`` in the image frame.
+    bands : int
+        Number of bands B.
+    """
+
+    def __init__(self, flat: np.ndarray, boxes: np.ndarray, bands: int) -> None:
+        self.flat = flat
+        self.boxes = np.ascontiguousarray(boxes, dtype=np.int64).reshape(-1, 4)
+        self.bands = int(bands)
+        sizes = self.bands * self.boxes[:, 2] * self.boxes[:, 3]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        if self.offsets[-1] != flat.size:
+            raise ValueError(f"flat buffer has {flat.size} values, boxes need {self.offsets[-1]}")
+
+    @classmethod
+    def from_arrays(
+        cls,
+        arrays: Sequence[np.ndarray],
+        boxes: Sequence[Sequence[int]] | np.ndarray,
+        dtype: type | np.dtype = np.float64,
+        bands: int | None = None,
+    ) -> FlatStack:
+        """Pack a list of (h, w) or (B, h, w) arrays with their boxes.
+
+        ``bands`` is needed only for an empty list (it is read off the arrays otherwise).
+        """
+        boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+        if len(arrays) != len(boxes):
+            raise ValueError(f"got {len(arrays)} arrays but {len(boxes)} boxes")
+        if len(arrays) == 0:
+            return cls(np.zeros(0, dtype=dtype), boxes, 1 if bands is None else bands)
+        arrs = [np.asarray(a) for a in arrays]
+        bands = 1 if arrs[0].ndim == 2 else arrs[0].shape[0]
+        for i, (a, box) in enumerate(zip(arrs, boxes, strict=True)):
+            want = (bands, int(box[2]), int(box[3]))
+            if a.reshape((-1,) + a.shape[-2:]).shape != want:
+                raise ValueError(f"array {i} has shape {a.shape}, its box needs {want}")
+        flat = np.concatenate([a.astype(dtype, copy=False).ravel() for a in arrs])
+        return cls(flat, boxes, bands)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def get(self, i: int) -> np.ndarray:
+        """Row ``i`` as a (B, h, w) view."""
+        _, _, h, w = self.boxes[i]
+        return self.flat[self.offsets[i] : self.offsets[i + 1]].reshape(self.bands, h, w)
+
+
+def apportion_flux(
+    image: np.ndarray, templates: FlatStack, mask: np.ndarray | None = None
+) -> tuple[FlatStack, np.ndarray]:
+    """Re-apportion ``image`` among the children whose templates are ``templates``.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (B, H, W) or (H, W) observed image, float32 or float64 (the templates' dtype).
+    templates : FlatStack
+        One (B, h, w) template per child, in the image frame. Negative values count as 0.
+    mask : numpy.ndarray, optional
+        (H, W) bool: the parent footprint. Pixels outside it go to no child.
+
+    Returns
+    -------
+    conserved : FlatStack
+        The children's conserved images on the templates' boxes (0 outside the image).
+    tsum : numpy.ndarray
+        (B, H, W) float64 sum of the clipped templates inside the mask.
+    """
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[None]
+    if img.ndim != 3:
+        raise ValueError(f"image must be (B, H, W) or (H, W), got shape {np.shape(image)}")
+    if img.shape[0] != templates.bands:
+        raise ValueError(f"image has {img.shape[0]} bands, templates have {templates.bands}")
+    dtype = templates.flat.dtype
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"templates must be float32 or float64, got {dtype}")
+    img = np.ascontiguousarray(img, dtype=dtype)
+    B, H, W = img.shape
+    if mask is None:
+        mask_u8 = np.ones((H, W), dtype=np.uint8)
+    else:
+        mask = np.asarray(mask)
+        if mask.shape != (H, W):
+            raise ValueError(f"mask has shape {mask.shape}, the image is {(H, W)}")
+        mask_u8 = np.ascontiguousarray(mask != 0, dtype=np.uint8)
+    flat = np.ascontiguousarray(templates.flat)
+    tsum = np.zeros((B, H, W), dtype=np.float64)
+    _apportion_cy.template_sum(flat, templates.offsets, templates.boxes, mask_u8, tsum)
+    out = np.empty_like(flat)
+    _apportion_cy.apportion(img, tsum, flat, templates.offsets, templates.boxes, mask_u8, out)
+    return FlatStack(out, templates.boxes, templates.bands), tsum
