@@ -1,1 +1,265 @@
-"""Placeholder: filled in by its issue."""
+"""Pictures of blends: Lupton-style colour images and per-source panels.
+
+The colour mapping (:func:`lupton_rgb`) is plain numpy so that it works without optional
+dependencies; the figures need matplotlib (``pip install cdeblend[plot]``) and are written
+as PNG files. Every function returns the matplotlib ``Figure`` so that notebooks can show it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - only for type hints
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "lupton_rgb",
+    "plot_blend",
+    "plot_loss",
+    "plot_panels",
+    "plot_single_band_child",
+    "plot_source_panels",
+    "rgb_bands",
+]
+
+
+def _pyplot() -> Any:
+    """Import matplotlib with a non-interactive backend, or explain how to get it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "cdeblend's figures need matplotlib: pip install 'cdeblend[plot]'"
+        ) from err
+    return plt
+
+
+def rgb_bands(n_bands: int) -> tuple[int, int, int]:
+    """Indices of the (red, green, blue) bands for ``n_bands`` bands ordered blue to red.
+
+    With three to five bands (gri, griz, grizy) the first three are used, and with six or
+    more (ugrizy) the u band is skipped, so that the colour image is the familiar g, r, i
+    composite. One band gives a grey image; two bands use the redder one for red and green.
+    """
+    if n_bands < 1:
+        raise ValueError(f"n_bands must be positive, got {n_bands}")
+    if n_bands == 1:
+        return (0, 0, 0)
+    if n_bands == 2:
+        return (1, 1, 0)
+    blue = 1 if n_bands >= 6 else 0
+    return (blue + 2, blue + 1, blue)
+
+
+def lupton_rgb(
+    images: np.ndarray,
+    channels: Sequence[int] | None = None,
+    stretch: float | None = None,
+    q: float = 8.0,
+    minimum: float = 0.0,
+) -> np.ndarray:
+    """Map a (B, H, W) image to an (H, W, 3) uint8 colour image (Lupton et al. 2004).
+
+    The asinh stretch acts on the mean intensity ``I`` of the three channels, and each
+    channel is scaled by the same factor ``asinh(q (I - minimum) / stretch) / (q I)``, so
+    colours are preserved for bright sources instead of saturating to white.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        (B, H, W) images, ordered blue to red, or (H, W) for a grey image.
+    channels : sequence of int, optional
+        Band indices for red, green and blue; by default :func:`rgb_bands`.
+    stretch : float, optional
+        Linear range of the stretch; by default the 99.5th percentile of the positive
+        mean intensity divided by ``q`` (so bright cores do not all clip).
+    q : float
+        Softening of the asinh stretch.
+    minimum : float
+        Intensity mapped to black.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W, 3) uint8 image; row 0 is the bottom row when shown with ``origin="lower"``.
+    """
+    arr = np.asarray(images, dtype=np.float64)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"images must be (B, H, W) or (H, W), got shape {np.shape(images)}")
+    if channels is None:
+        channels = rgb_bands(arr.shape[0])
+    if len(channels) != 3:
+        raise ValueError(f"channels must name three bands (red, green, blue), got {channels}")
+    rgb = np.stack([arr[int(c)] for c in channels], axis=-1)
+    rgb = np.where(np.isfinite(rgb), rgb, 0.0) - minimum
+    intensity = rgb.mean(axis=-1)
+    if stretch is None:
+        positive = intensity[intensity > 0]
+        stretch = float(np.percentile(positive, 99.5)) / q if positive.size else 1.0
+        stretch = stretch if stretch > 0 else 1.0
+    if not stretch > 0:
+        raise ValueError(f"stretch must be positive, got {stretch}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = np.where(intensity > 0, np.arcsinh(q * intensity / stretch) / (q * intensity), 0.0)
+    scaled = rgb * factor[..., None]
+    # Keep the hue of saturated pixels: divide by the largest channel where it exceeds 1.
+    peak = scaled.max(axis=-1, keepdims=True)
+    scaled = np.where(peak > 1, scaled / np.where(peak > 0, peak, 1), scaled)
+    return (np.clip(scaled, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _finish(fig: Figure, path: str | Path | None) -> Figure:
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_panels(
+    panels: Sequence[np.ndarray],
+    titles: Sequence[str],
+    path: str | Path | None = None,
+    peaks: np.ndarray | None = None,
+    suptitle: str | None = None,
+    panel_size: float = 3.0,
+) -> Figure:
+    """Show a row of images (grey (H, W) or colour (H, W, 3)) side by side.
+
+    Grey panels share one symmetric, asinh-like colour scale so that residuals of opposite
+    sign are visible; colour panels are shown as they are.
+    """
+    plt = _pyplot()
+    if len(panels) != len(titles):
+        raise ValueError(f"got {len(panels)} panels but {len(titles)} titles")
+    fig, axes = plt.subplots(1, len(panels), figsize=(panel_size * len(panels), panel_size + 0.4))
+    axes = np.atleast_1d(axes)
+    grey = [np.asarray(p) for p in panels if np.asarray(p).ndim == 2]
+    vmax = max((float(np.max(np.abs(p))) for p in grey), default=1.0) or 1.0
+    for ax, panel, title in zip(axes, panels, titles, strict=True):
+        panel = np.asarray(panel)
+        if panel.ndim == 2:
+            from matplotlib.colors import AsinhNorm
+
+            norm = AsinhNorm(linear_width=vmax / 50, vmin=-vmax, vmax=vmax)
+            ax.imshow(panel, origin="lower", cmap="RdGy_r", norm=norm, interpolation="nearest")
+        else:
+            ax.imshow(panel, origin="lower", interpolation="nearest")
+        if peaks is not None:
+            for k, (py, px) in enumerate(np.asarray(peaks).reshape(-1, 2)):
+                ax.text(px, py, str(k), color="cyan", ha="center", va="center", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def plot_blend(
+    images: np.ndarray,
+    peaks: np.ndarray | None = None,
+    path: str | Path | None = None,
+    channels: Sequence[int] | None = None,
+    title: str = "blend",
+) -> Figure:
+    """Colour image of a blend with its peaks numbered (the seed's ``colorBlend`` figure)."""
+    rgb = lupton_rgb(images, channels=channels)
+    return plot_panels([rgb], [title], path=path, peaks=peaks, panel_size=5.0)
+
+
+def plot_single_band_child(
+    image: np.ndarray,
+    template: np.ndarray,
+    conserved: np.ndarray,
+    path: str | Path | None = None,
+    peak: Sequence[int] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Panels for one single-band child: image, template, image - template, conserved image.
+
+    All arrays are (H, W) on the parent frame.
+    """
+    image = np.asarray(image)
+    template = np.asarray(template)
+    conserved = np.asarray(conserved)
+    peaks = None if peak is None else np.asarray(peak).reshape(1, 2)
+    return plot_panels(
+        [image, template, image - template, conserved],
+        ["image", "template", "image - template", "conserved"],
+        path=path,
+        peaks=peaks,
+        suptitle=title,
+    )
+
+
+def plot_source_panels(
+    images: np.ndarray,
+    model: np.ndarray,
+    total_model: np.ndarray,
+    conserved: np.ndarray,
+    path: str | Path | None = None,
+    peak: Sequence[int] | None = None,
+    title: str | None = None,
+    channels: Sequence[int] | None = None,
+) -> Figure:
+    """The seed's per-source panels for a multi-band model.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        (B, H, W) observation.
+    model : numpy.ndarray
+        (B, H, W) this source's model convolved to the observed PSFs.
+    total_model : numpy.ndarray
+        (B, H, W) the whole blend's convolved model (for the residual).
+    conserved : numpy.ndarray
+        (B, H, W) this source's re-apportioned (conserved) image.
+    """
+    images = np.asarray(images, dtype=np.float64)
+    if channels is None:
+        channels = rgb_bands(images.shape[0])
+    # One stretch for every panel so that they can be compared by eye.
+    intensity = np.stack([images[c] for c in channels]).mean(axis=0)
+    positive = intensity[intensity > 0]
+    stretch = float(np.percentile(positive, 99.5)) / 8.0 if positive.size else 1.0
+    stretch = stretch if stretch > 0 else 1.0
+    panels = [
+        lupton_rgb(images, channels, stretch=stretch),
+        lupton_rgb(model, channels, stretch=stretch),
+        lupton_rgb(images - total_model, channels, stretch=stretch),
+        lupton_rgb(conserved, channels, stretch=stretch),
+    ]
+    peaks = None if peak is None else np.asarray(peak).reshape(1, 2)
+    return plot_panels(
+        panels,
+        ["observation", "model", "residual (all sources)", "re-apportioned"],
+        path=path,
+        peaks=peaks,
+        suptitle=title,
+    )
+
+
+def plot_loss(
+    loss_history: Sequence[float], path: str | Path | None = None, title: str = "loss"
+) -> Figure:
+    """Loss per iteration, on a log scale when it stays positive."""
+    plt = _pyplot()
+    loss = np.asarray(loss_history, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(np.arange(len(loss)), loss, marker=".")
+    if loss.size and np.all(loss > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("0.5 sum w (I - model)^2")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _finish(fig, path)
