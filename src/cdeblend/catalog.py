@@ -996,4 +996,6 @@ def read_catalog(path: str | Path) -> Any:
         from astropy.table import Table
     except ImportError as exc:  # pragma: no cover - exercised only without astropy
         raise ImportError("reading a catalog needs astropy: pip install cdeblend[io]") from exc
-    return Table.read(Path(path), format="fits")
+    table = Table.read(Path(path), format="fits")
+    table.convert_bytestring_to_unicode()  # FITS strings come back as bytes
+    return table
