@@ -359,7 +359,11 @@ def difference_kernels(psfs: np.ndarray, model_psf: np.ndarray, padding: int = 3
 def convolve_bands(model: np.ndarray, diff_kernels: np.ndarray) -> np.ndarray:
     """Convolve each band of a (B, H, W) model with its (odd-sized) kernel, same size output.
 
-    ``out_b(p) = sum_k K_b(k) model_b(p - k)`` with zeros outside the array (spec 1.5).
+    ``out_b(p) = sum_k K_b(k) model_b(p - k)`` with zeros outside the array (spec 1.5),
+    computed with FFTs. Pixels outside the exact support of the convolution (no non-zero
+    model pixel under a non-zero kernel tap) are set to exactly 0: the FFT leaves ~1e-16
+    noise there, which would otherwise hand such pixels to the wrong child when the image
+    is re-apportioned (the reason the reference re-apportions in real space).
     """
     from scipy.signal import fftconvolve
 
@@ -372,6 +376,11 @@ def convolve_bands(model: np.ndarray, diff_kernels: np.ndarray) -> np.ndarray:
     if k.shape[1] % 2 == 0 or k.shape[2] % 2 == 0:
         raise ValueError(f"diff_kernels must have odd sizes, got {k.shape[1:]}")
     out = fftconvolve(model, k.astype(model.dtype, copy=False), mode="same", axes=(1, 2))
+    # support: counts of (model != 0) x (kernel != 0) pairs; integers, so > 0.5 is exact
+    support = fftconvolve(
+        (model != 0).astype(np.float64), (k != 0).astype(np.float64), mode="same", axes=(1, 2)
+    )
+    out[support < 0.5] = 0
     return out.astype(model.dtype, copy=False)
 
 
@@ -568,18 +577,18 @@ class ModelData:
         hy, hx = kernels.shape[1] // 2, kernels.shape[2] // 2
         templates, boxes = [], []
         for src in bd.sources:
-            if not src.components:
-                templates.append(np.zeros((nb, 0, 0), dtype=dtype))
-                boxes.append((0, 0, 0, 0))
+            if not src.components:  # a null source: a zero template claims no pixel
+                templates.append(np.zeros((nb, 1, 1), dtype=dtype))
+                boxes.append((0, 0, 1, 1))
                 continue
             sy0 = min(c.box[0] for c in src.components) - hy - y0
             sx0 = min(c.box[1] for c in src.components) - hx - x0
             sy1 = max(c.box[0] + c.box[2] for c in src.components) + hy - y0
             sx1 = max(c.box[1] + c.box[3] for c in src.components) + hx - x0
             sy0, sx0, sy1, sx1 = max(sy0, 0), max(sx0, 0), min(sy1, H), min(sx1, W)
-            if sy1 <= sy0 or sx1 <= sx0:
-                templates.append(np.zeros((nb, 0, 0), dtype=dtype))
-                boxes.append((0, 0, 0, 0))
+            if sy1 <= sy0 or sx1 <= sx0:  # entirely outside the blend box
+                templates.append(np.zeros((nb, 1, 1), dtype=dtype))
+                boxes.append((0, 0, 1, 1))
                 continue
             box = (sy0 + y0, sx0 + x0, sy1 - sy0, sx1 - sx0)
             model = np.zeros((nb, sy1 - sy0, sx1 - sx0), dtype=np.float64)
