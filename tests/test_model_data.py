@@ -390,3 +390,19 @@ def test_from_blend_moves_boxes_to_the_image_frame():
     assert (bd.iterations, bd.loss, bd.converged, bd.sources[0].id) == (12, 3.25, True, 55)
     assert np.array_equal(c.morphology, comps[0].morphology)
     assert c.morphology is not comps[0].morphology  # a copy, not a view on the fit
+
+
+def test_from_blend_accepts_box_objects_and_scarlet_spellings():
+    rng = np.random.default_rng(1)
+    box = SimpleNamespace(origin=(4, 5), shape=(2, 3))
+    comp = SimpleNamespace(spectrum=rng.random(1), morph=rng.random((2, 3)), box=box)
+    src = SimpleNamespace(components=[comp], center=(5, 6))
+    result = SimpleNamespace(blend=SimpleNamespace(
+        sources=[src], observation=SimpleNamespace(bands=("r",), images=np.zeros((1, 9, 8)))))
+    bd = ModelData.from_blend(result, 3, origin=(100, 200))
+    c = bd.sources[0].components[0]
+    assert bd.box == (100, 200, 9, 8) and bd.bands == ("r",)
+    assert c.box == (104, 205, 2, 3) and c.peak == (105, 206)
+    assert np.array_equal(c.sed, comp.spectrum) and np.array_equal(c.morphology, comp.morph)
+    # metadata the result does not carry reads as unknown
+    assert (bd.iterations, bd.converged) == (-1, False) and np.isnan(bd.loss)

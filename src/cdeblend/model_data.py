@@ -473,15 +473,18 @@ class ModelData:
         for i, src in enumerate(blend.sources):
             comps = []
             for c in src.components:
-                y0, x0, h, w = (int(v) for v in c.box)
-                sed = np.array(c.sed, copy=True)
+                y0, x0, h, w = _box_tuple(c.box)
+                sed = np.array(_first_attr(c, ("sed", "spectrum")), copy=True)
                 n_b = sed.shape[0]
+                peak = _first_attr(c, ("peak",), None)
+                if peak is None:  # the source's peak (or its centre) when components lack one
+                    peak = _first_attr(src, ("peak", "center"), (y0 + h // 2, x0 + w // 2))
                 comps.append(
                     ComponentData(
                         (y0 + oy, x0 + ox, h, w),
-                        (int(c.peak[0]) + oy, int(c.peak[1]) + ox),
+                        (int(peak[0]) + oy, int(peak[1]) + ox),
                         sed,
-                        np.array(c.morphology, copy=True),
+                        np.array(_first_attr(c, ("morphology", "morph")), copy=True),
                     )
                 )
             peak_id = getattr(src, "peak_id", None)
@@ -622,6 +625,29 @@ class ModelData:
         return k
 
 
+_MISSING = object()
+
+
+def _first_attr(obj: Any, names: Sequence[str], default: Any = _MISSING) -> Any:
+    """The first of ``names`` that ``obj`` has (the deblender's spelling may vary)."""
+    for name in names:
+        value = getattr(obj, name, None)
+        if value is not None:
+            return value
+    if default is _MISSING:
+        raise AttributeError(f"{type(obj).__name__} has none of the attributes {list(names)}")
+    return default
+
+
+def _box_tuple(box: Any) -> tuple[int, int, int, int]:
+    """(y0, x0, h, w) from a 4-sequence or a Box-like object with origin and shape."""
+    if hasattr(box, "origin") and hasattr(box, "shape"):
+        origin, shape = tuple(box.origin)[-2:], tuple(box.shape)[-2:]
+        return int(origin[0]), int(origin[1]), int(shape[0]), int(shape[1])
+    y0, x0, h, w = (int(v) for v in box)
+    return y0, x0, h, w
+
+
 def _result_shape(result: Any, footprint: np.ndarray | None) -> tuple[int, int]:
     if footprint is not None:
         return tuple(np.shape(footprint))  # type: ignore[return-value]
@@ -629,9 +655,9 @@ def _result_shape(result: Any, footprint: np.ndarray | None) -> tuple[int, int]:
     for obj in (blend, getattr(blend, "observation", None)):
         if obj is None:
             continue
-        box = getattr(obj, "box", None) or getattr(obj, "bbox", None)
-        if box is not None and len(box) == 4:
-            return int(box[2]), int(box[3])
+        box = _first_attr(obj, ("box", "bbox"), None)
+        if box is not None:
+            return _box_tuple(box)[2:]
         images = getattr(obj, "images", None)
         if images is not None:
             return tuple(np.shape(images)[-2:])  # type: ignore[return-value]
