@@ -560,6 +560,7 @@ def test_catalog_fits_round_trip(scene, tmp_path):
         else:
             assert np.array_equal(a, b.astype(a.dtype), equal_nan=a.dtype.kind == "f"), name
     assert np.asarray(back["flux_conserved"]).shape == (len(cat), 3)
+    assert back.meta["BANDS"] == "g,r,i"
     # a structured array writes too
     write_catalog(tmp_path / "cat2.fits", cat.as_array())
     assert np.array_equal(np.asarray(read_catalog(tmp_path / "cat2.fits")["id"]), cat["id"])

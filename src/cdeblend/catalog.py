@@ -295,15 +295,21 @@ def parents_from_peaks(
     """
     from scipy import ndimage
 
-    img = np.asarray(images, dtype=np.float64)
-    var = np.asarray(variance, dtype=np.float64)
+    img = np.asarray(images)
+    var = np.asarray(variance)
     if img.ndim == 2:
         img, var = img[None], var[None]
     pk = as_peaks(peaks, img.shape[1:])
+    # accumulate band by band: two (H, W) float64 buffers, never a (B, H, W) temporary
+    num = np.zeros(img.shape[1:])
+    den = np.zeros(img.shape[1:])
     with np.errstate(divide="ignore", invalid="ignore"):
-        ivar = np.where(var > 0, 1.0 / var, 0.0)
-        num = np.sum(img * ivar, axis=0)
-        den = np.sqrt(np.sum(ivar, axis=0))
+        for b in range(img.shape[0]):
+            v = var[b].astype(np.float64)
+            ivar = np.where(v > 0, 1.0 / v, 0.0)
+            num += img[b] * ivar
+            den += ivar
+        np.sqrt(den, out=den)
         sn = np.where(den > 0, num / den, 0.0)
     on = sn >= snr
     on[pk[:, 0], pk[:, 1]] = True
@@ -628,8 +634,10 @@ def _run_tasks(
         elif executor == "threads" or isinstance(executor, cf.Executor):
             own = executor == "threads"
             pool = cf.ThreadPoolExecutor(max_workers=max_workers) if own else executor
+            futs: dict[cf.Future, int] = {}
             try:
-                futs = {pool.submit(fn, t): k for k, t in enumerate(tasks)}
+                for k, t in enumerate(tasks):
+                    futs[pool.submit(fn, t)] = k
                 for f in cf.as_completed(futs):
                     out[futs[f]] = f.result()
                     bar.update(1)
