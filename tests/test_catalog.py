@@ -272,9 +272,19 @@ def test_rows_match_numpy_reference(scene):
         np.testing.assert_allclose(prow["flux_conserved"], children["flux_conserved"].sum(0))
         row += 1 + len(p.peaks)
     assert row == len(cat)
-    # the model data holds exactly the fitted parents, with the children's ids
+    # the model data holds the fitted parents with their children's ids, and the isolated
+    # parents as themselves
     fitted = [p.id for p in parents if len(p.peaks) > 1]
-    assert list(md.blends) == fitted
+    assert list(md.blends) == [p.id for p in parents]
+    for p in parents:
+        bd = md.blends[p.id]
+        assert bd.isolated == (len(p.peaks) == 1) and bd.box == tuple(p.box)
+        assert np.array_equal(bd.footprint, p.footprint)
+        if bd.isolated:
+            y0, x0, h, w = p.box
+            assert [s.id for s in bd.sources] == [p.id]
+            np.testing.assert_array_equal(md.conserved_images(images, p.id)[0],
+                                          images[:, y0 : y0 + h, x0 : x0 + w] * p.footprint)
     for pid in fitted:
         kids = cat[cat["parent_id"] == pid]
         bd = md.blends[pid]
@@ -416,7 +426,8 @@ def test_long_exception_names_are_cut_to_25_characters(scene):
         def deblend(self, obs, pk):
             raise AVeryLongExceptionClassNameForTesting("x")
 
-    cat, md = run(images, variance, psfs, peaks=peaks, fac=lambda k, c: Boom())
+    cat, md = run(images, variance, psfs, peaks=peaks, fac=lambda k, c: Boom(),
+                  config=CatalogConfig(persist_isolated=False))
     failed = cat[cat["failed"]]
     assert len(failed) == 3 and not md.blends  # every multi-peak parent
     assert set(failed["error"]) == {"AVeryLongExceptionClassNameForTesting"[:25]}
@@ -484,7 +495,8 @@ def test_skip_rules_and_flags(scene, cfg, expect):
         assert flags_of(cat, pid) == want, pid
         row = cat[cat["id"] == pid][0]
         assert bool(row["skipped"]) == bool(want)
-        assert (pid in md.blends) == (not want)
+        assert (pid in md.blends) == (not want or want == {"skipped_isolated"})
+        assert (pid in md.blends and md.blends[pid].isolated) == (want == {"skipped_isolated"})
         assert row["n_children"] == (0 if want else row["n_peaks"])
     # the deblender ran on exactly the parents that were not skipped
     fitted = [p for p in skip_parents() if p.id not in expect]

@@ -67,6 +67,9 @@ def random_model_data(seed: int, nb: int = 3, dtype=np.float32, n_blends: int = 
             footprint=footprint, iterations=int(rng.integers(0, 300)),
             loss=float(rng.normal()), converged=bool(b % 2),
         )
+    # and an isolated parent, kept as itself
+    blends[999] = BlendData(999, (3, 4, 6, 5), bands, [SourceData(999, 0, [])],
+                            footprint=rng.random((6, 5)) < 0.7, isolated=True)
     psfs = rng.random((nb, 7, 9)).astype(dtype)
     psfs /= psfs.sum(axis=(1, 2), keepdims=True)
     return ModelData(bands, gaussian_model_psf().astype(dtype), psfs, blends)
@@ -79,8 +82,8 @@ def assert_identical(a: ModelData, b: ModelData) -> None:
     assert list(a.blends) == list(b.blends)
     for pid, ba in a.blends.items():
         bb = b.blends[pid]
-        assert (ba.parent_id, ba.box, ba.bands, ba.iterations, ba.converged) == (
-            bb.parent_id, bb.box, bb.bands, bb.iterations, bb.converged)
+        assert (ba.parent_id, ba.box, ba.bands, ba.iterations, ba.converged, ba.isolated) == (
+            bb.parent_id, bb.box, bb.bands, bb.iterations, bb.converged, bb.isolated)
         assert ba.loss == bb.loss or (np.isnan(ba.loss) and np.isnan(bb.loss))
         if ba.footprint is None:
             assert bb.footprint is None
@@ -324,6 +327,12 @@ def test_conserved_images_match_reference(dtype, tol):
     assert any(not s.components for b in md.blends.values() for s in b.sources)
     for pid in md.blends:
         got = md.conserved_images(obs, pid)
+        if md.blends[pid].isolated:  # the image inside the footprint (and weight > 0)
+            y0, x0, h, w = md.blends[pid].box
+            sl = (slice(None), slice(y0, y0 + h), slice(x0, x0 + w))
+            keep = md.blends[pid].footprint & np.any(weights[sl] > 0, axis=0)
+            assert np.array_equal(got, (images[sl] * keep)[None])
+            continue
         assert got.dtype == dtype and got.shape[0] == len(md.blends[pid].sources)
         ref, tsum, img, mask = reference_conserved(md, pid, images, kernels, weights)
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(img).max())

@@ -59,7 +59,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ._validate import as_float_array, as_peaks, check_psf, check_same_shape, check_variance
-from .model_data import BlendData, ModelData, gaussian_model_psf
+from .model_data import BlendData, ModelData, SourceData, gaussian_model_psf
 
 __all__ = [
     "CatalogConfig",
@@ -112,6 +112,10 @@ class CatalogConfig:
         Flag a parent whose deblender raises and go on; False re-raises.
     persist_models : bool
         Keep the multi-band models in the returned :class:`~cdeblend.ModelData`.
+    persist_isolated : bool
+        Also keep isolated (single-peak, not fitted) parents in the model data, as
+        ``BlendData(isolated=True)`` with their footprint (the pipeline's
+        ``persistIsolated``; multi-band runs only).
     store_footprints : bool
         Keep each parent's footprint with its stored model.
     model_psf_sigma : float
@@ -136,6 +140,7 @@ class CatalogConfig:
     max_masked_fraction: float = 1.0
     catch_failures: bool = True
     persist_models: bool = True
+    persist_isolated: bool = True
     store_footprints: bool = True
     model_psf_sigma: float = 0.8
     footprint_snr: float = 3.0
@@ -915,6 +920,20 @@ def deblend_catalog(
         if reasons[k]:
             prow["skipped"] = True
             prow[reasons[k]] = True
+            if (
+                reasons[k] == "skipped_isolated"
+                and kind == "multi"
+                and cfg.persist_models
+                and cfg.persist_isolated
+            ):
+                model.blends[int(pid)] = BlendData(
+                    parent_id=int(pid),
+                    box=box,
+                    bands=frame.bands,
+                    sources=[SourceData(int(pid), 0, [])],
+                    footprint=fp.copy(),
+                    isolated=True,
+                )
             r += 1
             continue
         o = outcomes[k]

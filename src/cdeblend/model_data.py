@@ -16,7 +16,9 @@ read and used without fitting anything:
   and its components.
 * :class:`BlendData` - one parent: ``parent_id``, ``box (y0, x0, H, W)`` in the full image,
   ``bands``, ``sources``, the parent ``footprint`` (H, W) bool (or None = whole box) and fit
-  metadata (``iterations``, ``loss``, ``converged``).
+  metadata (``iterations``, ``loss``, ``converged``). An *isolated* blend (a single-peak
+  parent that was not fitted, spec 5.2 ``persistIsolated``) has ``isolated = True`` and one
+  source without components: its conserved image is the image inside the footprint.
 * :class:`ModelData` - ``bands``, the model PSF ``(hm, wm)``, the observed PSFs
   ``(B, hp, wp)`` and ``blends``: a dict ``parent_id -> BlendData``.
 
@@ -34,7 +36,7 @@ HDU    EXTNAME       content
 1      BLENDS        BinTable, one row per blend: ``PARENT_ID``, ``Y0``, ``X0``,
                      ``HEIGHT``, ``WIDTH``, ``SRC_START``, ``N_SOURCES`` (its rows in
                      SOURCES), ``FP_OFFSET`` (start of its footprint in FOOTPRINTS, -1 if
-                     none), ``ITERATIONS``, ``LOSS``, ``CONVERGED``
+                     none), ``ITERATIONS``, ``LOSS``, ``CONVERGED``, ``ISOLATED``
 2      SOURCES       BinTable: ``ID``, ``PEAK_ID``, ``COMP_START``, ``N_COMPS``
 3      COMPONENTS    BinTable: ``Y0``, ``X0``, ``HEIGHT``, ``WIDTH``, ``PEAK_Y``,
                      ``PEAK_X``, ``SED`` (B-vector), ``MORPH_OFFSET`` (start in MORPHS)
@@ -172,6 +174,8 @@ class BlendData:
         (H, W) bool parent footprint on ``box``; None means the whole box.
     iterations, loss, converged
         Fit metadata (-1, NaN, False when unknown).
+    isolated : bool
+        A parent kept as itself without a fit (one source, no components).
     """
 
     parent_id: int
@@ -182,6 +186,7 @@ class BlendData:
     iterations: int = -1
     loss: float = float("nan")
     converged: bool = False
+    isolated: bool = False
 
     def __post_init__(self) -> None:
         self.box = _box4(self.box, "box")
@@ -566,7 +571,6 @@ class ModelData:
                 f"blend box {bd.box} of parent {parent_id} lies outside the observation's "
                 f"images of shape {images.shape[1:]}"
             )
-        kernels = self._kernels(observation, diff_kernels)
         dtype = images.dtype if images.dtype in (np.float32, np.float64) else np.float64
         cut = np.ascontiguousarray(images[:, y0 : y0 + H, x0 : x0 + W], dtype=dtype)
         mask = np.ones((H, W), bool) if bd.footprint is None else bd.footprint.copy()
@@ -577,6 +581,9 @@ class ModelData:
             w = np.asarray(weights)
             w = w.reshape((-1,) + w.shape[-2:])[:, y0 : y0 + H, x0 : x0 + W]
             mask &= np.any(w > 0, axis=0)
+        if bd.isolated:  # not fitted: the one source is the parent itself
+            return np.where(mask, cut, 0)[None].astype(dtype, copy=False)
+        kernels = self._kernels(observation, diff_kernels)
         hy, hx = kernels.shape[1] // 2, kernels.shape[2] // 2
         templates, boxes = [], []
         for src in bd.sources:
@@ -608,6 +615,15 @@ class ModelData:
             out[i, :, by : by + bh, bx : bx + bw] = conserved.get(i)
         return out
 
+    def _cached_kernels(self, psfs: np.ndarray) -> np.ndarray:
+        # re-apportioning parent after parent reuses one set of kernels per set of PSFs
+        key = (psfs.shape, psfs.dtype.str, psfs.tobytes(), self.model_psf.tobytes())
+        cache = self.__dict__.setdefault("_kernel_cache", {})
+        if key not in cache:
+            cache.clear()
+            cache[key] = difference_kernels(psfs, self.model_psf)
+        return cache[key]
+
     def _kernels(self, observation: Any, diff_kernels: np.ndarray | None) -> np.ndarray:
         nb = len(self.bands)
         if diff_kernels is None and not isinstance(observation, np.ndarray):
@@ -616,9 +632,9 @@ class ModelData:
                 if diff_kernels is not None:
                     break
             if diff_kernels is None and getattr(observation, "psfs", None) is not None:
-                diff_kernels = difference_kernels(observation.psfs, self.model_psf)
+                diff_kernels = self._cached_kernels(np.asarray(observation.psfs))
         if diff_kernels is None:
-            diff_kernels = difference_kernels(self.psfs, self.model_psf)
+            diff_kernels = self._cached_kernels(self.psfs)
         k = np.asarray(diff_kernels, dtype=np.float64)
         if k.ndim != 3 or k.shape[0] != nb:
             raise ValueError(f"diff_kernels must be (B={nb}, hp, wp), got shape {k.shape}")
@@ -707,7 +723,8 @@ def save_models(path: str | Path, model_data: ModelData, overwrite: bool = True)
 
     # blends and sources tables
     b_rows = {k: [] for k in ("PARENT_ID", "Y0", "X0", "HEIGHT", "WIDTH", "SRC_START",
-                              "N_SOURCES", "FP_OFFSET", "ITERATIONS", "LOSS", "CONVERGED")}
+                              "N_SOURCES", "FP_OFFSET", "ITERATIONS", "LOSS", "CONVERGED",
+                              "ISOLATED")}
     s_rows = {k: [] for k in ("ID", "PEAK_ID", "COMP_START", "N_COMPS")}
     c_boxes, c_peaks, c_seds, c_moff, morphs, footprints = [], [], [], [], [], []
     n_src = n_comp = n_morph = n_fp = 0
@@ -726,6 +743,7 @@ def save_models(path: str | Path, model_data: ModelData, overwrite: bool = True)
         b_rows["ITERATIONS"].append(b.iterations)
         b_rows["LOSS"].append(b.loss)
         b_rows["CONVERGED"].append(b.converged)
+        b_rows["ISOLATED"].append(b.isolated)
         for s in b.sources:
             s_rows["ID"].append(s.id)
             s_rows["PEAK_ID"].append(s.peak_id)
@@ -773,9 +791,8 @@ def save_models(path: str | Path, model_data: ModelData, overwrite: bool = True)
     bcols = [icol(k, b_rows[k]) for k in ("PARENT_ID", "Y0", "X0", "HEIGHT", "WIDTH",
                                           "SRC_START", "N_SOURCES", "FP_OFFSET", "ITERATIONS")]
     bcols.append(fits.Column(name="LOSS", format="D", array=np.asarray(b_rows["LOSS"], float)))
-    bcols.append(
-        fits.Column(name="CONVERGED", format="L", array=np.asarray(b_rows["CONVERGED"], bool))
-    )
+    for name in ("CONVERGED", "ISOLATED"):
+        bcols.append(fits.Column(name=name, format="L", array=np.asarray(b_rows[name], bool)))
     scols = [icol(k, s_rows[k]) for k in ("ID", "PEAK_ID", "COMP_START", "N_COMPS")]
     ccols = [
         icol("Y0", boxes[:, 0]), icol("X0", boxes[:, 1]),
@@ -893,6 +910,7 @@ def _read_hdus(hdul: Any, path: Path, warn_cls: type) -> ModelData:
                                   "N_SOURCES", "FP_OFFSET", "ITERATIONS")}
     loss = col(bt, "LOSS", np.float64)
     conv = col(bt, "CONVERGED", bool)
+    isolated = col(bt, "ISOLATED", bool)
 
     blends: dict[int, BlendData] = {}
     for r in range(counts[0]):
@@ -932,6 +950,7 @@ def _read_hdus(hdul: Any, path: Path, warn_cls: type) -> ModelData:
             iterations=int(bi["ITERATIONS"][r]),
             loss=float(loss[r]),
             converged=bool(conv[r]),
+            isolated=bool(isolated[r]),
         )
     return ModelData(bands=bands, model_psf=model_psf, psfs=psfs, blends=blends,
                      schema_version=version)
