@@ -153,11 +153,11 @@ def main() -> None:
         t_load = time.perf_counter() - t0
         size = f.stat().st_size / 2**20
     t0 = time.perf_counter()
-    n_children = sum(md.conserved_images(obs, pid).shape[0] for pid in back.blends)
+    n_sources = sum(md.conserved_images(obs, pid).shape[0] for pid in back.blends)
     t_re = time.perf_counter() - t0
     print()
     print(f"{'model data':<24} {'value':>10}")
-    print(f"{'blends / children':<24} {len(md.blends):>5} / {n_children:<4}")
+    print(f"{'blends / sources':<24} {len(md.blends):>5} / {n_sources:<4}")
     print(f"{'file size MB':<24} {size:10.2f}")
     print(f"{'save s':<24} {t_save:10.3f}")
     print(f"{'load s':<24} {t_load:10.3f}")
