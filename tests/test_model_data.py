@@ -1,0 +1,417 @@
+"""Persisted models: exact FITS round trip, refusal of bad files, rebuild and re-apportioning.
+
+The rebuild is checked against slow, obvious numpy references written here: a direct
+(tap by tap) convolution, a dense insert of every component, and a dense re-apportioning.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cdeblend import (
+    BlendData,
+    ComponentData,
+    ModelData,
+    SourceData,
+    load_models,
+    save_models,
+)
+from cdeblend.model_data import (
+    SCHEMA_VERSION,
+    convolve_bands,
+    difference_kernels,
+    gaussian_model_psf,
+)
+
+fits = pytest.importorskip("astropy.io.fits")
+
+
+# ------------------------------------------------------------------------------------------
+# hand-built model data
+# ------------------------------------------------------------------------------------------
+
+
+def random_model_data(seed: int, nb: int = 3, dtype=np.float32, n_blends: int = 3,
+                      image_shape=(80, 100)) -> ModelData:
+    rng = np.random.default_rng(seed)
+    bands = tuple("grizy"[:nb])
+    blends = {}
+    sid = 100
+    for b in range(n_blends):
+        H, W = (int(v) for v in rng.integers(8, 30, size=2))
+        y0 = int(rng.integers(0, image_shape[0] - H))
+        x0 = int(rng.integers(0, image_shape[1] - W))
+        sources = []
+        for k in range(int(rng.integers(0, 4))):
+            comps = []
+            for _ in range(int(rng.integers(0, 3))):
+                h, w = (int(v) for v in rng.integers(1, 12, size=2))
+                # components may stick out of the blend box a little
+                cy = y0 + int(rng.integers(-2, H - 1))
+                cx = x0 + int(rng.integers(-2, W - 1))
+                comps.append(ComponentData(
+                    (cy, cx, h, w), (cy + h // 2, cx + w // 2),
+                    rng.random(nb).astype(dtype) * 100,
+                    rng.random((h, w)).astype(dtype),
+                ))
+            sources.append(SourceData(sid, k, comps))
+            sid += 1
+        footprint = rng.random((H, W)) < 0.8 if b % 2 == 0 else None
+        blends[b * 7 + 1] = BlendData(
+            parent_id=b * 7 + 1, box=(y0, x0, H, W), bands=bands, sources=sources,
+            footprint=footprint, iterations=int(rng.integers(0, 300)),
+            loss=float(rng.normal()), converged=bool(b % 2),
+        )
+    # and an isolated parent, kept as itself
+    blends[999] = BlendData(999, (3, 4, 6, 5), bands, [SourceData(999, 0, [])],
+                            footprint=rng.random((6, 5)) < 0.7, isolated=True)
+    psfs = rng.random((nb, 7, 9)).astype(dtype)
+    psfs /= psfs.sum(axis=(1, 2), keepdims=True)
+    return ModelData(bands, gaussian_model_psf().astype(dtype), psfs, blends)
+
+
+def assert_identical(a: ModelData, b: ModelData) -> None:
+    assert a.bands == b.bands and a.schema_version == b.schema_version
+    for x, y in ((a.model_psf, b.model_psf), (a.psfs, b.psfs)):
+        assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y)
+    assert list(a.blends) == list(b.blends)
+    for pid, ba in a.blends.items():
+        bb = b.blends[pid]
+        assert (ba.parent_id, ba.box, ba.bands, ba.iterations, ba.converged, ba.isolated) == (
+            bb.parent_id, bb.box, bb.bands, bb.iterations, bb.converged, bb.isolated)
+        assert ba.loss == bb.loss or (np.isnan(ba.loss) and np.isnan(bb.loss))
+        if ba.footprint is None:
+            assert bb.footprint is None
+        else:
+            assert bb.footprint.dtype == bool and np.array_equal(ba.footprint, bb.footprint)
+        assert len(ba.sources) == len(bb.sources)
+        for sa, sb in zip(ba.sources, bb.sources, strict=True):
+            assert (sa.id, sa.peak_id, len(sa.components)) == (
+                sb.id, sb.peak_id, len(sb.components))
+            for ca, cb in zip(sa.components, sb.components, strict=True):
+                assert ca.box == cb.box and ca.peak == cb.peak
+                for x, y in ((ca.sed, cb.sed), (ca.morphology, cb.morphology)):
+                    assert x.dtype == y.dtype and x.dtype.isnative and np.array_equal(x, y)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**31), st.integers(1, 5), st.sampled_from([np.float32, np.float64]))
+def test_round_trip_is_exact(tmp_path_factory, seed, nb, dtype):
+    md = random_model_data(seed, nb=nb, dtype=dtype)
+    path = tmp_path_factory.mktemp("md") / "models.fits"
+    save_models(path, md)
+    assert_identical(md, load_models(path))
+
+
+def test_round_trip_of_empty_model_data(tmp_path):
+    md = ModelData(("r",), gaussian_model_psf(), np.ones((1, 1, 1)))
+    save_models(tmp_path / "e.fits", md)
+    back = load_models(tmp_path / "e.fits")
+    assert_identical(md, back)
+    assert back.blends == {}
+
+
+def test_file_layout_is_as_documented(tmp_path):
+    md = random_model_data(4)
+    save_models(tmp_path / "m.fits", md)
+    with fits.open(tmp_path / "m.fits") as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "BLENDS", "SOURCES", "COMPONENTS",
+                                          "MORPHS", "FOOTPRINTS", "MODEL_PSF", "PSFS"]
+        h = hdul[0].header
+        assert h["SCHEMA"] == "cdeblend.model_data" and h["SCHVER"] == SCHEMA_VERSION
+        assert [h[f"BAND{i + 1}"] for i in range(h["NBANDS"])] == list(md.bands)
+        n_comp = sum(len(s.components) for b in md.blends.values() for s in b.sources)
+        assert len(hdul["COMPONENTS"].data) == n_comp == h["NCOMPS"]
+        n_pix = sum(c.morphology.size for b in md.blends.values() for s in b.sources
+                    for c in s.components)
+        assert hdul["MORPHS"].data.size == n_pix
+
+
+# ------------------------------------------------------------------------------------------
+# refusing bad files
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path):
+    path = tmp_path / "m.fits"
+    save_models(path, random_model_data(9))
+    return path
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, -2880])
+def test_truncated_file_is_refused(saved, keep):
+    data = saved.read_bytes()
+    cut = int(len(data) * keep) if keep > 0 else len(data) + keep
+    bad = saved.with_name("cut.fits")
+    bad.write_bytes(data[:cut])
+    with pytest.raises(ValueError, match="truncated|damaged"):
+        load_models(bad)
+
+
+def test_not_fits_is_refused(tmp_path):
+    bad = tmp_path / "notes.fits"
+    bad.write_text("this is not FITS\n" * 200)
+    with pytest.raises(ValueError, match="not a readable FITS file"):
+        load_models(bad)
+
+
+def test_foreign_fits_is_refused(tmp_path):
+    path = tmp_path / "image.fits"
+    fits.PrimaryHDU(np.zeros((4, 4))).writeto(path)
+    with pytest.raises(ValueError, match="not a cdeblend model file"):
+        load_models(path)
+
+
+def test_newer_schema_is_refused(saved):
+    with fits.open(saved) as hdul:
+        hdul[0].header["SCHVER"] = SCHEMA_VERSION + 1
+        hdul.writeto(saved.with_name("new.fits"), checksum=True)
+    with pytest.raises(ValueError, match=f"schema version {SCHEMA_VERSION + 1} is newer"):
+        load_models(saved.with_name("new.fits"))
+
+
+def test_missing_hdu_is_refused(saved):
+    with fits.open(saved) as hdul:
+        del hdul["MORPHS"]
+        hdul.writeto(saved.with_name("short.fits"))
+    with pytest.raises(ValueError, match="no MORPHS HDU"):
+        load_models(saved.with_name("short.fits"))
+
+
+def test_damaged_data_fails_the_checksum(saved):
+    data = bytearray(saved.read_bytes())
+    with fits.open(saved) as hdul:
+        info = hdul.fileinfo(hdul.index_of("MORPHS"))
+    data[info["datLoc"] + 5] ^= 0xFF  # flip one byte of the morphologies
+    bad = saved.with_name("flip.fits")
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="[Cc]hecksum"):
+        load_models(bad)
+
+
+def test_inconsistent_counts_are_refused(saved):
+    with fits.open(saved) as hdul:
+        hdul[0].header["NCOMPS"] = hdul[0].header["NCOMPS"] + 1
+        hdul.writeto(saved.with_name("odd.fits"), checksum=True)
+    with pytest.raises(ValueError, match="truncated or damaged: tables have"):
+        load_models(saved.with_name("odd.fits"))
+
+
+# ------------------------------------------------------------------------------------------
+# validation of the data classes
+# ------------------------------------------------------------------------------------------
+
+
+def test_bad_data_classes():
+    with pytest.raises(ValueError, match="morphology has shape"):
+        ComponentData((0, 0, 3, 4), (1, 1), np.ones(2), np.ones((4, 3)))
+    with pytest.raises(ValueError, match="sed must be 1-D"):
+        ComponentData((0, 0, 3, 4), (1, 1), np.ones((2, 1)), np.ones((3, 4)))
+    with pytest.raises(ValueError, match="negative size"):
+        ComponentData((0, 0, -3, 4), (1, 1), np.ones(2), np.ones((3, 4)))
+    with pytest.raises(ValueError, match="footprint has shape"):
+        BlendData(1, (0, 0, 5, 5), ("g",), footprint=np.ones((5, 4), bool))
+    with pytest.raises(ValueError, match="psfs must be"):
+        ModelData(("g", "r"), gaussian_model_psf(), np.ones((3, 5, 5)))
+    with pytest.raises(ValueError, match="model_psf must be"):
+        ModelData(("g",), np.ones(5), np.ones((1, 5, 5)))
+    md = random_model_data(1)
+    with pytest.raises(KeyError, match="no stored model for parent 12345"):
+        md.models(12345)
+    with pytest.raises(ValueError, match="diff_kernels must have odd sizes"):
+        convolve_bands(np.ones((1, 5, 5)), np.ones((1, 4, 3)))
+
+
+# ------------------------------------------------------------------------------------------
+# rebuild and re-apportion
+# ------------------------------------------------------------------------------------------
+
+
+def dense_models(bd: BlendData) -> np.ndarray:
+    """Slow reference: every component pixel added one by one."""
+    y0, x0, H, W = bd.box
+    out = np.zeros((len(bd.sources), len(bd.bands), H, W))
+    for i, s in enumerate(bd.sources):
+        for c in s.components:
+            cy, cx, h, w = c.box
+            for yy in range(h):
+                for xx in range(w):
+                    y, x = cy + yy - y0, cx + xx - x0
+                    if 0 <= y < H and 0 <= x < W:
+                        out[i, :, y, x] += c.sed.astype(float) * float(c.morphology[yy, xx])
+    return out
+
+
+def direct_convolve(model: np.ndarray, kernels: np.ndarray) -> np.ndarray:
+    """out(p) = sum_k K(k) X(p - k), zero outside, tap by tap."""
+    B, H, W = model.shape
+    hy, hx = kernels.shape[1] // 2, kernels.shape[2] // 2
+    out = np.zeros((B, H, W))
+    for b in range(B):
+        for dy in range(-hy, hy + 1):
+            for dx in range(-hx, hx + 1):
+                v = kernels[b, dy + hy, dx + hx]
+                # out[y, x] += v * model[y - dy, x - dx] for in-range y, x and y - dy, x - dx
+                ya, yb = max(dy, 0), min(H + dy, H)
+                xa, xb = max(dx, 0), min(W + dx, W)
+                if ya >= yb or xa >= xb:
+                    continue
+                out[b, ya:yb, xa:xb] += v * model[b, ya - dy : yb - dy, xa - dx : xb - dx]
+    return out
+
+
+def test_models_match_dense_reference():
+    md = random_model_data(21, dtype=np.float64)
+    for pid, bd in md.blends.items():
+        np.testing.assert_allclose(md.models(pid), dense_models(bd), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(9, 12), (3, 2), (1, 1)])
+def test_convolve_bands_matches_direct_sum(shape):
+    rng = np.random.default_rng(5)
+    model = rng.random((2, *shape))
+    kernels = rng.normal(size=(2, 5, 7))
+    np.testing.assert_allclose(convolve_bands(model, kernels), direct_convolve(model, kernels),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_difference_kernel_reproduces_the_observed_psf():
+    mp = gaussian_model_psf()
+    assert mp.shape == (15, 15) and abs(mp.sum() - 1) < 1e-12
+    assert 0.2 < mp[7, 7] < 0.25  # "about 0.22" (spec 1.3)
+    psfs = np.stack([gaussian_model_psf(s, 21) for s in (1.4, 2.0)])
+    k = difference_kernels(psfs, mp)
+    assert k.shape == psfs.shape
+    rebuilt = direct_convolve(np.stack([np.pad(mp, 3)] * 2), k)
+    # compare away from the edges (the kernel is cropped to the PSF's size)
+    c = slice(4, 17)
+    err = np.abs(rebuilt[:, c, c] - psfs[:, c, c]).max() / psfs.max()
+    assert err < 1e-3
+
+
+def reference_conserved(md: ModelData, pid: int, images: np.ndarray, kernels, weights=None):
+    """Dense, obvious version of re-apportioning with the stored models."""
+    bd = md.blends[pid]
+    y0, x0, H, W = bd.box
+    img = images[:, y0 : y0 + H, x0 : x0 + W].astype(float)
+    models = dense_models(bd)
+    conv = np.zeros_like(models)
+    for i, m in enumerate(models):
+        conv[i] = np.maximum(direct_convolve(m, kernels), 0)
+    mask = np.ones((H, W), bool) if bd.footprint is None else bd.footprint
+    if weights is not None:
+        mask = mask & np.any(weights[:, y0 : y0 + H, x0 : x0 + W] > 0, axis=0)
+    conv = conv * mask
+    tsum = conv.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tsum > 0, img * conv / tsum, 0.0), tsum, img, mask
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-10), (np.float32, 2e-5)])
+def test_conserved_images_match_reference(dtype, tol):
+    md = random_model_data(33, dtype=np.float64)
+    rng = np.random.default_rng(2)
+    images = rng.normal(5, 2, size=(3, 80, 100)).astype(dtype)
+    weights = (rng.random((3, 80, 100)) > 0.05).astype(float)
+    kernels = rng.random((3, 5, 5))
+    kernels /= kernels.sum(axis=(1, 2), keepdims=True)
+    obs = SimpleNamespace(images=images, weights=weights, diff_kernels=kernels)
+    # the random draw holds a blend with several non-null sources and one with a null source
+    assert max(sum(bool(s.components) for s in b.sources) for b in md.blends.values()) >= 2
+    assert any(not s.components for b in md.blends.values() for s in b.sources)
+    for pid in md.blends:
+        got = md.conserved_images(obs, pid)
+        if md.blends[pid].isolated:  # the image inside the footprint (and weight > 0)
+            y0, x0, h, w = md.blends[pid].box
+            sl = (slice(None), slice(y0, y0 + h), slice(x0, x0 + w))
+            keep = md.blends[pid].footprint & np.any(weights[sl] > 0, axis=0)
+            assert np.array_equal(got, (images[sl] * keep)[None])
+            continue
+        assert got.dtype == dtype and got.shape[0] == len(md.blends[pid].sources)
+        ref, tsum, img, mask = reference_conserved(md, pid, images, kernels, weights)
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(img).max())
+        # flux conservation where some template claims the pixel
+        claimed = tsum > 0
+        if len(got):
+            np.testing.assert_allclose(got.sum(0)[claimed], img[claimed], rtol=tol * 10)
+
+
+def test_conserved_images_use_the_observation_psfs_and_plain_arrays():
+    md = random_model_data(33, dtype=np.float64)
+    rng = np.random.default_rng(4)
+    images = rng.normal(5, 2, size=(3, 80, 100))
+    psfs = np.stack([gaussian_model_psf(s, 11) for s in (1.2, 1.5, 1.9)])
+    kernels = difference_kernels(psfs, md.model_psf)
+    pid = max(md.blends, key=lambda k: sum(bool(s.components) for s in md.blends[k].sources))
+    assert sum(bool(s.components) for s in md.blends[pid].sources) >= 2
+    ref, *_ = reference_conserved(md, pid, images, kernels)
+    # an observation with PSFs only: kernels computed from them and the stored model PSF
+    got = md.conserved_images(SimpleNamespace(images=images, psfs=psfs), pid)
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
+    # a plain array uses the stored PSFs
+    ref2, *_ = reference_conserved(md, pid, images, difference_kernels(md.psfs, md.model_psf))
+    np.testing.assert_allclose(md.conserved_images(images, pid), ref2, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="outside the observation"):
+        md.conserved_images(images[:, :5, :5], pid)
+    with pytest.raises(ValueError, match="B = 3"):
+        md.conserved_images(images[:2], pid)
+
+
+def test_centroids_match_moments():
+    md = random_model_data(12, dtype=np.float64)
+    for bd in md.blends.values():
+        dense = dense_models(bd).sum(axis=1)
+        y0, x0, H, W = bd.box
+        yy, xx = np.mgrid[:H, :W]
+        for i, c in enumerate(bd.centroids()):
+            s = bd.sources[i]
+            # full moments (components may stick out of the box, so use the components)
+            tot = sum(float(cc.sed.sum() * cc.morphology.sum()) for cc in s.components)
+            if tot == 0:
+                assert np.all(np.isnan(c))
+                continue
+            inside = all(cc.box[0] >= y0 and cc.box[1] >= x0 and cc.box[0] + cc.box[2] <= y0 + H
+                         and cc.box[1] + cc.box[3] <= x0 + W for cc in s.components)
+            if inside:
+                m = dense[i]
+                np.testing.assert_allclose(
+                    c, ((yy * m).sum() / m.sum() + y0, (xx * m).sum() / m.sum() + x0))
+
+
+def test_from_blend_moves_boxes_to_the_image_frame():
+    rng = np.random.default_rng(0)
+    comps = [SimpleNamespace(sed=rng.random(2), morphology=rng.random((3, 4)), box=(1, 2, 3, 4),
+                             peak=(2, 3))]
+    result = SimpleNamespace(
+        blend=SimpleNamespace(sources=[SimpleNamespace(components=comps, peak_id=0)]),
+        iterations=12, loss=3.25, converged=True,
+    )
+    bd = ModelData.from_blend(result, 7, origin=(10, 20), shape=(8, 9), bands=("g", "r"),
+                              source_ids=[55])
+    c = bd.sources[0].components[0]
+    assert bd.box == (10, 20, 8, 9) and c.box == (11, 22, 3, 4) and c.peak == (12, 23)
+    assert (bd.iterations, bd.loss, bd.converged, bd.sources[0].id) == (12, 3.25, True, 55)
+    assert np.array_equal(c.morphology, comps[0].morphology)
+    assert c.morphology is not comps[0].morphology  # a copy, not a view on the fit
+
+
+def test_from_blend_accepts_box_objects_and_scarlet_spellings():
+    rng = np.random.default_rng(1)
+    box = SimpleNamespace(origin=(4, 5), shape=(2, 3))
+    comp = SimpleNamespace(spectrum=rng.random(1), morph=rng.random((2, 3)), box=box)
+    src = SimpleNamespace(components=[comp], center=(5, 6))
+    result = SimpleNamespace(blend=SimpleNamespace(
+        sources=[src], observation=SimpleNamespace(bands=("r",), images=np.zeros((1, 9, 8)))))
+    bd = ModelData.from_blend(result, 3, origin=(100, 200))
+    c = bd.sources[0].components[0]
+    assert bd.box == (100, 200, 9, 8) and bd.bands == ("r",)
+    assert c.box == (104, 205, 2, 3) and c.peak == (105, 206)
+    assert np.array_equal(c.sed, comp.spectrum) and np.array_equal(c.morphology, comp.morph)
+    # metadata the result does not carry reads as unknown
+    assert (bd.iterations, bd.converged) == (-1, False) and np.isnan(bd.loss)
