@@ -1,0 +1,178 @@
+"""Template kernels (_symmetric_cy) against plain numpy references."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cdeblend import _symmetric_cy
+
+
+# ------------------------------------------------------------------ references
+def ref_symmetric(image, fp, py, px, y0, x0, h, w):
+    T = np.zeros((h, w))
+    S = np.zeros((h, w), dtype=bool)
+    H, W = image.shape
+    for i in range(h):
+        for j in range(w):
+            y, x = y0 + i, x0 + j
+            my, mx = 2 * py - y, 2 * px - x
+            if 0 <= y < H and 0 <= x < W and 0 <= my < H and 0 <= mx < W:
+                if fp[y, x] and fp[my, mx]:
+                    S[i, j] = True
+                    T[i, j] = max(0.0, min(image[y, x], image[my, mx]))
+    return T, S
+
+
+def is_edge(fp, i, j):
+    h, w = fp.shape
+    for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        a, b = i + di, j + dj
+        if not (0 <= a < h and 0 <= b < w) or not fp[a, b]:
+            return True
+    return False
+
+
+def ref_median(T, half):
+    h, w = T.shape
+    out = T.copy()
+    n = 2 * half + 1
+    if h >= n and w >= n:
+        for i in range(half, h - half):
+            for j in range(half, w - half):
+                out[i, j] = np.median(T[i - half : i + half + 1, j - half : j + half + 1])
+    return out
+
+
+def ref_clip(T, fp):
+    fp = fp.copy()
+    h, w = T.shape
+    for i in range(h):
+        j = 0
+        while j < w:
+            if not fp[i, j]:
+                j += 1
+                continue
+            s = j
+            while j < w and fp[i, j]:
+                j += 1
+            nz = [k for k in range(s, j) if T[i, k] != 0]
+            for k in range(s, j):
+                if not nz or k < nz[0] or k > nz[-1]:
+                    fp[i, k] = False
+    return fp
+
+
+# ------------------------------------------------------------------ tests
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(1, 20),
+    st.integers(1, 20),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([np.float32, np.float64]),
+)
+def test_symmetric_matches_reference(H, W, seed, dtype):
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(H, W)).astype(dtype)
+    fp = (rng.random((H, W)) < 0.7).astype(np.uint8)
+    py, px = int(rng.integers(0, H)), int(rng.integers(0, W))
+    y0, x0 = int(rng.integers(-2, H)), int(rng.integers(-2, W))
+    h, w = int(rng.integers(1, H + 3)), int(rng.integers(1, W + 3))
+    T = np.empty((h, w))
+    S = np.empty((h, w), dtype=np.uint8)
+    bbox = np.empty(4, dtype=np.int64)
+    n = _symmetric_cy.symmetric_template(image, fp, py, px, y0, x0, T, S, bbox)
+    rT, rS = ref_symmetric(image.astype(np.float64), fp, py, px, y0, x0, h, w)
+    assert np.array_equal(S.astype(bool), rS)
+    assert np.array_equal(T, rT)
+    assert n == rS.sum()
+    if n:
+        ys, xs = np.nonzero(rS)
+        assert tuple(bbox) == (ys.min(), xs.min(), ys.max(), xs.max())
+
+
+def test_symmetric_template_is_symmetric():
+    rng = np.random.default_rng(0)
+    image = rng.normal(5, 2, size=(30, 30))
+    fp = (rng.random((30, 30)) < 0.9).astype(np.uint8)
+    py, px = 14, 17
+    fp[py, px] = 1
+    T = np.empty((30, 30))
+    S = np.empty((30, 30), dtype=np.uint8)
+    _symmetric_cy.symmetric_template(image, fp, py, px, 0, 0, T, S, np.empty(4, np.int64))
+    for y in range(30):
+        for x in range(30):
+            my, mx = 2 * py - y, 2 * px - x
+            if S[y, x]:
+                assert 0 <= my < 30 and 0 <= mx < 30 and S[my, mx]
+                assert T[y, x] == T[my, mx]
+    assert np.all(T >= 0)
+    assert np.all(T[S == 0] == 0)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 15), st.integers(1, 15), st.integers(0, 2**32 - 1))
+def test_edge_max_and_ramp_match_reference(h, w, seed):
+    rng = np.random.default_rng(seed)
+    T = rng.random((h, w)) * 10
+    fp = (rng.random((h, w)) < 0.7).astype(np.uint8)
+    ph, pw = 2 * int(rng.integers(0, 4)) + 1, 2 * int(rng.integers(0, 4)) + 1
+    psf_hat = rng.random((ph, pw))
+    s = 3
+    R = np.zeros((h + 2 * s, w + 2 * s))
+    _symmetric_cy.ramp_image(T, fp, psf_hat, s, s, R)
+    ref = np.zeros_like(R)
+    emax = -np.inf
+    for i in range(h):
+        for j in range(w):
+            if fp[i, j] and is_edge(fp, i, j):
+                emax = max(emax, T[i, j])
+                for a in range(ph):
+                    for b in range(pw):
+                        y, x = s + i + a - ph // 2, s + j + b - pw // 2
+                        if 0 <= y < R.shape[0] and 0 <= x < R.shape[1]:
+                            ref[y, x] = max(ref[y, x], T[i, j] * psf_hat[a, b])
+    assert np.array_equal(R, ref)
+    assert _symmetric_cy.edge_max(T, fp) == emax
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 14), st.integers(1, 14), st.integers(0, 3), st.integers(0, 2**32 - 1))
+def test_median_matches_numpy(h, w, half, seed):
+    rng = np.random.default_rng(seed)
+    T = rng.normal(size=(h, w))
+    T[rng.random((h, w)) < 0.3] = 0.0  # ties and zeros
+    out = np.empty_like(T)
+    _symmetric_cy.median_smooth(T, half, out, np.empty((2 * half + 1) ** 2))
+    assert np.array_equal(out, ref_median(T, half))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 2**32 - 1))
+def test_clip_to_nonzero_matches_reference(h, w, seed):
+    rng = np.random.default_rng(seed)
+    T = rng.normal(size=(h, w))
+    T[rng.random((h, w)) < 0.5] = 0.0
+    fp = (rng.random((h, w)) < 0.7).astype(np.uint8)
+    ref = ref_clip(T, fp.astype(bool))
+    bbox = np.empty(4, dtype=np.int64)
+    n = _symmetric_cy.clip_to_nonzero(T, fp, bbox)
+    assert np.array_equal(fp.astype(bool), ref)
+    assert n == ref.sum()
+    if n:
+        ys, xs = np.nonzero(ref)
+        assert tuple(bbox) == (ys.min(), xs.min(), ys.max(), xs.max())
+
+
+def test_clip_to_nonzero_reference_fixture():
+    # Spec 3.6: a 13x13 footprint over an image that is 20 on the central 11x11 box, one
+    # internal 0 and one negated row, clips to exactly the 11x11 box.
+    T = np.zeros((13, 13))
+    T[1:12, 1:12] = 20.0
+    T[6, 6] = 0.0
+    T[3, 1:12] *= -1
+    fp = np.ones((13, 13), dtype=np.uint8)
+    bbox = np.empty(4, dtype=np.int64)
+    n = _symmetric_cy.clip_to_nonzero(T, fp, bbox)
+    assert n == 121
+    assert tuple(bbox) == (1, 1, 11, 11)
+    assert fp[1:12, 1:12].all() and fp.sum() == 121
