@@ -335,15 +335,16 @@ def _lanczos5(t: np.ndarray) -> np.ndarray:
 
 
 def _shift_image(img: np.ndarray, dy: float, dx: float) -> np.ndarray:
-    """``img`` moved by (dy, dx) pixels with a separable Lanczos-5 kernel, renormalised."""
-    k = np.arange(-5, 6)
-    out = img
-    for axis, d in ((0, dy), (1, dx)):
-        if d == 0:
-            continue
-        wts = _lanczos5(k - d)
-        # g[i] = sum_k f[i - k] L(k - d), with zeros beyond the image.
-        out = ndimage.correlate1d(out, wts[::-1], axis=axis, mode="constant", cval=0.0)
+    """``img`` moved by (dy, dx) pixels with a separable Lanczos-5 kernel, renormalised.
+
+    ``g[i, j] = sum_kl Ly[i, k] f[k, l] Lx[j, l]`` with ``L[i, k] = lanczos5(i - k - d)``
+    (zeros beyond the image), done as two small matrix products.
+    """
+    h, w = img.shape
+    ly = _lanczos5(np.subtract.outer(np.arange(h), np.arange(h)) - dy) if dy else None
+    lx = _lanczos5(np.subtract.outer(np.arange(w), np.arange(w)) - dx) if dx else None
+    out = img if ly is None else ly @ img
+    out = out if lx is None else out @ lx.T
     s = out.sum()
     return out / s if s != 0 else out
 
@@ -389,35 +390,63 @@ def psf_fwhm_from_moments(psf: np.ndarray, max_iter: int = 50) -> float:
     the covariance of a Gaussian PSF. Returns NaN when the iteration breaks down.
     """
     psf = np.asarray(psf, dtype=np.float64)
-    h, w = psf.shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     s = psf.sum()
     if not s > 0:
         return float("nan")
-    cy, cx = (psf * yy).sum() / s, (psf * xx).sum() / s
-    m = np.array([[2.0, 0.0], [0.0, 2.0]])
+    # The Gaussian weight ignores the far wings: cut the image to 4x a rough FWHM (from the
+    # area above half the maximum) around its maximum, which makes large PSF images cheap.
+    iy, ix = np.unravel_index(int(np.argmax(psf)), psf.shape)
+    rough = 2.0 * math.sqrt(np.count_nonzero(psf >= 0.5 * psf[iy, ix]) / math.pi)
+    r = int(math.ceil(4 * rough)) + 2
+    psf = psf[max(iy - r, 0) : iy + r + 1, max(ix - r, 0) : ix + r + 1]
+    s = psf.sum()
+    if not s > 0:
+        return float("nan")
+    h, w = psf.shape
+    y = np.arange(h, dtype=np.float64)[:, None]
+    x = np.arange(w, dtype=np.float64)[None, :]
+    cy = float((psf.sum(axis=1) * y[:, 0]).sum() / s)
+    cx = float((psf.sum(axis=0) * x[0]).sum() / s)
+    myy, mxy, mxx = 2.0, 0.0, 2.0
     for _ in range(max_iter):
-        try:
-            inv = np.linalg.inv(m)
-        except np.linalg.LinAlgError:
+        det = myy * mxx - mxy * mxy
+        if not det > 0:
             return float("nan")
-        dy, dx = yy - cy, xx - cx
-        wgt = np.exp(-0.5 * (inv[0, 0] * dy * dy + 2 * inv[0, 1] * dy * dx + inv[1, 1] * dx * dx))
-        f = psf * wgt
+        iyy, ixy, ixx = mxx / det, -mxy / det, myy / det
+        dy, dx = y - cy, x - cx
+        f = psf * np.exp(-0.5 * (iyy * dy * dy + 2 * ixy * dy * dx + ixx * dx * dx))
         fs = f.sum()
         if not fs > 0:
             return float("nan")
-        cy, cx = cy + (f * dy).sum() / fs, cx + (f * dx).sum() / fs
-        dy, dx = yy - cy, xx - cx
-        myy, mxy, mxx = (f * dy * dy).sum() / fs, (f * dy * dx).sum() / fs, (f * dx * dx).sum() / fs
-        new = 2.0 * np.array([[myy, mxy], [mxy, mxx]])
-        if np.linalg.det(new) <= 0:
-            return float("nan")
-        done = np.allclose(new, m, rtol=1e-6, atol=1e-9)
-        m = new
+        fy, fx = f.sum(axis=1), f.sum(axis=0)
+        cy += float((fy * dy[:, 0]).sum() / fs)
+        cx += float((fx * dx[0]).sum() / fs)
+        dy, dx = y - cy, x - cx
+        wyy = float((fy * (dy[:, 0] ** 2)).sum() / fs)
+        wxx = float((fx * (dx[0] ** 2)).sum() / fs)
+        wxy = float((f * dy * dx).sum() / fs)
+        # Deweight: for a Gaussian PSF of covariance C the weighted moments are
+        # (C^-1 + M^-1)^-1, so C = (W^-1 - M^-1)^-1, which converges in a few steps.
+        # Fall back to the plain fixed-point step M = 2 W when that is not positive.
+        wdet = wyy * wxx - wxy * wxy
+        ayy, axy, axx = wxx / wdet - iyy, -wxy / wdet - ixy, wyy / wdet - ixx
+        adet = ayy * axx - axy * axy
+        if wdet > 0 and adet > 0 and ayy > 0:
+            nyy, nxy, nxx = axx / adet, -axy / adet, ayy / adet
+        else:
+            nyy, nxy, nxx = 2 * wyy, 2 * wxy, 2 * wxx
+        done = (
+            abs(nyy - myy) <= 1e-6 * abs(myy)
+            and abs(nxx - mxx) <= 1e-6 * abs(mxx)
+            and abs(nxy - mxy) <= 1e-6 * (abs(myy) + abs(mxx))
+        )
+        myy, mxy, mxx = nyy, nxy, nxx
         if done:
             break
-    return float(2.35 * np.linalg.det(m) ** 0.25)
+    det = myy * mxx - mxy * mxy
+    if not det > 0:
+        return float("nan")
+    return float(2.35 * det**0.25)
 
 
 # ------------------------------------------------------------------------------ templates
@@ -843,23 +872,38 @@ class _Run:
         if min(sy1 - sy0 + 1, sx1 - sx0 + 1) <= max(cfg.tiny_footprint_size, 2):
             self._skip(i, "tiny_footprint")
             return
-        yy, xx = np.mgrid[sy0 : sy1 + 1, sx0 : sx1 + 1]
-        r2 = (xx - cx) ** 2 + (yy - cy) ** 2
-        var = fr.variance[sy0 : sy1 + 1, sx0 : sx1 + 1]
-        valid = (fr.fp[sy0 : sy1 + 1, sx0 : sx1 + 1] != 0) & (r2 <= R1 * R1) & (var > 0)
+        sh, sw = sy1 - sy0 + 1, sx1 - sx0 + 1
+        stamp = (sy0, sx0, sh, sw)
+        ycol = np.arange(sy0, sy1 + 1, dtype=np.float64)[:, None]
+        xrow = np.arange(sx0, sx1 + 1, dtype=np.float64)[None, :]
+        r2 = (xrow - cx) ** 2 + (ycol - cy) ** 2
+        sl = (slice(sy0, sy1 + 1), slice(sx0, sx1 + 1))
+        var = fr.variance[sl]
+        valid = (fr.fp[sl] != 0) & (r2 <= R1 * R1) & (var > 0)
         if not valid.any():
             self._skip(i, "no_valid_pixels")
             return
-        ys, xs = yy[valid], xx[valid]
         r = np.sqrt(r2[valid])
         if R1 > R0:
-            rw = np.clip(1.0 - (r - R0) / (R1 - R0), 0.0, None)
-            rw[r <= R0] = 1.0
+            rw = np.minimum(np.maximum(1.0 - (r - R0) / (R1 - R0), 0.0), 1.0)
         else:
             rw = np.ones_like(r)
         wts = np.sqrt(rw / var[valid])
-        b = fr.image[sy0 : sy1 + 1, sx0 : sx1 + 1][valid]
-        stamp = (sy0, sx0, sy1 - sy0 + 1, sx1 - sx0 + 1)
+        b = fr.image[sl][valid]
+        # The PSF on the stamp grown by one pixel (for the central differences), 0 outside
+        # its box clipped to the parent box.
+        y0c, y1c, x0c, x1c = clip0
+        grown = (sy0 - 1, sx0 - 1, sh + 2, sw + 2)
+        psig = _on_box(psf0, box0, grown)
+        gy = np.arange(sy0 - 1, sy1 + 2)[:, None]
+        gx = np.arange(sx0 - 1, sx1 + 2)[None, :]
+        psig *= (gy >= y0c) & (gy < y1c) & (gx >= x0c) & (gx < x1c)
+        psi = psig[1:-1, 1:-1]
+        # Derivatives count only strictly inside the clipped box along their axis.
+        iny = (ycol >= y0c) & (ycol < y1c)
+        inx = (xrow >= x0c) & (xrow < x1c)
+        dxc = 0.5 * (psig[1:-1, 2:] - psig[1:-1, :-2]) * (iny & (xrow > x0c) & (xrow < x1c - 1))
+        dyc = 0.5 * (psig[2:, 1:-1] - psig[:-2, 1:-1]) * (inx & (ycol > y0c) & (ycol < y1c - 1))
         # Neighbour columns: other peaks within R2 whose PSF box overlaps the stamp.
         neigh = []
         for j in range(self.N):
@@ -871,12 +915,18 @@ class _Run:
             arr, bx, _ = self._psf_clipped(cjy, cjx)
             if _overlap(bx, stamp) is None:
                 continue
-            neigh.append(_sample(arr, bx, ys, xs))
+            neigh.append(_on_box(arr, bx, stamp))
         K = len(neigh)
-        psi = _sample_clipped(psf0, box0, clip0, ys, xs)
-        dxc, dyc = _derivatives(psf0, box0, clip0, ys, xs)
-        cols = [psi, np.ones_like(psi), xs - cx, ys - cy] + neigh + [dxc, dyc]
-        A = np.stack(cols, axis=1)
+        planes = [
+            psi,
+            np.ones_like(psi),
+            np.broadcast_to(xrow - cx, psi.shape),
+            np.broadcast_to(ycol - cy, psi.shape),
+            *neigh,
+            dxc,
+            dyc,
+        ]
+        A = np.stack(planes, axis=-1)[valid]
         Aw = A * wts[:, None]
         bw = b * wts
         sum_rw = float(rw.sum())
@@ -918,7 +968,10 @@ class _Run:
                     ispsf2 = False
                 else:
                     Ab = Aw[:, :n1].copy()
-                    Ab[:, 0] = _sample_clipped(psf_b, box_b, clip_b, ys, xs) * wts
+                    pb2 = _on_box(psf_b, box_b, stamp)
+                    pb2 *= (ycol >= clip_b[0]) & (ycol < clip_b[1])
+                    pb2 *= (xrow >= clip_b[2]) & (xrow < clip_b[3])
+                    Ab[:, 0] = pb2[valid] * wts
                     try:
                         ab, chib = _lstsq(Ab, bw)
                     except np.linalg.LinAlgError:
@@ -1362,42 +1415,6 @@ def _lstsq(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
         return sol, _BAD_CHISQ
     res = b - A @ sol
     return sol, float(res @ res)
-
-
-def _sample(arr: np.ndarray, box, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Values of ``arr`` (on ``box``) at pixels (ys, xs); 0 outside the box."""
-    iy, ix = ys - box[0], xs - box[1]
-    ok = (iy >= 0) & (iy < box[2]) & (ix >= 0) & (ix < box[3])
-    out = np.zeros(ys.shape, dtype=np.float64)
-    out[ok] = arr[iy[ok], ix[ok]]
-    return out
-
-
-def _sample_clipped(arr, box, clip, ys, xs) -> np.ndarray:
-    """Like :func:`_sample` but 0 outside the clipped box ``clip`` = (y0, y1, x0, x1)."""
-    out = _sample(arr, box, ys, xs)
-    out[(ys < clip[0]) | (ys >= clip[1]) | (xs < clip[2]) | (xs >= clip[3])] = 0.0
-    return out
-
-
-def _derivatives(arr, box, clip, ys, xs) -> tuple[np.ndarray, np.ndarray]:
-    """Central differences of the PSF, 0 unless strictly inside the clipped box on that axis."""
-    y0, y1, x0, x1 = clip
-    iny = (ys >= y0) & (ys < y1)
-    inx = (xs >= x0) & (xs < x1)
-    okx = iny & (xs > x0) & (xs < x1 - 1)
-    oky = inx & (ys > y0) & (ys < y1 - 1)
-    dx = np.zeros(ys.shape)
-    dy = np.zeros(ys.shape)
-    if okx.any():
-        dx[okx] = 0.5 * (
-            _sample(arr, box, ys[okx], xs[okx] + 1) - _sample(arr, box, ys[okx], xs[okx] - 1)
-        )
-    if oky.any():
-        dy[oky] = 0.5 * (
-            _sample(arr, box, ys[oky] + 1, xs[oky]) - _sample(arr, box, ys[oky] - 1, xs[oky])
-        )
-    return dx, dy
 
 
 def _axis_ratio(fp: np.ndarray) -> float:
