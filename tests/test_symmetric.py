@@ -32,14 +32,15 @@ def is_edge(fp, i, j):
     return False
 
 
-def ref_median(T, half):
+def ref_median(T, half, where):
     h, w = T.shape
     out = T.copy()
     n = 2 * half + 1
     if h >= n and w >= n:
         for i in range(half, h - half):
             for j in range(half, w - half):
-                out[i, j] = np.median(T[i - half : i + half + 1, j - half : j + half + 1])
+                if where[i, j]:
+                    out[i, j] = np.median(T[i - half : i + half + 1, j - half : j + half + 1])
     return out
 
 
@@ -141,9 +142,11 @@ def test_median_matches_numpy(h, w, half, seed):
     rng = np.random.default_rng(seed)
     T = rng.normal(size=(h, w))
     T[rng.random((h, w)) < 0.3] = 0.0  # ties and zeros
-    out = np.empty_like(T)
-    _symmetric_cy.median_smooth(T, half, out, np.empty((2 * half + 1) ** 2))
-    assert np.array_equal(out, ref_median(T, half))
+    where = (rng.random((h, w)) < 0.7).astype(np.uint8)
+    for mask in (np.ones((h, w), np.uint8), where):
+        out = np.empty_like(T)
+        _symmetric_cy.median_smooth(T, half, out, np.empty((2 * half + 1) ** 2), mask)
+        assert np.array_equal(out, ref_median(T, half, mask))
 
 
 @settings(max_examples=100, deadline=None)
@@ -176,3 +179,74 @@ def test_clip_to_nonzero_reference_fixture():
     assert n == 121
     assert tuple(bbox) == (1, 1, 11, 11)
     assert fp[1:12, 1:12].all() and fp.sum() == 121
+
+
+def ref_psf_rows(image, variance, fp, sy0, sx0, cy, cx, r0, r1, psig, clip, neigh):
+    """Plain numpy version of the PSF-fit design rows (spec 3.1)."""
+    K, sh, sw = neigh.shape
+    y0c, y1c, x0c, x1c = clip
+    rows, data, radial, pix = [], [], [], []
+    for i in range(sh):
+        for j in range(sw):
+            y, x = sy0 + i, sx0 + j
+            r2 = (x - cx) ** 2 + (y - cy) ** 2
+            if not (fp[y, x] and r2 <= r1 * r1 and variance[y, x] > 0):
+                continue
+            r = np.sqrt(r2)
+            rw = 1.0 if r1 <= r0 else min(max(1 - (r - r0) / (r1 - r0), 0.0), 1.0)
+            w = np.sqrt(rw / variance[y, x])
+            ddx = (
+                0.5 * (psig[i + 1, j + 2] - psig[i + 1, j])
+                if (y0c <= y < y1c and x0c < x < x1c - 1)
+                else 0.0
+            )
+            ddy = (
+                0.5 * (psig[i + 2, j + 1] - psig[i, j + 1])
+                if (x0c <= x < x1c and y0c < y < y1c - 1)
+                else 0.0
+            )
+            row = [psig[i + 1, j + 1], 1.0, x - cx, y - cy, *neigh[:, i, j], ddx, ddy]
+            rows.append(np.array(row) * w)
+            data.append(image[y, x] * w)
+            radial.append(rw)
+            pix.append((y, x))
+    return np.array(rows).reshape(-1, 6 + K), np.array(data), np.array(radial), np.array(pix)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(3, 12), st.integers(3, 12), st.integers(0, 3), st.integers(0, 2**32 - 1))
+def test_psf_fit_rows_match_reference(sh, sw, K, seed):
+    rng = np.random.default_rng(seed)
+    H, W = sh + 6, sw + 6
+    image = rng.normal(size=(H, W))
+    variance = rng.uniform(0.5, 2, (H, W))
+    variance[rng.random((H, W)) < 0.1] = 0.0  # pixels without data are left out
+    fp = (rng.random((H, W)) < 0.8).astype(np.uint8)
+    sy0, sx0 = 3, 3
+    cy, cx = sy0 + sh / 2 + rng.uniform(-1, 1), sx0 + sw / 2 + rng.uniform(-1, 1)
+    r0 = float(rng.integers(1, 4))
+    r1 = r0 + float(rng.integers(0, 4))
+    psig = rng.random((sh + 2, sw + 2))
+    clip = (
+        sy0 + int(rng.integers(-1, 3)),
+        sy0 + sh - int(rng.integers(-1, 3)),
+        sx0 + int(rng.integers(-1, 3)),
+        sx0 + sw - int(rng.integers(-1, 3)),
+    )
+    neigh = rng.random((K, sh, sw))
+    A = np.empty((sh * sw, 6 + K))
+    b = np.empty(sh * sw)
+    rw = np.empty(sh * sw)
+    pix = np.empty((sh * sw, 2), dtype=np.int64)
+    m = _symmetric_cy.psf_fit_rows(
+        image, variance, fp, sy0, sx0, cy, cx, r0, r1, psig, *clip, neigh, A, b, rw, pix
+    )
+    rA, rb, rrw, rpix = ref_psf_rows(
+        image, variance, fp, sy0, sx0, cy, cx, r0, r1, psig, clip, neigh
+    )
+    assert m == len(rb)
+    np.testing.assert_allclose(A[:m], rA, rtol=1e-13, atol=0)
+    np.testing.assert_allclose(b[:m], rb, rtol=1e-13, atol=0)
+    np.testing.assert_allclose(rw[:m], rrw, rtol=1e-13, atol=0)
+    if m:
+        assert np.array_equal(pix[:m], rpix)

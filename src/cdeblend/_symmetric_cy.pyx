@@ -10,7 +10,7 @@ All arrays are C-contiguous and were checked by ``cdeblend.single_band``; the lo
 without the GIL and allocate nothing.
 """
 
-from libc.math cimport INFINITY
+from libc.math cimport INFINITY, sqrt
 from libc.stdint cimport int64_t, uint8_t
 
 ctypedef fused real:
@@ -154,10 +154,12 @@ cdef double _select(double* buf, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
 
 
 def median_smooth(const double[:, ::1] template, Py_ssize_t half, double[:, ::1] out,
-                  double[::1] work):
+                  double[::1] work, const uint8_t[:, ::1] where):
     """Median of the (2 half + 1)^2 window on the interior; margins copied unchanged.
 
-    ``work`` is scratch space of at least (2 half + 1)^2 values.
+    Only pixels with ``where`` set are filtered (the others are copied): the deblender
+    zeroes every pixel off the template footprint afterwards, so it skips them. ``work`` is
+    scratch space of at least (2 half + 1)^2 values.
     """
     cdef Py_ssize_t h = template.shape[0], w = template.shape[1]
     cdef Py_ssize_t i, j, a, b, n, size = 2 * half + 1
@@ -169,6 +171,8 @@ def median_smooth(const double[:, ::1] template, Py_ssize_t half, double[:, ::1]
         if h >= size and w >= size:
             for i in range(half, h - half):
                 for j in range(half, w - half):
+                    if not where[i, j]:
+                        continue
                     n = 0
                     for a in range(i - half, i + half + 1):
                         for b in range(j - half, j + half + 1):
@@ -221,4 +225,68 @@ def clip_to_nonzero(const double[:, ::1] template, uint8_t[:, ::1] fp, int64_t[:
     bbox[1] = xmin
     bbox[2] = ymax
     bbox[3] = xmax
+    return n
+
+
+def psf_fit_rows(const double[:, ::1] image, const double[:, ::1] variance,
+                 const uint8_t[:, ::1] fp, Py_ssize_t sy0, Py_ssize_t sx0,
+                 double cy, double cx, double r0, double r1,
+                 const double[:, ::1] psf_grown, Py_ssize_t y0c, Py_ssize_t y1c,
+                 Py_ssize_t x0c, Py_ssize_t x1c, const double[:, :, ::1] neighbours,
+                 double[:, ::1] design, double[::1] data, double[::1] radial,
+                 int64_t[:, ::1] pixels):
+    """Weighted rows of the PSF-fit design matrix (spec 3.1), one per valid stamp pixel.
+
+    The stamp is ``neighbours.shape[1:]`` pixels at (sy0, sx0) in the frame of ``image``.
+    A pixel is valid when it is in ``fp``, within ``r1`` of (cy, cx) and has variance > 0.
+    Its row is ``w * [psf, 1, x - cx, y - cy, neighbours..., d/dx psf, d/dy psf]`` with
+    ``w = sqrt(rw / variance)`` and the radial weight rw (1 inside r0, falling linearly to 0
+    at r1); ``data`` gets ``w * image``, ``radial`` rw and ``pixels`` (y, x). ``psf_grown``
+    is the PSF on the stamp grown by one pixel, 0 outside its box clipped to the parent box
+    [y0c, y1c) x [x0c, x1c); a derivative is 0 unless the pixel is strictly inside that box
+    along its axis (and inside it along the other). Returns the number of rows.
+    """
+    cdef Py_ssize_t K = neighbours.shape[0], sh = neighbours.shape[1], sw = neighbours.shape[2]
+    cdef Py_ssize_t i, j, k, y, x, n = 0
+    cdef double dy, dx, r2, r, rw, wt, v, ddx, ddy
+    with nogil:
+        for i in range(sh):
+            y = sy0 + i
+            dy = <double>y - cy
+            for j in range(sw):
+                x = sx0 + j
+                dx = <double>x - cx
+                r2 = dx * dx + dy * dy
+                v = variance[y, x]
+                if not (fp[y, x] != 0 and r2 <= r1 * r1 and v > 0):
+                    continue
+                r = sqrt(r2)
+                if r1 > r0:
+                    rw = 1.0 - (r - r0) / (r1 - r0)
+                    if rw < 0.0:
+                        rw = 0.0
+                    if rw > 1.0:
+                        rw = 1.0
+                else:
+                    rw = 1.0
+                wt = sqrt(rw / v)
+                design[n, 0] = psf_grown[i + 1, j + 1] * wt
+                design[n, 1] = wt
+                design[n, 2] = dx * wt
+                design[n, 3] = dy * wt
+                for k in range(K):
+                    design[n, 4 + k] = neighbours[k, i, j] * wt
+                ddx = 0.0
+                ddy = 0.0
+                if y >= y0c and y < y1c and x > x0c and x < x1c - 1:
+                    ddx = 0.5 * (psf_grown[i + 1, j + 2] - psf_grown[i + 1, j])
+                if x >= x0c and x < x1c and y > y0c and y < y1c - 1:
+                    ddy = 0.5 * (psf_grown[i + 2, j + 1] - psf_grown[i, j + 1])
+                design[n, 4 + K] = ddx * wt
+                design[n, 5 + K] = ddy * wt
+                data[n] = image[y, x] * wt
+                radial[n] = rw
+                pixels[n, 0] = y
+                pixels[n, 1] = x
+                n += 1
     return n

@@ -874,36 +874,14 @@ class _Run:
             return
         sh, sw = sy1 - sy0 + 1, sx1 - sx0 + 1
         stamp = (sy0, sx0, sh, sw)
-        ycol = np.arange(sy0, sy1 + 1, dtype=np.float64)[:, None]
-        xrow = np.arange(sx0, sx1 + 1, dtype=np.float64)[None, :]
-        r2 = (xrow - cx) ** 2 + (ycol - cy) ** 2
-        sl = (slice(sy0, sy1 + 1), slice(sx0, sx1 + 1))
-        var = fr.variance[sl]
-        valid = (fr.fp[sl] != 0) & (r2 <= R1 * R1) & (var > 0)
-        if not valid.any():
-            self._skip(i, "no_valid_pixels")
-            return
-        r = np.sqrt(r2[valid])
-        if R1 > R0:
-            rw = np.minimum(np.maximum(1.0 - (r - R0) / (R1 - R0), 0.0), 1.0)
-        else:
-            rw = np.ones_like(r)
-        wts = np.sqrt(rw / var[valid])
-        b = fr.image[sl][valid]
         # The PSF on the stamp grown by one pixel (for the central differences), 0 outside
         # its box clipped to the parent box.
         y0c, y1c, x0c, x1c = clip0
-        grown = (sy0 - 1, sx0 - 1, sh + 2, sw + 2)
-        psig = _on_box(psf0, box0, grown)
-        gy = np.arange(sy0 - 1, sy1 + 2)[:, None]
-        gx = np.arange(sx0 - 1, sx1 + 2)[None, :]
-        psig *= (gy >= y0c) & (gy < y1c) & (gx >= x0c) & (gx < x1c)
-        psi = psig[1:-1, 1:-1]
-        # Derivatives count only strictly inside the clipped box along their axis.
-        iny = (ycol >= y0c) & (ycol < y1c)
-        inx = (xrow >= x0c) & (xrow < x1c)
-        dxc = 0.5 * (psig[1:-1, 2:] - psig[1:-1, :-2]) * (iny & (xrow > x0c) & (xrow < x1c - 1))
-        dyc = 0.5 * (psig[2:, 1:-1] - psig[:-2, 1:-1]) * (inx & (ycol > y0c) & (ycol < y1c - 1))
+        psig = _on_box(psf0, box0, (sy0 - 1, sx0 - 1, sh + 2, sw + 2))
+        if y0c > sy0 - 1 or y1c < sy1 + 2 or x0c > sx0 - 1 or x1c < sx1 + 2:
+            gy = np.arange(sy0 - 1, sy1 + 2)[:, None]
+            gx = np.arange(sx0 - 1, sx1 + 2)[None, :]
+            psig *= (gy >= y0c) & (gy < y1c) & (gx >= x0c) & (gx < x1c)
         # Neighbour columns: other peaks within R2 whose PSF box overlaps the stamp.
         neigh = []
         for j in range(self.N):
@@ -917,18 +895,36 @@ class _Run:
                 continue
             neigh.append(_on_box(arr, bx, stamp))
         K = len(neigh)
-        planes = [
-            psi,
-            np.ones_like(psi),
-            np.broadcast_to(xrow - cx, psi.shape),
-            np.broadcast_to(ycol - cy, psi.shape),
-            *neigh,
-            dxc,
-            dyc,
-        ]
-        A = np.stack(planes, axis=-1)[valid]
-        Aw = A * wts[:, None]
-        bw = b * wts
+        nb = np.stack(neigh) if K else np.zeros((0, sh, sw))
+        Aw = np.empty((sh * sw, 6 + K))
+        bw = np.empty(sh * sw)
+        rw = np.empty(sh * sw)
+        pix = np.empty((sh * sw, 2), dtype=np.int64)
+        m = _symmetric_cy.psf_fit_rows(
+            fr.image,
+            fr.variance,
+            fr.fp,
+            sy0,
+            sx0,
+            cy,
+            cx,
+            float(R0),
+            float(R1),
+            psig,
+            y0c,
+            y1c,
+            x0c,
+            x1c,
+            nb,
+            Aw,
+            bw,
+            rw,
+            pix,
+        )
+        if m == 0:
+            self._skip(i, "no_valid_pixels")
+            return
+        Aw, bw, rw, pix = Aw[:m], bw[:m], rw[:m], pix[:m]
         sum_rw = float(rw.sum())
         n1 = 4 + K
         n2 = n1 + 2
@@ -968,10 +964,13 @@ class _Run:
                     ispsf2 = False
                 else:
                     Ab = Aw[:, :n1].copy()
-                    pb2 = _on_box(psf_b, box_b, stamp)
-                    pb2 *= (ycol >= clip_b[0]) & (ycol < clip_b[1])
-                    pb2 *= (xrow >= clip_b[2]) & (xrow < clip_b[3])
-                    Ab[:, 0] = pb2[valid] * wts
+                    # Column 0 becomes the shifted PSF (0 outside its clipped box).
+                    py_, px_ = pix[:, 0], pix[:, 1]
+                    inside = (py_ >= clip_b[0]) & (py_ < clip_b[1])
+                    inside &= (px_ >= clip_b[2]) & (px_ < clip_b[3])
+                    col = np.zeros(m)
+                    col[inside] = psf_b[py_[inside] - box_b[0], px_[inside] - box_b[1]]
+                    Ab[:, 0] = col * Aw[:, 1]
                     try:
                         ab, chib = _lstsq(Ab, bw)
                     except np.linalg.LinAlgError:
@@ -1121,7 +1120,7 @@ class _Run:
             return
         out = np.empty_like(t.values)
         work = np.empty((2 * hsz + 1) ** 2, dtype=np.float64)
-        _symmetric_cy.median_smooth(t.values, hsz, out, work)
+        _symmetric_cy.median_smooth(t.values, hsz, out, work, t.fp)
         out *= t.fp
         t.values = out
 
