@@ -10,7 +10,7 @@ All arrays are C-contiguous and were checked by ``cdeblend.single_band``; the lo
 without the GIL and allocate nothing.
 """
 
-from libc.math cimport INFINITY, sqrt
+from libc.math cimport INFINITY, exp, sqrt
 from libc.stdint cimport int64_t, uint8_t
 
 ctypedef fused real:
@@ -290,3 +290,29 @@ def psf_fit_rows(const double[:, ::1] image, const double[:, ::1] variance,
                 pixels[n, 1] = x
                 n += 1
     return n
+
+
+def gaussian_moments(const double[:, ::1] image, double cy, double cx, double iyy,
+                     double ixy, double ixx, double[::1] out):
+    """Moments of ``image * exp(-(d^T M^-1 d) / 2)``, d = (y - cy, x - cx), M^-1 = [[iyy, ixy],
+    [ixy, ixx]]: ``out`` = (sum, sum dy, sum dx, sum dy^2, sum dx dy, sum dx^2)."""
+    cdef Py_ssize_t h = image.shape[0], w = image.shape[1], i, j
+    cdef double s0 = 0, sy = 0, sx = 0, syy = 0, sxy = 0, sxx = 0, dy, dx, f
+    with nogil:
+        for i in range(h):
+            dy = i - cy
+            for j in range(w):
+                dx = j - cx
+                f = image[i, j] * exp(-0.5 * (iyy * dy * dy + 2 * ixy * dy * dx + ixx * dx * dx))
+                s0 += f
+                sy += f * dy
+                sx += f * dx
+                syy += f * dy * dy
+                sxy += f * dx * dy
+                sxx += f * dx * dx
+    out[0] = s0
+    out[1] = sy
+    out[2] = sx
+    out[3] = syy
+    out[4] = sxy
+    out[5] = sxx

@@ -480,15 +480,16 @@ def deblend_image(
         fp = np.zeros((yb - ya, xb - xa), dtype=bool)
         fp[y0 - ya : y0 - ya + h, x0 - xa : x0 - xa + w] = p.footprint
         sub_mask = None if mask is None else mask[ya:yb, xa:xb]
-        res = deb.deblend(
+        # The image, variance and PSF were checked above, the footprint and peaks are ours.
+        res = deb._deblend_checked(
             image[ya:yb, xa:xb],
             variance[ya:yb, xa:xb],
             psf,
-            p.peaks - np.array([ya, xa]),
-            footprint=fp,
-            mask=sub_mask,
-            sigma1=sigma1,
-            psf_fwhm=fwhm,
+            np.ascontiguousarray(p.peaks - np.array([ya, xa]), dtype=np.int64),
+            fp,
+            sub_mask,
+            sigma1,
+            fwhm,
         )
         out.append(ParentResult(p, res, (ya, xa)))
     return out

@@ -13,6 +13,7 @@ loops live in :mod:`cdeblend._symmetric_cy`, :mod:`cdeblend._monotonic_cy` and
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -334,6 +335,28 @@ def _lanczos5(t: np.ndarray) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def _band_index(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tap index ``i - k + 6`` (clipped) and the band |i - k| <= 6 of an (n, n) matrix."""
+    off = np.subtract.outer(np.arange(n), np.arange(n))
+    return np.clip(off + 6, 0, 12), np.abs(off) <= 6
+
+
+def _lanczos_matrix(n: int, d: float) -> np.ndarray:
+    """(n, n) banded matrix ``L[i, k] = lanczos5(i - k - d)`` for a shift by ``d`` (|d| < 1)."""
+    # Offsets -6..6 cover |i - k - d| < 5; 13 taps are cheaper in plain Python than in numpy.
+    taps = np.zeros(13)
+    for k in range(13):
+        t = k - 6 - d
+        if t == 0:
+            taps[k] = 1.0
+        elif abs(t) < 5:
+            a, b = math.pi * t, math.pi * t / 5
+            taps[k] = (math.sin(a) / a) * (math.sin(b) / b)
+    idx, band = _band_index(n)
+    return np.where(band, taps[idx], 0.0)
+
+
 def _shift_image(img: np.ndarray, dy: float, dx: float) -> np.ndarray:
     """``img`` moved by (dy, dx) pixels with a separable Lanczos-5 kernel, renormalised.
 
@@ -341,10 +364,8 @@ def _shift_image(img: np.ndarray, dy: float, dx: float) -> np.ndarray:
     (zeros beyond the image), done as two small matrix products.
     """
     h, w = img.shape
-    ly = _lanczos5(np.subtract.outer(np.arange(h), np.arange(h)) - dy) if dy else None
-    lx = _lanczos5(np.subtract.outer(np.arange(w), np.arange(w)) - dx) if dx else None
-    out = img if ly is None else ly @ img
-    out = out if lx is None else out @ lx.T
+    out = img if dy == 0 else _lanczos_matrix(h, dy) @ img
+    out = out if dx == 0 else out @ _lanczos_matrix(w, dx).T
     s = out.sum()
     return out / s if s != 0 else out
 
@@ -393,45 +414,46 @@ def psf_fwhm_from_moments(psf: np.ndarray, max_iter: int = 50) -> float:
     s = psf.sum()
     if not s > 0:
         return float("nan")
-    # The Gaussian weight ignores the far wings: cut the image to 4x a rough FWHM (from the
+    # The Gaussian weight ignores the far wings: cut the image to 2.5x a rough FWHM (from the
     # area above half the maximum) around its maximum, which makes large PSF images cheap.
     iy, ix = np.unravel_index(int(np.argmax(psf)), psf.shape)
     rough = 2.0 * math.sqrt(np.count_nonzero(psf >= 0.5 * psf[iy, ix]) / math.pi)
-    r = int(math.ceil(4 * rough)) + 2
+    r = int(math.ceil(2.5 * rough)) + 2
     psf = psf[max(iy - r, 0) : iy + r + 1, max(ix - r, 0) : ix + r + 1]
     s = psf.sum()
     if not s > 0:
         return float("nan")
-    h, w = psf.shape
-    y = np.arange(h, dtype=np.float64)[:, None]
-    x = np.arange(w, dtype=np.float64)[None, :]
-    cy = float((psf.sum(axis=1) * y[:, 0]).sum() / s)
-    cx = float((psf.sum(axis=0) * x[0]).sum() / s)
+    psf = np.ascontiguousarray(psf)
+    mom = np.empty(6)
+    # Start from the unweighted centroid and a 2-pixel-variance weight.
+    _symmetric_cy.gaussian_moments(psf, 0.0, 0.0, 0.0, 0.0, 0.0, mom)
+    cy, cx = mom[1] / mom[0], mom[2] / mom[0]
     myy, mxy, mxx = 2.0, 0.0, 2.0
     for _ in range(max_iter):
         det = myy * mxx - mxy * mxy
         if not det > 0:
             return float("nan")
         iyy, ixy, ixx = mxx / det, -mxy / det, myy / det
-        dy, dx = y - cy, x - cx
-        f = psf * np.exp(-0.5 * (iyy * dy * dy + 2 * ixy * dy * dx + ixx * dx * dx))
-        fs = f.sum()
+        _symmetric_cy.gaussian_moments(psf, cy, cx, iyy, ixy, ixx, mom)
+        fs = mom[0]
         if not fs > 0:
             return float("nan")
-        fy, fx = f.sum(axis=1), f.sum(axis=0)
-        cy += float((fy * dy[:, 0]).sum() / fs)
-        cx += float((fx * dx[0]).sum() / fs)
-        dy, dx = y - cy, x - cx
-        wyy = float((fy * (dy[:, 0] ** 2)).sum() / fs)
-        wxx = float((fx * (dx[0] ** 2)).sum() / fs)
-        wxy = float((f * dy * dx).sum() / fs)
+        ey, ex = mom[1] / fs, mom[2] / fs
+        # Second moments about the updated centre.
+        wyy = mom[3] / fs - ey * ey
+        wxy = mom[4] / fs - ey * ex
+        wxx = mom[5] / fs - ex * ex
+        cy, cx = cy + ey, cx + ex
         # Deweight: for a Gaussian PSF of covariance C the weighted moments are
         # (C^-1 + M^-1)^-1, so C = (W^-1 - M^-1)^-1, which converges in a few steps.
         # Fall back to the plain fixed-point step M = 2 W when that is not positive.
         wdet = wyy * wxx - wxy * wxy
-        ayy, axy, axx = wxx / wdet - iyy, -wxy / wdet - ixy, wyy / wdet - ixx
-        adet = ayy * axx - axy * axy
-        if wdet > 0 and adet > 0 and ayy > 0:
+        if wdet > 0:
+            ayy, axy, axx = wxx / wdet - iyy, -wxy / wdet - ixy, wyy / wdet - ixx
+            adet = ayy * axx - axy * axy
+        else:
+            adet = ayy = 0.0
+        if adet > 0 and ayy > 0:
             nyy, nxy, nxx = axx / adet, -axy / adet, ayy / adet
         else:
             nyy, nxy, nxx = 2 * wyy, 2 * wxy, 2 * wxx
@@ -652,6 +674,10 @@ class SingleBandDeblender:
         )
         if sigma1 is None:
             sigma1 = estimate_sigma1(variance, mask, cfg)
+        return self._deblend_checked(image, variance, psf_arr, pk, fp, mask, sigma1, psf_fwhm, cen)
+
+    def _deblend_checked(self, image, variance, psf, pk, fp, mask, sigma1, psf_fwhm, cen=None):
+        """Deblend inputs that were already validated (``deblend_image`` checks them once)."""
         ys, xs = np.nonzero(fp)
         pbox = (
             int(ys.min()),
@@ -661,14 +687,16 @@ class SingleBandDeblender:
         )
         fwhm = psf_fwhm
         if fwhm is None:
-            if callable(psf_arr):
-                img_c, _, _ = _PSF(psf_arr, (ys.mean(), xs.mean())).image(ys.mean(), xs.mean())
+            if callable(psf):
+                img_c, _, _ = _PSF(psf, (ys.mean(), xs.mean())).image(ys.mean(), xs.mean())
                 fwhm = psf_fwhm_from_moments(img_c)
             else:
-                fwhm = psf_fwhm_from_moments(psf_arr)
+                fwhm = psf_fwhm_from_moments(psf)
+        if cen is None:
+            cen = pk.astype(np.float64)
         fp_box = np.ascontiguousarray(fp[pbox[0] : pbox[0] + pbox[2], pbox[1] : pbox[1] + pbox[3]])
         run = _Run(
-            cfg, image, variance, mask, fp, fp_box, pbox, psf_arr, pk, cen, float(sigma1), fwhm
+            self.config, image, variance, mask, fp, fp_box, pbox, psf, pk, cen, float(sigma1), fwhm
         )
         return run.execute()
 
