@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import cdeblend as cdb
+from cdeblend.single_band import psf_fwhm_from_moments
 
 
 def default_data() -> Path:
@@ -61,8 +62,9 @@ def run_blend(data: dict, cfg: cdb.SingleBandConfig, nsigma: float, grow: int):
     cat = data["catalog"]
     peaks = np.stack([cat["y"], cat["x"]], axis=1).round().astype(np.int64)
     H, W = image.shape
-    results = cdb.deblend_image(image, variance, psf, config=cfg, peaks=peaks, nsigma=nsigma,
-                                grow=grow)
+    results = cdb.deblend_image(
+        image, variance, psf, config=cfg, peaks=peaks, nsigma=nsigma, grow=grow
+    )
     conserved = np.zeros((len(peaks), 1, H, W), dtype=np.float32)
     n_failed = 0
     for pr in results:
@@ -80,13 +82,20 @@ def summarize(metrics, recs):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=None, help="folder holding sim_single/ and metrics.py")
+    ap.add_argument(
+        "--data", type=Path, default=None, help="folder holding sim_single/ and metrics.py"
+    )
     ap.add_argument("--repeat", type=int, default=3, help="timing repeats (best is kept)")
-    ap.add_argument("--nsigma", type=float, default=3.0, help="footprint threshold (matched-filter S/N)")
-    ap.add_argument("--grow", type=int, default=3, help="footprint growth in pixels")
-    ap.add_argument("--rules", nargs="*", default=None,
-                    help="stray-flux rules to compare (default: all four)")
-    ap.add_argument("--baseline", action="store_true", help="also score the naive PSF-weight baseline")
+    ap.add_argument(
+        "--nsigma", type=float, default=5.0, help="footprint threshold (matched-filter S/N)"
+    )
+    ap.add_argument("--grow", type=int, default=2, help="footprint growth in pixels")
+    ap.add_argument(
+        "--rules", nargs="*", default=None, help="stray-flux rules to compare (default: all four)"
+    )
+    ap.add_argument(
+        "--baseline", action="store_true", help="also score the naive PSF-weight baseline"
+    )
     args = ap.parse_args(argv)
     data_dir = args.data or default_data()
     sim = data_dir / "sim_single"
@@ -100,18 +109,29 @@ def main(argv=None) -> None:
     n_src = sum(len(d["catalog"]) for _, d in blends)
     n_pix = sum(d["images"][0].size for _, d in blends)
     rules = args.rules or ["trim", "r-to-peak", "nearest-footprint", "r-to-footprint"]
-    configs = [(f"default (stray={r})" if r == "trim" else f"stray={r}",
-                cdb.SingleBandConfig(stray_flux_rule=r)) for r in rules]
-    configs += [
-        ("stray=r-to-peak, no monotonic",
-         cdb.SingleBandConfig(stray_flux_rule="r-to-peak", monotonic_template=False)),
-        ("stray=r-to-peak, no monotonic/median",
-         cdb.SingleBandConfig(stray_flux_rule="r-to-peak", monotonic_template=False,
-                              median_smooth_template=False)),
+    configs = [
+        (
+            f"default (stray={r})" if r == "trim" else f"stray={r}",
+            cdb.SingleBandConfig(stray_flux_rule=r),
+        )
+        for r in rules
     ]
-    header = (f"{'configuration':38s} {'blends':>6s} {'srcs':>5s} {'ms/blend':>9s} {'Mpix/s':>7s} "
-              f"{'peakMB':>7s} {'fail':>4s} | {'med|dF/F|':>9s} {'p90':>6s} {'f>0.1':>6s} | "
-              f"{'SNR>=10 med':>11s} {'p90':>6s} {'f>0.1':>6s} {'n':>4s}")
+    configs += [
+        ("weight_templates, stray=trim", cdb.SingleBandConfig(weight_templates=True)),
+        (
+            "weight_templates, stray=r-to-peak",
+            cdb.SingleBandConfig(weight_templates=True, stray_flux_rule="r-to-peak"),
+        ),
+        (
+            "weight_templates, no monotonic",
+            cdb.SingleBandConfig(weight_templates=True, monotonic_template=False),
+        ),
+    ]
+    header = (
+        f"{'configuration':38s} {'blends':>6s} {'srcs':>5s} {'ms/blend':>9s} {'Mpix/s':>7s} "
+        f"{'peakMB':>7s} {'fail':>4s} | {'med|dF/F|':>9s} {'p90':>6s} {'f>0.1':>6s} | "
+        f"{'SNR>=10 med':>11s} {'p90':>6s} {'f>0.1':>6s} {'n':>4s}"
+    )
     rows = []
     for name, cfg in configs:
         # Warm-up and accuracy pass.
@@ -148,20 +168,31 @@ def main(argv=None) -> None:
             cat = d["catalog"]
             peaks = np.stack([cat["y"], cat["x"]], axis=1).round().astype(np.int64)
             psf = d["psfs"][0].astype(np.float64)
-            parents = cdb.detect(image, d["variance"][0], psf, nsigma=args.nsigma, grow=args.grow,
-                                 peaks=peaks)
+            fwhm = psf_fwhm_from_moments(psf)
+            parents = cdb.detect(
+                image,
+                d["variance"][0],
+                nsigma=args.nsigma,
+                grow=args.grow,
+                peaks=peaks,
+                psf_fwhm=fwhm,
+            )
             fp = np.zeros(image.shape, bool)
             for p in parents:
                 fp |= p.full_footprint(image.shape)
             cons = naive_psf_weights(image.astype(np.float64), psf, peaks, fp)[:, None]
             recs.extend(metrics.evaluate_pair(d, {"conserved": cons}, fname))
         a, s = summarize(metrics, recs)
-        print(f"{'naive PSF-weight baseline':38s} {len(blends):6d} {n_src:5d} {'':9s} {'':7s} "
-              f"{'':7s} {'':4s} | {a['median_abs_dF']:9.3f} {a['p90_abs_dF']:6.3f} "
-              f"{a['frac_abs_dF_gt_0p1']:6.3f} | {s['median_abs_dF']:11.3f} {s['p90_abs_dF']:6.3f} "
-              f"{s['frac_abs_dF_gt_0p1']:6.3f} {s['n']:4d}")
-    print(f"footprints: matched-filter S/N > {args.nsigma}, grown by {args.grow} px; "
-          f"time = detection + deblending (best of {args.repeat}); memory = tracemalloc peak")
+        print(
+            f"{'naive PSF-weight baseline':38s} {len(blends):6d} {n_src:5d} {'':9s} {'':7s} "
+            f"{'':7s} {'':4s} | {a['median_abs_dF']:9.3f} {a['p90_abs_dF']:6.3f} "
+            f"{a['frac_abs_dF_gt_0p1']:6.3f} | {s['median_abs_dF']:11.3f} {s['p90_abs_dF']:6.3f} "
+            f"{s['frac_abs_dF_gt_0p1']:6.3f} {s['n']:4d}"
+        )
+    print(
+        f"footprints: matched-filter S/N > {args.nsigma}, grown by {args.grow} px; "
+        f"time = detection + deblending (best of {args.repeat}); memory = tracemalloc peak"
+    )
 
 
 if __name__ == "__main__":
