@@ -490,3 +490,93 @@ def test_label_footprint_and_failure_isolation():
         SingleBandDeblender(SingleBandConfig(catch_failures=False)).deblend(
             img, var, psf, peaks, labels, psf_fwhm=-1.0
         )
+
+
+# --------------------------------------------------------------------- PSF handling
+def test_psf_shift_and_fwhm():
+    from cdeblend.single_band import _lanczos5, _shift_image, psf_fwhm_from_moments
+
+    yy, xx = np.mgrid[-10:11, -10:11]
+    g = np.exp(-(yy**2 + xx**2) / (2 * 2.0**2))
+    g /= g.sum()
+    # A well-sampled Gaussian moved by (0.3, -0.2) matches the analytic shift closely...
+    moved = np.exp(-((yy - 0.3) ** 2 + (xx + 0.2) ** 2) / (2 * 2.0**2))
+    moved /= moved.sum()
+    assert np.abs(_shift_image(g, 0.3, -0.2) - moved).max() < 2e-3 * g.max()
+    # ...and equals the direct separable Lanczos-5 sum.
+    i = np.arange(21)
+    ly = _lanczos5(np.subtract.outer(i, i) - 0.3)
+    lx = _lanczos5(np.subtract.outer(i, i) + 0.2)
+    ref = ly @ g @ lx.T
+    np.testing.assert_allclose(_shift_image(g, 0.3, -0.2), ref / ref.sum(), atol=1e-15)
+    # Adaptive-moment FWHM of an elliptical, tilted Gaussian: 2.35 det(C)^(1/4).
+    yy, xx = np.mgrid[-20:21, -20:21]
+    cinv = np.array([[1 / 4.0, 0.05], [0.05, 1 / 9.0]])
+    p = np.exp(-0.5 * (cinv[0, 0] * yy**2 + 2 * cinv[0, 1] * yy * xx + cinv[1, 1] * xx**2))
+    expect = 2.35 * np.linalg.det(np.linalg.inv(cinv)) ** 0.25
+    assert psf_fwhm_from_moments(p / p.sum()) == pytest.approx(expect, rel=1e-6)
+
+
+def test_callable_psf_and_centers_match_the_array():
+    from cdeblend.single_band import _round_half_away, _shift_image
+
+    img, var, psf, peaks = three_source_scene(seed=5)
+    cfg = SingleBandConfig(footprint_nsigma=1.0, catch_failures=False)
+    h = psf.shape[0] // 2
+    calls = []
+
+    def psf_at(y, x):
+        # A PSF model that centres the image on (y, x), as the fixed array is shifted.
+        calls.append((y, x))
+        iy, ix = _round_half_away(y), _round_half_away(x)
+        img = psf if (y == iy and x == ix) else _shift_image(psf, y - iy, x - ix)
+        return img, (iy - h, ix - h)
+
+    a = SingleBandDeblender(cfg).deblend(img, var, psf, peaks)
+    b = SingleBandDeblender(cfg).deblend(img, var, psf_at, peaks, psf_fwhm=None)
+    c = SingleBandDeblender(cfg).deblend(img, var, psf, peaks, centers=np.array(peaks, float))
+    assert calls
+    for other in (b, c):
+        assert np.array_equal(a.conserved_images(), other.conserved_images())
+    with pytest.raises(ValueError, match="centers has shape"):
+        SingleBandDeblender(cfg).deblend(img, var, psf, peaks, centers=[(1.0, 2.0)])
+
+
+def test_template_sum_and_point_source_stray_rules():
+    img, var, psf, peaks = three_source_scene(seed=6)
+    cfg = SingleBandConfig(footprint_nsigma=1.0, get_template_sum=True, stray_flux_rule="r-to-peak")
+    res = SingleBandDeblender(cfg).deblend(img, var, psf, peaks)
+    y0, x0, h, w = res.footprint_box
+    tsum = np.maximum(res.templates(), 0).sum(axis=0)[y0 : y0 + h, x0 : x0 + w]
+    np.testing.assert_allclose(res.template_sum, np.where(res.footprint, tsum, 0), rtol=1e-12)
+    # Two faint point sources: both get PSF templates. With "never" they take no stray flux,
+    # so the unclaimed positive pixels stay unassigned; with "necessary" they get it.
+    fwhm = 3.0
+    s = fwhm / 2.3548
+    pts = blob(41, 41, 20, 12, s, 150.0) + blob(41, 41, 20, 28, s, 150.0)
+    pts = pts + np.random.default_rng(0).normal(0, 1, (41, 41))
+    fp = np.ones((41, 41), bool)
+    out = {}
+    for mode in ("never", "necessary"):
+        cfg = SingleBandConfig(stray_flux_rule="r-to-peak", stray_flux_to_point_sources=mode)
+        r = SingleBandDeblender(cfg).deblend(
+            pts, np.ones((41, 41)), gaussian_psf(fwhm, 15), [(20, 12), (20, 28)], fp
+        )
+        assert [c.template_kind for c in r.children] == ["psf", "psf"]
+        out[mode] = r
+    assert out["never"].stray_flux > 0
+    un = out["necessary"].unassigned
+    assert np.all(un[pts > 0] == 0)
+
+
+def test_threads_give_identical_results():
+    from concurrent.futures import ThreadPoolExecutor
+
+    scenes = [three_source_scene(np.float32, seed=s) for s in range(6)]
+    cfg = SingleBandConfig(stray_flux_rule="nearest-footprint", footprint_nsigma=1.0)
+    deb = SingleBandDeblender(cfg)
+    serial = [deb.deblend(*sc).conserved_images() for sc in scenes]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda sc: deb.deblend(*sc).conserved_images(), scenes))
+    for a, b in zip(serial, threaded, strict=True):
+        assert np.array_equal(a, b)
