@@ -580,3 +580,19 @@ def test_threads_give_identical_results():
         threaded = list(pool.map(lambda sc: deb.deblend(*sc).conserved_images(), scenes))
     for a, b in zip(serial, threaded, strict=True):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("m,n,rank", [(40, 6, 6), (40, 6, 4), (5, 5, 5), (3, 6, 3), (30, 1, 1)])
+def test_lstsq_matches_numpy(m, n, rank):
+    from cdeblend.single_band import _BAD_CHISQ, _lstsq
+
+    rng = np.random.default_rng(m * 10 + n + rank)
+    A = rng.normal(size=(m, rank)) @ rng.normal(size=(rank, n))
+    b = rng.normal(size=m)
+    sol, chi2 = _lstsq(A, b)
+    ref, _, ref_rank, _ = np.linalg.lstsq(A, b, rcond=-1)
+    np.testing.assert_allclose(sol, ref, rtol=1e-10, atol=1e-12)
+    if ref_rank < n or m <= n:
+        assert chi2 == _BAD_CHISQ
+    else:
+        assert chi2 == pytest.approx(float(np.sum((b - A @ ref) ** 2)), rel=1e-10)
