@@ -538,6 +538,18 @@ def test_callable_psf_and_centers_match_the_array():
     assert calls
     for other in (b, c):
         assert np.array_equal(a.conserved_images(), other.conserved_images())
+
+    # A PSF model that fails away from the middle falls back to its image at the peaks' mean.
+    def flaky(y, x):
+        if x > 40:
+            raise RuntimeError("no PSF model there")
+        return psf_at(y, x)
+
+    d = SingleBandDeblender(cfg).deblend(img, var, flaky, peaks)
+    assert d.n_child == 3 and not d.flags
+    fa = np.array([c.flux for c in a.children])
+    fd = np.array([c.flux for c in d.children])
+    np.testing.assert_allclose(fd, fa, rtol=0.1)
     with pytest.raises(ValueError, match="centers has shape"):
         SingleBandDeblender(cfg).deblend(img, var, psf, peaks, centers=[(1.0, 2.0)])
 

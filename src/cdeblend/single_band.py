@@ -379,7 +379,7 @@ def _round_half_away(v: float) -> int:
 class _PSF:
     """PSF images at sub-pixel positions, from a fixed array or a callable."""
 
-    def __init__(self, psf: np.ndarray | Callable, fallback_yx: tuple[float, float]) -> None:
+    def __init__(self, psf: np.ndarray | Callable, fallback_yx: Callable[[], tuple]) -> None:
         self.fixed = None if callable(psf) else psf
         self.func = psf if callable(psf) else None
         self.fallback = fallback_yx
@@ -390,9 +390,16 @@ class _PSF:
         if self.fixed is None:
             try:
                 arr, origin = self.func(cy, cx)
+                arr = np.asarray(arr, dtype=np.float64)
             except Exception:
-                arr, origin = self.func(*self.fallback)
-            arr = np.asarray(arr, dtype=np.float64)
+                # A PSF model that fails at this position: take its image at the peaks' mean,
+                # with the box centred on the pixel nearest to (cy, cx).
+                arr, _ = self.func(*self.fallback())
+                arr = np.asarray(arr, dtype=np.float64)
+                origin = (
+                    _round_half_away(cy) - arr.shape[0] // 2,
+                    _round_half_away(cx) - arr.shape[1] // 2,
+                )
             return arr, int(origin[0]), int(origin[1])
         iy, ix = _round_half_away(cy), _round_half_away(cx)
         dy, dx = cy - iy, cx - ix
@@ -689,7 +696,8 @@ class SingleBandDeblender:
         fwhm = psf_fwhm
         if fwhm is None:
             if callable(psf):
-                img_c, _, _ = _PSF(psf, (ys.mean(), xs.mean())).image(ys.mean(), xs.mean())
+                cy, cx = float(ys.mean()), float(xs.mean())
+                img_c, _, _ = _PSF(psf, lambda: (cy, cx)).image(cy, cx)
                 fwhm = psf_fwhm_from_moments(img_c)
             else:
                 fwhm = psf_fwhm_from_moments(psf)
@@ -824,7 +832,8 @@ class _Run:
         # Peaks and centres in frame coordinates.
         self.fpk = self.pk - np.array([fr.y0, fr.x0])
         self.fcen = self.cen - np.array([fr.y0, fr.x0])
-        self.psf = _PSF(self.psf_in, (float(self.cen[:, 0].mean()), float(self.cen[:, 1].mean())))
+        cen = self.cen
+        self.psf = _PSF(self.psf_in, lambda: (float(cen[:, 0].mean()), float(cen[:, 1].mean())))
         active = ~self.skipped  # peaks taking part in the steps
         self.is_psf = np.zeros(self.N, dtype=bool)
         if cfg.fit_psfs:
