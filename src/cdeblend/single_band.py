@@ -557,9 +557,12 @@ class SingleBandDeblender:
 
     Examples
     --------
-    >>> deb = SingleBandDeblender(SingleBandConfig(stray_flux_rule="r-to-peak"))
-    >>> res = deb.deblend(image, variance, psf, peaks)           # doctest: +SKIP
-    >>> res.conserved_images().sum(axis=0) + unassigned == image  # on the footprint
+    >>> deb = SingleBandDeblender(SingleBandConfig(weight_templates=True))
+    >>> res = deb.deblend(image, variance, psf, peaks)  # doctest: +SKIP
+    >>> [c.flux for c in res.children], res.stray_flux  # doctest: +SKIP
+
+    On the footprint, ``res.conserved_images().sum(axis=0)`` plus ``res.unassigned`` (placed
+    at ``res.footprint_box``) equals the image.
     """
 
     def __init__(self, config: SingleBandConfig | None = None) -> None:
