@@ -250,3 +250,17 @@ def test_psf_fit_rows_match_reference(sh, sw, K, seed):
     np.testing.assert_allclose(rw[:m], rrw, rtol=1e-13, atol=0)
     if m:
         assert np.array_equal(pix[:m], rpix)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 30), st.integers(0, 10), st.integers(0, 2**32 - 1))
+def test_dilate_disc_matches_scipy(H, W, r, seed):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((H, W)) < rng.random() * 0.3
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    ref = ndimage.binary_dilation(mask, structure=(yy * yy + xx * xx) <= r * r)
+    out = np.empty((H, W), np.uint8)
+    _symmetric_cy.dilate_disc(mask.view(np.uint8), r, out, np.empty((H, W + 1), np.int32))
+    assert np.array_equal(out.astype(bool), ref)

@@ -11,7 +11,9 @@ without the GIL and allocate nothing.
 """
 
 from libc.math cimport INFINITY, exp, sqrt
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
+
+import numpy as np
 
 ctypedef fused real:
     float
@@ -316,3 +318,49 @@ def gaussian_moments(const double[:, ::1] image, double cy, double cx, double iy
     out[3] = syy
     out[4] = sxy
     out[5] = sxx
+
+
+def dilate_disc(const uint8_t[:, ::1] mask, Py_ssize_t radius, uint8_t[:, ::1] out,
+                int32_t[:, ::1] prefix):
+    """Binary dilation of ``mask`` by the disc of offsets with dy^2 + dx^2 <= radius^2.
+
+    Row by row: for each row offset dy the disc is a run of half-width
+    floor(sqrt(radius^2 - dy^2)), and whether a run of an input row holds a set pixel is
+    read off that row's prefix count in O(1). ``prefix`` is scratch of shape (H, W + 1).
+    """
+    cdef Py_ssize_t H = mask.shape[0], W = mask.shape[1], y, x, dy, yy, hw, a, b
+    cdef int32_t c
+    cdef bint hit
+    # Half-width of the disc's run at each row offset, computed once.
+    half_np = np.zeros(2 * radius + 1, dtype=np.int64)
+    cdef int64_t[::1] half = half_np
+    for dy in range(-radius, radius + 1):
+        hw = 0
+        while (hw + 1) * (hw + 1) + dy * dy <= radius * radius:
+            hw += 1
+        half[dy + radius] = hw
+    with nogil:
+        for y in range(H):
+            c = 0
+            prefix[y, 0] = 0
+            for x in range(W):
+                c += mask[y, x] != 0
+                prefix[y, x + 1] = c
+        for y in range(H):
+            for x in range(W):
+                hit = False
+                for dy in range(-radius, radius + 1):
+                    yy = y + dy
+                    if yy < 0 or yy >= H:
+                        continue
+                    hw = half[dy + radius]
+                    a = x - hw
+                    b = x + hw + 1
+                    if a < 0:
+                        a = 0
+                    if b > W:
+                        b = W
+                    if prefix[yy, b] - prefix[yy, a] > 0:
+                        hit = True
+                        break
+                out[y, x] = hit

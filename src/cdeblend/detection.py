@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, signal
 
+from . import _symmetric_cy
 from ._validate import as_float_array, as_peaks, check_psf, check_same_shape, check_variance
 
 __all__ = [
@@ -173,8 +174,10 @@ def find_footprints(
             small[0] = False
             above &= ~small[lab]
     if grow > 0 and above.any():
-        yy, xx = np.mgrid[-grow : grow + 1, -grow : grow + 1]
-        above = ndimage.binary_dilation(above, structure=(yy * yy + xx * xx) <= grow * grow)
+        grown = np.empty(above.shape, dtype=np.uint8)
+        prefix = np.empty((above.shape[0], above.shape[1] + 1), dtype=np.int32)
+        _symmetric_cy.dilate_disc(np.ascontiguousarray(above).view(np.uint8), grow, grown, prefix)
+        above = grown.view(bool)
     labels, n = ndimage.label(above, structure=eight)
     return labels.astype(np.int32), int(n)
 

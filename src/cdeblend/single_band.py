@@ -1150,9 +1150,9 @@ class _Run:
         hat = np.array(arr[hh - ry : hh + ry + 1, hw - rx : hw + rx + 1], dtype=np.float64)
         mx = hat.max()
         self._psf_hat = np.ascontiguousarray(hat / mx if mx > 0 else hat)
-        yy, xx = np.mgrid[-s : s + 1, -s : s + 1]
-        disc = (yy * yy + xx * xx) <= s * s
-        self._pdil = ndimage.binary_dilation(fr.fp != 0, structure=disc).view(np.uint8)
+        self._pdil = np.empty((fr.h, fr.w), dtype=np.uint8)
+        prefix = np.empty((fr.h, fr.w + 1), dtype=np.int32)
+        _symmetric_cy.dilate_disc(fr.fp, s, self._pdil, prefix)
 
     # -------------------------------------------------------------- 3.4-3.6
     def _median(self, t: _Template) -> None:
