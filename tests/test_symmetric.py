@@ -264,3 +264,28 @@ def test_dilate_disc_matches_scipy(H, W, r, seed):
     out = np.empty((H, W), np.uint8)
     _symmetric_cy.dilate_disc(mask.view(np.uint8), r, out, np.empty((H, W + 1), np.int32))
     assert np.array_equal(out.astype(bool), ref)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 25), st.integers(1, 25), st.integers(0, 2**32 - 1))
+def test_gaussian_moments_match_numpy(h, w, seed):
+    rng = np.random.default_rng(seed)
+    img = rng.random((h, w))
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    iyy, ixx = rng.uniform(0.05, 1, 2)
+    ixy = rng.uniform(-0.5, 0.5) * np.sqrt(iyy * ixx)
+    out = np.empty(6)
+    _symmetric_cy.gaussian_moments(img, cy, cx, iyy, ixy, ixx, out)
+    dy, dx = np.mgrid[:h, :w].astype(float)
+    dy -= cy
+    dx -= cx
+    f = img * np.exp(-0.5 * (iyy * dy**2 + 2 * ixy * dy * dx + ixx * dx**2))
+    ref = [
+        f.sum(),
+        (f * dy).sum(),
+        (f * dx).sum(),
+        (f * dy**2).sum(),
+        (f * dx * dy).sum(),
+        (f * dx**2).sum(),
+    ]
+    np.testing.assert_allclose(out, ref, rtol=1e-11, atol=1e-14)
