@@ -572,7 +572,6 @@ class SingleBandDeblender:
 
     # ------------------------------------------------------------------ validation
     def _validate(self, image, variance, psf, peaks, footprint, mask, centers):
-        cfg = self.config
         image = as_float_array(image, "image", 2)
         variance = as_float_array(variance, "variance", 2)
         check_same_shape(image, "image", variance, "variance")
@@ -617,8 +616,6 @@ class SingleBandDeblender:
             raise ValueError(
                 f"peaks[{i}] = (y={pk[i, 0]}, x={pk[i, 1]}) lies outside the footprint"
             )
-        if cfg.not_deblended_mask is not None and mask is not None:
-            pass  # the mask is written only when a parent is skipped
         return image, variance, psf_arr, pk, cen, fp, mask
 
     def _default_footprint(self, image, variance, pk):
@@ -1404,13 +1401,11 @@ class _Run:
     # -------------------------------------------------------------- children
     def _child(self, i, t, cons, cbox, flags) -> Child:
         fr = self.frame
-        pb = fr.pbox
         oy, ox = self.pbox[0], self.pbox[1]
         box = (int(cbox[0] + oy), int(cbox[1] + ox), int(cbox[2]), int(cbox[3]))
         tbox = (int(t.box[0] + fr.y0), int(t.box[1] + fr.x0), int(t.box[2]), int(t.box[3]))
         kind = "psf" if t.kind == "psf" else ("monotonic" if t.monotonic else "symmetric")
         fit = self.fits[i]
-        del pb
         return Child(
             index=int(i),
             peak=(int(self.pk[i, 0]), int(self.pk[i, 1])),
