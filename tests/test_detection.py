@@ -88,6 +88,14 @@ def test_footprints_threshold_growth_and_merging():
     # Growing is a disc of radius 2 around the 3x3 block.
     assert labels[3, 6] and labels[9, 6] and not labels[2, 6]
     assert not labels[3, 3]  # the corner offset (2, 2) is outside a radius-2 disc
+    # A one-pixel bump next to a footprint merges into it instead of being dropped.
+    det2 = np.zeros((20, 20))
+    det2[5:8, 5:8] = 10
+    det2[6, 10] = 10
+    labels, n = find_footprints(det2, nsigma=5, grow=2, min_area=2)
+    assert n == 1 and labels[6, 10] == labels[6, 6] == 1
+    labels, n = find_footprints(det2, nsigma=5, grow=0, min_area=2)
+    assert n == 1 and labels[6, 10] == 0
     with pytest.raises(ValueError, match="grow"):
         find_footprints(det, grow=-1)
 

@@ -150,10 +150,11 @@ def _crop_kernel(p: np.ndarray, keep: float = 0.999) -> np.ndarray:
 def find_footprints(
     detection: np.ndarray, nsigma: float = 5.0, grow: int = 2, min_area: int = 1
 ) -> tuple[np.ndarray, int]:
-    """Label the footprints: pixels above ``nsigma``, 8-connected, grown by ``grow`` pixels.
+    """Label the footprints: pixels above ``nsigma``, grown by ``grow`` pixels, 8-connected.
 
-    Components smaller than ``min_area`` (before growing) are dropped. Growing is a
-    dilation by a disc of radius ``grow``; footprints that touch after growing merge.
+    Growing is a dilation by a disc of radius ``grow``, so footprints closer than about
+    2 ``grow`` merge. A footprint with fewer than ``min_area`` pixels above the threshold
+    is dropped (a small bump merged into a larger footprint stays part of it).
 
     Returns
     -------
@@ -164,22 +165,25 @@ def find_footprints(
     """
     if grow < 0:
         raise ValueError(f"grow must be >= 0, got {grow}")
-    eight = np.ones((3, 3), dtype=bool)
-    above = detection > nsigma
-    if min_area > 1:
-        lab, n = ndimage.label(above, structure=eight)
-        if n:
-            sizes = np.bincount(lab.ravel())
-            small = sizes < min_area
-            small[0] = False
-            above &= ~small[lab]
+    above = np.ascontiguousarray(detection > nsigma)
+    grown = above
     if grow > 0 and above.any():
-        grown = np.empty(above.shape, dtype=np.uint8)
+        out = np.empty(above.shape, dtype=np.uint8)
         prefix = np.empty((above.shape[0], above.shape[1] + 1), dtype=np.int32)
-        _symmetric_cy.dilate_disc(np.ascontiguousarray(above).view(np.uint8), grow, grown, prefix)
-        above = grown.view(bool)
-    labels, n = ndimage.label(above, structure=eight)
-    return labels.astype(np.int32), int(n)
+        _symmetric_cy.dilate_disc(above.view(np.uint8), grow, out, prefix)
+        grown = out.view(bool)
+    labels, n = ndimage.label(grown, structure=np.ones((3, 3), dtype=bool))
+    if n and min_area > 1:
+        core = np.bincount(labels[above], minlength=n + 1)
+        keep = core >= min_area
+        keep[0] = False
+        if not keep[1:].all():
+            # Relabel the kept footprints 1..n' in their raster order.
+            new_id = np.zeros(n + 1, dtype=np.int32)
+            new_id[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+            labels = new_id[labels]
+            n = int(keep.sum())
+    return labels.astype(np.int32, copy=False), int(n)
 
 
 def find_peaks(
