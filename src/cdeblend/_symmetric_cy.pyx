@@ -364,3 +364,32 @@ def dilate_disc(const uint8_t[:, ::1] mask, Py_ssize_t radius, uint8_t[:, ::1] o
                         hit = True
                         break
                 out[y, x] = hit
+
+
+def separable_smooth(const double[:, ::1] image, const double[::1] kernel,
+                     double[:, ::1] tmp, double[:, ::1] out):
+    """Correlate ``image`` with ``kernel`` (odd length, centred) along y, then along x.
+
+    Pixels beyond the image count as 0 (scipy's ``mode="constant"``). ``tmp`` is scratch of
+    the image's shape.
+    """
+    cdef Py_ssize_t H = image.shape[0], W = image.shape[1], r = kernel.shape[0] // 2
+    cdef Py_ssize_t y, x, k, a, b
+    cdef double acc
+    with nogil:
+        for y in range(H):
+            a = r - y if y < r else 0
+            b = H - 1 - y + r if y + r > H - 1 else 2 * r
+            for x in range(W):
+                acc = 0.0
+                for k in range(a, b + 1):
+                    acc = acc + kernel[k] * image[y + k - r, x]
+                tmp[y, x] = acc
+        for y in range(H):
+            for x in range(W):
+                a = r - x if x < r else 0
+                b = W - 1 - x + r if x + r > W - 1 else 2 * r
+                acc = 0.0
+                for k in range(a, b + 1):
+                    acc = acc + kernel[k] * tmp[y, x + k - r]
+                out[y, x] = acc
