@@ -127,60 +127,67 @@ def ramp_image(const double[:, ::1] template, const uint8_t[:, ::1] fp,
                             ramp[y, x] = v
 
 
-cdef double _select(double* buf, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
-    """The k-th smallest of buf[0:n] (Hoare quickselect; reorders buf)."""
-    cdef Py_ssize_t lo = 0, hi = n - 1, i, j
-    cdef double pivot, tmp
-    while lo < hi:
-        pivot = buf[(lo + hi) // 2]
-        i = lo
-        j = hi
-        while i <= j:
-            while buf[i] < pivot:
-                i += 1
-            while buf[j] > pivot:
-                j -= 1
-            if i <= j:
-                tmp = buf[i]
-                buf[i] = buf[j]
-                buf[j] = tmp
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            break
-    return buf[k]
+cdef inline void _replace(double* s, Py_ssize_t n, double old, double new) noexcept nogil:
+    """Replace one occurrence of ``old`` by ``new`` in the sorted s[0:n], keeping it sorted."""
+    cdef Py_ssize_t p = 0
+    while s[p] != old:
+        p += 1
+    if new > old:
+        while p + 1 < n and s[p + 1] < new:
+            s[p] = s[p + 1]
+            p += 1
+    else:
+        while p > 0 and s[p - 1] > new:
+            s[p] = s[p - 1]
+            p -= 1
+    s[p] = new
 
 
 def median_smooth(const double[:, ::1] template, Py_ssize_t half, double[:, ::1] out,
                   double[::1] work, const uint8_t[:, ::1] where):
     """Median of the (2 half + 1)^2 window on the interior; margins copied unchanged.
 
-    Only pixels with ``where`` set are filtered (the others are copied): the deblender
-    zeroes every pixel off the template footprint afterwards, so it skips them. ``work`` is
-    scratch space of at least (2 half + 1)^2 values.
+    Only pixels with ``where`` set are written (the others keep the input value): the
+    deblender zeroes every pixel off the template footprint afterwards. The window slides
+    along each row as a sorted array: each step swaps the leaving column's values for the
+    entering column's, so the median is read off the middle. ``work`` is scratch space of at
+    least (2 half + 1)^2 values. Values must be finite.
     """
     cdef Py_ssize_t h = template.shape[0], w = template.shape[1]
-    cdef Py_ssize_t i, j, a, b, n, size = 2 * half + 1
-    cdef double* buf = &work[0]
+    cdef Py_ssize_t i, j, a, b, n, k, size = 2 * half + 1, mid = size * size // 2
+    cdef double* s = &work[0]
+    cdef double v
+    cdef bint any_here
     with nogil:
         for i in range(h):
             for j in range(w):
                 out[i, j] = template[i, j]
         if h >= size and w >= size:
             for i in range(half, h - half):
+                any_here = False
                 for j in range(half, w - half):
-                    if not where[i, j]:
-                        continue
-                    n = 0
-                    for a in range(i - half, i + half + 1):
-                        for b in range(j - half, j + half + 1):
-                            buf[n] = template[a, b]
-                            n += 1
-                    out[i, j] = _select(buf, n, n // 2)
+                    if where[i, j]:
+                        any_here = True
+                        break
+                if not any_here:
+                    continue
+                # The row's first window, sorted by insertion.
+                n = 0
+                for a in range(i - half, i + half + 1):
+                    for b in range(size):
+                        v = template[a, b]
+                        k = n
+                        while k > 0 and s[k - 1] > v:
+                            s[k] = s[k - 1]
+                            k -= 1
+                        s[k] = v
+                        n += 1
+                for j in range(half, w - half):
+                    if j > half:
+                        for a in range(i - half, i + half + 1):
+                            _replace(s, n, template[a, j - half - 1], template[a, j + half])
+                    if where[i, j]:
+                        out[i, j] = s[mid]
 
 
 def clip_to_nonzero(const double[:, ::1] template, uint8_t[:, ::1] fp, int64_t[::1] bbox):
