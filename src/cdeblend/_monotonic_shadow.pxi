@@ -1,8 +1,7 @@
 # Single-band "shadow casting" monotonic projection (spec 3.5, meas_deblender makeMonotonic).
 #
-# Included by _monotonic_cy.pyx, which provides the cimports (libc round, int64_t, uint8_t).
+# Included by _monotonic_cy.pyx, which provides the cimports (int64_t, uint8_t).
 
-from libc.math cimport round as c_round
 from libc.string cimport memcpy
 
 cdef enum:
@@ -10,6 +9,20 @@ cdef enum:
 
 # Half-slope of the shadow cone.
 cdef double SHADOW_SLOPE = 0.3
+
+
+cdef inline Py_ssize_t _round_away(double v) noexcept nogil:
+    """Round half away from zero (C ``lround``), without a libm call.
+
+    ``v - trunc(v)`` is exact in floating point, so comparing it with 0.5 decides exactly.
+    """
+    cdef Py_ssize_t t = <Py_ssize_t>v
+    cdef double f = v - <double>t
+    if f >= 0.5:
+        return t + 1
+    if f <= -0.5:
+        return t - 1
+    return t
 
 
 cdef inline void _cast(double[:, ::1] t, const double[:, ::1] v, Py_ssize_t py,
@@ -32,8 +45,8 @@ cdef inline void _cast(double[:, ::1] t, const double[:, ::1] v, Py_ssize_t py,
     lo = tt - SHADOW_SLOPE
     hi = lo + 2 * SHADOW_SLOPE
     for k in range(1, SHADOW_CHUNK + 1):
-        mlo = <Py_ssize_t>c_round(k * lo)
-        mhi = <Py_ssize_t>c_round(k * hi)
+        mlo = _round_away(k * lo)
+        mhi = _round_away(k * hi)
         for m in range(mlo, mhi + 1):
             if vertical:
                 qx = sx + sig * k
