@@ -11,7 +11,7 @@ cdef enum:
 cdef double SHADOW_SLOPE = 0.3
 
 
-cdef inline Py_ssize_t _round_away(double v) noexcept nogil:
+cdef inline Py_ssize_t _shadow_round(double v) noexcept nogil:
     """Round half away from zero (C ``lround``), without a libm call.
 
     ``v - trunc(v)`` is exact in floating point, so comparing it with 0.5 decides exactly.
@@ -25,7 +25,7 @@ cdef inline Py_ssize_t _round_away(double v) noexcept nogil:
     return t
 
 
-cdef inline void _cast(double[:, ::1] t, const double[:, ::1] v, Py_ssize_t py,
+cdef inline void _shadow_cast(double[:, ::1] t, const double[:, ::1] v, Py_ssize_t py,
                        Py_ssize_t px, Py_ssize_t x, Py_ssize_t y, bint vertical) noexcept nogil:
     """Lower the wedge of targets shadowed by the pixel at offset (x, y) from the peak."""
     cdef Py_ssize_t h = t.shape[0], w = t.shape[1]
@@ -45,8 +45,8 @@ cdef inline void _cast(double[:, ::1] t, const double[:, ::1] v, Py_ssize_t py,
     lo = tt - SHADOW_SLOPE
     hi = lo + 2 * SHADOW_SLOPE
     for k in range(1, SHADOW_CHUNK + 1):
-        mlo = _round_away(k * lo)
-        mhi = _round_away(k * hi)
+        mlo = _shadow_round(k * lo)
+        mhi = _shadow_round(k * hi)
         for m in range(mlo, mhi + 1):
             if vertical:
                 qx = sx + sig * k
@@ -82,15 +82,15 @@ def shadow_monotonic(double[:, ::1] template, Py_ssize_t py, Py_ssize_t px,
             for L in range(max(SHADOW_CHUNK * c, 1), SHADOW_CHUNK * c + SHADOW_CHUNK):
                 # Leg 1: x = L, y = -L .. L-1 (vertical side).
                 for i in range(2 * L):
-                    _cast(template, snapshot, py, px, L, -L + i, True)
+                    _shadow_cast(template, snapshot, py, px, L, -L + i, True)
                 # Leg 2: y = L, x = L .. -L+1 (horizontal side).
                 for i in range(2 * L):
-                    _cast(template, snapshot, py, px, L - i, L, False)
+                    _shadow_cast(template, snapshot, py, px, L - i, L, False)
                 # Leg 3: x = -L, y = L .. -L+1 (vertical side).
                 for i in range(2 * L):
-                    _cast(template, snapshot, py, px, -L, L - i, True)
+                    _shadow_cast(template, snapshot, py, px, -L, L - i, True)
                 # Leg 4: y = -L, x = -L .. L-1 (horizontal side).
                 for i in range(2 * L):
-                    _cast(template, snapshot, py, px, -L + i, -L, False)
+                    _shadow_cast(template, snapshot, py, px, -L + i, -L, False)
             memcpy(&snapshot[0, 0], &template[0, 0], nbytes)
             c += 1
