@@ -2,32 +2,52 @@
 
 Two deblenders in one package: the SDSS-like single-band deblender (symmetric, PSF and
 monotonic templates with flux re-apportioning) and the multi-band scarlet-lite deblender
-(SED x morphology components fitted with proximal ADAM). See the README for a tour.
+(SED x morphology components fitted with proximal ADAM), plus catalog-level deblending of
+whole images and persisted models. See the README for a tour.
 """
 
 from .apportion import FlatStack, apportion_flux
 from .catalog import CatalogConfig, deblend_catalog, read_catalog, write_catalog
-from .model_data import (
-    BlendData,
-    ComponentData,
-    ModelData,
-    SourceData,
-    load_models,
-    save_models,
+from .datasets import DemoBlend, load_hsc_cosmos
+from .detection import (
+    Parent,
+    ParentResult,
+    deblend_image,
+    detect,
+    detection_image,
+    find_footprints,
+    find_peaks,
+    group_peaks,
 )
+from .model_data import BlendData, ComponentData, ModelData, SourceData, load_models, save_models
+from .single_band import Child, SingleBandConfig, SingleBandDeblender, SingleBandResult
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BlendData",
     "CatalogConfig",
+    "Child",
     "ComponentData",
+    "DemoBlend",
     "FlatStack",
     "ModelData",
+    "Parent",
+    "ParentResult",
+    "SingleBandConfig",
+    "SingleBandDeblender",
+    "SingleBandResult",
     "SourceData",
     "__version__",
     "apportion_flux",
     "deblend_catalog",
+    "deblend_image",
+    "detect",
+    "detection_image",
+    "find_footprints",
+    "find_peaks",
+    "group_peaks",
+    "load_hsc_cosmos",
     "load_models",
     "read_catalog",
     "save_models",

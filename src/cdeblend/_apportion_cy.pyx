@@ -75,3 +75,92 @@ def apportion(const real[:, :, ::1] image, const double[:, :, ::1] tsum,
                         s = tsum[b, y, x]
                         if mask[y, x] and t > 0 and s > 0:
                             out[base + x] = <real>(image[b, y, x] * (t / s))
+
+
+# --------------------------------------------------------------------------- stray flux
+# Single-band stray flux (spec 3.9): pixels of the parent that no template claims are handed
+# to children by a contribution c_i(q) per candidate pixel q. Candidates are given as a list
+# of pixels; contributions are an (N, n_candidates) array.
+
+def r_to_peak(const int64_t[::1] ys, const int64_t[::1] xs, const int64_t[:, ::1] peaks,
+              double[:, ::1] contrib):
+    """``contrib[i, k] = 1 / (1 + (x_k - px_i)^2 + (y_k - py_i)^2)``."""
+    cdef Py_ssize_t n = ys.shape[0], N = peaks.shape[0], i, k
+    cdef double dy, dx
+    with nogil:
+        for i in range(N):
+            for k in range(n):
+                dy = <double>(ys[k] - peaks[i, 0])
+                dx = <double>(xs[k] - peaks[i, 1])
+                contrib[i, k] = 1.0 / (1.0 + dx * dx + dy * dy)
+
+
+def nearest_footprint(int64_t[:, ::1] index, int64_t[:, ::1] dist):
+    """Two-pass L1 chamfer transform, carrying the index of the nearest footprint along.
+
+    On entry footprint pixels have ``dist`` 0 and their template's index, all others
+    ``dist = H + W`` and index -1. Pass 1 scans forward trying (y-1, x) then (y, x-1); pass
+    2 scans backward trying (y+1, x) then (y, x+1); a try costs 1 and only a strictly
+    smaller distance replaces.
+    """
+    cdef Py_ssize_t H = dist.shape[0], W = dist.shape[1], y, x
+    with nogil:
+        for y in range(H):
+            for x in range(W):
+                if y > 0 and dist[y - 1, x] + 1 < dist[y, x]:
+                    dist[y, x] = dist[y - 1, x] + 1
+                    index[y, x] = index[y - 1, x]
+                if x > 0 and dist[y, x - 1] + 1 < dist[y, x]:
+                    dist[y, x] = dist[y, x - 1] + 1
+                    index[y, x] = index[y, x - 1]
+        for y in range(H - 1, -1, -1):
+            for x in range(W - 1, -1, -1):
+                if y < H - 1 and dist[y + 1, x] + 1 < dist[y, x]:
+                    dist[y, x] = dist[y + 1, x] + 1
+                    index[y, x] = index[y + 1, x]
+                if x < W - 1 and dist[y, x + 1] + 1 < dist[y, x]:
+                    dist[y, x] = dist[y, x + 1] + 1
+                    index[y, x] = index[y, x + 1]
+
+
+def assign_stray(const double[::1] values, const double[:, ::1] contrib,
+                 const uint8_t[::1] is_psf, int point_mode, double clip,
+                 double[:, ::1] out):
+    """Split each candidate's value among children by their contributions.
+
+    ``point_mode``: 0 "necessary" (point sources take part only where the others' sum is
+    0), 1 "always", 2 "never". Shares below ``clip`` times the eligible sum (strict) are
+    dropped and the rest renormalised; ``out[i, k]`` receives child i's stray value at
+    candidate k (0 where it gets none). Returns the number of candidates left unassigned.
+    """
+    cdef Py_ssize_t n = values.shape[0], N = contrib.shape[0], i, k
+    cdef Py_ssize_t unassigned = 0
+    cdef double s, thr, tot, c
+    cdef bint with_psf
+    with nogil:
+        for k in range(n):
+            for i in range(N):
+                out[i, k] = 0.0
+            with_psf = point_mode == 1
+            s = 0.0
+            for i in range(N):
+                if with_psf or not is_psf[i]:
+                    s += contrib[i, k]
+            if s == 0 and point_mode == 0:
+                with_psf = True
+                for i in range(N):
+                    s += contrib[i, k]
+            thr = clip * s
+            tot = 0.0
+            for i in range(N):
+                c = contrib[i, k]
+                if (with_psf or not is_psf[i]) and c > 0 and not (c < thr):
+                    tot += c
+            if tot <= 0:
+                unassigned += 1
+                continue
+            for i in range(N):
+                c = contrib[i, k]
+                if (with_psf or not is_psf[i]) and c > 0 and not (c < thr):
+                    out[i, k] = values[k] * (c / tot)
+    return unassigned
