@@ -1,7 +1,10 @@
 """The ``cdeblend`` command.
 
-``cdeblend demo`` deblends the bundled HSC COSMOS blend with both deblenders and writes
-tables (CSV) and, when matplotlib is installed, pictures (PNG) into a folder.
+- ``cdeblend demo``: deblend the bundled HSC COSMOS blend with both deblenders and write
+  tables (CSV) and, when matplotlib is installed, pictures (PNG) into a folder.
+- ``cdeblend deblend``: deblend every parent of FITS images (one file per band, a
+  multi-extension file or a cube), writing the catalog, the model file and pictures.
+- ``cdeblend show``: per-source panels of one parent from a model file and the images.
 """
 
 from __future__ import annotations
@@ -166,6 +169,169 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
+                                                       list[str]]:
+    """Images, variance, no-data mask and band names from the command's FITS arguments."""
+    from .fits_io import read_image_stack, variance_from_inverse
+
+    images, header_bands = read_image_stack(args.images, "images")
+    mask = None
+    if getattr(args, "variance", None):
+        variance, _ = read_image_stack(args.variance, "variance")
+    elif getattr(args, "invvar", None):
+        invvar, _ = read_image_stack(args.invvar, "invvar")
+        variance, mask = variance_from_inverse(invvar)
+    else:
+        variance = None
+    if variance is not None and variance.shape != images.shape:
+        raise ValueError(f"variance has shape {variance.shape}, the images {images.shape}")
+    if args.bands:
+        bands = list(args.bands)
+    elif all(b is not None for b in header_bands) and len(set(header_bands)) == len(header_bands):
+        bands = [str(b) for b in header_bands]
+    else:
+        bands = [str(i) for i in range(images.shape[0])]
+    if len(bands) != images.shape[0]:
+        raise ValueError(f"--bands names {len(bands)} bands, the images have {images.shape[0]}")
+    return images, variance, mask, bands
+
+
+def _read_psfs(paths: Sequence[str], n_bands: int) -> np.ndarray:
+    from .fits_io import read_image_stack
+
+    psfs, _ = read_image_stack(paths, "psfs")
+    if psfs.shape[0] != n_bands:
+        raise ValueError(f"psfs: {psfs.shape[0]} PSF image(s) for {n_bands} band(s)")
+    sums = psfs.reshape(n_bands, -1).sum(axis=1)
+    if np.any(sums <= 0):
+        raise ValueError("psfs: a PSF image has a non-positive sum")
+    if np.any(np.abs(sums - 1) > 1e-3):
+        print("note: normalising the PSF images to unit sum")
+        psfs = psfs / sums[:, None, None]
+    return psfs
+
+
+def _field_model(model_data: object, shape: tuple[int, int, int]) -> np.ndarray:
+    """The sum of every stored blend's models convolved to the observed PSFs."""
+    from .model_data import difference_kernels
+
+    kernels = difference_kernels(model_data.psfs, model_data.model_psf)
+    total = np.zeros(shape)
+    for pid, blend in model_data.blends.items():
+        if blend.isolated or not blend.sources:
+            continue
+        y0, x0, h, w = blend.box
+        total[:, y0 : y0 + h, x0 : x0 + w] += model_data.convolved_models(pid, kernels).sum(axis=0)
+    return total
+
+
+def _cmd_deblend(args: argparse.Namespace) -> int:
+    from .catalog import CatalogConfig, deblend_catalog, write_catalog
+    from .fits_io import read_peaks
+    from .model_data import save_models
+
+    images, variance, mask, bands = _read_inputs(args)
+    if variance is None:
+        raise ValueError("give the noise as --variance or --invvar FITS files")
+    psfs = _read_psfs(args.psfs, images.shape[0])
+    peaks = read_peaks(args.peaks) if args.peaks else None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = CatalogConfig(deblender=args.deblender, skip_isolated=not args.fit_isolated)
+    start = time.perf_counter()
+    catalog, model_data = deblend_catalog(
+        images, peaks=peaks, config=config, executor=args.executor,
+        progress=not args.quiet, max_workers=args.workers,
+        variance=variance, psf=psfs, mask=mask, bands=bands,
+    )
+    elapsed = time.perf_counter() - start
+    write_catalog(out / "catalog.fits", catalog)
+    save_models(out / "models.fits", model_data)
+    is_parent = np.asarray(catalog["is_parent"], dtype=bool)
+    failed = int(np.count_nonzero(np.asarray(catalog["failed"])[is_parent]))
+    skipped = int(np.count_nonzero(np.asarray(catalog["skipped"])[is_parent]))
+    print(f"{int(is_parent.sum())} parents, {int((~is_parent).sum())} children "
+          f"({skipped} parents skipped, {failed} failed) in {elapsed:.2f} s")
+    if not args.no_plots and _have_matplotlib():
+        import matplotlib.pyplot as plt
+
+        from .display import lupton_rgb, plot_panels
+
+        total = _field_model(model_data, images.shape)
+        rgb = lupton_rgb(images)
+        boxes = [b.box for b in model_data.blends.values()]
+        fig = plot_panels([rgb, lupton_rgb(images - total)], ["image", "residual"],
+                          panel_size=6.0)
+        for ax in fig.axes:
+            for y0, x0, h, w in boxes:
+                ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), w, h, fill=False,
+                                           edgecolor="yellow", linewidth=0.6))
+        fig.savefig(out / "field.png", dpi=100)
+        plt.close(fig)
+        shown = 0
+        for pid, blend in model_data.blends.items():
+            if shown >= args.max_plots or blend.isolated or not blend.sources:
+                continue
+            _show_parent(images, mask, model_data, pid, out, quiet=True)
+            shown += 1
+    print(f"catalog, models and pictures written to {out.resolve()}")
+    return 0
+
+
+def _show_parent(images: np.ndarray, mask: np.ndarray | None, model_data: object, pid: int,
+                 out: Path, quiet: bool = False) -> None:
+    """Write one PNG per source of parent ``pid`` (observation, model, residual, conserved)."""
+    import matplotlib.pyplot as plt
+
+    from .display import plot_source_panels
+    from .model_data import difference_kernels
+
+    blend = model_data.blends[pid]
+    y0, x0, h, w = blend.box
+    cut = images[:, y0 : y0 + h, x0 : x0 + w]
+    observed = images if mask is None else np.where(mask, 0, images)
+    conserved = model_data.conserved_images(observed, pid)
+    kernels = difference_kernels(model_data.psfs, model_data.model_psf)
+    models = model_data.convolved_models(pid, kernels)
+    total = models.sum(axis=0)
+    rows = []
+    for k, src in enumerate(blend.sources):
+        peak = src.components[0].peak if src.components else (y0 + h // 2, x0 + w // 2)
+        fig = plot_source_panels(
+            cut, models[k], total, conserved[k], path=out / f"parent{pid}_source{k}.png",
+            peak=(peak[0] - y0, peak[1] - x0), title=f"parent {pid}, source {k}",
+        )
+        plt.close(fig)
+        rows.append([k, int(peak[0]), int(peak[1])]
+                    + [float(v) for v in conserved[k].sum(axis=(1, 2))])
+    if not quiet:
+        header = ["source", "peak_y", "peak_x"] + [f"conserved_{b}" for b in model_data.bands]
+        _print_table(header, rows)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .model_data import load_models
+
+    if not _have_matplotlib():
+        raise ImportError("cdeblend show draws with matplotlib: pip install 'cdeblend[plot]'")
+    model_data = load_models(args.models)
+    images, _, mask, _ = _read_inputs(args)
+    if images.shape[0] != len(model_data.bands):
+        raise ValueError(f"the images have {images.shape[0]} bands, the models "
+                         f"{len(model_data.bands)} ({', '.join(model_data.bands)})")
+    if args.parent not in model_data.blends:
+        known = sorted(model_data.blends)
+        raise ValueError(f"parent {args.parent} is not in {args.models}; stored parents: "
+                         f"{known[:20]}{' ...' if len(known) > 20 else ''}")
+    if mask is not None:
+        mask = np.any(mask, axis=0)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _show_parent(images, mask, model_data, args.parent, out)
+    print(f"panels written to {out.resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cdeblend`` command."""
     parser = argparse.ArgumentParser(
@@ -188,7 +354,57 @@ def build_parser() -> argparse.ArgumentParser:
                       help="which deblender(s) to run (default: %(default)s)")
     demo.add_argument("--no-plots", action="store_true", help="write tables only")
     demo.set_defaults(func=_cmd_demo)
+
+    deb = sub.add_parser(
+        "deblend",
+        help="deblend every parent of FITS images; write catalog, models and pictures",
+        description="Detect parents (or group the given peaks into parents), deblend each on "
+        "a pool of workers and write catalog.fits, models.fits and PNG pictures into --out. "
+        "Images: one FITS file per band, a multi-extension file or a (bands, y, x) cube. "
+        "Pixel positions are 0-based (x = column, y = row).",
+    )
+    _add_image_args(deb)
+    deb.add_argument("--psfs", nargs="+", required=True,
+                     help="PSF image(s), odd-sized, one per band (files, extensions or a cube)")
+    deb.add_argument("--peaks", help="peak list: FITS table or CSV with columns x, y")
+    deb.add_argument("--deblender", choices=["auto", "multi", "single"], default="auto",
+                     help="auto: single band for one band, multi band otherwise")
+    deb.add_argument("--executor", choices=["serial", "threads", "dask"], default="threads",
+                     help="how parents are spread over workers (default: %(default)s)")
+    deb.add_argument("--workers", type=int, default=None, help="number of workers")
+    deb.add_argument("--fit-isolated", action="store_true",
+                     help="also fit parents with a single peak")
+    deb.add_argument("--max-plots", type=int, default=10,
+                     help="parents to draw panels for (default: %(default)s)")
+    deb.add_argument("--out", default="cdeblend-out", help="output folder (default: %(default)s)")
+    deb.add_argument("--no-plots", action="store_true", help="write no pictures")
+    deb.add_argument("--quiet", action="store_true", help="no progress bar")
+    deb.set_defaults(func=_cmd_deblend)
+
+    show = sub.add_parser(
+        "show",
+        help="draw one parent's panels from a model file",
+        description="Re-apportion the images with the stored models of one parent (no "
+        "refitting) and draw, per source, the observation, model, residual and "
+        "re-apportioned image.",
+    )
+    show.add_argument("--models", required=True, help="models.fits written by cdeblend deblend")
+    show.add_argument("--parent", type=int, required=True, help="parent id")
+    _add_image_args(show, noise_required=False)
+    show.add_argument("--out", default="cdeblend-show", help="output folder (default: %(default)s)")
+    show.set_defaults(func=_cmd_show)
     return parser
+
+
+def _add_image_args(parser: argparse.ArgumentParser, noise_required: bool = True) -> None:
+    parser.add_argument("--images", nargs="+", required=True,
+                        help="image FITS file(s): one per band, multi-extension, or a cube")
+    noise = parser.add_mutually_exclusive_group(required=noise_required)
+    noise.add_argument("--variance", nargs="+", help="variance FITS file(s), like --images")
+    noise.add_argument("--invvar", nargs="+",
+                       help="inverse-variance FITS file(s); <= 0 means no data")
+    parser.add_argument("--bands", nargs="+",
+                        help="band names (default: BAND/FILTER header keywords, else 0, 1, ...)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
-    except (ValueError, TypeError, OSError, ImportError) as err:
+    except (ValueError, TypeError, OSError, ImportError, KeyError) as err:
         print(f"cdeblend {args.command}: error: {err}", file=sys.stderr)
         return 1
 
