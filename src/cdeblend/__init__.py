@@ -6,11 +6,13 @@ monotonic templates with flux re-apportioning) and the multi-band scarlet-lite d
 """
 
 from .apportion import FlatStack, apportion_flux
+from .observation import Observation
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FlatStack",
+    "Observation",
     "__version__",
     "apportion_flux",
 ]
