@@ -6,13 +6,21 @@ monotonic templates with flux re-apportioning) and the multi-band scarlet-lite d
 """
 
 from .apportion import FlatStack, apportion_flux
+from .blend import Blend, Component, Source
+from .deblender import DeblendConfig, Deblender, DeblendResult
 from .observation import Observation
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Blend",
+    "Component",
+    "DeblendConfig",
+    "DeblendResult",
+    "Deblender",
     "FlatStack",
     "Observation",
+    "Source",
     "__version__",
     "apportion_flux",
 ]

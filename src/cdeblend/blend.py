@@ -14,6 +14,7 @@ per iteration while the objects stay the user's view of the model.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -66,6 +67,7 @@ def overlap_slices(a: Box, b: Box) -> tuple[tuple[slice, slice], tuple[slice, sl
 
 
 # ----------------------------------------------------------------------------- monotonicity
+@functools.lru_cache(maxsize=8)
 def radial_visiting_list(half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The weighted radial monotonicity operator (spec 3.7.1) as a visiting list.
 
@@ -85,6 +87,8 @@ def radial_visiting_list(half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         weight ``|cos(theta(p) - theta(n))|`` when it is strictly closer to the centre than
         the pixel (``theta = atan2(dy, dx)``, 0 at the centre), and the weights of a pixel
         are normalised to sum 1 (a pixel with a single closer neighbour gives it weight 1).
+
+    The arrays are cached and read-only: blends of similar size share them.
     """
     half = int(half)
     if half < 1:
@@ -110,11 +114,14 @@ def radial_visiting_list(half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     total = raw.sum(axis=1)
     weights = np.divide(raw, total[:, None], out=np.zeros_like(raw), where=total[:, None] > 0)
     order = np.argsort(r2, kind="stable")
-    return (
+    out = (
         np.ascontiguousarray(dy[order], dtype=np.int32),
         np.ascontiguousarray(dx[order], dtype=np.int32),
         np.ascontiguousarray(weights[order]),
     )
+    for a in out:
+        a.flags.writeable = False
+    return out
 
 
 class RadialMonotonicity:
@@ -302,6 +309,11 @@ class PackedComponents:
         """Component k's morphology as an (h, w) view."""
         _, _, h, w, off, _, _ = self.comp[k]
         return self.morph[off : off + h * w].reshape(h, w)
+
+    def morph_view_of(self, flat: np.ndarray, k: int) -> np.ndarray:
+        """Component k's (h, w) view of another buffer in the morphology layout."""
+        _, _, h, w, off, _, _ = self.comp[k]
+        return flat[off : off + h * w].reshape(h, w)
 
     def bind(self, components: Sequence[Component]) -> None:
         """Point every component's ``sed`` and ``morphology`` at the packed buffers."""
