@@ -47,12 +47,15 @@ __all__ = [
 MODEL_PSF_SIZE = 15
 #: Extra FFT padding used when computing the difference kernels (reference value).
 KERNEL_FFT_PADDING = 3
-#: Cost-model constants (seconds), measured on a 2-core x86-64 machine with float32 data:
-#: one multiply-add of the direct loop, one unit of ``n log2 n`` of a real 2-D FFT, and the
-#: fixed Python/FFT overhead of one batched transform.
-_DIRECT_COST = 0.45e-9
-_FFT_COST = 1.3e-9
-_FFT_OVERHEAD = 12e-6
+#: Cost-model constants (seconds), measured with float32 data on an x86-64 core (see
+#: bench/convolve.py): one multiply-add of the direct loop, one ``n log2 n`` unit of a real
+#: 2-D FFT of one plane (ducc0; scipy's pocketfft takes about twice as long), and the fixed
+#: overhead of one FFT convolution; ``_ROW_COST`` is the set-up of one contiguous run of the
+#: direct loop (one source row times one kernel tap). Only their ratios matter.
+_DIRECT_COST = 0.17e-9
+_ROW_COST = 3.5e-9
+_FFT_COST = 0.14e-9 if _ducc_fft is not None else 0.28e-9
+_FFT_OVERHEAD = 20e-6
 #: At most this many padded FFT shapes keep their kernel transforms (LRU).
 _KERNEL_CACHE_SIZE = 32
 #: At most this many image shapes keep work buffers per thread (LRU).
@@ -198,7 +201,7 @@ class _KernelCache:
         padded = np.zeros((nb, n0, n1), dtype=k.dtype)
         for b in range(nb):
             np.add.at(padded[b], (iy[:, None], ix[None, :]), k[b])
-        fk = scipy.fft.rfft2(padded, workers=1)
+        fk = _kernel_transform(padded)
         entry = (fk, np.conj(fk))
         with self.lock:
             self.entries[key] = entry
@@ -208,19 +211,31 @@ class _KernelCache:
 
 
 class _Workspace:
-    """Preallocated arrays for one image shape (per thread)."""
+    """Preallocated arrays for one input shape ``(nb_in, h, w)`` (one per thread and shape).
 
-    __slots__ = ("n0", "n1", "pad", "spec", "spec_b", "full", "resid")
+    With ducc0 the 2-D transform is split into a real transform along y over the ``w``
+    non-zero columns and a complex one along x, and the inverse ends with a real transform
+    along y of those ``w`` columns only: the zero padding is never transformed.
+    """
+
+    __slots__ = ("n0", "n1", "h", "w", "pad", "half", "spec_x", "spec_b", "full", "resid")
 
     def __init__(self, nb: int, nb_in: int, h: int, w: int, n0: int, n1: int, dtype: Any) -> None:
         ctype = np.complex64 if dtype == np.float32 else np.complex128
-        self.n0, self.n1 = n0, n1
-        # FFT input; zero outside [:h, :w], which is all the users of this workspace write
+        self.n0, self.n1, self.h, self.w = n0, n1, h, w
+        # FFT input, zero outside [:h, :w]: every user of this workspace writes only there
         self.pad = np.zeros((max(nb, nb_in), n0, n1), dtype=dtype)
-        self.spec = np.empty((nb_in, n0, n1 // 2 + 1), dtype=ctype)
-        self.spec_b = self.spec if nb_in == nb else np.empty((nb, n0, n1 // 2 + 1), dtype=ctype)
         self.full = np.empty((nb, n0, n1), dtype=dtype)
         self.resid = np.zeros((nb, h, w), dtype=dtype)
+        if _ducc_fft is not None:
+            m0 = n0 // 2 + 1
+            self.half = np.zeros((max(nb, nb_in), m0, n1), dtype=ctype)  # zero beyond column w
+            self.spec_b = np.empty((nb, m0, n1), dtype=ctype)
+            self.spec_x = self.spec_b if nb_in == nb else np.empty((nb_in, m0, n1), dtype=ctype)
+        else:
+            self.half = None
+            self.spec_x = None
+            self.spec_b = np.empty((nb, n0, n1 // 2 + 1), dtype=ctype)
 
 
 class Observation:
@@ -427,6 +442,7 @@ class Observation:
         self._grad_kernels = np.ascontiguousarray(kernels[:, ::-1, ::-1])
         self._kernel_cache = cache if cache is not None else _KernelCache(self.diff_kernels)
         self._local = threading.local()
+        self._modes: dict[tuple, str] = {}
 
     # ------------------------------------------------------------------ basic properties
     @property
@@ -496,19 +512,39 @@ class Observation:
             scipy.fft.next_fast_len(w + rx, real=True),
         )
 
-    def _pick_mode(self, mode: str, nb_in: int, h: int, w: int) -> str:
-        if mode == "auto":
-            nb, kh, kw = self.diff_kernels.shape
-            if kh * kw == 1:
-                return "real"
-            n0, n1 = self._fft_shape(h, w)
-            n = n0 * n1
-            fft = 2 * _FFT_OVERHEAD + _FFT_COST * (nb_in + nb) * n * math.log2(n)
-            direct = _DIRECT_COST * nb * kh * kw * h * w
-            return "real" if direct < fft else "fft"
-        if mode not in ("fft", "real"):
-            raise ValueError(f"mode must be 'auto', 'fft' or 'real', got {mode!r}")
-        return mode
+    def _pick_mode(
+        self, mode: str, nb_in: int, h: int, w: int, src: tuple[int, int] | None = None
+    ) -> str:
+        """Resolve ``mode`` for an ``(h, w)`` output grid (source ``src``, default the same)."""
+        if mode != "auto":
+            if mode not in ("fft", "real"):
+                raise ValueError(f"mode must be 'auto', 'fft' or 'real', got {mode!r}")
+            return mode
+        key = (nb_in, h, w, src)
+        picked = self._modes.get(key)
+        if picked is None:
+            picked = self._modes[key] = self._cheaper_mode(nb_in, h, w, src)
+        return picked
+
+    def _cheaper_mode(self, nb_in: int, h: int, w: int, src: tuple[int, int] | None) -> str:
+        nb, kh, kw = self.diff_kernels.shape
+        if kh * kw == 1:
+            return "real"
+        # multiply-adds of the direct loop: for each tap, the overlap of the shifted source
+        # with the output grid (the source sits centred in the output for convolve_box)
+        sh, sw = src if src is not None else (h, w)
+        oy, ox = (h - sh) // 2, (w - sw) // 2
+        taps_y = sum(
+            max(min(h, oy + sh + d) - max(0, oy + d), 0) for d in range(-(kh // 2), kh // 2 + 1)
+        )
+        taps_x = sum(
+            max(min(w, ox + sw + d) - max(0, ox + d), 0) for d in range(-(kw // 2), kw // 2 + 1)
+        )
+        direct = nb * taps_y * (_DIRECT_COST * taps_x + _ROW_COST * kw)
+        n0, n1 = self._fft_shape(h, w)
+        n = n0 * n1
+        fft = _FFT_OVERHEAD + _FFT_COST * (nb_in + nb) * n * math.log2(n)
+        return "real" if direct < fft else "fft"
 
     def _workspace(self, nb_in: int, h: int, w: int) -> _Workspace:
         cache = getattr(self._local, "ws", None)
@@ -696,7 +732,7 @@ class Observation:
         if gh == 0 or gw == 0:
             return np.zeros((nb, gh, gw), dtype=self.dtype), grown
         src = arr[:, cy0 - y0:cy0 - y0 + ch, cx0 - x0:cx0 - x0 + cw]
-        if self._pick_mode(mode, src.shape[0], gh, gw) == "real":
+        if self._pick_mode(mode, src.shape[0], gh, gw, (ch, cw)) == "real":
             # the direct loop only visits taps x source pixels: cost ~ B * taps * h * w
             out = np.zeros((nb, gh, gw), dtype=self.dtype)
             convolve_direct(np.ascontiguousarray(src), self.diff_kernels, out,
@@ -711,17 +747,29 @@ class Observation:
         return out, grown
 
 
+def _kernel_transform(padded: np.ndarray) -> np.ndarray:
+    """Transform of the wrapped kernels in the layout :func:`_real_conv_fft` multiplies with."""
+    if _ducc_fft is not None:
+        half = _ducc_fft.r2c(padded, axes=(1,), nthreads=1)
+        return _ducc_fft.c2c(half, axes=(2,), nthreads=1)
+    return scipy.fft.rfft2(padded, workers=1)
+
+
 def _real_conv_fft(pad: np.ndarray, fk: np.ndarray, ws: _Workspace) -> np.ndarray:
     """Circular convolution of the padded planes ``pad`` with the kernel transform ``fk``.
 
-    Returns the ``(B, n0, n1)`` result (a workspace buffer with ducc0, else a new array).
+    Returns the ``(B, n0, n1)`` result whose ``[:, :h, :w]`` corner is valid (a workspace
+    buffer with ducc0, else a new array).
     """
     if _ducc_fft is not None:
-        spec = ws.spec[: pad.shape[0]]
-        _ducc_fft.r2c(pad, axes=(1, 2), out=spec, nthreads=1)
-        np.multiply(spec, fk, out=ws.spec_b)
-        _ducc_fft.c2r(ws.spec_b, axes=(1, 2), lastsize=ws.n1, forward=False, inorm=2,
-                      out=ws.full, nthreads=1, allow_overwriting_input=True)
+        nb_in, w = pad.shape[0], ws.w
+        half = ws.half[:nb_in]
+        _ducc_fft.r2c(pad[:, :, :w], axes=(1,), out=half[:, :, :w], nthreads=1)
+        _ducc_fft.c2c(half, axes=(2,), out=ws.spec_x, nthreads=1)
+        np.multiply(ws.spec_x, fk, out=ws.spec_b)
+        _ducc_fft.c2c(ws.spec_b, axes=(2,), forward=False, inorm=2, out=ws.spec_b, nthreads=1)
+        _ducc_fft.c2r(ws.spec_b[:, :, :w], axes=(1,), lastsize=ws.n0, forward=False, inorm=2,
+                      out=ws.full[:, :, :w], nthreads=1, allow_overwriting_input=True)
         return ws.full
     spec = scipy.fft.rfft2(pad, workers=1)
     np.multiply(spec, fk, out=ws.spec_b)
