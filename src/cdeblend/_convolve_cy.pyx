@@ -99,3 +99,89 @@ def weighted_residual(
                     row += <double>d * <double>r
                 total += row
     return 0.5 * total
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def gram_pairs(
+    const floating[::1] flat,
+    const Py_ssize_t[::1] offsets,
+    const Py_ssize_t[:, ::1] boxes,
+    const Py_ssize_t[:, ::1] pairs,
+    const floating[:, :, ::1] weights,
+    bint weighted,
+    double[:, ::1] out,
+):
+    """Per-band inner products of pairs of arrays over the overlap of their boxes.
+
+    Array k is ``flat[offsets[k]:].reshape(B, h_k, w_k)`` on ``boxes[k] = (y0, x0, h, w)`` (frame
+    coordinates). For pair p = (k, l), ``out[p, b] = sum c_k[b] c_l[b] (w[b])`` over the common
+    pixels, accumulated in double precision (row sums first, then rows in order).
+    ``weights`` (B, H, W) is read only when ``weighted``.
+    """
+    cdef Py_ssize_t nb = out.shape[1], npairs = pairs.shape[0]
+    cdef Py_ssize_t p, k, l, b, y, x, ya, yb, xa, xb, hk, wk, hl, wl
+    cdef Py_ssize_t ok, ol, rk, rl
+    cdef double acc, row
+    with nogil:
+        for p in range(npairs):
+            k = pairs[p, 0]
+            l = pairs[p, 1]
+            ya = max(boxes[k, 0], boxes[l, 0])
+            xa = max(boxes[k, 1], boxes[l, 1])
+            yb = min(boxes[k, 0] + boxes[k, 2], boxes[l, 0] + boxes[l, 2])
+            xb = min(boxes[k, 1] + boxes[k, 3], boxes[l, 1] + boxes[l, 3])
+            hk = boxes[k, 2]
+            wk = boxes[k, 3]
+            hl = boxes[l, 2]
+            wl = boxes[l, 3]
+            for b in range(nb):
+                acc = 0.0
+                for y in range(ya, yb):
+                    rk = offsets[k] + (b * hk + y - boxes[k, 0]) * wk - boxes[k, 1]
+                    rl = offsets[l] + (b * hl + y - boxes[l, 0]) * wl - boxes[l, 1]
+                    row = 0.0
+                    if weighted:
+                        for x in range(xa, xb):
+                            row += <double>flat[rk + x] * flat[rl + x] * weights[b, y, x]
+                    else:
+                        for x in range(xa, xb):
+                            row += <double>flat[rk + x] * flat[rl + x]
+                    acc += row
+                out[p, b] = acc
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def data_products(
+    const floating[::1] flat,
+    const Py_ssize_t[::1] offsets,
+    const Py_ssize_t[:, ::1] boxes,
+    const floating[:, :, ::1] data,
+    const floating[:, :, ::1] weights,
+    bint weighted,
+    double[:, ::1] out,
+):
+    """``out[k, b] = sum c_k[b] data[b] (w[b])`` over box k (inside the frame), in double."""
+    cdef Py_ssize_t nb = out.shape[1], nk = out.shape[0]
+    cdef Py_ssize_t k, b, y, x, y0, x0, h, w, r
+    cdef double acc, row
+    with nogil:
+        for k in range(nk):
+            y0 = boxes[k, 0]
+            x0 = boxes[k, 1]
+            h = boxes[k, 2]
+            w = boxes[k, 3]
+            for b in range(nb):
+                acc = 0.0
+                for y in range(y0, y0 + h):
+                    r = offsets[k] + (b * h + y - y0) * w - x0
+                    row = 0.0
+                    if weighted:
+                        for x in range(x0, x0 + w):
+                            row += <double>flat[r + x] * data[b, y, x] * weights[b, y, x]
+                    else:
+                        for x in range(x0, x0 + w):
+                            row += <double>flat[r + x] * data[b, y, x]
+                    acc += row
+                out[k, b] = acc
