@@ -9,6 +9,7 @@ from .apportion import FlatStack, apportion_flux
 from .blend import Blend, Component, Source
 from .deblender import DeblendConfig, Deblender, DeblendResult
 from .observation import Observation
+from .spectra import fit_seds
 
 __version__ = "0.1.0"
 
@@ -23,4 +24,5 @@ __all__ = [
     "Source",
     "__version__",
     "apportion_flux",
+    "fit_seds",
 ]
