@@ -218,7 +218,9 @@ class _Workspace:
     along y of those ``w`` columns only: the zero padding is never transformed.
     """
 
-    __slots__ = ("n0", "n1", "h", "w", "pad", "half", "spec_x", "spec_b", "full", "resid")
+    __slots__ = (
+        "n0", "n1", "h", "w", "pad", "half", "spec_x", "spec_b", "full", "resid", "fk", "fk_conj"
+    )
 
     def __init__(self, nb: int, nb_in: int, h: int, w: int, n0: int, n1: int, dtype: Any) -> None:
         ctype = np.complex64 if dtype == np.float32 else np.complex128
@@ -227,6 +229,7 @@ class _Workspace:
         self.pad = np.zeros((max(nb, nb_in), n0, n1), dtype=dtype)
         self.full = np.empty((nb, n0, n1), dtype=dtype)
         self.resid = np.zeros((nb, h, w), dtype=dtype)
+        self.fk = self.fk_conj = None  # kernel transforms for this grid, fetched on first use
         if _ducc_fft is not None:
             m0 = n0 // 2 + 1
             self.half = np.zeros((max(nb, nb_in), m0, n1), dtype=ctype)  # zero beyond column w
@@ -568,8 +571,9 @@ class Observation:
         The ``[:, :h, :w]`` corner of the returned ``(B, n0, n1)`` array is the same-size
         convolution of the ``(h, w)`` input.
         """
-        fk, fk_conj = self._kernel_cache.get(ws.n0, ws.n1)
-        return _real_conv_fft(ws.pad[:nb_in], fk_conj if adjoint else fk, ws)
+        if ws.fk is None:
+            ws.fk, ws.fk_conj = self._kernel_cache.get(ws.n0, ws.n1)
+        return _real_conv_fft(ws.pad[:nb_in], ws.fk_conj if adjoint else ws.fk, ws)
 
     def _check_model(self, model: Any, name: str, allow_2d: bool = False) -> np.ndarray:
         arr = np.asarray(model)
