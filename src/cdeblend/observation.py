@@ -56,8 +56,10 @@ _DIRECT_COST = 0.17e-9
 _ROW_COST = 3.5e-9
 _FFT_COST = 0.14e-9 if _ducc_fft is not None else 0.28e-9
 _FFT_OVERHEAD = 20e-6
-#: At most this many padded FFT shapes keep their kernel transforms (LRU).
+#: At most this many padded FFT shapes keep their kernel transforms (LRU), within a byte
+#: budget (the newest entry is always kept).
 _KERNEL_CACHE_SIZE = 32
+_KERNEL_CACHE_BYTES = 128 * 2**20
 #: At most this many image shapes keep work buffers per thread (LRU).
 _BUFFER_CACHE_SIZE = 6
 
@@ -205,8 +207,12 @@ class _KernelCache:
         entry = (fk, np.conj(fk))
         with self.lock:
             self.entries[key] = entry
-            while len(self.entries) > _KERNEL_CACHE_SIZE:
-                self.entries.popitem(last=False)
+            size = sum(2 * e[0].nbytes for e in self.entries.values())
+            while len(self.entries) > 1 and (
+                len(self.entries) > _KERNEL_CACHE_SIZE or size > _KERNEL_CACHE_BYTES
+            ):
+                _, old = self.entries.popitem(last=False)
+                size -= 2 * old[0].nbytes
         return entry
 
 
@@ -228,7 +234,7 @@ class _Workspace:
         # FFT input, zero outside [:h, :w]: every user of this workspace writes only there
         self.pad = np.zeros((max(nb, nb_in), n0, n1), dtype=dtype)
         self.full = np.empty((nb, n0, n1), dtype=dtype)
-        self.resid = np.zeros((nb, h, w), dtype=dtype)
+        self.resid = None  # direct-mode residual, allocated on first use
         self.fk = self.fk_conj = None  # kernel transforms for this grid, fetched on first use
         if _ducc_fft is not None:
             m0 = n0 // 2 + 1
@@ -686,7 +692,10 @@ class Observation:
         nb, h, w = self.shape
         if self._pick_mode(mode, nb, h, w) == "real":
             conv = self.convolve(x, mode="real")
-            resid = self._workspace(nb, h, w).resid
+            ws = self._workspace(nb, h, w)
+            if ws.resid is None:
+                ws.resid = np.empty((nb, h, w), dtype=self.dtype)
+            resid = ws.resid
             loss = weighted_residual(conv, self.images, self.weights, resid, True)
             grad_out.fill(0)
             convolve_direct(resid, self._grad_kernels, grad_out, 0, 0)
