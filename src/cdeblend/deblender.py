@@ -18,8 +18,16 @@ import numpy as np
 
 from . import _adam_cy
 from .apportion import FlatStack, apportion_flux
-from .blend import Blend, Box, RadialMonotonicity, box_grow, box_intersect, overlap_slices
-from .initialization import initialize_blend
+from .blend import (
+    Blend,
+    Box,
+    Component,
+    RadialMonotonicity,
+    box_grow,
+    box_intersect,
+    overlap_slices,
+)
+from .initialization import _centered_overlap, _model_psf, initialize_blend
 
 __all__ = ["DeblendConfig", "DeblendResult", "Deblender"]
 
@@ -64,6 +72,11 @@ class DeblendConfig:
         Bulge/disk split level, percent of the peak (25).
     initial_bg_thresh : float
         Trim the initial morphologies at this many times the mean noise RMS (1.0).
+    init_thresh_units : str
+        Units of the trim threshold: "image" (the reference: ``initial_bg_thresh`` times the
+        mean noise RMS of the images, although the chi^2 detection image is in other units)
+        or "detection" (``initial_bg_thresh`` times the noise RMS of the detection image,
+        ``sqrt(sum_b 1 / noise_rms_b**2)``).
     init_padding : int
         Margin around the initial morphology, applied twice as in the reference (2).
     set_spectra : bool
@@ -93,8 +106,15 @@ class DeblendConfig:
     rescue_faint : bool
         Keep every detected source alive (True): a source whose initial morphology is empty,
         or whose fitted SED is zero in every band, is re-initialised as a point source with
-        the flux its peak pixel implies. The reference loses such sources (faint ones next
-        to a brighter neighbour).
+        the flux its peak pixel implies; and when the fit has converged, a source whose
+        peak still shows a significant point-like residual (S/N >= ``rescue_snr``, flux
+        above ``rescue_fraction`` times the source's model flux) gets a PSF-shaped
+        component and the fit continues (at most ``rescue_rounds`` times). The reference
+        loses such sources (faint ones next to a brighter neighbour).
+    rescue_snr, rescue_fraction : float
+        Thresholds of that test (10 and 0.5).
+    rescue_rounds : int
+        Maximum number of rescue rounds (2).
     """
 
     max_iter: int = 300
@@ -113,7 +133,9 @@ class DeblendConfig:
     max_components: int = 2
     disk_percentile: float = 25.0
     initial_bg_thresh: float = 1.0
+    init_thresh_units: str = "image"
     init_padding: int = 2
+    residual_init: bool = False
     set_spectra: bool = True
     max_spectrum_cutoff: int = 0
     weighted_sed_fit: bool = False
@@ -123,6 +145,9 @@ class DeblendConfig:
     psf_fallback_bg_thresh: float | None = None
     center_flip_quirk: bool = False
     rescue_faint: bool = True
+    rescue_snr: float = 10.0
+    rescue_fraction: float = 0.5
+    rescue_rounds: int = 2
 
     def __post_init__(self) -> None:
         for name in ("max_iter", "min_iter", "max_components", "init_padding",
@@ -142,6 +167,9 @@ class DeblendConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
             raise ValueError(f"b1 and b2 must be in [0, 1), got {self.b1!r}, {self.b2!r}")
+        if self.init_thresh_units not in ("image", "detection"):
+            raise ValueError(f"init_thresh_units must be 'image' or 'detection', "
+                             f"got {self.init_thresh_units!r}")
         if not 0 < self.disk_percentile < 100:
             raise ValueError(f"disk_percentile must be in (0, 100), got {self.disk_percentile}")
         if self.bg_thresh is not None and not self.bg_thresh >= 0:
@@ -294,58 +322,182 @@ class Deblender:
 
 
 # ----------------------------------------------------------------------------- the fit
-class _AdamState:
-    """ADAM moments of every parameter, in the packed layout of the blend."""
+class _Fitter:
+    """Proximal ADAM on every component of a blend (spec 3.3-3.10).
 
-    def __init__(self, packed) -> None:
-        self.sed = [np.zeros_like(packed.sed) for _ in range(3)]
-        self.morph = [np.zeros_like(packed.morph) for _ in range(3)]
-
-
-def _regrid(blend: Blend, state: _AdamState, bounds: np.ndarray, padding: int) -> bool:
-    """Resize the boxes (spec 3.9) from the significant-pixel bounds; re-pack if any changed.
-
-    Morphologies and ADAM moments are copied on the overlap of old and new boxes; new pixels
-    start at 0. Returns whether anything changed.
+    Holds the packed parameters' ADAM moments, the work buffers and the monotonicity
+    operator. Per iteration: render the model, one fused loss + gradient call of the
+    Observation (B forward and B adjoint convolutions), one Cython call updating every
+    component. Python only runs per component when boxes change (every ``resize``
+    iterations, and only if some box moved) or when components are added.
     """
-    packed = blend.packed
-    comps = blend.components
-    frame = blend.box
-    new_boxes = []
-    changed = False
-    for k, c in enumerate(comps):
-        b = bounds[k]
-        if b[0] == -2:
-            new_boxes.append(c.box)
-            continue
-        if b[0] < 0:
-            tight = (c.peak[0], c.peak[1], 1, 1)
-        else:
-            tight = (c.box[0] + b[0], c.box[1] + b[1], b[2] - b[0] + 1, b[3] - b[1] + 1)
-        nb = box_intersect(box_grow(tight, padding), frame)
-        new_boxes.append(nb)
-        changed |= nb != c.box
-    if not changed:
-        return False
-    old = [(packed.morph_view(k).copy(), [packed.morph_view_of(a, k).copy() for a in state.morph])
-           for k in range(len(comps))]
-    old_boxes = [c.box for c in comps]
-    for c, nb in zip(comps, new_boxes, strict=True):
-        c.box = nb
-        c.morphology = np.zeros(nb[2:])
-    new_packed = blend.pack()
-    new_state = [np.zeros_like(new_packed.morph) for _ in range(3)]
-    for k, (ob, nb) in enumerate(zip(old_boxes, new_boxes, strict=True)):
-        sa, sb = overlap_slices(ob, nb)
-        new_packed.morph_view(k)[sb] = old[k][0][sa]
-        for a, o in zip(new_state, old[k][1], strict=True):
-            new_packed.morph_view_of(a, k)[sb] = o[sa]
-    state.morph = new_state
-    return True
+
+    def __init__(self, blend: Blend, config: DeblendConfig) -> None:
+        self.blend = blend
+        self.config = config
+        obs = blend.observation
+        self.obs = obs
+        packed = blend.pack()
+        self.sed_state = [np.zeros_like(packed.sed) for _ in range(3)]
+        self.morph_state = [np.zeros_like(packed.morph) for _ in range(3)]
+        self.mono = RadialMonotonicity((config.monotonicity_size - 1) // 2)
+        self._cover()
+        self.noise = np.ascontiguousarray(obs.noise_rms, dtype=np.float64)
+        self.min_step = self.noise * config.sed_min_step
+        self.model = np.empty(blend.shape, dtype=obs.dtype)
+        self.grad = np.empty_like(self.model)
+        self.variant = _OPTIMIZERS[config.optimizer]
+        self.history: list[float] = []
+        self.it = 0
+
+    def _cover(self) -> None:
+        for c in self.blend.components:
+            self.mono.ensure_covers(c.morphology.shape, c.local_peak)
+
+    def repack(self, new_boxes: dict | None = None) -> None:
+        """Re-pack the blend after boxes changed (``new_boxes``: component id -> box) or
+        components were added; morphologies and ADAM moments are kept on the overlap of old
+        and new boxes (new pixels and new components start at 0)."""
+        old = self.blend._packed  # not .packed: that would re-pack the new layout
+        old_index = {id(c): k for k, c in enumerate(self._components)}
+        comps = self.blend.components
+        saved = {}
+        for c in comps:
+            k = old_index.get(id(c))
+            if k is None:
+                continue
+            saved[id(c)] = (k, c.box, old.morph_view(k).copy(), old.sed[k].copy(),
+                            [old.morph_view_of(a, k).copy() for a in self.morph_state])
+            if new_boxes and id(c) in new_boxes:
+                c.box = new_boxes[id(c)]
+                c.morphology = np.zeros(c.box[2:])
+        packed = self.blend.pack()
+        sed_state = [np.zeros_like(packed.sed) for _ in range(3)]
+        morph_state = [np.zeros_like(packed.morph) for _ in range(3)]
+        for j, c in enumerate(comps):
+            if id(c) not in saved:
+                continue
+            k, obox, morph, sed, states = saved[id(c)]
+            sa, sb = overlap_slices(obox, c.box)
+            packed.morph_view(j)[sb] = morph[sa]
+            packed.sed[j] = sed
+            for a, o in zip(morph_state, states, strict=True):
+                packed.morph_view_of(a, j)[sb] = o[sa]
+            for a, o in zip(sed_state, self.sed_state, strict=True):
+                a[j] = o[k]
+        self.sed_state, self.morph_state = sed_state, morph_state
+        self._components = comps
+        self._cover()
+
+    def _resize(self, bounds: np.ndarray) -> None:
+        """New boxes from the significant-pixel bounds (spec 3.9)."""
+        frame = self.blend.box
+        pad = self.config.component_padding
+        new_boxes = {}
+        for k, c in enumerate(self._components):
+            b = bounds[k]
+            if b[0] == -2:  # no threshold: never resized
+                continue
+            if b[0] < 0:
+                tight = (c.peak[0], c.peak[1], 1, 1)
+            else:
+                tight = (c.box[0] + b[0], c.box[1] + b[1], b[2] - b[0] + 1, b[3] - b[1] + 1)
+            nb = box_intersect(box_grow(tight, pad), frame)
+            if nb != c.box:
+                new_boxes[id(c)] = nb
+        if new_boxes:
+            self.repack(new_boxes)
+
+    def run(self, max_iter: int) -> bool:
+        """Iterate until convergence (at least ``min_iter`` iterations from now) or until
+        the blend's iteration count reaches ``max_iter``; returns whether it converged."""
+        cfg = self.config
+        obs = self.obs
+        self._components = self.blend.components
+        start = self.it
+        converged = False
+        while self.it < max_iter:
+            p = self.blend.packed
+            _adam_cy.render(p.sed, p.morph, p.comp, self.model)
+            self.history.append(float(obs.loss_and_gradient(self.model, self.grad)))
+            do_resize = cfg.resize is not None and self.it > 0 and self.it % cfg.resize == 0
+            bounds = np.empty((len(p.comp), 4), dtype=np.int64)
+            _adam_cy.adam_prox_step(
+                self.grad, p.sed, *self.sed_state, p.morph, *self.morph_state, p.comp,
+                p.bg_thresh, self.noise, self.min_step, cfg.morph_step, self.it, cfg.b1,
+                cfg.b2, cfg.eps, cfg.floor, self.variant, True, self.mono.dy, self.mono.dx,
+                self.mono.weights, do_resize, bounds,
+            )
+            if do_resize:
+                self._resize(bounds)
+            self.it += 1
+            h = self.history
+            if self.it > start + cfg.min_iter and len(h) > 1:
+                if abs(h[-1] - h[-2]) < cfg.e_rel * abs(h[-1]):
+                    converged = True
+                    break
+        return converged
+
+    def final_loss(self) -> float:
+        """Loss of the current parameters."""
+        p = self.blend.packed
+        _adam_cy.render(p.sed, p.morph, p.comp, self.model)
+        return float(self.obs.loss(self.model))
+
+    def rescue(self) -> int:
+        """Give under-fitted sources a point-like component (see DeblendConfig.rescue_faint).
+
+        A source is under-fitted when the residual ``images - conv(model)`` at its peak has a
+        point-source S/N of at least ``rescue_snr`` and a point-source flux above
+        ``rescue_fraction`` times the source's model flux. Returns how many were rescued.
+        """
+        cfg = self.config
+        obs = self.obs
+        p = self.blend.packed
+        _adam_cy.render(p.sed, p.morph, p.comp, self.model)
+        residual = np.asarray(obs.images, dtype=np.float64) - obs.convolve(self.model)
+        weights = np.asarray(obs.weights, dtype=np.float64)
+        psfs = np.asarray(obs.psfs, dtype=np.float64)
+        model_psf = _model_psf(obs)
+        B = residual.shape[0]
+        added = 0
+        for src in self.blend.sources:
+            if src.is_null:
+                continue
+            sl_img, sl_psf = _centered_overlap(residual.shape[1:], psfs.shape[1:], *src.peak)
+            amp = np.zeros(B)
+            num = den = 0.0
+            for b in range(B):
+                P = psfs[b][sl_psf]
+                w = weights[b][sl_img]
+                r = residual[b][sl_img]
+                # weighted least-squares amplitude of a point source in the residual
+                pp = float(np.sum(w * P * P))
+                rp = float(np.sum(w * r * P))
+                if pp > 0:
+                    amp[b] = rp / pp
+                    num += rp
+                    den += pp
+            snr = num / np.sqrt(den) if den > 0 else 0.0
+            flux = sum(float(np.sum(c.sed) * c.morphology.sum()) for c in src.components)
+            if snr < cfg.rescue_snr or np.sum(np.maximum(amp, 0)) <= cfg.rescue_fraction * flux:
+                continue
+            sl_img, sl_psf = _centered_overlap(residual.shape[1:], model_psf.shape, *src.peak)
+            morph = model_psf[sl_psf] / model_psf.max()
+            box = (sl_img[0].start, sl_img[1].start, morph.shape[0], morph.shape[1])
+            sed = np.maximum(amp, cfg.floor) * model_psf.max()
+            src.components.append(Component(sed, morph, box, src.peak, cfg.bg_thresh, "psf"))
+            added += 1
+        if added:
+            self.repack()
+        return added
 
 
 def fit_blend(blend: Blend, config: DeblendConfig) -> tuple[float, np.ndarray, int, bool]:
     """Proximal ADAM fit of every component of ``blend`` (spec 3.3-3.10), in place.
+
+    With ``config.rescue_faint``, sources left under-fitted at convergence get a point-like
+    component and the fit continues (at most ``config.rescue_rounds`` times).
 
     Returns
     -------
@@ -356,40 +508,11 @@ def fit_blend(blend: Blend, config: DeblendConfig) -> tuple[float, np.ndarray, i
     iterations : int
     converged : bool
     """
-    obs = blend.observation
-    packed = blend.pack()
-    state = _AdamState(packed)
-    mono = RadialMonotonicity((config.monotonicity_size - 1) // 2)
-    for c in blend.components:
-        mono.ensure_covers(c.morphology.shape, c.local_peak)
-    noise = np.ascontiguousarray(obs.noise_rms, dtype=np.float64)
-    min_step = noise * config.sed_min_step
-    model = np.empty(blend.shape, dtype=obs.dtype)
-    grad = np.empty_like(model)
-    bounds = np.zeros((len(packed.comp), 4), dtype=np.int64)
-    variant = _OPTIMIZERS[config.optimizer]
-    history: list[float] = []
-    it = 0
-    converged = False
-    while it < config.max_iter:
-        p = blend.packed
-        _adam_cy.render(p.sed, p.morph, p.comp, model)
-        history.append(float(obs.loss_and_gradient(model, grad)))
-        do_resize = config.resize is not None and it > 0 and it % config.resize == 0
-        _adam_cy.adam_prox_step(
-            grad, p.sed, *state.sed, p.morph, *state.morph, p.comp, p.bg_thresh, noise,
-            min_step, config.morph_step, it, config.b1, config.b2, config.eps, config.floor,
-            variant, True, mono.dy, mono.dx, mono.weights, do_resize, bounds,
-        )
-        if do_resize and _regrid(blend, state, bounds, config.component_padding):
-            for c in blend.components:
-                mono.ensure_covers(c.morphology.shape, c.local_peak)
-        it += 1
-        if it > config.min_iter and len(history) > 1:
-            if abs(history[-1] - history[-2]) < config.e_rel * abs(history[-1]):
-                converged = True
+    fitter = _Fitter(blend, config)
+    converged = fitter.run(config.max_iter)
+    if config.rescue_faint and config.max_iter > 0:
+        for _ in range(config.rescue_rounds):
+            if fitter.it >= config.max_iter or not fitter.rescue():
                 break
-    p = blend.packed
-    _adam_cy.render(p.sed, p.morph, p.comp, model)
-    loss = float(obs.loss(model))
-    return loss, np.asarray(history), it, converged
+            converged = fitter.run(config.max_iter)
+    return fitter.final_loss(), np.asarray(fitter.history), fitter.it, converged

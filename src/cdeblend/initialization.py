@@ -103,7 +103,11 @@ class _MaskWorkspace:
 
 
 def _extended_morphology(D, peak, t0, padding, ws, center_flip_quirk):
-    """Symmetric + monotonic-mask morphology of one peak, or None (spec 2.2 steps 2-6)."""
+    """Symmetric + monotonic-mask morphology of one peak (spec 2.2 steps 2-6).
+
+    Returns ``((morph, box) or None, (accepted values, their box))``: None when nothing
+    extended is left; the second item is the monotonic mask's values before the trim.
+    """
     H, W = D.shape
     py, px = peak
     if center_flip_quirk and (py, px) == (H // 2, W // 2):
@@ -118,20 +122,21 @@ def _extended_morphology(D, peak, t0, padding, ws, center_flip_quirk):
             if v > best:
                 best, start = v, (y, x)
     n, morph, box = ws.run(D, start, mirror)
+    raw = (morph.copy(), box)
     if n == 1 and morph.max() == 0:
-        return None
+        return None, raw
     if t0 > 0:
         morph[morph <= t0] = 0
         ys, xs = np.nonzero(morph > t0)
         if ys.size == 0:
-            return None
+            return None, raw
         tight = (box[0] + ys.min(), box[1] + xs.min(), ys.max() - ys.min() + 1,
                  xs.max() - xs.min() + 1)
         new_box = box_grow(tight, padding)
     else:
         new_box = box
     if not morph.max() > 0:
-        return None
+        return None, raw
     new_box = box_intersect(box_grow(new_box, padding), (0, 0, H, W))
     out = np.zeros(new_box[2:], dtype=np.float64)
     # copy the part of the accepted pixels that lies inside the final box
@@ -140,7 +145,7 @@ def _extended_morphology(D, peak, t0, padding, ws, center_flip_quirk):
     out[ya - new_box[0] : yb - new_box[0], xa - new_box[1] : xb - new_box[1]] = morph[
         ya - box[0] : yb - box[0], xa - box[1] : xb - box[1]
     ]
-    return out, new_box
+    return (out, new_box), raw
 
 
 def _model_psf(observation) -> np.ndarray:
@@ -168,6 +173,24 @@ def _psf_component(observation, peak, psf_peak, bg_thresh) -> Component:
     return Component(sed, morph, box, peak, bg_thresh, kind="psf")
 
 
+def _fit_all_seds(blend: Blend, observation, config: DeblendConfig) -> bool:
+    """Joint least-squares SEDs of all components (negative values clipped to 0)."""
+    from . import spectra
+
+    comps = blend.components
+    try:
+        seds = np.asarray(spectra.fit_seds(observation, [c.morphology for c in comps],
+                                           [c.box for c in comps],
+                                           weighted=config.weighted_sed_fit))
+    except np.linalg.LinAlgError:
+        return False
+    if not np.all(np.isfinite(seds)):
+        return False
+    for c, s in zip(comps, seds, strict=True):
+        c.sed = np.ascontiguousarray(np.maximum(s, 0), dtype=np.float64)
+    return True
+
+
 def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> tuple[Blend, dict]:
     """Initial sources of a blend (spec 2.1-2.4).
 
@@ -192,7 +215,10 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
     B, H, W = observation.shape
     D = detection_image(observation)
     noise = np.asarray(observation.noise_rms, dtype=np.float64)
-    t0 = float(np.mean(noise)) * config.initial_bg_thresh
+    if config.init_thresh_units == "detection":
+        t0 = float(np.sqrt(np.sum(1.0 / noise[noise > 0] ** 2))) * config.initial_bg_thresh
+    else:  # the reference: image units, although D is not
+        t0 = float(np.mean(noise)) * config.initial_bg_thresh
     kernels = np.asarray(observation.diff_kernels, dtype=np.float64)
     model_psf = _model_psf(observation)
     # conv_b(P_model) at its centre: the model-space peak of a unit point source, observed
@@ -204,13 +230,33 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
     images = observation.images
     sources = []
     snrs = np.zeros(len(peaks))
+    # Extended morphologies, brightest peaks first. A peak that lies inside the monotonic
+    # mask of a brighter one is initialised from the detection image minus what the brighter
+    # ones claimed (their symmetric masks), so that a faint source on a bright neighbour's
+    # wing starts from its own light, not from a symmetrised piece of the neighbour.
+    exts: list = [None] * len(peaks)
+    claimed = covered = None
+    order = np.argsort(-D[peaks[:, 0], peaks[:, 1]], kind="stable")
+    for i in order:
+        peak = (int(peaks[i, 0]), int(peaks[i, 1]))
+        D_use = D
+        if config.residual_init and covered is not None and covered[peak]:
+            D_use = np.ascontiguousarray(D - claimed)
+        exts[i], (raw, rbox) = _extended_morphology(D_use, peak, t0, config.init_padding, ws,
+                                                    config.center_flip_quirk)
+        if config.residual_init:
+            if claimed is None:
+                claimed = np.zeros((H, W))
+                covered = np.zeros((H, W), dtype=bool)
+            sl = (slice(rbox[0], rbox[0] + rbox[2]), slice(rbox[1], rbox[1] + rbox[3]))
+            claimed[sl] += np.maximum(raw, 0)
+            covered[sl] |= raw > 0
     for i, (py, px) in enumerate(peaks):
         peak = (int(py), int(px))
         snr = peak_snr(observation, peak)
         snrs[i] = snr
         score = np.floor(snr) / config.min_snr if config.min_snr > 0 else np.inf
-        ext = _extended_morphology(D, peak, t0, config.init_padding, ws,
-                                   config.center_flip_quirk)
+        ext = exts[i]
         if ext is None:
             sources.append(Source([_psf_component(observation, peak, psf_peak, psf_thresh)],
                                   peak, i))
@@ -225,6 +271,7 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
         sed *= mx
         morph /= mx
         single = Component(sed, morph, box, peak, config.bg_thresh, kind="extended")
+        single.init_sed = sed.copy()
         comps = [single]
         if score >= 2 and config.max_components >= 2:
             f = config.disk_percentile / 100.0
@@ -241,22 +288,36 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
                     seds = np.maximum(seds, 0)
                     comps = [Component(seds[0], bulge, box, peak, config.bg_thresh, "bulge"),
                              Component(seds[1], disk, box, peak, config.bg_thresh, "disk")]
-        sources.append(Source(comps, peak, i))
+        src = Source(comps, peak, i)
+        src.single = single  # kept for the rescue below
+        sources.append(src)
     blend = Blend(observation, sources)
     ran = False
     cutoff = config.max_spectrum_cutoff
     if config.set_spectra and (cutoff <= 0 or len(peaks) * H * W < cutoff):
-        comps = blend.components
-        try:
-            seds = np.asarray(spectra.fit_seds(observation, [c.morphology for c in comps],
-                                               [c.box for c in comps],
-                                               weighted=config.weighted_sed_fit))
-        except np.linalg.LinAlgError:
-            seds = None
-        if seds is not None and np.all(np.isfinite(seds)):
-            ran = True
-            for c, s in zip(comps, seds, strict=True):
-                c.sed = np.ascontiguousarray(np.maximum(s, 0), dtype=np.float64)
+        ran = _fit_all_seds(blend, observation, config)
+        if ran and config.rescue_faint:
+            # A detected source whose fitted SEDs vanish would be lost for good: the noise
+            # threshold then erases its morphology. A split whose bulge or disk gets no flux
+            # is not supported by the data: fall back to the single component and refit;
+            # a single component left without flux restarts from its peak-ratio SED.
+            changed = False
+            for src in blend.sources:
+                single = getattr(src, "single", None)
+                if len(src.components) > 1 and any(not np.any(c.sed > 0)
+                                                   for c in src.components):
+                    src.components = [single]
+                    changed = True
+            if changed:
+                _fit_all_seds(blend, observation, config)
+            for src in blend.sources:
+                single = getattr(src, "single", None)
+                if single is not None and not any(np.any(c.sed > 0) for c in src.components):
+                    src.components = [single]
+                    single.sed = single.init_sed.copy()
+    for src in blend.sources:
+        if hasattr(src, "single"):
+            del src.single
     for c in blend.components:
         c.sed = np.where(np.isfinite(c.sed) & (c.sed >= config.floor), c.sed, config.floor)
     return blend, {"snr": snrs, "spectrum_init": ran}
