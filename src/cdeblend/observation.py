@@ -179,41 +179,49 @@ def _clip_box(box: Box, shape: tuple[int, int]) -> Box:
 
 
 class _KernelCache:
-    """Kernel transforms per padded FFT shape, shared by an observation and its cut-outs."""
+    """Kernel transforms per padded FFT shape, shared by an observation and its cut-outs.
+
+    The conjugate transform (for the adjoint) is made only when first asked for, so the SED fit,
+    which only convolves forward on many box shapes, stores half as much.
+    """
 
     def __init__(self, kernels: np.ndarray) -> None:
         self.kernels = kernels
         self.lock = threading.Lock()
-        self.entries: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.entries: OrderedDict[tuple[int, int, bool], np.ndarray] = OrderedDict()
+        self.nbytes = 0
 
-    def get(self, n0: int, n1: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(F(K), conj(F(K)))`` on the ``(n0, n1)`` grid, computing it once."""
-        key = (n0, n1)
+    def get(self, n0: int, n1: int, adjoint: bool = False) -> np.ndarray:
+        """Return ``F(K)`` (or ``conj(F(K))``) on the ``(n0, n1)`` grid, computing it once."""
+        key = (n0, n1, adjoint)
         with self.lock:
             hit = self.entries.get(key)
             if hit is not None:
                 self.entries.move_to_end(key)
                 return hit
-        k = self.kernels
-        nb, kh, kw = k.shape
-        # Put the kernel centre at index 0, folding taps modulo n: exact for the same-size
-        # convolution whenever n >= image size + kernel half-size (see _fft_shape).
-        iy = (np.arange(kh) - kh // 2) % n0
-        ix = (np.arange(kw) - kw // 2) % n1
-        padded = np.zeros((nb, n0, n1), dtype=k.dtype)
-        for b in range(nb):
-            np.add.at(padded[b], (iy[:, None], ix[None, :]), k[b])
-        fk = _kernel_transform(padded)
-        entry = (fk, np.conj(fk))
+        if adjoint:
+            value = np.conj(self.get(n0, n1, False))
+        else:
+            k = self.kernels
+            nb, kh, kw = k.shape
+            # Put the kernel centre at index 0, folding taps modulo n: exact for the same-size
+            # convolution whenever n >= image size + kernel half-size (see _fft_shape).
+            iy = (np.arange(kh) - kh // 2) % n0
+            ix = (np.arange(kw) - kw // 2) % n1
+            padded = np.zeros((nb, n0, n1), dtype=k.dtype)
+            for b in range(nb):
+                np.add.at(padded[b], (iy[:, None], ix[None, :]), k[b])
+            value = _kernel_transform(padded)
         with self.lock:
-            self.entries[key] = entry
-            size = sum(2 * e[0].nbytes for e in self.entries.values())
+            if key not in self.entries:
+                self.entries[key] = value
+                self.nbytes += value.nbytes
             while len(self.entries) > 1 and (
-                len(self.entries) > _KERNEL_CACHE_SIZE or size > _KERNEL_CACHE_BYTES
+                len(self.entries) > _KERNEL_CACHE_SIZE or self.nbytes > _KERNEL_CACHE_BYTES
             ):
                 _, old = self.entries.popitem(last=False)
-                size -= 2 * old[0].nbytes
-        return entry
+                self.nbytes -= old.nbytes
+        return value
 
 
 class _Workspace:
@@ -577,9 +585,15 @@ class Observation:
         The ``[:, :h, :w]`` corner of the returned ``(B, n0, n1)`` array is the same-size
         convolution of the ``(h, w)`` input.
         """
-        if ws.fk is None:
-            ws.fk, ws.fk_conj = self._kernel_cache.get(ws.n0, ws.n1)
-        return _real_conv_fft(ws.pad[:nb_in], ws.fk_conj if adjoint else ws.fk, ws)
+        if adjoint:
+            if ws.fk_conj is None:
+                ws.fk_conj = self._kernel_cache.get(ws.n0, ws.n1, True)
+            fk = ws.fk_conj
+        else:
+            if ws.fk is None:
+                ws.fk = self._kernel_cache.get(ws.n0, ws.n1, False)
+            fk = ws.fk
+        return _real_conv_fft(ws.pad[:nb_in], fk, ws)
 
     def _check_model(self, model: Any, name: str, allow_2d: bool = False) -> np.ndarray:
         arr = np.asarray(model)
