@@ -252,7 +252,7 @@ class _Workspace:
         else:
             self.half = None
             self.spec_x = None
-            self.spec_b = np.empty((nb, n0, n1 // 2 + 1), dtype=ctype)
+            self.spec_b = np.empty((nb, n0 // 2 + 1, n1), dtype=ctype)
 
 
 class Observation:
@@ -775,18 +775,19 @@ class Observation:
 
 
 def _kernel_transform(padded: np.ndarray) -> np.ndarray:
-    """Transform of the wrapped kernels in the layout :func:`_real_conv_fft` multiplies with."""
+    """Transform of the wrapped kernels in the layout :func:`_real_conv_fft` multiplies with:
+    a real transform along y (``n0 // 2 + 1`` rows) then a complex one along x."""
     if _ducc_fft is not None:
         half = _ducc_fft.r2c(padded, axes=(1,), nthreads=1)
         return _ducc_fft.c2c(half, axes=(2,), nthreads=1)
-    return scipy.fft.rfft2(padded, workers=1)
+    return scipy.fft.fft(scipy.fft.rfft(padded, axis=1, workers=1), axis=2, workers=1)
 
 
 def _real_conv_fft(pad: np.ndarray, fk: np.ndarray, ws: _Workspace) -> np.ndarray:
     """Circular convolution of the padded planes ``pad`` with the kernel transform ``fk``.
 
-    Returns the ``(B, n0, n1)`` result whose ``[:, :h, :w]`` corner is valid (a workspace
-    buffer with ducc0, else a new array).
+    Returns a C-contiguous ``(B, n0, n1)`` (ducc0: a workspace buffer) or ``(B, n0, w)``
+    (scipy: a new array) result whose ``[:, :h, :w]`` corner is the same-size convolution.
     """
     if _ducc_fft is not None:
         nb_in, w = pad.shape[0], ws.w
@@ -798,6 +799,9 @@ def _real_conv_fft(pad: np.ndarray, fk: np.ndarray, ws: _Workspace) -> np.ndarra
         _ducc_fft.c2r(ws.spec_b[:, :, :w], axes=(1,), lastsize=ws.n0, forward=False, inorm=2,
                       out=ws.full[:, :, :w], nthreads=1, allow_overwriting_input=True)
         return ws.full
-    spec = scipy.fft.rfft2(pad, workers=1)
+    # same split with scipy: its implicit zero padding (n=...) replaces the padded buffer
+    half = scipy.fft.rfft(pad[:, : ws.h, : ws.w], n=ws.n0, axis=1, workers=1)
+    spec = scipy.fft.fft(half, n=ws.n1, axis=2, workers=1, overwrite_x=True)
     np.multiply(spec, fk, out=ws.spec_b)
-    return scipy.fft.irfft2(ws.spec_b, s=(ws.n0, ws.n1), workers=1, overwrite_x=True)
+    back = scipy.fft.ifft(ws.spec_b, axis=2, workers=1)
+    return scipy.fft.irfft(back[:, :, : ws.w], n=ws.n0, axis=1, workers=1)
