@@ -246,3 +246,13 @@ def test_threads_share_an_observation():
     for (l1, g1), (l2, g2) in zip(serial, threaded, strict=True):
         assert l1 == l2
         np.testing.assert_array_equal(g1, g2)
+
+
+@pytest.mark.parametrize("mode", ["fft", "real"])
+def test_in_place_convolution(mode):
+    rng = np.random.default_rng(10)
+    obs = make_obs(rng, 2, 12, 14, 9, 9)
+    x = rng.random(obs.shape)
+    expect = obs.convolve(x, mode=mode)
+    obs.convolve(x, out=x, mode=mode)
+    np.testing.assert_allclose(x, expect, rtol=1e-12, atol=1e-14)

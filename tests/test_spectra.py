@@ -180,3 +180,15 @@ def test_memory_stays_far_below_the_dense_design_matrix():
     tracemalloc.stop()
     dense = nb * k * h * w * 4  # the reference's float32 design matrix alone: 65 MB
     assert peak < dense / 20
+
+
+def test_deterministic_and_block_independent():
+    rng = np.random.default_rng(7)
+    obs = make_obs(rng, 2, 60, 60, dtype=np.float32)
+    # two far-apart groups: each group's SEDs must not depend on the other group
+    morphs = [rng.random((5, 5)).astype(np.float32) for _ in range(4)]
+    boxes = [(2, 2, 5, 5), (5, 4, 5, 5), (48, 50, 5, 5), (50, 52, 5, 5)]
+    first = fit_seds(obs, morphs, boxes)
+    np.testing.assert_array_equal(first, fit_seds(obs, morphs, boxes))
+    alone = fit_seds(obs, morphs[:2], boxes[:2])
+    np.testing.assert_array_equal(first[:2], alone)

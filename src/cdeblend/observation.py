@@ -227,9 +227,10 @@ class _KernelCache:
 class _Workspace:
     """Preallocated arrays for one input shape ``(nb_in, h, w)`` (one per thread and shape).
 
-    With ducc0 the 2-D transform is split into a real transform along y over the ``w``
-    non-zero columns and a complex one along x, and the inverse ends with a real transform
-    along y of those ``w`` columns only: the zero padding is never transformed.
+    The 2-D transform is split into a real transform along y over the ``w`` non-zero columns
+    and a complex one along x, and the inverse ends with a real transform along y of those
+    ``w`` columns only, so the zero padding is never transformed. ducc0 writes into these
+    buffers; the scipy path allocates its outputs.
     """
 
     __slots__ = (
@@ -620,6 +621,8 @@ class Observation:
         nb_in, h, w = x.shape
         out = self._check_out(out, (self.shape[0], h, w), "out")
         if self._pick_mode(mode, nb_in, h, w) == "real":
+            if np.may_share_memory(x, out):  # the direct loop accumulates into out
+                x = x.copy()
             out.fill(0)
             convolve_direct(x, self._grad_kernels if adjoint else self.diff_kernels, out, 0, 0)
         else:
