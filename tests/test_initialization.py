@@ -142,3 +142,44 @@ def test_psf_fallback_is_cropped_correctly_at_the_low_edge():
     assert comp.local_peak == (1, 2) and comp.morphology[1, 2] == 1.0
     assert np.all(comp.sed >= 0)
     assert comp.bg_thresh == 1.0  # the configured threshold (the reference uses 0.25 here)
+
+
+def dense_design(obs, morphs, boxes):
+    """(B, H*W, K) design matrix: each morphology convolved over the whole frame."""
+    B, H, W = obs.shape
+    A = np.zeros((B, H * W, len(morphs)))
+    for k, (m, (y0, x0, h, w)) in enumerate(zip(morphs, boxes, strict=True)):
+        full = np.zeros((B, H, W), dtype=obs.dtype)
+        full[:, y0 : y0 + h, x0 : x0 + w] = m
+        A[:, :, k] = obs.convolve(full).reshape(B, -1)
+    return A
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_nnls_seds_match_dense_reference(weighted):
+    from scipy.optimize import nnls
+
+    from cdeblend.initialization import fit_seds_nnls
+
+    rng = np.random.default_rng(11)
+    B, H, W = 3, 24, 22
+    ax = np.arange(9) - 4
+    psf = np.exp(-0.5 * (ax[:, None] ** 2 + ax[None] ** 2) / 1.8**2)
+    psfs = np.repeat((psf / psf.sum())[None], B, axis=0)
+    images = rng.normal(size=(B, H, W))
+    obs = Observation(images, rng.uniform(0.5, 2, size=(B, H, W)), psfs)
+    boxes = [(2, 3, 10, 9), (5, 6, 12, 10), (0, 0, 6, 7), (14, 12, 10, 10)]
+    morphs = [rng.random(b[2:]) for b in boxes]
+    A = dense_design(obs, morphs, boxes)
+    got = fit_seds_nnls(obs, morphs, boxes, weighted=weighted)
+    for b in range(B):
+        w = np.sqrt(obs.weights[b].ravel()) if weighted else np.ones(H * W)
+        ref = nnls(A[b] * w[:, None], obs.images[b].ravel() * w)[0]
+        np.testing.assert_allclose(got[:, b], ref, rtol=1e-5, atol=1e-6)
+    assert np.all(got >= 0) and np.any(got == 0)  # the constraint is active somewhere
+    # noise-free data made from known SEDs: recovered exactly
+    true = rng.uniform(0.5, 3, size=(len(boxes), B))
+    model = np.einsum("bpk,kb->bp", A, true).reshape(B, H, W)
+    obs2 = Observation(model, np.ones((B, H, W)), psfs)
+    np.testing.assert_allclose(fit_seds_nnls(obs2, morphs, boxes, weighted=weighted), true,
+                               rtol=1e-6)

@@ -420,7 +420,9 @@ class Blend:
         box = src.box
         if not convolved:
             return img, box
-        conv, cbox = self.observation.convolve_box(img, box)
+        # direct (real-space) convolution as the reference does here: the FFT leaves
+        # round-off noise where the model is zero, which would claim flux when apportioning
+        conv, cbox = self.observation.convolve_box(img, box, mode="real")
         return conv, tuple(int(v) for v in cbox)
 
     def __repr__(self) -> str:

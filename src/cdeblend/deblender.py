@@ -87,6 +87,9 @@ class DeblendConfig:
         the components' boxes and does not need the cut).
     weighted_sed_fit : bool
         Weight the SED fit by the inverse variance (False, as the reference).
+    sed_solver : str
+        "nnls" (default): non-negative least squares; "lstsq": the reference's unconstrained
+        minimum-norm least squares with negative values clipped to 0 afterwards.
 
     Model
     -----
@@ -139,6 +142,7 @@ class DeblendConfig:
     set_spectra: bool = True
     max_spectrum_cutoff: int = 0
     weighted_sed_fit: bool = False
+    sed_solver: str = "nnls"
     bg_thresh: float | None = 1.0
     component_padding: int = 5
     monotonicity_size: int = 101
@@ -167,6 +171,8 @@ class DeblendConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
             raise ValueError(f"b1 and b2 must be in [0, 1), got {self.b1!r}, {self.b2!r}")
+        if self.sed_solver not in ("nnls", "lstsq"):
+            raise ValueError(f"sed_solver must be 'nnls' or 'lstsq', got {self.sed_solver!r}")
         if self.init_thresh_units not in ("image", "detection"):
             raise ValueError(f"init_thresh_units must be 'image' or 'detection', "
                              f"got {self.init_thresh_units!r}")
