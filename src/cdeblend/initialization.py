@@ -211,18 +211,16 @@ def fit_seds_nnls(observation, morphologies, boxes, weighted: bool = False) -> n
         if weighted:
             d = d * weights[:, y0 : y0 + h, x0 : x0 + w]
         rhs[k] = np.sum(convs[k] * d, axis=(1, 2))
-    for k, l in overlapping_pairs(np.array(gboxes, dtype=np.int64).reshape(-1, 4)):
-        sa, sb = overlap_slices(gboxes[k], gboxes[l])
+    for k, j in overlapping_pairs(np.array(gboxes, dtype=np.int64).reshape(-1, 4)):
+        sa, sb = overlap_slices(gboxes[k], gboxes[j])
         a = convs[k][(slice(None),) + sa]
-        b = convs[l][(slice(None),) + sb]
+        b = convs[j][(slice(None),) + sb]
         if weighted:
-            wb = overlap_slices((0, 0, H, W), gboxes[k])[0]
-            ov = box_intersect(gboxes[k], gboxes[l])
-            wb = (slice(ov[0], ov[0] + ov[2]), slice(ov[1], ov[1] + ov[3]))
-            a = a * weights[(slice(None),) + wb]
+            ov = box_intersect(gboxes[k], gboxes[j])
+            a = a * weights[:, ov[0] : ov[0] + ov[2], ov[1] : ov[1] + ov[3]]
         g = np.sum(a * b, axis=(1, 2))
-        gram[:, k, l] = g
-        gram[:, l, k] = g
+        gram[:, k, j] = g
+        gram[:, j, k] = g
     for b in range(B):
         # ||A s - d||^2 = s^T G s - 2 s^T r + const; with G = V L V^T, A' = sqrt(L) V^T and
         # d' = L^-1/2 V^T r give the same objective on the range of G
