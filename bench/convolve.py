@@ -7,8 +7,10 @@ direct Cython loop, and compares with a reference-style FFT convolution (padding
 ``next_fast_len(size + kernel + 3)``, centred, ``scipy.fft.rfft2``). Also prints how much of
 each difference kernel lies beyond a given radius (why kernels are not cropped by default).
 
-Run: ``python bench/convolve.py [--data DIR]`` (DIR holds ``real/hsc_cosmos_35.npz``; default
-``../shared/data`` next to the repository).
+Also times ``loss_and_gradient`` over the simulated blends (``sim_lsst/``, ``sim_hsc/``).
+
+Run: ``python bench/convolve.py [--data DIR]`` (DIR holds ``real/hsc_cosmos_35.npz`` and the
+``sim_*`` folders; default ``../shared/data`` next to the repository).
 """
 
 from __future__ import annotations
@@ -119,6 +121,24 @@ def main() -> None:
               f"  {loss:.9g}")
     n0, n1 = obs._fft_shape(*images.shape[1:])
     print(f"\nFFT grid: cdeblend {n0}x{n1}, reference-style {ref.fft_shape[0]}x{ref.fft_shape[1]}")
+
+    print("\nloss_and_gradient (float32, auto mode) over the simulated blends:")
+    print(f"{'dataset':10s} {'blends':>6s} {'median shape':>16s} {'PSF':>7s} {'median':>9s} "
+          f"{'max':>9s}")
+    for name in ("sim_lsst", "sim_hsc"):
+        times, shapes, psf_shape = [], [], None
+        for f in sorted((args.data / name).glob("*.npz")):
+            with np.load(f) as d:
+                o = Observation(d["images"], d["variance"], d["psfs"])
+            m = np.ascontiguousarray(np.abs(o.images))
+            g = np.empty_like(m)
+            times.append(best_time(lambda o=o, m=m, g=g: o.loss_and_gradient(m, g), 50, 3))
+            shapes.append(o.shape)
+            psf_shape = o.psfs.shape[1:]
+        if times:
+            med = tuple(int(v) for v in np.median(np.array(shapes), axis=0))
+            print(f"{name:10s} {len(times):6d} {str(med):>16s} {str(psf_shape):>7s} "
+                  f"{np.median(times) * 1e6:7.1f}us {np.max(times) * 1e6:7.1f}us")
 
     print("\nL1 fraction of each band's difference kernel outside radius r (Chebyshev):")
     kern = Observation(images, variance, psfs, dtype=np.float64).diff_kernels
