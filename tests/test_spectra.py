@@ -192,3 +192,36 @@ def test_deterministic_and_block_independent():
     np.testing.assert_array_equal(first, fit_seds(obs, morphs, boxes))
     alone = fit_seds(obs, morphs[:2], boxes[:2])
     np.testing.assert_array_equal(first[:2], alone)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 6), weighted=st.booleans())
+def test_nnls_matches_dense_nnls(seed, k, weighted):
+    from scipy.optimize import nnls
+
+    rng = np.random.default_rng(seed)
+    obs = make_obs(rng, 2, 22, 25)
+    morphs, boxes = random_components(rng, k, 22, 25)
+    # the data are pure noise: many unconstrained SEDs are negative, so constraints bind
+    got = fit_seds(obs, morphs, boxes, weighted=weighted, solver="nnls")
+    nb, h, w = obs.shape
+    for b in range(nb):
+        cols = []
+        for m, (y0, x0, bh, bw) in zip(morphs, boxes, strict=True):
+            frame = np.zeros((h, w))
+            for yy in range(bh):
+                for xx in range(bw):
+                    if 0 <= y0 + yy < h and 0 <= x0 + xx < w:
+                        frame[y0 + yy, x0 + xx] = m[yy, xx]
+            cols.append(convolve2d(frame, obs.diff_kernels[b], mode="same").ravel())
+        a = np.array(cols).T
+        d = obs.images[b].ravel()
+        if weighted:
+            sw = np.sqrt(obs.weights[b].ravel())
+            a, d = a * sw[:, None], d * sw
+        if np.linalg.matrix_rank(a) < a.shape[1]:
+            continue  # NNLS is not unique (e.g. a component outside the frame)
+        expect = nnls(a, d)[0]
+        np.testing.assert_allclose(got[:, b], expect, rtol=1e-6, atol=1e-9 * (1 + expect.max()))
+    with pytest.raises(ValueError, match="solver must be"):
+        fit_seds(obs, morphs, boxes, solver="svd")

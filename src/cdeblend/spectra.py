@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy.optimize import nnls
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -85,14 +86,33 @@ def _min_norm_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return vecs[:, keep] @ (proj / vals[keep])
 
 
+def _nnls_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Non-negative minimiser of ``x^T G x - 2 x^T r`` (i.e. of ``||A x - d||^2``).
+
+    With ``G = V L V^T`` (eigenvalues cut as in :func:`_min_norm_solve`), ``A' = L^1/2 V^T`` and
+    ``d' = L^-1/2 V^T r`` give the same objective up to a constant (``r`` lies in the range of
+    ``G``), so scipy's active-set NNLS runs on a matrix of at most ``n x n``.
+    """
+    vals, vecs = np.linalg.eigh(gram)
+    top = vals.max(initial=0.0)
+    if top <= 0:
+        return np.zeros_like(rhs)
+    keep = vals > np.finfo(np.float64).eps * gram.shape[0] * top
+    root = np.sqrt(vals[keep])
+    a = root[:, None] * vecs[:, keep].T
+    d = (vecs[:, keep].T @ rhs) / root
+    return nnls(a, d, maxiter=50 * gram.shape[0])[0]
+
+
 def fit_seds(
     observation: Observation,
     morphologies: Sequence[Any],
     boxes: Sequence[Any],
     weighted: bool = False,
     fixed_model: Any = None,
+    solver: str = "lstsq",
 ) -> np.ndarray:
-    """Least-squares SEDs of components with fixed morphologies (negative values clipped to 0).
+    """Least-squares SEDs of components with fixed morphologies (non-negative).
 
     Parameters
     ----------
@@ -108,6 +128,10 @@ def fit_seds(
     fixed_model : (B, H, W) array_like, optional
         Model-frame flux of components whose SEDs are not fitted; its convolution is
         subtracted from the data first.
+    solver : {"lstsq", "nnls"}
+        ``"lstsq"`` (reference): minimum-norm least squares, then negative values set to 0.
+        ``"nnls"``: non-negative least squares on the same normal equations (a clipped
+        component no longer leaves its neighbours fitted to a model that does not exist).
 
     Returns
     -------
@@ -120,6 +144,9 @@ def fit_seds(
         If the numbers of morphologies and boxes differ, a morphology's shape differs from its
         box, or a morphology holds NaN or infinite values.
     """
+    if solver not in ("lstsq", "nnls"):
+        raise ValueError(f"solver must be 'lstsq' or 'nnls', got {solver!r}")
+    solve = _min_norm_solve if solver == "lstsq" else _nnls_solve
     if not isinstance(observation, Observation):
         raise TypeError(f"observation must be an Observation, got {type(observation).__name__}")
     if len(morphologies) != len(boxes):
@@ -194,5 +221,5 @@ def fit_seds(
             gram[:, ik, il] = products[sel].T
             gram[:, il, ik] = products[sel].T
             for b in range(nb):
-                seds[members, b] = _min_norm_solve(gram[b], rhs[members, b])
+                seds[members, b] = solve(gram[b], rhs[members, b])
     return np.maximum(seds, 0.0)
