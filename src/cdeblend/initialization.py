@@ -321,8 +321,11 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
         score = np.floor(snr) / config.min_snr if config.min_snr > 0 else np.inf
         ext = exts[i]
         if ext is None:
-            sources.append(Source([_psf_component(observation, peak, psf_peak, psf_thresh)],
-                                  peak, i))
+            psf = _psf_component(observation, peak, psf_peak, psf_thresh)
+            psf.init_sed = psf.sed.copy()
+            src = Source([psf], peak, i)
+            src.single = psf
+            sources.append(src)
             continue
         morph, box = ext
         sed = np.zeros(B)
@@ -360,27 +363,23 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
     if config.set_spectra and (cutoff <= 0 or len(peaks) * H * W < cutoff):
         ran = _fit_all_seds(blend, observation, config)
         if ran and config.rescue_faint:
-            # A detected source whose fitted SEDs vanish would be lost for good: the noise
-            # threshold then erases its morphology. A split whose bulge or disk gets no flux
-            # is not supported by the data: fall back to the single component and refit;
-            # a single component left without flux restarts from its peak-ratio SED.
-            changed = False
+            # A detected source whose fitted SEDs put even its peak below the noise threshold
+            # in every band would be erased by the first prox and lost for good (the joint
+            # fit can hand its light to brighter neighbours whose initial models overlap it):
+            # restart it as its single initial component with its peak-ratio SED.
+            thresh = noise * (config.bg_thresh or 0.0)
             for src in blend.sources:
                 single = getattr(src, "single", None)
-                if len(src.components) > 1 and any(not np.any(c.sed > 0)
-                                                   for c in src.components):
-                    src.components = [single]
-                    changed = True
-            if changed:
-                _fit_all_seds(blend, observation, config)
-            for src in blend.sources:
-                single = getattr(src, "single", None)
-                if single is not None and not any(np.any(c.sed > 0) for c in src.components):
-                    src.components = [single]
-                    single.sed = single.init_sed.copy()
+                if single is None or any(np.any(c.sed > thresh) for c in src.components):
+                    continue
+                src.components = [single]
+                single.sed = single.init_sed.copy()
     for src in blend.sources:
         if hasattr(src, "single"):
             del src.single
+        for c in src.components:
+            if hasattr(c, "init_sed"):
+                del c.init_sed
     for c in blend.components:
         c.sed = np.where(np.isfinite(c.sed) & (c.sed >= config.floor), c.sed, config.floor)
     return blend, {"snr": snrs, "spectrum_init": ran}
