@@ -88,8 +88,10 @@ class DeblendConfig:
     weighted_sed_fit : bool
         Weight the SED fit by the inverse variance (False, as the reference).
     sed_solver : str
-        "nnls" (default): non-negative least squares; "lstsq": the reference's unconstrained
-        minimum-norm least squares with negative values clipped to 0 afterwards.
+        Solver of :func:`cdeblend.spectra.fit_seds`: "nnls" (default), non-negative least
+        squares; "lstsq", the reference's unconstrained minimum-norm least squares with
+        negative values clipped to 0 afterwards (clipping leaves the neighbours' SEDs fitted
+        for a model that no longer exists; NNLS gives better fluxes on the simulations).
 
     Model
     -----

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import _monotonic_cy
-from .blend import Blend, Box, Component, Source, box_grow, box_intersect, overlap_slices
+from .blend import Blend, Box, Component, Source, box_grow, box_intersect
 
 if TYPE_CHECKING:  # pragma: no cover
     from .deblender import DeblendConfig
@@ -173,77 +173,16 @@ def _psf_component(observation, peak, psf_peak, bg_thresh) -> Component:
     return Component(sed, morph, box, peak, bg_thresh, kind="psf")
 
 
-def fit_seds_nnls(observation, morphologies, boxes, weighted: bool = False) -> np.ndarray:
-    """Non-negative least-squares SEDs of components with fixed morphologies.
-
-    The same normal equations as :func:`cdeblend.spectra.fit_seds` (each morphology
-    convolved on its own grown box, Gram matrix over overlapping boxes only, float64), solved
-    per band under ``s >= 0`` instead of clipping the unconstrained solution: clipping a
-    component to 0 leaves its neighbours' SEDs fitted for a model that no longer exists,
-    which is how faint neighbours of bright sources lose their flux.
-
-    Returns
-    -------
-    numpy.ndarray
-        (K, B) float64 SEDs, >= 0.
-    """
-    from scipy.optimize import nnls
-
-    from .spectra import overlapping_pairs
-
-    B, H, W = observation.shape
-    K = len(morphologies)
-    seds = np.zeros((K, B))
-    if K == 0:
-        return seds
-    convs, gboxes = [], []
-    for m, box in zip(morphologies, boxes, strict=True):
-        conv, gbox = observation.convolve_box(np.asarray(m, dtype=observation.dtype), box)
-        convs.append(np.asarray(conv, dtype=np.float64))
-        gboxes.append(tuple(int(v) for v in gbox))
-    weights = np.asarray(observation.weights, dtype=np.float64) if weighted else None
-    data = np.asarray(observation.images, dtype=np.float64)
-    gram = np.zeros((B, K, K))
-    rhs = np.zeros((K, B))
-    for k in range(K):
-        y0, x0, h, w = gboxes[k]
-        d = data[:, y0 : y0 + h, x0 : x0 + w]
-        if weighted:
-            d = d * weights[:, y0 : y0 + h, x0 : x0 + w]
-        rhs[k] = np.sum(convs[k] * d, axis=(1, 2))
-    for k, j in overlapping_pairs(np.array(gboxes, dtype=np.int64).reshape(-1, 4)):
-        sa, sb = overlap_slices(gboxes[k], gboxes[j])
-        a = convs[k][(slice(None),) + sa]
-        b = convs[j][(slice(None),) + sb]
-        if weighted:
-            ov = box_intersect(gboxes[k], gboxes[j])
-            a = a * weights[:, ov[0] : ov[0] + ov[2], ov[1] : ov[1] + ov[3]]
-        g = np.sum(a * b, axis=(1, 2))
-        gram[:, k, j] = g
-        gram[:, j, k] = g
-    for b in range(B):
-        # ||A s - d||^2 = s^T G s - 2 s^T r + const; with G = V L V^T, A' = sqrt(L) V^T and
-        # d' = L^-1/2 V^T r give the same objective on the range of G
-        vals, vecs = np.linalg.eigh(gram[b])
-        top = vals.max(initial=0.0)
-        if top <= 0:
-            continue
-        keep = vals > np.finfo(np.float64).eps * K * top
-        A = np.sqrt(vals[keep])[:, None] * vecs[:, keep].T
-        d = (vecs[:, keep].T @ rhs[:, b]) / np.sqrt(vals[keep])
-        seds[:, b] = nnls(A, d, maxiter=50 * K)[0]
-    return seds
-
-
 def _fit_all_seds(blend: Blend, observation, config: DeblendConfig) -> bool:
     """Joint least-squares SEDs of all components (non-negative, see ``sed_solver``)."""
     from . import spectra
 
     comps = blend.components
-    solver = fit_seds_nnls if config.sed_solver == "nnls" else spectra.fit_seds
     try:
-        seds = np.asarray(solver(observation, [c.morphology for c in comps],
-                                 [c.box for c in comps], weighted=config.weighted_sed_fit))
+        seds = np.asarray(spectra.fit_seds(observation, [c.morphology for c in comps],
+                                           [c.box for c in comps],
+                                           weighted=config.weighted_sed_fit,
+                                           solver=config.sed_solver))
     except np.linalg.LinAlgError:
         return False
     if not np.all(np.isfinite(seds)):
@@ -274,7 +213,6 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
     """
     from . import spectra
 
-    sed_solver = fit_seds_nnls if config.sed_solver == "nnls" else spectra.fit_seds
     B, H, W = observation.shape
     D = detection_image(observation)
     noise = np.asarray(observation.noise_rms, dtype=np.float64)
@@ -347,7 +285,8 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
                 bulge /= bulge.max()
                 disk /= disk.max()
                 try:
-                    seds = np.asarray(sed_solver(observation, [bulge, disk], [box, box]))
+                    seds = np.asarray(spectra.fit_seds(observation, [bulge, disk], [box, box],
+                                                       solver=config.sed_solver))
                 except np.linalg.LinAlgError:
                     seds = None
                 if seds is not None and np.all(np.isfinite(seds)):
