@@ -139,3 +139,36 @@ def test_components_are_views_of_the_packed_buffers():
 def test_component_rejects_mismatched_morphology():
     with pytest.raises(ValueError, match="morphology has shape"):
         Component(np.ones(2), np.ones((3, 3)), (0, 0, 3, 4), (1, 1))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_copy_overlap_matches_numpy(seed):
+    rng = np.random.default_rng(seed)
+    K = int(rng.integers(1, 5))
+    old = random_components(rng, 1, 14, 12, K)
+    packed = PackedComponents.from_components(old, 1)
+    new_comp = np.zeros((K + 1, 7), dtype=np.int64)
+    mapping = np.zeros(K + 1, dtype=np.int64)
+    off = 0
+    for j in range(K + 1):
+        h, w = int(rng.integers(1, 15)), int(rng.integers(1, 13))
+        y0, x0 = int(rng.integers(-3, 10)), int(rng.integers(-3, 9))
+        new_comp[j, :5] = (y0, x0, h, w, off)
+        mapping[j] = int(rng.integers(-1, K))
+        off += h * w
+    dst = np.zeros(off)
+    _adam_cy.copy_overlap(packed.morph, packed.comp, dst, new_comp, mapping)
+    for j in range(K + 1):
+        y0, x0, h, w, o = new_comp[j, :5]
+        ref = np.zeros((h, w))
+        k = mapping[j]
+        if k >= 0:
+            src = old[k].morphology
+            sy, sx = old[k].box[:2]
+            for yy in range(h):
+                for xx in range(w):
+                    ys, xs = y0 + yy - sy, x0 + xx - sx
+                    if 0 <= ys < src.shape[0] and 0 <= xs < src.shape[1]:
+                        ref[yy, xx] = src[ys, xs]
+        np.testing.assert_array_equal(dst[o : o + h * w].reshape(h, w), ref)

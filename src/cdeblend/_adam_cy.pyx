@@ -249,3 +249,39 @@ def adam_prox_step(const real[:, :, ::1] grad,
                     bounds[k, 2] = ly1
                     bounds[k, 3] = lx1
     free(gs)
+
+
+def copy_overlap(const double[::1] src, const int64_t[:, ::1] src_comp, double[::1] dst,
+                 const int64_t[:, ::1] dst_comp, const int64_t[::1] mapping):
+    """Re-grid flat per-component arrays onto new boxes (box resizing, spec 3.9).
+
+    Component j of the destination layout takes, on the overlap of its box and the box of
+    source component ``mapping[j]``, that component's values; nothing is copied when
+    ``mapping[j] < 0``. ``dst`` must be zero on entry (new pixels stay 0).
+    """
+    cdef Py_ssize_t K = dst_comp.shape[0], j, k, y, x, ya, yb, xa, xb
+    cdef Py_ssize_t sy0, sx0, sw, soff, dy0, dx0, dw, doff
+    with nogil:
+        for j in range(K):
+            k = mapping[j]
+            if k < 0:
+                continue
+            sy0 = src_comp[k, 0]
+            sx0 = src_comp[k, 1]
+            sw = src_comp[k, 3]
+            soff = src_comp[k, 4]
+            dy0 = dst_comp[j, 0]
+            dx0 = dst_comp[j, 1]
+            dw = dst_comp[j, 3]
+            doff = dst_comp[j, 4]
+            ya = sy0 if sy0 > dy0 else dy0
+            yb = sy0 + src_comp[k, 2]
+            if dy0 + dst_comp[j, 2] < yb:
+                yb = dy0 + dst_comp[j, 2]
+            xa = sx0 if sx0 > dx0 else dx0
+            xb = sx0 + sw
+            if dx0 + dw < xb:
+                xb = dx0 + dw
+            for y in range(ya, yb):
+                for x in range(xa, xb):
+                    dst[doff + (y - dy0) * dw + (x - dx0)] = src[soff + (y - sy0) * sw + (x - sx0)]

@@ -22,6 +22,7 @@ from .blend import (
     Blend,
     Box,
     Component,
+    PackedComponents,
     RadialMonotonicity,
     box_grow,
     box_intersect,
@@ -365,34 +366,43 @@ class _Fitter:
     def repack(self, new_boxes: dict | None = None) -> None:
         """Re-pack the blend after boxes changed (``new_boxes``: component id -> box) or
         components were added; morphologies and ADAM moments are kept on the overlap of old
-        and new boxes (new pixels and new components start at 0)."""
+        and new boxes (new pixels and new components start at 0, new components with their
+        own SED and morphology)."""
         old = self.blend._packed  # not .packed: that would re-pack the new layout
         old_index = {id(c): k for k, c in enumerate(self._components)}
         comps = self.blend.components
-        saved = {}
-        for c in comps:
-            k = old_index.get(id(c))
-            if k is None:
-                continue
-            saved[id(c)] = (k, c.box, old.morph_view(k).copy(), old.sed[k].copy(),
-                            [old.morph_view_of(a, k).copy() for a in self.morph_state])
-            if new_boxes and id(c) in new_boxes:
-                c.box = new_boxes[id(c)]
-                c.morphology = np.zeros(c.box[2:])
-        packed = self.blend.pack()
-        sed_state = [np.zeros_like(packed.sed) for _ in range(3)]
-        morph_state = [np.zeros_like(packed.morph) for _ in range(3)]
+        K, B = len(comps), old.sed.shape[1]
+        comp = np.zeros((K, 7), dtype=np.int64)
+        mapping = np.full(K, -1, dtype=np.int64)
+        off = 0
         for j, c in enumerate(comps):
-            if id(c) not in saved:
-                continue
-            k, obox, morph, sed, states = saved[id(c)]
-            sa, sb = overlap_slices(obox, c.box)
-            packed.morph_view(j)[sb] = morph[sa]
-            packed.sed[j] = sed
-            for a, o in zip(morph_state, states, strict=True):
-                packed.morph_view_of(a, j)[sb] = o[sa]
-            for a, o in zip(sed_state, self.sed_state, strict=True):
-                a[j] = o[k]
+            box = new_boxes.get(id(c), c.box) if new_boxes else c.box
+            y0, x0, h, w = box
+            comp[j] = (y0, x0, h, w, off, c.peak[0] - y0, c.peak[1] - x0)
+            mapping[j] = old_index.get(id(c), -1)
+            off += h * w
+        morph = np.zeros(off)
+        _adam_cy.copy_overlap(old.morph, old.comp, morph, comp, mapping)
+        morph_state = []
+        for a in self.morph_state:
+            new = np.zeros(off)
+            _adam_cy.copy_overlap(a, old.comp, new, comp, mapping)
+            morph_state.append(new)
+        kept = mapping >= 0
+        sed = np.zeros((K, B))
+        sed[kept] = old.sed[mapping[kept]]
+        sed_state = []
+        for a in self.sed_state:
+            new = np.zeros((K, B))
+            new[kept] = a[mapping[kept]]
+            sed_state.append(new)
+        thresh = np.array([-1.0 if c.bg_thresh is None else c.bg_thresh for c in comps])
+        packed = PackedComponents(sed, morph, comp, thresh)
+        for j in np.flatnonzero(~kept):  # added components bring their own parameters
+            sed[j] = comps[j].sed
+            packed.morph_view(j)[...] = comps[j].morphology
+        packed.bind(comps)
+        self.blend._packed = packed
         self.sed_state, self.morph_state = sed_state, morph_state
         self._components = comps
         self._cover()
