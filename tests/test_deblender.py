@@ -40,6 +40,14 @@ def test_real_blend_reaches_scarlet_lite_loss(real):
     assert len(res.loss_history) == res.iterations
 
 
+def test_keep_best_returns_the_lowest_loss_iterate(real):
+    obs, peaks, res = real
+    last = Deblender(DeblendConfig(keep_best=False)).deblend(obs, peaks)
+    np.testing.assert_array_equal(last.loss_history, res.loss_history)
+    assert res.loss == min(res.loss_history.min(), last.loss)
+    assert res.loss < last.loss  # the loss is not monotone: the last iterate is not the best
+
+
 def test_every_peak_has_a_source_with_flux(real):
     _, peaks, res = real
     assert len(res.blend.sources) == len(peaks)

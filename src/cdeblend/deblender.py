@@ -109,6 +109,11 @@ class DeblendConfig:
     center_flip_quirk : bool
         Reproduce the reference's symmetrisation of a peak at exactly (H//2, W//2) about the
         array's middle instead of the peak (False).
+    keep_best : bool
+        Return the iterate with the lowest loss (True). The loss of proximal ADAM is not
+        monotone (box resizing and the prox make it jump by a few percent between
+        iterations), so the last iterate is often not the best one the fit visited; the
+        reference returns the last (False).
     rescue_faint : bool
         Keep every detected source alive (True): a source whose initial morphology is empty,
         or whose fitted SED is zero in every band, is re-initialised as a point source with
@@ -151,6 +156,7 @@ class DeblendConfig:
     monotonicity_size: int = 101
     psf_fallback_bg_thresh: float | None = None
     center_flip_quirk: bool = False
+    keep_best: bool = True
     rescue_faint: bool = True
     rescue_snr: float = 10.0
     rescue_fraction: float = 0.5
@@ -358,6 +364,7 @@ class _Fitter:
         self.variant = _OPTIMIZERS[config.optimizer]
         self.history: list[float] = []
         self.it = 0
+        self.best: tuple | None = None  # (loss, sed, morph, comp, bg_thresh) of the best iterate
 
     def _cover(self) -> None:
         for c in self.blend.components:
@@ -437,7 +444,10 @@ class _Fitter:
         while self.it < max_iter:
             p = self.blend.packed
             _adam_cy.render(p.sed, p.morph, p.comp, self.model)
-            self.history.append(float(obs.loss_and_gradient(self.model, self.grad)))
+            loss = float(obs.loss_and_gradient(self.model, self.grad))
+            self.history.append(loss)
+            if cfg.keep_best and (self.best is None or loss < self.best[0]):
+                self.best = (loss, p.sed.copy(), p.morph.copy(), p.comp.copy(), p.bg_thresh)
             do_resize = cfg.resize is not None and self.it > 0 and self.it % cfg.resize == 0
             bounds = np.empty((len(p.comp), 4), dtype=np.int64)
             _adam_cy.adam_prox_step(
@@ -461,6 +471,17 @@ class _Fitter:
         p = self.blend.packed
         _adam_cy.render(p.sed, p.morph, p.comp, self.model)
         return float(self.obs.loss(self.model))
+
+    def restore_best(self, loss: float) -> float:
+        """Go back to the best iterate seen if its loss is below ``loss`` (the current
+        parameters'); returns the loss of the parameters kept."""
+        if self.best is None or not self.best[0] < loss:
+            return loss
+        best, sed, morph, comp, thresh = self.best
+        packed = PackedComponents(sed, morph, comp, thresh)
+        packed.bind(self._components)
+        self.blend._packed = packed
+        return best
 
     def rescue(self) -> int:
         """Give under-fitted sources a point-like component (see DeblendConfig.rescue_faint).
@@ -508,6 +529,7 @@ class _Fitter:
             added += 1
         if added:
             self.repack()
+            self.best = None  # earlier iterates lack the new components
         return added
 
 
@@ -533,4 +555,7 @@ def fit_blend(blend: Blend, config: DeblendConfig) -> tuple[float, np.ndarray, i
             if fitter.it >= config.max_iter or not fitter.rescue():
                 break
             converged = fitter.run(config.max_iter)
-    return fitter.final_loss(), np.asarray(fitter.history), fitter.it, converged
+    loss = fitter.final_loss()
+    if config.keep_best:
+        loss = fitter.restore_best(loss)
+    return loss, np.asarray(fitter.history), fitter.it, converged
