@@ -284,15 +284,10 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
             if bulge.max() > 0 and disk.max() > 0:
                 bulge /= bulge.max()
                 disk /= disk.max()
-                try:
-                    seds = np.asarray(spectra.fit_seds(observation, [bulge, disk], [box, box],
-                                                       solver=config.sed_solver))
-                except np.linalg.LinAlgError:
-                    seds = None
-                if seds is not None and np.all(np.isfinite(seds)):
-                    seds = np.maximum(seds, 0)
-                    comps = [Component(seds[0], bulge, box, peak, config.bg_thresh, "bulge"),
-                             Component(seds[1], disk, box, peak, config.bg_thresh, "disk")]
+                # SEDs below: from the joint fit, or (if it does not run) from a fit of
+                # these two morphologies alone
+                comps = [Component(sed, bulge, box, peak, config.bg_thresh, "bulge"),
+                         Component(sed, disk, box, peak, config.bg_thresh, "disk")]
         src = Source(comps, peak, i)
         src.single = single  # kept for the rescue below
         sources.append(src)
@@ -301,18 +296,36 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
     cutoff = config.max_spectrum_cutoff
     if config.set_spectra and (cutoff <= 0 or len(peaks) * H * W < cutoff):
         ran = _fit_all_seds(blend, observation, config)
-        if ran and config.rescue_faint:
-            # A detected source whose fitted SEDs put even its peak below the noise threshold
-            # in every band would be erased by the first prox and lost for good (the joint
-            # fit can hand its light to brighter neighbours whose initial models overlap it):
-            # restart it as its single initial component with its peak-ratio SED.
-            thresh = noise * (config.bg_thresh or 0.0)
-            for src in blend.sources:
-                single = getattr(src, "single", None)
-                if single is None or any(np.any(c.sed > thresh) for c in src.components):
-                    continue
-                src.components = [single]
-                single.sed = single.init_sed.copy()
+    if not ran:
+        # the reference's per-source bulge/disk SEDs (neighbours ignored); the joint fit
+        # replaces them, so they are only computed when it does not run
+        for src in blend.sources:
+            if len(src.components) != 2:
+                continue
+            bulge, disk = src.components
+            try:
+                seds = np.asarray(spectra.fit_seds(observation, [bulge.morphology,
+                                                                 disk.morphology],
+                                                   [bulge.box, disk.box],
+                                                   solver=config.sed_solver))
+            except np.linalg.LinAlgError:
+                seds = None
+            if seds is None or not np.all(np.isfinite(seds)):
+                src.components = [src.single]
+                continue
+            bulge.sed, disk.sed = (np.maximum(x, 0.0) for x in seds)
+    if ran and config.rescue_faint:
+        # A detected source whose fitted SEDs put even its peak below the noise threshold
+        # in every band would be erased by the first prox and lost for good (the joint
+        # fit can hand its light to brighter neighbours whose initial models overlap it):
+        # restart it as its single initial component with its peak-ratio SED.
+        thresh = noise * (config.bg_thresh or 0.0)
+        for src in blend.sources:
+            single = getattr(src, "single", None)
+            if single is None or any(np.any(c.sed > thresh) for c in src.components):
+                continue
+            src.components = [single]
+            single.sed = single.init_sed.copy()
     for src in blend.sources:
         if hasattr(src, "single"):
             del src.single
