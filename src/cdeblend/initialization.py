@@ -32,16 +32,16 @@ def detection_image(observation) -> np.ndarray:
     return np.tensordot(inv, images, axes=1)
 
 
-def _conv_at(plane: np.ndarray, kernel: np.ndarray, y: int, x: int) -> float:
-    """``conv(plane, kernel)`` at one pixel (zero outside the plane), kernel odd-sized."""
-    kh, kw = kernel.shape
+def _conv_at(plane: np.ndarray, kernels: np.ndarray, y: int, x: int) -> np.ndarray:
+    """``conv(plane, kernels[b])`` at one pixel for every band (zero outside the plane)."""
+    _, kh, kw = kernels.shape
     ry, rx = kh // 2, kw // 2
     H, W = plane.shape
     ya, yb = max(y - ry, 0), min(y + ry + 1, H)
     xa, xb = max(x - rx, 0), min(x + rx + 1, W)
-    flipped = kernel[::-1, ::-1]
-    k = flipped[ya - (y - ry) : yb - (y - ry), xa - (x - rx) : xb - (x - rx)]
-    return float(np.sum(plane[ya:yb, xa:xb] * k))
+    flipped = kernels[:, ::-1, ::-1]
+    k = flipped[:, ya - (y - ry) : yb - (y - ry), xa - (x - rx) : xb - (x - rx)]
+    return np.sum(plane[ya:yb, xa:xb] * k, axis=(1, 2))
 
 
 def _centered_overlap(shape: tuple[int, int], size: tuple[int, int], y: int, x: int):
@@ -58,16 +58,11 @@ def _centered_overlap(shape: tuple[int, int], size: tuple[int, int], y: int, x: 
 
 def peak_snr(observation, peak: tuple[int, int]) -> float:
     """Matched-filter S/N of a point source at ``peak`` over all bands (spec 2.2 step 1)."""
-    images = observation.images
-    variance = observation.variance
     psfs = observation.psfs
-    sl_img, sl_psf = _centered_overlap(images.shape[1:], psfs.shape[1:], *peak)
-    num = 0.0
-    den = 0.0
-    for b in range(images.shape[0]):
-        p = np.asarray(psfs[b][sl_psf], dtype=np.float64)
-        num += float(np.sum(images[b][sl_img] * p))
-        den += float(np.sum(p * p * variance[b][sl_img]))
+    sl_img, sl_psf = _centered_overlap(observation.shape[1:], psfs.shape[1:], *peak)
+    P = np.asarray(psfs[(slice(None),) + sl_psf], dtype=np.float64)
+    num = float(np.sum(observation.images[(slice(None),) + sl_img] * P))
+    den = float(np.sum(P * P * observation.variance[(slice(None),) + sl_img]))
     return num / np.sqrt(den) if den > 0 else 0.0
 
 
@@ -223,8 +218,7 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
     kernels = np.asarray(observation.diff_kernels, dtype=np.float64)
     model_psf = _model_psf(observation)
     # conv_b(P_model) at its centre: the model-space peak of a unit point source, observed
-    psf_peak = np.array([_conv_at(model_psf, kernels[b], model_psf.shape[0] // 2,
-                                  model_psf.shape[1] // 2) for b in range(B)])
+    psf_peak = _conv_at(model_psf, kernels, model_psf.shape[0] // 2, model_psf.shape[1] // 2)
     psf_thresh = (config.bg_thresh if config.psf_fallback_bg_thresh is None
                   else config.psf_fallback_bg_thresh)
     ws = _MaskWorkspace((H, W))
@@ -266,10 +260,9 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
             sources.append(src)
             continue
         morph, box = ext
-        sed = np.zeros(B)
-        for b in range(B):
-            c = _conv_at(D, kernels[b], *peak)
-            sed[b] = float(images[b, peak[0], peak[1]]) / c if c != 0 else 0.0
+        c = _conv_at(D, kernels, *peak)
+        sed = np.divide(np.asarray(images[:, peak[0], peak[1]], dtype=np.float64), c,
+                        out=np.zeros(B), where=c != 0)
         sed = np.where(np.isfinite(sed) & (sed > 0), sed, 0.0)
         mx = morph.max()
         sed *= mx
