@@ -219,3 +219,33 @@ def test_faint_source_next_to_a_bright_galaxy_is_not_lost():
     bright = snr >= 20
     assert np.all(res.fluxes[bright].sum(axis=1) > 0.1 * true_flux[bright])
     assert np.all(res.conserved_fluxes[bright].sum(axis=1) > 0.1 * true_flux[bright])
+
+
+def test_rescue_gives_an_underfitted_source_a_point_component():
+    from cdeblend.deblender import _Fitter
+    from cdeblend.initialization import initialize_blend
+
+    B, size, noise = 3, 48, 1.0
+    psf = gaussian((21, 21), 10, 10, 1.7)
+    flux = np.array([800.0, 1000.0, 1200.0])
+    peaks = np.array([[12, 12], [34, 33]])
+    truth = np.stack([flux[:, None, None] * gaussian((size, size), y, x, 1.7) for y, x in peaks])
+    rng = np.random.default_rng(3)
+    images = truth.sum(axis=0) + noise * rng.normal(size=(B, size, size))
+    obs = Observation(images, np.full((B, size, size), noise**2), np.repeat(psf[None], B, 0))
+    config = DeblendConfig()
+    blend, _ = initialize_blend(obs, peaks, config)
+    for c in blend.sources[1].components:
+        c.sed[:] = config.floor  # as if the fit had handed its light to nobody
+    fitter = _Fitter(blend, config)
+    n0, n1 = len(blend.sources[0].components), len(blend.sources[1].components)
+    assert fitter.rescue() == 1
+    assert len(blend.sources[0].components) == n0  # well fitted: left alone
+    assert len(blend.sources[1].components) == n1 + 1
+    new = blend.sources[1].components[-1]
+    assert new.kind == "psf" and new.peak == (34, 33)
+    np.testing.assert_allclose(new.sed * new.morphology.sum(), flux, rtol=0.1)
+    # the fit goes on with the new component and every component stays packed consistently
+    fitter.run(fitter.it + 10)
+    res_flux = [sum(c.sed * c.morphology.sum() for c in s.components) for s in blend.sources]
+    np.testing.assert_allclose(res_flux[1], flux, rtol=0.15)

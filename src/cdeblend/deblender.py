@@ -353,6 +353,7 @@ class _Fitter:
         obs = blend.observation
         self.obs = obs
         packed = blend.pack()
+        self._components = blend.components
         self.sed_state = [np.zeros_like(packed.sed) for _ in range(3)]
         self.morph_state = [np.zeros_like(packed.morph) for _ in range(3)]
         self.mono = RadialMonotonicity((config.monotonicity_size - 1) // 2)
@@ -504,19 +505,14 @@ class _Fitter:
             if src.is_null:
                 continue
             sl_img, sl_psf = _centered_overlap(residual.shape[1:], psfs.shape[1:], *src.peak)
-            amp = np.zeros(B)
-            num = den = 0.0
-            for b in range(B):
-                P = psfs[b][sl_psf]
-                w = weights[b][sl_img]
-                r = residual[b][sl_img]
-                # weighted least-squares amplitude of a point source in the residual
-                pp = float(np.sum(w * P * P))
-                rp = float(np.sum(w * r * P))
-                if pp > 0:
-                    amp[b] = rp / pp
-                    num += rp
-                    den += pp
+            P = psfs[(slice(None),) + sl_psf]
+            w = weights[(slice(None),) + sl_img]
+            r = residual[(slice(None),) + sl_img]
+            # weighted least-squares amplitude of a point source in the residual, per band
+            pp = np.sum(w * P * P, axis=(1, 2))
+            rp = np.sum(w * r * P, axis=(1, 2))
+            amp = np.divide(rp, pp, out=np.zeros(B), where=pp > 0)
+            num, den = float(rp.sum()), float(pp.sum())
             snr = num / np.sqrt(den) if den > 0 else 0.0
             flux = sum(float(np.sum(c.sed) * c.morphology.sum()) for c in src.components)
             if snr < cfg.rescue_snr or np.sum(np.maximum(amp, 0)) <= cfg.rescue_fraction * flux:
