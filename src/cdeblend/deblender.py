@@ -24,8 +24,6 @@ from .blend import (
     Component,
     PackedComponents,
     RadialMonotonicity,
-    box_grow,
-    box_intersect,
     overlap_slices,
 )
 from .initialization import _centered_overlap, _model_psf, initialize_blend
@@ -354,6 +352,8 @@ class _Fitter:
         self.obs = obs
         packed = blend.pack()
         self._components = blend.components
+        self._peaks = np.array([c.peak for c in self._components],
+                               dtype=np.int64).reshape(-1, 2)
         self.sed_state = [np.zeros_like(packed.sed) for _ in range(3)]
         self.morph_state = [np.zeros_like(packed.morph) for _ in range(3)]
         self.mono = RadialMonotonicity((config.monotonicity_size - 1) // 2)
@@ -368,27 +368,39 @@ class _Fitter:
         self.best: tuple | None = None  # (loss, sed, morph, comp, bg_thresh) of the best iterate
 
     def _cover(self) -> None:
-        for c in self.blend.components:
-            self.mono.ensure_covers(c.morphology.shape, c.local_peak)
+        """Grow the monotonicity operator to cover every box about its peak (+1 px)."""
+        comp = self.blend._packed.comp
+        if len(comp):
+            h, w, py, px = comp[:, 2], comp[:, 3], comp[:, 5], comp[:, 6]
+            need = np.max(np.maximum(np.maximum(py, px), np.maximum(h - 1 - py, w - 1 - px)))
+            self.mono.ensure(int(need) + 1)
 
-    def repack(self, new_boxes: dict | None = None) -> None:
-        """Re-pack the blend after boxes changed (``new_boxes``: component id -> box) or
-        components were added; morphologies and ADAM moments are kept on the overlap of old
-        and new boxes (new pixels and new components start at 0, new components with their
-        own SED and morphology)."""
-        old = self.blend._packed  # not .packed: that would re-pack the new layout
-        old_index = {id(c): k for k, c in enumerate(self._components)}
+    def repack(self, new_boxes: np.ndarray | None = None) -> None:
+        """Re-pack after boxes changed (``new_boxes``: (K, 4) for the current components) or
+        components were added to the sources; morphologies and ADAM moments are kept on the
+        overlap of old and new boxes (new pixels and new components start at 0, new
+        components with their own SED and morphology). Components are re-bound to the
+        buffers by :meth:`bind` (at the end of the fit), not here."""
+        old = self.blend._packed
         comps = self.blend.components
         K, B = len(comps), old.sed.shape[1]
+        same = len(comps) == len(self._components) and all(
+            a is b for a, b in zip(comps, self._components, strict=True))
+        if same:
+            mapping = np.arange(K, dtype=np.int64)
+            boxes = old.comp[:, :4] if new_boxes is None else new_boxes
+        else:
+            old_index = {id(c): k for k, c in enumerate(self._components)}
+            mapping = np.array([old_index.get(id(c), -1) for c in comps], dtype=np.int64)
+            boxes = np.array([old.comp[k, :4] if k >= 0 else c.box
+                              for k, c in zip(mapping, comps, strict=True)], dtype=np.int64)
+            self._peaks = np.array([c.peak for c in comps], dtype=np.int64).reshape(-1, 2)
         comp = np.zeros((K, 7), dtype=np.int64)
-        mapping = np.full(K, -1, dtype=np.int64)
-        off = 0
-        for j, c in enumerate(comps):
-            box = new_boxes.get(id(c), c.box) if new_boxes else c.box
-            y0, x0, h, w = box
-            comp[j] = (y0, x0, h, w, off, c.peak[0] - y0, c.peak[1] - x0)
-            mapping[j] = old_index.get(id(c), -1)
-            off += h * w
+        comp[:, :4] = boxes
+        sizes = comp[:, 2] * comp[:, 3]
+        comp[1:, 4] = np.cumsum(sizes)[:-1]
+        comp[:, 5:] = self._peaks - comp[:, :2]
+        off = int(sizes.sum())
         morph = np.zeros(off)
         _adam_cy.copy_overlap(old.morph, old.comp, morph, comp, mapping)
         morph_state = []
@@ -404,53 +416,55 @@ class _Fitter:
             new = np.zeros((K, B))
             new[kept] = a[mapping[kept]]
             sed_state.append(new)
-        thresh = np.array([-1.0 if c.bg_thresh is None else c.bg_thresh for c in comps])
+        thresh = old.bg_thresh if same else np.array(
+            [-1.0 if c.bg_thresh is None else c.bg_thresh for c in comps])
         packed = PackedComponents(sed, morph, comp, thresh)
         for j in np.flatnonzero(~kept):  # added components bring their own parameters
             sed[j] = comps[j].sed
             packed.morph_view(j)[...] = comps[j].morphology
-        packed.bind(comps)
         self.blend._packed = packed
         self.sed_state, self.morph_state = sed_state, morph_state
         self._components = comps
         self._cover()
 
+    def bind(self) -> None:
+        """Point the components' ``sed``/``morphology``/``box`` at the packed buffers."""
+        self.blend._packed.bind(self._components)
+
     def _resize(self, bounds: np.ndarray) -> None:
-        """New boxes from the significant-pixel bounds (spec 3.9)."""
-        frame = self.blend.box
+        """New boxes from the significant-pixel bounds (spec 3.9), vectorised."""
+        comp = self.blend._packed.comp
+        _, H, W = self.blend.shape
         pad = self.config.component_padding
-        new_boxes = {}
-        for k, c in enumerate(self._components):
-            b = bounds[k]
-            if b[0] == -2:  # no threshold: never resized
-                continue
-            if b[0] < 0:
-                tight = (c.peak[0], c.peak[1], 1, 1)
-            else:
-                tight = (c.box[0] + b[0], c.box[1] + b[1], b[2] - b[0] + 1, b[3] - b[1] + 1)
-            nb = box_intersect(box_grow(tight, pad), frame)
-            if nb != c.box:
-                new_boxes[id(c)] = nb
-        if new_boxes:
-            self.repack(new_boxes)
+        resizable = bounds[:, 0] != -2  # components without a threshold never resize
+        empty = bounds[:, 0] == -1
+        y0 = np.where(empty, self._peaks[:, 0], comp[:, 0] + bounds[:, 0]) - pad
+        x0 = np.where(empty, self._peaks[:, 1], comp[:, 1] + bounds[:, 1]) - pad
+        y1 = np.where(empty, self._peaks[:, 0], comp[:, 0] + bounds[:, 2]) + pad + 1
+        x1 = np.where(empty, self._peaks[:, 1], comp[:, 1] + bounds[:, 3]) + pad + 1
+        y0, x0 = np.maximum(y0, 0), np.maximum(x0, 0)
+        y1, x1 = np.minimum(y1, H), np.minimum(x1, W)
+        new = np.stack([y0, x0, y1 - y0, x1 - x0], axis=1)
+        new[~resizable] = comp[~resizable, :4]
+        if np.any(new != comp[:, :4]):
+            self.repack(new)
 
     def run(self, max_iter: int) -> bool:
         """Iterate until convergence (at least ``min_iter`` iterations from now) or until
         the blend's iteration count reaches ``max_iter``; returns whether it converged."""
         cfg = self.config
         obs = self.obs
-        self._components = self.blend.components
         start = self.it
         converged = False
+        bounds = np.empty((len(self._components), 4), dtype=np.int64)
         while self.it < max_iter:
-            p = self.blend.packed
+            p = self.blend._packed
             _adam_cy.render(p.sed, p.morph, p.comp, self.model)
             loss = float(obs.loss_and_gradient(self.model, self.grad))
             self.history.append(loss)
             if cfg.keep_best and (self.best is None or loss < self.best[0]):
                 self.best = (loss, p.sed.copy(), p.morph.copy(), p.comp.copy(), p.bg_thresh)
             do_resize = cfg.resize is not None and self.it > 0 and self.it % cfg.resize == 0
-            bounds = np.empty((len(p.comp), 4), dtype=np.int64)
             _adam_cy.adam_prox_step(
                 self.grad, p.sed, *self.sed_state, p.morph, *self.morph_state, p.comp,
                 p.bg_thresh, self.noise, self.min_step, cfg.morph_step, self.it, cfg.b1,
@@ -465,11 +479,12 @@ class _Fitter:
                 if abs(h[-1] - h[-2]) < cfg.e_rel * abs(h[-1]):
                     converged = True
                     break
+        self.bind()
         return converged
 
     def final_loss(self) -> float:
         """Loss of the current parameters."""
-        p = self.blend.packed
+        p = self.blend._packed
         _adam_cy.render(p.sed, p.morph, p.comp, self.model)
         return float(self.obs.loss(self.model))
 
@@ -479,9 +494,8 @@ class _Fitter:
         if self.best is None or not self.best[0] < loss:
             return loss
         best, sed, morph, comp, thresh = self.best
-        packed = PackedComponents(sed, morph, comp, thresh)
-        packed.bind(self._components)
-        self.blend._packed = packed
+        self.blend._packed = PackedComponents(sed, morph, comp, thresh)
+        self.bind()
         return best
 
     def rescue(self) -> int:
@@ -493,7 +507,7 @@ class _Fitter:
         """
         cfg = self.config
         obs = self.obs
-        p = self.blend.packed
+        p = self.blend._packed
         _adam_cy.render(p.sed, p.morph, p.comp, self.model)
         residual = np.asarray(obs.images, dtype=np.float64) - obs.convolve(self.model)
         weights = np.asarray(obs.weights, dtype=np.float64)
