@@ -213,6 +213,10 @@ class DeblendResult:
         (N,) detection S/N of each peak (point-source matched filter over all bands).
     timing : dict
         Seconds spent in ``init`` and ``fit``.
+    spectrum_init : bool
+        Whether the joint least-squares SED fit of the initialization ran.
+    rescued : int
+        Number of point components added to under-fitted sources (``rescue_faint``).
     """
 
     blend: Blend
@@ -222,6 +226,8 @@ class DeblendResult:
     converged: bool
     snr: np.ndarray
     timing: dict = field(default_factory=dict)
+    spectrum_init: bool = False
+    rescued: int = 0
     _conv: list | None = field(default=None, repr=False)
     _conserved: FlatStack | None = field(default=None, repr=False)
 
@@ -328,10 +334,12 @@ class Deblender:
         t0 = time.perf_counter()
         blend, info = initialize_blend(observation, peaks, self.config)
         t1 = time.perf_counter()
-        loss, history, it, converged = fit_blend(blend, self.config)
+        stats: dict = {}
+        loss, history, it, converged = fit_blend(blend, self.config, stats)
         t2 = time.perf_counter()
         return DeblendResult(blend, loss, history, it, converged, info["snr"],
-                             {"init": t1 - t0, "fit": t2 - t1})
+                             {"init": t1 - t0, "fit": t2 - t1}, info["spectrum_init"],
+                             stats.get("rescued", 0))
 
 
 # ----------------------------------------------------------------------------- the fit
@@ -543,11 +551,14 @@ class _Fitter:
         return added
 
 
-def fit_blend(blend: Blend, config: DeblendConfig) -> tuple[float, np.ndarray, int, bool]:
+def fit_blend(
+    blend: Blend, config: DeblendConfig, stats: dict | None = None
+) -> tuple[float, np.ndarray, int, bool]:
     """Proximal ADAM fit of every component of ``blend`` (spec 3.3-3.10), in place.
 
     With ``config.rescue_faint``, sources left under-fitted at convergence get a point-like
-    component and the fit continues (at most ``config.rescue_rounds`` times).
+    component and the fit continues (at most ``config.rescue_rounds`` times). ``stats``, if
+    given, receives ``rescued``: the number of components so added.
 
     Returns
     -------
@@ -560,11 +571,16 @@ def fit_blend(blend: Blend, config: DeblendConfig) -> tuple[float, np.ndarray, i
     """
     fitter = _Fitter(blend, config)
     converged = fitter.run(config.max_iter)
+    rescued = 0
     if config.rescue_faint and config.max_iter > 0:
         for _ in range(config.rescue_rounds):
-            if fitter.it >= config.max_iter or not fitter.rescue():
+            added = fitter.rescue() if fitter.it < config.max_iter else 0
+            if not added:
                 break
+            rescued += added
             converged = fitter.run(config.max_iter)
+    if stats is not None:
+        stats["rescued"] = rescued
     loss = fitter.final_loss()
     if config.keep_best:
         loss = fitter.restore_best(loss)
