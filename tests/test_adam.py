@@ -25,7 +25,7 @@ def random_components(rng, B, H, W, K):
     return comps
 
 
-def reference_step(grad, comps, state, bg_rms, min_step, morph_step, it, variant):
+def reference_step(grad, comps, state, bg_rms, min_step, sed_step, morph_step, it, variant):
     """One iteration on plain per-component arrays; returns new seds, morphs and bounds."""
     out = []
     t = it + 1
@@ -37,7 +37,7 @@ def reference_step(grad, comps, state, bg_rms, min_step, morph_step, it, variant
         gs = (G * m).sum(axis=(1, 2))
         gm = (s[:, None, None] * G).sum(axis=0)
         new = []
-        for x, g, step, st_ in ((s, gs, np.maximum(min_step, 0.01 * s.mean()), state[k][0]),
+        for x, g, step, st_ in ((s, gs, np.maximum(min_step, sed_step * s.mean()), state[k][0]),
                                 (m, gm, morph_step, state[k][1])):
             st_["m"] = (1 - B1) * g + B1 * st_["m"]
             st_["v"] = (1 - B2) * g * g + B2 * st_["v"]
@@ -90,9 +90,9 @@ def test_adam_prox_step_matches_reference(B, seed, variant, dtype):
     bounds = np.zeros((K, 4), dtype=np.int64)
     for it in range(3):  # a few iterations so that the moments and the /10 rule matter
         grad = rng.normal(size=(B, H, W)).astype(dtype)
-        ref = reference_step(grad, ref_comps, state, bg_rms, min_step, 0.01, it, variant)
+        ref = reference_step(grad, ref_comps, state, bg_rms, min_step, 0.03, 0.01, it, variant)
         _adam_cy.adam_prox_step(grad, packed.sed, sm, sv, svh, packed.morph, mm, mv, mvh,
-                                packed.comp, packed.bg_thresh, bg_rms, min_step, 0.01, it,
+                                packed.comp, packed.bg_thresh, bg_rms, min_step, 0.03, 0.01, it,
                                 B1, B2, EPS, FLOOR, variant, True, op.dy, op.dx, op.weights,
                                 True, bounds)
         for k, (s_new, m_new, bnd) in enumerate(ref):

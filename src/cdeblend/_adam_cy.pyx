@@ -108,14 +108,14 @@ def adam_prox_step(const real[:, :, ::1] grad,
                    double[::1] morph_vhat,
                    const int64_t[:, ::1] comp, const double[::1] bg_thresh,
                    const double[::1] bg_rms, const double[::1] sed_min_step,
-                   double morph_step, Py_ssize_t it, double b1, double b2, double eps,
+                   double sed_step, double morph_step, Py_ssize_t it, double b1, double b2, double eps,
                    double floor, int variant, bint monotonic,
                    const int32_t[::1] vdy, const int32_t[::1] vdx, const double[:, ::1] vw,
                    bint want_bounds, int64_t[:, ::1] bounds):
     """One proximal ADAM iteration of every component (spec 3.3-3.7), in place.
 
     For each component: SED gradient with the current morphology, morphology gradient with
-    the SED before its update; SED step ``max(sed_min_step[b], 0.01 * mean(sed))``, morphology
+    the SED before its update; SED step ``max(sed_min_step[b], sed_step * mean(sed))``, morphology
     step ``morph_step``, both divided by 10 when ``it == 0``; SED prox (floor, non-finite ->
     floor); morphology prox: radial monotonicity about the peak (if ``monotonic``), noise
     threshold ``sed[b] * m < bg_rms[b] * bg_thresh[k]`` in all bands -> 0 (plain positivity when
@@ -166,8 +166,8 @@ def adam_prox_step(const real[:, :, ::1] grad,
             mean_s /= B
             for b in range(B):
                 step = sed_min_step[b]
-                if 0.01 * mean_s > step:
-                    step = 0.01 * mean_s
+                if sed_step * mean_s > step:
+                    step = sed_step * mean_s
                 v = sed[k, b] - damp * step * _adam_delta(
                     gs[b], &sed_m[k, b], &sed_v[k, b], &sed_vhat[k, b], b1, b2, eps, c1, c2,
                     variant)

@@ -35,7 +35,15 @@ _OPTIMIZERS = {"amsgrad": _adam_cy.AMSGRAD, "adam": _adam_cy.ADAM}
 
 @dataclass(frozen=True)
 class DeblendConfig:
-    """Settings of the multi-band deblender; the defaults are the LSST pipeline's.
+    """Settings of the multi-band deblender.
+
+    The defaults are the LSST pipeline's settings (section 6 of the specification) with four
+    corrections of the reference: non-negative initial SEDs (``sed_solver``), the best
+    iterate is returned (``keep_best``), detected sources are kept alive
+    (``rescue_faint``), and PSF-shaped fallback components are cropped and normalised
+    correctly and use ``bg_thresh``. ``DeblendConfig(sed_solver="lstsq", keep_best=False,
+    rescue_faint=False)`` follows the reference (its loss on the bundled HSC blend, 9011
+    after 48 iterations, is reproduced).
 
     Fit
     ---
@@ -475,7 +483,8 @@ class _Fitter:
             do_resize = cfg.resize is not None and self.it > 0 and self.it % cfg.resize == 0
             _adam_cy.adam_prox_step(
                 self.grad, p.sed, *self.sed_state, p.morph, *self.morph_state, p.comp,
-                p.bg_thresh, self.noise, self.min_step, cfg.morph_step, self.it, cfg.b1,
+                p.bg_thresh, self.noise, self.min_step, cfg.sed_step, cfg.morph_step, self.it,
+                cfg.b1,
                 cfg.b2, cfg.eps, cfg.floor, self.variant, True, self.mono.dy, self.mono.dx,
                 self.mono.weights, do_resize, bounds,
             )
