@@ -283,3 +283,21 @@ def test_well_separated_sources_get_their_own_flux():
         err = noise * np.sqrt(inside.sum()) * 4
         assert np.all(np.abs(conserved[i].sum(axis=(1, 2)) - flux[i]) < err + 0.03 * flux[i])
         assert np.all(np.abs(res.fluxes[i] - flux[i]) < 0.1 * flux[i])
+
+
+def test_pixels_without_weight_go_to_no_child():
+    _, peaks = load_real()
+    with np.load(DATA) as d:
+        images, variance, psfs = d["images"], d["variance"], d["psfs"]
+    weights = 1.0 / variance
+    weights[:, 20:24, :] = 0  # e.g. a satellite trail masked in every band
+    weights[2, :, 30:33] = 0  # and a bad column in one band
+    obs = Observation(images, variance, psfs, weights=weights)
+    res = Deblender().deblend(obs, peaks)
+    conserved = res.conserved_images()
+    assert np.all(conserved[:, :, 20:24, :] == 0)
+    assert np.all(conserved[:, 2, :, 30:33] == 0)
+    total = np.clip(res.models(), 0, None).sum(axis=0)
+    ok = (total > 0) & (weights > 0)
+    np.testing.assert_allclose(conserved.sum(axis=0)[ok], images[ok], rtol=2e-5,
+                               atol=1e-5 * np.abs(images).max())
