@@ -301,3 +301,16 @@ def test_pixels_without_weight_go_to_no_child():
     ok = (total > 0) & (weights > 0)
     np.testing.assert_allclose(conserved.sum(axis=0)[ok], images[ok], rtol=2e-5,
                                atol=1e-5 * np.abs(images).max())
+
+
+def test_deblend_arrays_builds_the_observation_from_the_config():
+    with np.load(DATA) as d:
+        images, variance, psfs = d["images"], d["variance"], d["psfs"]
+    _, peaks = load_real()
+    res = Deblender().deblend_arrays(images, variance, psfs, peaks)
+    assert res.loss == pytest.approx(Deblender().deblend(load_real()[0], peaks).loss, rel=1e-12)
+    wide = Deblender(DeblendConfig(model_psf_sigma=1.2)).deblend_arrays(images, variance, psfs,
+                                                                       peaks)
+    assert wide.blend.observation.model_psf.max() < res.blend.observation.model_psf.max()
+    with pytest.raises(ValueError, match="model_psf_sigma"):
+        DeblendConfig(model_psf_sigma=0.0)

@@ -102,6 +102,10 @@ class DeblendConfig:
 
     Model
     -----
+    model_psf_sigma : float or None
+        Sigma (pixels) of the Gaussian model-frame PSF (0.8) used when the deblender builds
+        the Observation itself (:meth:`Deblender.deblend_arrays`, catalog-level drivers);
+        an Observation passed to :meth:`Deblender.deblend` keeps its own model PSF.
     bg_thresh : float or None
         Noise threshold of the morphologies in units of each band's noise RMS (1.0); None
         disables thresholding (plain positivity) and box resizing.
@@ -157,6 +161,7 @@ class DeblendConfig:
     max_spectrum_cutoff: int = 0
     weighted_sed_fit: bool = False
     sed_solver: str = "nnls"
+    model_psf_sigma: float | None = 0.8
     bg_thresh: float | None = 1.0
     component_padding: int = 5
     monotonicity_size: int = 101
@@ -193,6 +198,8 @@ class DeblendConfig:
                              f"got {self.init_thresh_units!r}")
         if not 0 < self.disk_percentile < 100:
             raise ValueError(f"disk_percentile must be in (0, 100), got {self.disk_percentile}")
+        if self.model_psf_sigma is not None and not self.model_psf_sigma > 0:
+            raise ValueError(f"model_psf_sigma must be > 0 or None, got {self.model_psf_sigma!r}")
         if self.bg_thresh is not None and not self.bg_thresh >= 0:
             raise ValueError(f"bg_thresh must be >= 0 or None, got {self.bg_thresh!r}")
         if self.monotonicity_size < 3 or self.monotonicity_size % 2 == 0:
@@ -348,6 +355,17 @@ class Deblender:
         return DeblendResult(blend, loss, history, it, converged, info["snr"],
                              {"init": t1 - t0, "fit": t2 - t1}, info["spectrum_init"],
                              stats.get("rescued", 0))
+
+
+    def deblend_arrays(self, images, variance, psfs, peaks, bands=None, weights=None,
+                       mask=None) -> DeblendResult:
+        """Build an :class:`~cdeblend.observation.Observation` with the configured model PSF
+        and deblend it (arguments as for the Observation, plus the peaks)."""
+        from .observation import Observation
+
+        obs = Observation(images, variance, psfs, bands=bands, weights=weights, mask=mask,
+                          model_psf_sigma=self.config.model_psf_sigma)
+        return self.deblend(obs, peaks)
 
 
 # ----------------------------------------------------------------------------- the fit
