@@ -143,3 +143,28 @@ def test_psf_fallback_is_cropped_correctly_at_the_low_edge():
     assert np.all(comp.sed >= 0)
     assert comp.bg_thresh == 1.0  # the configured threshold (the reference uses 0.25 here)
 
+
+
+def test_residual_init_starts_faint_neighbours_from_their_own_light():
+    with np.load(Path(__file__).parent / "data" / "sim_lsst_blend_0008.npz") as d:
+        obs = Observation(d["images"], d["variance"], d["psfs"])
+        peaks = np.stack([d["catalog"]["y"], d["catalog"]["x"]], axis=1).astype(int)
+    plain, _ = initialize_blend(obs, peaks, DeblendConfig(set_spectra=False, max_components=1))
+    resid, _ = initialize_blend(obs, peaks, DeblendConfig(set_spectra=False, max_components=1,
+                                                          residual_init=True))
+    D = detection_image(obs)
+    brightest = int(np.argmax(D[peaks[:, 0], peaks[:, 1]]))
+    a, b = plain.sources[brightest].components[0], resid.sources[brightest].components[0]
+    assert a.box == b.box
+    np.testing.assert_array_equal(a.morphology, b.morphology)
+    y0, x0, h, w = a.box
+    changed = 0
+    for i, (py, px) in enumerate(peaks):
+        if i == brightest or not (y0 <= py < y0 + h and x0 <= px < x0 + w):
+            continue
+        if a.morphology[py - y0, px - x0] == 0:
+            continue  # outside the brighter source's mask: initialised as before
+        p, r = plain.sources[i].components[0], resid.sources[i].components[0]
+        assert r.kind == "psf" or r.morphology.sum() < p.morphology.sum()
+        changed += 1
+    assert changed >= 1

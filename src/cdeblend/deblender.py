@@ -86,6 +86,10 @@ class DeblendConfig:
         ``sqrt(sum_b 1 / noise_rms_b**2)``).
     init_padding : int
         Margin around the initial morphology, applied twice as in the reference (2).
+    residual_init : bool
+        Initialise a peak that lies in the monotonic mask of a brighter one from the
+        detection image minus the brighter ones' masks (False; the reference uses the full
+        detection image for every peak).
     set_spectra : bool
         Fit all initial SEDs jointly by least squares (True).
     max_spectrum_cutoff : int

@@ -225,10 +225,11 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
     images = observation.images
     sources = []
     snrs = np.zeros(len(peaks))
-    # Extended morphologies, brightest peaks first. A peak that lies inside the monotonic
-    # mask of a brighter one is initialised from the detection image minus what the brighter
-    # ones claimed (their symmetric masks), so that a faint source on a bright neighbour's
-    # wing starts from its own light, not from a symmetrised piece of the neighbour.
+    # Extended morphologies, brightest peaks first. With ``residual_init`` a peak that lies
+    # inside the monotonic mask of a brighter one is initialised from the detection image
+    # minus what the brighter ones claimed (their symmetric masks), so that a faint source on
+    # a bright neighbour's wing starts from its own light, not from a symmetrised piece of
+    # the neighbour (off by default: it did not improve the simulations).
     exts: list = [None] * len(peaks)
     claimed = covered = None
     order = np.argsort(-D[peaks[:, 0], peaks[:, 1]], kind="stable")
