@@ -153,7 +153,10 @@ def test_bad_input_is_rejected():
     "kwargs, match",
     [({"max_iter": -1}, "max_iter"), ({"resize": 0}, "resize"), ({"optimizer": "sgd"}, "optimizer"),
      ({"e_rel": float("nan")}, "e_rel"), ({"disk_percentile": 100}, "disk_percentile"),
-     ({"bg_thresh": -1.0}, "bg_thresh"), ({"monotonicity_size": 100}, "monotonicity_size")],
+     ({"bg_thresh": -1.0}, "bg_thresh"), ({"monotonicity_size": 100}, "monotonicity_size"),
+     ({"rescue_rounds": 1.5}, "rescue_rounds"), ({"min_snr": -1}, "min_snr"),
+     ({"psf_fallback_bg_thresh": float("inf")}, "psf_fallback_bg_thresh"),
+     ({"sed_solver": "svd"}, "sed_solver"), ({"init_thresh_units": "nJy"}, "init_thresh_units")],
 )
 def test_bad_config_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -179,7 +179,8 @@ class DeblendConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_iter", "min_iter", "max_components", "init_padding",
-                     "component_padding"):
+                     "component_padding", "rescue_rounds", "max_spectrum_cutoff",
+                     "monotonicity_size"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
@@ -189,7 +190,8 @@ class DeblendConfig:
         if self.optimizer not in _OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, "
                              f"got {self.optimizer!r}")
-        for name in ("e_rel", "morph_step", "sed_step", "sed_min_step", "floor", "eps"):
+        for name in ("e_rel", "morph_step", "sed_step", "sed_min_step", "floor", "eps",
+                     "min_snr", "initial_bg_thresh", "rescue_snr", "rescue_fraction"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -204,8 +206,10 @@ class DeblendConfig:
             raise ValueError(f"disk_percentile must be in (0, 100), got {self.disk_percentile}")
         if self.model_psf_sigma is not None and not self.model_psf_sigma > 0:
             raise ValueError(f"model_psf_sigma must be > 0 or None, got {self.model_psf_sigma!r}")
-        if self.bg_thresh is not None and not self.bg_thresh >= 0:
-            raise ValueError(f"bg_thresh must be >= 0 or None, got {self.bg_thresh!r}")
+        for name in ("bg_thresh", "psf_fallback_bg_thresh"):
+            v = getattr(self, name)
+            if v is not None and not (np.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be >= 0 or None, got {v!r}")
         if self.monotonicity_size < 3 or self.monotonicity_size % 2 == 0:
             raise ValueError(f"monotonicity_size must be odd and >= 3, "
                              f"got {self.monotonicity_size}")
