@@ -661,21 +661,10 @@ def test_bad_arguments(scene):
 
 
 # ------------------------------------------------------------------------------------------
-# the real deblenders (active once they are merged into the package)
+# the real deblenders
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(hasattr(cdeblend, "Deblender"), reason="the real deblender is present")
-def test_default_factory_says_what_is_missing(scene):
-    images, variance, psfs, peaks = scene
-    with pytest.raises(RuntimeError, match="cdeblend.Deblender is not available"):
-        deblend_catalog(images, peaks=peaks, variance=variance, psf=psfs, progress=False)
-
-
-@pytest.mark.skipif(
-    not all(hasattr(cdeblend, n) for n in ("Deblender", "DeblendConfig", "Observation")),
-    reason="the multi-band deblender is not merged yet",
-)
 def test_real_multi_band_deblender_conserves_flux_and_rebuilds(scene):
     images, variance, psfs, peaks = scene
     obs = cdeblend.Observation(images, variance, psfs, bands=BANDS)
@@ -694,10 +683,6 @@ def test_real_multi_band_deblender_conserves_flux_and_rebuilds(scene):
                                    rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.skipif(
-    not all(hasattr(cdeblend, n) for n in ("SingleBandDeblender", "SingleBandConfig")),
-    reason="the single-band deblender is not merged yet",
-)
 def test_real_single_band_deblender_runs_on_the_catalog():
     images, variance, psfs, peaks = make_scene(nb=1)
     cat, _ = deblend_catalog(images[0], peaks=peaks, variance=variance[0], psf=psfs[0],
@@ -708,3 +693,57 @@ def test_real_single_band_deblender_runs_on_the_catalog():
         kids = cat[cat["parent_id"] == prow["id"]]
         np.testing.assert_allclose(kids["flux_conserved"].sum(0) + prow["flux_unassigned"],
                                    prow["flux_footprint"], rtol=1e-9)
+
+
+def real_rows(cat):
+    """Parent id -> (children rows as tuples) for comparing whole catalogs."""
+    out = {}
+    for prow in cat[cat["is_parent"]]:
+        kids = cat[cat["parent_id"] == prow["id"]]
+        out[int(prow["id"])] = (
+            np.asarray(kids["flux_conserved"]).tobytes(), np.asarray(kids["flux_model"]).tobytes(),
+            np.asarray(kids["centroid_y"]).tobytes(), int(prow["iterations"]),
+        )
+    return out
+
+
+def test_real_deblender_threads_equal_serial_and_a_failure_is_isolated(scene, caplog):
+    """With the real multi-band deblender: the thread pool gives bit-identical rows, and a
+    parent whose deblend raises is flagged while every other parent keeps its exact rows."""
+    images, variance, psfs, peaks = scene
+    obs = cdeblend.Observation(images, variance, psfs, bands=BANDS)
+    cfg = CatalogConfig(skip_isolated=False)
+    serial, _ = deblend_catalog(obs, peaks=peaks, config=cfg, executor="serial", progress=False)
+    threads, _ = deblend_catalog(obs, peaks=peaks, config=cfg, executor="threads",
+                                 progress=False, max_workers=2)
+    assert real_rows(serial) == real_rows(threads)
+
+    class Exploding:
+        """The real deblender, except that its first call (one parent) raises."""
+
+        calls = 0
+
+        def __init__(self, config):
+            self.inner = cdeblend.Deblender(config)
+
+        def deblend(self, observation, peaks):
+            Exploding.calls += 1
+            if Exploding.calls == 1:
+                raise np.linalg.LinAlgError("injected failure")
+            return self.inner.deblend(observation, peaks)
+
+    def factory_(kind, config):
+        assert kind == "multi"
+        return Exploding(config.multi_band or cdeblend.DeblendConfig())
+
+    with caplog.at_level("WARNING", logger="cdeblend.catalog"):
+        broken, _ = deblend_catalog(obs, peaks=peaks, config=cfg, executor="serial",
+                                    progress=False, deblender_factory=factory_)
+    failed = broken[broken["is_parent"] & broken["failed"]]
+    assert len(failed) == 1 and failed["error"][0] == "LinAlgError"
+    assert "injected failure" in caplog.text
+    good, bad = real_rows(serial), real_rows(broken)
+    lost = int(failed["id"][0])
+    for pid in good:
+        if pid != lost:
+            assert bad[pid] == good[pid]

@@ -21,12 +21,8 @@ from cdeblend import (
     load_models,
     save_models,
 )
-from cdeblend.model_data import (
-    SCHEMA_VERSION,
-    convolve_bands,
-    difference_kernels,
-    gaussian_model_psf,
-)
+from cdeblend.model_data import SCHEMA_VERSION
+from cdeblend.observation import Observation, integrated_gaussian_psf
 
 fits = pytest.importorskip("astropy.io.fits")
 
@@ -37,7 +33,9 @@ fits = pytest.importorskip("astropy.io.fits")
 
 
 def random_model_data(seed: int, nb: int = 3, dtype=np.float32, n_blends: int = 3,
-                      image_shape=(80, 100)) -> ModelData:
+                      image_shape=(80, 100), inside: bool = False) -> ModelData:
+    """Random stored models; with ``inside`` every component lies inside its blend box (as
+    after a fit), otherwise components may stick out a little (the file format allows it)."""
     rng = np.random.default_rng(seed)
     bands = tuple("grizy"[:nb])
     blends = {}
@@ -51,9 +49,13 @@ def random_model_data(seed: int, nb: int = 3, dtype=np.float32, n_blends: int = 
             comps = []
             for _ in range(int(rng.integers(0, 3))):
                 h, w = (int(v) for v in rng.integers(1, 12, size=2))
-                # components may stick out of the blend box a little
-                cy = y0 + int(rng.integers(-2, H - 1))
-                cx = x0 + int(rng.integers(-2, W - 1))
+                if inside:
+                    h, w = min(h, H), min(w, W)
+                    cy = y0 + int(rng.integers(0, H - h + 1))
+                    cx = x0 + int(rng.integers(0, W - w + 1))
+                else:  # components may stick out of the blend box a little
+                    cy = y0 + int(rng.integers(-2, H - 1))
+                    cx = x0 + int(rng.integers(-2, W - 1))
                 comps.append(ComponentData(
                     (cy, cx, h, w), (cy + h // 2, cx + w // 2),
                     rng.random(nb).astype(dtype) * 100,
@@ -70,9 +72,9 @@ def random_model_data(seed: int, nb: int = 3, dtype=np.float32, n_blends: int = 
     # and an isolated parent, kept as itself
     blends[999] = BlendData(999, (3, 4, 6, 5), bands, [SourceData(999, 0, [])],
                             footprint=rng.random((6, 5)) < 0.7, isolated=True)
-    psfs = rng.random((nb, 7, 9)).astype(dtype)
-    psfs /= psfs.sum(axis=(1, 2), keepdims=True)
-    return ModelData(bands, gaussian_model_psf().astype(dtype), psfs, blends)
+    # Gaussian PSFs wider than the model PSF (sigma 0.8), as an Observation requires
+    psfs = np.stack([integrated_gaussian_psf(1.2 + 0.3 * b, 9) for b in range(nb)]).astype(dtype)
+    return ModelData(bands, integrated_gaussian_psf(0.8).astype(dtype), psfs, blends)
 
 
 def assert_identical(a: ModelData, b: ModelData) -> None:
@@ -109,7 +111,7 @@ def test_round_trip_is_exact(tmp_path_factory, seed, nb, dtype):
 
 
 def test_round_trip_of_empty_model_data(tmp_path):
-    md = ModelData(("r",), gaussian_model_psf(), np.ones((1, 1, 1)))
+    md = ModelData(("r",), integrated_gaussian_psf(0.8), np.ones((1, 1, 1)))
     save_models(tmp_path / "e.fits", md)
     back = load_models(tmp_path / "e.fits")
     assert_identical(md, back)
@@ -218,14 +220,14 @@ def test_bad_data_classes():
     with pytest.raises(ValueError, match="footprint has shape"):
         BlendData(1, (0, 0, 5, 5), ("g",), footprint=np.ones((5, 4), bool))
     with pytest.raises(ValueError, match="psfs must be"):
-        ModelData(("g", "r"), gaussian_model_psf(), np.ones((3, 5, 5)))
+        ModelData(("g", "r"), integrated_gaussian_psf(0.8), np.ones((3, 5, 5)))
     with pytest.raises(ValueError, match="model_psf must be"):
         ModelData(("g",), np.ones(5), np.ones((1, 5, 5)))
     md = random_model_data(1)
     with pytest.raises(KeyError, match="no stored model for parent 12345"):
         md.models(12345)
-    with pytest.raises(ValueError, match="diff_kernels must have odd sizes"):
-        convolve_bands(np.ones((1, 5, 5)), np.ones((1, 4, 3)))
+    with pytest.raises(ValueError, match="isolated"):
+        md.rebuild(np.zeros((3, 80, 100)), 999)
 
 
 # ------------------------------------------------------------------------------------------
@@ -272,56 +274,30 @@ def test_models_match_dense_reference():
         np.testing.assert_allclose(md.models(pid), dense_models(bd), rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("shape", [(9, 12), (3, 2), (1, 1)])
-def test_convolve_bands_matches_direct_sum(shape):
-    rng = np.random.default_rng(5)
-    model = rng.random((2, *shape))
-    kernels = rng.normal(size=(2, 5, 7))
-    np.testing.assert_allclose(convolve_bands(model, kernels), direct_convolve(model, kernels),
-                               rtol=1e-10, atol=1e-12)
-
-
-def test_difference_kernel_reproduces_the_observed_psf():
-    mp = gaussian_model_psf()
-    assert mp.shape == (15, 15) and abs(mp.sum() - 1) < 1e-12
-    assert 0.2 < mp[7, 7] < 0.25  # "about 0.22" (spec 1.3)
-    psfs = np.stack([gaussian_model_psf(s, 21) for s in (1.4, 2.0)])
-    k = difference_kernels(psfs, mp)
-    assert k.shape == psfs.shape
-    rebuilt = direct_convolve(np.stack([np.pad(mp, 3)] * 2), k)
-    # compare away from the edges (the kernel is cropped to the PSF's size)
-    c = slice(4, 17)
-    err = np.abs(rebuilt[:, c, c] - psfs[:, c, c]).max() / psfs.max()
-    assert err < 1e-3
-
-
-def reference_conserved(md: ModelData, pid: int, images: np.ndarray, kernels, weights=None):
-    """Dense, obvious version of re-apportioning with the stored models."""
+def reference_conserved(md: ModelData, pid: int, obs: Observation):
+    """Dense, obvious re-apportioning with the stored models: every source's model is
+    convolved over the whole blend box tap by tap, clipped at 0, and the image (zero where
+    the weight is zero, per band) is split in proportion."""
     bd = md.blends[pid]
     y0, x0, H, W = bd.box
-    img = images[:, y0 : y0 + H, x0 : x0 + W].astype(float)
-    models = dense_models(bd)
-    conv = np.zeros_like(models)
-    for i, m in enumerate(models):
-        conv[i] = np.maximum(direct_convolve(m, kernels), 0)
-    mask = np.ones((H, W), bool) if bd.footprint is None else bd.footprint
-    if weights is not None:
-        mask = mask & np.any(weights[:, y0 : y0 + H, x0 : x0 + W] > 0, axis=0)
-    conv = conv * mask
+    sl = (slice(None), slice(y0, y0 + H), slice(x0, x0 + W))
+    weights = obs.weights[sl] * (1 if bd.footprint is None else bd.footprint)
+    img = np.where(weights > 0, obs.images[sl], 0).astype(float)
+    conv = np.zeros((len(bd.sources),) + img.shape)
+    for i, m in enumerate(dense_models(bd)):
+        conv[i] = np.maximum(direct_convolve(m, obs.diff_kernels.astype(float)), 0)
     tsum = conv.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(tsum > 0, img * conv / tsum, 0.0), tsum, img, mask
+        return np.where(tsum > 0, img * conv / tsum, 0.0), tsum, img
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-10), (np.float32, 2e-5)])
 def test_conserved_images_match_reference(dtype, tol):
-    md = random_model_data(33, dtype=np.float64)
+    md = random_model_data(33, dtype=np.float64, inside=True)
     rng = np.random.default_rng(2)
     images = rng.normal(5, 2, size=(3, 80, 100)).astype(dtype)
-    weights = (rng.random((3, 80, 100)) > 0.05).astype(float)
-    kernels = rng.random((3, 5, 5))
-    kernels /= kernels.sum(axis=(1, 2), keepdims=True)
-    obs = SimpleNamespace(images=images, weights=weights, diff_kernels=kernels)
+    weights = (rng.random((3, 80, 100)) > 0.05).astype(dtype)
+    obs = Observation(images, np.ones_like(images), md.psfs, bands=md.bands, weights=weights)
     # the random draw holds a blend with several non-null sources and one with a null source
     assert max(sum(bool(s.components) for s in b.sources) for b in md.blends.values()) >= 2
     assert any(not s.components for b in md.blends.values() for s in b.sources)
@@ -334,7 +310,7 @@ def test_conserved_images_match_reference(dtype, tol):
             assert np.array_equal(got, (images[sl] * keep)[None])
             continue
         assert got.dtype == dtype and got.shape[0] == len(md.blends[pid].sources)
-        ref, tsum, img, mask = reference_conserved(md, pid, images, kernels, weights)
+        ref, tsum, img = reference_conserved(md, pid, obs)
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(img).max())
         # flux conservation where some template claims the pixel
         claimed = tsum > 0
@@ -343,24 +319,48 @@ def test_conserved_images_match_reference(dtype, tol):
 
 
 def test_conserved_images_use_the_observation_psfs_and_plain_arrays():
-    md = random_model_data(33, dtype=np.float64)
+    md = random_model_data(33, dtype=np.float64, inside=True)
     rng = np.random.default_rng(4)
     images = rng.normal(5, 2, size=(3, 80, 100))
-    psfs = np.stack([gaussian_model_psf(s, 11) for s in (1.2, 1.5, 1.9)])
-    kernels = difference_kernels(psfs, md.model_psf)
+    psfs = np.stack([integrated_gaussian_psf(s, 11) for s in (1.2, 1.5, 1.9)])
     pid = max(md.blends, key=lambda k: sum(bool(s.components) for s in md.blends[k].sources))
     assert sum(bool(s.components) for s in md.blends[pid].sources) >= 2
-    ref, *_ = reference_conserved(md, pid, images, kernels)
-    # an observation with PSFs only: kernels computed from them and the stored model PSF
-    got = md.conserved_images(SimpleNamespace(images=images, psfs=psfs), pid)
-    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10)
+    # an observation with other PSFs: its own difference kernels are used
+    obs = Observation(images, np.ones_like(images), psfs, bands=md.bands)
+    ref, *_ = reference_conserved(md, pid, obs)
+    np.testing.assert_allclose(md.conserved_images(obs, pid), ref, rtol=1e-10, atol=1e-10)
     # a plain array uses the stored PSFs
-    ref2, *_ = reference_conserved(md, pid, images, difference_kernels(md.psfs, md.model_psf))
+    ref2, *_ = reference_conserved(md, pid, md.observation(images))
     np.testing.assert_allclose(md.conserved_images(images, pid), ref2, rtol=1e-10, atol=1e-10)
-    with pytest.raises(ValueError, match="outside the observation"):
+    with pytest.raises(ValueError, match="inside the image"):
         md.conserved_images(images[:, :5, :5], pid)
-    with pytest.raises(ValueError, match="B = 3"):
-        md.conserved_images(images[:2], pid)
+    with pytest.raises(ValueError, match="bands"):
+        md.conserved_images(Observation(images[:2], np.ones((2, 80, 100)), psfs[:2]), pid)
+
+
+def test_reload_reproduces_the_fit_exactly(tmp_path):
+    """A fitted blend, saved and reloaded, gives bit-identical models and conserved images,
+    the same loss, and a restarted fit starts where the first one ended."""
+    from cdeblend import DeblendConfig, Deblender, load_hsc_cosmos
+
+    blend = load_hsc_cosmos()
+    obs = Observation(blend.images, blend.variance, blend.psfs, bands=blend.bands)
+    res = Deblender().deblend(obs, blend.peaks)
+    md = ModelData(obs.bands, obs.model_psf, obs.psfs, {5: ModelData.from_blend(res, 5, (0, 0))},
+                   model_psf_sigma=obs.model_psf_sigma)
+    save_models(tmp_path / "m.fits", md)
+    back = load_models(tmp_path / "m.fits")
+    assert back.model_psf_sigma == 0.8
+    rebuilt = back.rebuild(obs, 5)
+    assert np.array_equal(rebuilt.models(), res.models())
+    assert np.array_equal(back.conserved_images(obs, 5), res.conserved_images())
+    assert np.array_equal(rebuilt.conserved_fluxes, res.conserved_fluxes)
+    assert rebuilt.blend.loss() == pytest.approx(res.loss, rel=1e-6)
+    cfg = DeblendConfig(max_iter=30, e_rel=1e-4, min_iter=3)
+    again = back.restart(obs, 5, cfg)
+    assert again.loss_history[0] == pytest.approx(res.loss, rel=1e-6)
+    assert again.loss <= again.loss_history[0]
+    assert 3 <= again.iterations <= 30
 
 
 def test_centroids_match_moments():
@@ -399,19 +399,3 @@ def test_from_blend_moves_boxes_to_the_image_frame():
     assert (bd.iterations, bd.loss, bd.converged, bd.sources[0].id) == (12, 3.25, True, 55)
     assert np.array_equal(c.morphology, comps[0].morphology)
     assert c.morphology is not comps[0].morphology  # a copy, not a view on the fit
-
-
-def test_from_blend_accepts_box_objects_and_scarlet_spellings():
-    rng = np.random.default_rng(1)
-    box = SimpleNamespace(origin=(4, 5), shape=(2, 3))
-    comp = SimpleNamespace(spectrum=rng.random(1), morph=rng.random((2, 3)), box=box)
-    src = SimpleNamespace(components=[comp], center=(5, 6))
-    result = SimpleNamespace(blend=SimpleNamespace(
-        sources=[src], observation=SimpleNamespace(bands=("r",), images=np.zeros((1, 9, 8)))))
-    bd = ModelData.from_blend(result, 3, origin=(100, 200))
-    c = bd.sources[0].components[0]
-    assert bd.box == (100, 200, 9, 8) and bd.bands == ("r",)
-    assert c.box == (104, 205, 2, 3) and c.peak == (105, 206)
-    assert np.array_equal(c.sed, comp.spectrum) and np.array_equal(c.morphology, comp.morph)
-    # metadata the result does not carry reads as unknown
-    assert (bd.iterations, bd.converged) == (-1, False) and np.isnan(bd.loss)

@@ -65,7 +65,7 @@ class FlatStack:
         bands = 1 if arrs[0].ndim == 2 else arrs[0].shape[0]
         for i, (a, box) in enumerate(zip(arrs, boxes, strict=True)):
             want = (bands, int(box[2]), int(box[3]))
-            if a.reshape((-1,) + a.shape[-2:]).shape != want:
+            if (a.shape if a.ndim == 3 else (1,) + a.shape) != want:
                 raise ValueError(f"array {i} has shape {a.shape}, its box needs {want}")
         flat = np.concatenate([a.astype(dtype, copy=False).ravel() for a in arrs])
         return cls(flat, boxes, bands)

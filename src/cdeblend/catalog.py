@@ -59,7 +59,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from ._validate import as_float_array, as_peaks, check_psf, check_same_shape, check_variance
-from .model_data import BlendData, ModelData, SourceData, gaussian_model_psf
+from .model_data import BlendData, ModelData, SourceData
+from .observation import integrated_gaussian_psf
 
 __all__ = [
     "CatalogConfig",
@@ -224,7 +225,7 @@ def _as_frame(
         weights = None if w is None else as_float_array(w, "observation.weights", (2, 3))
         mask = getattr(obs, "mask", None) if mask is None else mask
         bands = getattr(obs, "bands", None) if bands is None else bands
-        sigma = float(getattr(obs, "model_psf_sigma", config.model_psf_sigma))
+        sigma = getattr(obs, "model_psf_sigma", config.model_psf_sigma)
         model_psf = getattr(obs, "model_psf", None)
     else:
         raise TypeError(
@@ -261,7 +262,8 @@ def _as_frame(
     if len(bands) != nb:
         raise ValueError(f"bands has {len(bands)} names, the images {nb} bands")
     if model_psf is None:
-        model_psf = gaussian_model_psf(sigma)
+        # PSF-matched data (sigma None) have no model PSF: a unit kernel stands for it
+        model_psf = np.ones((1, 1)) if sigma is None else integrated_gaussian_psf(sigma)
     model_psf = np.asarray(model_psf)
     model_psf = model_psf.reshape(model_psf.shape[-2:])
     return _Frame(images, var, psfs, bands, weights, mask2, model_psf, sigma)
@@ -896,7 +898,8 @@ def deblend_catalog(
     n_rows = len(checked) + sum(len(o.peak_id) for o in outcomes.values() if not o.failed)
     flag_width = max([len(s) for o in outcomes.values() for s in o.child_flags] + [1])
     cat = np.zeros(n_rows, dtype=_catalog_dtype(nb, flag_width))
-    model = ModelData(bands=frame.bands, model_psf=frame.model_psf, psfs=frame.psfs)
+    model = ModelData(bands=frame.bands, model_psf=frame.model_psf, psfs=frame.psfs,
+                      model_psf_sigma=frame.model_psf_sigma)
     r = 0
     for k, (pid, box, fp, local) in enumerate(checked):
         y0, x0, h, w = box

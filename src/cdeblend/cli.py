@@ -15,8 +15,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model_data import ModelData
+    from .observation import Observation
 
 __all__ = ["main"]
 
@@ -211,17 +216,15 @@ def _read_psfs(paths: Sequence[str], n_bands: int) -> np.ndarray:
     return psfs
 
 
-def _field_model(model_data: object, shape: tuple[int, int, int]) -> np.ndarray:
+def _field_model(model_data: ModelData, observation: Observation) -> np.ndarray:
     """The sum of every stored blend's models convolved to the observed PSFs."""
-    from .model_data import difference_kernels
-
-    kernels = difference_kernels(model_data.psfs, model_data.model_psf)
-    total = np.zeros(shape)
+    total = np.zeros(observation.shape)
     for pid, blend in model_data.blends.items():
         if blend.isolated or not blend.sources:
             continue
         y0, x0, h, w = blend.box
-        total[:, y0 : y0 + h, x0 : x0 + w] += model_data.convolved_models(pid, kernels).sum(axis=0)
+        models = model_data.rebuild(observation, pid).models()
+        total[:, y0 : y0 + h, x0 : x0 + w] += models.sum(axis=0)
     return total
 
 
@@ -257,7 +260,9 @@ def _cmd_deblend(args: argparse.Namespace) -> int:
 
         from .display import lupton_rgb, plot_panels
 
-        total = _field_model(model_data, images.shape)
+        observation = model_data.observation(
+            images, weights=None if mask is None else (~mask).astype(images.dtype))
+        total = _field_model(model_data, observation)
         rgb = lupton_rgb(images)
         boxes = [b.box for b in model_data.blends.values()]
         fig = plot_panels([rgb, lupton_rgb(images - total)], ["image", "residual"],
@@ -272,27 +277,25 @@ def _cmd_deblend(args: argparse.Namespace) -> int:
         for pid, blend in model_data.blends.items():
             if shown >= args.max_plots or blend.isolated or not blend.sources:
                 continue
-            _show_parent(images, mask, model_data, pid, out, quiet=True)
+            _show_parent(observation, model_data, pid, out, quiet=True)
             shown += 1
     print(f"catalog, models and pictures written to {out.resolve()}")
     return 0
 
 
-def _show_parent(images: np.ndarray, mask: np.ndarray | None, model_data: object, pid: int,
-                 out: Path, quiet: bool = False) -> None:
+def _show_parent(observation: Observation, model_data: ModelData, pid: int, out: Path,
+                 quiet: bool = False) -> None:
     """Write one PNG per source of parent ``pid`` (observation, model, residual, conserved)."""
     import matplotlib.pyplot as plt
 
     from .display import plot_source_panels
-    from .model_data import difference_kernels
 
     blend = model_data.blends[pid]
     y0, x0, h, w = blend.box
-    cut = images[:, y0 : y0 + h, x0 : x0 + w]
-    observed = images if mask is None else np.where(mask, 0, images)
-    conserved = model_data.conserved_images(observed, pid)
-    kernels = difference_kernels(model_data.psfs, model_data.model_psf)
-    models = model_data.convolved_models(pid, kernels)
+    cut = observation.images[:, y0 : y0 + h, x0 : x0 + w]
+    rebuilt = model_data.rebuild(observation, pid)
+    models = rebuilt.models()
+    conserved = rebuilt.conserved_images()
     total = models.sum(axis=0)
     rows = []
     for k, src in enumerate(blend.sources):
@@ -323,11 +326,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
         known = sorted(model_data.blends)
         raise ValueError(f"parent {args.parent} is not in {args.models}; stored parents: "
                          f"{known[:20]}{' ...' if len(known) > 20 else ''}")
-    if mask is not None:
-        mask = np.any(mask, axis=0)
+    blend = model_data.blends[args.parent]
+    if blend.isolated or not blend.sources:
+        raise ValueError(f"parent {args.parent} was not fitted (isolated): nothing to show")
+    observation = model_data.observation(
+        images, weights=None if mask is None else (~mask).astype(images.dtype))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    _show_parent(images, mask, model_data, args.parent, out)
+    _show_parent(observation, model_data, args.parent, out)
     print(f"panels written to {out.resolve()}")
     return 0
 

@@ -7,8 +7,11 @@ with the difference kernels of an observation, to convolve it to the observed PS
 band and re-apportion an image among the children again, e.g. a re-processed coadd or a
 band that was not fitted.
 
-The classes here are plain data, independent of the deblender classes, so a model file can be
-read and used without fitting anything:
+The classes here are plain data, so a model file can be read without the deblender;
+:meth:`ModelData.rebuild` turns a stored blend back into the deblender's own
+:class:`~cdeblend.Blend` on an observation, so that its models and re-apportioned children are
+computed by exactly the code that computed them after the fit (bit-identical), and
+:meth:`ModelData.restart` continues a fit from the stored parameters.
 
 * :class:`ComponentData` - ``box (y0, x0, h, w)`` and ``peak (y, x)`` in the **full image
   frame**, ``sed (B,)`` and ``morphology (h, w)``.
@@ -19,8 +22,8 @@ read and used without fitting anything:
   metadata (``iterations``, ``loss``, ``converged``). An *isolated* blend (a single-peak
   parent that was not fitted, spec 5.2 ``persistIsolated``) has ``isolated = True`` and one
   source without components: its conserved image is the image inside the footprint.
-* :class:`ModelData` - ``bands``, the model PSF ``(hm, wm)``, the observed PSFs
-  ``(B, hp, wp)`` and ``blends``: a dict ``parent_id -> BlendData``.
+* :class:`ModelData` - ``bands``, the model PSF ``(hm, wm)`` and its ``model_psf_sigma``,
+  the observed PSFs ``(B, hp, wp)`` and ``blends``: a dict ``parent_id -> BlendData``.
 
 File layout (:func:`save_models` / :func:`load_models`, one FITS file, needs astropy:
 ``pip install cdeblend[io]``). All arrays are written with their own dtype, so a round trip is
@@ -32,6 +35,7 @@ HDU    EXTNAME       content
 0      PRIMARY       no data; header ``SCHEMA = 'cdeblend.model_data'``, ``SCHVER``
                      (int, :data:`SCHEMA_VERSION`), ``NBANDS``, ``BAND1..BANDn`` (names),
                      ``SEDTYPE`` / ``MORTYPE`` (dtype names of SEDs and morphologies),
+                     ``MPSFSIG`` (model PSF sigma; absent for PSF-matched data),
                      ``NBLENDS``, ``NSOURCES``, ``NCOMPS`` (row counts, checked on read)
 1      BLENDS        BinTable, one row per blend: ``PARENT_ID``, ``Y0``, ``X0``,
                      ``HEIGHT``, ``WIDTH``, ``SRC_START``, ``N_SOURCES`` (its rows in
@@ -62,8 +66,6 @@ from typing import Any
 
 import numpy as np
 
-from .apportion import FlatStack, apportion_flux
-
 __all__ = [
     "SCHEMA_NAME",
     "SCHEMA_VERSION",
@@ -71,9 +73,6 @@ __all__ = [
     "ComponentData",
     "ModelData",
     "SourceData",
-    "convolve_bands",
-    "difference_kernels",
-    "gaussian_model_psf",
     "load_models",
     "save_models",
 ]
@@ -298,98 +297,6 @@ def _add_on_box(
 
 
 # ------------------------------------------------------------------------------------------
-# PSF helpers (model PSF of spec 1.3, difference kernel of 1.4, "same" convolution)
-# ------------------------------------------------------------------------------------------
-
-
-def gaussian_model_psf(sigma: float = 0.8, size: int = 15) -> np.ndarray:
-    """Pixel-integrated circular Gaussian on a ``size x size`` grid, unit sum (float64)."""
-    from scipy.special import erfc
-
-    u = np.abs(np.arange(size) - size // 2, dtype=np.float64)
-    s2 = np.sqrt(2.0) * sigma
-    g = (np.sqrt(np.pi) / 2) * sigma * (erfc((u - 0.5) / s2) - erfc((u + 0.5) / s2))
-    p = np.outer(g, g)
-    return p / p.sum()
-
-
-def _next_fast_len(n: int) -> int:
-    """Smallest 2^a 3^b 5^c >= n (the scipy.fftpack convention the reference uses)."""
-    m = max(int(n), 1)
-    while True:
-        k = m
-        for f in (2, 3, 5):
-            while k % f == 0:
-                k //= f
-        if k == 1:
-            return m
-        m += 1
-
-
-def _center_pad(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    pads = [(0, 0)] * (a.ndim - 2)
-    for size, n in zip(a.shape[-2:], shape, strict=True):
-        d = n - size
-        pads.append(((d + 1) // 2, d - (d + 1) // 2))
-    return np.pad(a, pads)
-
-
-def difference_kernels(psfs: np.ndarray, model_psf: np.ndarray, padding: int = 3) -> np.ndarray:
-    """Kernels ``K_b`` with ``psfs[b] = K_b * model_psf`` (spec 1.4), shape of ``psfs``.
-
-    Parameters
-    ----------
-    psfs : numpy.ndarray
-        (B, hp, wp) observed PSFs, odd sizes.
-    model_psf : numpy.ndarray
-        (hm, wm) or (1, hm, wm) model PSF.
-    padding : int
-        Extra FFT padding.
-    """
-    psfs = np.asarray(psfs, dtype=np.float64)
-    mp = np.asarray(model_psf, dtype=np.float64).reshape(np.shape(model_psf)[-2:])
-    hp, wp = psfs.shape[-2:]
-    hm, wm = mp.shape
-    n = (_next_fast_len(hp + hm + padding), _next_fast_len(wp + wm + padding))
-    axes = (-2, -1)
-    fp = np.fft.rfft2(np.fft.ifftshift(_center_pad(psfs, n), axes=axes), s=n, axes=axes)
-    fm = np.fft.rfft2(np.fft.ifftshift(_center_pad(mp, n)), s=n)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(fm == 0, 0, fp / np.where(fm == 0, 1, fm))
-    k = np.fft.fftshift(np.fft.irfft2(ratio, s=n, axes=axes), axes=axes)
-    cy, cx = (n[0] - hp + 1) // 2, (n[1] - wp + 1) // 2
-    return np.ascontiguousarray(k[:, cy : cy + hp, cx : cx + wp])
-
-
-def convolve_bands(model: np.ndarray, diff_kernels: np.ndarray) -> np.ndarray:
-    """Convolve each band of a (B, H, W) model with its (odd-sized) kernel, same size output.
-
-    ``out_b(p) = sum_k K_b(k) model_b(p - k)`` with zeros outside the array (spec 1.5),
-    computed with FFTs. Pixels outside the exact support of the convolution (no non-zero
-    model pixel under a non-zero kernel tap) are set to exactly 0: the FFT leaves ~1e-16
-    noise there, which would otherwise hand such pixels to the wrong child when the image
-    is re-apportioned (the reason the reference re-apportions in real space).
-    """
-    from scipy.signal import fftconvolve
-
-    model = np.asarray(model)
-    k = np.asarray(diff_kernels)
-    if model.ndim != 3 or k.ndim != 3 or k.shape[0] != model.shape[0]:
-        raise ValueError(
-            f"model (B, H, W) {model.shape} and diff_kernels (B, h, w) {k.shape} do not match"
-        )
-    if k.shape[1] % 2 == 0 or k.shape[2] % 2 == 0:
-        raise ValueError(f"diff_kernels must have odd sizes, got {k.shape[1:]}")
-    out = fftconvolve(model, k.astype(model.dtype, copy=False), mode="same", axes=(1, 2))
-    # support: counts of (model != 0) x (kernel != 0) pairs; integers, so > 0.5 is exact
-    support = fftconvolve(
-        (model != 0).astype(np.float64), (k != 0).astype(np.float64), mode="same", axes=(1, 2)
-    )
-    out[support < 0.5] = 0
-    return out.astype(model.dtype, copy=False)
-
-
-# ------------------------------------------------------------------------------------------
 # ModelData
 # ------------------------------------------------------------------------------------------
 
@@ -408,6 +315,9 @@ class ModelData:
         (B, hp, wp) observed PSFs the models were fitted with.
     blends : dict
         ``parent_id -> BlendData``.
+    model_psf_sigma : float or None
+        Sigma of the integrated Gaussian model PSF (None: PSF-matched data); with ``psfs``
+        it rebuilds the same difference kernels as the fit used.
     schema_version : int
         Version of the persisted layout.
     """
@@ -416,6 +326,7 @@ class ModelData:
     model_psf: np.ndarray
     psfs: np.ndarray
     blends: dict[int, BlendData] = field(default_factory=dict)
+    model_psf_sigma: float | None = 0.8
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -431,6 +342,8 @@ class ModelData:
                 f"psfs must be (B, hp, wp) with B = {len(self.bands)} bands, got "
                 f"shape {self.psfs.shape}"
             )
+        if self.model_psf_sigma is not None:
+            self.model_psf_sigma = float(self.model_psf_sigma)
 
     def _blend(self, parent_id: int) -> BlendData:
         try:
@@ -452,10 +365,10 @@ class ModelData:
 
         Parameters
         ----------
-        result : object
-            Duck-typed: ``result.blend.sources[i].components[j]`` with ``.sed``,
-            ``.morphology``, ``.box`` (y0, x0, h, w) and ``.peak`` (y, x) in the blend's frame;
-            ``result.iterations``, ``result.loss``, ``result.converged`` when present.
+        result : DeblendResult
+            ``result.blend.sources[i].components[j]`` with ``.sed``, ``.morphology``,
+            ``.box`` (y0, x0, h, w) and ``.peak`` (y, x) in the blend's frame;
+            ``result.iterations``, ``result.loss``, ``result.converged``.
         parent_id : int
             The parent's id.
         origin : (int, int)
@@ -463,7 +376,7 @@ class ModelData:
         shape : (int, int), optional
             (H, W) of the blend; read off ``footprint`` or the result when not given.
         bands : sequence of str, optional
-            Band names; default ``result.blend.observation.bands`` or ``"0", "1", ...``.
+            Band names; default ``result.blend.observation.bands``.
         footprint : numpy.ndarray, optional
             (H, W) bool parent footprint on the blend box.
         source_ids : sequence of int, optional
@@ -472,39 +385,28 @@ class ModelData:
         blend = result.blend
         oy, ox = int(origin[0]), int(origin[1])
         if shape is None:
-            shape = _result_shape(result, footprint)
+            shape = (
+                tuple(np.shape(footprint)) if footprint is not None
+                else tuple(blend.observation.shape[1:])
+            )
         sources = []
-        n_b = None
         for i, src in enumerate(blend.sources):
             comps = []
             for c in src.components:
-                y0, x0, h, w = _box_tuple(c.box)
-                sed = np.array(_first_attr(c, ("sed", "spectrum")), copy=True)
-                n_b = sed.shape[0]
-                peak = _first_attr(c, ("peak",), None)
-                if peak is None:  # the source's peak (or its centre) when components lack one
-                    peak = _first_attr(src, ("peak", "center"), (y0 + h // 2, x0 + w // 2))
+                y0, x0, h, w = (int(v) for v in c.box)
                 comps.append(
                     ComponentData(
                         (y0 + oy, x0 + ox, h, w),
-                        (int(peak[0]) + oy, int(peak[1]) + ox),
-                        sed,
-                        np.array(_first_attr(c, ("morphology", "morph")), copy=True),
+                        (int(c.peak[0]) + oy, int(c.peak[1]) + ox),
+                        np.array(c.sed, copy=True),
+                        np.array(c.morphology, copy=True),
                     )
                 )
-            peak_id = getattr(src, "peak_id", None)
-            sid = getattr(src, "id", None) if source_ids is None else source_ids[i]
-            sources.append(
-                SourceData(
-                    int(i if sid is None else sid),
-                    int(i if peak_id is None else peak_id),
-                    comps,
-                )
-            )
+            peak_id = int(getattr(src, "index", i))
+            sid = i if source_ids is None else int(source_ids[i])
+            sources.append(SourceData(sid, peak_id, comps))
         if bands is None:
-            bands = getattr(getattr(blend, "observation", None), "bands", None)
-        if bands is None:
-            bands = tuple(str(b) for b in range(n_b or 0))
+            bands = blend.observation.bands
         return BlendData(
             parent_id=int(parent_id),
             box=(oy, ox, int(shape[0]), int(shape[1])),
@@ -520,164 +422,135 @@ class ModelData:
         """Model-space models of a parent's sources, (N, B, H, W) on the blend box."""
         return self._blend(parent_id).models()
 
-    def convolved_models(self, parent_id: int, diff_kernels: np.ndarray) -> np.ndarray:
-        """Models convolved to the observed PSFs, (N, B, H, W) on the blend box."""
-        models = self.models(parent_id)
-        return np.stack([convolve_bands(m, diff_kernels) for m in models]) if len(models) else (
-            models
-        )
+    def observation(self, images: Any, variance: Any = None, weights: Any = None) -> Any:
+        """An :class:`~cdeblend.Observation` of full images with the stored PSFs.
 
-    def conserved_images(
-        self, observation: Any, parent_id: int, diff_kernels: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Re-apportion an observed image among a parent's stored sources, without refitting.
+        ``variance`` defaults to ones (re-apportioning needs no noise model) and pixels of zero
+        weight receive no flux.
+        """
+        from .observation import Observation
 
-        Each source's model-space model is convolved to every band's PSF with the difference
-        kernels (on its box grown by the kernel half-size, clipped to the blend box), clipped
-        at 0, and :func:`cdeblend.apportion_flux` splits the observed image on the parent box
-        (inside the stored footprint, and where the observation's weights are positive) in
-        proportion to these templates.
+        images = np.asarray(images)
+        if images.ndim == 2:
+            images = images[None]
+        if variance is None:
+            variance = np.ones(images.shape, dtype=images.dtype)
+        return Observation(images, variance, self.psfs, bands=self.bands, weights=weights,
+                           model_psf_sigma=self.model_psf_sigma)
+
+    def rebuild(self, observation: Any, parent_id: int, config: Any = None) -> Any:
+        """Rebuild one parent's fitted blend on an observation, without refitting.
 
         Parameters
         ----------
-        observation : object
-            The full image: ``.images`` (B, H, W) in the frame the models were stored in;
-            optional ``.weights`` (B, H, W); ``.diff_kernels`` (B, hp, wp) or ``.psfs``
-            (B, hp, wp) from which the kernels are computed with the stored model PSF.
-            A plain (B, H, W) array is accepted too (the stored PSFs are used).
+        observation : Observation or numpy.ndarray
+            The full image the models were fitted on (or one taken later, e.g. a re-processed
+            coadd), in the same pixel frame; an array is wrapped by :meth:`observation`.
         parent_id : int
             Which blend.
-        diff_kernels : numpy.ndarray, optional
-            (B, hp, wp) kernels overriding the observation's.
+        config : DeblendConfig, optional
+            Gives the components their noise threshold (``bg_thresh``), needed only to
+            continue the fit (:meth:`restart`).
+
+        Returns
+        -------
+        DeblendResult
+            ``models()``, ``conserved_images()``, ``fluxes``, ... exactly as the in-memory
+            result of the fit; ``loss``, ``iterations`` and ``converged`` are the stored ones.
+        """
+        from .blend import Blend, Component, Source
+        from .deblender import DeblendResult
+        from .observation import Observation
+
+        bd = self._blend(parent_id)
+        if bd.isolated:
+            raise ValueError(f"parent {parent_id} was not fitted (isolated): it has no model")
+        if not isinstance(observation, Observation):
+            observation = self.observation(observation)
+        if observation.bands != self.bands:
+            raise ValueError(
+                f"the observation has bands {observation.bands}, the models {self.bands}"
+            )
+        obs = observation.cutout(bd.box)
+        if bd.footprint is not None:
+            obs.weights *= bd.footprint  # the fit saw only the parent's footprint
+        oy, ox = bd.box[:2]
+        bg_thresh = None if config is None else config.bg_thresh
+        sources = []
+        for i, s in enumerate(bd.sources):
+            comps = [
+                Component(c.sed, c.morphology, (c.box[0] - oy, c.box[1] - ox, *c.box[2:]),
+                          (c.peak[0] - oy, c.peak[1] - ox), bg_thresh=bg_thresh)
+                for c in s.components
+            ]
+            peak = comps[0].peak if comps else (bd.box[2] // 2, bd.box[3] // 2)
+            sources.append(Source(comps, peak, index=s.peak_id if s.peak_id >= 0 else i))
+        blend = Blend(obs, sources)
+        return DeblendResult(blend, bd.loss, np.zeros(0), bd.iterations, bd.converged,
+                             np.full(len(sources), np.nan))
+
+    def restart(self, observation: Any, parent_id: int, config: Any = None) -> Any:
+        """Continue the fit of a stored blend from its stored parameters (fresh ADAM state).
+
+        Parameters
+        ----------
+        observation : Observation or numpy.ndarray
+            The full image (as for :meth:`rebuild`); it should carry real variances.
+        parent_id : int
+            Which blend.
+        config : DeblendConfig, optional
+            Fit settings, e.g. ``DeblendConfig(max_iter=100, e_rel=1e-4, min_iter=10)``.
+
+        Returns
+        -------
+        DeblendResult
+            The refitted blend; ``loss_history`` covers the new iterations only.
+        """
+        from .deblender import DeblendConfig, DeblendResult, fit_blend
+
+        config = DeblendConfig() if config is None else config
+        result = self.rebuild(observation, parent_id, config)
+        loss, history, iterations, converged = fit_blend(result.blend, config)
+        return DeblendResult(result.blend, loss, history, iterations, converged, result.snr)
+
+    def conserved_images(self, observation: Any, parent_id: int) -> np.ndarray:
+        """Re-apportion an observed image among a parent's stored sources, without refitting.
+
+        Each source's model is convolved to every band's PSF, clipped at 0, and the image
+        inside the parent footprint (where the weights are positive) is split in proportion,
+        exactly as the deblender's own :meth:`~cdeblend.DeblendResult.conserved_images`.
+
+        Parameters
+        ----------
+        observation : Observation or numpy.ndarray
+            The full image, in the frame the models were stored in.
+        parent_id : int
+            Which blend.
 
         Returns
         -------
         numpy.ndarray
-            (N, B, H, W) conserved images on the blend box, in the images' dtype.
+            (N, B, H, W) conserved images on the blend box.
         """
         bd = self._blend(parent_id)
+        if not bd.isolated:
+            return self.rebuild(observation, parent_id).conserved_images()
+        # not fitted: the one source is the parent itself
         images = observation if isinstance(observation, np.ndarray) else observation.images
         images = np.asarray(images)
-        if images.ndim == 2:
-            images = images[None]
-        nb = len(self.bands)
-        if images.ndim != 3 or images.shape[0] != nb:
-            raise ValueError(
-                f"observation images must be (B, H, W) with B = {nb}, got shape {images.shape}"
-            )
+        images = images[None] if images.ndim == 2 else images
         y0, x0, H, W = bd.box
         if y0 < 0 or x0 < 0 or y0 + H > images.shape[1] or x0 + W > images.shape[2]:
             raise ValueError(
                 f"blend box {bd.box} of parent {parent_id} lies outside the observation's "
                 f"images of shape {images.shape[1:]}"
             )
-        dtype = images.dtype if images.dtype in (np.float32, np.float64) else np.float64
-        cut = np.ascontiguousarray(images[:, y0 : y0 + H, x0 : x0 + W], dtype=dtype)
-        mask = np.ones((H, W), bool) if bd.footprint is None else bd.footprint.copy()
-        weights = None if isinstance(observation, np.ndarray) else getattr(
-            observation, "weights", None
-        )
+        cut = images[:, y0 : y0 + H, x0 : x0 + W]
+        mask = np.ones((H, W), bool) if bd.footprint is None else bd.footprint
+        weights = getattr(observation, "weights", None)
         if weights is not None:
-            w = np.asarray(weights)
-            w = w.reshape((-1,) + w.shape[-2:])[:, y0 : y0 + H, x0 : x0 + W]
-            mask &= np.any(w > 0, axis=0)
-        if bd.isolated:  # not fitted: the one source is the parent itself
-            return np.where(mask, cut, 0)[None].astype(dtype, copy=False)
-        kernels = self._kernels(observation, diff_kernels)
-        hy, hx = kernels.shape[1] // 2, kernels.shape[2] // 2
-        templates, boxes = [], []
-        for src in bd.sources:
-            if not src.components:  # a null source: a zero template claims no pixel
-                templates.append(np.zeros((nb, 1, 1), dtype=dtype))
-                boxes.append((0, 0, 1, 1))
-                continue
-            sy0 = min(c.box[0] for c in src.components) - hy - y0
-            sx0 = min(c.box[1] for c in src.components) - hx - x0
-            sy1 = max(c.box[0] + c.box[2] for c in src.components) + hy - y0
-            sx1 = max(c.box[1] + c.box[3] for c in src.components) + hx - x0
-            sy0, sx0, sy1, sx1 = max(sy0, 0), max(sx0, 0), min(sy1, H), min(sx1, W)
-            if sy1 <= sy0 or sx1 <= sx0:  # entirely outside the blend box
-                templates.append(np.zeros((nb, 1, 1), dtype=dtype))
-                boxes.append((0, 0, 1, 1))
-                continue
-            box = (sy0 + y0, sx0 + x0, sy1 - sy0, sx1 - sx0)
-            model = np.zeros((nb, sy1 - sy0, sx1 - sx0), dtype=np.float64)
-            for c in src.components:
-                _add_on_box(model, c.model(), c.box, box)
-            conv = np.maximum(convolve_bands(model, kernels), 0.0)
-            templates.append(conv)
-            boxes.append((sy0, sx0, sy1 - sy0, sx1 - sx0))
-        stack = FlatStack.from_arrays(templates, np.array(boxes).reshape(-1, 4), dtype, bands=nb)
-        conserved, _ = apportion_flux(cut, stack, mask)
-        out = np.zeros((len(bd.sources), nb, H, W), dtype=dtype)
-        for i in range(len(bd.sources)):
-            by, bx, bh, bw = stack.boxes[i]
-            out[i, :, by : by + bh, bx : bx + bw] = conserved.get(i)
-        return out
-
-    def _cached_kernels(self, psfs: np.ndarray) -> np.ndarray:
-        # re-apportioning parent after parent reuses one set of kernels per set of PSFs
-        key = (psfs.shape, psfs.dtype.str, psfs.tobytes(), self.model_psf.tobytes())
-        cache = self.__dict__.setdefault("_kernel_cache", {})
-        if key not in cache:
-            cache.clear()
-            cache[key] = difference_kernels(psfs, self.model_psf)
-        return cache[key]
-
-    def _kernels(self, observation: Any, diff_kernels: np.ndarray | None) -> np.ndarray:
-        nb = len(self.bands)
-        if diff_kernels is None and not isinstance(observation, np.ndarray):
-            for name in ("diff_kernels", "diff_kernel"):
-                diff_kernels = getattr(observation, name, None)
-                if diff_kernels is not None:
-                    break
-            if diff_kernels is None and getattr(observation, "psfs", None) is not None:
-                diff_kernels = self._cached_kernels(np.asarray(observation.psfs))
-        if diff_kernels is None:
-            diff_kernels = self._cached_kernels(self.psfs)
-        k = np.asarray(diff_kernels, dtype=np.float64)
-        if k.ndim != 3 or k.shape[0] != nb:
-            raise ValueError(f"diff_kernels must be (B={nb}, hp, wp), got shape {k.shape}")
-        return k
-
-
-_MISSING = object()
-
-
-def _first_attr(obj: Any, names: Sequence[str], default: Any = _MISSING) -> Any:
-    """The first of ``names`` that ``obj`` has (the deblender's spelling may vary)."""
-    for name in names:
-        value = getattr(obj, name, None)
-        if value is not None:
-            return value
-    if default is _MISSING:
-        raise AttributeError(f"{type(obj).__name__} has none of the attributes {list(names)}")
-    return default
-
-
-def _box_tuple(box: Any) -> tuple[int, int, int, int]:
-    """(y0, x0, h, w) from a 4-sequence or a Box-like object with origin and shape."""
-    if hasattr(box, "origin") and hasattr(box, "shape"):
-        origin, shape = tuple(box.origin)[-2:], tuple(box.shape)[-2:]
-        return int(origin[0]), int(origin[1]), int(shape[0]), int(shape[1])
-    y0, x0, h, w = (int(v) for v in box)
-    return y0, x0, h, w
-
-
-def _result_shape(result: Any, footprint: np.ndarray | None) -> tuple[int, int]:
-    if footprint is not None:
-        return tuple(np.shape(footprint))  # type: ignore[return-value]
-    blend = result.blend
-    for obj in (blend, getattr(blend, "observation", None)):
-        if obj is None:
-            continue
-        box = _first_attr(obj, ("box", "bbox"), None)
-        if box is not None:
-            return _box_tuple(box)[2:]
-        images = getattr(obj, "images", None)
-        if images is not None:
-            return tuple(np.shape(images)[-2:])  # type: ignore[return-value]
-    return tuple(result.models().shape[-2:])  # type: ignore[return-value]
+            mask = mask & np.any(np.asarray(weights)[:, y0 : y0 + H, x0 : x0 + W] > 0, axis=0)
+        return np.where(mask, cut, 0)[None]
 
 
 # ------------------------------------------------------------------------------------------
@@ -782,6 +655,8 @@ def save_models(path: str | Path, model_data: ModelData, overwrite: bool = True)
     h["NBANDS"] = nb
     for i, band in enumerate(md.bands):
         h[f"BAND{i + 1}"] = band
+    if md.model_psf_sigma is not None:
+        h["MPSFSIG"] = (md.model_psf_sigma, "sigma of the Gaussian model PSF (pixels)")
     h["SEDTYPE"] = sed_dtype.name
     h["MORTYPE"] = mor_dtype.name
     h["NBLENDS"] = len(blends)
@@ -868,6 +743,7 @@ def _read_hdus(hdul: Any, path: Path, warn_cls: type) -> ModelData:
         bands = tuple(str(h[f"BAND{i + 1}"]) for i in range(nb))
         sed_dtype = np.dtype(h["SEDTYPE"])
         mor_dtype = np.dtype(h["MORTYPE"])
+        sigma = h.get("MPSFSIG")
         counts = (int(h["NBLENDS"]), int(h["NSOURCES"]), int(h["NCOMPS"]))
         bt, st, ct = (hdul[n].data for n in ("BLENDS", "SOURCES", "COMPONENTS"))
         morph_data = hdul["MORPHS"].data
@@ -953,4 +829,5 @@ def _read_hdus(hdul: Any, path: Path, warn_cls: type) -> ModelData:
             isolated=bool(isolated[r]),
         )
     return ModelData(bands=bands, model_psf=model_psf, psfs=psfs, blends=blends,
+                     model_psf_sigma=None if sigma is None else float(sigma),
                      schema_version=version)

@@ -292,6 +292,8 @@ class Observation:
         Band names.
     model_psf : (hm, wm) numpy.ndarray or None
         Model PSF.
+    model_psf_sigma : float or None
+        Its sigma (None for PSF-matched data).
     noise_rms : (B,) numpy.ndarray
         Background RMS per band.
     diff_kernels : (B, hp, wp) numpy.ndarray
@@ -417,6 +419,7 @@ class Observation:
         self.weights = np.ascontiguousarray(weights, dtype=dtype)
         self.psfs = psfs.astype(dtype)
         self.model_psf = None if model_psf is None else model_psf.astype(dtype)
+        self.model_psf_sigma = None if model_psf is None else sigma
         self.noise_rms = noise.astype(dtype)
         self.origin = (0, 0)
         self._setup_kernels(kernels.astype(dtype), None)
@@ -516,6 +519,7 @@ class Observation:
         new.psfs = self.psfs
         new.bands = self.bands
         new.model_psf = self.model_psf
+        new.model_psf_sigma = self.model_psf_sigma
         new.noise_rms = self.noise_rms
         new.origin = (self.origin[0] + y0, self.origin[1] + x0)
         new._setup_kernels(self.diff_kernels, self._kernel_cache)
