@@ -214,3 +214,27 @@ def test_separable_smooth_matches_scipy(H, W, sigma, seed):
     _symmetric_cy.separable_smooth(img, _gauss_kernel(sigma), np.empty_like(img), out)
     ref = ndimage.gaussian_filter(img, sigma, mode="constant", truncate=3.5)
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12)
+
+
+def test_min_contrast_drops_bumps_on_a_profile_but_keeps_a_pair():
+    from cdeblend.detection import find_peaks
+
+    yy, xx = np.mgrid[:40, :60]
+    galaxy = 100 * np.exp(-0.5 * ((yy - 20) ** 2 + (xx - 20) ** 2) / 6.0**2)
+    # a bump on the galaxy's flank: a local maximum that barely dips towards the centre
+    bump = galaxy.copy()
+    bump[20, 28] = bump[20, 27] + 1.0
+    # a second source beyond a real valley
+    pair = galaxy + 60 * np.exp(-0.5 * ((yy - 20) ** 2 + (xx - 45) ** 2) / 2.0**2)
+    labels = np.ones(galaxy.shape, dtype=np.int64)
+    assert len(find_peaks(bump, labels, nsigma=1.0, min_separation=1)) == 2
+    kept = find_peaks(bump, labels, nsigma=1.0, min_separation=1, min_contrast=0.2)
+    assert kept.tolist() == [[20, 20]]
+    # the pair's valley by hand: the minimum of the image on the row between the peaks
+    valley = pair[20, 20:46].min()
+    contrast = 1 - valley / pair[20, 45]
+    assert contrast > 0.5
+    kept = find_peaks(pair, labels, nsigma=1.0, min_separation=1, min_contrast=0.9 * contrast)
+    assert kept.tolist() == [[20, 20], [20, 45]]
+    kept = find_peaks(pair, labels, nsigma=1.0, min_separation=1, min_contrast=1.1 * contrast)
+    assert kept.tolist() == [[20, 20]]

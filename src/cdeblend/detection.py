@@ -197,13 +197,23 @@ def find_footprints(
 
 
 def find_peaks(
-    detection: np.ndarray, labels: np.ndarray, nsigma: float = 5.0, min_separation: int = 2
+    detection: np.ndarray,
+    labels: np.ndarray,
+    nsigma: float = 5.0,
+    min_separation: int = 2,
+    min_contrast: float = 0.0,
 ) -> np.ndarray:
     """Local maxima of ``detection`` inside footprints, brightest first.
 
     A peak is a pixel above ``nsigma`` that is the maximum of the
     (2 min_separation + 1)^2 box around it; ties on a plateau keep the first pixel in
     raster order.
+
+    With ``min_contrast > 0`` a peak that is not the brightest of its footprint must also
+    stand out from the brightest: along the straight line to the nearest brighter peak of the
+    same footprint, the detection image must dip to at most ``(1 - min_contrast)`` times the
+    peak's value. This drops noise bumps on the profile of a bright galaxy, which barely dip
+    towards it, while close pairs of real sources, separated by a valley, stay.
 
     Returns
     -------
@@ -228,7 +238,30 @@ def find_peaks(
                 taken[y, x] = True
     ys, xs = ys[keep], xs[keep]
     order = np.lexsort((xs, ys, -detection[ys, xs]))
-    return np.stack([ys[order], xs[order]], axis=1).astype(np.int64)
+    peaks = np.stack([ys[order], xs[order]], axis=1).astype(np.int64)
+    if min_contrast > 0 and len(peaks) > 1:
+        peaks = peaks[_contrast_mask(detection, labels, peaks, float(min_contrast))]
+    return peaks
+
+
+def _contrast_mask(
+    detection: np.ndarray, labels: np.ndarray, peaks: np.ndarray, min_contrast: float
+) -> np.ndarray:
+    """Which peaks (sorted brightest first) pass the ``min_contrast`` rule of find_peaks."""
+    keep = np.ones(len(peaks), dtype=bool)
+    lab = labels[peaks[:, 0], peaks[:, 1]]
+    for i in range(1, len(peaks)):
+        brighter = np.flatnonzero((lab[:i] == lab[i]) & keep[:i])
+        if brighter.size == 0:
+            continue
+        d2 = ((peaks[brighter] - peaks[i]) ** 2).sum(axis=1)
+        j = brighter[int(np.argmin(d2))]
+        n = int(np.max(np.abs(peaks[j] - peaks[i]))) + 1
+        line_y = np.rint(np.linspace(peaks[i, 0], peaks[j, 0], n)).astype(np.int64)
+        line_x = np.rint(np.linspace(peaks[i, 1], peaks[j, 1], n)).astype(np.int64)
+        dip = float(detection[line_y, line_x].min())
+        keep[i] = dip <= (1.0 - min_contrast) * float(detection[peaks[i, 0], peaks[i, 1]])
+    return keep
 
 
 def group_peaks(
@@ -321,6 +354,7 @@ def detect(
     peaks: np.ndarray | None = None,
     orphans: str = "own",
     psf_fwhm: float | None = None,
+    min_contrast: float = 0.0,
 ) -> list[Parent]:
     """Find parents (footprints with their peaks) in one or several bands.
 
@@ -348,6 +382,9 @@ def detect(
     psf_fwhm : float, optional
         Without ``psf``: matched-filter with a Gaussian of this FWHM (see
         :func:`detection_image`).
+    min_contrast : float
+        Drop detected peaks that do not stand out from a brighter neighbour by this fraction
+        of their value (see :func:`find_peaks`); 0 keeps every local maximum.
 
     Returns
     -------
@@ -366,7 +403,8 @@ def detect(
     det = detection_image(images, variance, psf, psf_fwhm)
     labels, _ = find_footprints(det, nsigma=nsigma, grow=grow, min_area=min_area)
     if peaks is None:
-        pk = find_peaks(det, labels, nsigma=nsigma, min_separation=min_separation)
+        pk = find_peaks(det, labels, nsigma=nsigma, min_separation=min_separation,
+                        min_contrast=min_contrast)
         if pk.size == 0:
             return []
         return group_peaks(pk, labels, orphans="drop")
