@@ -96,6 +96,7 @@ def _demo_single_band(out: Path, bands: Sequence[str], plots: bool) -> None:
                     image, template, conserved[k],
                     path=out / f"single_{band}_child{k}.png", peak=child.peak,
                     title=f"{band} band, child {k} ({child.template_kind} template)",
+                    label=str(k),
                 )
                 plt.close(fig)
         print(f"single band {band}: {len(result.children)} children in {elapsed * 1e3:.1f} ms, "
@@ -156,6 +157,7 @@ def _demo_multi_band(out: Path, plots: bool) -> None:
             fig = plot_source_panels(
                 blend.images, models[k], total, conserved[k],
                 path=out / f"multi_source{k}.png", peak=blend.peaks[k], title=f"source {k}",
+                label=str(k),
             )
             plt.close(fig)
 
@@ -303,6 +305,7 @@ def _show_parent(observation: Observation, model_data: ModelData, pid: int, out:
         fig = plot_source_panels(
             cut, models[k], total, conserved[k], path=out / f"parent{pid}_source{k}.png",
             peak=(peak[0] - y0, peak[1] - x0), title=f"parent {pid}, source {k}",
+            label=str(k),
         )
         plt.close(fig)
         rows.append([k, int(peak[0]), int(peak[1])]

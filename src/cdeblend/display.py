@@ -130,11 +130,13 @@ def plot_panels(
     peaks: np.ndarray | None = None,
     suptitle: str | None = None,
     panel_size: float = 3.0,
+    labels: Sequence[str] | None = None,
 ) -> Figure:
     """Show a row of images (grey (H, W) or colour (H, W, 3)) side by side.
 
     Grey panels share one symmetric, asinh-like colour scale so that residuals of opposite
-    sign are visible; colour panels are shown as they are.
+    sign are visible; colour panels are shown as they are. ``peaks`` (N, 2) (y, x) are
+    marked with ``labels`` (default: their index).
     """
     plt = _pyplot()
     if len(panels) != len(titles):
@@ -154,7 +156,8 @@ def plot_panels(
             ax.imshow(panel, origin="lower", interpolation="nearest")
         if peaks is not None:
             for k, (py, px) in enumerate(np.asarray(peaks).reshape(-1, 2)):
-                ax.text(px, py, str(k), color="cyan", ha="center", va="center", fontsize=8)
+                text = str(k) if labels is None else str(labels[k])
+                ax.text(px, py, text, color="cyan", ha="center", va="center", fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -183,10 +186,11 @@ def plot_single_band_child(
     path: str | Path | None = None,
     peak: Sequence[int] | None = None,
     title: str | None = None,
+    label: str | None = None,
 ) -> Figure:
     """Panels for one single-band child: image, template, image - template, conserved image.
 
-    All arrays are (H, W) on the parent frame.
+    All arrays are (H, W) on the parent frame; the peak is marked with ``label``.
     """
     image = np.asarray(image)
     template = np.asarray(template)
@@ -198,6 +202,7 @@ def plot_single_band_child(
         path=path,
         peaks=peaks,
         suptitle=title,
+        labels=None if label is None else [label],
     )
 
 
@@ -210,6 +215,7 @@ def plot_source_panels(
     peak: Sequence[int] | None = None,
     title: str | None = None,
     channels: Sequence[int] | None = None,
+    label: str | None = None,
 ) -> Figure:
     """The seed's per-source panels for a multi-band model.
 
@@ -245,6 +251,7 @@ def plot_source_panels(
         path=path,
         peaks=peaks,
         suptitle=title,
+        labels=None if label is None else [label],
     )
 
 
