@@ -7,8 +7,10 @@ whole images and persisted models. See the README for a tour.
 """
 
 from .apportion import FlatStack, apportion_flux
+from .blend import Blend, Component, Source
 from .catalog import CatalogConfig, deblend_catalog, read_catalog, write_catalog
 from .datasets import DemoBlend, load_hsc_cosmos
+from .deblender import DeblendConfig, Deblender, DeblendResult
 from .detection import (
     Parent,
     ParentResult,
@@ -20,23 +22,32 @@ from .detection import (
     group_peaks,
 )
 from .model_data import BlendData, ComponentData, ModelData, SourceData, load_models, save_models
+from .observation import Observation
 from .single_band import Child, SingleBandConfig, SingleBandDeblender, SingleBandResult
+from .spectra import fit_seds
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Blend",
     "BlendData",
     "CatalogConfig",
     "Child",
+    "Component",
     "ComponentData",
+    "DeblendConfig",
+    "DeblendResult",
+    "Deblender",
     "DemoBlend",
     "FlatStack",
     "ModelData",
+    "Observation",
     "Parent",
     "ParentResult",
     "SingleBandConfig",
     "SingleBandDeblender",
     "SingleBandResult",
+    "Source",
     "SourceData",
     "__version__",
     "apportion_flux",
@@ -46,6 +57,7 @@ __all__ = [
     "detection_image",
     "find_footprints",
     "find_peaks",
+    "fit_seds",
     "group_peaks",
     "load_hsc_cosmos",
     "load_models",

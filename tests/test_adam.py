@@ -1,0 +1,174 @@
+"""The fused proximal ADAM kernel against a plain numpy reference of spec 3.3-3.7 and 3.9."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_monotonic_radial import reference_project
+
+from cdeblend import _adam_cy
+from cdeblend.blend import Component, PackedComponents, RadialMonotonicity
+
+B1, B2, EPS, FLOOR = 0.9, 0.999, 1e-8, 1e-20
+
+
+def random_components(rng, B, H, W, K):
+    comps = []
+    for _ in range(K):
+        h, w = int(rng.integers(1, H + 1)), int(rng.integers(1, W + 1))
+        y0, x0 = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+        py, px = y0 + int(rng.integers(0, h)), x0 + int(rng.integers(0, w))
+        morph = rng.random((h, w))
+        morph /= morph.max()
+        thresh = None if rng.random() < 0.3 else float(rng.uniform(0, 2))
+        comps.append(Component(rng.uniform(0.5, 3, B), morph, (y0, x0, h, w), (py, px), thresh))
+    return comps
+
+
+def reference_step(grad, comps, state, bg_rms, min_step, sed_step, morph_step, it, variant):
+    """One iteration on plain per-component arrays; returns new seds, morphs and bounds."""
+    out = []
+    t = it + 1
+    damp = 0.1 if it == 0 else 1.0
+    for k, c in enumerate(comps):
+        y0, x0, h, w = c.box
+        s, m = c.sed.copy(), c.morphology.copy()
+        G = grad[:, y0 : y0 + h, x0 : x0 + w].astype(np.float64)
+        gs = (G * m).sum(axis=(1, 2))
+        gm = (s[:, None, None] * G).sum(axis=0)
+        new = []
+        for x, g, step, st_ in ((s, gs, np.maximum(min_step, sed_step * s.mean()), state[k][0]),
+                                (m, gm, morph_step, state[k][1])):
+            st_["m"] = (1 - B1) * g + B1 * st_["m"]
+            st_["v"] = (1 - B2) * g * g + B2 * st_["v"]
+            if variant == 0:
+                st_["vhat"] = np.maximum(st_["vhat"], st_["v"])
+                d = st_["m"] / np.sqrt(np.maximum(st_["vhat"], EPS))
+            else:
+                d = (st_["m"] / (1 - B1**t)) / (np.sqrt(st_["v"] / (1 - B2**t)) + EPS)
+            new.append(x - damp * step * d)
+        s_new, m_new = new
+        s_new = np.where(np.isfinite(s_new) & (s_new >= FLOOR), s_new, FLOOR)
+        py, px = c.local_peak
+        m_new = reference_project(m_new, py, px)
+        if c.bg_thresh is not None:
+            tb = bg_rms * c.bg_thresh
+            below = np.all(s_new[:, None, None] * m_new[None] < tb[:, None, None], axis=0)
+            m_new[below] = 0
+        else:
+            m_new[m_new < 0] = 0
+        m_new[py, px] = max(m_new[py, px], FLOOR)
+        m_new /= m_new.max()
+        if c.bg_thresh is None:
+            bounds = (-2, -2, -2, -2)
+        else:
+            sig = np.any(s_new[:, None, None] * m_new[None] >= tb[:, None, None], axis=0)
+            ys, xs = np.nonzero(sig)
+            bounds = (ys.min(), xs.min(), ys.max(), xs.max()) if ys.size else (-1, -1, -1, -1)
+        out.append((s_new, m_new, bounds))
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(0, 2**32 - 1), st.sampled_from([0, 1]),
+       st.sampled_from([np.float32, np.float64]))
+def test_adam_prox_step_matches_reference(B, seed, variant, dtype):
+    rng = np.random.default_rng(seed)
+    H, W, K = 12, 10, int(rng.integers(1, 5))
+    comps = random_components(rng, B, H, W, K)
+    packed = PackedComponents.from_components(comps, B)
+    ref_comps = [Component(c.sed.copy(), c.morphology.copy(), c.box, c.peak, c.bg_thresh)
+                 for c in comps]
+    state = [({"m": np.zeros(B), "v": np.zeros(B), "vhat": np.zeros(B)},
+              {"m": np.zeros(c.box[2:]), "v": np.zeros(c.box[2:]), "vhat": np.zeros(c.box[2:])})
+             for c in comps]
+    sm, sv, svh = (np.zeros_like(packed.sed) for _ in range(3))
+    mm, mv, mvh = (np.zeros_like(packed.morph) for _ in range(3))
+    bg_rms = rng.uniform(0.05, 0.5, B)
+    min_step = bg_rms / 10
+    op = RadialMonotonicity(half=20)
+    bounds = np.zeros((K, 4), dtype=np.int64)
+    for it in range(3):  # a few iterations so that the moments and the /10 rule matter
+        grad = rng.normal(size=(B, H, W)).astype(dtype)
+        ref = reference_step(grad, ref_comps, state, bg_rms, min_step, 0.03, 0.01, it, variant)
+        _adam_cy.adam_prox_step(grad, packed.sed, sm, sv, svh, packed.morph, mm, mv, mvh,
+                                packed.comp, packed.bg_thresh, bg_rms, min_step, 0.03, 0.01, it,
+                                B1, B2, EPS, FLOOR, variant, True, op.dy, op.dx, op.weights,
+                                True, bounds)
+        for k, (s_new, m_new, bnd) in enumerate(ref):
+            np.testing.assert_allclose(comps[k].sed, s_new, rtol=1e-12, atol=1e-300)
+            np.testing.assert_allclose(comps[k].morphology, m_new, rtol=1e-10, atol=1e-14)
+            assert tuple(bounds[k]) == bnd
+            ref_comps[k].sed, ref_comps[k].morphology = s_new, m_new
+
+
+def test_render_and_component_gradients_match_numpy():
+    rng = np.random.default_rng(1)
+    B, H, W = 3, 15, 11
+    comps = random_components(rng, B, H, W, 4)
+    packed = PackedComponents.from_components(comps, B)
+    model = np.full((B, H, W), 7.0)  # render overwrites
+    _adam_cy.render(packed.sed, packed.morph, packed.comp, model)
+    ref = np.zeros((B, H, W))
+    for c in comps:
+        y0, x0, h, w = c.box
+        ref[:, y0 : y0 + h, x0 : x0 + w] += c.sed[:, None, None] * c.morphology
+    np.testing.assert_allclose(model, ref, rtol=1e-14)
+    grad = rng.normal(size=(B, H, W))
+    gs, gm = np.zeros_like(packed.sed), np.zeros_like(packed.morph)
+    _adam_cy.component_gradients(grad, packed.sed, packed.morph, packed.comp, gs, gm)
+    for k, c in enumerate(comps):
+        y0, x0, h, w = c.box
+        G = grad[:, y0 : y0 + h, x0 : x0 + w]
+        np.testing.assert_allclose(gs[k], (G * c.morphology).sum(axis=(1, 2)), rtol=1e-12)
+        off = packed.comp[k, 4]
+        np.testing.assert_allclose(gm[off : off + h * w].reshape(h, w),
+                                   (c.sed[:, None, None] * G).sum(axis=0), rtol=1e-12)
+
+
+def test_components_are_views_of_the_packed_buffers():
+    rng = np.random.default_rng(2)
+    comps = random_components(rng, 2, 8, 8, 3)
+    packed = PackedComponents.from_components(comps, 2)
+    packed.sed[1, 0] = 42.0
+    packed.morph[packed.comp[2, 4]] = -5.0
+    assert comps[1].sed[0] == 42.0
+    assert comps[2].morphology.ravel()[0] == -5.0
+
+
+def test_component_rejects_mismatched_morphology():
+    with pytest.raises(ValueError, match="morphology has shape"):
+        Component(np.ones(2), np.ones((3, 3)), (0, 0, 3, 4), (1, 1))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_copy_overlap_matches_numpy(seed):
+    rng = np.random.default_rng(seed)
+    K = int(rng.integers(1, 5))
+    old = random_components(rng, 1, 14, 12, K)
+    packed = PackedComponents.from_components(old, 1)
+    new_comp = np.zeros((K + 1, 7), dtype=np.int64)
+    mapping = np.zeros(K + 1, dtype=np.int64)
+    off = 0
+    for j in range(K + 1):
+        h, w = int(rng.integers(1, 15)), int(rng.integers(1, 13))
+        y0, x0 = int(rng.integers(-3, 10)), int(rng.integers(-3, 9))
+        new_comp[j, :5] = (y0, x0, h, w, off)
+        mapping[j] = int(rng.integers(-1, K))
+        off += h * w
+    dst = np.zeros(off)
+    _adam_cy.copy_overlap(packed.morph, packed.comp, dst, new_comp, mapping)
+    for j in range(K + 1):
+        y0, x0, h, w, o = new_comp[j, :5]
+        ref = np.zeros((h, w))
+        k = mapping[j]
+        if k >= 0:
+            src = old[k].morphology
+            sy, sx = old[k].box[:2]
+            for yy in range(h):
+                for xx in range(w):
+                    ys, xs = y0 + yy - sy, x0 + xx - sx
+                    if 0 <= ys < src.shape[0] and 0 <= xs < src.shape[1]:
+                        ref[yy, xx] = src[ys, xs]
+        np.testing.assert_array_equal(dst[o : o + h * w].reshape(h, w), ref)

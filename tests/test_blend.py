@@ -1,0 +1,92 @@
+"""Blend, Source, Component: model rendering, loss and the analytic gradients."""
+
+import numpy as np
+import pytest
+
+from cdeblend import Observation
+from cdeblend.blend import Blend, Component, Source, box_intersect, box_union, overlap_slices
+
+
+def gaussian_psf(size, sigma):
+    ax = np.arange(size) - size // 2
+    g = np.exp(-0.5 * (ax[:, None] ** 2 + ax[None] ** 2) / sigma**2)
+    return g / g.sum()
+
+
+def small_blend(seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    B, H, W = 3, 18, 16
+    psfs = np.stack([gaussian_psf(11, s) for s in (1.4, 1.6, 1.9)])
+    images = rng.normal(size=(B, H, W)) + 3
+    variance = rng.uniform(0.5, 2.0, size=(B, H, W))
+    obs = Observation(images.astype(dtype), variance.astype(dtype), psfs)
+    comps = []
+    for y0, x0, h, w in ((1, 2, 9, 8), (6, 5, 10, 9), (0, 0, 5, 4)):
+        morph = rng.random((h, w))
+        comps.append(Component(rng.uniform(0.5, 2, B), morph, (y0, x0, h, w),
+                               (y0 + h // 2, x0 + w // 2)))
+    sources = [Source(comps[:2], comps[0].peak, 0), Source(comps[2:], comps[2].peak, 1)]
+    return Blend(obs, sources), obs
+
+
+def test_model_is_sum_of_components():
+    blend, obs = small_blend()
+    ref = np.zeros(obs.shape)
+    for c in blend.components:
+        y0, x0, h, w = c.box
+        ref[:, y0 : y0 + h, x0 : x0 + w] += c.sed[:, None, None] * c.morphology
+    np.testing.assert_allclose(blend.model(), ref, rtol=1e-14)
+    img, box = blend.source_model(0, convolved=False)
+    assert box == box_union(blend.components[0].box, blend.components[1].box)
+    dense = np.zeros(obs.shape)
+    dense[:, box[0] : box[0] + box[2], box[1] : box[1] + box[3]] = img
+    ref0 = np.zeros(obs.shape)
+    for c in blend.sources[0].components:
+        y0, x0, h, w = c.box
+        ref0[:, y0 : y0 + h, x0 : x0 + w] += c.model()
+    np.testing.assert_allclose(dense, ref0, rtol=1e-14)
+
+
+def test_loss_matches_direct_formula():
+    blend, obs = small_blend()
+    conv = obs.convolve(blend.model())
+    ref = 0.5 * np.sum(obs.weights * (obs.images - conv) ** 2)
+    assert blend.loss() == pytest.approx(ref, rel=1e-12)
+
+
+def test_gradients_match_finite_differences():
+    blend, obs = small_blend(seed=4)
+    loss, gs, gm = blend.loss_and_gradients()
+    assert loss == pytest.approx(blend.loss(), rel=1e-12)
+    packed = blend.packed
+    rng = np.random.default_rng(1)
+    eps = 1e-6
+    for k, c in enumerate(blend.components):
+        for b in range(c.sed.size):
+            old = c.sed[b]
+            c.sed[b] = old + eps
+            lp = blend.loss()
+            c.sed[b] = old - eps
+            lm = blend.loss()
+            c.sed[b] = old
+            assert (lp - lm) / (2 * eps) == pytest.approx(gs[k, b], rel=1e-6, abs=1e-6)
+        h, w = c.morphology.shape
+        for _ in range(6):
+            y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+            old = c.morphology[y, x]
+            c.morphology[y, x] = old + eps
+            lp = blend.loss()
+            c.morphology[y, x] = old - eps
+            lm = blend.loss()
+            c.morphology[y, x] = old
+            fd = (lp - lm) / (2 * eps)
+            assert fd == pytest.approx(gm[packed.comp[k, 4] + y * w + x], rel=1e-6, abs=1e-6)
+
+
+def test_box_helpers():
+    assert box_union((0, 0, 2, 2), (3, 4, 1, 1)) == (0, 0, 4, 5)
+    assert box_intersect((0, 0, 2, 2), (3, 4, 1, 1))[2:] == (0, 0)
+    assert box_intersect((0, 0, 5, 5), (3, -1, 4, 3)) == (3, 0, 2, 2)
+    a = np.arange(25).reshape(5, 5)
+    sa, sb = overlap_slices((0, 0, 5, 5), (3, -1, 4, 3))
+    assert a[sa].shape == (2, 2) and sb == (slice(0, 2), slice(1, 3))

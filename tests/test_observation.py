@@ -1,0 +1,172 @@
+"""Observation: input validation, model PSF, difference kernels, cut-outs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cdeblend import Observation
+from cdeblend.observation import difference_kernels, integrated_gaussian_psf
+
+DATA = Path(__file__).parent / "data" / "hsc_cosmos_35.npz"
+
+
+def gaussian_psf(sigma, size=21, sub=15):
+    """Pixel-integrated Gaussian by brute-force sub-pixel sampling (independent of erfc)."""
+    off = (np.arange(size * sub) + 0.5) / sub - size / 2
+    g = np.exp(-0.5 * (off / sigma) ** 2).reshape(size, sub).sum(axis=1)
+    p = np.outer(g, g)
+    return p / p.sum()
+
+
+def make_obs_inputs(bands=3, shape=(20, 24), sigmas=(1.6, 1.9, 2.2), seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(bands, *shape)).astype(dtype)
+    variance = rng.uniform(0.5, 2.0, size=(bands, *shape)).astype(dtype)
+    psfs = np.array([gaussian_psf(s) for s in sigmas[:bands]])
+    return images, variance, psfs
+
+
+def test_model_psf_matches_subpixel_integration():
+    psf = integrated_gaussian_psf(0.8)
+    assert psf.shape == (15, 15)
+    np.testing.assert_allclose(psf.sum(), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(psf, gaussian_psf(0.8, size=15, sub=201), atol=2e-6)
+    assert 0.21 < psf[7, 7] < 0.23
+
+
+def test_defaults_and_attributes():
+    images, variance, psfs = make_obs_inputs()
+    obs = Observation(images, variance, psfs)
+    assert obs.shape == (3, 20, 24)
+    assert obs.dtype == np.float32
+    assert obs.bands == ("0", "1", "2")
+    assert obs.model_psf.shape == (15, 15)
+    assert obs.diff_kernels.shape == (3, 21, 21)
+    np.testing.assert_allclose(obs.weights, 1 / variance, rtol=1e-6)
+    np.testing.assert_allclose(obs.noise_rms, np.sqrt(variance).mean(axis=(1, 2)), rtol=1e-5)
+    obs64 = Observation(images, variance, psfs, dtype=np.float64, bands=["g", "r", "i"])
+    assert obs64.dtype == np.float64 and obs64.diff_kernels.dtype == np.float64
+    assert obs64.bands == ("g", "r", "i")
+    assert Observation(images.astype(np.float64), variance, psfs).dtype == np.float64
+
+
+def test_difference_kernel_reproduces_observed_psf():
+    # spec 7.6: K_b * P_model reproduces the observed PSF to ~1e-3 of its peak
+    with np.load(DATA) as d:
+        psfs = d["psfs"]
+    model = integrated_gaussian_psf(0.8)
+    kern = difference_kernels(psfs, model)
+    hp = psfs.shape[1]
+    for b in range(len(psfs)):
+        full = np.zeros((hp + 14, hp + 14))
+        # direct 2-D convolution of the kernel with the model PSF
+        for dy in range(15):
+            for dx in range(15):
+                full[dy:dy + hp, dx:dx + hp] += model[dy, dx] * kern[b]
+        rebuilt = full[7:7 + hp, 7:7 + hp]
+        inner = slice(8, hp - 8)
+        err = np.abs(rebuilt - psfs[b])[inner, inner].max()
+        assert err < 1e-3 * psfs[b].max()
+
+
+def test_non_finite_pixels_allowed_only_with_zero_weight():
+    images, variance, psfs = make_obs_inputs()
+    images[1, 3, 4] = np.nan
+    images[2, 5, 6] = np.inf
+    with pytest.raises(ValueError, match="images has 2 NaN or infinite"):
+        Observation(images, variance, psfs)
+    mask = np.zeros(images.shape[1:], dtype=bool)
+    mask[3, 4] = True
+    variance[2, 5, 6] = 0  # zero variance = zero weight is allowed
+    obs = Observation(images, variance, psfs, mask=mask)
+    assert obs.images[1, 3, 4] == 0 and obs.images[2, 5, 6] == 0
+    assert np.all(obs.weights[:, 3, 4] == 0) and obs.weights[2, 5, 6] == 0
+    assert np.isnan(images[1, 3, 4])  # the caller's array is not modified
+    assert np.count_nonzero(obs.weights == 0) == 4
+
+
+def test_validation_errors():
+    images, variance, psfs = make_obs_inputs()
+    with pytest.raises(ValueError, match="variance has shape"):
+        Observation(images, variance[:2], psfs)
+    with pytest.raises(ValueError, match="psfs has 2 band"):
+        Observation(images, variance, psfs[:2])
+    with pytest.raises(ValueError, match="bands has 2 name"):
+        Observation(images, variance, psfs, bands=("g", "r"))
+    with pytest.raises(ValueError, match="duplicate"):
+        Observation(images, variance, psfs, bands=("g", "r", "g"))
+    bad = variance.copy()
+    bad[0, 0, 0] = -1
+    with pytest.raises(ValueError, match="variance has 1 negative"):
+        Observation(images, bad, psfs)
+    with pytest.raises(ValueError, match="odd height and width"):
+        even = psfs[:, :-1, :-1] / psfs[:, :-1, :-1].sum((1, 2))[:, None, None]
+        Observation(images, variance, even)
+    with pytest.raises(ValueError, match=r"psfs\[1\] must be normalised"):
+        Observation(images, variance, psfs * np.array([1, 2, 1])[:, None, None])
+    with pytest.raises(TypeError, match="mask must be a boolean"):
+        Observation(images, variance, psfs, mask=np.zeros(images.shape, dtype=int))
+    with pytest.raises(ValueError, match="mask must have shape"):
+        Observation(images, variance, psfs, mask=np.zeros((5, 5), dtype=bool))
+    with pytest.raises(ValueError, match="weights has negative"):
+        Observation(images, variance, psfs, weights=-np.ones_like(images))
+    with pytest.raises(TypeError, match="dtype must be"):
+        Observation(images, variance, psfs, dtype=np.int32)
+    with pytest.raises(ValueError, match="images must have 3 dimensions"):
+        Observation(images[0], variance[0], psfs)
+    with pytest.raises(ValueError, match="noise_rms must have shape"):
+        Observation(images, variance, psfs, noise_rms=[1.0, 2.0])
+    with pytest.raises(ValueError, match="model_psf_sigma must be a positive"):
+        Observation(images, variance, psfs, model_psf_sigma=-1)
+
+
+def test_psf_narrower_than_model_is_rejected():
+    images, variance, _ = make_obs_inputs()
+    psfs = np.array([gaussian_psf(s) for s in (1.6, 0.6, 2.0)])
+    with pytest.raises(ValueError, match=r"psfs\[1\] \(band 'r'\) is narrower.*model_psf_sigma"):
+        Observation(images, variance, psfs, bands="gri")
+    # a smaller model PSF accepts the same data
+    obs = Observation(images, variance, psfs, model_psf_sigma=0.4)
+    assert obs.diff_kernels.shape == (3, 21, 21)
+    # identical observed and model PSF is fine (the kernel is a delta)
+    same = np.stack([integrated_gaussian_psf(0.8)] * 3)
+    obs = Observation(images, variance, same)
+    np.testing.assert_allclose(obs.diff_kernels[:, 7, 7], 1.0, atol=1e-5)
+    assert np.abs(obs.diff_kernels).sum() < 3 * (1 + 1e-4)
+
+
+def test_user_weights_and_noise_rms():
+    images, variance, psfs = make_obs_inputs()
+    w = np.full(images.shape, 2.0)
+    mask = np.zeros(images.shape, dtype=bool)
+    mask[0, 1, 1] = True
+    obs = Observation(images, variance, psfs, weights=w, mask=mask, noise_rms=[1, 2, 3])
+    assert obs.weights[0, 1, 1] == 0 and obs.weights[1, 1, 1] == 2
+    assert w[0, 1, 1] == 2  # caller's weights untouched
+    np.testing.assert_array_equal(obs.noise_rms, [1, 2, 3])
+
+
+def test_psf_matched_data_is_not_convolved():
+    images, variance, psfs = make_obs_inputs()
+    obs = Observation(images, variance, psfs, model_psf_sigma=None)
+    assert obs.model_psf is None
+    x = np.random.default_rng(1).normal(size=obs.shape).astype(np.float32)
+    np.testing.assert_array_equal(obs.convolve(x), x)
+
+
+def test_cutout_shares_kernels_and_noise():
+    images, variance, psfs = make_obs_inputs(shape=(30, 40))
+    obs = Observation(images, variance, psfs)
+    cut = obs.cutout((5, 7, 12, 20))
+    assert cut.shape == (3, 12, 20)
+    assert cut.origin == (5, 7)
+    np.testing.assert_array_equal(cut.images, obs.images[:, 5:17, 7:27])
+    np.testing.assert_array_equal(cut.weights, obs.weights[:, 5:17, 7:27])
+    assert cut.diff_kernels is obs.diff_kernels and cut.noise_rms is obs.noise_rms
+    cut2 = cut.cutout((1, 2, 3, 4))
+    assert cut2.origin == (6, 9)
+    cut.weights[:] = 0  # a copy: the parent is untouched
+    assert np.all(obs.weights > 0)
+    with pytest.raises(ValueError, match="inside the image"):
+        obs.cutout((25, 0, 10, 10))

@@ -1,0 +1,227 @@
+"""Least-squares SED fit against a dense numpy lstsq reference, recovery and memory bounds."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.signal import convolve2d
+
+from cdeblend import Observation, fit_seds
+from cdeblend.spectra import overlapping_pairs
+
+
+def gaussian_psfs(bands, size=11):
+    y = np.arange(size) - size // 2
+    out = []
+    for b in range(bands):
+        s = 1.4 + 0.3 * b
+        p = np.exp(-0.5 * (y[:, None] ** 2 + y[None, :] ** 2) / s**2)
+        out.append(p / p.sum())
+    return np.array(out)
+
+
+def make_obs(rng, bands, h, w, dtype=np.float64, size=11):
+    images = rng.normal(size=(bands, h, w))
+    variance = rng.uniform(0.2, 3.0, size=(bands, h, w))
+    return Observation(images, variance, gaussian_psfs(bands, size), dtype=dtype)
+
+
+def random_components(rng, k, h, w, max_size=9):
+    morphs, boxes = [], []
+    for _ in range(k):
+        bh, bw = rng.integers(1, max_size + 1, size=2)
+        y0 = int(rng.integers(-2, h - 1))
+        x0 = int(rng.integers(-2, w - 1))
+        morphs.append(rng.random((bh, bw)))
+        boxes.append((y0, x0, int(bh), int(bw)))
+    return morphs, boxes
+
+
+def dense_reference(obs, morphs, boxes, weighted=False):
+    """The reference algorithm: the full (B, K, H*W) design matrix and numpy lstsq per band."""
+    nb, h, w = obs.shape
+    a = np.zeros((nb, len(morphs), h * w))
+    for k, (m, (y0, x0, bh, bw)) in enumerate(zip(morphs, boxes, strict=True)):
+        frame = np.zeros((h, w))
+        for yy in range(bh):
+            for xx in range(bw):
+                if 0 <= y0 + yy < h and 0 <= x0 + xx < w:
+                    frame[y0 + yy, x0 + xx] = m[yy, xx]
+        for b in range(nb):
+            a[b, k] = convolve2d(frame, obs.diff_kernels[b].astype(float), mode="same").ravel()
+    seds = np.zeros((len(morphs), nb))
+    for b in range(nb):
+        d = obs.images[b].astype(float).ravel()
+        ab = a[b].T
+        if weighted:
+            sw = np.sqrt(obs.weights[b].astype(float).ravel())
+            ab, d = ab * sw[:, None], d * sw
+        seds[:, b] = np.linalg.lstsq(ab, d, rcond=None)[0]
+    return np.maximum(seds, 0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 7), weighted=st.booleans())
+def test_matches_dense_lstsq(seed, k, weighted):
+    rng = np.random.default_rng(seed)
+    obs = make_obs(rng, 3, 26, 31)
+    morphs, boxes = random_components(rng, k, 26, 31)
+    got = fit_seds(obs, morphs, boxes, weighted=weighted)
+    expect = dense_reference(obs, morphs, boxes, weighted=weighted)
+    assert got.shape == (k, 3)
+    np.testing.assert_allclose(got, expect, rtol=1e-7, atol=1e-9 * np.abs(expect).max(initial=1))
+
+
+def test_rank_deficient_gives_min_norm_solution():
+    rng = np.random.default_rng(1)
+    obs = make_obs(rng, 2, 20, 20)
+    m = rng.random((6, 6))
+    morphs = [m, m.copy(), rng.random((4, 5))]
+    boxes = [(5, 6, 6, 6), (5, 6, 6, 6), (12, 1, 4, 5)]
+    # add a bright source so the identical pair has positive SEDs
+    obs.images[:, 5:11, 6:12] += 50 * m
+    got = fit_seds(obs, morphs, boxes)
+    expect = dense_reference(obs, morphs, boxes)
+    np.testing.assert_allclose(got, expect, rtol=1e-7)
+    np.testing.assert_allclose(got[0], got[1], rtol=1e-9)  # min norm: split equally
+    assert np.all(got[0] > 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_noise_free_recovery(dtype):
+    # spec 7.11: data made from known SEDs and the true morphologies
+    rng = np.random.default_rng(2)
+    nb, h, w = 4, 40, 44
+    yy, xx = np.mgrid[:13, :13] - 6
+    morphs, boxes, seds = [], [], []
+    for _ in range(5):
+        s = rng.uniform(1.0, 2.5)
+        morphs.append(np.exp(-0.5 * (yy**2 + (xx / 1.3) ** 2) / s**2))
+        boxes.append((int(rng.integers(0, h - 13)), int(rng.integers(0, w - 13)), 13, 13))
+        seds.append(rng.uniform(1, 100, size=nb))
+    seds = np.array(seds)
+    model = np.zeros((nb, h, w))
+    for m, (y0, x0, bh, bw), s in zip(morphs, boxes, seds, strict=True):
+        model[:, y0:y0 + bh, x0:x0 + bw] += s[:, None, None] * m
+    proto = make_obs(rng, nb, h, w)
+    images = np.array(
+        [convolve2d(model[b], proto.diff_kernels[b], mode="same") for b in range(nb)]
+    )
+    obs = Observation(images.astype(dtype), np.ones((nb, h, w)), gaussian_psfs(nb))
+    got = fit_seds(obs, [m.astype(dtype) for m in morphs], boxes)
+    rtol = 1e-9 if dtype == np.float64 else 2e-3
+    np.testing.assert_allclose(got, seds, rtol=rtol)
+    # weighting does not change an exact fit
+    np.testing.assert_allclose(fit_seds(obs, morphs, boxes, weighted=True), seds, rtol=rtol)
+
+
+def test_fixed_model_is_subtracted():
+    rng = np.random.default_rng(3)
+    obs = make_obs(rng, 2, 18, 18)
+    morphs, boxes = random_components(rng, 3, 18, 18)
+    fixed = rng.random(obs.shape)
+    got = fit_seds(obs, morphs, boxes, fixed_model=fixed)
+    shifted = Observation(
+        obs.images - obs.convolve(fixed), obs.variance, obs.psfs, dtype=np.float64
+    )
+    np.testing.assert_allclose(got, dense_reference(shifted, morphs, boxes), rtol=1e-7)
+
+
+def test_overlapping_pairs_against_brute_force():
+    rng = np.random.default_rng(4)
+    boxes = np.column_stack(
+        [rng.integers(0, 100, 80), rng.integers(0, 100, 80), rng.integers(0, 20, 80),
+         rng.integers(0, 20, 80)]
+    )
+    got = {tuple(p) for p in overlapping_pairs(boxes)}
+    expect = set()
+    for k in range(80):
+        for j in range(k, 80):
+            a, b = boxes[k], boxes[j]
+            if (max(a[0], b[0]) < min(a[0] + a[2], b[0] + b[2])
+                    and max(a[1], b[1]) < min(a[1] + a[3], b[1] + b[3])):
+                expect.add((k, j))
+    assert got == expect
+    assert len(overlapping_pairs(boxes)) == len(expect)  # no duplicates
+
+
+def test_validation():
+    rng = np.random.default_rng(5)
+    obs = make_obs(rng, 2, 10, 10)
+    with pytest.raises(ValueError, match="morphologies has 1 entries but boxes has 2"):
+        fit_seds(obs, [np.ones((2, 2))], [(0, 0, 2, 2), (1, 1, 2, 2)])
+    with pytest.raises(ValueError, match=r"morphologies\[0\] has shape \(2, 3\)"):
+        fit_seds(obs, [np.ones((2, 3))], [(0, 0, 2, 2)])
+    with pytest.raises(ValueError, match=r"morphologies\[0\] must hold finite"):
+        fit_seds(obs, [np.full((2, 2), np.nan)], [(0, 0, 2, 2)])
+    with pytest.raises(TypeError, match="observation must be an Observation"):
+        fit_seds(obs.images, [np.ones((2, 2))], [(0, 0, 2, 2)])
+    # a component entirely outside the frame and an empty list
+    np.testing.assert_array_equal(fit_seds(obs, [np.ones((2, 2))], [(50, 50, 2, 2)]), 0)
+    assert fit_seds(obs, [], []).shape == (0, 2)
+
+
+def test_memory_stays_far_below_the_dense_design_matrix():
+    rng = np.random.default_rng(6)
+    nb, h, w, k = 3, 300, 300, 60
+    obs = Observation(
+        rng.normal(size=(nb, h, w)).astype(np.float32),
+        np.ones((nb, h, w), np.float32),
+        gaussian_psfs(nb, size=21),
+    )
+    morphs, boxes = random_components(rng, k, h, w, max_size=15)
+    morphs = [m.astype(np.float32) for m in morphs]
+    fit_seds(obs, morphs, boxes)  # warm caches
+    tracemalloc.start()
+    fit_seds(obs, morphs, boxes)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    dense = nb * k * h * w * 4  # the reference's float32 design matrix alone: 65 MB
+    assert peak < dense / 20
+
+
+def test_deterministic_and_block_independent():
+    rng = np.random.default_rng(7)
+    obs = make_obs(rng, 2, 60, 60, dtype=np.float32)
+    # two far-apart groups: each group's SEDs must not depend on the other group
+    morphs = [rng.random((5, 5)).astype(np.float32) for _ in range(4)]
+    boxes = [(2, 2, 5, 5), (5, 4, 5, 5), (48, 50, 5, 5), (50, 52, 5, 5)]
+    first = fit_seds(obs, morphs, boxes)
+    np.testing.assert_array_equal(first, fit_seds(obs, morphs, boxes))
+    alone = fit_seds(obs, morphs[:2], boxes[:2])
+    np.testing.assert_array_equal(first[:2], alone)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 6), weighted=st.booleans())
+def test_nnls_matches_dense_nnls(seed, k, weighted):
+    from scipy.optimize import nnls
+
+    rng = np.random.default_rng(seed)
+    obs = make_obs(rng, 2, 22, 25)
+    morphs, boxes = random_components(rng, k, 22, 25)
+    # the data are pure noise: many unconstrained SEDs are negative, so constraints bind
+    got = fit_seds(obs, morphs, boxes, weighted=weighted, solver="nnls")
+    nb, h, w = obs.shape
+    for b in range(nb):
+        cols = []
+        for m, (y0, x0, bh, bw) in zip(morphs, boxes, strict=True):
+            frame = np.zeros((h, w))
+            for yy in range(bh):
+                for xx in range(bw):
+                    if 0 <= y0 + yy < h and 0 <= x0 + xx < w:
+                        frame[y0 + yy, x0 + xx] = m[yy, xx]
+            cols.append(convolve2d(frame, obs.diff_kernels[b], mode="same").ravel())
+        a = np.array(cols).T
+        d = obs.images[b].ravel()
+        if weighted:
+            sw = np.sqrt(obs.weights[b].ravel())
+            a, d = a * sw[:, None], d * sw
+        if np.linalg.matrix_rank(a) < a.shape[1]:
+            continue  # NNLS is not unique (e.g. a component outside the frame)
+        expect = nnls(a, d)[0]
+        np.testing.assert_allclose(got[:, b], expect, rtol=1e-6, atol=1e-9 * (1 + expect.max()))
+    with pytest.raises(ValueError, match="solver must be"):
+        fit_seds(obs, morphs, boxes, solver="svd")
