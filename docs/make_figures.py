@@ -252,8 +252,15 @@ def single_band(
     header = ["source", "peak (y, x)", "template", "flux", "flags", "chi2/dof fit 1",
               "chi2/dof fit 2", "template (no monotonic)", "flux (no monotonic)"]
     fp_flux = float(np.sum(image[_footprint_slices(res)][res.footprint]))
+    # Light centroid of source 0 (11 x 11 box on its peak) against its integer peak.
+    py, px = peaks[0]
+    cut = image[py - 5 : py + 6, px - 5 : px + 6]
+    yy, xx = np.mgrid[py - 5 : py + 6, px - 5 : px + 6]
+    cy, cx = float((cut * yy).sum() / cut.sum()), float((cut * xx).sum() / cut.sum())
     lines = [
         f"### single band ({BAND} band, SingleBandConfig() and monotonic_template=False)",
+        "",
+        f"source 0: peak pixel (y, x) = ({py}, {px}), light centroid ({cy:.2f}, {cx:.2f})",
         "",
         _table(header, rows),
         "",
@@ -290,6 +297,8 @@ RUNS = {
     "e_rel=1e-4": {"e_rel": 1e-4},
     "e_rel=1e-5": {"e_rel": 1e-5},
     "e_rel=1e-5, max_iter=1000": {"e_rel": 1e-5, "max_iter": 1000},
+    # scarlet lite's own choices, without cdeblend's corrections (see DeblendConfig)
+    "reference settings": {"sed_solver": "lstsq", "keep_best": False, "rescue_faint": False},
 }
 
 
