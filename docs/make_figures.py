@@ -252,6 +252,7 @@ def single_band(
     header = ["source", "peak (y, x)", "template", "flux", "flags", "chi2/dof fit 1",
               "chi2/dof fit 2", "template (no monotonic)", "flux (no monotonic)"]
     fp_flux = float(np.sum(image[_footprint_slices(res)][res.footprint]))
+    halo = _flux_beyond(conserved[HALO_SOURCE], peaks[HALO_SOURCE])
     # Light centroid of source 0 (11 x 11 box on its peak) against its integer peak.
     py, px = peaks[0]
     cut = image[py - 5 : py + 6, px - 5 : px + 6]
@@ -261,6 +262,8 @@ def single_band(
         f"### single band ({BAND} band, SingleBandConfig() and monotonic_template=False)",
         "",
         f"source 0: peak pixel (y, x) = ({py}, {px}), light centroid ({cy:.2f}, {cx:.2f})",
+        f"source {HALO_SOURCE}: child flux beyond {HALO_RADIUS} px of its peak {halo:.1f} "
+        f"of {conserved[HALO_SOURCE].sum():.1f}",
         "",
         _table(header, rows),
         "",
@@ -280,6 +283,15 @@ def single_band(
     fast = cdb.SingleBandDeblender(cdb.SingleBandConfig())
     ms = _median_time(lambda: fast.deblend(image, variance, psf, peaks), repeat=21)
     return lines, [["single band, r band, 7 peaks", f"{ms:.1f}"]]
+
+
+HALO_SOURCE, HALO_RADIUS = 2, 5  # how far source 2's child reaches (section 4 and 7)
+
+
+def _flux_beyond(child: np.ndarray, peak: Sequence[int], radius: float = HALO_RADIUS) -> float:
+    """Flux of a (H, W) child farther than ``radius`` pixels from ``peak``."""
+    yy, xx = np.indices(child.shape)
+    return float(child[np.hypot(yy - peak[0], xx - peak[1]) > radius].sum())
 
 
 def _footprint_slices(res) -> tuple[slice, slice]:
@@ -376,6 +388,12 @@ def multi_band(
         f"pipeline defaults: {res.iterations} iterations, converged {res.converged}, "
         f"loss {res.loss:.1f}, lowest loss in the history {h.min():.1f} at iteration "
         f"{int(h.argmin())}, last relative change {rel[-1]:.2e}",
+        "loss at iterations 0, 10, 20, 30, 40: "
+        + ", ".join(f"{h[i]:.0f}" for i in (0, 10, 20, 30, 40) if i < len(h)),
+        f"pixel values with weight > 0 (all bands): {n_data}",
+        f"source {HALO_SOURCE}, r-band child flux beyond {HALO_RADIUS} px of its peak: "
+        f"{_flux_beyond(conserved[HALO_SOURCE, bands.index(BAND)], blend.peaks[HALO_SOURCE]):.1f}"
+        f" of {conserved[HALO_SOURCE, bands.index(BAND)].sum():.1f}",
         "",
         "### convergence: the same blend fitted with different stopping rules",
         "",
