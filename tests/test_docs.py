@@ -103,3 +103,26 @@ def test_tutorial_code_runs(tmp_path, monkeypatch):
     assert namespace["result"].children[3].template_kind == "monotonic"
     assert [c.template_kind for c in namespace["result"].children[4:]] == ["psf"] * 3
     assert _png_size(tmp_path / "blend_color.png")[0] > 0
+
+
+def test_source_panels_show_negative_residuals():
+    """The residual panel (used by the tutorial's figures) maps 0 to grey, so negative
+    residuals are darker than zero and positive ones brighter, in every channel."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from cdeblend.display import plot_source_panels
+
+    rng = np.random.default_rng(3)
+    images = rng.normal(0.0, 1.0, (3, 20, 20)) + 50.0 * np.exp(
+        -((np.arange(20)[:, None] - 10.0) ** 2 + (np.arange(20)[None, :] - 10.0) ** 2) / 8.0)
+    residual = np.zeros((3, 20, 20))
+    residual[:, :, :6] = rng.normal(0.0, 1.0, (3, 20, 6))  # noise: sets the scale
+    residual[:, 2, 10] = -2.0
+    residual[:, 17, 10] = +2.0
+    fig = plot_source_panels(images, images * 0.5, images - residual, images * 0.5)
+    rgb = np.asarray(fig.axes[2].images[0].get_array()).astype(int)
+    plt.close(fig)
+    zero, neg, pos = rgb[10, 15], rgb[2, 10], rgb[17, 10]
+    assert zero[0] == zero[1] == zero[2] > 0  # grey
+    assert np.all(neg < zero) and np.all(pos > zero)
