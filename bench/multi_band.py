@@ -72,9 +72,9 @@ def peak_memory(deb, obs, peaks) -> int:
     return peak
 
 
-def time_real(path: Path, repeats: int) -> dict:
+def time_real(path: Path, repeats: int, config: DeblendConfig) -> dict:
     obs, peaks, _ = load_blend(path)
-    deb = Deblender(DeblendConfig())
+    deb = Deblender(config)
     deb.deblend(obs, peaks)  # warm up (imports, caches)
     res, t = timed(deb, obs, peaks, repeats)
     return dict(n=1, **t, per_iter=t["fit"] / res.iterations, iterations=res.iterations,
@@ -82,11 +82,11 @@ def time_real(path: Path, repeats: int) -> dict:
                 converged=int(res.converged), zero_flux=0, n_bright=0)
 
 
-def run_sim(folder: Path, repeats: int, metrics) -> tuple[dict, dict]:
+def run_sim(folder: Path, repeats: int, metrics, config: DeblendConfig) -> tuple[dict, dict]:
     files = sorted(glob.glob(str(folder / "*.npz")))
     if not files:
         raise FileNotFoundError(f"no .npz files in {folder}")
-    deb = Deblender(DeblendConfig())
+    deb = Deblender(config)
     records = []
     tot = dict(time=0.0, init=0.0, fit=0.0, products=0.0, iterations=0, loss=0.0, peak_mem=0,
                converged=0, zero_flux=0, n_bright=0)
@@ -120,9 +120,16 @@ def main(argv=None) -> None:
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="the shared data folder")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per blend")
     ap.add_argument("--sets", default="real,sim_lsst,sim_hsc")
+    ap.add_argument("--reference-settings", action="store_true",
+                    help="the reference's choices: sed_solver='lstsq', keep_best=False, "
+                         "rescue_faint=False (default: DeblendConfig())")
     args = ap.parse_args(argv)
     data = Path(args.data)
+    config = (DeblendConfig(sed_solver="lstsq", keep_best=False, rescue_faint=False)
+              if args.reference_settings else DeblendConfig())
     print(f"cdeblend {cdeblend.__version__}; data from {data.resolve()}")
+    print("config: " + ("reference settings (sed_solver='lstsq', keep_best=False, "
+                        "rescue_faint=False)" if args.reference_settings else "DeblendConfig()"))
     sys.path.insert(0, str(data))
     import metrics  # the data folder's metrics.py
 
@@ -130,9 +137,9 @@ def main(argv=None) -> None:
     for name in args.sets.split(","):
         if name == "real":
             rows.append(("real hsc_cosmos_35", time_real(data / "real" / "hsc_cosmos_35.npz",
-                                                         args.repeats)))
+                                                         args.repeats, config)))
         else:
-            stats, summ = run_sim(data / name, max(1, args.repeats // 2), metrics)
+            stats, summ = run_sim(data / name, max(1, args.repeats // 2), metrics, config)
             rows.append((name, stats))
             accuracy[name] = summ
 

@@ -317,3 +317,21 @@ def test_deblend_arrays_builds_the_observation_from_the_config():
     assert wide.blend.observation.model_psf.max() < res.blend.observation.model_psf.max()
     with pytest.raises(ValueError, match="model_psf_sigma"):
         DeblendConfig(model_psf_sigma=0.0)
+
+
+def test_threads_give_the_serial_results():
+    from concurrent.futures import ThreadPoolExecutor
+
+    obs, peaks = load_real()
+    with np.load(Path(__file__).parent / "data" / "sim_lsst_blend_0008.npz") as d:
+        obs2 = Observation(d["images"], d["variance"], d["psfs"])
+        peaks2 = np.stack([d["catalog"]["y"], d["catalog"]["x"]], axis=1)
+    jobs = [(obs, peaks), (obs2, peaks2)] * 2
+    serial = [Deblender().deblend(o, p) for o, p in jobs]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        threaded = list(pool.map(lambda job: Deblender().deblend(*job), jobs))
+    for a, b in zip(serial, threaded, strict=True):
+        assert a.loss == b.loss and a.iterations == b.iterations
+        for ca, cb in zip(a.blend.components, b.blend.components, strict=True):
+            np.testing.assert_array_equal(ca.morphology, cb.morphology)
+            np.testing.assert_array_equal(ca.sed, cb.sed)
