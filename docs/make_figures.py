@@ -124,6 +124,12 @@ def _best_time(fn: Callable[[], object], repeat: int) -> float:
     return 1e3 * float(np.min(times))
 
 
+def _expect(condition: bool, message: str) -> None:
+    """Stop when the deblender no longer does what the tutorial's text says it does."""
+    if not condition:
+        raise RuntimeError(f"the tutorial's story no longer holds: {message}")
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
@@ -156,6 +162,7 @@ def blend_figures(blend: cdb.DemoBlend, out: Path, written: list[str]) -> None:
 def single_band(
     blend: cdb.DemoBlend, out: Path, written: list[str], timing: bool = True
 ) -> tuple[list[str], list]:
+    """Single-band figures (templates, PSF template, children); returns (text, timing rows)."""
     r = blend.band_index(BAND)
     image, variance, psf = blend.images[r], blend.variance[r], blend.psfs[r]
     shape = image.shape
@@ -195,7 +202,8 @@ def single_band(
         sym = stage(ck, "symmetric")
         no_mono = res_plain.templates()[k]
         final = res.templates()[k]
-        assert ck.template_kind == "monotonic" and cp.template_kind == "symmetric"
+        _expect(ck.template_kind == "monotonic" and cp.template_kind == "symmetric",
+                f"source {k} should have a monotonic (default) and a symmetric template")
         # Scale on the source's own peak so that its faint template is visible.
         vmax = float(sym.max())
         fig = _grey_panels(
@@ -209,7 +217,7 @@ def single_band(
     # --- a PSF template for a faint peak ---------------------------------------------------
     k_psf = 6
     cpsf = children[k_psf]
-    assert cpsf.template_kind == "psf"
+    _expect(cpsf.template_kind == "psf", f"source {k_psf} should get a PSF template")
     ys, xs = _window(cpsf.peak, shape, 8)
     off = (ys.start, xs.start)
     tpsf = res.templates()[k_psf]
@@ -321,6 +329,7 @@ RUNS = {
 def multi_band(
     blend: cdb.DemoBlend, out: Path, written: list[str], timing: bool = True
 ) -> tuple[list[str], list]:
+    """Multi-band figures (source panels, loss); returns (text, timing rows)."""
     obs = cdb.Observation(blend.images, blend.variance, blend.psfs, bands=blend.bands)
     results = {name: cdb.Deblender(cdb.DeblendConfig(**kw)).deblend(obs, blend.peaks)
                for name, kw in RUNS.items()}
