@@ -238,16 +238,23 @@ def plot_source_panels(
     positive = intensity[intensity > 0]
     stretch = float(np.percentile(positive, 99.5)) / 8.0 if positive.size else 1.0
     stretch = stretch if stretch > 0 else 1.0
+    # The residual has both signs: offset it so that 0 is grey and -3 sigma is black, with
+    # sigma a robust (MAD) spread of its mean intensity; on the image's stretch, negative
+    # residuals would all be black and small ones invisible.
+    residual = images - np.asarray(total_model, dtype=np.float64)
+    r_int = np.stack([residual[c] for c in channels]).mean(axis=0)
+    spread = 1.4826 * float(np.median(np.abs(r_int - np.median(r_int))))
+    level = 3.0 * spread if spread > 0 else stretch
     panels = [
         lupton_rgb(images, channels, stretch=stretch),
         lupton_rgb(model, channels, stretch=stretch),
-        lupton_rgb(images - total_model, channels, stretch=stretch),
+        lupton_rgb(residual, channels, stretch=level, minimum=-level),
         lupton_rgb(conserved, channels, stretch=stretch),
     ]
     peaks = None if peak is None else np.asarray(peak).reshape(1, 2)
     return plot_panels(
         panels,
-        ["observation", "model", "residual (all sources)", "re-apportioned"],
+        ["observation", "model", "residual (all sources; grey = 0)", "re-apportioned"],
         path=path,
         peaks=peaks,
         suptitle=title,
