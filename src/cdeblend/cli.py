@@ -91,7 +91,7 @@ def _demo_single_band(out: Path, bands: Sequence[str], plots: bool) -> None:
 
                 from .display import plot_single_band_child
 
-                template = _place(child.template, child.box, image.shape)
+                template = _place(child.template, child.template_box, image.shape)
                 fig = plot_single_band_child(
                     image, template, conserved[k],
                     path=out / f"single_{band}_child{k}.png", peak=child.peak,

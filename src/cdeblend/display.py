@@ -131,20 +131,23 @@ def plot_panels(
     suptitle: str | None = None,
     panel_size: float = 3.0,
     labels: Sequence[str] | None = None,
+    vmax: float | None = None,
 ) -> Figure:
     """Show a row of images (grey (H, W) or colour (H, W, 3)) side by side.
 
-    Grey panels share one symmetric, asinh-like colour scale so that residuals of opposite
-    sign are visible; colour panels are shown as they are. ``peaks`` (N, 2) (y, x) are
-    marked with ``labels`` (default: their index).
+    Grey panels share one symmetric, asinh-like colour scale (from ``-vmax`` to ``vmax``,
+    by default the largest absolute value) so that residuals of opposite sign are visible;
+    colour panels are shown as they are. ``peaks`` (N, 2) (y, x) are marked with ``labels``
+    (default: their index).
     """
     plt = _pyplot()
     if len(panels) != len(titles):
         raise ValueError(f"got {len(panels)} panels but {len(titles)} titles")
     fig, axes = plt.subplots(1, len(panels), figsize=(panel_size * len(panels), panel_size + 0.4))
     axes = np.atleast_1d(axes)
-    grey = [np.asarray(p) for p in panels if np.asarray(p).ndim == 2]
-    vmax = max((float(np.max(np.abs(p))) for p in grey), default=1.0) or 1.0
+    if vmax is None:
+        grey = [np.asarray(p) for p in panels if np.asarray(p).ndim == 2]
+        vmax = max((float(np.max(np.abs(p))) for p in grey), default=1.0) or 1.0
     for ax, panel, title in zip(axes, panels, titles, strict=True):
         panel = np.asarray(panel)
         if panel.ndim == 2:
@@ -203,6 +206,7 @@ def plot_single_band_child(
         peaks=peaks,
         suptitle=title,
         labels=None if label is None else [label],
+        vmax=float(max(np.abs(template).max(), np.abs(conserved).max())) or None,
     )
 
 
