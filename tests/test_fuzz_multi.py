@@ -129,3 +129,53 @@ def test_fuzz_deblend_valid_inputs_always_succeed(case, dtype):
     obs = Observation(images, variance, psfs, model_psf_sigma=sigma, dtype=dtype)
     res = Deblender(FAST).deblend(obs, peaks)
     _check_result(res, obs, len(peaks))
+
+
+@FUZZ
+@given(observations(allow_bad=False), st.data())
+def test_fuzz_observation_optional_arguments(case, data):
+    """weights, mask, noise_rms and bands in good and bad forms."""
+    images, variance, psfs, _, sigma, _ = case
+    B, H, W = np.shape(images)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    kw = {}
+    wkind = data.draw(st.sampled_from(["none", "good", "negative", "nan", "shape", "zeros"]))
+    if wkind != "none":
+        w = rng.uniform(0, 2, (B, H, W))
+        if wkind == "negative":
+            w.flat[0] = -1
+        elif wkind == "nan":
+            w.flat[0] = np.nan
+        elif wkind == "shape":
+            w = w[:, :, :-1] if W > 1 else w[:, :, :0]
+        elif wkind == "zeros":
+            w[:] = 0
+        kw["weights"] = relayout(w, data.draw(st.sampled_from(["plain", "float32", "swapped"])))
+    mkind = data.draw(st.sampled_from(["none", "2d", "3d", "int", "shape"]))
+    if mkind != "none":
+        m = rng.random((B, H, W)) < 0.3
+        kw["mask"] = {"2d": m[0], "3d": m, "int": m.astype(int), "shape": m[0].T}[mkind]
+        if mkind == "shape" and H == W:
+            kw["mask"] = m[0, :, :0]
+    nkind = data.draw(st.sampled_from(["none", "good", "negative", "nan", "shape"]))
+    if nkind != "none":
+        n = rng.uniform(0.5, 2, B)
+        kw["noise_rms"] = {"good": n, "negative": -n, "nan": n * np.nan,
+                           "shape": np.append(n, 1.0)}[nkind]
+    bkind = data.draw(st.sampled_from(["none", "good", "duplicate", "short", "string"]))
+    if bkind != "none":
+        kw["bands"] = {"good": [f"b{i}" for i in range(B)], "duplicate": ["g"] * B,
+                       "short": ["g"] * (B - 1), "string": "grizy"[:B]}[bkind]
+    bad = (wkind in ("negative", "nan", "shape") or mkind in ("int", "shape")
+           or nkind in ("negative", "nan", "shape")
+           or (bkind == "duplicate" and B > 1) or bkind == "short")
+    obs, err = outcome(lambda: Observation(images, variance, psfs, model_psf_sigma=None, **kw))
+    if err is not None:
+        assert bad, f"unexpected rejection: {err}"
+        return
+    assert not bad, f"accepted bad input: {wkind}, {mkind}, {nkind}, {bkind}"
+    _check_observation(obs, images, variance)
+    if mkind in ("2d", "3d"):
+        assert np.all(obs.weights[np.broadcast_to(kw["mask"], (B, H, W))] == 0)
+    res = Deblender(FAST).deblend(obs, case[3])
+    _check_result(res, obs, len(case[3]))
