@@ -19,6 +19,8 @@ python="${PYTHON:-python3}"
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv --system-site-packages "$venv"
 fi
+# the optional dependencies the test suite exercises (catalog I/O, progress bars, dask, plots)
+"$venv/bin/python" -m pip install --quiet astropy tqdm "dask[distributed]" matplotlib ducc0
 "$venv/bin/python" -m pip install --quiet --no-build-isolation --force-reinstall --no-deps \
   -Cbuild-dir="$repo/build/boundscheck" -Csetup-args=-Dboundscheck=true "$repo"
 
