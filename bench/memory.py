@@ -18,7 +18,6 @@ import gc
 import os
 import time
 
-
 import cdeblend
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 from fuzz_helpers import (
     BAD_PEAKS,
-    PEAK_KINDS,
     FUZZ,
     GOOD_LAYOUTS,
     LAYOUTS,
+    PEAK_KINDS,
     assert_finite,
     damage,
     outcome,
