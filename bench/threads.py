@@ -5,9 +5,13 @@ image; parents are found from the flat peak list) with ``executor="serial"`` and
 ``executor="threads"`` for each worker count, ``--repeat`` times each (the best time is
 kept, after one untimed warm-up), and prints the wall time, the CPU time of the process
 (user + system: with the GIL released the CPU time exceeds the wall time), the speed-up
-over serial and whether the catalogs are identical. It also prints the largest parents'
-share of the serial time, which bounds the speed-up (a pool cannot finish before its
-longest task).
+over serial and whether the catalogs are identical. For comparison it runs a warm
+``concurrent.futures.ProcessPoolExecutor`` of the same size (deblend_catalog accepts any
+Executor): processes share no GIL, so the gap between the two rows is the cost of the
+Python work that holds the GIL. BLAS threads (numpy's eigh in the SED fit) also compete for
+the cores: run with ``OPENBLAS_NUM_THREADS=1`` for a clean comparison. It also prints the
+largest parents' share of the serial time, which bounds the speed-up (a pool cannot finish
+before its longest task).
 
     python bench/threads.py [--data DIR] [--workers 2] [--repeat 3]
 """
@@ -49,7 +53,7 @@ def main() -> None:
           f"{os.cpu_count()} CPUs; best of {args.repeat}")
     cfg = CatalogConfig()
 
-    def run(executor: str, workers: int | None):
+    def run(executor, workers: int | None):
         best = None
         for _ in range(args.repeat):
             c0, t0 = _cpu(), time.perf_counter()
@@ -73,6 +77,18 @@ def main() -> None:
                    if np.asarray(cat_ser[n]).dtype.kind in "fiub")
         print(f"{'threads x' + str(w):<12} {t:7.3f} {c:7.3f} {c / t:8.2f} {t_ser / t:8.2f} "
               f"{'yes' if same else 'NO'}")
+    # for comparison: a warm process pool (no GIL to share; tasks are pickled to it)
+    import concurrent.futures as cf
+
+    for w in (int(v) for v in args.workers.split(",")):
+        with cf.ProcessPoolExecutor(max_workers=w) as pool:
+            deblend_catalog(obs, peaks=peaks, config=cfg, executor=pool, progress=False)
+            t, c, cat = run(pool, None)
+        same = all(np.array_equal(np.asarray(cat[n]), np.asarray(cat_ser[n]), equal_nan=True)
+                   for n in cat_ser.colnames
+                   if np.asarray(cat_ser[n]).dtype.kind in "fiub")
+        print(f"{'processes x' + str(w):<12} {t:7.3f} {c:7.3f} {c / t:8.2f} {t_ser / t:8.2f} "
+              f"{'yes' if same else 'NO'}  (cpu: parent process only)")
     # the longest parents bound the speed-up: time each parent's deblend() serially
     times: list[float] = []
 
