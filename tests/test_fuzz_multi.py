@@ -179,3 +179,42 @@ def test_fuzz_observation_optional_arguments(case, data):
         assert np.all(obs.weights[np.broadcast_to(kw["mask"], (B, H, W))] == 0)
     res = Deblender(FAST).deblend(obs, case[3])
     _check_result(res, obs, len(case[3]))
+
+
+@st.composite
+def configs(draw):
+    """DeblendConfig variants that reach the rarely used code paths."""
+    return DeblendConfig(
+        max_iter=draw(st.sampled_from([0, 1, 7, 15])),
+        min_iter=draw(st.sampled_from([0, 2])),
+        e_rel=draw(st.sampled_from([0.0, 1e-3, 0.5])),
+        resize=draw(st.sampled_from([None, 1, 3])),
+        optimizer=draw(st.sampled_from(["amsgrad", "adam"])),
+        min_snr=draw(st.sampled_from([0.0, 5.0, 50.0])),
+        max_components=draw(st.sampled_from([0, 1, 2])),
+        initial_bg_thresh=draw(st.sampled_from([0.0, 1.0, 5.0])),
+        init_thresh_units=draw(st.sampled_from(["image", "detection"])),
+        residual_init=draw(st.booleans()),
+        set_spectra=draw(st.booleans()),
+        weighted_sed_fit=draw(st.booleans()),
+        sed_solver=draw(st.sampled_from(["nnls", "lstsq"])),
+        bg_thresh=draw(st.sampled_from([None, 0.0, 1.0, 10.0])),
+        component_padding=draw(st.sampled_from([0, 5])),
+        monotonicity_size=draw(st.sampled_from([3, 101])),
+        psf_fallback_bg_thresh=draw(st.sampled_from([None, 0.25])),
+        center_flip_quirk=draw(st.booleans()),
+        keep_best=draw(st.booleans()),
+        rescue_faint=draw(st.booleans()),
+        rescue_snr=draw(st.sampled_from([0.0, 10.0])),
+    )
+
+
+@FUZZ
+@given(observations(allow_bad=False), configs())
+def test_fuzz_deblend_configurations(case, config):
+    """Every configuration deblends clean inputs into a valid, conserving result."""
+    images, variance, psfs, peaks, sigma, _ = case
+    obs = Observation(images, variance, psfs, model_psf_sigma=None if sigma is None else 0.5)
+    res = Deblender(config).deblend(obs, peaks)
+    assert res.iterations <= config.max_iter
+    _check_result(res, obs, len(peaks))
