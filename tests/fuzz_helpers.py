@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 #: Settings of every fuzz test: few examples (the suite must stay fast), no deadline.
 #: ``CDEBLEND_FUZZ_EXAMPLES=2000`` runs a longer, randomised hunt.
 _HUNT = int(os.environ.get("CDEBLEND_FUZZ_EXAMPLES", "0"))
-FUZZ = settings(max_examples=_HUNT or 40, deadline=None, derandomize=not _HUNT,
+FUZZ = settings(max_examples=_HUNT or 100, deadline=None, derandomize=not _HUNT,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 LAYOUTS = ("plain", "float32", "int32", "int64", "swapped", "swapped32", "strided", "fortran",
