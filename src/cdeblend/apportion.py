@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import _apportion_cy
+from ._validate import as_float_array
 
 __all__ = ["FlatStack", "apportion_flux"]
 
@@ -65,7 +66,9 @@ class FlatStack:
         bands = 1 if arrs[0].ndim == 2 else arrs[0].shape[0]
         for i, (a, box) in enumerate(zip(arrs, boxes, strict=True)):
             want = (bands, int(box[2]), int(box[3]))
-            if (a.shape if a.ndim == 3 else (1,) + a.shape) != want:
+            # (not a.reshape(-1, h, w): that is ambiguous, and raises, for an empty box)
+            got = a.shape if a.ndim == 3 else (1,) + a.shape if a.ndim == 2 else None
+            if got != want:
                 raise ValueError(f"array {i} has shape {a.shape}, its box needs {want}")
         flat = np.concatenate([a.astype(dtype, copy=False).ravel() for a in arrs])
         return cls(flat, boxes, bands)
@@ -100,17 +103,16 @@ def apportion_flux(
     tsum : numpy.ndarray
         (B, H, W) float64 sum of the clipped templates inside the mask.
     """
-    img = np.asarray(image)
-    if img.ndim == 2:
-        img = img[None]
-    if img.ndim != 3:
-        raise ValueError(f"image must be (B, H, W) or (H, W), got shape {np.shape(image)}")
-    if img.shape[0] != templates.bands:
-        raise ValueError(f"image has {img.shape[0]} bands, templates have {templates.bands}")
+    if not isinstance(templates, FlatStack):
+        raise TypeError(f"templates must be a FlatStack, got {type(templates).__name__}")
     dtype = templates.flat.dtype
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"templates must be float32 or float64, got {dtype}")
-    img = np.ascontiguousarray(img, dtype=dtype)
+    img = as_float_array(image, "image", (2, 3), dtype=dtype, finite=False)
+    if img.ndim == 2:
+        img = img[None]
+    if img.shape[0] != templates.bands:
+        raise ValueError(f"image has {img.shape[0]} bands, templates have {templates.bands}")
     B, H, W = img.shape
     if mask is None:
         mask_u8 = np.ones((H, W), dtype=np.uint8)
@@ -119,6 +121,12 @@ def apportion_flux(
         if mask.shape != (H, W):
             raise ValueError(f"mask has shape {mask.shape}, the image is {(H, W)}")
         mask_u8 = np.ascontiguousarray(mask != 0, dtype=np.uint8)
+    # NaN or inf would spread to every child sharing the pixel; outside the mask they are
+    # never read
+    bad = ~np.isfinite(img) & mask_u8.astype(bool)
+    if np.any(bad):
+        raise ValueError(f"image has {int(np.count_nonzero(bad))} NaN or infinite value(s) "
+                         "inside the mask; mask them (or set them to 0) first")
     flat = np.ascontiguousarray(templates.flat)
     tsum = np.zeros((B, H, W), dtype=np.float64)
     _apportion_cy.template_sum(flat, templates.offsets, templates.boxes, mask_u8, tsum)

@@ -329,6 +329,10 @@ class Observation:
             if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
                 raise TypeError(f"dtype must be numpy.float32 or numpy.float64, got {dtype}")
         images = as_float_array(images, "images", 3, dtype=dtype, finite=False)
+        if not images.flags.writeable:
+            # the kernels take the images as a (writable) typed memoryview even where they
+            # only read them (Observation.loss passes them as an unused output buffer)
+            images = images.copy()
         dtype = images.dtype
         nb, height, width = images.shape
         variance = as_float_array(variance, "variance", 3, dtype=dtype, finite=False)

@@ -988,7 +988,8 @@ class _Run:
         }
         shifted = None
         if ispsf2:
-            ddx, ddy = -a2[n1] / a2[0], -a2[n1 + 1] / a2[0]
+            with np.errstate(divide="ignore", invalid="ignore"):  # a zero PSF amplitude
+                ddx, ddy = -a2[n1] / a2[0], -a2[n1 + 1] / a2[0]  # is rejected just below
             if abs(ddx) >= 1 or abs(ddy) >= 1 or not (math.isfinite(ddx) and math.isfinite(ddy)):
                 ispsf2 = False
                 self.peak_flags[i].add("psf_fit_big_decenter")
