@@ -359,7 +359,8 @@ class _Task:
     mask: np.ndarray | None
     psfs: np.ndarray
     bands: tuple[str, ...]
-    model_psf_sigma: float
+    model_psf_sigma: float | None
+    noise_rms: np.ndarray | None = None  # the whole image's, as in the pipeline
 
 
 @dataclass
@@ -560,6 +561,7 @@ def _deblend_task(
             if task.mask is not None:
                 weights = weights * ~task.mask
             weights = weights.astype(task.images.dtype)
+            extra = {} if task.noise_rms is None else {"noise_rms": task.noise_rms}
             obs = obs_factory(
                 task.images,
                 task.variance,
@@ -567,6 +569,7 @@ def _deblend_task(
                 bands=task.bands,
                 weights=weights,
                 model_psf_sigma=task.model_psf_sigma,
+                **extra,
             )
             return _summarize_multi(deb.deblend(obs, task.peaks), task, cfg)
         res = deb.deblend(
@@ -621,7 +624,7 @@ def _materialize(task: _Task) -> _Task:
     return _Task(
         task.index, task.parent_id, task.kind, task.box, cp(task.footprint), cp(task.peaks),
         cp(task.images), cp(task.variance), cp(task.weights), cp(task.mask), task.psfs,
-        task.bands, task.model_psf_sigma,
+        task.bands, task.model_psf_sigma, task.noise_rms,
     )
 
 
@@ -873,6 +876,17 @@ def deblend_catalog(
         _default_observation_factory if observation_factory is None else observation_factory
     )
 
+    # The noise level that sets the fit's thresholds is the whole image's (spec 5.1), not
+    # each parent's cut-out's; only the package's own Observation takes it.
+    noise_rms = None
+    if kind == "multi" and observation_factory is None:
+        noise_rms = getattr(observation_or_image, "noise_rms", None)
+        if noise_rms is None:
+            noise_rms = np.array([
+                np.mean(np.sqrt(v[np.isfinite(v)].astype(np.float64))) for v in frame.variance
+            ])
+        noise_rms = np.asarray(noise_rms, dtype=np.float64)
+
     tasks: list[_Task] = []
     reasons: list[str] = []
     masked_fracs: list[float] = []
@@ -901,6 +915,7 @@ def deblend_catalog(
                 psfs=frame.psfs,
                 bands=frame.bands,
                 model_psf_sigma=frame.model_psf_sigma,
+                noise_rms=noise_rms,
             )
         )
     if tasks and deblender_factory is None:
