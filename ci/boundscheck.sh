@@ -7,22 +7,21 @@
 #   ci/boundscheck.sh            kernel tests + fuzz tests
 #   ci/boundscheck.sh --all      the whole test suite
 #
-# Environment: BOUNDSCHECK_VENV (default /tmp/venv-boundscheck) and PYTHON (default python3).
-# The venv uses --system-site-packages and --no-build-isolation so that it works offline
-# with the build requirements (meson-python, Cython, numpy) already installed; the build
-# goes to build/boundscheck (never the release build directory).
+# Environment: BOUNDSCHECK_VENV (default: a new temporary folder) and PYTHON (default python3).
+# The package is installed the README's way (pip, isolated build, the test extra) with the
+# meson option switched on; the build goes to build/boundscheck, never the release build.
+# .ci/run calls this script after the main test run.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-venv="${BOUNDSCHECK_VENV:-/tmp/venv-boundscheck}"
+venv="${BOUNDSCHECK_VENV:-$(mktemp -d)/venv-boundscheck}"
 python="${PYTHON:-python3}"
 
 if [ ! -x "$venv/bin/python" ]; then
-  "$python" -m venv --system-site-packages "$venv"
+  "$python" -m venv "$venv"
 fi
-# the optional dependencies the test suite exercises (catalog I/O, progress bars, dask, plots)
-"$venv/bin/python" -m pip install --quiet astropy tqdm "dask[distributed]" matplotlib ducc0
-"$venv/bin/python" -m pip install --quiet --no-build-isolation --force-reinstall --no-deps \
-  -Cbuild-dir="$repo/build/boundscheck" -Csetup-args=-Dboundscheck=true "$repo"
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+"$venv/bin/python" -m pip install --quiet --force-reinstall \
+  -Cbuild-dir="$repo/build/boundscheck" -Csetup-args=-Dboundscheck=true "$repo[test]"
 
 # Prove the checks are compiled in: a template row pointing past the end of the flat buffer
 # must raise IndexError (a release build would read out of bounds).
