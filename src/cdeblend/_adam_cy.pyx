@@ -125,7 +125,77 @@ def adam_prox_step(const real[:, :, ::1] grad,
     where ``any_b sed[b] * m >= bg_rms[b] * bg_thresh[k]`` after the update, or all -1 if none
     (components without a threshold get -2: they never resize).
     """
-    cdef Py_ssize_t K = comp.shape[0], B = sed.shape[1], nvisit = vdy.shape[0]
+    cdef RadialTable table
+    cdef int status
+    table.cnt = NULL
+    if monotonic:
+        with nogil:
+            status = _table_from_list(&table, &vdy[0], &vdx[0], &vw[0, 0], vdy.shape[0])
+        if status != 0:
+            raise MemoryError()
+    try:
+        _prox_step(grad, sed, sed_m, sed_v, sed_vhat, morph, morph_m, morph_v, morph_vhat, comp,
+                   bg_thresh, bg_rms, sed_min_step, sed_step, morph_step, it, b1, b2, eps,
+                   floor, variant, monotonic, &table, want_bounds, bounds)
+    finally:
+        if monotonic:
+            _table_free(&table)
+
+
+cdef class MonotonicTable:
+    """The radial monotonicity operator of a visiting list in the grid layout used by
+    :func:`fit_step` (built once per list; see ``_monotonic_radial.pxi``)."""
+
+    cdef RadialTable table
+    cdef readonly Py_ssize_t half
+
+    def __cinit__(self, const int32_t[::1] vdy, const int32_t[::1] vdx,
+                  const double[:, ::1] vw):
+        self.table.cnt = NULL
+        if vdy.shape[0] == 0 or vdx.shape[0] != vdy.shape[0] or vw.shape[0] != vdy.shape[0] \
+                or vw.shape[1] != 8:
+            raise ValueError("vdy, vdx and vw must be a non-empty visiting list")
+        if _table_from_list(&self.table, &vdy[0], &vdx[0], &vw[0, 0], vdy.shape[0]) != 0:
+            raise MemoryError()
+        self.half = self.table.half
+
+    def __dealloc__(self):
+        _table_free(&self.table)
+
+
+def fit_step(const real[:, :, ::1] grad,
+             double[:, ::1] sed, double[:, :, ::1] sed_state,
+             double[:, ::1] morph_all,
+             const int64_t[:, ::1] comp, const double[::1] bg_thresh,
+             const double[::1] bg_rms, const double[::1] sed_min_step,
+             double sed_step, double morph_step, Py_ssize_t it, double b1, double b2,
+             double eps, double floor, int variant, MonotonicTable table,
+             bint want_bounds, int64_t[:, ::1] bounds):
+    """:func:`adam_prox_step` for the fitter: the SED moments as one (3, K, B) array, the
+    morphology and its three moments as the rows of one (4, N) array, and a prebuilt
+    :class:`MonotonicTable` (None: no monotonicity). ``grad`` may be a strided view (e.g. the
+    corner of an FFT buffer)."""
+    cdef RadialTable* t = NULL
+    if table is not None:
+        t = &table.table
+    _prox_step(grad, sed, sed_state[0], sed_state[1], sed_state[2], morph_all[0],
+               morph_all[1], morph_all[2], morph_all[3], comp, bg_thresh, bg_rms,
+               sed_min_step, sed_step, morph_step, it, b1, b2, eps, floor, variant,
+               table is not None, t, want_bounds, bounds)
+
+
+cdef int _prox_step(const real[:, :, ::1] grad,
+                    double[:, ::1] sed, double[:, ::1] sed_m, double[:, ::1] sed_v,
+                    double[:, ::1] sed_vhat,
+                    double[::1] morph, double[::1] morph_m, double[::1] morph_v,
+                    double[::1] morph_vhat,
+                    const int64_t[:, ::1] comp, const double[::1] bg_thresh,
+                    const double[::1] bg_rms, const double[::1] sed_min_step,
+                    double sed_step, double morph_step, Py_ssize_t it, double b1, double b2,
+                    double eps, double floor, int variant, bint monotonic,
+                    const RadialTable* table, bint want_bounds,
+                    int64_t[:, ::1] bounds) except -1:
+    cdef Py_ssize_t K = comp.shape[0], B = sed.shape[1]
     cdef Py_ssize_t k, b, i, y, x, off, y0, x0, h, w, py, px, maxhw = 1, pk
     cdef Py_ssize_t ly0, lx0, ly1, lx1
     cdef double t = <double>(it + 1), c1, c2, mean_s, step, damp, thr, mx, v, inv
@@ -184,7 +254,7 @@ def adam_prox_step(const real[:, :, ::1] grad,
 
             # --- morphology prox chain
             if monotonic:
-                _radial_project(&morph[off], h, w, py, px, &vdy[0], &vdx[0], &vw[0, 0], nvisit)
+                _radial_project_table(&morph[off], h, w, py, px, table)
             thr = bg_thresh[k]
             for b in range(B):
                 tb[b] = bg_rms[b] * thr
@@ -249,6 +319,7 @@ def adam_prox_step(const real[:, :, ::1] grad,
                     bounds[k, 2] = ly1
                     bounds[k, 3] = lx1
     free(gs)
+    return 0
 
 
 def copy_overlap(const double[::1] src, const int64_t[:, ::1] src_comp, double[::1] dst,

@@ -136,6 +136,7 @@ class RadialMonotonicity:
     def __init__(self, half: int = 50) -> None:
         self.half = 0
         self.dy = self.dx = self.weights = None
+        self._table = None
         self.ensure(half)
 
     def ensure(self, half: int) -> None:
@@ -143,6 +144,15 @@ class RadialMonotonicity:
         if half > self.half:
             self.half = int(half)
             self.dy, self.dx, self.weights = radial_visiting_list(self.half)
+            self._table = None
+
+    @property
+    def table(self) -> _adam_cy.MonotonicTable:
+        """The operator in the grid layout of :func:`cdeblend._adam_cy.fit_step` (built on
+        first use after each growth)."""
+        if self._table is None:
+            self._table = _adam_cy.MonotonicTable(self.dy, self.dx, self.weights)
+        return self._table
 
     def ensure_covers(self, shape: tuple[int, int], peak: tuple[int, int]) -> None:
         """Make sure the grid covers an array of ``shape`` about any centre within 1 px of
