@@ -65,11 +65,18 @@ def component_gradients(const real[:, :, ::1] grad, const double[:, ::1] sed,
 
 
 def render(const double[:, ::1] sed, const double[::1] morph, const int64_t[:, ::1] comp,
-           real[:, :, ::1] model):
-    """model = sum_k sed_k (x) morph_k, each inserted at its box (model is overwritten)."""
-    cdef Py_ssize_t K = comp.shape[0], B = model.shape[0], H = model.shape[1]
-    cdef Py_ssize_t W = model.shape[2], k, b, y, x, off, y0, x0, h, w
+           real[:, :, ::1] model, Py_ssize_t H=-1, Py_ssize_t W=-1):
+    """model = sum_k sed_k (x) morph_k, each inserted at its box (model is overwritten).
+
+    With ``H, W`` >= 0 only the ``[:, :H, :W]`` corner of ``model`` is written (e.g. the
+    frame inside a zero-padded FFT buffer)."""
+    cdef Py_ssize_t K = comp.shape[0], B = model.shape[0]
+    cdef Py_ssize_t k, b, y, x, off, y0, x0, h, w
     cdef double s
+    if H < 0 or H > model.shape[1]:
+        H = model.shape[1]
+    if W < 0 or W > model.shape[2]:
+        W = model.shape[2]
     with nogil:
         for b in range(B):
             for y in range(H):
@@ -356,3 +363,63 @@ def copy_overlap(const double[::1] src, const int64_t[:, ::1] src_comp, double[:
             for y in range(ya, yb):
                 for x in range(xa, xb):
                     dst[doff + (y - dy0) * dw + (x - dx0)] = src[soff + (y - sy0) * sw + (x - sx0)]
+
+
+def copy_overlap_rows(const double[:, ::1] src, const int64_t[:, ::1] src_comp,
+                      double[:, ::1] dst, const int64_t[:, ::1] dst_comp,
+                      const int64_t[::1] mapping):
+    """:func:`copy_overlap` applied to every row of ``src`` -> ``dst`` (e.g. a morphology
+    and its ADAM moments stacked as the rows of one array), in one call."""
+    cdef Py_ssize_t r
+    for r in range(src.shape[0]):
+        copy_overlap(src[r], src_comp, dst[r], dst_comp, mapping)
+
+
+def resized_table(const int64_t[:, ::1] comp, const int64_t[:, ::1] bounds,
+                  const int64_t[:, ::1] peaks, Py_ssize_t pad, Py_ssize_t H, Py_ssize_t W,
+                  int64_t[:, ::1] out):
+    """New component table after box resizing (spec 3.9), or -1 when no box changes.
+
+    Component k's new box spans its significant pixels ``bounds[k]`` (local, inclusive, as
+    written by :func:`adam_prox_step`) plus ``pad`` on every side, clipped to the
+    ``(H, W)`` frame; with no significant pixel (-1) it is the peak grown by ``pad``;
+    components without a threshold (-2) keep their box. ``peaks`` (K, 2) are in the frame.
+    ``out`` (K, 7) receives the full table (boxes, offsets, local peaks); returns its total
+    number of pixels.
+    """
+    cdef Py_ssize_t K = comp.shape[0], k, y0, x0, y1, x1, off = 0
+    cdef bint changed = False
+    with nogil:
+        for k in range(K):
+            if bounds[k, 0] == -2:
+                y0 = comp[k, 0]
+                x0 = comp[k, 1]
+                y1 = y0 + comp[k, 2]
+                x1 = x0 + comp[k, 3]
+            else:
+                if bounds[k, 0] == -1:
+                    y0 = peaks[k, 0]
+                    x0 = peaks[k, 1]
+                    y1 = y0
+                    x1 = x0
+                else:
+                    y0 = comp[k, 0] + bounds[k, 0]
+                    x0 = comp[k, 1] + bounds[k, 1]
+                    y1 = comp[k, 0] + bounds[k, 2]
+                    x1 = comp[k, 1] + bounds[k, 3]
+                y0 = y0 - pad if y0 - pad > 0 else 0
+                x0 = x0 - pad if x0 - pad > 0 else 0
+                y1 = y1 + pad + 1 if y1 + pad + 1 < H else H
+                x1 = x1 + pad + 1 if x1 + pad + 1 < W else W
+            out[k, 0] = y0
+            out[k, 1] = x0
+            out[k, 2] = y1 - y0
+            out[k, 3] = x1 - x0
+            out[k, 4] = off
+            out[k, 5] = peaks[k, 0] - y0
+            out[k, 6] = peaks[k, 1] - x0
+            off += (y1 - y0) * (x1 - x0)
+            if (y0 != comp[k, 0] or x0 != comp[k, 1] or y1 - y0 != comp[k, 2]
+                    or x1 - x0 != comp[k, 3]):
+                changed = True
+    return off if changed else -1

@@ -725,6 +725,37 @@ class Observation:
         grad_out[...] = self._fft_full(ws, nb, True)[:, :h, :w]
         return float(loss)
 
+    def _fit_engine(self) -> tuple[np.ndarray, Any]:
+        """The per-iteration loss and gradient of the fit without copies or checks.
+
+        Returns ``(model, step)``: render the blend's model-space image into the
+        ``[:, :H, :W]`` corner of ``model`` (a C-contiguous (B, >= H, >= W) work buffer: the
+        zero-padded FFT input, whose outside must stay untouched), then ``step()`` returns
+        ``(loss, grad)`` with ``dL/dmodel`` in the ``[:, :H, :W]`` corner of the C-contiguous
+        ``grad`` (a work buffer, valid until the next call). Same math and results as
+        :meth:`loss_and_gradient`.
+        """
+        nb, h, w = self.shape
+        if self._pick_mode("auto", nb, h, w) == "real":
+            model = np.empty(self.shape, dtype=self.dtype)
+            grad = np.empty_like(model)
+
+            def step_real() -> tuple[float, np.ndarray]:
+                return self.loss_and_gradient(model, grad, mode="real"), grad
+
+            return model, step_real
+        ws = self._workspace(nb, h, w)
+        images, weights = self.images, self.weights
+        pad = ws.pad
+
+        def step_fft() -> tuple[float, np.ndarray]:
+            full = self._fft_full(ws, nb, False)
+            # the weighted residual goes straight into the zero-padded FFT input buffer
+            loss = weighted_residual(full, images, weights, pad, True)
+            return float(loss), self._fft_full(ws, nb, True)
+
+        return pad[:nb], step_fft
+
     def convolve_box(self, array: Any, box: Any, mode: str = "auto") -> tuple[np.ndarray, Box]:
         """Convolve a morphology (or cube) lying on ``box``, on that box grown by the kernel.
 
