@@ -256,3 +256,42 @@ def test_in_place_convolution(mode):
     expect = obs.convolve(x, mode=mode)
     obs.convolve(x, out=x, mode=mode)
     np.testing.assert_allclose(x, expect, rtol=1e-12, atol=1e-14)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    y0=st.integers(-4, 20),
+    x0=st.integers(-4, 20),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    zero_taps=st.booleans(),
+)
+def test_exact_box_convolution_has_the_true_zeros(seed, y0, x0, dtype, zero_taps):
+    """The products' FFT convolution: the full-frame reference values, and exactly 0 where
+    no non-zero pixel meets a non-zero tap (sparse morphologies, kernels with zero taps)."""
+    rng = np.random.default_rng(seed)
+    obs = make_obs(rng, 2, 30, 33, 9, 11, dtype=dtype)
+    if zero_taps:  # e.g. a kernel cut to a disc
+        k = obs.diff_kernels.astype(np.float64)
+        k[:, :2, :] = 0
+        k[0, :, -3:] = 0
+        obs._setup_kernels(k.astype(dtype), None)
+    obs._pick_mode = lambda *args, **kwargs: "fft"  # the small case would use the direct loop
+    h, w = 12, 10
+    arr = rng.random((2, h, w)) * (rng.random((h, w)) < 0.15)  # isolated pixels, zeros between
+    conv, grown = obs._convolve_box_exact(arr.astype(dtype), (y0, x0, h, w))
+    frame = np.zeros(obs.shape)
+    for yy in range(h):
+        for xx in range(w):
+            if 0 <= y0 + yy < 30 and 0 <= x0 + xx < 33:
+                frame[:, y0 + yy, x0 + xx] = arr[:, yy, xx]
+    kern = obs.diff_kernels.astype(np.float64)
+    full = np.array([reference_same_conv(frame[b], kern[b]) for b in range(2)])
+    support = np.array([reference_same_conv((frame[b] != 0) * 1.0, (kern[b] != 0) * 1.0) > 0.5
+                        for b in range(2)])
+    gy0, gx0, gh, gw = grown
+    sl = (slice(None), slice(gy0, gy0 + gh), slice(gx0, gx0 + gw))
+    assert conv.dtype == dtype
+    assert np.array_equal(conv == 0, ~support[sl] | (full[sl] == 0))
+    tol = 1e-12 if dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(conv, full[sl], rtol=tol, atol=tol * np.abs(full).max())

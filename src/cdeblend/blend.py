@@ -430,9 +430,9 @@ class Blend:
         box = src.box
         if not convolved:
             return img, box
-        # direct (real-space) convolution as the reference does here: the FFT leaves
-        # round-off noise where the model is zero, which would claim flux when apportioning
-        conv, cbox = self.observation.convolve_box(img, box, mode="real")
+        # exact zeros where the true convolution is zero (the reference convolves in real
+        # space here: FFT round-off there would claim flux when apportioning)
+        conv, cbox = self.observation._convolve_box_exact(img, box)
         return conv, tuple(int(v) for v in cbox)
 
     def __repr__(self) -> str:
