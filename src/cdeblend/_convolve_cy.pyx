@@ -15,6 +15,8 @@ this operation is the same call with the kernel flipped in y and x and the offse
 """
 
 cimport cython
+from libc.math cimport INFINITY, sqrt
+from libc.stdlib cimport free, malloc
 from cython cimport floating
 
 
@@ -185,3 +187,65 @@ def data_products(
                             row += <double>flat[r + x] * data[b, y, x]
                     acc += row
                 out[k, b] = acc
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def cholesky_upper(const double[:, ::1] gram, double[:, ::1] root, double[:, ::1] rhs):
+    """Cholesky factor ``gram = R^T R`` (R upper triangular, written to ``root``), then
+    ``rhs <- R^-T rhs`` (forward substitution, every column of ``rhs`` (n, m)).
+
+    Single-threaded and in a fixed order (deterministic; a threaded LAPACK on a busy machine
+    was what made the initialization of large blends slow).
+
+    Returns
+    -------
+    float
+        ``||R^-1||_F^2``, an upper bound of ``1 / lambda_min(gram)``, or -1 when ``gram`` is
+        not positive definite (``root`` and ``rhs`` are then undefined).
+    """
+    cdef Py_ssize_t n = gram.shape[0], m = rhs.shape[1], i, j, k, c
+    cdef double acc, d, total = 0.0
+    cdef double* col
+    with nogil:
+        for i in range(n):
+            for j in range(n):
+                root[i, j] = 0.0
+        for j in range(n):
+            # row j of R: R[j, j] = sqrt(G[j, j] - sum_k R[k, j]^2), R[j, i] for i > j
+            acc = gram[j, j]
+            for k in range(j):
+                acc -= root[k, j] * root[k, j]
+            if not acc > 0:
+                total = -1.0
+                break
+            d = sqrt(acc)
+            root[j, j] = d
+            for i in range(j + 1, n):
+                acc = gram[j, i]
+                for k in range(j):
+                    acc -= root[k, j] * root[k, i]
+                root[j, i] = acc / d
+    if total < 0:
+        return -1.0
+    with nogil:
+        for c in range(m):  # solve R^T y = rhs[:, c]
+            for i in range(n):
+                acc = rhs[i, c]
+                for k in range(i):
+                    acc -= root[k, i] * rhs[k, c]
+                rhs[i, c] = acc / root[i, i]
+        # ||R^-1||_F^2 column by column: R x = e_j
+        col = <double*>malloc(n * sizeof(double))
+        if col != NULL:
+            for j in range(n):
+                for i in range(j, -1, -1):
+                    acc = 1.0 if i == j else 0.0
+                    for k in range(i + 1, j + 1):
+                        acc -= root[i, k] * col[k]
+                    col[i] = acc / root[i, i]
+                    total += col[i] * col[i]
+            free(col)
+        else:
+            total = INFINITY
+    return total

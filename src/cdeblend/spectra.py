@@ -27,7 +27,7 @@ from scipy.optimize import nnls
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ._convolve_cy import data_products, gram_pairs
+from ._convolve_cy import cholesky_upper, data_products, gram_pairs
 from .observation import Observation, _as_box, _clip_box
 
 __all__ = ["fit_seds", "overlapping_pairs"]
@@ -89,19 +89,36 @@ def _min_norm_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
 def _nnls_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """Non-negative minimiser of ``x^T G x - 2 x^T r`` (i.e. of ``||A x - d||^2``).
 
-    With ``G = V L V^T`` (eigenvalues cut as in :func:`_min_norm_solve`), ``A' = L^1/2 V^T`` and
-    ``d' = L^-1/2 V^T r`` give the same objective up to a constant (``r`` lies in the range of
-    ``G``), so scipy's active-set NNLS runs on a matrix of at most ``n x n``.
+    With a Cholesky factor ``G = R^T R`` (single-threaded Cython), ``||R x - R^-T r||^2`` is
+    the same objective up to a constant, so scipy's active-set NNLS runs on a matrix of at
+    most ``n x n``. When ``G`` is
+    singular or so ill-conditioned that the eigenvalue cut of :func:`_min_norm_solve` could
+    matter (smallest eigenvalue not clearly above ``eps * n * trace(G)``), the eigen
+    decomposition is used instead: ``A' = L^1/2 V^T``, ``d' = L^-1/2 V^T r`` over the kept
+    eigenvalues (``r`` lies in the range of ``G``). The Cholesky factor costs a fraction of
+    the eigen decomposition, which (in a threaded LAPACK on a busy machine) dominated the
+    initialization of large blends.
     """
+    n = gram.shape[0]
+    if n == 1:  # one component: the clipped ratio
+        g = float(gram[0, 0])
+        return np.array([max(float(rhs[0]) / g, 0.0)]) if g > 0 else np.zeros(1)
+    cut = np.finfo(np.float64).eps * n * float(np.trace(gram))
+    root = np.empty((n, n))
+    d = np.array(rhs, dtype=np.float64).reshape(n, 1)
+    inv_norm = cholesky_upper(np.ascontiguousarray(gram, dtype=np.float64), root, d)
+    # ||R^-1||_F^-2 is a lower bound of the smallest eigenvalue
+    if 0 <= inv_norm and inv_norm * cut < 1.0:
+        return nnls(root, d[:, 0], maxiter=50 * n)[0]
     vals, vecs = np.linalg.eigh(gram)
     top = vals.max(initial=0.0)
     if top <= 0:
         return np.zeros_like(rhs)
-    keep = vals > np.finfo(np.float64).eps * gram.shape[0] * top
+    keep = vals > np.finfo(np.float64).eps * n * top
     root = np.sqrt(vals[keep])
     a = root[:, None] * vecs[:, keep].T
     d = (vecs[:, keep].T @ rhs) / root
-    return nnls(a, d, maxiter=50 * gram.shape[0])[0]
+    return nnls(a, d, maxiter=50 * n)[0]
 
 
 def fit_seds(
