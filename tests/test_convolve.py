@@ -295,3 +295,21 @@ def test_exact_box_convolution_has_the_true_zeros(seed, y0, x0, dtype, zero_taps
     assert np.array_equal(conv == 0, ~support[sl] | (full[sl] == 0))
     tol = 1e-12 if dtype == np.float64 else 1e-6
     np.testing.assert_allclose(conv, full[sl], rtol=tol, atol=tol * np.abs(full).max())
+
+
+def test_convolve_box_reuses_grid_buffers_without_stale_data():
+    """Boxes of different shapes share FFT work buffers: a tall or wide box followed by a
+    smaller one on the same grid must not see the earlier box's data."""
+    rng = np.random.default_rng(21)
+    obs = make_obs(rng, 2, 40, 44, 9, 9)
+    boxes = [(0, 0, 40, 44), (4, 4, 29, 34), (0, 0, 40, 44), (2, 3, 33, 36), (4, 4, 29, 34)]
+    grids = set()
+    for y0, x0, h, w in boxes:
+        arr = rng.random((h, w))
+        conv, (gy0, gx0, gh, gw) = obs.convolve_box(arr, (y0, x0, h, w), mode="fft")
+        grids.add(obs._fft_shape(gh, gw))
+        frame = np.zeros(obs.shape[1:])
+        frame[y0:y0 + h, x0:x0 + w] = arr
+        full = np.array([reference_same_conv(frame, obs.diff_kernels[b]) for b in range(2)])
+        np.testing.assert_allclose(conv, full[:, gy0:gy0 + gh, gx0:gx0 + gw], atol=1e-12)
+    assert len(grids) == 1  # every box used the same FFT grid (and its buffers)

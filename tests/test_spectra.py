@@ -267,3 +267,32 @@ def test_cholesky_kernel_rejects_singular_and_solver_falls_back():
 
     ref, _ = nnls(design, d)
     np.testing.assert_allclose(design @ x, design @ ref, rtol=1e-8, atol=1e-10)
+
+
+def test_overlapping_pairs_sweep_and_dense_paths_agree():
+    from cdeblend import spectra
+
+    rng = np.random.default_rng(11)
+    n = spectra._DENSE_PAIRS + 40  # the sweep path
+    boxes = np.column_stack([rng.integers(0, 300, n), rng.integers(0, 300, n),
+                             rng.integers(0, 30, n), rng.integers(0, 30, n)])
+    sweep = {tuple(p) for p in overlapping_pairs(boxes)}
+    dense = set()
+    for k in range(n):
+        for j in range(k, n):
+            a, b = boxes[k], boxes[j]
+            if (max(a[0], b[0]) < min(a[0] + a[2], b[0] + b[2])
+                    and max(a[1], b[1]) < min(a[1] + a[3], b[1] + b[3])):
+                dense.add((k, j))
+    assert sweep == dense
+    # grouping: union-find and scipy's connected components give the same partition
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    pairs = np.array(sorted(sweep))
+    ng, labels = spectra._groups(pairs, n)
+    ref_ng, ref = connected_components(
+        coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n)),
+        directed=False)
+    assert ng == ref_ng
+    assert len({(a, b) for a, b in zip(labels, ref, strict=True)}) == ng

@@ -566,14 +566,16 @@ class Observation:
         fft = _FFT_OVERHEAD + _FFT_COST * (nb_in + nb) * n * math.log2(n)
         return "real" if direct < fft else "fft"
 
-    def _workspace(self, nb_in: int, h: int, w: int) -> _Workspace:
+    def _workspace(self, nb_in: int, h: int, w: int, grid: bool = False) -> _Workspace:
+        """Work buffers for ``(nb_in, h, w)`` inputs, or with ``grid`` for the FFT grid
+        ``(h, w) = (n0, n1)`` (the caller then sets ``ws.h, ws.w`` and clears stale data)."""
         cache = getattr(self._local, "ws", None)
         if cache is None:
             cache = self._local.ws = OrderedDict()
-        key = (nb_in, h, w)
+        key = (nb_in, h, w, grid)
         ws = cache.get(key)
         if ws is None:
-            n0, n1 = self._fft_shape(h, w)
+            n0, n1 = (h, w) if grid else self._fft_shape(h, w)
             ws = _Workspace(self.shape[0], nb_in, h, w, n0, n1, self.dtype)
             cache[key] = ws
             while len(cache) > _BUFFER_CACHE_SIZE:
@@ -802,9 +804,14 @@ class Observation:
                             cy0 - gy0, cx0 - gx0)
             return out, grown
         nb_in = src.shape[0]
-        ws = self._workspace(nb_in, gh, gw)
+        # one workspace per FFT grid (many box shapes share one), re-targeted to this box
+        n0, n1 = self._fft_shape(gh, gw)
+        ws = self._workspace(nb_in, n0, n1, grid=True)
+        ws.h, ws.w = gh, gw
         pad = ws.pad[:nb_in]
-        pad[:, :gh, :gw] = 0
+        pad[:, :, :gw] = 0  # whole columns: an earlier box on this grid may have been taller
+        if ws.half is not None:
+            ws.half[:nb_in, :, gw:] = 0  # the x transform reads every column
         pad[:, cy0 - gy0:cy0 - gy0 + ch, cx0 - gx0:cx0 - gx0 + cw] = src
         out = self._fft_full(ws, nb_in, False)[:, :gh, :gw].copy()
         return out, grown

@@ -32,6 +32,11 @@ from .observation import Observation, _as_box, _clip_box
 
 __all__ = ["fit_seds", "overlapping_pairs"]
 
+#: Up to this many boxes, overlapping pairs come from one dense K x K test (cheaper than the
+#: sweep's per-box Python loop); union-find groups them below _SPARSE_GROUPS pairs.
+_DENSE_PAIRS = 128
+_SPARSE_GROUPS = 2000
+
 
 def overlapping_pairs(boxes: np.ndarray) -> np.ndarray:
     """Index pairs ``(k, l)``, ``k <= l``, of boxes that share at least one pixel.
@@ -51,6 +56,13 @@ def overlapping_pairs(boxes: np.ndarray) -> np.ndarray:
         ``(P, 2)`` int64 pairs including every ``(k, k)`` of a non-empty box.
     """
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    if len(boxes) <= _DENSE_PAIRS:  # small blends: one vectorised all-pairs test
+        y0, x0 = boxes[:, 0], boxes[:, 1]
+        y1, x1 = y0 + boxes[:, 2], x0 + boxes[:, 3]
+        hit = ((np.maximum(y0[:, None], y0[None]) < np.minimum(y1[:, None], y1[None]))
+               & (np.maximum(x0[:, None], x0[None]) < np.minimum(x1[:, None], x1[None])))
+        k, j = np.nonzero(np.triu(hit))
+        return np.stack([k, j], axis=1).astype(np.int64)
     nonempty = np.flatnonzero((boxes[:, 2] > 0) & (boxes[:, 3] > 0))
     order = nonempty[np.argsort(boxes[nonempty, 0], kind="stable")]
     y0 = boxes[order, 0]
@@ -69,6 +81,28 @@ def overlapping_pairs(boxes: np.ndarray) -> np.ndarray:
     if not out:
         return np.zeros((0, 2), dtype=np.int64)
     return np.concatenate(out)
+
+
+def _groups(pairs: np.ndarray, n: int) -> tuple[int, np.ndarray]:
+    """Connected components of the overlap graph: (number of groups, (n,) labels)."""
+    if len(pairs) > _SPARSE_GROUPS:
+        graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+        return connected_components(graph, directed=False)
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in pairs.tolist():
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    roots = np.array([root(i) for i in range(n)])
+    _, labels = np.unique(roots, return_inverse=True)
+    return int(labels.max(initial=-1)) + 1, labels.astype(np.int32)
 
 
 def _min_norm_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -221,8 +255,7 @@ def fit_seds(
     # G is block diagonal over the connected groups of overlapping boxes: solve each alone
     seds = np.zeros((nk, nb))
     if len(pairs):
-        graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(nk, nk))
-        ngroups, labels = connected_components(graph, directed=False)
+        ngroups, labels = _groups(pairs, nk)
         order = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[order], np.arange(ngroups + 1))
         pair_group = labels[pairs[:, 0]]
