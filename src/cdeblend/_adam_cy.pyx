@@ -70,29 +70,35 @@ def render(const double[:, ::1] sed, const double[::1] morph, const int64_t[:, :
 
     With ``H, W`` >= 0 only the ``[:, :H, :W]`` corner of ``model`` is written (e.g. the
     frame inside a zero-padded FFT buffer)."""
-    cdef Py_ssize_t K = comp.shape[0], B = model.shape[0]
-    cdef Py_ssize_t k, b, y, x, off, y0, x0, h, w
-    cdef double s
     if H < 0 or H > model.shape[1]:
         H = model.shape[1]
     if W < 0 or W > model.shape[2]:
         W = model.shape[2]
     with nogil:
+        _render(sed, morph, comp, model, H, W)
+
+
+cdef void _render(const double[:, ::1] sed, const double[::1] morph,
+                  const int64_t[:, ::1] comp, real[:, :, ::1] model, Py_ssize_t H,
+                  Py_ssize_t W) noexcept nogil:
+    cdef Py_ssize_t K = comp.shape[0], B = model.shape[0]
+    cdef Py_ssize_t k, b, y, x, off, y0, x0, h, w
+    cdef double s
+    for b in range(B):
+        for y in range(H):
+            for x in range(W):
+                model[b, y, x] = 0
+    for k in range(K):
+        y0 = comp[k, 0]
+        x0 = comp[k, 1]
+        h = comp[k, 2]
+        w = comp[k, 3]
+        off = comp[k, 4]
         for b in range(B):
-            for y in range(H):
-                for x in range(W):
-                    model[b, y, x] = 0
-        for k in range(K):
-            y0 = comp[k, 0]
-            x0 = comp[k, 1]
-            h = comp[k, 2]
-            w = comp[k, 3]
-            off = comp[k, 4]
-            for b in range(B):
-                s = sed[k, b]
-                for y in range(h):
-                    for x in range(w):
-                        model[b, y0 + y, x0 + x] += <real>(s * morph[off + y * w + x])
+            s = sed[k, b]
+            for y in range(h):
+                for x in range(w):
+                    model[b, y0 + y, x0 + x] += <real>(s * morph[off + y * w + x])
 
 
 cdef inline double _adam_delta(double g, double* m1, double* v, double* vhat, double b1,
@@ -106,6 +112,26 @@ cdef inline double _adam_delta(double g, double* m1, double* v, double* vhat, do
             vhat[0] = v[0]
         return m1[0] / sqrt(vhat[0] if vhat[0] > eps else eps)
     return (m1[0] / c1) / (sqrt(v[0] / c2) + eps)
+
+
+cdef inline void _amsgrad_run(double* x, double* m1,
+                              double* v, double* vhat,
+                              const double* g, Py_ssize_t n, double step,
+                              double b1, double b2, double eps) noexcept nogil:
+    """The AMSGrad branch of :func:`_adam_delta` over a contiguous run (same arithmetic,
+    written without pointers to scalars so that the compiler can vectorise it)."""
+    cdef Py_ssize_t i
+    cdef double gi, mi, vi, hi
+    for i in range(n):
+        gi = g[i]
+        mi = (1 - b1) * gi + b1 * m1[i]
+        vi = (1 - b2) * gi * gi + b2 * v[i]
+        hi = vhat[i]
+        hi = vi if vi > hi else hi
+        m1[i] = mi
+        v[i] = vi
+        vhat[i] = hi
+        x[i] -= step * (mi / sqrt(hi if hi > eps else eps))
 
 
 def adam_prox_step(const real[:, :, ::1] grad,
@@ -254,10 +280,14 @@ cdef int _prox_step(const real[:, :, ::1] grad,
 
             # --- morphology: ADAM step
             step = damp * morph_step
-            for i in range(h * w):
-                morph[off + i] -= step * _adam_delta(
-                    gm[i], &morph_m[off + i], &morph_v[off + i], &morph_vhat[off + i],
-                    b1, b2, eps, c1, c2, variant)
+            if variant == 0:
+                _amsgrad_run(&morph[off], &morph_m[off], &morph_v[off], &morph_vhat[off], gm,
+                             h * w, step, b1, b2, eps)
+            else:
+                for i in range(h * w):
+                    morph[off + i] -= step * _adam_delta(
+                        gm[i], &morph_m[off + i], &morph_v[off + i], &morph_vhat[off + i],
+                        b1, b2, eps, c1, c2, variant)
 
             # --- morphology prox chain
             if monotonic:
@@ -423,3 +453,75 @@ def resized_table(const int64_t[:, ::1] comp, const int64_t[:, ::1] bounds,
                     or x1 - x0 != comp[k, 3]):
                 changed = True
     return off if changed else -1
+
+
+cdef class FitKernel:
+    """The per-iteration kernels of the fitter with their buffers bound once.
+
+    Binding the ~15 arrays of :func:`fit_step` costs more per call than the arithmetic of a
+    small blend; here they are bound by :meth:`bind` (after every re-pack) and
+    :meth:`render` / :meth:`step` only take the model or gradient buffer.
+    """
+
+    cdef double[:, ::1] sed
+    cdef double[:, :, ::1] sed_state
+    cdef double[:, ::1] morph_all
+    cdef int64_t[:, ::1] comp
+    cdef double[::1] bg_thresh
+    cdef double[::1] bg_rms
+    cdef double[::1] min_step
+    cdef int64_t[:, ::1] bounds
+    cdef MonotonicTable table
+    cdef double sed_step, morph_step, b1, b2, eps, floor
+    cdef int variant
+
+    def __init__(self, double[::1] bg_rms, double[::1] min_step, double sed_step,
+                 double morph_step, double b1, double b2, double eps, double floor,
+                 int variant):
+        self.bg_rms = bg_rms
+        self.min_step = min_step
+        self.sed_step = sed_step
+        self.morph_step = morph_step
+        self.b1 = b1
+        self.b2 = b2
+        self.eps = eps
+        self.floor = floor
+        self.variant = variant
+
+    def bind(self, double[:, ::1] sed, double[:, :, ::1] sed_state, double[:, ::1] morph_all,
+             int64_t[:, ::1] comp, double[::1] bg_thresh, MonotonicTable table,
+             int64_t[:, ::1] bounds):
+        """Bind the parameters (layouts as in :func:`fit_step`); ``table`` None: no
+        monotonicity."""
+        if (sed_state.shape[0] != 3 or sed_state.shape[1] != sed.shape[0]
+                or sed_state.shape[2] != sed.shape[1] or morph_all.shape[0] != 4
+                or comp.shape[0] != sed.shape[0] or bg_thresh.shape[0] != sed.shape[0]
+                or bounds.shape[0] != sed.shape[0] or self.bg_rms.shape[0] != sed.shape[1]):
+            raise ValueError("inconsistent fit buffers")
+        self.sed = sed
+        self.sed_state = sed_state
+        self.morph_all = morph_all
+        self.comp = comp
+        self.bg_thresh = bg_thresh
+        self.table = table
+        self.bounds = bounds
+
+    def render(self, real[:, :, ::1] model, Py_ssize_t H, Py_ssize_t W):
+        """:func:`render` of the bound parameters into ``model[:, :H, :W]``."""
+        if H < 0 or H > model.shape[1]:
+            H = model.shape[1]
+        if W < 0 or W > model.shape[2]:
+            W = model.shape[2]
+        with nogil:
+            _render(self.sed, self.morph_all[0], self.comp, model, H, W)
+
+    def step(self, const real[:, :, ::1] grad, Py_ssize_t it, bint want_bounds):
+        """:func:`fit_step` of the bound parameters (bounds into the bound ``bounds``)."""
+        cdef RadialTable* t = NULL
+        if self.table is not None:
+            t = &self.table.table
+        _prox_step(grad, self.sed, self.sed_state[0], self.sed_state[1], self.sed_state[2],
+                   self.morph_all[0], self.morph_all[1], self.morph_all[2], self.morph_all[3],
+                   self.comp, self.bg_thresh, self.bg_rms, self.min_step, self.sed_step,
+                   self.morph_step, it, self.b1, self.b2, self.eps, self.floor, self.variant,
+                   self.table is not None, t, want_bounds, self.bounds)

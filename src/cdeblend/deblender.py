@@ -495,24 +495,26 @@ class _Fitter:
         bounds = np.empty((len(self._components), 4), dtype=np.int64)
         self._identity = np.arange(len(self._components), dtype=np.int64)
         model, loss_and_grad = obs._fit_engine()
-        render, fit_step = _adam_cy.render, _adam_cy.fit_step
         _, H, W = self.blend.shape
         keep_best, resize, history = cfg.keep_best, cfg.resize, self.history
-        table = self.mono.table
+        kernel = _adam_cy.FitKernel(self.noise, self.min_step, cfg.sed_step, cfg.morph_step,
+                                    cfg.b1, cfg.b2, cfg.eps, cfg.floor, self.variant)
+        bound = None
         while self.it < max_iter:
             p = self.blend._packed
-            render(p.sed, p.morph, p.comp, model, H, W)
+            if p is not bound:  # first iteration and after every re-pack
+                kernel.bind(p.sed, self.sed_state, self.morph_all, p.comp, p.bg_thresh,
+                            self.mono.table, bounds)
+                bound = p
+            kernel.render(model, H, W)
             loss, grad = loss_and_grad()
             history.append(loss)
             if keep_best and (self.best is None or loss < self.best[0]):
                 self.best = (loss, p.sed.copy(), p.morph.copy(), p.comp, p.bg_thresh)
             do_resize = resize is not None and self.it > 0 and self.it % resize == 0
-            fit_step(grad, p.sed, self.sed_state, self.morph_all, p.comp, p.bg_thresh,
-                     self.noise, self.min_step, cfg.sed_step, cfg.morph_step, self.it, cfg.b1,
-                     cfg.b2, cfg.eps, cfg.floor, self.variant, table, do_resize, bounds)
+            kernel.step(grad, self.it, do_resize)
             if do_resize:
                 self._resize(bounds)
-                table = self.mono.table  # grown when a box outgrew it
             self.it += 1
             if self.it > start + cfg.min_iter and len(history) > 1:
                 if abs(history[-1] - history[-2]) < cfg.e_rel * abs(history[-1]):
