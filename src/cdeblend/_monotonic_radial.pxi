@@ -119,7 +119,8 @@ cdef inline void _radial_project_table(double* m, Py_ssize_t h, Py_ssize_t w,
     neighbourhood (first maximum in row-major order). Neighbours outside the array count as 0.
     The table must cover every pixel of the array about the moved centre (the caller sizes
     it); pixels beyond the table are left unchanged."""
-    cdef Py_ssize_t y, x, ya, yb, xa, xb, r, rmax, s, q, j, side = t.side, half = t.half
+    cdef Py_ssize_t y, x, ya, yb, xa, xb, r, rmax, s, j, side = t.side, half = t.half
+    cdef Py_ssize_t up, down, back, fwd
     cdef Py_ssize_t c0 = half * side + half  # table index of offset (0, 0)
     cdef double best
     cdef bint top, bottom, left, right
@@ -152,28 +153,33 @@ cdef inline void _radial_project_table(double* m, Py_ssize_t h, Py_ssize_t w,
         bottom = cy + r < h
         left = cx - r >= 0
         right = cx + r < w
-        # the four sides without their corners, from the axes outwards (s = 0, 1, ..., r-1)
-        for s in range(r):
-            for q in range(2):
-                if q == 1 and s == 0:
-                    break
-                # q = 0: offset +s along the side, q = 1: -s
-                if right:
-                    y = cy + s if q == 0 else cy - s
-                    if 0 <= y < h:
-                        _radial_pixel(m, h, w, y, cx + r, c0 + (y - cy) * side + r, t, delta)
-                if left:
-                    y = cy + s if q == 0 else cy - s
-                    if 0 <= y < h:
-                        _radial_pixel(m, h, w, y, cx - r, c0 + (y - cy) * side - r, t, delta)
-                if bottom:
-                    x = cx + s if q == 0 else cx - s
-                    if 0 <= x < w:
-                        _radial_pixel(m, h, w, cy + r, x, c0 + r * side + (x - cx), t, delta)
-                if top:
-                    x = cx + s if q == 0 else cx - s
-                    if 0 <= x < w:
-                        _radial_pixel(m, h, w, cy - r, x, c0 - r * side + (x - cx), t, delta)
+        # the four sides without their corners: per side, the pixel on the axis (s = 0),
+        # then the chains s = 1, 2, ..., r - 1 on either side of it (each pixel depends on
+        # the previous one of its chain and on the inner ring only)
+        up = cy if cy < r - 1 else r - 1              # chain lengths, clipped to the box
+        down = h - 1 - cy if h - 1 - cy < r - 1 else r - 1
+        back = cx if cx < r - 1 else r - 1
+        fwd = w - 1 - cx if w - 1 - cx < r - 1 else r - 1
+        if right:
+            for s in range(down + 1):
+                _radial_pixel(m, h, w, cy + s, cx + r, c0 + s * side + r, t, delta)
+            for s in range(1, up + 1):
+                _radial_pixel(m, h, w, cy - s, cx + r, c0 - s * side + r, t, delta)
+        if left:
+            for s in range(down + 1):
+                _radial_pixel(m, h, w, cy + s, cx - r, c0 + s * side - r, t, delta)
+            for s in range(1, up + 1):
+                _radial_pixel(m, h, w, cy - s, cx - r, c0 - s * side - r, t, delta)
+        if bottom:
+            for s in range(fwd + 1):
+                _radial_pixel(m, h, w, cy + r, cx + s, c0 + r * side + s, t, delta)
+            for s in range(1, back + 1):
+                _radial_pixel(m, h, w, cy + r, cx - s, c0 + r * side - s, t, delta)
+        if top:
+            for s in range(fwd + 1):
+                _radial_pixel(m, h, w, cy - r, cx + s, c0 - r * side + s, t, delta)
+            for s in range(1, back + 1):
+                _radial_pixel(m, h, w, cy - r, cx - s, c0 - r * side - s, t, delta)
         # the corners last (their closer neighbours include both adjacent sides)
         if bottom and right:
             _radial_pixel(m, h, w, cy + r, cx + r, c0 + r * side + r, t, delta)
