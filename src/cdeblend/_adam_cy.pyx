@@ -525,3 +525,21 @@ cdef class FitKernel:
                    self.comp, self.bg_thresh, self.bg_rms, self.min_step, self.sed_step,
                    self.morph_step, it, self.b1, self.b2, self.eps, self.floor, self.variant,
                    self.table is not None, t, want_bounds, self.bounds)
+
+
+def monotonic_reach(const int64_t[:, ::1] comp):
+    """Largest distance (pixels, Chebyshev) from a component's peak to its box edge, plus 1
+    (the operator re-centres up to 1 px away): the half-size the monotonicity table needs."""
+    cdef Py_ssize_t K = comp.shape[0], k, need = 0, d
+    with nogil:
+        for k in range(K):
+            d = comp[k, 5]
+            if comp[k, 6] > d:
+                d = comp[k, 6]
+            if comp[k, 2] - 1 - comp[k, 5] > d:
+                d = comp[k, 2] - 1 - comp[k, 5]
+            if comp[k, 3] - 1 - comp[k, 6] > d:
+                d = comp[k, 3] - 1 - comp[k, 6]
+            if d + 1 > need:
+                need = d + 1
+    return need

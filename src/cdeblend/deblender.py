@@ -416,9 +416,7 @@ class _Fitter:
         """Grow the monotonicity operator to cover every box about its peak (+1 px)."""
         comp = self.blend._packed.comp
         if len(comp):
-            h, w, py, px = comp[:, 2], comp[:, 3], comp[:, 5], comp[:, 6]
-            need = np.max(np.maximum(np.maximum(py, px), np.maximum(h - 1 - py, w - 1 - px)))
-            self.mono.ensure(int(need) + 1)
+            self.mono.ensure(_adam_cy.monotonic_reach(comp))
 
     def repack(self, new_boxes: np.ndarray | None = None) -> None:
         """Re-pack after boxes changed (``new_boxes``: (K, 4) for the current components) or
