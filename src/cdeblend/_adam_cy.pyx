@@ -236,6 +236,7 @@ cdef int _prox_step(const real[:, :, ::1] grad,
     cdef double* gm
     cdef double* s_old
     cdef double* tb
+    cdef double* sk
     cdef bint keep
     for k in range(K):
         if comp[k, 2] * comp[k, 3] > maxhw:
@@ -295,6 +296,8 @@ cdef int _prox_step(const real[:, :, ::1] grad,
             thr = bg_thresh[k]
             for b in range(B):
                 tb[b] = bg_rms[b] * thr
+            sk = &sed[k, 0]
+            mx = 0.0  # the maximum, found in the same pass
             for i in range(h * w):
                 v = morph[off + i]
                 if not isfinite(v):
@@ -302,7 +305,7 @@ cdef int _prox_step(const real[:, :, ::1] grad,
                 elif thr >= 0:
                     keep = False
                     for b in range(B):
-                        if sed[k, b] * v >= tb[b]:
+                        if sk[b] * v >= tb[b]:
                             keep = True
                             break
                     if not keep:
@@ -310,13 +313,13 @@ cdef int _prox_step(const real[:, :, ::1] grad,
                 elif v < 0:
                     v = 0.0
                 morph[off + i] = v
+                if v > mx:
+                    mx = v
             pk = off + py * w + px
             if morph[pk] < floor:
                 morph[pk] = floor
-            mx = 0.0
-            for i in range(h * w):
-                if morph[off + i] > mx:
-                    mx = morph[off + i]
+                if floor > mx:
+                    mx = floor
             if mx > 0:
                 inv = 1.0 / mx
                 for i in range(h * w):
