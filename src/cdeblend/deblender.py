@@ -553,17 +553,17 @@ class _Fitter:
         psfs = np.asarray(obs.psfs, dtype=np.float64)
         model_psf = _model_psf(obs)
         B = residual.shape[0]
+        weighted = weights * residual
+        psfs2 = psfs * psfs
         added = 0
         for src in self.blend.sources:
             if src.is_null:
                 continue
             sl_img, sl_psf = _centered_overlap(residual.shape[1:], psfs.shape[1:], *src.peak)
-            P = psfs[(slice(None),) + sl_psf]
-            w = weights[(slice(None),) + sl_img]
-            r = residual[(slice(None),) + sl_img]
+            sl_img, sl_psf = (slice(None),) + sl_img, (slice(None),) + sl_psf
             # weighted least-squares amplitude of a point source in the residual, per band
-            pp = np.sum(w * P * P, axis=(1, 2))
-            rp = np.sum(w * r * P, axis=(1, 2))
+            pp = np.sum(weights[sl_img] * psfs2[sl_psf], axis=(1, 2))
+            rp = np.sum(weighted[sl_img] * psfs[sl_psf], axis=(1, 2))
             amp = np.divide(rp, pp, out=np.zeros(B), where=pp > 0)
             num, den = float(rp.sum()), float(pp.sum())
             snr = num / np.sqrt(den) if den > 0 else 0.0
