@@ -236,11 +236,10 @@ def fit_seds(
     offsets = np.zeros(nk, dtype=np.intp)
     offsets[1:] = np.cumsum(sizes)[:-1]
     flat = np.zeros(int(sizes.sum()), dtype=dtype)
-    # convolve in order of grown shape so each FFT size's kernel transform is computed once
-    for k in np.lexsort((grown[:, 3], grown[:, 2])):
-        if sizes[k] == 0:
-            continue
-        conv, _ = observation.convolve_box(morphs[k], box_list[k])  # on grown[k]
+    # batched by FFT grid (each grid's kernel transform is computed once)
+    todo = np.flatnonzero(sizes)
+    convs = observation._convolve_boxes([morphs[k] for k in todo], [box_list[k] for k in todo])
+    for k, (conv, _) in zip(todo, convs, strict=True):  # conv lies on grown[k]
         flat[offsets[k]:offsets[k] + sizes[k]] = conv.ravel()
 
     pairs = overlapping_pairs(grown).astype(np.intp)
