@@ -821,8 +821,9 @@ class Observation:
                         chunk: int = 32) -> list[tuple[np.ndarray, Box]]:
         """:meth:`convolve_box` of many 2-D morphologies (mode "auto"), batched.
 
-        Morphologies whose grown boxes share an FFT grid are transformed together, a chunk
-        at a time: one call per FFT stage for the whole chunk instead of one per morphology
+        Morphologies whose grown boxes share an FFT grid (any grid at least half the frame's
+        counts as the frame's; a larger grid is still alias-free) are transformed together, a
+        chunk at a time: one call per FFT stage for the whole chunk instead of one per morphology
         (the calls, not the arithmetic, dominated for the SED fit of small blends). Each
         result equals :meth:`convolve_box`'s up to floating-point round-off.
         """
@@ -830,6 +831,7 @@ class Observation:
         ry, rx = self.kernel_radius
         out: list = [None] * len(arrays)
         grids: dict[tuple[int, int], list] = {}
+        frame_grid = self._fft_shape(height, width)
         for i, (array, box) in enumerate(zip(arrays, boxes, strict=True)):
             y0, x0, h, w = _as_box(box)
             arr = self._check_model(array, "array", allow_2d=True)
@@ -841,8 +843,10 @@ class Observation:
                 out[i] = self.convolve_box(array, box)
                 continue
             src = arr[0, cy0 - y0:cy0 - y0 + ch, cx0 - x0:cx0 - x0 + cw]
-            grids.setdefault(self._fft_shape(gh, gw), []).append(
-                (i, src, cy0 - gy0, cx0 - gx0, grown))
+            grid = self._fft_shape(gh, gw)
+            if 2 * grid[0] * grid[1] >= frame_grid[0] * frame_grid[1]:
+                grid = frame_grid  # nearly the frame's: share the frame's grid (fewer batches)
+            grids.setdefault(grid, []).append((i, src, cy0 - gy0, cx0 - gx0, grown))
         for (n0, n1), items in grids.items():
             fk = self._kernel_cache.get(n0, n1, False)
             for start in range(0, len(items), chunk):
