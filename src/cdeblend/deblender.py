@@ -508,7 +508,13 @@ class _Fitter:
             loss, grad = loss_and_grad()
             history.append(loss)
             if keep_best and (self.best is None or loss < self.best[0]):
-                self.best = (loss, p.sed.copy(), p.morph.copy(), p.comp, p.bg_thresh)
+                b = self.best
+                if b is not None and b[2].shape == p.morph.shape and b[1].shape == p.sed.shape:
+                    np.copyto(b[1], p.sed)  # reuse the buffers of the previous best
+                    np.copyto(b[2], p.morph)
+                    self.best = (loss, b[1], b[2], p.comp, p.bg_thresh)
+                else:
+                    self.best = (loss, p.sed.copy(), p.morph.copy(), p.comp, p.bg_thresh)
             do_resize = resize is not None and self.it > 0 and self.it % resize == 0
             kernel.step(grad, self.it, do_resize)
             if do_resize:
