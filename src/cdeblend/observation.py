@@ -818,7 +818,7 @@ class Observation:
 
 
     def _convolve_boxes(self, arrays: Sequence[Any], boxes: Sequence[Any],
-                        chunk: int = 32) -> list[tuple[np.ndarray, Box]]:
+                        chunk: int = 8) -> list[tuple[np.ndarray, Box]]:
         """:meth:`convolve_box` of many 2-D morphologies (mode "auto"), batched.
 
         Morphologies whose grown boxes share an FFT grid (any grid at least half the frame's
