@@ -172,3 +172,96 @@ def test_copy_overlap_matches_numpy(seed):
                     if 0 <= ys < src.shape[0] and 0 <= xs < src.shape[1]:
                         ref[yy, xx] = src[ys, xs]
         np.testing.assert_array_equal(dst[o : o + h * w].reshape(h, w), ref)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([np.float32, np.float64]))
+def test_fit_kernel_equals_adam_prox_step(seed, dtype):
+    """The fitter's bound kernel (stacked buffers, prebuilt table) gives adam_prox_step's
+    result bit for bit, and renders what render() renders into a padded buffer's corner."""
+    rng = np.random.default_rng(seed)
+    B, H, W, K = 3, 13, 11, int(rng.integers(1, 5))
+    comps = random_components(rng, B, H, W, K)
+    a = PackedComponents.from_components(comps, B)
+    sed_b = a.sed.copy()
+    sed_state = np.zeros((3,) + a.sed.shape)
+    morph_all = np.zeros((4, a.morph.size))
+    morph_all[0] = a.morph
+    sm, sv, svh = (np.zeros_like(a.sed) for _ in range(3))
+    mm, mv, mvh = (np.zeros_like(a.morph) for _ in range(3))
+    bg_rms = rng.uniform(0.05, 0.5, B)
+    op = RadialMonotonicity(half=20)
+    b_ref, b_new = (np.zeros((K, 4), dtype=np.int64) for _ in range(2))
+    kern = _adam_cy.FitKernel(bg_rms, bg_rms / 10, 0.03, 0.01, B1, B2, EPS, FLOOR, 0)
+    kern.bind(sed_b, sed_state, morph_all, a.comp, a.bg_thresh, op.table, b_new)
+    for it in range(3):
+        grad = rng.normal(size=(B, H, W)).astype(dtype)
+        padded = np.zeros((B, H + 4, W + 3), dtype=dtype)  # the gradient may be a bigger buffer
+        padded[:, :H, :W] = grad
+        _adam_cy.adam_prox_step(grad, a.sed, sm, sv, svh, a.morph, mm, mv, mvh, a.comp,
+                                a.bg_thresh, bg_rms, bg_rms / 10, 0.03, 0.01, it, B1, B2, EPS,
+                                FLOOR, 0, True, op.dy, op.dx, op.weights, True, b_ref)
+        kern.step(padded, it, True)
+        assert np.array_equal(sed_b, a.sed) and np.array_equal(morph_all[0], a.morph)
+        assert np.array_equal(morph_all[1:], np.stack([mm, mv, mvh]))
+        assert np.array_equal(sed_state, np.stack([sm, sv, svh]))
+        assert np.array_equal(b_new, b_ref)
+    model = np.full((B, H + 2, W + 5), 9.0, dtype=dtype)
+    kern.render(model, H, W)
+    ref = np.zeros((B, H, W), dtype=dtype)
+    _adam_cy.render(a.sed, a.morph, a.comp, ref)
+    assert np.array_equal(model[:, :H, :W], ref)
+    assert np.all(model[:, H:] == 9.0) and np.all(model[:, :, W:] == 9.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_resized_table_and_reach_match_numpy(seed):
+    rng = np.random.default_rng(seed)
+    H, W, K, pad = 20, 17, int(rng.integers(1, 6)), int(rng.integers(0, 4))
+    packed = PackedComponents.from_components(random_components(rng, 1, H, W, K), 1)
+    comp = packed.comp
+    peaks = comp[:, :2] + comp[:, 5:]
+    bounds = np.zeros((K, 4), dtype=np.int64)
+    for k in range(K):
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            bounds[k] = -2
+        elif kind == 1:
+            bounds[k] = -1
+        else:
+            y = np.sort(rng.integers(0, comp[k, 2], 2))
+            x = np.sort(rng.integers(0, comp[k, 3], 2))
+            bounds[k] = (y[0], x[0], y[1], x[1])
+    out = np.zeros_like(comp)
+    size = _adam_cy.resized_table(comp, bounds, peaks, pad, H, W, out)
+    ref = comp.copy()
+    for k in range(K):
+        if bounds[k, 0] == -2:
+            continue
+        if bounds[k, 0] == -1:
+            y0, x0, y1, x1 = peaks[k, 0], peaks[k, 1], peaks[k, 0], peaks[k, 1]
+        else:
+            y0, x0 = comp[k, 0] + bounds[k, 0], comp[k, 1] + bounds[k, 1]
+            y1, x1 = comp[k, 0] + bounds[k, 2], comp[k, 1] + bounds[k, 3]
+        y0, x0 = max(y0 - pad, 0), max(x0 - pad, 0)
+        y1, x1 = min(y1 + pad + 1, H), min(x1 + pad + 1, W)
+        ref[k, :4] = (y0, x0, y1 - y0, x1 - x0)
+    changed = np.any(ref[:, :4] != comp[:, :4])
+    sizes = ref[:, 2] * ref[:, 3]
+    assert size == (int(sizes.sum()) if changed else -1)
+    if changed:
+        ref[:, 4] = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        ref[:, 5:] = peaks - ref[:, :2]
+        assert np.array_equal(out, ref)
+    reach = max(max(c[5], c[6], c[2] - 1 - c[5], c[3] - 1 - c[6]) for c in comp) + 1
+    assert _adam_cy.monotonic_reach(comp) == reach
+    # and re-gridding every row at once equals copy_overlap row by row
+    if changed:
+        src = rng.random((4, packed.morph.size))
+        dst = np.zeros((4, size))
+        _adam_cy.copy_overlap_rows(src, comp, dst, out, np.arange(K, dtype=np.int64))
+        for r in range(4):
+            one = np.zeros(size)
+            _adam_cy.copy_overlap(src[r], comp, one, out, np.arange(K, dtype=np.int64))
+            assert np.array_equal(dst[r], one)

@@ -225,3 +225,74 @@ def test_nnls_matches_dense_nnls(seed, k, weighted):
         np.testing.assert_allclose(got[:, b], expect, rtol=1e-6, atol=1e-9 * (1 + expect.max()))
     with pytest.raises(ValueError, match="solver must be"):
         fit_seds(obs, morphs, boxes, solver="svd")
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 30))
+def test_cholesky_kernel_matches_numpy(seed, n):
+    from cdeblend._convolve_cy import cholesky_upper
+
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(n + 3, n))
+    gram = a.T @ a
+    rhs = rng.normal(size=(n, 2))
+    root = np.empty((n, n))
+    y = rhs.copy()
+    inv_norm = cholesky_upper(gram, root, y)
+    ref = np.linalg.cholesky(gram).T  # upper factor, G = R^T R
+    np.testing.assert_allclose(root, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
+    np.testing.assert_allclose(y, np.linalg.solve(ref.T, rhs), rtol=1e-7, atol=1e-9)
+    inv = np.linalg.inv(ref)
+    assert inv_norm == pytest.approx(np.sum(inv * inv), rel=1e-7)
+    # the bound it gives: 1 / ||R^-1||_F^2 <= smallest eigenvalue
+    assert 1.0 / inv_norm <= np.linalg.eigvalsh(gram).min() * (1 + 1e-9)
+
+
+def test_cholesky_kernel_rejects_singular_and_solver_falls_back():
+    from cdeblend._convolve_cy import cholesky_upper
+
+    from cdeblend.spectra import _nnls_solve
+
+    assert cholesky_upper(np.array([[1.0, 1.0], [1.0, 1.0]]), np.empty((2, 2)),
+                          np.ones((2, 1))) == -1
+    rng = np.random.default_rng(3)
+    a = rng.random((20, 2))
+    design = np.column_stack([a[:, 0], a[:, 1], a[:, 0]])  # components 0 and 2 identical
+    d = design @ np.array([1.0, 2.0, 1.0]) + 0.01 * rng.normal(size=20)
+    x = _nnls_solve(design.T @ design, design.T @ d)
+    assert np.all(x >= 0)
+    # the fit is as good as the dense NNLS of the design matrix (the split between the
+    # identical components is not unique, the model is)
+    from scipy.optimize import nnls
+
+    ref, _ = nnls(design, d)
+    np.testing.assert_allclose(design @ x, design @ ref, rtol=1e-8, atol=1e-10)
+
+
+def test_overlapping_pairs_sweep_and_dense_paths_agree():
+    from cdeblend import spectra
+
+    rng = np.random.default_rng(11)
+    n = spectra._DENSE_PAIRS + 40  # the sweep path
+    boxes = np.column_stack([rng.integers(0, 300, n), rng.integers(0, 300, n),
+                             rng.integers(0, 30, n), rng.integers(0, 30, n)])
+    sweep = {tuple(p) for p in overlapping_pairs(boxes)}
+    dense = set()
+    for k in range(n):
+        for j in range(k, n):
+            a, b = boxes[k], boxes[j]
+            if (max(a[0], b[0]) < min(a[0] + a[2], b[0] + b[2])
+                    and max(a[1], b[1]) < min(a[1] + a[3], b[1] + b[3])):
+                dense.add((k, j))
+    assert sweep == dense
+    # grouping: union-find and scipy's connected components give the same partition
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    pairs = np.array(sorted(sweep))
+    ng, labels = spectra._groups(pairs, n)
+    ref_ng, ref = connected_components(
+        coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n)),
+        directed=False)
+    assert ng == ref_ng
+    assert len({(a, b) for a, b in zip(labels, ref, strict=True)}) == ng

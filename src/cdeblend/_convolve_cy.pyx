@@ -15,6 +15,8 @@ this operation is the same call with the kernel flipped in y and x and the offse
 """
 
 cimport cython
+from libc.math cimport INFINITY, sqrt
+from libc.stdlib cimport free, malloc
 from cython cimport floating
 
 
@@ -68,6 +70,13 @@ def convolve_direct(
                             out[b, y, x] += v * src[bs, yin, x - sx]
 
 
+cdef inline double _wsq(floating d, floating w) noexcept nogil:
+    """d * (w * d) with the product w * d rounded to the working precision first (the
+    stored residual), then the multiplication in double."""
+    cdef floating r = w * d
+    return <double>d * <double>r
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def weighted_residual(
@@ -85,20 +94,54 @@ def weighted_residual(
     """
     cdef Py_ssize_t nb = images.shape[0], H = images.shape[1], W = images.shape[2]
     cdef Py_ssize_t b, y, x
-    cdef double total = 0.0, row
+    cdef double total = 0.0, s0, s1, s2, s3
     cdef floating d, r
+    cdef const floating* mc
+    cdef const floating* im
+    cdef const floating* wt
+    cdef floating* rs
     with nogil:
         for b in range(nb):
             for y in range(H):
-                row = 0.0
-                for x in range(W):
-                    d = model_conv[b, y, x] - images[b, y, x]
-                    r = weights[b, y, x] * d
-                    if store:
-                        residual[b, y, x] = r
-                    row += <double>d * <double>r
-                total += row
+                mc = &model_conv[b, y, 0]
+                im = &images[b, y, 0]
+                wt = &weights[b, y, 0]
+                rs = &residual[b, y, 0]
+                if store:
+                    for x in range(W):
+                        rs[x] = wt[x] * (mc[x] - im[x])
+                # four interleaved partial sums per row: a fixed order (deterministic) that
+                # the compiler can vectorise
+                s0 = s1 = s2 = s3 = 0.0
+                x = 0
+                while x + 4 <= W:
+                    s0 += _wsq(mc[x] - im[x], wt[x])
+                    s1 += _wsq(mc[x + 1] - im[x + 1], wt[x + 1])
+                    s2 += _wsq(mc[x + 2] - im[x + 2], wt[x + 2])
+                    s3 += _wsq(mc[x + 3] - im[x + 3], wt[x + 3])
+                    x += 4
+                while x < W:
+                    s0 += _wsq(mc[x] - im[x], wt[x])
+                    x += 1
+                total += (s0 + s1) + (s2 + s3)
     return 0.5 * total
+
+
+cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
+    """sum a[i] b[i] in double, in four interleaved partial sums (a fixed order, so the
+    result is deterministic, and one the compiler can vectorise)."""
+    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
+    cdef Py_ssize_t i = 0
+    while i + 4 <= n:
+        s0 += <double>a[i] * <double>b[i]
+        s1 += <double>a[i + 1] * <double>b[i + 1]
+        s2 += <double>a[i + 2] * <double>b[i + 2]
+        s3 += <double>a[i + 3] * <double>b[i + 3]
+        i += 4
+    while i < n:
+        s0 += <double>a[i] * <double>b[i]
+        i += 1
+    return (s0 + s1) + (s2 + s3)
 
 
 @cython.boundscheck(False)
@@ -140,13 +183,12 @@ def gram_pairs(
                 for y in range(ya, yb):
                     rk = offsets[k] + (b * hk + y - boxes[k, 0]) * wk - boxes[k, 1]
                     rl = offsets[l] + (b * hl + y - boxes[l, 0]) * wl - boxes[l, 1]
-                    row = 0.0
                     if weighted:
+                        row = 0.0
                         for x in range(xa, xb):
                             row += <double>flat[rk + x] * flat[rl + x] * weights[b, y, x]
                     else:
-                        for x in range(xa, xb):
-                            row += <double>flat[rk + x] * flat[rl + x]
+                        row = _dot(&flat[rk + xa], &flat[rl + xa], xb - xa)
                     acc += row
                 out[p, b] = acc
 
@@ -176,12 +218,73 @@ def data_products(
                 acc = 0.0
                 for y in range(y0, y0 + h):
                     r = offsets[k] + (b * h + y - y0) * w - x0
-                    row = 0.0
                     if weighted:
+                        row = 0.0
                         for x in range(x0, x0 + w):
                             row += <double>flat[r + x] * data[b, y, x] * weights[b, y, x]
                     else:
-                        for x in range(x0, x0 + w):
-                            row += <double>flat[r + x] * data[b, y, x]
+                        row = _dot(&flat[r + x0], &data[b, y, x0], w)
                     acc += row
                 out[k, b] = acc
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def cholesky_upper(const double[:, ::1] gram, double[:, ::1] root, double[:, ::1] rhs):
+    """Cholesky factor ``gram = R^T R`` (R upper triangular, written to ``root``), then
+    ``rhs <- R^-T rhs`` (forward substitution, every column of ``rhs`` (n, m)).
+
+    Single-threaded and in a fixed order (deterministic; a threaded LAPACK on a busy machine
+    was what made the initialization of large blends slow).
+
+    Returns
+    -------
+    float
+        ``||R^-1||_F^2``, an upper bound of ``1 / lambda_min(gram)``, or -1 when ``gram`` is
+        not positive definite (``root`` and ``rhs`` are then undefined).
+    """
+    cdef Py_ssize_t n = gram.shape[0], m = rhs.shape[1], i, j, k, c
+    cdef double acc, d, total = 0.0
+    cdef double* col
+    with nogil:
+        for i in range(n):
+            for j in range(n):
+                root[i, j] = 0.0
+        for j in range(n):
+            # row j of R: R[j, j] = sqrt(G[j, j] - sum_k R[k, j]^2), R[j, i] for i > j
+            acc = gram[j, j]
+            for k in range(j):
+                acc -= root[k, j] * root[k, j]
+            if not acc > 0:
+                total = -1.0
+                break
+            d = sqrt(acc)
+            root[j, j] = d
+            for i in range(j + 1, n):
+                acc = gram[j, i]
+                for k in range(j):
+                    acc -= root[k, j] * root[k, i]
+                root[j, i] = acc / d
+    if total < 0:
+        return -1.0
+    with nogil:
+        for c in range(m):  # solve R^T y = rhs[:, c]
+            for i in range(n):
+                acc = rhs[i, c]
+                for k in range(i):
+                    acc -= root[k, i] * rhs[k, c]
+                rhs[i, c] = acc / root[i, i]
+        # ||R^-1||_F^2 column by column: R x = e_j
+        col = <double*>malloc(n * sizeof(double))
+        if col != NULL:
+            for j in range(n):
+                for i in range(j, -1, -1):
+                    acc = 1.0 if i == j else 0.0
+                    for k in range(i + 1, j + 1):
+                        acc -= root[i, k] * col[k]
+                    col[i] = acc / root[i, i]
+                    total += col[i] * col[i]
+            free(col)
+        else:
+            total = INFINITY
+    return total

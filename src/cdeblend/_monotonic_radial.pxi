@@ -13,20 +13,120 @@
 # depend on each other and any order among them gives the same result.
 
 from libc.math cimport INFINITY
-from libc.stdint cimport int32_t
+from libc.stdint cimport int8_t, int32_t
+from libc.stdlib cimport free, malloc
 
 
-cdef inline void _radial_project(double* m, Py_ssize_t h, Py_ssize_t w,
-                                 Py_ssize_t cy, Py_ssize_t cx,
-                                 const int32_t* vdy, const int32_t* vdx,
+# The projection itself runs on a *grid table*: for every offset (dy, dx) of the square grid
+# of half-size ``half`` (index ``(dy + half) * (2 half + 1) + dx + half``) the count (at most
+# 4) of its strictly closer neighbours with non-zero weight and, in the visiting list's
+# neighbour order, their offsets and weights. Only these are read per pixel (instead of 8
+# weights and 8 bounds tests), and the pixels are visited ring by ring in the component's
+# own box instead of walking the whole distance-sorted list (which mostly falls outside
+# an off-centre box). The result is bit-identical: every pixel still takes
+# ``min(value, sum of weight * final value of its closer neighbours)`` with the sum in the
+# same order, and a pixel's closer neighbours always come earlier in the ring order (they
+# lie in an inner Chebyshev ring or nearer the axis on the same side of the same ring).
+# neighbour k of the visiting list's order: (-1,-1), (-1,0), (-1,1), (0,-1), (0,1), (1,-1), ...
+cdef Py_ssize_t[8] _NOY
+cdef Py_ssize_t[8] _NOX
+_NOY[:] = [-1, -1, -1, 0, 0, 1, 1, 1]
+_NOX[:] = [-1, 0, 1, -1, 1, -1, 0, 1]
+
+
+cdef struct RadialTable:
+    Py_ssize_t half
+    Py_ssize_t side
+    uint8_t* cnt     # (side * side,)
+    int8_t* code     # (side * side, 4) neighbour codes k (offset (_NOY[k], _NOX[k]))
+    double* nw       # (side * side, 4)
+
+
+cdef inline int _table_from_list(RadialTable* t, const int32_t* vdy, const int32_t* vdx,
                                  const double* vw, Py_ssize_t nvisit) noexcept nogil:
+    """Fill ``t`` (allocating its arrays) from a visiting list; returns -1 when out of memory."""
+    cdef Py_ssize_t i, k, g, c, half = 0, n
+    for i in range(nvisit):
+        if vdy[i] > half:
+            half = vdy[i]
+        if -vdy[i] > half:
+            half = -vdy[i]
+        if vdx[i] > half:
+            half = vdx[i]
+        if -vdx[i] > half:
+            half = -vdx[i]
+    t.half = half
+    t.side = 2 * half + 1
+    n = t.side * t.side
+    t.cnt = <uint8_t*>malloc(n * sizeof(uint8_t))
+    t.code = <int8_t*>malloc(4 * n * sizeof(int8_t))
+    t.nw = <double*>malloc(4 * n * sizeof(double))
+    if t.cnt == NULL or t.code == NULL or t.nw == NULL:
+        _table_free(t)
+        return -1
+    for g in range(n):
+        t.cnt[g] = 0
+    for i in range(nvisit):
+        g = (vdy[i] + half) * t.side + vdx[i] + half
+        c = 0
+        for k in range(8):
+            if vw[8 * i + k] != 0.0 and c < 4:
+                t.code[4 * g + c] = <int8_t>k
+                t.nw[4 * g + c] = vw[8 * i + k]
+                c += 1
+        t.cnt[g] = <uint8_t>c
+    return 0
+
+
+cdef inline void _table_free(RadialTable* t) noexcept nogil:
+    free(t.cnt)
+    free(t.code)
+    free(t.nw)
+    t.cnt = NULL
+    t.code = NULL
+    t.nw = NULL
+
+
+cdef inline void _radial_pixel(double* m, Py_ssize_t h, Py_ssize_t w, Py_ssize_t y,
+                               Py_ssize_t x, Py_ssize_t g, const RadialTable* t,
+                               const Py_ssize_t* delta) noexcept nogil:
+    """m[y, x] = min(m[y, x], weighted sum of its closer neighbours) (table entry g).
+
+    ``delta[k]`` is the flat offset of neighbour code k; pixels off the array's edge skip the
+    bounds tests of their neighbours."""
+    cdef Py_ssize_t j, yy, xx, c = t.cnt[g], p = y * w + x
+    cdef double ref = 0.0
+    cdef const int8_t* code = t.code + 4 * g
+    cdef const double* nw = t.nw + 4 * g
+    if 0 < y < h - 1 and 0 < x < w - 1:
+        for j in range(c):
+            ref += nw[j] * m[p + delta[code[j]]]
+    else:
+        for j in range(c):
+            yy = y + _NOY[code[j]]
+            xx = x + _NOX[code[j]]
+            if 0 <= yy < h and 0 <= xx < w:
+                ref += nw[j] * m[p + delta[code[j]]]
+    if ref < m[p]:
+        m[p] = ref
+
+
+cdef inline void _radial_project_table(double* m, Py_ssize_t h, Py_ssize_t w,
+                                       Py_ssize_t cy, Py_ssize_t cx,
+                                       const RadialTable* t) noexcept nogil:
     """Project the (h, w) morphology ``m`` (C order) onto radially monotonic arrays about
     (cy, cx), in place. The centre is first moved to the brightest pixel of its 3 x 3
     neighbourhood (first maximum in row-major order). Neighbours outside the array count as 0.
-    The visiting list must cover every pixel of the array (the caller sizes it)."""
-    cdef Py_ssize_t y, x, yy, xx, i, k, oy, ox, ya, yb, xa, xb, count, total
-    cdef double best, ref, v
-    cdef const double* wt
+    The table must cover every pixel of the array about the moved centre (the caller sizes
+    it); pixels beyond the table are left unchanged."""
+    cdef Py_ssize_t y, x, ya, yb, xa, xb, r, rmax, s, j, side = t.side, half = t.half
+    cdef Py_ssize_t up, down, back, fwd
+    cdef Py_ssize_t c0 = half * side + half  # table index of offset (0, 0)
+    cdef double best
+    cdef bint top, bottom, left, right
+    cdef Py_ssize_t[8] delta
+    for j in range(8):
+        delta[j] = _NOY[j] * w + _NOX[j]
     # re-centre on the brightest pixel of the 3 x 3 window (clipped to the array)
     ya = cy - 1 if cy > 0 else 0
     yb = cy + 2 if cy + 2 <= h else h
@@ -39,31 +139,56 @@ cdef inline void _radial_project(double* m, Py_ssize_t h, Py_ssize_t w,
                 best = m[y * w + x]
                 cy = y
                 cx = x
-    total = h * w
-    count = 1  # the centre is the first entry of the list and is left unchanged
-    i = 1
-    while count < total and i < nvisit:
-        y = cy + vdy[i]
-        x = cx + vdx[i]
-        if 0 <= y < h and 0 <= x < w:
-            count += 1
-            wt = vw + 8 * i
-            ref = 0.0
-            k = 0
-            for oy in range(-1, 2):
-                for ox in range(-1, 2):
-                    if oy == 0 and ox == 0:
-                        continue
-                    if wt[k] != 0.0:
-                        yy = y + oy
-                        xx = x + ox
-                        if 0 <= yy < h and 0 <= xx < w:
-                            ref += wt[k] * m[yy * w + xx]
-                    k += 1
-            v = m[y * w + x]
-            if ref < v:
-                m[y * w + x] = ref
-        i += 1
+    rmax = cy
+    if h - 1 - cy > rmax:
+        rmax = h - 1 - cy
+    if cx > rmax:
+        rmax = cx
+    if w - 1 - cx > rmax:
+        rmax = w - 1 - cx
+    if rmax > half:
+        rmax = half
+    for r in range(1, rmax + 1):
+        top = cy - r >= 0
+        bottom = cy + r < h
+        left = cx - r >= 0
+        right = cx + r < w
+        # the four sides without their corners: per side, the pixel on the axis (s = 0),
+        # then the chains s = 1, 2, ..., r - 1 on either side of it (each pixel depends on
+        # the previous one of its chain and on the inner ring only)
+        up = cy if cy < r - 1 else r - 1              # chain lengths, clipped to the box
+        down = h - 1 - cy if h - 1 - cy < r - 1 else r - 1
+        back = cx if cx < r - 1 else r - 1
+        fwd = w - 1 - cx if w - 1 - cx < r - 1 else r - 1
+        if right:
+            for s in range(down + 1):
+                _radial_pixel(m, h, w, cy + s, cx + r, c0 + s * side + r, t, delta)
+            for s in range(1, up + 1):
+                _radial_pixel(m, h, w, cy - s, cx + r, c0 - s * side + r, t, delta)
+        if left:
+            for s in range(down + 1):
+                _radial_pixel(m, h, w, cy + s, cx - r, c0 + s * side - r, t, delta)
+            for s in range(1, up + 1):
+                _radial_pixel(m, h, w, cy - s, cx - r, c0 - s * side - r, t, delta)
+        if bottom:
+            for s in range(fwd + 1):
+                _radial_pixel(m, h, w, cy + r, cx + s, c0 + r * side + s, t, delta)
+            for s in range(1, back + 1):
+                _radial_pixel(m, h, w, cy + r, cx - s, c0 + r * side - s, t, delta)
+        if top:
+            for s in range(fwd + 1):
+                _radial_pixel(m, h, w, cy - r, cx + s, c0 - r * side + s, t, delta)
+            for s in range(1, back + 1):
+                _radial_pixel(m, h, w, cy - r, cx - s, c0 - r * side - s, t, delta)
+        # the corners last (their closer neighbours include both adjacent sides)
+        if bottom and right:
+            _radial_pixel(m, h, w, cy + r, cx + r, c0 + r * side + r, t, delta)
+        if bottom and left:
+            _radial_pixel(m, h, w, cy + r, cx - r, c0 + r * side - r, t, delta)
+        if top and right:
+            _radial_pixel(m, h, w, cy - r, cx + r, c0 - r * side + r, t, delta)
+        if top and left:
+            _radial_pixel(m, h, w, cy - r, cx - r, c0 - r * side - r, t, delta)
 
 
 def radial_project(double[:, ::1] morph, Py_ssize_t cy, Py_ssize_t cx,
@@ -75,8 +200,15 @@ def radial_project(double[:, ::1] morph, Py_ssize_t cy, Py_ssize_t cx,
     relative to any centre within one pixel of (cy, cx).
     """
     cdef Py_ssize_t h = morph.shape[0], w = morph.shape[1]
+    cdef RadialTable t
+    cdef int status
     with nogil:
-        _radial_project(&morph[0, 0], h, w, cy, cx, &vdy[0], &vdx[0], &vw[0, 0], vdy.shape[0])
+        status = _table_from_list(&t, &vdy[0], &vdx[0], &vw[0, 0], vdy.shape[0])
+        if status == 0:
+            _radial_project_table(&morph[0, 0], h, w, cy, cx, &t)
+            _table_free(&t)
+    if status != 0:
+        raise MemoryError()
 
 
 def monotonic_mask(const real[:, ::1] image, Py_ssize_t sy, Py_ssize_t sx,

@@ -136,6 +136,7 @@ class RadialMonotonicity:
     def __init__(self, half: int = 50) -> None:
         self.half = 0
         self.dy = self.dx = self.weights = None
+        self._table = None
         self.ensure(half)
 
     def ensure(self, half: int) -> None:
@@ -143,6 +144,15 @@ class RadialMonotonicity:
         if half > self.half:
             self.half = int(half)
             self.dy, self.dx, self.weights = radial_visiting_list(self.half)
+            self._table = None
+
+    @property
+    def table(self) -> _adam_cy.MonotonicTable:
+        """The operator in the grid layout of :func:`cdeblend._adam_cy.fit_step` (built on
+        first use after each growth)."""
+        if self._table is None:
+            self._table = _adam_cy.MonotonicTable(self.dy, self.dx, self.weights)
+        return self._table
 
     def ensure_covers(self, shape: tuple[int, int], peak: tuple[int, int]) -> None:
         """Make sure the grid covers an array of ``shape`` about any centre within 1 px of
@@ -420,9 +430,9 @@ class Blend:
         box = src.box
         if not convolved:
             return img, box
-        # direct (real-space) convolution as the reference does here: the FFT leaves
-        # round-off noise where the model is zero, which would claim flux when apportioning
-        conv, cbox = self.observation.convolve_box(img, box, mode="real")
+        # exact zeros where the true convolution is zero (the reference convolves in real
+        # space here: FFT round-off there would claim flux when apportioning)
+        conv, cbox = self.observation._convolve_box_exact(img, box)
         return conv, tuple(int(v) for v in cbox)
 
     def __repr__(self) -> str:

@@ -396,14 +396,17 @@ class _Fitter:
         self._components = blend.components
         self._peaks = np.array([c.peak for c in self._components],
                                dtype=np.int64).reshape(-1, 2)
-        self.sed_state = [np.zeros_like(packed.sed) for _ in range(3)]
-        self.morph_state = [np.zeros_like(packed.morph) for _ in range(3)]
+        # SED moments as one (3, K, B) array; the morphologies and their three moments as the
+        # rows of one (4, N) array (packed.morph is row 0), so that one call re-grids them all
+        self.sed_state = np.zeros((3,) + packed.sed.shape)
+        self.morph_all = np.zeros((4, packed.morph.size))
+        self.morph_all[0] = packed.morph
+        packed.morph = self.morph_all[0]
         self.mono = RadialMonotonicity((config.monotonicity_size - 1) // 2)
         self._cover()
         self.noise = np.ascontiguousarray(obs.noise_rms, dtype=np.float64)
         self.min_step = self.noise * config.sed_min_step
         self.model = np.empty(blend.shape, dtype=obs.dtype)
-        self.grad = np.empty_like(self.model)
         self.variant = _OPTIMIZERS[config.optimizer]
         self.history: list[float] = []
         self.it = 0
@@ -413,9 +416,7 @@ class _Fitter:
         """Grow the monotonicity operator to cover every box about its peak (+1 px)."""
         comp = self.blend._packed.comp
         if len(comp):
-            h, w, py, px = comp[:, 2], comp[:, 3], comp[:, 5], comp[:, 6]
-            need = np.max(np.maximum(np.maximum(py, px), np.maximum(h - 1 - py, w - 1 - px)))
-            self.mono.ensure(int(need) + 1)
+            self.mono.ensure(_adam_cy.monotonic_reach(comp))
 
     def repack(self, new_boxes: np.ndarray | None = None) -> None:
         """Re-pack after boxes changed (``new_boxes``: (K, 4) for the current components) or
@@ -442,31 +443,30 @@ class _Fitter:
         sizes = comp[:, 2] * comp[:, 3]
         comp[1:, 4] = np.cumsum(sizes)[:-1]
         comp[:, 5:] = self._peaks - comp[:, :2]
-        off = int(sizes.sum())
-        morph = np.zeros(off)
-        _adam_cy.copy_overlap(old.morph, old.comp, morph, comp, mapping)
-        morph_state = []
-        for a in self.morph_state:
-            new = np.zeros(off)
-            _adam_cy.copy_overlap(a, old.comp, new, comp, mapping)
-            morph_state.append(new)
+        self._regrid(comp, int(sizes.sum()), mapping)
+        if same:
+            return
         kept = mapping >= 0
         sed = np.zeros((K, B))
         sed[kept] = old.sed[mapping[kept]]
-        sed_state = []
-        for a in self.sed_state:
-            new = np.zeros((K, B))
-            new[kept] = a[mapping[kept]]
-            sed_state.append(new)
-        thresh = old.bg_thresh if same else np.array(
-            [-1.0 if c.bg_thresh is None else c.bg_thresh for c in comps])
-        packed = PackedComponents(sed, morph, comp, thresh)
+        sed_state = np.zeros((3, K, B))
+        sed_state[:, kept] = self.sed_state[:, mapping[kept]]
+        thresh = np.array([-1.0 if c.bg_thresh is None else c.bg_thresh for c in comps])
+        packed = PackedComponents(sed, self.morph_all[0], comp, thresh)
         for j in np.flatnonzero(~kept):  # added components bring their own parameters
             sed[j] = comps[j].sed
             packed.morph_view(j)[...] = comps[j].morphology
         self.blend._packed = packed
-        self.sed_state, self.morph_state = sed_state, morph_state
+        self.sed_state = sed_state
         self._components = comps
+
+    def _regrid(self, comp: np.ndarray, size: int, mapping: np.ndarray) -> None:
+        """Move the morphologies and their moments onto the table ``comp`` (same SEDs)."""
+        old = self.blend._packed
+        morph_all = np.zeros((4, size))
+        _adam_cy.copy_overlap_rows(self.morph_all, old.comp, morph_all, comp, mapping)
+        self.morph_all = morph_all
+        self.blend._packed = PackedComponents(old.sed, morph_all[0], comp, old.bg_thresh)
         self._cover()
 
     def bind(self) -> None:
@@ -474,22 +474,14 @@ class _Fitter:
         self.blend._packed.bind(self._components)
 
     def _resize(self, bounds: np.ndarray) -> None:
-        """New boxes from the significant-pixel bounds (spec 3.9), vectorised."""
+        """New boxes from the significant-pixel bounds (spec 3.9), in one Cython call."""
         comp = self.blend._packed.comp
         _, H, W = self.blend.shape
-        pad = self.config.component_padding
-        resizable = bounds[:, 0] != -2  # components without a threshold never resize
-        empty = bounds[:, 0] == -1
-        y0 = np.where(empty, self._peaks[:, 0], comp[:, 0] + bounds[:, 0]) - pad
-        x0 = np.where(empty, self._peaks[:, 1], comp[:, 1] + bounds[:, 1]) - pad
-        y1 = np.where(empty, self._peaks[:, 0], comp[:, 0] + bounds[:, 2]) + pad + 1
-        x1 = np.where(empty, self._peaks[:, 1], comp[:, 1] + bounds[:, 3]) + pad + 1
-        y0, x0 = np.maximum(y0, 0), np.maximum(x0, 0)
-        y1, x1 = np.minimum(y1, H), np.minimum(x1, W)
-        new = np.stack([y0, x0, y1 - y0, x1 - x0], axis=1)
-        new[~resizable] = comp[~resizable, :4]
-        if np.any(new != comp[:, :4]):
-            self.repack(new)
+        new = np.empty_like(comp)
+        size = _adam_cy.resized_table(comp, bounds, self._peaks, self.config.component_padding,
+                                      H, W, new)
+        if size >= 0:
+            self._regrid(new, size, self._identity)
 
     def run(self, max_iter: int) -> bool:
         """Iterate until convergence (at least ``min_iter`` iterations from now) or until
@@ -499,27 +491,37 @@ class _Fitter:
         start = self.it
         converged = False
         bounds = np.empty((len(self._components), 4), dtype=np.int64)
+        self._identity = np.arange(len(self._components), dtype=np.int64)
+        model, loss_and_grad = obs._fit_engine()
+        _, H, W = self.blend.shape
+        keep_best, resize, history = cfg.keep_best, cfg.resize, self.history
+        kernel = _adam_cy.FitKernel(self.noise, self.min_step, cfg.sed_step, cfg.morph_step,
+                                    cfg.b1, cfg.b2, cfg.eps, cfg.floor, self.variant)
+        bound = None
         while self.it < max_iter:
             p = self.blend._packed
-            _adam_cy.render(p.sed, p.morph, p.comp, self.model)
-            loss = float(obs.loss_and_gradient(self.model, self.grad))
-            self.history.append(loss)
-            if cfg.keep_best and (self.best is None or loss < self.best[0]):
-                self.best = (loss, p.sed.copy(), p.morph.copy(), p.comp.copy(), p.bg_thresh)
-            do_resize = cfg.resize is not None and self.it > 0 and self.it % cfg.resize == 0
-            _adam_cy.adam_prox_step(
-                self.grad, p.sed, *self.sed_state, p.morph, *self.morph_state, p.comp,
-                p.bg_thresh, self.noise, self.min_step, cfg.sed_step, cfg.morph_step, self.it,
-                cfg.b1,
-                cfg.b2, cfg.eps, cfg.floor, self.variant, True, self.mono.dy, self.mono.dx,
-                self.mono.weights, do_resize, bounds,
-            )
+            if p is not bound:  # first iteration and after every re-pack
+                kernel.bind(p.sed, self.sed_state, self.morph_all, p.comp, p.bg_thresh,
+                            self.mono.table, bounds)
+                bound = p
+            kernel.render(model, H, W)
+            loss, grad = loss_and_grad()
+            history.append(loss)
+            if keep_best and (self.best is None or loss < self.best[0]):
+                b = self.best
+                if b is not None and b[2].shape == p.morph.shape and b[1].shape == p.sed.shape:
+                    np.copyto(b[1], p.sed)  # reuse the buffers of the previous best
+                    np.copyto(b[2], p.morph)
+                    self.best = (loss, b[1], b[2], p.comp, p.bg_thresh)
+                else:
+                    self.best = (loss, p.sed.copy(), p.morph.copy(), p.comp, p.bg_thresh)
+            do_resize = resize is not None and self.it > 0 and self.it % resize == 0
+            kernel.step(grad, self.it, do_resize)
             if do_resize:
                 self._resize(bounds)
             self.it += 1
-            h = self.history
-            if self.it > start + cfg.min_iter and len(h) > 1:
-                if abs(h[-1] - h[-2]) < cfg.e_rel * abs(h[-1]):
+            if self.it > start + cfg.min_iter and len(history) > 1:
+                if abs(history[-1] - history[-2]) < cfg.e_rel * abs(history[-1]):
                     converged = True
                     break
         self.bind()
@@ -557,17 +559,17 @@ class _Fitter:
         psfs = np.asarray(obs.psfs, dtype=np.float64)
         model_psf = _model_psf(obs)
         B = residual.shape[0]
+        weighted = weights * residual
+        psfs2 = psfs * psfs
         added = 0
         for src in self.blend.sources:
             if src.is_null:
                 continue
             sl_img, sl_psf = _centered_overlap(residual.shape[1:], psfs.shape[1:], *src.peak)
-            P = psfs[(slice(None),) + sl_psf]
-            w = weights[(slice(None),) + sl_img]
-            r = residual[(slice(None),) + sl_img]
+            sl_img, sl_psf = (slice(None),) + sl_img, (slice(None),) + sl_psf
             # weighted least-squares amplitude of a point source in the residual, per band
-            pp = np.sum(w * P * P, axis=(1, 2))
-            rp = np.sum(w * r * P, axis=(1, 2))
+            pp = np.sum(weights[sl_img] * psfs2[sl_psf], axis=(1, 2))
+            rp = np.sum(weighted[sl_img] * psfs[sl_psf], axis=(1, 2))
             amp = np.divide(rp, pp, out=np.zeros(B), where=pp > 0)
             num, den = float(rp.sum()), float(pp.sum())
             snr = num / np.sqrt(den) if den > 0 else 0.0

@@ -27,10 +27,15 @@ from scipy.optimize import nnls
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ._convolve_cy import data_products, gram_pairs
+from ._convolve_cy import cholesky_upper, data_products, gram_pairs
 from .observation import Observation, _as_box, _clip_box
 
 __all__ = ["fit_seds", "overlapping_pairs"]
+
+#: Up to this many boxes, overlapping pairs come from one dense K x K test (cheaper than the
+#: sweep's per-box Python loop); union-find groups them below _SPARSE_GROUPS pairs.
+_DENSE_PAIRS = 128
+_SPARSE_GROUPS = 2000
 
 
 def overlapping_pairs(boxes: np.ndarray) -> np.ndarray:
@@ -51,6 +56,13 @@ def overlapping_pairs(boxes: np.ndarray) -> np.ndarray:
         ``(P, 2)`` int64 pairs including every ``(k, k)`` of a non-empty box.
     """
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    if len(boxes) <= _DENSE_PAIRS:  # small blends: one vectorised all-pairs test
+        y0, x0 = boxes[:, 0], boxes[:, 1]
+        y1, x1 = y0 + boxes[:, 2], x0 + boxes[:, 3]
+        hit = ((np.maximum(y0[:, None], y0[None]) < np.minimum(y1[:, None], y1[None]))
+               & (np.maximum(x0[:, None], x0[None]) < np.minimum(x1[:, None], x1[None])))
+        k, j = np.nonzero(np.triu(hit))
+        return np.stack([k, j], axis=1).astype(np.int64)
     nonempty = np.flatnonzero((boxes[:, 2] > 0) & (boxes[:, 3] > 0))
     order = nonempty[np.argsort(boxes[nonempty, 0], kind="stable")]
     y0 = boxes[order, 0]
@@ -71,6 +83,28 @@ def overlapping_pairs(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
+def _groups(pairs: np.ndarray, n: int) -> tuple[int, np.ndarray]:
+    """Connected components of the overlap graph: (number of groups, (n,) labels)."""
+    if len(pairs) > _SPARSE_GROUPS:
+        graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+        return connected_components(graph, directed=False)
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in pairs.tolist():
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    roots = np.array([root(i) for i in range(n)])
+    _, labels = np.unique(roots, return_inverse=True)
+    return int(labels.max(initial=-1)) + 1, labels.astype(np.int32)
+
+
 def _min_norm_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """Minimum-norm solution of ``gram x = rhs`` for a symmetric positive semi-definite matrix.
 
@@ -89,19 +123,36 @@ def _min_norm_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
 def _nnls_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """Non-negative minimiser of ``x^T G x - 2 x^T r`` (i.e. of ``||A x - d||^2``).
 
-    With ``G = V L V^T`` (eigenvalues cut as in :func:`_min_norm_solve`), ``A' = L^1/2 V^T`` and
-    ``d' = L^-1/2 V^T r`` give the same objective up to a constant (``r`` lies in the range of
-    ``G``), so scipy's active-set NNLS runs on a matrix of at most ``n x n``.
+    With a Cholesky factor ``G = R^T R`` (single-threaded Cython), ``||R x - R^-T r||^2`` is
+    the same objective up to a constant, so scipy's active-set NNLS runs on a matrix of at
+    most ``n x n``. When ``G`` is
+    singular or so ill-conditioned that the eigenvalue cut of :func:`_min_norm_solve` could
+    matter (smallest eigenvalue not clearly above ``eps * n * trace(G)``), the eigen
+    decomposition is used instead: ``A' = L^1/2 V^T``, ``d' = L^-1/2 V^T r`` over the kept
+    eigenvalues (``r`` lies in the range of ``G``). The Cholesky factor costs a fraction of
+    the eigen decomposition, which (in a threaded LAPACK on a busy machine) dominated the
+    initialization of large blends.
     """
+    n = gram.shape[0]
+    if n == 1:  # one component: the clipped ratio
+        g = float(gram[0, 0])
+        return np.array([max(float(rhs[0]) / g, 0.0)]) if g > 0 else np.zeros(1)
+    cut = np.finfo(np.float64).eps * n * float(np.trace(gram))
+    root = np.empty((n, n))
+    d = np.array(rhs, dtype=np.float64).reshape(n, 1)
+    inv_norm = cholesky_upper(np.ascontiguousarray(gram, dtype=np.float64), root, d)
+    # ||R^-1||_F^-2 is a lower bound of the smallest eigenvalue
+    if 0 <= inv_norm and inv_norm * cut < 1.0:
+        return nnls(root, d[:, 0], maxiter=50 * n)[0]
     vals, vecs = np.linalg.eigh(gram)
     top = vals.max(initial=0.0)
     if top <= 0:
         return np.zeros_like(rhs)
-    keep = vals > np.finfo(np.float64).eps * gram.shape[0] * top
+    keep = vals > np.finfo(np.float64).eps * n * top
     root = np.sqrt(vals[keep])
     a = root[:, None] * vecs[:, keep].T
     d = (vecs[:, keep].T @ rhs) / root
-    return nnls(a, d, maxiter=50 * gram.shape[0])[0]
+    return nnls(a, d, maxiter=50 * n)[0]
 
 
 def fit_seds(
@@ -185,11 +236,10 @@ def fit_seds(
     offsets = np.zeros(nk, dtype=np.intp)
     offsets[1:] = np.cumsum(sizes)[:-1]
     flat = np.zeros(int(sizes.sum()), dtype=dtype)
-    # convolve in order of grown shape so each FFT size's kernel transform is computed once
-    for k in np.lexsort((grown[:, 3], grown[:, 2])):
-        if sizes[k] == 0:
-            continue
-        conv, _ = observation.convolve_box(morphs[k], box_list[k])  # on grown[k]
+    # batched by FFT grid (each grid's kernel transform is computed once)
+    todo = np.flatnonzero(sizes)
+    convs = observation._convolve_boxes([morphs[k] for k in todo], [box_list[k] for k in todo])
+    for k, (conv, _) in zip(todo, convs, strict=True):  # conv lies on grown[k]
         flat[offsets[k]:offsets[k] + sizes[k]] = conv.ravel()
 
     pairs = overlapping_pairs(grown).astype(np.intp)
@@ -204,8 +254,7 @@ def fit_seds(
     # G is block diagonal over the connected groups of overlapping boxes: solve each alone
     seds = np.zeros((nk, nb))
     if len(pairs):
-        graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(nk, nk))
-        ngroups, labels = connected_components(graph, directed=False)
+        ngroups, labels = _groups(pairs, nk)
         order = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[order], np.arange(ngroups + 1))
         pair_group = labels[pairs[:, 0]]
