@@ -768,6 +768,23 @@ class Observation:
 
         return pad[:nb], step_fft
 
+    def _box_source(self, array: Any, box: Any) -> tuple[np.ndarray, Box, Box]:
+        """Check ``array`` on ``box`` and cut it to the frame.
+
+        Returns the part of ``array`` inside the frame (B or 1, ch, cw), that part's box, and
+        the box the convolution covers: it grown by the kernel half-size, clipped again.
+        """
+        y0, x0, h, w = _as_box(box)
+        arr = self._check_model(array, "array", allow_2d=True)
+        if arr.shape[1:] != (h, w):
+            raise ValueError(f"array has shape {np.shape(array)} but box has size ({h}, {w})")
+        _, height, width = self.shape
+        cy0, cx0, ch, cw = _clip_box((y0, x0, h, w), (height, width))
+        ry, rx = self.kernel_radius
+        grown = _clip_box((cy0 - ry, cx0 - rx, ch + 2 * ry, cw + 2 * rx), (height, width))
+        src = arr[:, cy0 - y0:cy0 - y0 + ch, cx0 - x0:cx0 - x0 + cw]
+        return src, (cy0, cx0, ch, cw), grown
+
     def convolve_box(self, array: Any, box: Any, mode: str = "auto") -> tuple[np.ndarray, Box]:
         """Convolve a morphology (or cube) lying on ``box``, on that box grown by the kernel.
 
@@ -792,19 +809,11 @@ class Observation:
             ``(y0', x0', h', w')``: ``box`` clipped to the frame, grown by the kernel half-size
             and clipped again.
         """
-        y0, x0, h, w = _as_box(box)
-        arr = self._check_model(array, "array", allow_2d=True)
-        if arr.shape[1:] != (h, w):
-            raise ValueError(f"array has shape {np.shape(array)} but box has size ({h}, {w})")
-        _, height, width = self.shape
-        cy0, cx0, ch, cw = _clip_box((y0, x0, h, w), (height, width))
-        ry, rx = self.kernel_radius
-        grown = _clip_box((cy0 - ry, cx0 - rx, ch + 2 * ry, cw + 2 * rx), (height, width))
+        src, (cy0, cx0, ch, cw), grown = self._box_source(array, box)
         gy0, gx0, gh, gw = grown
         nb = self.shape[0]
         if gh == 0 or gw == 0:
             return np.zeros((nb, gh, gw), dtype=self.dtype), grown
-        src = arr[:, cy0 - y0:cy0 - y0 + ch, cx0 - x0:cx0 - x0 + cw]
         if self._pick_mode(mode, src.shape[0], gh, gw, (ch, cw)) == "real":
             # the direct loop only visits taps x source pixels: cost ~ B * taps * h * w
             out = np.zeros((nb, gh, gw), dtype=self.dtype)
@@ -880,19 +889,12 @@ class Observation:
         the support of the true convolution: the source's non-zero pixels dilated by the
         kernel's non-zero taps. Small cases, where the direct loop is cheaper, use it.
         """
-        y0, x0, h, w = _as_box(box)
-        arr = self._check_model(array, "array", allow_2d=True)
-        if arr.shape[1:] != (h, w):
-            raise ValueError(f"array has shape {np.shape(array)} but box has size ({h}, {w})")
-        _, height, width = self.shape
-        cy0, cx0, ch, cw = _clip_box((y0, x0, h, w), (height, width))
-        ry, rx = self.kernel_radius
-        grown = _clip_box((cy0 - ry, cx0 - rx, ch + 2 * ry, cw + 2 * rx), (height, width))
+        src, (cy0, cx0, ch, cw), grown = self._box_source(array, box)
         gy0, gx0, gh, gw = grown
+        ry, rx = self.kernel_radius
         nb = self.shape[0]
-        if gh == 0 or gw == 0 or self._pick_mode("auto", arr.shape[0], gh, gw, (ch, cw)) == "real":
+        if gh == 0 or gw == 0 or self._pick_mode("auto", src.shape[0], gh, gw, (ch, cw)) == "real":
             return self.convolve_box(array, box, mode="real")
-        src = arr[:, cy0 - y0:cy0 - y0 + ch, cx0 - x0:cx0 - x0 + cw]
         nb_in = src.shape[0]
         oy, ox = cy0 - gy0, cx0 - gx0
         n0, n1 = self._fft_shape(gh, gw)
