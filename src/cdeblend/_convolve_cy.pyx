@@ -1,8 +1,10 @@
 # cython: language_level=3
-"""Direct (real-space) multi-band convolution and the fused weighted residual.
+"""Multi-band convolution (direct loop and FFT) and the fused weighted residual.
 
 These kernels trust their inputs: ``cdeblend.observation`` checks shapes, dtypes and
-contiguity before calling them. Every loop runs without the GIL.
+contiguity before calling them. Every loop runs without the GIL. The FFT convolutions call
+the C core ``_fft.c`` (see ``_fft.h``) through an :class:`FFTWork` that holds one grid's
+plans and buffers (one per thread).
 
 Convolution convention (the "same-size" linear convolution of the spec, zero outside the
 arrays): with the kernel centre at ``(ry, rx) = (kh // 2, kw // 2)``,
@@ -18,6 +20,10 @@ cimport cython
 from libc.math cimport INFINITY, sqrt
 from libc.stdlib cimport free, malloc
 from cython cimport floating
+
+import numpy as np
+
+include "_fft.pxi"
 
 
 @cython.boundscheck(False)
@@ -288,3 +294,242 @@ def cholesky_upper(const double[:, ::1] gram, double[:, ::1] root, double[:, ::1
         else:
             total = INFINITY
     return total
+
+
+# ------------------------------------------------------------------------------------------
+# FFT convolution (the C core in _fft.c)
+# ------------------------------------------------------------------------------------------
+
+def fast_len(Py_ssize_t n):
+    """Smallest ``2^a 3^b 5^c >= n``: the grid sizes the FFT core supports."""
+    if n > (1 << 30):
+        raise ValueError(f"FFT length {n} is too large")
+    return cd_fast_len(<int>max(n, 1))
+
+
+cdef class FFTWork:
+    """Plans and work buffers of FFT convolutions on one ``(n0, n1)`` grid.
+
+    Inputs and outputs span at most ``width`` columns of the grid; ``double`` selects the
+    precision. The buffers are reused by every call, so one FFTWork must not be used by two
+    threads at once.
+    """
+
+    cdef cd_conv c
+    cdef readonly int n0, n1, width
+    cdef readonly bint double
+
+    def __cinit__(self, int n0, int n1, int width, bint double):
+        if n0 < 1 or n1 < 1 or width < 1 or width > n1:
+            raise ValueError(f"bad FFT grid ({n0}, {n1}) for width {width}")
+        st = cd_conv_init(&self.c, n0, n1, width, double)
+        if st == -1:
+            raise ValueError(f"FFT grid ({n0}, {n1}) must have sizes 2^a 3^b 5^c")
+        if st != 0:
+            raise MemoryError(f"no memory for FFT buffers on a ({n0}, {n1}) grid")
+        self.n0, self.n1, self.width, self.double = n0, n1, width, double
+
+    def __dealloc__(self):
+        cd_conv_free(&self.c)
+
+
+cdef int _fwd(FFTWork work, const floating* a, Py_ssize_t lda, int ha, int wa, int oya, int oxa,
+              const floating* b, Py_ssize_t ldb, int hb, int wb, int oyb, int oxb
+              ) except -1 nogil:
+    if floating is float:
+        cd_fwd2d_f(&work.c, a, lda, ha, wa, oya, oxa, b, ldb, hb, wb, oyb, oxb)
+    else:
+        cd_fwd2d_d(&work.c, a, lda, ha, wa, oya, oxa, b, ldb, hb, wb, oyb, oxb)
+    return 0
+
+
+cdef int _inv(FFTWork work, floating* a, Py_ssize_t lda, int ha, int wa, floating* b,
+              Py_ssize_t ldb, int hb, int wb) except -1 nogil:
+    if floating is float:
+        cd_inv2d_f(&work.c, a, lda, ha, wa, b, ldb, hb, wb, 0)
+    else:
+        cd_inv2d_d(&work.c, a, lda, ha, wa, b, ldb, hb, wb, 0)
+    return 0
+
+
+cdef int _pair_mul(FFTWork work, const floating* fa, const floating* fb, int conj
+                   ) except -1 nogil:
+    if floating is float:
+        cd_pair_mul_f(&work.c, fa, fb, conj)
+    else:
+        cd_pair_mul_d(&work.c, fa, fb, conj)
+    return 0
+
+
+cdef int _mul(FFTWork work, const floating* f, int conj) except -1 nogil:
+    if floating is float:
+        cd_mul_f(&work.c, f, conj)
+    else:
+        cd_mul_d(&work.c, f, conj)
+    return 0
+
+
+cdef int _mul2(FFTWork work, const floating* fa, const floating* fb, int conj) except -1 nogil:
+    if floating is float:
+        cd_mul2_f(&work.c, fa, fb, conj)
+    else:
+        cd_mul2_d(&work.c, fa, fb, conj)
+    return 0
+
+
+cdef int _check_work(FFTWork work, bint is_double, object fk, Py_ssize_t nb) except -1:
+    if work.double != is_double:
+        raise TypeError("the FFT work buffers and the arrays differ in precision")
+    if fk.shape[0] != nb or fk.shape[1] != 2 or fk.shape[2] != work.n1 or fk.shape[3] != work.n0:
+        raise ValueError(f"kernel transforms of shape {tuple(fk.shape)} do not match "
+                         f"{nb} bands on the ({work.n0}, {work.n1}) grid")
+    return 0
+
+
+def kernel_spectrum(const double[:, :, ::1] kernels, int n0, int n1):
+    """Transforms ``(B, 2, n1, n0)`` (real and imaginary planes, kx major) of the kernels
+    wrapped with their centre pixel at index (0, 0) of the ``(n0, n1)`` grid (taps beyond
+    the grid fold over), in double precision."""
+    cdef Py_ssize_t nb = kernels.shape[0], kh = kernels.shape[1], kw = kernels.shape[2]
+    cdef Py_ssize_t b, y, x
+    cdef FFTWork work = FFTWork(n0, n1, n1, True)
+    out = np.empty((nb, 2, n1, n0), dtype=np.float64)
+    plane_arr = np.zeros((n0, n1), dtype=np.float64)
+    cdef double[:, ::1] plane = plane_arr
+    cdef double[:, :, :, ::1] o = out
+    with nogil:
+        for b in range(nb):
+            for y in range(n0):
+                for x in range(n1):
+                    plane[y, x] = 0.0
+            for y in range(kh):
+                for x in range(kw):
+                    # C remainders (cdivision) keep the sign: shift to non-negative first
+                    plane[((y - kh // 2) % n0 + n0) % n0,
+                          ((x - kw // 2) % n1 + n1) % n1] += kernels[b, y, x]
+            cd_fwd2d_d(&work.c, &plane[0, 0], n1, n0, n1, 0, 0, NULL, 0, 0, 0, 0, 0)
+            cd_spectrum_d(&work.c, &o[b, 0, 0, 0])
+    return out
+
+
+def conv_cube(FFTWork work, const floating[:, :, ::1] src, int oy, int ox,
+              const floating[:, :, :, ::1] fk, floating[:, :, ::1] out, bint adjoint):
+    """Convolve ``src`` (Bs, h, w), placed at ``(oy, ox)`` of the grid, with every band's
+    kernel (transforms ``fk`` from :func:`kernel_spectrum`; ``adjoint``: their conjugates,
+    the flipped kernels) and write the grid's ``[0, gh) x [0, gw)`` corner to ``out``
+    (B, gh, gw). ``Bs`` is the number of bands (band b with kernel b, two bands per
+    transform) or 1 (one plane with every kernel). ``out`` must not overlap ``src``."""
+    cdef Py_ssize_t nb = out.shape[0], gh = out.shape[1], gw = out.shape[2]
+    cdef Py_ssize_t ns = src.shape[0], h = src.shape[1], w = src.shape[2], b
+    cdef int conj = 1 if adjoint else 0
+    cdef const floating* s1
+    cdef const floating* f1
+    cdef floating* o1
+    _check_work(work, floating is double, fk, nb)
+    if ns != nb and ns != 1:
+        raise ValueError(f"src has {ns} planes, expected {nb} or 1")
+    if (oy < 0 or ox < 0 or oy + h > work.n0 or ox + w > work.width or gh > work.n0
+            or gw > work.width or h == 0 or w == 0 or gh == 0 or gw == 0):
+        raise ValueError(f"src {(h, w)} at {(oy, ox)} or output {(gh, gw)} does not fit the "
+                         f"({work.n0}, {work.n1}) grid of width {work.width}")
+    with nogil:
+        if ns == 1:
+            _fwd(work, &src[0, 0, 0], w, h, w, oy, ox, <const floating*>NULL, 0, 0, 0, 0, 0)
+            b = 0
+            while b < nb:
+                if b + 1 < nb:
+                    _mul2(work, &fk[b, 0, 0, 0], &fk[b + 1, 0, 0, 0], conj)
+                    _inv(work, &out[b, 0, 0], gw, gh, gw, &out[b + 1, 0, 0], gw, gh, gw)
+                else:
+                    _mul(work, &fk[b, 0, 0, 0], conj)
+                    _inv(work, &out[b, 0, 0], gw, gh, gw, <floating*>NULL, 0, 0, 0)
+                b += 2
+        else:
+            b = 0
+            while b < nb:
+                s1 = &src[b + 1, 0, 0] if b + 1 < nb else NULL
+                f1 = &fk[b + 1, 0, 0, 0] if b + 1 < nb else NULL
+                o1 = &out[b + 1, 0, 0] if b + 1 < nb else NULL
+                _fwd(work, &src[b, 0, 0], w, h, w, oy, ox, s1, w, h, w, oy, ox)
+                _pair_mul(work, &fk[b, 0, 0, 0], f1, conj)
+                _inv(work, &out[b, 0, 0], gw, gh, gw, o1, gw, gh, gw)
+                b += 2
+    return out
+
+
+def conv_planes(FFTWork work, const floating[::1] src, const Py_ssize_t[:, ::1] src_table,
+                const floating[:, :, :, ::1] fk, floating[::1] out,
+                const Py_ssize_t[:, ::1] out_table):
+    """Convolve many planes with every band's kernel, two planes per transform.
+
+    Plane k is ``src[o:o + h * w]`` as (h, w) with ``(o, h, w, oy, ox) = src_table[k]``,
+    placed at ``(oy, ox)`` of the grid; its B convolved planes, the grid's ``[0, gh) x
+    [0, gw)`` corner with ``(o', gh, gw) = out_table[k]``, go to ``out[o':]`` as (B, gh, gw).
+    """
+    cdef Py_ssize_t nb = fk.shape[0], K = src_table.shape[0], k, b, oa, ob, sa, sb
+    cdef Py_ssize_t i, ha, wa, hb, wb, gha, gwa, ghb, gwb
+    _check_work(work, floating is double, fk, nb)
+    if out_table.shape[0] != K or src_table.shape[1] != 5 or out_table.shape[1] != 3:
+        raise ValueError("src_table must be (K, 5) and out_table (K, 3)")
+    for i in range(K):
+        o, h, w, oy, ox = (src_table[i, j] for j in range(5))
+        oo, gh, gw = (out_table[i, j] for j in range(3))
+        if (h < 1 or w < 1 or oy < 0 or ox < 0 or oy + h > work.n0 or ox + w > work.width
+                or gh < 1 or gw < 1 or gh > work.n0 or gw > work.width or o < 0
+                or o + h * w > src.shape[0] or oo < 0 or oo + nb * gh * gw > out.shape[0]):
+            raise ValueError(f"plane {i} does not fit the grid or the buffers")
+    with nogil:
+        k = 0
+        while k < K:
+            sa = src_table[k, 0]
+            ha = src_table[k, 1]
+            wa = src_table[k, 2]
+            oa = out_table[k, 0]
+            gha = out_table[k, 1]
+            gwa = out_table[k, 2]
+            if k + 1 < K:
+                sb = src_table[k + 1, 0]
+                hb = src_table[k + 1, 1]
+                wb = src_table[k + 1, 2]
+                ob = out_table[k + 1, 0]
+                ghb = out_table[k + 1, 1]
+                gwb = out_table[k + 1, 2]
+                _fwd(work, &src[sa], wa, ha, wa, src_table[k, 3], src_table[k, 4],
+                     &src[sb], wb, hb, wb, src_table[k + 1, 3], src_table[k + 1, 4])
+                for b in range(nb):
+                    _mul(work, &fk[b, 0, 0, 0], 0)
+                    _inv(work, &out[oa + b * gha * gwa], gwa, gha, gwa,
+                         &out[ob + b * ghb * gwb], gwb, ghb, gwb)
+                k += 2
+            else:
+                _fwd(work, &src[sa], wa, ha, wa, src_table[k, 3], src_table[k, 4],
+                     <const floating*>NULL, 0, 0, 0, 0, 0)
+                b = 0
+                while b < nb:
+                    if b + 1 < nb:
+                        _mul2(work, &fk[b, 0, 0, 0], &fk[b + 1, 0, 0, 0], 0)
+                        _inv(work, &out[oa + b * gha * gwa], gwa, gha, gwa,
+                             &out[oa + (b + 1) * gha * gwa], gwa, gha, gwa)
+                    else:
+                        _mul(work, &fk[b, 0, 0, 0], 0)
+                        _inv(work, &out[oa + b * gha * gwa], gwa, gha, gwa, <floating*>NULL,
+                             0, 0, 0)
+                    b += 2
+                k += 1
+    return out
+
+
+def fft_cols(FFTWork work, int axis_len, floating[:, ::1] re, floating[:, ::1] im):
+    """In-place forward DFT along axis 0 of the (n, V) complex array ``re + i im``, with
+    ``n`` the grid's ``n0`` (``axis_len == 0``) or ``n1`` (1). For tests of the core."""
+    cdef const cd_plan* p = &work.c.p0 if axis_len == 0 else &work.c.p1
+    cdef int n = work.n0 if axis_len == 0 else work.n1
+    if re.shape[0] != n or im.shape[0] != n or re.shape[1] != im.shape[1]:
+        raise ValueError("re and im must be (n, V) arrays of the plan's length")
+    if floating is double and not work.double or floating is float and work.double:
+        raise TypeError("precision mismatch")
+    with nogil:
+        if floating is float:
+            cd_fft_cols_f(&work.c, p, re.shape[1], re.shape[1], &re[0, 0], &im[0, 0])
+        else:
+            cd_fft_cols_d(&work.c, p, re.shape[1], re.shape[1], &re[0, 0], &im[0, 0])

@@ -1,0 +1,433 @@
+/* One precision of the FFT core; included by _fft.c with R (float or double), SUF(name)
+ * (the suffix of the public names) and TW(plan) (the plan's twiddles in that precision).
+ * Not a header to include elsewhere. */
+
+#ifndef CD_INLINE
+#  if defined(__GNUC__)
+#    define CD_INLINE inline __attribute__((always_inline))
+#  else
+#    define CD_INLINE inline
+#  endif
+#endif
+
+/* (ar, ai) = (xr + i xi) * (wr + i wi) */
+#define CD_CMUL(ar, ai, xr, xi, wr, wi)            \
+    do {                                           \
+        R cm_xr_ = (xr), cm_xi_ = (xi);            \
+        (ar) = cm_xr_ * (wr) - cm_xi_ * (wi);      \
+        (ai) = cm_xr_ * (wi) + cm_xi_ * (wr);      \
+    } while (0)
+
+/* ---------------------------------------------------------------------------- butterflies
+ * Each runs over V columns: inputs i<q> and outputs o<u> are rows of V values; with tw the
+ * inputs q >= 1 are first multiplied by the twiddles (w<q>r, w<q>i). Forward transform:
+ * y_u = sum_q a_q exp(-2 pi i q u / radix). */
+
+static CD_INLINE void SUF(bf2)(int V, int tw, const R *restrict i0r, const R *restrict i0i,
+                               const R *restrict i1r, const R *restrict i1i, R *restrict o0r,
+                               R *restrict o0i, R *restrict o1r, R *restrict o1i, R w1r,
+                               R w1i)
+{
+    for (int v = 0; v < V; v++) {
+        R a1r = i1r[v], a1i = i1i[v];
+        if (tw)
+            CD_CMUL(a1r, a1i, i1r[v], i1i[v], w1r, w1i);
+        o0r[v] = i0r[v] + a1r;
+        o0i[v] = i0i[v] + a1i;
+        o1r[v] = i0r[v] - a1r;
+        o1i[v] = i0i[v] - a1i;
+    }
+}
+
+static CD_INLINE void SUF(bf3)(int V, int tw, const R *restrict i0r, const R *restrict i0i,
+                               const R *restrict i1r, const R *restrict i1i,
+                               const R *restrict i2r, const R *restrict i2i, R *restrict o0r,
+                               R *restrict o0i, R *restrict o1r, R *restrict o1i,
+                               R *restrict o2r, R *restrict o2i, const R *w)
+{
+    const R c = (R)-0.5, s = (R)-0.86602540378443864676;  /* exp(-2 pi i / 3) */
+    const R w1r = w[1], w2r = w[2], w1i = w[4], w2i = w[5];
+    for (int v = 0; v < V; v++) {
+        R a0r = i0r[v], a0i = i0i[v], a1r = i1r[v], a1i = i1i[v], a2r = i2r[v], a2i = i2i[v];
+        if (tw) {
+            CD_CMUL(a1r, a1i, i1r[v], i1i[v], w1r, w1i);
+            CD_CMUL(a2r, a2i, i2r[v], i2i[v], w2r, w2i);
+        }
+        R sr = a1r + a2r, si = a1i + a2i, dr = a1r - a2r, di = a1i - a2i;
+        R mr = a0r + c * sr, mi = a0i + c * si;
+        o0r[v] = a0r + sr;
+        o0i[v] = a0i + si;
+        o1r[v] = mr - s * di;
+        o1i[v] = mi + s * dr;
+        o2r[v] = mr + s * di;
+        o2i[v] = mi - s * dr;
+    }
+}
+
+static CD_INLINE void SUF(bf4)(int V, int tw, const R *restrict i0r, const R *restrict i0i,
+                               const R *restrict i1r, const R *restrict i1i,
+                               const R *restrict i2r, const R *restrict i2i,
+                               const R *restrict i3r, const R *restrict i3i, R *restrict o0r,
+                               R *restrict o0i, R *restrict o1r, R *restrict o1i,
+                               R *restrict o2r, R *restrict o2i, R *restrict o3r,
+                               R *restrict o3i, const R *w)
+{
+    const R w1r = w[1], w2r = w[2], w3r = w[3], w1i = w[5], w2i = w[6], w3i = w[7];
+    for (int v = 0; v < V; v++) {
+        R a0r = i0r[v], a0i = i0i[v], a1r = i1r[v], a1i = i1i[v];
+        R a2r = i2r[v], a2i = i2i[v], a3r = i3r[v], a3i = i3i[v];
+        if (tw) {
+            CD_CMUL(a1r, a1i, i1r[v], i1i[v], w1r, w1i);
+            CD_CMUL(a2r, a2i, i2r[v], i2i[v], w2r, w2i);
+            CD_CMUL(a3r, a3i, i3r[v], i3i[v], w3r, w3i);
+        }
+        R t0r = a0r + a2r, t0i = a0i + a2i, t1r = a0r - a2r, t1i = a0i - a2i;
+        R t2r = a1r + a3r, t2i = a1i + a3i, t3r = a1r - a3r, t3i = a1i - a3i;
+        o0r[v] = t0r + t2r;
+        o0i[v] = t0i + t2i;
+        o2r[v] = t0r - t2r;
+        o2i[v] = t0i - t2i;
+        o1r[v] = t1r + t3i;  /* t1 - i t3 */
+        o1i[v] = t1i - t3r;
+        o3r[v] = t1r - t3i;  /* t1 + i t3 */
+        o3i[v] = t1i + t3r;
+    }
+}
+
+static CD_INLINE void SUF(bf5)(int V, int tw, const R *restrict i0r, const R *restrict i0i,
+                               const R *restrict i1r, const R *restrict i1i,
+                               const R *restrict i2r, const R *restrict i2i,
+                               const R *restrict i3r, const R *restrict i3i,
+                               const R *restrict i4r, const R *restrict i4i, R *restrict o0r,
+                               R *restrict o0i, R *restrict o1r, R *restrict o1i,
+                               R *restrict o2r, R *restrict o2i, R *restrict o3r,
+                               R *restrict o3i, R *restrict o4r, R *restrict o4i, const R *w)
+{
+    /* cos and -sin of 2 pi / 5 and 4 pi / 5 */
+    const R c1 = (R)0.30901699437494742410, c2 = (R)-0.80901699437494742410;
+    const R s1 = (R)-0.95105651629515357212, s2 = (R)-0.58778525229247312917;
+    const R w1r = w[1], w2r = w[2], w3r = w[3], w4r = w[4];
+    const R w1i = w[6], w2i = w[7], w3i = w[8], w4i = w[9];
+    for (int v = 0; v < V; v++) {
+        R a0r = i0r[v], a0i = i0i[v], a1r = i1r[v], a1i = i1i[v], a2r = i2r[v], a2i = i2i[v];
+        R a3r = i3r[v], a3i = i3i[v], a4r = i4r[v], a4i = i4i[v];
+        if (tw) {
+            CD_CMUL(a1r, a1i, i1r[v], i1i[v], w1r, w1i);
+            CD_CMUL(a2r, a2i, i2r[v], i2i[v], w2r, w2i);
+            CD_CMUL(a3r, a3i, i3r[v], i3i[v], w3r, w3i);
+            CD_CMUL(a4r, a4i, i4r[v], i4i[v], w4r, w4i);
+        }
+        R b1r = a1r + a4r, b1i = a1i + a4i, b4r = a1r - a4r, b4i = a1i - a4i;
+        R b2r = a2r + a3r, b2i = a2i + a3i, b3r = a2r - a3r, b3i = a2i - a3i;
+        o0r[v] = a0r + b1r + b2r;
+        o0i[v] = a0i + b1i + b2i;
+        R m1r = a0r + c1 * b1r + c2 * b2r, m1i = a0i + c1 * b1i + c2 * b2i;
+        R m2r = a0r + c2 * b1r + c1 * b2r, m2i = a0i + c2 * b1i + c1 * b2i;
+        R e1r = s1 * b4r + s2 * b3r, e1i = s1 * b4i + s2 * b3i;
+        R e2r = s2 * b4r - s1 * b3r, e2i = s2 * b4i - s1 * b3i;
+        o1r[v] = m1r - e1i;  /* m1 + i e1 */
+        o1i[v] = m1i + e1r;
+        o4r[v] = m1r + e1i;  /* m1 - i e1 */
+        o4i[v] = m1i - e1r;
+        o2r[v] = m2r - e2i;
+        o2i[v] = m2i + e2r;
+        o3r[v] = m2r + e2i;
+        o3i[v] = m2i - e2r;
+    }
+}
+
+/* One Stockham stage (self-sorting, out of place) over rows of V values, compact (row
+ * stride V). Before it, x holds the length-L transforms of the m = n / L decimated
+ * sequences, transform j of sequence k in row j * m + k; after it, y holds the length r * L
+ * transforms of the m / r sequences the same way. */
+static CD_INLINE void SUF(stage)(const cd_plan *p, int s, int V, const R *x_r, const R *x_i,
+                                 R *y_r, R *y_i)
+{
+    const int n = p->n, r = p->radix[s], L = p->span[s], m = n / L, mp = m / r;
+    const R *twr = TW(p) + p->offset[s];
+    const size_t ntw = p->ntw;
+    const size_t is = (size_t)mp * V, os = (size_t)L * mp * V;
+    R wbuf[10];
+    for (int j = 0; j < L; j++) {
+        const int tw = j != 0;
+        for (int q = 0; q < r; q++) {
+            wbuf[q] = twr[(size_t)j * r + q];
+            wbuf[r + q] = twr[ntw + (size_t)j * r + q];
+        }
+        for (int k = 0; k < mp; k++) {
+            const size_t i0 = ((size_t)j * m + k) * V, o0 = ((size_t)j * mp + k) * V;
+            const R *xr = x_r + i0, *xi = x_i + i0;
+            R *yr = y_r + o0, *yi = y_i + o0;
+            switch (r) {
+            case 4:
+                if (tw)
+                    SUF(bf4)(V, 1, xr, xi, xr + is, xi + is, xr + 2 * is, xi + 2 * is,
+                             xr + 3 * is, xi + 3 * is, yr, yi, yr + os, yi + os, yr + 2 * os,
+                             yi + 2 * os, yr + 3 * os, yi + 3 * os, wbuf);
+                else
+                    SUF(bf4)(V, 0, xr, xi, xr + is, xi + is, xr + 2 * is, xi + 2 * is,
+                             xr + 3 * is, xi + 3 * is, yr, yi, yr + os, yi + os, yr + 2 * os,
+                             yi + 2 * os, yr + 3 * os, yi + 3 * os, wbuf);
+                break;
+            case 2:
+                if (tw)
+                    SUF(bf2)(V, 1, xr, xi, xr + is, xi + is, yr, yi, yr + os, yi + os,
+                             wbuf[1], wbuf[3]);
+                else
+                    SUF(bf2)(V, 0, xr, xi, xr + is, xi + is, yr, yi, yr + os, yi + os,
+                             wbuf[1], wbuf[3]);
+                break;
+            case 3:
+                if (tw)
+                    SUF(bf3)(V, 1, xr, xi, xr + is, xi + is, xr + 2 * is, xi + 2 * is, yr, yi,
+                             yr + os, yi + os, yr + 2 * os, yi + 2 * os, wbuf);
+                else
+                    SUF(bf3)(V, 0, xr, xi, xr + is, xi + is, xr + 2 * is, xi + 2 * is, yr, yi,
+                             yr + os, yi + os, yr + 2 * os, yi + 2 * os, wbuf);
+                break;
+            default:
+                if (tw)
+                    SUF(bf5)(V, 1, xr, xi, xr + is, xi + is, xr + 2 * is, xi + 2 * is,
+                             xr + 3 * is, xi + 3 * is, xr + 4 * is, xi + 4 * is, yr, yi,
+                             yr + os, yi + os, yr + 2 * os, yi + 2 * os, yr + 3 * os,
+                             yi + 3 * os, yr + 4 * os, yi + 4 * os, wbuf);
+                else
+                    SUF(bf5)(V, 0, xr, xi, xr + is, xi + is, xr + 2 * is, xi + 2 * is,
+                             xr + 3 * is, xi + 3 * is, xr + 4 * is, xi + 4 * is, yr, yi,
+                             yr + os, yi + os, yr + 2 * os, yi + 2 * os, yr + 3 * os,
+                             yi + 3 * os, yr + 4 * os, yi + 4 * os, wbuf);
+                break;
+            }
+        }
+    }
+}
+
+/* In-place forward transform along axis 0 of an (n, V) array of row stride ld. Narrow
+ * compact arrays ping-pong with one strip buffer; wider ones go through cache strips. */
+static CD_INLINE void SUF(fft_cols)(cd_conv *c, const cd_plan *p, int V, ptrdiff_t ld, R *re,
+                                    R *im)
+{
+    const int n = p->n, S = c->strip, ns = p->nstages;
+    if (ns == 0 || V <= 0)
+        return;
+    R *ar = (R *)c->ar, *ai = (R *)c->ai, *br = (R *)c->br, *bi = (R *)c->bi;
+    if (V <= S && ld == V) {
+        R *sr = re, *si = im, *dr = ar, *di = ai;
+        for (int s = 0; s < ns; s++) {
+            SUF(stage)(p, s, V, sr, si, dr, di);
+            R *t = sr;
+            sr = dr;
+            dr = t;
+            t = si;
+            si = di;
+            di = t;
+        }
+        if (sr != re) {
+            memcpy(re, sr, (size_t)n * V * sizeof(R));
+            memcpy(im, si, (size_t)n * V * sizeof(R));
+        }
+        return;
+    }
+    for (int c0 = 0; c0 < V; c0 += S) {
+        const int w = V - c0 < S ? V - c0 : S;
+        for (int i = 0; i < n; i++) {
+            memcpy(ar + (size_t)i * w, re + i * ld + c0, (size_t)w * sizeof(R));
+            memcpy(ai + (size_t)i * w, im + i * ld + c0, (size_t)w * sizeof(R));
+        }
+        R *sr = ar, *si = ai, *dr = br, *di = bi;
+        for (int s = 0; s < ns; s++) {
+            SUF(stage)(p, s, w, sr, si, dr, di);
+            R *t = sr;
+            sr = dr;
+            dr = t;
+            t = si;
+            si = di;
+            di = t;
+        }
+        for (int i = 0; i < n; i++) {
+            memcpy(re + i * ld + c0, sr + (size_t)i * w, (size_t)w * sizeof(R));
+            memcpy(im + i * ld + c0, si + (size_t)i * w, (size_t)w * sizeof(R));
+        }
+    }
+}
+
+/* out[j, i] = in[i, j] for i < rows, j < cols, in 8 x 8 tiles */
+static CD_INLINE void SUF(transpose)(int rows, int cols, const R *restrict in, ptrdiff_t ldi,
+                                     R *restrict out, ptrdiff_t ldo)
+{
+    for (int i0 = 0; i0 < rows; i0 += 8) {
+        const int i1 = i0 + 8 < rows ? i0 + 8 : rows;
+        for (int j0 = 0; j0 < cols; j0 += 8) {
+            const int j1 = j0 + 8 < cols ? j0 + 8 : cols;
+            for (int i = i0; i < i1; i++)
+                for (int j = j0; j < j1; j++)
+                    out[j * ldo + i] = in[i * ldi + j];
+        }
+    }
+}
+
+static CD_INLINE int SUF(width8)(const cd_conv *c, int w)
+{
+    int v = (w + 7) & ~7;
+    return v > c->n1 ? c->n1 : v;
+}
+
+CD_HOT void SUF(cd_fft_cols)(cd_conv *c, const cd_plan *p, int V, ptrdiff_t ld, R *re, R *im)
+{
+    SUF(fft_cols)(c, p, V, ld, re, im);
+}
+
+CD_HOT void SUF(cd_fwd2d)(cd_conv *c, const R *a, ptrdiff_t lda, int ha, int wa, int oya,
+                          int oxa, const R *b, ptrdiff_t ldb, int hb, int wb, int oyb, int oxb)
+{
+    const int n0 = c->n0, n1 = c->n1;
+    int wc = oxa + wa;
+    if (b != NULL && oxb + wb > wc)
+        wc = oxb + wb;
+    const int V = SUF(width8)(c, wc);
+    R *yr = (R *)c->yr, *yi = (R *)c->yi, *tr = (R *)c->tr, *ti = (R *)c->ti;
+    memset(yr, 0, (size_t)n0 * V * sizeof(R));
+    memset(yi, 0, (size_t)n0 * V * sizeof(R));
+    for (int y = 0; y < ha; y++)
+        memcpy(yr + (size_t)(oya + y) * V + oxa, a + y * lda, (size_t)wa * sizeof(R));
+    if (b != NULL)
+        for (int y = 0; y < hb; y++)
+            memcpy(yi + (size_t)(oyb + y) * V + oxb, b + y * ldb, (size_t)wb * sizeof(R));
+    SUF(fft_cols)(c, &c->p0, V, V, yr, yi);
+    /* columns >= wc are zero: transpose the others, clear the rest of the spectrum rows */
+    SUF(transpose)(n0, wc, yr, V, tr, n0);
+    SUF(transpose)(n0, wc, yi, V, ti, n0);
+    memset(tr + (size_t)wc * n0, 0, (size_t)(n1 - wc) * n0 * sizeof(R));
+    memset(ti + (size_t)wc * n0, 0, (size_t)(n1 - wc) * n0 * sizeof(R));
+    SUF(fft_cols)(c, &c->p1, n0, n0, tr, ti);
+}
+
+/* One spectrum row of pair_mul: z = Z(kx, .), u = Z(-kx, .) (mirrored in ky below). */
+static CD_INLINE void SUF(pair_row)(int n0, const R *restrict zr, const R *restrict zi,
+                                    const R *restrict ur, const R *restrict ui,
+                                    const R *restrict far, const R *restrict fai,
+                                    const R *restrict fbr, const R *restrict fbi,
+                                    R *restrict wr, R *restrict wi, R sg)
+{
+    /* X_A = (Z(k) + conj Z(-k)) / 2, i X_B = (Z(k) - conj Z(-k)) / 2, W = FA X_A + FB i X_B */
+    {
+        const R mr = ur[0], mi = ui[0];
+        const R xar = (zr[0] + mr) * (R)0.5, xai = (zi[0] - mi) * (R)0.5;
+        const R xbr = (zr[0] - mr) * (R)0.5, xbi = (zi[0] + mi) * (R)0.5;
+        const R ai = sg * fai[0], bi = sg * fbi[0];
+        wr[0] = far[0] * xar - ai * xai + fbr[0] * xbr - bi * xbi;
+        wi[0] = far[0] * xai + ai * xar + fbr[0] * xbi + bi * xbr;
+    }
+    const R *restrict vr = ur + n0, *restrict vi = ui + n0;
+    for (int k = 1; k < n0; k++) {
+        const R mr = vr[-k], mi = vi[-k];
+        const R xar = (zr[k] + mr) * (R)0.5, xai = (zi[k] - mi) * (R)0.5;
+        const R xbr = (zr[k] - mr) * (R)0.5, xbi = (zi[k] + mi) * (R)0.5;
+        const R ai = sg * fai[k], bi = sg * fbi[k];
+        wr[k] = far[k] * xar - ai * xai + fbr[k] * xbr - bi * xbi;
+        wi[k] = far[k] * xai + ai * xar + fbr[k] * xbi + bi * xbr;
+    }
+}
+
+static CD_INLINE void SUF(mul_row)(int n, const R *restrict zr, const R *restrict zi,
+                                   const R *restrict fr, const R *restrict fi,
+                                   R *restrict wr, R *restrict wi, R sg)
+{
+    for (int k = 0; k < n; k++) {
+        const R ii = sg * fi[k];
+        wr[k] = fr[k] * zr[k] - ii * zi[k];
+        wi[k] = fr[k] * zi[k] + ii * zr[k];
+    }
+}
+
+CD_HOT void SUF(cd_mul)(cd_conv *c, const R *f, int conj)
+{
+    const size_t nt = (size_t)c->n0 * c->n1;
+    SUF(mul_row)((int)nt, (const R *)c->tr, (const R *)c->ti, f, f + nt, (R *)c->wr,
+                 (R *)c->wi, conj ? (R)-1 : (R)1);
+}
+
+/* w = z * (fa + i fb), conjugating fa and fb when sg < 0 */
+static CD_INLINE void SUF(mul2_row)(int n, const R *restrict zr, const R *restrict zi,
+                                    const R *restrict far, const R *restrict fai,
+                                    const R *restrict fbr, const R *restrict fbi,
+                                    R *restrict wr, R *restrict wi, R sg)
+{
+    for (int k = 0; k < n; k++) {
+        const R gr = far[k] - sg * fbi[k], gi = sg * fai[k] + fbr[k];
+        wr[k] = gr * zr[k] - gi * zi[k];
+        wi[k] = gr * zi[k] + gi * zr[k];
+    }
+}
+
+CD_HOT void SUF(cd_mul2)(cd_conv *c, const R *fa, const R *fb, int conj)
+{
+    const size_t nt = (size_t)c->n0 * c->n1;
+    SUF(mul2_row)((int)nt, (const R *)c->tr, (const R *)c->ti, fa, fa + nt, fb, fb + nt,
+                  (R *)c->wr, (R *)c->wi, conj ? (R)-1 : (R)1);
+}
+
+void SUF(cd_spectrum)(const cd_conv *c, R *out)
+{
+    const size_t nt = (size_t)c->n0 * c->n1;
+    memcpy(out, c->tr, nt * sizeof(R));
+    memcpy(out + nt, c->ti, nt * sizeof(R));
+}
+
+CD_HOT void SUF(cd_pair_mul)(cd_conv *c, const R *fa, const R *fb, int conj)
+{
+    const int n0 = c->n0, n1 = c->n1;
+    const size_t nt = (size_t)n0 * n1;
+    const R sg = conj ? (R)-1 : (R)1;
+    if (fb == NULL) {  /* the imaginary plane was zero: Z is the first plane's transform */
+        SUF(mul_row)((int)nt, (const R *)c->tr, (const R *)c->ti, fa, fa + nt, (R *)c->wr,
+                     (R *)c->wi, sg);
+        return;
+    }
+    const R *tr = (const R *)c->tr, *ti = (const R *)c->ti;
+    R *wr = (R *)c->wr, *wi = (R *)c->wi;
+    for (int kx = 0; kx < n1; kx++) {
+        const int mx = kx ? n1 - kx : 0;
+        const size_t o = (size_t)kx * n0;
+        SUF(pair_row)(n0, tr + o, ti + o, tr + (size_t)mx * n0, ti + (size_t)mx * n0, fa + o,
+                      fa + nt + o, fb + o, fb + nt + o, wr + o, wi + o, sg);
+    }
+}
+
+CD_HOT void SUF(cd_inv2d)(cd_conv *c, R *a, ptrdiff_t lda, int ha, int wa, R *b, ptrdiff_t ldb,
+                          int hb, int wb, int accumulate)
+{
+    const int n0 = c->n0, n1 = c->n1;
+    R *yr = (R *)c->yr, *yi = (R *)c->yi, *wr = (R *)c->wr, *wi = (R *)c->wi;
+    /* inverse = forward with the real and imaginary planes swapped */
+    SUF(fft_cols)(c, &c->p1, n0, n0, wi, wr);
+    int wc = wa;
+    if (b != NULL && wb > wc)
+        wc = wb;
+    const int V = SUF(width8)(c, wc);
+    SUF(transpose)(wc, n0, wr, n0, yr, V);
+    SUF(transpose)(wc, n0, wi, n0, yi, V);
+    SUF(fft_cols)(c, &c->p0, V, V, yi, yr);
+    const R scale = (R)(1.0 / ((double)n0 * (double)n1));
+    for (int y = 0; y < ha; y++) {
+        const R *restrict src = yr + (size_t)y * V;
+        R *restrict dst = a + y * lda;
+        if (accumulate)
+            for (int x = 0; x < wa; x++)
+                dst[x] += src[x] * scale;
+        else
+            for (int x = 0; x < wa; x++)
+                dst[x] = src[x] * scale;
+    }
+    if (b != NULL)
+        for (int y = 0; y < hb; y++) {
+            const R *restrict src = yi + (size_t)y * V;
+            R *restrict dst = b + y * ldb;
+            if (accumulate)
+                for (int x = 0; x < wb; x++)
+                    dst[x] += src[x] * scale;
+            else
+                for (int x = 0; x < wb; x++)
+                    dst[x] = src[x] * scale;
+        }
+}
