@@ -204,15 +204,10 @@ def test_convolve_box_equals_full_frame(seed, y0, x0, h, w, planes, mode):
     assert np.abs(outside).max(initial=0) < 1e-12
 
 
-@pytest.mark.parametrize("backend", ["default", "scipy"])
-def test_fft_backends_agree_with_reference(monkeypatch, backend):
-    """Both FFT code paths (ducc0 when installed, scipy otherwise) compute the same thing."""
-    from cdeblend import observation as obs_module
-
-    if backend == "scipy":
-        monkeypatch.setattr(obs_module, "_ducc_fft", None)
+def test_fft_loss_gradient_and_box_against_reference():
+    """The FFT engine (three bands: a packed pair and a lone band) on the fit's two calls."""
     rng = np.random.default_rng(8)
-    obs = make_obs(rng, 3, 15, 19, 11, 9)  # built after the patch: caches use that backend
+    obs = make_obs(rng, 3, 15, 19, 11, 9)
     model = rng.random(obs.shape)
     grad = np.empty(obs.shape)
     loss = obs.loss_and_gradient(model, grad, mode="fft")
@@ -315,15 +310,11 @@ def test_convolve_box_reuses_grid_buffers_without_stale_data():
     assert len(grids) == 1  # every box used the same FFT grid (and its buffers)
 
 
-@pytest.mark.parametrize("backend", ["default", "scipy"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_batched_box_convolutions_match_one_by_one(monkeypatch, backend, dtype):
+def test_batched_box_convolutions_match_one_by_one(dtype):
     """The SED fit's batched convolutions equal convolve_box box by box (every path: shared
-    grids, chunks, boxes partly outside the frame, empty boxes, small direct cases)."""
-    from cdeblend import observation as obs_module
-
-    if backend == "scipy":
-        monkeypatch.setattr(obs_module, "_ducc_fft", None)
+    grids, two planes per transform and a lone one, boxes partly outside the frame, empty
+    boxes, small direct cases)."""
     rng = np.random.default_rng(5)
     obs = make_obs(rng, 3, 40, 37, 11, 9, dtype=dtype)
     arrays, boxes = [], []
@@ -337,7 +328,7 @@ def test_batched_box_convolutions_match_one_by_one(monkeypatch, backend, dtype):
     for force_fft in (False, True):
         if force_fft:  # the cost model picks the direct loop for some of these small boxes
             obs._pick_mode = lambda mode, *args: "fft" if mode == "auto" else mode
-        got = obs._convolve_boxes(arrays, boxes, chunk=3)
+        got = obs._convolve_boxes(arrays, boxes)
         for (conv, grown), a, box in zip(got, arrays, boxes, strict=True):
             ref, ref_grown = obs.convolve_box(a, box)
             assert grown == ref_grown and conv.dtype == dtype and conv.shape == ref.shape

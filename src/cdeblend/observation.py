@@ -6,11 +6,13 @@ in which morphologies are fitted, and the per-band *difference kernels* that tak
 the model PSF to the observed seeing. It also owns the convolution engine used by the fit:
 
 * :meth:`Observation.convolve` and :meth:`Observation.convolve_adjoint`: "same-size" linear
-  convolution with zero boundary (and its exact adjoint, the flipped kernel), by real FFTs over
-  all bands at once or by a direct Cython loop for small kernels/images, picked by a cost model;
+  convolution with zero boundary (and its exact adjoint, the flipped kernel), by the package's
+  FFT core (``_fft.c``, two bands per complex transform) or by a direct Cython loop for small
+  kernels/images, picked by a cost model;
 * :meth:`Observation.loss_and_gradient`: the loss of a model and its gradient with respect to
-  the model, the one call per fit iteration; it allocates nothing once warmed up (buffers are
-  cached per shape and per thread);
+  the model; it allocates nothing once warmed up (buffers are cached per shape and per
+  thread). The fit itself runs the same math inside one Cython call per batch of iterations
+  (:mod:`cdeblend._adam_cy`);
 * :meth:`Observation.convolve_box`: convolve one morphology on its own box grown by the kernel
   half-size (used by the SED fit and rendering).
 
@@ -30,13 +32,16 @@ import scipy.fft
 import scipy.signal
 from scipy.special import erfc
 
-from ._convolve_cy import convolve_direct, weighted_residual
+from ._convolve_cy import (
+    FFTWork,
+    conv_cube,
+    conv_planes,
+    convolve_direct,
+    fast_len,
+    kernel_spectrum,
+    weighted_residual,
+)
 from ._validate import as_float_array, check_psf, check_same_shape
-
-try:  # optional, faster FFTs with output buffers (same math as scipy's pocketfft)
-    import ducc0.fft as _ducc_fft
-except ImportError:  # pragma: no cover - depends on the environment
-    _ducc_fft = None
 
 __all__ = [
     "Observation",
@@ -49,19 +54,19 @@ MODEL_PSF_SIZE = 15
 #: Extra FFT padding used when computing the difference kernels (reference value).
 KERNEL_FFT_PADDING = 3
 #: Cost-model constants (seconds), measured with float32 data on an x86-64 core (see
-#: bench/convolve.py): one multiply-add of the direct loop, one ``n log2 n`` unit of a real
-#: 2-D FFT of one plane (ducc0; scipy's pocketfft takes about twice as long), and the fixed
-#: overhead of one FFT convolution; ``_ROW_COST`` is the set-up of one contiguous run of the
-#: direct loop (one source row times one kernel tap). Only their ratios matter.
+#: bench/convolve.py): one multiply-add of the direct loop, one ``n log2 n`` unit of the 2-D
+#: FFT of one real plane, and the fixed overhead of one FFT convolution; ``_ROW_COST`` is the
+#: set-up of one contiguous run of the direct loop (one source row times one kernel tap).
+#: Only their ratios matter.
 _DIRECT_COST = 0.17e-9
 _ROW_COST = 3.5e-9
-_FFT_COST = 0.14e-9 if _ducc_fft is not None else 0.28e-9
+_FFT_COST = 0.14e-9
 _FFT_OVERHEAD = 20e-6
 #: At most this many padded FFT shapes keep their kernel transforms (LRU), within a byte
 #: budget (the newest entry is always kept).
 _KERNEL_CACHE_SIZE = 32
 _KERNEL_CACHE_BYTES = 128 * 2**20
-#: At most this many image shapes keep work buffers per thread (LRU).
+#: At most this many FFT grids keep work buffers per thread (LRU).
 _BUFFER_CACHE_SIZE = 6
 
 Box = tuple[int, int, int, int]
@@ -180,40 +185,29 @@ def _clip_box(box: Box, shape: tuple[int, int]) -> Box:
 
 
 class _KernelCache:
-    """Kernel transforms per padded FFT shape, shared by an observation and its cut-outs.
+    """Kernel transforms per FFT grid, shared by an observation and its cut-outs.
 
-    The conjugate transform (for the adjoint) is made only when first asked for, so the SED fit,
-    which only convolves forward on many box shapes, stores half as much.
+    Entry ``(n0, n1, exact)`` is :func:`~cdeblend._convolve_cy.kernel_spectrum` of the
+    difference kernels on that grid, in the kernels' dtype (``exact``: float64). The adjoint
+    multiplies by their conjugates, so it needs no entry of its own.
     """
 
     def __init__(self, kernels: np.ndarray) -> None:
         self.kernels = kernels
         self.lock = threading.Lock()
-        self.entries: OrderedDict[tuple[int, int, bool, bool], np.ndarray] = OrderedDict()
+        self.entries: OrderedDict[tuple[int, int, bool], np.ndarray] = OrderedDict()
         self.nbytes = 0
 
-    def get(self, n0: int, n1: int, adjoint: bool = False, exact: bool = False) -> np.ndarray:
-        """Return ``F(K)`` (or ``conj(F(K))``) on the ``(n0, n1)`` grid, computing it once;
-        ``exact``: in double precision whatever the kernels' dtype."""
-        key = (n0, n1, adjoint, exact)
+    def get(self, n0: int, n1: int, exact: bool = False) -> np.ndarray:
+        """Return the (B, 2, n1, n0) transforms on the ``(n0, n1)`` grid, computing them once."""
+        key = (n0, n1, exact)
         with self.lock:
             hit = self.entries.get(key)
             if hit is not None:
                 self.entries.move_to_end(key)
                 return hit
-        if adjoint:
-            value = np.conj(self.get(n0, n1, False, exact))
-        else:
-            k = self.kernels.astype(np.float64) if exact else self.kernels
-            nb, kh, kw = k.shape
-            # Put the kernel centre at index 0, folding taps modulo n: exact for the same-size
-            # convolution whenever n >= image size + kernel half-size (see _fft_shape).
-            iy = (np.arange(kh) - kh // 2) % n0
-            ix = (np.arange(kw) - kw // 2) % n1
-            padded = np.zeros((nb, n0, n1), dtype=k.dtype)
-            for b in range(nb):
-                np.add.at(padded[b], (iy[:, None], ix[None, :]), k[b])
-            value = _kernel_transform(padded)
+        spec = kernel_spectrum(np.ascontiguousarray(self.kernels, dtype=np.float64), n0, n1)
+        value = spec if exact else spec.astype(self.kernels.dtype)
         with self.lock:
             if key not in self.entries:
                 self.entries[key] = value
@@ -224,38 +218,6 @@ class _KernelCache:
                 _, old = self.entries.popitem(last=False)
                 self.nbytes -= old.nbytes
         return value
-
-
-class _Workspace:
-    """Preallocated arrays for one input shape ``(nb_in, h, w)`` (one per thread and shape).
-
-    The 2-D transform is split into a real transform along y over the ``w`` non-zero columns
-    and a complex one along x, and the inverse ends with a real transform along y of those
-    ``w`` columns only, so the zero padding is never transformed. ducc0 writes into these
-    buffers; the scipy path allocates its outputs.
-    """
-
-    __slots__ = (
-        "n0", "n1", "h", "w", "pad", "half", "spec_x", "spec_b", "full", "resid", "fk", "fk_conj"
-    )
-
-    def __init__(self, nb: int, nb_in: int, h: int, w: int, n0: int, n1: int, dtype: Any) -> None:
-        ctype = np.complex64 if dtype == np.float32 else np.complex128
-        self.n0, self.n1, self.h, self.w = n0, n1, h, w
-        # FFT input, zero outside [:h, :w]: every user of this workspace writes only there
-        self.pad = np.zeros((max(nb, nb_in), n0, n1), dtype=dtype)
-        self.full = np.empty((nb, n0, n1), dtype=dtype)
-        self.resid = None  # direct-mode residual, allocated on first use
-        self.fk = self.fk_conj = None  # kernel transforms for this grid, fetched on first use
-        if _ducc_fft is not None:
-            m0 = n0 // 2 + 1
-            self.half = np.zeros((max(nb, nb_in), m0, n1), dtype=ctype)  # zero beyond column w
-            self.spec_b = np.empty((nb, m0, n1), dtype=ctype)
-            self.spec_x = self.spec_b if nb_in == nb else np.empty((nb_in, m0, n1), dtype=ctype)
-        else:
-            self.half = None
-            self.spec_x = None
-            self.spec_b = np.empty((nb, n0 // 2 + 1, n1), dtype=ctype)
 
 
 class Observation:
@@ -535,10 +497,7 @@ class Observation:
     def _fft_shape(self, h: int, w: int) -> tuple[int, int]:
         # n >= size + kernel half-size is enough for an alias-free same-size convolution
         ry, rx = self.kernel_radius
-        return (
-            scipy.fft.next_fast_len(h + ry, real=True),
-            scipy.fft.next_fast_len(w + rx, real=True),
-        )
+        return fast_len(h + ry), fast_len(w + rx)
 
     def _pick_mode(
         self, mode: str, nb_in: int, h: int, w: int, src: tuple[int, int] | None = None
@@ -574,39 +533,42 @@ class Observation:
         fft = _FFT_OVERHEAD + _FFT_COST * (nb_in + nb) * n * math.log2(n)
         return "real" if direct < fft else "fft"
 
-    def _workspace(self, nb_in: int, h: int, w: int, grid: bool = False) -> _Workspace:
-        """Work buffers for ``(nb_in, h, w)`` inputs, or with ``grid`` for the FFT grid
-        ``(h, w) = (n0, n1)`` (the caller then sets ``ws.h, ws.w`` and clears stale data)."""
-        cache = getattr(self._local, "ws", None)
+    def _work(self, n0: int, n1: int, width: int, double: bool | None = None) -> FFTWork:
+        """This thread's FFT plans and buffers for the ``(n0, n1)`` grid, for inputs and
+        outputs up to ``width`` columns (a cached one at least as wide is reused), in the
+        working precision (or double with ``double=True``)."""
+        if double is None:
+            double = self.dtype == np.float64
+        cache = getattr(self._local, "work", None)
         if cache is None:
-            cache = self._local.ws = OrderedDict()
-        key = (nb_in, h, w, grid)
-        ws = cache.get(key)
-        if ws is None:
-            n0, n1 = (h, w) if grid else self._fft_shape(h, w)
-            ws = _Workspace(self.shape[0], nb_in, h, w, n0, n1, self.dtype)
-            cache[key] = ws
+            cache = self._local.work = OrderedDict()
+        key = (n0, n1, double)
+        work = cache.get(key)
+        if work is None or work.width < width:
+            work = cache[key] = FFTWork(n0, n1, width, double)
             while len(cache) > _BUFFER_CACHE_SIZE:
                 cache.popitem(last=False)
-        else:
-            cache.move_to_end(key)
-        return ws
+        cache.move_to_end(key)
+        return work
 
-    def _fft_full(self, ws: _Workspace, nb_in: int, adjoint: bool) -> np.ndarray:
-        """Convolve the planes already written into ``ws.pad[:nb_in]``; return the full result.
+    def _buffers(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Two work arrays of ``shape`` and the working dtype, per thread (reused)."""
+        cache = getattr(self._local, "arrays", None)
+        if cache is None:
+            cache = self._local.arrays = OrderedDict()
+        pair = cache.get(shape)
+        if pair is None:
+            pair = cache[shape] = (np.empty(shape, self.dtype), np.empty(shape, self.dtype))
+            while len(cache) > _BUFFER_CACHE_SIZE:
+                cache.popitem(last=False)
+        cache.move_to_end(shape)
+        return pair
 
-        The ``[:, :h, :w]`` corner of the returned ``(B, n0, n1)`` array is the same-size
-        convolution of the ``(h, w)`` input.
-        """
-        if adjoint:
-            if ws.fk_conj is None:
-                ws.fk_conj = self._kernel_cache.get(ws.n0, ws.n1, True)
-            fk = ws.fk_conj
-        else:
-            if ws.fk is None:
-                ws.fk = self._kernel_cache.get(ws.n0, ws.n1, False)
-            fk = ws.fk
-        return _real_conv_fft(ws.pad[:nb_in], fk, ws)
+    def _conv_same(self, x: np.ndarray, out: np.ndarray, adjoint: bool) -> None:
+        """FFT same-size convolution of the C-contiguous ``x`` (B or 1, h, w) into ``out``."""
+        _, h, w = x.shape
+        n0, n1 = self._fft_shape(h, w)
+        conv_cube(self._work(n0, n1, w), x, 0, 0, self._kernel_cache.get(n0, n1), out, adjoint)
 
     def _check_model(self, model: Any, name: str, allow_2d: bool = False) -> np.ndarray:
         arr = np.asarray(model)
@@ -638,9 +600,9 @@ class Observation:
             out.fill(0)
             convolve_direct(x, self._grad_kernels if adjoint else self.diff_kernels, out, 0, 0)
         else:
-            ws = self._workspace(nb_in, h, w)
-            ws.pad[:nb_in, :h, :w] = x
-            out[...] = self._fft_full(ws, nb_in, adjoint)[:, :h, :w]
+            if np.may_share_memory(x, out):
+                x = x.copy()
+            self._conv_same(x, out, adjoint)
         return out
 
     def convolve(self, model: Any, out: np.ndarray | None = None, mode: str = "auto") -> np.ndarray:
@@ -685,12 +647,8 @@ class Observation:
         if x.shape != self.shape:
             raise ValueError(f"model must have shape {self.shape}, got {x.shape}")
         _, h, w = self.shape
-        if self._pick_mode(mode, self.shape[0], h, w) == "real":
-            conv = self.convolve(x, mode="real")
-        else:
-            ws = self._workspace(self.shape[0], h, w)
-            ws.pad[:, :h, :w] = x
-            conv = self._fft_full(ws, self.shape[0], False)  # corner [:, :h, :w] is used
+        conv, _ = self._buffers(self.shape)
+        self.convolve(x, out=conv, mode=mode)
         return float(weighted_residual(conv, self.images, self.weights, self.images, False))
 
     def loss_and_gradient(self, model: Any, grad_out: np.ndarray, mode: str = "auto") -> float:
@@ -718,55 +676,23 @@ class Observation:
         if x.shape != self.shape:
             raise ValueError(f"model must have shape {self.shape}, got {x.shape}")
         grad_out = self._check_out(grad_out, self.shape, "grad_out")
-        nb, h, w = self.shape
-        if self._pick_mode(mode, nb, h, w) == "real":
-            conv = self.convolve(x, mode="real")
-            ws = self._workspace(nb, h, w)
-            if ws.resid is None:
-                ws.resid = np.empty((nb, h, w), dtype=self.dtype)
-            resid = ws.resid
-            loss = weighted_residual(conv, self.images, self.weights, resid, True)
-            grad_out.fill(0)
-            convolve_direct(resid, self._grad_kernels, grad_out, 0, 0)
-            return float(loss)
-        ws = self._workspace(nb, h, w)
-        ws.pad[:, :h, :w] = x
-        full = self._fft_full(ws, nb, False)
-        # the weighted residual goes straight into the zero-padded FFT input buffer
-        loss = weighted_residual(full, self.images, self.weights, ws.pad, True)
-        grad_out[...] = self._fft_full(ws, nb, True)[:, :h, :w]
+        conv, resid = self._buffers(self.shape)
+        self.convolve(x, out=conv, mode=mode)
+        loss = weighted_residual(conv, self.images, self.weights, resid, True)
+        self.convolve_adjoint(resid, out=grad_out, mode=mode)
         return float(loss)
 
     def _fit_engine(self) -> tuple[np.ndarray, Any]:
-        """The per-iteration loss and gradient of the fit without copies or checks.
+        """The per-iteration loss and gradient of the fit: returns ``(model, step)``; render
+        the model into ``model`` (B, H, W), then ``step()`` returns ``(loss, grad)`` with
+        ``dL/dmodel`` in ``grad`` (a work buffer, valid until the next call)."""
+        model = np.empty(self.shape, dtype=self.dtype)
+        grad = np.empty_like(model)
 
-        Returns ``(model, step)``: render the blend's model-space image into the
-        ``[:, :H, :W]`` corner of ``model`` (a C-contiguous (B, >= H, >= W) work buffer: the
-        zero-padded FFT input, whose outside must stay untouched), then ``step()`` returns
-        ``(loss, grad)`` with ``dL/dmodel`` in the ``[:, :H, :W]`` corner of the C-contiguous
-        ``grad`` (a work buffer, valid until the next call). Same math and results as
-        :meth:`loss_and_gradient`.
-        """
-        nb, h, w = self.shape
-        if self._pick_mode("auto", nb, h, w) == "real":
-            model = np.empty(self.shape, dtype=self.dtype)
-            grad = np.empty_like(model)
+        def step() -> tuple[float, np.ndarray]:
+            return self.loss_and_gradient(model, grad), grad
 
-            def step_real() -> tuple[float, np.ndarray]:
-                return self.loss_and_gradient(model, grad, mode="real"), grad
-
-            return model, step_real
-        ws = self._workspace(nb, h, w)
-        images, weights = self.images, self.weights
-        pad = ws.pad
-
-        def step_fft() -> tuple[float, np.ndarray]:
-            full = self._fft_full(ws, nb, False)
-            # the weighted residual goes straight into the zero-padded FFT input buffer
-            loss = weighted_residual(full, images, weights, pad, True)
-            return float(loss), self._fft_full(ws, nb, True)
-
-        return pad[:nb], step_fft
+        return model, step
 
     def _box_source(self, array: Any, box: Any) -> tuple[np.ndarray, Box, Box]:
         """Check ``array`` on ``box`` and cut it to the frame.
@@ -778,10 +704,7 @@ class Observation:
         arr = self._check_model(array, "array", allow_2d=True)
         if arr.shape[1:] != (h, w):
             raise ValueError(f"array has shape {np.shape(array)} but box has size ({h}, {w})")
-        _, height, width = self.shape
-        cy0, cx0, ch, cw = _clip_box((y0, x0, h, w), (height, width))
-        ry, rx = self.kernel_radius
-        grown = _clip_box((cy0 - ry, cx0 - rx, ch + 2 * ry, cw + 2 * rx), (height, width))
+        (cy0, cx0, ch, cw), grown = self._grown_box((y0, x0, h, w))
         src = arr[:, cy0 - y0:cy0 - y0 + ch, cx0 - x0:cx0 - x0 + cw]
         return src, (cy0, cx0, ch, cw), grown
 
@@ -812,7 +735,7 @@ class Observation:
         src, (cy0, cx0, ch, cw), grown = self._box_source(array, box)
         gy0, gx0, gh, gw = grown
         nb = self.shape[0]
-        if gh == 0 or gw == 0:
+        if ch == 0 or cw == 0 or gh == 0 or gw == 0:
             return np.zeros((nb, gh, gw), dtype=self.dtype), grown
         if self._pick_mode(mode, src.shape[0], gh, gw, (ch, cw)) == "real":
             # the direct loop only visits taps x source pixels: cost ~ B * taps * h * w
@@ -820,63 +743,83 @@ class Observation:
             convolve_direct(np.ascontiguousarray(src), self.diff_kernels, out,
                             cy0 - gy0, cx0 - gx0)
             return out, grown
-        nb_in = src.shape[0]
-        # one workspace per FFT grid (many box shapes share one), re-targeted to this box
         n0, n1 = self._fft_shape(gh, gw)
-        ws = self._workspace(nb_in, n0, n1, grid=True)
-        ws.h, ws.w = gh, gw
-        pad = ws.pad[:nb_in]
-        pad[:, :, :gw] = 0  # whole columns: an earlier box on this grid may have been taller
-        if ws.half is not None:
-            ws.half[:nb_in, :, gw:] = 0  # the x transform reads every column
-        pad[:, cy0 - gy0:cy0 - gy0 + ch, cx0 - gx0:cx0 - gx0 + cw] = src
-        out = self._fft_full(ws, nb_in, False)[:, :gh, :gw].copy()
+        out = np.empty((nb, gh, gw), dtype=self.dtype)
+        conv_cube(self._work(n0, n1, gw), np.ascontiguousarray(src), cy0 - gy0, cx0 - gx0,
+                  self._kernel_cache.get(n0, n1), out, False)
         return out, grown
 
-
-    def _convolve_boxes(self, arrays: Sequence[Any], boxes: Sequence[Any],
-                        chunk: int = 8) -> list[tuple[np.ndarray, Box]]:
-        """:meth:`convolve_box` of many 2-D morphologies (mode "auto"), batched.
-
-        Morphologies whose grown boxes share an FFT grid (any grid at least half the frame's
-        counts as the frame's; a larger grid is still alias-free) are transformed together, a
-        chunk at a time: one call per FFT stage for the whole chunk instead of one per morphology
-        (the calls, not the arithmetic, dominated for the SED fit of small blends). Each
-        result equals :meth:`convolve_box`'s up to floating-point round-off.
-        """
+    def _grown_box(self, box: Box) -> tuple[Box, Box]:
+        """``box`` clipped to the frame, and that grown by the kernel half-size and clipped."""
         _, height, width = self.shape
         ry, rx = self.kernel_radius
-        out: list = [None] * len(arrays)
-        grids: dict[tuple[int, int], list] = {}
+        cy0, cx0, ch, cw = _clip_box(box, (height, width))
+        grown = _clip_box((cy0 - ry, cx0 - rx, ch + 2 * ry, cw + 2 * rx), (height, width))
+        return (cy0, cx0, ch, cw), grown
+
+    def _convolve_boxes(self, arrays: Sequence[Any],
+                        boxes: Sequence[Any]) -> list[tuple[np.ndarray, Box]]:
+        """:meth:`convolve_box` of many 2-D morphologies (mode "auto"), batched (see
+        :meth:`_convolve_morphs_into`); each result equals :meth:`convolve_box`'s up to
+        floating-point round-off."""
+        nb = self.shape[0]
+        box_list = [_as_box(b) for b in boxes]
+        grown = [self._grown_box(b)[1] for b in box_list]  # empty sources give zeros
+        sizes = np.array([nb * g[2] * g[3] for g in grown], dtype=np.intp)
+        offsets = np.zeros(len(sizes), dtype=np.intp)
+        offsets[1:] = np.cumsum(sizes)[:-1]
+        flat = np.zeros(int(sizes.sum()), dtype=self.dtype)
+        self._convolve_morphs_into(arrays, box_list, flat, offsets)
+        return [(flat[o:o + n].reshape(nb, g[2], g[3]), g)
+                for o, n, g in zip(offsets, sizes, grown, strict=True)]
+
+    def _convolve_morphs_into(self, arrays: Sequence[Any], boxes: Sequence[Box],
+                              flat: np.ndarray, offsets: np.ndarray) -> None:
+        """Convolve 2-D morphologies, each on its box, with every band's kernel into
+        ``flat``: morphology k's (B, gh, gw) convolution on its grown box (see
+        :meth:`_grown_box`) starts at ``offsets[k]``; an empty grown box writes nothing.
+
+        Morphologies whose grown boxes share an FFT grid (any grid at least half the frame's
+        counts as the frame's; a larger grid is still alias-free) go to one
+        :func:`~cdeblend._convolve_cy.conv_planes` call, two morphologies per transform and
+        the GIL released throughout; small cases take the direct loop.
+        """
+        _, height, width = self.shape
         frame_grid = self._fft_shape(height, width)
-        for i, (array, box) in enumerate(zip(arrays, boxes, strict=True)):
-            y0, x0, h, w = _as_box(box)
+        grids: dict[tuple[int, int], list] = {}
+        for k, (array, box) in enumerate(zip(arrays, boxes, strict=True)):
+            y0, x0, h, w = box
             arr = self._check_model(array, "array", allow_2d=True)
-            cy0, cx0, ch, cw = _clip_box((y0, x0, h, w), (height, width))
-            grown = _clip_box((cy0 - ry, cx0 - rx, ch + 2 * ry, cw + 2 * rx), (height, width))
-            gy0, gx0, gh, gw = grown
-            if (arr.shape[0] != 1 or arr.shape[1:] != (h, w) or gh == 0 or gw == 0
-                    or self._pick_mode("auto", 1, gh, gw, (ch, cw)) == "real"):
-                out[i] = self.convolve_box(array, box)
+            if arr.shape[0] != 1 or arr.shape[1:] != (h, w):
+                raise ValueError(f"array {k} has shape {np.shape(array)} but its box is "
+                                 f"({h}, {w})")
+            (cy0, cx0, ch, cw), (gy0, gx0, gh, gw) = self._grown_box(box)
+            if ch == 0 or cw == 0 or gh == 0 or gw == 0:
+                continue  # nothing of it in the frame: its convolution is 0
+            if self._pick_mode("auto", 1, gh, gw, (ch, cw)) == "real":
+                conv, _ = self.convolve_box(arr, box, mode="real")
+                flat[offsets[k]:offsets[k] + conv.size] = conv.ravel()
                 continue
             src = arr[0, cy0 - y0:cy0 - y0 + ch, cx0 - x0:cx0 - x0 + cw]
             grid = self._fft_shape(gh, gw)
             if 2 * grid[0] * grid[1] >= frame_grid[0] * frame_grid[1]:
-                grid = frame_grid  # nearly the frame's: share the frame's grid (fewer batches)
-            grids.setdefault(grid, []).append((i, src, cy0 - gy0, cx0 - gx0, grown))
+                grid = frame_grid  # nearly the frame's: share the frame's grid (fewer calls)
+            grids.setdefault(grid, []).append((k, src, cy0 - gy0, cx0 - gx0, gh, gw))
         for (n0, n1), items in grids.items():
-            fk = self._kernel_cache.get(n0, n1, False)
-            for start in range(0, len(items), chunk):
-                part = items[start:start + chunk]
-                k = len(part)
-                wmax = max(it[4][3] for it in part)
-                pad = np.zeros((k, n0, wmax), dtype=self.dtype)
-                for j, (_, src, oy, ox, _) in enumerate(part):
-                    pad[j, oy:oy + src.shape[0], ox:ox + src.shape[1]] = src
-                full = _batched_conv_fft(pad, fk, n0, n1)  # (k, B, n0, wmax)
-                for j, (i, _, _, _, grown) in enumerate(part):
-                    out[i] = (np.ascontiguousarray(full[j, :, :grown[2], :grown[3]]), grown)
-        return out
+            src_table = np.empty((len(items), 5), dtype=np.intp)
+            out_table = np.empty((len(items), 3), dtype=np.intp)
+            o = 0
+            for j, (k, src, oy, ox, gh, gw) in enumerate(items):
+                src_table[j] = (o, src.shape[0], src.shape[1], oy, ox)
+                out_table[j] = (offsets[k], gh, gw)
+                o += src.size
+            planes = np.empty(o, dtype=self.dtype)
+            for j, item in enumerate(items):
+                src = item[1]
+                planes[src_table[j, 0]:src_table[j, 0] + src.size].reshape(src.shape)[...] = src
+            work = self._work(n0, n1, int(out_table[:, 2].max()))
+            conv_planes(work, planes, src_table, self._kernel_cache.get(n0, n1), flat,
+                        out_table)
 
     def _convolve_box_exact(self, array: Any, box: Any) -> tuple[np.ndarray, Box]:
         """:meth:`convolve_box` for the products of a fit (the per-source convolved models
@@ -893,15 +836,16 @@ class Observation:
         gy0, gx0, gh, gw = grown
         ry, rx = self.kernel_radius
         nb = self.shape[0]
-        if gh == 0 or gw == 0 or self._pick_mode("auto", src.shape[0], gh, gw, (ch, cw)) == "real":
+        if (ch == 0 or cw == 0 or gh == 0 or gw == 0
+                or self._pick_mode("auto", src.shape[0], gh, gw, (ch, cw)) == "real"):
             return self.convolve_box(array, box, mode="real")
         nb_in = src.shape[0]
         oy, ox = cy0 - gy0, cx0 - gx0
         n0, n1 = self._fft_shape(gh, gw)
-        ws = _Workspace(nb, nb_in, gh, gw, n0, n1, np.float64)
-        ws.pad[:nb_in, oy:oy + ch, ox:ox + cw] = src
-        full = _real_conv_fft(ws.pad[:nb_in], self._kernel_cache.get(n0, n1, False, True), ws)
-        out = full[:, :gh, :gw].astype(self.dtype)
+        full = np.empty((nb, gh, gw), dtype=np.float64)
+        conv_cube(self._work(n0, n1, gw, double=True), np.ascontiguousarray(src, np.float64),
+                  oy, ox, self._kernel_cache.get(n0, n1, exact=True), full, False)
+        out = full.astype(self.dtype)
         # support of the true convolution, per band
         nonzero = np.zeros((nb_in, gh, gw), dtype=bool)
         nonzero[:, oy:oy + ch, ox:ox + cw] = src != 0
@@ -932,62 +876,3 @@ def _box_dilate(mask: np.ndarray, ry: int, rx: int) -> np.ndarray:
         lo = np.maximum(np.arange(n) - r, 0)
         out = (np.take(c, hi, axis=axis) - np.take(c, lo, axis=axis)) > 0
     return out
-
-
-def _batched_conv_fft(pad: np.ndarray, fk: np.ndarray, n0: int, n1: int) -> np.ndarray:
-    """Convolve each plane of ``pad`` (k, n0, w) (zero beyond its box) with every band's
-    kernel (transform ``fk`` (B, n0 // 2 + 1, n1) in the layout of
-    :func:`_kernel_transform`); returns (k, B, n0, w): the split transforms of
-    :func:`_real_conv_fft`, batched over the planes."""
-    k, _, w = pad.shape
-    nb, m0, _ = fk.shape
-    ctype = np.complex64 if pad.dtype == np.float32 else np.complex128
-    if _ducc_fft is not None:
-        half = np.zeros((k, m0, n1), dtype=ctype)
-        _ducc_fft.r2c(pad, axes=(1,), out=half[:, :, :w], nthreads=1)
-        _ducc_fft.c2c(half, axes=(2,), out=half, nthreads=1)
-        spec = (half[:, None] * fk[None]).reshape(k * nb, m0, n1)
-        _ducc_fft.c2c(spec, axes=(2,), forward=False, inorm=2, out=spec, nthreads=1)
-        full = np.empty((k * nb, n0, w), dtype=pad.dtype)
-        _ducc_fft.c2r(spec[:, :, :w], axes=(1,), lastsize=n0, forward=False, inorm=2,
-                      out=full, nthreads=1, allow_overwriting_input=True)
-        return full.reshape(k, nb, n0, w)
-    half = scipy.fft.rfft(pad, n=n0, axis=1, workers=1)
-    spec = scipy.fft.fft(half, n=n1, axis=2, workers=1, overwrite_x=True)
-    spec = (spec[:, None] * fk[None]).astype(ctype, copy=False).reshape(k * nb, m0, n1)
-    back = scipy.fft.ifft(spec, axis=2, workers=1)
-    full = scipy.fft.irfft(back[:, :, :w], n=n0, axis=1, workers=1)
-    return full.reshape(k, nb, n0, w)
-
-
-def _kernel_transform(padded: np.ndarray) -> np.ndarray:
-    """Transform of the wrapped kernels in the layout :func:`_real_conv_fft` multiplies with:
-    a real transform along y (``n0 // 2 + 1`` rows) then a complex one along x."""
-    if _ducc_fft is not None:
-        half = _ducc_fft.r2c(padded, axes=(1,), nthreads=1)
-        return _ducc_fft.c2c(half, axes=(2,), nthreads=1)
-    return scipy.fft.fft(scipy.fft.rfft(padded, axis=1, workers=1), axis=2, workers=1)
-
-
-def _real_conv_fft(pad: np.ndarray, fk: np.ndarray, ws: _Workspace) -> np.ndarray:
-    """Circular convolution of the padded planes ``pad`` with the kernel transform ``fk``.
-
-    Returns a C-contiguous ``(B, n0, n1)`` (ducc0: a workspace buffer) or ``(B, n0, w)``
-    (scipy: a new array) result whose ``[:, :h, :w]`` corner is the same-size convolution.
-    """
-    if _ducc_fft is not None:
-        nb_in, w = pad.shape[0], ws.w
-        half = ws.half[:nb_in]
-        _ducc_fft.r2c(pad[:, :, :w], axes=(1,), out=half[:, :, :w], nthreads=1)
-        _ducc_fft.c2c(half, axes=(2,), out=ws.spec_x, nthreads=1)
-        np.multiply(ws.spec_x, fk, out=ws.spec_b)
-        _ducc_fft.c2c(ws.spec_b, axes=(2,), forward=False, inorm=2, out=ws.spec_b, nthreads=1)
-        _ducc_fft.c2r(ws.spec_b[:, :, :w], axes=(1,), lastsize=ws.n0, forward=False, inorm=2,
-                      out=ws.full[:, :, :w], nthreads=1, allow_overwriting_input=True)
-        return ws.full
-    # same split with scipy: its implicit zero padding (n=...) replaces the padded buffer
-    half = scipy.fft.rfft(pad[:, : ws.h, : ws.w], n=ws.n0, axis=1, workers=1)
-    spec = scipy.fft.fft(half, n=ws.n1, axis=2, workers=1, overwrite_x=True)
-    np.multiply(spec, fk, out=ws.spec_b)
-    back = scipy.fft.ifft(ws.spec_b, axis=2, workers=1)
-    return scipy.fft.irfft(back[:, :, : ws.w], n=ws.n0, axis=1, workers=1)

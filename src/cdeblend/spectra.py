@@ -28,7 +28,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ._convolve_cy import cholesky_upper, data_products, gram_pairs
-from .observation import Observation, _as_box, _clip_box
+from .observation import Observation, _as_box
 
 __all__ = ["fit_seds", "overlapping_pairs"]
 
@@ -226,21 +226,17 @@ def fit_seds(
         morphs.append(arr)
 
     # grown boxes first (pure box arithmetic), so one flat buffer holds every convolved model
-    ry, rx = observation.kernel_radius
     grown = np.zeros((nk, 4), dtype=np.intp)
     for k, box in enumerate(box_list):
-        cy0, cx0, ch, cw = _clip_box(box, (height, width))
-        if ch and cw:
-            grown[k] = _clip_box((cy0 - ry, cx0 - rx, ch + 2 * ry, cw + 2 * rx), (height, width))
+        clipped, g = observation._grown_box(box)
+        if clipped[2] and clipped[3]:
+            grown[k] = g
     sizes = nb * grown[:, 2] * grown[:, 3]
     offsets = np.zeros(nk, dtype=np.intp)
     offsets[1:] = np.cumsum(sizes)[:-1]
     flat = np.zeros(int(sizes.sum()), dtype=dtype)
     # batched by FFT grid (each grid's kernel transform is computed once)
-    todo = np.flatnonzero(sizes)
-    convs = observation._convolve_boxes([morphs[k] for k in todo], [box_list[k] for k in todo])
-    for k, (conv, _) in zip(todo, convs, strict=True):  # conv lies on grown[k]
-        flat[offsets[k]:offsets[k] + sizes[k]] = conv.ravel()
+    observation._convolve_morphs_into(morphs, box_list, flat, offsets)
 
     pairs = overlapping_pairs(grown).astype(np.intp)
     weights = observation.weights
