@@ -15,7 +15,7 @@ All components read the same ``grad`` (Jacobi style: no re-rendering between com
 so their order does not matter. Nothing here allocates Python objects or holds the GIL.
 """
 
-from libc.math cimport isfinite, pow, sqrt
+from libc.math cimport fabs, isfinite, pow, sqrt
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, malloc
 
@@ -24,6 +24,10 @@ ctypedef fused real:
     double
 
 include "_monotonic_radial.pxi"
+include "_fft.pxi"
+include "_conv_kernels.pxi"
+
+import numpy as np
 
 #: ADAM variants (spec 3.5); AMSGrad is the pipeline default.
 AMSGRAD = 0
@@ -96,9 +100,9 @@ def render(const double[:, ::1] sed, const double[::1] morph, const int64_t[:, :
         _render(sed, morph, comp, model, H, W)
 
 
-cdef void _render(const double[:, ::1] sed, const double[::1] morph,
-                  const int64_t[:, ::1] comp, real[:, :, ::1] model, Py_ssize_t H,
-                  Py_ssize_t W) noexcept nogil:
+cdef int _render(const double[:, ::1] sed, const double[::1] morph,
+                 const int64_t[:, ::1] comp, real[:, :, ::1] model, Py_ssize_t H,
+                 Py_ssize_t W) except -1 nogil:
     cdef Py_ssize_t K = comp.shape[0], B = model.shape[0]
     cdef Py_ssize_t k, b, y, x, off, y0, x0, h, w
     cdef double s
@@ -117,6 +121,7 @@ cdef void _render(const double[:, ::1] sed, const double[::1] morph,
             for y in range(h):
                 for x in range(w):
                     model[b, y0 + y, x0 + x] += <real>(s * morph[off + y * w + x])
+    return 0
 
 
 cdef inline double _adam_delta(double g, double* m1, double* v, double* vhat, double b1,
@@ -235,6 +240,15 @@ def fit_step(const real[:, :, ::1] grad,
                table is not None, t, want_bounds, bounds)
 
 
+cdef Py_ssize_t _scratch_size(const int64_t[:, ::1] comp, Py_ssize_t B) noexcept nogil:
+    """Doubles of work space :func:`_prox_core` needs: 3 B + the largest box."""
+    cdef Py_ssize_t k, maxhw = 1
+    for k in range(comp.shape[0]):
+        if comp[k, 2] * comp[k, 3] > maxhw:
+            maxhw = comp[k, 2] * comp[k, 3]
+    return 3 * B + maxhw
+
+
 cdef int _prox_step(const real[:, :, ::1] grad,
                     double[:, ::1] sed, double[:, ::1] sed_m, double[:, ::1] sed_v,
                     double[:, ::1] sed_vhat,
@@ -246,137 +260,157 @@ cdef int _prox_step(const real[:, :, ::1] grad,
                     double eps, double floor, int variant, bint monotonic,
                     const RadialTable* table, bint want_bounds,
                     int64_t[:, ::1] bounds) except -1:
+    """:func:`_prox_core` with its work space allocated here."""
+    cdef double* scratch = <double*>malloc(_scratch_size(comp, sed.shape[1]) * sizeof(double))
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            _prox_core(grad, sed, sed_m, sed_v, sed_vhat, morph, morph_m, morph_v, morph_vhat, comp,
+                   bg_thresh, bg_rms, sed_min_step, sed_step, morph_step, it, b1, b2, eps,
+                   floor, variant, monotonic, table, want_bounds, bounds,
+                       scratch)
+    finally:
+        free(scratch)
+    return 0
+
+
+cdef int _prox_core(const real[:, :, ::1] grad,
+                    double[:, ::1] sed, double[:, ::1] sed_m, double[:, ::1] sed_v,
+                    double[:, ::1] sed_vhat,
+                    double[::1] morph, double[::1] morph_m, double[::1] morph_v,
+                    double[::1] morph_vhat,
+                    const int64_t[:, ::1] comp, const double[::1] bg_thresh,
+                    const double[::1] bg_rms, const double[::1] sed_min_step,
+                    double sed_step, double morph_step, Py_ssize_t it, double b1, double b2,
+                    double eps, double floor, int variant, bint monotonic,
+                    const RadialTable* table, bint want_bounds,
+                    int64_t[:, ::1] bounds,
+                    double* gs) except -1 nogil:
+    """One proximal ADAM iteration of every component (see :func:`adam_prox_step`);
+    ``gs``: work space of :func:`_scratch_size` doubles."""
     cdef Py_ssize_t K = comp.shape[0], B = sed.shape[1]
-    cdef Py_ssize_t k, b, i, y, x, off, y0, x0, h, w, py, px, maxhw = 1, pk
+    cdef Py_ssize_t k, b, i, y, x, off, y0, x0, h, w, py, px, pk
     cdef Py_ssize_t ly0, lx0, ly1, lx1
     cdef double t = <double>(it + 1), c1, c2, mean_s, step, damp, thr, mx, v, inv
-    cdef double* gs
     cdef double* gm
     cdef double* s_old
     cdef double* tb
     cdef double* sk
     cdef bint keep
-    for k in range(K):
-        if comp[k, 2] * comp[k, 3] > maxhw:
-            maxhw = comp[k, 2] * comp[k, 3]
-    gs = <double*>malloc((3 * B + maxhw) * sizeof(double))
-    if gs == NULL:
-        raise MemoryError()
     s_old = gs + B
     tb = gs + 2 * B
     gm = gs + 3 * B
     c1 = 1 - pow(b1, t)
     c2 = 1 - pow(b2, t)
     damp = 0.1 if it == 0 else 1.0
-    with nogil:
-        for k in range(K):
-            y0 = comp[k, 0]
-            x0 = comp[k, 1]
-            h = comp[k, 2]
-            w = comp[k, 3]
-            off = comp[k, 4]
-            py = comp[k, 5]
-            px = comp[k, 6]
-            for b in range(B):
-                s_old[b] = sed[k, b]
-            _gradients(grad, s_old, &morph[off], B, y0, x0, h, w, gs, gm)
+    for k in range(K):
+        y0 = comp[k, 0]
+        x0 = comp[k, 1]
+        h = comp[k, 2]
+        w = comp[k, 3]
+        off = comp[k, 4]
+        py = comp[k, 5]
+        px = comp[k, 6]
+        for b in range(B):
+            s_old[b] = sed[k, b]
+        _gradients(grad, s_old, &morph[off], B, y0, x0, h, w, gs, gm)
 
-            # --- SED: ADAM step, then floor
-            mean_s = 0.0
-            for b in range(B):
-                mean_s += s_old[b]
-            mean_s /= B
-            for b in range(B):
-                step = sed_min_step[b]
-                if sed_step * mean_s > step:
-                    step = sed_step * mean_s
-                v = sed[k, b] - damp * step * _adam_delta(
-                    gs[b], &sed_m[k, b], &sed_v[k, b], &sed_vhat[k, b], b1, b2, eps, c1, c2,
-                    variant)
-                if not isfinite(v) or v < floor:
-                    v = floor
-                sed[k, b] = v
+        # --- SED: ADAM step, then floor
+        mean_s = 0.0
+        for b in range(B):
+            mean_s += s_old[b]
+        mean_s /= B
+        for b in range(B):
+            step = sed_min_step[b]
+            if sed_step * mean_s > step:
+                step = sed_step * mean_s
+            v = sed[k, b] - damp * step * _adam_delta(
+                gs[b], &sed_m[k, b], &sed_v[k, b], &sed_vhat[k, b], b1, b2, eps, c1, c2,
+                variant)
+            if not isfinite(v) or v < floor:
+                v = floor
+            sed[k, b] = v
 
-            # --- morphology: ADAM step
-            step = damp * morph_step
-            if variant == 0:
-                _amsgrad_run(&morph[off], &morph_m[off], &morph_v[off], &morph_vhat[off], gm,
-                             h * w, step, b1, b2, eps)
-            else:
-                for i in range(h * w):
-                    morph[off + i] -= step * _adam_delta(
-                        gm[i], &morph_m[off + i], &morph_v[off + i], &morph_vhat[off + i],
-                        b1, b2, eps, c1, c2, variant)
-
-            # --- morphology prox chain
-            if monotonic:
-                _radial_project_table(&morph[off], h, w, py, px, table)
-            thr = bg_thresh[k]
-            for b in range(B):
-                tb[b] = bg_rms[b] * thr
-            sk = &sed[k, 0]
-            mx = 0.0  # the maximum, found in the same pass
+        # --- morphology: ADAM step
+        step = damp * morph_step
+        if variant == 0:
+            _amsgrad_run(&morph[off], &morph_m[off], &morph_v[off], &morph_vhat[off], gm,
+                         h * w, step, b1, b2, eps)
+        else:
             for i in range(h * w):
-                v = morph[off + i]
-                if not isfinite(v):
+                morph[off + i] -= step * _adam_delta(
+                    gm[i], &morph_m[off + i], &morph_v[off + i], &morph_vhat[off + i],
+                    b1, b2, eps, c1, c2, variant)
+
+        # --- morphology prox chain
+        if monotonic:
+            _radial_project_table(&morph[off], h, w, py, px, table)
+        thr = bg_thresh[k]
+        for b in range(B):
+            tb[b] = bg_rms[b] * thr
+        sk = &sed[k, 0]
+        mx = 0.0  # the maximum, found in the same pass
+        for i in range(h * w):
+            v = morph[off + i]
+            if not isfinite(v):
+                v = 0.0
+            elif thr >= 0:
+                keep = False
+                for b in range(B):
+                    if sk[b] * v >= tb[b]:
+                        keep = True
+                        break
+                if not keep:
                     v = 0.0
-                elif thr >= 0:
+            elif v < 0:
+                v = 0.0
+            morph[off + i] = v
+            if v > mx:
+                mx = v
+        pk = off + py * w + px
+        if morph[pk] < floor:
+            morph[pk] = floor
+            if floor > mx:
+                mx = floor
+        if mx > 0:
+            inv = 1.0 / mx
+            for i in range(h * w):
+                morph[off + i] *= inv
+
+        # --- significant pixels, for box resizing
+        if want_bounds:
+            if thr < 0:
+                bounds[k, 0] = bounds[k, 1] = bounds[k, 2] = bounds[k, 3] = -2
+                continue
+            ly0 = h
+            lx0 = w
+            ly1 = -1
+            lx1 = -1
+            for y in range(h):
+                for x in range(w):
+                    v = morph[off + y * w + x]
                     keep = False
                     for b in range(B):
-                        if sk[b] * v >= tb[b]:
+                        if sed[k, b] * v >= tb[b]:
                             keep = True
                             break
-                    if not keep:
-                        v = 0.0
-                elif v < 0:
-                    v = 0.0
-                morph[off + i] = v
-                if v > mx:
-                    mx = v
-            pk = off + py * w + px
-            if morph[pk] < floor:
-                morph[pk] = floor
-                if floor > mx:
-                    mx = floor
-            if mx > 0:
-                inv = 1.0 / mx
-                for i in range(h * w):
-                    morph[off + i] *= inv
-
-            # --- significant pixels, for box resizing
-            if want_bounds:
-                if thr < 0:
-                    bounds[k, 0] = bounds[k, 1] = bounds[k, 2] = bounds[k, 3] = -2
-                    continue
-                ly0 = h
-                lx0 = w
-                ly1 = -1
-                lx1 = -1
-                for y in range(h):
-                    for x in range(w):
-                        v = morph[off + y * w + x]
-                        keep = False
-                        for b in range(B):
-                            if sed[k, b] * v >= tb[b]:
-                                keep = True
-                                break
-                        if keep:
-                            if y < ly0:
-                                ly0 = y
-                            if y > ly1:
-                                ly1 = y
-                            if x < lx0:
-                                lx0 = x
-                            if x > lx1:
-                                lx1 = x
-                if ly1 < 0:
-                    bounds[k, 0] = bounds[k, 1] = bounds[k, 2] = bounds[k, 3] = -1
-                else:
-                    bounds[k, 0] = ly0
-                    bounds[k, 1] = lx0
-                    bounds[k, 2] = ly1
-                    bounds[k, 3] = lx1
-    free(gs)
+                    if keep:
+                        if y < ly0:
+                            ly0 = y
+                        if y > ly1:
+                            ly1 = y
+                        if x < lx0:
+                            lx0 = x
+                        if x > lx1:
+                            lx1 = x
+            if ly1 < 0:
+                bounds[k, 0] = bounds[k, 1] = bounds[k, 2] = bounds[k, 3] = -1
+            else:
+                bounds[k, 0] = ly0
+                bounds[k, 1] = lx0
+                bounds[k, 2] = ly1
+                bounds[k, 3] = lx1
     return 0
 
 
@@ -438,50 +472,75 @@ def resized_table(const int64_t[:, ::1] comp, const int64_t[:, ::1] bounds,
     ``out`` (K, 7) receives the full table (boxes, offsets, local peaks); returns its total
     number of pixels.
     """
+    return _resized_table(comp, bounds, peaks, pad, H, W, out)
+
+
+cdef Py_ssize_t _resized_table(const int64_t[:, ::1] comp, const int64_t[:, ::1] bounds,
+                               const int64_t[:, ::1] peaks, Py_ssize_t pad, Py_ssize_t H,
+                               Py_ssize_t W, int64_t[:, ::1] out) except -2 nogil:
     cdef Py_ssize_t K = comp.shape[0], k, y0, x0, y1, x1, off = 0
     cdef bint changed = False
-    with nogil:
-        for k in range(K):
-            if bounds[k, 0] == -2:
-                y0 = comp[k, 0]
-                x0 = comp[k, 1]
-                y1 = y0 + comp[k, 2]
-                x1 = x0 + comp[k, 3]
+    for k in range(K):
+        if bounds[k, 0] == -2:
+            y0 = comp[k, 0]
+            x0 = comp[k, 1]
+            y1 = y0 + comp[k, 2]
+            x1 = x0 + comp[k, 3]
+        else:
+            if bounds[k, 0] == -1:
+                y0 = peaks[k, 0]
+                x0 = peaks[k, 1]
+                y1 = y0
+                x1 = x0
             else:
-                if bounds[k, 0] == -1:
-                    y0 = peaks[k, 0]
-                    x0 = peaks[k, 1]
-                    y1 = y0
-                    x1 = x0
-                else:
-                    y0 = comp[k, 0] + bounds[k, 0]
-                    x0 = comp[k, 1] + bounds[k, 1]
-                    y1 = comp[k, 0] + bounds[k, 2]
-                    x1 = comp[k, 1] + bounds[k, 3]
-                y0 = y0 - pad if y0 - pad > 0 else 0
-                x0 = x0 - pad if x0 - pad > 0 else 0
-                y1 = y1 + pad + 1 if y1 + pad + 1 < H else H
-                x1 = x1 + pad + 1 if x1 + pad + 1 < W else W
-            out[k, 0] = y0
-            out[k, 1] = x0
-            out[k, 2] = y1 - y0
-            out[k, 3] = x1 - x0
-            out[k, 4] = off
-            out[k, 5] = peaks[k, 0] - y0
-            out[k, 6] = peaks[k, 1] - x0
-            off += (y1 - y0) * (x1 - x0)
-            if (y0 != comp[k, 0] or x0 != comp[k, 1] or y1 - y0 != comp[k, 2]
-                    or x1 - x0 != comp[k, 3]):
-                changed = True
+                y0 = comp[k, 0] + bounds[k, 0]
+                x0 = comp[k, 1] + bounds[k, 1]
+                y1 = comp[k, 0] + bounds[k, 2]
+                x1 = comp[k, 1] + bounds[k, 3]
+            y0 = y0 - pad if y0 - pad > 0 else 0
+            x0 = x0 - pad if x0 - pad > 0 else 0
+            y1 = y1 + pad + 1 if y1 + pad + 1 < H else H
+            x1 = x1 + pad + 1 if x1 + pad + 1 < W else W
+        out[k, 0] = y0
+        out[k, 1] = x0
+        out[k, 2] = y1 - y0
+        out[k, 3] = x1 - x0
+        out[k, 4] = off
+        out[k, 5] = peaks[k, 0] - y0
+        out[k, 6] = peaks[k, 1] - x0
+        off += (y1 - y0) * (x1 - x0)
+        if (y0 != comp[k, 0] or x0 != comp[k, 1] or y1 - y0 != comp[k, 2]
+                or x1 - x0 != comp[k, 3]):
+            changed = True
     return off if changed else -1
 
 
-cdef class FitKernel:
-    """The per-iteration kernels of the fitter with their buffers bound once.
+cdef enum:
+    _RESIZED = 1
+    _CONVERGED = 2
 
-    Binding the ~15 arrays of :func:`fit_step` costs more per call than the arithmetic of a
-    small blend; here they are bound by :meth:`bind` (after every re-pack) and
-    :meth:`render` / :meth:`step` only take the model or gradient buffer.
+#: Status bits of :meth:`FitKernel.iterate`.
+RESIZED = _RESIZED
+CONVERGED = _CONVERGED
+
+
+cdef struct IterState:
+    Py_ssize_t it, start, max_iter, min_iter, resize, pad, new_size
+    double e_rel, best_loss
+    bint keep_best, has_best, improved
+    int status
+
+
+cdef class FitKernel:
+    """The fitter's per-iteration work with its buffers bound once.
+
+    :meth:`set_data` takes the blend's images, weights and convolution (kernel transforms on
+    an FFT grid, or the direct loop's kernels); :meth:`bind` the parameters (after every
+    re-pack); :meth:`iterate` then runs whole iterations (render, convolution, weighted
+    residual, adjoint convolution, proximal ADAM step, box bounds, loss history, best
+    iterate, convergence test) in one call without the GIL, returning only when the boxes
+    change, the fit converges or the iteration limit is reached. :meth:`render` and
+    :meth:`step` are the single steps, for tests.
     """
 
     cdef double[:, ::1] sed
@@ -492,9 +551,21 @@ cdef class FitKernel:
     cdef double[::1] bg_rms
     cdef double[::1] min_step
     cdef int64_t[:, ::1] bounds
+    cdef int64_t[:, ::1] peaks
+    cdef int64_t[:, ::1] new_comp
     cdef MonotonicTable table
     cdef double sed_step, morph_step, b1, b2, eps, floor
     cdef int variant
+    # data (set_data): one precision is used, the other views stay empty
+    cdef bint has_data, dbl, use_fft
+    cdef cd_conv conv
+    cdef float[:, :, ::1] img_f, wgt_f, mdl_f, cnv_f, res_f, grd_f, ker_f, gker_f
+    cdef float[:, :, :, ::1] fk_f
+    cdef double[:, :, ::1] img_d, wgt_d, mdl_d, cnv_d, res_d, grd_d, ker_d, gker_d
+    cdef double[:, :, :, ::1] fk_d
+    cdef double[::1] hist
+    cdef double* scratch
+    cdef Py_ssize_t scratch_size
 
     def __init__(self, double[::1] bg_rms, double[::1] min_step, double sed_step,
                  double morph_step, double b1, double b2, double eps, double floor,
@@ -509,16 +580,84 @@ cdef class FitKernel:
         self.floor = floor
         self.variant = variant
 
+    def __dealloc__(self):
+        if self.has_data and self.use_fft:
+            cd_conv_free(&self.conv)
+        free(self.scratch)
+
+    def set_data(self, images, weights, kernels, grad_kernels, fk, int n0, int n1,
+                 double[::1] history):
+        """Bind the blend's data: ``images`` and ``weights`` (B, H, W) of one precision;
+        ``fk`` (B, 2, n1, n0), the kernel transforms on the ``(n0, n1)`` FFT grid, or None
+        for the direct loop with ``kernels`` and ``grad_kernels`` (the flipped ones);
+        ``history`` receives the loss of iteration ``it`` at index ``it``."""
+        if self.has_data:
+            raise ValueError("set_data was already called")
+        dtype = images.dtype
+        if dtype not in (np.float32, np.float64) or weights.dtype != dtype:
+            raise TypeError("images and weights must both be float32 or float64")
+        if images.ndim != 3 or weights.shape != images.shape:
+            raise ValueError("images and weights must be (B, H, W) arrays of one shape")
+        if images.shape[0] != self.bg_rms.shape[0]:
+            raise ValueError("images and bg_rms differ in the number of bands")
+        B, H, W = images.shape
+        work = [np.empty((B, H, W), dtype) for _ in range(4)]
+        self.dbl = dtype == np.float64
+        self.use_fft = fk is not None
+        if self.use_fft:
+            if fk.dtype != dtype or fk.shape != (B, 2, n1, n0) or n0 < H or n1 < W:
+                raise ValueError("kernel transforms do not match the images")
+            st = cd_conv_init(&self.conv, n0, n1, W, self.dbl)
+            if st != 0:
+                raise (ValueError if st == -1 else MemoryError)(
+                    f"cannot make FFT buffers for the ({n0}, {n1}) grid")
+        else:
+            if (kernels.dtype != dtype or grad_kernels.dtype != dtype
+                    or kernels.shape[0] != B or grad_kernels.shape != kernels.shape):
+                raise ValueError("kernels do not match the images")
+        if self.dbl:
+            self.img_d, self.wgt_d = images, weights
+            self.mdl_d, self.cnv_d, self.res_d, self.grd_d = work
+            if self.use_fft:
+                self.fk_d = fk
+            else:
+                self.ker_d, self.gker_d = kernels, grad_kernels
+        else:
+            self.img_f, self.wgt_f = images, weights
+            self.mdl_f, self.cnv_f, self.res_f, self.grd_f = work
+            if self.use_fft:
+                self.fk_f = fk
+            else:
+                self.ker_f, self.gker_f = kernels, grad_kernels
+        self.hist = history
+        self.has_data = True
+
+    def set_history(self, double[::1] history):
+        """Replace the loss-history buffer (a longer copy)."""
+        self.hist = history
+
     def bind(self, double[:, ::1] sed, double[:, :, ::1] sed_state, double[:, ::1] morph_all,
              int64_t[:, ::1] comp, double[::1] bg_thresh, MonotonicTable table,
-             int64_t[:, ::1] bounds):
+             int64_t[:, ::1] bounds, int64_t[:, ::1] peaks=None,
+             int64_t[:, ::1] new_comp=None):
         """Bind the parameters (layouts as in :func:`fit_step`); ``table`` None: no
-        monotonicity."""
+        monotonicity. :meth:`iterate` also needs ``peaks`` (K, 2; frame) and ``new_comp``
+        (K, 7; receives the resized table)."""
         if (sed_state.shape[0] != 3 or sed_state.shape[1] != sed.shape[0]
                 or sed_state.shape[2] != sed.shape[1] or morph_all.shape[0] != 4
                 or comp.shape[0] != sed.shape[0] or bg_thresh.shape[0] != sed.shape[0]
                 or bounds.shape[0] != sed.shape[0] or self.bg_rms.shape[0] != sed.shape[1]):
             raise ValueError("inconsistent fit buffers")
+        if peaks is not None and (peaks.shape[0] != sed.shape[0] or peaks.shape[1] != 2):
+            raise ValueError("peaks must be (K, 2)")
+        if new_comp is not None and (new_comp.shape[0] != sed.shape[0]
+                                     or new_comp.shape[1] != 7):
+            raise ValueError("new_comp must be (K, 7)")
+        cdef Py_ssize_t k, need = 0
+        for k in range(comp.shape[0]):  # the table must lie inside morph_all
+            if comp[k, 2] < 0 or comp[k, 3] < 0 or comp[k, 4] < 0 or (
+                    comp[k, 4] + comp[k, 2] * comp[k, 3] > morph_all.shape[1]):
+                raise ValueError("component table does not fit the morphology buffer")
         self.sed = sed
         self.sed_state = sed_state
         self.morph_all = morph_all
@@ -526,6 +665,15 @@ cdef class FitKernel:
         self.bg_thresh = bg_thresh
         self.table = table
         self.bounds = bounds
+        self.peaks = peaks
+        self.new_comp = new_comp
+        need = _scratch_size(comp, sed.shape[1])
+        if need > self.scratch_size:
+            free(self.scratch)
+            self.scratch = <double*>malloc(need * sizeof(double))
+            self.scratch_size = need if self.scratch != NULL else 0
+            if self.scratch == NULL:
+                raise MemoryError()
 
     def render(self, real[:, :, ::1] model, Py_ssize_t H, Py_ssize_t W):
         """:func:`render` of the bound parameters into ``model[:, :H, :W]``."""
@@ -546,6 +694,126 @@ cdef class FitKernel:
                    self.comp, self.bg_thresh, self.bg_rms, self.min_step, self.sed_step,
                    self.morph_step, it, self.b1, self.b2, self.eps, self.floor, self.variant,
                    self.table is not None, t, want_bounds, self.bounds)
+
+    def iterate(self, Py_ssize_t it, Py_ssize_t start, Py_ssize_t max_iter,
+                Py_ssize_t min_iter, double e_rel, Py_ssize_t resize, Py_ssize_t pad,
+                double[:, ::1] best_sed, double[::1] best_morph, bint has_best,
+                double best_loss):
+        """Run iterations ``it, it + 1, ...`` without the GIL (spec 3.3-3.10).
+
+        Each iteration renders the model, takes the loss and its gradient (forward
+        convolution, weighted residual, adjoint convolution), stores the loss in the history
+        at index ``it``, keeps a copy of the parameters in ``best_sed`` / ``best_morph`` when
+        the loss beats ``best_loss`` (or there is no best yet; None: no best-keeping), steps
+        every component, and every ``resize`` iterations (0: never) computes the resized
+        table into ``new_comp`` (padding ``pad``). It stops after an iteration whose boxes
+        changed, after the convergence test ``|L[it] - L[it - 1]| < e_rel |L[it]|`` passes
+        (once ``it > start + min_iter``), or at ``max_iter``.
+
+        Returns
+        -------
+        tuple
+            ``(status, it, new_size, improved, best_loss)``: status bits :data:`RESIZED`
+            (the table in ``new_comp``, ``new_size`` pixels) and :data:`CONVERGED`, the
+            next iteration index, and whether and to what the best loss improved.
+        """
+        if not self.has_data:
+            raise ValueError("set_data was not called")
+        if self.peaks is None or self.new_comp is None:
+            raise ValueError("bind() needs peaks and new_comp for iterate()")
+        if max_iter > self.hist.shape[0]:
+            raise ValueError("the history buffer is shorter than max_iter")
+        cdef bint keep = best_sed is not None and best_morph is not None
+        if keep and (best_sed.shape[0] != self.sed.shape[0]
+                     or best_sed.shape[1] != self.sed.shape[1]
+                     or best_morph.shape[0] != self.morph_all.shape[1]):
+            raise ValueError("best_sed and best_morph must have the parameters' shapes")
+        cdef IterState st
+        st.it = it
+        st.start = start
+        st.max_iter = max_iter
+        st.min_iter = min_iter
+        st.resize = resize
+        st.pad = pad
+        st.new_size = -1
+        st.e_rel = e_rel
+        st.best_loss = best_loss
+        st.keep_best = keep
+        st.has_best = has_best
+        st.improved = False
+        st.status = 0
+        with nogil:
+            if self.dbl:
+                self._iterate(self.img_d, self.wgt_d, self.mdl_d, self.cnv_d, self.res_d,
+                              self.grd_d, self.fk_d, self.ker_d, self.gker_d, best_sed,
+                              best_morph, &st)
+            else:
+                self._iterate(self.img_f, self.wgt_f, self.mdl_f, self.cnv_f, self.res_f,
+                              self.grd_f, self.fk_f, self.ker_f, self.gker_f, best_sed,
+                              best_morph, &st)
+        return st.status, st.it, st.new_size, st.improved, st.best_loss
+
+    cdef int _iterate(self, real[:, :, ::1] img, real[:, :, ::1] wgt, real[:, :, ::1] mdl,
+                      real[:, :, ::1] cnv, real[:, :, ::1] res, real[:, :, ::1] grd,
+                      real[:, :, :, ::1] fk, real[:, :, ::1] ker, real[:, :, ::1] gker,
+                      double[:, ::1] best_sed, double[::1] best_morph,
+                      IterState* st) except -1 nogil:
+        cdef Py_ssize_t H = img.shape[1], W = img.shape[2], K = self.comp.shape[0]
+        cdef Py_ssize_t B = img.shape[0], n, k, b
+        cdef double loss
+        cdef bint do_resize
+        cdef int status
+        cdef RadialTable* t = NULL
+        if self.table is not None:
+            t = &self.table.table
+        while st.it < st.max_iter:
+            _render(self.sed, self.morph_all[0], self.comp, mdl, H, W)
+            if self.use_fft:
+                _fft_cube(&self.conv, mdl, 0, 0, fk, cnv, 0)
+            else:
+                cnv[...] = 0
+                _direct_conv(mdl, ker, cnv, 0, 0)
+            loss = _weighted_residual(cnv, img, wgt, res, True)
+            if self.use_fft:
+                _fft_cube(&self.conv, res, 0, 0, fk, grd, 1)
+            else:
+                grd[...] = 0
+                _direct_conv(res, gker, grd, 0, 0)
+            self.hist[st.it] = loss
+            if st.keep_best and (not st.has_best or loss < st.best_loss):
+                # the parameters that gave this loss, before the step
+                for k in range(K):
+                    for b in range(B):
+                        best_sed[k, b] = self.sed[k, b]
+                for n in range(best_morph.shape[0]):
+                    best_morph[n] = self.morph_all[0, n]
+                st.best_loss = loss
+                st.has_best = True
+                st.improved = True
+            do_resize = st.resize > 0 and st.it > 0 and st.it % st.resize == 0
+            _prox_core(grd, self.sed, self.sed_state[0], self.sed_state[1],
+                       self.sed_state[2], self.morph_all[0], self.morph_all[1],
+                       self.morph_all[2], self.morph_all[3], self.comp, self.bg_thresh,
+                       self.bg_rms, self.min_step, self.sed_step, self.morph_step, st.it,
+                       self.b1, self.b2, self.eps, self.floor, self.variant, t != NULL, t,
+                       do_resize, self.bounds, self.scratch)
+            status = 0
+            if do_resize:
+                n = _resized_table(self.comp, self.bounds, self.peaks, st.pad, H, W,
+                                   self.new_comp)
+                if n >= 0:
+                    st.new_size = n
+                    status |= _RESIZED
+            st.it += 1
+            if st.it > st.start + st.min_iter and st.it >= 2:
+                if fabs(self.hist[st.it - 1] - self.hist[st.it - 2]) < (
+                        st.e_rel * fabs(self.hist[st.it - 1])):
+                    status |= _CONVERGED
+            if status:
+                st.status = status
+                return 0
+        st.status = 0
+        return 0
 
 
 def monotonic_reach(const int64_t[:, ::1] comp):

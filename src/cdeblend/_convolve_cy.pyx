@@ -24,10 +24,9 @@ from cython cimport floating
 import numpy as np
 
 include "_fft.pxi"
+include "_conv_kernels.pxi"
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
 def convolve_direct(
     const floating[:, :, ::1] src,
     const floating[:, :, ::1] kernel,
@@ -48,43 +47,10 @@ def convolve_direct(
     oy, ox : int
         Position of ``src[:, 0, 0]`` in the grid of ``out``.
     """
-    cdef Py_ssize_t nb = out.shape[0], H = out.shape[1], W = out.shape[2]
-    cdef Py_ssize_t h = src.shape[1], w = src.shape[2]
-    cdef Py_ssize_t kh = kernel.shape[1], kw = kernel.shape[2]
-    cdef Py_ssize_t ry = kh // 2, rx = kw // 2
-    cdef bint shared = src.shape[0] == 1
-    cdef Py_ssize_t b, bs, y, yin, ky, kx, sx, x, xlo, xhi
-    cdef floating v
     with nogil:
-        for b in range(nb):
-            bs = 0 if shared else b
-            for y in range(H):
-                for ky in range(kh):
-                    # source row that tap row ky brings to output row y
-                    yin = y - oy - (ky - ry)
-                    if yin < 0 or yin >= h:
-                        continue
-                    for kx in range(kw):
-                        v = kernel[b, ky, kx]
-                        if v == 0:
-                            continue
-                        # source column = x - sx; keep both x and x - sx in range
-                        sx = ox + kx - rx
-                        xlo = sx if sx > 0 else 0
-                        xhi = sx + w if sx + w < W else W
-                        for x in range(xlo, xhi):
-                            out[b, y, x] += v * src[bs, yin, x - sx]
+        _direct_conv(src, kernel, out, oy, ox)
 
 
-cdef inline double _wsq(floating d, floating w) noexcept nogil:
-    """d * (w * d) with the product w * d rounded to the working precision first (the
-    stored residual), then the multiplication in double."""
-    cdef floating r = w * d
-    return <double>d * <double>r
-
-
-@cython.boundscheck(False)
-@cython.wraparound(False)
 def weighted_residual(
     const floating[:, :, ::1] model_conv,
     const floating[:, :, ::1] images,
@@ -95,42 +61,14 @@ def weighted_residual(
     """Return ``0.5 * sum(w * (images - model_conv)^2)`` and store ``w * (model_conv - images)``.
 
     ``model_conv`` and ``residual`` may be larger than ``images`` (e.g. zero-padded FFT
-    buffers): only their ``[:, :H, :W]`` corner is used. The sum is accumulated in double precision in a fixed order (deterministic). With
-    ``store=False`` the residual array is left untouched (loss only).
+    buffers): only their ``[:, :H, :W]`` corner is used. The sum is accumulated in double
+    precision in a fixed order (deterministic). With ``store=False`` the residual array is
+    left untouched (loss only).
     """
-    cdef Py_ssize_t nb = images.shape[0], H = images.shape[1], W = images.shape[2]
-    cdef Py_ssize_t b, y, x
-    cdef double total = 0.0, s0, s1, s2, s3
-    cdef floating d, r
-    cdef const floating* mc
-    cdef const floating* im
-    cdef const floating* wt
-    cdef floating* rs
+    cdef double total
     with nogil:
-        for b in range(nb):
-            for y in range(H):
-                mc = &model_conv[b, y, 0]
-                im = &images[b, y, 0]
-                wt = &weights[b, y, 0]
-                rs = &residual[b, y, 0]
-                if store:
-                    for x in range(W):
-                        rs[x] = wt[x] * (mc[x] - im[x])
-                # four interleaved partial sums per row: a fixed order (deterministic) that
-                # the compiler can vectorise
-                s0 = s1 = s2 = s3 = 0.0
-                x = 0
-                while x + 4 <= W:
-                    s0 += _wsq(mc[x] - im[x], wt[x])
-                    s1 += _wsq(mc[x + 1] - im[x + 1], wt[x + 1])
-                    s2 += _wsq(mc[x + 2] - im[x + 2], wt[x + 2])
-                    s3 += _wsq(mc[x + 3] - im[x + 3], wt[x + 3])
-                    x += 4
-                while x < W:
-                    s0 += _wsq(mc[x] - im[x], wt[x])
-                    x += 1
-                total += (s0 + s1) + (s2 + s3)
-    return 0.5 * total
+        total = _weighted_residual(model_conv, images, weights, residual, store)
+    return total
 
 
 cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
@@ -333,50 +271,6 @@ cdef class FFTWork:
         cd_conv_free(&self.c)
 
 
-cdef int _fwd(FFTWork work, const floating* a, Py_ssize_t lda, int ha, int wa, int oya, int oxa,
-              const floating* b, Py_ssize_t ldb, int hb, int wb, int oyb, int oxb
-              ) except -1 nogil:
-    if floating is float:
-        cd_fwd2d_f(&work.c, a, lda, ha, wa, oya, oxa, b, ldb, hb, wb, oyb, oxb)
-    else:
-        cd_fwd2d_d(&work.c, a, lda, ha, wa, oya, oxa, b, ldb, hb, wb, oyb, oxb)
-    return 0
-
-
-cdef int _inv(FFTWork work, floating* a, Py_ssize_t lda, int ha, int wa, floating* b,
-              Py_ssize_t ldb, int hb, int wb) except -1 nogil:
-    if floating is float:
-        cd_inv2d_f(&work.c, a, lda, ha, wa, b, ldb, hb, wb, 0)
-    else:
-        cd_inv2d_d(&work.c, a, lda, ha, wa, b, ldb, hb, wb, 0)
-    return 0
-
-
-cdef int _pair_mul(FFTWork work, const floating* fa, const floating* fb, int conj
-                   ) except -1 nogil:
-    if floating is float:
-        cd_pair_mul_f(&work.c, fa, fb, conj)
-    else:
-        cd_pair_mul_d(&work.c, fa, fb, conj)
-    return 0
-
-
-cdef int _mul(FFTWork work, const floating* f, int conj) except -1 nogil:
-    if floating is float:
-        cd_mul_f(&work.c, f, conj)
-    else:
-        cd_mul_d(&work.c, f, conj)
-    return 0
-
-
-cdef int _mul2(FFTWork work, const floating* fa, const floating* fb, int conj) except -1 nogil:
-    if floating is float:
-        cd_mul2_f(&work.c, fa, fb, conj)
-    else:
-        cd_mul2_d(&work.c, fa, fb, conj)
-    return 0
-
-
 cdef int _check_work(FFTWork work, bint is_double, object fk, Py_ssize_t nb) except -1:
     if work.double != is_double:
         raise TypeError("the FFT work buffers and the arrays differ in precision")
@@ -420,11 +314,8 @@ def conv_cube(FFTWork work, const floating[:, :, ::1] src, int oy, int ox,
     (B, gh, gw). ``Bs`` is the number of bands (band b with kernel b, two bands per
     transform) or 1 (one plane with every kernel). ``out`` must not overlap ``src``."""
     cdef Py_ssize_t nb = out.shape[0], gh = out.shape[1], gw = out.shape[2]
-    cdef Py_ssize_t ns = src.shape[0], h = src.shape[1], w = src.shape[2], b
+    cdef Py_ssize_t ns = src.shape[0], h = src.shape[1], w = src.shape[2]
     cdef int conj = 1 if adjoint else 0
-    cdef const floating* s1
-    cdef const floating* f1
-    cdef floating* o1
     _check_work(work, floating is double, fk, nb)
     if ns != nb and ns != 1:
         raise ValueError(f"src has {ns} planes, expected {nb} or 1")
@@ -433,27 +324,7 @@ def conv_cube(FFTWork work, const floating[:, :, ::1] src, int oy, int ox,
         raise ValueError(f"src {(h, w)} at {(oy, ox)} or output {(gh, gw)} does not fit the "
                          f"({work.n0}, {work.n1}) grid of width {work.width}")
     with nogil:
-        if ns == 1:
-            _fwd(work, &src[0, 0, 0], w, h, w, oy, ox, <const floating*>NULL, 0, 0, 0, 0, 0)
-            b = 0
-            while b < nb:
-                if b + 1 < nb:
-                    _mul2(work, &fk[b, 0, 0, 0], &fk[b + 1, 0, 0, 0], conj)
-                    _inv(work, &out[b, 0, 0], gw, gh, gw, &out[b + 1, 0, 0], gw, gh, gw)
-                else:
-                    _mul(work, &fk[b, 0, 0, 0], conj)
-                    _inv(work, &out[b, 0, 0], gw, gh, gw, <floating*>NULL, 0, 0, 0)
-                b += 2
-        else:
-            b = 0
-            while b < nb:
-                s1 = &src[b + 1, 0, 0] if b + 1 < nb else NULL
-                f1 = &fk[b + 1, 0, 0, 0] if b + 1 < nb else NULL
-                o1 = &out[b + 1, 0, 0] if b + 1 < nb else NULL
-                _fwd(work, &src[b, 0, 0], w, h, w, oy, ox, s1, w, h, w, oy, ox)
-                _pair_mul(work, &fk[b, 0, 0, 0], f1, conj)
-                _inv(work, &out[b, 0, 0], gw, gh, gw, o1, gw, gh, gw)
-                b += 2
+        _fft_cube(&work.c, src, oy, ox, fk, out, conj)
     return out
 
 
@@ -494,25 +365,25 @@ def conv_planes(FFTWork work, const floating[::1] src, const Py_ssize_t[:, ::1] 
                 ob = out_table[k + 1, 0]
                 ghb = out_table[k + 1, 1]
                 gwb = out_table[k + 1, 2]
-                _fwd(work, &src[sa], wa, ha, wa, src_table[k, 3], src_table[k, 4],
+                _fwd(&work.c, &src[sa], wa, ha, wa, src_table[k, 3], src_table[k, 4],
                      &src[sb], wb, hb, wb, src_table[k + 1, 3], src_table[k + 1, 4])
                 for b in range(nb):
-                    _mul(work, &fk[b, 0, 0, 0], 0)
-                    _inv(work, &out[oa + b * gha * gwa], gwa, gha, gwa,
+                    _mul(&work.c, &fk[b, 0, 0, 0], 0)
+                    _inv(&work.c, &out[oa + b * gha * gwa], gwa, gha, gwa,
                          &out[ob + b * ghb * gwb], gwb, ghb, gwb)
                 k += 2
             else:
-                _fwd(work, &src[sa], wa, ha, wa, src_table[k, 3], src_table[k, 4],
+                _fwd(&work.c, &src[sa], wa, ha, wa, src_table[k, 3], src_table[k, 4],
                      <const floating*>NULL, 0, 0, 0, 0, 0)
                 b = 0
                 while b < nb:
                     if b + 1 < nb:
-                        _mul2(work, &fk[b, 0, 0, 0], &fk[b + 1, 0, 0, 0], 0)
-                        _inv(work, &out[oa + b * gha * gwa], gwa, gha, gwa,
+                        _mul2(&work.c, &fk[b, 0, 0, 0], &fk[b + 1, 0, 0, 0], 0)
+                        _inv(&work.c, &out[oa + b * gha * gwa], gwa, gha, gwa,
                              &out[oa + (b + 1) * gha * gwa], gwa, gha, gwa)
                     else:
-                        _mul(work, &fk[b, 0, 0, 0], 0)
-                        _inv(work, &out[oa + b * gha * gwa], gwa, gha, gwa, <floating*>NULL,
+                        _mul(&work.c, &fk[b, 0, 0, 0], 0)
+                        _inv(&work.c, &out[oa + b * gha * gwa], gwa, gha, gwa, <floating*>NULL,
                              0, 0, 0)
                     b += 2
                 k += 1

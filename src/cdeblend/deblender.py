@@ -380,11 +380,11 @@ class Deblender:
 class _Fitter:
     """Proximal ADAM on every component of a blend (spec 3.3-3.10).
 
-    Holds the packed parameters' ADAM moments, the work buffers and the monotonicity
-    operator. Per iteration: render the model, one fused loss + gradient call of the
-    Observation (B forward and B adjoint convolutions), one Cython call updating every
-    component. Python only runs per component when boxes change (every ``resize``
-    iterations, and only if some box moved) or when components are added.
+    Holds the packed parameters' ADAM moments, the monotonicity operator and the Cython
+    :class:`~cdeblend._adam_cy.FitKernel`, which runs the iterations themselves (render,
+    convolutions, loss, gradient, update, box bounds, best iterate, convergence) without the
+    GIL. Python only runs when boxes change (at most every ``resize`` iterations, and only
+    if some box moved: the buffers are re-gridded) or when components are added.
     """
 
     def __init__(self, blend: Blend, config: DeblendConfig) -> None:
@@ -407,10 +407,22 @@ class _Fitter:
         self.noise = np.ascontiguousarray(obs.noise_rms, dtype=np.float64)
         self.min_step = self.noise * config.sed_min_step
         self.model = np.empty(blend.shape, dtype=obs.dtype)
-        self.variant = _OPTIMIZERS[config.optimizer]
-        self.history: list[float] = []
         self.it = 0
         self.best: tuple | None = None  # (loss, sed, morph, comp, bg_thresh) of the best iterate
+        self._hist = np.zeros(max(config.max_iter, 1))  # loss of iteration i at index i
+        self.kernel = _adam_cy.FitKernel(self.noise, self.min_step, config.sed_step,
+                                         config.morph_step, config.b1, config.b2, config.eps,
+                                         config.floor, _OPTIMIZERS[config.optimizer])
+        B, H, W = blend.shape
+        n0, n1 = obs._fft_shape(H, W)
+        fk = None if obs._pick_mode("auto", B, H, W) == "real" else obs._kernel_cache.get(n0, n1)
+        self.kernel.set_data(np.ascontiguousarray(obs.images), obs.weights, obs.diff_kernels,
+                             obs._grad_kernels, fk, n0, n1, self._hist)
+
+    @property
+    def history(self) -> np.ndarray:
+        """The loss before each iteration's update so far."""
+        return self._hist[:self.it]
 
     def _cover(self) -> None:
         """Grow the monotonicity operator to cover every box about its peak (+1 px)."""
@@ -473,57 +485,43 @@ class _Fitter:
         """Point the components' ``sed``/``morphology``/``box`` at the packed buffers."""
         self.blend._packed.bind(self._components)
 
-    def _resize(self, bounds: np.ndarray) -> None:
-        """New boxes from the significant-pixel bounds (spec 3.9), in one Cython call."""
-        comp = self.blend._packed.comp
-        _, H, W = self.blend.shape
-        new = np.empty_like(comp)
-        size = _adam_cy.resized_table(comp, bounds, self._peaks, self.config.component_padding,
-                                      H, W, new)
-        if size >= 0:
-            self._regrid(new, size, self._identity)
-
     def run(self, max_iter: int) -> bool:
         """Iterate until convergence (at least ``min_iter`` iterations from now) or until
         the blend's iteration count reaches ``max_iter``; returns whether it converged."""
         cfg = self.config
-        obs = self.obs
         start = self.it
-        converged = False
-        bounds = np.empty((len(self._components), 4), dtype=np.int64)
-        self._identity = np.arange(len(self._components), dtype=np.int64)
-        model, loss_and_grad = obs._fit_engine()
-        _, H, W = self.blend.shape
-        keep_best, resize, history = cfg.keep_best, cfg.resize, self.history
-        kernel = _adam_cy.FitKernel(self.noise, self.min_step, cfg.sed_step, cfg.morph_step,
-                                    cfg.b1, cfg.b2, cfg.eps, cfg.floor, self.variant)
-        bound = None
+        if max_iter > self._hist.size:
+            self._hist = np.concatenate([self._hist, np.zeros(max_iter - self._hist.size)])
+            self.kernel.set_history(self._hist)
+        K = len(self._components)
+        bounds = np.empty((K, 4), dtype=np.int64)
+        new_comp = np.empty((K, 7), dtype=np.int64)
+        identity = np.arange(K, dtype=np.int64)
+        kernel, bound, converged = self.kernel, None, False
         while self.it < max_iter:
             p = self.blend._packed
-            if p is not bound:  # first iteration and after every re-pack
+            if p is not bound:  # first iteration and after every re-grid
                 kernel.bind(p.sed, self.sed_state, self.morph_all, p.comp, p.bg_thresh,
-                            self.mono.table, bounds)
+                            self.mono.table, bounds, self._peaks, new_comp)
                 bound = p
-            kernel.render(model, H, W)
-            loss, grad = loss_and_grad()
-            history.append(loss)
-            if keep_best and (self.best is None or loss < self.best[0]):
-                b = self.best
-                if b is not None and b[2].shape == p.morph.shape and b[1].shape == p.sed.shape:
-                    np.copyto(b[1], p.sed)  # reuse the buffers of the previous best
-                    np.copyto(b[2], p.morph)
-                    self.best = (loss, b[1], b[2], p.comp, p.bg_thresh)
+            best_sed = best_morph = None
+            b = self.best
+            if cfg.keep_best:
+                if b is not None and b[1].shape == p.sed.shape and b[2].shape == p.morph.shape:
+                    best_sed, best_morph = b[1], b[2]  # overwritten only by a better iterate
                 else:
-                    self.best = (loss, p.sed.copy(), p.morph.copy(), p.comp, p.bg_thresh)
-            do_resize = resize is not None and self.it > 0 and self.it % resize == 0
-            kernel.step(grad, self.it, do_resize)
-            if do_resize:
-                self._resize(bounds)
-            self.it += 1
-            if self.it > start + cfg.min_iter and len(history) > 1:
-                if abs(history[-1] - history[-2]) < cfg.e_rel * abs(history[-1]):
-                    converged = True
-                    break
+                    best_sed, best_morph = np.empty_like(p.sed), np.empty_like(p.morph)
+            status, self.it, size, improved, best_loss = kernel.iterate(
+                self.it, start, max_iter, cfg.min_iter, cfg.e_rel, cfg.resize or 0,
+                cfg.component_padding, best_sed, best_morph, b is not None,
+                b[0] if b is not None else 0.0)
+            if improved:
+                self.best = (best_loss, best_sed, best_morph, p.comp, p.bg_thresh)
+            if status & _adam_cy.RESIZED:
+                self._regrid(new_comp.copy(), size, identity)
+            if status & _adam_cy.CONVERGED:
+                converged = True
+                break
         self.bind()
         return converged
 
@@ -621,4 +619,4 @@ def fit_blend(
     loss = fitter.final_loss()
     if config.keep_best:
         loss = fitter.restore_best(loss)
-    return loss, np.asarray(fitter.history), fitter.it, converged
+    return loss, fitter.history.copy(), fitter.it, converged
