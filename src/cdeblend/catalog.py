@@ -248,6 +248,8 @@ def _as_frame(
     if weights is not None:
         weights = weights.reshape(images.shape) if weights.size == images.size else weights
         check_same_shape(images, "images", weights, "observation.weights")
+        if np.any(weights < 0):
+            raise ValueError("observation.weights has negative values; weights must be >= 0")
     mask2 = None
     if mask is not None:
         m = np.asarray(mask)
@@ -361,6 +363,9 @@ class _Task:
     bands: tuple[str, ...]
     model_psf_sigma: float | None
     noise_rms: np.ndarray | None = None  # the whole image's, as in the pipeline
+    # the package's Observation of the image (PSFs, kernels, their transforms), shared by the
+    # parents' observations; None with a user's observation factory
+    template: Any = None
 
 
 @dataclass
@@ -560,17 +565,22 @@ def _deblend_task(
                     weights = np.where(task.variance > 0, 1.0 / task.variance, 0.0) * fp
             if task.mask is not None:
                 weights = weights * ~task.mask
-            weights = weights.astype(task.images.dtype)
-            extra = {} if task.noise_rms is None else {"noise_rms": task.noise_rms}
-            obs = obs_factory(
-                task.images,
-                task.variance,
-                task.psfs,
-                bands=task.bands,
-                weights=weights,
-                model_psf_sigma=task.model_psf_sigma,
-                **extra,
-            )
+            weights = np.ascontiguousarray(weights, dtype=task.images.dtype)
+            if task.template is not None:  # the image was validated once: no checks here
+                obs = task.template._on_arrays(np.ascontiguousarray(task.images),
+                                               np.ascontiguousarray(task.variance), weights,
+                                               noise_rms=task.template.noise_rms)
+            else:
+                extra = {} if task.noise_rms is None else {"noise_rms": task.noise_rms}
+                obs = obs_factory(
+                    task.images,
+                    task.variance,
+                    task.psfs,
+                    bands=task.bands,
+                    weights=weights,
+                    model_psf_sigma=task.model_psf_sigma,
+                    **extra,
+                )
             return _summarize_multi(deb.deblend(obs, task.peaks), task, cfg)
         res = deb.deblend(
             task.images[0], task.variance[0], task.psfs[0], task.peaks, footprint=fp,
@@ -624,7 +634,7 @@ def _materialize(task: _Task) -> _Task:
     return _Task(
         task.index, task.parent_id, task.kind, task.box, cp(task.footprint), cp(task.peaks),
         cp(task.images), cp(task.variance), cp(task.weights), cp(task.mask), task.psfs,
-        task.bands, task.model_psf_sigma, task.noise_rms,
+        task.bands, task.model_psf_sigma, task.noise_rms, task.template,
     )
 
 
@@ -886,6 +896,18 @@ def deblend_catalog(
                 np.mean(np.sqrt(v[np.isfinite(v)].astype(np.float64))) for v in frame.variance
             ])
         noise_rms = np.asarray(noise_rms, dtype=np.float64)
+    template = None
+    if kind == "multi" and observation_factory is None and checked:
+        import cdeblend
+
+        # PSFs checked and difference kernels made once; each parent's observation shares
+        # them, their transforms and the convolution-mode choices (its pixels come from the
+        # image validated above)
+        pixel = (slice(None), slice(0, 1), slice(0, 1))
+        template = cdeblend.Observation(
+            frame.images[pixel].copy(), frame.variance[pixel].copy(), frame.psfs,
+            bands=frame.bands, model_psf_sigma=frame.model_psf_sigma, noise_rms=noise_rms,
+        )
 
     tasks: list[_Task] = []
     reasons: list[str] = []
@@ -916,6 +938,7 @@ def deblend_catalog(
                 bands=frame.bands,
                 model_psf_sigma=frame.model_psf_sigma,
                 noise_rms=noise_rms,
+                template=template,
             )
         )
     if tasks and deblender_factory is None:

@@ -433,6 +433,47 @@ class Observation:
         self._local = threading.local()
         self._modes: dict[tuple, str] = {}
 
+    def _on_arrays(self, images: np.ndarray, variance: np.ndarray, weights: np.ndarray,
+                   noise_rms: np.ndarray | None = None,
+                   origin: tuple[int, int] = (0, 0)) -> Observation:
+        """A new Observation of other arrays sharing this one's bands, PSFs, model PSF,
+        difference kernels, cached kernel transforms and convolution-mode choices.
+
+        No checks: ``images``, ``variance`` and ``weights`` must be C-contiguous (B, h, w)
+        arrays of this observation's dtype that the caller validated (finite images wherever
+        the weight is non-zero, variance >= 0, finite weights >= 0), as the catalog driver
+        does once for a whole image. ``noise_rms`` defaults to this observation's.
+        """
+        new = object.__new__(Observation)
+        new.images = images
+        new.variance = variance
+        new.weights = weights
+        new.psfs = self.psfs
+        new.bands = self.bands
+        new.model_psf = self.model_psf
+        new.model_psf_sigma = self.model_psf_sigma
+        new.noise_rms = self.noise_rms if noise_rms is None else noise_rms
+        new.origin = origin
+        new.diff_kernels = self.diff_kernels
+        new._grad_kernels = self._grad_kernels
+        new._kernel_cache = self._kernel_cache
+        new._local = threading.local()
+        new._modes = self._modes  # keyed by shapes only: valid for any frame
+        return new
+
+    def __getstate__(self) -> dict:
+        # thread-local buffers and the cache's lock do not pickle (process pools, dask);
+        # the kernel transforms are recomputed on the other side when needed
+        state = self.__dict__.copy()
+        del state["_local"]
+        state["_kernel_cache"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._kernel_cache = _KernelCache(self.diff_kernels)
+        self._local = threading.local()
+
     # ------------------------------------------------------------------ basic properties
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -480,18 +521,9 @@ class Observation:
                 f"({height}, {width})"
             )
         sl = (slice(None), slice(y0, y0 + h), slice(x0, x0 + w))
-        new = object.__new__(Observation)
-        new.images = self.images[sl].copy()
-        new.variance = self.variance[sl].copy()
-        new.weights = self.weights[sl].copy()
-        new.psfs = self.psfs
-        new.bands = self.bands
-        new.model_psf = self.model_psf
-        new.model_psf_sigma = self.model_psf_sigma
-        new.noise_rms = self.noise_rms
-        new.origin = (self.origin[0] + y0, self.origin[1] + x0)
-        new._setup_kernels(self.diff_kernels, self._kernel_cache)
-        return new
+        return self._on_arrays(self.images[sl].copy(), self.variance[sl].copy(),
+                               self.weights[sl].copy(),
+                               origin=(self.origin[0] + y0, self.origin[1] + x0))
 
     # ------------------------------------------------------------------ convolution engine
     def _fft_shape(self, h: int, w: int) -> tuple[int, int]:
@@ -521,12 +553,10 @@ class Observation:
         # with the output grid (the source sits centred in the output for convolve_box)
         sh, sw = src if src is not None else (h, w)
         oy, ox = (h - sh) // 2, (w - sw) // 2
-        taps_y = sum(
-            max(min(h, oy + sh + d) - max(0, oy + d), 0) for d in range(-(kh // 2), kh // 2 + 1)
-        )
-        taps_x = sum(
-            max(min(w, ox + sw + d) - max(0, ox + d), 0) for d in range(-(kw // 2), kw // 2 + 1)
-        )
+        dy = np.arange(-(kh // 2), kh // 2 + 1)
+        dx = np.arange(-(kw // 2), kw // 2 + 1)
+        taps_y = int(np.maximum(np.minimum(h, oy + sh + dy) - np.maximum(0, oy + dy), 0).sum())
+        taps_x = int(np.maximum(np.minimum(w, ox + sw + dx) - np.maximum(0, ox + dx), 0).sum())
         direct = nb * taps_y * (_DIRECT_COST * taps_x + _ROW_COST * kw)
         n0, n1 = self._fft_shape(h, w)
         n = n0 * n1
