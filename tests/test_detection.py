@@ -238,3 +238,39 @@ def test_min_contrast_drops_bumps_on_a_profile_but_keeps_a_pair():
     assert kept.tolist() == [[20, 20], [20, 45]]
     kept = find_peaks(pair, labels, nsigma=1.0, min_separation=1, min_contrast=1.1 * contrast)
     assert kept.tolist() == [[20, 20]]
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), bands=st.integers(1, 4),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_snr_coadd_and_noise_rms_kernels_match_numpy(seed, bands, dtype):
+    """The catalog's S/N coadd and noise RMS against numpy, with pixels of zero, negative,
+    infinite and NaN variance (no information) and NaN images."""
+    from cdeblend import _symmetric_cy
+
+    rng = np.random.default_rng(seed)
+    H, W = int(rng.integers(1, 20)), int(rng.integers(1, 20))
+    images = rng.normal(size=(bands, H, W)).astype(dtype)
+    variance = rng.uniform(0.1, 3, size=(bands, H, W)).astype(dtype)
+    bad = rng.random(variance.shape)
+    variance[bad < 0.1] = 0
+    variance[(bad >= 0.1) & (bad < 0.15)] = np.inf
+    variance[(bad >= 0.15) & (bad < 0.2)] = np.nan
+    variance[(bad >= 0.2) & (bad < 0.22)] = -1
+    out = np.empty((H, W))
+    _symmetric_cy.snr_coadd(images, variance, out)
+    v = variance.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ivar = np.where((v > 0) & np.isfinite(v), 1.0 / v, 0.0)
+        num, den = (images * ivar).sum(axis=0), ivar.sum(axis=0)
+        ref = np.where(den > 0, num / np.sqrt(den), 0.0)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-300)
+    for b in range(bands):
+        good = np.isfinite(v[b])
+        mean, n = _symmetric_cy.mean_sqrt(variance[b])
+        assert n == good.sum()
+        if n:
+            with np.errstate(invalid="ignore"):  # sqrt of the negative test values
+                np.testing.assert_allclose(mean, np.mean(np.sqrt(v[b][good])), rtol=1e-12)
+        else:
+            assert np.isnan(mean)

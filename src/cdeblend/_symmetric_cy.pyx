@@ -6,6 +6,9 @@
 - ``median_smooth``: the (2h+1)^2 median filter of a template's interior (spec 3.4).
 - ``clip_to_nonzero``: trim each footprint span to its non-zero part (spec 3.6).
 
+Also the pixel loops of detection and of the catalog driver (PSF-fit rows, moments, disc
+dilation, separable smoothing, the S/N coadd and the noise RMS).
+
 All arrays are C-contiguous and were checked by ``cdeblend.single_band``; the loops run
 without the GIL and allocate nothing.
 """
@@ -400,3 +403,46 @@ def separable_smooth(const double[:, ::1] image, const double[::1] kernel,
                 for k in range(a, b + 1):
                     acc = acc + kernel[k] * tmp[y, x + k - r]
                 out[y, x] = acc
+
+
+def mean_sqrt(const real[:, ::1] variance):
+    """Mean of ``sqrt(v)`` over the finite pixels of ``variance``, and their number.
+
+    The noise RMS of a band (``(nan, 0)`` without finite pixels); summed in double, row by
+    row, in a fixed order.
+    """
+    cdef Py_ssize_t H = variance.shape[0], W = variance.shape[1], y, x, n = 0
+    cdef double total = 0.0, row, v
+    with nogil:
+        for y in range(H):
+            row = 0.0
+            for x in range(W):
+                v = variance[y, x]
+                if v - v == 0:  # finite (NaN and inf fail)
+                    row += sqrt(v)
+                    n += 1
+            total += row
+    return (total / n if n else float("nan")), n
+
+
+def snr_coadd(const real[:, :, ::1] images, const real[:, :, ::1] variance,
+              double[:, ::1] out):
+    """Per-pixel S/N of the inverse-variance coadd, ``sum_b I_b / V_b / sqrt(sum_b 1 / V_b)``.
+
+    Bands whose variance is not positive and finite carry no information at that pixel;
+    a pixel without any gets 0. Accumulated in double.
+    """
+    cdef Py_ssize_t B = images.shape[0], H = images.shape[1], W = images.shape[2], b, y, x
+    cdef double num, den, v, ivar
+    with nogil:
+        for y in range(H):
+            for x in range(W):
+                num = 0.0
+                den = 0.0
+                for b in range(B):
+                    v = variance[b, y, x]
+                    if v > 0 and v < INFINITY:
+                        ivar = 1.0 / v
+                        num += images[b, y, x] * ivar
+                        den += ivar
+                out[y, x] = num / sqrt(den) if den > 0 else 0.0

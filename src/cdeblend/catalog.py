@@ -304,28 +304,23 @@ def parents_from_peaks(
     """
     from scipy import ndimage
 
-    img = np.asarray(images)
-    var = np.asarray(variance)
+    from . import _symmetric_cy
+
+    img = as_float_array(images, "images", (2, 3), finite=False)
+    var = as_float_array(variance, "variance", (2, 3), dtype=img.dtype, finite=False)
+    check_same_shape(img, "images", var, "variance")
     if img.ndim == 2:
         img, var = img[None], var[None]
     pk = as_peaks(peaks, img.shape[1:])
-    # accumulate band by band: two (H, W) float64 buffers, never a (B, H, W) temporary
-    num = np.zeros(img.shape[1:])
-    den = np.zeros(img.shape[1:])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for b in range(img.shape[0]):
-            v = var[b].astype(np.float64)
-            ivar = np.where(v > 0, 1.0 / v, 0.0)
-            num += img[b] * ivar
-            den += ivar
-        np.sqrt(den, out=den)
-        sn = np.where(den > 0, num / den, 0.0)
-    on = sn >= snr
+    sn = np.empty(img.shape[1:])
+    _symmetric_cy.snr_coadd(img, var, sn)
+    on = np.ascontiguousarray(sn >= snr)
     on[pk[:, 0], pk[:, 1]] = True
     if grow > 0:
-        r = int(grow)
-        yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-        on = ndimage.binary_dilation(on, structure=(yy**2 + xx**2) <= r * r)
+        grown = np.empty(on.shape, dtype=np.uint8)
+        prefix = np.empty((on.shape[0], on.shape[1] + 1), dtype=np.int32)
+        _symmetric_cy.dilate_disc(on.view(np.uint8), int(grow), grown, prefix)
+        on = grown.view(bool)
     labels, _ = ndimage.label(on, structure=np.ones((3, 3), bool))
     peak_label = labels[pk[:, 0], pk[:, 1]]
     parents = []
@@ -892,9 +887,9 @@ def deblend_catalog(
     if kind == "multi" and observation_factory is None:
         noise_rms = getattr(observation_or_image, "noise_rms", None)
         if noise_rms is None:
-            noise_rms = np.array([
-                np.mean(np.sqrt(v[np.isfinite(v)].astype(np.float64))) for v in frame.variance
-            ])
+            from . import _symmetric_cy
+
+            noise_rms = np.array([_symmetric_cy.mean_sqrt(v)[0] for v in frame.variance])
         noise_rms = np.asarray(noise_rms, dtype=np.float64)
     template = None
     if kind == "multi" and observation_factory is None and checked:

@@ -41,6 +41,7 @@ from ._convolve_cy import (
     kernel_spectrum,
     weighted_residual,
 )
+from ._symmetric_cy import mean_sqrt
 from ._validate import as_float_array, check_psf, check_same_shape
 
 __all__ = [
@@ -356,12 +357,11 @@ class Observation:
         if noise_rms is None:
             noise = np.empty(nb, dtype=np.float64)
             for b in range(nb):
-                vb = variance[b][np.isfinite(variance[b])]
-                if vb.size == 0:
+                noise[b], count = mean_sqrt(variance[b])
+                if count == 0:
                     raise ValueError(
                         f"variance[{b}] has no finite pixel; cannot estimate noise_rms"
                     )
-                noise[b] = np.mean(np.sqrt(vb.astype(np.float64)))
         else:
             noise = as_float_array(noise_rms, "noise_rms", 1, dtype=np.float64)
             if noise.shape != (nb,):
