@@ -90,3 +90,42 @@ def test_box_helpers():
     a = np.arange(25).reshape(5, 5)
     sa, sb = overlap_slices((0, 0, 5, 5), (3, -1, 4, 3))
     assert a[sa].shape == (2, 2) and sb == (slice(0, 2), slice(1, 3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("force_fft", [False, True])
+def test_convolved_sources_match_source_by_source(dtype, force_fft):
+    """The batched products (all sources rendered and convolved in a few Cython calls) equal
+    each source's model convolved on its own, with a null source and a component replaced
+    by a new array after packing (the products read the components' current arrays)."""
+    from scipy.signal import convolve2d
+
+    blend, obs = small_blend(seed=4, dtype=dtype)
+    blend.sources.append(Source([], (3, 3), 2))  # a null source
+    blend.pack()
+    blend.components[1].morphology = blend.components[1].morphology * 2.0  # not a view
+    if force_fft:
+        obs._pick_mode = lambda mode, *args: "fft" if mode == "auto" else mode
+    stack = blend.convolved_sources()
+    assert stack.flat.dtype == dtype and len(stack) == 3
+    assert tuple(stack.boxes[2]) == (3, 3, 0, 0)
+    ry, rx = obs.kernel_radius
+    for i in range(2):
+        model = blend.sources[i].model()
+        box = blend.sources[i].box
+        frame = np.zeros(obs.shape)
+        frame[:, box[0]:box[0] + box[2], box[1]:box[1] + box[3]] = model
+        ref = np.stack([convolve2d(frame[b], obs.diff_kernels[b].astype(np.float64),
+                                   mode="same") for b in range(obs.shape[0])])
+        gy0, gx0, gh, gw = stack.boxes[i]
+        assert (gy0, gx0) == (max(box[0] - ry, 0), max(box[1] - rx, 0))
+        got = stack.get(i)
+        tol = 1e-12 if dtype == np.float64 else 2e-6
+        np.testing.assert_allclose(got, ref[:, gy0:gy0 + gh, gx0:gx0 + gw], rtol=0,
+                                   atol=tol * np.abs(ref).max())
+        # outside the grown box the true convolution is 0
+        ref[:, gy0:gy0 + gh, gx0:gx0 + gw] = 0
+        assert np.abs(ref).max() < 1e-12
+        one, one_box = blend.source_model(i)
+        assert one_box == tuple(int(v) for v in stack.boxes[i])
+        np.testing.assert_array_equal(one, got)

@@ -832,3 +832,47 @@ def monotonic_reach(const int64_t[:, ::1] comp):
             if d + 1 > need:
                 need = d + 1
     return need
+
+
+def render_sources(const double[:, ::1] sed, const double[::1] morph,
+                   const int64_t[:, ::1] comp, const int64_t[:, ::1] ranges,
+                   const int64_t[:, ::1] boxes, double[::1] out, const int64_t[::1] offsets):
+    """Each source's model on its own box, summed in double.
+
+    Source s is the sum of components ``ranges[s, 0] .. ranges[s, 1] - 1`` (rows of the
+    packed ``sed``, ``morph``, ``comp``), written as (B, h, w) with ``(y0, x0, h, w) =
+    boxes[s]`` (every component box inside it) from ``out[offsets[s]]`` on, zeroed first.
+    """
+    cdef Py_ssize_t S = ranges.shape[0], B = sed.shape[1], s, k, b, y, x, o, h, w, off
+    cdef Py_ssize_t cy, cx, ch, cw
+    cdef double v
+    for s in range(S):
+        h, w, o = boxes[s, 2], boxes[s, 3], offsets[s]
+        if o < 0 or o + B * h * w > out.shape[0] or ranges[s, 0] < 0 or (
+                ranges[s, 1] > comp.shape[0]):
+            raise ValueError(f"source {s} does not fit the buffers")
+        for k in range(ranges[s, 0], ranges[s, 1]):
+            if (comp[k, 0] < boxes[s, 0] or comp[k, 1] < boxes[s, 1]
+                    or comp[k, 0] + comp[k, 2] > boxes[s, 0] + h
+                    or comp[k, 1] + comp[k, 3] > boxes[s, 1] + w
+                    or comp[k, 4] + comp[k, 2] * comp[k, 3] > morph.shape[0]):
+                raise ValueError(f"component {k} lies outside source {s}'s box")
+    with nogil:
+        for s in range(S):
+            h = boxes[s, 2]
+            w = boxes[s, 3]
+            o = offsets[s]
+            for y in range(B * h * w):
+                out[o + y] = 0.0
+            for k in range(ranges[s, 0], ranges[s, 1]):
+                cy = comp[k, 0] - boxes[s, 0]
+                cx = comp[k, 1] - boxes[s, 1]
+                ch = comp[k, 2]
+                cw = comp[k, 3]
+                off = comp[k, 4]
+                for b in range(B):
+                    v = sed[k, b]
+                    for y in range(ch):
+                        for x in range(cw):
+                            out[o + (b * h + cy + y) * w + cx + x] += v * morph[off + y * cw + x]
+    return out

@@ -404,3 +404,97 @@ def fft_cols(FFTWork work, int axis_len, floating[:, ::1] re, floating[:, ::1] i
             cd_fft_cols_f(&work.c, p, re.shape[1], re.shape[1], &re[0, 0], &im[0, 0])
         else:
             cd_fft_cols_d(&work.c, p, re.shape[1], re.shape[1], &re[0, 0], &im[0, 0])
+
+
+def conv_exact(FFTWork work, const double[::1] src, const Py_ssize_t[:, ::1] src_table,
+               const double[:, :, :, ::1] fk, floating[::1] out,
+               const Py_ssize_t[:, ::1] out_table, int ry, int rx, bint support):
+    """Convolve multi-band planes band by band in double precision, for the products of a
+    fit (the per-source models that share the flux).
+
+    Item k is ``src[o:o + B * h * w]`` as (B, h, w) with ``(o, h, w, oy, ox) =
+    src_table[k]``, placed at ``(oy, ox)`` of the grid; the grid's ``[0, gh) x [0, gw)``
+    corner of its convolution, with ``(o', gh, gw) = out_table[k]``, goes to ``out[o':]`` as
+    (B, gh, gw) in out's precision. With ``support`` each band is cut to the support of the
+    true convolution for kernels without zero taps: pixels within ``ry`` rows and ``rx``
+    columns of a non-zero input pixel (FFT round-off elsewhere would claim flux).
+    """
+    cdef Py_ssize_t nb = fk.shape[0], K = src_table.shape[0], k, b, i, y, x
+    cdef Py_ssize_t o, h, w, oy, ox, oo, gh, gw, ghmax = 0, gwmax = 0, ya, yb, xa, xb
+    cdef double* tmp
+    cdef int* pre
+    cdef const double* s0
+    cdef const double* s1
+    cdef const double* f1
+    cdef double* t1
+    cdef int cnt
+    _check_work(work, True, fk, nb)
+    if out_table.shape[0] != K or src_table.shape[1] != 5 or out_table.shape[1] != 3:
+        raise ValueError("src_table must be (K, 5) and out_table (K, 3)")
+    for i in range(K):
+        o, h, w, oy, ox = (src_table[i, j] for j in range(5))
+        oo, gh, gw = (out_table[i, j] for j in range(3))
+        if (h < 1 or w < 1 or oy < 0 or ox < 0 or oy + h > gh or ox + w > gw
+                or gh > work.n0 or gw > work.width or o < 0 or o + nb * h * w > src.shape[0]
+                or oo < 0 or oo + nb * gh * gw > out.shape[0]):
+            raise ValueError(f"item {i} does not fit the grid or the buffers")
+        ghmax = max(ghmax, gh)
+        gwmax = max(gwmax, gw)
+    if K == 0:
+        return out
+    tmp = <double*>malloc(nb * ghmax * gwmax * sizeof(double))
+    pre = <int*>malloc((ghmax + 1) * (gwmax + 1) * sizeof(int))
+    if tmp == NULL or pre == NULL:
+        free(tmp)
+        free(pre)
+        raise MemoryError()
+    try:
+        with nogil:
+            for k in range(K):
+                o = src_table[k, 0]
+                h = src_table[k, 1]
+                w = src_table[k, 2]
+                oy = src_table[k, 3]
+                ox = src_table[k, 4]
+                oo = out_table[k, 0]
+                gh = out_table[k, 1]
+                gw = out_table[k, 2]
+                b = 0
+                while b < nb:  # two bands per transform
+                    s0 = &src[o + b * h * w]
+                    s1 = &src[o + (b + 1) * h * w] if b + 1 < nb else NULL
+                    f1 = &fk[b + 1, 0, 0, 0] if b + 1 < nb else NULL
+                    t1 = tmp + (b + 1) * gh * gw if b + 1 < nb else NULL
+                    _fwd(&work.c, s0, w, h, w, oy, ox, s1, w, h, w, oy, ox)
+                    _pair_mul(&work.c, &fk[b, 0, 0, 0], f1, 0)
+                    _inv(&work.c, tmp + b * gh * gw, gw, gh, gw, t1, gw, gh, gw)
+                    b += 2
+                for b in range(nb):
+                    if support:
+                        # prefix counts of the non-zero input pixels on the output grid
+                        for x in range(gw + 1):
+                            pre[x] = 0
+                        for y in range(gh):
+                            cnt = 0
+                            pre[(y + 1) * (gw + 1)] = 0
+                            for x in range(gw):
+                                if (oy <= y < oy + h and ox <= x < ox + w
+                                        and src[o + (b * h + y - oy) * w + x - ox] != 0):
+                                    cnt += 1
+                                pre[(y + 1) * (gw + 1) + x + 1] = pre[y * (gw + 1) + x + 1] + cnt
+                    for y in range(gh):
+                        ya = y - ry if y > ry else 0
+                        yb = y + ry + 1 if y + ry + 1 < gh else gh
+                        for x in range(gw):
+                            if support:
+                                xa = x - rx if x > rx else 0
+                                xb = x + rx + 1 if x + rx + 1 < gw else gw
+                                if (pre[yb * (gw + 1) + xb] - pre[ya * (gw + 1) + xb]
+                                        - pre[yb * (gw + 1) + xa] + pre[ya * (gw + 1) + xa]) == 0:
+                                    out[oo + (b * gh + y) * gw + x] = 0
+                                    continue
+                            out[oo + (b * gh + y) * gw + x] = <floating>tmp[(b * gh + y) * gw + x]
+    finally:
+        free(tmp)
+        free(pre)
+    return out

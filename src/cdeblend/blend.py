@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _adam_cy
+from .apportion import FlatStack
 
 __all__ = [
     "Blend",
@@ -295,8 +296,10 @@ class PackedComponents:
     bg_thresh: np.ndarray
 
     @classmethod
-    def from_components(cls, components: Sequence[Component], bands: int) -> PackedComponents:
-        """Pack the components; their ``sed``/``morphology`` become views of the buffers."""
+    def from_components(cls, components: Sequence[Component], bands: int,
+                        bind: bool = True) -> PackedComponents:
+        """Pack the components; with ``bind`` their ``sed``/``morphology`` become views of
+        the buffers."""
         K = len(components)
         comp = np.zeros((K, 7), dtype=np.int64)
         off = 0
@@ -312,7 +315,8 @@ class PackedComponents:
         for k, c in enumerate(components):
             sed[k] = c.sed
             morph[comp[k, 4] : comp[k, 4] + c.morphology.size] = c.morphology.ravel()
-        packed.bind(components)
+        if bind:
+            packed.bind(components)
         return packed
 
     def morph_view(self, k: int) -> np.ndarray:
@@ -420,20 +424,60 @@ class Blend:
         """Model of source ``i`` on its box, optionally convolved to the observed PSFs.
 
         Returns the (B, h, w) image and its box; the convolved model lives on the source's
-        box grown by the PSF half-size and clipped to the blend.
+        box grown by the PSF half-size and clipped to the blend (as in
+        :meth:`convolved_sources`).
         """
         src = self.sources[i]
         B = self.shape[0]
         if src.is_null:
             return np.zeros((B, 0, 0), dtype=self.observation.dtype), (*src.peak, 0, 0)
-        img = src.model().astype(self.observation.dtype)
-        box = src.box
         if not convolved:
-            return img, box
-        # exact zeros where the true convolution is zero (the reference convolves in real
-        # space here: FFT round-off there would claim flux when apportioning)
-        conv, cbox = self.observation._convolve_box_exact(img, box)
-        return conv, tuple(int(v) for v in cbox)
+            return src.model().astype(self.observation.dtype), src.box
+        stack = self.convolved_sources([i])
+        return stack.get(0), tuple(int(v) for v in stack.boxes[0])
+
+    def convolved_sources(self, indices: Sequence[int] | None = None) -> FlatStack:
+        """The sources' models convolved to the observed PSFs, for re-apportioning.
+
+        Each lies on its source's box grown by the kernel half-size and clipped to the
+        blend (a null source: an empty box at its peak) and is exactly 0 wherever the true
+        convolution is 0 (FFT round-off there would claim flux when apportioning; see
+        :meth:`~cdeblend.observation.Observation._convolve_exact_into`). The models are
+        rendered and convolved in a few Cython calls for all sources.
+
+        Parameters
+        ----------
+        indices : sequence of int, optional
+            Which sources, in this order (default: all).
+
+        Returns
+        -------
+        FlatStack
+            One (B, h, w) row per source, in the observation's dtype.
+        """
+        obs = self.observation
+        B = self.shape[0]
+        idx = range(len(self.sources)) if indices is None else list(indices)
+        # the components' current arrays (a caller may have replaced some), not re-bound
+        p = PackedComponents.from_components(self.components, B, bind=False)
+        starts = np.cumsum([0] + [len(s.components) for s in self.sources])
+        ranges = np.array([(starts[i], starts[i + 1]) for i in idx], dtype=np.int64)
+        ranges = ranges.reshape(-1, 2)
+        boxes = np.array([self.sources[i].box for i in idx], dtype=np.int64).reshape(-1, 4)
+        sizes = B * boxes[:, 2] * boxes[:, 3]
+        offsets = np.zeros(len(idx), dtype=np.int64)
+        offsets[1:] = np.cumsum(sizes)[:-1]
+        models = np.zeros(int(sizes.sum()))
+        _adam_cy.render_sources(p.sed, p.morph, p.comp, ranges, boxes, models, offsets)
+        grown = np.array([obs._grown_box(tuple(b))[1] if b[2] * b[3] else (b[0], b[1], 0, 0)
+                          for b in boxes.tolist()], dtype=np.int64).reshape(-1, 4)
+        gsizes = B * grown[:, 2] * grown[:, 3]
+        goffsets = np.zeros(len(idx), dtype=np.int64)
+        goffsets[1:] = np.cumsum(gsizes)[:-1]
+        out = np.zeros(int(gsizes.sum()), dtype=obs.dtype)
+        obs._convolve_exact_into(models, [tuple(b) for b in boxes.tolist()], offsets, out,
+                                 goffsets)
+        return FlatStack(out, grown, B)
 
     def __repr__(self) -> str:
         return f"Blend(shape={self.shape}, sources={len(self.sources)})"

@@ -20,7 +20,6 @@ from . import _adam_cy
 from .apportion import FlatStack, apportion_flux
 from .blend import (
     Blend,
-    Box,
     Component,
     PackedComponents,
     RadialMonotonicity,
@@ -251,29 +250,29 @@ class DeblendResult:
     timing: dict = field(default_factory=dict)
     spectrum_init: bool = False
     rescued: int = 0
-    _conv: list | None = field(default=None, repr=False)
+    _conv: FlatStack | None = field(default=None, repr=False)
     _conserved: FlatStack | None = field(default=None, repr=False)
 
     # -- per-source products
-    def _convolved(self) -> list[tuple[np.ndarray, Box]]:
+    def _convolved_stack(self) -> FlatStack:
         if self._conv is None:
-            self._conv = [self.blend.source_model(i) for i in range(len(self.blend.sources))]
+            self._conv = self.blend.convolved_sources()
         return self._conv
 
-    def _dense(self, arrays: list[np.ndarray], boxes: list[Box]) -> np.ndarray:
+    def _dense(self, stack: FlatStack) -> np.ndarray:
         B, H, W = self.blend.shape
-        out = np.zeros((len(arrays), B, H, W), dtype=self.blend.observation.dtype)
-        for i, (a, box) in enumerate(zip(arrays, boxes, strict=True)):
+        out = np.zeros((len(stack), B, H, W), dtype=self.blend.observation.dtype)
+        for i in range(len(stack)):
+            box = tuple(int(v) for v in stack.boxes[i])
             if box[2] * box[3] == 0:
                 continue
             sa, sb = overlap_slices((0, 0, H, W), box)
-            out[(i, slice(None)) + sa] = a[(slice(None),) + sb]
+            out[(i, slice(None)) + sa] = stack.get(i)[(slice(None),) + sb]
         return out
 
     def models(self) -> np.ndarray:
         """(N, B, H, W) each source's model convolved to the observed PSFs."""
-        conv = self._convolved()
-        return self._dense([c[0] for c in conv], [c[1] for c in conv])
+        return self._dense(self._convolved_stack())
 
     def conserved(self) -> FlatStack:
         """Flux re-apportioned children in the flat layout (one row per source).
@@ -283,19 +282,14 @@ class DeblendResult:
         """
         if self._conserved is None:
             obs = self.blend.observation
-            conv = self._convolved()
-            B = self.blend.shape[0]
-            stack = FlatStack.from_arrays([c[0] for c in conv], [c[1] for c in conv],
-                                          dtype=obs.dtype, bands=B)
             image = np.where(np.asarray(obs.weights) > 0, obs.images, 0).astype(obs.dtype)
-            self._conserved, _ = apportion_flux(image, stack)
+            self._conserved, _ = apportion_flux(image, self._convolved_stack())
         return self._conserved
 
     def conserved_images(self) -> np.ndarray:
         """(N, B, H, W) flux re-apportioned children; they add up to the image wherever the
         total convolved model is positive."""
-        st = self.conserved()
-        return self._dense([st.get(i) for i in range(len(st))], [tuple(b) for b in st.boxes])
+        return self._dense(self.conserved())
 
     @property
     def fluxes(self) -> np.ndarray:

@@ -35,6 +35,7 @@ from scipy.special import erfc
 from ._convolve_cy import (
     FFTWork,
     conv_cube,
+    conv_exact,
     conv_planes,
     convolve_direct,
     fast_len,
@@ -852,57 +853,70 @@ class Observation:
                         out_table)
 
     def _convolve_box_exact(self, array: Any, box: Any) -> tuple[np.ndarray, Box]:
-        """:meth:`convolve_box` for the products of a fit (the per-source convolved models
-        that share the flux): exactly 0 wherever the true convolution is 0.
-
-        FFT round-off would leave tiny non-zero values over the whole grown box, and there
-        they would claim flux when it is re-apportioned; the direct loop has no such noise
-        but costs ``B x taps x pixels``. Here the FFT runs in double precision (its
-        round-off is ~1e-16 of the peak, below float32 resolution) and the result is cut to
-        the support of the true convolution: the source's non-zero pixels dilated by the
-        kernel's non-zero taps. Small cases, where the direct loop is cheaper, use it.
-        """
-        src, (cy0, cx0, ch, cw), grown = self._box_source(array, box)
-        gy0, gx0, gh, gw = grown
-        ry, rx = self.kernel_radius
+        """:meth:`convolve_box` for the products of a fit: exactly 0 wherever the true
+        convolution is 0 (one item of :meth:`_convolve_exact_into`)."""
+        src, clipped, grown = self._box_source(array, box)
         nb = self.shape[0]
-        if (ch == 0 or cw == 0 or gh == 0 or gw == 0
-                or self._pick_mode("auto", src.shape[0], gh, gw, (ch, cw)) == "real"):
-            return self.convolve_box(array, box, mode="real")
-        nb_in = src.shape[0]
-        oy, ox = cy0 - gy0, cx0 - gx0
-        n0, n1 = self._fft_shape(gh, gw)
-        full = np.empty((nb, gh, gw), dtype=np.float64)
-        conv_cube(self._work(n0, n1, gw, double=True), np.ascontiguousarray(src, np.float64),
-                  oy, ox, self._kernel_cache.get(n0, n1, exact=True), full, False)
-        out = full.astype(self.dtype)
-        # support of the true convolution, per band
-        nonzero = np.zeros((nb_in, gh, gw), dtype=bool)
-        nonzero[:, oy:oy + ch, ox:ox + cw] = src != 0
+        model = np.ascontiguousarray(np.broadcast_to(src, (nb,) + src.shape[1:]),
+                                     dtype=np.float64)
+        out = np.zeros(nb * grown[2] * grown[3], dtype=self.dtype)
+        self._convolve_exact_into(model.ravel(), [clipped], np.zeros(1, np.intp), out,
+                                  np.zeros(1, np.intp))
+        return out.reshape(nb, grown[2], grown[3]), grown
+
+    def _convolve_exact_into(self, models: np.ndarray, boxes: Sequence[Box],
+                             offsets: np.ndarray, out: np.ndarray,
+                             out_offsets: np.ndarray) -> None:
+        """Convolve per-source (B, h, w) models for the products of a fit: exactly 0
+        wherever the true convolution is 0.
+
+        Model k is ``models[offsets[k]:]`` (float64, C order) on ``boxes[k]``, which lies
+        inside the frame; its convolution on the grown box (:meth:`_grown_box`) goes to
+        ``out[out_offsets[k]:]`` (B, gh, gw) in the working precision (empty boxes write
+        nothing). FFT round-off would leave tiny non-zero values over the whole grown box,
+        and there they would claim flux when it is re-apportioned; the direct loop has no
+        such noise but costs ``B x taps x pixels``. So the FFT runs in double precision (its
+        round-off is ~1e-16 of the peak, below float32 resolution), and the result is cut to
+        the support of the true convolution: the model's non-zero pixels dilated by the
+        kernel's non-zero taps. Small cases, where the direct loop is cheaper, use it.
+        Models sharing an FFT grid go to one Cython call, without the GIL.
+        """
+        nb, height, width = self.shape
+        ry, rx = self.kernel_radius
+        frame_grid = self._fft_shape(height, width)
         taps = self.diff_kernels != 0
-        if taps.all():
-            support = _box_dilate(nonzero, ry, rx)
-        else:  # general kernel: count overlapping (non-zero pixel, non-zero tap) pairs
-            ind = nonzero.astype(np.float64)
-            if nb_in == 1:
-                ind = np.repeat(ind, nb, axis=0)
-            support = np.stack([
-                scipy.signal.fftconvolve(ind[b], taps[b].astype(np.float64), mode="same") > 0.5
-                for b in range(nb)
-            ])
-        out *= support
-        return out, grown
-
-
-def _box_dilate(mask: np.ndarray, ry: int, rx: int) -> np.ndarray:
-    """Pixels within ``ry`` rows and ``rx`` columns of a True pixel of ``mask`` (..., h, w)
-    (the support of a convolution with a kernel that has no zero tap), via prefix counts."""
-    out = mask
-    for axis, r in ((-1, rx), (-2, ry)):
-        n = out.shape[axis]
-        c = np.cumsum(out, axis=axis, dtype=np.int32)
-        c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
-        hi = np.minimum(np.arange(n) + r + 1, n)
-        lo = np.maximum(np.arange(n) - r, 0)
-        out = (np.take(c, hi, axis=axis) - np.take(c, lo, axis=axis)) > 0
-    return out
+        grids: dict[tuple[int, int], list] = {}
+        for k, box in enumerate(boxes):
+            (cy0, cx0, ch, cw), (gy0, gx0, gh, gw) = self._grown_box(box)
+            if ch == 0 or cw == 0 or gh == 0 or gw == 0:
+                continue
+            model = models[offsets[k]:offsets[k] + nb * ch * cw].reshape(nb, ch, cw)
+            dst = out[out_offsets[k]:out_offsets[k] + nb * gh * gw].reshape(nb, gh, gw)
+            if self._pick_mode("auto", nb, gh, gw, (ch, cw)) == "real":
+                dst[...] = 0
+                convolve_direct(model.astype(self.dtype), self.diff_kernels, dst,
+                                cy0 - gy0, cx0 - gx0)
+                continue
+            grid = self._fft_shape(gh, gw)
+            if 2 * grid[0] * grid[1] >= frame_grid[0] * frame_grid[1]:
+                grid = frame_grid  # nearly the frame's: share the frame's grid (fewer calls)
+            grids.setdefault(grid, []).append((k, cy0 - gy0, cx0 - gx0, ch, cw, gh, gw))
+        for (n0, n1), items in grids.items():
+            src_table = np.array([(offsets[k], ch, cw, oy, ox)
+                                  for k, oy, ox, ch, cw, _, _ in items], dtype=np.intp)
+            out_table = np.array([(out_offsets[k], gh, gw) for k, *_, gh, gw in items],
+                                 dtype=np.intp)
+            work = self._work(n0, n1, int(out_table[:, 2].max()), double=True)
+            conv_exact(work, models, src_table, self._kernel_cache.get(n0, n1, exact=True),
+                       out, out_table, ry, rx, bool(taps.all()))
+            if taps.all():
+                continue
+            for k, oy, ox, ch, cw, gh, gw in items:  # general kernels: count the pairs
+                ind = np.zeros((nb, gh, gw))  # (non-zero pixel, non-zero tap) that overlap
+                ind[:, oy:oy + ch, ox:ox + cw] = (
+                    models[offsets[k]:offsets[k] + nb * ch * cw].reshape(nb, ch, cw) != 0)
+                support = np.stack([
+                    scipy.signal.fftconvolve(ind[b], taps[b].astype(np.float64), mode="same")
+                    > 0.5 for b in range(nb)
+                ])
+                out[out_offsets[k]:out_offsets[k] + nb * gh * gw] *= support.ravel()
