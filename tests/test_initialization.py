@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cdeblend import DeblendConfig, Observation
 from cdeblend.initialization import detection_image, initialize_blend, peak_snr
@@ -168,3 +170,25 @@ def test_residual_init_starts_faint_neighbours_from_their_own_light():
         assert r.kind == "psf" or r.morphology.sum() < p.morphology.sum()
         changed += 1
     assert changed >= 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), quirk=st.booleans())
+def test_flood_fill_starts_on_the_brightest_symmetric_neighbour(seed, quirk):
+    """The start pixel of a peak's monotonic mask against the obvious Python loop: the
+    first maximum, in raster order, of min(D[y, x], D[mirror]) over the 3 x 3 window."""
+    from cdeblend import _monotonic_cy
+
+    rng = np.random.default_rng(seed)
+    H, W = int(rng.integers(1, 9)), int(rng.integers(1, 9))
+    D = np.round(rng.normal(size=(H, W)), 1)  # rounded: ties happen
+    py, px = int(rng.integers(0, H)), int(rng.integers(0, W))
+    my, mx = (H - 1, W - 1) if quirk else (2 * py, 2 * px)
+    best, start = -np.inf, (py, px)
+    for y in range(max(py - 1, 0), min(py + 2, H)):
+        for x in range(max(px - 1, 0), min(px + 2, W)):
+            ry, rx = my - y, mx - x
+            v = min(D[y, x], D[ry, rx]) if 0 <= ry < H and 0 <= rx < W else 0.0
+            if v > best:
+                best, start = v, (y, x)
+    assert _monotonic_cy.brightest_symmetric_neighbour(D, py, px, my, mx) == start

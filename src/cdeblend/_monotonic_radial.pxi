@@ -292,3 +292,22 @@ cdef inline double _mm_value(const real[:, ::1] image, Py_ssize_t y, Py_ssize_t 
         return 0.0
     b = image[ry, rx]
     return a if a < b else b
+
+
+def brightest_symmetric_neighbour(const real[:, ::1] image, Py_ssize_t py, Py_ssize_t px,
+                                  Py_ssize_t my, Py_ssize_t mx):
+    """The pixel of the 3 x 3 neighbourhood of (py, px) (inside the image) whose
+    symmetrised value ``min(image[y, x], image[my - y, mx - x])`` (0 without a mirror pixel)
+    is largest; the first in raster order on ties. The flood fill of a peak starts there."""
+    cdef Py_ssize_t H = image.shape[0], W = image.shape[1], y, x, by = py, bx = px
+    cdef double best = -INFINITY, v
+    if not (0 <= py < H and 0 <= px < W):
+        raise ValueError(f"peak ({py}, {px}) is outside the image of shape ({H}, {W})")
+    for y in range(max(py - 1, 0), min(py + 2, H)):
+        for x in range(max(px - 1, 0), min(px + 2, W)):
+            v = _mm_value(image, y, x, my, mx, True, H, W)
+            if v > best:
+                best = v
+                by = y
+                bx = x
+    return by, bx

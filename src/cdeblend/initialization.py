@@ -66,14 +66,6 @@ def peak_snr(observation, peak: tuple[int, int]) -> float:
     return num / np.sqrt(den) if den > 0 else 0.0
 
 
-def _symmetric_value(D: np.ndarray, y: int, x: int, my: int, mx: int) -> float:
-    ry, rx = my - y, mx - x
-    H, W = D.shape
-    if 0 <= ry < H and 0 <= rx < W:
-        return min(D[y, x], D[ry, rx])
-    return 0.0
-
-
 class _MaskWorkspace:
     """Buffers of the monotonic-mask flood fill, allocated once per blend and reset
     through the list of accepted pixels after each peak."""
@@ -110,12 +102,7 @@ def _extended_morphology(D, peak, t0, padding, ws, center_flip_quirk):
     else:
         mirror = (2 * py, 2 * px)
     # start on the brightest symmetrised pixel of the 3 x 3 neighbourhood (first maximum)
-    best, start = -np.inf, (py, px)
-    for y in range(max(py - 1, 0), min(py + 2, H)):
-        for x in range(max(px - 1, 0), min(px + 2, W)):
-            v = _symmetric_value(D, y, x, *mirror)
-            if v > best:
-                best, start = v, (y, x)
+    start = _monotonic_cy.brightest_symmetric_neighbour(D, py, px, *mirror)
     n, morph, box = ws.run(D, start, mirror)
     raw = (morph.copy(), box)
     if n == 1 and morph.max() == 0:
