@@ -45,7 +45,7 @@ if [ "${1:-}" = "--all" ]; then
   tests=("$repo/tests")
 else
   tests=()
-  for t in adam apportion convolve monotonic_radial monotonic_shadow symmetric spectra \
+  for t in adam apportion convolve fft nnls monotonic_radial monotonic_shadow symmetric spectra \
            observation blend initialization deblender single_band single_band_stray \
            detection fuzz_multi fuzz_single fuzz_catalog; do
     tests+=("$repo/tests/test_$t.py")

@@ -25,6 +25,7 @@ import numpy as np
 
 include "_fft.pxi"
 include "_conv_kernels.pxi"
+include "_nnls.pxi"
 
 
 def convolve_direct(

@@ -27,7 +27,7 @@ from scipy.optimize import nnls
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ._convolve_cy import cholesky_upper, data_products, gram_pairs
+from ._convolve_cy import cholesky_upper, data_products, gram_pairs, nnls_gram
 from .observation import Observation, _as_box
 
 __all__ = ["fit_seds", "overlapping_pairs"]
@@ -123,6 +123,34 @@ def _min_norm_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
 def _nnls_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """Non-negative minimiser of ``x^T G x - 2 x^T r`` (i.e. of ``||A x - d||^2``).
 
+    One system of :func:`_nnls_solve_bands`.
+    """
+    gram = np.ascontiguousarray(gram, dtype=np.float64)
+    rhs = np.ascontiguousarray(rhs, dtype=np.float64)
+    return _nnls_solve_bands(gram[None], rhs[None])[0]
+
+
+def _nnls_solve_bands(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """:func:`_nnls_scipy` of every band at once: ``gram`` (B, n, n), ``rhs`` (B, n) float64,
+    C-contiguous; returns the (B, n) solutions.
+
+    The bands :func:`_nnls_scipy` would solve on a Cholesky factor are solved in one Cython
+    call (``nnls_gram``: the same active-set method on the normal equations, without scipy's
+    Python overhead per system, which dominated). Their minimiser is unique (``G`` positive
+    definite), so the answers agree up to round-off. The others (not positive definite,
+    ill-conditioned, or the iteration cap reached) go through :func:`_nnls_scipy`.
+    """
+    out = np.empty(rhs.shape)
+    status = nnls_gram(gram, rhs, out)
+    if status.any():
+        for b in np.flatnonzero(status):
+            out[b] = _nnls_scipy(gram[b], rhs[b])
+    return out
+
+
+def _nnls_scipy(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Non-negative minimiser of ``x^T G x - 2 x^T r`` by scipy's NNLS (the reference path).
+
     With a Cholesky factor ``G = R^T R`` (single-threaded Cython), ``||R x - R^-T r||^2`` is
     the same objective up to a constant, so scipy's active-set NNLS runs on a matrix of at
     most ``n x n``. When ``G`` is
@@ -197,7 +225,6 @@ def fit_seds(
     """
     if solver not in ("lstsq", "nnls"):
         raise ValueError(f"solver must be 'lstsq' or 'nnls', got {solver!r}")
-    solve = _min_norm_solve if solver == "lstsq" else _nnls_solve
     if not isinstance(observation, Observation):
         raise TypeError(f"observation must be an Observation, got {type(observation).__name__}")
     if len(morphologies) != len(boxes):
@@ -265,6 +292,10 @@ def fit_seds(
             gram = np.zeros((nb, members.size, members.size))
             gram[:, ik, il] = products[sel].T
             gram[:, il, ik] = products[sel].T
-            for b in range(nb):
-                seds[members, b] = solve(gram[b], rhs[members, b])
+            if solver == "nnls":  # every band in one call
+                seds[members] = _nnls_solve_bands(
+                    gram, np.ascontiguousarray(rhs[members].T)).T
+            else:
+                for b in range(nb):
+                    seds[members, b] = _min_norm_solve(gram[b], rhs[members, b])
     return np.maximum(seds, 0.0)

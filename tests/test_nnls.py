@@ -1,0 +1,222 @@
+"""The Cython NNLS on the normal equations (``nnls_gram``) against scipy's NNLS and its
+fallbacks, and the SEDs of ``fit_seds(solver="nnls")`` against the scipy path."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.linalg import solve_triangular
+from scipy.optimize import nnls
+
+import cdeblend
+from cdeblend import _convolve_cy, spectra
+from cdeblend.initialization import initialize_blend
+
+nnls_gram = _convolve_cy.nnls_gram
+EPS = np.finfo(np.float64).eps
+
+
+def scipy_reference(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """The scipy path: NNLS of ``||R x - R^-T r||`` with ``G = R^T R``."""
+    root = np.linalg.cholesky(gram).T
+    d = solve_triangular(root, rhs, trans="T")
+    return nnls(root, d, maxiter=50 * len(rhs))[0]
+
+
+def random_problem(
+    rng: np.random.Generator, n: int, extra: int, mode: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``G = A^T A``, ``r = A^T d`` for a random tall ``A`` (scaled columns) and data ``d``."""
+    a = rng.normal(size=(n + extra, n)) * rng.uniform(0.1, 10.0, size=n)
+    if mode == "none":  # positive truth, little noise: no constraint active
+        truth, noise = rng.uniform(0.5, 2.0, size=n), 1e-3
+    elif mode == "many":  # negative truth: most constraints active
+        truth, noise = -rng.uniform(0.0, 1.0, size=n), 0.1
+    else:
+        truth, noise = rng.normal(size=n), 1.0
+    d = a @ truth + noise * rng.normal(size=n + extra)
+    return a.T @ a, a.T @ d
+
+
+def solve(gram: np.ndarray, rhs: np.ndarray, **kw) -> tuple[np.ndarray, np.ndarray]:
+    out = np.full(rhs.shape, np.nan)
+    status = nnls_gram(np.ascontiguousarray(gram), np.ascontiguousarray(rhs), out, **kw)
+    return out, status
+
+
+def assert_kkt(gram: np.ndarray, rhs: np.ndarray, x: np.ndarray) -> None:
+    """x >= 0, the gradient r - G x is ~0 where x > 0 and <= ~0 where x = 0."""
+    grad = rhs - gram @ x
+    slack = 1e-9 * (np.abs(rhs) + np.abs(gram) @ np.abs(x)).max()
+    assert np.all(x >= 0)
+    assert np.all(grad <= slack)
+    assert np.all(np.abs(grad[x > 0]) <= slack)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 30),
+    extra=st.integers(1, 20),
+    bands=st.integers(1, 3),
+    mode=st.sampled_from(["none", "many", "mixed"]),
+)
+def test_matches_scipy_nnls_on_the_cholesky_factor(seed, n, extra, bands, mode):
+    rng = np.random.default_rng(seed)
+    problems = [random_problem(rng, n, extra, mode) for _ in range(bands)]
+    gram = np.array([g for g, _ in problems])
+    rhs = np.array([r for _, r in problems])
+    got, status = solve(gram, rhs)
+    assert status.shape == (bands,) and np.all(status == 0)  # PD and well conditioned
+    for b in range(bands):
+        ref = scipy_reference(gram[b], rhs[b])
+        scale = np.abs(ref).max(initial=0.0)
+        # the minimiser is unique: equal up to the round-off of the conditioning
+        tol = scale * max(1e-10, 100 * EPS * np.linalg.cond(gram[b]))
+        np.testing.assert_allclose(got[b], ref, rtol=0, atol=tol)
+        assert_kkt(gram[b], rhs[b], got[b])
+        if mode == "many":
+            assert np.count_nonzero(got[b]) <= n
+    # every band is solved alone as in the batch (same code, same order)
+    for b in range(bands):
+        alone, _ = solve(gram[b:b + 1], rhs[b:b + 1])
+        np.testing.assert_array_equal(alone[0], got[b])
+
+
+def test_all_active_and_none_active():
+    rng = np.random.default_rng(5)
+    gram, rhs = random_problem(rng, 12, 8, "none")
+    x, status = solve(gram[None], rhs[None])
+    assert status[0] == 0 and np.all(x > 0)
+    np.testing.assert_allclose(x[0], np.linalg.solve(gram, rhs), rtol=1e-10)
+    x, status = solve(gram[None], -np.abs(rhs)[None])  # r <= 0: x = 0 is optimal
+    assert status[0] == 0
+    np.testing.assert_array_equal(x, 0.0)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_scale_invariant(scale):
+    rng = np.random.default_rng(8)
+    gram, rhs = random_problem(rng, 15, 5, "mixed")
+    x, _ = solve(gram[None], rhs[None])
+    xr, status_r = solve(gram[None], scale * rhs[None])
+    xg, status_g = solve(scale * gram[None], rhs[None])
+    assert status_r[0] == 0 and status_g[0] == 0
+    np.testing.assert_allclose(xr / scale, x, rtol=1e-12, atol=1e-12 * x.max())
+    np.testing.assert_allclose(xg * scale, x, rtol=1e-12, atol=1e-12 * x.max())
+
+
+def test_single_component_is_the_clipped_ratio():
+    gram = np.array([[[2.0]], [[2.0]], [[0.0]], [[-1.0]], [[4.0]]])
+    rhs = np.array([[3.0], [-3.0], [1.0], [1.0], [np.nan]])
+    x, status = solve(gram, rhs)
+    np.testing.assert_array_equal(status, 0)
+    np.testing.assert_array_equal(x[:4, 0], [1.5, 0.0, 0.0, 0.0])
+    assert np.isnan(x[4, 0])  # as max(nan, 0.0) in the scipy path
+    for b in range(4):
+        np.testing.assert_array_equal(spectra._nnls_solve(gram[b], rhs[b]),
+                                      spectra._nnls_scipy(gram[b], rhs[b]))
+
+
+def test_degenerate_and_ill_conditioned_take_the_fallback():
+    rng = np.random.default_rng(3)
+    a = rng.random((20, 3))
+    cases = {
+        "singular": np.column_stack([a[:, 0], a[:, 1], a[:, 0]]),  # identical components
+        "ill-conditioned": np.column_stack([a[:, :2], a[:, 0] + 1e-9 * a[:, 2]]),
+    }
+    d = a @ np.array([1.0, 2.0, 1.0]) + 0.01 * rng.normal(size=20)
+    for name, design in cases.items():
+        gram, rhs = design.T @ design, design.T @ d
+        _, status = solve(gram[None], rhs[None])
+        assert status[0] == 1, name
+        x = spectra._nnls_solve(gram, rhs)
+        np.testing.assert_array_equal(x, spectra._nnls_scipy(gram, rhs))
+        ref, _ = nnls(design, d)
+        np.testing.assert_allclose(design @ x, design @ ref, rtol=1e-6, atol=1e-8)
+    indefinite = np.array([[1.0, 2.0], [2.0, 1.0]])
+    assert solve(indefinite[None], np.ones((1, 2)))[1][0] == 1
+    good, r = random_problem(rng, 4, 3, "mixed")
+    for bad_g, bad_r in [(good, np.where(np.arange(4) == 1, np.nan, r)),
+                         (np.where(np.eye(4) > 0, np.inf, good), r)]:
+        assert solve(bad_g[None], bad_r[None])[1][0] == 1
+
+
+def test_iteration_cap_falls_back_to_scipy(monkeypatch):
+    rng = np.random.default_rng(4)
+    gram, rhs = random_problem(rng, 10, 4, "mixed")
+    _, status = solve(gram[None], rhs[None], maxiter=1)
+    assert status[0] == 2
+    # a batch where every band hits the cap: the result is still the scipy path's
+    calls = []
+
+    def capped(g, r, out):
+        calls.append(len(g))
+        return nnls_gram(g, r, out, maxiter=1)
+
+    monkeypatch.setattr(spectra, "nnls_gram", capped)
+    gram2, rhs2 = random_problem(rng, 10, 4, "mixed")
+    got = spectra._nnls_solve_bands(np.array([gram, gram2]), np.array([rhs, rhs2]))
+    assert calls == [2]
+    np.testing.assert_array_equal(got[0], spectra._nnls_scipy(gram, rhs))
+    np.testing.assert_array_equal(got[1], spectra._nnls_scipy(gram2, rhs2))
+
+
+def test_mixed_batch_only_falls_back_where_needed():
+    rng = np.random.default_rng(9)
+    good, r = random_problem(rng, 3, 5, "mixed")
+    singular = np.ones((3, 3))
+    gram = np.array([good, singular, good])
+    rhs = np.array([r, np.ones(3), -r])
+    _, status = solve(gram, rhs)
+    np.testing.assert_array_equal(status, [0, 1, 0])
+    got = spectra._nnls_solve_bands(gram, rhs)
+    for b in range(3):
+        np.testing.assert_allclose(got[b], spectra._nnls_scipy(gram[b], rhs[b]),
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_arguments_are_validated():
+    g, r, out = np.eye(3)[None].copy(), np.ones((1, 3)), np.empty((1, 3))
+    with pytest.raises(ValueError, match="gram must have shape"):
+        nnls_gram(np.ones((1, 3, 2)), r, out)
+    with pytest.raises(ValueError, match="gram must be"):
+        nnls_gram(np.eye(3), r, out)
+    with pytest.raises(ValueError, match="gram must be"):
+        nnls_gram(g.astype(np.float32), r, out)
+    with pytest.raises(ValueError, match="rhs must have shape"):
+        nnls_gram(g, np.ones((2, 3)), out)
+    with pytest.raises(ValueError, match="rhs must be"):
+        nnls_gram(g, np.ones((3, 2)).T, out)  # not C-contiguous
+    with pytest.raises(ValueError, match="out must have shape"):
+        nnls_gram(g, r, np.empty((1, 4)))
+    read_only = np.empty((1, 3))
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be"):
+        nnls_gram(g, r, read_only)
+    assert nnls_gram(np.empty((2, 0, 0)), np.empty((2, 0)), np.empty((2, 0))).tolist() == [0, 0]
+    np.testing.assert_array_equal(nnls_gram(g, r, out), [0])
+    np.testing.assert_array_equal(out, 1.0)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("flip", [False, True])
+def test_fit_seds_unchanged_on_the_bundled_blend(monkeypatch, weighted, flip):
+    demo = cdeblend.load_hsc_cosmos()
+    obs = cdeblend.Observation(demo.images, demo.variance, demo.psfs)
+    blend, _ = initialize_blend(obs, demo.peaks, cdeblend.DeblendConfig())
+    morphs = [c.morphology for c in blend.components]
+    boxes = [c.box for c in blend.components]
+    if flip:  # data upside down: the morphologies no longer fit, many SEDs hit 0
+        obs = cdeblend.Observation(demo.images[:, ::-1], demo.variance[:, ::-1], demo.psfs)
+    got = spectra.fit_seds(obs, morphs, boxes, weighted=weighted, solver="nnls")
+    assert np.array_equal(got, spectra.fit_seds(obs, morphs, boxes, weighted=weighted,
+                                                solver="nnls"))  # deterministic
+
+    def scipy_only(g, r, out):  # every band through the scipy path, as before nnls_gram
+        return np.ones(len(g), dtype=np.intc)
+
+    monkeypatch.setattr(spectra, "nnls_gram", scipy_only)
+    ref = spectra.fit_seds(obs, morphs, boxes, weighted=weighted, solver="nnls")
+    assert np.all(ref > 0) != flip and np.count_nonzero(ref) > 0
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10 * np.abs(ref).max())
