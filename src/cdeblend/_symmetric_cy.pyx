@@ -14,6 +14,7 @@ without the GIL and allocate nothing.
 """
 
 from libc.math cimport INFINITY, exp, sqrt
+from libc.stdlib cimport free, malloc
 from libc.stdint cimport int32_t, int64_t, uint8_t
 
 import numpy as np
@@ -413,14 +414,16 @@ def mean_sqrt(const real[:, ::1] variance):
     """
     cdef Py_ssize_t H = variance.shape[0], W = variance.shape[1], y, x, n = 0
     cdef double total = 0.0, row, v
+    cdef bint ok
     with nogil:
         for y in range(H):
             row = 0.0
             for x in range(W):
+                # branch-free (vectorises): non-finite pixels add sqrt(0) and count 0
                 v = variance[y, x]
-                if v - v == 0:  # finite (NaN and inf fail)
-                    row += sqrt(v)
-                    n += 1
+                ok = v - v == 0
+                row += sqrt(v if ok else 0.0)
+                n += ok
             total += row
     return (total / n if n else float("nan")), n
 
@@ -430,19 +433,31 @@ def snr_coadd(const real[:, :, ::1] images, const real[:, :, ::1] variance,
     """Per-pixel S/N of the inverse-variance coadd, ``sum_b I_b / V_b / sqrt(sum_b 1 / V_b)``.
 
     Bands whose variance is not positive and finite carry no information at that pixel;
-    a pixel without any gets 0. Accumulated in double.
+    a pixel without any gets 0. Accumulated in double, band by band over whole rows.
     """
     cdef Py_ssize_t B = images.shape[0], H = images.shape[1], W = images.shape[2], b, y, x
-    cdef double num, den, v, ivar
+    cdef double v, ivar
+    cdef double* num
+    cdef double* den
+    cdef const real* vr
+    cdef const real* ir
+    den = <double*>malloc(W * sizeof(double))
+    if den == NULL:
+        raise MemoryError()
     with nogil:
         for y in range(H):
+            num = &out[y, 0]
             for x in range(W):
-                num = 0.0
-                den = 0.0
-                for b in range(B):
-                    v = variance[b, y, x]
-                    if v > 0 and v < INFINITY:
-                        ivar = 1.0 / v
-                        num += images[b, y, x] * ivar
-                        den += ivar
-                out[y, x] = num / sqrt(den) if den > 0 else 0.0
+                num[x] = 0.0
+                den[x] = 0.0
+            for b in range(B):
+                vr = &variance[b, y, 0]
+                ir = &images[b, y, 0]
+                for x in range(W):
+                    v = vr[x]
+                    ivar = 1.0 / v if (v > 0 and v < INFINITY) else 0.0
+                    num[x] += ir[x] * ivar
+                    den[x] += ivar
+            for x in range(W):
+                num[x] = num[x] / sqrt(den[x]) if den[x] > 0 else 0.0
+    free(den)
