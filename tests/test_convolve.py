@@ -334,3 +334,17 @@ def test_batched_box_convolutions_match_one_by_one(dtype):
             assert grown == ref_grown and conv.dtype == dtype and conv.shape == ref.shape
             np.testing.assert_allclose(conv, ref, rtol=tol,
                                        atol=tol * max(np.abs(ref).max(initial=0), 1))
+
+
+def test_cost_model_pair_count_is_the_direct_loops_work():
+    """The cost model's closed-form count of (output, source) pairs within the kernel
+    radius along one axis, against the direct loop's per-tap overlaps."""
+    from cdeblend.observation import _pairs_within
+
+    for n in range(1, 25):
+        for m in range(0, n + 1):
+            for lo in range(0, n - m + 1):
+                for r in range(0, 20):
+                    per_tap = sum(max(min(n, lo + m + d) - max(0, lo + d), 0)
+                                  for d in range(-r, r + 1))
+                    assert _pairs_within(n, lo, m, r) == per_tap

@@ -149,10 +149,10 @@ class RadialMonotonicity:
 
     @property
     def table(self) -> _adam_cy.MonotonicTable:
-        """The operator in the grid layout of :func:`cdeblend._adam_cy.fit_step` (built on
-        first use after each growth)."""
+        """The operator in the grid layout of :func:`cdeblend._adam_cy.fit_step` (shared by
+        every operator of this size: it is only read)."""
         if self._table is None:
-            self._table = _adam_cy.MonotonicTable(self.dy, self.dx, self.weights)
+            self._table = _monotonic_table(self.half)
         return self._table
 
     def ensure_covers(self, shape: tuple[int, int], peak: tuple[int, int]) -> None:
@@ -171,6 +171,13 @@ class RadialMonotonicity:
         _monotonic_cy.radial_project(out, int(peak[0]), int(peak[1]), self.dy, self.dx,
                                      self.weights)
         return out
+
+
+@functools.lru_cache(maxsize=8)
+def _monotonic_table(half: int) -> _adam_cy.MonotonicTable:
+    """The grid table of :func:`radial_visiting_list` ``(half)``, built once per size (the
+    fit of every blend needs one; building it took a good part of a small blend's time)."""
+    return _adam_cy.MonotonicTable(*radial_visiting_list(half))
 
 
 # ----------------------------------------------------------------------------- the model

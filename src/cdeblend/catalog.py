@@ -51,6 +51,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -615,6 +616,14 @@ def _progress_bar(total: int, enabled: bool) -> Any:
     return _NoBar()
 
 
+def _usable_cpus() -> int:
+    """Cores this process may run on (its affinity mask where the OS reports one)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
 def _is_client(executor: Any) -> bool:
     return hasattr(executor, "submit") and hasattr(executor, "gather") and hasattr(
         executor, "scheduler_info"
@@ -660,7 +669,9 @@ def _run_tasks(
                 bar.update(1)
         elif executor == "threads" or isinstance(executor, cf.Executor):
             own = executor == "threads"
-            pool = cf.ThreadPoolExecutor(max_workers=max_workers) if own else executor
+            # one thread per usable core: more only queue up for the GIL between kernels
+            pool = (cf.ThreadPoolExecutor(max_workers=max_workers or _usable_cpus()) if own
+                    else executor)
             futs: dict[cf.Future, int] = {}
             try:
                 for k in _largest_first(tasks):
@@ -821,7 +832,8 @@ def deblend_catalog(
     progress : bool
         Show a tqdm progress bar when tqdm is installed.
     max_workers : int, optional
-        Threads for ``"threads"`` / ``"dask"`` without a client.
+        Threads for ``"threads"`` (default: the cores this process may use) and for
+        ``"dask"`` without a client (default: dask's).
     variance, psf : array_like, optional
         (B, H, W) variance and (B, hp, wp) PSFs when an image array is passed (or to override
         the observation's).

@@ -64,9 +64,10 @@ _DIRECT_COST = 0.17e-9
 _ROW_COST = 3.5e-9
 _FFT_COST = 0.14e-9
 _FFT_OVERHEAD = 20e-6
-#: At most this many padded FFT shapes keep their kernel transforms (LRU), within a byte
-#: budget (the newest entry is always kept).
-_KERNEL_CACHE_SIZE = 32
+#: At most this many FFT grids keep their kernel transforms (LRU), within a byte budget (the
+#: newest entry is always kept). A blend's SED fit and products use a grid per box size, so
+#: a catalog meets many small grids; the bytes, not the count, bound the cache.
+_KERNEL_CACHE_SIZE = 1024
 _KERNEL_CACHE_BYTES = 128 * 2**20
 #: At most this many FFT grids keep work buffers per thread (LRU).
 _BUFFER_CACHE_SIZE = 6
@@ -159,6 +160,21 @@ def _effective_area(psf: np.ndarray) -> np.ndarray:
     p = np.asarray(psf, dtype=np.float64)
     p = p / p.sum(axis=(-2, -1), keepdims=True)
     return 1.0 / np.sum(p * p, axis=(-2, -1))
+
+
+def _pairs_within(n: int, lo: int, m: int, r: int) -> int:
+    """Number of pairs (a, b), ``0 <= a < n``, ``lo <= b < lo + m``, with ``|a - b| <= r``:
+    ``sum_b (min(n, b + r + 1) - max(0, b - r))`` in closed form (``[lo, lo + m)`` inside
+    ``[0, n)``)."""
+
+    def above(c: int) -> int:  # sum over b of max(0, b - c)
+        first = max(lo, c + 1)
+        last = lo + m - 1
+        k = last - first + 1
+        return k * (first + last - 2 * c) // 2 if k > 0 else 0
+
+    total = m * (r + 1) + (lo + lo + m - 1) * m // 2  # sum of (b + r + 1)
+    return total - above(n - r - 1) - above(r)
 
 
 def _as_box(box: Any, name: str = "box") -> Box:
@@ -553,11 +569,8 @@ class Observation:
         # multiply-adds of the direct loop: for each tap, the overlap of the shifted source
         # with the output grid (the source sits centred in the output for convolve_box)
         sh, sw = src if src is not None else (h, w)
-        oy, ox = (h - sh) // 2, (w - sw) // 2
-        dy = np.arange(-(kh // 2), kh // 2 + 1)
-        dx = np.arange(-(kw // 2), kw // 2 + 1)
-        taps_y = int(np.maximum(np.minimum(h, oy + sh + dy) - np.maximum(0, oy + dy), 0).sum())
-        taps_x = int(np.maximum(np.minimum(w, ox + sw + dx) - np.maximum(0, ox + dx), 0).sum())
+        taps_y = _pairs_within(h, (h - sh) // 2, sh, kh // 2)
+        taps_x = _pairs_within(w, (w - sw) // 2, sw, kw // 2)
         direct = nb * taps_y * (_DIRECT_COST * taps_x + _ROW_COST * kw)
         n0, n1 = self._fft_shape(h, w)
         n = n0 * n1
