@@ -284,26 +284,51 @@ cdef int _check_work(FFTWork work, bint is_double, object fk, Py_ssize_t nb) exc
 def kernel_spectrum(const double[:, :, ::1] kernels, int n0, int n1):
     """Transforms ``(B, 2, n1, n0)`` (real and imaginary planes, kx major) of the kernels
     wrapped with their centre pixel at index (0, 0) of the ``(n0, n1)`` grid (taps beyond
-    the grid fold over), in double precision."""
+    the grid fold over), in double precision: two kernels per complex transform, separated
+    by the symmetry of real inputs."""
     cdef Py_ssize_t nb = kernels.shape[0], kh = kernels.shape[1], kw = kernels.shape[2]
-    cdef Py_ssize_t b, y, x
+    cdef Py_ssize_t b, y, x, c, kx, ky, mx, my
+    cdef double zr, zi, ur, ui
     cdef FFTWork work = FFTWork(n0, n1, n1, True)
     out = np.empty((nb, 2, n1, n0), dtype=np.float64)
-    plane_arr = np.zeros((n0, n1), dtype=np.float64)
-    cdef double[:, ::1] plane = plane_arr
+    planes_arr = np.zeros((2, n0, n1), dtype=np.float64)
+    spec_arr = np.empty((2, n1, n0), dtype=np.float64)
+    # wrapped positions of the taps: C remainders (cdivision) keep the sign, shift first
+    iy_arr = (np.arange(kh) - kh // 2) % n0
+    ix_arr = (np.arange(kw) - kw // 2) % n1
+    cdef Py_ssize_t[::1] iy = iy_arr.astype(np.intp)
+    cdef Py_ssize_t[::1] ix = ix_arr.astype(np.intp)
+    cdef double[:, :, ::1] planes = planes_arr
+    cdef double[:, :, ::1] spec = spec_arr
     cdef double[:, :, :, ::1] o = out
     with nogil:
-        for b in range(nb):
-            for y in range(n0):
-                for x in range(n1):
-                    plane[y, x] = 0.0
-            for y in range(kh):
-                for x in range(kw):
-                    # C remainders (cdivision) keep the sign: shift to non-negative first
-                    plane[((y - kh // 2) % n0 + n0) % n0,
-                          ((x - kw // 2) % n1 + n1) % n1] += kernels[b, y, x]
-            cd_fwd2d_d(&work.c, &plane[0, 0], n1, n0, n1, 0, 0, NULL, 0, 0, 0, 0, 0)
-            cd_spectrum_d(&work.c, &o[b, 0, 0, 0])
+        for b in range(0, nb, 2):
+            for c in range(2):
+                for y in range(n0):
+                    for x in range(n1):
+                        planes[c, y, x] = 0.0
+                if b + c < nb:
+                    for y in range(kh):
+                        for x in range(kw):
+                            planes[c, iy[y], ix[x]] += kernels[b + c, y, x]
+            cd_fwd2d_d(&work.c, &planes[0, 0, 0], n1, n0, n1, 0, 0, &planes[1, 0, 0], n1, n0,
+                       n1, 0, 0)
+            cd_spectrum_d(&work.c, &spec[0, 0, 0])
+            # Z = A + i B with A, B the transforms of real planes: A(k) = (Z(k) +
+            # conj Z(-k)) / 2, B(k) = (Z(k) - conj Z(-k)) / 2i
+            for kx in range(n1):
+                mx = (n1 - kx) % n1
+                for ky in range(n0):
+                    my = (n0 - ky) % n0
+                    zr = spec[0, kx, ky]
+                    zi = spec[1, kx, ky]
+                    ur = spec[0, mx, my]
+                    ui = spec[1, mx, my]
+                    o[b, 0, kx, ky] = 0.5 * (zr + ur)
+                    o[b, 1, kx, ky] = 0.5 * (zi - ui)
+                    if b + 1 < nb:
+                        o[b + 1, 0, kx, ky] = 0.5 * (zi + ui)
+                        o[b + 1, 1, kx, ky] = -0.5 * (zr - ur)
     return out
 
 
