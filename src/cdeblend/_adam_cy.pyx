@@ -24,6 +24,7 @@ ctypedef fused real:
     double
 
 include "_monotonic_radial.pxi"
+include "_gil.pxi"
 include "_fft.pxi"
 include "_conv_kernels.pxi"
 

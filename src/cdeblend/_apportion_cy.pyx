@@ -11,6 +11,8 @@ positive. Inputs are trusted: ``cdeblend.apportion`` validates them.
 
 from libc.stdint cimport int64_t, uint8_t
 
+include "_gil.pxi"
+
 ctypedef fused real:
     float
     double

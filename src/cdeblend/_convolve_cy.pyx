@@ -24,6 +24,7 @@ from cython cimport floating
 import numpy as np
 
 include "_fft.pxi"
+include "_gil.pxi"
 include "_conv_kernels.pxi"
 include "_nnls.pxi"
 

@@ -16,4 +16,5 @@ ctypedef fused real:
     double
 
 include "_monotonic_shadow.pxi"
+include "_gil.pxi"
 include "_monotonic_radial.pxi"

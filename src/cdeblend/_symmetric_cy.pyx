@@ -19,6 +19,8 @@ from libc.stdint cimport int32_t, int64_t, uint8_t
 
 import numpy as np
 
+include "_gil.pxi"
+
 ctypedef fused real:
     float
     double
