@@ -97,7 +97,10 @@ def render(const double[:, ::1] sed, const double[::1] morph, const int64_t[:, :
         H = model.shape[1]
     if W < 0 or W > model.shape[2]:
         W = model.shape[2]
-    with nogil:
+    if _release_gil(<double>model.shape[0] * (H * W + morph.shape[0])):
+        with nogil:
+            _render(sed, morph, comp, model, H, W)
+    else:
         _render(sed, morph, comp, model, H, W)
 
 
@@ -266,11 +269,17 @@ cdef int _prox_step(const real[:, :, ::1] grad,
     if scratch == NULL:
         raise MemoryError()
     try:
-        with nogil:
-            _prox_core(grad, sed, sed_m, sed_v, sed_vhat, morph, morph_m, morph_v, morph_vhat, comp,
-                   bg_thresh, bg_rms, sed_min_step, sed_step, morph_step, it, b1, b2, eps,
-                   floor, variant, monotonic, table, want_bounds, bounds,
-                       scratch)
+        # per pixel: the gradient over the bands, the update, the prox chain
+        if _release_gil(20.0 * sed.shape[1] * morph.shape[0]):
+            with nogil:
+                _prox_core(grad, sed, sed_m, sed_v, sed_vhat, morph, morph_m, morph_v,
+                           morph_vhat, comp, bg_thresh, bg_rms, sed_min_step, sed_step,
+                           morph_step, it, b1, b2, eps, floor, variant, monotonic, table,
+                           want_bounds, bounds, scratch)
+        else:
+            _prox_core(grad, sed, sed_m, sed_v, sed_vhat, morph, morph_m, morph_v, morph_vhat,
+                       comp, bg_thresh, bg_rms, sed_min_step, sed_step, morph_step, it, b1, b2,
+                       eps, floor, variant, monotonic, table, want_bounds, bounds, scratch)
     finally:
         free(scratch)
     return 0
@@ -423,32 +432,42 @@ def copy_overlap(const double[::1] src, const int64_t[:, ::1] src_comp, double[:
     source component ``mapping[j]``, that component's values; nothing is copied when
     ``mapping[j] < 0``. ``dst`` must be zero on entry (new pixels stay 0).
     """
+    if _release_gil(<double>dst.shape[0]):
+        with nogil:
+            _copy_overlap(src, src_comp, dst, dst_comp, mapping)
+    else:
+        _copy_overlap(src, src_comp, dst, dst_comp, mapping)
+
+
+cdef int _copy_overlap(const double[::1] src, const int64_t[:, ::1] src_comp,
+                       double[::1] dst, const int64_t[:, ::1] dst_comp,
+                       const int64_t[::1] mapping) except -1 nogil:
     cdef Py_ssize_t K = dst_comp.shape[0], j, k, y, x, ya, yb, xa, xb
     cdef Py_ssize_t sy0, sx0, sw, soff, dy0, dx0, dw, doff
-    with nogil:
-        for j in range(K):
-            k = mapping[j]
-            if k < 0:
-                continue
-            sy0 = src_comp[k, 0]
-            sx0 = src_comp[k, 1]
-            sw = src_comp[k, 3]
-            soff = src_comp[k, 4]
-            dy0 = dst_comp[j, 0]
-            dx0 = dst_comp[j, 1]
-            dw = dst_comp[j, 3]
-            doff = dst_comp[j, 4]
-            ya = sy0 if sy0 > dy0 else dy0
-            yb = sy0 + src_comp[k, 2]
-            if dy0 + dst_comp[j, 2] < yb:
-                yb = dy0 + dst_comp[j, 2]
-            xa = sx0 if sx0 > dx0 else dx0
-            xb = sx0 + sw
-            if dx0 + dw < xb:
-                xb = dx0 + dw
-            for y in range(ya, yb):
-                for x in range(xa, xb):
-                    dst[doff + (y - dy0) * dw + (x - dx0)] = src[soff + (y - sy0) * sw + (x - sx0)]
+    for j in range(K):
+        k = mapping[j]
+        if k < 0:
+            continue
+        sy0 = src_comp[k, 0]
+        sx0 = src_comp[k, 1]
+        sw = src_comp[k, 3]
+        soff = src_comp[k, 4]
+        dy0 = dst_comp[j, 0]
+        dx0 = dst_comp[j, 1]
+        dw = dst_comp[j, 3]
+        doff = dst_comp[j, 4]
+        ya = sy0 if sy0 > dy0 else dy0
+        yb = sy0 + src_comp[k, 2]
+        if dy0 + dst_comp[j, 2] < yb:
+            yb = dy0 + dst_comp[j, 2]
+        xa = sx0 if sx0 > dx0 else dx0
+        xb = sx0 + sw
+        if dx0 + dw < xb:
+            xb = dx0 + dw
+        for y in range(ya, yb):
+            for x in range(xa, xb):
+                dst[doff + (y - dy0) * dw + (x - dx0)] = src[soff + (y - sy0) * sw + (x - sx0)]
+    return 0
 
 
 def copy_overlap_rows(const double[:, ::1] src, const int64_t[:, ::1] src_comp,
@@ -682,7 +701,10 @@ cdef class FitKernel:
             H = model.shape[1]
         if W < 0 or W > model.shape[2]:
             W = model.shape[2]
-        with nogil:
+        if _release_gil(<double>model.shape[0] * (H * W + self.morph_all.shape[1])):
+            with nogil:
+                _render(self.sed, self.morph_all[0], self.comp, model, H, W)
+        else:
             _render(self.sed, self.morph_all[0], self.comp, model, H, W)
 
     def step(self, const real[:, :, ::1] grad, Py_ssize_t it, bint want_bounds):
@@ -821,17 +843,16 @@ def monotonic_reach(const int64_t[:, ::1] comp):
     """Largest distance (pixels, Chebyshev) from a component's peak to its box edge, plus 1
     (the operator re-centres up to 1 px away): the half-size the monotonicity table needs."""
     cdef Py_ssize_t K = comp.shape[0], k, need = 0, d
-    with nogil:
-        for k in range(K):
-            d = comp[k, 5]
-            if comp[k, 6] > d:
-                d = comp[k, 6]
-            if comp[k, 2] - 1 - comp[k, 5] > d:
-                d = comp[k, 2] - 1 - comp[k, 5]
-            if comp[k, 3] - 1 - comp[k, 6] > d:
-                d = comp[k, 3] - 1 - comp[k, 6]
-            if d + 1 > need:
-                need = d + 1
+    for k in range(K):  # a few operations per component: keeps the GIL
+        d = comp[k, 5]
+        if comp[k, 6] > d:
+            d = comp[k, 6]
+        if comp[k, 2] - 1 - comp[k, 5] > d:
+            d = comp[k, 2] - 1 - comp[k, 5]
+        if comp[k, 3] - 1 - comp[k, 6] > d:
+            d = comp[k, 3] - 1 - comp[k, 6]
+        if d + 1 > need:
+            need = d + 1
     return need
 
 
@@ -858,22 +879,36 @@ def render_sources(const double[:, ::1] sed, const double[::1] morph,
                     or comp[k, 1] + comp[k, 3] > boxes[s, 1] + w
                     or comp[k, 4] + comp[k, 2] * comp[k, 3] > morph.shape[0]):
                 raise ValueError(f"component {k} lies outside source {s}'s box")
-    with nogil:
-        for s in range(S):
-            h = boxes[s, 2]
-            w = boxes[s, 3]
-            o = offsets[s]
-            for y in range(B * h * w):
-                out[o + y] = 0.0
-            for k in range(ranges[s, 0], ranges[s, 1]):
-                cy = comp[k, 0] - boxes[s, 0]
-                cx = comp[k, 1] - boxes[s, 1]
-                ch = comp[k, 2]
-                cw = comp[k, 3]
-                off = comp[k, 4]
-                for b in range(B):
-                    v = sed[k, b]
-                    for y in range(ch):
-                        for x in range(cw):
-                            out[o + (b * h + cy + y) * w + cx + x] += v * morph[off + y * cw + x]
+    if _release_gil(<double>out.shape[0] + B * morph.shape[0]):
+        with nogil:
+            _render_sources(sed, morph, comp, ranges, boxes, out, offsets)
+    else:
+        _render_sources(sed, morph, comp, ranges, boxes, out, offsets)
     return out
+
+
+cdef int _render_sources(const double[:, ::1] sed, const double[::1] morph,
+                         const int64_t[:, ::1] comp, const int64_t[:, ::1] ranges,
+                         const int64_t[:, ::1] boxes, double[::1] out,
+                         const int64_t[::1] offsets) except -1 nogil:
+    cdef Py_ssize_t S = ranges.shape[0], B = sed.shape[1], s, k, b, y, x, o, h, w, off
+    cdef Py_ssize_t cy, cx, ch, cw
+    cdef double v
+    for s in range(S):
+        h = boxes[s, 2]
+        w = boxes[s, 3]
+        o = offsets[s]
+        for y in range(B * h * w):
+            out[o + y] = 0.0
+        for k in range(ranges[s, 0], ranges[s, 1]):
+            cy = comp[k, 0] - boxes[s, 0]
+            cx = comp[k, 1] - boxes[s, 1]
+            ch = comp[k, 2]
+            cw = comp[k, 3]
+            off = comp[k, 4]
+            for b in range(B):
+                v = sed[k, b]
+                for y in range(ch):
+                    for x in range(cw):
+                        out[o + (b * h + cy + y) * w + cx + x] += v * morph[off + y * cw + x]
+    return 0

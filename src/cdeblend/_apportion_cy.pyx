@@ -32,23 +32,33 @@ def template_sum(const real[::1] flat, const int64_t[::1] offsets,
                  const int64_t[:, ::1] boxes, const uint8_t[:, ::1] mask,
                  double[:, :, ::1] tsum):
     """Accumulate ``tsum[b, y, x] += max(0, T_i[b, y, x])`` over all templates, on ``mask``."""
+    if _release_gil(<double>flat.shape[0]):
+        with nogil:
+            _template_sum(flat, offsets, boxes, mask, tsum)
+    else:
+        _template_sum(flat, offsets, boxes, mask, tsum)
+
+
+cdef int _template_sum(const real[::1] flat, const int64_t[::1] offsets,
+                       const int64_t[:, ::1] boxes, const uint8_t[:, ::1] mask,
+                       double[:, :, ::1] tsum) except -1 nogil:
     cdef Py_ssize_t B = tsum.shape[0], H = tsum.shape[1], W = tsum.shape[2]
     cdef Py_ssize_t n = boxes.shape[0]
     cdef Py_ssize_t i, b, y, x, ya, yb, xa, xb, h, w, base
     cdef double t
-    with nogil:
-        for i in range(n):
-            _clip_box(boxes, i, H, W, &ya, &yb, &xa, &xb)
-            h = boxes[i, 2]
-            w = boxes[i, 3]
-            for b in range(B):
-                for y in range(ya, yb):
-                    base = offsets[i] + (b * h + (y - boxes[i, 0])) * w - boxes[i, 1]
-                    for x in range(xa, xb):
-                        if mask[y, x]:
-                            t = flat[base + x]
-                            if t > 0:
-                                tsum[b, y, x] += t
+    for i in range(n):
+        _clip_box(boxes, i, H, W, &ya, &yb, &xa, &xb)
+        h = boxes[i, 2]
+        w = boxes[i, 3]
+        for b in range(B):
+            for y in range(ya, yb):
+                base = offsets[i] + (b * h + (y - boxes[i, 0])) * w - boxes[i, 1]
+                for x in range(xa, xb):
+                    if mask[y, x]:
+                        t = flat[base + x]
+                        if t > 0:
+                            tsum[b, y, x] += t
+    return 0
 
 
 def apportion(const real[:, :, ::1] image, const double[:, :, ::1] tsum,
@@ -58,25 +68,36 @@ def apportion(const real[:, :, ::1] image, const double[:, :, ::1] tsum,
 
     ``out`` has the layout of ``flat``; pixels of a box outside the image are set to 0.
     """
+    if _release_gil(<double>flat.shape[0]):
+        with nogil:
+            _apportion(image, tsum, flat, offsets, boxes, mask, out)
+    else:
+        _apportion(image, tsum, flat, offsets, boxes, mask, out)
+
+
+cdef int _apportion(const real[:, :, ::1] image, const double[:, :, ::1] tsum,
+                    const real[::1] flat, const int64_t[::1] offsets,
+                    const int64_t[:, ::1] boxes, const uint8_t[:, ::1] mask,
+                    real[::1] out) except -1 nogil:
     cdef Py_ssize_t B = image.shape[0], H = image.shape[1], W = image.shape[2]
     cdef Py_ssize_t n = boxes.shape[0]
     cdef Py_ssize_t i, b, y, x, ya, yb, xa, xb, h, w, base, k
     cdef double t, s
-    with nogil:
-        for k in range(offsets[n]):
-            out[k] = 0
-        for i in range(n):
-            _clip_box(boxes, i, H, W, &ya, &yb, &xa, &xb)
-            h = boxes[i, 2]
-            w = boxes[i, 3]
-            for b in range(B):
-                for y in range(ya, yb):
-                    base = offsets[i] + (b * h + (y - boxes[i, 0])) * w - boxes[i, 1]
-                    for x in range(xa, xb):
-                        t = flat[base + x]
-                        s = tsum[b, y, x]
-                        if mask[y, x] and t > 0 and s > 0:
-                            out[base + x] = <real>(image[b, y, x] * (t / s))
+    for k in range(offsets[n]):
+        out[k] = 0
+    for i in range(n):
+        _clip_box(boxes, i, H, W, &ya, &yb, &xa, &xb)
+        h = boxes[i, 2]
+        w = boxes[i, 3]
+        for b in range(B):
+            for y in range(ya, yb):
+                base = offsets[i] + (b * h + (y - boxes[i, 0])) * w - boxes[i, 1]
+                for x in range(xa, xb):
+                    t = flat[base + x]
+                    s = tsum[b, y, x]
+                    if mask[y, x] and t > 0 and s > 0:
+                        out[base + x] = <real>(image[b, y, x] * (t / s))
+    return 0
 
 
 # --------------------------------------------------------------------------- stray flux

@@ -17,7 +17,7 @@ this operation is the same call with the kernel flipped in y and x and the offse
 """
 
 cimport cython
-from libc.math cimport INFINITY, sqrt
+from libc.math cimport INFINITY, log2, sqrt
 from libc.stdlib cimport free, malloc
 from cython cimport floating
 
@@ -49,7 +49,11 @@ def convolve_direct(
     oy, ox : int
         Position of ``src[:, 0, 0]`` in the grid of ``out``.
     """
-    with nogil:
+    if _release_gil(<double>out.shape[0] * out.shape[1] * out.shape[2] * kernel.shape[1]
+                    * kernel.shape[2]):
+        with nogil:
+            _direct_conv(src, kernel, out, oy, ox)
+    else:
         _direct_conv(src, kernel, out, oy, ox)
 
 
@@ -68,7 +72,10 @@ def weighted_residual(
     left untouched (loss only).
     """
     cdef double total
-    with nogil:
+    if _release_gil(<double>images.shape[0] * images.shape[1] * images.shape[2]):
+        with nogil:
+            total = _weighted_residual(model_conv, images, weights, residual, store)
+    else:
         total = _weighted_residual(model_conv, images, weights, residual, store)
     return total
 
@@ -90,8 +97,6 @@ cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t n) noex
     return (s0 + s1) + (s2 + s3)
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
 def gram_pairs(
     const floating[::1] flat,
     const Py_ssize_t[::1] offsets,
@@ -108,39 +113,50 @@ def gram_pairs(
     pixels, accumulated in double precision (row sums first, then rows in order).
     ``weights`` (B, H, W) is read only when ``weighted``.
     """
+    # each array takes part in its pairs: the work is about (pairs / arrays) x the pixels
+    cdef double work = <double>flat.shape[0] * pairs.shape[0] / max(boxes.shape[0], 1)
+    if _release_gil(work):
+        with nogil:
+            _gram_pairs(flat, offsets, boxes, pairs, weights, weighted, out)
+    else:
+        _gram_pairs(flat, offsets, boxes, pairs, weights, weighted, out)
+
+
+cdef int _gram_pairs(const floating[::1] flat, const Py_ssize_t[::1] offsets,
+                     const Py_ssize_t[:, ::1] boxes, const Py_ssize_t[:, ::1] pairs,
+                     const floating[:, :, ::1] weights, bint weighted,
+                     double[:, ::1] out) except -1 nogil:
     cdef Py_ssize_t nb = out.shape[1], npairs = pairs.shape[0]
     cdef Py_ssize_t p, k, l, b, y, x, ya, yb, xa, xb, hk, wk, hl, wl
-    cdef Py_ssize_t ok, ol, rk, rl
+    cdef Py_ssize_t rk, rl
     cdef double acc, row
-    with nogil:
-        for p in range(npairs):
-            k = pairs[p, 0]
-            l = pairs[p, 1]
-            ya = max(boxes[k, 0], boxes[l, 0])
-            xa = max(boxes[k, 1], boxes[l, 1])
-            yb = min(boxes[k, 0] + boxes[k, 2], boxes[l, 0] + boxes[l, 2])
-            xb = min(boxes[k, 1] + boxes[k, 3], boxes[l, 1] + boxes[l, 3])
-            hk = boxes[k, 2]
-            wk = boxes[k, 3]
-            hl = boxes[l, 2]
-            wl = boxes[l, 3]
-            for b in range(nb):
-                acc = 0.0
-                for y in range(ya, yb):
-                    rk = offsets[k] + (b * hk + y - boxes[k, 0]) * wk - boxes[k, 1]
-                    rl = offsets[l] + (b * hl + y - boxes[l, 0]) * wl - boxes[l, 1]
-                    if weighted:
-                        row = 0.0
-                        for x in range(xa, xb):
-                            row += <double>flat[rk + x] * flat[rl + x] * weights[b, y, x]
-                    else:
-                        row = _dot(&flat[rk + xa], &flat[rl + xa], xb - xa)
-                    acc += row
-                out[p, b] = acc
+    for p in range(npairs):
+        k = pairs[p, 0]
+        l = pairs[p, 1]
+        ya = max(boxes[k, 0], boxes[l, 0])
+        xa = max(boxes[k, 1], boxes[l, 1])
+        yb = min(boxes[k, 0] + boxes[k, 2], boxes[l, 0] + boxes[l, 2])
+        xb = min(boxes[k, 1] + boxes[k, 3], boxes[l, 1] + boxes[l, 3])
+        hk = boxes[k, 2]
+        wk = boxes[k, 3]
+        hl = boxes[l, 2]
+        wl = boxes[l, 3]
+        for b in range(nb):
+            acc = 0.0
+            for y in range(ya, yb):
+                rk = offsets[k] + (b * hk + y - boxes[k, 0]) * wk - boxes[k, 1]
+                rl = offsets[l] + (b * hl + y - boxes[l, 0]) * wl - boxes[l, 1]
+                if weighted:
+                    row = 0.0
+                    for x in range(xa, xb):
+                        row += <double>flat[rk + x] * flat[rl + x] * weights[b, y, x]
+                else:
+                    row = _dot(&flat[rk + xa], &flat[rl + xa], xb - xa)
+                acc += row
+            out[p, b] = acc
+    return 0
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
 def data_products(
     const floating[::1] flat,
     const Py_ssize_t[::1] offsets,
@@ -151,31 +167,40 @@ def data_products(
     double[:, ::1] out,
 ):
     """``out[k, b] = sum c_k[b] data[b] (w[b])`` over box k (inside the frame), in double."""
+    if _release_gil(<double>flat.shape[0]):
+        with nogil:
+            _data_products(flat, offsets, boxes, data, weights, weighted, out)
+    else:
+        _data_products(flat, offsets, boxes, data, weights, weighted, out)
+
+
+cdef int _data_products(const floating[::1] flat, const Py_ssize_t[::1] offsets,
+                        const Py_ssize_t[:, ::1] boxes, const floating[:, :, ::1] data,
+                        const floating[:, :, ::1] weights, bint weighted,
+                        double[:, ::1] out) except -1 nogil:
     cdef Py_ssize_t nb = out.shape[1], nk = out.shape[0]
     cdef Py_ssize_t k, b, y, x, y0, x0, h, w, r
     cdef double acc, row
-    with nogil:
-        for k in range(nk):
-            y0 = boxes[k, 0]
-            x0 = boxes[k, 1]
-            h = boxes[k, 2]
-            w = boxes[k, 3]
-            for b in range(nb):
-                acc = 0.0
-                for y in range(y0, y0 + h):
-                    r = offsets[k] + (b * h + y - y0) * w - x0
-                    if weighted:
-                        row = 0.0
-                        for x in range(x0, x0 + w):
-                            row += <double>flat[r + x] * data[b, y, x] * weights[b, y, x]
-                    else:
-                        row = _dot(&flat[r + x0], &data[b, y, x0], w)
-                    acc += row
-                out[k, b] = acc
+    for k in range(nk):
+        y0 = boxes[k, 0]
+        x0 = boxes[k, 1]
+        h = boxes[k, 2]
+        w = boxes[k, 3]
+        for b in range(nb):
+            acc = 0.0
+            for y in range(y0, y0 + h):
+                r = offsets[k] + (b * h + y - y0) * w - x0
+                if weighted:
+                    row = 0.0
+                    for x in range(x0, x0 + w):
+                        row += <double>flat[r + x] * data[b, y, x] * weights[b, y, x]
+                else:
+                    row = _dot(&flat[r + x0], &data[b, y, x0], w)
+                acc += row
+            out[k, b] = acc
+    return 0
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
 def cholesky_upper(const double[:, ::1] gram, double[:, ::1] root, double[:, ::1] rhs):
     """Cholesky factor ``gram = R^T R`` (R upper triangular, written to ``root``), then
     ``rhs <- R^-T rhs`` (forward substitution, every column of ``rhs`` (n, m)).
@@ -189,50 +214,56 @@ def cholesky_upper(const double[:, ::1] gram, double[:, ::1] root, double[:, ::1
         ``||R^-1||_F^2``, an upper bound of ``1 / lambda_min(gram)``, or -1 when ``gram`` is
         not positive definite (``root`` and ``rhs`` are then undefined).
     """
+    cdef Py_ssize_t n = gram.shape[0], m = rhs.shape[1]
+    cdef double total
+    if _release_gil(<double>n * n * (n + m)):
+        with nogil:
+            total = _cholesky_upper(gram, root, rhs)
+    else:
+        total = _cholesky_upper(gram, root, rhs)
+    return total
+
+
+cdef double _cholesky_upper(const double[:, ::1] gram, double[:, ::1] root,
+                            double[:, ::1] rhs) except? -2 nogil:
     cdef Py_ssize_t n = gram.shape[0], m = rhs.shape[1], i, j, k, c
     cdef double acc, d, total = 0.0
     cdef double* col
-    with nogil:
-        for i in range(n):
-            for j in range(n):
-                root[i, j] = 0.0
+    for i in range(n):
         for j in range(n):
-            # row j of R: R[j, j] = sqrt(G[j, j] - sum_k R[k, j]^2), R[j, i] for i > j
-            acc = gram[j, j]
+            root[i, j] = 0.0
+    for j in range(n):
+        # row j of R: R[j, j] = sqrt(G[j, j] - sum_k R[k, j]^2), R[j, i] for i > j
+        acc = gram[j, j]
+        for k in range(j):
+            acc -= root[k, j] * root[k, j]
+        if not acc > 0:
+            return -1.0
+        d = sqrt(acc)
+        root[j, j] = d
+        for i in range(j + 1, n):
+            acc = gram[j, i]
             for k in range(j):
-                acc -= root[k, j] * root[k, j]
-            if not acc > 0:
-                total = -1.0
-                break
-            d = sqrt(acc)
-            root[j, j] = d
-            for i in range(j + 1, n):
-                acc = gram[j, i]
-                for k in range(j):
-                    acc -= root[k, j] * root[k, i]
-                root[j, i] = acc / d
-    if total < 0:
-        return -1.0
-    with nogil:
-        for c in range(m):  # solve R^T y = rhs[:, c]
-            for i in range(n):
-                acc = rhs[i, c]
-                for k in range(i):
-                    acc -= root[k, i] * rhs[k, c]
-                rhs[i, c] = acc / root[i, i]
-        # ||R^-1||_F^2 column by column: R x = e_j
-        col = <double*>malloc(n * sizeof(double))
-        if col != NULL:
-            for j in range(n):
-                for i in range(j, -1, -1):
-                    acc = 1.0 if i == j else 0.0
-                    for k in range(i + 1, j + 1):
-                        acc -= root[i, k] * col[k]
-                    col[i] = acc / root[i, i]
-                    total += col[i] * col[i]
-            free(col)
-        else:
-            total = INFINITY
+                acc -= root[k, j] * root[k, i]
+            root[j, i] = acc / d
+    for c in range(m):  # solve R^T y = rhs[:, c]
+        for i in range(n):
+            acc = rhs[i, c]
+            for k in range(i):
+                acc -= root[k, i] * rhs[k, c]
+            rhs[i, c] = acc / root[i, i]
+    # ||R^-1||_F^2 column by column: R x = e_j
+    col = <double*>malloc(n * sizeof(double))
+    if col == NULL:
+        return INFINITY
+    for j in range(n):
+        for i in range(j, -1, -1):
+            acc = 1.0 if i == j else 0.0
+            for k in range(i + 1, j + 1):
+                acc -= root[i, k] * col[k]
+            col[i] = acc / root[i, i]
+            total += col[i] * col[i]
+    free(col)
     return total
 
 
@@ -273,6 +304,13 @@ cdef class FFTWork:
         cd_conv_free(&self.c)
 
 
+cdef inline double _fft_work(FFTWork work, double transforms) noexcept:
+    """Elementary operations of that many 2-D transforms on the work's grid (for the GIL
+    rule of _gil.pxi)."""
+    cdef double n = <double>work.n0 * work.n1
+    return 5.0 * transforms * n * log2(n + 1.0)
+
+
 cdef int _check_work(FFTWork work, bint is_double, object fk, Py_ssize_t nb) except -1:
     if work.double != is_double:
         raise TypeError("the FFT work buffers and the arrays differ in precision")
@@ -282,14 +320,50 @@ cdef int _check_work(FFTWork work, bint is_double, object fk, Py_ssize_t nb) exc
     return 0
 
 
+cdef int _kernel_spectrum(cd_conv* c, const double[:, :, ::1] kernels,
+                          const Py_ssize_t[::1] iy, const Py_ssize_t[::1] ix,
+                          double[:, :, ::1] planes, double[:, :, ::1] spec,
+                          double[:, :, :, ::1] o) except -1 nogil:
+    cdef Py_ssize_t nb = kernels.shape[0], kh = kernels.shape[1], kw = kernels.shape[2]
+    cdef Py_ssize_t n0 = planes.shape[1], n1 = planes.shape[2]
+    cdef Py_ssize_t b, y, x, c2, kx, ky, mx, my
+    cdef double zr, zi, ur, ui
+    for b in range(0, nb, 2):
+        for c2 in range(2):
+            for y in range(n0):
+                for x in range(n1):
+                    planes[c2, y, x] = 0.0
+            if b + c2 < nb:
+                for y in range(kh):
+                    for x in range(kw):
+                        planes[c2, iy[y], ix[x]] += kernels[b + c2, y, x]
+        cd_fwd2d_d(c, &planes[0, 0, 0], n1, n0, n1, 0, 0, &planes[1, 0, 0], n1, n0,
+                   n1, 0, 0)
+        cd_spectrum_d(c, &spec[0, 0, 0])
+        # Z = A + i B with A, B the transforms of real planes: A(k) = (Z(k) +
+        # conj Z(-k)) / 2, B(k) = (Z(k) - conj Z(-k)) / 2i
+        for kx in range(n1):
+            mx = (n1 - kx) % n1
+            for ky in range(n0):
+                my = (n0 - ky) % n0
+                zr = spec[0, kx, ky]
+                zi = spec[1, kx, ky]
+                ur = spec[0, mx, my]
+                ui = spec[1, mx, my]
+                o[b, 0, kx, ky] = 0.5 * (zr + ur)
+                o[b, 1, kx, ky] = 0.5 * (zi - ui)
+                if b + 1 < nb:
+                    o[b + 1, 0, kx, ky] = 0.5 * (zi + ui)
+                    o[b + 1, 1, kx, ky] = -0.5 * (zr - ur)
+    return 0
+
+
 def kernel_spectrum(const double[:, :, ::1] kernels, int n0, int n1):
     """Transforms ``(B, 2, n1, n0)`` (real and imaginary planes, kx major) of the kernels
     wrapped with their centre pixel at index (0, 0) of the ``(n0, n1)`` grid (taps beyond
     the grid fold over), in double precision: two kernels per complex transform, separated
     by the symmetry of real inputs."""
     cdef Py_ssize_t nb = kernels.shape[0], kh = kernels.shape[1], kw = kernels.shape[2]
-    cdef Py_ssize_t b, y, x, c, kx, ky, mx, my
-    cdef double zr, zi, ur, ui
     cdef FFTWork work = FFTWork(n0, n1, n1, True)
     out = np.empty((nb, 2, n1, n0), dtype=np.float64)
     planes_arr = np.zeros((2, n0, n1), dtype=np.float64)
@@ -302,34 +376,11 @@ def kernel_spectrum(const double[:, :, ::1] kernels, int n0, int n1):
     cdef double[:, :, ::1] planes = planes_arr
     cdef double[:, :, ::1] spec = spec_arr
     cdef double[:, :, :, ::1] o = out
-    with nogil:
-        for b in range(0, nb, 2):
-            for c in range(2):
-                for y in range(n0):
-                    for x in range(n1):
-                        planes[c, y, x] = 0.0
-                if b + c < nb:
-                    for y in range(kh):
-                        for x in range(kw):
-                            planes[c, iy[y], ix[x]] += kernels[b + c, y, x]
-            cd_fwd2d_d(&work.c, &planes[0, 0, 0], n1, n0, n1, 0, 0, &planes[1, 0, 0], n1, n0,
-                       n1, 0, 0)
-            cd_spectrum_d(&work.c, &spec[0, 0, 0])
-            # Z = A + i B with A, B the transforms of real planes: A(k) = (Z(k) +
-            # conj Z(-k)) / 2, B(k) = (Z(k) - conj Z(-k)) / 2i
-            for kx in range(n1):
-                mx = (n1 - kx) % n1
-                for ky in range(n0):
-                    my = (n0 - ky) % n0
-                    zr = spec[0, kx, ky]
-                    zi = spec[1, kx, ky]
-                    ur = spec[0, mx, my]
-                    ui = spec[1, mx, my]
-                    o[b, 0, kx, ky] = 0.5 * (zr + ur)
-                    o[b, 1, kx, ky] = 0.5 * (zi - ui)
-                    if b + 1 < nb:
-                        o[b + 1, 0, kx, ky] = 0.5 * (zi + ui)
-                        o[b + 1, 1, kx, ky] = -0.5 * (zr - ur)
+    if _release_gil(_fft_work(work, (nb + 1) // 2)):
+        with nogil:
+            _kernel_spectrum(&work.c, kernels, iy, ix, planes, spec, o)
+    else:
+        _kernel_spectrum(&work.c, kernels, iy, ix, planes, spec, o)
     return out
 
 
@@ -350,7 +401,10 @@ def conv_cube(FFTWork work, const floating[:, :, ::1] src, int oy, int ox,
             or gw > work.width or h == 0 or w == 0 or gh == 0 or gw == 0):
         raise ValueError(f"src {(h, w)} at {(oy, ox)} or output {(gh, gw)} does not fit the "
                          f"({work.n0}, {work.n1}) grid of width {work.width}")
-    with nogil:
+    if _release_gil(_fft_work(work, nb + (1 if ns == 1 else 0))):
+        with nogil:
+            _fft_cube(&work.c, src, oy, ox, fk, out, conj)
+    else:
         _fft_cube(&work.c, src, oy, ox, fk, out, conj)
     return out
 
@@ -364,8 +418,7 @@ def conv_planes(FFTWork work, const floating[::1] src, const Py_ssize_t[:, ::1] 
     placed at ``(oy, ox)`` of the grid; its B convolved planes, the grid's ``[0, gh) x
     [0, gw)`` corner with ``(o', gh, gw) = out_table[k]``, go to ``out[o':]`` as (B, gh, gw).
     """
-    cdef Py_ssize_t nb = fk.shape[0], K = src_table.shape[0], k, b, oa, ob, sa, sb
-    cdef Py_ssize_t i, ha, wa, hb, wb, gha, gwa, ghb, gwb
+    cdef Py_ssize_t nb = fk.shape[0], K = src_table.shape[0], i
     _check_work(work, floating is double, fk, nb)
     if out_table.shape[0] != K or src_table.shape[1] != 5 or out_table.shape[1] != 3:
         raise ValueError("src_table must be (K, 5) and out_table (K, 3)")
@@ -376,45 +429,58 @@ def conv_planes(FFTWork work, const floating[::1] src, const Py_ssize_t[:, ::1] 
                 or gh < 1 or gw < 1 or gh > work.n0 or gw > work.width or o < 0
                 or o + h * w > src.shape[0] or oo < 0 or oo + nb * gh * gw > out.shape[0]):
             raise ValueError(f"plane {i} does not fit the grid or the buffers")
-    with nogil:
-        k = 0
-        while k < K:
-            sa = src_table[k, 0]
-            ha = src_table[k, 1]
-            wa = src_table[k, 2]
-            oa = out_table[k, 0]
-            gha = out_table[k, 1]
-            gwa = out_table[k, 2]
-            if k + 1 < K:
-                sb = src_table[k + 1, 0]
-                hb = src_table[k + 1, 1]
-                wb = src_table[k + 1, 2]
-                ob = out_table[k + 1, 0]
-                ghb = out_table[k + 1, 1]
-                gwb = out_table[k + 1, 2]
-                _fwd(&work.c, &src[sa], wa, ha, wa, src_table[k, 3], src_table[k, 4],
-                     &src[sb], wb, hb, wb, src_table[k + 1, 3], src_table[k + 1, 4])
-                for b in range(nb):
-                    _mul(&work.c, &fk[b, 0, 0, 0], 0)
-                    _inv(&work.c, &out[oa + b * gha * gwa], gwa, gha, gwa,
-                         &out[ob + b * ghb * gwb], gwb, ghb, gwb)
-                k += 2
-            else:
-                _fwd(&work.c, &src[sa], wa, ha, wa, src_table[k, 3], src_table[k, 4],
-                     <const floating*>NULL, 0, 0, 0, 0, 0)
-                b = 0
-                while b < nb:
-                    if b + 1 < nb:
-                        _mul2(&work.c, &fk[b, 0, 0, 0], &fk[b + 1, 0, 0, 0], 0)
-                        _inv(&work.c, &out[oa + b * gha * gwa], gwa, gha, gwa,
-                             &out[oa + (b + 1) * gha * gwa], gwa, gha, gwa)
-                    else:
-                        _mul(&work.c, &fk[b, 0, 0, 0], 0)
-                        _inv(&work.c, &out[oa + b * gha * gwa], gwa, gha, gwa, <floating*>NULL,
-                             0, 0, 0)
-                    b += 2
-                k += 1
+    if _release_gil(_fft_work(work, K * (1 + nb) / 2.0)):
+        with nogil:
+            _conv_planes(&work.c, src, src_table, fk, out, out_table)
+    else:
+        _conv_planes(&work.c, src, src_table, fk, out, out_table)
     return out
+
+
+cdef int _conv_planes(cd_conv* c, const floating[::1] src,
+                      const Py_ssize_t[:, ::1] src_table,
+                      const floating[:, :, :, ::1] fk, floating[::1] out,
+                      const Py_ssize_t[:, ::1] out_table) except -1 nogil:
+    cdef Py_ssize_t nb = fk.shape[0], K = src_table.shape[0], k, b, oa, ob, sa, sb
+    cdef Py_ssize_t ha, wa, hb, wb, gha, gwa, ghb, gwb
+    k = 0
+    while k < K:
+        sa = src_table[k, 0]
+        ha = src_table[k, 1]
+        wa = src_table[k, 2]
+        oa = out_table[k, 0]
+        gha = out_table[k, 1]
+        gwa = out_table[k, 2]
+        if k + 1 < K:
+            sb = src_table[k + 1, 0]
+            hb = src_table[k + 1, 1]
+            wb = src_table[k + 1, 2]
+            ob = out_table[k + 1, 0]
+            ghb = out_table[k + 1, 1]
+            gwb = out_table[k + 1, 2]
+            _fwd(c, &src[sa], wa, ha, wa, src_table[k, 3], src_table[k, 4],
+                 &src[sb], wb, hb, wb, src_table[k + 1, 3], src_table[k + 1, 4])
+            for b in range(nb):
+                _mul(c, &fk[b, 0, 0, 0], 0)
+                _inv(c, &out[oa + b * gha * gwa], gwa, gha, gwa,
+                     &out[ob + b * ghb * gwb], gwb, ghb, gwb)
+            k += 2
+        else:
+            _fwd(c, &src[sa], wa, ha, wa, src_table[k, 3], src_table[k, 4],
+                 <const floating*>NULL, 0, 0, 0, 0, 0)
+            b = 0
+            while b < nb:
+                if b + 1 < nb:
+                    _mul2(c, &fk[b, 0, 0, 0], &fk[b + 1, 0, 0, 0], 0)
+                    _inv(c, &out[oa + b * gha * gwa], gwa, gha, gwa,
+                         &out[oa + (b + 1) * gha * gwa], gwa, gha, gwa)
+                else:
+                    _mul(c, &fk[b, 0, 0, 0], 0)
+                    _inv(c, &out[oa + b * gha * gwa], gwa, gha, gwa, <floating*>NULL,
+                         0, 0, 0)
+                b += 2
+            k += 1
+    return 0
 
 
 def fft_cols(FFTWork work, int axis_len, floating[:, ::1] re, floating[:, ::1] im):
@@ -446,15 +512,10 @@ def conv_exact(FFTWork work, const double[::1] src, const Py_ssize_t[:, ::1] src
     true convolution for kernels without zero taps: pixels within ``ry`` rows and ``rx``
     columns of a non-zero input pixel (FFT round-off elsewhere would claim flux).
     """
-    cdef Py_ssize_t nb = fk.shape[0], K = src_table.shape[0], k, b, i, y, x
-    cdef Py_ssize_t o, h, w, oy, ox, oo, gh, gw, ghmax = 0, gwmax = 0, ya, yb, xa, xb
+    cdef Py_ssize_t nb = fk.shape[0], K = src_table.shape[0], i
+    cdef Py_ssize_t ghmax = 0, gwmax = 0
     cdef double* tmp
     cdef int* pre
-    cdef const double* s0
-    cdef const double* s1
-    cdef const double* f1
-    cdef double* t1
-    cdef int cnt
     _check_work(work, True, fk, nb)
     if out_table.shape[0] != K or src_table.shape[1] != 5 or out_table.shape[1] != 3:
         raise ValueError("src_table must be (K, 5) and out_table (K, 3)")
@@ -476,52 +537,71 @@ def conv_exact(FFTWork work, const double[::1] src, const Py_ssize_t[:, ::1] src
         free(pre)
         raise MemoryError()
     try:
-        with nogil:
-            for k in range(K):
-                o = src_table[k, 0]
-                h = src_table[k, 1]
-                w = src_table[k, 2]
-                oy = src_table[k, 3]
-                ox = src_table[k, 4]
-                oo = out_table[k, 0]
-                gh = out_table[k, 1]
-                gw = out_table[k, 2]
-                b = 0
-                while b < nb:  # two bands per transform
-                    s0 = &src[o + b * h * w]
-                    s1 = &src[o + (b + 1) * h * w] if b + 1 < nb else NULL
-                    f1 = &fk[b + 1, 0, 0, 0] if b + 1 < nb else NULL
-                    t1 = tmp + (b + 1) * gh * gw if b + 1 < nb else NULL
-                    _fwd(&work.c, s0, w, h, w, oy, ox, s1, w, h, w, oy, ox)
-                    _pair_mul(&work.c, &fk[b, 0, 0, 0], f1, 0)
-                    _inv(&work.c, tmp + b * gh * gw, gw, gh, gw, t1, gw, gh, gw)
-                    b += 2
-                for b in range(nb):
-                    if support:
-                        # prefix counts of the non-zero input pixels on the output grid
-                        for x in range(gw + 1):
-                            pre[x] = 0
-                        for y in range(gh):
-                            cnt = 0
-                            pre[(y + 1) * (gw + 1)] = 0
-                            for x in range(gw):
-                                if (oy <= y < oy + h and ox <= x < ox + w
-                                        and src[o + (b * h + y - oy) * w + x - ox] != 0):
-                                    cnt += 1
-                                pre[(y + 1) * (gw + 1) + x + 1] = pre[y * (gw + 1) + x + 1] + cnt
-                    for y in range(gh):
-                        ya = y - ry if y > ry else 0
-                        yb = y + ry + 1 if y + ry + 1 < gh else gh
-                        for x in range(gw):
-                            if support:
-                                xa = x - rx if x > rx else 0
-                                xb = x + rx + 1 if x + rx + 1 < gw else gw
-                                if (pre[yb * (gw + 1) + xb] - pre[ya * (gw + 1) + xb]
-                                        - pre[yb * (gw + 1) + xa] + pre[ya * (gw + 1) + xa]) == 0:
-                                    out[oo + (b * gh + y) * gw + x] = 0
-                                    continue
-                            out[oo + (b * gh + y) * gw + x] = <floating>tmp[(b * gh + y) * gw + x]
+        if _release_gil(_fft_work(work, K * nb)):
+            with nogil:
+                _conv_exact(&work.c, src, src_table, fk, out, out_table, ry, rx, support, tmp,
+                            pre)
+        else:
+            _conv_exact(&work.c, src, src_table, fk, out, out_table, ry, rx, support, tmp, pre)
     finally:
         free(tmp)
         free(pre)
     return out
+
+
+cdef int _conv_exact(cd_conv* c, const double[::1] src, const Py_ssize_t[:, ::1] src_table,
+                     const double[:, :, :, ::1] fk, floating[::1] out,
+                     const Py_ssize_t[:, ::1] out_table, int ry, int rx, bint support,
+                     double* tmp, int* pre) except -1 nogil:
+    cdef Py_ssize_t nb = fk.shape[0], K = src_table.shape[0], k, b, y, x
+    cdef Py_ssize_t o, h, w, oy, ox, oo, gh, gw, ya, yb, xa, xb
+    cdef const double* s0
+    cdef const double* s1
+    cdef const double* f1
+    cdef double* t1
+    cdef int cnt
+    for k in range(K):
+        o = src_table[k, 0]
+        h = src_table[k, 1]
+        w = src_table[k, 2]
+        oy = src_table[k, 3]
+        ox = src_table[k, 4]
+        oo = out_table[k, 0]
+        gh = out_table[k, 1]
+        gw = out_table[k, 2]
+        b = 0
+        while b < nb:  # two bands per transform
+            s0 = &src[o + b * h * w]
+            s1 = &src[o + (b + 1) * h * w] if b + 1 < nb else NULL
+            f1 = &fk[b + 1, 0, 0, 0] if b + 1 < nb else NULL
+            t1 = tmp + (b + 1) * gh * gw if b + 1 < nb else NULL
+            _fwd(c, s0, w, h, w, oy, ox, s1, w, h, w, oy, ox)
+            _pair_mul(c, &fk[b, 0, 0, 0], f1, 0)
+            _inv(c, tmp + b * gh * gw, gw, gh, gw, t1, gw, gh, gw)
+            b += 2
+        for b in range(nb):
+            if support:
+                # prefix counts of the non-zero input pixels on the output grid
+                for x in range(gw + 1):
+                    pre[x] = 0
+                for y in range(gh):
+                    cnt = 0
+                    pre[(y + 1) * (gw + 1)] = 0
+                    for x in range(gw):
+                        if (oy <= y < oy + h and ox <= x < ox + w
+                                and src[o + (b * h + y - oy) * w + x - ox] != 0):
+                            cnt += 1
+                        pre[(y + 1) * (gw + 1) + x + 1] = pre[y * (gw + 1) + x + 1] + cnt
+            for y in range(gh):
+                ya = y - ry if y > ry else 0
+                yb = y + ry + 1 if y + ry + 1 < gh else gh
+                for x in range(gw):
+                    if support:
+                        xa = x - rx if x > rx else 0
+                        xb = x + rx + 1 if x + rx + 1 < gw else gw
+                        if (pre[yb * (gw + 1) + xb] - pre[ya * (gw + 1) + xb]
+                                - pre[yb * (gw + 1) + xa] + pre[ya * (gw + 1) + xa]) == 0:
+                            out[oo + (b * gh + y) * gw + x] = 0
+                            continue
+                    out[oo + (b * gh + y) * gw + x] = <floating>tmp[(b * gh + y) * gw + x]
+    return 0

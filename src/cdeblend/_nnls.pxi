@@ -284,8 +284,20 @@ def nnls_gram(gram, rhs, out, maxiter=None):
     cdef double[:, ::1] work = work_arr
     cdef Py_ssize_t[:, ::1] iwork = iwork_arr
     cdef double[:, ::1] low = work[:n]
-    with nogil:
-        for b in range(nb):
-            st[b] = _nnls_system(g[b], r[b], o[b], low, work[n], work[n + 1], work[n + 2],
-                                 work[n + 3], iwork[0], iwork[1], cap)
+    if _release_gil(<double>nb * n * n * n):
+        with nogil:
+            _nnls_bands(g, r, o, st, low, work, iwork, cap)
+    else:
+        _nnls_bands(g, r, o, st, low, work, iwork, cap)
     return status
+
+
+cdef int _nnls_bands(const double[:, :, ::1] g, const double[:, ::1] r, double[:, ::1] o,
+                     int[::1] st, double[:, ::1] low, double[:, ::1] work,
+                     Py_ssize_t[:, ::1] iwork, Py_ssize_t cap) except -1 nogil:
+    """:func:`_nnls_system` of every band with the shared work space."""
+    cdef Py_ssize_t b, n = g.shape[1]
+    for b in range(g.shape[0]):
+        st[b] = _nnls_system(g[b], r[b], o[b], low, work[n], work[n + 1], work[n + 2],
+                             work[n + 3], iwork[0], iwork[1], cap)
+    return 0
