@@ -912,3 +912,60 @@ cdef int _render_sources(const double[:, ::1] sed, const double[::1] morph,
                     for x in range(cw):
                         out[o + (b * h + cy + y) * w + cx + x] += v * morph[off + y * cw + x]
     return 0
+
+
+def point_source_products(const double[:, :, ::1] weights, const double[:, :, ::1] residual,
+                          const double[:, :, ::1] psfs, const int64_t[:, ::1] peaks,
+                          double[:, ::1] pp, double[:, ::1] rp):
+    """Weighted least-squares products of a point source at each peak, per band.
+
+    With the PSF ``P_b`` centred on peak i and cut to the frame,
+    ``pp[i, b] = sum w_b P_b^2`` and ``rp[i, b] = sum w_b r_b P_b`` (``r``: the residual).
+    The amplitude of a point source there is ``rp / pp``, its S/N ``sum_b rp / sqrt(sum_b
+    pp)``. Summed in double, row by row.
+    """
+    cdef Py_ssize_t B = weights.shape[0], H = weights.shape[1], W = weights.shape[2]
+    cdef Py_ssize_t N = peaks.shape[0], hp = psfs.shape[1], wp = psfs.shape[2]
+    if (residual.shape[0] != B or residual.shape[1] != H or residual.shape[2] != W
+            or psfs.shape[0] != B):
+        raise ValueError("weights, residual and psfs must have the same bands and frame")
+    if peaks.shape[1] != 2 or pp.shape[0] != N or rp.shape[0] != N or pp.shape[1] != B or (
+            rp.shape[1] != B):
+        raise ValueError("peaks must be (N, 2) and pp, rp (N, B)")
+    for i in range(N):
+        if not (0 <= peaks[i, 0] < H and 0 <= peaks[i, 1] < W):
+            raise ValueError(f"peaks[{i}] lies outside the frame")
+    if _release_gil(3.0 * N * B * hp * wp):
+        with nogil:
+            _point_source_products(weights, residual, psfs, peaks, pp, rp)
+    else:
+        _point_source_products(weights, residual, psfs, peaks, pp, rp)
+
+
+cdef int _point_source_products(const double[:, :, ::1] weights,
+                                const double[:, :, ::1] residual, const double[:, :, ::1] psfs,
+                                const int64_t[:, ::1] peaks, double[:, ::1] pp,
+                                double[:, ::1] rp) except -1 nogil:
+    cdef Py_ssize_t B = weights.shape[0], H = weights.shape[1], W = weights.shape[2]
+    cdef Py_ssize_t hp = psfs.shape[1], wp = psfs.shape[2], i, b, y, x, ya, yb, xa, xb, oy, ox
+    cdef double p, w, a, c
+    for i in range(peaks.shape[0]):
+        # the stamp's pixel (y - oy, x - ox) lies on image pixel (y, x)
+        oy = peaks[i, 0] - hp // 2
+        ox = peaks[i, 1] - wp // 2
+        ya = oy if oy > 0 else 0
+        yb = oy + hp if oy + hp < H else H
+        xa = ox if ox > 0 else 0
+        xb = ox + wp if ox + wp < W else W
+        for b in range(B):
+            a = 0.0
+            c = 0.0
+            for y in range(ya, yb):
+                for x in range(xa, xb):
+                    p = psfs[b, y - oy, x - ox]
+                    w = weights[b, y, x]
+                    a += w * p * p
+                    c += w * residual[b, y, x] * p
+            pp[i, b] = a
+            rp[i, b] = c
+    return 0

@@ -548,36 +548,51 @@ class _Fitter:
         _adam_cy.render(p.sed, p.morph, p.comp, self.model)
         residual = np.asarray(obs.images, dtype=np.float64) - obs.convolve(self.model)
         weights = np.asarray(obs.weights, dtype=np.float64)
-        psfs = np.asarray(obs.psfs, dtype=np.float64)
-        model_psf = _model_psf(obs)
+        psfs = np.ascontiguousarray(obs.psfs, dtype=np.float64)
+        sources = [src for src in self.blend.sources if not src.is_null]
+        if not sources:
+            return 0
         B = residual.shape[0]
-        weighted = weights * residual
-        psfs2 = psfs * psfs
+        # weighted least-squares amplitude of a point source in the residual at every
+        # peak, per band (one Cython call)
+        pp, rp = np.empty((len(sources), B)), np.empty((len(sources), B))
+        _adam_cy.point_source_products(weights, residual, psfs,
+                                       np.array([s.peak for s in sources], dtype=np.int64),
+                                       pp, rp)
+        amp = np.divide(rp, pp, out=np.zeros_like(rp), where=pp > 0)
+        num, den = rp.sum(axis=1), pp.sum(axis=1)
+        snr = np.divide(num, np.sqrt(den), out=np.zeros_like(num), where=den > 0)
+        # each source's model flux from the packed parameters (components in source order)
+        comp_flux = p.sed.sum(axis=1) * _morph_sums(p)
+        starts = np.cumsum([0] + [len(s.components) for s in self.blend.sources])
+        flux = {id(s): float(comp_flux[starts[k]:starts[k + 1]].sum())
+                for k, s in enumerate(self.blend.sources)}
+        model_psf = _model_psf(obs)
         added = 0
-        for src in self.blend.sources:
-            if src.is_null:
-                continue
-            sl_img, sl_psf = _centered_overlap(residual.shape[1:], psfs.shape[1:], *src.peak)
-            sl_img, sl_psf = (slice(None),) + sl_img, (slice(None),) + sl_psf
-            # weighted least-squares amplitude of a point source in the residual, per band
-            pp = np.sum(weights[sl_img] * psfs2[sl_psf], axis=(1, 2))
-            rp = np.sum(weighted[sl_img] * psfs[sl_psf], axis=(1, 2))
-            amp = np.divide(rp, pp, out=np.zeros(B), where=pp > 0)
-            num, den = float(rp.sum()), float(pp.sum())
-            snr = num / np.sqrt(den) if den > 0 else 0.0
-            flux = sum(float(np.sum(c.sed) * c.morphology.sum()) for c in src.components)
-            if snr < cfg.rescue_snr or np.sum(np.maximum(amp, 0)) <= cfg.rescue_fraction * flux:
+        for i, src in enumerate(sources):
+            if (snr[i] < cfg.rescue_snr
+                    or np.sum(np.maximum(amp[i], 0)) <= cfg.rescue_fraction * flux[id(src)]):
                 continue
             sl_img, sl_psf = _centered_overlap(residual.shape[1:], model_psf.shape, *src.peak)
             morph = model_psf[sl_psf] / model_psf.max()
             box = (sl_img[0].start, sl_img[1].start, morph.shape[0], morph.shape[1])
-            sed = np.maximum(amp, cfg.floor) * model_psf.max()
+            sed = np.maximum(amp[i], cfg.floor) * model_psf.max()
             src.components.append(Component(sed, morph, box, src.peak, cfg.bg_thresh, "psf"))
             added += 1
         if added:
             self.repack()
             self.best = None  # earlier iterates lack the new components
         return added
+
+
+def _morph_sums(p: PackedComponents) -> np.ndarray:
+    """(K,) sum of each packed component's morphology."""
+    sizes = p.comp[:, 2] * p.comp[:, 3]
+    sums = np.zeros(len(sizes))
+    nonempty = sizes > 0
+    if nonempty.any():
+        sums[nonempty] = np.add.reduceat(p.morph, p.comp[nonempty, 4])
+    return sums
 
 
 def fit_blend(
