@@ -296,3 +296,6 @@ def test_overlapping_pairs_sweep_and_dense_paths_agree():
         directed=False)
     assert ng == ref_ng
     assert len({(a, b) for a, b in zip(labels, ref, strict=True)}) == ng
+    # groups are numbered in the order of their smallest member
+    first = [int(np.flatnonzero(labels == g).min()) for g in range(ng)]
+    assert first == sorted(first)

@@ -18,6 +18,7 @@ this operation is the same call with the kernel flipped in y and x and the offse
 
 cimport cython
 from libc.math cimport INFINITY, log2, sqrt
+from libc.stdint cimport int32_t
 from libc.stdlib cimport free, malloc
 from cython cimport floating
 
@@ -605,3 +606,44 @@ cdef int _conv_exact(cd_conv* c, const double[::1] src, const Py_ssize_t[:, ::1]
                             continue
                     out[oo + (b * gh + y) * gw + x] = <floating>tmp[(b * gh + y) * gw + x]
     return 0
+
+
+def connected_groups(const Py_ssize_t[:, ::1] pairs, Py_ssize_t n, int32_t[::1] labels):
+    """Connected components of the graph on ``n`` nodes with edges ``pairs`` (P, 2).
+
+    ``labels[i]`` is the index of node i's component, components numbered in the order of
+    their smallest node; returns their number. Union-find joining roots to the smaller one.
+    """
+    if labels.shape[0] != n:
+        raise ValueError(f"labels must have {n} entries, got {labels.shape[0]}")
+    if pairs.shape[0] and pairs.shape[1] != 2:
+        raise ValueError("pairs must be (P, 2)")
+    cdef Py_ssize_t p, a, b, i, count = 0
+    for p in range(pairs.shape[0]):
+        if not (0 <= pairs[p, 0] < n and 0 <= pairs[p, 1] < n):
+            raise ValueError(f"pairs[{p}] names a node outside 0..{n - 1}")
+    parent_arr = np.arange(n, dtype=np.intp)
+    cdef Py_ssize_t[::1] parent = parent_arr
+    for p in range(pairs.shape[0]):
+        a = _root(parent, pairs[p, 0])
+        b = _root(parent, pairs[p, 1])
+        if a < b:
+            parent[b] = a
+        elif b < a:
+            parent[a] = b
+    # a root is the smallest node of its group: number the groups in that order
+    for i in range(n):
+        a = _root(parent, i)
+        if a == i:
+            labels[i] = count
+            count += 1
+        else:
+            labels[i] = labels[a]
+    return count
+
+
+cdef inline Py_ssize_t _root(Py_ssize_t[::1] parent, Py_ssize_t i) noexcept:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i

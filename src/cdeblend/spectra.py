@@ -24,18 +24,21 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import nnls
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
-from ._convolve_cy import cholesky_upper, data_products, gram_pairs, nnls_gram
+from ._convolve_cy import (
+    cholesky_upper,
+    connected_groups,
+    data_products,
+    gram_pairs,
+    nnls_gram,
+)
 from .observation import Observation, _as_box
 
 __all__ = ["fit_seds", "overlapping_pairs"]
 
 #: Up to this many boxes, overlapping pairs come from one dense K x K test (cheaper than the
-#: sweep's per-box Python loop); union-find groups them below _SPARSE_GROUPS pairs.
+#: sweep's per-box Python loop).
 _DENSE_PAIRS = 128
-_SPARSE_GROUPS = 2000
 
 
 def overlapping_pairs(boxes: np.ndarray) -> np.ndarray:
@@ -84,25 +87,11 @@ def overlapping_pairs(boxes: np.ndarray) -> np.ndarray:
 
 
 def _groups(pairs: np.ndarray, n: int) -> tuple[int, np.ndarray]:
-    """Connected components of the overlap graph: (number of groups, (n,) labels)."""
-    if len(pairs) > _SPARSE_GROUPS:
-        graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-        return connected_components(graph, directed=False)
-    parent = list(range(n))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in pairs.tolist():
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([root(i) for i in range(n)])
-    _, labels = np.unique(roots, return_inverse=True)
-    return int(labels.max(initial=-1)) + 1, labels.astype(np.int32)
+    """Connected components of the overlap graph: (number of groups, (n,) labels), groups
+    numbered in the order of their first member."""
+    labels = np.empty(n, dtype=np.int32)
+    count = connected_groups(np.ascontiguousarray(pairs, dtype=np.intp).reshape(-1, 2), n, labels)
+    return int(count), labels
 
 
 def _min_norm_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
