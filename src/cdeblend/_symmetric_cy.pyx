@@ -337,13 +337,18 @@ def dilate_disc(const uint8_t[:, ::1] mask, Py_ssize_t radius, uint8_t[:, ::1] o
                 int32_t[:, ::1] prefix):
     """Binary dilation of ``mask`` by the disc of offsets with dy^2 + dx^2 <= radius^2.
 
-    Row by row: for each row offset dy the disc is a run of half-width
-    floor(sqrt(radius^2 - dy^2)), and whether a run of an input row holds a set pixel is
-    read off that row's prefix count in O(1). ``prefix`` is scratch of shape (H, W + 1).
+    A sparse mask (a detection threshold sets a few percent of an image) is dilated by
+    painting the disc around each set pixel; a dense one row by row: for each row offset dy
+    the disc is a run of half-width floor(sqrt(radius^2 - dy^2)), and whether a run of an
+    input row holds a set pixel is read off that row's prefix count in O(1). ``prefix`` is
+    scratch of shape (H, W + 1). Both give the same result.
     """
-    cdef Py_ssize_t H = mask.shape[0], W = mask.shape[1], y, x, dy, yy, hw, a, b
-    cdef int32_t c
-    cdef bint hit
+    cdef Py_ssize_t H = mask.shape[0], W = mask.shape[1], y, x, dy, hw, n_set = 0
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    if out.shape[0] != H or out.shape[1] != W or prefix.shape[0] != H or (
+            prefix.shape[1] != W + 1):
+        raise ValueError("out must have the mask's shape and prefix (H, W + 1)")
     # Half-width of the disc's run at each row offset, computed once.
     half_np = np.zeros(2 * radius + 1, dtype=np.int64)
     cdef int64_t[::1] half = half_np
@@ -354,29 +359,67 @@ def dilate_disc(const uint8_t[:, ::1] mask, Py_ssize_t radius, uint8_t[:, ::1] o
         half[dy + radius] = hw
     with nogil:
         for y in range(H):
-            c = 0
-            prefix[y, 0] = 0
             for x in range(W):
-                c += mask[y, x] != 0
-                prefix[y, x + 1] = c
-        for y in range(H):
-            for x in range(W):
-                hit = False
-                for dy in range(-radius, radius + 1):
-                    yy = y + dy
-                    if yy < 0 or yy >= H:
-                        continue
-                    hw = half[dy + radius]
-                    a = x - hw
-                    b = x + hw + 1
-                    if a < 0:
-                        a = 0
-                    if b > W:
-                        b = W
-                    if prefix[yy, b] - prefix[yy, a] > 0:
-                        hit = True
-                        break
-                out[y, x] = hit
+                n_set += mask[y, x] != 0
+        if n_set * (2 * radius + 1) < H * W:  # painting costs less than the row scans
+            _paint_discs(mask, radius, half, out)
+        else:
+            _dilate_rows(mask, radius, half, out, prefix)
+
+
+cdef void _paint_discs(const uint8_t[:, ::1] mask, Py_ssize_t radius, const int64_t[::1] half,
+                       uint8_t[:, ::1] out) noexcept nogil:
+    cdef Py_ssize_t H = mask.shape[0], W = mask.shape[1], y, x, dy, yy, a, b, xx
+    for y in range(H):
+        for x in range(W):
+            out[y, x] = 0
+    for y in range(H):
+        for x in range(W):
+            if mask[y, x] == 0:
+                continue
+            for dy in range(-radius, radius + 1):
+                yy = y + dy
+                if yy < 0 or yy >= H:
+                    continue
+                a = x - half[dy + radius]
+                b = x + half[dy + radius] + 1
+                if a < 0:
+                    a = 0
+                if b > W:
+                    b = W
+                for xx in range(a, b):
+                    out[yy, xx] = 1
+
+
+cdef void _dilate_rows(const uint8_t[:, ::1] mask, Py_ssize_t radius, const int64_t[::1] half,
+                       uint8_t[:, ::1] out, int32_t[:, ::1] prefix) noexcept nogil:
+    cdef Py_ssize_t H = mask.shape[0], W = mask.shape[1], y, x, dy, yy, hw, a, b
+    cdef int32_t c
+    cdef bint hit
+    for y in range(H):
+        c = 0
+        prefix[y, 0] = 0
+        for x in range(W):
+            c += mask[y, x] != 0
+            prefix[y, x + 1] = c
+    for y in range(H):
+        for x in range(W):
+            hit = False
+            for dy in range(-radius, radius + 1):
+                yy = y + dy
+                if yy < 0 or yy >= H:
+                    continue
+                hw = half[dy + radius]
+                a = x - hw
+                b = x + hw + 1
+                if a < 0:
+                    a = 0
+                if b > W:
+                    b = W
+                if prefix[yy, b] - prefix[yy, a] > 0:
+                    hit = True
+                    break
+            out[y, x] = hit
 
 
 def separable_smooth(const double[:, ::1] image, const double[::1] kernel,
