@@ -81,6 +81,18 @@ class FlatStack:
         _, _, h, w = self.boxes[i]
         return self.flat[self.offsets[i] : self.offsets[i + 1]].reshape(self.bands, h, w)
 
+    def sums(self) -> np.ndarray:
+        """(N, B) float64 sum of every row per band (0 for empty boxes), in one call."""
+        n, B = len(self), self.bands
+        plane = self.boxes[:, 2] * self.boxes[:, 3]
+        starts = (self.offsets[:-1, None] + np.arange(B)[None] * plane[:, None]).ravel()
+        out = np.zeros(n * B)
+        keep = np.repeat(plane > 0, B)
+        if keep.any():
+            # segments [start, next start) of the non-empty planes, summed in order
+            out[keep] = np.add.reduceat(self.flat.astype(np.float64, copy=False), starts[keep])
+        return out.reshape(n, B)
+
 
 def apportion_flux(
     image: np.ndarray, templates: FlatStack, mask: np.ndarray | None = None
@@ -127,9 +139,19 @@ def apportion_flux(
     if np.any(bad):
         raise ValueError(f"image has {int(np.count_nonzero(bad))} NaN or infinite value(s) "
                          "inside the mask; mask them (or set them to 0) first")
+    return _apportion(img, templates, mask_u8)
+
+
+def _apportion(image: np.ndarray, templates: FlatStack,
+               mask_u8: np.ndarray | None = None) -> tuple[FlatStack, np.ndarray]:
+    """:func:`apportion_flux` of a checked (B, H, W) image of the templates' dtype (finite
+    inside the mask), ``mask_u8`` (H, W) uint8 or None for the whole image."""
+    B, H, W = image.shape
+    if mask_u8 is None:
+        mask_u8 = np.ones((H, W), dtype=np.uint8)
     flat = np.ascontiguousarray(templates.flat)
     tsum = np.zeros((B, H, W), dtype=np.float64)
     _apportion_cy.template_sum(flat, templates.offsets, templates.boxes, mask_u8, tsum)
     out = np.empty_like(flat)
-    _apportion_cy.apportion(img, tsum, flat, templates.offsets, templates.boxes, mask_u8, out)
+    _apportion_cy.apportion(image, tsum, flat, templates.offsets, templates.boxes, mask_u8, out)
     return FlatStack(out, templates.boxes, templates.bands), tsum

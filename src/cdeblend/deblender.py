@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _adam_cy
-from .apportion import FlatStack, apportion_flux
+from .apportion import FlatStack, _apportion
 from .blend import (
     Blend,
     Component,
@@ -282,8 +282,9 @@ class DeblendResult:
         """
         if self._conserved is None:
             obs = self.blend.observation
-            image = np.where(np.asarray(obs.weights) > 0, obs.images, 0).astype(obs.dtype)
-            self._conserved, _ = apportion_flux(image, self._convolved_stack())
+            # the observation's images are finite where the weight is non-zero: no checks
+            image = np.where(obs.weights > 0, obs.images, 0).astype(obs.dtype, copy=False)
+            self._conserved, _ = _apportion(image, self._convolved_stack())
         return self._conserved
 
     def conserved_images(self) -> np.ndarray:
@@ -295,17 +296,19 @@ class DeblendResult:
     def fluxes(self) -> np.ndarray:
         """(N, B) model flux of each source (sum of its model-space model per band)."""
         B = self.blend.shape[0]
-        out = np.zeros((len(self.blend.sources), B))
-        for i, src in enumerate(self.blend.sources):
-            for c in src.components:
-                out[i] += c.sed * c.morphology.sum()
+        sources = self.blend.sources
+        out = np.zeros((len(sources), B))
+        if not any(src.components for src in sources):
+            return out
+        p = PackedComponents.from_components(self.blend.components, B, bind=False)
+        owner = np.repeat(np.arange(len(sources)), [len(src.components) for src in sources])
+        np.add.at(out, owner, p.sed * _morph_sums(p)[:, None])
         return out
 
     @property
     def conserved_fluxes(self) -> np.ndarray:
         """(N, B) flux of each conserved (re-apportioned) child."""
-        st = self.conserved()
-        return np.array([st.get(i).sum(axis=(1, 2), dtype=np.float64) for i in range(len(st))])
+        return self.conserved().sums()
 
 
 class Deblender:
