@@ -40,12 +40,14 @@ typedef struct {
     int n0, n1;        /* FFT grid (rows, columns) */
     int vmax;          /* widest column extent handled (input or output), rounded up */
     int strip;         /* columns per cache strip of the axis-0 transforms */
+    int ldy, ldt;      /* row strides of the work grid (>= vmax) and of the spectra (>= n0):
+                          padded where a row is a multiple of 1 KiB (cache-set aliasing) */
     int dbl;           /* 1: double precision buffers, 0: float */
     cd_plan p0, p1;
     void *mem;
-    void *yr, *yi;     /* (n0, vmax) work grid */
-    void *tr, *ti;     /* (n1, n0) spectrum */
-    void *wr, *wi;     /* (n1, n0) product */
+    void *yr, *yi;     /* (n0, vmax) work grid, row stride ldy */
+    void *tr, *ti;     /* (n1, n0) spectrum, row stride ldt */
+    void *wr, *wi;     /* (n1, n0) product, row stride ldt */
     void *ar, *ai, *br, *bi;  /* strip buffers: (max(n0, n1), strip) each */
 } cd_conv;
 

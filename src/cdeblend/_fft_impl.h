@@ -136,17 +136,17 @@ static CD_INLINE void SUF(bf5)(int V, int tw, const R *restrict i0r, const R *re
     }
 }
 
-/* One Stockham stage (self-sorting, out of place) over rows of V values, compact (row
- * stride V). Before it, x holds the length-L transforms of the m = n / L decimated
+/* One Stockham stage (self-sorting, out of place) over rows of V values (row strides ldx
+ * and ldy). Before it, x holds the length-L transforms of the m = n / L decimated
  * sequences, transform j of sequence k in row j * m + k; after it, y holds the length r * L
  * transforms of the m / r sequences the same way. */
 static CD_INLINE void SUF(stage)(const cd_plan *p, int s, int V, const R *x_r, const R *x_i,
-                                 R *y_r, R *y_i)
+                                 ptrdiff_t ldx, R *y_r, R *y_i, ptrdiff_t ldy)
 {
     const int n = p->n, r = p->radix[s], L = p->span[s], m = n / L, mp = m / r;
     const R *twr = TW(p) + p->offset[s];
     const size_t ntw = p->ntw;
-    const size_t is = (size_t)mp * V, os = (size_t)L * mp * V;
+    const ptrdiff_t is = (ptrdiff_t)mp * ldx, os = (ptrdiff_t)L * mp * ldy;
     R wbuf[10];
     for (int j = 0; j < L; j++) {
         const int tw = j != 0;
@@ -155,7 +155,7 @@ static CD_INLINE void SUF(stage)(const cd_plan *p, int s, int V, const R *x_r, c
             wbuf[r + q] = twr[ntw + (size_t)j * r + q];
         }
         for (int k = 0; k < mp; k++) {
-            const size_t i0 = ((size_t)j * m + k) * V, o0 = ((size_t)j * mp + k) * V;
+            const ptrdiff_t i0 = ((ptrdiff_t)j * m + k) * ldx, o0 = ((ptrdiff_t)j * mp + k) * ldy;
             const R *xr = x_r + i0, *xi = x_i + i0;
             R *yr = y_r + o0, *yi = y_i + o0;
             switch (r) {
@@ -202,8 +202,9 @@ static CD_INLINE void SUF(stage)(const cd_plan *p, int s, int V, const R *x_r, c
     }
 }
 
-/* In-place forward transform along axis 0 of an (n, V) array of row stride ld. Narrow
- * compact arrays ping-pong with one strip buffer; wider ones go through cache strips. */
+/* In-place forward transform along axis 0 of an (n, V) array of row stride ld, a strip of
+ * at most c->strip columns at a time: the first stage reads the array and the last writes
+ * it back, the stages between ping-pong in two strip buffers that stay in cache. */
 static CD_INLINE void SUF(fft_cols)(cd_conv *c, const cd_plan *p, int V, ptrdiff_t ld, R *re,
                                     R *im)
 {
@@ -211,32 +212,21 @@ static CD_INLINE void SUF(fft_cols)(cd_conv *c, const cd_plan *p, int V, ptrdiff
     if (ns == 0 || V <= 0)
         return;
     R *ar = (R *)c->ar, *ai = (R *)c->ai, *br = (R *)c->br, *bi = (R *)c->bi;
-    if (V <= S && ld == V) {
-        R *sr = re, *si = im, *dr = ar, *di = ai;
-        for (int s = 0; s < ns; s++) {
-            SUF(stage)(p, s, V, sr, si, dr, di);
-            R *t = sr;
-            sr = dr;
-            dr = t;
-            t = si;
-            si = di;
-            di = t;
-        }
-        if (sr != re) {
-            memcpy(re, sr, (size_t)n * V * sizeof(R));
-            memcpy(im, si, (size_t)n * V * sizeof(R));
-        }
-        return;
-    }
     for (int c0 = 0; c0 < V; c0 += S) {
         const int w = V - c0 < S ? V - c0 : S;
-        for (int i = 0; i < n; i++) {
-            memcpy(ar + (size_t)i * w, re + i * ld + c0, (size_t)w * sizeof(R));
-            memcpy(ai + (size_t)i * w, im + i * ld + c0, (size_t)w * sizeof(R));
+        R *xr = re + c0, *xi = im + c0;
+        if (ns == 1) {
+            SUF(stage)(p, 0, w, xr, xi, ld, ar, ai, w);
+            for (int i = 0; i < n; i++) {
+                memcpy(xr + i * ld, ar + (size_t)i * w, (size_t)w * sizeof(R));
+                memcpy(xi + i * ld, ai + (size_t)i * w, (size_t)w * sizeof(R));
+            }
+            continue;
         }
+        SUF(stage)(p, 0, w, xr, xi, ld, ar, ai, w);
         R *sr = ar, *si = ai, *dr = br, *di = bi;
-        for (int s = 0; s < ns; s++) {
-            SUF(stage)(p, s, w, sr, si, dr, di);
+        for (int s = 1; s < ns - 1; s++) {
+            SUF(stage)(p, s, w, sr, si, w, dr, di, w);
             R *t = sr;
             sr = dr;
             dr = t;
@@ -244,10 +234,7 @@ static CD_INLINE void SUF(fft_cols)(cd_conv *c, const cd_plan *p, int V, ptrdiff
             si = di;
             di = t;
         }
-        for (int i = 0; i < n; i++) {
-            memcpy(re + i * ld + c0, sr + (size_t)i * w, (size_t)w * sizeof(R));
-            memcpy(im + i * ld + c0, si + (size_t)i * w, (size_t)w * sizeof(R));
-        }
+        SUF(stage)(p, ns - 1, w, sr, si, w, xr, xi, ld);
     }
 }
 
@@ -263,6 +250,24 @@ static CD_INLINE void SUF(transpose)(int rows, int cols, const R *restrict in, p
                 for (int j = j0; j < j1; j++)
                     out[j * ldo + i] = in[i * ldi + j];
         }
+    }
+}
+
+/* The first V columns of the (n0, ld) grid: rows [oy, oy + h) hold the (h, w) plane a (row
+ * stride lda) at column ox, zeros elsewhere (a NULL plane: all zeros); each value is
+ * written once. */
+static CD_INLINE void SUF(place)(R *grid, ptrdiff_t ld, int n0, int V, const R *a,
+                                 ptrdiff_t lda, int h, int w, int oy, int ox)
+{
+    for (int y = 0; y < n0; y++) {
+        R *row = grid + y * ld;
+        if (a == NULL || y < oy || y >= oy + h) {
+            memset(row, 0, (size_t)V * sizeof(R));
+            continue;
+        }
+        memset(row, 0, (size_t)ox * sizeof(R));
+        memcpy(row + ox, a + (y - oy) * lda, (size_t)w * sizeof(R));
+        memset(row + ox + w, 0, (size_t)(V - ox - w) * sizeof(R));
     }
 }
 
@@ -286,20 +291,16 @@ CD_HOT void SUF(cd_fwd2d)(cd_conv *c, const R *a, ptrdiff_t lda, int ha, int wa,
         wc = oxb + wb;
     const int V = SUF(width8)(c, wc);
     R *yr = (R *)c->yr, *yi = (R *)c->yi, *tr = (R *)c->tr, *ti = (R *)c->ti;
-    memset(yr, 0, (size_t)n0 * V * sizeof(R));
-    memset(yi, 0, (size_t)n0 * V * sizeof(R));
-    for (int y = 0; y < ha; y++)
-        memcpy(yr + (size_t)(oya + y) * V + oxa, a + y * lda, (size_t)wa * sizeof(R));
-    if (b != NULL)
-        for (int y = 0; y < hb; y++)
-            memcpy(yi + (size_t)(oyb + y) * V + oxb, b + y * ldb, (size_t)wb * sizeof(R));
-    SUF(fft_cols)(c, &c->p0, V, V, yr, yi);
+    const ptrdiff_t ldy = c->ldy, ldt = c->ldt;
+    SUF(place)(yr, ldy, n0, V, a, lda, ha, wa, oya, oxa);
+    SUF(place)(yi, ldy, n0, V, b, ldb, hb, wb, oyb, oxb);
+    SUF(fft_cols)(c, &c->p0, V, ldy, yr, yi);
     /* columns >= wc are zero: transpose the others, clear the rest of the spectrum rows */
-    SUF(transpose)(n0, wc, yr, V, tr, n0);
-    SUF(transpose)(n0, wc, yi, V, ti, n0);
-    memset(tr + (size_t)wc * n0, 0, (size_t)(n1 - wc) * n0 * sizeof(R));
-    memset(ti + (size_t)wc * n0, 0, (size_t)(n1 - wc) * n0 * sizeof(R));
-    SUF(fft_cols)(c, &c->p1, n0, n0, tr, ti);
+    SUF(transpose)(n0, wc, yr, ldy, tr, ldt);
+    SUF(transpose)(n0, wc, yi, ldy, ti, ldt);
+    memset(tr + (size_t)wc * ldt, 0, (size_t)(n1 - wc) * ldt * sizeof(R));
+    memset(ti + (size_t)wc * ldt, 0, (size_t)(n1 - wc) * ldt * sizeof(R));
+    SUF(fft_cols)(c, &c->p1, n0, ldt, tr, ti);
 }
 
 /* One spectrum row of pair_mul: z = Z(kx, .), u = Z(-kx, .) (mirrored in ky below). */
@@ -342,9 +343,15 @@ static CD_INLINE void SUF(mul_row)(int n, const R *restrict zr, const R *restric
 
 CD_HOT void SUF(cd_mul)(cd_conv *c, const R *f, int conj)
 {
-    const size_t nt = (size_t)c->n0 * c->n1;
-    SUF(mul_row)((int)nt, (const R *)c->tr, (const R *)c->ti, f, f + nt, (R *)c->wr,
-                 (R *)c->wi, conj ? (R)-1 : (R)1);
+    const int n0 = c->n0, n1 = c->n1;
+    const size_t nt = (size_t)n0 * n1;
+    const ptrdiff_t ldt = c->ldt;
+    for (int kx = 0; kx < n1; kx++) {
+        const size_t o = (size_t)kx * n0;
+        SUF(mul_row)(n0, (const R *)c->tr + kx * ldt, (const R *)c->ti + kx * ldt, f + o,
+                     f + nt + o, (R *)c->wr + kx * ldt, (R *)c->wi + kx * ldt,
+                     conj ? (R)-1 : (R)1);
+    }
 }
 
 /* w = z * (fa + i fb), conjugating fa and fb when sg < 0 */
@@ -362,26 +369,36 @@ static CD_INLINE void SUF(mul2_row)(int n, const R *restrict zr, const R *restri
 
 CD_HOT void SUF(cd_mul2)(cd_conv *c, const R *fa, const R *fb, int conj)
 {
-    const size_t nt = (size_t)c->n0 * c->n1;
-    SUF(mul2_row)((int)nt, (const R *)c->tr, (const R *)c->ti, fa, fa + nt, fb, fb + nt,
-                  (R *)c->wr, (R *)c->wi, conj ? (R)-1 : (R)1);
+    const int n0 = c->n0, n1 = c->n1;
+    const size_t nt = (size_t)n0 * n1;
+    const ptrdiff_t ldt = c->ldt;
+    for (int kx = 0; kx < n1; kx++) {
+        const size_t o = (size_t)kx * n0;
+        SUF(mul2_row)(n0, (const R *)c->tr + kx * ldt, (const R *)c->ti + kx * ldt, fa + o,
+                      fa + nt + o, fb + o, fb + nt + o, (R *)c->wr + kx * ldt,
+                      (R *)c->wi + kx * ldt, conj ? (R)-1 : (R)1);
+    }
 }
 
 void SUF(cd_spectrum)(const cd_conv *c, R *out)
 {
-    const size_t nt = (size_t)c->n0 * c->n1;
-    memcpy(out, c->tr, nt * sizeof(R));
-    memcpy(out + nt, c->ti, nt * sizeof(R));
+    const int n0 = c->n0, n1 = c->n1;
+    const size_t nt = (size_t)n0 * n1;
+    for (int kx = 0; kx < n1; kx++) {
+        memcpy(out + (size_t)kx * n0, (const R *)c->tr + kx * c->ldt, (size_t)n0 * sizeof(R));
+        memcpy(out + nt + (size_t)kx * n0, (const R *)c->ti + kx * c->ldt,
+               (size_t)n0 * sizeof(R));
+    }
 }
 
 CD_HOT void SUF(cd_pair_mul)(cd_conv *c, const R *fa, const R *fb, int conj)
 {
     const int n0 = c->n0, n1 = c->n1;
     const size_t nt = (size_t)n0 * n1;
+    const ptrdiff_t ldt = c->ldt;
     const R sg = conj ? (R)-1 : (R)1;
     if (fb == NULL) {  /* the imaginary plane was zero: Z is the first plane's transform */
-        SUF(mul_row)((int)nt, (const R *)c->tr, (const R *)c->ti, fa, fa + nt, (R *)c->wr,
-                     (R *)c->wi, sg);
+        SUF(cd_mul)(c, fa, conj);
         return;
     }
     const R *tr = (const R *)c->tr, *ti = (const R *)c->ti;
@@ -389,8 +406,8 @@ CD_HOT void SUF(cd_pair_mul)(cd_conv *c, const R *fa, const R *fb, int conj)
     for (int kx = 0; kx < n1; kx++) {
         const int mx = kx ? n1 - kx : 0;
         const size_t o = (size_t)kx * n0;
-        SUF(pair_row)(n0, tr + o, ti + o, tr + (size_t)mx * n0, ti + (size_t)mx * n0, fa + o,
-                      fa + nt + o, fb + o, fb + nt + o, wr + o, wi + o, sg);
+        SUF(pair_row)(n0, tr + kx * ldt, ti + kx * ldt, tr + mx * ldt, ti + mx * ldt, fa + o,
+                      fa + nt + o, fb + o, fb + nt + o, wr + kx * ldt, wi + kx * ldt, sg);
     }
 }
 
@@ -398,19 +415,21 @@ CD_HOT void SUF(cd_inv2d)(cd_conv *c, R *a, ptrdiff_t lda, int ha, int wa, R *b,
                           int hb, int wb, int accumulate)
 {
     const int n0 = c->n0, n1 = c->n1;
+    const ptrdiff_t ldy = c->ldy, ldt = c->ldt;
     R *yr = (R *)c->yr, *yi = (R *)c->yi, *wr = (R *)c->wr, *wi = (R *)c->wi;
     /* inverse = forward with the real and imaginary planes swapped */
-    SUF(fft_cols)(c, &c->p1, n0, n0, wi, wr);
+    SUF(fft_cols)(c, &c->p1, n0, ldt, wi, wr);
     int wc = wa;
     if (b != NULL && wb > wc)
         wc = wb;
     const int V = SUF(width8)(c, wc);
-    SUF(transpose)(wc, n0, wr, n0, yr, V);
-    SUF(transpose)(wc, n0, wi, n0, yi, V);
-    SUF(fft_cols)(c, &c->p0, V, V, yi, yr);
+    (void)n1;
+    SUF(transpose)(wc, n0, wr, ldt, yr, ldy);
+    SUF(transpose)(wc, n0, wi, ldt, yi, ldy);
+    SUF(fft_cols)(c, &c->p0, V, ldy, yi, yr);
     const R scale = (R)(1.0 / ((double)n0 * (double)n1));
     for (int y = 0; y < ha; y++) {
-        const R *restrict src = yr + (size_t)y * V;
+        const R *restrict src = yr + y * ldy;
         R *restrict dst = a + y * lda;
         if (accumulate)
             for (int x = 0; x < wa; x++)
@@ -421,7 +440,7 @@ CD_HOT void SUF(cd_inv2d)(cd_conv *c, R *a, ptrdiff_t lda, int ha, int wa, R *b,
     }
     if (b != NULL)
         for (int y = 0; y < hb; y++) {
-            const R *restrict src = yi + (size_t)y * V;
+            const R *restrict src = yi + y * ldy;
             R *restrict dst = b + y * ldb;
             if (accumulate)
                 for (int x = 0; x < wb; x++)
