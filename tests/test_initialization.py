@@ -2,6 +2,7 @@
 
 from collections import deque
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdeblend import DeblendConfig, Observation
-from cdeblend.initialization import detection_image, initialize_blend, peak_snr
+from cdeblend.initialization import _centered_overlap, detection_image, initialize_blend, peak_snr
 
 DATA = Path(__file__).parent / "data" / "hsc_cosmos_35.npz"
 
@@ -192,3 +193,334 @@ def test_flood_fill_starts_on_the_brightest_symmetric_neighbour(seed, quirk):
             if v > best:
                 best, start = v, (y, x)
     assert _monotonic_cy.brightest_symmetric_neighbour(D, py, px, my, mx) == start
+
+
+# ------------------------------------------------------------------------------------------
+# The kernels of the initialisation (_init_kernels.pxi) against the numpy code they replace.
+# Most are bit for bit: they sum in numpy's own (pairwise) order. Sizes above the GIL
+# threshold (_gil.pxi: 32768 operations) take the other branch of each kernel.
+
+def _numpy_snr(images, variance, psfs, peak):
+    """peak_snr as numpy computed it."""
+    sl_img, sl_psf = _centered_overlap(images.shape[1:], psfs.shape[1:], *peak)
+    P = np.asarray(psfs[(slice(None),) + sl_psf], dtype=np.float64)
+    num = float(np.sum(images[(slice(None),) + sl_img] * P))
+    den = float(np.sum(P * P * variance[(slice(None),) + sl_img]))
+    return num / np.sqrt(den) if den > 0 else 0.0
+
+
+def _numpy_conv_at(plane, kernels, y, x):
+    """conv(plane, kernels[b]) at (y, x) as numpy computed it (zero outside the plane)."""
+    kernels = np.asarray(kernels, dtype=np.float64)
+    _, kh, kw = kernels.shape
+    ry, rx = kh // 2, kw // 2
+    H, W = plane.shape
+    ya, yb = max(y - ry, 0), min(y + ry + 1, H)
+    xa, xb = max(x - rx, 0), min(x + rx + 1, W)
+    k = kernels[:, ::-1, ::-1][:, ya - (y - ry) : yb - (y - ry), xa - (x - rx) : xb - (x - rx)]
+    return np.sum(plane[ya:yb, xa:xb] * k, axis=(1, 2))
+
+
+def _random_cube(rng, B, H, W, dtype):
+    return rng.normal(size=(B, H, W)).astype(dtype)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 6), H=st.integers(1, 40),
+       W=st.integers(1, 40), dtype=st.sampled_from([np.float32, np.float64]))
+def test_detection_coadd_matches_numpy(seed, B, H, W, dtype):
+    from cdeblend import _monotonic_cy
+
+    rng = np.random.default_rng(seed)
+    images = _random_cube(rng, B, H, W, dtype)
+    noise = rng.uniform(0.1, 3.0, size=B)
+    noise[rng.random(B) < 0.2] = 0.0  # no weight
+    ref = np.zeros((H, W))
+    for b in range(B):
+        if noise[b] > 0:
+            ref = ref + (1.0 / noise[b] ** 2) * images[b].astype(np.float64)
+    scale = sum(np.abs(images[b]).astype(np.float64) / noise[b] ** 2
+                for b in range(B) if noise[b] > 0)
+    D = _monotonic_cy.detection_coadd(images, noise)
+    assert D.dtype == np.float64 and D.shape == (H, W)
+    # the same sum in the same order (a fused multiply-add may round differently)
+    np.testing.assert_allclose(D, ref, rtol=0, atol=1e-15 * (np.max(scale, initial=0) + 1e-300))
+    obs = SimpleNamespace(images=images, noise_rms=noise.astype(dtype))
+    np.testing.assert_array_equal(detection_image(obs), _monotonic_cy.detection_coadd(
+        images, noise.astype(dtype).astype(np.float64)))
+
+
+def test_detection_coadd_of_a_large_image_matches_numpy():
+    from cdeblend import _monotonic_cy
+
+    rng = np.random.default_rng(3)
+    images = _random_cube(rng, 5, 120, 90, np.float32)  # 54000 operations: GIL released
+    noise = np.array([1.0, 0.5, 2.0, 0.0, 0.7])
+    inv = np.divide(1.0, noise**2, out=np.zeros(5), where=noise > 0)
+    np.testing.assert_allclose(_monotonic_cy.detection_coadd(images, noise),
+                               np.tensordot(inv, images.astype(np.float64), axes=1),
+                               rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 6), H=st.integers(1, 30),
+       W=st.integers(1, 30), ph=st.integers(1, 23), pw=st.integers(1, 23),
+       n=st.integers(0, 8), dtype=st.sampled_from([np.float32, np.float64]))
+def test_peak_snrs_match_numpy_bit_for_bit(seed, B, H, W, ph, pw, n, dtype):
+    from cdeblend import _monotonic_cy
+
+    rng = np.random.default_rng(seed)
+    images = _random_cube(rng, B, H, W, dtype)
+    variance = rng.uniform(0, 2, size=(B, H, W)).astype(dtype)
+    variance[:, rng.random((H, W)) < 0.1] = 0
+    psfs = rng.random((B, ph, pw)).astype(dtype)  # any size, even ones too
+    peaks = np.stack([rng.integers(0, H, n), rng.integers(0, W, n)], axis=1).astype(np.intp)
+    snr = _monotonic_cy.peak_snrs(images, variance, psfs, peaks)
+    ref = [_numpy_snr(images, variance, psfs, tuple(p)) for p in peaks]
+    np.testing.assert_array_equal(snr, np.array(ref, dtype=np.float64).reshape(n))
+    if n:
+        obs = SimpleNamespace(images=images, variance=variance, psfs=psfs)
+        assert peak_snr(obs, tuple(peaks[0])) == ref[0]
+
+
+def test_peak_snrs_of_many_peaks_match_numpy():
+    from cdeblend import _monotonic_cy
+
+    obs, peaks = load_real()  # 35 peaks x 5 bands x 41 x 41 PSFs: the GIL is released
+    snr = _monotonic_cy.peak_snrs(obs.images, obs.variance, obs.psfs, peaks.astype(np.intp))
+    ref = [_numpy_snr(obs.images, obs.variance, obs.psfs, tuple(p)) for p in peaks]
+    np.testing.assert_array_equal(snr, ref)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 6), H=st.integers(1, 30),
+       W=st.integers(1, 30), kh=st.integers(0, 10), kw=st.integers(0, 10),
+       n=st.integers(0, 6), dtype=st.sampled_from([np.float32, np.float64]))
+def test_conv_at_and_peak_seds_match_numpy_bit_for_bit(seed, B, H, W, kh, kw, n, dtype):
+    from cdeblend import _monotonic_cy
+
+    rng = np.random.default_rng(seed)
+    kernels = rng.normal(size=(B, 2 * kh + 1, 2 * kw + 1)).astype(dtype)
+    D = rng.normal(size=(H, W))
+    D[rng.random((H, W)) < 0.3] = 0  # some convolutions are exactly 0
+    images = _random_cube(rng, B, H, W, dtype)
+    peaks = np.stack([rng.integers(0, H, n), rng.integers(0, W, n)], axis=1).astype(np.intp)
+    for y, x in peaks:
+        np.testing.assert_array_equal(_monotonic_cy.conv_at(D, kernels, y, x),
+                                      _numpy_conv_at(D, kernels, y, x))
+    scale = rng.uniform(0.5, 2.0, size=n)
+    scale[rng.random(n) < 0.3] = 0  # skipped
+    sed = _monotonic_cy.peak_seds(images, D, kernels, peaks, scale)
+    assert sed.shape == (n, B)
+    for i, (y, x) in enumerate(peaks):
+        if scale[i] == 0:
+            np.testing.assert_array_equal(sed[i], 0)
+            continue
+        c = _numpy_conv_at(D, kernels, y, x)
+        with np.errstate(all="ignore"):
+            r = np.divide(images[:, y, x].astype(np.float64), c, out=np.zeros(B),
+                          where=c != 0)
+        r = np.where(np.isfinite(r) & (r > 0), r, 0.0)
+        np.testing.assert_array_equal(sed[i], r * scale[i])
+
+
+def _numpy_extended(D, peak, t0, padding, quirk):
+    """The extended morphology of a peak with numpy and a Python flood fill: (morph, box,
+    peak value) or None, and the accepted values (for ``residual_init``)."""
+    H, W = D.shape
+    py, px = peak
+    my, mx = (H - 1, W - 1) if quirk and peak == (H // 2, W // 2) else (2 * py, 2 * px)
+    sym = np.zeros((H, W))
+    for y in range(H):
+        for x in range(W):
+            if 0 <= my - y < H and 0 <= mx - x < W:
+                sym[y, x] = min(D[y, x], D[my - y, mx - x])
+    ya, xa = max(py - 1, 0), max(px - 1, 0)
+    win = sym[ya : py + 2, xa : px + 2]
+    iy, ix = np.unravel_index(int(np.argmax(win)), win.shape)
+    acc = bfs_mask(sym, (ya + iy, xa + ix))
+    raw = np.where(acc, sym, 0.0)
+    kept = acc & (sym > t0) if t0 > 0 else acc
+    if not np.any(kept) or not np.max(sym[kept]) > 0:
+        return None, raw
+    ys, xs = np.nonzero(kept)
+    grow = 2 * padding if t0 > 0 else padding
+    y0, x0 = max(ys.min() - grow, 0), max(xs.min() - grow, 0)
+    y1, x1 = min(ys.max() + 1 + grow, H), min(xs.max() + 1 + grow, W)
+    mxv = np.max(sym[kept])
+    morph = np.where(kept, sym, 0.0)[y0:y1, x0:x1] / mxv
+    return (morph, (y0, x0, y1 - y0, x1 - x0), mxv), raw
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), H=st.integers(1, 16), W=st.integers(1, 16),
+       t0=st.sampled_from([0.0, 0.3, 1.0]), padding=st.integers(0, 3), quirk=st.booleans(),
+       residual=st.booleans())
+def test_extended_morphology_matches_numpy(seed, H, W, t0, padding, quirk, residual):
+    from cdeblend import _monotonic_cy
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:H, :W]
+    cy, cx = rng.uniform(0, H), rng.uniform(0, W)
+    D = 3 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8) + rng.normal(0, 0.3, (H, W))
+    D = np.round(D, 1)  # ties on purpose
+    peak = (int(rng.integers(0, H)), int(rng.integers(0, W)))
+    accepted, queue, values = _monotonic_cy.mask_buffers(H, W)
+    claimed = covered = None
+    if residual:
+        claimed = rng.uniform(0, 1, (H, W))
+        covered = (rng.random((H, W)) < 0.5).astype(np.uint8)
+        claimed0, covered0 = claimed.copy(), covered.copy()
+    out = _monotonic_cy.extended_morphology(D, peak[0], peak[1], quirk, t0, padding, accepted,
+                                            queue, values, claimed, covered)
+    ref, raw = _numpy_extended(D, peak, t0, padding, quirk)
+    if ref is None:
+        assert out is None
+    else:
+        morph, box, mxv = out
+        assert box == ref[1] and mxv == ref[2]
+        np.testing.assert_array_equal(morph, ref[0])
+    # the buffers are left zeroed for the next peak
+    assert not accepted.any() and not values.any()
+    if residual:
+        np.testing.assert_array_equal(claimed, claimed0 + np.maximum(raw, 0))
+        np.testing.assert_array_equal(covered, covered0 | (raw > 0))
+
+
+def test_extended_morphology_of_a_large_image_matches_numpy():
+    from cdeblend import _monotonic_cy
+
+    H, W = 190, 180  # the flood fill may visit 34200 pixels: the GIL is released
+    yy, xx = np.mgrid[:H, :W]
+    D = 50 * np.exp(-((yy - 95) ** 2 + (xx - 88) ** 2) / 2000)
+    accepted, queue, values = _monotonic_cy.mask_buffers(H, W)
+    morph, box, mxv = _monotonic_cy.extended_morphology(D, 95, 88, False, 1.0, 2, accepted,
+                                                        queue, values)
+    ref, _ = _numpy_extended(D, (95, 88), 1.0, 2, False)
+    assert box == ref[1] and mxv == ref[2]
+    assert morph.size + np.count_nonzero(morph) > 32768  # and so is the copy
+    np.testing.assert_array_equal(morph, ref[0])
+    assert not accepted.any() and not values.any()
+
+
+def test_large_stamps_match_numpy():
+    """The branches that release the GIL, on stamps above the threshold."""
+    from cdeblend import _monotonic_cy
+
+    rng = np.random.default_rng(11)
+    kernels = rng.normal(size=(6, 81, 81)).astype(np.float32)
+    D = rng.normal(size=(90, 100))
+    np.testing.assert_array_equal(_monotonic_cy.conv_at(D, kernels, 45, 50),
+                                  _numpy_conv_at(D, kernels, 45, 50))
+    obs, peaks = load_real()  # 35 peaks x 5 bands x 41 x 41 kernels
+    Dr = detection_image(obs)
+    kern = obs.diff_kernels
+    sed = _monotonic_cy.peak_seds(obs.images, Dr, kern, peaks.astype(np.intp),
+                                  np.ones(len(peaks)))
+    for i, (y, x) in enumerate(peaks):
+        c = _numpy_conv_at(Dr, kern, y, x)
+        r = np.divide(obs.images[:, y, x].astype(np.float64), c, out=np.zeros(len(c)),
+                      where=c != 0)
+        np.testing.assert_array_equal(sed[i], np.where(np.isfinite(r) & (r > 0), r, 0.0))
+    P = rng.random((131, 131)) + 0.01
+    images = rng.normal(size=(3, 150, 140))
+    morph, box, psed = _monotonic_cy.psf_component(P, images, 70, 60, np.ones(3))
+    sl_img, sl_psf = _centered_overlap((150, 140), P.shape, 70, 60)
+    np.testing.assert_array_equal(morph, P[sl_psf] / P[sl_psf].max())
+    np.testing.assert_array_equal(psed, np.maximum(images[:, 70, 60], 0) * P[sl_psf].max())
+    m = rng.random((120, 100))
+    bulge, disk = _monotonic_cy.bulge_disk(m, 0.25)
+    np.testing.assert_array_equal(bulge, np.maximum(m - 0.25, 0) / np.maximum(m - 0.25, 0).max())
+    np.testing.assert_array_equal(disk, np.minimum(m, 0.25) / np.minimum(m, 0.25).max())
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 6), H=st.integers(1, 25),
+       W=st.integers(1, 25), h=st.integers(1, 17), w=st.integers(1, 17),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_psf_component_matches_numpy(seed, B, H, W, h, w, dtype):
+    from cdeblend import _monotonic_cy
+
+    rng = np.random.default_rng(seed)
+    P = rng.random((h, w)) + 0.01
+    images = _random_cube(rng, B, H, W, dtype)
+    psf_peak = rng.normal(0.5, 0.5, size=B)
+    psf_peak[rng.random(B) < 0.2] = 0
+    peak = (int(rng.integers(0, H)), int(rng.integers(0, W)))
+    morph, box, sed = _monotonic_cy.psf_component(P, images, peak[0], peak[1], psf_peak)
+    # the numpy code it replaces
+    sl_img, sl_psf = _centered_overlap((H, W), P.shape, *peak)
+    ref = P[sl_psf].copy()
+    ref_sed = np.array([max(0.0, float(images[b, peak[0], peak[1]]) / psf_peak[b])
+                        if psf_peak[b] > 0 else 0.0 for b in range(B)])
+    mx = ref.max()
+    assert box == (sl_img[0].start, sl_img[1].start) + ref.shape
+    np.testing.assert_array_equal(morph, ref / mx)
+    np.testing.assert_array_equal(sed, ref_sed * mx)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), h=st.integers(1, 40), w=st.integers(1, 40),
+       f=st.floats(0.05, 0.95), top=st.sampled_from([0.04, 1.0]))
+def test_bulge_disk_matches_numpy(seed, h, w, f, top):
+    from cdeblend import _monotonic_cy
+
+    rng = np.random.default_rng(seed)
+    morph = rng.uniform(0, top, size=(h, w))  # top < f: no bulge
+    morph[rng.random((h, w)) < 0.3] = 0
+    parts = _monotonic_cy.bulge_disk(morph, f)
+    disk = np.minimum(morph, f)
+    bulge = np.maximum(morph - f, 0)
+    if not (bulge.max() > 0 and disk.max() > 0):
+        assert parts is None
+        return
+    np.testing.assert_array_equal(parts[0], bulge / bulge.max())
+    np.testing.assert_array_equal(parts[1], disk / disk.max())
+
+
+def test_mask_buffers_are_zeroed():
+    from cdeblend import _monotonic_cy
+
+    for H, W in ((0, 5), (3, 4), (200, 170)):
+        accepted, queue, values = _monotonic_cy.mask_buffers(H, W)
+        assert accepted.shape == values.shape == (H, W) and queue.shape == (H * W,)
+        assert accepted.dtype == np.uint8 and queue.dtype == np.int64
+        assert not accepted.any() and not values.any()
+
+
+def test_init_kernels_reject_bad_shapes():
+    from cdeblend import _monotonic_cy
+
+    img = np.zeros((2, 5, 6))
+    peaks = np.array([[1, 1]], dtype=np.intp)
+    with pytest.raises(ValueError, match="noise"):
+        _monotonic_cy.detection_coadd(img, np.ones(3))
+    with pytest.raises(ValueError, match="variance"):
+        _monotonic_cy.peak_snrs(img, np.zeros((2, 5, 5)), np.ones((2, 3, 3)), peaks)
+    with pytest.raises(ValueError, match="psfs"):
+        _monotonic_cy.peak_snrs(img, img, np.ones((3, 3, 3)), peaks)
+    with pytest.raises(ValueError, match="peaks"):
+        _monotonic_cy.peak_snrs(img, img, np.ones((2, 3, 3)), np.array([[5, 0]], dtype=np.intp))
+    with pytest.raises(ValueError, match="kernels"):
+        _monotonic_cy.conv_at(np.zeros((5, 6)), np.ones((2, 2, 3)), 1, 1)
+    with pytest.raises(ValueError, match="D"):
+        _monotonic_cy.peak_seds(img, np.zeros((5, 5)), np.ones((2, 3, 3)), peaks, np.ones(1))
+    with pytest.raises(ValueError, match="scale"):
+        _monotonic_cy.peak_seds(img, np.zeros((5, 6)), np.ones((2, 3, 3)), peaks, np.ones(2))
+    accepted, queue, values = _monotonic_cy.mask_buffers(5, 6)
+    D = np.zeros((5, 6))
+    with pytest.raises(ValueError, match="accepted"):
+        _monotonic_cy.extended_morphology(D, 1, 1, False, 0.0, 1, accepted[:4], queue, values)
+    with pytest.raises(ValueError, match="queue"):
+        _monotonic_cy.extended_morphology(D, 1, 1, False, 0.0, 1, accepted, queue[:10], values)
+    with pytest.raises(ValueError, match="peak"):
+        _monotonic_cy.extended_morphology(D, 5, 1, False, 0.0, 1, accepted, queue, values)
+    with pytest.raises(ValueError, match="covered"):
+        _monotonic_cy.extended_morphology(D, 1, 1, False, 0.0, 1, accepted, queue, values,
+                                          np.zeros((5, 6)))
+    with pytest.raises(ValueError, match="psf_peak"):
+        _monotonic_cy.psf_component(np.ones((3, 3)), img, 1, 1, np.ones(3))
+    with pytest.raises(ValueError, match="queue"):
+        _monotonic_cy.monotonic_mask(D, 0, 0, 0, 0, True, accepted, queue[:3], values)
+    with pytest.raises(ValueError, match="start"):
+        _monotonic_cy.monotonic_mask(D, 0, 9, 0, 0, True, accepted, queue, values)

@@ -17,4 +17,5 @@ ctypedef fused real:
 
 include "_monotonic_shadow.pxi"
 include "_gil.pxi"
+include "_init_kernels.pxi"
 include "_monotonic_radial.pxi"

@@ -226,55 +226,30 @@ def monotonic_mask(const real[:, ::1] image, Py_ssize_t sy, Py_ssize_t sx,
     receives their values; ``queue`` (at least H * W long) lists the accepted flat indices in
     visiting order. The caller resets ``accepted`` and ``out`` through ``queue[:n]``.
 
+    The GIL is released when the fill may visit many pixels (H * W, see ``_gil.pxi``).
+
     Returns
     -------
     n, y0, x0, y1, x1
         Number of accepted pixels and their bounds (inclusive).
     """
-    cdef Py_ssize_t H = image.shape[0], W = image.shape[1]
-    cdef Py_ssize_t head = 0, tail = 0, p, y, x, qy, qx, d, y0, x0, y1, x1
-    cdef double vp, vq
-    with nogil:
-        y0 = y1 = sy
-        x0 = x1 = sx
-        accepted[sy, sx] = 1
-        out[sy, sx] = <real>_mm_value(image, sy, sx, my, mx, symmetric, H, W)
-        queue[tail] = sy * W + sx
-        tail += 1
-        while head < tail:
-            p = queue[head]
-            head += 1
-            y = p // W
-            x = p - y * W
-            vp = out[y, x]
-            for d in range(4):
-                qy = y
-                qx = x
-                if d == 0:
-                    qy = y - 1
-                elif d == 1:
-                    qy = y + 1
-                elif d == 2:
-                    qx = x - 1
-                else:
-                    qx = x + 1
-                if qy < 0 or qy >= H or qx < 0 or qx >= W or accepted[qy, qx]:
-                    continue
-                vq = _mm_value(image, qy, qx, my, mx, symmetric, H, W)
-                if 0 < vq <= vp:
-                    accepted[qy, qx] = 1
-                    out[qy, qx] = <real>vq
-                    queue[tail] = qy * W + qx
-                    tail += 1
-                    if qy < y0:
-                        y0 = qy
-                    if qy > y1:
-                        y1 = qy
-                    if qx < x0:
-                        x0 = qx
-                    if qx > x1:
-                        x1 = qx
-    return tail, y0, x0, y1, x1
+    cdef Py_ssize_t H = image.shape[0], W = image.shape[1], n
+    cdef Py_ssize_t[4] bounds
+    if accepted.shape[0] != H or accepted.shape[1] != W:
+        raise ValueError(f"accepted must have shape ({H}, {W}), got "
+                         f"({accepted.shape[0]}, {accepted.shape[1]})")
+    if out.shape[0] != H or out.shape[1] != W:
+        raise ValueError(f"out must have shape ({H}, {W}), got ({out.shape[0]}, {out.shape[1]})")
+    if queue.shape[0] < H * W:
+        raise ValueError(f"queue must hold at least {H * W} entries, got {queue.shape[0]}")
+    if not (0 <= sy < H and 0 <= sx < W):
+        raise ValueError(f"start ({sy}, {sx}) is outside the image of shape ({H}, {W})")
+    if _release_gil(<double>H * W):
+        with nogil:
+            n = _flood_fill(image, sy, sx, my, mx, symmetric, accepted, queue, out, bounds)
+    else:
+        n = _flood_fill(image, sy, sx, my, mx, symmetric, accepted, queue, out, bounds)
+    return n, bounds[0], bounds[1], bounds[2], bounds[3]
 
 
 cdef inline double _mm_value(const real[:, ::1] image, Py_ssize_t y, Py_ssize_t x,
@@ -311,3 +286,58 @@ def brightest_symmetric_neighbour(const real[:, ::1] image, Py_ssize_t py, Py_ss
                 by = y
                 bx = x
     return by, bx
+
+
+cdef Py_ssize_t _flood_fill(const real[:, ::1] image, Py_ssize_t sy, Py_ssize_t sx,
+                            Py_ssize_t my, Py_ssize_t mx, bint symmetric,
+                            uint8_t[:, ::1] accepted, int64_t[::1] queue, real[:, ::1] out,
+                            Py_ssize_t* bounds) except -1 nogil:
+    """The flood fill of :func:`monotonic_mask` on arguments the caller checked; returns the
+    number of accepted pixels and stores their bounds (y0, x0, y1, x1, inclusive)."""
+    cdef Py_ssize_t H = image.shape[0], W = image.shape[1]
+    cdef Py_ssize_t head = 0, tail = 0, p, y, x, qy, qx, d, y0, x0, y1, x1
+    cdef double vp, vq
+    y0 = y1 = sy
+    x0 = x1 = sx
+    accepted[sy, sx] = 1
+    out[sy, sx] = <real>_mm_value(image, sy, sx, my, mx, symmetric, H, W)
+    queue[tail] = sy * W + sx
+    tail += 1
+    while head < tail:
+        p = queue[head]
+        head += 1
+        y = p // W
+        x = p - y * W
+        vp = out[y, x]
+        for d in range(4):
+            qy = y
+            qx = x
+            if d == 0:
+                qy = y - 1
+            elif d == 1:
+                qy = y + 1
+            elif d == 2:
+                qx = x - 1
+            else:
+                qx = x + 1
+            if qy < 0 or qy >= H or qx < 0 or qx >= W or accepted[qy, qx]:
+                continue
+            vq = _mm_value(image, qy, qx, my, mx, symmetric, H, W)
+            if 0 < vq <= vp:
+                accepted[qy, qx] = 1
+                out[qy, qx] = <real>vq
+                queue[tail] = qy * W + qx
+                tail += 1
+                if qy < y0:
+                    y0 = qy
+                if qy > y1:
+                    y1 = qy
+                if qx < x0:
+                    x0 = qx
+                if qx > x1:
+                    x1 = qx
+    bounds[0] = y0
+    bounds[1] = x0
+    bounds[2] = y1
+    bounds[3] = x1
+    return tail
