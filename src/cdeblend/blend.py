@@ -474,14 +474,15 @@ class Blend:
         sizes = B * boxes[:, 2] * boxes[:, 3]
         offsets = np.zeros(len(idx), dtype=np.int64)
         offsets[1:] = np.cumsum(sizes)[:-1]
-        models = np.zeros(int(sizes.sum()))
+        # the kernels write every value (np.empty: zero-filling hands the GIL over)
+        models = np.empty(int(sizes.sum()))
         _adam_cy.render_sources(p.sed, p.morph, p.comp, ranges, boxes, models, offsets)
         grown = np.array([obs._grown_box(tuple(b))[1] if b[2] * b[3] else (b[0], b[1], 0, 0)
                           for b in boxes.tolist()], dtype=np.int64).reshape(-1, 4)
         gsizes = B * grown[:, 2] * grown[:, 3]
         goffsets = np.zeros(len(idx), dtype=np.int64)
         goffsets[1:] = np.cumsum(gsizes)[:-1]
-        out = np.zeros(int(gsizes.sum()), dtype=obs.dtype)
+        out = np.empty(int(gsizes.sum()), dtype=obs.dtype)
         obs._convolve_exact_into(models, [tuple(b) for b in boxes.tolist()], offsets, out,
                                  goffsets)
         return FlatStack(out, grown, B)

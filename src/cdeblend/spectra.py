@@ -250,7 +250,8 @@ def fit_seds(
     sizes = nb * grown[:, 2] * grown[:, 3]
     offsets = np.zeros(nk, dtype=np.intp)
     offsets[1:] = np.cumsum(sizes)[:-1]
-    flat = np.zeros(int(sizes.sum()), dtype=dtype)
+    # every non-empty grown box is written (np.empty: zero-filling hands the GIL over)
+    flat = np.empty(int(sizes.sum()), dtype=dtype)
     # batched by FFT grid (each grid's kernel transform is computed once)
     observation._convolve_morphs_into(morphs, box_list, flat, offsets)
 
