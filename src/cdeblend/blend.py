@@ -199,6 +199,9 @@ class Component:
         plain positivity and no box resizing.
     kind : str
         "extended", "bulge", "disk" or "psf" (how it was initialised).
+    copy : bool
+        Copy the morphology (False: keep a C-contiguous float64 array as it is, for callers
+        that made it for this component).
     """
 
     def __init__(
@@ -209,9 +212,11 @@ class Component:
         peak: Sequence[int],
         bg_thresh: float | None = None,
         kind: str = "extended",
+        copy: bool = True,
     ) -> None:
         self.sed = np.array(sed, dtype=np.float64, order="C")
-        self.morphology = np.array(morphology, dtype=np.float64, order="C")
+        self.morphology = (np.array if copy else np.asarray)(morphology, dtype=np.float64,
+                                                             order="C")
         self.box: Box = tuple(int(v) for v in box)  # type: ignore[assignment]
         self.peak = (int(peak[0]), int(peak[1]))
         self.bg_thresh = None if bg_thresh is None else float(bg_thresh)

@@ -234,19 +234,19 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
         if ext is None:
             morph, box, sed = _monotonic_cy.psf_component(model_psf, images, peak[0], peak[1],
                                                           psf_peak)
-            single = Component(sed, morph, box, peak, psf_thresh, kind="psf")
+            single = Component(sed, morph, box, peak, psf_thresh, kind="psf", copy=False)
             comps = [single]
         else:
             morph, box, _ = ext
             sed = seds[i]
-            single = Component(sed, morph, box, peak, bg, kind="extended")
+            single = Component(sed, morph, box, peak, bg, kind="extended", copy=False)
             comps = [single]
             parts = _monotonic_cy.bulge_disk(morph, f) if split[i] else None
             if parts is not None:
                 # SEDs below: from the joint fit, or (if it does not run) from a fit of
                 # these two morphologies alone
-                comps = [Component(sed, parts[0], box, peak, bg, "bulge"),
-                         Component(sed, parts[1], box, peak, bg, "disk")]
+                comps = [Component(sed, parts[0], box, peak, bg, "bulge", copy=False),
+                         Component(sed, parts[1], box, peak, bg, "disk", copy=False)]
         sources.append(Source(comps, peak, i))
         singles.append(single)
         init_seds.append(sed)
