@@ -18,9 +18,18 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import cdeblend
-from cdeblend import CatalogConfig, deblend_catalog, load_models, save_models
+from cdeblend import (
+    CatalogConfig,
+    _symmetric_cy,
+    catalog,
+    deblend_catalog,
+    load_models,
+    save_models,
+)
 from cdeblend.catalog import CatalogParent, parents_from_peaks, read_catalog, write_catalog
 
 BANDS = ("g", "r", "i")
@@ -605,6 +614,260 @@ def test_observation_input_and_float32(scene):
     np.testing.assert_allclose(np.asarray(cat["flux_conserved"]),
                                np.asarray(ref["flux_conserved"]), rtol=1e-5)
     assert md.bands == BANDS and cat.meta["BANDS"] == "g,r,i"
+
+
+# ------------------------------------------------------------------------------------------
+# the catalog kernels and the bulk steps against plain numpy, parent by parent
+# ------------------------------------------------------------------------------------------
+
+
+def cut_out(rng, shape, dtype, lo=0.0):
+    """Random values of ``shape`` as a strided view into a larger array (a parent's box)."""
+    full = rng.uniform(lo, 1.0, size=(shape[0], shape[1] + 3, shape[2] + 5)).astype(dtype)
+    return full[:, 2 : 2 + shape[1], 1 : 1 + shape[2]]
+
+
+def weights_reference(source, inverse, footprint, mask, dtype):
+    """The weights as _deblend_task computed them with numpy."""
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        w = np.where(source > 0, 1.0 / source, 0.0) * footprint if inverse else source * footprint
+        if mask is not None:
+            w = w * ~mask
+    return np.ascontiguousarray(w, dtype=dtype)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 4), st.integers(1, 13), st.integers(1, 13),
+       st.sampled_from([np.float32, np.float64]), st.sampled_from([None, np.float32, np.float64]),
+       st.booleans())
+def test_parent_arrays_is_bit_identical_to_numpy(seed, nb, h, w, dtype, wdtype, with_mask):
+    rng = np.random.default_rng(seed)
+    images = cut_out(rng, (nb, h, w), dtype, lo=-1.0)
+    variance = cut_out(rng, (nb, h, w), dtype)
+    # zero variance, and variance so small that its inverse overflows (inf x 0 = nan)
+    variance[rng.random(variance.shape) < 0.2] = 0
+    variance[rng.random(variance.shape) < 0.1] = np.finfo(dtype).smallest_subnormal
+    footprint = rng.random((h, w)) < 0.7
+    mask = rng.random((h + 1, w))[1:] < 0.3 if with_mask else None  # a strided view too
+    if wdtype is None:
+        source, inverse = variance, True
+    else:
+        source, inverse = cut_out(rng, (nb, h, w), wdtype) * 1e3, False
+    out = np.full((3, nb, h, w), np.nan, dtype=dtype)
+    _symmetric_cy.parent_arrays(images, variance, source, inverse, footprint.view(np.uint8),
+                                None if mask is None else mask.view(np.uint8), *out)
+    want = weights_reference(source, inverse, footprint, mask, dtype)
+    bits = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}[np.dtype(dtype)]
+    assert np.array_equal(out[2].view(bits), want.view(bits))
+    assert np.array_equal(out[0], images) and np.array_equal(out[1], variance)
+
+
+def test_parent_arrays_refuses_bad_shapes():
+    a = np.ones((2, 3, 4))
+    fp = np.ones((3, 4), np.uint8)
+
+    def call(**kw):
+        args = dict(images=a, variance=a, source=a, inverse=True, footprint=fp, mask=None,
+                    images_out=np.empty_like(a), variance_out=np.empty_like(a),
+                    weights_out=np.empty_like(a))
+        args.update(kw)
+        _symmetric_cy.parent_arrays(*args.values())
+
+    call()
+    for name, bad in (("variance", np.ones((2, 3, 5))), ("source", np.ones((1, 3, 4))),
+                      ("weights_out", np.empty((2, 4, 4))), ("footprint", fp[:2]),
+                      ("mask", np.ones((4, 4), np.uint8))):
+        with pytest.raises(ValueError, match=name):
+            call(**{name: bad})
+
+
+def stats_reference(images, boxes, footprints, mask):
+    """Per parent, as the catalog assembly computed them with numpy."""
+    flux, cents, fracs = [], [], []
+    for (y0, x0, h, w), fp in zip(boxes, footprints, strict=True):
+        cut = images[:, y0 : y0 + h, x0 : x0 + w]
+        flux.append(np.sum(np.where(fp, cut, 0.0), axis=(1, 2), dtype=np.float64))
+        cents.append(catalog._centroid(np.where(fp, cut, 0).sum(0), y0, x0))
+        mcut = None if mask is None else mask[y0 : y0 + h, x0 : x0 + w]
+        fracs.append(0.0 if mcut is None else float(np.count_nonzero(mcut & fp)) / max(fp.sum(), 1))
+    return np.array(flux).reshape(-1, images.shape[0]), np.array(cents).reshape(-1, 2), fracs
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 4), st.integers(0, 6),
+       st.sampled_from([np.float32, np.float64]), st.booleans())
+def test_parent_stats_match_numpy(seed, nb, n_parents, dtype, with_mask):
+    rng = np.random.default_rng(seed)
+    H, W = 17, 23
+    # negative pixels too: a footprint without positive flux has no centroid
+    images = (rng.normal(size=(nb, H, W)) * 10 - rng.uniform(0, 30)).astype(dtype)
+    boxes, footprints = [], []
+    for _ in range(n_parents):
+        h, w = int(rng.integers(1, H + 1)), int(rng.integers(1, W + 1))
+        boxes.append((int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1)), h, w))
+        footprints.append(rng.random((h, w)) < rng.uniform(0, 1))
+    mask = rng.random((H, W)) < 0.3 if with_mask else None
+    frame = SimpleNamespace(images=images, mask=mask)
+    stats = catalog._parent_stats(frame, np.array(boxes, np.int64).reshape(-1, 4), footprints)
+    flux, cents, fracs = stats_reference(images, boxes, footprints, mask)
+    scale = np.abs(images).sum()
+    np.testing.assert_allclose(stats.flux, flux, rtol=1e-12, atol=1e-12 * scale)
+    np.testing.assert_allclose(stats.centroid, cents, rtol=1e-12, atol=1e-10)
+    assert stats.masked_fraction.tolist() == fracs  # exactly: counts, then one division
+
+
+def test_parent_stats_refuses_bad_arguments():
+    images = np.zeros((2, 5, 6))
+    boxes = np.array([[1, 1, 2, 3]], np.int64)
+
+    def call(**kw):
+        args = dict(boxes=boxes, footprints=np.ones(6, np.uint8), mask=None,
+                    flux=np.empty((1, 2)), centroid=np.empty((1, 2)),
+                    counts=np.empty((1, 2), np.int64))
+        args.update(kw)
+        _symmetric_cy.parent_stats(images, *args.values())
+
+    call()
+    with pytest.raises(ValueError, match=r"boxes\[0\]"):
+        call(boxes=np.array([[4, 1, 2, 3]], np.int64))
+    with pytest.raises(ValueError, match="boxes must be"):
+        call(boxes=np.zeros((1, 3), np.int64))
+    for name, bad in (("footprints", np.ones(5, np.uint8)), ("mask", np.ones((5, 5), np.uint8)),
+                      ("flux", np.empty((1, 3))), ("centroid", np.empty((2, 2))),
+                      ("counts", np.empty((1, 1), np.int64))):
+        with pytest.raises(ValueError, match=name):
+            call(**{name: bad})
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 8), st.sampled_from(["i8", "f4", "f8"]))
+def test_check_parents_at_once_equals_parent_by_parent(seed, n_parents, peak_dtype):
+    rng = np.random.default_rng(seed)
+    H, W = 40, 50
+    parents = []
+    for i in range(n_parents):
+        h, w = int(rng.integers(1, 20)), int(rng.integers(1, 20))
+        y0, x0 = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+        n = int(rng.integers(1, 5))
+        # float peaks up to half a pixel off (rounded half away from zero), a single peak
+        # as a flat pair, a footprint of None or of ints
+        pk = np.c_[rng.integers(y0, y0 + h, n), rng.integers(x0, x0 + w, n)].astype(peak_dtype)
+        if pk.dtype.kind == "f":
+            pk = pk + rng.uniform(-0.5, 0.5, pk.shape) * ((pk >= [y0 + 1, x0 + 1])
+                                                          & (pk < [y0 + h - 1, x0 + w - 1]))
+        fp = [None, rng.random((h, w)) < 0.5, (rng.random((h, w)) < 0.5).astype(int)][i % 3]
+        parents.append(CatalogParent(10 + i, (y0, x0, h, w), fp, pk[0] if n == 1 else pk))
+    got = catalog._check_parents(iter(parents), (H, W))  # any iterable
+    want = [catalog._check_parent(p, i, (H, W)) for i, p in enumerate(parents)]
+    assert len(got) == len(want)
+    for g, r in zip(got, want, strict=True):
+        assert g[0] == r[0] and g[1] == r[1]
+        assert g[2].dtype == bool and np.array_equal(g[2], r[2])
+        assert g[3].dtype == r[3].dtype and np.array_equal(g[3], r[3])
+
+
+def test_check_parents_reports_the_first_bad_parent():
+    good = box_parent(1, (0, 0, 10, 10), [(1, 1), (2, 2)])
+    mixed = box_parent(3, (0, 0, 10, 10), np.array([(1.4, 1.6)]))  # another peak dtype
+    for bad, match in (
+        (box_parent(2, (0, 0, 10, 10), [(1, 1), (12, 3)]), r"parents\[1\].peaks\[1\]"),
+        (box_parent(2, (0, 0, 10, 10), [(np.nan, 3)]), r"parents\[1\].peaks holds NaN"),
+        (box_parent(2, (0, 0, 10, 10), np.zeros((0, 2))), r"parents\[1\].peaks is empty"),
+        (box_parent(2, (0, 0, 99, 10), [(1, 1)]), r"parents\[1\] \(id 2\) box"),
+        (SimpleNamespace(id=2, box=(0, 0, 2, 2)), r"parents\[1\] has no .peaks"),
+    ):
+        with pytest.raises((ValueError, TypeError), match=match):
+            catalog._check_parents([good, bad, mixed], (60, 84))
+    checked = catalog._check_parents([good, mixed], (60, 84))
+    assert checked[1][3].tolist() == [[1, 2]]
+
+
+def assemble_reference(checked, ids, boxes, stats, reasons, outcomes, kind, nb):
+    """The catalog rows filled row by row, as deblend_catalog did."""
+    next_id = (max(ids) if ids else 0) + 1
+    n_rows = len(checked) + sum(len(o.peak_id) for o in outcomes.values() if not o.failed)
+    flag_width = max([len(s) for o in outcomes.values() for s in o.child_flags] + [1])
+    cat = np.zeros(n_rows, dtype=catalog._catalog_dtype(nb, flag_width))
+    r = 0
+    for k, (pid, box, _, local) in enumerate(checked):
+        y0, x0 = box[:2]
+        prow = cat[r]
+        prow["id"], prow["parent_id"], prow["is_parent"] = pid, -1, True
+        prow["n_peaks"], prow["peak_id"] = len(local), -1
+        prow["peak_y"], prow["peak_x"] = local[0] + (y0, x0)
+        prow["centroid_y"], prow["centroid_x"] = stats.centroid[k]
+        prow["box_y0"], prow["box_x0"], prow["box_height"], prow["box_width"] = box
+        prow["flux_footprint"] = stats.flux[k]
+        prow["masked_fraction"] = stats.masked_fraction[k]
+        prow["flux_model"] = prow["flux_conserved"] = prow["flux_unassigned"] = np.nan
+        prow["deblender"], prow["iterations"], prow["loss"] = "none", -1, np.nan
+        r += 1
+        if reasons[k]:
+            prow["skipped"] = prow[reasons[k]] = True
+            continue
+        o = outcomes[k]
+        prow["deblender"] = kind
+        if o.failed:
+            prow["failed"], prow["error"] = True, o.error
+            continue
+        n = len(o.peak_id)
+        prow["n_children"], prow["n_components"] = n, int(o.n_components.sum())
+        prow["iterations"], prow["loss"], prow["converged"] = o.iterations, o.loss, o.converged
+        prow["flux_model"] = o.flux_model.sum(axis=0)
+        prow["flux_conserved"] = o.flux_conserved.sum(axis=0)
+        prow["flux_unassigned"] = stats.flux[k] - o.flux_conserved.sum(axis=0)
+        for i in range(n):
+            row = cat[r + i]
+            row["id"], row["parent_id"], row["n_peaks"] = next_id + i, pid, 1
+            row["n_components"], row["peak_id"] = o.n_components[i], o.peak_id[i]
+            row["peak_y"], row["peak_x"] = o.peaks[i]
+            row["centroid_y"], row["centroid_x"] = o.centroids[i]
+            row["box_y0"] = row["box_x0"] = row["box_height"] = row["box_width"] = -1
+            row["flux_model"], row["flux_conserved"] = o.flux_model[i], o.flux_conserved[i]
+            row["flux_footprint"] = row["flux_unassigned"] = np.nan
+            row["masked_fraction"], row["deblender"] = stats.masked_fraction[k], kind
+            row["iterations"], row["loss"], row["converged"] = o.iterations, o.loss, o.converged
+            row["zero_flux"] = np.all(o.flux_conserved[i] == 0)
+            row["child_flags"] = o.child_flags[i]
+        next_id += n
+        r += n
+    return cat
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_bulk_assembly_equals_row_by_row(scene, monkeypatch, single):
+    """Skipped, failed and fitted parents (and zero-flux children): every column of every row,
+    bit for bit."""
+    images, variance, psfs, peaks = make_scene(nb=1) if single else scene
+    parents = parents_from_peaks(images, variance, peaks)
+    victim = next(p for p in parents if len(p.peaks) == 3)
+    local = victim.peaks - victim.box[:2]
+    mask = np.zeros(images.shape[-2:], bool)
+    mask[0:30, 16:30] = True  # the cell of (12, 19): a child without flux
+
+    def fac(kind, c):
+        if kind == "single":
+            return VoronoiSingleBand()
+        return VoronoiDeblender(fail_when=lambda pk: np.array_equal(pk, local))
+
+    seen = []
+    real = catalog._assemble
+
+    def spy(*args):
+        seen.append((args, real(*args)))
+        return seen[-1][1]
+
+    monkeypatch.setattr(catalog, "_assemble", spy)
+    with np.errstate(invalid="ignore"):  # the test deblender's SED of an empty cell: NaN
+        run(images, variance, psfs, parents=parents, fac=fac, mask=mask,
+            config=CatalogConfig(max_number_of_peaks=2 if single else 600))
+    (args, got), = seen
+    want = assemble_reference(*args)
+    assert got.dtype == want.dtype
+    for name in want.dtype.names:
+        assert np.array_equal(got[name], want[name], equal_nan=got[name].dtype.kind == "f"), name
+    assert got["failed"].sum() == (0 if single else 1) and got["skipped"].sum() >= 1
+    assert single or got["zero_flux"].any()
 
 
 # ------------------------------------------------------------------------------------------

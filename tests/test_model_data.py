@@ -384,6 +384,46 @@ def test_centroids_match_moments():
                     c, ((yy * m).sum() / m.sum() + y0, (xx * m).sum() / m.sum() + x0))
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 9), st.integers(0, 12), st.integers(0, 12),
+       st.sampled_from([np.float32, np.float64]), st.sampled_from([np.float32, np.float64]),
+       st.integers(-50, 500), st.integers(-50, 500))
+def test_component_moments_match_numpy(seed, nb, h, w, sed_dtype, morph_dtype, y0, x0):
+    from cdeblend._symmetric_cy import component_moments
+
+    rng = np.random.default_rng(seed)
+    sed = (rng.normal(size=nb) * 10).astype(sed_dtype)
+    morph = rng.random((h, w)).astype(morph_dtype)
+    got = component_moments(sed, morph, y0, x0)
+    # the numpy computation BlendData.centroids made per component
+    m = morph.astype(np.float64)
+    wsed = float(np.sum(sed, dtype=np.float64))
+    want = (wsed * m.sum(), wsed * float((y0 + np.arange(h)) @ m.sum(axis=1)),
+            wsed * float(m.sum(axis=0) @ (x0 + np.arange(w))))
+    scale = abs(wsed) * m.sum() * (1 + abs(y0) + abs(x0) + h + w) + 1e-300
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * scale)
+
+
+def test_centroids_of_any_array_layout():
+    """Morphologies and SEDs a kernel does not take as they are (integers, big-endian,
+    strided) give the centroids of their float64 copies."""
+    md = random_model_data(4, dtype=np.float64, inside=True)
+    for bd in md.blends.values():
+        want = bd.centroids()
+        for s in bd.sources:
+            for k, c in enumerate(s.components):
+                if k % 3 == 0:
+                    c.morphology = c.morphology.astype(">f8")
+                    c.sed = c.sed.astype(">f8")
+                elif k % 3 == 1:
+                    c.morphology = np.asfortranarray(c.morphology)
+                    c.sed = np.repeat(c.sed, 2)[::2]
+        assert np.array_equal(bd.centroids(), want, equal_nan=True)
+    comp = ComponentData((2, 3, 2, 2), (2, 3), np.array([1, 3]), np.array([[0, 1], [0, 3]]))
+    bd = BlendData(1, (0, 0, 9, 9), ("g", "r"), [SourceData(1, 0, [comp]), SourceData(2, 1)])
+    np.testing.assert_allclose(bd.centroids(), [[2.75, 4.0], [np.nan, np.nan]])
+
+
 def test_from_blend_moves_boxes_to_the_image_frame():
     rng = np.random.default_rng(0)
     comps = [SimpleNamespace(sed=rng.random(2), morphology=rng.random((3, 4)), box=(1, 2, 3, 4),

@@ -20,6 +20,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t
 import numpy as np
 
 include "_gil.pxi"
+include "_catalog_kernels.pxi"
 
 ctypedef fused real:
     float

@@ -406,6 +406,74 @@ def _check_parent(p: Any, i: int, shape: tuple[int, int]) -> tuple[Any, tuple, n
     return p.id, (y0, x0, h, w), fp, local
 
 
+def _check_parents(
+    parents: Sequence[Any], shape: tuple[int, int]
+) -> list[tuple[Any, tuple, np.ndarray, np.ndarray]]:
+    """:func:`_check_parent` of every parent, with the peak checks done once for all.
+
+    A parent's peaks are a few values, so checking them parent by parent costs mostly numpy
+    call overhead: :func:`_check_parents_at_once` reads them per parent and rounds, checks and moves
+    them to their boxes as one array. When a parent is not as expected, the per-parent checks
+    run instead and raise the error of the first bad parent.
+
+    Returns
+    -------
+    list of tuple
+        ``(id, (y0, x0, h, w), footprint, local peaks)`` per parent, as :func:`_check_parent`.
+    """
+    parents = list(parents)  # read twice when the per-parent checks are needed
+    checked = _check_parents_at_once(parents, shape)
+    if checked is None:
+        checked = [_check_parent(p, i, shape) for i, p in enumerate(parents)]
+    return checked
+
+
+def _check_parents_at_once(
+    parents: list[Any], shape: tuple[int, int]
+) -> list[tuple[Any, tuple, np.ndarray, np.ndarray]] | None:
+    """The result of :func:`_check_parent` for every parent, or None if one fails a check
+    (or has peak lists of another dtype than the first parent's: rounded together, they
+    would be rounded in another precision than by ``as_peaks``)."""
+    H, W = shape
+    ids, boxes, fps, pks = [], [], [], []
+    try:
+        for p in parents:
+            y0, x0, h, w = map(int, p.box)
+            if h <= 0 or w <= 0 or y0 < 0 or x0 < 0 or y0 + h > H or x0 + w > W:
+                return None
+            fp = getattr(p, "footprint", None)
+            fp = np.ones((h, w), bool) if fp is None else np.asarray(fp, dtype=bool)
+            pk = np.asarray(p.peaks)
+            if pk.ndim == 1 and pk.size == 2:
+                pk = pk.reshape(1, 2)
+            if (fp.shape != (h, w) or pk.dtype.kind not in "iuf" or pk.ndim != 2
+                    or pk.shape[1] != 2 or pk.shape[0] == 0
+                    or (pks and pk.dtype != pks[0].dtype)):
+                return None
+            ids.append(p.id)
+            boxes.append((y0, x0, h, w))
+            fps.append(fp)
+            pks.append(pk)
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return None
+    if not pks:
+        return []
+    n = np.array([len(pk) for pk in pks])
+    allpk = np.concatenate(pks)
+    if allpk.dtype.kind == "f":  # as_peaks' rounding, half away from zero
+        if not np.all(np.isfinite(allpk)):
+            return None
+        allpk = np.sign(allpk) * np.floor(np.abs(allpk) + 0.5)
+    box = np.repeat(np.array(boxes, dtype=np.int64), n, axis=0)
+    local = allpk.astype(np.int64) - box[:, :2]
+    # inside its box means inside the image: the boxes were checked
+    if np.any(local < 0) or np.any(local >= box[:, 2:]):
+        return None
+    ends = np.cumsum(n).tolist()
+    return [(pid, b, fp, local[a:e]) for pid, b, fp, a, e in
+            zip(ids, boxes, fps, [0, *ends[:-1]], ends, strict=True)]
+
+
 def _skip_reason(n_peaks: int, box: tuple, masked_fraction: float, cfg: CatalogConfig) -> str:
     area = box[2] * box[3]
     if n_peaks == 1 and cfg.skip_isolated:
@@ -433,10 +501,19 @@ def default_deblender_factory(kind: str, config: CatalogConfig) -> Any:
     import cdeblend
 
     if kind == "multi":
-        cfg = config.multi_band if config.multi_band is not None else cdeblend.DeblendConfig()
+        cfg = config.multi_band if config.multi_band is not None else _default_config(kind)
         return cdeblend.Deblender(cfg)
-    cfg = config.single_band if config.single_band is not None else cdeblend.SingleBandConfig()
+    cfg = config.single_band if config.single_band is not None else _default_config(kind)
     return cdeblend.SingleBandDeblender(cfg)
+
+
+@functools.cache
+def _default_config(kind: str) -> Any:
+    """The default ``DeblendConfig`` or ``SingleBandConfig``, made once: they are frozen, and
+    validating a new one for every parent costs as much as the rest of the factory."""
+    import cdeblend
+
+    return cdeblend.DeblendConfig() if kind == "multi" else cdeblend.SingleBandConfig()
 
 
 def _default_observation_factory(*args: Any, **kwargs: Any) -> Any:
@@ -491,7 +568,7 @@ def _summarize_multi(res: Any, task: _Task, cfg: CatalogConfig) -> _Outcome:
         loss=float(getattr(res, "loss", np.nan)),
         converged=bool(getattr(res, "converged", False)),
         peak_id=peak_id,
-        peaks=(task.peaks[peak_id] + np.array([y0, x0])).reshape(-1, 2),
+        peaks=task.peaks[peak_id] + (y0, x0),
         centroids=bd.centroids(),
         flux_model=np.asarray(res.fluxes, dtype=np.float64).reshape(n, nb),
         flux_conserved=np.asarray(res.conserved_fluxes, dtype=np.float64).reshape(n, nb),
@@ -543,6 +620,24 @@ def _summarize_single(res: Any, task: _Task) -> _Outcome:
     )
 
 
+def _parent_arrays(task: _Task) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A parent's C-contiguous images, variance and weights, in one kernel pass.
+
+    The weights are the inverse variance where the variance is positive (or the
+    observation's weights), times the footprint, times ``~mask``, in the images' dtype. One
+    call instead of a few numpy calls, each of which would hand the GIL to the other
+    workers for a few microseconds (see ``_gil.pxi``).
+    """
+    from . import _symmetric_cy
+
+    out = np.empty((3, *task.images.shape), dtype=task.images.dtype)
+    source, inverse = (task.variance, True) if task.weights is None else (task.weights, False)
+    mask = None if task.mask is None else task.mask.view(np.uint8)
+    _symmetric_cy.parent_arrays(task.images, task.variance, source, inverse,
+                                task.footprint.view(np.uint8), mask, out[0], out[1], out[2])
+    return out[0], out[1], out[2]
+
+
 def _deblend_task(
     task: _Task,
     factory: Callable[[str, CatalogConfig], Any],
@@ -554,17 +649,9 @@ def _deblend_task(
         deb = factory(task.kind, cfg)
         fp = task.footprint
         if task.kind == "multi":
-            if task.weights is not None:
-                weights = task.weights * fp
-            else:
-                with np.errstate(divide="ignore"):
-                    weights = np.where(task.variance > 0, 1.0 / task.variance, 0.0) * fp
-            if task.mask is not None:
-                weights = weights * ~task.mask
-            weights = np.ascontiguousarray(weights, dtype=task.images.dtype)
+            images, variance, weights = _parent_arrays(task)
             if task.template is not None:  # the image was validated once: no checks here
-                obs = task.template._on_arrays(np.ascontiguousarray(task.images),
-                                               np.ascontiguousarray(task.variance), weights,
+                obs = task.template._on_arrays(images, variance, weights,
                                                noise_rms=task.template.noise_rms)
             else:
                 extra = {} if task.noise_rms is None else {"noise_rms": task.noise_rms}
@@ -789,6 +876,153 @@ def _catalog_dtype(nb: int, flag_width: int) -> np.dtype:
     )
 
 
+@dataclass
+class _ParentStats:
+    """Footprint statistics of every parent (:func:`_parent_stats`)."""
+
+    flux: np.ndarray  # (P, B) each band summed over the footprint
+    centroid: np.ndarray  # (P, 2) (y, x) of the positive band-summed image, NaN if none
+    masked_fraction: np.ndarray  # (P,) masked share of the footprint's pixels
+
+
+def _parent_stats(frame: _Frame, boxes: np.ndarray, footprints: list[np.ndarray]) -> _ParentStats:
+    """Footprint flux, centroid and masked fraction of every parent, in one kernel call.
+
+    One pass over the parents' pixels instead of a few numpy calls per parent; the flux is
+    summed in double, row by row (numpy sums pairwise: the last bits may differ).
+    """
+    from . import _symmetric_cy
+
+    P, nb = len(footprints), frame.images.shape[0]
+    flux = np.empty((P, nb))
+    centroid = np.empty((P, 2))
+    counts = np.empty((P, 2), dtype=np.int64)
+    flat = np.concatenate([fp.reshape(-1) for fp in footprints]) if P else np.zeros(0, bool)
+    mask = None if frame.mask is None else np.ascontiguousarray(frame.mask).view(np.uint8)
+    _symmetric_cy.parent_stats(frame.images, boxes, flat.view(np.uint8), mask, flux, centroid,
+                               counts)
+    # the division of Python's float(masked) / max(pixels, 1), in bulk
+    return _ParentStats(flux, centroid, counts[:, 1] / np.maximum(counts[:, 0], 1))
+
+
+def _assemble(
+    checked: list[tuple[Any, tuple, np.ndarray, np.ndarray]],
+    ids: list[int],
+    boxes: np.ndarray,
+    stats: _ParentStats,
+    reasons: list[str],
+    outcomes: dict[int, _Outcome],
+    kind: str,
+    nb: int,
+) -> np.ndarray:
+    """The catalog rows: each parent followed by its children, in parent order.
+
+    Filled column by column, one numpy call per column rather than per row and column;
+    children are numbered after the largest parent id.
+    """
+    P = len(checked)
+    fitted = [k for k in range(P) if not reasons[k]]
+    done = [k for k in fitted if not outcomes[k].failed]
+    failed = [k for k in fitted if outcomes[k].failed]
+    outs = [outcomes[k] for k in done]
+    n_kids = np.zeros(P, dtype=np.int64)
+    n_kids[done] = [len(o.peak_id) for o in outs]
+    flag_width = max([len(s) for o in outs for s in o.child_flags] + [1])
+    prow = np.arange(P) + np.cumsum(n_kids) - n_kids  # row of each parent
+    cat = np.zeros(P + int(n_kids.sum()), dtype=_catalog_dtype(nb, flag_width))
+
+    def fill(rows: Any, **columns: Any) -> None:
+        for name, values in columns.items():
+            cat[name][rows] = values
+
+    first = np.array([c[3][0] for c in checked], dtype=np.int64).reshape(-1, 2) + boxes[:, :2]
+    fill(
+        prow, id=ids, parent_id=-1, is_parent=True, n_peaks=[len(c[3]) for c in checked],
+        peak_id=-1, peak_y=first[:, 0], peak_x=first[:, 1], centroid_y=stats.centroid[:, 0],
+        centroid_x=stats.centroid[:, 1], box_y0=boxes[:, 0], box_x0=boxes[:, 1],
+        box_height=boxes[:, 2], box_width=boxes[:, 3], flux_model=np.nan,
+        flux_conserved=np.nan, flux_footprint=stats.flux, flux_unassigned=np.nan,
+        masked_fraction=stats.masked_fraction, deblender="none", iterations=-1, loss=np.nan,
+        skipped=[bool(r) for r in reasons],
+    )
+    for flag in (f for f in _FLAGS if f.startswith("skipped_")):
+        fill(prow, **{flag: [r == flag for r in reasons]})
+    fill(prow[fitted], deblender=kind)
+    fill(prow[failed], failed=True, error=[outcomes[k].error for k in failed])
+    if not outs:
+        return cat
+    # per-parent sums of the children, each as before (bit-identical)
+    f_cons = np.array([o.flux_conserved.sum(axis=0) for o in outs]).reshape(-1, nb)
+    fill(
+        prow[done], n_children=n_kids[done],
+        n_components=[int(o.n_components.sum()) for o in outs],
+        iterations=[o.iterations for o in outs], loss=[o.loss for o in outs],
+        converged=[o.converged for o in outs],
+        flux_model=np.array([o.flux_model.sum(axis=0) for o in outs]).reshape(-1, nb),
+        flux_conserved=f_cons, flux_unassigned=stats.flux[done] - f_cons,
+    )
+
+    # the children: every row that is not a parent's, in parent order
+    kid = np.ones(len(cat), dtype=bool)
+    kid[prow] = False
+    krow = np.flatnonzero(kid)
+    n = n_kids[done]
+    next_id = (max(ids) if ids else 0) + 1
+    peaks = np.concatenate([o.peaks for o in outs])
+    cents = np.concatenate([o.centroids for o in outs])
+    cons = np.concatenate([o.flux_conserved for o in outs])
+    fill(
+        krow, id=np.arange(next_id, next_id + len(krow)),
+        parent_id=np.repeat(np.array(ids, dtype=np.int64)[done], n), n_peaks=1,
+        n_components=np.concatenate([o.n_components for o in outs]),
+        peak_id=np.concatenate([o.peak_id for o in outs]), peak_y=peaks[:, 0],
+        peak_x=peaks[:, 1], centroid_y=cents[:, 0], centroid_x=cents[:, 1], box_y0=-1,
+        box_x0=-1, box_height=-1, box_width=-1,
+        flux_model=np.concatenate([o.flux_model for o in outs]), flux_conserved=cons,
+        flux_footprint=np.nan, flux_unassigned=np.nan,
+        masked_fraction=np.repeat(stats.masked_fraction[done], n), deblender=kind,
+        iterations=np.repeat([o.iterations for o in outs], n),
+        loss=np.repeat([o.loss for o in outs], n),
+        converged=np.repeat([o.converged for o in outs], n),
+        zero_flux=np.all(cons == 0, axis=1),
+        child_flags=[s for o in outs for s in o.child_flags],
+    )
+    return cat
+
+
+def _collect_models(
+    model: ModelData,
+    checked: list[tuple[Any, tuple, np.ndarray, np.ndarray]],
+    reasons: list[str],
+    outcomes: dict[int, _Outcome],
+    next_id: int,
+    kind: str,
+    cfg: CatalogConfig,
+) -> None:
+    """Put the fitted (and isolated) parents' models in ``model.blends``, in parent order,
+    with the children's catalog ids (numbered from ``next_id`` as by :func:`_assemble`)."""
+    persist_isolated = kind == "multi" and cfg.persist_models and cfg.persist_isolated
+    for k, (pid, box, fp, _) in enumerate(checked):
+        if reasons[k] == "skipped_isolated" and persist_isolated:
+            model.blends[int(pid)] = BlendData(
+                parent_id=int(pid),
+                box=box,
+                bands=model.bands,
+                sources=[SourceData(int(pid), 0, [])],
+                footprint=fp.copy(),
+                isolated=True,
+            )
+        if reasons[k] or outcomes[k].failed:
+            continue
+        o = outcomes[k]
+        n = len(o.peak_id)
+        if o.blend_data is not None:
+            for s, cid in zip(o.blend_data.sources, range(next_id, next_id + n), strict=True):
+                s.id = cid
+            model.blends[int(pid)] = o.blend_data
+        next_id += n
+
+
 def deblend_catalog(
     observation_or_image: Any,
     peaks: Any = None,
@@ -824,11 +1058,10 @@ def deblend_catalog(
     executor : str, concurrent.futures.Executor or distributed.Client
         ``"serial"``, ``"threads"`` (default; the kernels release the GIL), ``"dask"`` (the
         running distributed client, else dask's threaded scheduler), an Executor, or a Client.
-        Parents are submitted largest first. The Python between the kernels holds the GIL,
-        and with small parents that is most of the time: a warm
-        ``ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn"))`` scales
-        better (on 2 cores, bench/threads.py measured 1.1x with threads and 1.4-1.8x with
-        processes, with identical results; a pool costs about a second to start).
+        Parents are submitted largest first. The Python between the kernels holds the GIL;
+        a warm ``ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn"))``
+        shares none (on 2 cores, bench/threads.py measured about 1.45x with threads and
+        1.4x with processes, with identical results; a pool costs about a second to start).
     progress : bool
         Show a tqdm progress bar when tqdm is installed.
     max_workers : int, optional
@@ -883,7 +1116,7 @@ def deblend_catalog(
                     exc
                 )
             parents = detect(frame.images, frame.variance)
-    checked = [_check_parent(p, i, (H, W)) for i, p in enumerate(parents)]
+    checked = _check_parents(parents, (H, W))
     ids = [int(c[0]) for c in checked]
     if len(set(ids)) != len(ids):
         raise ValueError("parent ids must be unique")
@@ -916,19 +1149,19 @@ def deblend_catalog(
             bands=frame.bands, model_psf_sigma=frame.model_psf_sigma, noise_rms=noise_rms,
         )
 
+    # every parent's footprint flux, centroid and masked fraction in one pass over the image
+    boxes = np.array([c[1] for c in checked], dtype=np.int64).reshape(-1, 4)
+    stats = _parent_stats(frame, boxes, [c[2] for c in checked])
+    masked = stats.masked_fraction.tolist()
     tasks: list[_Task] = []
     reasons: list[str] = []
-    masked_fracs: list[float] = []
     for k, (pid, box, fp, local) in enumerate(checked):
-        y0, x0, h, w = box
-        sl = (slice(y0, y0 + h), slice(x0, x0 + w))
-        mcut = None if frame.mask is None else frame.mask[sl]
-        mf = 0.0 if mcut is None else float(np.count_nonzero(mcut & fp)) / max(fp.sum(), 1)
-        masked_fracs.append(mf)
-        reason = _skip_reason(len(local), box, mf, cfg)
+        reason = _skip_reason(len(local), box, masked[k], cfg)
         reasons.append(reason)
         if reason:
             continue
+        y0, x0, h, w = box
+        sl = (slice(y0, y0 + h), slice(x0, x0 + w))
         tasks.append(
             _Task(
                 index=k,
@@ -940,7 +1173,7 @@ def deblend_catalog(
                 images=frame.images[(slice(None), *sl)],
                 variance=frame.variance[(slice(None), *sl)],
                 weights=None if frame.weights is None else frame.weights[(slice(None), *sl)],
-                mask=mcut,
+                mask=None if frame.mask is None else frame.mask[sl],
                 psfs=frame.psfs,
                 bands=frame.bands,
                 model_psf_sigma=frame.model_psf_sigma,
@@ -955,92 +1188,11 @@ def deblend_catalog(
 
     fn = functools.partial(_deblend_task, factory=factory, obs_factory=obs_factory, cfg=cfg)
     outcomes = {o.index: o for o in _run_tasks(tasks, fn, executor, max_workers, progress)}
-
-    # assemble in parent order; children numbered after the largest parent id
-    next_id = (max(ids) if ids else 0) + 1
-    n_rows = len(checked) + sum(len(o.peak_id) for o in outcomes.values() if not o.failed)
-    flag_width = max([len(s) for o in outcomes.values() for s in o.child_flags] + [1])
-    cat = np.zeros(n_rows, dtype=_catalog_dtype(nb, flag_width))
+    cat = _assemble(checked, ids, boxes, stats, reasons, outcomes, kind, nb)
     model = ModelData(bands=frame.bands, model_psf=frame.model_psf, psfs=frame.psfs,
                       model_psf_sigma=frame.model_psf_sigma)
-    r = 0
-    for k, (pid, box, fp, local) in enumerate(checked):
-        y0, x0, h, w = box
-        cut = frame.images[:, y0 : y0 + h, x0 : x0 + w]
-        f_fp = np.sum(np.where(fp, cut, 0.0), axis=(1, 2), dtype=np.float64)
-        prow = cat[r]
-        prow["id"], prow["parent_id"], prow["is_parent"] = pid, -1, True
-        prow["n_peaks"] = len(local)
-        prow["peak_id"] = -1
-        prow["peak_y"], prow["peak_x"] = local[0] + (y0, x0)
-        prow["centroid_y"], prow["centroid_x"] = _centroid(np.where(fp, cut, 0).sum(0), y0, x0)
-        prow["box_y0"], prow["box_x0"], prow["box_height"], prow["box_width"] = box
-        prow["flux_footprint"] = f_fp
-        prow["masked_fraction"] = masked_fracs[k]
-        prow["flux_model"] = np.nan
-        prow["flux_conserved"] = np.nan
-        prow["flux_unassigned"] = np.nan
-        prow["deblender"] = "none"
-        prow["iterations"] = -1
-        prow["loss"] = np.nan
-        if reasons[k]:
-            prow["skipped"] = True
-            prow[reasons[k]] = True
-            if (
-                reasons[k] == "skipped_isolated"
-                and kind == "multi"
-                and cfg.persist_models
-                and cfg.persist_isolated
-            ):
-                model.blends[int(pid)] = BlendData(
-                    parent_id=int(pid),
-                    box=box,
-                    bands=frame.bands,
-                    sources=[SourceData(int(pid), 0, [])],
-                    footprint=fp.copy(),
-                    isolated=True,
-                )
-            r += 1
-            continue
-        o = outcomes[k]
-        prow["deblender"] = kind
-        if o.failed:
-            prow["failed"] = True
-            prow["error"] = o.error
-            r += 1
-            continue
-        n = len(o.peak_id)
-        prow["n_children"] = n
-        prow["n_components"] = int(o.n_components.sum())
-        prow["iterations"], prow["loss"], prow["converged"] = o.iterations, o.loss, o.converged
-        prow["flux_model"] = o.flux_model.sum(axis=0)
-        prow["flux_conserved"] = o.flux_conserved.sum(axis=0)
-        prow["flux_unassigned"] = f_fp - o.flux_conserved.sum(axis=0)
-        child_ids = np.arange(next_id, next_id + n)
-        next_id += n
-        rows = cat[r + 1 : r + 1 + n]
-        rows["id"] = child_ids
-        rows["parent_id"] = pid
-        rows["n_peaks"] = 1
-        rows["n_components"] = o.n_components
-        rows["peak_id"] = o.peak_id
-        rows["peak_y"], rows["peak_x"] = o.peaks[:, 0], o.peaks[:, 1]
-        rows["centroid_y"], rows["centroid_x"] = o.centroids[:, 0], o.centroids[:, 1]
-        rows["box_y0"] = rows["box_x0"] = rows["box_height"] = rows["box_width"] = -1
-        rows["flux_model"] = o.flux_model
-        rows["flux_conserved"] = o.flux_conserved
-        rows["flux_footprint"] = np.nan
-        rows["flux_unassigned"] = np.nan
-        rows["masked_fraction"] = masked_fracs[k]
-        rows["deblender"] = kind
-        rows["iterations"], rows["loss"], rows["converged"] = o.iterations, o.loss, o.converged
-        rows["zero_flux"] = np.all(o.flux_conserved == 0, axis=1)
-        rows["child_flags"] = o.child_flags
-        if o.blend_data is not None:
-            for s, cid in zip(o.blend_data.sources, child_ids, strict=True):
-                s.id = int(cid)
-            model.blends[int(pid)] = o.blend_data
-        r += 1 + n
+    _collect_models(model, checked, reasons, outcomes, (max(ids) if ids else 0) + 1, kind,
+                    cfg)
     return _to_table(cat, frame.bands), model
 
 

@@ -262,20 +262,33 @@ class BlendData:
         moments); a unit-sum, centred PSF leaves a centroid unchanged. NaN for a source with
         no flux.
         """
-        out = np.full((len(self.sources), 2), np.nan)
-        for i, src in enumerate(self.sources):
+        from ._symmetric_cy import component_moments
+
+        # one kernel call per component (summed in double, row by row) rather than a
+        # handful of numpy calls: this runs in the catalog's worker threads
+        out = []
+        for src in self.sources:
             tot = sy = sx = 0.0
             for c in src.components:
-                m = c.morphology.astype(np.float64)
-                w = float(np.sum(c.sed, dtype=np.float64))
-                ys = c.box[0] + np.arange(c.box[2])
-                xs = c.box[1] + np.arange(c.box[3])
-                tot += w * m.sum()
-                sy += w * float(ys @ m.sum(axis=1))
-                sx += w * float(m.sum(axis=0) @ xs)
-            if tot != 0:
-                out[i] = (sy / tot, sx / tot)
-        return out
+                t, y, x = component_moments(_as_kernel_array(c.sed),
+                                            _as_kernel_array(c.morphology), c.box[0], c.box[1])
+                tot += t
+                sy += y
+                sx += x
+            out.append((sy / tot, sx / tot) if tot != 0 else (np.nan, np.nan))
+        return np.array(out, dtype=np.float64).reshape(-1, 2)
+
+
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _as_kernel_array(a: Any) -> np.ndarray:
+    """``a`` if a kernel takes it as is (float32 or float64, native, C-contiguous), else a
+    float64 copy."""
+    a = np.asarray(a)
+    if a.dtype in _KERNEL_DTYPES and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, dtype=np.float64)
 
 
 def _add_on_box(
