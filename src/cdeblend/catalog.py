@@ -1103,6 +1103,48 @@ def deblend_catalog(
     if kind == "single" and nb != 1:
         raise ValueError(f"the single-band deblender needs one band, the images have {nb}")
 
+    # The noise level that sets the fit's thresholds is the whole image's (spec 5.1), not
+    # each parent's cut-out's; only the package's own Observation takes it. It (a pass over
+    # every pixel of the variance) and the shared template observation do not depend on the
+    # parents: with its own thread pool the catalog computes them in the pool while this
+    # thread finds the parents (the same results, sooner).
+    own_pool = (cf.ThreadPoolExecutor(max_workers=max_workers or _usable_cpus())
+                if executor == "threads" else None)
+    try:
+        return _deblend_frame(observation_or_image, frame, kind, peaks, parents, cfg, executor,
+                              own_pool, progress, max_workers, deblender_factory,
+                              observation_factory)
+    finally:
+        if own_pool is not None:
+            own_pool.shutdown(wait=True)
+
+
+def _later(pool: cf.Executor | None, fn: Callable[..., Any], *args: Any) -> cf.Future:
+    """``fn(*args)`` submitted to ``pool``, or run now (a done future) without one."""
+    if pool is not None:
+        return pool.submit(fn, *args)
+    fut: cf.Future = cf.Future()
+    try:
+        fut.set_result(fn(*args))
+    except Exception as exc:
+        fut.set_exception(exc)
+    return fut
+
+
+def _deblend_frame(observation_or_image: Any, frame: _Frame, kind: str, peaks: Any,
+                   parents: Any, cfg: CatalogConfig, executor: Any,
+                   own_pool: cf.Executor | None, progress: bool, max_workers: int | None,
+                   deblender_factory: Callable | None,
+                   observation_factory: Callable | None) -> tuple[Any, ModelData]:
+    """:func:`deblend_catalog` after the image checks (see there)."""
+    nb, H, W = frame.images.shape
+    noise_rms = noise_futures = None
+    if kind == "multi" and observation_factory is None:
+        noise_rms = getattr(observation_or_image, "noise_rms", None)
+        if noise_rms is None:
+            from ._symmetric_cy import mean_sqrt
+
+            noise_futures = [_later(own_pool, mean_sqrt, v) for v in frame.variance]
     if parents is None:
         if peaks is not None:
             parents = parents_from_peaks(
@@ -1126,28 +1168,16 @@ def deblend_catalog(
         _default_observation_factory if observation_factory is None else observation_factory
     )
 
-    # The noise level that sets the fit's thresholds is the whole image's (spec 5.1), not
-    # each parent's cut-out's; only the package's own Observation takes it.
-    noise_rms = None
-    if kind == "multi" and observation_factory is None:
-        noise_rms = getattr(observation_or_image, "noise_rms", None)
-        if noise_rms is None:
-            from . import _symmetric_cy
-
-            noise_rms = np.array([_symmetric_cy.mean_sqrt(v)[0] for v in frame.variance])
+    if noise_futures is not None:
+        noise_rms = [f.result()[0] for f in noise_futures]
+    if noise_rms is not None:
         noise_rms = np.asarray(noise_rms, dtype=np.float64)
-    template = None
+    template_future = None
     if kind == "multi" and observation_factory is None and checked:
-        import cdeblend
-
         # PSFs checked and difference kernels made once; each parent's observation shares
         # them, their transforms and the convolution-mode choices (its pixels come from the
         # image validated above)
-        pixel = (slice(None), slice(0, 1), slice(0, 1))
-        template = cdeblend.Observation(
-            frame.images[pixel].copy(), frame.variance[pixel].copy(), frame.psfs,
-            bands=frame.bands, model_psf_sigma=frame.model_psf_sigma, noise_rms=noise_rms,
-        )
+        template_future = _later(own_pool, _template_observation, frame, noise_rms)
 
     # every parent's footprint flux, centroid and masked fraction in one pass over the image
     boxes = np.array([c[1] for c in checked], dtype=np.int64).reshape(-1, 4)
@@ -1178,22 +1208,38 @@ def deblend_catalog(
                 bands=frame.bands,
                 model_psf_sigma=frame.model_psf_sigma,
                 noise_rms=noise_rms,
-                template=template,
             )
         )
+    if template_future is not None:
+        template = template_future.result()
+        for t in tasks:
+            t.template = template
     if tasks and deblender_factory is None:
         _require_default_deblender(kind)
     if tasks and kind == "multi" and observation_factory is None:
         _require_default_deblender("observation")
 
     fn = functools.partial(_deblend_task, factory=factory, obs_factory=obs_factory, cfg=cfg)
-    outcomes = {o.index: o for o in _run_tasks(tasks, fn, executor, max_workers, progress)}
+    pool = own_pool if own_pool is not None else executor
+    outcomes = {o.index: o for o in _run_tasks(tasks, fn, pool, max_workers, progress)}
     cat = _assemble(checked, ids, boxes, stats, reasons, outcomes, kind, nb)
     model = ModelData(bands=frame.bands, model_psf=frame.model_psf, psfs=frame.psfs,
                       model_psf_sigma=frame.model_psf_sigma)
     _collect_models(model, checked, reasons, outcomes, (max(ids) if ids else 0) + 1, kind,
                     cfg)
     return _to_table(cat, frame.bands), model
+
+
+def _template_observation(frame: _Frame, noise_rms: np.ndarray) -> Any:
+    """The package's Observation of the image's PSFs and noise (on one pixel): the parents'
+    observations share its kernels and their transforms."""
+    import cdeblend
+
+    pixel = (slice(None), slice(0, 1), slice(0, 1))
+    return cdeblend.Observation(
+        frame.images[pixel].copy(), frame.variance[pixel].copy(), frame.psfs,
+        bands=frame.bands, model_psf_sigma=frame.model_psf_sigma, noise_rms=noise_rms,
+    )
 
 
 def _require_default_deblender(kind: str) -> None:
