@@ -459,18 +459,31 @@ def mean_sqrt(const real[:, ::1] variance):
     row, in a fixed order.
     """
     cdef Py_ssize_t H = variance.shape[0], W = variance.shape[1], y, x, n = 0
-    cdef double total = 0.0, row, v
-    cdef bint ok
+    cdef double total = 0.0, s0, s1, s2, s3
+    cdef double* roots = <double*>malloc(max(W, 1) * sizeof(double))
+    if roots == NULL:
+        raise MemoryError()
     with nogil:
         for y in range(H):
-            row = 0.0
+            # the roots of a row first (vectorises: non-finite pixels give sqrt(0)) ...
             for x in range(W):
-                # branch-free (vectorises): non-finite pixels add sqrt(0) and count 0
-                v = variance[y, x]
-                ok = v - v == 0
-                row += sqrt(v if ok else 0.0)
-                n += ok
-            total += row
+                roots[x] = sqrt(variance[y, x] if variance[y, x] - variance[y, x] == 0
+                                else 0.0)
+                n += variance[y, x] - variance[y, x] == 0
+            # ... then their sum in four interleaved partial sums (a fixed order)
+            s0 = s1 = s2 = s3 = 0.0
+            x = 0
+            while x + 4 <= W:
+                s0 += roots[x]
+                s1 += roots[x + 1]
+                s2 += roots[x + 2]
+                s3 += roots[x + 3]
+                x += 4
+            while x < W:
+                s0 += roots[x]
+                x += 1
+            total += (s0 + s1) + (s2 + s3)
+    free(roots)
     return (total / n if n else float("nan")), n
 
 
