@@ -274,3 +274,22 @@ def test_snr_coadd_and_noise_rms_kernels_match_numpy(seed, bands, dtype):
                 np.testing.assert_allclose(mean, np.mean(np.sqrt(v[b][good])), rtol=1e-12)
         else:
             assert np.isnan(mean)
+
+
+@settings(max_examples=80, deadline=None)
+@given(H=st.integers(1, 40), W=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_label_footprints_matches_scipy(H, W, seed):
+    """The catalog's footprint labelling: scipy's 8-connected labels (same numbering, raster
+    order of first pixels) and find_objects boxes, from sparse to dense masks."""
+    from cdeblend import _symmetric_cy
+
+    rng = np.random.default_rng(seed)
+    on = rng.random((H, W)) < rng.random() ** 2
+    ref, n = ndimage.label(on, structure=np.ones((3, 3), bool))
+    labels = np.full((H, W), -7, dtype=np.int32)
+    boxes = _symmetric_cy.label_footprints(on.view(np.uint8), labels)
+    assert np.array_equal(labels, ref)
+    assert boxes.shape == (n, 4)
+    for k, sl in enumerate(ndimage.find_objects(ref)):
+        assert tuple(boxes[k]) == (sl[0].start, sl[1].start, sl[0].stop - sl[0].start,
+                                   sl[1].stop - sl[1].start)

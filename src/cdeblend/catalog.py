@@ -303,8 +303,6 @@ def parents_from_peaks(
     grow : int
         Dilation radius in pixels.
     """
-    from scipy import ndimage
-
     from . import _symmetric_cy
 
     img = as_float_array(images, "images", (2, 3), finite=False)
@@ -322,20 +320,21 @@ def parents_from_peaks(
         prefix = np.empty((on.shape[0], on.shape[1] + 1), dtype=np.int32)
         _symmetric_cy.dilate_disc(on.view(np.uint8), int(grow), grown, prefix)
         on = grown.view(bool)
-    labels, _ = ndimage.label(on, structure=np.ones((3, 3), bool))
+    labels = np.empty(on.shape, dtype=np.int32)
+    boxes = _symmetric_cy.label_footprints(on.view(np.uint8), labels)
     peak_label = labels[pk[:, 0], pk[:, 1]]
     parents = []
-    slices = ndimage.find_objects(labels)
-    for lab in np.unique(peak_label):  # labels are raster ordered
-        sl = slices[lab - 1]
-        y0, x0 = sl[0].start, sl[1].start
-        h, w = sl[0].stop - y0, sl[1].stop - x0
+    # group the peaks by footprint in one sort (stable: each parent keeps input order)
+    order = np.argsort(peak_label, kind="stable")
+    starts = np.searchsorted(peak_label[order], np.arange(1, len(boxes) + 2))
+    for lab in np.unique(peak_label).tolist():  # labels are raster ordered
+        y0, x0, h, w = boxes[lab - 1].tolist()
         parents.append(
             CatalogParent(
                 id=len(parents) + 1,
                 box=(y0, x0, h, w),
-                footprint=labels[sl] == lab,
-                peaks=pk[peak_label == lab].copy(),
+                footprint=labels[y0:y0 + h, x0:x0 + w] == lab,
+                peaks=pk[order[starts[lab - 1]:starts[lab]]],
             )
         )
     return parents
