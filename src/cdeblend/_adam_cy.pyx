@@ -545,7 +545,7 @@ CONVERGED = _CONVERGED
 
 
 cdef struct IterState:
-    Py_ssize_t it, start, max_iter, min_iter, resize, pad, new_size
+    Py_ssize_t it, start, max_iter, min_iter, resize, pad, new_size, best_size
     double e_rel, best_loss
     bint keep_best, has_best, improved
     int status
@@ -555,17 +555,24 @@ cdef class FitKernel:
     """The fitter's per-iteration work with its buffers bound once.
 
     :meth:`set_data` takes the blend's images, weights and convolution (kernel transforms on
-    an FFT grid, or the direct loop's kernels); :meth:`bind` the parameters (after every
-    re-pack); :meth:`iterate` then runs whole iterations (render, convolution, weighted
-    residual, adjoint convolution, proximal ADAM step, box bounds, loss history, best
-    iterate, convergence test) in one call without the GIL, returning only when the boxes
-    change, the fit converges or the iteration limit is reached. :meth:`render` and
-    :meth:`step` are the single steps, for tests.
+    an FFT grid, or the direct loop's kernels); :meth:`bind` the parameters. The
+    morphologies and their three ADAM moments are the rows of a (4, cap) buffer, the first
+    ``size`` columns in use in the layout of the component table; a second buffer of the
+    same capacity takes them when boxes are resized. :meth:`iterate` then runs whole
+    iterations (render, convolution, weighted residual, adjoint convolution, proximal ADAM
+    step, box bounds and re-gridding, loss history, best iterate, convergence test) in one
+    call without the GIL, returning only when the fit converges, reaches its iteration limit
+    or needs a bigger buffer or monotonicity table. :meth:`render` and :meth:`step` are the
+    single steps, for tests (they use the first buffer).
     """
 
     cdef double[:, ::1] sed
     cdef double[:, :, ::1] sed_state
-    cdef double[:, ::1] morph_all
+    cdef double[:, ::1] mbuf0
+    cdef double[:, ::1] mbuf1
+    cdef readonly int current
+    cdef readonly Py_ssize_t size
+    cdef readonly Py_ssize_t regrids
     cdef int64_t[:, ::1] comp
     cdef double[::1] bg_thresh
     cdef double[::1] bg_rms
@@ -573,6 +580,7 @@ cdef class FitKernel:
     cdef int64_t[:, ::1] bounds
     cdef int64_t[:, ::1] peaks
     cdef int64_t[:, ::1] new_comp
+    cdef int64_t[::1] identity
     cdef MonotonicTable table
     cdef double sed_step, morph_step, b1, b2, eps, floor
     cdef int variant
@@ -650,50 +658,72 @@ cdef class FitKernel:
             else:
                 self.ker_f, self.gker_f = kernels, grad_kernels
         self.hist = history
+        # work space of the step for any box inside the frame (boxes change in the loop)
+        self.scratch_size = 3 * B + H * W
+        self.scratch = <double*>malloc(self.scratch_size * sizeof(double))
+        if self.scratch == NULL:
+            self.scratch_size = 0
+            raise MemoryError()
         self.has_data = True
 
     def set_history(self, double[::1] history):
         """Replace the loss-history buffer (a longer copy)."""
         self.hist = history
 
-    def bind(self, double[:, ::1] sed, double[:, :, ::1] sed_state, double[:, ::1] morph_all,
+    def bind(self, double[:, ::1] sed, double[:, :, ::1] sed_state, double[:, ::1] morph0,
              int64_t[:, ::1] comp, double[::1] bg_thresh, MonotonicTable table,
              int64_t[:, ::1] bounds, int64_t[:, ::1] peaks=None,
-             int64_t[:, ::1] new_comp=None):
-        """Bind the parameters (layouts as in :func:`fit_step`); ``table`` None: no
-        monotonicity. :meth:`iterate` also needs ``peaks`` (K, 2; frame) and ``new_comp``
-        (K, 7; receives the resized table)."""
-        if (sed_state.shape[0] != 3 or sed_state.shape[1] != sed.shape[0]
-                or sed_state.shape[2] != sed.shape[1] or morph_all.shape[0] != 4
-                or comp.shape[0] != sed.shape[0] or bg_thresh.shape[0] != sed.shape[0]
-                or bounds.shape[0] != sed.shape[0] or self.bg_rms.shape[0] != sed.shape[1]):
+             int64_t[:, ::1] new_comp=None, double[:, ::1] morph1=None,
+             int current=0, Py_ssize_t size=-1):
+        """Bind the parameters: ``sed`` (K, B), ``sed_state`` (3, K, B), the morphology
+        buffers ``morph0`` and ``morph1`` (4, cap) of which ``current`` holds the first
+        ``size`` columns in the layout of ``comp`` (K, 7) (default: morph0, all columns),
+        ``table`` (None: no monotonicity). :meth:`iterate` also needs ``peaks`` (K, 2;
+        frame), ``new_comp`` (K, 7; receives a resized table) and ``morph1``; it updates
+        ``comp`` in place when it re-grids."""
+        cdef Py_ssize_t K = sed.shape[0], k, cap = morph0.shape[1]
+        if size < 0:
+            size = cap
+        if (sed_state.shape[0] != 3 or sed_state.shape[1] != K
+                or sed_state.shape[2] != sed.shape[1] or morph0.shape[0] != 4
+                or comp.shape[0] != K or bg_thresh.shape[0] != K
+                or bounds.shape[0] != K or self.bg_rms.shape[0] != sed.shape[1]):
             raise ValueError("inconsistent fit buffers")
-        if peaks is not None and (peaks.shape[0] != sed.shape[0] or peaks.shape[1] != 2):
+        if morph1 is not None and (morph1.shape[0] != 4 or morph1.shape[1] != cap):
+            raise ValueError("the two morphology buffers must have one shape")
+        if not 0 <= size <= cap or current not in (0, 1) or (current == 1 and morph1 is None):
+            raise ValueError("bad current buffer or size")
+        if peaks is not None and (peaks.shape[0] != K or peaks.shape[1] != 2):
             raise ValueError("peaks must be (K, 2)")
-        if new_comp is not None and (new_comp.shape[0] != sed.shape[0]
-                                     or new_comp.shape[1] != 7):
+        if new_comp is not None and (new_comp.shape[0] != K or new_comp.shape[1] != 7):
             raise ValueError("new_comp must be (K, 7)")
-        cdef Py_ssize_t k, need = 0
-        for k in range(comp.shape[0]):  # the table must lie inside morph_all
+        for k in range(K):  # the table must lie inside the used columns
             if comp[k, 2] < 0 or comp[k, 3] < 0 or comp[k, 4] < 0 or (
-                    comp[k, 4] + comp[k, 2] * comp[k, 3] > morph_all.shape[1]):
+                    comp[k, 4] + comp[k, 2] * comp[k, 3] > size):
                 raise ValueError("component table does not fit the morphology buffer")
+        if self.has_data and _scratch_size(comp, sed.shape[1]) > self.scratch_size:
+            raise ValueError("a component box is larger than the frame")
         self.sed = sed
         self.sed_state = sed_state
-        self.morph_all = morph_all
+        self.mbuf0 = morph0
+        self.mbuf1 = morph1
+        self.current = current
+        self.size = size
         self.comp = comp
         self.bg_thresh = bg_thresh
         self.table = table
         self.bounds = bounds
         self.peaks = peaks
         self.new_comp = new_comp
-        need = _scratch_size(comp, sed.shape[1])
-        if need > self.scratch_size:
-            free(self.scratch)
-            self.scratch = <double*>malloc(need * sizeof(double))
-            self.scratch_size = need if self.scratch != NULL else 0
-            if self.scratch == NULL:
-                raise MemoryError()
+        self.identity = np.arange(K, dtype=np.int64)
+        if not self.has_data:  # render() / step() without set_data
+            k = _scratch_size(comp, sed.shape[1])
+            if k > self.scratch_size:
+                free(self.scratch)
+                self.scratch = <double*>malloc(k * sizeof(double))
+                self.scratch_size = k if self.scratch != NULL else 0
+                if self.scratch == NULL:
+                    raise MemoryError()
 
     def render(self, real[:, :, ::1] model, Py_ssize_t H, Py_ssize_t W):
         """:func:`render` of the bound parameters into ``model[:, :H, :W]``."""
@@ -701,56 +731,64 @@ cdef class FitKernel:
             H = model.shape[1]
         if W < 0 or W > model.shape[2]:
             W = model.shape[2]
-        if _release_gil(<double>model.shape[0] * (H * W + self.morph_all.shape[1])):
+        cdef double[:, ::1] m = self.mbuf0 if self.current == 0 else self.mbuf1
+        if _release_gil(<double>model.shape[0] * (H * W + self.size)):
             with nogil:
-                _render(self.sed, self.morph_all[0], self.comp, model, H, W)
+                _render(self.sed, m[0, :self.size], self.comp, model, H, W)
         else:
-            _render(self.sed, self.morph_all[0], self.comp, model, H, W)
+            _render(self.sed, m[0, :self.size], self.comp, model, H, W)
 
     def step(self, const real[:, :, ::1] grad, Py_ssize_t it, bint want_bounds):
         """:func:`fit_step` of the bound parameters (bounds into the bound ``bounds``)."""
         cdef RadialTable* t = NULL
+        cdef double[:, ::1] m = self.mbuf0 if self.current == 0 else self.mbuf1
+        cdef Py_ssize_t n = self.size
         if self.table is not None:
             t = &self.table.table
         _prox_step(grad, self.sed, self.sed_state[0], self.sed_state[1], self.sed_state[2],
-                   self.morph_all[0], self.morph_all[1], self.morph_all[2], self.morph_all[3],
+                   m[0, :n], m[1, :n], m[2, :n], m[3, :n],
                    self.comp, self.bg_thresh, self.bg_rms, self.min_step, self.sed_step,
                    self.morph_step, it, self.b1, self.b2, self.eps, self.floor, self.variant,
                    self.table is not None, t, want_bounds, self.bounds)
 
     def iterate(self, Py_ssize_t it, Py_ssize_t start, Py_ssize_t max_iter,
                 Py_ssize_t min_iter, double e_rel, Py_ssize_t resize, Py_ssize_t pad,
-                double[:, ::1] best_sed, double[::1] best_morph, bint has_best,
-                double best_loss):
+                double[:, ::1] best_sed, double[::1] best_morph, int64_t[:, ::1] best_comp,
+                bint has_best, double best_loss):
         """Run iterations ``it, it + 1, ...`` without the GIL (spec 3.3-3.10).
 
         Each iteration renders the model, takes the loss and its gradient (forward
         convolution, weighted residual, adjoint convolution), stores the loss in the history
-        at index ``it``, keeps a copy of the parameters in ``best_sed`` / ``best_morph`` when
-        the loss beats ``best_loss`` (or there is no best yet; None: no best-keeping), steps
-        every component, and every ``resize`` iterations (0: never) computes the resized
-        table into ``new_comp`` (padding ``pad``). It stops after an iteration whose boxes
-        changed, after the convergence test ``|L[it] - L[it - 1]| < e_rel |L[it]|`` passes
-        (once ``it > start + min_iter``), or at ``max_iter``.
+        at index ``it``, keeps a copy of the parameters in ``best_sed`` / ``best_morph`` /
+        ``best_comp`` (their table) when the loss beats ``best_loss`` (or there is no best
+        yet; None: no best-keeping), steps every component, and every ``resize`` iterations
+        (0: never) resizes the boxes (padding ``pad``): the morphologies and their moments
+        move to the other buffer in the new layout and ``comp`` is updated in place. It
+        stops after the convergence test ``|L[it] - L[it - 1]| < e_rel |L[it]|`` passes
+        (once ``it > start + min_iter``), at ``max_iter``, or when the new layout does not
+        fit the buffers or the monotonicity table (the table then waits in ``new_comp``).
 
         Returns
         -------
         tuple
-            ``(status, it, new_size, improved, best_loss)``: status bits :data:`RESIZED`
-            (the table in ``new_comp``, ``new_size`` pixels) and :data:`CONVERGED`, the
-            next iteration index, and whether and to what the best loss improved.
+            ``(status, it, new_size, improved, best_loss, best_size)``: status bits
+            :data:`RESIZED` (a new layout of ``new_size`` pixels in ``new_comp`` for the
+            caller to make room for) and :data:`CONVERGED`, the next iteration index,
+            whether and to what the best loss improved and the best layout's size. The
+            current buffer and size are the attributes ``current`` and ``size``.
         """
         if not self.has_data:
             raise ValueError("set_data was not called")
-        if self.peaks is None or self.new_comp is None:
-            raise ValueError("bind() needs peaks and new_comp for iterate()")
+        if self.peaks is None or self.new_comp is None or self.mbuf1 is None:
+            raise ValueError("bind() needs peaks, new_comp and morph1 for iterate()")
         if max_iter > self.hist.shape[0]:
             raise ValueError("the history buffer is shorter than max_iter")
         cdef bint keep = best_sed is not None and best_morph is not None
-        if keep and (best_sed.shape[0] != self.sed.shape[0]
+        if keep and (best_comp is None or best_sed.shape[0] != self.sed.shape[0]
                      or best_sed.shape[1] != self.sed.shape[1]
-                     or best_morph.shape[0] != self.morph_all.shape[1]):
-            raise ValueError("best_sed and best_morph must have the parameters' shapes")
+                     or best_morph.shape[0] < self.mbuf0.shape[1]
+                     or best_comp.shape[0] != self.comp.shape[0] or best_comp.shape[1] != 7):
+            raise ValueError("best_sed, best_morph and best_comp must hold the parameters")
         cdef IterState st
         st.it = it
         st.start = start
@@ -759,6 +797,7 @@ cdef class FitKernel:
         st.resize = resize
         st.pad = pad
         st.new_size = -1
+        st.best_size = -1
         st.e_rel = e_rel
         st.best_loss = best_loss
         st.keep_best = keep
@@ -769,28 +808,31 @@ cdef class FitKernel:
             if self.dbl:
                 self._iterate(self.img_d, self.wgt_d, self.mdl_d, self.cnv_d, self.res_d,
                               self.grd_d, self.fk_d, self.ker_d, self.gker_d, best_sed,
-                              best_morph, &st)
+                              best_morph, best_comp, &st)
             else:
                 self._iterate(self.img_f, self.wgt_f, self.mdl_f, self.cnv_f, self.res_f,
                               self.grd_f, self.fk_f, self.ker_f, self.gker_f, best_sed,
-                              best_morph, &st)
-        return st.status, st.it, st.new_size, st.improved, st.best_loss
+                              best_morph, best_comp, &st)
+        return st.status, st.it, st.new_size, st.improved, st.best_loss, st.best_size
 
     cdef int _iterate(self, real[:, :, ::1] img, real[:, :, ::1] wgt, real[:, :, ::1] mdl,
                       real[:, :, ::1] cnv, real[:, :, ::1] res, real[:, :, ::1] grd,
                       real[:, :, :, ::1] fk, real[:, :, ::1] ker, real[:, :, ::1] gker,
                       double[:, ::1] best_sed, double[::1] best_morph,
-                      IterState* st) except -1 nogil:
+                      int64_t[:, ::1] best_comp, IterState* st) except -1 nogil:
         cdef Py_ssize_t H = img.shape[1], W = img.shape[2], K = self.comp.shape[0]
-        cdef Py_ssize_t B = img.shape[0], n, k, b
+        cdef Py_ssize_t B = img.shape[0], n, k, b, r, cap = self.mbuf0.shape[1]
         cdef double loss
         cdef bint do_resize
         cdef int status
+        cdef double[:, ::1] m
+        cdef double[:, ::1] dst
         cdef RadialTable* t = NULL
         if self.table is not None:
             t = &self.table.table
         while st.it < st.max_iter:
-            _render(self.sed, self.morph_all[0], self.comp, mdl, H, W)
+            m = self.mbuf0 if self.current == 0 else self.mbuf1
+            _render(self.sed, m[0, :self.size], self.comp, mdl, H, W)
             if self.use_fft:
                 _fft_cube(&self.conv, mdl, 0, 0, fk, cnv, 0)
             else:
@@ -804,29 +846,46 @@ cdef class FitKernel:
                 _direct_conv(res, gker, grd, 0, 0)
             self.hist[st.it] = loss
             if st.keep_best and (not st.has_best or loss < st.best_loss):
-                # the parameters that gave this loss, before the step
+                # the parameters that gave this loss, before the step, with their layout
                 for k in range(K):
                     for b in range(B):
                         best_sed[k, b] = self.sed[k, b]
-                for n in range(best_morph.shape[0]):
-                    best_morph[n] = self.morph_all[0, n]
+                    for b in range(7):
+                        best_comp[k, b] = self.comp[k, b]
+                for n in range(self.size):
+                    best_morph[n] = m[0, n]
+                st.best_size = self.size
                 st.best_loss = loss
                 st.has_best = True
                 st.improved = True
             do_resize = st.resize > 0 and st.it > 0 and st.it % st.resize == 0
+            n = self.size
             _prox_core(grd, self.sed, self.sed_state[0], self.sed_state[1],
-                       self.sed_state[2], self.morph_all[0], self.morph_all[1],
-                       self.morph_all[2], self.morph_all[3], self.comp, self.bg_thresh,
-                       self.bg_rms, self.min_step, self.sed_step, self.morph_step, st.it,
-                       self.b1, self.b2, self.eps, self.floor, self.variant, t != NULL, t,
-                       do_resize, self.bounds, self.scratch)
+                       self.sed_state[2], m[0, :n], m[1, :n], m[2, :n], m[3, :n], self.comp,
+                       self.bg_thresh, self.bg_rms, self.min_step, self.sed_step,
+                       self.morph_step, st.it, self.b1, self.b2, self.eps, self.floor,
+                       self.variant, t != NULL, t, do_resize, self.bounds, self.scratch)
             status = 0
             if do_resize:
                 n = _resized_table(self.comp, self.bounds, self.peaks, st.pad, H, W,
                                    self.new_comp)
                 if n >= 0:
-                    st.new_size = n
-                    status |= _RESIZED
+                    if n > cap or (t != NULL and _monotonic_reach(self.new_comp) > t.half):
+                        st.new_size = n  # the caller makes room
+                        status |= _RESIZED
+                    else:  # re-grid into the other buffer
+                        dst = self.mbuf1 if self.current == 0 else self.mbuf0
+                        for r in range(4):
+                            for k in range(n):
+                                dst[r, k] = 0.0
+                            _copy_overlap(m[r, :self.size], self.comp, dst[r, :n],
+                                          self.new_comp, self.identity)
+                        for k in range(K):
+                            for b in range(7):
+                                self.comp[k, b] = self.new_comp[k, b]
+                        self.current = 1 - self.current
+                        self.size = n
+                        self.regrids += 1
             st.it += 1
             if st.it > st.start + st.min_iter and st.it >= 2:
                 if fabs(self.hist[st.it - 1] - self.hist[st.it - 2]) < (
@@ -842,8 +901,12 @@ cdef class FitKernel:
 def monotonic_reach(const int64_t[:, ::1] comp):
     """Largest distance (pixels, Chebyshev) from a component's peak to its box edge, plus 1
     (the operator re-centres up to 1 px away): the half-size the monotonicity table needs."""
+    return _monotonic_reach(comp)
+
+
+cdef Py_ssize_t _monotonic_reach(const int64_t[:, ::1] comp) except -1 nogil:
     cdef Py_ssize_t K = comp.shape[0], k, need = 0, d
-    for k in range(K):  # a few operations per component: keeps the GIL
+    for k in range(K):
         d = comp[k, 5]
         if comp[k, 6] > d:
             d = comp[k, 6]

@@ -379,9 +379,11 @@ class _Fitter:
 
     Holds the packed parameters' ADAM moments, the monotonicity operator and the Cython
     :class:`~cdeblend._adam_cy.FitKernel`, which runs the iterations themselves (render,
-    convolutions, loss, gradient, update, box bounds, best iterate, convergence) without the
-    GIL. Python only runs when boxes change (at most every ``resize`` iterations, and only
-    if some box moved: the buffers are re-gridded) or when components are added.
+    convolutions, loss, gradient, update, box resizing, best iterate, convergence) without
+    the GIL. The morphologies and their three ADAM moments are the rows of two (4, cap)
+    buffers, one in use, the other receiving them when boxes are resized; Python only runs
+    when a new layout needs bigger buffers or a bigger monotonicity table, and when
+    components are added.
     """
 
     def __init__(self, blend: Blend, config: DeblendConfig) -> None:
@@ -393,12 +395,12 @@ class _Fitter:
         self._components = blend.components
         self._peaks = np.array([c.peak for c in self._components],
                                dtype=np.int64).reshape(-1, 2)
-        # SED moments as one (3, K, B) array; the morphologies and their three moments as the
-        # rows of one (4, N) array (packed.morph is row 0), so that one call re-grids them all
+        # SED moments as one (3, K, B) array
         self.sed_state = np.zeros((3,) + packed.sed.shape)
-        self.morph_all = np.zeros((4, packed.morph.size))
+        self._new_buffers(packed.morph.size)
         self.morph_all[0] = packed.morph
-        packed.morph = self.morph_all[0]
+        self.blend._packed = PackedComponents(packed.sed, self.morph_all[0], packed.comp,
+                                              packed.bg_thresh)
         self.mono = RadialMonotonicity((config.monotonicity_size - 1) // 2)
         self._cover()
         self.noise = np.ascontiguousarray(obs.noise_rms, dtype=np.float64)
@@ -406,6 +408,7 @@ class _Fitter:
         self.model = np.empty(blend.shape, dtype=obs.dtype)
         self.it = 0
         self.best: tuple | None = None  # (loss, sed, morph, comp, bg_thresh) of the best iterate
+        self._best_bufs: tuple | None = None
         self._hist = np.zeros(max(config.max_iter, 1))  # loss of iteration i at index i
         self.kernel = _adam_cy.FitKernel(self.noise, self.min_step, config.sed_step,
                                          config.morph_step, config.b1, config.b2, config.eps,
@@ -415,6 +418,18 @@ class _Fitter:
         fk = None if obs._pick_mode("auto", B, H, W) == "real" else obs._kernel_cache.get(n0, n1)
         self.kernel.set_data(np.ascontiguousarray(obs.images), obs.weights, obs.diff_kernels,
                              obs._grad_kernels, fk, n0, n1, self._hist)
+
+    def _new_buffers(self, size: int) -> None:
+        """Two zeroed (4, cap) morphology buffers for a layout of ``size`` pixels, with room
+        for boxes to grow (the kernel re-grids between them without coming back here)."""
+        cap = max(2 * size, 256)
+        self._mbuf = [np.zeros((4, cap)), np.zeros((4, cap))]
+        self._cur, self._size = 0, size
+
+    @property
+    def morph_all(self) -> np.ndarray:
+        """The morphologies and their ADAM moments, (4, size): the rows of the buffer in use."""
+        return self._mbuf[self._cur][:, :self._size]
 
     @property
     def history(self) -> np.ndarray:
@@ -470,12 +485,16 @@ class _Fitter:
         self._components = comps
 
     def _regrid(self, comp: np.ndarray, size: int, mapping: np.ndarray) -> None:
-        """Move the morphologies and their moments onto the table ``comp`` (same SEDs)."""
+        """Move the morphologies and their moments onto the table ``comp`` (same SEDs), in
+        new buffers with room for it."""
         old = self.blend._packed
-        morph_all = np.zeros((4, size))
-        _adam_cy.copy_overlap_rows(self.morph_all, old.comp, morph_all, comp, mapping)
-        self.morph_all = morph_all
-        self.blend._packed = PackedComponents(old.sed, morph_all[0], comp, old.bg_thresh)
+        rows = self.morph_all
+        self._new_buffers(size)
+        dst = self.morph_all
+        for r in range(4):
+            _adam_cy.copy_overlap(np.ascontiguousarray(rows[r]), old.comp, dst[r], comp,
+                                  mapping)
+        self.blend._packed = PackedComponents(old.sed, dst[0], comp, old.bg_thresh)
         self._cover()
 
     def bind(self) -> None:
@@ -497,30 +516,44 @@ class _Fitter:
         kernel, bound, converged = self.kernel, None, False
         while self.it < max_iter:
             p = self.blend._packed
-            if p is not bound:  # first iteration and after every re-grid
-                kernel.bind(p.sed, self.sed_state, self.morph_all, p.comp, p.bg_thresh,
-                            self.mono.table, bounds, self._peaks, new_comp)
+            if p is not bound:  # first iteration and after Python re-packed
+                kernel.bind(p.sed, self.sed_state, self._mbuf[self._cur], p.comp, p.bg_thresh,
+                            self.mono.table, bounds, self._peaks, new_comp,
+                            self._mbuf[1 - self._cur], 0, self._size)
                 bound = p
-            best_sed = best_morph = None
+            best = self._best_buffers(p) if cfg.keep_best else (None, None, None)
             b = self.best
-            if cfg.keep_best:
-                if b is not None and b[1].shape == p.sed.shape and b[2].shape == p.morph.shape:
-                    best_sed, best_morph = b[1], b[2]  # overwritten only by a better iterate
-                else:
-                    best_sed, best_morph = np.empty_like(p.sed), np.empty_like(p.morph)
-            status, self.it, size, improved, best_loss = kernel.iterate(
+            status, self.it, size, improved, best_loss, best_size = kernel.iterate(
                 self.it, start, max_iter, cfg.min_iter, cfg.e_rel, cfg.resize or 0,
-                cfg.component_padding, best_sed, best_morph, b is not None,
-                b[0] if b is not None else 0.0)
+                cfg.component_padding, *best, b is not None, b[0] if b is not None else 0.0)
+            # the kernel may have re-gridded into the other buffer (p.comp updated in place)
+            if kernel.current != 0 or kernel.size != self._size:
+                self._cur = (self._cur + kernel.current) % 2
+                self._size = kernel.size
+                p = PackedComponents(p.sed, self.morph_all[0], p.comp, p.bg_thresh)
+                self.blend._packed = bound = p
+                kernel.bind(p.sed, self.sed_state, self._mbuf[self._cur], p.comp,
+                            p.bg_thresh, self.mono.table, bounds, self._peaks, new_comp,
+                            self._mbuf[1 - self._cur], 0, self._size)
             if improved:
-                self.best = (best_loss, best_sed, best_morph, p.comp, p.bg_thresh)
-            if status & _adam_cy.RESIZED:
+                self.best = (best_loss, best[0], best[1][:best_size], best[2], p.bg_thresh)
+            if status & _adam_cy.RESIZED:  # the new layout needs room: Python makes it
                 self._regrid(new_comp.copy(), size, identity)
             if status & _adam_cy.CONVERGED:
                 converged = True
                 break
         self.bind()
         return converged
+
+    def _best_buffers(self, p: PackedComponents) -> tuple:
+        """Buffers for the kernel's copy of the best iterate: reused while they fit, new
+        ones once the stored best lives in them and a bigger layout needs more room."""
+        cap = self._mbuf[0].shape[1]
+        bufs = self._best_bufs
+        if bufs is None or bufs[0].shape != p.sed.shape or bufs[1].size < cap:
+            bufs = self._best_bufs = (np.empty_like(p.sed), np.empty(cap),
+                                      np.empty((len(p.comp), 7), dtype=np.int64))
+        return bufs
 
     def final_loss(self) -> float:
         """Loss of the current parameters."""
