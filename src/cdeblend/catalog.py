@@ -1137,13 +1137,12 @@ def _deblend_frame(observation_or_image: Any, frame: _Frame, kind: str, peaks: A
                    observation_factory: Callable | None) -> tuple[Any, ModelData]:
     """:func:`deblend_catalog` after the image checks (see there)."""
     nb, H, W = frame.images.shape
-    noise_rms = noise_futures = None
+    noise_rms = noise_future = None
     if kind == "multi" and observation_factory is None:
         noise_rms = getattr(observation_or_image, "noise_rms", None)
         if noise_rms is None:
-            from ._symmetric_cy import mean_sqrt
-
-            noise_futures = [_later(own_pool, mean_sqrt, v) for v in frame.variance]
+            # one job: with this thread busy finding the parents, a second core is free
+            noise_future = _later(own_pool, _noise_rms, frame.variance)
     if parents is None:
         if peaks is not None:
             parents = parents_from_peaks(
@@ -1167,8 +1166,8 @@ def _deblend_frame(observation_or_image: Any, frame: _Frame, kind: str, peaks: A
         _default_observation_factory if observation_factory is None else observation_factory
     )
 
-    if noise_futures is not None:
-        noise_rms = [f.result()[0] for f in noise_futures]
+    if noise_future is not None:
+        noise_rms = noise_future.result()
     if noise_rms is not None:
         noise_rms = np.asarray(noise_rms, dtype=np.float64)
     template_future = None
@@ -1227,6 +1226,13 @@ def _deblend_frame(observation_or_image: Any, frame: _Frame, kind: str, peaks: A
     _collect_models(model, checked, reasons, outcomes, (max(ids) if ids else 0) + 1, kind,
                     cfg)
     return _to_table(cat, frame.bands), model
+
+
+def _noise_rms(variance: np.ndarray) -> np.ndarray:
+    """Per-band mean of ``sqrt(variance)`` over the finite pixels (the image's noise RMS)."""
+    from ._symmetric_cy import mean_sqrt
+
+    return np.array([mean_sqrt(v)[0] for v in variance])
 
 
 def _template_observation(frame: _Frame, noise_rms: np.ndarray) -> Any:
