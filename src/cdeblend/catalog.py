@@ -1137,12 +1137,12 @@ def _deblend_frame(observation_or_image: Any, frame: _Frame, kind: str, peaks: A
                    observation_factory: Callable | None) -> tuple[Any, ModelData]:
     """:func:`deblend_catalog` after the image checks (see there)."""
     nb, H, W = frame.images.shape
-    noise_rms = noise_future = None
+    # one job (noise level, then the template): with this thread busy finding the parents,
+    # one core is free
+    shared_future = None
     if kind == "multi" and observation_factory is None:
-        noise_rms = getattr(observation_or_image, "noise_rms", None)
-        if noise_rms is None:
-            # one job: with this thread busy finding the parents, a second core is free
-            noise_future = _later(own_pool, _noise_rms, frame.variance)
+        shared_future = _later(own_pool, _shared_setup, frame,
+                               getattr(observation_or_image, "noise_rms", None))
     if parents is None:
         if peaks is not None:
             parents = parents_from_peaks(
@@ -1166,16 +1166,11 @@ def _deblend_frame(observation_or_image: Any, frame: _Frame, kind: str, peaks: A
         _default_observation_factory if observation_factory is None else observation_factory
     )
 
-    if noise_future is not None:
-        noise_rms = noise_future.result()
-    if noise_rms is not None:
-        noise_rms = np.asarray(noise_rms, dtype=np.float64)
-    template_future = None
-    if kind == "multi" and observation_factory is None and checked:
-        # PSFs checked and difference kernels made once; each parent's observation shares
-        # them, their transforms and the convolution-mode choices (its pixels come from the
-        # image validated above)
-        template_future = _later(own_pool, _template_observation, frame, noise_rms)
+    noise_rms = template = None
+    if shared_future is not None:
+        noise_rms, template = shared_future.result()
+        if not checked:
+            template = None
 
     # every parent's footprint flux, centroid and masked fraction in one pass over the image
     boxes = np.array([c[1] for c in checked], dtype=np.int64).reshape(-1, 4)
@@ -1208,10 +1203,8 @@ def _deblend_frame(observation_or_image: Any, frame: _Frame, kind: str, peaks: A
                 noise_rms=noise_rms,
             )
         )
-    if template_future is not None:
-        template = template_future.result()
-        for t in tasks:
-            t.template = template
+    for t in tasks:
+        t.template = template
     if tasks and deblender_factory is None:
         _require_default_deblender(kind)
     if tasks and kind == "multi" and observation_factory is None:
@@ -1228,11 +1221,16 @@ def _deblend_frame(observation_or_image: Any, frame: _Frame, kind: str, peaks: A
     return _to_table(cat, frame.bands), model
 
 
-def _noise_rms(variance: np.ndarray) -> np.ndarray:
-    """Per-band mean of ``sqrt(variance)`` over the finite pixels (the image's noise RMS)."""
+def _shared_setup(frame: _Frame, noise_rms: Any) -> tuple[np.ndarray, Any]:
+    """The image's noise RMS per band (the observation's, else the mean of
+    ``sqrt(variance)`` over the finite pixels) and the template observation sharing the PSFs'
+    kernels with every parent."""
     from ._symmetric_cy import mean_sqrt
 
-    return np.array([mean_sqrt(v)[0] for v in variance])
+    if noise_rms is None:
+        noise_rms = [mean_sqrt(v)[0] for v in frame.variance]
+    noise_rms = np.asarray(noise_rms, dtype=np.float64)
+    return noise_rms, _template_observation(frame, noise_rms)
 
 
 def _template_observation(frame: _Frame, noise_rms: np.ndarray) -> Any:
