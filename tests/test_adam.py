@@ -277,12 +277,14 @@ def test_point_source_products_match_numpy(seed):
     rng = np.random.default_rng(seed)
     B, H, W = int(rng.integers(1, 4)), int(rng.integers(1, 25)), int(rng.integers(1, 25))
     hp, wp = 2 * int(rng.integers(0, 6)) + 1, 2 * int(rng.integers(0, 6)) + 1
-    weights = rng.uniform(0, 2, (B, H, W))
-    resid = rng.normal(size=(B, H, W))
+    weights = rng.uniform(0, 2, (B, H, W)).astype(np.float32)
+    images = rng.normal(size=(B, H, W)).astype(np.float32)
+    conv = rng.normal(size=(B, H, W)).astype(np.float32)
+    resid = images.astype(np.float64) - conv
     psfs = rng.random((B, hp, wp))
     peaks = np.stack([rng.integers(0, H, 5), rng.integers(0, W, 5)], axis=1).astype(np.int64)
     pp, rp = np.empty((5, B)), np.empty((5, B))
-    _adam_cy.point_source_products(weights, resid, psfs, peaks, pp, rp)
+    _adam_cy.point_source_products(weights, images, conv, psfs, peaks, pp, rp)
     for i, (y, x) in enumerate(peaks):
         sl_img, sl_psf = _centered_overlap((H, W), (hp, wp), int(y), int(x))
         sl_img, sl_psf = (slice(None),) + sl_img, (slice(None),) + sl_psf
@@ -291,4 +293,5 @@ def test_point_source_products_match_numpy(seed):
         np.testing.assert_allclose(rp[i], np.sum(weights[sl_img] * resid[sl_img] * psfs[sl_psf],
                                                  axis=(1, 2)), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="outside"):
-        _adam_cy.point_source_products(weights, resid, psfs, np.array([[H, 0]]), pp[:1], rp[:1])
+        _adam_cy.point_source_products(weights, images, conv, psfs, np.array([[H, 0]]), pp[:1],
+                                       rp[:1])

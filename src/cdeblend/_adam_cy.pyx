@@ -977,36 +977,38 @@ cdef int _render_sources(const double[:, ::1] sed, const double[::1] morph,
     return 0
 
 
-def point_source_products(const double[:, :, ::1] weights, const double[:, :, ::1] residual,
-                          const double[:, :, ::1] psfs, const int64_t[:, ::1] peaks,
-                          double[:, ::1] pp, double[:, ::1] rp):
+def point_source_products(const real[:, :, ::1] weights, const real[:, :, ::1] images,
+                          const real[:, :, ::1] model_conv, const double[:, :, ::1] psfs,
+                          const int64_t[:, ::1] peaks, double[:, ::1] pp, double[:, ::1] rp):
     """Weighted least-squares products of a point source at each peak, per band.
 
-    With the PSF ``P_b`` centred on peak i and cut to the frame,
-    ``pp[i, b] = sum w_b P_b^2`` and ``rp[i, b] = sum w_b r_b P_b`` (``r``: the residual).
-    The amplitude of a point source there is ``rp / pp``, its S/N ``sum_b rp / sqrt(sum_b
-    pp)``. Summed in double, row by row.
+    With the PSF ``P_b`` centred on peak i and cut to the frame and the residual
+    ``r = images - model_conv`` (in double), ``pp[i, b] = sum w_b P_b^2`` and
+    ``rp[i, b] = sum w_b r_b P_b``. The amplitude of a point source there is ``rp / pp``,
+    its S/N ``sum_b rp / sqrt(sum_b pp)``. Summed in double, row by row, on the stamps only.
     """
     cdef Py_ssize_t B = weights.shape[0], H = weights.shape[1], W = weights.shape[2]
-    cdef Py_ssize_t N = peaks.shape[0], hp = psfs.shape[1], wp = psfs.shape[2]
-    if (residual.shape[0] != B or residual.shape[1] != H or residual.shape[2] != W
-            or psfs.shape[0] != B):
-        raise ValueError("weights, residual and psfs must have the same bands and frame")
+    cdef Py_ssize_t N = peaks.shape[0], hp = psfs.shape[1], wp = psfs.shape[2], i
+    if (images.shape[0] != B or images.shape[1] != H or images.shape[2] != W
+            or model_conv.shape[0] != B or model_conv.shape[1] != H
+            or model_conv.shape[2] != W or psfs.shape[0] != B):
+        raise ValueError("weights, images, model_conv and psfs must have the same bands and "
+                         "frame")
     if peaks.shape[1] != 2 or pp.shape[0] != N or rp.shape[0] != N or pp.shape[1] != B or (
             rp.shape[1] != B):
         raise ValueError("peaks must be (N, 2) and pp, rp (N, B)")
     for i in range(N):
         if not (0 <= peaks[i, 0] < H and 0 <= peaks[i, 1] < W):
             raise ValueError(f"peaks[{i}] lies outside the frame")
-    if _release_gil(3.0 * N * B * hp * wp):
+    if _release_gil(4.0 * N * B * hp * wp):
         with nogil:
-            _point_source_products(weights, residual, psfs, peaks, pp, rp)
+            _point_source_products(weights, images, model_conv, psfs, peaks, pp, rp)
     else:
-        _point_source_products(weights, residual, psfs, peaks, pp, rp)
+        _point_source_products(weights, images, model_conv, psfs, peaks, pp, rp)
 
 
-cdef int _point_source_products(const double[:, :, ::1] weights,
-                                const double[:, :, ::1] residual, const double[:, :, ::1] psfs,
+cdef int _point_source_products(const real[:, :, ::1] weights, const real[:, :, ::1] images,
+                                const real[:, :, ::1] model_conv, const double[:, :, ::1] psfs,
                                 const int64_t[:, ::1] peaks, double[:, ::1] pp,
                                 double[:, ::1] rp) except -1 nogil:
     cdef Py_ssize_t B = weights.shape[0], H = weights.shape[1], W = weights.shape[2]
@@ -1028,7 +1030,7 @@ cdef int _point_source_products(const double[:, :, ::1] weights,
                     p = psfs[b, y - oy, x - ox]
                     w = weights[b, y, x]
                     a += w * p * p
-                    c += w * residual[b, y, x] * p
+                    c += w * (<double>images[b, y, x] - <double>model_conv[b, y, x]) * p
             pp[i, b] = a
             rp[i, b] = c
     return 0

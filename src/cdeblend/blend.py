@@ -448,7 +448,8 @@ class Blend:
         stack = self.convolved_sources([i])
         return stack.get(0), tuple(int(v) for v in stack.boxes[0])
 
-    def convolved_sources(self, indices: Sequence[int] | None = None) -> FlatStack:
+    def convolved_sources(self, indices: Sequence[int] | None = None,
+                          packed: PackedComponents | None = None) -> FlatStack:
         """The sources' models convolved to the observed PSFs, for re-apportioning.
 
         Each lies on its source's box grown by the kernel half-size and clipped to the
@@ -461,6 +462,9 @@ class Blend:
         ----------
         indices : sequence of int, optional
             Which sources, in this order (default: all).
+        packed : PackedComponents, optional
+            The components packed in order (default: packed here from their current
+            arrays).
 
         Returns
         -------
@@ -471,7 +475,8 @@ class Blend:
         B = self.shape[0]
         idx = range(len(self.sources)) if indices is None else list(indices)
         # the components' current arrays (a caller may have replaced some), not re-bound
-        p = PackedComponents.from_components(self.components, B, bind=False)
+        p = PackedComponents.from_components(self.components, B, bind=False) if (
+            packed is None) else packed
         starts = np.cumsum([0] + [len(s.components) for s in self.sources])
         ranges = np.array([(starts[i], starts[i + 1]) for i in idx], dtype=np.int64)
         ranges = ranges.reshape(-1, 2)

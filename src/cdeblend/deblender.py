@@ -251,12 +251,20 @@ class DeblendResult:
     spectrum_init: bool = False
     rescued: int = 0
     _conv: FlatStack | None = field(default=None, repr=False)
+    _snapshot: PackedComponents | None = field(default=None, repr=False)
     _conserved: FlatStack | None = field(default=None, repr=False)
 
     # -- per-source products
+    def _packed_now(self) -> PackedComponents:
+        """The components packed once for the products (not re-bound)."""
+        if self._snapshot is None:
+            self._snapshot = PackedComponents.from_components(self.blend.components,
+                                                              self.blend.shape[0], bind=False)
+        return self._snapshot
+
     def _convolved_stack(self) -> FlatStack:
         if self._conv is None:
-            self._conv = self.blend.convolved_sources()
+            self._conv = self.blend.convolved_sources(packed=self._packed_now())
         return self._conv
 
     def _dense(self, stack: FlatStack) -> np.ndarray:
@@ -300,7 +308,7 @@ class DeblendResult:
         out = np.zeros((len(sources), B))
         if not any(src.components for src in sources):
             return out
-        p = PackedComponents.from_components(self.blend.components, B, bind=False)
+        p = self._packed_now()
         owner = np.repeat(np.arange(len(sources)), [len(src.components) for src in sources])
         np.add.at(out, owner, p.sed * _morph_sums(p)[:, None])
         return out
@@ -581,18 +589,17 @@ class _Fitter:
         cfg = self.config
         obs = self.obs
         p = self.blend._packed
-        _adam_cy.render(p.sed, p.morph, p.comp, self.model)
-        residual = np.asarray(obs.images, dtype=np.float64) - obs.convolve(self.model)
-        weights = np.asarray(obs.weights, dtype=np.float64)
-        psfs = np.ascontiguousarray(obs.psfs, dtype=np.float64)
         sources = [src for src in self.blend.sources if not src.is_null]
         if not sources:
             return 0
-        B = residual.shape[0]
-        # weighted least-squares amplitude of a point source in the residual at every
-        # peak, per band (one Cython call)
+        _adam_cy.render(p.sed, p.morph, p.comp, self.model)
+        conv = obs.convolve(self.model)
+        B = conv.shape[0]
+        # weighted least-squares amplitude of a point source in the residual images - conv
+        # at every peak, per band (one Cython call, on the PSF stamps only)
         pp, rp = np.empty((len(sources), B)), np.empty((len(sources), B))
-        _adam_cy.point_source_products(weights, residual, psfs,
+        _adam_cy.point_source_products(obs.weights, obs.images, conv,
+                                       np.ascontiguousarray(obs.psfs, dtype=np.float64),
                                        np.array([s.peak for s in sources], dtype=np.int64),
                                        pp, rp)
         amp = np.divide(rp, pp, out=np.zeros_like(rp), where=pp > 0)
@@ -609,7 +616,7 @@ class _Fitter:
             if (snr[i] < cfg.rescue_snr
                     or np.sum(np.maximum(amp[i], 0)) <= cfg.rescue_fraction * flux[id(src)]):
                 continue
-            sl_img, sl_psf = _centered_overlap(residual.shape[1:], model_psf.shape, *src.peak)
+            sl_img, sl_psf = _centered_overlap(conv.shape[1:], model_psf.shape, *src.peak)
             morph = model_psf[sl_psf] / model_psf.max()
             box = (sl_img[0].start, sl_img[1].start, morph.shape[0], morph.shape[1])
             sed = np.maximum(amp[i], cfg.floor) * model_psf.max()

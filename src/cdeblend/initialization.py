@@ -141,10 +141,10 @@ def _fit_all_seds(blend: Blend, observation, config: DeblendConfig) -> bool:
 
     comps = blend.components
     try:
-        seds = np.asarray(spectra.fit_seds(observation, [c.morphology for c in comps],
-                                           [c.box for c in comps],
-                                           weighted=config.weighted_sed_fit,
-                                           solver=config.sed_solver))
+        # the morphologies were just made here (finite, on their boxes): no checks
+        seds = np.asarray(spectra._fit_seds(observation, [c.morphology for c in comps],
+                                            [c.box for c in comps], config.weighted_sed_fit,
+                                            observation.images, config.sed_solver))
     except np.linalg.LinAlgError:
         return False
     if not np.all(np.isfinite(seds)):

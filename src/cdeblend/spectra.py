@@ -220,11 +220,9 @@ def fit_seds(
         raise ValueError(
             f"morphologies has {len(morphologies)} entries but boxes has {len(boxes)}"
         )
-    nb, height, width = observation.shape
-    nk = len(morphologies)
-    if nk == 0:
+    nb = observation.shape[0]
+    if len(morphologies) == 0:
         return np.zeros((0, nb))
-    dtype = observation.dtype
     data = observation.images
     if fixed_model is not None:
         data = data - observation.convolve(fixed_model)
@@ -240,7 +238,19 @@ def fit_seds(
         if arr.dtype.kind not in "iuf" or not np.all(np.isfinite(arr)):
             raise ValueError(f"morphologies[{k}] must hold finite real numbers")
         morphs.append(arr)
+    return _fit_seds(observation, morphs, box_list, weighted, data, solver)
 
+
+def _fit_seds(observation: Observation, morphs: Sequence[np.ndarray],
+              box_list: Sequence[tuple[int, int, int, int]], weighted: bool,
+              data: np.ndarray, solver: str) -> np.ndarray:
+    """:func:`fit_seds` of checked inputs: finite 2-D morphologies of their boxes' shapes,
+    boxes as int tuples, ``data`` the images (minus any fixed model)."""
+    nb = observation.shape[0]
+    nk = len(morphs)
+    if nk == 0:
+        return np.zeros((0, nb))
+    dtype = observation.dtype
     # grown boxes first (pure box arithmetic), so one flat buffer holds every convolved model
     grown = np.zeros((nk, 4), dtype=np.intp)
     for k, box in enumerate(box_list):
