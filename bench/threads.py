@@ -2,10 +2,12 @@
 
 Runs :func:`cdeblend.deblend_catalog` on ``field_lsst_512.npz`` (138 peaks over a 6-band
 image; parents are found from the flat peak list) with ``executor="serial"`` and with
-``executor="threads"`` for each worker count, ``--repeat`` times each (the best time is
-kept, after one untimed warm-up), and prints the wall time, the CPU time of the process
+``executor="threads"`` for each worker count, ``--repeat`` times each, the runs of the two
+executors alternating (so that a slow spell of a shared machine hits both), after one
+untimed warm-up. It prints the best and the median wall time, the CPU time of the process
 (user + system: with the GIL released the CPU time exceeds the wall time), the speed-up
-over serial and whether the catalogs are identical. For comparison it runs a warm
+over serial from the best times and the median of the paired speed-ups (serial run / the
+threaded run after it), and whether the catalogs are identical. For comparison it runs a warm
 ``concurrent.futures.ProcessPoolExecutor`` of the same size (deblend_catalog accepts any
 Executor): processes share no GIL, so the gap between the two rows is the cost of the
 Python work that holds the GIL. BLAS threads (numpy's eigh in the SED fit) also compete for
@@ -13,7 +15,7 @@ the cores: run with ``OPENBLAS_NUM_THREADS=1`` for a clean comparison. It also p
 largest parents' share of the serial time, which bounds the speed-up (a pool cannot finish
 before its longest task).
 
-    python bench/threads.py [--data DIR] [--workers 2] [--repeat 3]
+    python bench/threads.py [--data DIR] [--workers 2] [--repeat 15]
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=here.parents[2] / "shared" / "data")
     ap.add_argument("--workers", default="2", help="comma list of thread counts")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=15)
     args = ap.parse_args()
     path = args.data / "field_lsst_512.npz"
     print(f"data: {path}")
@@ -50,45 +52,63 @@ def main() -> None:
                               bands=tuple(str(b) for b in d["filters"]))
         peaks = np.c_[np.round(d["catalog"]["y"]), np.round(d["catalog"]["x"])].astype(int)
     print(f"cdeblend {cdeblend.__version__}; image {obs.images.shape}, {len(peaks)} peaks, "
-          f"{os.cpu_count()} CPUs; best of {args.repeat}")
+          f"{os.cpu_count()} CPUs; {args.repeat} alternating runs per executor")
     cfg = CatalogConfig()
+
+    def once(executor, workers: int | None):
+        c0, t0 = _cpu(), time.perf_counter()
+        cat, _ = deblend_catalog(obs, peaks=peaks, config=cfg, executor=executor,
+                                 progress=False, max_workers=workers)
+        return time.perf_counter() - t0, _cpu() - c0, cat
+
+    def same(cat, ref) -> bool:
+        return all(np.array_equal(np.asarray(cat[n]), np.asarray(ref[n]), equal_nan=True)
+                   for n in ref.colnames if np.asarray(ref[n]).dtype.kind in "fiub")
+
+    deblend_catalog(obs, peaks=peaks, config=cfg, executor="serial", progress=False)
+    head = (f"{'executor':<12} {'best s':>7} {'median s':>8} {'cpu s':>7} {'cpu/wall':>8} "
+            f"{'speed-up':>8} {'paired':>7} same")
+    print(head)
+    print("-" * len(head))
+    workers = [int(v) for v in args.workers.split(",")]
+    ser: list = []
+    thr: dict[int, list] = {w: [] for w in workers}
+    for _ in range(args.repeat):  # alternate: serial, threads x w, serial, ...
+        for w in workers:
+            ser.append(once("serial", None))
+            thr[w].append(once("threads", w))
+    ts = np.array([r[0] for r in ser])
+    best_s = ser[int(np.argmin(ts))]
+    print(f"{'serial':<12} {ts.min():7.3f} {np.median(ts):8.3f} {best_s[1]:7.3f} "
+          f"{best_s[1] / best_s[0]:8.2f} {1.0:8.2f} {1.0:7.2f}")
+    cat_ser = best_s[2]
+    for w in workers:
+        tt = np.array([r[0] for r in thr[w]])
+        best = thr[w][int(np.argmin(tt))]
+        paired = np.median(ts[-len(tt):] / tt)
+        print(f"{'threads x' + str(w):<12} {tt.min():7.3f} {np.median(tt):8.3f} {best[1]:7.3f} "
+              f"{best[1] / best[0]:8.2f} {ts.min() / tt.min():8.2f} {paired:7.2f} "
+              f"{'yes' if all(same(r[2], cat_ser) for r in thr[w]) else 'NO'}")
 
     def run(executor, workers: int | None):
         best = None
         for _ in range(args.repeat):
-            c0, t0 = _cpu(), time.perf_counter()
-            cat, _ = deblend_catalog(obs, peaks=peaks, config=cfg, executor=executor,
-                                     progress=False, max_workers=workers)
-            dt, dc = time.perf_counter() - t0, _cpu() - c0
+            dt, dc, cat = once(executor, workers)
             if best is None or dt < best[0]:
                 best = (dt, dc, cat)
         return best
 
-    deblend_catalog(obs, peaks=peaks, config=cfg, executor="serial", progress=False)
-    head = f"{'executor':<12} {'wall s':>7} {'cpu s':>7} {'cpu/wall':>8} {'speed-up':>8} same"
-    print(head)
-    print("-" * len(head))
-    t_ser, c_ser, cat_ser = run("serial", None)
-    print(f"{'serial':<12} {t_ser:7.3f} {c_ser:7.3f} {c_ser / t_ser:8.2f} {1.0:8.2f}")
-    for w in (int(v) for v in args.workers.split(",")):
-        t, c, cat = run("threads", w)
-        same = all(np.array_equal(np.asarray(cat[n]), np.asarray(cat_ser[n]), equal_nan=True)
-                   for n in cat_ser.colnames
-                   if np.asarray(cat_ser[n]).dtype.kind in "fiub")
-        print(f"{'threads x' + str(w):<12} {t:7.3f} {c:7.3f} {c / t:8.2f} {t_ser / t:8.2f} "
-              f"{'yes' if same else 'NO'}")
     # for comparison: a warm process pool (no GIL to share; tasks are pickled to it)
     import concurrent.futures as cf
 
-    for w in (int(v) for v in args.workers.split(",")):
+    t_ser = ts.min()
+    for w in workers:
         with cf.ProcessPoolExecutor(max_workers=w) as pool:
             deblend_catalog(obs, peaks=peaks, config=cfg, executor=pool, progress=False)
             t, c, cat = run(pool, None)
-        same = all(np.array_equal(np.asarray(cat[n]), np.asarray(cat_ser[n]), equal_nan=True)
-                   for n in cat_ser.colnames
-                   if np.asarray(cat_ser[n]).dtype.kind in "fiub")
-        print(f"{'processes x' + str(w):<12} {t:7.3f} {c:7.3f} {c / t:8.2f} {t_ser / t:8.2f} "
-              f"{'yes' if same else 'NO'}  (cpu: parent process only)")
+        print(f"{'processes x' + str(w):<12} {t:7.3f} {'':>8} {c:7.3f} {c / t:8.2f} "
+              f"{t_ser / t:8.2f} {'':>7} {'yes' if same(cat, cat_ser) else 'NO'}"
+              "  (cpu: parent process only)")
     # the longest parents bound the speed-up: time each parent's deblend() serially
     times: list[float] = []
 
