@@ -324,7 +324,7 @@ cdef int _check_work(FFTWork work, bint is_double, object fk, Py_ssize_t nb) exc
 cdef int _kernel_spectrum(cd_conv* c, const double[:, :, ::1] kernels,
                           const Py_ssize_t[::1] iy, const Py_ssize_t[::1] ix,
                           double[:, :, ::1] planes, double[:, :, ::1] spec,
-                          double[:, :, :, ::1] o) except -1 nogil:
+                          floating[:, :, :, ::1] o) except -1 nogil:
     cdef Py_ssize_t nb = kernels.shape[0], kh = kernels.shape[1], kw = kernels.shape[2]
     cdef Py_ssize_t n0 = planes.shape[1], n1 = planes.shape[2]
     cdef Py_ssize_t b, y, x, c2, kx, ky, mx, my
@@ -351,22 +351,25 @@ cdef int _kernel_spectrum(cd_conv* c, const double[:, :, ::1] kernels,
                 zi = spec[1, kx, ky]
                 ur = spec[0, mx, my]
                 ui = spec[1, mx, my]
-                o[b, 0, kx, ky] = 0.5 * (zr + ur)
-                o[b, 1, kx, ky] = 0.5 * (zi - ui)
+                o[b, 0, kx, ky] = <floating>(0.5 * (zr + ur))
+                o[b, 1, kx, ky] = <floating>(0.5 * (zi - ui))
                 if b + 1 < nb:
-                    o[b + 1, 0, kx, ky] = 0.5 * (zi + ui)
-                    o[b + 1, 1, kx, ky] = -0.5 * (zr - ur)
+                    o[b + 1, 0, kx, ky] = <floating>(0.5 * (zi + ui))
+                    o[b + 1, 1, kx, ky] = <floating>(-0.5 * (zr - ur))
     return 0
 
 
-def kernel_spectrum(const double[:, :, ::1] kernels, int n0, int n1):
+def kernel_spectrum(const double[:, :, ::1] kernels, int n0, int n1, dtype=np.float64):
     """Transforms ``(B, 2, n1, n0)`` (real and imaginary planes, kx major) of the kernels
     wrapped with their centre pixel at index (0, 0) of the ``(n0, n1)`` grid (taps beyond
-    the grid fold over), in double precision: two kernels per complex transform, separated
-    by the symmetry of real inputs."""
+    the grid fold over): two kernels per complex transform in double precision, separated
+    by the symmetry of real inputs and stored in ``dtype`` (float64 or float32; rounded
+    once, without a double-precision copy of the whole result)."""
     cdef Py_ssize_t nb = kernels.shape[0], kh = kernels.shape[1], kw = kernels.shape[2]
     cdef FFTWork work = FFTWork(n0, n1, n1, True)
-    out = np.empty((nb, 2, n1, n0), dtype=np.float64)
+    if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    out = np.empty((nb, 2, n1, n0), dtype=dtype)
     planes_arr = np.zeros((2, n0, n1), dtype=np.float64)
     spec_arr = np.empty((2, n1, n0), dtype=np.float64)
     # wrapped positions of the taps: C remainders (cdivision) keep the sign, shift first
@@ -376,13 +379,24 @@ def kernel_spectrum(const double[:, :, ::1] kernels, int n0, int n1):
     cdef Py_ssize_t[::1] ix = ix_arr.astype(np.intp)
     cdef double[:, :, ::1] planes = planes_arr
     cdef double[:, :, ::1] spec = spec_arr
-    cdef double[:, :, :, ::1] o = out
-    if _release_gil(_fft_work(work, (nb + 1) // 2)):
-        with nogil:
-            _kernel_spectrum(&work.c, kernels, iy, ix, planes, spec, o)
+    cdef bint release = _release_gil(_fft_work(work, (nb + 1) // 2))
+    if out.dtype == np.float64:
+        _spectrum_into[double](&work.c, kernels, iy, ix, planes, spec, out, release)
     else:
-        _kernel_spectrum(&work.c, kernels, iy, ix, planes, spec, o)
+        _spectrum_into[float](&work.c, kernels, iy, ix, planes, spec, out, release)
     return out
+
+
+cdef int _spectrum_into(cd_conv* c, const double[:, :, ::1] kernels, const Py_ssize_t[::1] iy,
+                        const Py_ssize_t[::1] ix, double[:, :, ::1] planes,
+                        double[:, :, ::1] spec, floating[:, :, :, ::1] o,
+                        bint release) except -1:
+    if release:
+        with nogil:
+            _kernel_spectrum(c, kernels, iy, ix, planes, spec, o)
+    else:
+        _kernel_spectrum(c, kernels, iy, ix, planes, spec, o)
+    return 0
 
 
 def conv_cube(FFTWork work, const floating[:, :, ::1] src, int oy, int ox,

@@ -69,8 +69,6 @@ _FFT_OVERHEAD = 20e-6
 #: a catalog meets many small grids; the bytes, not the count, bound the cache.
 _KERNEL_CACHE_SIZE = 1024
 _KERNEL_CACHE_BYTES = 128 * 2**20
-#: Double-precision transforms up to this size are kept beside the working-precision ones.
-_KEEP_EXACT_BYTES = 4 * 2**20
 #: At most this many FFT grids keep work buffers per thread (LRU).
 _BUFFER_CACHE_SIZE = 6
 
@@ -219,31 +217,20 @@ class _KernelCache:
         self.nbytes = 0
 
     def get(self, n0: int, n1: int, exact: bool = False) -> np.ndarray:
-        """Return the (B, 2, n1, n0) transforms on the ``(n0, n1)`` grid, computing them once.
-
-        They are computed in double precision; the working-precision entry is those rounded,
-        and the double ones are kept too (for the products of a fit, which convolve on the
-        same grids) unless they are large.
-        """
-        key, key64 = (n0, n1, exact), (n0, n1, True)
+        """Return the (B, 2, n1, n0) transforms on the ``(n0, n1)`` grid, computing them once
+        (in double precision, stored in the kernels' dtype or, with ``exact``, float64)."""
+        key = (n0, n1, exact or self.kernels.dtype == np.float64)
         with self.lock:
             hit = self.entries.get(key)
             if hit is not None:
                 self.entries.move_to_end(key)
                 return hit
-            spec = self.entries.get(key64)
-        new = {}
-        if spec is None:
-            spec = kernel_spectrum(np.ascontiguousarray(self.kernels, dtype=np.float64), n0, n1)
-            if exact or spec.nbytes <= _KEEP_EXACT_BYTES:
-                new[key64] = spec
-        value = spec if exact else spec.astype(self.kernels.dtype, copy=False)
-        new[key] = value
+        value = kernel_spectrum(np.ascontiguousarray(self.kernels, dtype=np.float64), n0, n1,
+                                np.float64 if key[2] else self.kernels.dtype)
         with self.lock:
-            for k, v in new.items():
-                if k not in self.entries:
-                    self.entries[k] = v
-                    self.nbytes += v.nbytes
+            if key not in self.entries:
+                self.entries[key] = value
+                self.nbytes += value.nbytes
             while len(self.entries) > 1 and (
                 len(self.entries) > _KERNEL_CACHE_SIZE or self.nbytes > _KERNEL_CACHE_BYTES
             ):
