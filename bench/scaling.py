@@ -15,6 +15,7 @@ resident memory (``ru_maxrss``) is its own. Per size the table gives
 * ``|dF/F|``: median over sources and bands of the conserved flux error against the truth.
 
     python bench/scaling.py [--sizes 60:5,150:25,400:120,1000:600] [--seed 1]
+                            [--dtype float32|float64]
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ import cdeblend  # noqa: E402
 DEFAULT_SIZES = "60:5,150:25,400:120,1000:600"
 
 
-def run_one(size: int, n_sources: int, seed: int, traced: bool) -> dict:
+def run_one(size: int, n_sources: int, seed: int, traced: bool,
+            dtype: str = "float32") -> dict:
     """Deblend one synthetic blend in this process and return its measurements."""
     scene = synth.make_scene(size, size, n_sources, seed=seed)
     if traced:
         tracemalloc.start()
     t0 = time.perf_counter()
-    obs = cdeblend.Observation(scene.images, scene.variance, scene.psfs, bands=scene.bands)
+    obs = cdeblend.Observation(scene.images, scene.variance, scene.psfs, bands=scene.bands,
+                               dtype=np.dtype(dtype))
     result = cdeblend.Deblender().deblend(obs, scene.peaks)
     t1 = time.perf_counter()
     fluxes = result.conserved_fluxes
@@ -78,8 +81,9 @@ def run_one(size: int, n_sources: int, seed: int, traced: bool) -> dict:
     return out
 
 
-def _child(size: int, n: int, seed: int, traced: bool) -> dict:
-    cmd = [sys.executable, __file__, "--one", f"{size}:{n}", "--seed", str(seed)]
+def _child(size: int, n: int, seed: int, traced: bool, dtype: str) -> dict:
+    cmd = [sys.executable, __file__, "--one", f"{size}:{n}", "--seed", str(seed),
+           "--dtype", dtype]
     if traced:
         cmd.append("--traced")
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -90,15 +94,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=DEFAULT_SIZES, help="comma list of SIZE:N_SOURCES")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                    help="working precision of the Observation")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         size, n = (int(v) for v in args.one.split(":"))
-        print(json.dumps(run_one(size, n, args.seed, args.traced)))
+        print(json.dumps(run_one(size, n, args.seed, args.traced, args.dtype)))
         return
     print(f"cdeblend {cdeblend.__version__}, default DeblendConfig, synthetic 5-band blends "
-          f"(bench/synth.py, seed {args.seed}), one fresh process per size")
+          f"(bench/synth.py, seed {args.seed}), {args.dtype}, one fresh process per size")
     head = (f"{'size':>9} {'N':>4} {'K':>5} {'init s':>7} {'fit s':>7} {'iter':>5} {'ms/it':>7} "
             f"{'floor ms':>8} {'it/floor':>8} {'cons s':>7} {'total s':>8} {'RSS MB':>7} "
             f"{'traced MB':>9} {'|dF/F|':>7}")
@@ -106,8 +112,8 @@ def main() -> None:
     print("-" * len(head))
     for item in args.sizes.split(","):
         size, n = (int(v) for v in item.split(":"))
-        r = _child(size, n, args.seed, False)
-        tr = _child(size, n, args.seed, True)
+        r = _child(size, n, args.seed, False, args.dtype)
+        tr = _child(size, n, args.seed, True, args.dtype)
         per_it = r["fit"] / max(r["iterations"], 1)
         print(f"{size:>4}x{size:<4} {r['n']:>4} {r['components']:>5} {r['init']:>7.2f} "
               f"{r['fit']:>7.2f} {r['iterations']:>5} {1e3 * per_it:>7.2f} "

@@ -1055,12 +1055,14 @@ def deblend_catalog(
     config : CatalogConfig, optional
         Skip rules, deblender choice and their configurations.
     executor : str, concurrent.futures.Executor or distributed.Client
-        ``"serial"``, ``"threads"`` (default; the kernels release the GIL), ``"dask"`` (the
-        running distributed client, else dask's threaded scheduler), an Executor, or a Client.
-        Parents are submitted largest first. The Python between the kernels holds the GIL;
-        a warm ``ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn"))``
-        shares none (on 2 cores, bench/threads.py measured about 1.45x with threads and
-        1.4x with processes, with identical results; a pool costs about a second to start).
+        ``"serial"``, ``"threads"`` (default: a pool of one thread per usable core, which
+        also computes the image's noise level and the shared PSF kernels while the parents
+        are found; the fits run without the GIL), ``"dask"`` (the running distributed
+        client, else dask's threaded scheduler), an Executor, or a Client. Parents are
+        submitted largest first. On 2 cores bench/threads.py measured 1.6-1.7x over serial
+        with threads and 1.4x with a warm
+        ``ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn"))``, with
+        identical results (a process pool costs about a second to start).
     progress : bool
         Show a tqdm progress bar when tqdm is installed.
     max_workers : int, optional
