@@ -170,3 +170,27 @@ def test_cutout_shares_kernels_and_noise():
     assert np.all(obs.weights > 0)
     with pytest.raises(ValueError, match="inside the image"):
         obs.cutout((25, 0, 10, 10))
+
+
+def test_observation_pickles_and_shares_kernels():
+    """An Observation survives pickling (process pools, dask) and convolves the same; one
+    made from another's arrays shares its kernels and their transforms."""
+    import pickle
+
+    rng = np.random.default_rng(12)
+    y = np.arange(11) - 5
+    psf = np.exp(-0.5 * (y[:, None] ** 2 + y[None] ** 2) / 1.8**2)
+    psfs = np.repeat((psf / psf.sum())[None], 2, axis=0)
+    obs = Observation(rng.normal(size=(2, 20, 24)), np.ones((2, 20, 24)), psfs)
+    model = rng.random(obs.shape)
+    ref = obs.convolve(model)
+    again = pickle.loads(pickle.dumps(obs))
+    np.testing.assert_array_equal(again.convolve(model), ref)
+    np.testing.assert_array_equal(again.diff_kernels, obs.diff_kernels)
+    other = obs._on_arrays(obs.images[:, :10].copy(), obs.variance[:, :10].copy(),
+                           obs.weights[:, :10].copy())
+    assert other.diff_kernels is obs.diff_kernels and other._kernel_cache is obs._kernel_cache
+    np.testing.assert_allclose(other.convolve(model[:, :10]),
+                               Observation(obs.images[:, :10], obs.variance[:, :10],
+                                           psfs).convolve(model[:, :10]), rtol=1e-12,
+                               atol=1e-12)
