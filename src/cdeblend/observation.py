@@ -727,18 +727,6 @@ class Observation:
         self.convolve_adjoint(resid, out=grad_out, mode=mode)
         return float(loss)
 
-    def _fit_engine(self) -> tuple[np.ndarray, Any]:
-        """The per-iteration loss and gradient of the fit: returns ``(model, step)``; render
-        the model into ``model`` (B, H, W), then ``step()`` returns ``(loss, grad)`` with
-        ``dL/dmodel`` in ``grad`` (a work buffer, valid until the next call)."""
-        model = np.empty(self.shape, dtype=self.dtype)
-        grad = np.empty_like(model)
-
-        def step() -> tuple[float, np.ndarray]:
-            return self.loss_and_gradient(model, grad), grad
-
-        return model, step
-
     def _box_source(self, array: Any, box: Any) -> tuple[np.ndarray, Box, Box]:
         """Check ``array`` on ``box`` and cut it to the frame.
 
