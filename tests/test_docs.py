@@ -77,17 +77,114 @@ def test_committed_figures_match_the_script(generated):
     assert total < 3_000_000
 
 
+def _tables(text: str) -> list[list[str]]:
+    """The markdown tables of a text: runs of consecutive lines starting with '|'."""
+    tables: list[list[str]] = []
+    current: list[str] = []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def _cells(row: str) -> list[str]:
+    return [c.strip() for c in row.strip().strip("|").split("|")]
+
+
+def _numbers(cell: str) -> list[tuple[float, bool]]:
+    """The numbers of a cell, each with whether it is a percentage."""
+    return [
+        (float(m.group(1)), m.group(2) == "%") for m in re.finditer(r"(-?\d+(?:\.\d+)?)(%?)", cell)
+    ]
+
+
+def _close(printed: str, tutorial: str) -> bool:
+    """A machine-dependent cell: same words, numbers within the round-off tolerance.
+
+    The marked rows come from fits of 300-1000 iterations, which take round-off-dependent
+    paths once the loss is flat. Measured across machines of this kind and earlier FFT
+    back-ends (docs/overview.md): losses and fluxes of those fits differ by < 1 %, so 3 %
+    leaves room; the percentage changes against the long fit differ by up to 1.5 points (a
+    faint source's flux is the denominator), so 3 points.
+    """
+    if re.sub(r"-?\d+(?:\.\d+)?", "#", printed) != re.sub(r"-?\d+(?:\.\d+)?", "#", tutorial):
+        return False
+    for (a, pct), (b, _) in zip(_numbers(printed), _numbers(tutorial), strict=True):
+        limit = 3.0 if pct else 0.03 * max(abs(a), abs(b))
+        if abs(a - b) > limit:
+            return False
+    return True
+
+
 def test_tutorial_tables_are_the_scripts(generated):
-    """Every table row the script prints is in the tutorial, verbatim."""
+    """Every table row the script prints is in the tutorial: verbatim, or for the rows marked
+    machine-dependent, with the same labels and numbers within a stated tolerance."""
+    mark = " (*)"
     _, _, stdout = generated
     text = TUTORIAL.read_text()
+    tutorial_tables = {tuple(_cells(t[0])): t for t in _tables(text)}
     rows = [line for line in stdout.splitlines() if line.startswith("| ")]
     assert len(rows) >= 25
-    missing = [row for row in rows if row not in text]
+    missing, n_marked = [], 0
+    for table in _tables(stdout):
+        header = _cells(table[0])
+        whole = header[0].endswith(mark)
+        for row in table[:1] + table[2:]:
+            if row in text:
+                continue
+            cells = _cells(row)
+            if not (whole or cells[0].endswith(mark)):
+                missing.append(row)
+                continue
+            n_marked += 1
+            theirs = [_cells(r) for r in tutorial_tables.get(tuple(header), [])]
+            match = [c for c in theirs if c[0] == cells[0]]
+            if not match:
+                missing.append(row)
+            elif whole:
+                # Differences against the long fit: a faint source's share moves by several
+                # points with round-off (source 4's re-apportioned change: 4.0 % on the
+                # machine that wrote the tutorial, 10.7 % on another), so only the form is
+                # compared here; the claim the tutorial makes of them is tested below.
+                form = "| " + " | ".join(match[0]) + " |"
+                if re.sub(r"\d+\.\d", "#", row) != re.sub(r"\d+\.\d", "#", form):
+                    missing.append(row)
+            elif not all(_close(a, b) for a, b in zip(cells, match[0], strict=True)):
+                missing.append(row)
     assert not missing, (
         "the tutorial's numbers are stale; rerun python docs/make_figures.py and paste:\n"
         + "\n".join(missing)
     )
+
+
+def test_machine_dependent_rows_are_marked(generated):
+    """The long fits' rows are marked in the script's output and in the tutorial."""
+    _, _, stdout = generated
+    text = TUTORIAL.read_text()
+    for name in ("e_rel=1e-5 (*)", "e_rel=1e-5, max_iter=1000 (*)"):
+        assert f"| {name} |" in stdout and f"| {name} |" in text
+    assert "| source (*) |" in stdout and "| source (*) |" in text
+
+
+def test_bright_sources_do_not_depend_on_the_long_fit(generated):
+    """What the tutorial claims of the machine-dependent change table on every machine: the
+    two bright sources' re-apportioned fluxes move by less than 1 % from 48 to 1000
+    iterations, while some faint source's moves by more than 10 %."""
+    _, _, stdout = generated
+    table = next(t for t in _tables(stdout) if _cells(t[0])[0] == "source (*)")
+    change = {int(_cells(r)[0]): float(_cells(r)[2].rstrip("%")) for r in table[2:]}
+    assert change[0] < 1.0 and change[1] < 1.0
+    assert max(change.values()) > 10.0
+
+
+def test_close_rejects_real_changes():
+    """The tolerance of machine-dependent rows is not a blank cheque."""
+    assert _close("8103", "8091") and _close("2.8%", "2.5%")
+    assert not _close("9103", "8091") and not _close("6.8%", "12.5%")
+    assert not _close("yes", "no") and not _close("1000 | no", "1000 | yes")
 
 
 def test_tutorial_code_runs(tmp_path, monkeypatch):
@@ -115,7 +212,8 @@ def test_source_panels_show_negative_residuals():
 
     rng = np.random.default_rng(3)
     images = rng.normal(0.0, 1.0, (3, 20, 20)) + 50.0 * np.exp(
-        -((np.arange(20)[:, None] - 10.0) ** 2 + (np.arange(20)[None, :] - 10.0) ** 2) / 8.0)
+        -((np.arange(20)[:, None] - 10.0) ** 2 + (np.arange(20)[None, :] - 10.0) ** 2) / 8.0
+    )
     residual = np.zeros((3, 20, 20))
     residual[:, :, :6] = rng.normal(0.0, 1.0, (3, 20, 6))  # noise: sets the scale
     residual[:, 2, 10] = -2.0
