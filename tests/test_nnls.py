@@ -1,6 +1,8 @@
 """The Cython NNLS on the normal equations (``nnls_gram``) against scipy's NNLS and its
 fallbacks, and the SEDs of ``fit_seds(solver="nnls")`` against the scipy path."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -14,6 +16,7 @@ from cdeblend.initialization import initialize_blend
 
 nnls_gram = _convolve_cy.nnls_gram
 EPS = np.finfo(np.float64).eps
+DATA = Path(__file__).parent / "data"
 
 
 def scipy_reference(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -220,3 +223,178 @@ def test_fit_seds_unchanged_on_the_bundled_blend(monkeypatch, weighted, flip):
     ref = spectra.fit_seds(obs, morphs, boxes, weighted=weighted, solver="nnls")
     assert np.all(ref > 0) != flip and np.count_nonzero(ref) > 0
     np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-10 * np.abs(ref).max())
+
+
+# ------------------------------------------------------------------------------------------
+# The sparse solver of large overlap groups (nnls_sparse)
+# ------------------------------------------------------------------------------------------
+
+nnls_sparse = _convolve_cy.nnls_sparse
+
+
+def sparse_design(rng: np.random.Generator, n: int, size: int, mode: str) -> np.ndarray:
+    """A (size^2, n) design of ``n`` positive "morphologies" on random boxes of a
+    ``size x size`` frame (each overlaps only its neighbours); in pairs on one box, the second
+    correlated with the first (a bulge and its disk), as the components of the sims."""
+    a = np.zeros((size, size, n))
+    for k in range(n):
+        if k % 2 and mode == "pairs":  # same box as k - 1, a correlated profile
+            a[..., k] = a[..., k - 1] ** 2 + 0.3 * rng.random((size, size)) * (a[..., k - 1] > 0)
+            continue
+        h, w = rng.integers(3, 9, size=2)
+        y0, x0 = rng.integers(0, size - h), rng.integers(0, size - w)
+        a[y0:y0 + h, x0:x0 + w, k] = rng.random((h, w)) + 0.1
+    return a.reshape(size * size, n) * rng.uniform(0.1, 10.0, size=n)
+
+
+def as_csr(gram: np.ndarray):
+    """CSR arrays (intp pattern of the nonzeros of every band, (B, nnz) values)."""
+    pattern = np.any(gram != 0, axis=0)
+    rows, cols = np.nonzero(pattern)
+    indptr = np.zeros(pattern.shape[0] + 1, dtype=np.intp)
+    np.cumsum(pattern.sum(axis=1), out=indptr[1:])
+    return indptr, cols.astype(np.intp), np.ascontiguousarray(gram[:, rows, cols])
+
+
+def solve_sparse(gram: np.ndarray, rhs: np.ndarray, **kw) -> tuple[np.ndarray, np.ndarray]:
+    indptr, indices, data = as_csr(gram)
+    out = np.full(rhs.shape, np.nan)
+    return out, nnls_sparse(indptr, indices, data, np.ascontiguousarray(rhs), out, **kw)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(2, 120),
+    mode=st.sampled_from(["single", "pairs"]),
+    truth=st.sampled_from(["positive", "mixed", "negative"]),
+)
+def test_sparse_matches_scipy_nnls_on_the_design(seed, n, mode, truth):
+    rng = np.random.default_rng(seed)
+    size = int(np.ceil(np.sqrt(n))) * 4 + 8
+    a = sparse_design(rng, n, size, mode)
+    signs = {"positive": 1.0, "negative": -1.0, "mixed": rng.choice([-1.0, 1.0], n)}[truth]
+    d = a @ (signs * rng.uniform(0.2, 2.0, n)) + rng.normal(size=a.shape[0])
+    gram, rhs = a.T @ a, a.T @ d
+    got, status = solve_sparse(gram[None], rhs[None])
+    cond = np.linalg.cond(gram)
+    if not np.isfinite(cond) or 1e3 * EPS * n * cond > 1:
+        return  # (nearly) singular draws: the dense path's business, tested below
+    assert status[0] == 0
+    ref = nnls(a, d, maxiter=50 * n)[0]  # independent: the design matrix itself
+    scale = np.abs(ref).max(initial=0.0)
+    tol = scale * max(1e-10, 100 * EPS * cond)
+    np.testing.assert_allclose(got[0], ref, rtol=0, atol=tol)
+    assert_kkt(gram, rhs, got[0])
+    dense, dense_status = solve(gram[None], rhs[None])
+    if dense_status[0] == 0:  # the dense active set: the same minimiser
+        np.testing.assert_allclose(got[0], dense[0], rtol=0, atol=tol)
+
+
+def test_sparse_bands_are_solved_alone_and_the_order_does_not_matter():
+    rng = np.random.default_rng(21)
+    gram, rhs = [], []
+    for _ in range(3):
+        a = sparse_design(rng, 80, 44, "pairs")
+        d = a @ rng.normal(size=80) + rng.normal(size=a.shape[0])
+        gram.append(a.T @ a)
+        rhs.append(a.T @ d)
+    gram, rhs = np.array(gram), np.array(rhs)
+    got, status = solve_sparse(gram, rhs)
+    np.testing.assert_array_equal(status, 0)
+    for b in range(3):
+        alone, _ = solve_sparse(gram[b:b + 1], rhs[b:b + 1])
+        np.testing.assert_array_equal(alone[0], got[b])
+    perm = rng.permutation(80)
+    shuffled, _ = solve_sparse(gram[:, perm][:, :, perm], rhs[:, perm])
+    scale = np.abs(got).max()
+    np.testing.assert_allclose(shuffled[:, np.argsort(perm)], got, rtol=0, atol=1e-10 * scale)
+
+
+def test_sparse_matches_dense_on_a_real_group():
+    """An overlap group of 223 components of a simulated 400 x 400 scene (5 bands, PSFs of
+    2.5-4 px, Sersic galaxies): the Gram matrices the SED fit builds."""
+    z = np.load(DATA / "sed_group_scaling_c.npz")
+    ik, il = z["ik"].astype(np.intp), z["il"].astype(np.intp)
+    products, rhs = z["products"], z["rhs"]
+    n = rhs.shape[1]
+    got = spectra._nnls_solve_sparse(ik, il, products, rhs)
+    gram = spectra._dense_gram(ik, il, products, n)
+    dense = spectra._nnls_solve_bands(gram, rhs)
+    for b in range(len(rhs)):
+        ref = scipy_reference(gram[b], rhs[b])
+        tol = np.abs(ref).max() * 100 * EPS * np.linalg.cond(gram[b])
+        np.testing.assert_allclose(got[b], ref, rtol=0, atol=tol)
+        np.testing.assert_allclose(got[b], dense[b], rtol=0, atol=tol)
+        assert_kkt(gram[b], rhs[b], got[b])
+        assert 0 < np.count_nonzero(got[b]) < n  # constraints active and not
+
+
+def test_sparse_leaves_degenerate_systems_to_the_dense_path(monkeypatch):
+    rng = np.random.default_rng(13)
+    a = sparse_design(rng, 70, 40, "single")
+    d = a @ rng.normal(size=70) + rng.normal(size=a.shape[0])
+    cases = {
+        "duplicate": np.column_stack([a, a[:, 3]]),  # singular
+        "nearly": np.column_stack([a, a[:, 3] + 1e-9 * a[:, 4]]),  # ill-conditioned
+        "empty": np.column_stack([a, np.zeros(a.shape[0])]),  # zero diagonal
+    }
+    for name, design in cases.items():
+        gram, rhs = design.T @ design, design.T @ d
+        _, status = solve_sparse(gram[None], rhs[None])
+        assert status[0] == 1, name
+    gram, rhs = a.T @ a, a.T @ d
+    x, status = solve_sparse(gram[None], rhs[None], maxround=0)
+    assert status[0] == 2
+    bad = gram.copy()
+    bad[2, 2] = np.nan
+    assert solve_sparse(bad[None], rhs[None])[1][0] == 1
+    # the spectra wrapper sends exactly those bands to the dense path
+    ik, il = np.nonzero(np.triu(gram != 0))
+    products = np.stack([gram[ik, il], 2.0 * gram[ik, il]], axis=1)
+    both = np.stack([rhs, rhs])
+    ref = spectra._nnls_solve_bands(spectra._dense_gram(ik, il, products, 70), both)
+    calls = []
+    real = nnls_sparse
+
+    def second_band_capped(indptr, indices, data, r, out):
+        status = real(indptr, indices, data, r, out)
+        calls.append(status.tolist())
+        status[1] = 2
+        return status
+
+    monkeypatch.setattr(spectra, "nnls_sparse", second_band_capped)
+    got = spectra._nnls_solve_sparse(ik, il, products, both)
+    assert calls == [[0, 0]]
+    np.testing.assert_array_equal(got[1], ref[1])  # the dense path's own answer
+    np.testing.assert_allclose(got[0], ref[0], rtol=0, atol=1e-9 * np.abs(ref[0]).max())
+
+
+def test_sparse_arguments_are_validated():
+    indptr, indices = np.array([0, 1, 2], dtype=np.intp), np.array([0, 1], dtype=np.intp)
+    data, r, out = np.ones((1, 2)), np.ones((1, 2)), np.empty((1, 2))
+    with pytest.raises(ValueError, match="indptr must be a 1-D intp"):
+        nnls_sparse(indptr.astype(np.int32), indices, data, r, out)
+    with pytest.raises(ValueError, match="indices must be a 1-D intp"):
+        nnls_sparse(indptr, indices[None], data, r, out)
+    with pytest.raises(ValueError, match="indptr must run"):
+        nnls_sparse(np.array([0, 1, 3], dtype=np.intp), indices, data, r, out)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        nnls_sparse(np.array([0, 2, 1, 2], dtype=np.intp), indices, data, np.ones((1, 3)),
+                    np.empty((1, 3)))
+    with pytest.raises(ValueError, match="outside"):
+        nnls_sparse(indptr, np.array([0, 2], dtype=np.intp), data, r, out)
+    with pytest.raises(ValueError, match="data must have shape"):
+        nnls_sparse(indptr, indices, np.ones((1, 3)), r, out)
+    with pytest.raises(ValueError, match="data must be"):
+        nnls_sparse(indptr, indices, data.astype(np.float32), r, out)
+    with pytest.raises(ValueError, match="rhs must have shape"):
+        nnls_sparse(indptr, indices, data, np.ones((2, 2)), out)
+    with pytest.raises(ValueError, match="out must have shape"):
+        nnls_sparse(indptr, indices, data, r, np.empty((1, 3)))
+    read_only = np.empty((1, 2))
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be"):
+        nnls_sparse(indptr, indices, data, r, read_only)
+    np.testing.assert_array_equal(nnls_sparse(indptr, indices, data, r, out), [0])
+    np.testing.assert_array_equal(out, 1.0)  # G = I

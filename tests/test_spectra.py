@@ -299,3 +299,49 @@ def test_overlapping_pairs_sweep_and_dense_paths_agree():
     # groups are numbered in the order of their smallest member
     first = [int(np.flatnonzero(labels == g).min()) for g in range(ng)]
     assert first == sorted(first)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_large_group_sparse_solver_matches_dense_and_design_nnls(monkeypatch, weighted):
+    """A group above the sparse threshold: the sparse solver gives the SEDs of the dense
+    active set and of scipy's NNLS on the full design matrix."""
+    from scipy.optimize import nnls
+
+    from cdeblend import spectra
+
+    rng = np.random.default_rng(17)
+    h = w = 48
+    obs = make_obs(rng, 2, h, w)
+    k = spectra._SPARSE_NNLS + 26
+    morphs, boxes = [], []
+    for i in range(k):  # a chain of overlapping boxes covering the frame: one group
+        y0, x0 = 3 + (i * 5) % 40, 3 + (i * 7) % 40
+        morphs.append(rng.random((6, 6)) + 0.05)
+        boxes.append((y0, x0, 6, 6))
+    grown = np.array([obs._grown_box(b)[1] for b in boxes])
+    ngroups, _ = spectra._groups(spectra.overlapping_pairs(grown), k)
+    assert ngroups == 1
+    truth = rng.uniform(-1.0, 3.0, size=(k, 2))  # some SEDs would be negative
+    nb = obs.shape[0]
+    design = np.zeros((nb, h * w, k))
+    for i, (m, (y0, x0, bh, bw)) in enumerate(zip(morphs, boxes, strict=True)):
+        frame = np.zeros((h, w))
+        frame[y0:y0 + bh, x0:x0 + bw] = m
+        for b in range(nb):
+            design[b, :, i] = convolve2d(frame, obs.diff_kernels[b], mode="same").ravel()
+    images = np.einsum("bpk,kb->bp", design, truth).reshape(nb, h, w)
+    images += 0.1 * rng.normal(size=images.shape)
+    obs = Observation(images, obs.variance, gaussian_psfs(nb))
+    got = fit_seds(obs, morphs, boxes, weighted=weighted, solver="nnls")
+    for b in range(nb):
+        a, d = design[b], images[b].ravel()
+        if weighted:
+            sw = np.sqrt(obs.weights[b].ravel())
+            a, d = a * sw[:, None], d * sw
+        expect = nnls(a, d, maxiter=50 * k)[0]
+        tol = 1e3 * np.finfo(float).eps * np.linalg.cond(a) ** 2 * expect.max()
+        np.testing.assert_allclose(got[:, b], expect, rtol=0, atol=max(tol, 1e-9))
+        assert 0 < np.count_nonzero(got[:, b]) < k
+    monkeypatch.setattr(spectra, "_SPARSE_NNLS", 10**9)  # the dense active set
+    dense = fit_seds(obs, morphs, boxes, weighted=weighted, solver="nnls")
+    np.testing.assert_allclose(got, dense, rtol=0, atol=1e-10 * np.abs(dense).max())

@@ -28,6 +28,7 @@ include "_fft.pxi"
 include "_gil.pxi"
 include "_conv_kernels.pxi"
 include "_nnls.pxi"
+include "_sparse_nnls.pxi"
 
 
 def convolve_direct(

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.linalg import lapack
 
-from . import _apportion_cy, _monotonic_cy, _symmetric_cy
+from . import _apportion_cy, _linalg_cy, _monotonic_cy, _symmetric_cy
 from ._validate import as_float_array, as_peaks, check_psf, check_same_shape, check_variance
 
 __all__ = [
@@ -336,16 +336,9 @@ def _lanczos5(t: np.ndarray) -> np.ndarray:
     return out
 
 
-@functools.lru_cache(maxsize=16)
-def _band_index(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Tap index ``i - k + 6`` (clipped) and the band |i - k| <= 6 of an (n, n) matrix."""
-    off = np.subtract.outer(np.arange(n), np.arange(n))
-    return np.clip(off + 6, 0, 12), np.abs(off) <= 6
-
-
-def _lanczos_matrix(n: int, d: float) -> np.ndarray:
-    """(n, n) banded matrix ``L[i, k] = lanczos5(i - k - d)`` for a shift by ``d`` (|d| < 1)."""
-    # Offsets -6..6 cover |i - k - d| < 5; 13 taps are cheaper in plain Python than in numpy.
+def _lanczos_taps(d: float) -> np.ndarray:
+    """The 13 taps ``lanczos5(o - d)``, ``o = -6..6``, of a shift by ``d`` (|d| < 1)."""
+    # Offsets -6..6 cover |o - d| < 5; 13 taps are cheaper in plain Python than in numpy.
     taps = np.zeros(13)
     for k in range(13):
         t = k - 6 - d
@@ -354,19 +347,39 @@ def _lanczos_matrix(n: int, d: float) -> np.ndarray:
         elif abs(t) < 5:
             a, b = math.pi * t, math.pi * t / 5
             taps[k] = (math.sin(a) / a) * (math.sin(b) / b)
-    idx, band = _band_index(n)
-    return np.where(band, taps[idx], 0.0)
+    return taps
+
+
+def _banded_shift(img: np.ndarray, taps: np.ndarray, axis: int) -> np.ndarray:
+    """``L @ img`` (axis 0) or ``img @ L.T`` (axis 1) for the banded Lanczos matrix ``L`` of
+    ``taps``: ``out[i] = sum_o taps[o + 6] img[i - o]`` (zero beyond the image).
+
+    Thirteen whole-array multiply-adds instead of a matrix product: no BLAS call (a threaded
+    BLAS wakes its threads for products of PSF-sized matrices, once per peak) and
+    ``13 n`` instead of ``n^2`` operations per output pixel row.
+    """
+    src = img if axis == 0 else img.T
+    n = src.shape[0]
+    out = np.zeros(src.shape)
+    for o in range(-6, 7):
+        t = taps[o + 6]
+        if t == 0 or abs(o) >= n:
+            continue
+        if o >= 0:
+            out[o:] += t * src[: n - o]
+        else:
+            out[: n + o] += t * src[-o:]
+    return out if axis == 0 else out.T
 
 
 def _shift_image(img: np.ndarray, dy: float, dx: float) -> np.ndarray:
     """``img`` moved by (dy, dx) pixels with a separable Lanczos-5 kernel, renormalised.
 
     ``g[i, j] = sum_kl Ly[i, k] f[k, l] Lx[j, l]`` with ``L[i, k] = lanczos5(i - k - d)``
-    (zeros beyond the image), done as two small matrix products.
+    (zeros beyond the image), applied one axis at a time (:func:`_banded_shift`).
     """
-    h, w = img.shape
-    out = img if dy == 0 else _lanczos_matrix(h, dy) @ img
-    out = out if dx == 0 else out @ _lanczos_matrix(w, dx).T
+    out = img if dy == 0 else _banded_shift(img, _lanczos_taps(dy), 0)
+    out = out if dx == 0 else _banded_shift(out, _lanczos_taps(dx), 1)
     s = out.sum()
     return out / s if s != 0 else out
 
@@ -1443,6 +1456,12 @@ class _Run:
 
 
 # ---------------------------------------------------------------------------- helpers
+#: Least-squares problems of at least this many matrix entries are reduced to their triangular
+#: factor before LAPACK (see :func:`_lstsq`). OpenBLAS runs the level-2 calls of smaller ones
+#: (below 2304 x 4 = 9216 entries) on one thread anyway; they keep LAPACK's own path.
+_QR_FIRST = 4096
+
+
 @functools.lru_cache(maxsize=256)
 def _gelsd_work(m: int, n: int) -> tuple[int, int]:
     """LAPACK dgelsd workspace sizes for an (m, n) problem with one right-hand side."""
@@ -1457,22 +1476,39 @@ def _lstsq(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
 
     This is numpy's ``lstsq(A, b, rcond=-1)`` (SVD, LAPACK dgelsd, singular values counted
     above machine epsilon times the largest) called through scipy's thin LAPACK wrapper,
-    which costs a third less per call on these small systems.
+    which costs a third less per call on these small systems. A large tall ``A`` is first
+    reduced to its triangular factor ``R`` (``A = QR``, the step dgelsd itself starts with)
+    by single-threaded Householder reflections, so that dgelsd only sees the ``n x n``
+    problem, and the residual is summed without BLAS: a threaded BLAS woke its threads for
+    the ``m x n`` problem of every peak and made crowded parents 10-30 times slower.
     """
     m, n = A.shape
     if m == 0 or n == 0:
         return np.zeros(n), _BAD_CHISQ
+    if m > n and m * n >= _QR_FIRST:  # the same minimum-norm solution and singular values
+        A = np.ascontiguousarray(A, dtype=np.float64)
+        b = np.ascontiguousarray(b, dtype=np.float64)
+        R, c = np.empty((n, n)), np.empty(n)
+        _linalg_cy.householder_reduce(A, b, R, c)
+        sol, rank = _gelsd(R, c)
+        return sol, (_BAD_CHISQ if rank < n else _linalg_cy.residual_ss(A, b, sol))
+    sol, rank = _gelsd(A, b)
+    if rank < n or m <= n:
+        return sol, _BAD_CHISQ
+    res = b - A @ sol
+    return sol, float(res @ res)
+
+
+def _gelsd(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, int]:
+    """LAPACK dgelsd (rcond = eps) of a small system: the solution and the rank."""
+    m, n = A.shape
     lwork, liwork = _gelsd_work(m, n)
     if m < n:  # LAPACK wants the right-hand side padded to max(m, n) rows
         b = np.concatenate([b, np.zeros(n - m)])
     x, _, rank, info = lapack.dgelsd(A, b, lwork, liwork, -1.0)
     if info != 0:
         raise np.linalg.LinAlgError(f"SVD did not converge in the PSF fit (info={info})")
-    sol = x[:n].copy()
-    if rank < n or m <= n:
-        return sol, _BAD_CHISQ
-    res = b[:m] - A @ sol
-    return sol, float(res @ res)
+    return x[:n].copy(), int(rank)
 
 
 def _axis_ratio(fp: np.ndarray) -> float:

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import nnls
+from scipy.sparse import csr_array
+from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from ._convolve_cy import (
     cholesky_upper,
@@ -31,6 +33,7 @@ from ._convolve_cy import (
     data_products,
     gram_pairs,
     nnls_gram,
+    nnls_sparse,
 )
 from .observation import Observation, _as_box
 
@@ -39,6 +42,12 @@ __all__ = ["fit_seds", "overlapping_pairs"]
 #: Up to this many boxes, overlapping pairs come from one dense K x K test (cheaper than the
 #: sweep's per-box Python loop).
 _DENSE_PAIRS = 128
+
+#: Overlap groups with more components than this are solved by the sparse NNLS
+#: (``nnls_sparse``, cost about linear in the group size) instead of the dense active set
+#: (``nnls_gram``, cost about cubic); both return the unique minimiser up to round-off. Below
+#: it the dense method is as fast, and small blends keep their bit-for-bit results.
+_SPARSE_NNLS = 64
 
 
 def overlapping_pairs(boxes: np.ndarray) -> np.ndarray:
@@ -134,6 +143,64 @@ def _nnls_solve_bands(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     if status.any():
         for b in np.flatnonzero(status):
             out[b] = _nnls_scipy(gram[b], rhs[b])
+    return out
+
+
+def _dense_gram(ik: np.ndarray, il: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """The (B, n, n) Gram matrices with ``values[p]`` (B,) at ``(ik[p], il[p])`` and its
+    mirror, zero elsewhere."""
+    gram = np.zeros((values.shape[1], n, n))
+    gram[:, ik, il] = values.T
+    gram[:, il, ik] = values.T
+    return gram
+
+
+def _sparse_gram(
+    ik: np.ndarray, il: np.ndarray, values: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The Gram matrices of :func:`_dense_gram` in CSR form, rows and columns in reverse
+    Cuthill-McKee order (which keeps the envelope of the factors of ``nnls_sparse`` narrow).
+
+    Returns
+    -------
+    perm : (n,) intp
+        Row ``q`` of the reordered matrix is row ``perm[q]`` of the original one.
+    indptr, indices : intp arrays
+        The common CSR pattern (both triangles, the diagonal, sorted columns).
+    data : (B, nnz) float64
+        The values of every band.
+    """
+    off = ik != il
+    rows = np.concatenate([ik, il[off]])
+    cols = np.concatenate([il, ik[off]])
+    vals = np.concatenate([values, values[off]])
+    pattern = csr_array((np.ones(rows.size), (rows, cols)), shape=(n, n))
+    perm = reverse_cuthill_mckee(pattern, symmetric_mode=True).astype(np.intp)
+    inverse = np.empty(n, dtype=np.intp)
+    inverse[perm] = np.arange(n)
+    rows, cols = inverse[rows], inverse[cols]
+    order = np.lexsort((cols, rows))
+    indptr = np.zeros(n + 1, dtype=np.intp)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    data = np.ascontiguousarray(vals[order].T, dtype=np.float64)
+    return perm, indptr, np.ascontiguousarray(cols[order], dtype=np.intp), data
+
+
+def _nnls_solve_sparse(ik: np.ndarray, il: np.ndarray, values: np.ndarray,
+                       rhs: np.ndarray) -> np.ndarray:
+    """:func:`_nnls_solve_bands` of a large group from its pairs' products (P, B) and the
+    right-hand sides (B, n): the sparse solver, and the dense path for any band it leaves
+    (not positive definite, ill-conditioned or its round cap reached)."""
+    n = rhs.shape[1]
+    perm, indptr, indices, data = _sparse_gram(ik, il, values, n)
+    solved = np.empty(rhs.shape)
+    status = nnls_sparse(indptr, indices, data, np.ascontiguousarray(rhs[:, perm]), solved)
+    out = np.empty(rhs.shape)
+    out[:, perm] = solved
+    bad = np.flatnonzero(status)
+    if bad.size:
+        gram = _dense_gram(ik, il, values[:, bad], n)
+        out[bad] = _nnls_solve_bands(gram, np.ascontiguousarray(rhs[bad]))
     return out
 
 
@@ -289,12 +356,13 @@ def _fit_seds(observation: Observation, morphs: Sequence[np.ndarray],
             local[members] = np.arange(members.size)
             sel = pair_order[pair_bounds[g]:pair_bounds[g + 1]]
             ik, il = local[pairs[sel, 0]], local[pairs[sel, 1]]
-            gram = np.zeros((nb, members.size, members.size))
-            gram[:, ik, il] = products[sel].T
-            gram[:, il, ik] = products[sel].T
+            group_rhs = np.ascontiguousarray(rhs[members].T)
+            if solver == "nnls" and members.size > _SPARSE_NNLS:
+                seds[members] = _nnls_solve_sparse(ik, il, products[sel], group_rhs).T
+                continue
+            gram = _dense_gram(ik, il, products[sel], members.size)
             if solver == "nnls":  # every band in one call
-                seds[members] = _nnls_solve_bands(
-                    gram, np.ascontiguousarray(rhs[members].T)).T
+                seds[members] = _nnls_solve_bands(gram, group_rhs).T
             else:
                 for b in range(nb):
                     seds[members, b] = _min_norm_solve(gram[b], rhs[members, b])
