@@ -258,6 +258,7 @@ class DeblendResult:
     def _packed_now(self) -> PackedComponents:
         """The components packed once for the products (not re-bound)."""
         if self._snapshot is None:
+            self.blend.check_geometry()  # the user may have edited boxes since the fit
             self._snapshot = PackedComponents.from_components(self.blend.components,
                                                               self.blend.shape[0], bind=False)
         return self._snapshot
