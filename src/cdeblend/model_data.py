@@ -53,7 +53,14 @@ HDU    EXTNAME       content
 Sources of a blend are consecutive rows of SOURCES, components of a source consecutive rows
 of COMPONENTS, both in the in-memory order. A reader refuses (``ValueError``) a file that is
 not FITS, a FITS file without the schema keywords, a newer schema version, a missing HDU or
-row/size counts that do not add up (a truncated file).
+row/size counts that do not add up (a truncated file). A model file may come from anywhere,
+so the reader also refuses, naming the row or keyword, anything the kernels would trust:
+a path that is not a regular file (``/dev/zero``, a pipe), HDUs declaring more data than the
+file holds, box sides < 1 or values beyond :data:`~cdeblend._geometry.MAX_COORD`, a peak
+outside its component's box, NaN or infinite SEDs, morphologies or PSFs, data whose dtype is
+not the one ``SEDTYPE`` / ``MORTYPE`` declare (nothing is cast), offsets that are not the
+running sums above, and a parent id that appears twice. A component may stick out of its
+blend box (its model is clipped there); :meth:`ModelData.rebuild` refuses to fit such a blend.
 """
 
 from __future__ import annotations
@@ -930,7 +937,7 @@ def _header_dtype(h: Any, key: str, path: Path) -> np.dtype:
 def _check_float(a: np.ndarray | None, want: np.dtype, what: str, path: Path) -> None:
     """Raise unless ``a`` (data as stored, any byte order) has the float type ``want``."""
     if a is not None and (a.dtype.kind != "f" or a.dtype.itemsize != want.itemsize):
-        raise ValueError(f"{path}: model file is damaged: {what} are stored as {a.dtype}, the "
+        raise ValueError(f"{path}: model file is damaged: {what} are stored as {a.dtype.name}, the "
                          f"header declares {want.name}")
 
 
@@ -1023,7 +1030,7 @@ def _read_tables(bt: Any, st: Any, ct: Any, counts: tuple[int, ...], nb: int,
         a = t[name]
         if a.dtype.kind not in kinds:
             raise ValueError(f"{path}: model file is damaged: column {name} of {table} is "
-                             f"{a.dtype}, the format stores {np.dtype(dtype).name}")
+                             f"{a.dtype.name}, the format stores {np.dtype(dtype).name}")
         return _native(a, dtype)
 
     out = []
