@@ -146,19 +146,21 @@ def test_peak_on_pixels_without_data(monkeypatch, forced):
     assert_conserved(res)
 
 
-def test_catalog_keeps_a_child_per_peak_of_a_failed_fit(monkeypatch):
+def test_catalog_keeps_a_child_per_peak_of_a_failed_fit(monkeypatch, caplog):
     images, variance, psfs = scene()
     force_failure(monkeypatch)
     cfg = CatalogConfig(catch_failures=False, skip_isolated=False)
-    cat, md = deblend_catalog(
-        images,
-        peaks=PEAKS,
-        variance=variance,
-        psf=psfs,
-        config=cfg,
-        executor="serial",
-        progress=False,
-    )
+    with caplog.at_level("WARNING", logger="cdeblend.catalog"):
+        cat, md = deblend_catalog(
+            images,
+            peaks=PEAKS,
+            variance=variance,
+            psf=psfs,
+            config=cfg,
+            executor="serial",
+            progress=False,
+        )
+    assert "LinAlgError: Singular matrix" in caplog.text  # the whole error text is logged
     parents = cat[cat["is_parent"]]
     kids = cat[~cat["is_parent"]]
     assert len(kids) == len(PEAKS) == parents["n_peaks"].sum()

@@ -568,6 +568,9 @@ def _summarize_multi(res: Any, task: _Task, cfg: CatalogConfig) -> _Outcome:
     # a source's peak is its peak_id when it carries one, else its position in the list
     peak_id = np.array([s.peak_id for s in bd.sources], dtype=np.int64)
     fallback = bool(getattr(res, "fallback", False))
+    if fallback:
+        logger.warning("fit of parent %s failed (%s); kept its fallback model", task.parent_id,
+                       getattr(res, "error", ""))
     return _Outcome(
         index=task.index,
         fallback=fallback,
