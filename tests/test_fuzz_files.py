@@ -299,6 +299,7 @@ KNOWN_CRASHERS = {
     "duplicated parent id": [("cell", "BLENDS", "PARENT_ID", 1, 3)],
     "float coordinates": [("coltype", "COMPONENTS", "X0", "D")],
     "huge band count": [("key", "NBANDS", 10**9)],
+    "huge blend box": [("cell", "BLENDS", "HEIGHT", 1, 2**31)],
 }
 
 
@@ -409,6 +410,7 @@ def test_known_crashers_are_value_errors(base_file, tmp_path):
         "duplicated parent id": "parent id 3 appears 2 times",
         "float coordinates": "column X0 of COMPONENTS is float64",
         "huge band count": "NBANDS = 1000000000 is out of range",
+        "huge blend box": "BLENDS row 1 has a box of 2147483648 x 15 pixels",
     }
     for name, msg in want.items():
         assert results[name].startswith("ValueError") and msg in results[name], (

@@ -56,11 +56,12 @@ not FITS, a FITS file without the schema keywords, a newer schema version, a mis
 row/size counts that do not add up (a truncated file). A model file may come from anywhere,
 so the reader also refuses, naming the row or keyword, anything the kernels would trust:
 a path that is not a regular file (``/dev/zero``, a pipe), HDUs declaring more data than the
-file holds, box sides < 1 or values beyond :data:`~cdeblend._geometry.MAX_COORD`, a peak
-outside its component's box, NaN or infinite SEDs, morphologies or PSFs, data whose dtype is
-not the one ``SEDTYPE`` / ``MORTYPE`` declare (nothing is cast), offsets that are not the
-running sums above, and a parent id that appears twice. A component may stick out of its
-blend box (its model is clipped there); :meth:`ModelData.rebuild` refuses to fit such a blend.
+file holds, box sides < 1 or values beyond :data:`~cdeblend._geometry.MAX_COORD`, blend
+boxes of more than :data:`MAX_BLEND_PIXELS` pixels, a peak outside its component's box, NaN
+or infinite SEDs, morphologies or PSFs, data whose dtype is not the one ``SEDTYPE`` /
+``MORTYPE`` declare (nothing is cast), offsets that are not the running sums above, and a
+parent id that appears twice. A component may stick out of its blend box (its model is
+clipped there); :meth:`ModelData.rebuild` refuses to fit such a blend.
 """
 
 from __future__ import annotations
@@ -773,6 +774,10 @@ _MAX_HDUS = 64
 _MAX_HEADER_BLOCKS = 64
 #: Most bands a model file may declare.
 _MAX_BANDS = 1024
+#: Largest blend box (pixels) a model file may declare: 8192 x 8192, four times an LSST
+#: patch's area. The dense products of a blend (``models()``, conserved images) are
+#: allocated on its box, so a crafted box must not ask for terabytes.
+MAX_BLEND_PIXELS = 1 << 26
 _FLOAT_NAMES = ("float32", "float64")
 
 
@@ -1083,6 +1088,12 @@ def _check_layout(bi: dict, si: dict, ci: dict, counts: tuple[int, ...], n_morph
                   n_fp: int, path: Path) -> None:
     """Geometry, offsets and ids of the tables, checked as whole columns."""
     _check_boxes(bi, "BLENDS", path)
+    big = bi["HEIGHT"] * bi["WIDTH"] > MAX_BLEND_PIXELS  # sides are bounded: no overflow
+    if np.any(big):
+        r = _first(big)
+        raise ValueError(f"{path}: model file is damaged: BLENDS row {r} has a box of "
+                         f"{bi['HEIGHT'][r]} x {bi['WIDTH'][r]} pixels (at most "
+                         f"{MAX_BLEND_PIXELS} pixels)")
     _check_boxes(ci, "COMPONENTS", path)
     py, px = ci["PEAK_Y"], ci["PEAK_X"]
     outside = ((py < ci["Y0"]) | (py >= ci["Y0"] + ci["HEIGHT"]) | (px < ci["X0"])
