@@ -68,25 +68,35 @@ class FlatStack:
                             f"of shape {np.shape(self.flat)}")
         if self.bands < 1 or self.bands > MAX_COORD:
             raise ValueError(f"bands must be >= 1, got {self.bands}")
-        if self.boxes.dtype != np.int64 or self.boxes.ndim != 2 or self.boxes.shape[1] != 4:
-            raise ValueError(f"boxes must be an (N, 4) int64 array, got {self.boxes.dtype} "
-                             f"of shape {self.boxes.shape}")
-        sides = self.boxes[:, 2:]
-        if np.any(sides < 0):
-            i = int(np.flatnonzero(np.any(sides < 0, axis=1))[0])
-            raise ValueError(f"boxes[{i}] = {tuple(self.boxes[i].tolist())} has a negative size")
-        if np.any(np.abs(self.boxes) > MAX_COORD):
-            i = int(np.flatnonzero(np.any(np.abs(self.boxes) > MAX_COORD, axis=1))[0])
-            raise ValueError(f"boxes[{i}] = {tuple(self.boxes[i].tolist())} is out of range "
-                             f"(|values| <= {MAX_COORD})")
-        # sizes in floating point first: B * h * w of int64 values could wrap around
-        if float(self.bands) * float(np.sum(sides[:, 0].astype(float) * sides[:, 1])) > 2.0**62:
-            raise ValueError("boxes need more values than any buffer can hold")
-        sizes = self.bands * sides[:, 0] * sides[:, 1]
+        boxes = self.boxes
+        if boxes.dtype != np.int64 or boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"boxes must be an (N, 4) int64 array, got {boxes.dtype} "
+                             f"of shape {boxes.shape}")
+        n = len(boxes)
+        if n:
+            # two reductions on the common path (this runs for every stack a fit makes)
+            lo, hi = boxes.min(axis=0).tolist(), boxes.max(axis=0).tolist()
+            if (min(lo[2:]) < 0 or min(lo) < -MAX_COORD or max(hi) > MAX_COORD
+                    or self.bands * hi[2] * hi[3] * n > 2**62):
+                self._refuse(boxes)
+        sizes = self.bands * boxes[:, 2] * boxes[:, 3]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         if offsets[-1] != self.flat.size:
             raise ValueError(f"flat buffer has {self.flat.size} values, boxes need {offsets[-1]}")
         return offsets
+
+    def _refuse(self, boxes: np.ndarray) -> None:
+        """Raise the ValueError naming the first bad box (negative size, out of range), or
+        the total size when only that is too large (``B * h * w`` summed could wrap)."""
+        for i, (y0, x0, h, w) in enumerate(boxes.tolist()):
+            if h < 0 or w < 0:
+                raise ValueError(f"boxes[{i}] = {(y0, x0, h, w)} has a negative size")
+            if max(abs(y0), abs(x0), h, w) > MAX_COORD:
+                raise ValueError(f"boxes[{i}] = {(y0, x0, h, w)} is out of range "
+                                 f"(|values| <= {MAX_COORD})")
+        total = sum(self.bands * h * w for _, _, h, w in boxes.tolist())  # Python ints
+        if total > 2**62:
+            raise ValueError("boxes need more values than any buffer can hold")
 
     @classmethod
     def from_arrays(
