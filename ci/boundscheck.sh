@@ -47,7 +47,8 @@ else
   tests=()
   for t in adam apportion convolve fft nnls monotonic_radial monotonic_shadow symmetric spectra \
            observation blend initialization deblender single_band single_band_stray \
-           detection fuzz_multi fuzz_single fuzz_catalog; do
+           detection model_data geometry fallback fuzz_multi fuzz_single fuzz_catalog \
+           fuzz_files; do
     tests+=("$repo/tests/test_$t.py")
   done
 fi

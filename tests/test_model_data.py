@@ -439,3 +439,71 @@ def test_from_blend_moves_boxes_to_the_image_frame():
     assert (bd.iterations, bd.loss, bd.converged, bd.sources[0].id) == (12, 3.25, True, 55)
     assert np.array_equal(c.morphology, comps[0].morphology)
     assert c.morphology is not comps[0].morphology  # a copy, not a view on the fit
+
+
+# ------------------------------------------------------------------------------------------
+# geometry the kernels trust (crafted files: tests/test_fuzz_files.py)
+# ------------------------------------------------------------------------------------------
+
+
+def test_rebuild_refuses_components_outside_the_blend_box():
+    md = random_model_data(21, dtype=np.float64)  # components may stick out of the box
+    images = np.zeros((3, 80, 100))
+    stick_out = [
+        pid for pid, bd in md.blends.items() if not bd.isolated and any(
+            c.box[0] < bd.box[0] or c.box[1] < bd.box[1]
+            or c.box[0] + c.box[2] > bd.box[0] + bd.box[2]
+            or c.box[1] + c.box[3] > bd.box[1] + bd.box[3]
+            for s in bd.sources for c in s.components)
+    ]
+    assert stick_out  # the draw holds one
+    for pid in md.blends:
+        if pid in stick_out:
+            with pytest.raises(ValueError, match=f"lies outside the box of blend {pid}"):
+                md.rebuild(images, pid)
+            # its stored models are still there, clipped to the box
+            np.testing.assert_allclose(md.models(pid), dense_models(md.blends[pid]), rtol=1e-12)
+        elif not md.blends[pid].isolated:
+            md.rebuild(images, pid)
+
+
+def test_rebuild_refuses_non_finite_parameters():
+    md = random_model_data(33, dtype=np.float64, inside=True)
+    pid, comp = next((pid, c) for pid, bd in md.blends.items() for s in bd.sources
+                     for c in s.components)
+    comp.sed[0] = np.nan
+    with pytest.raises(ValueError, match="sed has NaN"):
+        md.rebuild(np.zeros((3, 80, 100)), pid)
+    comp.sed[0] = 1.0
+    comp.morphology[0, 0] = np.inf
+    with pytest.raises(ValueError, match="morphology has NaN"):
+        md.rebuild(np.zeros((3, 80, 100)), pid)
+
+
+def test_data_classes_refuse_bad_ids_and_values():
+    comp = ComponentData((0, 0, 2, 2), (1, 1), np.ones(2), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="out of range"):
+        ComponentData((0, 0, 2**40, 1), (1, 0), np.ones(2), np.ones((1, 1)))
+    with pytest.raises(TypeError, match="must be an integer"):
+        ComponentData((0, 0.5, 2, 2), (1, 1), np.ones(2), np.ones((2, 2)))
+    with pytest.raises(TypeError, match="real numeric"):
+        ComponentData((0, 0, 2, 2), (1, 1), np.ones(2, complex), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="two sources with id 4"):
+        BlendData(1, (0, 0, 5, 5), ("g", "r"), [SourceData(4, 0, [comp]), SourceData(4, 1)])
+    with pytest.raises(ValueError, match="has 2 SED values, the blend has 3 bands"):
+        BlendData(1, (0, 0, 5, 5), ("g", "r", "i"), [SourceData(4, 0, [comp])])
+    with pytest.raises(ValueError, match="empty size"):
+        BlendData(1, (0, 0, 0, 5), ("g", "r"))
+    psf = integrated_gaussian_psf(0.8)
+    psfs = np.stack([integrated_gaussian_psf(1.2, 9)] * 2)
+    bd = BlendData(1, (0, 0, 5, 5), ("g", "r"), [SourceData(4, 0, [comp])])
+    with pytest.raises(ValueError, match=r"blends\[2\] holds the blend of parent 1"):
+        ModelData(("g", "r"), psf, psfs, {2: bd})
+    with pytest.raises(ValueError, match="blend 1 has bands"):
+        ModelData(("g", "i"), psf, psfs, {1: bd})
+    bad = psfs.copy()
+    bad[1, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="psfs has 1 NaN"):
+        ModelData(("g", "r"), psf, bad, {1: bd})
+    with pytest.raises(ValueError, match="model_psf_sigma must be > 0"):
+        ModelData(("g", "r"), psf, psfs, {1: bd}, model_psf_sigma=-1.0)

@@ -18,9 +18,27 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import _apportion_cy
+from ._geometry import MAX_COORD, as_int
 from ._validate import as_float_array
 
 __all__ = ["FlatStack", "apportion_flux"]
+
+
+def _as_boxes(boxes: object) -> np.ndarray:
+    """(N, 4) int64 boxes; integer-valued input only (a float 2.5 is not a pixel)."""
+    arr = np.asarray(boxes)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError("boxes must hold integers (y0, x0, h, w)")
+        if arr.size and np.max(np.abs(arr)) > MAX_COORD:
+            raise ValueError(f"boxes hold values out of range (|values| <= {MAX_COORD})")
+    elif arr.dtype.kind not in "iu":
+        raise TypeError(f"boxes must be an integer (N, 4) array, got dtype {arr.dtype}")
+    elif arr.dtype.kind == "u" and arr.size and np.max(arr) > MAX_COORD:
+        raise ValueError(f"boxes hold values out of range (|values| <= {MAX_COORD})")
+    if arr.size % 4:
+        raise ValueError(f"boxes must have shape (N, 4), got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.int64).reshape(-1, 4)
 
 
 class FlatStack:
@@ -38,12 +56,47 @@ class FlatStack:
 
     def __init__(self, flat: np.ndarray, boxes: np.ndarray, bands: int) -> None:
         self.flat = flat
-        self.boxes = np.ascontiguousarray(boxes, dtype=np.int64).reshape(-1, 4)
-        self.bands = int(bands)
-        sizes = self.bands * self.boxes[:, 2] * self.boxes[:, 3]
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        if self.offsets[-1] != flat.size:
-            raise ValueError(f"flat buffer has {flat.size} values, boxes need {self.offsets[-1]}")
+        self.boxes = _as_boxes(boxes)
+        self.bands = as_int(bands, "bands")
+        self.offsets = self._check()
+
+    def _check(self) -> np.ndarray:
+        """Validate the layout (the kernels index ``flat`` with it unchecked); return the
+        row offsets, (N + 1,) int64."""
+        if not isinstance(self.flat, np.ndarray) or self.flat.ndim != 1:
+            raise TypeError(f"flat must be a 1-D numpy array, got {type(self.flat).__name__} "
+                            f"of shape {np.shape(self.flat)}")
+        if self.bands < 1 or self.bands > MAX_COORD:
+            raise ValueError(f"bands must be >= 1, got {self.bands}")
+        boxes = self.boxes
+        if boxes.dtype != np.int64 or boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"boxes must be an (N, 4) int64 array, got {boxes.dtype} "
+                             f"of shape {boxes.shape}")
+        n = len(boxes)
+        if n:
+            # two reductions on the common path (this runs for every stack a fit makes)
+            lo, hi = boxes.min(axis=0).tolist(), boxes.max(axis=0).tolist()
+            if (min(lo[2:]) < 0 or min(lo) < -MAX_COORD or max(hi) > MAX_COORD
+                    or self.bands * hi[2] * hi[3] * n > 2**62):
+                self._refuse(boxes)
+        sizes = self.bands * boxes[:, 2] * boxes[:, 3]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        if offsets[-1] != self.flat.size:
+            raise ValueError(f"flat buffer has {self.flat.size} values, boxes need {offsets[-1]}")
+        return offsets
+
+    def _refuse(self, boxes: np.ndarray) -> None:
+        """Raise the ValueError naming the first bad box (negative size, out of range), or
+        the total size when only that is too large (``B * h * w`` summed could wrap)."""
+        for i, (y0, x0, h, w) in enumerate(boxes.tolist()):
+            if h < 0 or w < 0:
+                raise ValueError(f"boxes[{i}] = {(y0, x0, h, w)} has a negative size")
+            if max(abs(y0), abs(x0), h, w) > MAX_COORD:
+                raise ValueError(f"boxes[{i}] = {(y0, x0, h, w)} is out of range "
+                                 f"(|values| <= {MAX_COORD})")
+        total = sum(self.bands * h * w for _, _, h, w in boxes.tolist())  # Python ints
+        if total > 2**62:
+            raise ValueError("boxes need more values than any buffer can hold")
 
     @classmethod
     def from_arrays(
@@ -57,7 +110,7 @@ class FlatStack:
 
         ``bands`` is needed only for an empty list (it is read off the arrays otherwise).
         """
-        boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+        boxes = _as_boxes(boxes)
         if len(arrays) != len(boxes):
             raise ValueError(f"got {len(arrays)} arrays but {len(boxes)} boxes")
         if len(arrays) == 0:
@@ -117,6 +170,8 @@ def apportion_flux(
     """
     if not isinstance(templates, FlatStack):
         raise TypeError(f"templates must be a FlatStack, got {type(templates).__name__}")
+    # its attributes are public: check the layout again before the kernels trust it
+    templates.offsets = templates._check()
     dtype = templates.flat.dtype
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"templates must be float32 or float64, got {dtype}")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _adam_cy
+from ._geometry import as_box, as_point, check_inside, check_peak_in_box
 from .apportion import FlatStack
 
 __all__ = [
@@ -181,6 +182,15 @@ def _monotonic_table(half: int) -> _adam_cy.MonotonicTable:
 
 
 # ----------------------------------------------------------------------------- the model
+def _real_array(value: object, name: str, copy: bool) -> np.ndarray:
+    """``value`` as a C-contiguous float64 array (a copy with ``copy``); complex, string or
+    object values are refused rather than cast."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    return (np.array if copy else np.asarray)(arr, dtype=np.float64, order="C")
+
+
 class Component:
     """One factorized component: ``sed (B,) x morphology (h, w)`` on ``box``.
 
@@ -214,19 +224,24 @@ class Component:
         kind: str = "extended",
         copy: bool = True,
     ) -> None:
-        self.sed = np.array(sed, dtype=np.float64, order="C")
-        self.morphology = (np.array if copy else np.asarray)(morphology, dtype=np.float64,
-                                                             order="C")
-        self.box: Box = tuple(int(v) for v in box)  # type: ignore[assignment]
-        self.peak = (int(peak[0]), int(peak[1]))
+        self.sed = _real_array(sed, "sed", copy=True)
+        self.morphology = _real_array(morphology, "morphology", copy=copy)
+        # the kernels index the morphology from its box and monotonicity walks out from the
+        # peak: a non-empty box holding the peak, finite values
+        self.box: Box = as_box(box, "box")
+        self.peak = as_point(peak, "peak")
+        check_peak_in_box(self.peak, self.box, "peak", "the component's box")
         self.bg_thresh = None if bg_thresh is None else float(bg_thresh)
         self.kind = kind
-        if self.sed.ndim != 1:
-            raise ValueError(f"sed must be 1-D, got shape {self.sed.shape}")
+        if self.sed.ndim != 1 or self.sed.size == 0:
+            raise ValueError(f"sed must be 1-D and non-empty, got shape {self.sed.shape}")
         if self.morphology.shape != tuple(self.box[2:]):
             raise ValueError(
                 f"morphology has shape {self.morphology.shape}, its box needs {self.box[2:]}"
             )
+        for what, arr in (("sed", self.sed), ("morphology", self.morphology)):
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"{what} has NaN or infinite values")
 
     @property
     def local_peak(self) -> tuple[int, int]:
@@ -256,7 +271,7 @@ class Source:
 
     def __init__(self, components: list[Component], peak: Sequence[int], index: int = 0):
         self.components = list(components)
-        self.peak = (int(peak[0]), int(peak[1]))
+        self.peak = as_point(peak, "peak")
         self.index = int(index)
 
     @property
@@ -366,6 +381,7 @@ class Blend:
         self._packed: PackedComponents | None = None
         self._model: np.ndarray | None = None
         self._grad: np.ndarray | None = None
+        self.check_geometry()
 
     # -- structure
     @property
@@ -384,8 +400,37 @@ class Blend:
         _, H, W = self.shape
         return (0, 0, H, W)
 
+    def check_geometry(self) -> None:
+        """Raise ``ValueError`` unless every source's peak and every component's box lie in
+        the blend's frame, with one SED value per band and a morphology of its box's shape.
+
+        The kernels that render, fit and convolve the model write at these boxes without
+        bounds checks; this runs when the blend is made and whenever it is (re)packed.
+        """
+        B, H, W = self.shape
+        frame = (0, 0, H, W)
+        for i, src in enumerate(self.sources):
+            if not isinstance(src, Source):
+                raise TypeError(f"sources[{i}] must be a Source, got {type(src).__name__}")
+            check_peak_in_box(src.peak, frame, f"sources[{i}].peak", "the blend's frame")
+            for k, c in enumerate(src.components):
+                name = f"sources[{i}].components[{k}]"
+                if not isinstance(c, Component):
+                    raise TypeError(f"{name} must be a Component, got {type(c).__name__}")
+                box = as_box(c.box, f"{name}.box")
+                check_inside(box, frame, f"{name}.box", "the blend's frame")
+                check_peak_in_box(as_point(c.peak, f"{name}.peak"), box, f"{name}.peak",
+                                  "its box")
+                if np.shape(c.sed) != (B,):
+                    raise ValueError(f"{name}.sed has shape {np.shape(c.sed)}, the blend has "
+                                     f"{B} bands")
+                if np.shape(c.morphology) != box[2:]:
+                    raise ValueError(f"{name}.morphology has shape {np.shape(c.morphology)}, "
+                                     f"its box needs {box[2:]}")
+
     def pack(self) -> PackedComponents:
         """(Re)pack all components into flat buffers and bind them (see PackedComponents)."""
+        self.check_geometry()
         self._packed = PackedComponents.from_components(self.components, self.shape[0])
         return self._packed
 
@@ -475,8 +520,10 @@ class Blend:
         B = self.shape[0]
         idx = range(len(self.sources)) if indices is None else list(indices)
         # the components' current arrays (a caller may have replaced some), not re-bound
-        p = PackedComponents.from_components(self.components, B, bind=False) if (
-            packed is None) else packed
+        if packed is None:
+            self.check_geometry()
+            packed = PackedComponents.from_components(self.components, B, bind=False)
+        p = packed
         starts = np.cumsum([0] + [len(s.components) for s in self.sources])
         ranges = np.array([(starts[i], starts[i + 1]) for i in idx], dtype=np.int64)
         ranges = ranges.reshape(-1, 2)

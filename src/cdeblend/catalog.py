@@ -23,6 +23,11 @@ flag                       when
                            logger; every other parent is kept.
 =========================  ===============================================================
 
+``fallback`` (parents and their children): the multi-band fit raised and the parent got its
+fallback model instead (:mod:`cdeblend.fallback`: a PSF model per peak, SEDs by
+non-negative least squares, the image re-apportioned among them), so it still has a child
+per peak; ``error`` holds the exception class name.
+
 Any of the ``skipped_*`` flags also sets ``skipped``. (LSST names: ``deblend_skipped``,
 ``deblend_skipped_isolatedParent``, ``deblend_skipped_parentTooBig``,
 ``deblend_skipped_masked``, ``deblend_skipped_tooManyPeaks``, ``deblend_failed``,
@@ -370,6 +375,7 @@ class _Outcome:
     index: int
     failed: bool = False
     error: str = ""
+    fallback: bool = False
     iterations: int = -1
     loss: float = float("nan")
     converged: bool = False
@@ -561,8 +567,14 @@ def _summarize_multi(res: Any, task: _Task, cfg: CatalogConfig) -> _Outcome:
     )
     # a source's peak is its peak_id when it carries one, else its position in the list
     peak_id = np.array([s.peak_id for s in bd.sources], dtype=np.int64)
+    fallback = bool(getattr(res, "fallback", False))
+    if fallback:
+        logger.warning("fit of parent %s failed (%s); kept its fallback model", task.parent_id,
+                       getattr(res, "error", ""))
     return _Outcome(
         index=task.index,
+        fallback=fallback,
+        error=str(getattr(res, "error", "")).split(":")[0][:ERROR_WIDTH] if fallback else "",
         iterations=int(getattr(res, "iterations", -1)),
         loss=float(getattr(res, "loss", np.nan)),
         converged=bool(getattr(res, "converged", False)),
@@ -869,6 +881,7 @@ def _catalog_dtype(nb: int, flag_width: int) -> np.dtype:
             ("converged", "?"),
             *[(f, "?") for f in _FLAGS],
             ("error", f"U{ERROR_WIDTH}"),
+            ("fallback", "?"),
             ("zero_flux", "?"),
             ("child_flags", f"U{max(flag_width, 1)}"),
         ]
@@ -957,6 +970,7 @@ def _assemble(
         n_components=[int(o.n_components.sum()) for o in outs],
         iterations=[o.iterations for o in outs], loss=[o.loss for o in outs],
         converged=[o.converged for o in outs],
+        fallback=[o.fallback for o in outs], error=[o.error for o in outs],
         flux_model=np.array([o.flux_model.sum(axis=0) for o in outs]).reshape(-1, nb),
         flux_conserved=f_cons, flux_unassigned=stats.flux[done] - f_cons,
     )
@@ -983,6 +997,7 @@ def _assemble(
         iterations=np.repeat([o.iterations for o in outs], n),
         loss=np.repeat([o.loss for o in outs], n),
         converged=np.repeat([o.converged for o in outs], n),
+        fallback=np.repeat([o.fallback for o in outs], n),
         zero_flux=np.all(cons == 0, axis=1),
         child_flags=[s for o in outs for s in o.child_flags],
     )

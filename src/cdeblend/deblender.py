@@ -139,6 +139,14 @@ class DeblendConfig:
         Thresholds of that test (10 and 0.5).
     rescue_rounds : int
         Maximum number of rescue rounds (2).
+
+    Failure
+    -------
+    fallback : bool
+        When the initialization or the fit raises, return a fallback model instead (True):
+        a PSF-shaped component per peak with SEDs fitted by non-negative least squares
+        (:mod:`cdeblend.fallback`), flagged ``DeblendResult.fallback`` with the error text
+        in ``DeblendResult.error``. False re-raises.
     """
 
     max_iter: int = 300
@@ -175,6 +183,7 @@ class DeblendConfig:
     rescue_snr: float = 10.0
     rescue_fraction: float = 0.5
     rescue_rounds: int = 2
+    fallback: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_iter", "min_iter", "max_components", "init_padding",
@@ -239,6 +248,11 @@ class DeblendResult:
         Whether the joint least-squares SED fit of the initialization ran.
     rescued : int
         Number of point components added to under-fitted sources (``rescue_faint``).
+    fallback : bool
+        The fit raised and this is the fallback model (``DeblendConfig.fallback``): one
+        PSF-shaped component per peak, SEDs by non-negative least squares.
+    error : str
+        ``"ExceptionName: message"`` of what the fit raised ("" when it did not).
     """
 
     blend: Blend
@@ -250,6 +264,8 @@ class DeblendResult:
     timing: dict = field(default_factory=dict)
     spectrum_init: bool = False
     rescued: int = 0
+    fallback: bool = False
+    error: str = ""
     _conv: FlatStack | None = field(default=None, repr=False)
     _snapshot: PackedComponents | None = field(default=None, repr=False)
     _conserved: FlatStack | None = field(default=None, repr=False)
@@ -258,6 +274,7 @@ class DeblendResult:
     def _packed_now(self) -> PackedComponents:
         """The components packed once for the products (not re-bound)."""
         if self._snapshot is None:
+            self.blend.check_geometry()  # the user may have edited boxes since the fit
             self._snapshot = PackedComponents.from_components(self.blend.components,
                                                               self.blend.shape[0], bind=False)
         return self._snapshot
@@ -360,10 +377,17 @@ class Deblender:
         _, H, W = observation.shape
         peaks = as_peaks(peaks, (H, W), "peaks")
         t0 = time.perf_counter()
-        blend, info = initialize_blend(observation, peaks, self.config)
-        t1 = time.perf_counter()
         stats: dict = {}
-        loss, history, it, converged = fit_blend(blend, self.config, stats)
+        try:
+            blend, info = initialize_blend(observation, peaks, self.config)
+            t1 = time.perf_counter()
+            loss, history, it, converged = fit_blend(blend, self.config, stats)
+        except Exception as exc:  # the inputs were valid: keep a model for every peak
+            if not self.config.fallback:
+                raise
+            from .fallback import fallback_result
+
+            return fallback_result(observation, peaks, self.config, exc)
         t2 = time.perf_counter()
         return DeblendResult(blend, loss, history, it, converged, info["snr"],
                              {"init": t1 - t0, "fit": t2 - t1}, info["spectrum_init"],

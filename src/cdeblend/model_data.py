@@ -53,11 +53,21 @@ HDU    EXTNAME       content
 Sources of a blend are consecutive rows of SOURCES, components of a source consecutive rows
 of COMPONENTS, both in the in-memory order. A reader refuses (``ValueError``) a file that is
 not FITS, a FITS file without the schema keywords, a newer schema version, a missing HDU or
-row/size counts that do not add up (a truncated file).
+row/size counts that do not add up (a truncated file). A model file may come from anywhere,
+so the reader also refuses, naming the row or keyword, anything the kernels would trust:
+a path that is not a regular file (``/dev/zero``, a pipe), HDUs declaring more data than the
+file holds, box sides < 1 or values beyond :data:`~cdeblend._geometry.MAX_COORD`, blend
+boxes of more than :data:`MAX_BLEND_PIXELS` pixels, a peak outside its component's box, NaN
+or infinite SEDs, morphologies or PSFs, data whose dtype is not the one ``SEDTYPE`` /
+``MORTYPE`` declare (nothing is cast), offsets that are not the running sums above, and a
+parent id that appears twice. A component may stick out of its blend box (its model is
+clipped there); :meth:`ModelData.rebuild` refuses to fit such a blend.
 """
 
 from __future__ import annotations
 
+import io
+import stat
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -65,6 +75,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ._geometry import MAX_COORD, as_box, as_int, as_point, check_inside
 
 __all__ = [
     "SCHEMA_NAME",
@@ -93,13 +105,18 @@ def _import_fits() -> Any:
     return fits
 
 
-def _box4(box: Sequence[int], name: str) -> tuple[int, int, int, int]:
-    vals = tuple(int(v) for v in box)
-    if len(vals) != 4:
-        raise ValueError(f"{name} must be (y0, x0, height, width), got {box!r}")
-    if vals[2] < 0 or vals[3] < 0:
-        raise ValueError(f"{name} has a negative size: {vals}")
-    return vals  # type: ignore[return-value]
+def _real_values(value: Any, name: str, ndim: int, finite: bool = True) -> np.ndarray:
+    """``value`` as an array of real numbers (its own dtype) with ``ndim`` dimensions, with
+    ``finite`` all finite."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    if finite and not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} has {int(np.count_nonzero(~np.isfinite(arr)))} NaN or "
+                         "infinite value(s)")
+    return arr
 
 
 # ------------------------------------------------------------------------------------------
@@ -129,12 +146,13 @@ class ComponentData:
     morphology: np.ndarray
 
     def __post_init__(self) -> None:
-        self.box = _box4(self.box, "box")
-        self.peak = (int(self.peak[0]), int(self.peak[1]))
-        self.sed = np.asarray(self.sed)
-        self.morphology = np.asarray(self.morphology)
-        if self.sed.ndim != 1:
-            raise ValueError(f"sed must be 1-D (B,), got shape {self.sed.shape}")
+        # plain data (what a deblender produced): only bounded integers and arrays of
+        # numbers here; the reader of a model file and the rebuilt Blend check what their
+        # kernels trust (peaks inside boxes, finite values)
+        self.box = as_box(self.box, "box", allow_empty=True)
+        self.peak = as_point(self.peak, "peak")
+        self.sed = _real_values(self.sed, "sed", 1, finite=False)
+        self.morphology = _real_values(self.morphology, "morphology", 2, finite=False)
         if self.morphology.shape != self.box[2:]:
             raise ValueError(
                 f"morphology has shape {self.morphology.shape}, its box {self.box} needs "
@@ -153,6 +171,15 @@ class SourceData:
     id: int
     peak_id: int
     components: list[ComponentData] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.id = as_int(self.id, "id")
+        self.peak_id = as_int(self.peak_id, "peak_id")
+        self.components = list(self.components)
+        for k, c in enumerate(self.components):
+            if not isinstance(c, ComponentData):
+                raise TypeError(f"components[{k}] of source {self.id} must be a ComponentData, "
+                                f"got {type(c).__name__}")
 
 
 @dataclass(eq=False)
@@ -188,8 +215,24 @@ class BlendData:
     isolated: bool = False
 
     def __post_init__(self) -> None:
-        self.box = _box4(self.box, "box")
+        self.parent_id = as_int(self.parent_id, "parent_id")
+        self.box = as_box(self.box, f"box of blend {self.parent_id}")
         self.bands = tuple(str(b) for b in self.bands)
+        self.sources = list(self.sources)
+        ids = set()
+        for i, s in enumerate(self.sources):
+            if not isinstance(s, SourceData):
+                raise TypeError(f"sources[{i}] of blend {self.parent_id} must be a SourceData, "
+                                f"got {type(s).__name__}")
+            if s.id in ids:
+                raise ValueError(f"blend {self.parent_id} has two sources with id {s.id}")
+            ids.add(s.id)
+            for k, c in enumerate(s.components):
+                if c.sed.size != len(self.bands):
+                    raise ValueError(
+                        f"component {k} of source {s.id} in blend {self.parent_id} has "
+                        f"{c.sed.size} SED values, the blend has {len(self.bands)} bands"
+                    )
         if self.footprint is not None:
             self.footprint = np.asarray(self.footprint, dtype=bool)
             if self.footprint.shape != self.box[2:]:
@@ -355,8 +398,21 @@ class ModelData:
                 f"psfs must be (B, hp, wp) with B = {len(self.bands)} bands, got "
                 f"shape {self.psfs.shape}"
             )
+        _real_values(self.model_psf, "model_psf", 2)
+        _real_values(self.psfs, "psfs", 3)
         if self.model_psf_sigma is not None:
             self.model_psf_sigma = float(self.model_psf_sigma)
+            if not (np.isfinite(self.model_psf_sigma) and self.model_psf_sigma > 0):
+                raise ValueError(f"model_psf_sigma must be > 0 or None, got "
+                                 f"{self.model_psf_sigma}")
+        for pid, bd in self.blends.items():
+            if not isinstance(bd, BlendData):
+                raise TypeError(f"blends[{pid!r}] must be a BlendData, got {type(bd).__name__}")
+            # a blend filed under another parent's id would be lost (or found as another)
+            if bd.parent_id != pid:
+                raise ValueError(f"blends[{pid!r}] holds the blend of parent {bd.parent_id}")
+            if bd.bands != self.bands:
+                raise ValueError(f"blend {pid} has bands {bd.bands}, the model data {self.bands}")
 
     def _blend(self, parent_id: int) -> BlendData:
         try:
@@ -484,6 +540,11 @@ class ModelData:
             raise ValueError(
                 f"the observation has bands {observation.bands}, the models {self.bands}"
             )
+        # the fit renders every component into the blend box: none may stick out of it
+        for s in bd.sources:
+            for k, c in enumerate(s.components):
+                check_inside(c.box, bd.box, f"component {k} of source {s.id}: box",
+                             f"the box of blend {parent_id}")
         obs = observation.cutout(bd.box)
         if bd.footprint is not None:
             obs.weights *= bd.footprint  # the fit saw only the parent's footprint
@@ -704,32 +765,185 @@ def save_models(path: str | Path, model_data: ModelData, overwrite: bool = True)
 
 _REQUIRED_HDUS = ("BLENDS", "SOURCES", "COMPONENTS", "MORPHS", "FOOTPRINTS", "MODEL_PSF", "PSFS")
 
+#: FITS block size in bytes: a FITS file is a whole number of these.
+_BLOCK = 2880
+#: The reader scans at most this many HDUs, and this many header blocks per HDU, before
+#: handing the file to astropy (a model file has 8 HDUs of one or two header blocks): a
+#: crafted header cannot make it loop or allocate without bound.
+_MAX_HDUS = 64
+_MAX_HEADER_BLOCKS = 64
+#: Most bands a model file may declare.
+_MAX_BANDS = 1024
+#: Largest blend box (pixels) a model file may declare: 8192 x 8192, four times an LSST
+#: patch's area. The dense products of a blend (``models()``, conserved images) are
+#: allocated on its box, so a crafted box must not ask for terabytes.
+MAX_BLEND_PIXELS = 1 << 26
+_FLOAT_NAMES = ("float32", "float64")
+
 
 def load_models(path: str | Path) -> ModelData:
     """Read a model file written by :func:`save_models`.
 
+    The file must be a regular file; its size and every HDU's declared data size are checked
+    against each other before anything is read into arrays, so that a device such as
+    ``/dev/zero``, a truncated file or a header declaring huge arrays is refused at once.
+    Then every value the deblender's kernels would trust is checked: boxes (sizes >= 1,
+    bounded), peaks inside their component's box, finite SEDs, morphologies and PSFs, dtypes
+    as declared by ``SEDTYPE`` / ``MORTYPE`` (nothing is cast), table offsets exactly as the
+    writer lays them out, unique parent ids and, within a blend, unique source ids.
+    (Components may stick out of their blend box, as the format allows; :meth:`ModelData.rebuild`
+    refuses to fit such a blend.)
+
     Raises
     ------
     ValueError
-        If the file is not FITS, is not a cdeblend model file, has a newer schema version,
-        misses an HDU, or is truncated / inconsistent.
+        If the file is not a regular FITS file, is not a cdeblend model file, has a newer
+        schema version, misses an HDU, is truncated / inconsistent, or holds a value above
+        that is not allowed; the message names it.
     """
     fits = _import_fits()
     from astropy.utils.exceptions import AstropyUserWarning
 
     path = Path(path)
+    data = _read_bounded(path)
     with warnings.catch_warnings():
         # astropy only warns about a short file; here it is an error
         warnings.simplefilter("error", AstropyUserWarning)
         warnings.simplefilter("error", fits.verify.VerifyWarning)
         try:
-            hdul = fits.open(path, memmap=False, lazy_load_hdus=False, checksum=True)
+            hdul = fits.open(io.BytesIO(data), memmap=False, lazy_load_hdus=False,
+                             checksum=True)
         except (OSError, ValueError, AstropyUserWarning, fits.verify.VerifyWarning) as exc:
             raise ValueError(
                 f"{path}: not a readable FITS file (truncated or damaged?): {exc}"
             ) from exc
         with hdul:
             return _read_hdus(hdul, path, AstropyUserWarning)
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The bytes of the regular file ``path``, after checking that its FITS headers declare
+    no more data than it holds (:func:`_scan_layout`)."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable FITS file: {exc}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path}: not a regular file; a model file is read from a regular "
+                         "file only (devices, pipes and directories are refused)")
+    size = info.st_size
+    if size == 0 or size % _BLOCK:
+        raise ValueError(f"{path}: not a readable FITS file (truncated or damaged?): its "
+                         f"{size} bytes are not a whole number of {_BLOCK}-byte blocks")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(size + 1)  # never more than the file said it holds (+1: growth)
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable FITS file: {exc}") from exc
+    if len(data) != size:
+        raise ValueError(f"{path}: the file changed size while it was read")
+    _scan_layout(data, path)
+    return data
+
+
+def _scan_layout(data: bytes, path: Path) -> None:
+    """Walk the HDUs of ``data`` by their headers' ``BITPIX``, ``NAXISn``, ``PCOUNT`` and
+    ``GCOUNT`` and raise ``ValueError`` unless they tile the file exactly."""
+    pos = n_hdu = 0
+    while pos < len(data):
+        if n_hdu == _MAX_HDUS:
+            raise ValueError(f"{path}: more than {_MAX_HDUS} HDUs: not a cdeblend model file")
+        cards, pos = _header_cards(data, pos, n_hdu, path)
+        nbytes = _data_bytes(cards, n_hdu, path)
+        pos += -(-nbytes // _BLOCK) * _BLOCK
+        if pos > len(data):
+            raise ValueError(f"{path}: model file is truncated or damaged: HDU {n_hdu} "
+                             f"declares {nbytes} bytes of data, the file ends before them")
+        n_hdu += 1
+
+
+def _header_cards(data: bytes, pos: int, n_hdu: int, path: Path) -> tuple[dict[str, str], int]:
+    """The value strings of the size keywords of the header starting at ``pos``, and the
+    position after its END card's block."""
+    first = (b"SIMPLE  =",) if n_hdu == 0 else (b"XTENSION=",)
+    if not data[pos : pos + 9].startswith(first):
+        where = "" if n_hdu == 0 else f" (HDU {n_hdu})"
+        raise ValueError(f"{path}: not a readable FITS file (truncated or damaged?): no "
+                         f"{first[0][:8].decode().strip()} card{where}")
+    cards: dict[str, str] = {}
+    for _ in range(_MAX_HEADER_BLOCKS):
+        if pos + _BLOCK > len(data):
+            break
+        block = data[pos : pos + _BLOCK]
+        pos += _BLOCK
+        for k in range(0, _BLOCK, 80):
+            card = block[k : k + 80]
+            key = card[:8].decode("ascii", "replace").strip()
+            if key == "END":
+                return cards, pos
+            if card[8:10] == b"= " and (key in ("BITPIX", "NAXIS", "PCOUNT", "GCOUNT")
+                                        or key.startswith("NAXIS")):
+                cards[key] = card[10:].split(b"/")[0].decode("ascii", "replace").strip()
+    raise ValueError(f"{path}: not a readable FITS file (truncated or damaged?): header of "
+                     f"HDU {n_hdu} has no END card within {_MAX_HEADER_BLOCKS} blocks")
+
+
+def _data_bytes(cards: dict[str, str], n_hdu: int, path: Path) -> int:
+    """Bytes of data a header declares (``|BITPIX| / 8 * GCOUNT * (PCOUNT + prod NAXISn)``),
+    computed in Python integers (no overflow)."""
+    def value(key: str, default: int | None = None) -> int:
+        if key not in cards and default is not None:
+            return default
+        try:
+            return int(cards[key])
+        except (KeyError, ValueError):
+            raise ValueError(f"{path}: not a readable FITS file (truncated or damaged?): HDU "
+                             f"{n_hdu} has no integer {key}") from None
+
+    bitpix, naxis = value("BITPIX"), value("NAXIS")
+    if bitpix not in (8, 16, 32, 64, -32, -64) or not 0 <= naxis <= 999:
+        raise ValueError(f"{path}: not a readable FITS file (damaged?): HDU {n_hdu} has "
+                         f"BITPIX = {bitpix}, NAXIS = {naxis}")
+    if naxis == 0:
+        return 0
+    n = 1
+    for i in range(1, naxis + 1):
+        v = value(f"NAXIS{i}")
+        if v < 0:
+            raise ValueError(f"{path}: model file is damaged: HDU {n_hdu} has NAXIS{i} = {v}")
+        n *= v
+    pcount, gcount = value("PCOUNT", 0), value("GCOUNT", 1)
+    if pcount < 0 or gcount < 0:
+        raise ValueError(f"{path}: model file is damaged: HDU {n_hdu} has PCOUNT = {pcount}, "
+                         f"GCOUNT = {gcount}")
+    return abs(bitpix) // 8 * gcount * (pcount + n)
+
+
+def _header_int(h: Any, key: str, path: Path, low: int, high: int | None = None) -> int:
+    """Integer keyword ``key`` of header ``h`` in ``[low, high]``."""
+    v = h[key]
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{path}: model file is damaged: {key} = {v!r} is not an integer")
+    if v < low or (high is not None and v > high):
+        raise ValueError(f"{path}: model file is damaged: {key} = {v} is out of range "
+                         f"[{low}, {high if high is not None else 'inf'}]")
+    return int(v)
+
+
+def _header_dtype(h: Any, key: str, path: Path) -> np.dtype:
+    """The float dtype named by keyword ``key`` (float32 or float64 only)."""
+    v = h[key]
+    if v not in _FLOAT_NAMES:
+        raise ValueError(f"{path}: model file is damaged: {key} = {v!r}; the format stores "
+                         f"{' or '.join(_FLOAT_NAMES)}")
+    return np.dtype(v)
+
+
+def _check_float(a: np.ndarray | None, want: np.dtype, what: str, path: Path) -> None:
+    """Raise unless ``a`` (data as stored, any byte order) has the float type ``want``."""
+    if a is not None and (a.dtype.kind != "f" or a.dtype.itemsize != want.itemsize):
+        raise ValueError(f"{path}: model file is damaged: {what} are stored as {a.dtype.name}, the "
+                         f"header declares {want.name}")
 
 
 def _read_hdus(hdul: Any, path: Path, warn_cls: type) -> ModelData:
@@ -740,7 +954,7 @@ def _read_hdus(hdul: Any, path: Path, warn_cls: type) -> ModelData:
             f"{h.get('SCHEMA')!r}, expected {SCHEMA_NAME!r})"
         )
     version = h.get("SCHVER")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool):
         raise ValueError(f"{path}: model file has no integer schema version SCHVER")
     if version > SCHEMA_VERSION:
         raise ValueError(
@@ -752,20 +966,59 @@ def _read_hdus(hdul: Any, path: Path, warn_cls: type) -> ModelData:
         if name not in names:
             raise ValueError(f"{path}: model file has no {name} HDU (truncated or damaged?)")
     try:
-        nb = int(h["NBANDS"])
+        nb = _header_int(h, "NBANDS", path, 1, _MAX_BANDS)
         bands = tuple(str(h[f"BAND{i + 1}"]) for i in range(nb))
-        sed_dtype = np.dtype(h["SEDTYPE"])
-        mor_dtype = np.dtype(h["MORTYPE"])
+        sed_dtype = _header_dtype(h, "SEDTYPE", path)
+        mor_dtype = _header_dtype(h, "MORTYPE", path)
         sigma = h.get("MPSFSIG")
-        counts = (int(h["NBLENDS"]), int(h["NSOURCES"]), int(h["NCOMPS"]))
+        counts = tuple(_header_int(h, k, path, 0) for k in ("NBLENDS", "NSOURCES", "NCOMPS"))
         bt, st, ct = (hdul[n].data for n in ("BLENDS", "SOURCES", "COMPONENTS"))
         morph_data = hdul["MORPHS"].data
         fp_data = hdul["FOOTPRINTS"].data
-        model_psf = _native(hdul["MODEL_PSF"].data)
-        psfs = _native(hdul["PSFS"].data)
+        model_psf = hdul["MODEL_PSF"].data
+        psfs = hdul["PSFS"].data
+        tables = _read_tables(bt, st, ct, counts, nb, sed_dtype, path)
     except (KeyError, TypeError, OSError, IndexError, warn_cls) as exc:
         raise ValueError(f"{path}: model file is truncated or damaged: {exc}") from exc
 
+    _check_float(morph_data, mor_dtype, "morphologies (MORPHS)", path)
+    for a, what in ((model_psf, "MODEL_PSF"), (psfs, "PSFS")):
+        if a is None or a.dtype.kind != "f":
+            raise ValueError(f"{path}: model file is damaged: {what} is not a float image")
+    if fp_data is not None and fp_data.dtype != np.uint8:
+        raise ValueError(f"{path}: model file is damaged: FOOTPRINTS are stored as "
+                         f"{fp_data.dtype}, the format stores uint8")
+    model_psf, psfs = _native(model_psf), _native(psfs)
+    morph_flat = _native(np.zeros(0, mor_dtype) if morph_data is None else morph_data).ravel()
+    fp_flat = _native(np.zeros(0, np.uint8) if fp_data is None else fp_data).ravel()
+    if psfs.ndim != 3 or psfs.shape[0] != nb or model_psf.ndim != 2:
+        raise ValueError(f"{path}: PSF HDUs have shapes {psfs.shape}, {model_psf.shape}")
+    if np.any(fp_flat > 1):
+        raise ValueError(f"{path}: model file is damaged: FOOTPRINTS hold values other "
+                         "than 0 and 1")
+    bi, si, ci = tables
+    _check_layout(bi, si, ci, counts, morph_flat.size, fp_flat.size, path)
+    _check_values(ci, morph_flat, path)
+    try:
+        blends = _build_blends(bi, si, ci, morph_flat, fp_flat, bands)
+        return ModelData(bands=bands, model_psf=model_psf, psfs=psfs, blends=blends,
+                         model_psf_sigma=None if sigma is None else float(sigma),
+                         schema_version=version)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: model file is damaged: {exc}") from exc
+
+
+_INT_COLUMNS = {
+    "BLENDS": ("PARENT_ID", "Y0", "X0", "HEIGHT", "WIDTH", "SRC_START", "N_SOURCES",
+               "FP_OFFSET", "ITERATIONS"),
+    "SOURCES": ("ID", "PEAK_ID", "COMP_START", "N_COMPS"),
+    "COMPONENTS": ("Y0", "X0", "HEIGHT", "WIDTH", "PEAK_Y", "PEAK_X", "MORPH_OFFSET"),
+}
+
+
+def _read_tables(bt: Any, st: Any, ct: Any, counts: tuple[int, ...], nb: int,
+                 sed_dtype: np.dtype, path: Path) -> tuple[dict, dict, dict]:
+    """The three tables' columns as native arrays of their declared kinds (nothing cast)."""
     def nrows(t: Any) -> int:
         return 0 if t is None else len(t)
 
@@ -775,49 +1028,128 @@ def _read_hdus(hdul: Any, path: Path, warn_cls: type) -> ModelData:
             f"{path}: model file is truncated or damaged: tables have {got} rows "
             f"(blends, sources, components), the header says {counts}"
         )
-    morph_flat = _native(np.zeros(0) if morph_data is None else morph_data, mor_dtype).ravel()
-    fp_flat = _native(np.zeros(0) if fp_data is None else fp_data, np.uint8).ravel()
-    if psfs.ndim != 3 or psfs.shape[0] != nb or model_psf.ndim != 2:
-        raise ValueError(f"{path}: PSF HDUs have shapes {psfs.shape}, {model_psf.shape}")
 
-    def col(t: Any, name: str, dtype: Any = np.int64) -> np.ndarray:
+    def col(t: Any, table: str, name: str, kinds: str, dtype: Any) -> np.ndarray:
         if t is None:
             return np.zeros(0, dtype)
-        return _native(t[name], dtype)
+        a = t[name]
+        if a.dtype.kind not in kinds:
+            raise ValueError(f"{path}: model file is damaged: column {name} of {table} is "
+                             f"{a.dtype.name}, the format stores {np.dtype(dtype).name}")
+        return _native(a, dtype)
 
-    ci = {k: col(ct, k) for k in ("Y0", "X0", "HEIGHT", "WIDTH", "PEAK_Y", "PEAK_X",
-                                  "MORPH_OFFSET")}
-    seds = col(ct, "SED", sed_dtype).reshape(-1, nb) if counts[2] else np.zeros((0, nb))
-    need = ci["MORPH_OFFSET"] + ci["HEIGHT"] * ci["WIDTH"]
-    if counts[2] and (need.max() > morph_flat.size or ci["MORPH_OFFSET"].min() < 0):
-        raise ValueError(
-            f"{path}: model file is truncated or damaged: components need {need.max()} "
-            f"morphology values, MORPHS holds {morph_flat.size}"
-        )
-    si = {k: col(st, k) for k in ("ID", "PEAK_ID", "COMP_START", "N_COMPS")}
-    bi = {k: col(bt, k) for k in ("PARENT_ID", "Y0", "X0", "HEIGHT", "WIDTH", "SRC_START",
-                                  "N_SOURCES", "FP_OFFSET", "ITERATIONS")}
-    loss = col(bt, "LOSS", np.float64)
-    conv = col(bt, "CONVERGED", bool)
-    isolated = col(bt, "ISOLATED", bool)
+    out = []
+    for t, table in ((bt, "BLENDS"), (st, "SOURCES"), (ct, "COMPONENTS")):
+        out.append({k: col(t, table, k, "iu", np.int64) for k in _INT_COLUMNS[table]})
+    bi, si, ci = out
+    bi["LOSS"] = col(bt, "BLENDS", "LOSS", "f", np.float64)
+    bi["CONVERGED"] = col(bt, "BLENDS", "CONVERGED", "b", bool)
+    bi["ISOLATED"] = col(bt, "BLENDS", "ISOLATED", "b", bool)
+    if ct is None:
+        ci["SED"] = np.zeros((0, nb), sed_dtype)
+    else:
+        _check_float(ct["SED"], sed_dtype, "SEDs (column SED)", path)
+        seds = _native(ct["SED"])
+        if seds.size != counts[2] * nb:
+            raise ValueError(f"{path}: model file is damaged: column SED holds {seds.size} "
+                             f"values, {counts[2]} components of {nb} bands need "
+                             f"{counts[2] * nb}")
+        ci["SED"] = seds.reshape(-1, nb)
+    return bi, si, ci
 
+
+def _first(bad: np.ndarray) -> int:
+    return int(np.flatnonzero(bad)[0])
+
+
+def _check_boxes(t: dict, table: str, path: Path) -> None:
+    """Sizes >= 1 and every value bounded (so that no product or sum below overflows)."""
+    vals = np.stack([t["Y0"], t["X0"], t["HEIGHT"], t["WIDTH"]], axis=1)
+    bad = (np.any(np.abs(vals) > MAX_COORD, axis=1) | (t["HEIGHT"] < 1) | (t["WIDTH"] < 1))
+    if np.any(bad):
+        r = _first(bad)
+        raise ValueError(f"{path}: model file is damaged: {table} row {r} has the box "
+                         f"{tuple(vals[r].tolist())} (sizes must be 1 to {MAX_COORD})")
+
+
+def _check_runs(start: np.ndarray, count: np.ndarray, total: int, what: str, of: str,
+                path: Path) -> None:
+    """``start`` must be the running sum of ``count`` (>= 0), ending at ``total``."""
+    if np.any(count < 0) or np.any(count > total):
+        r = _first((count < 0) | (count > total))
+        raise ValueError(f"{path}: model file is damaged: {of} row {r} has {count[r]} {what}")
+    want = np.concatenate([[0], np.cumsum(count)])
+    if want[-1] != total or not np.array_equal(start, want[:-1]):
+        raise ValueError(f"{path}: model file is damaged: the {what} of the {of} rows are not "
+                         f"the consecutive runs the format stores ({total} in all)")
+
+
+def _check_layout(bi: dict, si: dict, ci: dict, counts: tuple[int, ...], n_morph: int,
+                  n_fp: int, path: Path) -> None:
+    """Geometry, offsets and ids of the tables, checked as whole columns."""
+    _check_boxes(bi, "BLENDS", path)
+    big = bi["HEIGHT"] * bi["WIDTH"] > MAX_BLEND_PIXELS  # sides are bounded: no overflow
+    if np.any(big):
+        r = _first(big)
+        raise ValueError(f"{path}: model file is damaged: BLENDS row {r} has a box of "
+                         f"{bi['HEIGHT'][r]} x {bi['WIDTH'][r]} pixels (at most "
+                         f"{MAX_BLEND_PIXELS} pixels)")
+    _check_boxes(ci, "COMPONENTS", path)
+    py, px = ci["PEAK_Y"], ci["PEAK_X"]
+    outside = ((py < ci["Y0"]) | (py >= ci["Y0"] + ci["HEIGHT"]) | (px < ci["X0"])
+               | (px >= ci["X0"] + ci["WIDTH"]))
+    if np.any(outside):
+        r = _first(outside)
+        box = tuple(int(ci[k][r]) for k in ("Y0", "X0", "HEIGHT", "WIDTH"))
+        raise ValueError(f"{path}: model file is damaged: COMPONENTS row {r} has its peak "
+                         f"{(int(py[r]), int(px[r]))} outside its box {box}")
+    _check_runs(bi["SRC_START"], bi["N_SOURCES"], counts[1], "sources", "BLENDS", path)
+    _check_runs(si["COMP_START"], si["N_COMPS"], counts[2], "components", "SOURCES", path)
+    # pixel counts: each side is bounded, so one box's area fits an int64; a box larger than
+    # the whole buffer is refused before summing
+    area = ci["HEIGHT"] * ci["WIDTH"]
+    _check_runs(ci["MORPH_OFFSET"], area, n_morph, "morphology values", "COMPONENTS", path)
+    has_fp = bi["FP_OFFSET"] != -1
+    if np.any(bi["FP_OFFSET"] < -1):
+        r = _first(bi["FP_OFFSET"] < -1)
+        raise ValueError(f"{path}: model file is damaged: BLENDS row {r} has FP_OFFSET "
+                         f"{bi['FP_OFFSET'][r]}")
+    fp_area = (bi["HEIGHT"] * bi["WIDTH"])[has_fp]
+    _check_runs(bi["FP_OFFSET"][has_fp], fp_area, n_fp, "footprint values", "BLENDS", path)
+    pid = bi["PARENT_ID"]
+    uniq, n = np.unique(pid, return_counts=True)
+    if np.any(n > 1):
+        raise ValueError(f"{path}: model file is damaged: parent id {uniq[_first(n > 1)]} "
+                         f"appears {n[_first(n > 1)]} times in BLENDS")
+
+
+def _check_values(ci: dict, morph_flat: np.ndarray, path: Path) -> None:
+    """Finite SEDs and morphologies (named by their COMPONENTS row)."""
+    bad = ~np.all(np.isfinite(ci["SED"]), axis=1)
+    if np.any(bad):
+        raise ValueError(f"{path}: model file is damaged: COMPONENTS row {_first(bad)} has a "
+                         "NaN or infinite SED")
+    bad_px = ~np.isfinite(morph_flat)
+    if np.any(bad_px):
+        r = int(np.searchsorted(ci["MORPH_OFFSET"], _first(bad_px), side="right")) - 1
+        raise ValueError(f"{path}: model file is damaged: COMPONENTS row {r} has a NaN or "
+                         "infinite morphology value")
+
+
+def _build_blends(bi: dict, si: dict, ci: dict, morph_flat: np.ndarray, fp_flat: np.ndarray,
+                  bands: tuple[str, ...]) -> dict[int, BlendData]:
+    """The data classes of checked tables (their own checks run once more)."""
     blends: dict[int, BlendData] = {}
-    for r in range(counts[0]):
+    for r in range(len(bi["PARENT_ID"])):
         H, W = int(bi["HEIGHT"][r]), int(bi["WIDTH"][r])
         fpo = int(bi["FP_OFFSET"][r])
         footprint = None
         if fpo >= 0:
-            if fpo + H * W > fp_flat.size:
-                raise ValueError(f"{path}: model file is truncated: footprint of blend {r}")
             footprint = fp_flat[fpo : fpo + H * W].reshape(H, W).astype(bool)
         sources = []
         s0, ns = int(bi["SRC_START"][r]), int(bi["N_SOURCES"][r])
-        if s0 < 0 or s0 + ns > counts[1]:
-            raise ValueError(f"{path}: model file is damaged: sources of blend {r}")
         for s in range(s0, s0 + ns):
             c0, nc = int(si["COMP_START"][s]), int(si["N_COMPS"][s])
-            if c0 < 0 or c0 + nc > counts[2]:
-                raise ValueError(f"{path}: model file is damaged: components of source {s}")
             comps = []
             for c in range(c0, c0 + nc):
                 h_, w_ = int(ci["HEIGHT"][c]), int(ci["WIDTH"][c])
@@ -825,7 +1157,7 @@ def _read_hdus(hdul: Any, path: Path, warn_cls: type) -> ModelData:
                 comps.append(ComponentData(
                     (int(ci["Y0"][c]), int(ci["X0"][c]), h_, w_),
                     (int(ci["PEAK_Y"][c]), int(ci["PEAK_X"][c])),
-                    seds[c].copy(),
+                    ci["SED"][c].copy(),
                     morph_flat[off : off + h_ * w_].reshape(h_, w_).copy(),
                 ))
             sources.append(SourceData(int(si["ID"][s]), int(si["PEAK_ID"][s]), comps))
@@ -837,10 +1169,8 @@ def _read_hdus(hdul: Any, path: Path, warn_cls: type) -> ModelData:
             sources=sources,
             footprint=footprint,
             iterations=int(bi["ITERATIONS"][r]),
-            loss=float(loss[r]),
-            converged=bool(conv[r]),
-            isolated=bool(isolated[r]),
+            loss=float(bi["LOSS"][r]),
+            converged=bool(bi["CONVERGED"][r]),
+            isolated=bool(bi["ISOLATED"][r]),
         )
-    return ModelData(bands=bands, model_psf=model_psf, psfs=psfs, blends=blends,
-                     model_psf_sigma=None if sigma is None else float(sigma),
-                     schema_version=version)
+    return blends
