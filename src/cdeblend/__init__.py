@@ -25,6 +25,7 @@ from .model_data import BlendData, ComponentData, ModelData, SourceData, load_mo
 from .observation import Observation
 from .single_band import Child, SingleBandConfig, SingleBandDeblender, SingleBandResult
 from .spectra import fit_seds
+from .survey import deblend_survey
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,7 @@ __all__ = [
     "apportion_flux",
     "deblend_catalog",
     "deblend_image",
+    "deblend_survey",
     "detect",
     "detection_image",
     "find_footprints",
