@@ -210,7 +210,29 @@ def real_cases(data: Path) -> list[tuple[str, np.ndarray, np.ndarray, dict, str]
     conv = np.loadtxt(emmi / "default.conv", skiprows=1, comments="#")
     sex = {"nsigma": 1.5, "min_area": 5, "grow": 0, "kernel": conv, "filter_type": "conv"}
     cases.append(("sep_emmi image.fits (SExtractor)", img, rms * rms, sex, "65 parents"))
+    raw = {"nsigma": 1.5, "min_area": 5, "grow": 0}
+    cases.append(("sep_emmi unfiltered 1.5 sigma", img, rms * rms, raw, "-"))
+    # the call of the issue: a global median background, unfiltered, grown footprints
+    glob = read_fits(emmi / "image.fits")
+    glob -= np.median(glob)
+    issue = {"nsigma": 1.5, "min_area": 5}
+    cases.append(("sep_emmi median bkg, unfilt., grow 2", glob, rms * rms, issue, "-"))
     return cases
+
+
+def sextractor_xy(data: Path) -> np.ndarray:
+    """(65, 2) x, y (0-based) of the objects of the EMMI image's SExtractor catalog."""
+    cat = np.loadtxt(data / "real" / "fits" / "sep_emmi" / "image.cat", comments="#")
+    return cat[:, 1:3] - 1.0
+
+
+def sextractor_match(parents, xy: np.ndarray, radius: float = 3.0) -> str:
+    """How many SExtractor objects have a peak within ``radius`` px, and how many peaks
+    match none."""
+    pk = np.concatenate([p.peaks for p in parents])[:, ::-1].astype(float)
+    m = match(pk, xy, radius)
+    n = int((m >= 0).sum())
+    return f"{n}/{len(xy)} SExtractor objects matched, {len(pk) - n} peaks unmatched"
 
 
 def run_real(data: Path, png: Path | None) -> list[str]:
@@ -223,6 +245,8 @@ def run_real(data: Path, png: Path | None) -> list[str]:
         parents = call_detect(img, var, **k)
         cpu = time.process_time() - t0
         npk = [len(p.peaks) for p in parents]
+        if name.startswith("sep_emmi"):
+            ref = f"{ref}; {sextractor_match(parents, sextractor_xy(data))}"
         rows.append(
             f"{name:34s} {len(parents):7d} {sum(npk):7d} {max(npk) if npk else 0:6d} "
             f"{cpu:6.2f}  {ref}"
@@ -251,7 +275,7 @@ def draw(folder: Path, name: str, img: np.ndarray, parents) -> None:
     for p in parents:
         ax.plot(p.peaks[:, 1], p.peaks[:, 0], "r+", ms=8)
     ax.set_title(f"{name}: {len(parents)} parents, {sum(len(p.peaks) for p in parents)} peaks")
-    fig.savefig(folder / (name.split()[0].replace("=", "_") + ".png"), dpi=90)
+    fig.savefig(folder / (name.replace(" ", "_").replace("=", "_") + ".png"), dpi=90)
     plt.close(fig)
 
 

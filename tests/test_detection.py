@@ -551,3 +551,29 @@ def test_sextractor_settings_and_bad_arguments():
         cdb.detect(img, var, psf_fwhm=4.0, peak_filter=0.0)
     with pytest.raises(ValueError, match="noise"):
         find_peaks(img, np.ones(img.shape, np.int32), noise=0.0)
+
+
+def test_catalog_detects_with_the_psf_and_the_config_options():
+    img, var = scene()
+    psf = gaussian_psf(4.7, 15)
+
+    def peaks_per_parent(cat):
+        return sorted(int(n) for n in cat["n_peaks"][cat["is_parent"]])
+
+    cat, _ = cdb.deblend_catalog(img, variance=var, psf=psf, progress=False, executor="serial")
+    assert peaks_per_parent(cat) == sorted(len(p.peaks) for p in cdb.detect(img, var, psf=psf))
+    assert peaks_per_parent(cat) == [1, 2]
+    # a minimum separation of 3 FWHM (14 px) merges the pair 9.8 px apart
+    cfg = cdb.CatalogConfig(detection={"min_separation": 3.0})
+    cat, _ = cdb.deblend_catalog(img, variance=var, psf=psf, progress=False,
+                                 executor="serial", config=cfg)
+    assert peaks_per_parent(cat) == [1, 1]
+
+
+def test_deblend_image_passes_detection_options():
+    img, var = scene(3)
+    psf = gaussian_psf(4.7, 15)
+    both = cdb.deblend_image(img, var, psf)
+    assert sorted(len(r.parent.peaks) for r in both) == [1, 2]
+    one = cdb.deblend_image(img, var, psf, min_separation=3.0)
+    assert sorted(len(r.parent.peaks) for r in one) == [1, 1]
