@@ -32,8 +32,9 @@ cdef Py_ssize_t _merge_tree_loop(const double[:, ::1] image, const int32_t[:, ::
                                  double[::1] peak_val, int64_t[::1] npix, double[::1] flux,
                                  int64_t[::1] into, double[::1] saddle,
                                  int64_t[:, ::1] npix_at, double[:, ::1] flux_at,
-                                 Py_ssize_t cap) except -2 nogil:
-    """The union-find pass; returns the number of peaks, or -1 when ``cap`` is too small."""
+                                 Py_ssize_t cap) except -4 nogil:
+    """The union-find pass; returns the number of peaks, -1 when ``cap`` is too small, -3
+    when a pixel comes twice."""
     cdef Py_ssize_t H = image.shape[0], W = image.shape[1], n = 0, t, p, y, x, dy, dx
     cdef Py_ssize_t yy, xx, r, win, nroots, i
     cdef Py_ssize_t roots[8]
@@ -43,6 +44,8 @@ cdef Py_ssize_t _merge_tree_loop(const double[:, ::1] image, const int32_t[:, ::
         p = order[t]
         y = p // W
         x = p - y * W
+        if owner[y, x] >= 0:
+            return -3  # a pixel listed twice would be its own neighbour
         v = image[y, x]
         lab = labels[y, x]
         # the distinct sets of the already visited (brighter or equal) 8-neighbours
@@ -147,11 +150,6 @@ def merge_tree(const double[:, ::1] image not None, const int32_t[:, ::1] labels
             raise ValueError(f"order[{t}] = {order[t]} is outside the image ({H} x {W})")
     owner_arr = np.full((H, W), -1, dtype=np.int64)
     cdef int64_t[:, ::1] owner = owner_arr
-    # a pixel may appear once only: a repeated one would be its own neighbour
-    seen = np.zeros(H * W, dtype=np.uint8)
-    np.add.at(seen, np.asarray(order), 1)
-    if N and seen.max() > 1:
-        raise ValueError("order lists a pixel more than once")
     cdef Py_ssize_t cap = N if N > 0 else 1
     uf_arr = np.empty(cap, dtype=np.intp)
     peak_pix = np.empty(cap, dtype=np.int64)
@@ -175,6 +173,8 @@ def merge_tree(const double[:, ::1] image not None, const int32_t[:, ::1] labels
     else:
         n = _merge_tree_loop(image, labels, order, owner, uf, pp, pv, npv, fv, iv, sv, na,
                              fa, cap)
+    if n == -3:
+        raise ValueError("order lists a pixel more than once")
     if n < 0:  # pragma: no cover - there are at most N peaks
         raise RuntimeError("merge_tree: more peaks than pixels")
     roots = into[:n] < 0

@@ -25,6 +25,7 @@ __all__ = [
     "detect",
     "detection_image",
     "find_footprints",
+    "filter_noise",
     "find_peaks",
     "group_peaks",
 ]
@@ -419,11 +420,18 @@ def _separation_mask(peaks: np.ndarray, labels: np.ndarray, min_separation: floa
     keep = np.ones(len(peaks), dtype=bool)
     lab = labels[peaks[:, 0], peaks[:, 1]]
     r2 = min_separation * min_separation
-    for i in range(1, len(peaks)):
-        prev = np.flatnonzero(keep[:i] & (lab[:i] == lab[i]))
-        if prev.size:
-            d2 = ((peaks[prev] - peaks[i]) ** 2).sum(axis=1)
-            keep[i] = bool(d2.min() >= r2)
+    # footprint by footprint (a stable sort keeps each one's peaks brightest first)
+    order = np.argsort(lab, kind="stable")
+    bounds = np.flatnonzero(np.diff(lab[order])) + 1
+    for group in np.split(order, bounds):
+        if len(group) < 2:
+            continue
+        pk = peaks[group].astype(np.float64)
+        ok = np.ones(len(group), dtype=bool)
+        for i in range(1, len(group)):
+            d2 = ((pk[:i][ok[:i]] - pk[i]) ** 2).sum(axis=1)
+            ok[i] = bool(d2.min() >= r2)
+        keep[group] = ok
     return keep
 
 
