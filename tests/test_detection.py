@@ -577,3 +577,31 @@ def test_deblend_image_passes_detection_options():
     assert sorted(len(r.parent.peaks) for r in both) == [1, 2]
     one = cdb.deblend_image(img, var, psf, min_separation=3.0)
     assert sorted(len(r.parent.peaks) for r in one) == [1, 1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), ref=st.sampled_from(["footprint", "neighbour"]))
+def test_stricter_culling_keeps_a_subset(seed, ref):
+    """Each test is a threshold and a culled region takes its peaks along, so raising any
+    threshold keeps a subset of the peaks, all of them local maxima of the image."""
+    rng = np.random.default_rng(seed)
+    H, W = 30, 40
+    img = ndimage.gaussian_filter(rng.normal(size=(H, W)), 1.0) * 3
+    for _ in range(4):
+        img += gaussian(H, W, *rng.uniform(5, 25, 2), rng.uniform(1, 4), rng.uniform(20, 400))
+    labels, _ = find_footprints(img, nsigma=0.5, grow=1)
+    loose = find_peaks(img, labels, nsigma=0.5, contrast_reference=ref)
+    mx = ndimage.maximum_filter(img, size=3, mode="constant", cval=-np.inf)
+    assert all(img[y, x] == mx[y, x] for y, x in loose)
+    prev = {tuple(p) for p in loose}
+    for c, sig, area in [(0.001, 0.5, 1), (0.01, 1.0, 2), (0.05, 2.0, 4), (0.2, 4.0, 8)]:
+        cur = {tuple(p) for p in find_peaks(img, labels, nsigma=0.5, min_contrast=c,
+                                            peak_significance=sig, min_area=area,
+                                            contrast_reference=ref)}
+        assert cur <= prev
+        # the brightest peak of every footprint always stays
+        for lab in np.unique(labels[labels > 0]):
+            inside = [p for p in loose if labels[tuple(p)] == lab]
+            if inside:
+                assert tuple(inside[0]) in cur
+        prev = cur

@@ -279,7 +279,7 @@ def find_peaks(
     peak_significance: float = 0.0,
     min_area: int = 1,
     noise: float = 1.0,
-    contrast_reference: str = "footprint",
+    contrast_reference: str = CONTRAST_REFERENCE,
 ) -> np.ndarray:
     """Peaks of ``detection`` inside footprints that are real objects, brightest first.
 
@@ -325,7 +325,9 @@ def find_peaks(
     noise : float
         Noise RMS of ``detection`` (1 for an S/N image; see :func:`filter_noise`).
     contrast_reference : {"footprint", "neighbour"}
-        What ``min_contrast`` is a fraction of.
+        What ``min_contrast`` is a fraction of. The default, ``"neighbour"``, keeps a faint
+        galaxy beside a bright one in a large footprint of many objects, which the
+        footprint's total would cull.
 
     Returns
     -------
