@@ -605,3 +605,14 @@ def test_stricter_culling_keeps_a_subset(seed, ref):
             if inside:
                 assert tuple(inside[0]) in cur
         prev = cur
+
+
+def test_an_image_with_its_sky_warns(caplog):
+    img, var = scene()
+    with caplog.at_level("WARNING", logger="cdeblend.detection"):
+        cdb.detect(img, var, psf_fwhm=4.0)
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="cdeblend.detection"):
+        parents = cdb.detect(img + 50.0, var, psf_fwhm=4.0)
+    assert len(parents) == 1
+    assert "not background-subtracted" in caplog.text

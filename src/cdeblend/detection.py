@@ -9,6 +9,7 @@ with :func:`deblend_image`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +30,12 @@ __all__ = [
     "find_peaks",
     "group_peaks",
 ]
+
+logger = logging.getLogger("cdeblend.detection")
+
+# An image with more than this fraction of its pixels above the threshold is almost surely not
+# background-subtracted (a galaxy filling a sky-subtracted cutout stays near 0.6).
+CROWDED_FRACTION = 0.9
 
 # Defaults of the peak culling (see find_peaks), chosen on the simulations and the real images
 # together: bench/detection.py prints what they give.
@@ -617,6 +624,7 @@ def detect(
     if kernel is not None:
         kernel = _check_kernel(kernel)
     det = detection_image(images, variance, psf, psf_fwhm, kernel, filter_type)
+    _warn_if_unsubtracted(det, nsigma)
     labels, _ = find_footprints(det, nsigma=nsigma, grow=grow, min_area=min_area)
     if peaks is None:
         scale = _separation_unit(psf, psf_fwhm, kernel)
@@ -652,6 +660,19 @@ detect.__doc__ = detect.__doc__ % {
     "PEAK_FILTER": PEAK_FILTER,
     "PEAK_NSIGMA": PEAK_NSIGMA,
 }
+
+
+def _warn_if_unsubtracted(det: np.ndarray, nsigma: float) -> None:
+    """Log a warning when nearly every pixel is above the threshold."""
+    frac = float(np.mean(det > nsigma)) if det.size else 0.0
+    if frac > CROWDED_FRACTION:
+        logger.warning(
+            "%.0f%% of the pixels are above the detection threshold (%g sigma): the image "
+            "looks not background-subtracted (or the variance is too small); subtract the "
+            "background or raise nsigma",
+            100 * frac,
+            nsigma,
+        )
 
 
 def _separation_unit(psf, psf_fwhm, kernel) -> float:
