@@ -203,6 +203,10 @@ def real_cases(data: Path) -> list[tuple[str, np.ndarray, np.ndarray, dict, str]
             img[b] -= med
             var[b] = std * std
         cases.append((name, img, var, {"psf": psf.mean(axis=0)}, ref))
+        if name == "Cut_HST.fits" and NEW_API:
+            # drizzled: its noise is correlated, the filtered noise twice the variance's
+            kw = {"psf": psf.mean(axis=0), "measure_noise": True}
+            cases.append(("Cut_HST.fits measure_noise", img, var, kw, ref))
     emmi = data / "real" / "fits" / "sep_emmi"
     img = read_fits(emmi / "image.fits")
     rms = read_fits(emmi / "rms.fits")

@@ -616,3 +616,35 @@ def test_an_image_with_its_sky_warns(caplog):
         parents = cdb.detect(img + 50.0, var, psf_fwhm=4.0)
     assert len(parents) == 1
     assert "not background-subtracted" in caplog.text
+
+
+def test_measure_noise_on_correlated_noise(caplog):
+    # noise smoothed like a drizzled image, with its true per-pixel variance 1: the
+    # filtered noise is larger than the variance says, which breeds false detections
+    rng = np.random.default_rng(11)
+    H = W = 160
+    noise = ndimage.gaussian_filter(rng.normal(size=(H, W)), 1.2)
+    noise /= noise.std()
+    img = noise + gaussian(H, W, 80, 80, 2.0, 400.0)
+    var = np.ones((H, W))
+    naive = cdb.detect(img, var, psf_fwhm=4.0)
+    measured = cdb.detect(img, var, psf_fwhm=4.0, measure_noise=True)
+    assert len(naive) > 5
+    assert len(measured) == 1
+    assert np.abs(measured[0].peaks[0] - [80, 80]).max() <= 1
+    # the rescaling is the robust sigma outside the footprints, by hand
+    det = cdb.detection_image(img, var, psf_fwhm=4.0)
+    labels, _ = find_footprints(det, nsigma=5.0, grow=2, min_area=3)
+    out = det[labels == 0]
+    sigma = 1.4826 * np.median(np.abs(out - np.median(out)))
+    assert sigma > 1.5
+    expect, _ = find_footprints(det / sigma, nsigma=5.0, grow=2, min_area=3)
+    got = np.zeros((H, W), bool)
+    for p in measured:
+        got |= p.full_footprint((H, W))
+    assert np.array_equal(got, expect > 0)
+    # too few pixels outside the footprints: the variance is used, and it is logged
+    with caplog.at_level("INFO", logger="cdeblend.detection"):
+        small = cdb.detect(img[65:95, 65:95], var[:30, :30], psf_fwhm=4.0, measure_noise=True)
+    assert "using the variance" in caplog.text
+    assert len(small) == len(cdb.detect(img[65:95, 65:95], var[:30, :30], psf_fwhm=4.0))

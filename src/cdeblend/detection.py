@@ -36,6 +36,8 @@ logger = logging.getLogger("cdeblend.detection")
 # An image with more than this fraction of its pixels above the threshold is almost surely not
 # background-subtracted (a galaxy filling a sky-subtracted cutout stays near 0.6).
 CROWDED_FRACTION = 0.9
+# Fewest pixels outside the footprints to measure the detection image's noise from.
+MIN_NOISE_PIXELS = 1000
 
 # Defaults of the peak culling (see find_peaks), chosen on the simulations and the real images
 # together: bench/detection.py prints what they give.
@@ -541,6 +543,7 @@ def detect(
     contrast_reference: str = CONTRAST_REFERENCE,
     peak_filter: float | None = PEAK_FILTER,
     peak_nsigma: float = PEAK_NSIGMA,
+    measure_noise: bool = False,
 ) -> list[Parent]:
     """Find parents (footprints with their peaks) in one or several bands.
 
@@ -606,6 +609,14 @@ def detect(
     peak_nsigma : float
         Peaks must reach this many noise sigma of the image they are found on (they lie in
         a footprint, so near a detection above ``nsigma``). Default %(PEAK_NSIGMA)s.
+    measure_noise : bool
+        Measure the noise of the detection image (and of the peak image) as the robust
+        standard deviation (1.4826 MAD) of its pixels outside the footprints, and rescale
+        to it, instead of trusting ``variance``: for images whose noise is correlated
+        (drizzled, warped or resampled coadds), where the filtered noise is larger than
+        the pixel variance says. Needs at least %(MIN_NOISE_PIXELS)s pixels outside the
+        footprints (otherwise ``variance`` is used, logged); a cutout filled by its
+        galaxy has too few.
 
     Returns
     -------
@@ -626,15 +637,24 @@ def detect(
     det = detection_image(images, variance, psf, psf_fwhm, kernel, filter_type)
     _warn_if_unsubtracted(det, nsigma)
     labels, _ = find_footprints(det, nsigma=nsigma, grow=grow, min_area=min_area)
+    det_noise = filter_noise(psf, psf_fwhm, kernel, filter_type)
+    if measure_noise:
+        measured = _outside_noise(det, labels)
+        if measured is not None:
+            # in the units the threshold is given in (the unfiltered noise for "conv")
+            det = det * (det_noise / measured)
+            labels, _ = find_footprints(det, nsigma=nsigma, grow=grow, min_area=min_area)
     if peaks is None:
         scale = _separation_unit(psf, psf_fwhm, kernel)
-        image, noise = det, filter_noise(psf, psf_fwhm, kernel, filter_type)
+        image, noise = det, det_noise
         if peak_filter is not None and kernel is None and (psf is not None or psf_fwhm):
             if not (np.isfinite(peak_filter) and peak_filter > 0):
                 raise ValueError(f"peak_filter must be finite and > 0 or None, got {peak_filter}")
             width = float(peak_filter) * scale
             image = detection_image(images, variance, psf_fwhm=width, filter_type="conv")
             noise = filter_noise(psf_fwhm=width, filter_type="conv")
+            if measure_noise:
+                noise = _outside_noise(image, labels) or noise
         pk = find_peaks(
             image,
             labels,
@@ -659,7 +679,22 @@ detect.__doc__ = detect.__doc__ % {
     "CONTRAST_REFERENCE": CONTRAST_REFERENCE,
     "PEAK_FILTER": PEAK_FILTER,
     "PEAK_NSIGMA": PEAK_NSIGMA,
+    "MIN_NOISE_PIXELS": MIN_NOISE_PIXELS,
 }
+
+
+def _outside_noise(image: np.ndarray, labels: np.ndarray) -> float | None:
+    """1.4826 MAD of ``image`` outside the footprints, or None (logged) with too few pixels."""
+    out = image[(labels == 0) & np.isfinite(image)]
+    if out.size < MIN_NOISE_PIXELS:
+        logger.info(
+            "measure_noise: %d pixels outside the footprints (< %d); using the variance",
+            out.size,
+            MIN_NOISE_PIXELS,
+        )
+        return None
+    mad = float(np.median(np.abs(out - np.median(out))))
+    return 1.4826 * mad if mad > 0 else None
 
 
 def _warn_if_unsubtracted(det: np.ndarray, nsigma: float) -> None:
