@@ -648,3 +648,18 @@ def test_measure_noise_on_correlated_noise(caplog):
         small = cdb.detect(img[65:95, 65:95], var[:30, :30], psf_fwhm=4.0, measure_noise=True)
     assert "using the variance" in caplog.text
     assert len(small) == len(cdb.detect(img[65:95, 65:95], var[:30, :30], psf_fwhm=4.0))
+
+
+@pytest.mark.parametrize("size", [3, 7])  # the direct and the FFT correlation
+@pytest.mark.parametrize("filter_type", ["matched", "conv"])
+def test_filtered_detection_image_against_direct_correlation(size, filter_type):
+    rng = np.random.default_rng(size)
+    images = rng.normal(size=(2, 25, 31))
+    variance = rng.uniform(0.5, 2, size=(2, 25, 31))
+    k = rng.random((size, size)) + 0.1
+    det = cdb.detection_image(images, variance, kernel=k, filter_type=filter_type)
+    p = k / k.sum()
+    num = ndimage.correlate((images / variance).sum(0), p, mode="constant")
+    w = p if filter_type == "conv" else p * p
+    den = ndimage.correlate((1 / variance).sum(0), w, mode="constant")
+    np.testing.assert_allclose(det, num / np.sqrt(den), rtol=1e-9, atol=1e-12)
