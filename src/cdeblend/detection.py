@@ -150,10 +150,19 @@ def detection_image(
     """
     if filter_type not in ("matched", "conv"):
         raise ValueError(f"filter_type must be 'matched' or 'conv', got {filter_type!r}")
+    num, den = _coadd(images, variance)
+    return _filtered(num, den, psf, psf_fwhm, kernel, filter_type)
+
+
+def _coadd(images, variance) -> tuple[np.ndarray, np.ndarray]:
+    """``sum_b I_b / V_b`` and ``sum_b 1 / V_b`` of validated images."""
     images, variance = _as_stack(images, variance)
     ivar = 1.0 / variance
-    num = np.sum(images * ivar, axis=0)
-    den = np.sum(ivar, axis=0)
+    return np.sum(images * ivar, axis=0), np.sum(ivar, axis=0)
+
+
+def _filtered(num, den, psf, psf_fwhm, kernel, filter_type) -> np.ndarray:
+    """:func:`detection_image` from the coadd's two sums."""
     conv = filter_type == "conv"
     tiny = np.finfo(np.float64).tiny
     if psf is None and psf_fwhm is None and kernel is None:
@@ -394,8 +403,9 @@ def _merge_tree(det: np.ndarray, labels: np.ndarray) -> dict:
     """:func:`_detection_cy.merge_tree` over every finite footprint pixel."""
     flat = det.ravel()
     idx = np.flatnonzero((labels.ravel() > 0) & np.isfinite(flat))
-    # brightest first, ties in raster order (a plateau's first pixel is its peak)
-    order = idx[np.lexsort((idx, -flat[idx]))].astype(np.int64)
+    # brightest first, ties in raster order (a plateau's first pixel is its peak): idx is
+    # increasing, so a stable sort keeps ties in it
+    order = idx[np.argsort(-flat[idx], kind="stable")].astype(np.int64)
     return _detection_cy.merge_tree(det, labels, order)
 
 
@@ -643,7 +653,10 @@ def detect(
             psf = getattr(obs, "psfs", None)
     if kernel is not None:
         kernel = _check_kernel(kernel)
-    det = detection_image(images, variance, psf, psf_fwhm, kernel, filter_type)
+    if filter_type not in ("matched", "conv"):
+        raise ValueError(f"filter_type must be 'matched' or 'conv', got {filter_type!r}")
+    num, den = _coadd(images, variance)
+    det = _filtered(num, den, psf, psf_fwhm, kernel, filter_type)
     _warn_if_unsubtracted(det, nsigma)
     labels, _ = find_footprints(det, nsigma=nsigma, grow=grow, min_area=min_area)
     det_noise = filter_noise(psf, psf_fwhm, kernel, filter_type)
@@ -660,7 +673,7 @@ def detect(
             if not (np.isfinite(peak_filter) and peak_filter > 0):
                 raise ValueError(f"peak_filter must be finite and > 0 or None, got {peak_filter}")
             width = float(peak_filter) * scale
-            image = detection_image(images, variance, psf_fwhm=width, filter_type="conv")
+            image = _filtered(num, den, None, width, None, "conv")
             noise = filter_noise(psf_fwhm=width, filter_type="conv")
             if measure_noise:
                 noise = _outside_noise(image, labels) or noise
