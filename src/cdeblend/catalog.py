@@ -132,6 +132,10 @@ class CatalogConfig:
         a pixel belongs to a footprint.
     footprint_grow : int
         :func:`parents_from_peaks`: footprints are dilated by a disc of this radius.
+    detection : dict or None
+        Keyword arguments of :func:`cdeblend.detect` when the parents are detected (no peaks
+        or parents given), e.g. ``{"nsigma": 1.5, "min_area": 5, "min_contrast": 0.005}``;
+        the frame's PSFs are its matched filter unless the dict sets ``psf``.
     multi_band : object or None
         ``DeblendConfig`` handed to the multi-band deblender (None = its defaults).
     single_band : object or None
@@ -152,6 +156,7 @@ class CatalogConfig:
     model_psf_sigma: float = 0.8
     footprint_snr: float = 3.0
     footprint_grow: int = 2
+    detection: Any = None
     multi_band: Any = None
     single_band: Any = None
 
@@ -1172,7 +1177,8 @@ def _deblend_frame(observation_or_image: Any, frame: _Frame, kind: str, peaks: A
                 raise ImportError("no peaks or parents given and cdeblend.detect is missing") from (
                     exc
                 )
-            parents = detect(frame.images, frame.variance)
+            options = {"psf": frame.psfs, **(cfg.detection or {})}
+            parents = detect(frame.images, frame.variance, **options)
     checked = _check_parents(parents, (H, W))
     ids = [int(c[0]) for c in checked]
     if len(set(ids)) != len(ids):
