@@ -59,7 +59,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ._validate import as_float_array, as_peaks, check_psf, check_same_shape, check_variance
+from ._validate import (
+    as_float_array,
+    as_no_data_mask,
+    as_peaks,
+    check_psf,
+    check_same_shape,
+    clear_no_data,
+    no_data_pixels,
+)
 from .model_data import BlendData, ModelData, SourceData
 from .observation import integrated_gaussian_psf
 
@@ -210,14 +218,14 @@ def _as_frame(
     config: CatalogConfig,
 ) -> _Frame:
     if isinstance(obs, (np.ndarray, list, tuple)):
-        images = as_float_array(obs, "image", (2, 3))
+        images = as_float_array(obs, "image", (2, 3), finite=False)
         if variance is None or psf is None:
             raise ValueError("variance and psf are required when an image array is passed")
         weights = None
         sigma = config.model_psf_sigma
         model_psf = None
     elif hasattr(obs, "images"):
-        images = as_float_array(obs.images, "observation.images", (2, 3))
+        images = as_float_array(obs.images, "observation.images", (2, 3), finite=False)
         variance = obs.variance if variance is None else variance
         psf = getattr(obs, "psfs", None) if psf is None else psf
         if psf is None:
@@ -236,10 +244,9 @@ def _as_frame(
     if images.ndim == 2:
         images = images[None]
     nb = images.shape[0]
-    var = as_float_array(variance, "variance", (2, 3), dtype=images.dtype)
+    var = as_float_array(variance, "variance", (2, 3), dtype=images.dtype, finite=False)
     var = var.reshape(images.shape) if var.size == images.size else var
     check_same_shape(images, "images", var, "variance")
-    check_variance(var, allow_zero=True)
     psfs = as_float_array(psf, "psf", (2, 3), dtype=images.dtype)
     if psfs.ndim == 2:
         psfs = psfs[None]
@@ -251,14 +258,13 @@ def _as_frame(
         check_same_shape(images, "images", weights, "observation.weights")
         if np.any(weights < 0):
             raise ValueError("observation.weights has negative values; weights must be >= 0")
-    mask2 = None
-    if mask is not None:
-        m = np.asarray(mask)
-        if m.ndim == 3:
-            m = np.any(m != 0, axis=0)
-        if m.shape != images.shape[1:]:
-            raise ValueError(f"mask has shape {np.shape(mask)}, the images {images.shape}")
-        mask2 = m != 0
+    # the package's one no-data rule: value 0, variance 0 and weight 0 in the band(s) where
+    # a pixel has no data; the (H, W) mask marks pixels without data in any band
+    bad = no_data_pixels(images, var, as_no_data_mask(mask, "mask", images.shape))
+    images, var = clear_no_data(images, var, bad)
+    if weights is not None and bad.any():
+        weights = np.where(bad, weights.dtype.type(0), weights)
+    mask2 = None if mask is None and not bad.any() else bad.any(axis=0)
     if bands is None:
         bands = tuple(str(b) for b in range(nb))
     bands = tuple(str(b) for b in bands)
@@ -308,6 +314,7 @@ def parents_from_peaks(
     img = as_float_array(images, "images", (2, 3), finite=False)
     var = as_float_array(variance, "variance", (2, 3), dtype=img.dtype, finite=False)
     check_same_shape(img, "images", var, "variance")
+    img, var = clear_no_data(img, var, no_data_pixels(img, var))  # no data: S/N 0
     if img.ndim == 2:
         img, var = img[None], var[None]
     pk = as_peaks(peaks, img.shape[1:])
@@ -623,7 +630,8 @@ def _parent_arrays(task: _Task) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A parent's C-contiguous images, variance and weights, in one kernel pass.
 
     The weights are the inverse variance where the variance is positive (or the
-    observation's weights), times the footprint, times ``~mask``, in the images' dtype. One
+    observation's weights), times the footprint, in the images' dtype; pixels without data
+    have variance 0 (and weight 0) in their band already (:func:`_as_frame`). One
     call instead of a few numpy calls, each of which would hand the GIL to the other
     workers for a few microseconds (see ``_gil.pxi``).
     """
@@ -631,9 +639,8 @@ def _parent_arrays(task: _Task) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     out = np.empty((3, *task.images.shape), dtype=task.images.dtype)
     source, inverse = (task.variance, True) if task.weights is None else (task.weights, False)
-    mask = None if task.mask is None else task.mask.view(np.uint8)
     _symmetric_cy.parent_arrays(task.images, task.variance, source, inverse,
-                                task.footprint.view(np.uint8), mask, out[0], out[1], out[2])
+                                task.footprint.view(np.uint8), None, out[0], out[1], out[2])
     return out[0], out[1], out[2]
 
 
@@ -1230,7 +1237,11 @@ def _shared_setup(frame: _Frame, noise_rms: Any) -> tuple[np.ndarray, Any]:
     from ._symmetric_cy import mean_sqrt
 
     if noise_rms is None:
-        noise_rms = [mean_sqrt(v)[0] for v in frame.variance]
+        # the noise of the pixels with data (a no-data pixel's variance 0 is not noise)
+        var = frame.variance
+        if frame.mask is not None:
+            var = np.where(var > 0, var, var.dtype.type(np.nan))
+        noise_rms = [mean_sqrt(v)[0] for v in var]
     noise_rms = np.asarray(noise_rms, dtype=np.float64)
     return noise_rms, _template_observation(frame, noise_rms)
 
