@@ -789,7 +789,8 @@ def assemble_reference(checked, ids, boxes, stats, reasons, outcomes, kind, nb):
     next_id = (max(ids) if ids else 0) + 1
     n_rows = len(checked) + sum(len(o.peak_id) for o in outcomes.values() if not o.failed)
     flag_width = max([len(s) for o in outcomes.values() for s in o.child_flags] + [1])
-    cat = np.zeros(n_rows, dtype=catalog._catalog_dtype(nb, flag_width))
+    pflag_width = max([len(o.parent_flags) for o in outcomes.values()] + [1])
+    cat = np.zeros(n_rows, dtype=catalog._catalog_dtype(nb, flag_width, pflag_width))
     r = 0
     for k, (pid, box, _, local) in enumerate(checked):
         y0, x0 = box[:2]
@@ -804,11 +805,15 @@ def assemble_reference(checked, ids, boxes, stats, reasons, outcomes, kind, nb):
         prow["flux_model"] = prow["flux_conserved"] = prow["flux_unassigned"] = np.nan
         prow["deblender"], prow["iterations"], prow["loss"] = "none", -1, np.nan
         r += 1
+        if k in outcomes:
+            prow["deblender"] = kind
+            prow["deblender_flags"] = outcomes[k].parent_flags
+        if reasons[k] == "skipped_isolated":  # a lone source owns its footprint's flux
+            prow["flux_conserved"], prow["flux_unassigned"] = stats.flux[k], 0.0
         if reasons[k]:
             prow["skipped"] = prow[reasons[k]] = True
             continue
         o = outcomes[k]
-        prow["deblender"] = kind
         if o.failed:
             prow["failed"], prow["error"] = True, o.error
             continue
@@ -818,6 +823,8 @@ def assemble_reference(checked, ids, boxes, stats, reasons, outcomes, kind, nb):
         prow["flux_model"] = o.flux_model.sum(axis=0)
         prow["flux_conserved"] = o.flux_conserved.sum(axis=0)
         prow["flux_unassigned"] = stats.flux[k] - o.flux_conserved.sum(axis=0)
+        if n == 0 and len(local) == 1 and not o.parent_flags:
+            prow["flux_conserved"], prow["flux_unassigned"] = stats.flux[k], 0.0
         for i in range(n):
             row = cat[r + i]
             row["id"], row["parent_id"], row["n_peaks"] = next_id + i, pid, 1
