@@ -1036,9 +1036,7 @@ def _assemble(
     fill(prow[ran], deblender=kind, deblender_flags=pflags)
     fill(prow[failed], failed=True, error=[outcomes[k].error for k in failed])
     # a lone source (isolated, or one peak and no child) owns all of its footprint's flux
-    lone = [k for k in range(P) if reasons[k] == "skipped_isolated"] + [
-        k for k in done if n_kids[k] == 0 and len(checked[k][3]) == 1
-        and not outcomes[k].parent_flags]
+    lone = [k for k in range(P) if reasons[k] == "skipped_isolated"]
     fill(prow[lone], flux_conserved=stats.flux[lone], flux_unassigned=0.0)
     if not outs:
         return cat
@@ -1052,6 +1050,9 @@ def _assemble(
         flux_model=np.array([o.flux_model.sum(axis=0) for o in outs]).reshape(-1, nb),
         flux_conserved=f_cons, flux_unassigned=stats.flux[done] - f_cons,
     )
+    lone = [k for k in done if n_kids[k] == 0 and len(checked[k][3]) == 1
+            and not outcomes[k].parent_flags]
+    fill(prow[lone], flux_conserved=stats.flux[lone], flux_unassigned=0.0)
 
     # the children: every row that is not a parent's, in parent order
     kid = np.ones(len(cat), dtype=bool)
