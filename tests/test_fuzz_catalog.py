@@ -73,8 +73,10 @@ def _check_catalog(cat, images) -> None:
             continue
         mine = kids[np.asarray(kids["parent_id"]) == row["id"]]
         assert len(mine) == row["n_children"]
-        # the children and the unassigned flux share out the footprint's flux
-        got = np.sum(np.asarray(mine["flux_conserved"], dtype=np.float64).reshape(-1, nb),
+        # the children and the unassigned flux share out the footprint's flux (a lone
+        # source without a child row owns all of it in its own row)
+        held = mine["flux_conserved"] if len(mine) else row["flux_conserved"]
+        got = np.sum(np.asarray(held, dtype=np.float64).reshape(-1, nb),
                      axis=0) + np.asarray(row["flux_unassigned"], dtype=np.float64)
         want = np.asarray(row["flux_footprint"], dtype=np.float64)
         img = np.asarray(images, dtype=np.float64)
