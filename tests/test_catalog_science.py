@@ -195,12 +195,12 @@ def test_parent_rows_come_in_increasing_id():
     assert ids == sorted(ids) and len(ids) == len(parents)
     kids = cat[~np.asarray(cat["is_parent"])]
     assert list(kids["id"]) == list(range(max(ids) + 1, max(ids) + 1 + len(kids)))
-    # each parent is followed by its own children
-    rows = list(cat)
-    for i, row in enumerate(rows):
-        if not row["is_parent"]:
-            prev = [r for r in rows[:i] if r["is_parent"]][-1]
-            assert row["parent_id"] == prev["id"]
+    # the whole id column is sorted: the parents, then the children in parent order, each
+    # parent's children consecutive
+    assert list(cat["id"]) == sorted(cat["id"])
+    assert list(cat["is_parent"]) == [True] * len(ids) + [False] * len(kids)
+    order = [ids.index(pid) for pid in kids["parent_id"]]
+    assert order == sorted(order)
 
 
 # ------------------------------------------------------------------------------------------

@@ -66,9 +66,9 @@ Every column carries a unit (pixel positions ``pix``, fluxes the ``flux_unit`` g
 coordinates ``deg``) where it has one and a description (:data:`COLUMN_DESCRIPTIONS`); both
 are written to and read back from FITS.
 
-Parent rows come in increasing id, each followed by its children, which are numbered in
-row order after the largest parent id. Results are the same whatever the executor, and
-bit-identical between executors.
+Rows are sorted by ``id``: the parents (their own ids, increasing), then the children,
+numbered after the largest parent id in parent order (a parent's children are consecutive
+rows). Results are the same whatever the executor, and bit-identical between executors.
 """
 
 from __future__ import annotations
@@ -1189,7 +1189,7 @@ def deblend_catalog(
     Returns
     -------
     catalog : astropy.table.Table or numpy.ndarray
-        One row per parent followed by its children, in parent order (a structured array
+        One row per parent, then one per child, sorted by id (a structured array
         when astropy is not installed). Columns in the module docstring.
     model_data : ModelData
         The multi-band models of the fitted parents (empty for the single-band deblender).
@@ -1325,6 +1325,7 @@ def _deblend_frame(observation_or_image: Any, frame: _Frame, kind: str, peaks: A
         if o.skip_reason:
             reasons[k] = o.skip_reason
     cat = _assemble(checked, ids, boxes, stats, reasons, outcomes, kind, nb)
+    cat = cat[np.argsort(cat["id"], kind="stable")]  # parents, then children: ids sorted
     model = ModelData(bands=frame.bands, model_psf=frame.model_psf, psfs=frame.psfs,
                       model_psf_sigma=frame.model_psf_sigma)
     _collect_models(model, checked, reasons, outcomes, (max(ids) if ids else 0) + 1, kind,
