@@ -410,7 +410,8 @@ def _add_image_args(parser: argparse.ArgumentParser, noise_required: bool = True
     parser.add_argument("--images", nargs="+", required=True,
                         help="image FITS file(s): one per band, multi-extension, or a cube")
     noise = parser.add_mutually_exclusive_group(required=noise_required)
-    noise.add_argument("--variance", nargs="+", help="variance FITS file(s), like --images")
+    noise.add_argument("--variance", nargs="+",
+                       help="variance FITS file(s), like --images; <= 0 or NaN means no data")
     noise.add_argument("--invvar", nargs="+",
                        help="inverse-variance FITS file(s); <= 0 means no data")
     parser.add_argument("--bands", nargs="+",
