@@ -459,3 +459,13 @@ def test_cli_nan_rows_single_and_multi_band(tmp_path, hsc, capsys):
     cat = read_catalog(tmp_path / "multi" / "catalog.fits")
     par = cat[cat["is_parent"]]
     assert not np.any(par["failed"]) and par["n_children"].sum() == len(peaks)
+
+
+def test_a_band_without_any_data_is_a_clear_error(hsc):
+    images, variance, psfs, peaks = hsc
+    img = images.copy()
+    img[3] = np.nan  # the whole z band
+    with pytest.raises(ValueError, match=r"band\(s\) \['3'\] have no pixel with data"):
+        deblend_catalog(img, peaks=peaks, variance=variance, psf=psfs, progress=False)
+    with pytest.raises(ValueError, match=r"variance\[3\] has no pixel with data"):
+        Observation(img, variance, psfs)

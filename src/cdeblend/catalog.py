@@ -1345,6 +1345,10 @@ def _shared_setup(frame: _Frame, noise_rms: Any) -> tuple[np.ndarray, Any]:
         if frame.mask is not None:
             var = np.where(var > 0, var, var.dtype.type(np.nan))
         noise_rms = [mean_sqrt(v)[0] for v in var]
+        empty = [frame.bands[b] for b, n in enumerate(noise_rms) if not np.isfinite(n)]
+        if empty:
+            raise ValueError(f"band(s) {empty} have no pixel with data (every value non-finite, "
+                             "masked or of variance <= 0): drop them")
     noise_rms = np.asarray(noise_rms, dtype=np.float64)
     return noise_rms, _template_observation(frame, noise_rms)
 
