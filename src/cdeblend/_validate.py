@@ -48,7 +48,8 @@ def as_float_array(
         Output dtype. By default float32 inputs stay float32 and everything else becomes
         float64.
     finite : bool
-        Reject NaN and infinite values.
+        Reject NaN and infinite values (for arrays where they cannot mean "no data", such
+        as PSFs; images and variance are read with ``finite=False``).
     allow_empty : bool
         Accept arrays with a zero-length axis.
 
@@ -78,7 +79,8 @@ def as_float_array(
     out = np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("="))
     if finite and not np.all(np.isfinite(out)):
         bad = int(np.count_nonzero(~np.isfinite(out)))
-        raise ValueError(f"{name} has {bad} NaN or infinite value(s); mask them instead")
+        # (images and variance are read with finite=False: there a NaN means no data)
+        raise ValueError(f"{name} has {bad} NaN or infinite value(s); it must be finite")
     return out
 
 
