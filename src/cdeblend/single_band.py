@@ -118,11 +118,6 @@ class SingleBandConfig:
         Skip parents whose box side is longer (<= 0: off).
     min_footprint_axis_ratio : float
         Skip parents whose second-moment minor/major axis ratio is smaller (<= 0: off).
-
-        In :func:`~cdeblend.deblend_catalog` the :class:`~cdeblend.CatalogConfig` rules of
-        the same names win (one set of skip rules): there ``max_number_of_peaks``,
-        ``max_footprint_area``, ``max_footprint_size``, ``mask_limits`` and
-        ``catch_failures`` are switched off here and the catalog's apply.
     mask_limits : mapping of str to float
         Skip a parent when the fraction of its pixels with this plane set exceeds the limit.
     mask_planes : tuple of str
@@ -147,6 +142,13 @@ class SingleBandConfig:
         connected to a peak). The default 0 keeps every positive pixel.
     mask_bits : mapping of str to int
         Bit number of each mask plane.
+
+    Notes
+    -----
+    In :func:`~cdeblend.deblend_catalog` the :class:`~cdeblend.CatalogConfig` rules of the
+    same names win (one set of skip rules): there ``max_number_of_peaks``,
+    ``max_footprint_area``, ``max_footprint_size``, ``mask_limits`` and ``catch_failures``
+    are switched off here and the catalog's apply.
     """
 
     fit_psfs: bool = True
