@@ -312,3 +312,21 @@ def test_cli_catalog_has_radec_and_units(tmp_path):
     row = cat[np.isfinite(cat["centroid_x"])][0]
     want = simple_wcs([43.0, 31.0]).all_pix2world([[row["centroid_x"], row["centroid_y"]]], 0)
     np.testing.assert_allclose([row["ra"], row["dec"]], want[0], rtol=0, atol=1e-9)
+
+
+def test_single_band_parent_flags_reach_the_catalog_unchanged():
+    image, variance, psf, peaks = scene()
+
+    def factory(kind, config):  # the deblender's own rule: deblend the first peak only
+        return SingleBandDeblender(SingleBandConfig(max_number_of_peaks=1))
+
+    cat, _ = run(image, variance, psf, peaks, deblender_factory=factory)
+    for row in blended(cat):
+        direct = SingleBandDeblender(SingleBandConfig(max_number_of_peaks=1))
+        p = next(p for p in parents_from_peaks(image, variance, peaks) if p.id == row["id"])
+        y0, x0, h, w = p.box
+        fp = np.zeros(image.shape, bool)
+        fp[y0 : y0 + h, x0 : x0 + w] = p.footprint
+        res = direct.deblend(image, variance, psf, p.peaks, fp)
+        assert row["deblender_flags"] == ",".join(sorted(res.flags)) == "too_many_peaks"
+        assert not row["skipped"] and row["n_children"] == res.n_child == 1
