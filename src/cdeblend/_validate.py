@@ -17,7 +17,6 @@ __all__ = [
     "as_peaks",
     "check_psf",
     "check_same_shape",
-    "check_variance",
     "clear_no_data",
     "no_data_pixels",
 ]
@@ -88,21 +87,6 @@ def check_same_shape(a: np.ndarray, a_name: str, b: np.ndarray, b_name: str) -> 
     """Raise ``ValueError`` unless ``a`` and ``b`` have the same shape."""
     if a.shape != b.shape:
         raise ValueError(f"{b_name} has shape {b.shape} but {a_name} has shape {a.shape}")
-
-
-def check_variance(variance: np.ndarray, name: str = "variance", allow_zero: bool = False) -> None:
-    """Raise ``ValueError`` on negative (or, unless allowed, zero) variance."""
-    if allow_zero:
-        bad = variance < 0
-        what = "negative"
-    else:
-        bad = variance <= 0
-        what = "zero or negative"
-    if np.any(bad):
-        raise ValueError(
-            f"{name} has {int(np.count_nonzero(bad))} {what} value(s); variance must be > 0"
-            + (" (use zero weight or a mask for pixels without data)" if not allow_zero else "")
-        )
 
 
 def as_no_data_mask(
