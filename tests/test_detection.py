@@ -188,17 +188,13 @@ def test_deblend_image_conserves_flux_on_every_footprint(dtype, tol):
 def test_deblend_image_bad_input():
     img, var = scene()
     psf = gaussian_psf(4.7, 15)
-    with pytest.raises(ValueError, match="variance has"):
-        cdb.deblend_image(img, -var, psf)
-    with pytest.raises(ValueError, match="image has 1 NaN"):
-        bad = img.copy()
-        bad[0, 0] = np.nan
-        cdb.deblend_image(bad, var, psf)
+    # no data (all variance negative) is not an error: nothing is detected
+    assert cdb.deblend_image(img, -var, psf) == []
     with pytest.raises(ValueError, match="psf must have odd"):
         cdb.deblend_image(img, var, np.full((4, 4), 1 / 16))
     with pytest.raises(ValueError, match="variance has shape"):
         cdb.deblend_image(img, var[:, :-1], psf)
-    with pytest.raises(TypeError, match="mask must be an integer"):
+    with pytest.raises(TypeError, match="mask must be bool"):
         cdb.deblend_image(img, var, psf, mask=np.zeros(img.shape))
     with pytest.raises(ValueError, match="images must have 2 or 3"):
         cdb.detect(img[None, None], var[None, None])

@@ -430,18 +430,6 @@ def test_bad_input():
     img, var, psf, peaks = three_source_scene()
     deb = SingleBandDeblender()
     fp = np.ones_like(img, bool)
-    bad = img.copy()
-    bad[3, 3] = np.nan
-    with pytest.raises(ValueError, match="image has 1 NaN"):
-        deb.deblend(bad, var, psf, peaks, fp)
-    with pytest.raises(ValueError, match="variance has 1 zero or negative"):
-        v = var.copy()
-        v[0, 0] = -1
-        deb.deblend(img, v, psf, peaks, fp)
-    with pytest.raises(ValueError, match="variance has 1 zero or negative"):
-        v = var.copy()
-        v[0, 0] = 0
-        deb.deblend(img, v, psf, peaks, fp)
     with pytest.raises(ValueError, match="psf must have odd"):
         deb.deblend(img, var, np.full((4, 5), 0.05), peaks, fp)
     with pytest.raises(ValueError, match="psf must be normalised"):
@@ -462,7 +450,7 @@ def test_bad_input():
         deb.deblend(img, var, psf, peaks, fp, mask=np.zeros((3, 3), np.int32))
     with pytest.raises(TypeError, match="image must be a real numeric"):
         deb.deblend(img.astype(complex), var, psf, peaks, fp)
-    with pytest.raises(TypeError, match="mask must be an integer"):
+    with pytest.raises(TypeError, match="mask must be bool"):
         deb.deblend(img, var, psf, peaks, fp, mask=np.zeros(img.shape))
     with pytest.raises(TypeError, match="footprint must be a bool"):
         deb.deblend(img, var, psf, peaks, fp.astype(float))

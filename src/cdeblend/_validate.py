@@ -13,10 +13,12 @@ import numpy as np
 
 __all__ = [
     "as_float_array",
+    "as_no_data_mask",
     "as_peaks",
     "check_psf",
     "check_same_shape",
-    "check_variance",
+    "clear_no_data",
+    "no_data_pixels",
 ]
 
 #: Relative tolerance on the sum of a PSF image (PSFs must be normalised to unit sum).
@@ -45,7 +47,8 @@ def as_float_array(
         Output dtype. By default float32 inputs stay float32 and everything else becomes
         float64.
     finite : bool
-        Reject NaN and infinite values.
+        Reject NaN and infinite values (for arrays where they cannot mean "no data", such
+        as PSFs; images and variance are read with ``finite=False``).
     allow_empty : bool
         Accept arrays with a zero-length axis.
 
@@ -75,7 +78,8 @@ def as_float_array(
     out = np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("="))
     if finite and not np.all(np.isfinite(out)):
         bad = int(np.count_nonzero(~np.isfinite(out)))
-        raise ValueError(f"{name} has {bad} NaN or infinite value(s); mask them instead")
+        # (images and variance are read with finite=False: there a NaN means no data)
+        raise ValueError(f"{name} has {bad} NaN or infinite value(s); it must be finite")
     return out
 
 
@@ -85,19 +89,104 @@ def check_same_shape(a: np.ndarray, a_name: str, b: np.ndarray, b_name: str) -> 
         raise ValueError(f"{b_name} has shape {b.shape} but {a_name} has shape {a.shape}")
 
 
-def check_variance(variance: np.ndarray, name: str = "variance", allow_zero: bool = False) -> None:
-    """Raise ``ValueError`` on negative (or, unless allowed, zero) variance."""
-    if allow_zero:
-        bad = variance < 0
-        what = "negative"
-    else:
-        bad = variance <= 0
-        what = "zero or negative"
-    if np.any(bad):
-        raise ValueError(
-            f"{name} has {int(np.count_nonzero(bad))} {what} value(s); variance must be > 0"
-            + (" (use zero weight or a mask for pixels without data)" if not allow_zero else "")
+def as_no_data_mask(
+    mask: Any,
+    name: str,
+    shape: tuple[int, ...],
+    bad_bits: int | None = None,
+) -> np.ndarray | None:
+    """Return a user's mask as a bool array, True = no data (the package's one convention).
+
+    Parameters
+    ----------
+    mask : array_like or None
+        ``bool`` (True = bad pixel) or integer bit planes. Integer masks mark a pixel bad
+        where any of ``bad_bits`` is set, or, without ``bad_bits``, where the value is
+        non-zero.
+    name : str
+        Argument name used in error messages.
+    shape : tuple of int
+        (H, W) or (B, H, W) of the images; the mask may have either shape.
+    bad_bits : int, optional
+        Bit selection of an integer mask (e.g. ``1 << 8`` for an LSST ``NO_DATA`` plane).
+
+    Returns
+    -------
+    numpy.ndarray or None
+        A new bool array of the mask's shape (None for no mask).
+
+    Raises
+    ------
+    TypeError
+        If the mask is neither bool nor integer.
+    ValueError
+        If its shape is neither (H, W) nor (B, H, W).
+    """
+    if mask is None:
+        return None
+    arr = np.asarray(mask)
+    if arr.dtype.kind not in "biu":
+        raise TypeError(
+            f"{name} must be bool (True = bad pixel) or integer bit planes (non-zero = bad), "
+            f"got dtype {arr.dtype}"
         )
+    shapes = {tuple(shape[-2:]), tuple(shape)}
+    if arr.shape not in shapes:
+        want = " or ".join(str(s) for s in sorted(shapes, key=len))
+        raise ValueError(f"{name} has shape {arr.shape}, the images need {want}")
+    if arr.dtype.kind == "b":
+        return arr.copy()
+    if bad_bits is None:
+        return arr != 0
+    return (arr & arr.dtype.type(bad_bits)) != 0
+
+
+def no_data_pixels(
+    images: np.ndarray, variance: np.ndarray | None = None, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """The no-data pixels: a non-finite value, a non-finite or non-positive variance (zero
+    inverse variance) or a set mask.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        (H, W) or (B, H, W), any float values.
+    variance : numpy.ndarray, optional
+        Same shape as ``images``.
+    mask : numpy.ndarray, optional
+        bool, True = bad (from :func:`as_no_data_mask`), (H, W) or of the images' shape.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool array of the images' shape.
+    """
+    bad = ~np.isfinite(images)
+    if variance is not None:
+        with np.errstate(invalid="ignore"):
+            # NaN > 0 is False: NaN, -inf and <= 0 are no data; +inf (zero weight) too
+            bad |= ~((variance > 0) & (variance < np.inf))
+    if mask is not None:
+        bad |= np.broadcast_to(mask, bad.shape)
+    return bad
+
+
+def clear_no_data(
+    images: np.ndarray, variance: np.ndarray | None, no_data: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images and variance with value 0 and variance 0 at the ``no_data`` pixels.
+
+    The arrays are returned unchanged (the same objects) when no pixel lacks data, so that
+    clean data take exactly the path they took before; otherwise copies are changed, never
+    the caller's arrays. A zero variance is the package's mark of a pixel without data:
+    zero weight in every fit and no contribution to noise or S/N sums.
+    """
+    if not no_data.any():
+        return images, variance
+    images = np.where(no_data, images.dtype.type(0), images)
+    if variance is not None:
+        variance = np.where(no_data, variance.dtype.type(0), variance)
+    return images, variance
 
 
 def check_psf(psf: np.ndarray, name: str = "psf", rtol: float = PSF_SUM_RTOL) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _apportion_cy
 from ._geometry import MAX_COORD, as_int
-from ._validate import as_float_array
+from ._validate import as_float_array, as_no_data_mask, clear_no_data, no_data_pixels
 
 __all__ = ["FlatStack", "apportion_flux"]
 
@@ -148,7 +148,11 @@ class FlatStack:
 
 
 def apportion_flux(
-    image: np.ndarray, templates: FlatStack, mask: np.ndarray | None = None
+    image: np.ndarray,
+    templates: FlatStack,
+    footprint: np.ndarray | None = None,
+    *,
+    mask: np.ndarray | None = None,
 ) -> tuple[FlatStack, np.ndarray]:
     """Re-apportion ``image`` among the children whose templates are ``templates``.
 
@@ -158,15 +162,23 @@ def apportion_flux(
         (B, H, W) or (H, W) observed image, float32 or float64 (the templates' dtype).
     templates : FlatStack
         One (B, h, w) template per child, in the image frame. Negative values count as 0.
+    footprint : numpy.ndarray, optional
+        (H, W) bool: the parent footprint (True = inside). Pixels outside it go to no child.
     mask : numpy.ndarray, optional
-        (H, W) bool: the parent footprint. Pixels outside it go to no child.
+        (H, W) or (B, H, W) no-data mask, the package's convention: bool (True = bad) or
+        integer bit planes (non-zero = bad).
 
     Returns
     -------
     conserved : FlatStack
         The children's conserved images on the templates' boxes (0 outside the image).
     tsum : numpy.ndarray
-        (B, H, W) float64 sum of the clipped templates inside the mask.
+        (B, H, W) float64 sum of the clipped templates inside the footprint.
+
+    Notes
+    -----
+    A pixel without data (a non-finite value or a set ``mask``) gives no flux to any child:
+    its conserved value is 0 in every child.
     """
     if not isinstance(templates, FlatStack):
         raise TypeError(f"templates must be a FlatStack, got {type(templates).__name__}")
@@ -181,26 +193,23 @@ def apportion_flux(
     if img.shape[0] != templates.bands:
         raise ValueError(f"image has {img.shape[0]} bands, templates have {templates.bands}")
     B, H, W = img.shape
-    if mask is None:
+    if footprint is None:
         mask_u8 = np.ones((H, W), dtype=np.uint8)
     else:
-        mask = np.asarray(mask)
-        if mask.shape != (H, W):
-            raise ValueError(f"mask has shape {mask.shape}, the image is {(H, W)}")
-        mask_u8 = np.ascontiguousarray(mask != 0, dtype=np.uint8)
-    # NaN or inf would spread to every child sharing the pixel; outside the mask they are
-    # never read
-    bad = ~np.isfinite(img) & mask_u8.astype(bool)
-    if np.any(bad):
-        raise ValueError(f"image has {int(np.count_nonzero(bad))} NaN or infinite value(s) "
-                         "inside the mask; mask them (or set them to 0) first")
+        footprint = np.asarray(footprint)
+        if footprint.shape != (H, W):
+            raise ValueError(f"footprint has shape {footprint.shape}, the image is {(H, W)}")
+        mask_u8 = np.ascontiguousarray(footprint != 0, dtype=np.uint8)
+    bad = as_no_data_mask(mask, "mask", (B, H, W))
+    # a NaN or inf would spread to every child sharing the pixel: no data gives no flux
+    img, _ = clear_no_data(img, None, no_data_pixels(img, None, bad))
     return _apportion(img, templates, mask_u8)
 
 
 def _apportion(image: np.ndarray, templates: FlatStack,
                mask_u8: np.ndarray | None = None) -> tuple[FlatStack, np.ndarray]:
     """:func:`apportion_flux` of a checked (B, H, W) image of the templates' dtype (finite
-    inside the mask), ``mask_u8`` (H, W) uint8 or None for the whole image."""
+    inside the footprint), ``mask_u8`` (H, W) uint8 footprint or None for the whole image."""
     B, H, W = image.shape
     if mask_u8 is None:
         mask_u8 = np.ones((H, W), dtype=np.uint8)

@@ -28,7 +28,24 @@ fallback model instead (:mod:`cdeblend.fallback`: a PSF model per peak, SEDs by
 non-negative least squares, the image re-apportioned among them), so it still has a child
 per peak; ``error`` holds the exception class name.
 
-Any of the ``skipped_*`` flags also sets ``skipped``. (LSST names: ``deblend_skipped``,
+Any of the ``skipped_*`` flags also sets ``skipped``.
+
+These are the catalog's only skip rules: ``SingleBandConfig`` defines rules of the same names
+(``max_footprint_area``, ``max_footprint_size``, ``max_number_of_peaks``, ``mask_limits``,
+``catch_failures``), and in :func:`deblend_catalog` the :class:`CatalogConfig` ones win: the
+package's single-band deblender runs with its own copies switched off. A deblender that
+still skips a parent by a rule of its own (``min_footprint_axis_ratio``, or any rule of a
+deblender from ``deblender_factory``) or fails on it reports that in its result's flags,
+and they reach the catalog unchanged: ``parent_too_big`` sets ``skipped_parent_too_big``,
+``masked`` sets ``skipped_masked``, ``failed`` sets ``failed`` (``error``: the exception
+class), and every parent flag it reported is in ``deblender_flags``.
+
+No data (the package's one rule, see the notes of :class:`~cdeblend.Observation`): a pixel
+with a non-finite value, a variance that is not finite and positive, or a set ``mask`` has
+value 0 and weight 0 in its band; it gives no flux to any child and counts in
+``masked_fraction`` (the share of a footprint's pixels without data in any band).
+
+(LSST names: ``deblend_skipped``,
 ``deblend_skipped_isolatedParent``, ``deblend_skipped_parentTooBig``,
 ``deblend_skipped_masked``, ``deblend_skipped_tooManyPeaks``, ``deblend_failed``,
 ``deblend_error``; ``converged`` is the negation of the reference's
@@ -42,18 +59,27 @@ Catalog columns (``B`` = number of bands; children repeat their parent's fit col
 (flux-weighted: a child's model, a parent's positive footprint image), ``box_y0, box_x0,
 box_height, box_width`` (the parent's box; -1 for children), ``flux_model (B,)`` (model
 flux; for the single-band deblender the template's sum), ``flux_conserved (B,)``
-(re-apportioned image), ``flux_footprint (B,)`` (a parent's image summed over its footprint;
-NaN for children), ``flux_unassigned (B,)`` (footprint flux no child received; parents),
-``masked_fraction``, ``deblender`` (``multi``, ``single`` or ``none``), ``iterations``,
-``loss``, ``converged``, the flags above, ``zero_flux`` (a child with no conserved flux) and
-``child_flags`` (the single-band deblender's per-child flags, comma separated).
+(re-apportioned image; for a lone source, an isolated parent or one peak that got no child,
+its footprint flux: a lone child owns all of its footprint), ``flux_footprint (B,)`` (a
+parent's image summed over its footprint; NaN for children), ``flux_unassigned (B,)``
+(footprint flux no child received; parents), ``masked_fraction``, ``deblender``
+(``multi``, ``single`` or ``none``), ``iterations``, ``loss``, ``converged``, the flags
+above, ``zero_flux`` (a child with no conserved flux), ``child_flags`` (the single-band
+deblender's per-child flags, comma separated), ``deblender_flags`` (a parent's flags as its
+deblender reported them) and, when a WCS is given, ``ra, dec`` (degrees, of the centroid).
+Every column carries a unit (pixel positions ``pix``, fluxes the ``flux_unit`` given,
+coordinates ``deg``) where it has one and a description (:data:`COLUMN_DESCRIPTIONS`); both
+are written to and read back from FITS.
 
-Results are in parent order whatever the executor, and bit-identical between executors.
+Rows are sorted by ``id``: the parents (their own ids, increasing), then the children,
+numbered after the largest parent id in parent order (a parent's children are consecutive
+rows). Results are the same whatever the executor, and bit-identical between executors.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import functools
 import logging
 import os
@@ -64,7 +90,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ._validate import as_float_array, as_peaks, check_psf, check_same_shape, check_variance
+from ._validate import (
+    as_float_array,
+    as_no_data_mask,
+    as_peaks,
+    check_psf,
+    check_same_shape,
+    clear_no_data,
+    no_data_pixels,
+)
 from .model_data import BlendData, ModelData, SourceData
 from .observation import integrated_gaussian_psf
 
@@ -111,6 +145,10 @@ class CatalogConfig:
         Skip parents whose bounding-box area is larger (2,000,000; <= 0 off).
     max_footprint_size : int
         Skip parents whose box height or width is larger (0 = off).
+
+        These skip rules, ``max_masked_fraction`` and ``catch_failures`` win over the
+        ``SingleBandConfig`` fields of the same names (and its ``mask_limits``): in the
+        catalog the single-band deblender runs with those switched off.
     max_area_times_peaks : float
         Skip parents whose box area times peak count is larger (1e9; <= 0 off).
     max_masked_fraction : float
@@ -220,14 +258,14 @@ def _as_frame(
     config: CatalogConfig,
 ) -> _Frame:
     if isinstance(obs, (np.ndarray, list, tuple)):
-        images = as_float_array(obs, "image", (2, 3))
+        images = as_float_array(obs, "image", (2, 3), finite=False)
         if variance is None or psf is None:
             raise ValueError("variance and psf are required when an image array is passed")
         weights = None
         sigma = config.model_psf_sigma
         model_psf = None
     elif hasattr(obs, "images"):
-        images = as_float_array(obs.images, "observation.images", (2, 3))
+        images = as_float_array(obs.images, "observation.images", (2, 3), finite=False)
         variance = obs.variance if variance is None else variance
         psf = getattr(obs, "psfs", None) if psf is None else psf
         if psf is None:
@@ -246,10 +284,9 @@ def _as_frame(
     if images.ndim == 2:
         images = images[None]
     nb = images.shape[0]
-    var = as_float_array(variance, "variance", (2, 3), dtype=images.dtype)
+    var = as_float_array(variance, "variance", (2, 3), dtype=images.dtype, finite=False)
     var = var.reshape(images.shape) if var.size == images.size else var
     check_same_shape(images, "images", var, "variance")
-    check_variance(var, allow_zero=True)
     psfs = as_float_array(psf, "psf", (2, 3), dtype=images.dtype)
     if psfs.ndim == 2:
         psfs = psfs[None]
@@ -261,14 +298,13 @@ def _as_frame(
         check_same_shape(images, "images", weights, "observation.weights")
         if np.any(weights < 0):
             raise ValueError("observation.weights has negative values; weights must be >= 0")
-    mask2 = None
-    if mask is not None:
-        m = np.asarray(mask)
-        if m.ndim == 3:
-            m = np.any(m != 0, axis=0)
-        if m.shape != images.shape[1:]:
-            raise ValueError(f"mask has shape {np.shape(mask)}, the images {images.shape}")
-        mask2 = m != 0
+    # the package's one no-data rule: value 0, variance 0 and weight 0 in the band(s) where
+    # a pixel has no data; the (H, W) mask marks pixels without data in any band
+    bad = no_data_pixels(images, var, as_no_data_mask(mask, "mask", images.shape))
+    images, var = clear_no_data(images, var, bad)
+    if weights is not None and bad.any():
+        weights = np.where(bad, weights.dtype.type(0), weights)
+    mask2 = None if mask is None and not bad.any() else bad.any(axis=0)
     if bands is None:
         bands = tuple(str(b) for b in range(nb))
     bands = tuple(str(b) for b in bands)
@@ -318,6 +354,7 @@ def parents_from_peaks(
     img = as_float_array(images, "images", (2, 3), finite=False)
     var = as_float_array(variance, "variance", (2, 3), dtype=img.dtype, finite=False)
     check_same_shape(img, "images", var, "variance")
+    img, var = clear_no_data(img, var, no_data_pixels(img, var))  # no data: S/N 0
     if img.ndim == 2:
         img, var = img[None], var[None]
     pk = as_peaks(peaks, img.shape[1:])
@@ -392,6 +429,8 @@ class _Outcome:
     n_components: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     child_flags: list[str] = field(default_factory=list)
     blend_data: BlendData | None = None
+    skip_reason: str = ""  # a catalog skip flag from the deblender's own skip decision
+    parent_flags: str = ""  # the deblender's parent flags, as it reported them
 
 
 def _check_parent(p: Any, i: int, shape: tuple[int, int]) -> tuple[Any, tuple, np.ndarray, Any]:
@@ -514,7 +553,27 @@ def default_deblender_factory(kind: str, config: CatalogConfig) -> Any:
         cfg = config.multi_band if config.multi_band is not None else _default_config(kind)
         return cdeblend.Deblender(cfg)
     cfg = config.single_band if config.single_band is not None else _default_config(kind)
-    return cdeblend.SingleBandDeblender(cfg)
+    return cdeblend.SingleBandDeblender(_catalog_single_band_config(cfg))
+
+
+#: The single-band settings that the catalog's own skip rules replace (see CatalogConfig).
+_CATALOG_RULES = {"max_footprint_area": 0, "max_footprint_size": 0, "max_number_of_peaks": 0,
+                  "mask_limits": {}, "catch_failures": False}
+_single_configs: dict[int, tuple[Any, Any]] = {}
+
+
+def _catalog_single_band_config(cfg: Any) -> Any:
+    """``cfg`` with the skip rules that :class:`CatalogConfig` also defines switched off:
+    in the catalog its rules, applied before any parent is deblended, are the only ones (one
+    set of skip rules), and a failure reaches the catalog's ``catch_failures``. Made once
+    per config (validating a config per parent would cost as much as the factory)."""
+    hit = _single_configs.get(id(cfg))
+    if hit is None or hit[0] is not cfg:
+        if len(_single_configs) > 32:
+            _single_configs.clear()
+        hit = (cfg, dataclasses.replace(cfg, **_CATALOG_RULES))
+        _single_configs[id(cfg)] = hit
+    return hit[1]
 
 
 @functools.cache
@@ -594,8 +653,31 @@ def _summarize_multi(res: Any, task: _Task, cfg: CatalogConfig) -> _Outcome:
     )
 
 
+#: The single-band deblender's parent flags that skip a parent, as catalog flags.
+_SINGLE_SKIPS = {"parent_too_big": "skipped_parent_too_big", "masked": "skipped_masked"}
+
+
+def _single_flags(res: Any, task: _Task) -> _Outcome | None:
+    """The outcome of a parent that the single-band deblender skipped or on which it failed
+    (its own flags, as the catalog's), else None."""
+    flags = getattr(res, "flags", None) or frozenset()
+    names = _flag_names(flags)
+    if "failed" in flags:
+        error = str(getattr(res, "error", "") or "failed")
+        name = error.split(":", 1)[0][:ERROR_WIDTH]
+        logger.warning("deblending parent %s failed: %s", task.parent_id, error)
+        return _Outcome(index=task.index, failed=True, error=name, parent_flags=names)
+    for flag, reason in _SINGLE_SKIPS.items():
+        if flag in flags:
+            return _Outcome(index=task.index, skip_reason=reason, parent_flags=names)
+    return None
+
+
 def _summarize_single(res: Any, task: _Task) -> _Outcome:
     y0, x0, h, w = task.box
+    flagged = _single_flags(res, task)
+    if flagged is not None:
+        return flagged
     children = list(res.children)
     n = len(children)
     dense = None
@@ -633,6 +715,7 @@ def _summarize_single(res: Any, task: _Task) -> _Outcome:
         flux_conserved=f_cons,
         n_components=np.ones(n, dtype=np.int64),
         child_flags=[_flag_names(getattr(ch, "flags", None)) for ch in children],
+        parent_flags=_flag_names(getattr(res, "flags", None)),
     )
 
 
@@ -640,7 +723,8 @@ def _parent_arrays(task: _Task) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A parent's C-contiguous images, variance and weights, in one kernel pass.
 
     The weights are the inverse variance where the variance is positive (or the
-    observation's weights), times the footprint, times ``~mask``, in the images' dtype. One
+    observation's weights), times the footprint, in the images' dtype; pixels without data
+    have variance 0 (and weight 0) in their band already (:func:`_as_frame`). One
     call instead of a few numpy calls, each of which would hand the GIL to the other
     workers for a few microseconds (see ``_gil.pxi``).
     """
@@ -648,9 +732,8 @@ def _parent_arrays(task: _Task) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     out = np.empty((3, *task.images.shape), dtype=task.images.dtype)
     source, inverse = (task.variance, True) if task.weights is None else (task.weights, False)
-    mask = None if task.mask is None else task.mask.view(np.uint8)
     _symmetric_cy.parent_arrays(task.images, task.variance, source, inverse,
-                                task.footprint.view(np.uint8), mask, out[0], out[1], out[2])
+                                task.footprint.view(np.uint8), None, out[0], out[1], out[2])
     return out[0], out[1], out[2]
 
 
@@ -857,7 +940,7 @@ def _check_executor(executor: Any, max_workers: int | None) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def _catalog_dtype(nb: int, flag_width: int) -> np.dtype:
+def _catalog_dtype(nb: int, flag_width: int, parent_flag_width: int = 1) -> np.dtype:
     return np.dtype(
         [
             ("id", "i8"),
@@ -889,6 +972,7 @@ def _catalog_dtype(nb: int, flag_width: int) -> np.dtype:
             ("fallback", "?"),
             ("zero_flux", "?"),
             ("child_flags", f"U{max(flag_width, 1)}"),
+            ("deblender_flags", f"U{max(parent_flag_width, 1)}"),
         ]
     )
 
@@ -945,8 +1029,11 @@ def _assemble(
     n_kids = np.zeros(P, dtype=np.int64)
     n_kids[done] = [len(o.peak_id) for o in outs]
     flag_width = max([len(s) for o in outs for s in o.child_flags] + [1])
+    ran = sorted(outcomes)  # the parents a deblender saw (it may have skipped some itself)
+    pflags = [outcomes[k].parent_flags for k in ran]
     prow = np.arange(P) + np.cumsum(n_kids) - n_kids  # row of each parent
-    cat = np.zeros(P + int(n_kids.sum()), dtype=_catalog_dtype(nb, flag_width))
+    cat = np.zeros(P + int(n_kids.sum()),
+                   dtype=_catalog_dtype(nb, flag_width, max([len(f) for f in pflags] + [1])))
 
     def fill(rows: Any, **columns: Any) -> None:
         for name, values in columns.items():
@@ -964,8 +1051,11 @@ def _assemble(
     )
     for flag in (f for f in _FLAGS if f.startswith("skipped_")):
         fill(prow, **{flag: [r == flag for r in reasons]})
-    fill(prow[fitted], deblender=kind)
+    fill(prow[ran], deblender=kind, deblender_flags=pflags)
     fill(prow[failed], failed=True, error=[outcomes[k].error for k in failed])
+    # a lone source (isolated, or one peak and no child) owns all of its footprint's flux
+    lone = [k for k in range(P) if reasons[k] == "skipped_isolated"]
+    fill(prow[lone], flux_conserved=stats.flux[lone], flux_unassigned=0.0)
     if not outs:
         return cat
     # per-parent sums of the children, each as before (bit-identical)
@@ -979,6 +1069,9 @@ def _assemble(
         flux_model=np.array([o.flux_model.sum(axis=0) for o in outs]).reshape(-1, nb),
         flux_conserved=f_cons, flux_unassigned=stats.flux[done] - f_cons,
     )
+    lone = [k for k in done if n_kids[k] == 0 and len(checked[k][3]) == 1
+            and not outcomes[k].parent_flags]
+    fill(prow[lone], flux_conserved=stats.flux[lone], flux_unassigned=0.0)
 
     # the children: every row that is not a parent's, in parent order
     kid = np.ones(len(cat), dtype=bool)
@@ -1057,6 +1150,8 @@ def deblend_catalog(
     bands: Sequence[str] | None = None,
     deblender_factory: Callable[[str, CatalogConfig], Any] | None = None,
     observation_factory: Callable[..., Any] | None = None,
+    wcs: Any = None,
+    flux_unit: Any = None,
 ) -> tuple[Any, ModelData]:
     """Deblend every parent of an image and build the catalog and the model data.
 
@@ -1092,8 +1187,10 @@ def deblend_catalog(
         (B, H, W) variance and (B, hp, wp) PSFs when an image array is passed (or to override
         the observation's).
     mask : array_like, optional
-        (H, W) or (B, H, W); non-zero = masked (zero weight, counts for ``skipped_masked``).
-        Default: the observation's ``mask``.
+        (H, W) or (B, H, W) no-data mask: bool (True = no data) or integer (non-zero = no
+        data). Pixels without data (also non-finite values and variance that is not finite
+        and positive) have zero weight, give no flux to any child and count in
+        ``masked_fraction`` (``skipped_masked``). Default: the observation's ``mask``.
     bands : sequence of str, optional
         Band names (default: the observation's, else "0", "1", ...).
     deblender_factory : callable, optional
@@ -1103,11 +1200,16 @@ def deblend_catalog(
         Builds the multi-band deblender's observation of a parent:
         ``factory(images, variance, psfs, bands=, weights=, model_psf_sigma=)``; default
         ``cdeblend.Observation``.
+    wcs : astropy.wcs.WCS, optional
+        The images' WCS (0-based pixels, as the catalog's): adds ``ra`` and ``dec`` columns
+        (degrees) at each row's centroid.
+    flux_unit : str or astropy.units.Unit, optional
+        The images' unit (e.g. a FITS ``BUNIT``), given to the flux columns.
 
     Returns
     -------
     catalog : astropy.table.Table or numpy.ndarray
-        One row per parent followed by its children, in parent order (a structured array
+        One row per parent, then one per child, sorted by id (a structured array
         when astropy is not installed). Columns in the module docstring.
     model_data : ModelData
         The multi-band models of the fitted parents (empty for the single-band deblender).
@@ -1116,6 +1218,7 @@ def deblend_catalog(
     if not isinstance(cfg, CatalogConfig):
         raise TypeError(f"config must be a CatalogConfig, got {type(cfg).__name__}")
     _check_executor(executor, max_workers)
+    celestial = _celestial(wcs)
     if peaks is not None and parents is not None:
         raise ValueError("give either peaks or parents, not both")
     frame = _as_frame(observation_or_image, variance, psf, mask, bands, cfg)
@@ -1132,9 +1235,10 @@ def deblend_catalog(
     own_pool = (cf.ThreadPoolExecutor(max_workers=max_workers or _usable_cpus())
                 if executor == "threads" else None)
     try:
-        return _deblend_frame(observation_or_image, frame, kind, peaks, parents, cfg, executor,
-                              own_pool, progress, max_workers, deblender_factory,
-                              observation_factory)
+        table, model = _deblend_frame(observation_or_image, frame, kind, peaks, parents, cfg,
+                                      executor, own_pool, progress, max_workers,
+                                      deblender_factory, observation_factory)
+        return _describe(table, flux_unit, celestial), model
     finally:
         if own_pool is not None:
             own_pool.shutdown(wait=True)
@@ -1180,6 +1284,8 @@ def _deblend_frame(observation_or_image: Any, frame: _Frame, kind: str, peaks: A
             options = {"psf": frame.psfs, **(cfg.detection or {})}
             parents = detect(frame.images, frame.variance, **options)
     checked = _check_parents(parents, (H, W))
+    # parent rows in increasing id (a stable sort: detection's ids are in order already)
+    checked = sorted(checked, key=lambda c: int(c[0]))
     ids = [int(c[0]) for c in checked]
     if len(set(ids)) != len(ids):
         raise ValueError("parent ids must be unique")
@@ -1236,7 +1342,11 @@ def _deblend_frame(observation_or_image: Any, frame: _Frame, kind: str, peaks: A
     fn = functools.partial(_deblend_task, factory=factory, obs_factory=obs_factory, cfg=cfg)
     pool = own_pool if own_pool is not None else executor
     outcomes = {o.index: o for o in _run_tasks(tasks, fn, pool, max_workers, progress)}
+    for k, o in outcomes.items():  # the deblender's own skips reach the catalog's flags
+        if o.skip_reason:
+            reasons[k] = o.skip_reason
     cat = _assemble(checked, ids, boxes, stats, reasons, outcomes, kind, nb)
+    cat = cat[np.argsort(cat["id"], kind="stable")]  # parents, then children: ids sorted
     model = ModelData(bands=frame.bands, model_psf=frame.model_psf, psfs=frame.psfs,
                       model_psf_sigma=frame.model_psf_sigma)
     _collect_models(model, checked, reasons, outcomes, (max(ids) if ids else 0) + 1, kind,
@@ -1251,7 +1361,15 @@ def _shared_setup(frame: _Frame, noise_rms: Any) -> tuple[np.ndarray, Any]:
     from ._symmetric_cy import mean_sqrt
 
     if noise_rms is None:
-        noise_rms = [mean_sqrt(v)[0] for v in frame.variance]
+        # the noise of the pixels with data (a no-data pixel's variance 0 is not noise)
+        var = frame.variance
+        if frame.mask is not None:
+            var = np.where(var > 0, var, var.dtype.type(np.nan))
+        noise_rms = [mean_sqrt(v)[0] for v in var]
+        empty = [frame.bands[b] for b, n in enumerate(noise_rms) if not np.isfinite(n)]
+        if empty:
+            raise ValueError(f"band(s) {empty} have no pixel with data (every value non-finite, "
+                             "masked or of variance <= 0): drop them")
     noise_rms = np.asarray(noise_rms, dtype=np.float64)
     return noise_rms, _template_observation(frame, noise_rms)
 
@@ -1294,17 +1412,114 @@ def _to_table(cat: np.ndarray, bands: tuple[str, ...]) -> Any:
     return table
 
 
+#: Description of every catalog column (see the module docstring).
+COLUMN_DESCRIPTIONS: dict[str, str] = {
+    "id": "Source id: parents first (their own ids), children after the largest parent id",
+    "parent_id": "Id of the parent of a child; -1 for a parent",
+    "is_parent": "True for a parent (a footprint with its peaks), False for a child",
+    "n_peaks": "Number of peaks in the parent (1 for a child)",
+    "n_children": "Number of children the deblender returned for the parent",
+    "n_components": "Number of model components (multi-band sources)",
+    "peak_id": "Index of the child's peak in its parent's peak list; -1 for a parent",
+    "peak_y": "Peak row, 0-based (a parent's first peak)",
+    "peak_x": "Peak column, 0-based (a parent's first peak)",
+    "centroid_y": "Flux-weighted row, 0-based (child: model; parent: footprint image)",
+    "centroid_x": "Flux-weighted column, 0-based (child: model; parent: footprint image)",
+    "ra": "Right ascension of the centroid (ICRS or the WCS's frame)",
+    "dec": "Declination of the centroid (ICRS or the WCS's frame)",
+    "box_y0": "First row of the parent's bounding box; -1 for a child",
+    "box_x0": "First column of the parent's bounding box; -1 for a child",
+    "box_height": "Rows of the parent's bounding box; -1 for a child",
+    "box_width": "Columns of the parent's bounding box; -1 for a child",
+    "flux_model": "Model flux per band (single band: the template's sum)",
+    "flux_conserved": "Flux per band of the image re-apportioned by the models (a lone "
+    "source: its footprint flux)",
+    "flux_footprint": "Parent's image summed over its footprint per band; NaN for a child",
+    "flux_unassigned": "Parent's footprint flux no child received, per band",
+    "masked_fraction": "Share of the parent footprint's pixels without data in any band",
+    "deblender": "Deblender that ran on the parent: multi, single or none",
+    "iterations": "Fit iterations of the multi-band deblender (-1: not fitted)",
+    "loss": "Final loss 0.5 * chi^2 of the multi-band fit",
+    "converged": "The multi-band fit converged",
+    "skipped": "The parent was not deblended (one of the skipped_* flags is set)",
+    "skipped_isolated": "Skipped: a single peak (CatalogConfig.skip_isolated)",
+    "skipped_parent_too_big": "Skipped: the parent is too big",
+    "skipped_masked": "Skipped: too much of the footprint has no data",
+    "skipped_too_many_peaks": "Skipped: the parent has too many peaks",
+    "failed": "The deblender failed on the parent",
+    "error": "Exception class of a failed parent",
+    "zero_flux": "A child that received no conserved flux",
+    "child_flags": "Single-band deblender's flags of the child, comma separated",
+    "deblender_flags": "The parent's flags as its deblender reported them, comma separated",
+}
+_PIXEL_COLUMNS = ("peak_y", "peak_x", "centroid_y", "centroid_x", "box_y0", "box_x0",
+                  "box_height", "box_width")
+
+
+def _celestial(wcs: Any) -> Any:
+    """The celestial part of an astropy WCS (None for None); ValueError without one."""
+    if wcs is None:
+        return None
+    if not hasattr(wcs, "all_pix2world") or not hasattr(wcs, "celestial"):
+        raise TypeError(f"wcs must be an astropy.wcs.WCS, got {type(wcs).__name__}")
+    if not getattr(wcs, "has_celestial", False):
+        raise ValueError("wcs has no celestial (RA/Dec) axes")
+    return wcs.celestial
+
+
+def _describe(table: Any, flux_unit: Any, celestial: Any) -> Any:
+    """Units and descriptions on every column of a catalog table, and ``ra``/``dec``
+    (degrees) at the centroids when a celestial WCS is given."""
+    if isinstance(table, np.ndarray):
+        if celestial is not None:
+            raise ImportError("RA/Dec columns need astropy: pip install cdeblend[io]")
+        return table
+    import astropy.units as u
+
+    if celestial is not None:
+        x = np.asarray(table["centroid_x"], dtype=np.float64)
+        y = np.asarray(table["centroid_y"], dtype=np.float64)
+        world = celestial.all_pix2world(np.stack([x, y], axis=1), 0)
+        at = table.colnames.index("centroid_x") + 1
+        table.add_columns([world[:, celestial.wcs.lng], world[:, celestial.wcs.lat]],
+                          indexes=[at, at], names=["ra", "dec"])
+    unit = None if flux_unit is None else u.Unit(flux_unit, parse_strict="silent")
+    for name in table.colnames:
+        col = table[name]
+        col.description = COLUMN_DESCRIPTIONS.get(name, col.description)
+        if name in _PIXEL_COLUMNS:
+            col.unit = u.pix
+        elif name in ("ra", "dec"):
+            col.unit = u.deg
+        elif name.startswith("flux_") and unit is not None:
+            col.unit = unit
+    return table
+
+
 def write_catalog(path: str | Path, catalog: Any, overwrite: bool = True) -> None:
     """Write a catalog (astropy Table or structured array) as a FITS binary table.
 
-    Needs astropy (``pip install cdeblend[io]``).
+    Units go to ``TUNITn``; each column's description to the comment of its ``TTYPEn``
+    card (and, with the units, to astropy's header block that :func:`read_catalog` reads
+    back). Needs astropy (``pip install cdeblend[io]``).
     """
     try:
+        from astropy.io import fits
         from astropy.table import Table
     except ImportError as exc:  # pragma: no cover - exercised only without astropy
         raise ImportError("writing a catalog needs astropy: pip install cdeblend[io]") from exc
     table = catalog if isinstance(catalog, Table) else Table(np.asarray(catalog))
     table.write(Path(path), format="fits", overwrite=overwrite)
+    # the descriptions also as the TTYPEn comments, for readers other than astropy
+    with fits.open(Path(path), mode="update") as hdul:
+        header = hdul[1].header
+        for i, name in enumerate(table.colnames, start=1):
+            text = table[name].description or COLUMN_DESCRIPTIONS.get(name, "")
+            # room on the card: 80 - "TTYPEn  = " - the quoted name (>= 20 wide) - " / "
+            room = 80 - 10 - max(max(len(name), 8) + 2, 20) - 3
+            if text and room > 8:
+                short = text if len(text) <= room else text[: room - 3] + "..."
+                header.comments[f"TTYPE{i}"] = short
 
 
 def read_catalog(path: str | Path) -> Any:

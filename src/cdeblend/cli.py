@@ -232,7 +232,7 @@ def _field_model(model_data: ModelData, observation: Observation) -> np.ndarray:
 
 def _cmd_deblend(args: argparse.Namespace) -> int:
     from .catalog import CatalogConfig, deblend_catalog, write_catalog
-    from .fits_io import read_peaks
+    from .fits_io import read_flux_unit, read_peaks, read_wcs
     from .model_data import save_models
 
     images, variance, mask, bands = _read_inputs(args)
@@ -248,6 +248,7 @@ def _cmd_deblend(args: argparse.Namespace) -> int:
         images, peaks=peaks, config=config, executor=args.executor,
         progress=not args.quiet, max_workers=args.workers,
         variance=variance, psf=psfs, mask=mask, bands=bands,
+        wcs=read_wcs(args.images), flux_unit=read_flux_unit(args.images),  # RA/Dec, units
     )
     elapsed = time.perf_counter() - start
     write_catalog(out / "catalog.fits", catalog)
@@ -410,7 +411,8 @@ def _add_image_args(parser: argparse.ArgumentParser, noise_required: bool = True
     parser.add_argument("--images", nargs="+", required=True,
                         help="image FITS file(s): one per band, multi-extension, or a cube")
     noise = parser.add_mutually_exclusive_group(required=noise_required)
-    noise.add_argument("--variance", nargs="+", help="variance FITS file(s), like --images")
+    noise.add_argument("--variance", nargs="+",
+                       help="variance FITS file(s), like --images; <= 0 or NaN means no data")
     noise.add_argument("--invvar", nargs="+",
                        help="inverse-variance FITS file(s); <= 0 means no data")
     parser.add_argument("--bands", nargs="+",

@@ -26,7 +26,14 @@ import numpy as np
 from scipy import ndimage, signal
 
 from . import _detection_cy, _symmetric_cy
-from ._validate import as_float_array, as_peaks, check_psf, check_same_shape, check_variance
+from ._validate import (
+    as_float_array,
+    as_peaks,
+    check_psf,
+    check_same_shape,
+    clear_no_data,
+    no_data_pixels,
+)
 
 __all__ = [
     "Parent",
@@ -97,11 +104,12 @@ class Parent:
 
 
 def _as_stack(images, variance):
-    """Validated (B, H, W) images and variance (a single band gets B = 1)."""
-    images = as_float_array(images, "images", (2, 3), dtype=np.float64)
-    variance = as_float_array(variance, "variance", (2, 3), dtype=np.float64)
+    """Validated (B, H, W) images and variance (a single band gets B = 1); pixels without
+    data (see ``_validate.no_data_pixels``) get value 0 and variance 0."""
+    images = as_float_array(images, "images", (2, 3), dtype=np.float64, finite=False)
+    variance = as_float_array(variance, "variance", (2, 3), dtype=np.float64, finite=False)
     check_same_shape(images, "images", variance, "variance")
-    check_variance(variance, "variance")
+    images, variance = clear_no_data(images, variance, no_data_pixels(images, variance))
     if images.ndim == 2:
         images, variance = images[None], variance[None]
     return images, variance
@@ -157,7 +165,8 @@ def detection_image(
 def _coadd(images, variance) -> tuple[np.ndarray, np.ndarray]:
     """``sum_b I_b / V_b`` and ``sum_b 1 / V_b`` of validated images."""
     images, variance = _as_stack(images, variance)
-    ivar = 1.0 / variance
+    # pixels without data (variance 0) weigh nothing; where no band has data S = 0
+    ivar = np.divide(1.0, variance, out=np.zeros_like(variance), where=variance > 0)
     return np.sum(images * ivar, axis=0), np.sum(ivar, axis=0)
 
 
@@ -166,7 +175,7 @@ def _filtered(num, den, psf, psf_fwhm, kernel, filter_type) -> np.ndarray:
     conv = filter_type == "conv"
     tiny = np.finfo(np.float64).tiny
     if psf is None and psf_fwhm is None and kernel is None:
-        return num / np.sqrt(den)
+        return np.divide(num, np.sqrt(den), out=np.zeros_like(num), where=den > 0)
     if psf is None and psf_fwhm is not None:
         if not (np.isfinite(psf_fwhm) and psf_fwhm > 0):
             raise ValueError(f"psf_fwhm must be finite and > 0, got {psf_fwhm}")
@@ -581,7 +590,8 @@ def detect(
         (B, H, W) or (H, W) images, or an object with ``images``, ``variance`` (and
         optionally ``psfs``) attributes.
     variance : numpy.ndarray
-        Same shape as ``images``, > 0.
+        Same shape as ``images``. Pixels whose value is not finite or whose variance is not
+        finite and positive have no data: they add nothing to the detection image.
     psf : numpy.ndarray, optional
         PSF for a matched-filter detection image (see :func:`detection_image`).
     nsigma : float
@@ -804,7 +814,9 @@ def deblend_image(
     Parameters
     ----------
     image, variance : numpy.ndarray
-        (H, W) image and its variance (> 0).
+        (H, W) image and its variance. Pixels without data (non-finite value, variance not
+        finite and positive, or masked) are read as 0 and take no part (see
+        :meth:`SingleBandDeblender.deblend`).
     psf : numpy.ndarray
         (h, w) odd, unit-sum PSF.
     config : SingleBandConfig, optional
@@ -815,7 +827,8 @@ def deblend_image(
     parents : list of Parent, optional
         Ready-made parents (skips detection).
     mask : numpy.ndarray, optional
-        (H, W) integer mask planes.
+        (H, W) bool (True = no data) or integer mask planes (see
+        :meth:`SingleBandDeblender.deblend`).
     nsigma, grow, min_area, min_separation : see :func:`detect` (``min_separation`` in
         units of the PSF FWHM).
     matched_filter : bool
@@ -836,18 +849,17 @@ def deblend_image(
         SingleBandDeblender,
         estimate_sigma1,
         psf_fwhm_from_moments,
+        split_mask,
     )
 
     cfg = SingleBandConfig() if config is None else config
-    image = as_float_array(image, "image", 2)
-    variance = as_float_array(variance, "variance", 2)
+    image = as_float_array(image, "image", 2, finite=False)
+    variance = as_float_array(variance, "variance", 2, finite=False)
     check_same_shape(image, "image", variance, "variance")
-    check_variance(variance, "variance")
-    if mask is not None:
-        mask = np.asarray(mask)
-        if mask.dtype.kind not in "iu":
-            raise TypeError(f"mask must be an integer bit-plane array, got dtype {mask.dtype}")
-        check_same_shape(image, "image", mask, "mask")
+    mask, no_data = split_mask(mask, image.shape, cfg)
+    no_data = no_data_pixels(image, variance, no_data)
+    image, variance = clear_no_data(image, variance, no_data)
+    no_data = no_data if no_data.any() else None
     if callable(psf):
         raise TypeError("deblend_image needs a PSF image; use SingleBandDeblender for a callable")
     psf = as_float_array(psf, "psf", 2, dtype=np.float64)
@@ -878,6 +890,7 @@ def deblend_image(
         fp = np.zeros((yb - ya, xb - xa), dtype=bool)
         fp[y0 - ya : y0 - ya + h, x0 - xa : x0 - xa + w] = p.footprint
         sub_mask = None if mask is None else mask[ya:yb, xa:xb]
+        sub_no_data = None if no_data is None else no_data[ya:yb, xa:xb]
         # The image, variance and PSF were checked above, the footprint and peaks are ours.
         res = deb._deblend_checked(
             image[ya:yb, xa:xb],
@@ -888,6 +901,7 @@ def deblend_image(
             sub_mask,
             sigma1,
             fwhm,
+            no_data=sub_no_data,
         )
         out.append(ParentResult(p, res, (ya, xa)))
     return out

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["read_image_stack", "read_peaks", "variance_from_inverse"]
+__all__ = ["read_flux_unit", "read_image_stack", "read_peaks", "read_wcs",
+           "variance_from_inverse"]
 
 
 def _fits() -> Any:
@@ -85,6 +86,48 @@ def read_image_stack(
     stack = np.stack(planes)
     dtype = np.float32 if stack.dtype == np.float32 else np.float64
     return np.ascontiguousarray(stack, dtype=np.dtype(dtype).newbyteorder("=")), bands
+
+
+def _image_headers(paths: Sequence[str | Path]) -> list[Any]:
+    """The headers of the image HDUs of ``paths``, in band order."""
+    fits = _fits()
+    headers = []
+    for path in paths:
+        with fits.open(path, memmap=False) as hdul:
+            headers += [h.header.copy() for h in hdul
+                        if getattr(h, "is_image", False) and h.header.get("NAXIS", 0) >= 2]
+    return headers
+
+
+def read_wcs(paths: Sequence[str | Path]) -> Any:
+    """The celestial WCS of the first image HDU of ``paths`` that has one, else None.
+
+    The catalog's pixel positions are 0-based, as astropy's ``pixel_to_world_values``.
+    Non-standard header cards (common in archive images) are tolerated silently.
+    """
+    import warnings
+
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    for header in _image_headers(paths):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            try:
+                wcs = WCS(header)
+            except Exception:  # a broken WCS is no WCS: the catalog has no RA/Dec then
+                continue
+        if wcs.has_celestial:
+            return wcs.celestial
+    return None
+
+
+def read_flux_unit(paths: Sequence[str | Path]) -> str | None:
+    """The ``BUNIT`` of the first image HDU of ``paths`` that has one, else None."""
+    for header in _image_headers(paths):
+        unit = header.get("BUNIT")
+        if unit and str(unit).strip():
+            return str(unit).strip()
+    return None
 
 
 def variance_from_inverse(invvar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -43,7 +43,14 @@ from ._convolve_cy import (
     weighted_residual,
 )
 from ._symmetric_cy import mean_sqrt
-from ._validate import as_float_array, check_psf, check_same_shape
+from ._validate import (
+    as_float_array,
+    as_no_data_mask,
+    check_psf,
+    check_same_shape,
+    clear_no_data,
+    no_data_pixels,
+)
 
 __all__ = [
     "Observation",
@@ -247,15 +254,17 @@ class Observation:
     images : (B, H, W) array_like
         Background-subtracted images.
     variance : (B, H, W) array_like
-        Per-pixel variance, >= 0. Zero or non-finite variance means no information (weight 0).
+        Per-pixel variance. A pixel whose variance is not finite and positive (zero inverse
+        variance) has no data.
     psfs : (B, hp, wp) array_like
         Observed PSF per band, odd-sized, each normalised to unit sum.
     bands : sequence of str, optional
         Band names, default ``("0", "1", ...)``.
     weights : (B, H, W) array_like, optional
-        Finite, non-negative weights; default ``1 / variance`` (non-finite -> 0).
-    mask : (B, H, W) or (H, W) bool array_like, optional
-        True for BAD pixels, which get weight 0.
+        Finite, non-negative weights; default ``1 / variance``.
+    mask : (B, H, W) or (H, W) array_like, optional
+        bool (True = bad pixel) or integer bit planes (non-zero = bad); bad pixels have no
+        data.
     model_psf_sigma : float or None
         Sigma (pixels) of the integrated circular Gaussian model PSF on a 15 x 15 grid. It must
         be narrower than every observed PSF. ``None``: the data are PSF-matched, models are not
@@ -263,12 +272,13 @@ class Observation:
     dtype : {None, numpy.float32, numpy.float64}
         Working precision; default float32 when ``images`` is float32, else float64.
     noise_rms : (B,) array_like, optional
-        Per-band background RMS; default the mean over finite pixels of ``sqrt(variance)``.
+        Per-band background RMS; default the mean of ``sqrt(variance)`` over the pixels with
+        data.
 
     Attributes
     ----------
     images, variance, weights : (B, H, W) numpy.ndarray
-        Images (non-finite pixels of zero weight set to 0), variance, weights.
+        Images, variance and weights; 0, 0 and 0 at the pixels without data.
     psfs : (B, hp, wp) numpy.ndarray
         Observed PSFs.
     bands : tuple of str
@@ -291,6 +301,11 @@ class Observation:
 
     Notes
     -----
+    No data (the package's one rule, :func:`cdeblend._validate.no_data_pixels`): a pixel
+    with a non-finite value, a variance that is not finite and positive, or a set mask has
+    weight 0 in every fit, gives no flux to any source (its conserved value is 0) and is
+    left out of the noise estimate. It is never an error.
+
     The convolution methods reuse per-thread work buffers, so one Observation may serve several
     threads; cut-outs share the PSFs, kernels and cached kernel transforms of their parent.
     """
@@ -320,12 +335,6 @@ class Observation:
         nb, height, width = images.shape
         variance = as_float_array(variance, "variance", 3, dtype=dtype, finite=False)
         check_same_shape(images, "images", variance, "variance")
-        negative = variance < 0
-        if np.any(negative):
-            raise ValueError(
-                f"variance has {int(np.count_nonzero(negative))} negative value(s); variance must "
-                "be >= 0 (zero or non-finite variance gives the pixel zero weight)"
-            )
         psfs = as_float_array(psfs, "psfs", 3, dtype=np.float64)
         if psfs.shape[0] != nb:
             raise ValueError(
@@ -333,6 +342,11 @@ class Observation:
             )
         check_psf(psfs, "psfs")
         self.bands = self._check_bands(bands, nb)
+        # the package's one no-data rule (see _validate.no_data_pixels): value 0, variance 0
+        # and weight 0 wherever a pixel has no data
+        mask = as_no_data_mask(mask, "mask", (nb, height, width))
+        no_data = no_data_pixels(images, variance, mask)
+        images, variance = clear_no_data(images, variance, no_data)
 
         if weights is None:
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -346,39 +360,17 @@ class Observation:
             if np.any(weights < 0):
                 raise ValueError("weights has negative values; weights must be >= 0")
             weights = weights.copy()  # never modify the caller's array
-        if mask is not None:
-            mask = np.asarray(mask)
-            if mask.dtype != np.bool_:
-                raise TypeError(
-                    f"mask must be a boolean array (True = bad pixel), got {mask.dtype}"
-                )
-            if mask.shape not in ((nb, height, width), (height, width)):
-                raise ValueError(
-                    f"mask must have shape {(nb, height, width)} or {(height, width)}, "
-                    f"got {mask.shape}"
-                )
-            weights[np.broadcast_to(mask, weights.shape)] = 0
-
-        bad = ~np.isfinite(images)
-        if np.any(bad):
-            unmasked = bad & (weights != 0)
-            if np.any(unmasked):
-                b, y, x = (int(i[0]) for i in np.nonzero(unmasked))
-                raise ValueError(
-                    f"images has {int(np.count_nonzero(unmasked))} NaN or infinite pixel(s) with "
-                    f"non-zero weight (first: band {b}, y={y}, x={x}); mask them or give them "
-                    "zero variance/weight"
-                )
-            images = images.copy()  # never modify the caller's array
-            images[bad] = 0
+            weights[no_data] = 0
 
         if noise_rms is None:
             noise = np.empty(nb, dtype=np.float64)
+            # the noise of the pixels with data (a no-data pixel's variance 0 is not noise)
+            noisy = variance if not no_data.any() else np.where(no_data, np.nan, variance)
             for b in range(nb):
-                noise[b], count = mean_sqrt(variance[b])
+                noise[b], count = mean_sqrt(noisy[b])
                 if count == 0:
                     raise ValueError(
-                        f"variance[{b}] has no finite pixel; cannot estimate noise_rms"
+                        f"variance[{b}] has no pixel with data; cannot estimate noise_rms"
                     )
         else:
             noise = as_float_array(noise_rms, "noise_rms", 1, dtype=np.float64)

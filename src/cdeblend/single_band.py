@@ -24,7 +24,15 @@ from scipy import ndimage
 from scipy.linalg import lapack
 
 from . import _apportion_cy, _linalg_cy, _monotonic_cy, _symmetric_cy
-from ._validate import as_float_array, as_peaks, check_psf, check_same_shape, check_variance
+from ._validate import (
+    as_float_array,
+    as_no_data_mask,
+    as_peaks,
+    check_psf,
+    check_same_shape,
+    clear_no_data,
+    no_data_pixels,
+)
 
 __all__ = [
     "DEFAULT_MASK_BITS",
@@ -114,6 +122,10 @@ class SingleBandConfig:
         Skip a parent when the fraction of its pixels with this plane set exceeds the limit.
     mask_planes : tuple of str
         Planes left out when estimating sigma1 from the variance.
+    no_data_mask_planes : tuple of str
+        Planes of an integer mask whose pixels have no data (see the notes of
+        :meth:`SingleBandDeblender.deblend`); pixels without data from any cause also count
+        as these planes for ``mask_limits``.
     not_deblended_mask : str or None
         Plane set on skipped parents in the caller's mask (None: do not touch the mask).
     propagate_all_peaks : bool
@@ -130,6 +142,13 @@ class SingleBandConfig:
         connected to a peak). The default 0 keeps every positive pixel.
     mask_bits : mapping of str to int
         Bit number of each mask plane.
+
+    Notes
+    -----
+    In :func:`~cdeblend.deblend_catalog` the :class:`~cdeblend.CatalogConfig` rules of the
+    same names win (one set of skip rules): there ``max_number_of_peaks``,
+    ``max_footprint_area``, ``max_footprint_size``, ``mask_limits`` and ``catch_failures``
+    are switched off here and the catalog's apply.
     """
 
     fit_psfs: bool = True
@@ -156,6 +175,7 @@ class SingleBandConfig:
     min_footprint_axis_ratio: float = 0.0
     mask_limits: Mapping[str, float] = field(default_factory=lambda: {"NO_DATA": 0.25})
     mask_planes: tuple[str, ...] = ("SAT", "INTRP", "NO_DATA")
+    no_data_mask_planes: tuple[str, ...] = ("NO_DATA",)
     not_deblended_mask: str | None = "NOT_DEBLENDED"
     propagate_all_peaks: bool = False
     catch_failures: bool = True
@@ -182,7 +202,7 @@ class SingleBandConfig:
             raise ValueError("median_filter_halfsize must be >= 0")
         if self.tiny_footprint_size < 0:
             raise ValueError("tiny_footprint_size must be >= 0")
-        planes = set(self.mask_planes) | set(self.mask_limits)
+        planes = set(self.mask_planes) | set(self.mask_limits) | set(self.no_data_mask_planes)
         if self.not_deblended_mask is not None:
             planes.add(self.not_deblended_mask)
         unknown = sorted(p for p in planes if p not in self.mask_bits)
@@ -192,6 +212,14 @@ class SingleBandConfig:
         object.__setattr__(self, "mask_limits", dict(self.mask_limits))
         object.__setattr__(self, "mask_bits", dict(self.mask_bits))
         object.__setattr__(self, "mask_planes", tuple(self.mask_planes))
+        object.__setattr__(self, "no_data_mask_planes", tuple(self.no_data_mask_planes))
+
+    def no_data_bits(self) -> int:
+        """The bits of ``no_data_mask_planes`` in an integer mask."""
+        bits = 0
+        for p in self.no_data_mask_planes:
+            bits |= 1 << self.mask_bits[p]
+        return bits
 
 
 @dataclass
@@ -585,10 +613,12 @@ class SingleBandDeblender:
 
     # ------------------------------------------------------------------ validation
     def _validate(self, image, variance, psf, peaks, footprint, mask, centers):
-        image = as_float_array(image, "image", 2)
-        variance = as_float_array(variance, "variance", 2)
+        image = as_float_array(image, "image", 2, finite=False)
+        variance = as_float_array(variance, "variance", 2, finite=False)
         check_same_shape(image, "image", variance, "variance")
-        check_variance(variance, "variance")
+        mask, no_data = split_mask(mask, image.shape, self.config)
+        no_data = no_data_pixels(image, variance, no_data)
+        image, variance = clear_no_data(image, variance, no_data)
         if callable(psf):
             psf_arr = psf
         else:
@@ -601,11 +631,6 @@ class SingleBandDeblender:
             cen = as_float_array(centers, "centers", 2, dtype=np.float64)
             if cen.shape != pk.shape:
                 raise ValueError(f"centers has shape {cen.shape}, peaks have {pk.shape}")
-        if mask is not None:
-            mask = np.asarray(mask)
-            if mask.dtype.kind not in "iu":
-                raise TypeError(f"mask must be an integer bit-plane array, got dtype {mask.dtype}")
-            check_same_shape(image, "image", mask, "mask")
         if footprint is None:
             fp = self._default_footprint(image, variance, pk)
         else:
@@ -629,7 +654,7 @@ class SingleBandDeblender:
             raise ValueError(
                 f"peaks[{i}] = (y={pk[i, 0]}, x={pk[i, 1]}) lies outside the footprint"
             )
-        return image, variance, psf_arr, pk, cen, fp, mask
+        return image, variance, psf_arr, pk, cen, fp, mask, (no_data if no_data.any() else None)
 
     def _default_footprint(self, image, variance, pk):
         thr = self.config.footprint_nsigma * np.sqrt(variance)
@@ -665,7 +690,7 @@ class SingleBandDeblender:
         image : numpy.ndarray
             (H, W) float32 or float64 background-subtracted image.
         variance : numpy.ndarray
-            (H, W) variance, > 0 everywhere.
+            (H, W) variance; pixels where it is not finite and positive have no data.
         psf : numpy.ndarray or callable
             (h, w) odd-sized unit-sum PSF image (shifted to sub-pixel centres with
             Lanczos-5), or ``psf(y, x) -> (image, (y0, x0))``.
@@ -676,8 +701,10 @@ class SingleBandDeblender:
             of the labels under the peaks). Default: pixels above
             ``footprint_nsigma * sqrt(variance)`` connected to a peak.
         mask : numpy.ndarray, optional
-            (H, W) integer mask planes (bits from ``config.mask_bits``). The
-            ``not_deblended_mask`` bit is set in it, in place, on skipped parents.
+            (H, W) bool (True = no data) or integer mask planes (bits from
+            ``config.mask_bits``; ``config.no_data_mask_planes`` mark pixels without data).
+            The ``not_deblended_mask`` bit is set in an integer mask, in place, on skipped
+            parents.
         centers : numpy.ndarray, optional
             (N, 2) float (y, x) positions for the PSF fits (default: the peaks).
         sigma1 : float, optional
@@ -688,16 +715,29 @@ class SingleBandDeblender:
         Returns
         -------
         SingleBandResult
+
+        Notes
+        -----
+        No data (the package's one rule): a pixel with a non-finite value, a variance that
+        is not finite and positive, or a no-data mask is read as value 0 and variance 0. It
+        has no weight in the PSF fits, gives no flux to any child (its conserved value is
+        0), is left out of sigma1 and of the default footprint, and counts as
+        ``no_data_mask_planes`` for ``mask_limits`` (a parent over the limit is skipped with
+        the flag ``masked``). It is never an error.
         """
         cfg = self.config
-        image, variance, psf_arr, pk, cen, fp, mask = self._validate(
+        image, variance, psf_arr, pk, cen, fp, mask, no_data = self._validate(
             image, variance, psf, peaks, footprint, mask, centers
         )
         if sigma1 is None:
             sigma1 = estimate_sigma1(variance, mask, cfg)
-        return self._deblend_checked(image, variance, psf_arr, pk, fp, mask, sigma1, psf_fwhm, cen)
+        return self._deblend_checked(
+            image, variance, psf_arr, pk, fp, mask, sigma1, psf_fwhm, cen, no_data
+        )
 
-    def _deblend_checked(self, image, variance, psf, pk, fp, mask, sigma1, psf_fwhm, cen=None):
+    def _deblend_checked(
+        self, image, variance, psf, pk, fp, mask, sigma1, psf_fwhm, cen=None, no_data=None
+    ):
         """Deblend inputs that were already validated (``deblend_image`` checks them once)."""
         ys, xs = np.nonzero(fp)
         pbox = (
@@ -720,7 +760,26 @@ class SingleBandDeblender:
         run = _Run(
             self.config, image, variance, mask, fp, fp_box, pbox, psf, pk, cen, float(sigma1), fwhm
         )
+        run.no_data = no_data
         return run.execute()
+
+
+def split_mask(
+    mask: Any, shape: tuple[int, int], config: SingleBandConfig
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """A user's mask as (integer bit planes or None, bool no-data pixels or None).
+
+    A bool mask (True = no data) has no bit planes; an integer mask keeps its planes (read
+    for ``mask_limits``, EDGE and sigma1, written for ``not_deblended_mask``) and marks no
+    data where a ``config.no_data_mask_planes`` bit is set.
+    """
+    if mask is None:
+        return None, None
+    arr = np.asarray(mask)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"mask has shape {arr.shape} but image has shape {tuple(shape)}")
+    no_data = as_no_data_mask(arr, "mask", shape, bad_bits=config.no_data_bits())
+    return (None if arr.dtype == np.bool_ else arr), no_data
 
 
 def estimate_sigma1(
@@ -756,6 +815,7 @@ class _Run:
         self.sigma1 = sigma1
         self.fwhm = fwhm
         self.N = len(pk)
+        self.no_data: np.ndarray | None = None  # (H, W) bool pixels without data
         self.flags: set[str] = set()
         self.peak_flags: list[set[str]] = [set() for _ in range(self.N)]
         self.skipped = np.zeros(self.N, dtype=bool)
@@ -812,12 +872,8 @@ class _Run:
             )
         ):
             return self._skip_parent("parent_too_big")
-        if self.mask is not None:
-            mvals = self.mask[self.fp]
-            for plane, limit in cfg.mask_limits.items():
-                frac = np.count_nonzero(mvals & (1 << cfg.mask_bits[plane])) / mvals.size
-                if frac > limit:
-                    return self._skip_parent("masked")
+        if self._over_mask_limits():
+            return self._skip_parent("masked")
         if not (self.fwhm > 0) or not math.isfinite(self.fwhm):
             if not cfg.catch_failures:
                 raise ValueError(f"psf_fwhm must be finite and > 0, got {self.fwhm}")
@@ -834,6 +890,22 @@ class _Run:
             self.flags.add("failed")
             self.templates = [None] * self.N
             return self._empty_result(error=f"{type(exc).__name__}: {exc}")
+
+    def _over_mask_limits(self) -> bool:
+        """Whether a ``mask_limits`` plane covers too much of the footprint (pixels without
+        data count as the ``no_data_mask_planes``)."""
+        cfg = self.cfg
+        if self.mask is None and self.no_data is None:
+            return False
+        n = int(np.count_nonzero(self.fp))
+        for plane, limit in cfg.mask_limits.items():
+            bit = 1 << cfg.mask_bits[plane]
+            hit = np.zeros(n, dtype=bool) if self.mask is None else (self.mask[self.fp] & bit) != 0
+            if self.no_data is not None and plane in cfg.no_data_mask_planes:
+                hit |= self.no_data[self.fp]
+            if np.count_nonzero(hit) / n > limit:
+                return True
+        return False
 
     def _steps(self) -> SingleBandResult:
         cfg = self.cfg
