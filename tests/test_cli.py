@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from cdeblend.cli import main  # noqa: E402
 from cdeblend.observation import integrated_gaussian_psf  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
+DATA = Path(__file__).parent / "data"
 
 
 def write_scene(folder):
@@ -53,10 +55,11 @@ def test_deblend_and_show(tmp_path, capsys):
             "--invvar", str(tmp_path / "invvar.fits"),
             "--psfs", *(str(tmp_path / f"psf_{b}.fits") for b in "gri"),
             "--bands", "g", "r", "i", "--peaks", str(tmp_path / "peaks.csv"),
-            "--out", str(out), "--quiet", "--executor", "serial"]
+            "--out", str(out), "--executor", "serial"]
     assert main(args) == 0
-    text = capsys.readouterr().out
-    assert "normalising the PSF images" in text
+    err = capsys.readouterr().err
+    assert "not normalised (sum 3" in err and "normalising the PSF images" in err
+    assert "INFO: 2 parents, 2 children; skipped: 1 isolated; 0 failed; 0 not converged" in err
     cat = read_catalog(out / "catalog.fits")
     parents = cat[cat["is_parent"]]
     children = cat[~cat["is_parent"]]
@@ -118,3 +121,185 @@ def test_help_and_console_script():
     with pytest.raises(SystemExit) as exc:
         main(["deblend", "--help"])
     assert exc.value.code == 0
+
+
+# ------------------------------------------------------------------------------------------
+# real-data options: no variance, Gaussian PSFs, background, peak files, exit status
+# ------------------------------------------------------------------------------------------
+
+
+def write_single_band(folder, sky=0.0, noise=2.0, seed=4):
+    """One band, 80 x 120: a bright pair, a faint pair and a single star, plus ``sky``."""
+    rng = np.random.default_rng(seed)
+    H, W = 80, 120
+    yy, xx = np.mgrid[:H, :W]
+    # (y, x, flux): the bright pair around x = 30, the faint pair around x = 90
+    sources = [(40, 27, 20000.0), (43, 34, 12000.0), (35, 88, 3000.0), (39, 94, 2500.0),
+               (65, 60, 4000.0)]
+    sigma = 1.7
+    image = np.full((H, W), float(sky))
+    for y, x, flux in sources:
+        image += flux * np.exp(-0.5 * ((yy - y) ** 2 + (xx - x) ** 2) / sigma**2) / (
+            2 * np.pi * sigma**2)
+    image += rng.normal(0, noise, size=(H, W))
+    fits.PrimaryHDU(image.astype(np.float32)).writeto(folder / "single.fits")
+    return sources, sigma * 2.3548
+
+
+def run(args, capsys):
+    status = main(args)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_single_band_without_variance_with_background_and_gaussian_psf(tmp_path, capsys):
+    sources, fwhm = write_single_band(tmp_path, sky=500.0)
+    out = tmp_path / "out"
+    base = ["deblend", "--images", str(tmp_path / "single.fits"), "--psf-fwhm", f"{fwhm:.3f}",
+            "--executor", "serial", "--out", str(out), "--max-plots", "1"]
+    status, _, err = run(base + ["--background", "auto"], capsys)
+    assert status == 0, err
+    assert "no variance given" in err and "mesh background" in err
+    # the estimated noise is the simulated 2.0 (sigma clipping of 9600 pixels: +-5 %)
+    noise = float(err.split("sigma-clipped pixels (3 sigma): 0 ")[1].split()[0])
+    assert abs(noise - 2.0) < 0.1
+    cat = read_catalog(out / "catalog.fits")
+    parents = cat[cat["is_parent"]]
+    kids = cat[~cat["is_parent"]]
+    assert len(parents) == 3 and not np.any(parents["failed"])
+    # both pairs were deblended: one child near every blended source
+    for y, x, _ in sources[:4]:
+        d = np.hypot(kids["peak_y"] - y, kids["peak_x"] - x)
+        assert d.min() <= 1.5
+    # --max-plots 1 draws the brightest parent (the bright pair), with single-band panels
+    bright = parents[np.argmax(np.asarray(parents["flux_footprint"]).ravel())]
+    drawn = sorted(p.name for p in out.glob("parent*_source*.png"))
+    assert drawn == [f"parent{int(bright['id'])}_source{k}.png" for k in range(2)]
+    assert (out / "field.png").read_bytes()[:8] == PNG
+    # show on a single-band run explains instead of listing no parents
+    status, _, err = run(["show", "--models", str(out / "models.fits"), "--parent",
+                          str(int(bright["id"])), "--images", str(tmp_path / "single.fits")],
+                         capsys)
+    assert status == 1 and "single-band run" in err and "stored parents: []" not in err
+
+
+def test_unsubtracted_sky_warns(tmp_path, capsys):
+    _, fwhm = write_single_band(tmp_path, sky=500.0)
+    status, _, err = run(["deblend", "--images", str(tmp_path / "single.fits"), "--psf-fwhm",
+                          f"{fwhm:.3f}", "--no-plots", "--executor", "serial", "--out",
+                          str(tmp_path / "o")], capsys)
+    assert "looks not sky-subtracted" in err and "--background auto" in err
+
+
+def test_nothing_detected_exits_non_zero(tmp_path, capsys):
+    fits.PrimaryHDU(np.random.default_rng(0).normal(size=(40, 40))).writeto(tmp_path / "n.fits")
+    status, _, err = run(["deblend", "--images", str(tmp_path / "n.fits"), "--psf-fwhm", "3",
+                          "--nsigma", "50", "--no-plots", "--out", str(tmp_path / "o")], capsys)
+    assert status == 3 and "nothing was detected" in err
+    assert "INFO: 0 parents, 0 children" in err
+
+
+def test_narrow_psf_chooses_a_narrower_model_psf(tmp_path, capsys):
+    """An undersampled PSF (FWHM 1.1 px) is narrower than the default model PSF (0.8 px)."""
+    from cdeblend import Observation
+    from cdeblend.cli import choose_model_psf_sigma
+    from cdeblend.fits_io import gaussian_psfs
+
+    psfs = gaussian_psfs([1.1, 1.6, 2.5], 3)
+    sigma = choose_model_psf_sigma(psfs)
+    assert 0.05 <= sigma < 0.8
+    Observation(np.zeros((3, 20, 20)), np.ones((3, 20, 20)), psfs, model_psf_sigma=sigma)
+    with pytest.raises(ValueError, match="smaller model_psf_sigma"):
+        Observation(np.zeros((3, 20, 20)), np.ones((3, 20, 20)), psfs, model_psf_sigma=0.8)
+    assert choose_model_psf_sigma(gaussian_psfs([3.0], 1)) == 0.8  # wide PSFs keep the default
+    # end to end: three bands with a 1.1 px PSF in the first, no variance
+    images = write_scene(tmp_path)
+    fits.PrimaryHDU(images.astype(np.float32)).writeto(tmp_path / "cube2.fits")
+    status, _, err = run(["deblend", "--images", str(tmp_path / "cube2.fits"), "--psf-fwhm",
+                          "1.1", "3.5", "3.3", "--peaks", str(tmp_path / "peaks.csv"),
+                          "--no-plots", "--executor", "serial", "--out", str(tmp_path / "o")],
+                         capsys)
+    assert status == 0, err
+    assert f"model PSF sigma {sigma:.2f} px" in err
+
+
+def test_peak_files_with_common_column_names(tmp_path, capsys):
+    from cdeblend.fits_io import read_peak_table
+
+    sex, used = read_peak_table(DATA / "sextractor_ascii_head.cat")
+    assert "X_IMAGE, Y_IMAGE" in used and "converted to 0-based" in used
+    # the first row's X_IMAGE, Y_IMAGE = 165.1449, 24.0084 (1-based): (y, x) 0-based
+    np.testing.assert_allclose(sex[0], [23.0084, 164.1449])
+    assert len(sex) == 4
+    (tmp_path / "phot.csv").write_text("id,x_peak,y_peak,peak_value\n1,16,15,3.0\n2,22,19,2\n")
+    pk, used = read_peak_table(tmp_path / "phot.csv")
+    np.testing.assert_array_equal(pk, [[15, 16], [19, 22]])
+    assert used.startswith("x_peak, y_peak (photutils")
+    cols = [fits.Column("xcentroid", "D", array=[16.2]), fits.Column("ycentroid", "D",
+                                                                      array=[15.4])]
+    fits.BinTableHDU.from_columns(cols).writeto(tmp_path / "c.fits")
+    np.testing.assert_allclose(read_peak_table(tmp_path / "c.fits")[0], [[15.4, 16.2]])
+    (tmp_path / "bad.csv").write_text("ra,dec\n1,2\n")
+    with pytest.raises(ValueError, match="x_peak/y_peak"):
+        read_peak_table(tmp_path / "bad.csv")
+    # the CLI says which columns it used
+    write_scene(tmp_path)
+    (tmp_path / "sex.cat").write_text(
+        "#   1 NUMBER   Running object number\n#   2 X_IMAGE  Object position along x [pixel]\n"
+        "#   3 Y_IMAGE  Object position along y [pixel]\n"
+        "1 17.0 16.0\n2 23.0 20.0\n3 49.0 35.0\n")
+    status, _, err = run(["deblend", "--images", str(tmp_path / "cube.fits"), "--invvar",
+                          str(tmp_path / "invvar.fits"), "--psfs",
+                          *(str(tmp_path / f"psf_{b}.fits") for b in "gri"), "--peaks",
+                          str(tmp_path / "sex.cat"), "--no-plots", "--executor", "serial",
+                          "--out", str(tmp_path / "o")], capsys)
+    assert status == 0, err
+    assert "columns X_IMAGE, Y_IMAGE (SExtractor, 1-based; converted to 0-based)" in err
+    kids = read_catalog(tmp_path / "o" / "catalog.fits")
+    kids = kids[~kids["is_parent"]]
+    # the same pixels as the 0-based peaks.csv of write_scene: (15, 16) and (19, 22)
+    assert sorted(zip(kids["peak_y"].tolist(), kids["peak_x"].tolist(), strict=True)) == [
+        (15, 16), (19, 22)]
+
+
+def test_psf_problems_are_reported():
+    from cdeblend.fits_io import gaussian_psfs, psf_problems
+
+    good = gaussian_psfs([3.0], 1)[0]
+    assert psf_problems(good) == []
+    holed = good.copy()
+    c = holed.shape[0] // 2
+    holed[c, c + 1] = 0.0
+    holed[c + 1, c] = np.nan
+    assert any("2 hole(s)" in p for p in psf_problems(holed))
+    lobes = good - 0.05 * np.roll(good, 3, axis=1)
+    assert any("negative lobes" in p for p in psf_problems(lobes))
+    assert any("not normalised" in p for p in psf_problems(good * 1.2))
+    # zeros outside the core (a PSF cut to a circle) are not holes
+    yy, xx = np.mgrid[: good.shape[0], : good.shape[1]] - c
+    cut = np.where(yy**2 + xx**2 <= c * c, good, 0.0)
+    assert not any("hole" in p for p in psf_problems(cut / cut.sum()))
+
+
+def test_field_picture_keeps_the_aspect(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from cdeblend.display import plot_field
+
+    cat = {"is_parent": np.array([True, False]), "id": np.array([1, 2]),
+           "box_y0": np.array([2, -1]), "box_x0": np.array([3, -1]),
+           "box_height": np.array([10, -1]), "box_width": np.array([20, -1]),
+           "skipped": np.array([False, False]), "failed": np.array([False, False]),
+           "n_children": np.array([1, 0]), "peak_y": np.array([5, 5]),
+           "peak_x": np.array([8, 8])}
+    wide = np.random.default_rng(2).normal(size=(1, 100, 700))
+    fig = plot_field(wide, np.zeros_like(wide), cat, path=tmp_path / "f.png")
+    w, h = fig.get_size_inches()
+    assert w > 2 * h  # a 700 x 100 field gives a wide figure (panels stacked)
+    ax_img, ax_res = fig.axes[:2]
+    assert ax_img.get_xlim() == (-0.5, 699.5) and ax_img.get_ylim() == (-0.5, 99.5)
+    assert any(t.get_text() == "1" for t in ax_img.texts)
+    # the residual keeps its sign: a negative residual maps below the colour of 0
+    norm = ax_res.images[0].norm
+    assert norm(-1.0) < norm(0.0) < norm(1.0)
+    plt.close(fig)

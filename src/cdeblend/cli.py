@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -24,6 +26,24 @@ if TYPE_CHECKING:  # pragma: no cover
     from .observation import Observation
 
 __all__ = ["main"]
+
+logger = logging.getLogger("cdeblend.cli")
+
+#: ``cdeblend deblend`` detection options -> keyword of :func:`cdeblend.detect`. Options the
+#: user did not give are not passed (the library's defaults apply); options that this build's
+#: ``detect`` does not take are reported and ignored.
+DETECTION_OPTIONS = {
+    "nsigma": "nsigma",
+    "min_area": "min_area",
+    "min_contrast": "min_contrast",
+    "peak_significance": "peak_significance",
+    "min_separation": "min_separation",
+    "grow": "grow",
+}
+
+#: Exit status when nothing could be deblended because of the input (all parents skipped or
+#: failed, or nothing detected).
+EXIT_NOTHING_DEBLENDED = 3
 
 
 def _place(array: np.ndarray, box: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
@@ -188,6 +208,10 @@ def _read_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.n
     elif getattr(args, "invvar", None):
         invvar, _ = read_image_stack(args.invvar, "invvar")
         variance, mask = variance_from_inverse(invvar)
+    elif getattr(args, "rms", None):
+        rms, _ = read_image_stack(args.rms, "rms")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            variance, mask = variance_from_inverse(np.where(rms > 0, 1.0 / rms**2, 0.0))
     else:
         variance = None
     if variance is not None and variance.shape != images.shape:
@@ -204,18 +228,107 @@ def _read_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def _read_psfs(paths: Sequence[str], n_bands: int) -> np.ndarray:
+    """PSF images from files, checked (warnings for problems) and normalised to unit sum."""
     from .fits_io import read_image_stack
 
     psfs, _ = read_image_stack(paths, "psfs")
+    if psfs.shape[0] == 1 and n_bands > 1:
+        logger.info("one PSF image for %d bands: using it for every band", n_bands)
+        psfs = np.repeat(psfs, n_bands, axis=0)
     if psfs.shape[0] != n_bands:
         raise ValueError(f"psfs: {psfs.shape[0]} PSF image(s) for {n_bands} band(s)")
-    sums = psfs.reshape(n_bands, -1).sum(axis=1)
+    return _checked_psfs(psfs)
+
+
+def _checked_psfs(psfs: np.ndarray) -> np.ndarray:
+    """Warn about PSF problems (:func:`cdeblend.fits_io.psf_problems`), zero non-finite
+    pixels and normalise every PSF to unit sum."""
+    from .fits_io import psf_problems
+
+    for b, psf in enumerate(psfs):
+        for problem in psf_problems(psf):
+            logger.warning("psfs[%d]: %s", b, problem)
+    psfs = np.where(np.isfinite(psfs), psfs, 0.0)
+    sums = psfs.reshape(len(psfs), -1).sum(axis=1)
     if np.any(sums <= 0):
         raise ValueError("psfs: a PSF image has a non-positive sum")
     if np.any(np.abs(sums - 1) > 1e-3):
-        print("note: normalising the PSF images to unit sum")
-        psfs = psfs / sums[:, None, None]
+        logger.info("normalising the PSF images to unit sum (sums %s)",
+                    ", ".join(f"{v:.4g}" for v in sums))
+    return psfs / sums[:, None, None]
+
+
+def _psfs_from_args(args: argparse.Namespace, n_bands: int) -> np.ndarray:
+    """PSFs from ``--psfs`` files or Gaussians of ``--psf-fwhm`` pixels."""
+    from .fits_io import gaussian_psfs
+
+    if args.psfs:
+        return _read_psfs(args.psfs, n_bands)
+    psfs = gaussian_psfs(args.psf_fwhm, n_bands)
+    logger.info("PSF: circular Gaussian(s) of FWHM %s px",
+                ", ".join(f"{f:g}" for f in np.broadcast_to(args.psf_fwhm, (n_bands,))))
     return psfs
+
+
+def choose_model_psf_sigma(psfs: np.ndarray, default: float = 0.8) -> float:
+    """The model PSF width: ``default`` unless a band's PSF is narrower, then narrower still.
+
+    The multi-band fit convolves models made at the model PSF with difference kernels to
+    each band's PSF, so the model PSF must be narrower than the sharpest band (spec; else
+    :class:`cdeblend.Observation` refuses it). Widths are compared by the noise-equivalent
+    area ``1 / sum(p^2)``; the narrower choice is the sigma of an integrated Gaussian with
+    70 % of the sharpest band's equivalent sigma, rounded down to 0.05 px (as the
+    observation's own suggestion), and at least 0.05 px.
+    """
+    from .observation import _effective_area, integrated_gaussian_psf
+
+    area = float(np.min(_effective_area(psfs)))
+    if area >= float(_effective_area(integrated_gaussian_psf(default))) * (1 - 1e-3):
+        return float(default)
+    sig_obs = np.sqrt(max(area / (4 * np.pi) - 1 / 12, 0.0))
+    sigma = max(np.floor(0.7 * sig_obs * 20) / 20, 0.05)
+    while sigma > 0.05 and float(_effective_area(integrated_gaussian_psf(sigma))) > area:
+        sigma -= 0.05
+    return float(round(sigma, 2))
+
+
+def _subtract_background(images: np.ndarray, args: argparse.Namespace) -> np.ndarray:
+    """``--background auto``: subtract a mesh estimate per band; otherwise warn when the sky
+    looks unsubtracted."""
+    from .background import estimate_background, looks_unsubtracted
+
+    if args.background == "auto":
+        out = np.empty_like(images)
+        for b, img in enumerate(images):
+            bkg = estimate_background(img, mesh=args.background_mesh)
+            out[b] = img - bkg.background
+            logger.info(
+                "band %d: subtracted a %d px mesh background (median %.4g, range %.4g .. "
+                "%.4g; noise %.4g)", b, args.background_mesh, float(np.median(bkg.background)),
+                float(bkg.background.min()), float(bkg.background.max()), bkg.median_rms)
+        return out
+    for b, img in enumerate(images):
+        flag, level = looks_unsubtracted(img)
+        if flag:
+            logger.warning(
+                "band %d looks not sky-subtracted: its sigma-clipped median is %.1f times its "
+                "noise; use --background auto (or subtract the sky first)", b, level)
+    return images
+
+
+def _noise_variance(images: np.ndarray, bands: Sequence[str]) -> np.ndarray:
+    """A constant variance per band: the square of the sigma-clipped (3 sigma, iterated)
+    standard deviation of its pixels. It holds the sky noise only (no source Poisson term)."""
+    from .background import clipped_stats
+
+    sig = np.array([clipped_stats(img)[2] for img in images])
+    if not np.all(np.isfinite(sig) & (sig > 0)):
+        raise ValueError(
+            "images: cannot estimate the noise of a band (no finite pixel or a constant "
+            "image); give --variance, --invvar or --rms")
+    logger.info("no variance given: per-band noise from sigma-clipped pixels (3 sigma): %s",
+                ", ".join(f"{b} {s:.4g}" for b, s in zip(bands, sig, strict=True)))
+    return np.broadcast_to((sig**2)[:, None, None], images.shape).astype(images.dtype)
 
 
 def _field_model(model_data: ModelData, observation: Observation) -> np.ndarray:
@@ -230,22 +343,114 @@ def _field_model(model_data: ModelData, observation: Observation) -> np.ndarray:
     return total
 
 
+def _detect_parents(images: np.ndarray, variance: np.ndarray, psfs: np.ndarray,
+                    args: argparse.Namespace) -> list:
+    """Parents from :func:`cdeblend.detect` with the command's detection options."""
+    from .detection import detect
+
+    accepted = inspect.signature(detect).parameters
+    kwargs = {}
+    for option, keyword in DETECTION_OPTIONS.items():
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        if keyword not in accepted:
+            logger.warning("--%s is not supported by this build's detection; ignored",
+                           option.replace("_", "-"))
+            continue
+        kwargs[keyword] = value
+    psf = psfs if args.filter == "psf" else None
+    parents = detect(images, variance, psf=psf, **kwargs)
+    shown = ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "the defaults"
+    logger.info("detection (%s, %s): %d parents with %d peaks", shown,
+                "PSF matched filter" if psf is not None else "no filter", len(parents),
+                sum(len(p.peaks) for p in parents))
+    return parents
+
+
+def _warn_one_big_parent(parents: Sequence, shape: tuple[int, int], background: str) -> None:
+    """An unsubtracted sky shows as one parent covering most of the image."""
+    if not parents or background == "auto" or shape[0] * shape[1] < 10_000:
+        return
+    biggest = max(parents, key=lambda p: int(np.count_nonzero(p.footprint)))
+    share = np.count_nonzero(biggest.footprint) / (shape[0] * shape[1])
+    if share > 0.5:
+        logger.warning(
+            "parent %s covers %.0f%% of the image with %d peaks: if the sky was not "
+            "subtracted, use --background auto", biggest.id, 100 * share, len(biggest.peaks))
+
+
+def _summary(catalog: object) -> dict[str, object]:
+    """Counts of a catalog: parents, children, skipped by reason, failed, not converged."""
+    parent = np.asarray(catalog["is_parent"], dtype=bool)
+    col = {name: np.asarray(catalog[name], dtype=bool)[parent]
+           for name in ("skipped", "failed", "converged", "skipped_isolated",
+                        "skipped_parent_too_big", "skipped_masked", "skipped_too_many_peaks")}
+    fitted = ~col["skipped"] & ~col["failed"]
+    return {
+        "parents": int(parent.sum()),
+        "children": int((~parent).sum()),
+        "skipped": {reason[8:]: int(col[reason].sum())
+                    for reason in ("skipped_isolated", "skipped_parent_too_big",
+                                   "skipped_masked", "skipped_too_many_peaks")
+                    if col[reason].any()},
+        "failed": int(col["failed"].sum()),
+        "fitted": int(fitted.sum()),
+        "not_converged": int((fitted & ~col["converged"]).sum()),
+    }
+
+
+def _summary_line(counts: dict, elapsed: float) -> str:
+    skipped = ", ".join(f"{n} {why}" for why, n in counts["skipped"].items()) or "none"
+    return (f"{counts['parents']} parents, {counts['children']} children; skipped: {skipped}; "
+            f"{counts['failed']} failed; {counts['not_converged']} not converged; "
+            f"{elapsed:.2f} s")
+
+
+def _nothing_deblended(counts: dict) -> str:
+    """Why nothing could be deblended (empty if something was, or nothing needed to be)."""
+    if counts["parents"] == 0:
+        return ("nothing was detected: check the images, the noise (--variance/--invvar/"
+                "--rms) and --nsigma")
+    needing = counts["parents"] - counts["skipped"].get("isolated", 0)
+    if needing > 0 and counts["fitted"] == 0:
+        return ("no parent could be deblended (every blended parent was skipped or failed; "
+                "see the summary above)")
+    return ""
+
+
 def _cmd_deblend(args: argparse.Namespace) -> int:
     from .catalog import CatalogConfig, deblend_catalog, write_catalog
-    from .fits_io import read_flux_unit, read_peaks, read_wcs
+    from .fits_io import read_flux_unit, read_peak_table, read_wcs
     from .model_data import save_models
 
     images, variance, mask, bands = _read_inputs(args)
+    images = _subtract_background(images, args)
     if variance is None:
-        raise ValueError("give the noise as --variance or --invvar FITS files")
-    psfs = _read_psfs(args.psfs, images.shape[0])
-    peaks = read_peaks(args.peaks) if args.peaks else None
+        variance = _noise_variance(images, bands)
+    psfs = _psfs_from_args(args, images.shape[0])
+    kind = args.deblender if args.deblender != "auto" else (
+        "single" if images.shape[0] == 1 else "multi")
+    sigma = args.model_psf_sigma
+    if sigma is None:
+        sigma = choose_model_psf_sigma(psfs)
+        if kind == "multi" and sigma != 0.8:
+            logger.info("model PSF sigma %.2f px: the default 0.8 px is wider than the "
+                        "sharpest band's PSF (set it with --model-psf-sigma)", sigma)
+    peaks = parents = None
+    if args.peaks:
+        peaks, used = read_peak_table(args.peaks)
+        logger.info("peaks: %d from %s, columns %s", len(peaks), args.peaks, used)
+    else:
+        parents = _detect_parents(images, variance, psfs, args)
+        _warn_one_big_parent(parents, images.shape[1:], args.background)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = CatalogConfig(deblender=args.deblender, skip_isolated=not args.fit_isolated)
+    config = CatalogConfig(deblender=args.deblender, skip_isolated=not args.fit_isolated,
+                           model_psf_sigma=sigma)
     start = time.perf_counter()
     catalog, model_data = deblend_catalog(
-        images, peaks=peaks, config=config, executor=args.executor,
+        images, peaks=peaks, parents=parents, config=config, executor=args.executor,
         progress=not args.quiet, max_workers=args.workers,
         variance=variance, psf=psfs, mask=mask, bands=bands,
         wcs=read_wcs(args.images), flux_unit=read_flux_unit(args.images),  # RA/Dec, units
@@ -253,41 +458,151 @@ def _cmd_deblend(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     write_catalog(out / "catalog.fits", catalog)
     save_models(out / "models.fits", model_data)
-    is_parent = np.asarray(catalog["is_parent"], dtype=bool)
-    failed = int(np.count_nonzero(np.asarray(catalog["failed"])[is_parent]))
-    skipped = int(np.count_nonzero(np.asarray(catalog["skipped"])[is_parent]))
-    print(f"{int(is_parent.sum())} parents, {int((~is_parent).sum())} children "
-          f"({skipped} parents skipped, {failed} failed) in {elapsed:.2f} s")
+    counts = _summary(catalog)
+    logger.info("%s", _summary_line(counts, elapsed))
     if not args.no_plots and _have_matplotlib():
-        import matplotlib.pyplot as plt
-
-        from .display import lupton_rgb, plot_panels
-
-        observation = model_data.observation(
-            images, weights=None if mask is None else (~mask).astype(images.dtype))
-        total = _field_model(model_data, observation)
-        rgb = lupton_rgb(images)
-        boxes = [b.box for b in model_data.blends.values()]
-        fig = plot_panels([rgb, lupton_rgb(images - total)], ["image", "residual"],
-                          panel_size=6.0)
-        for ax in fig.axes:
-            for y0, x0, h, w in boxes:
-                ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), w, h, fill=False,
-                                           edgecolor="yellow", linewidth=0.6))
-        fig.savefig(out / "field.png", dpi=100)
-        plt.close(fig)
-        shown = 0
-        for pid, blend in model_data.blends.items():
-            if shown >= args.max_plots or blend.isolated or not blend.sources:
-                continue
-            _show_parent(observation, model_data, pid, out, quiet=True)
-            shown += 1
-    print(f"catalog, models and pictures written to {out.resolve()}")
+        _draw_run(images, variance, psfs, mask, catalog, model_data, kind, out, args)
+    print(f"catalog, models{'' if args.no_plots else ' and pictures'} written to "
+          f"{out.resolve()}")
+    problem = _nothing_deblended(counts)
+    if problem:
+        logger.error("%s", problem)
+        return EXIT_NOTHING_DEBLENDED
     return 0
 
 
+def _progress(items: Sequence, desc: str, enabled: bool) -> Sequence:
+    """``items`` wrapped in a tqdm bar when tqdm is installed and ``enabled``."""
+    if not enabled or len(items) < 2:
+        return items
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, unit="parent" if desc != "show" else "source")
+
+
+def _plot_order(catalog: object, max_plots: int) -> list[int]:
+    """Ids of the fitted parents with children, brightest (summed footprint flux) first,
+    then largest; at most ``max_plots``."""
+    parent = np.asarray(catalog["is_parent"], dtype=bool)
+    ok = parent & (np.asarray(catalog["n_children"]) > 0)
+    ids = np.asarray(catalog["id"])[ok]
+    flux = np.nansum(np.atleast_2d(np.asarray(catalog["flux_footprint"], dtype=float).T).T[ok]
+                     .reshape(len(ids), -1), axis=1)
+    area = (np.asarray(catalog["box_height"]) * np.asarray(catalog["box_width"]))[ok]
+    order = np.lexsort((-area, -flux))
+    return [int(i) for i in ids[order][: max(int(max_plots), 0)]]
+
+
+def _draw_run(images: np.ndarray, variance: np.ndarray, psfs: np.ndarray,
+              mask: np.ndarray | None, catalog: object, model_data: ModelData, kind: str,
+              out: Path, args: argparse.Namespace) -> None:
+    """field.png and the panels of the ``--max-plots`` brightest parents."""
+    import matplotlib.pyplot as plt
+
+    from .display import plot_field
+
+    order = _plot_order(catalog, args.max_plots)
+    if kind == "multi":
+        observation = model_data.observation(
+            images, weights=None if mask is None else (~_mask2d(mask, images)).astype(
+                images.dtype))
+        total = _field_model(model_data, observation)
+        for pid in _progress(order, "panels", not args.quiet):
+            _show_parent(observation, model_data, pid, out, quiet=True)
+    else:
+        total, panels = _single_band_models(images[0], variance[0], psfs[0], mask, catalog,
+                                            set(order), not args.quiet)
+        for pid in order:
+            _show_single_parent(images[0], total, panels[pid], pid, out)
+    fig = plot_field(images, total[None] if total.ndim == 2 else total, catalog)
+    fig.savefig(out / "field.png", dpi=100)
+    plt.close(fig)
+
+
+def _mask2d(mask: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """A (B, H, W) or (H, W) no-data mask as (B, H, W) bool."""
+    m = np.asarray(mask) != 0
+    return np.broadcast_to(m, images.shape) if m.ndim == 2 else m
+
+
+def _parents_of(catalog: object) -> list[tuple[int, tuple, np.ndarray]]:
+    """(id, box, (K, 2) children's peaks in image frame) of every parent with children."""
+    parent = np.asarray(catalog["is_parent"], dtype=bool)
+    pid = np.asarray(catalog["parent_id"])
+    ids = np.asarray(catalog["id"])
+    py, px = np.asarray(catalog["peak_y"]), np.asarray(catalog["peak_x"])
+    out = []
+    for k in np.flatnonzero(parent & (np.asarray(catalog["n_children"]) > 0)):
+        kids = np.flatnonzero(pid == ids[k])
+        box = tuple(int(catalog[c][k]) for c in ("box_y0", "box_x0", "box_height", "box_width"))
+        out.append((int(ids[k]), box, np.stack([py[kids], px[kids]], axis=1),
+                    ids[kids].astype(int)))
+    return out
+
+
+def _single_band_models(image: np.ndarray, variance: np.ndarray, psf: np.ndarray,
+                        mask: np.ndarray | None, catalog: object, keep: set[int],
+                        progress: bool) -> tuple[np.ndarray, dict]:
+    """Re-run the single-band deblender on every deblended parent (it is fast; its templates
+    are not stored) for the field's model and the panels of the parents in ``keep``.
+
+    The parent is cut to its box with the whole box as footprint (the catalog does not store
+    footprints), so templates can differ slightly from the run's near the footprint's edge.
+    """
+    from .single_band import SingleBandConfig, SingleBandDeblender
+
+    deb = SingleBandDeblender(SingleBandConfig())
+    total = np.zeros(image.shape)
+    panels: dict[int, tuple] = {}
+    m2 = None if mask is None else np.any(np.asarray(mask).reshape(-1, *image.shape) != 0, 0)
+    for pid, box, peaks, kid_ids in _progress(_parents_of(catalog), "models", progress):
+        y0, x0, h, w = box
+        sl = (slice(y0, y0 + h), slice(x0, x0 + w))
+        var = variance[sl]
+        if m2 is not None:
+            var = np.where(m2[sl], 0.0, var)
+        try:
+            res = deb.deblend(image[sl], var, psf, peaks - (y0, x0))
+        except (ValueError, TypeError) as err:
+            logger.debug("parent %s: not redrawn (%s)", pid, err)
+            continue
+        tmpl = np.zeros((len(res.children), h, w))
+        cons = np.zeros((len(res.children), h, w))
+        for i, ch in enumerate(res.children):
+            tmpl[i] = _place(np.asarray(ch.template) * ch.weight, ch.template_box, (h, w))
+            cons[i] = _place(ch.conserved, ch.box, (h, w))
+        total[sl] += tmpl.sum(axis=0)
+        if pid in keep:
+            labels = [str(kid_ids[c.index]) if c.index < len(kid_ids) else str(c.index)
+                      for c in res.children]
+            peaks_local = np.array([c.peak for c in res.children]).reshape(-1, 2)
+            panels[pid] = (box, tmpl, cons, peaks_local, labels)
+    return total, panels
+
+
+def _show_single_parent(image: np.ndarray, total: np.ndarray, panel: tuple, pid: int,
+                        out: Path) -> None:
+    """One PNG per child of a single-band parent: image, template, residual of all
+    templates, conserved image."""
+    import matplotlib.pyplot as plt
+
+    from .display import plot_single_band_child
+
+    (y0, x0, h, w), tmpl, cons, peaks, labels = panel
+    cut = image[y0 : y0 + h, x0 : x0 + w]
+    for k in range(len(tmpl)):
+        fig = plot_single_band_child(
+            cut, tmpl[k], cons[k], path=out / f"parent{pid}_source{k}.png", peak=peaks[k],
+            title=f"parent {pid}, child id {labels[k]} (box at x={x0}, y={y0})",
+            label=labels[k], total_template=total[y0 : y0 + h, x0 : x0 + w],
+        )
+        plt.close(fig)
+
+
 def _show_parent(observation: Observation, model_data: ModelData, pid: int, out: Path,
-                 quiet: bool = False) -> None:
+                 quiet: bool = False, progress: bool = False) -> None:
     """Write one PNG per source of parent ``pid`` (observation, model, residual, conserved)."""
     import matplotlib.pyplot as plt
 
@@ -301,12 +616,14 @@ def _show_parent(observation: Observation, model_data: ModelData, pid: int, out:
     conserved = rebuilt.conserved_images()
     total = models.sum(axis=0)
     rows = []
-    for k, src in enumerate(blend.sources):
+    for k in _progress(range(len(blend.sources)), "show", progress):
+        src = blend.sources[k]
         peak = src.components[0].peak if src.components else (y0 + h // 2, x0 + w // 2)
         fig = plot_source_panels(
             cut, models[k], total, conserved[k], path=out / f"parent{pid}_source{k}.png",
-            peak=(peak[0] - y0, peak[1] - x0), title=f"parent {pid}, source {k}",
-            label=str(k),
+            peak=(peak[0] - y0, peak[1] - x0),
+            title=f"parent {pid}, source {k} (catalog id {src.id}; box at x={x0}, y={y0})",
+            label=str(src.id),
         )
         plt.close(fig)
         rows.append([k, int(peak[0]), int(peak[1])]
@@ -326,6 +643,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if images.shape[0] != len(model_data.bands):
         raise ValueError(f"the images have {images.shape[0]} bands, the models "
                          f"{len(model_data.bands)} ({', '.join(model_data.bands)})")
+    if not model_data.blends:
+        raise ValueError(
+            f"{args.models} holds no models: it is from a single-band run (the single-band "
+            "deblender's templates are not stored) or nothing was fitted. A single-band run "
+            "draws its parents' panels itself: cdeblend deblend --max-plots N writes "
+            "parent<id>_source<k>.png, brightest parents first")
     if args.parent not in model_data.blends:
         known = sorted(model_data.blends)
         raise ValueError(f"parent {args.parent} is not in {args.models}; stored parents: "
@@ -337,7 +660,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         images, weights=None if mask is None else (~mask).astype(images.dtype))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    _show_parent(observation, model_data, args.parent, out)
+    _show_parent(observation, model_data, args.parent, out, progress=not args.quiet)
     print(f"panels written to {out.resolve()}")
     return 0
 
@@ -373,10 +696,50 @@ def build_parser() -> argparse.ArgumentParser:
         "Images: one FITS file per band, a multi-extension file or a (bands, y, x) cube. "
         "Pixel positions are 0-based (x = column, y = row).",
     )
-    _add_image_args(deb)
-    deb.add_argument("--psfs", nargs="+", required=True,
-                     help="PSF image(s), odd-sized, one per band (files, extensions or a cube)")
-    deb.add_argument("--peaks", help="peak list: FITS table or CSV with columns x, y")
+    _add_image_args(deb, noise_required=False)
+    psf = deb.add_mutually_exclusive_group(required=True)
+    psf.add_argument("--psfs", nargs="+",
+                     help="PSF image(s), odd-sized, one per band (files, extensions or a cube; "
+                     "one image is used for every band). Warns about PSFs that are not "
+                     "normalised (they are rescaled), have negative lobes or holes")
+    psf.add_argument("--psf-fwhm", nargs="+", type=float, metavar="FWHM",
+                     help="circular Gaussian PSF(s) of this FWHM in pixels: one value for every "
+                     "band or one per band")
+    deb.add_argument("--model-psf-sigma", type=float, default=None,
+                     help="multi band: width (pixels) of the model PSF the sources are made "
+                     "at; default 0.8, or narrower than the sharpest band's PSF when that is "
+                     "narrower (logged)")
+    deb.add_argument("--background", choices=["none", "auto"], default="none",
+                     help="auto: subtract a mesh background per band (SExtractor-like: "
+                     "sigma-clipped mode per --background-mesh mesh, 3 x 3 median filter, "
+                     "bilinear; see cdeblend.background). none (default): the images are "
+                     "sky-subtracted; a warning says when they do not look it")
+    deb.add_argument("--background-mesh", type=int, default=64,
+                     help="mesh size in pixels for --background auto (default: %(default)s)")
+    det = deb.add_argument_group(
+        "detection", "used when no --peaks are given; unset options keep cdeblend.detect's "
+        "defaults")
+    det.add_argument("--nsigma", type=float, default=None,
+                     help="detection threshold in noise units of the detection image")
+    det.add_argument("--min-area", type=int, default=None,
+                     help="minimum footprint area in pixels above the threshold")
+    det.add_argument("--min-contrast", type=float, default=None,
+                     help="a peak must dip towards its brighter neighbour by this fraction of "
+                     "its value (like SExtractor's DEBLEND_MINCONT)")
+    det.add_argument("--peak-significance", type=float, default=None,
+                     help="a peak must rise above the saddle to its brighter neighbour by "
+                     "this many noise units (when the build's detection supports it)")
+    det.add_argument("--min-separation", type=int, default=None,
+                     help="minimum distance between peaks in pixels")
+    det.add_argument("--grow", type=int, default=None, help="grow footprints by this many pixels")
+    det.add_argument("--filter", choices=["psf", "none"], default="psf",
+                     help="detect on the PSF-matched-filtered image (default) or unfiltered")
+    deb.add_argument("--peaks",
+                     help="peak list (x, y): FITS table, CSV or text with a header, or a "
+                     "SExtractor ASCII_HEAD catalog. Columns x/y, photutils x_peak/y_peak or "
+                     "xcentroid/ycentroid, sep xpeak/ypeak (0-based), SExtractor "
+                     "X_IMAGE/Y_IMAGE, XWIN_IMAGE/YWIN_IMAGE (1-based, converted); the "
+                     "columns used are logged")
     deb.add_argument("--deblender", choices=["auto", "multi", "single"], default="auto",
                      help="auto: single band for one band, multi band otherwise")
     deb.add_argument("--executor", choices=["serial", "threads", "dask"], default="threads",
@@ -385,10 +748,11 @@ def build_parser() -> argparse.ArgumentParser:
     deb.add_argument("--fit-isolated", action="store_true",
                      help="also fit parents with a single peak")
     deb.add_argument("--max-plots", type=int, default=10,
-                     help="parents to draw panels for (default: %(default)s)")
+                     help="parents to draw panels for, brightest first (default: %(default)s)")
     deb.add_argument("--out", default="cdeblend-out", help="output folder (default: %(default)s)")
     deb.add_argument("--no-plots", action="store_true", help="write no pictures")
-    deb.add_argument("--quiet", action="store_true", help="no progress bar")
+    deb.add_argument("--quiet", action="store_true",
+                     help="no progress bars and no INFO messages (warnings still show)")
     deb.set_defaults(func=_cmd_deblend)
 
     show = sub.add_parser(
@@ -402,6 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--parent", type=int, required=True, help="parent id")
     _add_image_args(show, noise_required=False)
     show.add_argument("--out", default="cdeblend-show", help="output folder (default: %(default)s)")
+    show.add_argument("--quiet", action="store_true", help="no progress bar")
     show.set_defaults(func=_cmd_show)
     _add_survey_parser(sub)
     return parser
@@ -415,6 +780,11 @@ def _add_image_args(parser: argparse.ArgumentParser, noise_required: bool = True
                        help="variance FITS file(s), like --images; <= 0 or NaN means no data")
     noise.add_argument("--invvar", nargs="+",
                        help="inverse-variance FITS file(s); <= 0 means no data")
+    noise.add_argument("--rms", nargs="+",
+                       help="noise (standard deviation) FITS file(s), e.g. SExtractor's "
+                       "BACKGROUND_RMS; <= 0 means no data. Without --variance, --invvar or "
+                       "--rms, a constant noise per band is estimated from the sigma-clipped "
+                       "pixels (logged)")
     parser.add_argument("--bands", nargs="+",
                         help="band names (default: BAND/FILTER header keywords, else 0, 1, ...)")
 
@@ -460,6 +830,19 @@ def _cmd_survey(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup_logging(quiet: bool) -> None:
+    """Messages of the ``cdeblend`` loggers on stderr: INFO and up, WARNING with --quiet."""
+    log = logging.getLogger("cdeblend")
+    for handler in list(log.handlers):
+        if getattr(handler, "_cdeblend_cli", False):
+            log.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("cdeblend: %(levelname)s: %(message)s"))
+    handler._cdeblend_cli = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``cdeblend`` command; returns the exit status."""
     parser = build_parser()
@@ -467,6 +850,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _setup_logging(getattr(args, "quiet", False))
     try:
         return int(args.func(args))
     except (ValueError, TypeError, OSError, ImportError, KeyError) as err:

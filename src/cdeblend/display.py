@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover - only for type hints
 __all__ = [
     "lupton_rgb",
     "plot_blend",
+    "plot_field",
     "plot_loss",
     "plot_panels",
     "plot_single_band_child",
@@ -190,18 +191,25 @@ def plot_single_band_child(
     peak: Sequence[int] | None = None,
     title: str | None = None,
     label: str | None = None,
+    total_template: np.ndarray | None = None,
 ) -> Figure:
-    """Panels for one single-band child: image, template, image - template, conserved image.
+    """Panels for one single-band child: image, template, residual, conserved image.
 
-    All arrays are (H, W) on the parent frame; the peak is marked with ``label``.
+    All arrays are (H, W) on the parent frame; the peak is marked with ``label``. The
+    residual is ``image - total_template`` (every child's template: what no template
+    explains) when ``total_template`` is given, else ``image - template``.
     """
     image = np.asarray(image)
     template = np.asarray(template)
     conserved = np.asarray(conserved)
     peaks = None if peak is None else np.asarray(peak).reshape(1, 2)
+    if total_template is None:
+        residual, rtitle = image - template, "image - template"
+    else:
+        residual, rtitle = image - np.asarray(total_template), "image - all templates"
     return plot_panels(
-        [image, template, image - template, conserved],
-        ["image", "template", "image - template", "conserved"],
+        [image, template, residual, conserved],
+        ["image", "template", rtitle, "conserved"],
         path=path,
         peaks=peaks,
         suptitle=title,
@@ -264,6 +272,139 @@ def plot_source_panels(
         suptitle=title,
         labels=None if label is None else [label],
     )
+
+
+def _field_layout(
+    shape: tuple[int, int], max_inches: float = 14.0, min_panel: float = 4.5
+) -> tuple[bool, float]:
+    """Whether to stack the two field panels vertically (wide fields), and inches per pixel.
+
+    About 3 screen pixels per image pixel, at least ``min_panel`` inches along a panel's
+    long side and at most ``max_inches`` along the figure's.
+    """
+    H, W = shape
+    stacked = W > 1.3 * H
+    long_side = max(2 * H, W) if stacked else max(H, 2 * W)
+    inch = max(0.03, min_panel / max(H, W))
+    return stacked, min(inch, max_inches / long_side)
+
+
+def plot_field(
+    images: np.ndarray,
+    model: np.ndarray,
+    catalog: Any,
+    path: str | Path | None = None,
+    channels: Sequence[int] | None = None,
+    label_limit: int = 300,
+) -> Figure:
+    """The whole field: the image with parent boxes, ids and peaks, and its residual.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        (B, H, W) image.
+    model : numpy.ndarray
+        (B, H, W) model of every fitted parent (0 elsewhere).
+    catalog : table
+        The catalog of :func:`cdeblend.deblend_catalog` (``is_parent``, ``id``, ``box_*``,
+        ``peak_y``/``peak_x``, ``skipped``, ``failed``).
+    path : path, optional
+        Where to write the PNG.
+    channels : sequence of int, optional
+        Bands for red, green, blue (default :func:`rgb_bands`).
+    label_limit : int
+        Parent ids are written when there are at most this many parents.
+
+    Notes
+    -----
+    The figure keeps the field's aspect (two panels side by side, or stacked for a wide
+    field). The image is an asinh (Lupton) colour image; the residual ``image - model`` is
+    the mean of the same three bands on the same asinh stretch, in a diverging map (red
+    positive, blue negative, white 0), so that over- and under-subtraction both show and
+    compare with the image. Boxes: yellow fitted, grey isolated or skipped, red failed;
+    crosses: the children's peaks (cyan) and the parents' first peaks.
+    """
+    plt = _pyplot()
+    from matplotlib.colors import AsinhNorm
+
+    images = np.asarray(images, dtype=np.float64)
+    if images.ndim == 2:
+        images = images[None]
+    model = np.asarray(model, dtype=np.float64).reshape(images.shape)
+    if channels is None:
+        channels = rgb_bands(images.shape[0])
+    intensity = np.stack([images[c] for c in channels]).mean(axis=0)
+    finite = intensity[np.isfinite(intensity)]
+    positive = finite[finite > 0]
+    top = float(np.percentile(positive, 99.5)) if positive.size else 1.0
+    top = top if top > 0 else 1.0
+    stretch = top / 8.0  # as lupton_rgb's default (q = 8)
+    rgb = lupton_rgb(images, channels, stretch=stretch)
+    residual = np.stack([images[c] - model[c] for c in channels]).mean(axis=0)
+    H, W = intensity.shape
+    stacked, inch = _field_layout((H, W))
+    rows, cols = (2, 1) if stacked else (1, 2)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(cols * W * inch + 0.8, rows * H * inch + 0.9), squeeze=False
+    )
+    ax_img, ax_res = axes.ravel()
+    ax_img.imshow(rgb, origin="lower", interpolation="nearest")
+    norm = AsinhNorm(linear_width=stretch, vmin=-top, vmax=top)
+    im = ax_res.imshow(
+        np.where(np.isfinite(residual), residual, 0.0),
+        origin="lower",
+        cmap="RdBu_r",
+        norm=norm,
+        interpolation="nearest",
+    )
+    bar = fig.colorbar(im, ax=ax_res, fraction=0.04, pad=0.02)
+    ticks = [-top, -stretch, 0.0, stretch, top]
+    bar.set_ticks(ticks, labels=[f"{v:.3g}" for v in ticks])
+    bar.ax.tick_params(labelsize=7)
+    _draw_parents(ax_img, catalog, label_limit, ids=True)
+    _draw_parents(ax_res, catalog, label_limit, ids=False)
+    ax_img.set_title("image, parent ids and boxes\n+ children's peaks", fontsize=9)
+    ax_res.set_title("image - model (same asinh stretch)\nred > 0, blue < 0", fontsize=9)
+    for ax in (ax_img, ax_res):
+        ax.set_xlim(-0.5, W - 0.5)
+        ax.set_ylim(-0.5, H - 0.5)
+        ax.set_xlabel("x (pixels)", fontsize=8)
+        ax.set_ylabel("y (pixels)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return _finish(fig, path)
+
+
+def _draw_parents(ax: Any, catalog: Any, label_limit: int, ids: bool) -> None:
+    """Boxes of the parents (colour by outcome), their ids and the children's peaks."""
+    plt = _pyplot()
+    parent = np.asarray(catalog["is_parent"], dtype=bool)
+    col = {name: np.asarray(catalog[name]) for name in
+           ("id", "box_y0", "box_x0", "box_height", "box_width", "skipped", "failed",
+            "n_children", "peak_y", "peak_x")}
+    n_parents = int(parent.sum())
+    fontsize = 7 if n_parents < 60 else 5
+    for k in np.flatnonzero(parent):
+        y0, x0 = col["box_y0"][k], col["box_x0"][k]
+        h, w = col["box_height"][k], col["box_width"][k]
+        if col["failed"][k]:
+            color = "red"
+        elif col["n_children"][k] > 0:
+            color = "yellow"
+        else:
+            color = "0.6"
+        ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), w, h, fill=False, edgecolor=color,
+                                   linewidth=0.7))
+        if ids and n_parents <= label_limit:
+            ax.text(x0, y0 + h - 1, str(int(col["id"][k])), color=color,
+                    fontsize=fontsize, ha="left", va="top")
+        if col["n_children"][k] == 0:
+            ax.plot(col["peak_x"][k], col["peak_y"][k], marker="+", color=color,
+                    markersize=4, linewidth=0)
+    kids = ~parent
+    if kids.any():
+        ax.plot(col["peak_x"][kids], col["peak_y"][kids], marker="+", color="cyan",
+                markersize=4, markeredgewidth=0.8, linewidth=0)
 
 
 def plot_loss(

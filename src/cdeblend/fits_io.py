@@ -17,8 +17,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["read_flux_unit", "read_image_stack", "read_peaks", "read_wcs",
-           "variance_from_inverse"]
+__all__ = [
+    "gaussian_psfs",
+    "psf_problems",
+    "read_flux_unit",
+    "read_image_stack",
+    "read_peak_table",
+    "read_peaks",
+    "read_wcs",
+    "variance_from_inverse",
+]
 
 
 def _fits() -> Any:
@@ -146,8 +154,108 @@ def variance_from_inverse(invvar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def read_peaks(path: str | Path) -> np.ndarray:
     """Read a peak list as an (N, 2) float array of (y, x), 0-based.
 
-    A FITS table or a CSV/whitespace text file with columns named ``x`` and ``y`` (any
-    case); a text file without a header is read as two columns x, y.
+    See :func:`read_peak_table` for the accepted formats and column names.
+    """
+    return read_peak_table(path)[0]
+
+
+#: Accepted (x, y) column pairs of a peak list, in order of preference, with the position
+#: of the first pixel's centre (0 for 0-based, 1 for SExtractor's 1-based FITS convention)
+#: and where the names come from.
+PEAK_COLUMNS: tuple[tuple[str, str, int, str], ...] = (
+    ("x", "y", 0, "0-based"),
+    ("x_peak", "y_peak", 0, "photutils find_peaks, 0-based"),
+    ("xcentroid", "ycentroid", 0, "photutils, 0-based"),
+    ("x_centroid", "y_centroid", 0, "0-based"),
+    ("xpeak", "ypeak", 0, "sep, 0-based"),
+    ("x_image", "y_image", 1, "SExtractor, 1-based"),
+    ("xwin_image", "ywin_image", 1, "SExtractor, 1-based"),
+    ("xpeak_image", "ypeak_image", 1, "SExtractor, 1-based"),
+)
+
+
+def _pick_columns(names: Sequence[str], path: Path) -> tuple[str, str, int, str]:
+    """The first pair of :data:`PEAK_COLUMNS` present in ``names`` (any case)."""
+    lower = {n.lower(): n for n in names}
+    for cx, cy, origin, what in PEAK_COLUMNS:
+        if cx in lower and cy in lower:
+            return lower[cx], lower[cy], origin, what
+    accepted = ", ".join(f"{a}/{b}" for a, b, _, _ in PEAK_COLUMNS)
+    raise ValueError(
+        f"peaks: {path} has no x, y column pair I know (columns: {list(names)}); "
+        f"accepted pairs (any case): {accepted}"
+    )
+
+
+def _sextractor_header(lines: list[str]) -> dict[str, int] | None:
+    """Column name -> 0-based index from a SExtractor ASCII_HEAD header, or None."""
+    cols: dict[str, int] = {}
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        parts = line[1:].split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            cols[parts[1]] = int(parts[0]) - 1
+    return cols or None
+
+
+def _read_text_table(path: Path) -> tuple[dict[str, np.ndarray | None], bool]:
+    """Columns of a SExtractor ASCII_HEAD, CSV or whitespace text table.
+
+    Returns the columns by name and whether the table had named columns (a text file
+    without a header gives columns ``x``, ``y`` from its first two columns).
+    """
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    if not lines:
+        raise ValueError(f"peaks: {path} is empty")
+    sex = _sextractor_header(lines)
+    if sex is not None:
+        rows = [ln.split() for ln in lines if not ln.startswith("#")]
+        index = sex
+    else:
+        body = [ln for ln in lines if not ln.lstrip().startswith("#")]
+        if not body:
+            raise ValueError(f"peaks: {path} has no rows")
+        delim = "," if "," in body[0] else None
+        first = [t.strip().strip('"') for t in body[0].split(delim)]
+        try:
+            [float(t) for t in first]
+            named = False
+        except ValueError:
+            named = True
+        if named:
+            index = {n: i for i, n in enumerate(first)}
+            rows = [ln.split(delim) for ln in body[1:]]
+        else:
+            index = {"x": 0, "y": 1}
+            rows = [ln.split(delim) for ln in body]
+    columns: dict[str, np.ndarray | None] = {}
+    for name, i in index.items():
+        try:
+            columns[name] = np.array([float(r[i]) for r in rows])
+        except (ValueError, IndexError):
+            columns[name] = None  # text or missing: only the position columns must be numbers
+    return columns, sex is not None or named
+
+
+def read_peak_table(path: str | Path) -> tuple[np.ndarray, str]:
+    """Read a peak list and say which columns were used.
+
+    Accepted: a FITS binary table, a SExtractor ``ASCII_HEAD`` catalog (``#   2 X_IMAGE
+    ...`` header lines), a CSV or whitespace text file with a header line, or a text file
+    of two columns x, y without a header. Column pairs are looked up in the order of
+    :data:`PEAK_COLUMNS` (any case): ``x``/``y``, photutils' ``x_peak``/``y_peak`` and
+    ``xcentroid``/``ycentroid``, sep's ``xpeak``/``ypeak`` (all 0-based), and SExtractor's
+    ``X_IMAGE``/``Y_IMAGE``, ``XWIN_IMAGE``/``YWIN_IMAGE``, ``XPEAK_IMAGE``/``YPEAK_IMAGE``
+    (1-based: the first pixel's centre is 1, so 1 is subtracted).
+
+    Returns
+    -------
+    peaks : numpy.ndarray
+        (N, 2) float64 (y, x), 0-based (x = column, y = row).
+    used : str
+        Which columns were read, e.g. ``"X_IMAGE, Y_IMAGE (SExtractor, 1-based; converted
+        to 0-based)"``.
     """
     path = Path(path)
     if not path.exists():
@@ -160,26 +268,97 @@ def read_peaks(path: str | Path) -> np.ndarray:
             table = next((h.data for h in hdul if isinstance(h, fits.BinTableHDU)), None)
             if table is None:
                 raise ValueError(f"peaks: {path} has no binary table")
-            names = {n.lower(): n for n in table.columns.names}
-            if "x" not in names or "y" not in names:
-                raise ValueError(f"peaks: {path} needs columns x and y, has {list(names)}")
-            x = np.asarray(table[names["x"]], dtype=np.float64)
-            y = np.asarray(table[names["y"]], dtype=np.float64)
+            names = list(table.columns.names)
+            cx, cy, origin, what = _pick_columns(names, path)
+            x = np.asarray(table[cx], dtype=np.float64)
+            y = np.asarray(table[cy], dtype=np.float64)
     else:
-        text = path.read_text().strip().splitlines()
-        if not text:
-            raise ValueError(f"peaks: {path} is empty")
-        delim = "," if "," in text[0] else None
-        first = [t.strip().lower() for t in text[0].split(delim)]
-        if "x" in first and "y" in first:
-            rows = [line.split(delim) for line in text[1:] if line.strip()]
-            ix, iy = first.index("x"), first.index("y")
-        else:
-            rows = [line.split(delim) for line in text if line.strip()]
-            ix, iy = 0, 1
-        try:
-            x = np.array([float(r[ix]) for r in rows])
-            y = np.array([float(r[iy]) for r in rows])
-        except (ValueError, IndexError):
-            raise ValueError(f"peaks: {path} has a row that is not two numbers x, y") from None
-    return np.stack([y, x], axis=1)
+        columns, named = _read_text_table(path)
+        cx, cy, origin, what = _pick_columns(list(columns), path)
+        if not named:
+            what = "the first two columns, read as x, y (0-based); no header line"
+        x, y = columns[cx], columns[cy]
+        if x is None or y is None:
+            raise ValueError(
+                f"peaks: {path} has a row that is not two numbers x, y (columns {cx}, {cy})"
+            )
+    if x.ndim != 1 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError(f"peaks: {path} columns {cx}, {cy} must hold finite numbers")
+    used = f"{cx}, {cy} ({what}" + ("; converted to 0-based)" if origin else ")")
+    return np.stack([y - origin, x - origin], axis=1), used
+
+
+# ------------------------------------------------------------------------------------------
+# PSFs
+# ------------------------------------------------------------------------------------------
+
+
+def gaussian_psfs(fwhm: Sequence[float], n_bands: int) -> np.ndarray:
+    """Pixel-integrated circular Gaussian PSFs from FWHMs in pixels.
+
+    Parameters
+    ----------
+    fwhm : sequence of float
+        One FWHM for every band, or one per band (pixels, > 0).
+    n_bands : int
+        Number of bands.
+
+    Returns
+    -------
+    numpy.ndarray
+        (B, s, s) unit-sum PSFs, ``s`` odd and at least 8 sigma of the widest one.
+    """
+    from .observation import integrated_gaussian_psf
+
+    f = np.asarray(fwhm, dtype=np.float64).ravel()
+    if f.size == 1:
+        f = np.repeat(f, n_bands)
+    if f.size != n_bands:
+        raise ValueError(f"psf_fwhm: {f.size} value(s) for {n_bands} band(s); give 1 or {n_bands}")
+    if not np.all(np.isfinite(f) & (f > 0)):
+        raise ValueError(f"psf_fwhm must be finite and > 0 pixels, got {f.tolist()}")
+    sigma = f / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    size = 2 * int(np.ceil(4.0 * sigma.max())) + 1
+    return np.stack([integrated_gaussian_psf(float(s), max(size, 5)) for s in sigma])
+
+
+def psf_problems(psf: np.ndarray) -> list[str]:
+    """Problems of one (h, w) PSF image that make models worse, in words (empty if none).
+
+    - *not normalised*: its sum differs from 1 by more than 1 % (PSF models cut to a stamp
+      commonly miss a few 0.1 % in their wings; those are rescaled without a warning);
+    - *negative lobes*: negative pixels holding more than 1 % of the positive flux, or a
+      pixel below -1 % of the peak (real PSF models have ~1e-5 of noise-like negatives);
+    - *holes*: zero or non-finite pixels surrounded by the PSF's core (pixels above 0.1 %
+      of the peak), e.g. masked cosmic rays; the deblender's models then show a
+      checkerboard. Zeros outside the core (a PSF image cut to a circle) are fine.
+    """
+    from scipy import ndimage
+
+    p = np.asarray(psf, dtype=np.float64)
+    problems = []
+    finite = np.isfinite(p)
+    q = np.where(finite, p, 0.0)
+    peak = q.max()
+    if not peak > 0:
+        return ["it has no positive pixel"]
+    total = q.sum()
+    if abs(total - 1.0) > 1e-2:
+        problems.append(f"it is not normalised (sum {total:.4g}; it is rescaled to 1)")
+    neg = -q[q < 0].sum()
+    pos = q[q > 0].sum()
+    if neg > 0.01 * pos or q.min() < -0.01 * peak:
+        problems.append(
+            f"it has negative lobes ({neg / pos:.2%} of its flux; lowest pixel "
+            f"{q.min() / peak:.2%} of the peak)"
+        )
+    core = q > 1e-3 * peak
+    holes = ndimage.binary_fill_holes(core) & ~core & ((q == 0) | ~finite)
+    if holes.any():
+        problems.append(
+            f"it has {int(holes.sum())} hole(s) (zero or NaN pixels inside its core); "
+            "models will show a checkerboard: interpolate over them"
+        )
+    elif not finite.all():
+        problems.append(f"it has {int((~finite).sum())} NaN/inf pixel(s) (set to 0)")
+    return problems
