@@ -318,6 +318,34 @@ class DeblendResult:
         """(N, B) flux of each conserved (re-apportioned) child."""
         return self.conserved().sums()
 
+    # -- uncertainties and metrics (cdeblend.metrics)
+    @property
+    def conserved_flux_err(self) -> np.ndarray:
+        """(N, B) standard deviation of :attr:`conserved_fluxes` from the variance plane.
+
+        ``sqrt(sum_p s_i(p)^2 V(p))`` with ``s_i`` the child's share of pixel ``p`` (the
+        shares held fixed; pixels without data excluded); see :mod:`cdeblend.metrics`.
+        """
+        from .metrics import conserved_flux_errors, variance_plane
+
+        return conserved_flux_errors(self._convolved_stack(),
+                                     variance_plane(self.blend.observation))
+
+    @property
+    def flux_err(self) -> np.ndarray:
+        """(N, B) standard deviation of :attr:`fluxes` from the SED fit's Fisher matrix with
+        the morphologies held (NaN for a flux the data do not constrain)."""
+        from .metrics import model_flux_errors
+
+        return model_flux_errors(self)
+
+    def metrics(self):
+        """The deblending metrics (blendedness, flux overlap, chi^2, coverage, ...) of the
+        fitted blend: a :class:`cdeblend.metrics.BlendMetrics`."""
+        from .metrics import blend_metrics
+
+        return blend_metrics(self)
+
 
 class Deblender:
     """The multi-band (scarlet lite) deblender.
