@@ -43,6 +43,17 @@ NaN for children), ``flux_unassigned (B,)`` (footprint flux no child received; p
 ``loss``, ``converged``, the flags above, ``zero_flux`` (a child with no conserved flux) and
 ``child_flags`` (the single-band deblender's per-child flags, comma separated).
 
+Uncertainties and metrics (units and descriptions in :data:`cdeblend.metrics.CATALOG_COLUMNS`):
+``flux_conserved_err (B,)`` (a child's from the variance and its pixel shares; a parent's:
+of ``flux_footprint``, fitted or not), ``flux_model_err (B,)`` (Fisher error of the SEDs
+with the morphologies held; the single-band template amplitude's; NaN for parents), and per
+child, in model space as the LSST pipeline, ``deblend_blendedness``,
+``deblend_fluxOverlap``, ``deblend_fluxOverlapFraction``, ``deblend_maxOverlap``,
+``deblend_dataCoverage``, ``deblend_zeroFlux`` (all (B,)), ``deblend_edgePixels``;
+``chi2_reduced`` (a child's over its convolved footprint, a parent's over its data) and
+``deblend_runtime`` (ms, parents and their children). The multi-band metrics are NaN for
+the single-band deblender, which has no model.
+
 Results are in parent order whatever the executor, and bit-identical between executors.
 """
 
@@ -381,6 +392,12 @@ class _Outcome:
     n_components: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     child_flags: list[str] = field(default_factory=list)
     blend_data: BlendData | None = None
+    # uncertainties and metrics (cdeblend.metrics); None = not available (NaN columns)
+    flux_model_err: np.ndarray | None = None
+    flux_conserved_err: np.ndarray | None = None
+    metrics: dict[str, np.ndarray] | None = None
+    chi2_reduced: float = float("nan")
+    runtime: float = float("nan")
 
 
 def _check_parent(p: Any, i: int, shape: tuple[int, int]) -> tuple[Any, tuple, np.ndarray, Any]:
@@ -561,6 +578,7 @@ def _summarize_multi(res: Any, task: _Task, cfg: CatalogConfig) -> _Outcome:
     )
     # a source's peak is its peak_id when it carries one, else its position in the list
     peak_id = np.array([s.peak_id for s in bd.sources], dtype=np.int64)
+    extra = _multi_errors_and_metrics(res, n, nb)
     return _Outcome(
         index=task.index,
         iterations=int(getattr(res, "iterations", -1)),
@@ -574,6 +592,31 @@ def _summarize_multi(res: Any, task: _Task, cfg: CatalogConfig) -> _Outcome:
         n_components=np.array([len(s.components) for s in sources], dtype=np.int64),
         child_flags=[""] * n,
         blend_data=bd if cfg.persist_models else None,
+        **extra,
+    )
+
+
+def _multi_errors_and_metrics(res: Any, n: int, nb: int) -> dict[str, Any]:
+    """The flux errors and metrics of a multi-band result, as :class:`_Outcome` fields
+    (none for a result of another deblender that lacks them)."""
+    if not hasattr(res, "metrics"):
+        return {}
+    m = res.metrics()
+    return dict(
+        flux_model_err=np.asarray(res.flux_err, dtype=np.float64).reshape(n, nb),
+        flux_conserved_err=np.asarray(res.conserved_flux_err, dtype=np.float64).reshape(n, nb),
+        metrics={
+            "deblend_blendedness": m.blendedness,
+            "deblend_fluxOverlap": m.flux_overlap,
+            "deblend_fluxOverlapFraction": m.flux_overlap_fraction,
+            "deblend_maxOverlap": m.max_overlap,
+            "deblend_dataCoverage": m.data_coverage,
+            "deblend_edgePixels": m.edge_pixels,
+            "deblend_zeroFlux": m.zero_flux,
+            "chi2_reduced": m.chi2_reduced,
+        },
+        chi2_reduced=m.parent_chi2_reduced,
+        runtime=1e3 * m.runtime,
     )
 
 
@@ -585,6 +628,10 @@ def _summarize_single(res: Any, task: _Task) -> _Outcome:
     peaks, peak_id, cents = [], [], []
     f_model = np.full((n, 1), np.nan)
     f_cons = np.zeros((n, 1))
+    e_model = np.array([getattr(ch, "template_flux_err", np.nan) for ch in children],
+                       dtype=np.float64).reshape(n, 1)
+    e_cons = np.array([getattr(ch, "flux_err", np.nan) for ch in children],
+                      dtype=np.float64).reshape(n, 1)
     for i, ch in enumerate(children):
         py, px = (int(v) for v in ch.peak)
         match = np.flatnonzero((task.peaks[:, 0] == py) & (task.peaks[:, 1] == px))
@@ -616,6 +663,9 @@ def _summarize_single(res: Any, task: _Task) -> _Outcome:
         flux_conserved=f_cons,
         n_components=np.ones(n, dtype=np.int64),
         child_flags=[_flag_names(getattr(ch, "flags", None)) for ch in children],
+        flux_model_err=e_model,
+        flux_conserved_err=e_cons,
+        metrics={"deblend_zeroFlux": f_cons == 0},
     )
 
 
@@ -862,6 +912,8 @@ def _catalog_dtype(nb: int, flag_width: int) -> np.dtype:
             ("flux_conserved", "f8", (nb,)),
             ("flux_footprint", "f8", (nb,)),
             ("flux_unassigned", "f8", (nb,)),
+            ("flux_conserved_err", "f8", (nb,)),
+            ("flux_model_err", "f8", (nb,)),
             ("masked_fraction", "f8"),
             ("deblender", "U6"),
             ("iterations", "i4"),
@@ -871,8 +923,23 @@ def _catalog_dtype(nb: int, flag_width: int) -> np.dtype:
             ("error", f"U{ERROR_WIDTH}"),
             ("zero_flux", "?"),
             ("child_flags", f"U{max(flag_width, 1)}"),
+            *[(name, "f8", (nb,)) for name in _BAND_METRICS],
+            ("deblend_zeroFlux", "?", (nb,)),
+            ("deblend_edgePixels", "?"),
+            ("chi2_reduced", "f8"),
+            ("deblend_runtime", "f8"),
         ]
     )
+
+
+#: Per-band float metrics of the children (cdeblend.metrics), NaN where not computed.
+_BAND_METRICS = (
+    "deblend_blendedness",
+    "deblend_fluxOverlap",
+    "deblend_fluxOverlapFraction",
+    "deblend_maxOverlap",
+    "deblend_dataCoverage",
+)
 
 
 @dataclass
@@ -882,6 +949,7 @@ class _ParentStats:
     flux: np.ndarray  # (P, B) each band summed over the footprint
     centroid: np.ndarray  # (P, 2) (y, x) of the positive band-summed image, NaN if none
     masked_fraction: np.ndarray  # (P,) masked share of the footprint's pixels
+    flux_err: np.ndarray | None = None  # (P, B) standard deviation of ``flux``
 
 
 def _parent_stats(frame: _Frame, boxes: np.ndarray, footprints: list[np.ndarray]) -> _ParentStats:
@@ -902,6 +970,23 @@ def _parent_stats(frame: _Frame, boxes: np.ndarray, footprints: list[np.ndarray]
                                counts)
     # the division of Python's float(masked) / max(pixels, 1), in bulk
     return _ParentStats(flux, centroid, counts[:, 1] / np.maximum(counts[:, 0], 1))
+
+
+def _footprint_flux_err(frame: _Frame, boxes: np.ndarray,
+                        footprints: list[np.ndarray]) -> np.ndarray:
+    """(P, B) standard deviation of each parent's footprint flux: the variance summed over
+    its unmasked footprint pixels (non-finite or negative variance counts as no data)."""
+    nb = frame.images.shape[0]
+    out = np.zeros((len(footprints), nb))
+    for k, fp in enumerate(footprints):
+        y0, x0, h, w = (int(v) for v in boxes[k])
+        var = np.asarray(frame.variance[:, y0:y0 + h, x0:x0 + w], dtype=np.float64)
+        keep = np.asarray(fp, dtype=bool).reshape(h, w)
+        if frame.mask is not None:
+            keep = keep & ~np.asarray(frame.mask[y0:y0 + h, x0:x0 + w], dtype=bool)
+        good = keep[None] & np.isfinite(var) & (var >= 0)
+        out[k] = np.sqrt(np.where(good, var, 0.0).sum(axis=(1, 2)))
+    return out
 
 
 def _assemble(
@@ -943,6 +1028,9 @@ def _assemble(
         flux_conserved=np.nan, flux_footprint=stats.flux, flux_unassigned=np.nan,
         masked_fraction=stats.masked_fraction, deblender="none", iterations=-1, loss=np.nan,
         skipped=[bool(r) for r in reasons],
+        flux_conserved_err=np.nan if stats.flux_err is None else stats.flux_err,
+        flux_model_err=np.nan, chi2_reduced=np.nan, deblend_runtime=np.nan,
+        **{name: np.nan for name in _BAND_METRICS},
     )
     for flag in (f for f in _FLAGS if f.startswith("skipped_")):
         fill(prow, **{flag: [r == flag for r in reasons]})
@@ -959,6 +1047,7 @@ def _assemble(
         converged=[o.converged for o in outs],
         flux_model=np.array([o.flux_model.sum(axis=0) for o in outs]).reshape(-1, nb),
         flux_conserved=f_cons, flux_unassigned=stats.flux[done] - f_cons,
+        chi2_reduced=[o.chi2_reduced for o in outs], deblend_runtime=[o.runtime for o in outs],
     )
 
     # the children: every row that is not a parent's, in parent order
@@ -985,8 +1074,32 @@ def _assemble(
         converged=np.repeat([o.converged for o in outs], n),
         zero_flux=np.all(cons == 0, axis=1),
         child_flags=[s for o in outs for s in o.child_flags],
+        deblend_runtime=np.repeat([o.runtime for o in outs], n),
     )
+    _fill_child_errors_and_metrics(cat, krow, outs, nb)
     return cat
+
+
+def _fill_child_errors_and_metrics(cat: np.ndarray, krow: np.ndarray, outs: list[_Outcome],
+                                   nb: int) -> None:
+    """The children's flux errors and metrics columns (NaN where a deblender has none)."""
+    def stacked(get: Callable[[_Outcome, int], Any], shape: tuple, fill: Any) -> np.ndarray:
+        parts = []
+        for o in outs:
+            n = len(o.peak_id)
+            v = get(o, n)
+            parts.append(np.full((n, *shape), fill) if v is None else
+                         np.asarray(v).reshape(n, *shape))
+        return np.concatenate(parts) if parts else np.zeros((0, *shape))
+
+    cat["flux_conserved_err"][krow] = stacked(lambda o, n: o.flux_conserved_err, (nb,), np.nan)
+    cat["flux_model_err"][krow] = stacked(lambda o, n: o.flux_model_err, (nb,), np.nan)
+    metric = (lambda name: lambda o, n: None if o.metrics is None else o.metrics.get(name))
+    for name in _BAND_METRICS:
+        cat[name][krow] = stacked(metric(name), (nb,), np.nan)
+    cat["deblend_zeroFlux"][krow] = stacked(metric("deblend_zeroFlux"), (nb,), False)
+    cat["deblend_edgePixels"][krow] = stacked(metric("deblend_edgePixels"), (), False)
+    cat["chi2_reduced"][krow] = stacked(metric("chi2_reduced"), (), np.nan)
 
 
 def _collect_models(
@@ -1177,6 +1290,7 @@ def _deblend_frame(observation_or_image: Any, frame: _Frame, kind: str, peaks: A
     # every parent's footprint flux, centroid and masked fraction in one pass over the image
     boxes = np.array([c[1] for c in checked], dtype=np.int64).reshape(-1, 4)
     stats = _parent_stats(frame, boxes, [c[2] for c in checked])
+    stats.flux_err = _footprint_flux_err(frame, boxes, [c[2] for c in checked])
     masked = stats.masked_fraction.tolist()
     tasks: list[_Task] = []
     reasons: list[str] = []
