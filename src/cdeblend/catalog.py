@@ -1094,7 +1094,9 @@ def _fill_child_errors_and_metrics(cat: np.ndarray, krow: np.ndarray, outs: list
 
     cat["flux_conserved_err"][krow] = stacked(lambda o, n: o.flux_conserved_err, (nb,), np.nan)
     cat["flux_model_err"][krow] = stacked(lambda o, n: o.flux_model_err, (nb,), np.nan)
-    metric = (lambda name: lambda o, n: None if o.metrics is None else o.metrics.get(name))
+    def metric(name: str) -> Callable[[_Outcome, int], Any]:
+        return lambda o, n: None if o.metrics is None else o.metrics.get(name)
+
     for name in _BAND_METRICS:
         cat[name][krow] = stacked(metric(name), (nb,), np.nan)
     cat["deblend_zeroFlux"][krow] = stacked(metric("deblend_zeroFlux"), (nb,), False)
