@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cdeblend
 from cdeblend import CatalogConfig, DeblendConfig, deblend_catalog
 from cdeblend.catalog import parents_from_peaks
 from cdeblend.metrics import CATALOG_COLUMNS
@@ -79,3 +80,29 @@ def test_converged_column_has_the_right_sign(scene):
     assert fitted["converged"].all() and np.all(fitted["iterations"] < 300)
     kids = loose[~loose["is_parent"]]
     assert kids["converged"].all()  # children repeat their parent's flag
+
+
+def test_residual_sources_become_flagged_children():
+    demo = cdeblend.load_hsc_cosmos()
+    cfg = CatalogConfig(
+        multi_band=DeblendConfig(residual_sources=True, residual_snr=20, residual_max_sources=1)
+    )
+    cat, models = deblend_catalog(
+        demo.images,
+        peaks=demo.peaks,
+        variance=demo.variance,
+        psf=demo.psfs,
+        executor="serial",
+        config=cfg,
+    )
+    cat = np.asarray(cat)
+    kids = cat[~cat["is_parent"]]
+    added = kids[kids["child_flags"] == "added"]
+    assert len(added) == 1 and added["peak_id"][0] == -1
+    assert not cat["failed"].any()
+    # its own peak, in the image frame, away from every detected peak (the footprint found
+    # by parents_from_peaks decides which residual is the most significant)
+    pos = np.array([added["peak_y"][0], added["peak_x"][0]])
+    assert np.min(np.hypot(*(np.asarray(demo.peaks) - pos).T)) >= 4
+    assert len(kids) == len(demo.peaks) + 1
+    assert sorted(kids["peak_id"][kids["peak_id"] >= 0]) == list(range(len(demo.peaks)))

@@ -52,7 +52,9 @@ child, in model space as the LSST pipeline, ``deblend_blendedness``,
 ``deblend_dataCoverage``, ``deblend_zeroFlux`` (all (B,)), ``deblend_edgePixels``;
 ``chi2_reduced`` (a child's over its convolved footprint, a parent's over its data) and
 ``deblend_runtime`` (ms, parents and their children). The multi-band metrics are NaN for
-the single-band deblender, which has no model.
+the single-band deblender, which has no model. A source the multi-band deblender added from
+the fit's residual (``DeblendConfig.residual_sources``) is a child with ``peak_id`` -1, its
+own peak and ``child_flags`` ``added``.
 
 Results are in parent order whatever the executor, and bit-identical between executors.
 """
@@ -578,6 +580,7 @@ def _summarize_multi(res: Any, task: _Task, cfg: CatalogConfig) -> _Outcome:
     )
     # a source's peak is its peak_id when it carries one, else its position in the list
     peak_id = np.array([s.peak_id for s in bd.sources], dtype=np.int64)
+    peaks, peak_id, flags = _added_sources(res, sources, task.peaks, peak_id)
     extra = _multi_errors_and_metrics(res, n, nb)
     return _Outcome(
         index=task.index,
@@ -585,15 +588,28 @@ def _summarize_multi(res: Any, task: _Task, cfg: CatalogConfig) -> _Outcome:
         loss=float(getattr(res, "loss", np.nan)),
         converged=bool(getattr(res, "converged", False)),
         peak_id=peak_id,
-        peaks=task.peaks[peak_id] + (y0, x0),
+        peaks=peaks + (y0, x0),
         centroids=bd.centroids(),
         flux_model=np.asarray(res.fluxes, dtype=np.float64).reshape(n, nb),
         flux_conserved=np.asarray(res.conserved_fluxes, dtype=np.float64).reshape(n, nb),
         n_components=np.array([len(s.components) for s in sources], dtype=np.int64),
-        child_flags=[""] * n,
+        child_flags=flags,
         blend_data=bd if cfg.persist_models else None,
         **extra,
     )
+
+
+def _added_sources(res: Any, sources: list, peaks: np.ndarray,
+                   peak_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Local peaks, peak ids and child flags of a result's sources: a source added after
+    detection (``DeblendResult.added``, e.g. from the residual) has its own peak, peak id
+    -1 and the flag ``added``."""
+    added = getattr(res, "added", None)
+    added = np.zeros(len(sources), bool) if added is None else np.asarray(added, bool)
+    known = ~added & (peak_id >= 0) & (peak_id < len(peaks))
+    own = np.array([s.peak for s in sources], dtype=np.int64).reshape(-1, 2)
+    local = np.where(known[:, None], peaks[np.where(known, peak_id, 0)], own)
+    return local, np.where(known, peak_id, -1), ["added" if a else "" for a in added]
 
 
 def _multi_errors_and_metrics(res: Any, n: int, nb: int) -> dict[str, Any]:
