@@ -85,7 +85,9 @@ def test_converged_column_has_the_right_sign(scene):
 def test_residual_sources_become_flagged_children():
     demo = cdeblend.load_hsc_cosmos()
     cfg = CatalogConfig(
-        multi_band=DeblendConfig(residual_sources=True, residual_snr=20, residual_max_sources=1)
+        multi_band=DeblendConfig(
+            residual_sources=True, residual_snr=20, residual_max_sources=1, residual_model_ratio=0.0
+        )
     )
     cat, models = deblend_catalog(
         demo.images,

@@ -152,6 +152,10 @@ class DeblendConfig:
         Minimum distance in pixels of a residual peak from every source's peak (4).
     residual_max_sources : int
         At most this many residual sources per blend (5).
+    residual_model_ratio : float
+        Keep a residual peak only where the residual's matched-filter flux is at least this
+        times the model's (1.0): residuals of a detected galaxy's mis-modelled wings lie on
+        its model, a missed source mostly beside it.
     """
 
     max_iter: int = 300
@@ -192,6 +196,7 @@ class DeblendConfig:
     residual_snr: float = 5.0
     residual_min_distance: float = 4.0
     residual_max_sources: int = 5
+    residual_model_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("max_iter", "min_iter", "max_components", "init_padding",
@@ -234,7 +239,7 @@ class DeblendConfig:
 
     def _check_residual_options(self) -> None:
         """Validate the residual-source settings."""
-        for name in ("residual_snr", "residual_min_distance"):
+        for name in ("residual_snr", "residual_min_distance", "residual_model_ratio"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")

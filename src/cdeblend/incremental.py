@@ -166,6 +166,37 @@ def add_sources(result, peaks, seds=None, config=None, max_iter: int | None = No
     )
 
 
+def _matched_filter(obs, planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``sum_b P_b * (w_b x_b)`` and ``sum_b P_b^2 * w_b`` (``*``: correlation with band b's
+    PSF), (H, W) each."""
+    w = np.asarray(obs.weights, dtype=np.float64)
+    psfs = np.asarray(obs.psfs, dtype=np.float64)
+    num = np.zeros(obs.shape[1:])
+    den = np.zeros(obs.shape[1:])
+    for b in range(obs.shape[0]):
+        p = psfs[b][::-1, ::-1]  # correlation = convolution with the flipped PSF
+        num += scipy.signal.fftconvolve(w[b] * planes[b], p, mode="same")
+        den += scipy.signal.fftconvolve(w[b], p * p, mode="same")
+    return num, np.maximum(den, 0.0)
+
+
+def _residual_filters(result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Matched filter of the residual and of the model, and the filter's variance."""
+    obs = result.blend.observation
+    conv = _residual_convolved(result.blend).astype(np.float64)
+    w = np.asarray(obs.weights)
+    r = np.where(w > 0, np.asarray(obs.images, dtype=np.float64) - conv, 0.0)
+    num, den = _matched_filter(obs, r)
+    num_model, _ = _matched_filter(obs, np.where(w > 0, conv, 0.0))
+    return num, num_model, den
+
+
+def _snr(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    return np.divide(
+        num, np.sqrt(den), out=np.zeros_like(num), where=den > 1e-12 * max(den.max(), 1e-300)
+    )
+
+
 def residual_snr_image(result) -> np.ndarray:
     """(H, W) matched-filter S/N of a point source in the residual ``image - conv(model)``.
 
@@ -173,27 +204,16 @@ def residual_snr_image(result) -> np.ndarray:
     band b's PSF ``P_b``: the S/N of one point-source amplitude at each pixel (its square
     is the chi^2 decrease adding the point source brings).
     """
-    obs = result.blend.observation
-    conv = _residual_convolved(result.blend).astype(np.float64)
-    w = np.asarray(obs.weights, dtype=np.float64)
-    r = np.where(w > 0, np.asarray(obs.images, dtype=np.float64) - conv, 0.0)
-    psfs = np.asarray(obs.psfs, dtype=np.float64)
-    num = np.zeros(obs.shape[1:])
-    den = np.zeros(obs.shape[1:])
-    for b in range(obs.shape[0]):
-        p = psfs[b][::-1, ::-1]  # correlation = convolution with the flipped PSF
-        num += scipy.signal.fftconvolve(w[b] * r[b], p, mode="same")
-        den += scipy.signal.fftconvolve(w[b], p * p, mode="same")
-    return np.divide(
-        num,
-        np.sqrt(np.maximum(den, 0.0)),
-        out=np.zeros_like(num),
-        where=den > 1e-12 * max(den.max(), 1e-300),
-    )
+    num, _, den = _residual_filters(result)
+    return _snr(num, den)
 
 
 def residual_peaks(
-    result, snr: float = 5.0, min_distance: float = 4.0, max_sources: int = 5
+    result,
+    snr: float = 5.0,
+    min_distance: float = 4.0,
+    max_sources: int = 5,
+    model_ratio: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Significant local maxima of :func:`residual_snr_image` away from every source.
 
@@ -206,6 +226,11 @@ def residual_peaks(
         Minimum distance (pixels) to every existing source's peak and to each other.
     max_sources : int
         At most this many, the most significant first.
+    model_ratio : float
+        Keep a peak only where the residual's matched-filter flux is at least this times
+        the model's (the model explains at most ``1 / (1 + model_ratio)`` of the light
+        there): the residuals of a model that misses part of a detected galaxy (its
+        wings, a spiral arm) lie on that galaxy's model, a missed source mostly beside it.
 
     Returns
     -------
@@ -214,8 +239,10 @@ def residual_peaks(
     snrs : numpy.ndarray
         (M,) their S/N.
     """
-    s = residual_snr_image(result)
+    num, num_model, den = _residual_filters(result)
+    s = _snr(num, den)
     is_max = (s == scipy.ndimage.maximum_filter(s, size=3, mode="nearest")) & (s >= snr)
+    is_max &= num >= model_ratio * np.maximum(num_model, 0.0)
     ys, xs = np.nonzero(is_max)
     order = np.argsort(-s[ys, xs], kind="stable")
     taken = [tuple(src.peak) for src in result.blend.sources]
@@ -232,11 +259,16 @@ def residual_peaks(
 
 def add_residual_sources(result, config):
     """After a fit: add :func:`residual_peaks` (``config.residual_snr``,
-    ``residual_min_distance``, ``residual_max_sources``) as sources and continue the fit
-    (``config.max_iter`` more iterations at most); the result as it was when none is found.
+    ``residual_min_distance``, ``residual_max_sources``, ``residual_model_ratio``) as
+    sources and continue the fit (``config.max_iter`` more iterations at most); the result
+    as it was when none is found.
     The new sources are marked in ``result.added``."""
     peaks, _ = residual_peaks(
-        result, config.residual_snr, config.residual_min_distance, config.residual_max_sources
+        result,
+        config.residual_snr,
+        config.residual_min_distance,
+        config.residual_max_sources,
+        config.residual_model_ratio,
     )
     if not len(peaks):
         return result
