@@ -9,8 +9,14 @@ default settings) and ``sim_single`` (single-band deblender), the pull
   conserved flux is the noise, so this checks the error formula itself;
 * ``cons|true``: the conserved flux against the source's true flux (deblending error, the
   undetected neighbours' light and the lost wings on top of the noise);
-* ``model|true``: the model flux (``DeblendResult.fluxes``, the single-band template sum)
-  against the true flux, with the Fisher error of the SEDs (template amplitudes).
+* ``model|noise``: the model flux (``DeblendResult.fluxes``, the single-band template sum)
+  against the same deblender's model flux on the noiseless scene, with the Fisher error of
+  the SEDs (template amplitudes) with the morphologies held (``flux_err``): checks whether
+  that error describes the model flux's noise;
+* ``model|true``: the model flux against the true flux, same error;
+* ``model|noise*``, ``model|true*``: the same with the conserved flux's error instead (the
+  error of the image summed with the model's shares: what a free-form morphology, which
+  follows the noise pixel by pixel, leaves of the SED's optimal weighting).
 
 Entries with band S/N >= ``--snr`` (default 20) are binned by the truth blendedness
 ``1 - sum(t_i^2) / sum(t_i T)`` (``T`` the noiseless scene including undetected sources):
@@ -100,7 +106,11 @@ def run_multi(path: str) -> dict:
     blendedness, snr, scene = truth_arrays(data)
     image = np.where(obs.weights > 0, scene, 0.0).astype(obs.dtype)
     noiseless, _ = apportion_flux(image, res._convolved_stack())
+    # the same fit of the noiseless scene: the model flux's truth for its noise alone
+    obs0 = Observation(scene.astype(np.float32), data["variance"], data["psfs"])
+    model0 = Deblender(DeblendConfig()).deblend(obs0, peaks).fluxes
     return dict(
+        model_noiseless=model0,
         cons=res.conserved_fluxes,
         cons_err=res.conserved_flux_err,
         cons_noiseless=noiseless.sums(),
@@ -123,11 +133,16 @@ def run_single(path: str) -> dict:
         img, var, data["psfs"][0], peaks, footprint=np.ones(img.shape, bool)
     )
     blendedness, snr, scene = truth_arrays(data)
+    res0 = SingleBandDeblender(SingleBandConfig()).deblend(
+        scene[0], var, data["psfs"][0], peaks, footprint=np.ones(img.shape, bool)
+    )
     n = len(peaks)
     out = {
         k: np.full((n, 1), np.nan)
-        for k in ("cons", "cons_err", "cons_noiseless", "model", "model_err")
+        for k in ("cons", "cons_err", "cons_noiseless", "model", "model_err", "model_noiseless")
     }
+    for ch in res0.children:
+        out["model_noiseless"][ch.index] = float(np.sum(ch.template))
     for ch in res.children:
         i = ch.index
         out["cons"][i] = ch.flux
@@ -148,11 +163,14 @@ def table(rows: list[dict], snr_min: float, title: str) -> None:
     cat = {k: np.concatenate([r[k] for r in rows]).ravel() for k in rows[0]}
     good = cat["snr"] >= snr_min
     print(f"\n{title}: entries (source x band) with band S/N >= {snr_min:g}")
-    print(f"{'pull':<11} {'blendedness':<11} {'n':>5} {'rstd':>6} {'median':>7} {'extra':>7}")
+    print(f"{'pull':<12} {'blendedness':<11} {'n':>5} {'rstd':>6} {'median':>7} {'extra':>7}")
     kinds = (
         ("cons|noise", "cons", "cons_noiseless", "cons_err"),
         ("cons|true", "cons", "true", "cons_err"),
+        ("model|noise", "model", "model_noiseless", "model_err"),
         ("model|true", "model", "true", "model_err"),
+        ("model|noise*", "model", "model_noiseless", "cons_err"),
+        ("model|true*", "model", "true", "cons_err"),
     )
     for name, f, t, s in kinds:
         for lo, hi, label in BINS:
@@ -162,7 +180,7 @@ def table(rows: list[dict], snr_min: float, title: str) -> None:
             pull = (fv - tv) / sv
             extra = extra_error(fv, cat["true"][sel], sv) if t == "true" else float("nan")
             print(
-                f"{name:<11} {label:<11} {sel.sum():>5} {robust_std(pull):>6.2f} "
+                f"{name:<12} {label:<11} {sel.sum():>5} {robust_std(pull):>6.2f} "
                 f"{np.median(pull) if pull.size else np.nan:>7.2f} {extra:>7.3f}"
             )
 
