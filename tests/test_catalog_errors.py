@@ -108,3 +108,10 @@ def test_residual_sources_become_flagged_children():
     assert np.min(np.hypot(*(np.asarray(demo.peaks) - pos).T)) >= 4
     assert len(kids) == len(demo.peaks) + 1
     assert sorted(kids["peak_id"][kids["peak_id"] >= 0]) == list(range(len(demo.peaks)))
+
+
+def test_metrics_can_be_turned_off(scene):
+    cat = run(scene, metrics=False)
+    kids = cat[~cat["is_parent"]]
+    assert np.isnan(kids["flux_model_err"]).all() and np.isnan(kids["chi2_reduced"]).all()
+    assert np.all(cat[cat["is_parent"]]["flux_conserved_err"] > 0)
