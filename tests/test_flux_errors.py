@@ -83,6 +83,10 @@ def test_single_band_errors_from_the_childrens_shares():
         t[ya:yb, xa:xb] = ch.template[ya - ty0 : yb - ty0, xa - tx0 : xb - tx0]
         templates.append((t, ch.template.sum()))
     # the templates' amplitudes fitted jointly: sigma_i^2 = (sum T_i)^2 (F^-1)_ii
+    np.testing.assert_array_equal(res.flux_err, [c.flux_err for c in res.children])
+    np.testing.assert_array_equal(
+        res.template_flux_err, [c.template_flux_err for c in res.children]
+    )
     F = np.array([[np.sum(ti * tj / var) for tj, _ in templates] for ti, _ in templates])
     cov = np.linalg.inv(F)
     for k, ch in enumerate(res.children):
@@ -241,3 +245,9 @@ def test_model_error_pulls_on_noise_realisations():
     pulls = (flux - true) / sigma
     np.testing.assert_allclose(pulls.std(axis=0), 1.0, atol=0.05)
     assert abs(robust_std(pulls[:, 0]) - 1) < 0.08  # MAD-based: ~1.7 % standard error
+
+
+def test_conserved_errors_reject_mismatched_bands():
+    stack = FlatStack.from_arrays([np.ones((2, 3, 3))], [(0, 0, 3, 3)])
+    with pytest.raises(ValueError, match="variance has 3 bands"):
+        conserved_flux_errors(stack, np.ones((3, 5, 5)))

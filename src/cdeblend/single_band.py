@@ -321,6 +321,22 @@ class SingleBandResult:
             _paste(out[c.index], c.conserved, c.box)
         return out
 
+    @property
+    def flux_err(self) -> np.ndarray:
+        """(N_peaks,) :attr:`Child.flux_err` of each peak's child (NaN without a child)."""
+        out = np.full(self.n_peaks, np.nan)
+        for c in self.children:
+            out[c.index] = c.flux_err
+        return out
+
+    @property
+    def template_flux_err(self) -> np.ndarray:
+        """(N_peaks,) :attr:`Child.template_flux_err` of each peak's child (NaN without)."""
+        out = np.full(self.n_peaks, np.nan)
+        for c in self.children:
+            out[c.index] = c.template_flux_err
+        return out
+
     def templates(self) -> np.ndarray:
         """(N_peaks, H, W) dense final templates (the parts inside the image)."""
         out = np.zeros((self.n_peaks,) + tuple(self.shape), dtype=np.float64)
