@@ -108,6 +108,8 @@ def test_a_spawned_process_pool_gives_the_serial_catalog():
     assert int(np.sum(~np.asarray(ref["is_parent"]))) >= 4  # children were made
     names = getattr(ref, "colnames", None) or ref.dtype.names  # Table or structured array
     for name in names:
+        if name == "deblend_runtime":  # wall-clock time: never the same twice
+            continue
         np.testing.assert_array_equal(np.asarray(cat[name]), np.asarray(ref[name]))
     assert sorted(md.blends) == sorted(ref_md.blends)
     for pid, blend in ref_md.blends.items():

@@ -803,6 +803,10 @@ def assemble_reference(checked, ids, boxes, stats, reasons, outcomes, kind, nb):
         prow["masked_fraction"] = stats.masked_fraction[k]
         prow["flux_model"] = prow["flux_conserved"] = prow["flux_unassigned"] = np.nan
         prow["deblender"], prow["iterations"], prow["loss"] = "none", -1, np.nan
+        prow["flux_conserved_err"] = stats.flux_err[k]
+        prow["flux_model_err"] = prow["chi2_reduced"] = prow["deblend_runtime"] = np.nan
+        for name in catalog._BAND_METRICS:
+            prow[name] = np.nan
         r += 1
         if k in outcomes:
             prow["deblender"] = kind
@@ -824,6 +828,7 @@ def assemble_reference(checked, ids, boxes, stats, reasons, outcomes, kind, nb):
         prow["flux_unassigned"] = stats.flux[k] - o.flux_conserved.sum(axis=0)
         if n == 0 and len(local) == 1 and not o.parent_flags:
             prow["flux_conserved"], prow["flux_unassigned"] = stats.flux[k], 0.0
+        prow["chi2_reduced"], prow["deblend_runtime"] = o.chi2_reduced, o.runtime
         for i in range(n):
             row = cat[r + i]
             row["id"], row["parent_id"], row["n_peaks"] = next_id + i, pid, 1
@@ -837,6 +842,15 @@ def assemble_reference(checked, ids, boxes, stats, reasons, outcomes, kind, nb):
             row["iterations"], row["loss"], row["converged"] = o.iterations, o.loss, o.converged
             row["zero_flux"] = np.all(o.flux_conserved[i] == 0)
             row["child_flags"] = o.child_flags[i]
+            row["deblend_runtime"] = o.runtime
+            for name, value in (("flux_conserved_err", o.flux_conserved_err),
+                                ("flux_model_err", o.flux_model_err)):
+                row[name] = np.nan if value is None else value[i]
+            m = o.metrics or {}
+            for name in (*catalog._BAND_METRICS, "chi2_reduced"):
+                row[name] = m[name][i] if name in m else np.nan
+            for name in ("deblend_zeroFlux", "deblend_edgePixels"):
+                row[name] = m[name][i] if name in m else False
         next_id += n
         r += n
     return cat

@@ -73,7 +73,21 @@ are written to and read back from FITS.
 
 Rows are sorted by ``id``: the parents (their own ids, increasing), then the children,
 numbered after the largest parent id in parent order (a parent's children are consecutive
-rows). Results are the same whatever the executor, and bit-identical between executors.
+rows). Results are the same whatever the executor, and bit-identical between executors
+(except ``deblend_runtime``, a wall-clock time).
+
+Uncertainties and metrics (units and descriptions in :data:`cdeblend.metrics.CATALOG_COLUMNS`):
+``flux_conserved_err (B,)`` (a child's from the variance and its pixel shares; a parent's:
+of ``flux_footprint``, fitted or not), ``flux_model_err (B,)`` (Fisher error of the SEDs
+with the morphologies held; the single-band template amplitude's; NaN for parents), and per
+child, in model space as the LSST pipeline, ``deblend_blendedness``,
+``deblend_fluxOverlap``, ``deblend_fluxOverlapFraction``, ``deblend_maxOverlap``,
+``deblend_dataCoverage``, ``deblend_zeroFlux`` (all (B,)), ``deblend_edgePixels``;
+``chi2_reduced`` (a child's over its convolved footprint, a parent's over its data) and
+``deblend_runtime`` (ms, parents and their children). The multi-band metrics are NaN for
+the single-band deblender, which has no model. A source the multi-band deblender added from
+the fit's residual (``DeblendConfig.residual_sources``) is a child with ``peak_id`` -1, its
+own peak and ``child_flags`` ``added``.
 """
 
 from __future__ import annotations
@@ -178,6 +192,10 @@ class CatalogConfig:
         ``DeblendConfig`` handed to the multi-band deblender (None = its defaults).
     single_band : object or None
         ``SingleBandConfig`` handed to the single-band deblender (None = its defaults).
+    metrics : bool
+        Fill the multi-band children's flux-error and metric columns (True; on the
+        simulations they cost about a quarter of a small blend's fit). False leaves them
+        NaN (the parents' footprint flux errors are always filled).
     """
 
     deblender: str = "auto"
@@ -197,6 +215,7 @@ class CatalogConfig:
     detection: Any = None
     multi_band: Any = None
     single_band: Any = None
+    metrics: bool = True
 
     def __post_init__(self) -> None:
         if self.deblender not in ("auto", "multi", "single"):
@@ -431,6 +450,12 @@ class _Outcome:
     blend_data: BlendData | None = None
     skip_reason: str = ""  # a catalog skip flag from the deblender's own skip decision
     parent_flags: str = ""  # the deblender's parent flags, as it reported them
+    # uncertainties and metrics (cdeblend.metrics); None = not available (NaN columns)
+    flux_model_err: np.ndarray | None = None
+    flux_conserved_err: np.ndarray | None = None
+    metrics: dict[str, np.ndarray] | None = None
+    chi2_reduced: float = float("nan")
+    runtime: float = float("nan")
 
 
 def _check_parent(p: Any, i: int, shape: tuple[int, int]) -> tuple[Any, tuple, np.ndarray, Any]:
@@ -635,6 +660,8 @@ def _summarize_multi(res: Any, task: _Task, cfg: CatalogConfig) -> _Outcome:
     if fallback:
         logger.warning("fit of parent %s failed (%s); kept its fallback model", task.parent_id,
                        getattr(res, "error", ""))
+    peaks, peak_id, flags = _added_sources(res, sources, task.peaks, peak_id)
+    extra = _multi_errors_and_metrics(res, n, nb) if cfg.metrics else {}
     return _Outcome(
         index=task.index,
         fallback=fallback,
@@ -643,13 +670,52 @@ def _summarize_multi(res: Any, task: _Task, cfg: CatalogConfig) -> _Outcome:
         loss=float(getattr(res, "loss", np.nan)),
         converged=bool(getattr(res, "converged", False)),
         peak_id=peak_id,
-        peaks=task.peaks[peak_id] + (y0, x0),
+        peaks=peaks + (y0, x0),
         centroids=bd.centroids(),
         flux_model=np.asarray(res.fluxes, dtype=np.float64).reshape(n, nb),
         flux_conserved=np.asarray(res.conserved_fluxes, dtype=np.float64).reshape(n, nb),
         n_components=np.array([len(s.components) for s in sources], dtype=np.int64),
-        child_flags=[""] * n,
+        child_flags=flags,
         blend_data=bd if cfg.persist_models else None,
+        **extra,
+    )
+
+
+def _added_sources(res: Any, sources: list, peaks: np.ndarray,
+                   peak_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Local peaks, peak ids and child flags of a result's sources: a source added after
+    detection (``DeblendResult.added``, e.g. from the residual) has its own peak, peak id
+    -1 and the flag ``added``."""
+    added = getattr(res, "added", None)
+    added = np.zeros(len(sources), bool) if added is None else np.asarray(added, bool)
+    if not added.any():
+        return peaks[peak_id], peak_id, [""] * len(sources)
+    local = peaks[np.where(added, 0, peak_id)]
+    local[added] = [sources[i].peak for i in np.flatnonzero(added)]
+    return local, np.where(added, -1, peak_id), ["added" if a else "" for a in added]
+
+
+def _multi_errors_and_metrics(res: Any, n: int, nb: int) -> dict[str, Any]:
+    """The flux errors and metrics of a multi-band result, as :class:`_Outcome` fields
+    (none for a result of another deblender that lacks them)."""
+    if not hasattr(res, "metrics"):
+        return {}
+    m = res.metrics()
+    return dict(
+        flux_model_err=np.asarray(res.flux_err, dtype=np.float64).reshape(n, nb),
+        flux_conserved_err=np.asarray(res.conserved_flux_err, dtype=np.float64).reshape(n, nb),
+        metrics={
+            "deblend_blendedness": m.blendedness,
+            "deblend_fluxOverlap": m.flux_overlap,
+            "deblend_fluxOverlapFraction": m.flux_overlap_fraction,
+            "deblend_maxOverlap": m.max_overlap,
+            "deblend_dataCoverage": m.data_coverage,
+            "deblend_edgePixels": m.edge_pixels,
+            "deblend_zeroFlux": m.zero_flux,
+            "chi2_reduced": m.chi2_reduced,
+        },
+        chi2_reduced=m.parent_chi2_reduced,
+        runtime=1e3 * m.runtime,
     )
 
 
@@ -684,6 +750,10 @@ def _summarize_single(res: Any, task: _Task) -> _Outcome:
     peaks, peak_id, cents = [], [], []
     f_model = np.full((n, 1), np.nan)
     f_cons = np.zeros((n, 1))
+    e_model = np.array([getattr(ch, "template_flux_err", np.nan) for ch in children],
+                       dtype=np.float64).reshape(n, 1)
+    e_cons = np.array([getattr(ch, "flux_err", np.nan) for ch in children],
+                      dtype=np.float64).reshape(n, 1)
     for i, ch in enumerate(children):
         py, px = (int(v) for v in ch.peak)
         match = np.flatnonzero((task.peaks[:, 0] == py) & (task.peaks[:, 1] == px))
@@ -716,6 +786,9 @@ def _summarize_single(res: Any, task: _Task) -> _Outcome:
         n_components=np.ones(n, dtype=np.int64),
         child_flags=[_flag_names(getattr(ch, "flags", None)) for ch in children],
         parent_flags=_flag_names(getattr(res, "flags", None)),
+        flux_model_err=e_model,
+        flux_conserved_err=e_cons,
+        metrics={"deblend_zeroFlux": f_cons == 0},
     )
 
 
@@ -962,6 +1035,8 @@ def _catalog_dtype(nb: int, flag_width: int, parent_flag_width: int = 1) -> np.d
             ("flux_conserved", "f8", (nb,)),
             ("flux_footprint", "f8", (nb,)),
             ("flux_unassigned", "f8", (nb,)),
+            ("flux_conserved_err", "f8", (nb,)),
+            ("flux_model_err", "f8", (nb,)),
             ("masked_fraction", "f8"),
             ("deblender", "U6"),
             ("iterations", "i4"),
@@ -973,8 +1048,23 @@ def _catalog_dtype(nb: int, flag_width: int, parent_flag_width: int = 1) -> np.d
             ("zero_flux", "?"),
             ("child_flags", f"U{max(flag_width, 1)}"),
             ("deblender_flags", f"U{max(parent_flag_width, 1)}"),
+            *[(name, "f8", (nb,)) for name in _BAND_METRICS],
+            ("deblend_zeroFlux", "?", (nb,)),
+            ("deblend_edgePixels", "?"),
+            ("chi2_reduced", "f8"),
+            ("deblend_runtime", "f8"),
         ]
     )
+
+
+#: Per-band float metrics of the children (cdeblend.metrics), NaN where not computed.
+_BAND_METRICS = (
+    "deblend_blendedness",
+    "deblend_fluxOverlap",
+    "deblend_fluxOverlapFraction",
+    "deblend_maxOverlap",
+    "deblend_dataCoverage",
+)
 
 
 @dataclass
@@ -984,6 +1074,7 @@ class _ParentStats:
     flux: np.ndarray  # (P, B) each band summed over the footprint
     centroid: np.ndarray  # (P, 2) (y, x) of the positive band-summed image, NaN if none
     masked_fraction: np.ndarray  # (P,) masked share of the footprint's pixels
+    flux_err: np.ndarray | None = None  # (P, B) standard deviation of ``flux``
 
 
 def _parent_stats(frame: _Frame, boxes: np.ndarray, footprints: list[np.ndarray]) -> _ParentStats:
@@ -1004,6 +1095,23 @@ def _parent_stats(frame: _Frame, boxes: np.ndarray, footprints: list[np.ndarray]
                                counts)
     # the division of Python's float(masked) / max(pixels, 1), in bulk
     return _ParentStats(flux, centroid, counts[:, 1] / np.maximum(counts[:, 0], 1))
+
+
+def _footprint_flux_err(frame: _Frame, boxes: np.ndarray,
+                        footprints: list[np.ndarray]) -> np.ndarray:
+    """(P, B) standard deviation of each parent's footprint flux: the variance summed over
+    its unmasked footprint pixels (non-finite or negative variance counts as no data)."""
+    nb = frame.images.shape[0]
+    out = np.zeros((len(footprints), nb))
+    for k, fp in enumerate(footprints):
+        y0, x0, h, w = (int(v) for v in boxes[k])
+        var = np.asarray(frame.variance[:, y0:y0 + h, x0:x0 + w], dtype=np.float64)
+        keep = np.asarray(fp, dtype=bool).reshape(h, w)
+        if frame.mask is not None:
+            keep = keep & ~np.asarray(frame.mask[y0:y0 + h, x0:x0 + w], dtype=bool)
+        good = keep[None] & np.isfinite(var) & (var >= 0)
+        out[k] = np.sqrt(np.where(good, var, 0.0).sum(axis=(1, 2)))
+    return out
 
 
 def _assemble(
@@ -1048,6 +1156,9 @@ def _assemble(
         flux_conserved=np.nan, flux_footprint=stats.flux, flux_unassigned=np.nan,
         masked_fraction=stats.masked_fraction, deblender="none", iterations=-1, loss=np.nan,
         skipped=[bool(r) for r in reasons],
+        flux_conserved_err=np.nan if stats.flux_err is None else stats.flux_err,
+        flux_model_err=np.nan, chi2_reduced=np.nan, deblend_runtime=np.nan,
+        **{name: np.nan for name in _BAND_METRICS},
     )
     for flag in (f for f in _FLAGS if f.startswith("skipped_")):
         fill(prow, **{flag: [r == flag for r in reasons]})
@@ -1068,6 +1179,7 @@ def _assemble(
         fallback=[o.fallback for o in outs], error=[o.error for o in outs],
         flux_model=np.array([o.flux_model.sum(axis=0) for o in outs]).reshape(-1, nb),
         flux_conserved=f_cons, flux_unassigned=stats.flux[done] - f_cons,
+        chi2_reduced=[o.chi2_reduced for o in outs], deblend_runtime=[o.runtime for o in outs],
     )
     lone = [k for k in done if n_kids[k] == 0 and len(checked[k][3]) == 1
             and not outcomes[k].parent_flags]
@@ -1098,8 +1210,34 @@ def _assemble(
         fallback=np.repeat([o.fallback for o in outs], n),
         zero_flux=np.all(cons == 0, axis=1),
         child_flags=[s for o in outs for s in o.child_flags],
+        deblend_runtime=np.repeat([o.runtime for o in outs], n),
     )
+    _fill_child_errors_and_metrics(cat, krow, outs, nb)
     return cat
+
+
+def _fill_child_errors_and_metrics(cat: np.ndarray, krow: np.ndarray, outs: list[_Outcome],
+                                   nb: int) -> None:
+    """The children's flux errors and metrics columns (NaN where a deblender has none)."""
+    def stacked(get: Callable[[_Outcome, int], Any], shape: tuple, fill: Any) -> np.ndarray:
+        parts = []
+        for o in outs:
+            n = len(o.peak_id)
+            v = get(o, n)
+            parts.append(np.full((n, *shape), fill) if v is None else
+                         np.asarray(v).reshape(n, *shape))
+        return np.concatenate(parts) if parts else np.zeros((0, *shape))
+
+    cat["flux_conserved_err"][krow] = stacked(lambda o, n: o.flux_conserved_err, (nb,), np.nan)
+    cat["flux_model_err"][krow] = stacked(lambda o, n: o.flux_model_err, (nb,), np.nan)
+    def metric(name: str) -> Callable[[_Outcome, int], Any]:
+        return lambda o, n: None if o.metrics is None else o.metrics.get(name)
+
+    for name in _BAND_METRICS:
+        cat[name][krow] = stacked(metric(name), (nb,), np.nan)
+    cat["deblend_zeroFlux"][krow] = stacked(metric("deblend_zeroFlux"), (nb,), False)
+    cat["deblend_edgePixels"][krow] = stacked(metric("deblend_edgePixels"), (), False)
+    cat["chi2_reduced"][krow] = stacked(metric("chi2_reduced"), (), np.nan)
 
 
 def _collect_models(
@@ -1304,6 +1442,7 @@ def _deblend_frame(observation_or_image: Any, frame: _Frame, kind: str, peaks: A
     # every parent's footprint flux, centroid and masked fraction in one pass over the image
     boxes = np.array([c[1] for c in checked], dtype=np.int64).reshape(-1, 4)
     stats = _parent_stats(frame, boxes, [c[2] for c in checked])
+    stats.flux_err = _footprint_flux_err(frame, boxes, [c[2] for c in checked])
     masked = stats.masked_fraction.tolist()
     tasks: list[_Task] = []
     reasons: list[str] = []

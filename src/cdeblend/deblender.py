@@ -147,6 +147,23 @@ class DeblendConfig:
         a PSF-shaped component per peak with SEDs fitted by non-negative least squares
         (:mod:`cdeblend.fallback`), flagged ``DeblendResult.fallback`` with the error text
         in ``DeblendResult.error``. False re-raises.
+
+    Residual sources
+    ----------------
+    residual_sources : bool
+        After the fit, turn significant point-like residuals away from every source into
+        new sources and continue the fit (False). They come after the detected sources and
+        are marked in :attr:`DeblendResult.added`; see :mod:`cdeblend.incremental`.
+    residual_snr : float
+        Minimum matched-filter S/N of a residual peak (5).
+    residual_min_distance : float
+        Minimum distance in pixels of a residual peak from every source's peak (4).
+    residual_max_sources : int
+        At most this many residual sources per blend (5).
+    residual_model_ratio : float
+        Keep a residual peak only where the residual's matched-filter flux is at least this
+        times the model's (1.0): residuals of a detected galaxy's mis-modelled wings lie on
+        its model, a missed source mostly beside it.
     """
 
     max_iter: int = 300
@@ -184,6 +201,11 @@ class DeblendConfig:
     rescue_fraction: float = 0.5
     rescue_rounds: int = 2
     fallback: bool = True
+    residual_sources: bool = False
+    residual_snr: float = 5.0
+    residual_min_distance: float = 4.0
+    residual_max_sources: int = 5
+    residual_model_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("max_iter", "min_iter", "max_components", "init_padding",
@@ -218,9 +240,21 @@ class DeblendConfig:
             v = getattr(self, name)
             if v is not None and not (np.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be >= 0 or None, got {v!r}")
+        self._check_residual_options()
         if self.monotonicity_size < 3 or self.monotonicity_size % 2 == 0:
             raise ValueError(f"monotonicity_size must be odd and >= 3, "
                              f"got {self.monotonicity_size}")
+
+
+    def _check_residual_options(self) -> None:
+        """Validate the residual-source settings."""
+        for name in ("residual_snr", "residual_min_distance", "residual_model_ratio"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        v = self.residual_max_sources
+        if not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"residual_max_sources must be a non-negative integer, got {v!r}")
 
 
 @dataclass
@@ -253,6 +287,9 @@ class DeblendResult:
         PSF-shaped component per peak, SEDs by non-negative least squares.
     error : str
         ``"ExceptionName: message"`` of what the fit raised ("" when it did not).
+    added : numpy.ndarray or None
+        (N,) bool: sources added after detection (:meth:`Deblender.add_source`, or residual
+        peaks with ``DeblendConfig.residual_sources``); None when there are none.
     """
 
     blend: Blend
@@ -269,6 +306,7 @@ class DeblendResult:
     _conv: FlatStack | None = field(default=None, repr=False)
     _snapshot: PackedComponents | None = field(default=None, repr=False)
     _conserved: FlatStack | None = field(default=None, repr=False)
+    added: np.ndarray | None = None
 
     # -- per-source products
     def _packed_now(self) -> PackedComponents:
@@ -335,6 +373,40 @@ class DeblendResult:
         """(N, B) flux of each conserved (re-apportioned) child."""
         return self.conserved().sums()
 
+    # -- uncertainties and metrics (cdeblend.metrics)
+    @property
+    def conserved_flux_err(self) -> np.ndarray:
+        """(N, B) standard deviation of :attr:`conserved_fluxes` from the variance plane.
+
+        ``sqrt(sum_p s_i(p)^2 V(p))`` with ``s_i`` the child's share of pixel ``p`` (the
+        shares held fixed; pixels without data excluded); see :mod:`cdeblend.metrics`.
+        """
+        from .metrics import conserved_flux_errors, variance_plane
+
+        return conserved_flux_errors(self._convolved_stack(),
+                                     variance_plane(self.blend.observation))
+
+    @property
+    def flux_err(self) -> np.ndarray:
+        """(N, B) standard deviation of :attr:`fluxes` from the SED fit's Fisher matrix with
+        the morphologies held (NaN for a flux the data do not constrain)."""
+        from .metrics import model_flux_errors
+
+        return model_flux_errors(self)
+
+    def add_source(self, peak, sed=None, config: DeblendConfig | None = None,
+                   max_iter: int | None = None) -> DeblendResult:
+        """Add a source at ``peak`` (optionally with its (B,) model flux ``sed``) and
+        continue the fit; see :meth:`Deblender.add_source`."""
+        return Deblender(config).add_source(self, peak, sed, max_iter)
+
+    def metrics(self):
+        """The deblending metrics (blendedness, flux overlap, chi^2, coverage, ...) of the
+        fitted blend: a :class:`cdeblend.metrics.BlendMetrics`."""
+        from .metrics import blend_metrics
+
+        return blend_metrics(self)
+
 
 class Deblender:
     """The multi-band (scarlet lite) deblender.
@@ -389,9 +461,49 @@ class Deblender:
 
             return fallback_result(observation, peaks, self.config, exc)
         t2 = time.perf_counter()
-        return DeblendResult(blend, loss, history, it, converged, info["snr"],
-                             {"init": t1 - t0, "fit": t2 - t1}, info["spectrum_init"],
-                             stats.get("rescued", 0))
+        result = DeblendResult(blend, loss, history, it, converged, info["snr"],
+                               {"init": t1 - t0, "fit": t2 - t1}, info["spectrum_init"],
+                               stats.get("rescued", 0))
+        if self.config.residual_sources:
+            result = self._with_residual_sources(result)
+        return result
+
+    def _with_residual_sources(self, result: DeblendResult) -> DeblendResult:
+        """Add the fit's significant residual peaks as sources and continue
+        (``DeblendConfig.residual_sources``)."""
+        from .incremental import add_residual_sources
+
+        return add_residual_sources(result, self.config)
+
+    def add_source(self, result: DeblendResult, peak, sed=None,
+                   max_iter: int | None = None) -> DeblendResult:
+        """Add one or more sources to a fitted or reloaded blend and continue its fit.
+
+        The other sources start from their fitted SEDs and morphologies (nothing is
+        re-initialised; the ADAM moments start afresh) and the flux is re-apportioned among
+        all sources. ``result`` itself is not modified.
+
+        Parameters
+        ----------
+        result : DeblendResult
+            From :meth:`deblend` or :meth:`cdeblend.ModelData.rebuild` (pass the deblender's
+            config to ``rebuild`` or this one's ``bg_thresh`` is used for the components).
+        peak : array_like
+            (y, x), or (M, 2) for several sources, in the blend's frame.
+        sed : array_like, optional
+            (B,) or (M, B) model flux per band; default: a point source's flux fitted to
+            the residual at the peak.
+        max_iter : int, optional
+            Iterations of the continued fit (default: ``config.max_iter``).
+
+        Returns
+        -------
+        DeblendResult
+            With the new sources last, marked in ``added``.
+        """
+        from .incremental import add_sources
+
+        return add_sources(result, peak, sed, self.config, max_iter)
 
 
     def deblend_arrays(self, images, variance, psfs, peaks, bands=None, weights=None,

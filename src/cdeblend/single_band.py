@@ -259,6 +259,14 @@ class Child:
         chi^2 and dof of fits 1, 2 and 2b, when they ran.
     stages : dict
         Intermediate templates ``name -> (box, values)`` when ``keep_stages`` is on.
+    flux_err : float
+        Standard deviation of ``flux`` from the variance: ``sqrt(sum_p s(p)^2 V(p))`` with
+        ``s`` the child's share of each pixel (shares held fixed; pixels without data
+        excluded). See :mod:`cdeblend.metrics`.
+    template_flux_err : float
+        Standard deviation of the template's flux (its sum) when the templates' amplitudes
+        are fitted jointly to the image by weighted least squares with their shapes held
+        (NaN when the data do not constrain it).
     """
 
     index: int
@@ -276,6 +284,8 @@ class Child:
     psf_center: tuple[float, float] | None = None
     psf_fit: dict[str, Any] = field(default_factory=dict)
     stages: dict[str, Any] = field(default_factory=dict)
+    flux_err: float = float("nan")
+    template_flux_err: float = float("nan")
 
 
 @dataclass
@@ -337,6 +347,22 @@ class SingleBandResult:
         out = np.zeros((self.n_peaks,) + tuple(self.shape), dtype=self.dtype)
         for c in self.children:
             _paste(out[c.index], c.conserved, c.box)
+        return out
+
+    @property
+    def flux_err(self) -> np.ndarray:
+        """(N_peaks,) :attr:`Child.flux_err` of each peak's child (NaN without a child)."""
+        out = np.full(self.n_peaks, np.nan)
+        for c in self.children:
+            out[c.index] = c.flux_err
+        return out
+
+    @property
+    def template_flux_err(self) -> np.ndarray:
+        """(N_peaks,) :attr:`Child.template_flux_err` of each peak's child (NaN without)."""
+        out = np.full(self.n_peaks, np.nan)
+        for c in self.children:
+            out[c.index] = c.template_flux_err
         return out
 
     def templates(self) -> np.ndarray:
@@ -1368,6 +1394,8 @@ class _Run:
             final_fp = final_fp & ~unclaimed
         children: list[Child] = []
         dtype = self.image.dtype
+        cons_err, tmpl_err = self._flux_errors(act, boxes, flat, pmask, pimg, stray_vals,
+                                               cy, cx)
         for k, i in enumerate(act):
             t = self.templates[i]
             b = boxes[k]
@@ -1396,11 +1424,14 @@ class _Run:
             if sv is not None:
                 cons[sy - cbox[0], sx - cbox[1]] += sv
             children.append(self._child(i, t, cons.astype(dtype, copy=False), cbox, sflags))
+            children[-1].flux_err = float(cons_err[k])
+            children[-1].template_flux_err = float(tmpl_err[k])
         if cfg.propagate_all_peaks:
             for i in range(self.N):
                 if self.templates[i] is None or self.skipped[i]:
                     cons = np.zeros((pb[2], pb[3]), dtype=dtype)
                     children.append(self._zero_child(i, cons))
+                    children[-1].flux_err = 0.0
             children.sort(key=lambda c: c.index)
         tsum_out = tsum2 if cfg.get_template_sum else None
         unassigned = unassigned.astype(dtype, copy=False)
@@ -1418,6 +1449,33 @@ class _Run:
             template_sum=tsum_out,
             dtype=dtype,
         )
+
+    def _flux_errors(self, act, boxes, flat, pmask, pimg, stray_vals, cy, cx):
+        """(n_active,) standard deviations of the children's conserved fluxes and of their
+        templates' fluxes (see :class:`Child`), from the variance on the parent box."""
+        from .apportion import FlatStack
+        from .metrics import conserved_flux_errors, fisher_flux_errors
+
+        pb = self.frame.pbox
+        sl = (slice(pb[0], pb[0] + pb[2]), slice(pb[1], pb[1] + pb[3]))
+        var = np.asarray(self.frame.variance[sl], dtype=np.float64)
+        good = np.isfinite(var) & (var > 0) & (pmask != 0)
+        if self.frame.mask is not None:
+            good &= ~np.asarray(self.frame.mask[sl], dtype=bool)
+        var = np.where(good, var, 0.0)
+        n = len(act)
+        if n == 0:
+            return np.zeros(0), np.zeros(0)
+        flat = np.ascontiguousarray(flat, dtype=np.float64)
+        stack = FlatStack(flat, boxes, 1)
+        cons2 = conserved_flux_errors(stack, var[None], pmask)[:, 0] ** 2
+        if stray_vals is not None and cy is not None and cy.size:
+            # a stray pixel's share is the part of its value the child received
+            share = stray_vals / np.where(pimg[cy, cx] != 0, pimg[cy, cx], 1.0)[None]
+            cons2 += (share**2 * var[cy, cx][None]).sum(axis=1)
+        ivar = np.divide(1.0, var, out=np.zeros_like(var), where=var > 0)
+        tmpl = fisher_flux_errors(stack, ivar[None], stack.sums()[:, 0], np.arange(n), n)
+        return np.sqrt(cons2), tmpl[:, 0]
 
     def _stray(self, act, boxes, cy, cx, values) -> np.ndarray:
         """(n_active, n_candidates) stray values given to each active child."""

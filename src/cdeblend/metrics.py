@@ -1,0 +1,431 @@
+"""Flux uncertainties and the deblending metrics of a fitted blend.
+
+Two kinds of flux error, per child and band:
+
+* the **conserved** flux ``F_i = sum_p s_i(p) I(p)``, with the child's share
+  ``s_i = max(0, T_i) / sum_j max(0, T_j)`` of each pixel, has the variance
+  ``sum_p s_i(p)^2 V(p)`` when the shares are held fixed (pixels without data, weight 0,
+  count neither in the flux nor in its variance);
+* the **model** flux, linear in the SEDs when the morphologies are held, has the variance
+  ``g^T F^-1 g`` from the Fisher matrix ``F_kl = sum_p C_k(p) C_l(p) / V(p)`` of the
+  components' PSF-convolved unit-SED morphologies ``C_k`` (one matrix per band) and
+  ``g_k`` the morphology sums of the source's components.
+
+Both are the statistical (noise) errors only: the error of the shares or of the
+morphologies themselves (deblending error) is on top; ``bench/flux_errors.py`` measures
+both on simulations.
+
+The metrics follow the LSST pipeline's definitions (scarlet lite's ``setDeblenderMetrics``:
+model space, per band), see :func:`blend_metrics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _adam_cy, _apportion_cy
+from .apportion import FlatStack
+
+__all__ = [
+    "CATALOG_COLUMNS",
+    "BlendMetrics",
+    "blend_metrics",
+    "conserved_flux_errors",
+    "fisher_flux_errors",
+    "model_flux_errors",
+    "variance_plane",
+]
+
+#: Unit and description of the catalog columns this module fills (name -> (unit, text)).
+CATALOG_COLUMNS: dict[str, tuple[str, str]] = {
+    "flux_conserved_err": (
+        "image",
+        "Standard deviation of flux_conserved from the variance plane and the child's share "
+        "of each pixel (shares held fixed; noise only); a parent's: of its footprint flux",
+    ),
+    "flux_model_err": (
+        "image",
+        "Standard deviation of flux_model from the SED fit's Fisher matrix with the "
+        "morphologies held (noise only); NaN when the flux is unconstrained",
+    ),
+    "deblend_blendedness": (
+        "",
+        "Bosch et al. 2018 blendedness 1 - sum(m^2) / sum(m M) of the child's model m and "
+        "the sum M of its parent's models (model space, per band)",
+    ),
+    "deblend_fluxOverlap": (
+        "image",
+        "Model flux of the neighbours inside the child's model footprint (per band)",
+    ),
+    "deblend_fluxOverlapFraction": (
+        "",
+        "deblend_fluxOverlap / the child's model flux (per band; NaN for zero model flux)",
+    ),
+    "deblend_maxOverlap": (
+        "image",
+        "Largest neighbours' model value in one pixel of the child's model footprint",
+    ),
+    "deblend_dataCoverage": (
+        "",
+        "Fraction of the child's PSF-convolved model footprint with data (non-zero weight)",
+    ),
+    "deblend_edgePixels": (
+        "",
+        "The child's model has flux on the edge of its parent's box",
+    ),
+    "deblend_zeroFlux": (
+        "",
+        "No conserved flux was given to the child in this band",
+    ),
+    "chi2_reduced": (
+        "",
+        "sum(w (image - model)^2) / number of data values, over the child's convolved model "
+        "footprint (children) or the parent's data (parents); no parameter is subtracted",
+    ),
+    "deblend_runtime": ("ms", "Wall-clock time of the parent's deblend (init + fit)"),
+}
+
+
+def variance_plane(observation) -> np.ndarray:
+    """(B, H, W) float64 variance of the pixels with data, 0 elsewhere.
+
+    A pixel has data when its weight is positive; its variance is the observation's
+    ``variance`` there (non-finite values count as no data).
+    """
+    var = np.asarray(observation.variance, dtype=np.float64)
+    good = (np.asarray(observation.weights) > 0) & np.isfinite(var)
+    return np.where(good, var, 0.0)
+
+
+def conserved_flux_errors(
+    templates: FlatStack, variance: np.ndarray, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """Standard deviation of each child's conserved flux, per band.
+
+    Parameters
+    ----------
+    templates : FlatStack
+        The children's templates (negative values count as 0), as given to
+        :func:`cdeblend.apportion_flux`.
+    variance : numpy.ndarray
+        (B, H, W) variance of the image, 0 where there is no data.
+    mask : numpy.ndarray, optional
+        (H, W) parent footprint; pixels outside it go to no child.
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, B) ``sqrt(sum_p (max(0, T_i) / sum_j max(0, T_j))^2 V)``.
+    """
+    var = np.ascontiguousarray(variance, dtype=np.float64)
+    if var.ndim == 2:
+        var = var[None]
+    B, H, W = var.shape
+    if B != templates.bands:
+        raise ValueError(f"variance has {B} bands, templates have {templates.bands}")
+    mask_u8 = (
+        np.ones((H, W), dtype=np.uint8)
+        if mask is None
+        else np.ascontiguousarray(np.asarray(mask) != 0, dtype=np.uint8)
+    )
+    flat = np.ascontiguousarray(templates.flat, dtype=np.float64)
+    tsum = np.zeros((B, H, W))
+    _apportion_cy.template_sum(flat, templates.offsets, templates.boxes, mask_u8, tsum)
+    # var * t^2 / s^2 is the apportioning kernel run on t^2 and s^2 (t > 0 iff t^2 > 0)
+    clipped2 = np.square(np.maximum(flat, 0.0))
+    out = np.empty_like(flat)
+    _apportion_cy.apportion(
+        var, np.square(tsum), clipped2, templates.offsets, templates.boxes, mask_u8, out
+    )
+    return np.sqrt(FlatStack(out, templates.boxes, B).sums())
+
+
+def _overlapping_pairs(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs k <= l of boxes with a non-empty intersection."""
+    y0, x0 = boxes[:, 0], boxes[:, 1]
+    y1, x1 = y0 + boxes[:, 2], x0 + boxes[:, 3]
+    hit = (np.maximum(y0[:, None], y0[None]) < np.minimum(y1[:, None], y1[None])) & (
+        np.maximum(x0[:, None], x0[None]) < np.minimum(x1[:, None], x1[None])
+    )
+    k, l_ = np.nonzero(np.triu(hit))
+    return k, l_
+
+
+def fisher_matrices(shapes: FlatStack, ivar: np.ndarray) -> np.ndarray:
+    """(B, K, K) Fisher matrices ``sum_p C_k C_l ivar`` of linear amplitudes of the shapes.
+
+    Parameters
+    ----------
+    shapes : FlatStack
+        (B, h, w) shape ``C_k`` of each amplitude in the image frame.
+    ivar : numpy.ndarray
+        (B, H, W) inverse variance (0 without data).
+    """
+    K, B = len(shapes), shapes.bands
+    _, H, W = ivar.shape
+    F = np.zeros((B, K, K))
+    boxes = shapes.boxes
+    for k, l_ in zip(*_overlapping_pairs(boxes), strict=True):
+        a, b = tuple(int(v) for v in boxes[k]), tuple(int(v) for v in boxes[l_])
+        y0, x0 = max(a[0], b[0], 0), max(a[1], b[1], 0)
+        y1 = min(a[0] + a[2], b[0] + b[2], H)
+        x1 = min(a[1] + a[3], b[1] + b[3], W)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        ck = shapes.get(k)[:, y0 - a[0] : y1 - a[0], x0 - a[1] : x1 - a[1]]
+        cl = shapes.get(l_)[:, y0 - b[0] : y1 - b[0], x0 - b[1] : x1 - b[1]]
+        v = np.einsum(
+            "bij,bij,bij->b", ck.astype(np.float64), cl.astype(np.float64), ivar[:, y0:y1, x0:x1]
+        )
+        F[:, k, l_] = v
+        F[:, l_, k] = v
+    return F
+
+
+def fisher_flux_errors(
+    shapes: FlatStack, ivar: np.ndarray, gain: np.ndarray, owner: np.ndarray, n: int
+) -> np.ndarray:
+    """Standard deviation of linear fluxes ``f_i = sum_{owner[k] = i} gain_k a_k``.
+
+    The amplitudes ``a_k`` of ``shapes`` are fitted jointly by weighted least squares (per
+    band); the flux variance is ``g_i^T F^-1 g_i``. A flux that depends on an amplitude the
+    data do not constrain (no overlap with data, or degenerate with others) is NaN.
+
+    Parameters
+    ----------
+    shapes : FlatStack
+        K shapes (B, h, w) in the image frame.
+    ivar : numpy.ndarray
+        (B, H, W) inverse variance, 0 without data.
+    gain : numpy.ndarray
+        (K,) flux per unit amplitude of each shape (its model-space sum).
+    owner : numpy.ndarray
+        (K,) index of the flux each amplitude belongs to.
+    n : int
+        Number of fluxes.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n, B); 0 for a flux with no amplitude.
+    """
+    B = shapes.bands
+    K = len(shapes)
+    out = np.zeros((n, B))
+    if K == 0:
+        return out
+    F = fisher_matrices(shapes, ivar)
+    G = np.zeros((n, K))
+    G[owner, np.arange(K)] = gain
+    for b in range(B):
+        d = np.sqrt(np.diag(F[b]))
+        live = d > 0
+        # scale to unit diagonal before inverting (the amplitudes differ by decades); one
+        # eigendecomposition gives the pseudo-inverse and the null space
+        Fl = F[b][np.ix_(live, live)] / np.outer(d[live], d[live])
+        Gl = G[:, live] / d[live]
+        w, V = np.linalg.eigh(Fl)
+        keep = w > 1e-10 * max(w.max(initial=0.0), 1e-300)
+        proj = Gl @ V  # the fluxes' gradients in the eigenbasis
+        var = (proj[:, keep] ** 2 / w[keep]).sum(axis=1)
+        # unconstrained: a component without data, or a gradient with a null-space part
+        dead = (G[:, ~live] != 0).any(axis=1)
+        dead |= np.abs(proj[:, ~keep]).max(axis=1, initial=0.0) > 1e-8 * np.abs(Gl).sum(axis=1)
+        out[:, b] = np.where(dead, np.nan, np.sqrt(var))
+    return out
+
+
+def _component_shapes(blend, packed) -> tuple[FlatStack, np.ndarray]:
+    """Each component's morphology (unit SED) convolved to every band's PSF, and its sum.
+
+    Returns the (B, gh, gw) shapes on the grown boxes (batched FFT: round-off off the support)
+    and the (K,) morphology sums.
+    """
+    obs = blend.observation
+    B = blend.shape[0]
+    K = len(packed.comp)
+    boxes = [tuple(b) for b in packed.comp[:, :4].tolist()]
+    morphs = [packed.morph_view(k)[None] for k in range(K)]
+    grown = np.array(
+        [obs._grown_box(b)[1] if b[2] * b[3] else (b[0], b[1], 0, 0) for b in boxes],
+        dtype=np.int64,
+    ).reshape(-1, 4)
+    gsizes = B * grown[:, 2] * grown[:, 3]
+    goffsets = np.zeros(K, dtype=np.intp)
+    goffsets[1:] = np.cumsum(gsizes)[:-1]
+    # the batched FFT of the 2-D morphologies: its round-off outside the true support only
+    # adds terms ~1e-7 of the Fisher sums
+    out = np.zeros(int(gsizes.sum()), dtype=obs.dtype)
+    obs._convolve_morphs_into(morphs, boxes, out, goffsets)
+    sums = np.array([m.sum() for m in morphs]).reshape(K)
+    return FlatStack(out, grown, B), sums
+
+
+def model_flux_errors(result) -> np.ndarray:
+    """(N, B) standard deviation of each source's model flux (:attr:`DeblendResult.fluxes`)
+    from the SED fit's Fisher matrix with the morphologies held."""
+    blend = result.blend
+    B = blend.shape[0]
+    n = len(blend.sources)
+    packed = result._packed_now()
+    if len(packed.comp) == 0:
+        return np.zeros((n, B))
+    shapes, sums = _component_shapes(blend, packed)
+    var = variance_plane(blend.observation)
+    ivar = np.divide(1.0, var, out=np.zeros_like(var), where=var > 0)
+    owner = np.repeat(np.arange(n), [len(s.components) for s in blend.sources])
+    return fisher_flux_errors(shapes, ivar, sums, owner, n)
+
+
+# ----------------------------------------------------------------------------- metrics
+@dataclass
+class BlendMetrics:
+    """The deblending metrics of one fitted blend (rows in source order).
+
+    Per child (``(N, B)`` unless noted), in model space as the LSST pipeline:
+
+    Attributes
+    ----------
+    blendedness : numpy.ndarray
+        ``1 - sum(m_i^2) / sum(m_i M)`` with ``M`` the sum of all sources' models
+        (Bosch et al. 2018); NaN for a source without model flux.
+    flux_overlap : numpy.ndarray
+        ``sum((M - m_i) * fp_i)``, ``fp_i`` the pixels where ``m_i > 0`` in any band.
+    flux_overlap_fraction : numpy.ndarray
+        ``flux_overlap / sum(m_i)`` (NaN where the model flux is 0).
+    max_overlap : numpy.ndarray
+        ``max((M - m_i) * fp_i)`` (0 for an empty footprint).
+    chi2_reduced : numpy.ndarray
+        (N,) ``sum(w r^2) / n`` over the data values (weight > 0) of the pixels where the
+        source's convolved model is positive in any band, ``r = image - conv(M)``; NaN
+        without data.
+    data_coverage : numpy.ndarray
+        Fraction of those pixels with data, per band (NaN for an empty footprint).
+    edge_pixels : numpy.ndarray
+        (N,) bool: the model is positive on the blend's outer rows or columns.
+    zero_flux : numpy.ndarray
+        (N, B) bool: the conserved flux is 0.
+    parent_chi2_reduced : float
+        ``2 loss / n`` over every data value of the blend.
+    runtime : float
+        Seconds spent initialising and fitting (0 when unknown).
+    iterations : int
+    converged : bool
+    """
+
+    blendedness: np.ndarray
+    flux_overlap: np.ndarray
+    flux_overlap_fraction: np.ndarray
+    max_overlap: np.ndarray
+    chi2_reduced: np.ndarray
+    data_coverage: np.ndarray
+    edge_pixels: np.ndarray
+    zero_flux: np.ndarray
+    parent_chi2_reduced: float
+    runtime: float
+    iterations: int
+    converged: bool
+
+
+def _source_models(blend, packed) -> FlatStack:
+    """Each source's model-space model on its box (float64)."""
+    B = blend.shape[0]
+    sources = blend.sources
+    starts = np.cumsum([0] + [len(s.components) for s in sources])
+    ranges = np.stack([starts[:-1], starts[1:]], axis=1).astype(np.int64).reshape(-1, 2)
+    boxes = np.array([s.box for s in sources], dtype=np.int64).reshape(-1, 4)
+    sizes = B * boxes[:, 2] * boxes[:, 3]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    out = np.empty(int(offsets[-1]))
+    _adam_cy.render_sources(
+        packed.sed, packed.morph, packed.comp, ranges, boxes, out, offsets[:-1].copy()
+    )
+    return FlatStack(out, boxes, B)
+
+
+def _clip_slices(box, H: int, W: int):
+    """Slices of the frame and of the box's array for the part of ``box`` in the frame."""
+    y0, x0, h, w = (int(v) for v in box)
+    ya, xa = max(y0, 0), max(x0, 0)
+    yb, xb = min(y0 + h, H), min(x0 + w, W)
+    yb, xb = max(yb, ya), max(xb, xa)
+    return (slice(ya, yb), slice(xa, xb)), (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))
+
+
+def blend_metrics(result) -> BlendMetrics:
+    """The metrics of :class:`BlendMetrics` for a :class:`~cdeblend.DeblendResult`."""
+    blend = result.blend
+    obs = blend.observation
+    B, H, W = blend.shape
+    n = len(blend.sources)
+    packed = result._packed_now()
+    models = _source_models(blend, packed)
+    total = np.zeros((B, H, W))
+    _adam_cy.render(packed.sed, packed.morph, packed.comp, total)
+    weights = np.asarray(obs.weights, dtype=np.float64)
+    has_data = weights > 0
+    conv = result._convolved_stack()
+    # the convolved blend model: the sum of the sources' convolved models (made for the
+    # conserved images anyway)
+    conv_total = np.zeros((B, H, W))
+    for i in range(n):
+        fr, bx = _clip_slices(conv.boxes[i], H, W)
+        conv_total[(slice(None),) + fr] += conv.get(i)[(slice(None),) + bx]
+    chi = np.where(has_data, weights * (np.asarray(obs.images, np.float64) - conv_total) ** 2, 0.0)
+
+    blendedness = np.full((n, B), np.nan)
+    overlap = np.zeros((n, B))
+    fraction = np.full((n, B), np.nan)
+    max_overlap = np.zeros((n, B))
+    chi2 = np.full(n, np.nan)
+    coverage = np.full((n, B), np.nan)
+    edge = np.zeros(n, dtype=bool)
+    for i in range(n):
+        fr, bx = _clip_slices(models.boxes[i], H, W)
+        m = models.get(i)[(slice(None),) + bx]
+        M = total[(slice(None),) + fr]
+        fp = (m > 0).any(axis=0)
+        neighbours = (M - m) * fp
+        flux = m.sum(axis=(1, 2))
+        if fp.any():
+            overlap[i] = neighbours.sum(axis=(1, 2))
+            max_overlap[i] = neighbours.max(axis=(1, 2))
+            rows, cols = np.nonzero(fp)
+            edge[i] = bool(
+                rows.min() + fr[0].start == 0
+                or rows.max() + fr[0].start == H - 1
+                or cols.min() + fr[1].start == 0
+                or cols.max() + fr[1].start == W - 1
+            )
+        cross = (m * M).sum(axis=(1, 2))
+        ok = cross > 0
+        blendedness[i, ok] = 1.0 - (m * m).sum(axis=(1, 2))[ok] / cross[ok]
+        fraction[i, flux > 0] = overlap[i, flux > 0] / flux[flux > 0]
+        # the data-side metrics on the convolved model's footprint
+        gfr, gbx = _clip_slices(conv.boxes[i], H, W)
+        cfp = (conv.get(i)[(slice(None),) + gbx] > 0).any(axis=0)
+        npix = int(cfp.sum())
+        if npix:
+            data = has_data[(slice(None),) + gfr][:, cfp]
+            coverage[i] = data.mean(axis=1)
+            if data.any():
+                chi2[i] = chi[(slice(None),) + gfr][:, cfp].sum() / data.sum()
+    cons = result.conserved_fluxes
+    ndata = int(has_data.sum())
+    timing = getattr(result, "timing", {}) or {}
+    return BlendMetrics(
+        blendedness=blendedness,
+        flux_overlap=overlap,
+        flux_overlap_fraction=fraction,
+        max_overlap=max_overlap,
+        chi2_reduced=chi2,
+        data_coverage=coverage,
+        edge_pixels=edge,
+        zero_flux=np.asarray(cons == 0),
+        parent_chi2_reduced=float(chi.sum() / ndata) if ndata else float("nan"),
+        runtime=float(sum(timing.values())),
+        iterations=int(result.iterations),
+        converged=bool(result.converged),
+    )
