@@ -92,6 +92,13 @@ def test_as_no_data_mask_conventions():
     np.testing.assert_array_equal(
         as_no_data_mask(m, "mask", (2, 2), bad_bits=256), [[0, 0], [0, 1]]
     )
+    # bits the type lacks select nothing; the sign bit of a signed mask is a bit like others
+    small = np.array([[0, 255]], dtype=np.uint8)
+    np.testing.assert_array_equal(as_no_data_mask(small, "mask", (1, 2), bad_bits=256), [[0, 0]])
+    signed = np.array([[-(2**31), 1]], dtype=np.int32)
+    np.testing.assert_array_equal(
+        as_no_data_mask(signed, "mask", (1, 2), bad_bits=1 << 31), [[1, 0]]
+    )
     b = np.array([[True, False], [False, False]])
     got = as_no_data_mask(b, "mask", (3, 2, 2))
     np.testing.assert_array_equal(got, b)
@@ -179,6 +186,12 @@ def test_single_band_mask_limit_counts_no_data():
     m = int(0.2 * fp.sum())
     img[ys[:m], xs[:m]] = np.nan
     assert "masked" not in SingleBandDeblender().deblend(img, variance, psf, parent.peaks, fp).flags
+
+
+def test_single_band_integer_mask_too_narrow_for_its_planes():
+    image, variance = emmi()
+    with pytest.raises(TypeError, match="mask of dtype uint8 cannot hold"):
+        deblend_image(image, variance, gaussian_psf(), mask=np.zeros(image.shape, np.uint8))
 
 
 def test_deblend_image_with_zero_inverse_variance_rows():

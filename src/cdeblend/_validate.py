@@ -138,7 +138,10 @@ def as_no_data_mask(
         return arr.copy()
     if bad_bits is None:
         return arr != 0
-    return (arr & arr.dtype.type(bad_bits)) != 0
+    # as unsigned bits of the same width: the selection may hold bits the type lacks (a
+    # uint8 mask has no bit 8) or its sign bit
+    bits = arr.view(f"u{arr.dtype.itemsize}")
+    return (bits & bits.dtype.type(bad_bits & ((1 << 8 * arr.dtype.itemsize) - 1))) != 0
 
 
 def no_data_pixels(

@@ -804,6 +804,13 @@ def split_mask(
     arr = np.asarray(mask)
     if arr.shape != tuple(shape):
         raise ValueError(f"mask has shape {arr.shape} but image has shape {tuple(shape)}")
+    if arr.dtype.kind in "iu":
+        # the planes it is read for (and written, NOT_DEBLENDED) must fit in its type
+        width = 8 * arr.dtype.itemsize - (arr.dtype.kind == "i")
+        top = max(config.mask_bits.values(), default=0)
+        if top >= width:
+            raise TypeError(f"mask of dtype {arr.dtype} cannot hold the mask planes' bits (up "
+                            f"to bit {top} in config.mask_bits): use int32, or a bool mask")
     no_data = as_no_data_mask(arr, "mask", shape, bad_bits=config.no_data_bits())
     return (None if arr.dtype == np.bool_ else arr), no_data
 
