@@ -14,7 +14,11 @@ prints, off and on:
   the conserved flux (entries with band S/N >= 10), for all sources and for the
   *contaminated* ones: those for which the undetected sources' light makes up at least 2%
   of ``sum(t_i T) / sum(t_i^2)`` - 1 (the blendedness due to undetected sources);
-* the summed final loss and the wall time.
+* the summed final loss and the wall time;
+* ``ctl``: the control, the option off but every blend where it would add sources
+  continued (same settings) without them: adding continues the ADAM fit with fresh moments,
+  which by itself moves converged models; ``ctl`` against ``on`` separates that from the
+  effect of the new sources.
 
 The undetected sources of the simulations are below S/N 5 by construction (the detection
 threshold), so they are hard to find in the residual; the ``-drop`` rows therefore also
@@ -29,6 +33,7 @@ Reads ``--data`` (default ``../shared/data`` relative to the repository root). U
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import os
 import time
@@ -36,7 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cdeblend import DeblendConfig, Deblender, Observation
+from cdeblend import DeblendConfig, Deblender, DeblendResult, Observation
+from cdeblend.deblender import fit_blend
+from cdeblend.incremental import _copy_blend, residual_peaks
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -91,7 +98,24 @@ def classify(added_peaks: np.ndarray, data: dict) -> tuple[int, int, int]:
     return tuple(counts)
 
 
-def run(files: list[str], config: DeblendConfig, drop: bool) -> dict:
+def continued_without_adding(res, config: DeblendConfig):
+    """The control: where the option would add sources, continue the fit without them."""
+    peaks, _ = residual_peaks(
+        res,
+        config.residual_snr,
+        config.residual_min_distance,
+        config.residual_max_sources,
+        config.residual_model_ratio,
+        config.residual_image_peak,
+    )
+    if not len(peaks):
+        return res
+    blend = _copy_blend(res.blend, config.bg_thresh)
+    loss = fit_blend(blend, config)[0]
+    return DeblendResult(blend, loss, res.loss_history, res.iterations, True, res.snr)
+
+
+def run(files: list[str], config: DeblendConfig, drop: bool, control: bool = False) -> dict:
     rows = dict(model=[], cons=[], true=[], snr=[], cont=[])
     added = np.zeros(3, dtype=int)
     missed = 0
@@ -101,7 +125,12 @@ def run(files: list[str], config: DeblendConfig, drop: bool) -> dict:
         data = load(f, drop)
         obs = Observation(data["images"], data["variance"], data["psfs"])
         cat = data["catalog"]
-        res = Deblender(config).deblend(obs, np.stack([cat["y"], cat["x"]], axis=1))
+        peaks = np.stack([cat["y"], cat["x"]], axis=1)
+        if control:
+            plain = dataclasses.replace(config, residual_sources=False)
+            res = continued_without_adding(Deblender(plain).deblend(obs, peaks), config)
+        else:
+            res = Deblender(config).deblend(obs, peaks)
         n = len(cat)
         loss += res.loss
         missed += int(np.sum(data["undetected_snr"] >= 5))
@@ -136,9 +165,9 @@ def main() -> None:
     for name, drop in ((n, d) for n in args.sets.split(",") for d in (False, True)):
         files = sorted(glob.glob(os.path.join(args.data, name, "*.npz")))
         label = name + ("-drop" if drop else "")
-        for on in (False, True):
-            cfg = DeblendConfig(residual_sources=on, residual_snr=args.snr)
-            r = run(files, cfg, drop)
+        for mode in ("off", "on", "ctl"):
+            cfg = DeblendConfig(residual_sources=mode == "on", residual_snr=args.snr)
+            r = run(files, cfg, drop, control=mode == "ctl")
             good = r["snr"] >= 10
             cont = good & (r["cont"] >= 0.02)
 
@@ -147,7 +176,7 @@ def main() -> None:
 
             a = r["added"]
             print(
-                f"{label:<14} {'on' if on else 'off':<8} {r['missed']:>4} {a.sum():>5} "
+                f"{label:<14} {mode:<8} {r['missed']:>4} {a.sum():>5} "
                 f"{a[0]:>5} {a[1]:>5} {a[2]:>5} "
                 f"{med('model', good):>7.4f} {med('cons', good):>7.4f} "
                 f"{cont.sum():>6} {med('model', cont):>7.4f} {med('cons', cont):>7.4f} "

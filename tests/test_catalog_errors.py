@@ -86,7 +86,11 @@ def test_residual_sources_become_flagged_children():
     demo = cdeblend.load_hsc_cosmos()
     cfg = CatalogConfig(
         multi_band=DeblendConfig(
-            residual_sources=True, residual_snr=20, residual_max_sources=1, residual_model_ratio=0.0
+            residual_sources=True,
+            residual_snr=20,
+            residual_max_sources=1,
+            residual_model_ratio=0.0,
+            residual_image_peak=False,
         )
     )
     cat, models = deblend_catalog(

@@ -251,3 +251,21 @@ def test_conserved_errors_reject_mismatched_bands():
     stack = FlatStack.from_arrays([np.ones((2, 3, 3))], [(0, 0, 3, 3)])
     with pytest.raises(ValueError, match="variance has 3 bands"):
         conserved_flux_errors(stack, np.ones((3, 5, 5)))
+
+
+def test_a_reloaded_blend_has_the_fits_errors_and_metrics():
+    """ModelData round trip: the rebuilt result's errors and metrics are the fit's."""
+    import cdeblend
+    from cdeblend import ModelData
+
+    demo = cdeblend.load_hsc_cosmos()
+    obs = Observation(demo.images, demo.variance, demo.psfs)
+    res = Deblender(DeblendConfig(max_iter=30)).deblend(obs, demo.peaks)
+    md = ModelData(obs.bands, integrated_gaussian_psf(0.8), obs.psfs)
+    md.blends[3] = ModelData.from_blend(res, 3, (0, 0), bands=obs.bands)
+    back = md.rebuild(obs, 3)
+    np.testing.assert_allclose(back.conserved_flux_err, res.conserved_flux_err, rtol=1e-6)
+    np.testing.assert_allclose(back.flux_err, res.flux_err, rtol=1e-6)
+    a, b = back.metrics(), res.metrics()
+    np.testing.assert_allclose(a.blendedness, b.blendedness, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(a.chi2_reduced, b.chi2_reduced, rtol=1e-5)

@@ -157,3 +157,32 @@ def test_residual_peaks_on_a_known_missed_star():
     assert np.hypot(*(peaks[0] - (28, 27))) <= 1 and snrs[0] > 20
     both = res.add_source(peaks[0])
     assert len(residual_peaks(both, snr=5)[0]) == 0
+
+
+def test_image_peak_rule_drops_residuals_of_truncated_wings():
+    """A model with one side of its wings cut leaves a significant residual beside a
+    bright star, where the image itself has no peak: dropped by ``image_peak``, unlike the
+    missed star, which has a peak of its own."""
+    from cdeblend import DeblendResult
+
+    rng = np.random.default_rng(6)
+    B, H, W = 2, 40, 40
+    psf = integrated_gaussian_psf(2.0, 21)
+    scene = np.zeros((B, H, W))
+    for (y, x), f in (((14, 14), 20000.0), ((29, 28), 300.0)):
+        scene[:, y - 10 : y + 11, x - 10 : x + 11] += f * psf
+    images = scene + rng.normal(size=scene.shape)
+    obs = Observation(
+        images.astype(np.float32), np.ones((B, H, W), np.float32), np.stack([psf] * 2)
+    )
+    res = Deblender(DeblendConfig(max_iter=50)).deblend(obs, [(14, 14)])
+    blend = _copy_blend(res.blend, None)
+    for c in blend.components:  # cut the model's right-hand side beyond 1 px of its peak
+        c.morphology[:, c.local_peak[1] + 2 :] = 0
+    cut = DeblendResult(blend, blend.loss(), np.zeros(0), 0, True, res.snr)
+    loose, _ = residual_peaks(cut, snr=5, min_distance=2, max_sources=20)
+    strict, _ = residual_peaks(cut, snr=5, min_distance=2, max_sources=20, image_peak=True)
+    near_star = lambda p: np.hypot(*(np.asarray(p) - (14, 14)).T) < 8  # noqa: E731
+    assert near_star(loose).any()  # the ring is significant
+    assert not near_star(strict).any()
+    assert any(np.hypot(*(p - (29, 28))) <= 1 for p in strict)

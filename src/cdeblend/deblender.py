@@ -164,6 +164,12 @@ class DeblendConfig:
         Keep a residual peak only where the residual's matched-filter flux is at least this
         times the model's (1.0): residuals of a detected galaxy's mis-modelled wings lie on
         its model, a missed source mostly beside it.
+    residual_image_peak : bool
+        Keep a residual peak only within 1 px of a local maximum of the image's own
+        matched filter (True): a missed source with a peak of its own. On the simulations
+        this keeps 30 of 33 recovered missed neighbours and drops all 59 residuals of
+        detected galaxies' mis-modelled wings (bench/residual_sources.py); False also
+        finds neighbours without a peak of their own, at the price of such splits.
     """
 
     max_iter: int = 300
@@ -206,6 +212,7 @@ class DeblendConfig:
     residual_min_distance: float = 4.0
     residual_max_sources: int = 5
     residual_model_ratio: float = 1.0
+    residual_image_peak: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_iter", "min_iter", "max_components", "init_padding",

@@ -214,6 +214,7 @@ def residual_peaks(
     min_distance: float = 4.0,
     max_sources: int = 5,
     model_ratio: float = 0.0,
+    image_peak: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Significant local maxima of :func:`residual_snr_image` away from every source.
 
@@ -231,6 +232,9 @@ def residual_peaks(
         the model's (the model explains at most ``1 / (1 + model_ratio)`` of the light
         there): the residuals of a model that misses part of a detected galaxy (its
         wings, a spiral arm) lie on that galaxy's model, a missed source mostly beside it.
+    image_peak : bool
+        Keep a peak only within 1 px of a local maximum of the image's own matched filter:
+        a missed source with a peak of its own, not a residual on a declining profile.
 
     Returns
     -------
@@ -243,6 +247,11 @@ def residual_peaks(
     s = _snr(num, den)
     is_max = (s == scipy.ndimage.maximum_filter(s, size=3, mode="nearest")) & (s >= snr)
     is_max &= num >= model_ratio * np.maximum(num_model, 0.0)
+    if image_peak:
+        # the image's matched filter is the residual's plus the model's (both linear)
+        img = num + num_model
+        own = img == scipy.ndimage.maximum_filter(img, size=3, mode="nearest")
+        is_max &= scipy.ndimage.binary_dilation(own, np.ones((3, 3), bool))
     ys, xs = np.nonzero(is_max)
     order = np.argsort(-s[ys, xs], kind="stable")
     taken = [tuple(src.peak) for src in result.blend.sources]
@@ -259,7 +268,8 @@ def residual_peaks(
 
 def add_residual_sources(result, config):
     """After a fit: add :func:`residual_peaks` (``config.residual_snr``,
-    ``residual_min_distance``, ``residual_max_sources``, ``residual_model_ratio``) as
+    ``residual_min_distance``, ``residual_max_sources``, ``residual_model_ratio``,
+    ``residual_image_peak``) as
     sources and continue the fit (``config.max_iter`` more iterations at most); the result
     as it was when none is found.
     The new sources are marked in ``result.added``."""
@@ -269,6 +279,7 @@ def add_residual_sources(result, config):
         config.residual_min_distance,
         config.residual_max_sources,
         config.residual_model_ratio,
+        config.residual_image_peak,
     )
     if not len(peaks):
         return result
