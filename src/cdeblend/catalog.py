@@ -113,6 +113,7 @@ from ._validate import (
     clear_no_data,
     no_data_pixels,
 )
+from .metrics import CATALOG_COLUMNS
 from .model_data import BlendData, ModelData, SourceData
 from .observation import integrated_gaussian_psf
 
@@ -1590,6 +1591,9 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "zero_flux": "A child that received no conserved flux",
     "child_flags": "Single-band deblender's flags of the child, comma separated",
     "deblender_flags": "The parent's flags as its deblender reported them, comma separated",
+    "fallback": "The multi-band fit raised and the parent got the fallback model (a PSF "
+    "model per peak); error holds the exception class",
+    **{name: text for name, (_, text) in CATALOG_COLUMNS.items()},
 }
 _PIXEL_COLUMNS = ("peak_y", "peak_x", "centroid_y", "centroid_x", "box_y0", "box_x0",
                   "box_height", "box_width")
@@ -1632,6 +1636,12 @@ def _describe(table: Any, flux_unit: Any, celestial: Any) -> Any:
             col.unit = u.deg
         elif name.startswith("flux_") and unit is not None:
             col.unit = unit
+        elif name in CATALOG_COLUMNS:
+            kind = CATALOG_COLUMNS[name][0]
+            if kind == "image" and unit is not None:
+                col.unit = unit
+            elif kind not in ("", "image"):
+                col.unit = u.Unit(kind)
     return table
 
 
