@@ -176,6 +176,7 @@ def test_catalog_keeps_a_child_per_peak_of_a_failed_fit(monkeypatch, caplog):
         )
     # the fallback models are persisted like fitted ones
     assert sum(len(b.sources) for b in md.blends.values()) == len(PEAKS)
+    assert all(b.fallback for b in md.blends.values())
 
 
 def test_catalog_without_failure_has_no_fallback():
