@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fuzz_helpers import FUZZ, scenes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cdeblend import CatalogConfig, DeblendConfig, Deblender, Observation, deblend_catalog
 from cdeblend import deblender as deblender_module
@@ -176,6 +179,7 @@ def test_catalog_keeps_a_child_per_peak_of_a_failed_fit(monkeypatch, caplog):
         )
     # the fallback models are persisted like fitted ones
     assert sum(len(b.sources) for b in md.blends.values()) == len(PEAKS)
+    assert all(b.fallback for b in md.blends.values())
 
 
 def test_catalog_without_failure_has_no_fallback():
@@ -191,3 +195,29 @@ def test_catalog_without_failure_has_no_fallback():
         progress=False,
     )
     assert not np.any(cat["fallback"]) and np.all(cat["error"] == "")
+
+
+@settings(FUZZ, max_examples=FUZZ.max_examples // 2)
+@given(scenes(max_size=24, min_size=3), st.sampled_from(["none", "duplicate", "hole", "band"]))
+def test_fuzz_fallback_keeps_every_peak_and_conserves(scene_, damage):
+    """Random scenes, degenerate peaks and pixels without data, the fit forced to fail."""
+    images, variance, peaks = scene_
+    images, variance = images.copy(), variance.copy()
+    if damage == "duplicate":  # every peak twice
+        peaks = np.vstack([peaks, peaks])
+    elif damage == "hole":  # no data around the first peak
+        y, x = peaks[0]
+        sl = (slice(None), slice(max(y - 2, 0), y + 3), slice(max(x - 2, 0), x + 3))
+        images[sl], variance[sl] = np.nan, 0.0
+    elif damage == "band" and len(images) > 1:  # a band without data on every peak
+        images[0, peaks[:, 0], peaks[:, 1]] = np.nan
+        variance[0, peaks[:, 0], peaks[:, 1]] = 0.0
+    psfs = np.stack([integrated_gaussian_psf(1.2, 9)] * len(images))
+    obs = Observation(images, variance, psfs)
+    res = fallback_result(obs, peaks, DeblendConfig(), RuntimeError("forced"))
+    assert res.fallback and len(res.blend.sources) == len(peaks)
+    assert [tuple(s.peak) for s in res.blend.sources] == [tuple(p) for p in peaks]
+    seds = np.array([s.components[0].sed for s in res.blend.sources])
+    assert np.all(seds >= 0) and np.all(np.isfinite(seds))
+    assert np.all(np.isfinite(res.fluxes)) and np.isfinite(res.loss)
+    assert_conserved(res)

@@ -67,7 +67,7 @@ def random_model_data(seed: int, nb: int = 3, dtype=np.float32, n_blends: int = 
         blends[b * 7 + 1] = BlendData(
             parent_id=b * 7 + 1, box=(y0, x0, H, W), bands=bands, sources=sources,
             footprint=footprint, iterations=int(rng.integers(0, 300)),
-            loss=float(rng.normal()), converged=bool(b % 2),
+            loss=float(rng.normal()), converged=bool(b % 2), fallback=b == 1,
         )
     # and an isolated parent, kept as itself
     blends[999] = BlendData(999, (3, 4, 6, 5), bands, [SourceData(999, 0, [])],
@@ -84,8 +84,9 @@ def assert_identical(a: ModelData, b: ModelData) -> None:
     assert list(a.blends) == list(b.blends)
     for pid, ba in a.blends.items():
         bb = b.blends[pid]
-        assert (ba.parent_id, ba.box, ba.bands, ba.iterations, ba.converged, ba.isolated) == (
-            bb.parent_id, bb.box, bb.bands, bb.iterations, bb.converged, bb.isolated)
+        assert (ba.parent_id, ba.box, ba.bands, ba.iterations, ba.converged, ba.isolated,
+                ba.fallback) == (bb.parent_id, bb.box, bb.bands, bb.iterations, bb.converged,
+                                 bb.isolated, bb.fallback)
         assert ba.loss == bb.loss or (np.isnan(ba.loss) and np.isnan(bb.loss))
         if ba.footprint is None:
             assert bb.footprint is None
@@ -507,3 +508,16 @@ def test_data_classes_refuse_bad_ids_and_values():
         ModelData(("g", "r"), psf, bad, {1: bd})
     with pytest.raises(ValueError, match="model_psf_sigma must be > 0"):
         ModelData(("g", "r"), psf, psfs, {1: bd}, model_psf_sigma=-1.0)
+
+
+def test_files_without_the_fallback_column_read_as_fitted(saved):
+    """FALLBACK was added to BLENDS later: a file without it reads, every blend False."""
+    assert any(b.fallback for b in load_models(saved).blends.values())
+    with fits.open(saved) as hdul:
+        old = hdul["BLENDS"]
+        cols = [c for c in old.columns if c.name != "FALLBACK"]
+        hdul["BLENDS"] = fits.BinTableHDU.from_columns(cols, name="BLENDS")
+        hdul.writeto(saved.with_name("v1.fits"), checksum=True)
+    back = load_models(saved.with_name("v1.fits"))
+    assert not any(b.fallback for b in back.blends.values())
+    assert sorted(back.blends) == sorted(load_models(saved).blends)

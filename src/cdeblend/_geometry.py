@@ -75,8 +75,7 @@ def check_inside(box: Sequence[int], frame: Sequence[int], name: str, frame_name
         raise ValueError(f"{name} {tuple(box)} lies outside {frame_name} {tuple(frame)}")
 
 
-def check_peak_in_box(peak: Sequence[int], box: Sequence[int], name: str,
-                      box_name: str) -> None:
+def check_peak_in_box(peak: Sequence[int], box: Sequence[int], name: str, box_name: str) -> None:
     """Raise ``ValueError`` unless the pixel ``peak`` lies inside ``box``."""
     py, px = peak
     y0, x0, h, w = box

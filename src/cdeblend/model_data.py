@@ -21,7 +21,8 @@ computed by exactly the code that computed them after the fit (bit-identical), a
   ``bands``, ``sources``, the parent ``footprint`` (H, W) bool (or None = whole box) and fit
   metadata (``iterations``, ``loss``, ``converged``). An *isolated* blend (a single-peak
   parent that was not fitted, spec 5.2 ``persistIsolated``) has ``isolated = True`` and one
-  source without components: its conserved image is the image inside the footprint.
+  source without components: its conserved image is the image inside the footprint. A
+  ``fallback`` blend holds the fallback model of a fit that raised (:mod:`cdeblend.fallback`).
 * :class:`ModelData` - ``bands``, the model PSF ``(hm, wm)`` and its ``model_psf_sigma``,
   the observed PSFs ``(B, hp, wp)`` and ``blends``: a dict ``parent_id -> BlendData``.
 
@@ -40,7 +41,8 @@ HDU    EXTNAME       content
 1      BLENDS        BinTable, one row per blend: ``PARENT_ID``, ``Y0``, ``X0``,
                      ``HEIGHT``, ``WIDTH``, ``SRC_START``, ``N_SOURCES`` (its rows in
                      SOURCES), ``FP_OFFSET`` (start of its footprint in FOOTPRINTS, -1 if
-                     none), ``ITERATIONS``, ``LOSS``, ``CONVERGED``, ``ISOLATED``
+                     none), ``ITERATIONS``, ``LOSS``, ``CONVERGED``, ``ISOLATED``,
+                     ``FALLBACK`` (optional: files without it read as False)
 2      SOURCES       BinTable: ``ID``, ``PEAK_ID``, ``COMP_START``, ``N_COMPS``
 3      COMPONENTS    BinTable: ``Y0``, ``X0``, ``HEIGHT``, ``WIDTH``, ``PEAK_Y``,
                      ``PEAK_X``, ``SED`` (B-vector), ``MORPH_OFFSET`` (start in MORPHS)
@@ -202,6 +204,8 @@ class BlendData:
         Fit metadata (-1, NaN, False when unknown).
     isolated : bool
         A parent kept as itself without a fit (one source, no components).
+    fallback : bool
+        The fit raised and the sources are its fallback model (a PSF per peak).
     """
 
     parent_id: int
@@ -213,6 +217,7 @@ class BlendData:
     loss: float = float("nan")
     converged: bool = False
     isolated: bool = False
+    fallback: bool = False
 
     def __post_init__(self) -> None:
         self.parent_id = as_int(self.parent_id, "parent_id")
@@ -485,6 +490,7 @@ class ModelData:
             iterations=int(getattr(result, "iterations", -1)),
             loss=float(getattr(result, "loss", np.nan)),
             converged=bool(getattr(result, "converged", False)),
+            fallback=bool(getattr(result, "fallback", False)),
         )
 
     def models(self, parent_id: int) -> np.ndarray:
@@ -671,7 +677,7 @@ def save_models(path: str | Path, model_data: ModelData, overwrite: bool = True)
     # blends and sources tables
     b_rows = {k: [] for k in ("PARENT_ID", "Y0", "X0", "HEIGHT", "WIDTH", "SRC_START",
                               "N_SOURCES", "FP_OFFSET", "ITERATIONS", "LOSS", "CONVERGED",
-                              "ISOLATED")}
+                              "ISOLATED", "FALLBACK")}
     s_rows = {k: [] for k in ("ID", "PEAK_ID", "COMP_START", "N_COMPS")}
     c_boxes, c_peaks, c_seds, c_moff, morphs, footprints = [], [], [], [], [], []
     n_src = n_comp = n_morph = n_fp = 0
@@ -691,6 +697,7 @@ def save_models(path: str | Path, model_data: ModelData, overwrite: bool = True)
         b_rows["LOSS"].append(b.loss)
         b_rows["CONVERGED"].append(b.converged)
         b_rows["ISOLATED"].append(b.isolated)
+        b_rows["FALLBACK"].append(b.fallback)
         for s in b.sources:
             s_rows["ID"].append(s.id)
             s_rows["PEAK_ID"].append(s.peak_id)
@@ -740,7 +747,7 @@ def save_models(path: str | Path, model_data: ModelData, overwrite: bool = True)
     bcols = [icol(k, b_rows[k]) for k in ("PARENT_ID", "Y0", "X0", "HEIGHT", "WIDTH",
                                           "SRC_START", "N_SOURCES", "FP_OFFSET", "ITERATIONS")]
     bcols.append(fits.Column(name="LOSS", format="D", array=np.asarray(b_rows["LOSS"], float)))
-    for name in ("CONVERGED", "ISOLATED"):
+    for name in ("CONVERGED", "ISOLATED", "FALLBACK"):
         bcols.append(fits.Column(name=name, format="L", array=np.asarray(b_rows[name], bool)))
     scols = [icol(k, s_rows[k]) for k in ("ID", "PEAK_ID", "COMP_START", "N_COMPS")]
     ccols = [
@@ -1045,6 +1052,10 @@ def _read_tables(bt: Any, st: Any, ct: Any, counts: tuple[int, ...], nb: int,
     bi["LOSS"] = col(bt, "BLENDS", "LOSS", "f", np.float64)
     bi["CONVERGED"] = col(bt, "BLENDS", "CONVERGED", "b", bool)
     bi["ISOLATED"] = col(bt, "BLENDS", "ISOLATED", "b", bool)
+    # added after the first files were written: absent means no fallback
+    has_fallback = bt is not None and "FALLBACK" in bt.columns.names
+    bi["FALLBACK"] = (col(bt, "BLENDS", "FALLBACK", "b", bool) if has_fallback
+                      else np.zeros(counts[0], bool))
     if ct is None:
         ci["SED"] = np.zeros((0, nb), sed_dtype)
     else:
@@ -1172,5 +1183,6 @@ def _build_blends(bi: dict, si: dict, ci: dict, morph_flat: np.ndarray, fp_flat:
             loss=float(bi["LOSS"][r]),
             converged=bool(bi["CONVERGED"][r]),
             isolated=bool(bi["ISOLATED"][r]),
+            fallback=bool(bi["FALLBACK"][r]),
         )
     return blends
