@@ -15,6 +15,7 @@ import inspect
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -199,6 +200,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _read_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
                                                        list[str]]:
     """Images, variance, no-data mask and band names from the command's FITS arguments."""
+    with warnings.catch_warnings():
+        # astropy warns about non-standard header cards (e.g. ESO's "ESO-LOG" lines) that do
+        # not affect the data
+        warnings.filterwarnings("ignore", message=".*header keyword is invalid.*")
+        return _read_input_files(args)
+
+
+def _read_input_files(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray,
+                                                         np.ndarray | None, list[str]]:
+    """:func:`_read_inputs` without the warnings filter."""
     from .fits_io import read_image_stack, variance_from_inverse
 
     images, header_bands = read_image_stack(args.images, "images")
@@ -208,10 +219,12 @@ def _read_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.n
     elif getattr(args, "invvar", None):
         invvar, _ = read_image_stack(args.invvar, "invvar")
         variance, mask = variance_from_inverse(invvar)
+        mask = mask if mask.any() else None
     elif getattr(args, "rms", None):
         rms, _ = read_image_stack(args.rms, "rms")
         with np.errstate(divide="ignore", invalid="ignore"):
             variance, mask = variance_from_inverse(np.where(rms > 0, 1.0 / rms**2, 0.0))
+        mask = mask if mask.any() else None
     else:
         variance = None
     if variance is not None and variance.shape != images.shape:
@@ -420,7 +433,7 @@ def _nothing_deblended(counts: dict) -> str:
 
 
 def _cmd_deblend(args: argparse.Namespace) -> int:
-    from .catalog import CatalogConfig, deblend_catalog, write_catalog
+    from .catalog import CatalogConfig, deblend_catalog, parents_from_peaks, write_catalog
     from .fits_io import read_peak_table
     from .model_data import save_models
 
@@ -437,20 +450,23 @@ def _cmd_deblend(args: argparse.Namespace) -> int:
         if kind == "multi" and sigma != 0.8:
             logger.info("model PSF sigma %.2f px: the default 0.8 px is wider than the "
                         "sharpest band's PSF (set it with --model-psf-sigma)", sigma)
-    peaks = parents = None
+    config = CatalogConfig(deblender=args.deblender, skip_isolated=not args.fit_isolated,
+                           model_psf_sigma=sigma)
     if args.peaks:
         peaks, used = read_peak_table(args.peaks)
         logger.info("peaks: %d from %s, columns %s", len(peaks), args.peaks, used)
+        # grouped here as deblend_catalog would (same rule and settings), to keep the
+        # footprints for the pictures
+        parents = parents_from_peaks(images, variance, peaks, config.footprint_snr,
+                                     config.footprint_grow)
     else:
         parents = _detect_parents(images, variance, psfs, args)
         _warn_one_big_parent(parents, images.shape[1:], args.background)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = CatalogConfig(deblender=args.deblender, skip_isolated=not args.fit_isolated,
-                           model_psf_sigma=sigma)
     start = time.perf_counter()
     catalog, model_data = deblend_catalog(
-        images, peaks=peaks, parents=parents, config=config, executor=args.executor,
+        images, parents=parents, config=config, executor=args.executor,
         progress=not args.quiet, max_workers=args.workers,
         variance=variance, psf=psfs, mask=mask, bands=bands,
     )
@@ -460,7 +476,8 @@ def _cmd_deblend(args: argparse.Namespace) -> int:
     counts = _summary(catalog)
     logger.info("%s", _summary_line(counts, elapsed))
     if not args.no_plots and _have_matplotlib():
-        _draw_run(images, variance, psfs, mask, catalog, model_data, kind, out, args)
+        _draw_run(images, variance, psfs, mask, catalog, model_data, kind, out, args,
+                  parents)
     print(f"catalog, models{'' if args.no_plots else ' and pictures'} written to "
           f"{out.resolve()}")
     problem = _nothing_deblended(counts)
@@ -487,6 +504,8 @@ def _plot_order(catalog: object, max_plots: int) -> list[int]:
     parent = np.asarray(catalog["is_parent"], dtype=bool)
     ok = parent & (np.asarray(catalog["n_children"]) > 0)
     ids = np.asarray(catalog["id"])[ok]
+    if ids.size == 0:
+        return []
     flux = np.nansum(np.atleast_2d(np.asarray(catalog["flux_footprint"], dtype=float).T).T[ok]
                      .reshape(len(ids), -1), axis=1)
     area = (np.asarray(catalog["box_height"]) * np.asarray(catalog["box_width"]))[ok]
@@ -496,7 +515,7 @@ def _plot_order(catalog: object, max_plots: int) -> list[int]:
 
 def _draw_run(images: np.ndarray, variance: np.ndarray, psfs: np.ndarray,
               mask: np.ndarray | None, catalog: object, model_data: ModelData, kind: str,
-              out: Path, args: argparse.Namespace) -> None:
+              out: Path, args: argparse.Namespace, parents: Sequence) -> None:
     """field.png and the panels of the ``--max-plots`` brightest parents."""
     import matplotlib.pyplot as plt
 
@@ -512,12 +531,27 @@ def _draw_run(images: np.ndarray, variance: np.ndarray, psfs: np.ndarray,
             _show_parent(observation, model_data, pid, out, quiet=True)
     else:
         total, panels = _single_band_models(images[0], variance[0], psfs[0], mask, catalog,
-                                            set(order), not args.quiet)
+                                            parents, set(order), not args.quiet)
         for pid in order:
-            _show_single_parent(images[0], total, panels[pid], pid, out)
-    fig = plot_field(images, total[None] if total.ndim == 2 else total, catalog)
+            if pid in panels:
+                _show_single_parent(images[0], total, panels[pid], pid, out)
+    fig = plot_field(images, total[None] if total.ndim == 2 else total, catalog,
+                     unmodelled=_unmodelled(parents, catalog, images.shape[1:]),
+                     model_name="model" if kind == "multi" else "sum of templates")
     fig.savefig(out / "field.png", dpi=100)
     plt.close(fig)
+
+
+def _unmodelled(parents: Sequence, catalog: object, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: footprints of the parents without children (isolated, skipped, failed)."""
+    with_kids = set(_child_ids(catalog))
+    out = np.zeros(shape, dtype=bool)
+    for p in parents:
+        if int(p.id) not in with_kids:
+            y0, x0, h, w = (int(v) for v in p.box)
+            fp = np.ones((h, w), bool) if p.footprint is None else np.asarray(p.footprint, bool)
+            out[y0 : y0 + h, x0 : x0 + w] |= fp
+    return out
 
 
 def _mask2d(mask: np.ndarray, images: np.ndarray) -> np.ndarray:
@@ -526,46 +560,44 @@ def _mask2d(mask: np.ndarray, images: np.ndarray) -> np.ndarray:
     return np.broadcast_to(m, images.shape) if m.ndim == 2 else m
 
 
-def _parents_of(catalog: object) -> list[tuple[int, tuple, np.ndarray]]:
-    """(id, box, (K, 2) children's peaks in image frame) of every parent with children."""
+def _child_ids(catalog: object) -> dict[int, dict[int, int]]:
+    """parent id -> {index of the peak in the parent's peak list: the child's catalog id}."""
     parent = np.asarray(catalog["is_parent"], dtype=bool)
-    pid = np.asarray(catalog["parent_id"])
-    ids = np.asarray(catalog["id"])
-    py, px = np.asarray(catalog["peak_y"]), np.asarray(catalog["peak_x"])
-    out = []
-    for k in np.flatnonzero(parent & (np.asarray(catalog["n_children"]) > 0)):
-        kids = np.flatnonzero(pid == ids[k])
-        box = tuple(int(catalog[c][k]) for c in ("box_y0", "box_x0", "box_height", "box_width"))
-        out.append((int(ids[k]), box, np.stack([py[kids], px[kids]], axis=1),
-                    ids[kids].astype(int)))
+    out: dict[int, dict[int, int]] = {}
+    for pid, peak_id, cid in zip(np.asarray(catalog["parent_id"])[~parent],
+                                 np.asarray(catalog["peak_id"])[~parent],
+                                 np.asarray(catalog["id"])[~parent], strict=True):
+        out.setdefault(int(pid), {})[int(peak_id)] = int(cid)
     return out
 
 
 def _single_band_models(image: np.ndarray, variance: np.ndarray, psf: np.ndarray,
-                        mask: np.ndarray | None, catalog: object, keep: set[int],
-                        progress: bool) -> tuple[np.ndarray, dict]:
-    """Re-run the single-band deblender on every deblended parent (it is fast; its templates
-    are not stored) for the field's model and the panels of the parents in ``keep``.
+                        mask: np.ndarray | None, catalog: object, parents: Sequence,
+                        keep: set[int], progress: bool) -> tuple[np.ndarray, dict]:
+    """Re-run the single-band deblender on every deblended parent for the field's model and
+    the panels of the parents in ``keep``: its templates are not stored, and it is fast.
 
-    The parent is cut to its box with the whole box as footprint (the catalog does not store
-    footprints), so templates can differ slightly from the run's near the footprint's edge.
+    The same cut-out, footprint, peaks and settings as the catalog's run give the same
+    templates.
     """
     from .single_band import SingleBandConfig, SingleBandDeblender
 
     deb = SingleBandDeblender(SingleBandConfig())
     total = np.zeros(image.shape)
     panels: dict[int, tuple] = {}
+    kids = _child_ids(catalog)
     m2 = None if mask is None else np.any(np.asarray(mask).reshape(-1, *image.shape) != 0, 0)
-    for pid, box, peaks, kid_ids in _progress(_parents_of(catalog), "models", progress):
-        y0, x0, h, w = box
+    todo = [p for p in parents if int(p.id) in kids]
+    for p in _progress(todo, "models", progress):
+        pid = int(p.id)
+        y0, x0, h, w = (int(v) for v in p.box)
         sl = (slice(y0, y0 + h), slice(x0, x0 + w))
-        var = variance[sl]
-        if m2 is not None:
-            var = np.where(m2[sl], 0.0, var)
         try:
-            res = deb.deblend(image[sl], var, psf, peaks - (y0, x0))
+            res = deb.deblend(image[sl], variance[sl], psf,
+                              np.asarray(p.peaks) - (y0, x0), footprint=p.footprint,
+                              mask=None if m2 is None else m2[sl])
         except (ValueError, TypeError) as err:
-            logger.debug("parent %s: not redrawn (%s)", pid, err)
+            logger.warning("parent %s: not redrawn for the pictures (%s)", pid, err)
             continue
         tmpl = np.zeros((len(res.children), h, w))
         cons = np.zeros((len(res.children), h, w))
@@ -574,10 +606,9 @@ def _single_band_models(image: np.ndarray, variance: np.ndarray, psf: np.ndarray
             cons[i] = _place(ch.conserved, ch.box, (h, w))
         total[sl] += tmpl.sum(axis=0)
         if pid in keep:
-            labels = [str(kid_ids[c.index]) if c.index < len(kid_ids) else str(c.index)
-                      for c in res.children]
+            labels = [str(kids[pid].get(int(c.index), "?")) for c in res.children]
             peaks_local = np.array([c.peak for c in res.children]).reshape(-1, 2)
-            panels[pid] = (box, tmpl, cons, peaks_local, labels)
+            panels[pid] = ((y0, x0, h, w), tmpl, cons, peaks_local, labels)
     return total, panels
 
 

@@ -133,18 +133,26 @@ def plot_panels(
     panel_size: float = 3.0,
     labels: Sequence[str] | None = None,
     vmax: float | None = None,
+    keep_aspect: bool = False,
 ) -> Figure:
     """Show a row of images (grey (H, W) or colour (H, W, 3)) side by side.
 
     Grey panels share one symmetric, asinh-like colour scale (from ``-vmax`` to ``vmax``,
     by default the largest absolute value) so that residuals of opposite sign are visible;
     colour panels are shown as they are. ``peaks`` (N, 2) (y, x) are marked with ``labels``
-    (default: their index).
+    (default: their index). With ``keep_aspect`` the figure's height follows the panels'
+    aspect instead of being square panels with margins.
     """
     plt = _pyplot()
     if len(panels) != len(titles):
         raise ValueError(f"got {len(panels)} panels but {len(titles)} titles")
-    fig, axes = plt.subplots(1, len(panels), figsize=(panel_size * len(panels), panel_size + 0.4))
+    aspect = 1.0
+    if keep_aspect:  # the figure's height follows the first panel's aspect
+        h, w = np.shape(panels[0])[:2]
+        aspect = min(max(h / max(w, 1), 0.25), 3.0)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(panel_size * len(panels), panel_size * aspect + 0.4)
+    )
     axes = np.atleast_1d(axes)
     if vmax is None:
         grey = [np.asarray(p) for p in panels if np.asarray(p).ndim == 2]
@@ -215,6 +223,7 @@ def plot_single_band_child(
         suptitle=title,
         labels=None if label is None else [label],
         vmax=float(max(np.abs(template).max(), np.abs(conserved).max())) or None,
+        keep_aspect=True,
     )
 
 
@@ -296,6 +305,8 @@ def plot_field(
     path: str | Path | None = None,
     channels: Sequence[int] | None = None,
     label_limit: int = 300,
+    unmodelled: np.ndarray | None = None,
+    model_name: str = "model",
 ) -> Figure:
     """The whole field: the image with parent boxes, ids and peaks, and its residual.
 
@@ -314,6 +325,9 @@ def plot_field(
         Bands for red, green, blue (default :func:`rgb_bands`).
     label_limit : int
         Parent ids are written when there are at most this many parents.
+    unmodelled : numpy.ndarray, optional
+        (H, W) bool: pixels of parents that have no model (isolated or skipped ones), shown
+        grey in the residual instead of as their whole flux.
 
     Notes
     -----
@@ -341,6 +355,9 @@ def plot_field(
     stretch = top / 8.0  # as lupton_rgb's default (q = 8)
     rgb = lupton_rgb(images, channels, stretch=stretch)
     residual = np.stack([images[c] - model[c] for c in channels]).mean(axis=0)
+    residual = np.where(np.isfinite(residual), residual, 0.0)
+    if unmodelled is not None:
+        residual = np.ma.masked_array(residual, mask=np.asarray(unmodelled, dtype=bool))
     H, W = intensity.shape
     stacked, inch = _field_layout((H, W))
     rows, cols = (2, 1) if stacked else (1, 2)
@@ -350,10 +367,11 @@ def plot_field(
     ax_img, ax_res = axes.ravel()
     ax_img.imshow(rgb, origin="lower", interpolation="nearest")
     norm = AsinhNorm(linear_width=stretch, vmin=-top, vmax=top)
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.8")
     im = ax_res.imshow(
-        np.where(np.isfinite(residual), residual, 0.0),
+        residual,
         origin="lower",
-        cmap="RdBu_r",
+        cmap=cmap,
         norm=norm,
         interpolation="nearest",
     )
@@ -364,7 +382,11 @@ def plot_field(
     _draw_parents(ax_img, catalog, label_limit, ids=True)
     _draw_parents(ax_res, catalog, label_limit, ids=False)
     ax_img.set_title("image, parent ids and boxes\n+ children's peaks", fontsize=9)
-    ax_res.set_title("image - model (same asinh stretch)\nred > 0, blue < 0", fontsize=9)
+    ax_res.set_title(
+        f"image - {model_name} (same asinh stretch), red > 0, blue < 0"
+        + ("\ngrey: parents without a model (isolated)" if unmodelled is not None else ""),
+        fontsize=9,
+    )
     for ax in (ax_img, ax_res):
         ax.set_xlim(-0.5, W - 0.5)
         ax.set_ylim(-0.5, H - 0.5)
