@@ -506,8 +506,8 @@ def _plot_order(catalog: object, max_plots: int) -> list[int]:
     ids = np.asarray(catalog["id"])[ok]
     if ids.size == 0:
         return []
-    flux = np.nansum(np.atleast_2d(np.asarray(catalog["flux_footprint"], dtype=float).T).T[ok]
-                     .reshape(len(ids), -1), axis=1)
+    flux = np.asarray(catalog["flux_footprint"], dtype=float).reshape(len(parent), -1)
+    flux = np.nansum(flux[ok], axis=1)
     area = (np.asarray(catalog["box_height"]) * np.asarray(catalog["box_width"]))[ok]
     order = np.lexsort((-area, -flux))
     return [int(i) for i in ids[order][: max(int(max_plots), 0)]]
@@ -670,6 +670,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         raise ImportError("cdeblend show draws with matplotlib: pip install 'cdeblend[plot]'")
     model_data = load_models(args.models)
     images, _, mask, _ = _read_inputs(args)
+    images = _subtract_background(images, args)
     if images.shape[0] != len(model_data.bands):
         raise ValueError(f"the images have {images.shape[0]} bands, the models "
                          f"{len(model_data.bands)} ({', '.join(model_data.bands)})")
@@ -739,13 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="multi band: width (pixels) of the model PSF the sources are made "
                      "at; default 0.8, or narrower than the sharpest band's PSF when that is "
                      "narrower (logged)")
-    deb.add_argument("--background", choices=["none", "auto"], default="none",
-                     help="auto: subtract a mesh background per band (SExtractor-like: "
-                     "sigma-clipped mode per --background-mesh mesh, 3 x 3 median filter, "
-                     "bilinear; see cdeblend.background). none (default): the images are "
-                     "sky-subtracted; a warning says when they do not look it")
-    deb.add_argument("--background-mesh", type=int, default=64,
-                     help="mesh size in pixels for --background auto (default: %(default)s)")
+    _add_background_args(deb)
     det = deb.add_argument_group(
         "detection", "used when no --peaks are given; unset options keep cdeblend.detect's "
         "defaults")
@@ -797,8 +792,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image_args(show, noise_required=False)
     show.add_argument("--out", default="cdeblend-show", help="output folder (default: %(default)s)")
     show.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_background_args(show)
     show.set_defaults(func=_cmd_show)
     return parser
+
+
+def _add_background_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--background", choices=["none", "auto"], default="none",
+                        help="auto: subtract a mesh background per band (SExtractor-like: "
+                        "sigma-clipped mode per --background-mesh mesh, 3 x 3 median filter, "
+                        "bilinear; see cdeblend.background). none (default): the images are "
+                        "sky-subtracted; a warning says when they do not look it")
+    parser.add_argument("--background-mesh", type=int, default=64,
+                        help="mesh size in pixels for --background auto (default: %(default)s)")
 
 
 def _add_image_args(parser: argparse.ArgumentParser, noise_required: bool = True) -> None:
