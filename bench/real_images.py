@@ -9,7 +9,8 @@ estimates a per-band noise) except in the run that passes EMMI's ``rms.fits``. T
 FWHM, 2.5 px, is twice the half-light radius of the stars in its SExtractor catalog
 (``FLUX_RADIUS`` 1.2-1.4 px; a Gaussian's FWHM is twice its half-light radius). One run
 uses the detection settings of that catalog (``DETECT_THRESH 1.5``, ``DETECT_MINAREA 5``,
-filtered), whose 65 objects are printed for comparison.
+filtered), whose 65 objects are printed for comparison; another takes that catalog's
+``X_IMAGE``/``Y_IMAGE`` as the peaks.
 
 Prints one row per run: exit status, parents, sources (children plus single-peak parents),
 children, skipped, failed, not converged, the wall and CPU time of the command (including
@@ -74,6 +75,19 @@ def runs(data: Path) -> list[tuple[str, list[str]]]:
                 "2.5",
                 "--background",
                 "auto",
+            ],
+        ),
+        (
+            "emmi_cat",
+            [
+                "--images",
+                str(emmi / "image.fits"),
+                "--psf-fwhm",
+                "2.5",
+                "--background",
+                "auto",
+                "--peaks",
+                str(emmi / "image.cat"),
             ],
         ),
         (
