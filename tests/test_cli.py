@@ -328,3 +328,17 @@ def test_detection_options_reach_detect(tmp_path, capsys, monkeypatch):
                           "4", "--filter", "none", "--no-plots", "--out", str(tmp_path / "o")],
                          capsys)
     assert seen["psf"] is None and seen["nsigma"] == 5.0  # unset options keep the defaults
+
+
+def test_panels_with_origin_are_in_image_pixels():
+    import matplotlib.pyplot as plt
+
+    from cdeblend.display import plot_single_band_child
+
+    img = np.zeros((12, 20))
+    fig = plot_single_band_child(img, img, img, peak=(3, 4), label="17", origin=(50, 100))
+    for ax in fig.axes:
+        assert ax.get_xlim() == (99.5, 119.5) and ax.get_ylim() == (49.5, 61.5)
+        (text,) = ax.texts
+        assert text.get_text() == "17" and text.get_position() == (104, 53)
+    plt.close(fig)

@@ -625,8 +625,8 @@ def _show_single_parent(image: np.ndarray, total: np.ndarray, panel: tuple, pid:
     for k in range(len(tmpl)):
         fig = plot_single_band_child(
             cut, tmpl[k], cons[k], path=out / f"parent{pid}_source{k}.png", peak=peaks[k],
-            title=f"parent {pid}, child id {labels[k]} (box at x={x0}, y={y0})",
-            label=labels[k], total_template=total[y0 : y0 + h, x0 : x0 + w],
+            title=f"parent {pid}, child {k} (catalog id {labels[k]})",
+            label=labels[k], total_template=total[y0 : y0 + h, x0 : x0 + w], origin=(y0, x0),
         )
         plt.close(fig)
 
@@ -652,8 +652,8 @@ def _show_parent(observation: Observation, model_data: ModelData, pid: int, out:
         fig = plot_source_panels(
             cut, models[k], total, conserved[k], path=out / f"parent{pid}_source{k}.png",
             peak=(peak[0] - y0, peak[1] - x0),
-            title=f"parent {pid}, source {k} (catalog id {src.id}; box at x={x0}, y={y0})",
-            label=str(src.id),
+            title=f"parent {pid}, source {k} (catalog id {src.id})",
+            label=str(src.id), origin=(y0, x0),
         )
         plt.close(fig)
         rows.append([k, int(peak[0]), int(peak[1])]

@@ -134,6 +134,7 @@ def plot_panels(
     labels: Sequence[str] | None = None,
     vmax: float | None = None,
     keep_aspect: bool = False,
+    origin: Sequence[int] | None = None,
 ) -> Figure:
     """Show a row of images (grey (H, W) or colour (H, W, 3)) side by side.
 
@@ -141,7 +142,9 @@ def plot_panels(
     by default the largest absolute value) so that residuals of opposite sign are visible;
     colour panels are shown as they are. ``peaks`` (N, 2) (y, x) are marked with ``labels``
     (default: their index). With ``keep_aspect`` the figure's height follows the panels'
-    aspect instead of being square panels with margins.
+    aspect instead of being square panels with margins. With ``origin`` = (y0, x0), the
+    panels' pixel (0, 0) in the full image, the axes are labelled in image pixels (peaks
+    stay in panel coordinates); without it the panels have no axes.
     """
     plt = _pyplot()
     if len(panels) != len(titles):
@@ -157,22 +160,30 @@ def plot_panels(
     if vmax is None:
         grey = [np.asarray(p) for p in panels if np.asarray(p).ndim == 2]
         vmax = max((float(np.max(np.abs(p))) for p in grey), default=1.0) or 1.0
+    oy, ox = (0, 0) if origin is None else (int(origin[0]), int(origin[1]))
     for ax, panel, title in zip(axes, panels, titles, strict=True):
         panel = np.asarray(panel)
+        h, w = panel.shape[:2]
+        extent = (ox - 0.5, ox + w - 0.5, oy - 0.5, oy + h - 0.5)
         if panel.ndim == 2:
             from matplotlib.colors import AsinhNorm
 
             norm = AsinhNorm(linear_width=vmax / 50, vmin=-vmax, vmax=vmax)
-            ax.imshow(panel, origin="lower", cmap="RdGy_r", norm=norm, interpolation="nearest")
+            ax.imshow(panel, origin="lower", cmap="RdGy_r", norm=norm, interpolation="nearest",
+                      extent=extent)
         else:
-            ax.imshow(panel, origin="lower", interpolation="nearest")
+            ax.imshow(panel, origin="lower", interpolation="nearest", extent=extent)
         if peaks is not None:
             for k, (py, px) in enumerate(np.asarray(peaks).reshape(-1, 2)):
                 text = str(k) if labels is None else str(labels[k])
-                ax.text(px, py, text, color="cyan", ha="center", va="center", fontsize=8)
+                ax.text(px + ox, py + oy, text, color="cyan", ha="center", va="center",
+                        fontsize=8)
         ax.set_title(title, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        if origin is None:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        else:
+            ax.tick_params(labelsize=7)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
@@ -200,12 +211,14 @@ def plot_single_band_child(
     title: str | None = None,
     label: str | None = None,
     total_template: np.ndarray | None = None,
+    origin: Sequence[int] | None = None,
 ) -> Figure:
     """Panels for one single-band child: image, template, residual, conserved image.
 
     All arrays are (H, W) on the parent frame; the peak is marked with ``label``. The
     residual is ``image - total_template`` (every child's template: what no template
-    explains) when ``total_template`` is given, else ``image - template``.
+    explains) when ``total_template`` is given, else ``image - template``. ``origin``: see
+    :func:`plot_panels`.
     """
     image = np.asarray(image)
     template = np.asarray(template)
@@ -224,6 +237,7 @@ def plot_single_band_child(
         labels=None if label is None else [label],
         vmax=float(max(np.abs(template).max(), np.abs(conserved).max())) or None,
         keep_aspect=True,
+        origin=origin,
     )
 
 
@@ -237,6 +251,7 @@ def plot_source_panels(
     title: str | None = None,
     channels: Sequence[int] | None = None,
     label: str | None = None,
+    origin: Sequence[int] | None = None,
 ) -> Figure:
     """The seed's per-source panels for a multi-band model.
 
@@ -250,6 +265,9 @@ def plot_source_panels(
         (B, H, W) the whole blend's convolved model (for the residual).
     conserved : numpy.ndarray
         (B, H, W) this source's re-apportioned (conserved) image.
+    origin : sequence of int, optional
+        (y0, x0) of the panels in the full image: axes in image pixels (see
+        :func:`plot_panels`).
     """
     images = np.asarray(images, dtype=np.float64)
     if channels is None:
@@ -280,6 +298,7 @@ def plot_source_panels(
         peaks=peaks,
         suptitle=title,
         labels=None if label is None else [label],
+        origin=origin,
     )
 
 
