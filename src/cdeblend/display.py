@@ -144,7 +144,8 @@ def plot_panels(
     (default: their index). With ``keep_aspect`` the figure's height follows the panels'
     aspect instead of being square panels with margins. With ``origin`` = (y0, x0), the
     panels' pixel (0, 0) in the full image, the axes are labelled in image pixels (peaks
-    stay in panel coordinates); without it the panels have no axes.
+    stay in panel coordinates; ticks on the first panel); without it the panels have no
+    axes.
     """
     plt = _pyplot()
     if len(panels) != len(titles):
@@ -179,10 +180,11 @@ def plot_panels(
                 ax.text(px + ox, py + oy, text, color="cyan", ha="center", va="center",
                         fontsize=8)
         ax.set_title(title, fontsize=9)
-        if origin is None:
+        if origin is None or ax is not axes[0]:
             ax.set_xticks([])
             ax.set_yticks([])
-        else:
+        else:  # image pixels on the first panel only: the panels share them (ticks are slow)
+            ax.locator_params(nbins=4)
             ax.tick_params(labelsize=7)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
