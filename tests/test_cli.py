@@ -303,3 +303,42 @@ def test_field_picture_keeps_the_aspect(tmp_path):
     norm = ax_res.images[0].norm
     assert norm(-1.0) < norm(0.0) < norm(1.0)
     plt.close(fig)
+
+
+def test_detection_options_reach_detect(tmp_path, capsys, monkeypatch):
+    """Given options are passed to cdeblend.detect under their keywords; options that the
+    build's detect does not take are reported, not silently dropped."""
+    import cdeblend.detection
+
+    seen = {}
+
+    def fake_detect(images, variance, psf=None, nsigma=5.0, min_area=3):
+        seen.update(nsigma=nsigma, min_area=min_area, psf=psf)
+        return []
+
+    monkeypatch.setattr(cdeblend.detection, "detect", fake_detect)
+    write_single_band(tmp_path)
+    status, _, err = run(["deblend", "--images", str(tmp_path / "single.fits"), "--psf-fwhm",
+                          "4", "--nsigma", "2.5", "--min-area", "7", "--min-contrast", "0.2",
+                          "--no-plots", "--out", str(tmp_path / "o")], capsys)
+    assert seen["nsigma"] == 2.5 and seen["min_area"] == 7 and seen["psf"].shape[0] == 1
+    assert "--min-contrast is not supported" in err
+    assert status == 3  # the fake finds nothing
+    status, _, err = run(["deblend", "--images", str(tmp_path / "single.fits"), "--psf-fwhm",
+                          "4", "--filter", "none", "--no-plots", "--out", str(tmp_path / "o")],
+                         capsys)
+    assert seen["psf"] is None and seen["nsigma"] == 5.0  # unset options keep the defaults
+
+
+def test_panels_with_origin_are_in_image_pixels():
+    import matplotlib.pyplot as plt
+
+    from cdeblend.display import plot_single_band_child
+
+    img = np.zeros((12, 20))
+    fig = plot_single_band_child(img, img, img, peak=(3, 4), label="17", origin=(50, 100))
+    for ax in fig.axes:
+        assert ax.get_xlim() == (99.5, 119.5) and ax.get_ylim() == (49.5, 61.5)
+        (text,) = ax.texts
+        assert text.get_text() == "17" and text.get_position() == (104, 53)
+    plt.close(fig)

@@ -15,6 +15,7 @@ import inspect
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -199,6 +200,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _read_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
                                                        list[str]]:
     """Images, variance, no-data mask and band names from the command's FITS arguments."""
+    with warnings.catch_warnings():
+        # astropy warns about non-standard header cards (e.g. ESO's "ESO-LOG" lines) that do
+        # not affect the data
+        warnings.filterwarnings("ignore", message=".*header keyword is invalid.*")
+        return _read_input_files(args)
+
+
+def _read_input_files(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray,
+                                                         np.ndarray | None, list[str]]:
+    """:func:`_read_inputs` without the warnings filter."""
     from .fits_io import read_image_stack, variance_from_inverse
 
     images, header_bands = read_image_stack(args.images, "images")
@@ -208,10 +219,12 @@ def _read_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.n
     elif getattr(args, "invvar", None):
         invvar, _ = read_image_stack(args.invvar, "invvar")
         variance, mask = variance_from_inverse(invvar)
+        mask = mask if mask.any() else None
     elif getattr(args, "rms", None):
         rms, _ = read_image_stack(args.rms, "rms")
         with np.errstate(divide="ignore", invalid="ignore"):
             variance, mask = variance_from_inverse(np.where(rms > 0, 1.0 / rms**2, 0.0))
+        mask = mask if mask.any() else None
     else:
         variance = None
     if variance is not None and variance.shape != images.shape:
@@ -420,7 +433,7 @@ def _nothing_deblended(counts: dict) -> str:
 
 
 def _cmd_deblend(args: argparse.Namespace) -> int:
-    from .catalog import CatalogConfig, deblend_catalog, write_catalog
+    from .catalog import CatalogConfig, deblend_catalog, parents_from_peaks, write_catalog
     from .fits_io import read_flux_unit, read_peak_table, read_wcs
     from .model_data import save_models
 
@@ -437,20 +450,23 @@ def _cmd_deblend(args: argparse.Namespace) -> int:
         if kind == "multi" and sigma != 0.8:
             logger.info("model PSF sigma %.2f px: the default 0.8 px is wider than the "
                         "sharpest band's PSF (set it with --model-psf-sigma)", sigma)
-    peaks = parents = None
+    config = CatalogConfig(deblender=args.deblender, skip_isolated=not args.fit_isolated,
+                           model_psf_sigma=sigma)
     if args.peaks:
         peaks, used = read_peak_table(args.peaks)
         logger.info("peaks: %d from %s, columns %s", len(peaks), args.peaks, used)
+        # grouped here as deblend_catalog would (same rule and settings), to keep the
+        # footprints for the pictures
+        parents = parents_from_peaks(images, variance, peaks, config.footprint_snr,
+                                     config.footprint_grow)
     else:
         parents = _detect_parents(images, variance, psfs, args)
         _warn_one_big_parent(parents, images.shape[1:], args.background)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = CatalogConfig(deblender=args.deblender, skip_isolated=not args.fit_isolated,
-                           model_psf_sigma=sigma)
     start = time.perf_counter()
     catalog, model_data = deblend_catalog(
-        images, peaks=peaks, parents=parents, config=config, executor=args.executor,
+        images, parents=parents, config=config, executor=args.executor,
         progress=not args.quiet, max_workers=args.workers,
         variance=variance, psf=psfs, mask=mask, bands=bands,
         wcs=read_wcs(args.images), flux_unit=read_flux_unit(args.images),  # RA/Dec, units
@@ -461,7 +477,8 @@ def _cmd_deblend(args: argparse.Namespace) -> int:
     counts = _summary(catalog)
     logger.info("%s", _summary_line(counts, elapsed))
     if not args.no_plots and _have_matplotlib():
-        _draw_run(images, variance, psfs, mask, catalog, model_data, kind, out, args)
+        _draw_run(images, variance, psfs, mask, catalog, model_data, kind, out, args,
+                  parents)
     print(f"catalog, models{'' if args.no_plots else ' and pictures'} written to "
           f"{out.resolve()}")
     problem = _nothing_deblended(counts)
@@ -488,8 +505,10 @@ def _plot_order(catalog: object, max_plots: int) -> list[int]:
     parent = np.asarray(catalog["is_parent"], dtype=bool)
     ok = parent & (np.asarray(catalog["n_children"]) > 0)
     ids = np.asarray(catalog["id"])[ok]
-    flux = np.nansum(np.atleast_2d(np.asarray(catalog["flux_footprint"], dtype=float).T).T[ok]
-                     .reshape(len(ids), -1), axis=1)
+    if ids.size == 0:
+        return []
+    flux = np.asarray(catalog["flux_footprint"], dtype=float).reshape(len(parent), -1)
+    flux = np.nansum(flux[ok], axis=1)
     area = (np.asarray(catalog["box_height"]) * np.asarray(catalog["box_width"]))[ok]
     order = np.lexsort((-area, -flux))
     return [int(i) for i in ids[order][: max(int(max_plots), 0)]]
@@ -497,7 +516,7 @@ def _plot_order(catalog: object, max_plots: int) -> list[int]:
 
 def _draw_run(images: np.ndarray, variance: np.ndarray, psfs: np.ndarray,
               mask: np.ndarray | None, catalog: object, model_data: ModelData, kind: str,
-              out: Path, args: argparse.Namespace) -> None:
+              out: Path, args: argparse.Namespace, parents: Sequence) -> None:
     """field.png and the panels of the ``--max-plots`` brightest parents."""
     import matplotlib.pyplot as plt
 
@@ -513,12 +532,27 @@ def _draw_run(images: np.ndarray, variance: np.ndarray, psfs: np.ndarray,
             _show_parent(observation, model_data, pid, out, quiet=True)
     else:
         total, panels = _single_band_models(images[0], variance[0], psfs[0], mask, catalog,
-                                            set(order), not args.quiet)
+                                            parents, set(order), not args.quiet)
         for pid in order:
-            _show_single_parent(images[0], total, panels[pid], pid, out)
-    fig = plot_field(images, total[None] if total.ndim == 2 else total, catalog)
+            if pid in panels:
+                _show_single_parent(images[0], total, panels[pid], pid, out)
+    fig = plot_field(images, total[None] if total.ndim == 2 else total, catalog,
+                     unmodelled=_unmodelled(parents, catalog, images.shape[1:]),
+                     model_name="model" if kind == "multi" else "sum of templates")
     fig.savefig(out / "field.png", dpi=100)
     plt.close(fig)
+
+
+def _unmodelled(parents: Sequence, catalog: object, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: footprints of the parents without children (isolated, skipped, failed)."""
+    with_kids = set(_child_ids(catalog))
+    out = np.zeros(shape, dtype=bool)
+    for p in parents:
+        if int(p.id) not in with_kids:
+            y0, x0, h, w = (int(v) for v in p.box)
+            fp = np.ones((h, w), bool) if p.footprint is None else np.asarray(p.footprint, bool)
+            out[y0 : y0 + h, x0 : x0 + w] |= fp
+    return out
 
 
 def _mask2d(mask: np.ndarray, images: np.ndarray) -> np.ndarray:
@@ -527,46 +561,44 @@ def _mask2d(mask: np.ndarray, images: np.ndarray) -> np.ndarray:
     return np.broadcast_to(m, images.shape) if m.ndim == 2 else m
 
 
-def _parents_of(catalog: object) -> list[tuple[int, tuple, np.ndarray]]:
-    """(id, box, (K, 2) children's peaks in image frame) of every parent with children."""
+def _child_ids(catalog: object) -> dict[int, dict[int, int]]:
+    """parent id -> {index of the peak in the parent's peak list: the child's catalog id}."""
     parent = np.asarray(catalog["is_parent"], dtype=bool)
-    pid = np.asarray(catalog["parent_id"])
-    ids = np.asarray(catalog["id"])
-    py, px = np.asarray(catalog["peak_y"]), np.asarray(catalog["peak_x"])
-    out = []
-    for k in np.flatnonzero(parent & (np.asarray(catalog["n_children"]) > 0)):
-        kids = np.flatnonzero(pid == ids[k])
-        box = tuple(int(catalog[c][k]) for c in ("box_y0", "box_x0", "box_height", "box_width"))
-        out.append((int(ids[k]), box, np.stack([py[kids], px[kids]], axis=1),
-                    ids[kids].astype(int)))
+    out: dict[int, dict[int, int]] = {}
+    for pid, peak_id, cid in zip(np.asarray(catalog["parent_id"])[~parent],
+                                 np.asarray(catalog["peak_id"])[~parent],
+                                 np.asarray(catalog["id"])[~parent], strict=True):
+        out.setdefault(int(pid), {})[int(peak_id)] = int(cid)
     return out
 
 
 def _single_band_models(image: np.ndarray, variance: np.ndarray, psf: np.ndarray,
-                        mask: np.ndarray | None, catalog: object, keep: set[int],
-                        progress: bool) -> tuple[np.ndarray, dict]:
-    """Re-run the single-band deblender on every deblended parent (it is fast; its templates
-    are not stored) for the field's model and the panels of the parents in ``keep``.
+                        mask: np.ndarray | None, catalog: object, parents: Sequence,
+                        keep: set[int], progress: bool) -> tuple[np.ndarray, dict]:
+    """Re-run the single-band deblender on every deblended parent for the field's model and
+    the panels of the parents in ``keep``: its templates are not stored, and it is fast.
 
-    The parent is cut to its box with the whole box as footprint (the catalog does not store
-    footprints), so templates can differ slightly from the run's near the footprint's edge.
+    The same cut-out, footprint, peaks and settings as the catalog's run give the same
+    templates.
     """
     from .single_band import SingleBandConfig, SingleBandDeblender
 
     deb = SingleBandDeblender(SingleBandConfig())
     total = np.zeros(image.shape)
     panels: dict[int, tuple] = {}
+    kids = _child_ids(catalog)
     m2 = None if mask is None else np.any(np.asarray(mask).reshape(-1, *image.shape) != 0, 0)
-    for pid, box, peaks, kid_ids in _progress(_parents_of(catalog), "models", progress):
-        y0, x0, h, w = box
+    todo = [p for p in parents if int(p.id) in kids]
+    for p in _progress(todo, "models", progress):
+        pid = int(p.id)
+        y0, x0, h, w = (int(v) for v in p.box)
         sl = (slice(y0, y0 + h), slice(x0, x0 + w))
-        var = variance[sl]
-        if m2 is not None:
-            var = np.where(m2[sl], 0.0, var)
         try:
-            res = deb.deblend(image[sl], var, psf, peaks - (y0, x0))
+            res = deb.deblend(image[sl], variance[sl], psf,
+                              np.asarray(p.peaks) - (y0, x0), footprint=p.footprint,
+                              mask=None if m2 is None else m2[sl])
         except (ValueError, TypeError) as err:
-            logger.debug("parent %s: not redrawn (%s)", pid, err)
+            logger.warning("parent %s: not redrawn for the pictures (%s)", pid, err)
             continue
         tmpl = np.zeros((len(res.children), h, w))
         cons = np.zeros((len(res.children), h, w))
@@ -575,10 +607,9 @@ def _single_band_models(image: np.ndarray, variance: np.ndarray, psf: np.ndarray
             cons[i] = _place(ch.conserved, ch.box, (h, w))
         total[sl] += tmpl.sum(axis=0)
         if pid in keep:
-            labels = [str(kid_ids[c.index]) if c.index < len(kid_ids) else str(c.index)
-                      for c in res.children]
+            labels = [str(kids[pid].get(int(c.index), "?")) for c in res.children]
             peaks_local = np.array([c.peak for c in res.children]).reshape(-1, 2)
-            panels[pid] = (box, tmpl, cons, peaks_local, labels)
+            panels[pid] = ((y0, x0, h, w), tmpl, cons, peaks_local, labels)
     return total, panels
 
 
@@ -595,8 +626,8 @@ def _show_single_parent(image: np.ndarray, total: np.ndarray, panel: tuple, pid:
     for k in range(len(tmpl)):
         fig = plot_single_band_child(
             cut, tmpl[k], cons[k], path=out / f"parent{pid}_source{k}.png", peak=peaks[k],
-            title=f"parent {pid}, child id {labels[k]} (box at x={x0}, y={y0})",
-            label=labels[k], total_template=total[y0 : y0 + h, x0 : x0 + w],
+            title=f"parent {pid}, child {k} (catalog id {labels[k]})",
+            label=labels[k], total_template=total[y0 : y0 + h, x0 : x0 + w], origin=(y0, x0),
         )
         plt.close(fig)
 
@@ -622,8 +653,8 @@ def _show_parent(observation: Observation, model_data: ModelData, pid: int, out:
         fig = plot_source_panels(
             cut, models[k], total, conserved[k], path=out / f"parent{pid}_source{k}.png",
             peak=(peak[0] - y0, peak[1] - x0),
-            title=f"parent {pid}, source {k} (catalog id {src.id}; box at x={x0}, y={y0})",
-            label=str(src.id),
+            title=f"parent {pid}, source {k} (catalog id {src.id})",
+            label=str(src.id), origin=(y0, x0),
         )
         plt.close(fig)
         rows.append([k, int(peak[0]), int(peak[1])]
@@ -640,6 +671,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         raise ImportError("cdeblend show draws with matplotlib: pip install 'cdeblend[plot]'")
     model_data = load_models(args.models)
     images, _, mask, _ = _read_inputs(args)
+    images = _subtract_background(images, args)
     if images.shape[0] != len(model_data.bands):
         raise ValueError(f"the images have {images.shape[0]} bands, the models "
                          f"{len(model_data.bands)} ({', '.join(model_data.bands)})")
@@ -709,13 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="multi band: width (pixels) of the model PSF the sources are made "
                      "at; default 0.8, or narrower than the sharpest band's PSF when that is "
                      "narrower (logged)")
-    deb.add_argument("--background", choices=["none", "auto"], default="none",
-                     help="auto: subtract a mesh background per band (SExtractor-like: "
-                     "sigma-clipped mode per --background-mesh mesh, 3 x 3 median filter, "
-                     "bilinear; see cdeblend.background). none (default): the images are "
-                     "sky-subtracted; a warning says when they do not look it")
-    deb.add_argument("--background-mesh", type=int, default=64,
-                     help="mesh size in pixels for --background auto (default: %(default)s)")
+    _add_background_args(deb)
     det = deb.add_argument_group(
         "detection", "used when no --peaks are given; unset options keep cdeblend.detect's "
         "defaults")
@@ -767,9 +793,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image_args(show, noise_required=False)
     show.add_argument("--out", default="cdeblend-show", help="output folder (default: %(default)s)")
     show.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_background_args(show)
     show.set_defaults(func=_cmd_show)
     _add_survey_parser(sub)
     return parser
+
+
+def _add_background_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--background", choices=["none", "auto"], default="none",
+                        help="auto: subtract a mesh background per band (SExtractor-like: "
+                        "sigma-clipped mode per --background-mesh mesh, 3 x 3 median filter, "
+                        "bilinear; see cdeblend.background). none (default): the images are "
+                        "sky-subtracted; a warning says when they do not look it")
+    parser.add_argument("--background-mesh", type=int, default=64,
+                        help="mesh size in pixels for --background auto (default: %(default)s)")
 
 
 def _add_image_args(parser: argparse.ArgumentParser, noise_required: bool = True) -> None:

@@ -133,38 +133,59 @@ def plot_panels(
     panel_size: float = 3.0,
     labels: Sequence[str] | None = None,
     vmax: float | None = None,
+    keep_aspect: bool = False,
+    origin: Sequence[int] | None = None,
 ) -> Figure:
     """Show a row of images (grey (H, W) or colour (H, W, 3)) side by side.
 
     Grey panels share one symmetric, asinh-like colour scale (from ``-vmax`` to ``vmax``,
     by default the largest absolute value) so that residuals of opposite sign are visible;
     colour panels are shown as they are. ``peaks`` (N, 2) (y, x) are marked with ``labels``
-    (default: their index).
+    (default: their index). With ``keep_aspect`` the figure's height follows the panels'
+    aspect instead of being square panels with margins. With ``origin`` = (y0, x0), the
+    panels' pixel (0, 0) in the full image, the axes are labelled in image pixels (peaks
+    stay in panel coordinates; ticks on the first panel); without it the panels have no
+    axes.
     """
     plt = _pyplot()
     if len(panels) != len(titles):
         raise ValueError(f"got {len(panels)} panels but {len(titles)} titles")
-    fig, axes = plt.subplots(1, len(panels), figsize=(panel_size * len(panels), panel_size + 0.4))
+    aspect = 1.0
+    if keep_aspect:  # the figure's height follows the first panel's aspect
+        h, w = np.shape(panels[0])[:2]
+        aspect = min(max(h / max(w, 1), 0.25), 3.0)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(panel_size * len(panels), panel_size * aspect + 0.4)
+    )
     axes = np.atleast_1d(axes)
     if vmax is None:
         grey = [np.asarray(p) for p in panels if np.asarray(p).ndim == 2]
         vmax = max((float(np.max(np.abs(p))) for p in grey), default=1.0) or 1.0
+    oy, ox = (0, 0) if origin is None else (int(origin[0]), int(origin[1]))
     for ax, panel, title in zip(axes, panels, titles, strict=True):
         panel = np.asarray(panel)
+        h, w = panel.shape[:2]
+        extent = (ox - 0.5, ox + w - 0.5, oy - 0.5, oy + h - 0.5)
         if panel.ndim == 2:
             from matplotlib.colors import AsinhNorm
 
             norm = AsinhNorm(linear_width=vmax / 50, vmin=-vmax, vmax=vmax)
-            ax.imshow(panel, origin="lower", cmap="RdGy_r", norm=norm, interpolation="nearest")
+            ax.imshow(panel, origin="lower", cmap="RdGy_r", norm=norm, interpolation="nearest",
+                      extent=extent)
         else:
-            ax.imshow(panel, origin="lower", interpolation="nearest")
+            ax.imshow(panel, origin="lower", interpolation="nearest", extent=extent)
         if peaks is not None:
             for k, (py, px) in enumerate(np.asarray(peaks).reshape(-1, 2)):
                 text = str(k) if labels is None else str(labels[k])
-                ax.text(px, py, text, color="cyan", ha="center", va="center", fontsize=8)
+                ax.text(px + ox, py + oy, text, color="cyan", ha="center", va="center",
+                        fontsize=8)
         ax.set_title(title, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        if origin is None or ax is not axes[0]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        else:  # image pixels on the first panel only: the panels share them (ticks are slow)
+            ax.locator_params(nbins=4)
+            ax.tick_params(labelsize=7)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
@@ -192,12 +213,14 @@ def plot_single_band_child(
     title: str | None = None,
     label: str | None = None,
     total_template: np.ndarray | None = None,
+    origin: Sequence[int] | None = None,
 ) -> Figure:
     """Panels for one single-band child: image, template, residual, conserved image.
 
     All arrays are (H, W) on the parent frame; the peak is marked with ``label``. The
     residual is ``image - total_template`` (every child's template: what no template
-    explains) when ``total_template`` is given, else ``image - template``.
+    explains) when ``total_template`` is given, else ``image - template``. ``origin``: see
+    :func:`plot_panels`.
     """
     image = np.asarray(image)
     template = np.asarray(template)
@@ -215,6 +238,8 @@ def plot_single_band_child(
         suptitle=title,
         labels=None if label is None else [label],
         vmax=float(max(np.abs(template).max(), np.abs(conserved).max())) or None,
+        keep_aspect=True,
+        origin=origin,
     )
 
 
@@ -228,6 +253,7 @@ def plot_source_panels(
     title: str | None = None,
     channels: Sequence[int] | None = None,
     label: str | None = None,
+    origin: Sequence[int] | None = None,
 ) -> Figure:
     """The seed's per-source panels for a multi-band model.
 
@@ -241,6 +267,9 @@ def plot_source_panels(
         (B, H, W) the whole blend's convolved model (for the residual).
     conserved : numpy.ndarray
         (B, H, W) this source's re-apportioned (conserved) image.
+    origin : sequence of int, optional
+        (y0, x0) of the panels in the full image: axes in image pixels (see
+        :func:`plot_panels`).
     """
     images = np.asarray(images, dtype=np.float64)
     if channels is None:
@@ -271,6 +300,7 @@ def plot_source_panels(
         peaks=peaks,
         suptitle=title,
         labels=None if label is None else [label],
+        origin=origin,
     )
 
 
@@ -296,6 +326,8 @@ def plot_field(
     path: str | Path | None = None,
     channels: Sequence[int] | None = None,
     label_limit: int = 300,
+    unmodelled: np.ndarray | None = None,
+    model_name: str = "model",
 ) -> Figure:
     """The whole field: the image with parent boxes, ids and peaks, and its residual.
 
@@ -314,6 +346,9 @@ def plot_field(
         Bands for red, green, blue (default :func:`rgb_bands`).
     label_limit : int
         Parent ids are written when there are at most this many parents.
+    unmodelled : numpy.ndarray, optional
+        (H, W) bool: pixels of parents that have no model (isolated or skipped ones), shown
+        grey in the residual instead of as their whole flux.
 
     Notes
     -----
@@ -341,6 +376,9 @@ def plot_field(
     stretch = top / 8.0  # as lupton_rgb's default (q = 8)
     rgb = lupton_rgb(images, channels, stretch=stretch)
     residual = np.stack([images[c] - model[c] for c in channels]).mean(axis=0)
+    residual = np.where(np.isfinite(residual), residual, 0.0)
+    if unmodelled is not None:
+        residual = np.ma.masked_array(residual, mask=np.asarray(unmodelled, dtype=bool))
     H, W = intensity.shape
     stacked, inch = _field_layout((H, W))
     rows, cols = (2, 1) if stacked else (1, 2)
@@ -350,10 +388,11 @@ def plot_field(
     ax_img, ax_res = axes.ravel()
     ax_img.imshow(rgb, origin="lower", interpolation="nearest")
     norm = AsinhNorm(linear_width=stretch, vmin=-top, vmax=top)
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.8")
     im = ax_res.imshow(
-        np.where(np.isfinite(residual), residual, 0.0),
+        residual,
         origin="lower",
-        cmap="RdBu_r",
+        cmap=cmap,
         norm=norm,
         interpolation="nearest",
     )
@@ -364,7 +403,11 @@ def plot_field(
     _draw_parents(ax_img, catalog, label_limit, ids=True)
     _draw_parents(ax_res, catalog, label_limit, ids=False)
     ax_img.set_title("image, parent ids and boxes\n+ children's peaks", fontsize=9)
-    ax_res.set_title("image - model (same asinh stretch)\nred > 0, blue < 0", fontsize=9)
+    ax_res.set_title(
+        f"image - {model_name} (same asinh stretch), red > 0, blue < 0"
+        + ("\ngrey: parents without a model (isolated)" if unmodelled is not None else ""),
+        fontsize=9,
+    )
     for ax in (ax_img, ax_res):
         ax.set_xlim(-0.5, W - 0.5)
         ax.set_ylim(-0.5, H - 0.5)
