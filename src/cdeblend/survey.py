@@ -49,7 +49,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DONE_MARKER", "SUMMARY_COLUMNS", "PatchSpec", "deblend_survey", "read_manifest"]
+__all__ = [
+    "DONE_MARKER",
+    "SUMMARY_COLUMNS",
+    "PatchSpec",
+    "deblend_survey",
+    "read_manifest",
+    "run_patch",
+]
 
 #: File whose presence marks a patch folder as completely written.
 DONE_MARKER = "_done.json"
