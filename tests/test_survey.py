@@ -302,3 +302,11 @@ def test_manifest_files(tmp_path):
         "--fit-isolated",
     )
     assert "--fit-isolated" not in b.argv and b.argv[-2:] == ("--peaks", str(tmp_path / "pk.csv"))
+
+
+@pytest.mark.parametrize(("option", "value"), [("workers", 0), ("threads", 0), ("threads", 1.5)])
+def test_bad_worker_counts(survey_dir, tmp_path, option, value):
+    root, _ = survey_dir
+    with pytest.raises(ValueError, match=f"{option} must be a positive integer"):
+        deblend_survey(root / "manifest.csv", tmp_path, progress=False, **{option: value})
+    assert not (tmp_path / "summary.csv").exists()

@@ -460,6 +460,10 @@ def deblend_survey(
         One summary row per patch in manifest order (keys :data:`SUMMARY_COLUMNS`); the
         same rows are written to ``OUT/summary.csv``.
     """
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
     specs = read_manifest(manifest)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
