@@ -3,9 +3,8 @@
 Cuts N patches (128 x 128 or ``--patch`` pixels, corners on a 7 x 7 grid, so neighbours
 overlap) out of the 512 x 512 LSST-like field ``../shared/data/field_lsst_512.npz`` (6 bands;
 relative to the repository root, ``--data`` to change; see ``../shared/data/README.md``),
-writes each as FITS files
-(image cube, variance cube, a shared PSF cube, the catalog's peaks inside it as CSV) with a
-CSV manifest, then for N = 8, 16, 32:
+writes each as FITS files (image cube, variance cube, a shared PSF cube, the catalog's peaks
+inside it as CSV) with a CSV manifest, then for N = 8, 16, 32:
 
 - **one process**: the patches one after the other in a single process, each deblended the
   way ``cdeblend deblend`` does with a 2-thread pool inside (``survey.run_patch``);
@@ -16,10 +15,14 @@ Each run is its own subprocess, so every peak memory is that run's. The local cl
 start-up (spawning the workers, importing cdeblend and astropy there) is timed apart from the
 patches; the one-process run imports the same before its timing. Memory: the driver's peak
 RSS and its peak traced Python memory (tracemalloc) while the survey runs, and each worker's
-peak RSS (from the patches' summaries). The driver never holds an image or a model, so its memory must
-not grow with N. Finally a survey of ``--kill-n`` patches (the ``cdeblend survey`` command)
-is killed (SIGKILL to its process group) once half its patches are written, and rerun: the
-rerun must deblend only the rest, and every catalog must equal an uninterrupted run's.
+peak RSS (from the patches' summaries). The driver never holds an image or a model, so its
+memory must not grow with N.
+
+The smallest survey's catalogs are compared with those of the ``cdeblend deblend`` command
+run on each patch. Finally a survey of ``--kill-n`` patches (the ``cdeblend survey``
+command) is killed (SIGKILL to its process group) once half its patches are written, and
+rerun: the rerun must deblend only the rest, and every catalog must equal an uninterrupted
+run's.
 
     python bench/survey.py [--data DIR] [--sizes 8 16 32] [--patch 128] [--kill-n 16]
 """
@@ -186,6 +189,36 @@ def same_catalogs(dir_a: Path, dir_b: Path, names: list[str]) -> bool:
     return True
 
 
+def same_as_deblend(folder: Path, names: list[str], survey_out: Path, out: Path) -> bool:
+    """Run the `cdeblend deblend` command (its default thread pool) on each patch and compare
+    its catalog with the survey's."""
+    bands = (folder / "bands.txt").read_text().split()
+    for name in names:
+        p = folder / name
+        cmd = [
+            sys.executable,
+            "-m",
+            "cdeblend.cli",
+            "deblend",
+            "--images",
+            str(p / "images.fits"),
+            "--variance",
+            str(p / "variance.fits"),
+            "--psfs",
+            str(folder / "psfs.fits"),
+            "--bands",
+            *bands,
+            "--peaks",
+            str(p / "peaks.csv"),
+            "--out",
+            str(out / name),
+            "--no-plots",
+            "--quiet",
+        ]
+        subprocess.run(cmd, check=True, capture_output=True)
+    return same_catalogs(out, survey_out, names)
+
+
 def kill_and_rerun(tmp: Path, manifest: Path, names: list[str], reference: Path) -> None:
     """Kill a `cdeblend survey` run halfway, rerun it, and check what the rerun did."""
     from cdeblend.survey import DONE_MARKER
@@ -326,6 +359,9 @@ def main() -> int:
             "driver RSS: the driver process's peak (Python, numpy, dask and astropy imported); "
             "traced: its peak Python allocations during the survey."
         )
+        n = min(args.sizes)
+        same = same_as_deblend(patches, names[:n], tmp / f"survey_{n}", tmp / "deblend")
+        print(f"\nthe survey's {n} catalogs equal `cdeblend deblend` run on each patch: {same}")
         if args.kill_n:
             manifest = tmp / f"manifest_{args.kill_n}.csv"
             write_manifest(patches, names[: args.kill_n], manifest)
