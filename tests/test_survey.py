@@ -169,7 +169,10 @@ def test_survey_catalogs_match_deblend_and_rerun_skips(survey_dir, reference, tm
 
 
 def test_unfinished_folder_is_redone(survey_dir, reference, tmp_path):
-    """A patch folder without a done marker (outputs not completely written) runs again."""
+    """A patch folder without a done marker (outputs not completely written) runs again; the
+    survey runs on a cluster given by its scheduler's address."""
+    from distributed import LocalCluster
+
     root, names = survey_dir
     out = tmp_path / "out"
     (out / "p0").mkdir(parents=True)
@@ -185,8 +188,10 @@ def test_unfinished_folder_is_redone(survey_dir, reference, tmp_path):
         }
         for n in names[:1]
     ]
-    rows = deblend_survey(patches, out, workers=1, processes=False, progress=False)
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        rows = deblend_survey(patches, out, scheduler=cluster.scheduler_address, progress=False)
     assert rows[0]["status"] == "done"
+    assert not (out / "p0" / "catalog.fits").read_bytes().startswith(b"truncated")
     assert_same_catalog(out / "p0" / "catalog.fits", reference / "p0" / "catalog.fits")
 
 
@@ -299,3 +304,11 @@ def test_manifest_files(tmp_path):
         "--fit-isolated",
     )
     assert "--fit-isolated" not in b.argv and b.argv[-2:] == ("--peaks", str(tmp_path / "pk.csv"))
+
+
+@pytest.mark.parametrize(("option", "value"), [("workers", 0), ("threads", 0), ("threads", 1.5)])
+def test_bad_worker_counts(survey_dir, tmp_path, option, value):
+    root, _ = survey_dir
+    with pytest.raises(ValueError, match=f"{option} must be a positive integer"):
+        deblend_survey(root / "manifest.csv", tmp_path, progress=False, **{option: value})
+    assert not (tmp_path / "summary.csv").exists()

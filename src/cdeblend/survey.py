@@ -49,7 +49,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DONE_MARKER", "SUMMARY_COLUMNS", "PatchSpec", "deblend_survey", "read_manifest"]
+__all__ = [
+    "DONE_MARKER",
+    "SUMMARY_COLUMNS",
+    "PatchSpec",
+    "deblend_survey",
+    "read_manifest",
+    "run_patch",
+]
 
 #: File whose presence marks a patch folder as completely written.
 DONE_MARKER = "_done.json"
@@ -453,6 +460,10 @@ def deblend_survey(
         One summary row per patch in manifest order (keys :data:`SUMMARY_COLUMNS`); the
         same rows are written to ``OUT/summary.csv``.
     """
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
     specs = read_manifest(manifest)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
