@@ -1,21 +1,40 @@
-"""How the multi-band deblender scales with the size of a blend.
+"""How the multi-band deblender scales with the size and crowding of a blend.
 
-Synthetic 5-band blends (bench/synth.py, seeded) of growing size are deblended with the
-default :class:`cdeblend.DeblendConfig`, each size in a fresh subprocess so that its peak
-resident memory (``ru_maxrss``) is its own. Per size the table gives
+By default the scenes of the shared scaling recipe (``make_scaling_blends.py`` in the shared
+data folder, ``--data``, default ``../shared/data`` relative to the repository root): 5 bands,
+Gaussian and Moffat PSFs of sigma 2.5-4 px on 41 x 41 stamps, Sersic bulges and disks with
+r_e 1.5-8 px, 20 % stars, Gaussian noise,
 
-* ``init``/``fit``: seconds of the initialization and of the fit, ``iter`` iterations,
-* ``ms/it``: fit time per iteration,
-* ``floor``: milliseconds of one ``Observation.loss_and_gradient`` on the blend box (the
-  forward and adjoint FFT convolutions every iteration needs), measured in the same process,
-  and ``it/floor`` the ratio of the two,
-* ``cons``: seconds to make the conserved (re-apportioned) children,
-* ``RSS``: peak resident memory of the process (MB), ``traced``: the peak of numpy/Python
-  allocations seen by tracemalloc in a second, separate run (MB),
-* ``|dF/F|``: median over sources and bands of the conserved flux error against the truth.
+* ``a`` 60 x 60 / 5, ``b`` 150 x 150 / 25, ``c`` 400 x 400 / 120, ``d`` 1000 x 1000 / 600
+  sources (the recipe's own seeds), and
+* ``e`` 2000 x 2000 / 3000 sources, the same recipe with ``--crowded-seed`` (crowded: the
+  whole frame is one overlap group).
 
-    python bench/scaling.py [--sizes 60:5,150:25,400:120,1000:600] [--seed 1]
-                            [--dtype float32|float64]
+Scenes are generated once into ``--cache`` (only the arrays the bench reads are kept). Each
+scene is deblended in a fresh subprocess (so that its peak resident memory, ``ru_maxrss``, is
+its own) through the public API: ``Observation(images, variance, psfs)`` and
+``Deblender().deblend`` with the default :class:`cdeblend.DeblendConfig`, the true positions
+as peaks. Per scene the table gives CPU seconds (``time.process_time``, all threads of the
+process) of
+
+* ``init`` (initialization, including ``SED``, the joint SED fit) and ``fit``, ``iter``
+  iterations and ``ms/it`` the fit's CPU time per iteration,
+* ``floor``: milliseconds of one ``Observation.loss_and_gradient`` on the blend (the forward
+  and adjoint FFT convolutions every iteration needs), and ``it/floor`` the ratio,
+* ``wall``: wall-clock seconds of the whole deblend, ``RSS``: peak resident memory (MB),
+* ``|dF/F|``: median over sources and bands of the conserved flux error against the truth,
+  ``loss`` the final loss,
+
+next to scarlet lite's figures where the issue quotes them. ``--synth SIZES`` runs the older
+synthetic blends of ``bench/synth.py`` instead (``SIZE:N_SOURCES`` list, e.g.
+``60:5,150:25,400:120,1000:600``).
+
+``--sed-scaling 100,300,600,1000,3000`` only times the SED fit's non-negative solve on the
+largest overlap group of crops of scene ``e`` (sparse solver against the dense active set).
+
+    python bench/scaling.py [--scenes a,b,c,d,e] [--data PATH] [--cache DIR]
+                            [--crowded-seed 2026] [--synth SIZES] [--dtype float32|float64]
+    python bench/scaling.py --sed-scaling 100,300,600,1000,3000 [--dense-max 1100]
 """
 
 from __future__ import annotations
@@ -26,7 +45,6 @@ import resource
 import subprocess
 import sys
 import time
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -36,90 +54,285 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import synth  # noqa: E402
 
 import cdeblend  # noqa: E402
+from cdeblend import deblender, spectra  # noqa: E402
 
-DEFAULT_SIZES = "60:5,150:25,400:120,1000:600"
+#: The recipe's scenes (size, sources, seed); ``e`` takes its seed from --crowded-seed.
+SCENES = {
+    "a": (60, 5, 101),
+    "b": (150, 25, 102),
+    "c": (400, 120, 103),
+    "d": (1000, 600, 104),
+    "e": (2000, 3000, None),
+}
+
+#: scarlet lite on the same scenes, as quoted in issue 11 (time, peak memory, loss).
+SCARLET_LITE = {"c": "48 s, 1.67 GB, loss 755,484", "d": "> 16 GB before init ends"}
 
 
-def run_one(size: int, n_sources: int, seed: int, traced: bool,
-            dtype: str = "float32") -> dict:
-    """Deblend one synthetic blend in this process and return its measurements."""
-    scene = synth.make_scene(size, size, n_sources, seed=seed)
-    if traced:
-        tracemalloc.start()
-    t0 = time.perf_counter()
-    obs = cdeblend.Observation(scene.images, scene.variance, scene.psfs, bands=scene.bands,
-                               dtype=np.dtype(dtype))
-    result = cdeblend.Deblender().deblend(obs, scene.peaks)
-    t1 = time.perf_counter()
-    fluxes = result.conserved_fluxes
-    t2 = time.perf_counter()
-    out = {"size": size, "n": len(scene.peaks)}
-    if traced:
-        out["traced_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
-        tracemalloc.stop()
-        return out
-    # the FFT floor: the fused forward + adjoint convolution of one iteration, warm buffers
+def default_data() -> Path:
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def scene_path(cache: Path, name: str, seed: int) -> Path:
+    size, n, _ = SCENES[name]
+    return cache / f"scaling_{name}_{size}x{size}_{n}src_seed{seed}.npz"
+
+
+def make_scene_file(data: Path, cache: Path, name: str, seed: int) -> Path:
+    """Generate one scene with the shared recipe (once) and keep the arrays read here."""
+    path = scene_path(cache, name, seed)
+    if path.exists():
+        return path
+    sys.path.insert(0, str(data))
+    import make_scaling_blends as recipe
+
+    size, n, _ = SCENES[name]
+    d = recipe.make_case(size, n, seed)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{k: d[k] for k in ("images", "variance", "psfs", "catalog", "true_flux")})
+    return path
+
+
+class _Timer:
+    """Wraps a function and sums the CPU and wall seconds of its calls."""
+
+    def __init__(self, module, name: str):
+        self.cpu = self.wall = 0.0
+        self.module, self.name = module, name
+        self.inner = getattr(module, name)
+        setattr(module, name, self)
+
+    def __call__(self, *args, **kwargs):
+        c, w = time.process_time(), time.perf_counter()
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.cpu += time.process_time() - c
+            self.wall += time.perf_counter() - w
+
+
+def floor_seconds(obs, result) -> float:
+    """CPU seconds of one forward + adjoint convolution of the blend's model (warm buffers)."""
     model = result.blend.model()
     grad = np.empty_like(model)
     obs.loss_and_gradient(model, grad)
-    reps = max(3, int(0.5 / max(result.timing["fit"] / max(result.iterations, 1), 1e-4)))
-    reps = min(reps, 200)
-    tf = time.perf_counter()
-    for _ in range(reps):
-        obs.loss_and_gradient(model, grad)
-    floor = (time.perf_counter() - tf) / reps
+    reps = 3
+    while True:
+        c = time.process_time()
+        for _ in range(reps):
+            obs.loss_and_gradient(model, grad)
+        dt = time.process_time() - c
+        if dt > 0.5 or reps >= 200:
+            return dt / reps
+        reps *= 4
+
+
+def run_one(images, variance, psfs, peaks, true_flux, dtype: str) -> dict:
+    """Deblend one scene in this process and return its measurements."""
+    sed = _Timer(spectra, "_fit_seds")
+    init = _Timer(deblender, "initialize_blend")
+    fit = _Timer(deblender, "fit_blend")
+    c0, w0 = time.process_time(), time.perf_counter()
+    obs = cdeblend.Observation(images, variance, psfs, dtype=np.dtype(dtype))
+    result = cdeblend.Deblender().deblend(obs, peaks)
+    fluxes = result.conserved_fluxes
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.abs(fluxes / scene.true_flux - 1.0)
+        rel = np.abs(fluxes / true_flux - 1.0)
     rel = rel[np.isfinite(rel)]
-    out.update(
-        init=result.timing["init"], fit=result.timing["fit"], total=t1 - t0,
-        iterations=int(result.iterations), conserve=t2 - t1, floor=floor,
-        components=len(result.blend.components),
-        rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        flux_err=float(np.median(rel)), loss=float(result.loss),
+    return {
+        "n": len(peaks),
+        "components": len(result.blend.components),
+        "sed": sed.cpu,
+        "init": init.cpu,
+        "fit": fit.cpu,
+        "cpu": cpu,
+        "wall": wall,
+        "iterations": int(result.iterations),
+        "floor": floor_seconds(obs, result),
+        "rss_mb": rss,
+        "flux_err": float(np.median(rel)),
+        "loss": float(result.loss),
+    }
+
+
+def sed_scaling(path: Path, counts: list[int], dense_max: int) -> None:
+    """CPU time of the SED fit's non-negative solve on the largest overlap group of crops of
+    scene ``path`` holding about ``counts`` sources: the sparse solver against the dense
+    active set (up to ``dense_max`` components) and their largest difference."""
+    from cdeblend.initialization import initialize_blend
+
+    groups = []
+    sparse = spectra._nnls_solve_sparse
+
+    def record(ik, il, values, rhs):
+        c = time.process_time()
+        out = sparse(ik, il, values, rhs)
+        groups.append((time.process_time() - c, ik, il, values, rhs, out))
+        return out
+
+    spectra._nnls_solve_sparse = record
+    with np.load(path) as d:
+        images, variance, psfs, cat = d["images"], d["variance"], d["psfs"], d["catalog"]
+    size = images.shape[1]
+    total = len(cat)
+    print(
+        f"SED solve of the largest overlap group, crops of {path.name}, CPU seconds "
+        f"(sparse: nnls_sparse; dense: the active set nnls_gram, up to {dense_max})"
     )
-    return out
+    head = (
+        f"{'crop':>10} {'sources':>7} {'group K':>7} {'sparse s':>8} {'dense s':>8} "
+        f"{'max|diff|/max':>13} {'dobj/|obj|':>10}"
+    )
+    print(head)
+    print("-" * len(head))
+    for n in counts:
+        side = min(size, int(round(size * np.sqrt(n / total))))
+        y0 = x0 = (size - side) // 2
+        sl = (slice(None), slice(y0, y0 + side), slice(x0, x0 + side))
+        inside = (
+            (cat["y"] >= y0 + 0.5)
+            & (cat["y"] < y0 + side - 0.5)
+            & (cat["x"] >= x0 + 0.5)
+            & (cat["x"] < x0 + side - 0.5)
+        )
+        peaks = np.stack([cat["y"][inside] - y0, cat["x"][inside] - x0], axis=1)
+        peaks = peaks.round().astype(np.intp)
+        obs = cdeblend.Observation(images[sl], variance[sl], psfs)
+        groups.clear()
+        initialize_blend(obs, peaks, cdeblend.DeblendConfig())
+        if not groups:
+            print(f"{side:>4}x{side:<5} {len(peaks):>7}   (no group above the sparse threshold)")
+            continue
+        dt, ik, il, values, rhs, out = max(groups, key=lambda g: g[4].shape[1])
+        k = rhs.shape[1]
+        dense_s = diff = dobj = float("nan")
+        if k <= dense_max:
+            gram = spectra._dense_gram(ik, il, values, k)
+            c = time.process_time()
+            ref = spectra._nnls_solve_bands(gram, rhs)
+            dense_s = time.process_time() - c
+            diff = float(np.abs(out - ref).max() / np.abs(ref).max())
+            gram_out = np.einsum("bij,bj->bi", gram, out)
+            gram_ref = np.einsum("bij,bj->bi", gram, ref)
+            f_out = np.einsum("bi,bi->b", out, gram_out - 2 * rhs)
+            f_ref = np.einsum("bi,bi->b", ref, gram_ref - 2 * rhs)
+            dobj = float(np.max((f_out - f_ref) / np.abs(f_ref)))
+        print(
+            f"{side:>4}x{side:<5} {len(peaks):>7} {k:>7} {dt:>8.3f} {dense_s:>8.2f} {diff:>13.1e} "
+            f"{dobj:>10.1e}",
+            flush=True,
+        )
 
 
-def _child(size: int, n: int, seed: int, traced: bool, dtype: str) -> dict:
-    cmd = [sys.executable, __file__, "--one", f"{size}:{n}", "--seed", str(seed),
-           "--dtype", dtype]
-    if traced:
-        cmd.append("--traced")
+def child(args) -> None:
+    if args.one.startswith("synth:"):
+        size, n = (int(v) for v in args.one[6:].split(":"))
+        s = synth.make_scene(size, size, n, seed=args.seed)
+        out = run_one(s.images, s.variance, s.psfs, s.peaks, s.true_flux, args.dtype)
+    else:
+        with np.load(args.one) as d:
+            cat = d["catalog"]
+            peaks = np.stack([cat["y"], cat["x"]], axis=1).round().astype(np.intp)
+            out = run_one(d["images"], d["variance"], d["psfs"], peaks, d["true_flux"], args.dtype)
+    print(json.dumps(out))
+
+
+def spawn(target: str, args) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--one",
+        target,
+        "--seed",
+        str(args.seed),
+        "--dtype",
+        args.dtype,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default=DEFAULT_SIZES, help="comma list of SIZE:N_SOURCES")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"),
-                    help="working precision of the Observation")
+    ap.add_argument("--scenes", default="a,b,c,d", help="comma list of a, b, c, d, e")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=default_data(),
+        help="folder of make_scaling_blends.py (default ../shared/data)",
+    )
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=Path("/tmp/cdeblend_scaling"),
+        help="where the generated scenes are kept",
+    )
+    ap.add_argument("--crowded-seed", type=int, default=2026, help="seed of scene e")
+    ap.add_argument("--synth", help="SIZE:N_SOURCES list of bench/synth.py blends instead")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the --synth blends")
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "float64"),
+        help="working precision of the Observation",
+    )
+    ap.add_argument(
+        "--sed-scaling",
+        help="N1,N2,...: only time the SED solve on crops of "
+        "scene e holding about that many sources",
+    )
+    ap.add_argument(
+        "--dense-max",
+        type=int,
+        default=1100,
+        help="largest group the dense solver is timed on (--sed-scaling)",
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)
-    ap.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        size, n = (int(v) for v in args.one.split(":"))
-        print(json.dumps(run_one(size, n, args.seed, args.traced, args.dtype)))
+        child(args)
         return
-    print(f"cdeblend {cdeblend.__version__}, default DeblendConfig, synthetic 5-band blends "
-          f"(bench/synth.py, seed {args.seed}), {args.dtype}, one fresh process per size")
-    head = (f"{'size':>9} {'N':>4} {'K':>5} {'init s':>7} {'fit s':>7} {'iter':>5} {'ms/it':>7} "
-            f"{'floor ms':>8} {'it/floor':>8} {'cons s':>7} {'total s':>8} {'RSS MB':>7} "
-            f"{'traced MB':>9} {'|dF/F|':>7}")
+    if args.sed_scaling:
+        path = make_scene_file(args.data, args.cache, "e", args.crowded_seed)
+        sed_scaling(path, [int(v) for v in args.sed_scaling.split(",")], args.dense_max)
+        return
+    if args.synth:
+        targets = [(f"{item}", f"synth:{item}") for item in args.synth.split(",")]
+        source = f"synthetic blends (bench/synth.py, seed {args.seed})"
+    else:
+        targets = []
+        for name in args.scenes.split(","):
+            seed = SCENES[name][2] if SCENES[name][2] is not None else args.crowded_seed
+            targets.append((name, str(make_scene_file(args.data, args.cache, name, seed))))
+        source = f"the shared scaling recipe (make_scaling_blends.py; e: seed {args.crowded_seed})"
+    print(
+        f"cdeblend {cdeblend.__version__}, default DeblendConfig, {source}, {args.dtype}, "
+        "one fresh process per scene; CPU seconds (time.process_time) unless marked wall"
+    )
+    head = (
+        f"{'scene':>14} {'N':>5} {'K':>5} {'SED s':>6} {'init s':>7} {'fit s':>7} "
+        f"{'iter':>5} {'ms/it':>7} {'floor ms':>8} {'it/floor':>8} {'wall s':>7} "
+        f"{'RSS MB':>7} {'|dF/F|':>7} {'loss':>11}  scarlet lite (issue 11)"
+    )
     print(head)
     print("-" * len(head))
-    for item in args.sizes.split(","):
-        size, n = (int(v) for v in item.split(":"))
-        r = _child(size, n, args.seed, False, args.dtype)
-        tr = _child(size, n, args.seed, True, args.dtype)
+    for name, target in targets:
+        r = spawn(target, args)
         per_it = r["fit"] / max(r["iterations"], 1)
-        print(f"{size:>4}x{size:<4} {r['n']:>4} {r['components']:>5} {r['init']:>7.2f} "
-              f"{r['fit']:>7.2f} {r['iterations']:>5} {1e3 * per_it:>7.2f} "
-              f"{1e3 * r['floor']:>8.2f} {per_it / r['floor']:>8.2f} {r['conserve']:>7.2f} "
-              f"{r['total'] + r['conserve']:>8.2f} {r['rss_mb']:>7.0f} {tr['traced_mb']:>9.0f} "
-              f"{r['flux_err']:>7.4f}", flush=True)
+        label = name
+        if not args.synth:
+            size = SCENES[name][0]
+            label = f"{name} {size}x{size}"
+        print(
+            f"{label:>14} {r['n']:>5} {r['components']:>5} {r['sed']:>6.2f} {r['init']:>7.2f} "
+            f"{r['fit']:>7.2f} {r['iterations']:>5} {1e3 * per_it:>7.1f} "
+            f"{1e3 * r['floor']:>8.1f} {per_it / r['floor']:>8.2f} {r['wall']:>7.1f} "
+            f"{r['rss_mb']:>7.0f} {r['flux_err']:>7.4f} {r['loss']:>11.0f}  "
+            f"{SCARLET_LITE.get(name, '-')}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -398,3 +398,30 @@ def test_sparse_arguments_are_validated():
         nnls_sparse(indptr, indices, data, r, read_only)
     np.testing.assert_array_equal(nnls_sparse(indptr, indices, data, r, out), [0])
     np.testing.assert_array_equal(out, 1.0)  # G = I
+
+
+def test_sparse_duplicates_share_one_sed():
+    """Identical components (two peaks on one pixel) make G singular: they are solved as one
+    and split equally; the objective is the dense (eigen) path's minimum."""
+    rng = np.random.default_rng(31)
+    a = sparse_design(rng, 90, 48, "single")
+    design = np.column_stack([a, a[:, 10], a[:, 40], a[:, 40]])  # 10 twice, 40 three times
+    d = a @ rng.uniform(0.5, 2.0, size=90) + rng.normal(size=a.shape[0])
+    gram, rhs = design.T @ design, design.T @ d
+    ik, il = np.nonzero(np.triu(gram != 0))
+    got = spectra._nnls_solve_sparse(ik, il, gram[ik, il][:, None], rhs[None])[0]
+    rep = spectra._duplicates(ik, il, gram[ik, il][:, None], 93)
+    np.testing.assert_array_equal(rep[[10, 90, 40, 91, 92]], [10, 10, 40, 40, 40])
+    assert np.all(np.delete(rep, [90, 91, 92]) == np.arange(90))
+    assert got[10] == got[90] and got[40] == got[91] == got[92]
+    merged = got[:90].copy()
+    merged[10] += got[90]
+    merged[40] += got[91] + got[92]
+    ref = nnls(a, d, maxiter=5000)[0]  # the unique minimiser without the copies
+    np.testing.assert_allclose(merged, ref, rtol=0, atol=1e-9 * ref.max())
+    dense = spectra._nnls_solve_bands(gram[None], rhs[None])[0]
+
+    def objective(x):
+        return x @ gram @ x - 2 * rhs @ x
+
+    assert objective(got) == pytest.approx(objective(dense), rel=1e-10)
