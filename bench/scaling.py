@@ -35,12 +35,17 @@ largest overlap group of crops of scene ``e`` (sparse solver against the dense a
     python bench/scaling.py [--scenes a,b,c,d,e] [--data PATH] [--cache DIR]
                             [--crowded-seed 2026] [--synth SIZES] [--dtype float32|float64]
     python bench/scaling.py --sed-scaling 100,300,600,1000,3000 [--dense-max 1100]
+    python bench/scaling.py --single-band 400,800
+
+``--single-band`` times the single-band deblender on one crowded parent (a synthetic star
+field, see :func:`crowded_single_band`) with OpenBLAS at its default thread count and at 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -226,7 +231,49 @@ def sed_scaling(path: Path, counts: list[int], dense_max: int) -> None:
         )
 
 
+def crowded_single_band(n_peaks: int, sigma: float, seed: int = 5) -> tuple:
+    """A 400 x 400 one-band field of ``n_peaks`` Gaussian stars (PSF sigma ``sigma`` px, 41 x
+    41), unit noise: one parent (the whole frame) whose PSF fits see many neighbours."""
+    size, half = 400, 20
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[-half : half + 1, -half : half + 1]
+    psf = np.exp(-(y**2 + x**2) / (2 * sigma**2))
+    psf /= psf.sum()
+    pos = rng.uniform(10, size - 10, size=(n_peaks, 2))
+    flux = 10 ** rng.uniform(2.5, 4.5, n_peaks)
+    image = rng.normal(size=(size, size))
+    yy, xx = np.mgrid[0:size, 0:size]
+    for (py, px), f in zip(pos, flux, strict=True):
+        sl = (
+            slice(max(int(py) - half, 0), int(py) + half + 1),
+            slice(max(int(px) - half, 0), int(px) + half + 1),
+        )
+        r2 = (yy[sl] - py) ** 2 + (xx[sl] - px) ** 2
+        image[sl] += f * np.exp(-r2 / (2 * sigma**2)) / (2 * np.pi * sigma**2)
+    peaks = pos.round().astype(np.int64)
+    peaks = peaks[np.argsort(-image[peaks[:, 0], peaks[:, 1]], kind="stable")]
+    return image, np.ones_like(image), psf, peaks
+
+
+def single_band_child(n_peaks: int, sigma: float) -> dict:
+    from cdeblend.single_band import SingleBandConfig, SingleBandDeblender
+
+    image, variance, psf, peaks = crowded_single_band(n_peaks, sigma)
+    deb = SingleBandDeblender(SingleBandConfig(max_footprint_area=0))
+    c, w = time.process_time(), time.perf_counter()
+    result = deb.deblend(image, variance, psf, peaks, footprint=np.ones(image.shape, bool))
+    return {
+        "cpu": time.process_time() - c,
+        "wall": time.perf_counter() - w,
+        "children": len(result.children),
+    }
+
+
 def child(args) -> None:
+    if args.one.startswith("single:"):
+        n, sigma = args.one[7:].split(":")
+        print(json.dumps(single_band_child(int(n), float(sigma))))
+        return
     if args.one.startswith("synth:"):
         size, n = (int(v) for v in args.one[6:].split(":"))
         s = synth.make_scene(size, size, n, seed=args.seed)
@@ -289,10 +336,37 @@ def main() -> None:
         default=1100,
         help="largest group the dense solver is timed on (--sed-scaling)",
     )
+    ap.add_argument(
+        "--single-band",
+        help="N1,N2,...: only time a crowded single-band parent "
+        "of that many peaks with OpenBLAS at its default threads and at 1",
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         child(args)
+        return
+    if args.single_band:
+        print(
+            "Single-band parent: 400 x 400 field of N Gaussian stars (PSF sigma 6 px), the "
+            "whole frame one parent; CPU and wall seconds, OpenBLAS threads as given"
+        )
+        head = f"{'N':>5} {'BLAS threads':>12} {'CPU s':>7} {'wall s':>7} {'children':>8}"
+        print(head)
+        print("-" * len(head))
+        for n in (int(v) for v in args.single_band.split(",")):
+            for threads in ("default", "1"):
+                env = dict(os.environ)
+                env.pop("OPENBLAS_NUM_THREADS", None)
+                if threads == "1":
+                    env["OPENBLAS_NUM_THREADS"] = "1"
+                cmd = [sys.executable, __file__, "--one", f"single:{n}:6.0"]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                print(
+                    f"{n:>5} {threads:>12} {r['cpu']:>7.2f} {r['wall']:>7.2f} {r['children']:>8}",
+                    flush=True,
+                )
         return
     if args.sed_scaling:
         path = make_scene_file(args.data, args.cache, "e", args.crowded_seed)

@@ -15,6 +15,12 @@ accumulated in float64, and a symmetric eigen-decomposition pseudo-inverse of ea
 block of ``G_b``, which reproduces the minimum-norm solution of ``numpy.linalg.lstsq`` when
 components are degenerate (identical morphologies, PSF components on top of each other).
 Memory is ``O(sum_k B x grown area + nnz(G))`` instead of ``O(B K H W)``.
+
+With ``solver="nnls"`` each block is solved non-negatively: by the dense active set
+(``nnls_gram``, cost about cubic in the block size) up to ``_SPARSE_NNLS`` components, above
+by the sparse solver of ``_sparse_nnls.pxi`` (coordinate descent and exact passive solves on
+envelope Cholesky factors, about linear in the block size for components that overlap only
+their neighbours); both return the unique minimiser up to round-off.
 """
 
 from __future__ import annotations
