@@ -161,7 +161,6 @@ def _deblend_frame(
     observation_factory: Callable | None,
 ) -> tuple[Any, ModelData]:
     """:func:`deblend_catalog` after the image checks (see there)."""
-    nb, H, W = frame.images.shape
     # one job (noise level, then the template): with this thread busy finding the parents,
     # one core is free
     shared_future = None
@@ -169,27 +168,8 @@ def _deblend_frame(
         shared_future = submit_or_run(
             own_pool, _shared_setup, frame, getattr(observation_or_image, "noise_rms", None)
         )
-    if parents is None:
-        if peaks is not None:
-            parents = parents_from_peaks(
-                frame.images, frame.variance, peaks, cfg.footprint_snr, cfg.footprint_grow
-            )
-        else:
-            try:
-                from ..detection import detect
-            except ImportError as exc:  # pragma: no cover - detection ships with the package
-                raise ImportError("no peaks or parents given and cdeblend.detect is missing") from (
-                    exc
-                )
-            options = {"psf": frame.psfs, **(cfg.detection or {})}
-            parents = detect(frame.images, frame.variance, **options)
-    checked = check_parents(parents, (H, W))
-    # parent rows in increasing id (a stable sort: detection's ids are in order already)
-    checked = sorted(checked, key=lambda c: int(c[0]))
+    checked = _checked_parents(_find_parents(frame, peaks, parents, cfg), frame.images.shape[1:])
     ids = [int(c[0]) for c in checked]
-    if len(set(ids)) != len(ids):
-        raise ValueError("parent ids must be unique")
-
     factory = default_deblender_factory if deblender_factory is None else deblender_factory
     obs_factory = (
         default_observation_factory if observation_factory is None else observation_factory
@@ -205,7 +185,72 @@ def _deblend_frame(
     boxes = np.array([c[1] for c in checked], dtype=np.int64).reshape(-1, 4)
     stats = parent_stats(frame, boxes, [c[2] for c in checked])
     stats.flux_err = footprint_flux_err(frame, boxes, [c[2] for c in checked])
-    masked = stats.masked_fraction.tolist()
+    tasks, reasons = _make_tasks(checked, stats.masked_fraction.tolist(), frame, kind, cfg)
+    for t in tasks:
+        t.noise_rms = noise_rms
+        t.template = template
+    if tasks and deblender_factory is None:
+        _require_default_deblender(kind)
+    if tasks and kind == "multi" and observation_factory is None:
+        _require_default_deblender("observation")
+
+    fn = functools.partial(deblend_task, factory=factory, obs_factory=obs_factory, cfg=cfg)
+    pool = own_pool if own_pool is not None else executor
+    outcomes = {o.index: o for o in run_tasks(tasks, fn, pool, max_workers, progress)}
+    for k, o in outcomes.items():  # the deblender's own skips reach the catalog's flags
+        if o.skip_reason:
+            reasons[k] = o.skip_reason
+    cat = assemble(checked, ids, boxes, stats, reasons, outcomes, kind, frame.images.shape[0])
+    cat = cat[np.argsort(cat["id"], kind="stable")]  # parents, then children: ids sorted
+    model = ModelData(
+        bands=frame.bands,
+        model_psf=frame.model_psf,
+        psfs=frame.psfs,
+        model_psf_sigma=frame.model_psf_sigma,
+    )
+    _collect_models(model, checked, reasons, outcomes, (max(ids) if ids else 0) + 1, kind, cfg)
+    return to_table(cat, frame.bands), model
+
+
+def _find_parents(frame: Frame, peaks: Any, parents: Any, cfg: CatalogConfig) -> Any:
+    """The parents given, else those of the peaks given, else the detected ones."""
+    if parents is not None:
+        return parents
+    if peaks is not None:
+        return parents_from_peaks(
+            frame.images, frame.variance, peaks, cfg.footprint_snr, cfg.footprint_grow
+        )
+    try:
+        from ..detection import detect
+    except ImportError as exc:  # pragma: no cover - detection ships with the package
+        raise ImportError("no peaks or parents given and cdeblend.detect is missing") from exc
+    options = {"psf": frame.psfs, **(cfg.detection or {})}
+    return detect(frame.images, frame.variance, **options)
+
+
+def _checked_parents(
+    parents: Any, shape: tuple[int, int]
+) -> list[tuple[Any, tuple, np.ndarray, np.ndarray]]:
+    """The parents checked (:func:`~cdeblend.catalog.parents.check_parents`), in increasing
+    id; ValueError when two share an id."""
+    checked = check_parents(parents, shape)
+    # parent rows in increasing id (a stable sort: detection's ids are in order already)
+    checked = sorted(checked, key=lambda c: int(c[0]))
+    ids = [int(c[0]) for c in checked]
+    if len(set(ids)) != len(ids):
+        raise ValueError("parent ids must be unique")
+    return checked
+
+
+def _make_tasks(
+    checked: list[tuple[Any, tuple, np.ndarray, np.ndarray]],
+    masked: list[float],
+    frame: Frame,
+    kind: str,
+    cfg: CatalogConfig,
+) -> tuple[list[Task], list[str]]:
+    """A task per parent that no skip rule applies to (views into the frame), and every
+    parent's skip flag (``""`` for a task)."""
     tasks: list[Task] = []
     reasons: list[str] = []
     for k, (pid, box, fp, local) in enumerate(checked):
@@ -230,32 +275,9 @@ def _deblend_frame(
                 psfs=frame.psfs,
                 bands=frame.bands,
                 model_psf_sigma=frame.model_psf_sigma,
-                noise_rms=noise_rms,
             )
         )
-    for t in tasks:
-        t.template = template
-    if tasks and deblender_factory is None:
-        _require_default_deblender(kind)
-    if tasks and kind == "multi" and observation_factory is None:
-        _require_default_deblender("observation")
-
-    fn = functools.partial(deblend_task, factory=factory, obs_factory=obs_factory, cfg=cfg)
-    pool = own_pool if own_pool is not None else executor
-    outcomes = {o.index: o for o in run_tasks(tasks, fn, pool, max_workers, progress)}
-    for k, o in outcomes.items():  # the deblender's own skips reach the catalog's flags
-        if o.skip_reason:
-            reasons[k] = o.skip_reason
-    cat = assemble(checked, ids, boxes, stats, reasons, outcomes, kind, nb)
-    cat = cat[np.argsort(cat["id"], kind="stable")]  # parents, then children: ids sorted
-    model = ModelData(
-        bands=frame.bands,
-        model_psf=frame.model_psf,
-        psfs=frame.psfs,
-        model_psf_sigma=frame.model_psf_sigma,
-    )
-    _collect_models(model, checked, reasons, outcomes, (max(ids) if ids else 0) + 1, kind, cfg)
-    return to_table(cat, frame.bands), model
+    return tasks, reasons
 
 
 def _collect_models(

@@ -84,6 +84,30 @@ def assemble(
 
     Filled column by column, one numpy call per column rather than per row and column;
     children are numbered after the largest parent id.
+
+    Parameters
+    ----------
+    checked : list of tuple
+        ``(id, (y0, x0, h, w), footprint, local peaks)`` per parent, in parent order.
+    ids : list of int
+        The parents' ids.
+    boxes : numpy.ndarray
+        (P, 4) the parents' boxes.
+    stats : ParentStats
+        The parents' footprint statistics.
+    reasons : list of str
+        Per parent, its skip flag or ``""`` when it was deblended.
+    outcomes : dict
+        Parent index -> :class:`~cdeblend.catalog.tasks.Outcome` of every deblended parent.
+    kind : str
+        ``"multi"`` or ``"single"``.
+    nb : int
+        Number of bands.
+
+    Returns
+    -------
+    numpy.ndarray
+        The structured catalog array.
     """
     P = len(checked)
     fitted = [k for k in range(P) if not reasons[k]]
@@ -100,13 +124,51 @@ def assemble(
         P + int(n_kids.sum()),
         dtype=_catalog_dtype(nb, flag_width, max([len(f) for f in pflags] + [1])),
     )
+    _fill_parents(cat, prow, checked, ids, boxes, stats, reasons)
+    _fill(cat, prow[ran], deblender=kind, deblender_flags=pflags)
+    _fill(cat, prow[failed], failed=True, error=[outcomes[k].error for k in failed])
+    # a lone source (isolated, or one peak and no child) owns all of its footprint's flux
+    lone = [k for k in range(P) if reasons[k] == "skipped_isolated"]
+    _fill(cat, prow[lone], flux_conserved=stats.flux[lone], flux_unassigned=0.0)
+    if not outs:
+        return cat
+    _fill_fitted_parents(cat, prow[done], outs, n_kids[done], stats.flux[done], nb)
+    lone = [
+        k
+        for k in done
+        if n_kids[k] == 0 and len(checked[k][3]) == 1 and not outcomes[k].parent_flags
+    ]
+    _fill(cat, prow[lone], flux_conserved=stats.flux[lone], flux_unassigned=0.0)
+    # the children: every row that is not a parent's, in parent order
+    kid = np.ones(len(cat), dtype=bool)
+    kid[prow] = False
+    krow = np.flatnonzero(kid)
+    parent_ids = np.array(ids, dtype=np.int64)[done]
+    next_id = (max(ids) if ids else 0) + 1
+    _fill_children(cat, krow, outs, parent_ids, stats.masked_fraction[done], next_id, kind)
+    _fill_child_errors_and_metrics(cat, krow, outs, nb)
+    return cat
 
-    def fill(rows: Any, **columns: Any) -> None:
-        for name, values in columns.items():
-            cat[name][rows] = values
 
+def _fill(cat: np.ndarray, rows: Any, **columns: Any) -> None:
+    """``cat[name][rows] = values`` for every column given."""
+    for name, values in columns.items():
+        cat[name][rows] = values
+
+
+def _fill_parents(
+    cat: np.ndarray,
+    prow: np.ndarray,
+    checked: list[tuple[Any, tuple, np.ndarray, np.ndarray]],
+    ids: list[int],
+    boxes: np.ndarray,
+    stats: ParentStats,
+    reasons: list[str],
+) -> None:
+    """Every parent row's columns as if it had not been deblended, and its skip flags."""
     first = np.array([c[3][0] for c in checked], dtype=np.int64).reshape(-1, 2) + boxes[:, :2]
-    fill(
+    _fill(
+        cat,
         prow,
         id=ids,
         parent_id=-1,
@@ -137,19 +199,24 @@ def assemble(
         **{name: np.nan for name in _BAND_METRICS},
     )
     for flag in (f for f in FLAGS if f.startswith("skipped_")):
-        fill(prow, **{flag: [r == flag for r in reasons]})
-    fill(prow[ran], deblender=kind, deblender_flags=pflags)
-    fill(prow[failed], failed=True, error=[outcomes[k].error for k in failed])
-    # a lone source (isolated, or one peak and no child) owns all of its footprint's flux
-    lone = [k for k in range(P) if reasons[k] == "skipped_isolated"]
-    fill(prow[lone], flux_conserved=stats.flux[lone], flux_unassigned=0.0)
-    if not outs:
-        return cat
+        _fill(cat, prow, **{flag: [r == flag for r in reasons]})
+
+
+def _fill_fitted_parents(
+    cat: np.ndarray,
+    rows: np.ndarray,
+    outs: list[Outcome],
+    n_kids: np.ndarray,
+    footprint_flux: np.ndarray,
+    nb: int,
+) -> None:
+    """The fit columns of the parents a deblender returned children for (``outs``)."""
     # per-parent sums of the children, each as before (bit-identical)
     f_cons = np.array([o.flux_conserved.sum(axis=0) for o in outs]).reshape(-1, nb)
-    fill(
-        prow[done],
-        n_children=n_kids[done],
+    _fill(
+        cat,
+        rows,
+        n_children=n_kids,
         n_components=[int(o.n_components.sum()) for o in outs],
         iterations=[o.iterations for o in outs],
         loss=[o.loss for o in outs],
@@ -158,30 +225,33 @@ def assemble(
         error=[o.error for o in outs],
         flux_model=np.array([o.flux_model.sum(axis=0) for o in outs]).reshape(-1, nb),
         flux_conserved=f_cons,
-        flux_unassigned=stats.flux[done] - f_cons,
+        flux_unassigned=footprint_flux - f_cons,
         chi2_reduced=[o.chi2_reduced for o in outs],
         deblend_runtime=[o.runtime for o in outs],
     )
-    lone = [
-        k
-        for k in done
-        if n_kids[k] == 0 and len(checked[k][3]) == 1 and not outcomes[k].parent_flags
-    ]
-    fill(prow[lone], flux_conserved=stats.flux[lone], flux_unassigned=0.0)
 
-    # the children: every row that is not a parent's, in parent order
-    kid = np.ones(len(cat), dtype=bool)
-    kid[prow] = False
-    krow = np.flatnonzero(kid)
-    n = n_kids[done]
-    next_id = (max(ids) if ids else 0) + 1
+
+def _fill_children(
+    cat: np.ndarray,
+    krow: np.ndarray,
+    outs: list[Outcome],
+    parent_ids: np.ndarray,
+    masked_fraction: np.ndarray,
+    next_id: int,
+    kind: str,
+) -> None:
+    """The children's rows (``krow``, in parent order) of the parents of ``outs``, numbered
+    from ``next_id``; their parents' ids and masked fractions are ``parent_ids`` and
+    ``masked_fraction``."""
+    n = np.array([len(o.peak_id) for o in outs], dtype=np.int64)
     peaks = np.concatenate([o.peaks for o in outs])
     cents = np.concatenate([o.centroids for o in outs])
     cons = np.concatenate([o.flux_conserved for o in outs])
-    fill(
+    _fill(
+        cat,
         krow,
         id=np.arange(next_id, next_id + len(krow)),
-        parent_id=np.repeat(np.array(ids, dtype=np.int64)[done], n),
+        parent_id=np.repeat(parent_ids, n),
         n_peaks=1,
         n_components=np.concatenate([o.n_components for o in outs]),
         peak_id=np.concatenate([o.peak_id for o in outs]),
@@ -197,7 +267,7 @@ def assemble(
         flux_conserved=cons,
         flux_footprint=np.nan,
         flux_unassigned=np.nan,
-        masked_fraction=np.repeat(stats.masked_fraction[done], n),
+        masked_fraction=np.repeat(masked_fraction, n),
         deblender=kind,
         iterations=np.repeat([o.iterations for o in outs], n),
         loss=np.repeat([o.loss for o in outs], n),
@@ -207,8 +277,6 @@ def assemble(
         child_flags=[s for o in outs for s in o.child_flags],
         deblend_runtime=np.repeat([o.runtime for o in outs], n),
     )
-    _fill_child_errors_and_metrics(cat, krow, outs, nb)
-    return cat
 
 
 def _fill_child_errors_and_metrics(
