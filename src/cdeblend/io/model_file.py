@@ -37,7 +37,7 @@ def _native(a: np.ndarray, dtype: np.dtype | str | None = None) -> np.ndarray:
 
 
 def save_models(path: str | Path, model_data: ModelData, overwrite: bool = True) -> None:
-    """Write ``model_data`` to one FITS file (layout in the module docstring).
+    """Write ``model_data`` to one FITS file (layout in :mod:`cdeblend.io.schema`).
 
     Parameters
     ----------
@@ -57,7 +57,41 @@ def save_models(path: str | Path, model_data: ModelData, overwrite: bool = True)
     for b in blends:
         if len(b.bands) != nb or b.bands != md.bands:
             raise ValueError(f"blend {b.parent_id} has bands {b.bands}, the model data {md.bands}")
+    sed_dtype, mor_dtype = _common_dtypes(comp_arrays)
+    b_rows, s_rows, c_cols, images = _table_rows(blends, comp_arrays, nb, sed_dtype, mor_dtype)
+    counts = (len(blends), len(s_rows["ID"]), len(c_cols["MORPH_OFFSET"]))
+    hdus = fits.HDUList(
+        [
+            _primary_hdu(fits, md, sed_dtype, mor_dtype, counts),
+            *_table_hdus(fits, b_rows, s_rows, c_cols, nb, sed_dtype),
+            fits.ImageHDU(images["MORPHS"], name="MORPHS"),
+            fits.ImageHDU(images["FOOTPRINTS"], name="FOOTPRINTS"),
+            fits.ImageHDU(np.ascontiguousarray(md.model_psf), name="MODEL_PSF"),
+            fits.ImageHDU(np.ascontiguousarray(md.psfs), name="PSFS"),
+        ]
+    )
+    hdus.writeto(Path(path), overwrite=overwrite, checksum=True)
 
+
+#: Integer columns of the BLENDS table, in file order (LOSS and the flags follow).
+_BLEND_INT_COLUMNS = (
+    "PARENT_ID",
+    "Y0",
+    "X0",
+    "HEIGHT",
+    "WIDTH",
+    "SRC_START",
+    "N_SOURCES",
+    "FP_OFFSET",
+    "ITERATIONS",
+)
+_BLEND_FLAGS = ("CONVERGED", "ISOLATED", "FALLBACK")
+_SOURCE_COLUMNS = ("ID", "PEAK_ID", "COMP_START", "N_COMPS")
+
+
+def _common_dtypes(comp_arrays: list[dict[str, np.ndarray]]) -> tuple[np.dtype, np.dtype]:
+    """The one dtype of every SED and the one of every morphology (their common result
+    type; float32 when there is none): TypeError unless float32 or float64."""
     sed_list = [a["seds"] for a in comp_arrays if len(a["seds"])]
     mor_list = [a["morph_flat"] for a in comp_arrays if len(a["morph_flat"])]
     sed_dtype = np.result_type(*sed_list) if sed_list else np.dtype(np.float32)
@@ -65,27 +99,24 @@ def save_models(path: str | Path, model_data: ModelData, overwrite: bool = True)
     for dt, what in ((sed_dtype, "SEDs"), (mor_dtype, "morphologies")):
         if dt.kind != "f":
             raise TypeError(f"{what} must be floating point, got {dt}")
+    if sed_dtype not in (np.float32, np.float64):
+        raise TypeError(f"SEDs must be float32 or float64, got {sed_dtype}")
+    if mor_dtype not in (np.float32, np.float64):
+        raise TypeError(f"morphologies must be float32 or float64, got {mor_dtype}")
+    return sed_dtype, mor_dtype
 
-    # blends and sources tables
-    b_rows = {
-        k: []
-        for k in (
-            "PARENT_ID",
-            "Y0",
-            "X0",
-            "HEIGHT",
-            "WIDTH",
-            "SRC_START",
-            "N_SOURCES",
-            "FP_OFFSET",
-            "ITERATIONS",
-            "LOSS",
-            "CONVERGED",
-            "ISOLATED",
-            "FALLBACK",
-        )
-    }
-    s_rows = {k: [] for k in ("ID", "PEAK_ID", "COMP_START", "N_COMPS")}
+
+def _table_rows(
+    blends: list[BlendData],
+    comp_arrays: list[dict[str, np.ndarray]],
+    nb: int,
+    sed_dtype: np.dtype,
+    mor_dtype: np.dtype,
+) -> tuple[dict[str, list], dict[str, list], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The BLENDS and SOURCES rows (lists per column), the COMPONENTS columns and the MORPHS
+    and FOOTPRINTS images, with every offset the running sum the reader checks."""
+    b_rows: dict[str, list] = {k: [] for k in (*_BLEND_INT_COLUMNS, "LOSS", *_BLEND_FLAGS)}
+    s_rows: dict[str, list] = {k: [] for k in _SOURCE_COLUMNS}
     c_boxes, c_peaks, c_seds, c_moff, morphs, footprints = [], [], [], [], [], []
     n_src = n_comp = n_morph = n_fp = 0
     for b, arr in zip(blends, comp_arrays, strict=True):
@@ -122,76 +153,70 @@ def save_models(path: str | Path, model_data: ModelData, overwrite: bool = True)
     i64 = np.int64
     boxes = np.concatenate(c_boxes).astype(i64) if c_boxes else np.zeros((0, 4), i64)
     peaks = np.concatenate(c_peaks).astype(i64) if c_peaks else np.zeros((0, 2), i64)
-    seds = np.concatenate(c_seds) if c_seds else np.zeros((0, nb), sed_dtype)
-    moff = np.concatenate(c_moff).astype(i64) if c_moff else np.zeros(0, i64)
-    morph_flat = np.concatenate(morphs) if morphs else np.zeros(0, mor_dtype)
-    fp_flat = np.concatenate(footprints) if footprints else np.zeros(0, np.uint8)
+    c_cols = {
+        "Y0": boxes[:, 0],
+        "X0": boxes[:, 1],
+        "HEIGHT": boxes[:, 2],
+        "WIDTH": boxes[:, 3],
+        "PEAK_Y": peaks[:, 0],
+        "PEAK_X": peaks[:, 1],
+        "SED": np.concatenate(c_seds) if c_seds else np.zeros((0, nb), sed_dtype),
+        "MORPH_OFFSET": np.concatenate(c_moff).astype(i64) if c_moff else np.zeros(0, i64),
+    }
+    images = {
+        "MORPHS": np.concatenate(morphs) if morphs else np.zeros(0, mor_dtype),
+        "FOOTPRINTS": np.concatenate(footprints) if footprints else np.zeros(0, np.uint8),
+    }
+    return b_rows, s_rows, c_cols, images
 
-    def icol(name: str, values: Any) -> Any:
-        return fits.Column(name=name, format="K", array=np.asarray(values, dtype=i64))
 
-    sed_fmt = f"{nb}{'E' if sed_dtype == np.float32 else 'D'}"
-    if sed_dtype not in (np.float32, np.float64):
-        raise TypeError(f"SEDs must be float32 or float64, got {sed_dtype}")
-    if mor_dtype not in (np.float32, np.float64):
-        raise TypeError(f"morphologies must be float32 or float64, got {mor_dtype}")
-
+def _primary_hdu(
+    fits: Any, md: ModelData, sed_dtype: np.dtype, mor_dtype: np.dtype, counts: tuple
+) -> Any:
+    """The primary HDU: schema, bands, dtypes, model PSF sigma and the tables' row counts."""
     primary = fits.PrimaryHDU()
     h = primary.header
     h["SCHEMA"] = (SCHEMA_NAME, "cdeblend persisted multi-band models")
     h["SCHVER"] = (SCHEMA_VERSION, "schema version")
-    h["NBANDS"] = nb
+    h["NBANDS"] = len(md.bands)
     for i, band in enumerate(md.bands):
         h[f"BAND{i + 1}"] = band
     if md.model_psf_sigma is not None:
         h["MPSFSIG"] = (md.model_psf_sigma, "sigma of the Gaussian model PSF (pixels)")
     h["SEDTYPE"] = sed_dtype.name
     h["MORTYPE"] = mor_dtype.name
-    h["NBLENDS"] = len(blends)
-    h["NSOURCES"] = n_src
-    h["NCOMPS"] = n_comp
+    h["NBLENDS"], h["NSOURCES"], h["NCOMPS"] = counts
+    return primary
 
-    bcols = [
-        icol(k, b_rows[k])
-        for k in (
-            "PARENT_ID",
-            "Y0",
-            "X0",
-            "HEIGHT",
-            "WIDTH",
-            "SRC_START",
-            "N_SOURCES",
-            "FP_OFFSET",
-            "ITERATIONS",
-        )
-    ]
+
+def _table_hdus(
+    fits: Any,
+    b_rows: dict[str, list],
+    s_rows: dict[str, list],
+    c_cols: dict[str, np.ndarray],
+    nb: int,
+    sed_dtype: np.dtype,
+) -> list[Any]:
+    """The BLENDS, SOURCES and COMPONENTS tables (integers as int64)."""
+
+    def icol(name: str, values: Any) -> Any:
+        return fits.Column(name=name, format="K", array=np.asarray(values, dtype=np.int64))
+
+    bcols = [icol(k, b_rows[k]) for k in _BLEND_INT_COLUMNS]
     bcols.append(fits.Column(name="LOSS", format="D", array=np.asarray(b_rows["LOSS"], float)))
-    for name in ("CONVERGED", "ISOLATED", "FALLBACK"):
+    for name in _BLEND_FLAGS:
         bcols.append(fits.Column(name=name, format="L", array=np.asarray(b_rows[name], bool)))
-    scols = [icol(k, s_rows[k]) for k in ("ID", "PEAK_ID", "COMP_START", "N_COMPS")]
+    scols = [icol(k, s_rows[k]) for k in _SOURCE_COLUMNS]
+    sed_fmt = f"{nb}{'E' if sed_dtype == np.float32 else 'D'}"
     ccols = [
-        icol("Y0", boxes[:, 0]),
-        icol("X0", boxes[:, 1]),
-        icol("HEIGHT", boxes[:, 2]),
-        icol("WIDTH", boxes[:, 3]),
-        icol("PEAK_Y", peaks[:, 0]),
-        icol("PEAK_X", peaks[:, 1]),
-        fits.Column(name="SED", format=sed_fmt, array=seds),
-        icol("MORPH_OFFSET", moff),
+        fits.Column(name="SED", format=sed_fmt, array=v) if k == "SED" else icol(k, v)
+        for k, v in c_cols.items()
     ]
-    hdus = fits.HDUList(
-        [
-            primary,
-            fits.BinTableHDU.from_columns(bcols, name="BLENDS"),
-            fits.BinTableHDU.from_columns(scols, name="SOURCES"),
-            fits.BinTableHDU.from_columns(ccols, name="COMPONENTS"),
-            fits.ImageHDU(morph_flat, name="MORPHS"),
-            fits.ImageHDU(fp_flat, name="FOOTPRINTS"),
-            fits.ImageHDU(np.ascontiguousarray(md.model_psf), name="MODEL_PSF"),
-            fits.ImageHDU(np.ascontiguousarray(md.psfs), name="PSFS"),
-        ]
-    )
-    hdus.writeto(Path(path), overwrite=overwrite, checksum=True)
+    return [
+        fits.BinTableHDU.from_columns(bcols, name="BLENDS"),
+        fits.BinTableHDU.from_columns(scols, name="SOURCES"),
+        fits.BinTableHDU.from_columns(ccols, name="COMPONENTS"),
+    ]
 
 
 _REQUIRED_HDUS = ("BLENDS", "SOURCES", "COMPONENTS", "MORPHS", "FOOTPRINTS", "MODEL_PSF", "PSFS")
