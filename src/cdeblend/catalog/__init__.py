@@ -90,7 +90,7 @@ the fit's residual (``DeblendConfig.residual_sources``) is a child with ``peak_i
 own peak and ``child_flags`` ``added``.
 """
 
-from .config import CatalogConfig
+from .config import ERROR_WIDTH, CatalogConfig
 from .driver import deblend_catalog
 from .fits import read_catalog, write_catalog
 from .parents import CatalogParent, ParentLike, parents_from_peaks
@@ -99,6 +99,7 @@ from .worker import default_deblender_factory
 
 __all__ = [
     "COLUMN_DESCRIPTIONS",
+    "ERROR_WIDTH",
     "CatalogConfig",
     "CatalogParent",
     "ParentLike",
