@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -66,14 +67,38 @@ def fingerprint(data: Path, n_sims: int) -> dict[str, np.ndarray]:
             out[f"sim_single/{path.stem}/error"] = np.array([str(err)])
     f = np.load(data / "field_lsst_512.npz")
     field = cdb.Observation(f["images"], f["variance"], f["psfs"])
-    catalog, _ = cdb.deblend_catalog(
+    catalog, model = cdb.deblend_catalog(
         field, peaks=_peaks(f["catalog"]), executor="serial", progress=False
     )
     for name in catalog.colnames:
         column = np.asarray(catalog[name])
-        if column.dtype.kind in "fiub":
+        if name != "deblend_runtime":  # wall-clock time: differs from run to run
             out[f"field/{name}"] = column
+    _files(catalog, model, out)
     return out
+
+
+def _without_checksums(path: Path) -> np.ndarray:
+    """A FITS file's bytes, CHECKSUM and DATASUM cards blanked (their comments hold the time)."""
+    cards = bytearray(path.read_bytes())
+    for at in range(0, len(cards) - 79, 80):
+        if cards[at : at + 8] in (b"CHECKSUM", b"DATASUM "):
+            cards[at : at + 80] = b" " * 80
+    return np.frombuffer(bytes(cards), np.uint8)
+
+
+def _files(catalog, model, out: dict) -> None:
+    """The bytes of the field's catalog and model files and the models read back."""
+    catalog = catalog.copy()
+    catalog.remove_column("deblend_runtime")
+    with tempfile.TemporaryDirectory() as tmp:
+        cdb.write_catalog(Path(tmp) / "cat.fits", catalog)
+        cdb.save_models(Path(tmp) / "models.fits", model)
+        out["files/catalog.fits"] = _without_checksums(Path(tmp) / "cat.fits")
+        out["files/models.fits"] = _without_checksums(Path(tmp) / "models.fits")
+        back = cdb.load_models(Path(tmp) / "models.fits")
+    for pid in sorted(back.blends):
+        out[f"files/models/{pid}"] = back.models(pid)
 
 
 def compare(new: dict[str, np.ndarray], old_path: Path) -> int:

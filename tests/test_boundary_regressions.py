@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cdeblend import DeblendConfig, Deblender, FlatStack, Observation, apportion_flux
-from cdeblend.catalog import _largest_first
+from cdeblend.catalog.executors import _largest_first
 
 
 def _gauss(size: int, sigma: float) -> np.ndarray:

@@ -30,7 +30,16 @@ from cdeblend import (
     load_models,
     save_models,
 )
-from cdeblend.catalog import CatalogParent, parents_from_peaks, read_catalog, write_catalog
+from cdeblend.catalog import (
+    CatalogParent,
+    driver,
+    parents_from_peaks,
+    read_catalog,
+    results,
+    table,
+    write_catalog,
+)
+from cdeblend.catalog import parents as catalog_parents
 
 BANDS = ("g", "r", "i")
 
@@ -688,7 +697,7 @@ def stats_reference(images, boxes, footprints, mask):
     for (y0, x0, h, w), fp in zip(boxes, footprints, strict=True):
         cut = images[:, y0 : y0 + h, x0 : x0 + w]
         flux.append(np.sum(np.where(fp, cut, 0.0), axis=(1, 2), dtype=np.float64))
-        cents.append(catalog._centroid(np.where(fp, cut, 0).sum(0), y0, x0))
+        cents.append(results._centroid(np.where(fp, cut, 0).sum(0), y0, x0))
         mcut = None if mask is None else mask[y0 : y0 + h, x0 : x0 + w]
         fracs.append(0.0 if mcut is None else float(np.count_nonzero(mcut & fp)) / max(fp.sum(), 1))
     return np.array(flux).reshape(-1, images.shape[0]), np.array(cents).reshape(-1, 2), fracs
@@ -709,7 +718,7 @@ def test_parent_stats_match_numpy(seed, nb, n_parents, dtype, with_mask):
         footprints.append(rng.random((h, w)) < rng.uniform(0, 1))
     mask = rng.random((H, W)) < 0.3 if with_mask else None
     frame = SimpleNamespace(images=images, mask=mask)
-    stats = catalog._parent_stats(frame, np.array(boxes, np.int64).reshape(-1, 4), footprints)
+    stats = catalog_parents.parent_stats(frame, np.array(boxes, np.int64).reshape(-1, 4), footprints)
     flux, cents, fracs = stats_reference(images, boxes, footprints, mask)
     scale = np.abs(images).sum()
     np.testing.assert_allclose(stats.flux, flux, rtol=1e-12, atol=1e-12 * scale)
@@ -758,8 +767,8 @@ def test_check_parents_at_once_equals_parent_by_parent(seed, n_parents, peak_dty
                                                           & (pk < [y0 + h - 1, x0 + w - 1]))
         fp = [None, rng.random((h, w)) < 0.5, (rng.random((h, w)) < 0.5).astype(int)][i % 3]
         parents.append(CatalogParent(10 + i, (y0, x0, h, w), fp, pk[0] if n == 1 else pk))
-    got = catalog._check_parents(iter(parents), (H, W))  # any iterable
-    want = [catalog._check_parent(p, i, (H, W)) for i, p in enumerate(parents)]
+    got = catalog_parents.check_parents(iter(parents), (H, W))  # any iterable
+    want = [catalog_parents._check_parent(p, i, (H, W)) for i, p in enumerate(parents)]
     assert len(got) == len(want)
     for g, r in zip(got, want, strict=True):
         assert g[0] == r[0] and g[1] == r[1]
@@ -778,8 +787,8 @@ def test_check_parents_reports_the_first_bad_parent():
         (SimpleNamespace(id=2, box=(0, 0, 2, 2)), r"parents\[1\] has no .peaks"),
     ):
         with pytest.raises((ValueError, TypeError), match=match):
-            catalog._check_parents([good, bad, mixed], (60, 84))
-    checked = catalog._check_parents([good, mixed], (60, 84))
+            catalog_parents.check_parents([good, bad, mixed], (60, 84))
+    checked = catalog_parents.check_parents([good, mixed], (60, 84))
     assert checked[1][3].tolist() == [[1, 2]]
 
 
@@ -789,7 +798,7 @@ def assemble_reference(checked, ids, boxes, stats, reasons, outcomes, kind, nb):
     n_rows = len(checked) + sum(len(o.peak_id) for o in outcomes.values() if not o.failed)
     flag_width = max([len(s) for o in outcomes.values() for s in o.child_flags] + [1])
     pflag_width = max([len(o.parent_flags) for o in outcomes.values()] + [1])
-    cat = np.zeros(n_rows, dtype=catalog._catalog_dtype(nb, flag_width, pflag_width))
+    cat = np.zeros(n_rows, dtype=table._catalog_dtype(nb, flag_width, pflag_width))
     r = 0
     for k, (pid, box, _, local) in enumerate(checked):
         y0, x0 = box[:2]
@@ -805,7 +814,7 @@ def assemble_reference(checked, ids, boxes, stats, reasons, outcomes, kind, nb):
         prow["deblender"], prow["iterations"], prow["loss"] = "none", -1, np.nan
         prow["flux_conserved_err"] = stats.flux_err[k]
         prow["flux_model_err"] = prow["chi2_reduced"] = prow["deblend_runtime"] = np.nan
-        for name in catalog._BAND_METRICS:
+        for name in table._BAND_METRICS:
             prow[name] = np.nan
         r += 1
         if k in outcomes:
@@ -847,7 +856,7 @@ def assemble_reference(checked, ids, boxes, stats, reasons, outcomes, kind, nb):
                                 ("flux_model_err", o.flux_model_err)):
                 row[name] = np.nan if value is None else value[i]
             m = o.metrics or {}
-            for name in (*catalog._BAND_METRICS, "chi2_reduced"):
+            for name in (*table._BAND_METRICS, "chi2_reduced"):
                 row[name] = m[name][i] if name in m else np.nan
             for name in ("deblend_zeroFlux", "deblend_edgePixels"):
                 row[name] = m[name][i] if name in m else False
@@ -873,13 +882,13 @@ def test_bulk_assembly_equals_row_by_row(scene, monkeypatch, single):
         return VoronoiDeblender(fail_when=lambda pk: np.array_equal(pk, local))
 
     seen = []
-    real = catalog._assemble
+    real = driver.assemble
 
     def spy(*args):
         seen.append((args, real(*args)))
         return seen[-1][1]
 
-    monkeypatch.setattr(catalog, "_assemble", spy)
+    monkeypatch.setattr(driver, "assemble", spy)
     with np.errstate(invalid="ignore"):  # the test deblender's SED of an empty cell: NaN
         run(images, variance, psfs, parents=parents, fac=fac, mask=mask,
             config=CatalogConfig(max_number_of_peaks=2 if single else 600))
