@@ -168,7 +168,8 @@ def adam_prox_step(const real[:, :, ::1] grad,
                    double[::1] morph_vhat,
                    const int64_t[:, ::1] comp, const double[::1] bg_thresh,
                    const double[::1] bg_rms, const double[::1] sed_min_step,
-                   double sed_step, double morph_step, Py_ssize_t it, double b1, double b2, double eps,
+                   double sed_step, double morph_step, Py_ssize_t it, double b1, double b2,
+                   double eps,
                    double floor, int variant, bint monotonic,
                    const int32_t[::1] vdy, const int32_t[::1] vdx, const double[:, ::1] vw,
                    bint want_bounds, int64_t[:, ::1] bounds):
@@ -928,9 +929,7 @@ def render_sources(const double[:, ::1] sed, const double[::1] morph,
     packed ``sed``, ``morph``, ``comp``), written as (B, h, w) with ``(y0, x0, h, w) =
     boxes[s]`` (every component box inside it) from ``out[offsets[s]]`` on, zeroed first.
     """
-    cdef Py_ssize_t S = ranges.shape[0], B = sed.shape[1], s, k, b, y, x, o, h, w, off
-    cdef Py_ssize_t cy, cx, ch, cw
-    cdef double v
+    cdef Py_ssize_t S = ranges.shape[0], B = sed.shape[1], s, k, o, h, w
     for s in range(S):
         h, w, o = boxes[s, 2], boxes[s, 3], offsets[s]
         if o < 0 or o + B * h * w > out.shape[0] or ranges[s, 0] < 0 or (

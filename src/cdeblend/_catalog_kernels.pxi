@@ -336,8 +336,8 @@ cdef Py_ssize_t _label_pass1(const uint8_t[:, ::1] on, int32_t[:, ::1] labels,
             if y > 0:
                 for q in range(x - 1 if x > 0 else 0, x + 2 if x + 2 <= W else W):
                     if labels[y - 1, q]:
-                        lab = labels[y - 1, q] if lab == 0 else _label_join(parent, lab,
-                                                                             labels[y - 1, q])
+                        lab = (labels[y - 1, q] if lab == 0
+                               else _label_join(parent, lab, labels[y - 1, q]))
             if lab == 0:
                 n += 1
                 parent[n] = n

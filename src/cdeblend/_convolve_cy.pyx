@@ -16,7 +16,6 @@ where ``(oy, ox)`` is the position of the source grid's origin in the output gri
 this operation is the same call with the kernel flipped in y and x and the offsets negated.
 """
 
-cimport cython
 from libc.math cimport INFINITY, log2, sqrt
 from libc.stdint cimport int32_t
 from libc.stdlib cimport free, malloc
@@ -129,25 +128,25 @@ cdef int _gram_pairs(const floating[::1] flat, const Py_ssize_t[::1] offsets,
                      const floating[:, :, ::1] weights, bint weighted,
                      double[:, ::1] out) except -1 nogil:
     cdef Py_ssize_t nb = out.shape[1], npairs = pairs.shape[0]
-    cdef Py_ssize_t p, k, l, b, y, x, ya, yb, xa, xb, hk, wk, hl, wl
+    cdef Py_ssize_t p, k, j, b, y, x, ya, yb, xa, xb, hk, wk, hl, wl
     cdef Py_ssize_t rk, rl
     cdef double acc, row
     for p in range(npairs):
         k = pairs[p, 0]
-        l = pairs[p, 1]
-        ya = max(boxes[k, 0], boxes[l, 0])
-        xa = max(boxes[k, 1], boxes[l, 1])
-        yb = min(boxes[k, 0] + boxes[k, 2], boxes[l, 0] + boxes[l, 2])
-        xb = min(boxes[k, 1] + boxes[k, 3], boxes[l, 1] + boxes[l, 3])
+        j = pairs[p, 1]
+        ya = max(boxes[k, 0], boxes[j, 0])
+        xa = max(boxes[k, 1], boxes[j, 1])
+        yb = min(boxes[k, 0] + boxes[k, 2], boxes[j, 0] + boxes[j, 2])
+        xb = min(boxes[k, 1] + boxes[k, 3], boxes[j, 1] + boxes[j, 3])
         hk = boxes[k, 2]
         wk = boxes[k, 3]
-        hl = boxes[l, 2]
-        wl = boxes[l, 3]
+        hl = boxes[j, 2]
+        wl = boxes[j, 3]
         for b in range(nb):
             acc = 0.0
             for y in range(ya, yb):
                 rk = offsets[k] + (b * hk + y - boxes[k, 0]) * wk - boxes[k, 1]
-                rl = offsets[l] + (b * hl + y - boxes[l, 0]) * wl - boxes[l, 1]
+                rl = offsets[j] + (b * hl + y - boxes[j, 0]) * wl - boxes[j, 1]
                 if weighted:
                     row = 0.0
                     for x in range(xa, xb):

@@ -26,7 +26,8 @@ cdef inline Py_ssize_t _shadow_round(double v) noexcept nogil:
 
 
 cdef inline void _shadow_cast(double[:, ::1] t, const double[:, ::1] v, Py_ssize_t py,
-                       Py_ssize_t px, Py_ssize_t x, Py_ssize_t y, bint vertical) noexcept nogil:
+                              Py_ssize_t px, Py_ssize_t x, Py_ssize_t y,
+                              bint vertical) noexcept nogil:
     """Lower the wedge of targets shadowed by the pixel at offset (x, y) from the peak."""
     cdef Py_ssize_t h = t.shape[0], w = t.shape[1]
     cdef Py_ssize_t sy = py + y, sx = px + x
