@@ -142,8 +142,9 @@ class DeblendConfig:
     """
 
     max_iter: int = 300
-    e_rel: float = 1e-3
+    e_rel: float = 1e-4
     min_iter: int = 5
+    converge_window: int = 3
     resize: int | None = 3
     optimizer: str = "amsgrad"
     b1: float = 0.9
@@ -157,7 +158,7 @@ class DeblendConfig:
     max_components: int = 2
     disk_percentile: float = 25.0
     initial_bg_thresh: float = 1.0
-    init_thresh_units: str = "image"
+    init_thresh_units: str = "detection"
     init_padding: int = 2
     residual_init: bool = False
     set_spectra: bool = True
@@ -175,9 +176,24 @@ class DeblendConfig:
     rescue_snr: float = 10.0
     rescue_fraction: float = 0.5
     rescue_rounds: int = 2
+    rescue_init_level: float = 5.0
+
+    @classmethod
+    def reference(cls, **overrides) -> DeblendConfig:
+        """The LSST pipeline's scarlet lite settings, without the corrections.
+
+        ``e_rel=1e-3``, the initial trim in image units, unconstrained least-squares SEDs
+        clipped at 0, the last iterate returned and no rescue of faint sources: it
+        reproduces the reference's loss on the bundled HSC blend (9011 after 48
+        iterations). ``overrides`` replace single fields.
+        """
+        settings = dict(e_rel=1e-3, converge_window=0, init_thresh_units="image", sed_solver="lstsq",
+                        keep_best=False, rescue_faint=False)
+        settings.update(overrides)
+        return cls(**settings)
 
     def __post_init__(self) -> None:
-        for name in ("max_iter", "min_iter", "max_components", "init_padding",
+        for name in ("max_iter", "min_iter", "converge_window", "max_components", "init_padding",
                      "component_padding", "rescue_rounds", "max_spectrum_cutoff",
                      "monotonicity_size"):
             v = getattr(self, name)
@@ -190,7 +206,8 @@ class DeblendConfig:
             raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, "
                              f"got {self.optimizer!r}")
         for name in ("e_rel", "morph_step", "sed_step", "sed_min_step", "floor", "eps",
-                     "min_snr", "initial_bg_thresh", "rescue_snr", "rescue_fraction"):
+                     "min_snr", "initial_bg_thresh", "rescue_snr", "rescue_fraction",
+                     "rescue_init_level"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -531,9 +548,14 @@ class _Fitter:
                 bound = p
             best = self._best_buffers(p) if cfg.keep_best else (None, None, None)
             b = self.best
+            # windowed test: one iteration per call, the test below (the kernel's is off)
+            stop, e_rel = ((min(max_iter, self.it + 1), 0.0) if cfg.converge_window
+                           else (max_iter, cfg.e_rel))
             status, self.it, size, improved, best_loss, best_size = kernel.iterate(
-                self.it, start, max_iter, cfg.min_iter, cfg.e_rel, cfg.resize or 0,
+                self.it, start, stop, cfg.min_iter, e_rel, cfg.resize or 0,
                 cfg.component_padding, *best, b is not None, b[0] if b is not None else 0.0)
+            if cfg.converge_window and self.it > start + cfg.min_iter and self._settled():
+                status |= _adam_cy.CONVERGED
             # the kernel may have re-gridded into the other buffer (p.comp updated in place)
             if kernel.current != 0 or kernel.size != self._size:
                 self._cur = (self._cur + kernel.current) % 2
@@ -552,6 +574,29 @@ class _Fitter:
                 break
         self.bind()
         return converged
+
+    def _settled(self) -> bool:
+        """Whether the lowest loss so far improved by less than ``e_rel`` per iteration
+        over the last ``converge_window`` iterations.
+
+        The reference stops after one iteration with ``|L[-1] - L[-2]| < e_rel |L[-1]|``.
+        The loss of proximal ADAM is not monotone: during the fast descent it often takes a
+        nearly flat step (a box resize, the prox trimming a component) and the one-step
+        test stops the fit far from the minimum (the bundled HSC blend with the initial trim
+        in detection units: loss 56,441 after 8 iterations, 8,258 when the fit goes on),
+        while later the loss jumps by a percent between iterations and the test may never
+        pass. The running minimum over a window sees neither.
+        """
+        w = self.config.converge_window
+        h = self._hist[: self.it]
+        if h.size < w + 1:
+            return False
+        run = np.minimum.accumulate(h)
+        old, new = run[-w - 1], run[-1]
+        tol = w * self.config.e_rel * abs(new)
+        # the best has stalled, and not because the loss is up on a jump (after a box resize
+        # the loss can stay above the best for a few iterations and then fall below it)
+        return bool(old - new < tol and h[-1] - new < tol)
 
     def _best_buffers(self, p: PackedComponents) -> tuple:
         """Buffers for the kernel's copy of the best iterate: reused while they fit, new
