@@ -371,3 +371,22 @@ def test_threads_give_the_serial_results():
         for ca, cb in zip(a.blend.components, b.blend.components, strict=True):
             np.testing.assert_array_equal(ca.morphology, cb.morphology)
             np.testing.assert_array_equal(ca.sed, cb.sed)
+
+
+def test_windowed_convergence_does_not_stop_on_one_flat_step():
+    """The bundled blend with the initial trim in detection units takes a nearly flat step
+    (relative change < 1e-3) in the middle of its fast descent: the reference's one-step
+    test stops there; the windowed test on the lowest loss goes on to below scarlet lite's
+    final loss and stops once the best loss has settled."""
+    obs, peaks = load_real()
+    one_step = Deblender(DeblendConfig(e_rel=1e-3, converge_window=0)).deblend(obs, peaks)
+    windowed = Deblender(DeblendConfig(e_rel=1e-3)).deblend(obs, peaks)
+    assert one_step.converged and windowed.converged
+    assert one_step.loss > 2 * windowed.loss and windowed.loss < 9011.0
+    # the stopping rule, checked on the windowed fit's own history
+    w, e_rel = DeblendConfig().converge_window, 1e-3
+    best = np.minimum.accumulate(windowed.loss_history)
+    assert best[-w - 1] - best[-1] < w * e_rel * best[-1]
+    assert windowed.loss_history[-1] - best[-1] < w * e_rel * best[-1]
+    with pytest.raises(ValueError, match="converge_window"):
+        DeblendConfig(converge_window=-1)

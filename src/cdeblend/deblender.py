@@ -36,23 +36,29 @@ _OPTIMIZERS = {"amsgrad": _adam_cy.AMSGRAD, "adam": _adam_cy.ADAM}
 class DeblendConfig:
     """Settings of the multi-band deblender.
 
-    The defaults are the LSST pipeline's settings (section 6 of the specification) with four
-    corrections of the reference: non-negative initial SEDs (``sed_solver``), the best
-    iterate is returned (``keep_best``), detected sources are kept alive
-    (``rescue_faint``), and PSF-shaped fallback components are cropped and normalised
-    correctly and use ``bg_thresh``. ``DeblendConfig(sed_solver="lstsq", keep_best=False,
-    rescue_faint=False)`` follows the reference (its loss on the bundled HSC blend, 9011
-    after 48 iterations, is reproduced).
+    The defaults are the LSST pipeline's settings (section 6 of the specification) with
+    corrections that measured better on simulated blends (see the README's Defaults):
+    non-negative initial SEDs (``sed_solver``), the best iterate is returned
+    (``keep_best``), detected sources are kept alive (``rescue_faint``), the initial trim is
+    in the detection image's units (``init_thresh_units``), the fit converges on the lowest
+    loss over a window (``e_rel=1e-4``, ``converge_window``), and PSF-shaped fallback
+    components are cropped and normalised correctly and use ``bg_thresh``.
+    :meth:`reference` follows the reference (its loss on the bundled HSC blend, 9011 after
+    48 iterations, is reproduced).
 
     Fit
     ---
     max_iter : int
         Maximum number of iterations (300). 0 skips the fit (the initial model is returned).
     e_rel : float
-        Convergence: stop when ``|L[-1] - L[-2]| < e_rel * |L[-1]|`` (1e-3; 1e-4 is better
-        when the models themselves are measured).
+        Convergence tolerance per iteration (1e-4; the reference's 1e-3).
     min_iter : int
         No convergence test before this many iterations (5).
+    converge_window : int
+        Stop when, over the last ``converge_window`` iterations (3), the lowest loss so far
+        improved by less than ``converge_window * e_rel`` of itself and the last loss is
+        within that of it. 0: the reference's test, ``|L[-1] - L[-2]| < e_rel * |L[-1]|``,
+        which stops on the first flat step of the fast descent.
     resize : int or None
         Resize the component boxes every this many iterations (3); None never resizes.
     optimizer : str
@@ -81,8 +87,9 @@ class DeblendConfig:
     init_thresh_units : str
         Units of the trim threshold: "image" (the reference: ``initial_bg_thresh`` times the
         mean noise RMS of the images, although the chi^2 detection image is in other units)
-        or "detection" (``initial_bg_thresh`` times the noise RMS of the detection image,
-        ``sqrt(sum_b 1 / noise_rms_b**2)``).
+        or "detection" (the default: ``initial_bg_thresh`` times the noise RMS of the
+        detection image, ``sqrt(sum_b 1 / noise_rms_b**2)``; "image" makes the trim level
+        depend on the flux units, about 40 sigma of the detection image for nJy data).
     init_padding : int
         Margin around the initial morphology, applied twice as in the reference (2).
     residual_init : bool
@@ -139,6 +146,10 @@ class DeblendConfig:
         Thresholds of that test (10 and 0.5).
     rescue_rounds : int
         Maximum number of rescue rounds (2).
+    rescue_init_level : float
+        A source that the initial joint SED fit leaves below the noise threshold restarts
+        with its peak-ratio SED capped at this many noise RMS at its peak (5), and the other
+        sources' SEDs are fitted again without it (``rescue_faint``).
     """
 
     max_iter: int = 300
@@ -187,8 +198,8 @@ class DeblendConfig:
         reproduces the reference's loss on the bundled HSC blend (9011 after 48
         iterations). ``overrides`` replace single fields.
         """
-        settings = dict(e_rel=1e-3, converge_window=0, init_thresh_units="image", sed_solver="lstsq",
-                        keep_best=False, rescue_faint=False)
+        settings = dict(e_rel=1e-3, converge_window=0, init_thresh_units="image",
+                        sed_solver="lstsq", keep_best=False, rescue_faint=False)
         settings.update(overrides)
         return cls(**settings)
 
@@ -342,7 +353,8 @@ class Deblender:
     Parameters
     ----------
     config : DeblendConfig, optional
-        Defaults to the LSST pipeline's settings.
+        Defaults to ``DeblendConfig()`` (``DeblendConfig.reference()``: the LSST
+        pipeline's settings).
     """
 
     def __init__(self, config: DeblendConfig | None = None) -> None:
