@@ -92,7 +92,7 @@ def test_detection_image_and_snr_formulas():
 
 def test_single_components_match_reference():
     obs, peaks = load_real()
-    config = DeblendConfig(max_components=1, set_spectra=False)
+    config = DeblendConfig(max_components=1, set_spectra=False, init_thresh_units="image")
     blend, info = initialize_blend(obs, peaks, config)
     t0 = float(np.mean(obs.noise_rms))
     for src, peak in zip(blend.sources, peaks, strict=True):

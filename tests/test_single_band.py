@@ -354,7 +354,7 @@ def test_degenerate_templates_shredded_blobs():
     fp = img > 5
     peaks = [(y, x) for x, y in pos] + [(y + 2, x - 3) for x, y in pos]
     assert fp[tuple(np.array(peaks).T)].all()
-    cfg = SingleBandConfig(
+    cfg = SingleBandConfig.lsst(  # the reference's test runs the task's settings
         remove_degenerate_templates=True,
         stray_flux_rule="r-to-peak",
         edge_handling="clip",

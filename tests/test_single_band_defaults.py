@@ -1,0 +1,118 @@
+"""The one-call single-band API: its default footprint is the whole-image path's, and the
+default and LSST settings."""
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cdeblend import SingleBandConfig, SingleBandDeblender
+from cdeblend import single_band as sb
+from cdeblend.detection import deblend_image
+
+DATA = Path(__file__).parent / "data"
+
+
+def load(name):
+    with np.load(DATA / name) as d:
+        peaks = np.stack([d["catalog"]["y"], d["catalog"]["x"]], axis=1).astype(np.int64)
+        return (
+            d["images"][0],
+            d["variance"][0],
+            d["psfs"][0].astype(np.float64),
+            peaks,
+            d["true_flux"][:, 0],
+        )
+
+
+def whole_image(image, variance, psf, peaks, config=None):
+    """(N, H, W) conserved children of deblend_image, rows in peak order, and the parents."""
+    out = np.zeros((len(peaks),) + image.shape)
+    parents = deblend_image(image, variance, psf, config, peaks=peaks)
+    for pr in parents:
+        out[pr.parent.peak_index] += pr.conserved_images(image.shape)
+    return out, parents
+
+
+@pytest.mark.parametrize("config", [SingleBandConfig(), SingleBandConfig.lsst()])
+def test_one_call_gives_the_whole_image_result(config):
+    """sim_single blend 2: every peak lies in one detection footprint; the one call without
+    footprint= deblends that parent, as deblend_image does."""
+    image, variance, psf, peaks, true_flux = load("sim_single_blend_0002.npz")
+    whole, parents = whole_image(image, variance, psf, peaks, config)
+    assert len(parents) == 1
+    res = SingleBandDeblender(config).deblend(image, variance, psf, peaks)
+    fp = parents[0].parent.full_footprint(image.shape)
+    ry, rx, rh, rw = res.footprint_box
+    mine = np.zeros(image.shape, dtype=bool)
+    mine[ry : ry + rh, rx : rx + rw] = res.footprint
+    np.testing.assert_array_equal(mine, fp)
+    # the same parent and peaks: the same children (the cut-out only moves the frame)
+    np.testing.assert_allclose(
+        res.conserved_images(), whole, rtol=1e-6, atol=1e-6 * np.abs(image).max()
+    )
+    # and a footprint, not a fractal of noise: every child within a factor 2 of its truth
+    flux = res.conserved_images().sum(axis=(1, 2))
+    assert np.all(np.abs(flux / true_flux - 1) < 1)
+
+
+def test_faint_peak_on_a_negative_pixel_gets_a_small_footprint():
+    """sim_single blend 7: a faint peak sits on a negative pixel (the old default, pixels
+    above 0 sigma connected to a peak, raised ValueError there)."""
+    image, variance, psf, peaks, _ = load("sim_single_blend_0007.npz")
+    assert np.any(image[peaks[:, 0], peaks[:, 1]] <= 0)
+    with pytest.raises(ValueError, match="outside the footprint"):
+        SingleBandDeblender(SingleBandConfig(footprint_nsigma=0.0)).deblend(
+            image, variance, psf, peaks
+        )
+    res = SingleBandDeblender().deblend(image, variance, psf, peaks)
+    y0, x0, h, w = res.footprint_box
+    fp = np.zeros(image.shape, dtype=bool)
+    fp[y0 : y0 + h, x0 : x0 + w] = res.footprint
+    assert fp[peaks[:, 0], peaks[:, 1]].all()
+    # the footprint is the union of deblend_image's parents (its peak-less discs included)
+    _, parents = whole_image(image, variance, psf, peaks)
+    union = np.zeros(image.shape, dtype=bool)
+    for pr in parents:
+        union |= pr.parent.full_footprint(image.shape)
+    np.testing.assert_array_equal(fp, union)
+
+
+def test_peak_in_empty_sky_gets_a_disc_of_its_own():
+    rng = np.random.default_rng(5)
+    H = W = 60
+    yy, xx = np.mgrid[:H, :W]
+    psf = np.exp(-0.5 * ((yy[:15, :15] - 7) ** 2 + (xx[:15, :15] - 7) ** 2) / 1.5**2)
+    psf /= psf.sum()
+    image = 2000 * np.exp(-0.5 * ((yy - 20) ** 2 + (xx - 20) ** 2) / 2.5**2)
+    image += rng.normal(size=(H, W))
+    peaks = np.array([[20, 20], [50, 50]])
+    image[50, 50] = -1.0  # below any threshold
+    res = SingleBandDeblender().deblend(image, np.ones((H, W)), psf, peaks)
+    y0, x0, h, w = res.footprint_box
+    fp = np.zeros((H, W), dtype=bool)
+    fp[y0 : y0 + h, x0 : x0 + w] = res.footprint
+    r = sb.DETECT_GROW
+    disc = (yy - 50) ** 2 + (xx - 50) ** 2 <= r * r
+    np.testing.assert_array_equal(fp[40:, 40:], disc[40:, 40:])
+
+
+def test_footprint_constants_are_deblend_image_defaults():
+    params = inspect.signature(deblend_image).parameters
+    assert params["nsigma"].default == sb.DETECT_NSIGMA
+    assert params["grow"].default == sb.DETECT_GROW
+    assert params["min_area"].default == sb.DETECT_MIN_AREA
+
+
+def test_lsst_preset_and_defaults():
+    lsst = SingleBandConfig.lsst()
+    assert not lsst.weight_templates and lsst.stray_flux_rule == "trim"
+    default = SingleBandConfig()
+    assert default.weight_templates and default.stray_flux_rule == "r-to-peak"
+    assert default.footprint_nsigma is None
+    # everything else is the task's
+    assert SingleBandConfig(weight_templates=False, stray_flux_rule="trim") == lsst
+    assert SingleBandConfig.lsst(max_number_of_peaks=3).max_number_of_peaks == 3
+    with pytest.raises(ValueError, match="footprint_nsigma"):
+        SingleBandConfig(footprint_nsigma=float("nan"))
