@@ -87,7 +87,8 @@ def test_residual_sources_become_flagged_children():
     cfg = CatalogConfig(
         multi_band=DeblendConfig(
             residual_sources=True,
-            residual_snr=20,
+            # the catalog's footprint leaves a residual of S/N 15-20 with the default fit
+            residual_snr=12,
             residual_max_sources=1,
             residual_model_ratio=0.0,
             residual_image_peak=False,

@@ -131,7 +131,8 @@ def test_residual_option_finds_and_flags_the_missed_neighbour():
     cfg = DeblendConfig(residual_sources=True, residual_snr=20, residual_max_sources=1)
     res = Deblender(cfg).deblend(obs, demo.peaks)
     assert res.added is not None and res.added.sum() == 1
-    assert tuple(res.blend.sources[-1].peak) == MISSED
+    # the residual's peak moves by a pixel with the fit it is the residual of
+    assert np.hypot(*np.subtract(res.blend.sources[-1].peak, MISSED)) <= 1.5
     assert res.loss < plain.loss
     # the default is off
     assert plain.added is None and len(plain.blend.sources) == len(demo.peaks)
