@@ -116,3 +116,26 @@ def test_lsst_preset_and_defaults():
     assert SingleBandConfig.lsst(max_number_of_peaks=3).max_number_of_peaks == 3
     with pytest.raises(ValueError, match="footprint_nsigma"):
         SingleBandConfig(footprint_nsigma=float("nan"))
+
+
+def test_template_weight_floor_keeps_every_bright_source():
+    """A harder simulated blend (seed 2001's first, made by the data folder's
+    make_blends.py, truth kept) where the unconstrained template weights leave a source with
+    S/N >= 20 without flux; the default floor gives every such source its share."""
+    f = np.load(DATA / "hard_single_blend_0000.npz")
+    peaks = np.stack([f["catalog"]["y"], f["catalog"]["x"]], axis=1)
+    bright = f["snr"] >= 20
+    kept = {}
+    for floor in (0.0, SingleBandConfig().min_template_weight):
+        res = SingleBandDeblender(SingleBandConfig(min_template_weight=floor)).deblend(
+            f["images"][0], f["variance"][0], f["psfs"][0].astype(np.float64), peaks
+        )
+        kept[floor] = res.conserved_images().sum(axis=(1, 2)) / f["true_flux"][:, 0]
+    assert np.any(bright & (kept[0.0] < 0.05))  # the failure the floor is for
+    assert not np.any(bright & (kept[0.1] < 0.05))
+
+
+@pytest.mark.parametrize("bad", [-0.1, np.nan, np.inf])
+def test_template_weight_floor_is_checked(bad):
+    with pytest.raises(ValueError, match="min_template_weight"):
+        SingleBandConfig(min_template_weight=bad)

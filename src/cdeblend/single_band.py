@@ -109,6 +109,12 @@ class SingleBandConfig:
         Trim template footprints to their non-zero spans (3.6).
     weight_templates : bool
         Scale templates by a least-squares fit to the image (3.7).
+    min_template_weight : float
+        Floor of those least-squares weights (0.1). The unconstrained fit gives a template
+        that its neighbours' templates can stand in for a weight near or below 0, and its
+        child then gets no flux: 22 of 861 sources with S/N >= 20 were lost that way on a
+        harder simulated set. With the floor no bright source was lost on any set, and the
+        median flux error was the same or better (README, "Defaults").
     remove_degenerate_templates : bool
         Drop one of each pair of templates whose cosine exceeds ``max_temp_dot_prod`` (3.8).
     max_temp_dot_prod : float
@@ -179,6 +185,7 @@ class SingleBandConfig:
     monotonic_template: bool = True
     clip_footprint_to_nonzero: bool = True
     weight_templates: bool = True
+    min_template_weight: float = 0.1
     remove_degenerate_templates: bool = False
     max_temp_dot_prod: float = 0.5
     assign_stray_flux: bool = True
@@ -224,6 +231,10 @@ class SingleBandConfig:
             raise ValueError(
                 f"stray_flux_to_point_sources must be one of {_POINT_RULES}, "
                 f"got {self.stray_flux_to_point_sources!r}"
+            )
+        if not (np.isfinite(self.min_template_weight) and self.min_template_weight >= 0):
+            raise ValueError(
+                f"min_template_weight must be finite and >= 0, got {self.min_template_weight!r}"
             )
         if self.median_filter_halfsize < 0:
             raise ValueError("median_filter_halfsize must be >= 0")
@@ -1375,6 +1386,8 @@ class _Run:
             cols.append(_on_box(t.values, t.box, (0, 0, fr.h, fr.w))[pmask])
         A = np.stack(cols, axis=1)
         w, *_ = np.linalg.lstsq(A, fr.image[pmask], rcond=-1)
+        # a weight at or below 0 would leave its child without flux (config docstring)
+        w = np.maximum(w, self.cfg.min_template_weight)
         for k, i in enumerate(act):
             t = self.templates[i]
             t.values = np.ascontiguousarray(t.values * w[k])
