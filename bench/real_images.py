@@ -14,7 +14,9 @@ EMMI runs: ``emmi`` (image and PSF only), ``emmi_rms`` (with SExtractor's rms ma
 settings of that catalog from ``default.sex``: ``DETECT_THRESH 1.5``, ``DETECT_MINAREA 5``,
 ``FILTER Y`` with ``default.conv``, no footprint growth, its rms map: ``--nsigma 1.5
 --min-area 5 --filter conv --filter-kernel default.conv --grow 0 --rms rms.fits``) and
-``emmi_sex_g2`` (the same with the default footprint growth of 2 px). SExtractor's catalog
+``emmi_sex_g2`` (the same with the default footprint growth of 2 px). ``hst_noise`` is the
+HST cutout with ``--measure-noise`` (its drizzled noise is correlated: the filtered noise is
+larger than the pixel variance says). SExtractor's catalog
 has 65 objects (no deblending, ``DEBLEND_MINCONT 1.0``); for the EMMI runs the column
 ``sex<3px`` counts how many of them have a deblended source's peak within 3 px.
 
@@ -93,6 +95,16 @@ def runs(data: Path) -> list[tuple[str, list[str]]]:
             ["--images", str(hsc / spiral), "--psfs", str(hsc / f"psf_{spiral}")],
         ),
         ("hst", ["--images", str(hsc / "Cut_HST.fits"), "--psfs", str(hsc / "PSF_HST.fits")]),
+        (
+            "hst_noise",
+            [
+                "--images",
+                str(hsc / "Cut_HST.fits"),
+                "--psfs",
+                str(hsc / "PSF_HST.fits"),
+                "--measure-noise",
+            ],
+        ),
         (
             "emmi",
             ["--images", str(emmi / "image.fits"), "--psf-fwhm", "2.5", "--background", "auto"],
