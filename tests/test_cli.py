@@ -399,6 +399,26 @@ def test_sextractor_settings_from_the_command_line(tmp_path, capsys):
     assert status == 1 and "--filter-kernel needs a filter" in err
 
 
+def test_nan_rows_with_only_an_image_and_a_psf_fwhm(tmp_path, capsys):
+    """A user's single-band image with NaN rows, an unsubtracted sky, no noise map: the
+    rows are no-data (masked in the parents they cross), nothing fails, the pictures are
+    drawn."""
+    sources, fwhm = write_single_band(tmp_path, sky=300.0)
+    image = fits.getdata(tmp_path / "single.fits").astype(np.float64)
+    image[39:42] = np.nan  # through the bright pair at y = 40-43
+    fits.PrimaryHDU(image).writeto(tmp_path / "nan.fits")
+    status, _, err = run(["deblend", "--images", str(tmp_path / "nan.fits"), "--psf-fwhm",
+                          f"{fwhm:.3f}", "--background", "auto", "--executor", "serial",
+                          "--max-plots", "1", "--out", str(tmp_path / "o")], capsys)
+    assert status == 0, err
+    cat = read_catalog(tmp_path / "o" / "catalog.fits")
+    par = cat[cat["is_parent"]]
+    assert not np.any(par["failed"]) and np.any(par["n_children"] > 0)
+    assert np.any(par["masked_fraction"] > 0)
+    assert np.all(np.isfinite(np.asarray(cat["flux_conserved"], dtype=float)))
+    assert (tmp_path / "o" / "field.png").read_bytes().startswith(PNG)
+
+
 def test_panels_with_origin_are_in_image_pixels():
     import matplotlib.pyplot as plt
 

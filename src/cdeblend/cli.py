@@ -555,6 +555,7 @@ def _draw_run(images: np.ndarray, variance: np.ndarray, psfs: np.ndarray,
 
     from .display import plot_field
 
+    images, mask = _drawable(images, mask)
     order = _plot_order(catalog, args.max_plots)
     if kind == "multi":
         observation = model_data.observation(
@@ -586,6 +587,18 @@ def _unmodelled(parents: Sequence, catalog: object, shape: tuple[int, int]) -> n
             fp = np.ones((h, w), bool) if p.footprint is None else np.asarray(p.footprint, bool)
             out[y0 : y0 + h, x0 : x0 + w] |= fp
     return out
+
+
+def _drawable(images: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray,
+                                                                    np.ndarray | None]:
+    """Images with no-data pixels (NaN, inf) set to 0 and added to the (B, H, W) mask:
+    matplotlib's stretches fail on non-finite values, and the re-apportioned pictures must
+    give those pixels no weight."""
+    bad = ~np.isfinite(images)
+    if not bad.any():
+        return images, mask
+    mask = bad if mask is None else (bad | _mask2d(mask, images))
+    return np.where(bad, 0.0, images), mask
 
 
 def _mask2d(mask: np.ndarray, images: np.ndarray) -> np.ndarray:
@@ -721,8 +734,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
     blend = model_data.blends[args.parent]
     if blend.isolated or not blend.sources:
         raise ValueError(f"parent {args.parent} was not fitted (isolated): nothing to show")
+    images, mask = _drawable(images, mask)
     observation = model_data.observation(
-        images, weights=None if mask is None else (~mask).astype(images.dtype))
+        images, weights=None if mask is None else (~_mask2d(mask, images)).astype(
+            images.dtype))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _show_parent(observation, model_data, args.parent, out, progress=not args.quiet)
