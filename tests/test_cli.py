@@ -312,8 +312,9 @@ def test_detection_options_reach_detect(tmp_path, capsys, monkeypatch):
 
     seen = {}
 
-    def fake_detect(images, variance, psf=None, nsigma=5.0, min_area=3):
-        seen.update(nsigma=nsigma, min_area=min_area, psf=psf)
+    def fake_detect(images, variance, psf=None, nsigma=5.0, min_area=3,
+                    filter_type="matched"):
+        seen.update(nsigma=nsigma, min_area=min_area, psf=psf, filter_type=filter_type)
         return []
 
     monkeypatch.setattr(cdeblend.detection, "detect", fake_detect)
@@ -328,6 +329,94 @@ def test_detection_options_reach_detect(tmp_path, capsys, monkeypatch):
                           "4", "--filter", "none", "--no-plots", "--out", str(tmp_path / "o")],
                          capsys)
     assert seen["psf"] is None and seen["nsigma"] == 5.0  # unset options keep the defaults
+
+
+def test_every_detection_option_is_a_keyword_of_detect():
+    """This build's detect takes every option the command offers (none is ignored)."""
+    import inspect
+
+    from cdeblend import detect
+    from cdeblend.cli import DETECTION_OPTIONS, build_parser
+
+    accepted = inspect.signature(detect).parameters
+    assert all(k in accepted for k in DETECTION_OPTIONS.values())
+    assert {"kernel", "filter_type"} <= set(accepted)
+    helptext = build_parser()._subparsers._group_actions[0].choices["deblend"].format_help()
+    for option in DETECTION_OPTIONS:
+        assert "--" + option.replace("_", "-") in helptext
+
+
+def test_read_conv_kernel_reads_sextractor_files(tmp_path):
+    from cdeblend.fits_io import read_conv_kernel
+
+    kernel = read_conv_kernel(DATA / "sextractor_default.conv")  # SExtractor's default.conv
+    np.testing.assert_array_equal(kernel, [[1, 2, 1], [2, 4, 2], [1, 2, 1]])
+    (tmp_path / "even.conv").write_text("CONV NORM\n1 1\n1 1\n")
+    with pytest.raises(ValueError, match="filter_kernel.*even sides"):
+        read_conv_kernel(tmp_path / "even.conv")
+    (tmp_path / "ragged.conv").write_text("CONV NORM\n# c\n1 2 1\n2 4\n1 2 1\n")
+    with pytest.raises(ValueError, match="filter_kernel.*different lengths"):
+        read_conv_kernel(tmp_path / "ragged.conv")
+    (tmp_path / "words.conv").write_text("CONV NORM\n1 2 one\n")
+    with pytest.raises(ValueError, match="filter_kernel: line 2"):
+        read_conv_kernel(tmp_path / "words.conv")
+
+
+def test_sextractor_settings_from_the_command_line(tmp_path, capsys):
+    """--filter conv --filter-kernel FILE --grow 0 gives the parents of cdeblend.detect with
+    SExtractor's filter (kernel=conv, filter_type="conv") on the same pixels; a zero-rms row
+    reaches the deblender as no-data."""
+    import cdeblend
+
+    sources, fwhm = write_single_band(tmp_path)
+    image = fits.getdata(tmp_path / "single.fits").astype(np.float64)
+    rms = np.full(image.shape, 2.0)
+    rms[41] = 0.0  # "<= 0 means no data", through the bright pair
+    fits.PrimaryHDU(rms.astype(np.float32)).writeto(tmp_path / "rms.fits")
+    kernel = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=float)
+    variance = np.where(rms > 0, rms**2, 0.0)
+    expected = cdeblend.detect(image, variance, nsigma=1.5, min_area=5, grow=0, kernel=kernel,
+                               filter_type="conv")
+    status, _, err = run(["deblend", "--images", str(tmp_path / "single.fits"), "--rms",
+                          str(tmp_path / "rms.fits"), "--psf-fwhm", f"{fwhm:.3f}", "--nsigma",
+                          "1.5", "--min-area", "5", "--filter", "conv", "--filter-kernel",
+                          str(DATA / "sextractor_default.conv"), "--grow", "0",
+                          "--executor", "serial", "--no-plots", "--out", str(tmp_path / "o")],
+                         capsys)
+    assert status == 0, err
+    assert "filter_type=conv" in err and "3 x 3 kernel" in err
+    cat = read_catalog(tmp_path / "o" / "catalog.fits")
+    par = cat[cat["is_parent"]]
+    assert len(par) == len(expected)
+    assert sorted(par["n_peaks"]) == sorted(len(p.peaks) for p in expected)
+    assert not np.any(par["failed"])
+    # the zero-rms row crosses the bright pair's footprint: masked there, not an error
+    assert np.any(par["masked_fraction"] > 0)
+    status, _, err = run(["deblend", "--images", str(tmp_path / "single.fits"), "--psf-fwhm",
+                          "3", "--filter", "none", "--filter-kernel",
+                          str(DATA / "sextractor_default.conv"), "--out", str(tmp_path / "p")],
+                         capsys)
+    assert status == 1 and "--filter-kernel needs a filter" in err
+
+
+def test_nan_rows_with_only_an_image_and_a_psf_fwhm(tmp_path, capsys):
+    """A user's single-band image with NaN rows, an unsubtracted sky, no noise map: the
+    rows are no-data (masked in the parents they cross), nothing fails, the pictures are
+    drawn."""
+    sources, fwhm = write_single_band(tmp_path, sky=300.0)
+    image = fits.getdata(tmp_path / "single.fits").astype(np.float64)
+    image[39:42] = np.nan  # through the bright pair at y = 40-43
+    fits.PrimaryHDU(image).writeto(tmp_path / "nan.fits")
+    status, _, err = run(["deblend", "--images", str(tmp_path / "nan.fits"), "--psf-fwhm",
+                          f"{fwhm:.3f}", "--background", "auto", "--executor", "serial",
+                          "--max-plots", "1", "--out", str(tmp_path / "o")], capsys)
+    assert status == 0, err
+    cat = read_catalog(tmp_path / "o" / "catalog.fits")
+    par = cat[cat["is_parent"]]
+    assert not np.any(par["failed"]) and np.any(par["n_children"] > 0)
+    assert np.any(par["masked_fraction"] > 0)
+    assert np.all(np.isfinite(np.asarray(cat["flux_conserved"], dtype=float)))
+    assert (tmp_path / "o" / "field.png").read_bytes().startswith(PNG)
 
 
 def test_panels_with_origin_are_in_image_pixels():

@@ -40,7 +40,19 @@ DETECTION_OPTIONS = {
     "peak_significance": "peak_significance",
     "min_separation": "min_separation",
     "grow": "grow",
+    "measure_noise": "measure_noise",
 }
+
+#: ``--filter`` choices -> (filter the detection image?, :func:`cdeblend.detect`'s
+#: ``filter_type``). "psf" is the historic name of "matched".
+FILTERS = {"psf": (True, "matched"), "matched": (True, "matched"), "conv": (True, "conv"),
+           "none": (False, "matched")}
+
+#: The ``cdeblend deblend`` options that reproduce SExtractor's detection settings, shown in
+#: the help (``DETECT_THRESH``, ``DETECT_MINAREA``, ``FILTER Y`` with ``FILTER_NAME``; its
+#: footprints are not grown).
+SEXTRACTOR_RECIPE = ("--nsigma DETECT_THRESH --min-area DETECT_MINAREA --filter conv "
+                     "--filter-kernel FILTER_NAME --grow 0")
 
 #: Exit status when nothing could be deblended because of the input (all parents skipped or
 #: failed, or nothing detected).
@@ -219,12 +231,10 @@ def _read_input_files(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray,
     elif getattr(args, "invvar", None):
         invvar, _ = read_image_stack(args.invvar, "invvar")
         variance, mask = variance_from_inverse(invvar)
-        mask = mask if mask.any() else None
     elif getattr(args, "rms", None):
         rms, _ = read_image_stack(args.rms, "rms")
         with np.errstate(divide="ignore", invalid="ignore"):
             variance, mask = variance_from_inverse(np.where(rms > 0, 1.0 / rms**2, 0.0))
-        mask = mask if mask.any() else None
     else:
         variance = None
     if variance is not None and variance.shape != images.shape:
@@ -372,13 +382,36 @@ def _detect_parents(images: np.ndarray, variance: np.ndarray, psfs: np.ndarray,
                            option.replace("_", "-"))
             continue
         kwargs[keyword] = value
-    psf = psfs if args.filter == "psf" else None
+    filtered, filter_type = FILTERS[args.filter]
+    kernel = _filter_kernel(args)
+    psf = psfs if filtered and kernel is None else None
+    if kernel is not None:
+        kwargs["kernel"] = kernel
+    if filtered:
+        kwargs["filter_type"] = filter_type
     parents = detect(images, variance, psf=psf, **kwargs)
-    shown = ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "the defaults"
-    logger.info("detection (%s, %s): %d parents with %d peaks", shown,
-                "PSF matched filter" if psf is not None else "no filter", len(parents),
+    shown = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k != "kernel") or "the defaults"
+    if not filtered:
+        how = "no filter"
+    else:
+        what = f"{kernel.shape[0]} x {kernel.shape[1]} kernel" if kernel is not None else "PSF"
+        how = f"{'smoothed by the' if filter_type == 'conv' else 'matched filter of the'} {what}"
+    logger.info("detection (%s; %s): %d parents with %d peaks", shown, how, len(parents),
                 sum(len(p.peaks) for p in parents))
     return parents
+
+
+def _filter_kernel(args: argparse.Namespace) -> np.ndarray | None:
+    """The ``--filter-kernel`` file's kernel (None without one); refused with --filter none."""
+    from .fits_io import read_conv_kernel
+
+    path = getattr(args, "filter_kernel", None)
+    if path is None:
+        return None
+    if args.filter == "none":
+        raise ValueError("--filter-kernel needs a filter: --filter conv (SExtractor-like) or "
+                         "--filter matched, not --filter none")
+    return read_conv_kernel(path)
 
 
 def _warn_one_big_parent(parents: Sequence, shape: tuple[int, int], background: str) -> None:
@@ -522,6 +555,7 @@ def _draw_run(images: np.ndarray, variance: np.ndarray, psfs: np.ndarray,
 
     from .display import plot_field
 
+    images, mask = _drawable(images, mask)
     order = _plot_order(catalog, args.max_plots)
     if kind == "multi":
         observation = model_data.observation(
@@ -553,6 +587,18 @@ def _unmodelled(parents: Sequence, catalog: object, shape: tuple[int, int]) -> n
             fp = np.ones((h, w), bool) if p.footprint is None else np.asarray(p.footprint, bool)
             out[y0 : y0 + h, x0 : x0 + w] |= fp
     return out
+
+
+def _drawable(images: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray,
+                                                                    np.ndarray | None]:
+    """Images with no-data pixels (NaN, inf) set to 0 and added to the (B, H, W) mask:
+    matplotlib's stretches fail on non-finite values, and the re-apportioned pictures must
+    give those pixels no weight."""
+    bad = ~np.isfinite(images)
+    if not bad.any():
+        return images, mask
+    mask = bad if mask is None else (bad | _mask2d(mask, images))
+    return np.where(bad, 0.0, images), mask
 
 
 def _mask2d(mask: np.ndarray, images: np.ndarray) -> np.ndarray:
@@ -688,8 +734,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
     blend = model_data.blends[args.parent]
     if blend.isolated or not blend.sources:
         raise ValueError(f"parent {args.parent} was not fitted (isolated): nothing to show")
+    images, mask = _drawable(images, mask)
     observation = model_data.observation(
-        images, weights=None if mask is None else (~mask).astype(images.dtype))
+        images, weights=None if mask is None else (~_mask2d(mask, images)).astype(
+            images.dtype))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _show_parent(observation, model_data, args.parent, out, progress=not args.quiet)
@@ -726,7 +774,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Detect parents (or group the given peaks into parents), deblend each on "
         "a pool of workers and write catalog.fits, models.fits and PNG pictures into --out. "
         "Images: one FITS file per band, a multi-extension file or a (bands, y, x) cube. "
-        "Pixel positions are 0-based (x = column, y = row).",
+        "Pixel positions are 0-based (x = column, y = row). SExtractor's detection settings "
+        f"are {SEXTRACTOR_RECIPE} (its rms map with --rms, its BACK_SIZE with "
+        "--background auto --background-mesh BACK_SIZE).",
     )
     _add_image_args(deb, noise_required=False)
     psf = deb.add_mutually_exclusive_group(required=True)
@@ -746,20 +796,40 @@ def build_parser() -> argparse.ArgumentParser:
         "detection", "used when no --peaks are given; unset options keep cdeblend.detect's "
         "defaults")
     det.add_argument("--nsigma", type=float, default=None,
-                     help="detection threshold in noise units of the detection image")
+                     help="detection threshold in noise units: of the detection image with "
+                     "--filter psf/matched/none, of the unfiltered pixels with --filter conv "
+                     "(SExtractor's DETECT_THRESH)")
     det.add_argument("--min-area", type=int, default=None,
-                     help="minimum footprint area in pixels above the threshold")
+                     help="minimum footprint area in pixels above the threshold "
+                     "(SExtractor's DETECT_MINAREA)")
     det.add_argument("--min-contrast", type=float, default=None,
-                     help="a peak must dip towards its brighter neighbour by this fraction of "
-                     "its value (like SExtractor's DEBLEND_MINCONT)")
+                     help="a peak other than its footprint's brightest needs more than this "
+                     "fraction of its brighter neighbour's flux above their saddle (like "
+                     "SExtractor's DEBLEND_MINCONT; 0 turns the test off)")
     det.add_argument("--peak-significance", type=float, default=None,
-                     help="a peak must rise above the saddle to its brighter neighbour by "
-                     "this many noise units (when the build's detection supports it)")
-    det.add_argument("--min-separation", type=int, default=None,
-                     help="minimum distance between peaks in pixels")
-    det.add_argument("--grow", type=int, default=None, help="grow footprints by this many pixels")
-    det.add_argument("--filter", choices=["psf", "none"], default="psf",
-                     help="detect on the PSF-matched-filtered image (default) or unfiltered")
+                     help="a peak other than its footprint's brightest must rise this many "
+                     "noise sigma above the saddle to its brighter neighbour (like the LSST "
+                     "peak significance)")
+    det.add_argument("--min-separation", type=float, default=None,
+                     help="minimum distance between the peaks of a parent in units of the PSF "
+                     "FWHM (of the --filter-kernel's FWHM when one is given)")
+    det.add_argument("--grow", type=int, default=None,
+                     help="grow footprints by this many pixels (cdeblend.detect's default 2; "
+                     "SExtractor does not grow them: --grow 0)")
+    det.add_argument("--filter", choices=list(FILTERS), default="psf",
+                     help="detection filter. psf (default; same as matched): matched filter, "
+                     "threshold in S/N of the filtered image; conv: smoothed as SExtractor's "
+                     "FILTER Y and sep's filter_type='conv', threshold in the noise of the "
+                     "unfiltered pixels; none: unfiltered. The filter is the PSF, or "
+                     "--filter-kernel")
+    det.add_argument("--filter-kernel", metavar="FILE", default=None,
+                     help="filter kernel instead of the PSF: a SExtractor .conv file (a "
+                     "'CONV NORM' line, '#' comments, rows of numbers, e.g. default.conv) or "
+                     "a FITS image, odd sides")
+    det.add_argument("--measure-noise", action="store_true", default=None,
+                     help="measure the detection image's noise outside the footprints instead "
+                     "of trusting the variance (correlated noise of drizzled or resampled "
+                     "coadds)")
     deb.add_argument("--peaks",
                      help="peak list (x, y): FITS table, CSV or text with a header, or a "
                      "SExtractor ASCII_HEAD catalog. Columns x/y, photutils x_peak/y_peak or "

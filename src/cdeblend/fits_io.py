@@ -20,6 +20,7 @@ import numpy as np
 __all__ = [
     "gaussian_psfs",
     "psf_problems",
+    "read_conv_kernel",
     "read_flux_unit",
     "read_image_stack",
     "read_peak_table",
@@ -289,8 +290,58 @@ def read_peak_table(path: str | Path) -> tuple[np.ndarray, str]:
 
 
 # ------------------------------------------------------------------------------------------
-# PSFs
+# PSFs and detection filters
 # ------------------------------------------------------------------------------------------
+
+
+def read_conv_kernel(path: str | Path) -> np.ndarray:
+    """A detection filter kernel from a SExtractor ``.conv`` file (or a FITS image).
+
+    A ``.conv`` file has a header line ``CONV NORM`` (or ``CONV NONORM``), comment lines
+    starting with ``#`` and rows of numbers, one row of the kernel per line (e.g.
+    SExtractor's ``default.conv``: a 3 x 3 kernel ``1 2 1 / 2 4 2 / 1 2 1``). The kernel is
+    returned as written; :func:`cdeblend.detect` normalises it to unit sum (for detection
+    the scale does not matter). A ``.fits``/``.fit`` file is read as an image.
+
+    Raises
+    ------
+    ValueError
+        Naming ``filter_kernel``: no rows of numbers, rows of different lengths, even sides,
+        non-finite values or a sum that is not positive.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".fits", ".fit", ".fts"):
+        kernel, _ = read_image_stack([path], "filter_kernel")
+        if kernel.shape[0] != 1:
+            raise ValueError(f"filter_kernel: {path} holds {kernel.shape[0]} images, not one")
+        kernel = np.asarray(kernel[0], dtype=np.float64)
+    else:
+        kernel = _conv_rows(path)
+    if kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
+        raise ValueError(f"filter_kernel: {path} has even sides {kernel.shape}; odd sides needed")
+    if not np.all(np.isfinite(kernel)) or not kernel.sum() > 0:
+        raise ValueError(f"filter_kernel: {path} must be finite with a positive sum")
+    return kernel
+
+
+def _conv_rows(path: Path) -> np.ndarray:
+    """The rows of numbers of a SExtractor ``.conv`` text file as a 2-D array."""
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text or text.upper().startswith("CONV"):
+            continue  # blank, comment or the CONV NORM / CONV NONORM header
+        try:
+            rows.append([float(v) for v in text.split()])
+        except ValueError:
+            raise ValueError(
+                f"filter_kernel: line {number} of {path} is not a row of numbers: {line!r}"
+            ) from None
+    if not rows:
+        raise ValueError(f"filter_kernel: {path} holds no rows of numbers")
+    if len({len(r) for r in rows}) != 1:
+        raise ValueError(f"filter_kernel: the rows of {path} have different lengths")
+    return np.array(rows, dtype=np.float64)
 
 
 def gaussian_psfs(fwhm: Sequence[float], n_bands: int) -> np.ndarray:
