@@ -659,3 +659,23 @@ def test_filtered_detection_image_against_direct_correlation(size, filter_type):
     w = p if filter_type == "conv" else p * p
     den = ndimage.correlate((1 / variance).sum(0), w, mode="constant")
     np.testing.assert_allclose(det, num / np.sqrt(den), rtol=1e-9, atol=1e-12)
+
+
+def test_unsubtracted_sky_warns_on_a_field_not_on_a_filled_cutout(caplog):
+    """A field whose sky was left in is above threshold nearly everywhere: warned. A small
+    cutout that one galaxy fills is too, with a clean sky: not warned."""
+    import logging
+
+    from cdeblend.detection import detect
+
+    rng = np.random.default_rng(5)
+    field = 50.0 + rng.normal(0.0, 1.0, (120, 120))
+    with caplog.at_level(logging.WARNING, logger="cdeblend"):
+        detect(field, np.ones_like(field))
+    assert any("background-subtracted" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    yy, xx = np.mgrid[:40, :40]
+    galaxy = 400.0 * np.exp(-np.hypot(yy - 20, xx - 20) / 15.0) + rng.normal(0, 1, (40, 40))
+    with caplog.at_level(logging.WARNING, logger="cdeblend"):
+        detect(galaxy, np.ones_like(galaxy))
+    assert not any("background-subtracted" in r.getMessage() for r in caplog.records)

@@ -52,6 +52,8 @@ logger = logging.getLogger("cdeblend.detection")
 # An image with more than this fraction of its pixels above the threshold is almost surely not
 # background-subtracted (a galaxy filling a sky-subtracted cutout stays near 0.6).
 CROWDED_FRACTION = 0.9
+#: Pixels an image needs before most of it above threshold means an unsubtracted sky.
+MIN_FIELD_PIXELS = 10_000
 # Fewest pixels outside the footprints to measure the detection image's noise from.
 MIN_NOISE_PIXELS = 1000
 
@@ -730,9 +732,13 @@ def _outside_noise(image: np.ndarray, labels: np.ndarray) -> float | None:
 
 
 def _warn_if_unsubtracted(det: np.ndarray, nsigma: float) -> None:
-    """Log a warning when nearly every pixel is above the threshold."""
+    """Log a warning when nearly every pixel of a field is above the threshold.
+
+    A small cutout (under ``MIN_FIELD_PIXELS``) that one galaxy fills is above threshold
+    almost everywhere with a perfectly subtracted sky, so only fields are checked.
+    """
     frac = float(np.mean(det > nsigma)) if det.size else 0.0
-    if frac > CROWDED_FRACTION:
+    if frac > CROWDED_FRACTION and det.size >= MIN_FIELD_PIXELS:
         logger.warning(
             "%.0f%% of the pixels are above the detection threshold (%g sigma): the image "
             "looks not background-subtracted (or the variance is too small); subtract the "
