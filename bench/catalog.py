@@ -43,8 +43,14 @@ def write_fits(data, folder: Path) -> None:
 
 def run(obs, peaks, executor, workers):
     start = time.perf_counter()
-    cat, md = deblend_catalog(obs, peaks=peaks, executor=executor, max_workers=workers,
-                              progress=False, config=CatalogConfig())
+    cat, md = deblend_catalog(
+        obs,
+        peaks=peaks,
+        executor=executor,
+        max_workers=workers,
+        progress=False,
+        config=CatalogConfig(),
+    )
     return time.perf_counter() - start, cat, md
 
 
@@ -79,9 +85,15 @@ def per_source_images(obs, cat, md, peaks):
         # conservation: children + unassigned = image, inside the footprint
         unassigned = np.where(fp, cut, 0) - conserved.sum(axis=0)
         flux_unassigned = unassigned.sum(axis=(1, 2))
-        worst = max(worst, float(np.max(np.abs(flux_unassigned - prow["flux_unassigned"]))
-                                 / max(float(np.abs(prow["flux_footprint"]).max()), 1e-30))
-                    if not bd.isolated else 0.0)
+        worst = max(
+            worst,
+            float(
+                np.max(np.abs(flux_unassigned - prow["flux_unassigned"]))
+                / max(float(np.abs(prow["flux_footprint"]).max()), 1e-30)
+            )
+            if not bd.isolated
+            else 0.0,
+        )
         for k, src in enumerate(bd.sources):
             peak = src.components[0].peak if src.components else None
             if peak is None:  # isolated parent: its peak is the parent's
@@ -141,29 +153,34 @@ def main() -> int:
             rows.append((executor, min(times), peak_mb))
         cat, md = results["serial"]
         identical = all(
-            np.array_equal(np.asarray(results["threads"][0][c]), np.asarray(cat[c]),
-                           equal_nan=True)
+            np.array_equal(np.asarray(results["threads"][0][c]), np.asarray(cat[c]), equal_nan=True)
             for c in ("flux_conserved", "flux_model", "iterations")
         )
         save_models(tmp / "models.fits", md)
         md = load_models(tmp / "models.fits")
 
     par = cat[cat["is_parent"]]
-    print(f"\n{len(par)} parents ({int(np.sum(par['n_peaks'] > 1))} blended, "
-          f"{int(np.sum(par['skipped_isolated']))} isolated, {int(np.sum(par['failed']))} failed), "
-          f"{int(np.sum(~cat['is_parent']))} children, {len(peaks)} peaks, "
-          f"{int(np.sum(par['iterations'][par['n_peaks'] > 1]))} iterations in all")
+    print(
+        f"\n{len(par)} parents ({int(np.sum(par['n_peaks'] > 1))} blended, "
+        f"{int(np.sum(par['skipped_isolated']))} isolated, {int(np.sum(par['failed']))} failed), "
+        f"{int(np.sum(~cat['is_parent']))} children, {len(peaks)} peaks, "
+        f"{int(np.sum(par['iterations'][par['n_peaks'] > 1]))} iterations in all"
+    )
     print(f"\n{'executor':10s} {'time s':>8s} {'ms/parent':>10s} {'peak MB':>8s} {'speed-up':>9s}")
     for name, t, mb in rows:
         print(f"{name:10s} {t:8.3f} {1e3 * t / len(par):10.2f} {mb:8.1f} {rows[0][1] / t:9.2f}")
     print(f"threads give the serial rows bit for bit: {identical}")
 
     counts = assignment(cat, peaks)
-    print(f"\npeaks in exactly one parent: {int(np.sum(counts == 1))} / {len(peaks)} "
-          f"(none: {int(np.sum(counts == 0))}, several: {int(np.sum(counts > 1))})")
+    print(
+        f"\npeaks in exactly one parent: {int(np.sum(counts == 1))} / {len(peaks)} "
+        f"(none: {int(np.sum(counts == 0))}, several: {int(np.sum(counts > 1))})"
+    )
     result, worst, missing = per_source_images(obs, cat, md, peaks)
-    print(f"conservation, max |stray flux (re-apportioned from the model file) - catalog| / "
-          f"footprint flux: {worst:.2e}; rows without an image: {missing}")
+    print(
+        f"conservation, max |stray flux (re-apportioned from the model file) - catalog| / "
+        f"footprint flux: {worst:.2e}; rows without an image: {missing}"
+    )
     recs = metrics.evaluate_pair(data, result, "field")
     summary = metrics.summarize(recs)
     print("\nflux error against truth (metrics.py):")

@@ -71,7 +71,7 @@ class ReferenceStyleFFT:
         h, w = self.shape
         y0 = (self.fft_shape[0] - h + 1) // 2
         x0 = (self.fft_shape[1] - w + 1) // 2
-        return full[:, y0:y0 + h, x0:x0 + w]
+        return full[:, y0 : y0 + h, x0 : x0 + w]
 
     def loss_and_gradient(self, obs: Observation, model: np.ndarray) -> tuple[float, np.ndarray]:
         conv = self.convolve(model, self.fk)
@@ -102,8 +102,16 @@ def library_convolution(lib, kernels: np.ndarray, n0: int, n1: int, h: int, w: i
             ducc_fft.c2c(half, axes=(2,), out=half, nthreads=1)
             np.multiply(half, fk, out=half)
             ducc_fft.c2c(half, axes=(2,), forward=False, inorm=2, out=half, nthreads=1)
-            ducc_fft.c2r(half[:, :, :w], axes=(1,), lastsize=n0, forward=False, inorm=2,
-                         out=full, nthreads=1, allow_overwriting_input=True)
+            ducc_fft.c2r(
+                half[:, :, :w],
+                axes=(1,),
+                lastsize=n0,
+                forward=False,
+                inorm=2,
+                out=full,
+                nthreads=1,
+                allow_overwriting_input=True,
+            )
             half[:, :, w:] = 0
             return full[:, :h]
 
@@ -155,14 +163,18 @@ def main() -> None:
 
     print(f"{'method':30s} {'dtype':8s} {'loss+grad':>10s} {'loss':>9s} {'convolve':>9s}  loss")
     for name, dt, t_lg, t_l, t_c, loss in rows:
-        print(f"{name:30s} {dt:8s} {t_lg * 1e6:8.1f}us {t_l * 1e6:7.1f}us {t_c * 1e6:7.1f}us"
-              f"  {loss:.9g}")
+        print(
+            f"{name:30s} {dt:8s} {t_lg * 1e6:8.1f}us {t_l * 1e6:7.1f}us {t_c * 1e6:7.1f}us"
+            f"  {loss:.9g}"
+        )
     n0, n1 = obs._fft_shape(*images.shape[1:])
     print(f"\nFFT grid: cdeblend {n0}x{n1}, reference-style {ref.fft_shape[0]}x{ref.fft_shape[1]}")
 
     print("\nloss_and_gradient (float32, auto mode) over the simulated blends:")
-    print(f"{'dataset':10s} {'blends':>6s} {'median shape':>16s} {'PSF':>7s} {'median':>9s} "
-          f"{'max':>9s}")
+    print(
+        f"{'dataset':10s} {'blends':>6s} {'median shape':>16s} {'PSF':>7s} {'median':>9s} "
+        f"{'max':>9s}"
+    )
     for name in ("sim_lsst", "sim_hsc"):
         times, shapes, psf_shape = [], [], None
         for f in sorted((args.data / name).glob("*.npz")):
@@ -175,13 +187,18 @@ def main() -> None:
             psf_shape = o.psfs.shape[1:]
         if times:
             med = tuple(int(v) for v in np.median(np.array(shapes), axis=0))
-            print(f"{name:10s} {len(times):6d} {str(med):>16s} {str(psf_shape):>7s} "
-                  f"{np.median(times) * 1e6:7.1f}us {np.max(times) * 1e6:7.1f}us")
+            print(
+                f"{name:10s} {len(times):6d} {str(med):>16s} {str(psf_shape):>7s} "
+                f"{np.median(times) * 1e6:7.1f}us {np.max(times) * 1e6:7.1f}us"
+            )
 
     print("\nOne 6-band same-size convolution (float32, kernels 41 x 41), microseconds:")
     libs = ["cdeblend", "scipy"] + (["ducc0"] if ducc_fft is not None else [])
-    print(f"{'image':>11s} {'grid':>11s} " + " ".join(f"{lib:>9s}" for lib in libs)
-          + "  max |difference| / max")
+    print(
+        f"{'image':>11s} {'grid':>11s} "
+        + " ".join(f"{lib:>9s}" for lib in libs)
+        + "  max |difference| / max"
+    )
     rng = np.random.default_rng(0)
     kern6 = rng.random((6, 41, 41))
     psf6 = np.repeat(psfs[:1], 6, axis=0) if psfs.shape[1] == 41 else None
@@ -200,17 +217,20 @@ def main() -> None:
             else:
                 fn = library_convolution(lib, kern6, n0, n1, size, size)
             results.append(np.array(fn(x) if lib != "cdeblend" else fn(), dtype=np.float64))
-            times.append(best_time(lambda fn=fn, x=x, lib=lib: fn(x) if lib != "cdeblend"
-                                   else fn(), n, 3))
+            times.append(
+                best_time(lambda fn=fn, x=x, lib=lib: fn(x) if lib != "cdeblend" else fn(), n, 3)
+            )
         diff = max(float(np.abs(r - results[0]).max()) for r in results[1:])
-        print(f"{size:>5d}x{size:<5d} {n0:>5d}x{n1:<5d} "
-              + " ".join(f"{t * 1e6:9.1f}" for t in times)
-              + f"  {diff / np.abs(results[0]).max():.1e}")
+        print(
+            f"{size:>5d}x{size:<5d} {n0:>5d}x{n1:<5d} "
+            + " ".join(f"{t * 1e6:9.1f}" for t in times)
+            + f"  {diff / np.abs(results[0]).max():.1e}"
+        )
 
     print("\nL1 fraction of each band's difference kernel outside radius r (Chebyshev):")
     kern = Observation(images, variance, psfs, dtype=np.float64).diff_kernels
     r0 = kern.shape[1] // 2
-    yy, xx = np.mgrid[-r0:r0 + 1, -r0:r0 + 1]
+    yy, xx = np.mgrid[-r0 : r0 + 1, -r0 : r0 + 1]
     cheb = np.maximum(np.abs(yy), np.abs(xx))
     total = np.abs(kern).sum(axis=(1, 2))
     for r in (8, 12, 15, 18):

@@ -55,8 +55,10 @@ def main() -> None:
         return float(sum(c.flux for c in res.children))
 
     runs = {"multi": multi, "single": single, "shared": multi_shared}
-    print(f"bundled HSC COSMOS blend {demo.images.shape}, {len(demo.peaks)} peaks; "
-          f"{args.runs} runs per mode in one process; RSS in MB")
+    print(
+        f"bundled HSC COSMOS blend {demo.images.shape}, {len(demo.peaks)} peaks; "
+        f"{args.runs} runs per mode in one process; RSS in MB"
+    )
     for mode in args.modes.split(","):
         fn = runs[mode]
         fn()
@@ -73,8 +75,10 @@ def main() -> None:
         dt = (time.perf_counter() - t0) / args.runs
         base = curve[1][1] if len(curve) > 1 else curve[0][1]
         growth = curve[-1][1] - base
-        print(f"\n{mode}: {1e3 * dt:.2f} ms per run, growth after run {curve[1][0]}: "
-              f"{growth:+.1f} MB ({'ok' if growth < 20 else 'GROWS'})")
+        print(
+            f"\n{mode}: {1e3 * dt:.2f} ms per run, growth after run {curve[1][0]}: "
+            f"{growth:+.1f} MB ({'ok' if growth < 20 else 'GROWS'})"
+        )
         print("  run  " + " ".join(f"{r:>7}" for r, _ in curve))
         print("  RSS  " + " ".join(f"{m:>7.1f}" for _, m in curve), flush=True)
 

@@ -44,15 +44,27 @@ def main() -> None:
     args = ap.parse_args()
     cases = []
     demo = cdeblend.load_hsc_cosmos()
-    cases.append(("HSC COSMOS 58x48", demo.images, demo.variance, demo.psfs, demo.peaks,
-                  demo.bands, None))
+    cases.append(
+        ("HSC COSMOS 58x48", demo.images, demo.variance, demo.psfs, demo.peaks, demo.bands, None)
+    )
     for item in args.sizes.split(","):
         size, n = (int(v) for v in item.split(":"))
         s = synth.make_scene(size, size, n, seed=args.seed)
-        cases.append((f"synthetic {size}x{size}/{n}", s.images, s.variance, s.psfs, s.peaks,
-                      s.bands, s.true_flux))
-    head = (f"{'blend':<22} {'dtype':<10} {'time s':>7} {'iter':>5} {'loss':>14} "
-            f"{'rel dloss':>10} {'max|dF|/F':>10} {'med|dF|/F':>10} {'|dF/F| truth':>12}")
+        cases.append(
+            (
+                f"synthetic {size}x{size}/{n}",
+                s.images,
+                s.variance,
+                s.psfs,
+                s.peaks,
+                s.bands,
+                s.true_flux,
+            )
+        )
+    head = (
+        f"{'blend':<22} {'dtype':<10} {'time s':>7} {'iter':>5} {'loss':>14} "
+        f"{'rel dloss':>10} {'max|dF|/F':>10} {'med|dF|/F':>10} {'|dF/F| truth':>12}"
+    )
     print(head)
     print("-" * len(head))
     for name, images, variance, psfs, peaks, bands, truth in cases:
@@ -73,8 +85,10 @@ def main() -> None:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     rel = np.abs(flux / truth - 1)
                 terr = f"{np.median(rel[np.isfinite(rel)]):12.5f}"
-            print(f"{name:<22} {label:<10} {dt:7.3f} {res.iterations:5d} "
-                  f"{res.loss:14.6g} {dl:10.2e} {d.max():10.2e} {np.median(d):10.2e} {terr}")
+            print(
+                f"{name:<22} {label:<10} {dt:7.3f} {res.iterations:5d} "
+                f"{res.loss:14.6g} {dl:10.2e} {d.max():10.2e} {np.median(d):10.2e} {terr}"
+            )
 
 
 if __name__ == "__main__":

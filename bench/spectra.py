@@ -59,17 +59,21 @@ def make_blend(size: int, ncomp: int, bands: int, seed: int = 0):
         ya, xa = max(y0, 0), max(x0, 0)
         yb, xb = min(y0 + h, size), min(x0 + w, size)
         if yb > ya and xb > xa:
-            model[:, ya:yb, xa:xb] += s[:, None, None] * m[ya - y0:yb - y0, xa - x0:xb - x0]
+            model[:, ya:yb, xa:xb] += s[:, None, None] * m[ya - y0 : yb - y0, xa - x0 : xb - x0]
     images = np.array(
-        [fftconvolve(model[b], proto.diff_kernels[b].astype(float), mode="same")
-         for b in range(bands)]
+        [
+            fftconvolve(model[b], proto.diff_kernels[b].astype(float), mode="same")
+            for b in range(bands)
+        ]
     ).astype(np.float32)
     obs = Observation(images, np.ones_like(images), psfs)
     # components entirely outside the frame have no data: their SED is 0 by construction
-    inside = np.array([
-        min(y0 + h, size) > max(y0, 0) and min(x0 + w, size) > max(x0, 0)
-        for (y0, x0, h, w) in boxes
-    ])
+    inside = np.array(
+        [
+            min(y0 + h, size) > max(y0, 0) and min(x0 + w, size) > max(x0, 0)
+            for (y0, x0, h, w) in boxes
+        ]
+    )
     return obs, morphs, boxes, seds * inside[:, None]
 
 
@@ -79,10 +83,11 @@ def dense_lstsq(obs: Observation, morphs, boxes) -> np.ndarray:
     for k, (m, box) in enumerate(zip(morphs, boxes, strict=True)):
         conv, (gy0, gx0, gh, gw) = obs.convolve_box(m, box)
         frame = np.zeros((nb, h, w), np.float32)
-        frame[:, gy0:gy0 + gh, gx0:gx0 + gw] = conv
+        frame[:, gy0 : gy0 + gh, gx0 : gx0 + gw] = conv
         a[:, k] = frame.reshape(nb, -1)
-    seds = np.array([np.linalg.lstsq(a[b].T, obs.images[b].ravel(), rcond=None)[0]
-                     for b in range(nb)]).T
+    seds = np.array(
+        [np.linalg.lstsq(a[b].T, obs.images[b].ravel(), rcond=None)[0] for b in range(nb)]
+    ).T
     return np.maximum(seds, 0)
 
 
@@ -122,8 +127,10 @@ def main() -> None:
     diff = np.max(np.abs(fast - dense)) / np.max(np.abs(dense))
     err = np.max(np.abs(fast - truth_s) / np.maximum(truth_s, 1e-30) * (truth_s > 0))
     print(f"{'fit_seds 160^2 K=40':34s} {t1:7.3f}s {p1:9.1f} MB {'':>10s} {err:12.2e}")
-    print(f"{'dense lstsq 160^2 K=40':34s} {t2:7.3f}s {p2:9.1f} MB {'':>10s} "
-          f"(max |diff| / max = {diff:.1e})")
+    print(
+        f"{'dense lstsq 160^2 K=40':34s} {t2:7.3f}s {p2:9.1f} MB {'':>10s} "
+        f"(max |diff| / max = {diff:.1e})"
+    )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,16 @@ class Scene:
     bands: tuple[str, ...] = BANDS
 
 
-def _sersic_stamp(rng: np.random.Generator, size: int, cy: float, cx: float,
-                  re: float, n: float, q: float, theta: float) -> np.ndarray:
+def _sersic_stamp(
+    rng: np.random.Generator,
+    size: int,
+    cy: float,
+    cx: float,
+    re: float,
+    n: float,
+    q: float,
+    theta: float,
+) -> np.ndarray:
     """Unit-flux Sersic-like profile (exp(-b_n (r/re)^(1/n))) on a size x size stamp."""
     os = 3
     u = (np.arange(size * os) + 0.5) / os
@@ -58,9 +66,14 @@ def _sersic_stamp(rng: np.random.Generator, size: int, cy: float, cx: float,
     return img / img.sum()
 
 
-def make_scene(height: int, width: int, n_sources: int, seed: int = 0,
-               star_frac: float = 0.15, mag_range: tuple[float, float] = (19.0, 24.0)
-               ) -> Scene:
+def make_scene(
+    height: int,
+    width: int,
+    n_sources: int,
+    seed: int = 0,
+    star_frac: float = 0.15,
+    mag_range: tuple[float, float] = (19.0, 24.0),
+) -> Scene:
     """Draw one blend.
 
     Parameters
@@ -107,21 +120,29 @@ def make_scene(height: int, width: int, n_sources: int, seed: int = 0,
             re = rng.lognormal(np.log(2.0), 0.4)
             size = int(min(2 * int(6 * re) + 1, 61))
             y0, x0 = int(round(y)) - size // 2, int(round(x)) - size // 2
-            stamp = _sersic_stamp(rng, size, y - y0, x - x0, re, rng.uniform(1.0, 4.0),
-                                  rng.uniform(0.4, 1.0), rng.uniform(0, np.pi))
+            stamp = _sersic_stamp(
+                rng,
+                size,
+                y - y0,
+                x - x0,
+                re,
+                rng.uniform(1.0, 4.0),
+                rng.uniform(0.4, 1.0),
+                rng.uniform(0, np.pi),
+            )
         # insert the clipped stamp and convolve the source alone for its in-frame flux
         ya, yb = max(y0, 0), min(y0 + size, height)
         xa, xb = max(x0, 0), min(x0 + size, width)
-        part = stamp[ya - y0:yb - y0, xa - x0:xb - x0]
+        part = stamp[ya - y0 : yb - y0, xa - x0 : xb - x0]
         # flux inside the frame after the PSF: convolve the stamp on a padded local grid
         gh, gw = part.shape[0] + ph - 1, part.shape[1] + pw - 1
         conv = scipy.fft.irfft2(
-            scipy.fft.rfft2(part, s=(gh, gw))[None] * scipy.fft.rfft2(psfs, s=(gh, gw)),
-            s=(gh, gw))
+            scipy.fft.rfft2(part, s=(gh, gw))[None] * scipy.fft.rfft2(psfs, s=(gh, gw)), s=(gh, gw)
+        )
         gy0, gx0 = ya - ph // 2, xa - pw // 2
         cya, cyb = max(gy0, 0), min(gy0 + gh, height)
         cxa, cxb = max(gx0, 0), min(gx0 + gw, width)
-        inside = conv[:, cya - gy0:cyb - gy0, cxa - gx0:cxb - gx0]
+        inside = conv[:, cya - gy0 : cyb - gy0, cxa - gx0 : cxb - gx0]
         true_flux[i] = flux * sed * inside.sum(axis=(1, 2))
         scene[:, cya:cyb, cxa:cxb] += (flux * sed)[:, None, None] * inside
     variance = sky_var[:, None, None] + np.maximum(scene, 0) / 10.0
@@ -130,5 +151,4 @@ def make_scene(height: int, width: int, n_sources: int, seed: int = 0,
     peaks = np.array([(int(round(y)), int(round(x))) for y, x in pos], dtype=np.int64)
     peaks[:, 0] = np.clip(peaks[:, 0], 0, height - 1)
     peaks[:, 1] = np.clip(peaks[:, 1], 0, width - 1)
-    return Scene(images, variance.astype(np.float32), psfs.astype(np.float32), peaks,
-                 true_flux)
+    return Scene(images, variance.astype(np.float32), psfs.astype(np.float32), peaks, true_flux)

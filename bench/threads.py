@@ -48,26 +48,38 @@ def main() -> None:
     path = args.data / "field_lsst_512.npz"
     print(f"data: {path}")
     with np.load(path) as d:
-        obs = SimpleNamespace(images=d["images"], variance=d["variance"], psfs=d["psfs"],
-                              bands=tuple(str(b) for b in d["filters"]))
+        obs = SimpleNamespace(
+            images=d["images"],
+            variance=d["variance"],
+            psfs=d["psfs"],
+            bands=tuple(str(b) for b in d["filters"]),
+        )
         peaks = np.c_[np.round(d["catalog"]["y"]), np.round(d["catalog"]["x"])].astype(int)
-    print(f"cdeblend {cdeblend.__version__}; image {obs.images.shape}, {len(peaks)} peaks, "
-          f"{os.cpu_count()} CPUs; {args.repeat} alternating runs per executor")
+    print(
+        f"cdeblend {cdeblend.__version__}; image {obs.images.shape}, {len(peaks)} peaks, "
+        f"{os.cpu_count()} CPUs; {args.repeat} alternating runs per executor"
+    )
     cfg = CatalogConfig()
 
     def once(executor, workers: int | None):
         c0, t0 = _cpu(), time.perf_counter()
-        cat, _ = deblend_catalog(obs, peaks=peaks, config=cfg, executor=executor,
-                                 progress=False, max_workers=workers)
+        cat, _ = deblend_catalog(
+            obs, peaks=peaks, config=cfg, executor=executor, progress=False, max_workers=workers
+        )
         return time.perf_counter() - t0, _cpu() - c0, cat
 
     def same(cat, ref) -> bool:
-        return all(np.array_equal(np.asarray(cat[n]), np.asarray(ref[n]), equal_nan=True)
-                   for n in ref.colnames if np.asarray(ref[n]).dtype.kind in "fiub")
+        return all(
+            np.array_equal(np.asarray(cat[n]), np.asarray(ref[n]), equal_nan=True)
+            for n in ref.colnames
+            if np.asarray(ref[n]).dtype.kind in "fiub"
+        )
 
     deblend_catalog(obs, peaks=peaks, config=cfg, executor="serial", progress=False)
-    head = (f"{'executor':<12} {'best s':>7} {'median s':>8} {'cpu s':>7} {'cpu/wall':>8} "
-            f"{'speed-up':>8} {'paired':>7} same")
+    head = (
+        f"{'executor':<12} {'best s':>7} {'median s':>8} {'cpu s':>7} {'cpu/wall':>8} "
+        f"{'speed-up':>8} {'paired':>7} same"
+    )
     print(head)
     print("-" * len(head))
     workers = [int(v) for v in args.workers.split(",")]
@@ -79,16 +91,20 @@ def main() -> None:
             thr[w].append(once("threads", w))
     ts = np.array([r[0] for r in ser])
     best_s = ser[int(np.argmin(ts))]
-    print(f"{'serial':<12} {ts.min():7.3f} {np.median(ts):8.3f} {best_s[1]:7.3f} "
-          f"{best_s[1] / best_s[0]:8.2f} {1.0:8.2f} {1.0:7.2f}")
+    print(
+        f"{'serial':<12} {ts.min():7.3f} {np.median(ts):8.3f} {best_s[1]:7.3f} "
+        f"{best_s[1] / best_s[0]:8.2f} {1.0:8.2f} {1.0:7.2f}"
+    )
     cat_ser = best_s[2]
     for w in workers:
         tt = np.array([r[0] for r in thr[w]])
         best = thr[w][int(np.argmin(tt))]
-        paired = np.median(ts[-len(tt):] / tt)
-        print(f"{'threads x' + str(w):<12} {tt.min():7.3f} {np.median(tt):8.3f} {best[1]:7.3f} "
-              f"{best[1] / best[0]:8.2f} {ts.min() / tt.min():8.2f} {paired:7.2f} "
-              f"{'yes' if all(same(r[2], cat_ser) for r in thr[w]) else 'NO'}")
+        paired = np.median(ts[-len(tt) :] / tt)
+        print(
+            f"{'threads x' + str(w):<12} {tt.min():7.3f} {np.median(tt):8.3f} {best[1]:7.3f} "
+            f"{best[1] / best[0]:8.2f} {ts.min() / tt.min():8.2f} {paired:7.2f} "
+            f"{'yes' if all(same(r[2], cat_ser) for r in thr[w]) else 'NO'}"
+        )
 
     def run(executor, workers: int | None):
         best = None
@@ -106,9 +122,11 @@ def main() -> None:
         with cf.ProcessPoolExecutor(max_workers=w) as pool:
             deblend_catalog(obs, peaks=peaks, config=cfg, executor=pool, progress=False)
             t, c, cat = run(pool, None)
-        print(f"{'processes x' + str(w):<12} {t:7.3f} {'':>8} {c:7.3f} {c / t:8.2f} "
-              f"{t_ser / t:8.2f} {'':>7} {'yes' if same(cat, cat_ser) else 'NO'}"
-              "  (cpu: parent process only)")
+        print(
+            f"{'processes x' + str(w):<12} {t:7.3f} {'':>8} {c:7.3f} {c / t:8.2f} "
+            f"{t_ser / t:8.2f} {'':>7} {'yes' if same(cat, cat_ser) else 'NO'}"
+            "  (cpu: parent process only)"
+        )
     # the longest parents bound the speed-up: time each parent's deblend() serially
     times: list[float] = []
 
@@ -123,13 +141,23 @@ def main() -> None:
             finally:
                 times.append(time.perf_counter() - t0)
 
-    deblend_catalog(obs, peaks=peaks, config=cfg, executor="serial", progress=False,
-                    deblender_factory=lambda kind, c: Timed(default_deblender_factory(kind, c)))
+    deblend_catalog(
+        obs,
+        peaks=peaks,
+        config=cfg,
+        executor="serial",
+        progress=False,
+        deblender_factory=lambda kind, c: Timed(default_deblender_factory(kind, c)),
+    )
     ts = np.sort(times)[::-1]
     total = ts.sum()
-    print(f"\nserial per-parent deblend(): {len(ts)} parents, sum {total:.3f} s of "
-          f"{t_ser:.3f} s wall; longest " + ", ".join(f"{t:.3f}" for t in ts[:5])
-          + f" s ({100 * ts[0] / total:.0f}% of the sum)")
+    print(
+        f"\nserial per-parent deblend(): {len(ts)} parents, sum {total:.3f} s of "
+        f"{t_ser:.3f} s wall; longest "
+        + ", ".join(f"{t:.3f}" for t in ts[:5])
+        + f" s ({100 * ts[0] / total:.0f}% of the sum)"
+    )
+
 
 if __name__ == "__main__":
     main()

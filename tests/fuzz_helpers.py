@@ -20,11 +20,27 @@ from hypothesis import strategies as st
 #: Settings of every fuzz test: few examples (the suite must stay fast), no deadline.
 #: ``CDEBLEND_FUZZ_EXAMPLES=2000`` runs a longer, randomised hunt.
 _HUNT = int(os.environ.get("CDEBLEND_FUZZ_EXAMPLES", "0"))
-FUZZ = settings(max_examples=_HUNT or 100, deadline=None, derandomize=not _HUNT,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=_HUNT or 100,
+    deadline=None,
+    derandomize=not _HUNT,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
-LAYOUTS = ("plain", "float32", "int32", "int64", "swapped", "swapped32", "strided", "fortran",
-           "float16", "readonly", "list", "bool")
+LAYOUTS = (
+    "plain",
+    "float32",
+    "int32",
+    "int64",
+    "swapped",
+    "swapped32",
+    "strided",
+    "fortran",
+    "float16",
+    "readonly",
+    "list",
+    "bool",
+)
 GOOD_LAYOUTS = tuple(x for x in LAYOUTS if x != "bool")
 
 
@@ -73,8 +89,9 @@ def gaussian_psf(size: int, sigma: float) -> np.ndarray:
 @st.composite
 def psf_images(draw, allow_bad: bool = True) -> np.ndarray:
     """One 2-D PSF: a Gaussian (odd size), or a degenerate one when ``allow_bad``."""
-    kinds = ["gauss"] * 4 + (["delta", "zeros", "negative", "even", "unnormalised", "nan"]
-                             if allow_bad else [])
+    kinds = ["gauss"] * 4 + (
+        ["delta", "zeros", "negative", "even", "unnormalised", "nan"] if allow_bad else []
+    )
     kind = draw(st.sampled_from(kinds))
     size = draw(st.sampled_from([3, 5, 7, 9, 11]))
     sigma = draw(st.floats(1.0, 2.5))
@@ -108,10 +125,20 @@ def scenes(draw, bands: int | None = None, max_size: int = 28, min_size: int = 1
     H = draw(st.integers(min_size, max_size))
     W = draw(st.integers(min_size, max_size))
     n = draw(st.integers(1, 4))
-    ys = draw(st.lists(st.sampled_from(sorted({0, H - 1, H // 2, max(H // 3, 0)})) | st.integers(
-        0, H - 1), min_size=n, max_size=n))
-    xs = draw(st.lists(st.sampled_from(sorted({0, W - 1, W // 2, max(W // 3, 0)})) | st.integers(
-        0, W - 1), min_size=n, max_size=n))
+    ys = draw(
+        st.lists(
+            st.sampled_from(sorted({0, H - 1, H // 2, max(H // 3, 0)})) | st.integers(0, H - 1),
+            min_size=n,
+            max_size=n,
+        )
+    )
+    xs = draw(
+        st.lists(
+            st.sampled_from(sorted({0, W - 1, W // 2, max(W // 3, 0)})) | st.integers(0, W - 1),
+            min_size=n,
+            max_size=n,
+        )
+    )
     peaks = np.array(list(zip(ys, xs, strict=True)), dtype=np.int64)
     seed = draw(st.integers(0, 2**16))
     rng = np.random.default_rng(seed)
@@ -127,10 +154,23 @@ def scenes(draw, bands: int | None = None, max_size: int = 28, min_size: int = 1
 
 def damage(draw, images: np.ndarray, variance: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     """Optionally put NaN/inf pixels, zero or negative variance into copies of the inputs."""
-    kind = draw(st.sampled_from(["none"] * 4 + ["nan_image", "inf_image", "zero_var",
-                                                 "neg_var", "nan_var", "all_zero_var",
-                                                 "huge", "tiny", "zero_image",
-                                                 "negative_image"]))
+    kind = draw(
+        st.sampled_from(
+            ["none"] * 4
+            + [
+                "nan_image",
+                "inf_image",
+                "zero_var",
+                "neg_var",
+                "nan_var",
+                "all_zero_var",
+                "huge",
+                "tiny",
+                "zero_image",
+                "negative_image",
+            ]
+        )
+    )
     images, variance = images.copy(), variance.copy()
     idx = tuple(draw(st.integers(0, n - 1)) for n in images.shape)
     if kind == "nan_image":
@@ -158,8 +198,18 @@ def damage(draw, images: np.ndarray, variance: np.ndarray) -> tuple[np.ndarray, 
     return images, variance, kind
 
 
-PEAK_KINDS = ("int", "int", "float", "outside", "empty", "swapped", "duplicate", "nan",
-              "three_columns", "list")
+PEAK_KINDS = (
+    "int",
+    "int",
+    "float",
+    "outside",
+    "empty",
+    "swapped",
+    "duplicate",
+    "nan",
+    "three_columns",
+    "list",
+)
 BAD_PEAKS = ("outside", "empty", "nan", "three_columns")
 
 

@@ -37,8 +37,10 @@ def reference_step(grad, comps, state, bg_rms, min_step, sed_step, morph_step, i
         gs = (G * m).sum(axis=(1, 2))
         gm = (s[:, None, None] * G).sum(axis=0)
         new = []
-        for x, g, step, st_ in ((s, gs, np.maximum(min_step, sed_step * s.mean()), state[k][0]),
-                                (m, gm, morph_step, state[k][1])):
+        for x, g, step, st_ in (
+            (s, gs, np.maximum(min_step, sed_step * s.mean()), state[k][0]),
+            (m, gm, morph_step, state[k][1]),
+        ):
             st_["m"] = (1 - B1) * g + B1 * st_["m"]
             st_["v"] = (1 - B2) * g * g + B2 * st_["v"]
             if variant == 0:
@@ -70,18 +72,27 @@ def reference_step(grad, comps, state, bg_rms, min_step, sed_step, morph_step, i
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 4), st.integers(0, 2**32 - 1), st.sampled_from([0, 1]),
-       st.sampled_from([np.float32, np.float64]))
+@given(
+    st.integers(1, 4),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0, 1]),
+    st.sampled_from([np.float32, np.float64]),
+)
 def test_adam_prox_step_matches_reference(B, seed, variant, dtype):
     rng = np.random.default_rng(seed)
     H, W, K = 12, 10, int(rng.integers(1, 5))
     comps = random_components(rng, B, H, W, K)
     packed = PackedComponents.from_components(comps, B)
-    ref_comps = [Component(c.sed.copy(), c.morphology.copy(), c.box, c.peak, c.bg_thresh)
-                 for c in comps]
-    state = [({"m": np.zeros(B), "v": np.zeros(B), "vhat": np.zeros(B)},
-              {"m": np.zeros(c.box[2:]), "v": np.zeros(c.box[2:]), "vhat": np.zeros(c.box[2:])})
-             for c in comps]
+    ref_comps = [
+        Component(c.sed.copy(), c.morphology.copy(), c.box, c.peak, c.bg_thresh) for c in comps
+    ]
+    state = [
+        (
+            {"m": np.zeros(B), "v": np.zeros(B), "vhat": np.zeros(B)},
+            {"m": np.zeros(c.box[2:]), "v": np.zeros(c.box[2:]), "vhat": np.zeros(c.box[2:])},
+        )
+        for c in comps
+    ]
     sm, sv, svh = (np.zeros_like(packed.sed) for _ in range(3))
     mm, mv, mvh = (np.zeros_like(packed.morph) for _ in range(3))
     bg_rms = rng.uniform(0.05, 0.5, B)
@@ -91,10 +102,35 @@ def test_adam_prox_step_matches_reference(B, seed, variant, dtype):
     for it in range(3):  # a few iterations so that the moments and the /10 rule matter
         grad = rng.normal(size=(B, H, W)).astype(dtype)
         ref = reference_step(grad, ref_comps, state, bg_rms, min_step, 0.03, 0.01, it, variant)
-        _adam_cy.adam_prox_step(grad, packed.sed, sm, sv, svh, packed.morph, mm, mv, mvh,
-                                packed.comp, packed.bg_thresh, bg_rms, min_step, 0.03, 0.01, it,
-                                B1, B2, EPS, FLOOR, variant, True, op.dy, op.dx, op.weights,
-                                True, bounds)
+        _adam_cy.adam_prox_step(
+            grad,
+            packed.sed,
+            sm,
+            sv,
+            svh,
+            packed.morph,
+            mm,
+            mv,
+            mvh,
+            packed.comp,
+            packed.bg_thresh,
+            bg_rms,
+            min_step,
+            0.03,
+            0.01,
+            it,
+            B1,
+            B2,
+            EPS,
+            FLOOR,
+            variant,
+            True,
+            op.dy,
+            op.dx,
+            op.weights,
+            True,
+            bounds,
+        )
         for k, (s_new, m_new, bnd) in enumerate(ref):
             np.testing.assert_allclose(comps[k].sed, s_new, rtol=1e-12, atol=1e-300)
             np.testing.assert_allclose(comps[k].morphology, m_new, rtol=1e-10, atol=1e-14)
@@ -122,8 +158,9 @@ def test_render_and_component_gradients_match_numpy():
         G = grad[:, y0 : y0 + h, x0 : x0 + w]
         np.testing.assert_allclose(gs[k], (G * c.morphology).sum(axis=(1, 2)), rtol=1e-12)
         off = packed.comp[k, 4]
-        np.testing.assert_allclose(gm[off : off + h * w].reshape(h, w),
-                                   (c.sed[:, None, None] * G).sum(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(
+            gm[off : off + h * w].reshape(h, w), (c.sed[:, None, None] * G).sum(axis=0), rtol=1e-12
+        )
 
 
 def test_components_are_views_of_the_packed_buffers():
@@ -198,9 +235,35 @@ def test_fit_kernel_equals_adam_prox_step(seed, dtype):
         grad = rng.normal(size=(B, H, W)).astype(dtype)
         padded = np.zeros((B, H + 4, W + 3), dtype=dtype)  # the gradient may be a bigger buffer
         padded[:, :H, :W] = grad
-        _adam_cy.adam_prox_step(grad, a.sed, sm, sv, svh, a.morph, mm, mv, mvh, a.comp,
-                                a.bg_thresh, bg_rms, bg_rms / 10, 0.03, 0.01, it, B1, B2, EPS,
-                                FLOOR, 0, True, op.dy, op.dx, op.weights, True, b_ref)
+        _adam_cy.adam_prox_step(
+            grad,
+            a.sed,
+            sm,
+            sv,
+            svh,
+            a.morph,
+            mm,
+            mv,
+            mvh,
+            a.comp,
+            a.bg_thresh,
+            bg_rms,
+            bg_rms / 10,
+            0.03,
+            0.01,
+            it,
+            B1,
+            B2,
+            EPS,
+            FLOOR,
+            0,
+            True,
+            op.dy,
+            op.dx,
+            op.weights,
+            True,
+            b_ref,
+        )
         kern.step(padded, it, True)
         assert np.array_equal(sed_b, a.sed) and np.array_equal(morph_all[0], a.morph)
         assert np.array_equal(morph_all[1:], np.stack([mm, mv, mvh]))
@@ -288,10 +351,16 @@ def test_point_source_products_match_numpy(seed):
     for i, (y, x) in enumerate(peaks):
         sl_img, sl_psf = _centered_overlap((H, W), (hp, wp), int(y), int(x))
         sl_img, sl_psf = (slice(None),) + sl_img, (slice(None),) + sl_psf
-        np.testing.assert_allclose(pp[i], np.sum(weights[sl_img] * psfs[sl_psf] ** 2, axis=(1, 2)),
-                                   rtol=1e-12)
-        np.testing.assert_allclose(rp[i], np.sum(weights[sl_img] * resid[sl_img] * psfs[sl_psf],
-                                                 axis=(1, 2)), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            pp[i], np.sum(weights[sl_img] * psfs[sl_psf] ** 2, axis=(1, 2)), rtol=1e-12
+        )
+        np.testing.assert_allclose(
+            rp[i],
+            np.sum(weights[sl_img] * resid[sl_img] * psfs[sl_psf], axis=(1, 2)),
+            rtol=1e-12,
+            atol=1e-12,
+        )
     with pytest.raises(ValueError, match="outside"):
-        _adam_cy.point_source_products(weights, images, conv, psfs, np.array([[H, 0]]), pp[:1],
-                                       rp[:1])
+        _adam_cy.point_source_products(
+            weights, images, conv, psfs, np.array([[H, 0]]), pp[:1], rp[:1]
+        )

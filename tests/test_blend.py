@@ -23,8 +23,9 @@ def small_blend(seed=0, dtype=np.float64):
     comps = []
     for y0, x0, h, w in ((1, 2, 9, 8), (6, 5, 10, 9), (0, 0, 5, 4)):
         morph = rng.random((h, w))
-        comps.append(Component(rng.uniform(0.5, 2, B), morph, (y0, x0, h, w),
-                               (y0 + h // 2, x0 + w // 2)))
+        comps.append(
+            Component(rng.uniform(0.5, 2, B), morph, (y0, x0, h, w), (y0 + h // 2, x0 + w // 2))
+        )
     sources = [Source(comps[:2], comps[0].peak, 0), Source(comps[2:], comps[2].peak, 1)]
     return Blend(obs, sources), obs
 
@@ -114,17 +115,22 @@ def test_convolved_sources_match_source_by_source(dtype, force_fft):
         model = blend.sources[i].model()
         box = blend.sources[i].box
         frame = np.zeros(obs.shape)
-        frame[:, box[0]:box[0] + box[2], box[1]:box[1] + box[3]] = model
-        ref = np.stack([convolve2d(frame[b], obs.diff_kernels[b].astype(np.float64),
-                                   mode="same") for b in range(obs.shape[0])])
+        frame[:, box[0] : box[0] + box[2], box[1] : box[1] + box[3]] = model
+        ref = np.stack(
+            [
+                convolve2d(frame[b], obs.diff_kernels[b].astype(np.float64), mode="same")
+                for b in range(obs.shape[0])
+            ]
+        )
         gy0, gx0, gh, gw = stack.boxes[i]
         assert (gy0, gx0) == (max(box[0] - ry, 0), max(box[1] - rx, 0))
         got = stack.get(i)
         tol = 1e-12 if dtype == np.float64 else 2e-6
-        np.testing.assert_allclose(got, ref[:, gy0:gy0 + gh, gx0:gx0 + gw], rtol=0,
-                                   atol=tol * np.abs(ref).max())
+        np.testing.assert_allclose(
+            got, ref[:, gy0 : gy0 + gh, gx0 : gx0 + gw], rtol=0, atol=tol * np.abs(ref).max()
+        )
         # outside the grown box the true convolution is 0
-        ref[:, gy0:gy0 + gh, gx0:gx0 + gw] = 0
+        ref[:, gy0 : gy0 + gh, gx0 : gx0 + gw] = 0
         assert np.abs(ref).max() < 1e-12
         one, one_box = blend.source_model(i)
         assert one_box == tuple(int(v) for v in stack.boxes[i])

@@ -33,7 +33,8 @@ def test_read_only_images_are_deblended():
     assert not images.flags.writeable  # the caller's array is untouched
     # the same numbers as with writable inputs
     ref = Deblender(DeblendConfig(max_iter=10)).deblend(
-        Observation(images.copy(), variance.copy(), psfs), [[7, 8]])
+        Observation(images.copy(), variance.copy(), psfs), [[7, 8]]
+    )
     assert res.loss == ref.loss
 
 
@@ -70,8 +71,9 @@ def test_apportion_flux_validates_the_image():
     img = np.arange(4.0).reshape(2, 2)
     swapped = np.zeros((4, 4), dtype=">f8")[::2, ::2]
     swapped[...] = img
-    np.testing.assert_array_equal(apportion_flux(swapped, stack)[0].flat,
-                                  apportion_flux(img, stack)[0].flat)
+    np.testing.assert_array_equal(
+        apportion_flux(swapped, stack)[0].flat, apportion_flux(img, stack)[0].flat
+    )
 
 
 def test_largest_parents_are_submitted_first():

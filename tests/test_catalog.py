@@ -25,7 +25,6 @@ import cdeblend
 from cdeblend import (
     CatalogConfig,
     _symmetric_cy,
-    catalog,
     deblend_catalog,
     load_models,
     save_models,
@@ -50,17 +49,21 @@ BANDS = ("g", "r", "i")
 
 
 def gaussian_psf(sigma: float, size: int = 11) -> np.ndarray:
-    y, x = np.mgrid[: size, : size] - size // 2
+    y, x = np.mgrid[:size, :size] - size // 2
     p = np.exp(-0.5 * (x**2 + y**2) / sigma**2)
     return p / p.sum()
 
 
 #: (y, x, flux) of the sources: two close pairs, a triple, an isolated one.
 SOURCES = [
-    (12, 12, 400.0), (12, 19, 250.0),
-    (40, 14, 300.0), (45, 20, 200.0), (38, 22, 150.0),
+    (12, 12, 400.0),
+    (12, 19, 250.0),
+    (40, 14, 300.0),
+    (45, 20, 200.0),
+    (38, 22, 150.0),
     (15, 60, 500.0),
-    (45, 60, 300.0), (47, 67, 350.0),
+    (45, 60, 300.0),
+    (47, 67, 350.0),
 ]
 
 
@@ -100,8 +103,9 @@ class TestObservation:
 
     __test__ = False
 
-    def __init__(self, images, variance, psfs, bands=None, weights=None, mask=None,
-                 model_psf_sigma=0.8):
+    def __init__(
+        self, images, variance, psfs, bands=None, weights=None, mask=None, model_psf_sigma=0.8
+    ):
         self.images, self.variance, self.psfs = images, variance, psfs
         self.bands = bands
         self.weights = weights
@@ -132,13 +136,19 @@ class VoronoiDeblender:
             morph = pos / pos.max() if pos.max() > 0 else cell[sl].astype(float)
             sed = np.where(cell, img, 0).sum(axis=(1, 2)) / morph.sum()
             model[:, sl[0], sl[1]] += sed[:, None, None] * morph
-            comp = SimpleNamespace(sed=sed, morphology=morph, box=(y0, x0, h, w),
-                                   peak=tuple(peaks[i]))
+            comp = SimpleNamespace(
+                sed=sed, morphology=morph, box=(y0, x0, h, w), peak=tuple(peaks[i])
+            )
             sources.append(SimpleNamespace(components=[comp], peak_id=i))
             conserved.append(np.where(cell, img, 0))
         loss = 0.5 * float(np.sum(obs.weights * (img - model) ** 2))
-        fluxes = np.array([[c.sed[b] * c.morphology.sum() for b in range(img.shape[0])]
-                           for s in sources for c in s.components])
+        fluxes = np.array(
+            [
+                [c.sed[b] * c.morphology.sum() for b in range(img.shape[0])]
+                for s in sources
+                for c in s.components
+            ]
+        )
         return SimpleNamespace(
             blend=SimpleNamespace(sources=sources),
             fluxes=fluxes,
@@ -162,12 +172,20 @@ class VoronoiSingleBand:
             y0, x0, h, w = bbox_of(cell)
             sl = (slice(y0, y0 + h), slice(x0, x0 + w))
             cons = np.where(cell[sl], image[sl], 0.0)
-            children.append(SimpleNamespace(
-                peak=tuple(peaks[i]), box=(y0, x0, h, w),
-                template=np.maximum(cons, 0), template_kind="symmetric", conserved=cons,
-                flux=float(cons.sum()),
-                flags={"ramped": False, "has_stray_flux": bool(mask is not None and mask.any())},
-            ))
+            children.append(
+                SimpleNamespace(
+                    peak=tuple(peaks[i]),
+                    box=(y0, x0, h, w),
+                    template=np.maximum(cons, 0),
+                    template_kind="symmetric",
+                    conserved=cons,
+                    flux=float(cons.sum()),
+                    flags={
+                        "ramped": False,
+                        "has_stray_flux": bool(mask is not None and mask.any()),
+                    },
+                )
+            )
         stray = float(np.sum(image[(footprint if footprint is not None else True) & ~valid]))
         return SimpleNamespace(children=children, stray_flux=stray)
 
@@ -176,12 +194,30 @@ def factory(kind, config, **kw):
     return VoronoiDeblender(**kw) if kind == "multi" else VoronoiSingleBand()
 
 
-def run(images, variance, psfs, peaks=None, parents=None, config=None, executor="serial",
-        fac=factory, **kw):
+def run(
+    images,
+    variance,
+    psfs,
+    peaks=None,
+    parents=None,
+    config=None,
+    executor="serial",
+    fac=factory,
+    **kw,
+):
     return deblend_catalog(
-        images, peaks=peaks, parents=parents, config=config, executor=executor, progress=False,
-        variance=variance, psf=psfs, bands=BANDS[: len(images)] if images.ndim == 3 else None,
-        deblender_factory=fac, observation_factory=TestObservation, **kw,
+        images,
+        peaks=peaks,
+        parents=parents,
+        config=config,
+        executor=executor,
+        progress=False,
+        variance=variance,
+        psf=psfs,
+        bands=BANDS[: len(images)] if images.ndim == 3 else None,
+        deblender_factory=fac,
+        observation_factory=TestObservation,
+        **kw,
     )
 
 
@@ -223,8 +259,7 @@ def test_parents_from_peaks_groups_the_scene(scene):
     images, variance, psfs, peaks = scene
     parents = parents_from_peaks(images, variance, peaks, snr=3.0, grow=2)
     groups = [sorted(map(tuple, p.peaks)) for p in parents]
-    want = [[(12, 12), (12, 19)], [(15, 60)], [(38, 22), (40, 14), (45, 20)],
-            [(45, 60), (47, 67)]]
+    want = [[(12, 12), (12, 19)], [(15, 60)], [(38, 22), (40, 14), (45, 20)], [(45, 60), (47, 67)]]
     assert sorted(groups) == sorted(want)
     assert [p.id for p in parents] == list(range(1, len(parents) + 1))
     # raster order of the boxes' first row
@@ -300,8 +335,10 @@ def test_rows_match_numpy_reference(scene):
         if bd.isolated:
             y0, x0, h, w = p.box
             assert [s.id for s in bd.sources] == [p.id]
-            np.testing.assert_array_equal(md.conserved_images(images, p.id)[0],
-                                          images[:, y0 : y0 + h, x0 : x0 + w] * p.footprint)
+            np.testing.assert_array_equal(
+                md.conserved_images(images, p.id)[0],
+                images[:, y0 : y0 + h, x0 : x0 + w] * p.footprint,
+            )
     for pid in fitted:
         kids = cat[cat["parent_id"] == pid]
         bd = md.blends[pid]
@@ -331,8 +368,7 @@ def test_executors_give_identical_results(scene):
     images, variance, psfs, peaks = scene
     ref_cat, ref_md = run(images, variance, psfs, peaks=peaks, executor="serial")
     for executor, workers in (("threads", 3), ("threads", None), ("dask", 2)):
-        cat, md = run(images, variance, psfs, peaks=peaks, executor=executor,
-                      max_workers=workers)
+        cat, md = run(images, variance, psfs, peaks=peaks, executor=executor, max_workers=workers)
         assert_catalogs_identical(ref_cat, cat)
         assert_model_data_identical(ref_md, md)
 
@@ -352,8 +388,15 @@ def test_results_are_in_parent_order_even_when_workers_finish_out_of_order(scene
                 release.set()
             return super().deblend(obs, pk)
 
-    cat, _ = run(images, variance, psfs, parents=parents, executor="threads", max_workers=4,
-                 fac=lambda kind, cfg: SlowFirst())
+    cat, _ = run(
+        images,
+        variance,
+        psfs,
+        parents=parents,
+        executor="threads",
+        max_workers=4,
+        fac=lambda kind, cfg: SlowFirst(),
+    )
     ref, _ = run(images, variance, psfs, parents=parents, executor="serial")
     assert_catalogs_identical(ref, cat)
 
@@ -368,8 +411,9 @@ def test_dask_local_cluster(scene):
         return VoronoiDeblender(fail_when=lambda pk: np.array_equal(pk, bad))
 
     ref, ref_md = run(images, variance, psfs, parents=parents, executor="serial", fac=fac)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
         with distributed.Client(cluster) as client:
             cat, md = run(images, variance, psfs, parents=parents, executor=client, fac=fac)
     assert_catalogs_identical(ref, cat)
@@ -405,8 +449,10 @@ def test_a_failing_parent_is_flagged_and_the_others_kept(scene, executor, caplog
     ref, ref_md = run(images, variance, psfs, parents=parents)
     with caplog.at_level(logging.WARNING, logger="cdeblend.catalog"):
         cat, md = run(images, variance, psfs, parents=parents, executor=executor, fac=fac)
-    assert any(str(victim.id) in r.getMessage() and "ZeroDivisionError" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        str(victim.id) in r.getMessage() and "ZeroDivisionError" in r.getMessage()
+        for r in caplog.records
+    )
     vrow = cat[cat["id"] == victim.id][0]
     assert vrow["failed"] and vrow["error"] == "ZeroDivisionError" and not vrow["skipped"]
     assert vrow["n_children"] == 0 and np.all(np.isnan(vrow["flux_conserved"]))
@@ -417,8 +463,9 @@ def test_a_failing_parent_is_flagged_and_the_others_kept(scene, executor, caplog
     keep_ref = (ref["id"] != victim.id) & (ref["parent_id"] != victim.id)
     keep = cat["id"] != victim.id
     for name in ("parent_id", "flux_conserved", "flux_model", "centroid_y", "peak_x", "skipped"):
-        assert np.array_equal(np.asarray(ref[name][keep_ref]), np.asarray(cat[name][keep]),
-                              equal_nan=True), name
+        assert np.array_equal(
+            np.asarray(ref[name][keep_ref]), np.asarray(cat[name][keep]), equal_nan=True
+        ), name
     assert sum(cat["failed"]) == 1
 
 
@@ -429,8 +476,15 @@ def test_catch_failures_off_reraises(scene):
         return VoronoiDeblender(fail_when=lambda pk: len(pk) == 3)
 
     with pytest.raises(ZeroDivisionError, match="refuses"):
-        run(images, variance, psfs, peaks=peaks, fac=fac, executor="threads",
-            config=CatalogConfig(catch_failures=False))
+        run(
+            images,
+            variance,
+            psfs,
+            peaks=peaks,
+            fac=fac,
+            executor="threads",
+            config=CatalogConfig(catch_failures=False),
+        )
 
 
 def test_long_exception_names_are_cut_to_25_characters(scene):
@@ -443,8 +497,14 @@ def test_long_exception_names_are_cut_to_25_characters(scene):
         def deblend(self, obs, pk):
             raise AVeryLongExceptionClassNameForTesting("x")
 
-    cat, md = run(images, variance, psfs, peaks=peaks, fac=lambda k, c: Boom(),
-                  config=CatalogConfig(persist_isolated=False))
+    cat, md = run(
+        images,
+        variance,
+        psfs,
+        peaks=peaks,
+        fac=lambda k, c: Boom(),
+        config=CatalogConfig(persist_isolated=False),
+    )
     failed = cat[cat["failed"]]
     assert len(failed) == 3 and not md.blends  # every multi-peak parent
     assert set(failed["error"]) == {"AVeryLongExceptionClassNameForTesting"[:25]}
@@ -471,8 +531,17 @@ def skip_parents():
 
 def flags_of(cat, pid):
     row = cat[cat["id"] == pid][0]
-    return {f for f in ("skipped_isolated", "skipped_parent_too_big", "skipped_masked",
-                        "skipped_too_many_peaks", "failed") if row[f]}
+    return {
+        f
+        for f in (
+            "skipped_isolated",
+            "skipped_parent_too_big",
+            "skipped_masked",
+            "skipped_too_many_peaks",
+            "failed",
+        )
+        if row[f]
+    }
 
 
 @pytest.mark.parametrize(
@@ -480,23 +549,37 @@ def flags_of(cat, pid):
     [
         (CatalogConfig(), {3: {"skipped_isolated"}}),
         (CatalogConfig(skip_isolated=False), {}),
-        (CatalogConfig(max_number_of_peaks=2), {2: {"skipped_too_many_peaks"},
-                                                3: {"skipped_isolated"}}),
-        (CatalogConfig(max_footprint_area=1000), {2: {"skipped_parent_too_big"},
-                                                  3: {"skipped_isolated"},
-                                                  4: {"skipped_parent_too_big"}}),
-        (CatalogConfig(max_footprint_size=35), {2: {"skipped_parent_too_big"},
-                                                3: {"skipped_isolated"},
-                                                4: {"skipped_parent_too_big"}}),
-        (CatalogConfig(max_area_times_peaks=3000), {2: {"skipped_parent_too_big"},
-                                                    3: {"skipped_isolated"}}),
+        (
+            CatalogConfig(max_number_of_peaks=2),
+            {2: {"skipped_too_many_peaks"}, 3: {"skipped_isolated"}},
+        ),
+        (
+            CatalogConfig(max_footprint_area=1000),
+            {2: {"skipped_parent_too_big"}, 3: {"skipped_isolated"}, 4: {"skipped_parent_too_big"}},
+        ),
+        (
+            CatalogConfig(max_footprint_size=35),
+            {2: {"skipped_parent_too_big"}, 3: {"skipped_isolated"}, 4: {"skipped_parent_too_big"}},
+        ),
+        (
+            CatalogConfig(max_area_times_peaks=3000),
+            {2: {"skipped_parent_too_big"}, 3: {"skipped_isolated"}},
+        ),
         # a parent that breaks two rules gets the first one's flag only (spec order)
-        (CatalogConfig(max_footprint_area=1000, max_number_of_peaks=2),
-         {2: {"skipped_parent_too_big"}, 3: {"skipped_isolated"},
-          4: {"skipped_parent_too_big"}}),
+        (
+            CatalogConfig(max_footprint_area=1000, max_number_of_peaks=2),
+            {2: {"skipped_parent_too_big"}, 3: {"skipped_isolated"}, 4: {"skipped_parent_too_big"}},
+        ),
         # non-positive limits are off
-        (CatalogConfig(max_number_of_peaks=0, max_footprint_area=0, max_area_times_peaks=0,
-                       skip_isolated=False), {}),
+        (
+            CatalogConfig(
+                max_number_of_peaks=0,
+                max_footprint_area=0,
+                max_area_times_peaks=0,
+                skip_isolated=False,
+            ),
+            {},
+        ),
     ],
 )
 def test_skip_rules_and_flags(scene, cfg, expect):
@@ -546,9 +629,16 @@ def test_single_band_image_uses_the_single_band_deblender():
     images, variance, psfs, peaks = make_scene(nb=1)
     mask = np.zeros(images.shape[1:], bool)
     mask[11, 10:14] = True
-    cat, md = deblend_catalog(images[0], peaks=peaks, variance=variance[0], psf=psfs[0],
-                              mask=mask, executor="threads", progress=False,
-                              deblender_factory=factory)
+    cat, md = deblend_catalog(
+        images[0],
+        peaks=peaks,
+        variance=variance[0],
+        psf=psfs[0],
+        mask=mask,
+        executor="threads",
+        progress=False,
+        deblender_factory=factory,
+    )
     assert not md.blends  # nothing to persist from the single-band deblender
     par = cat[cat["is_parent"] & ~cat["skipped"]]
     assert set(par["deblender"]) == {"single"} and len(par) == 3
@@ -562,8 +652,9 @@ def test_single_band_image_uses_the_single_band_deblender():
         kids = cat[cat["parent_id"] == p.id]
         cut = images[0, y0 : y0 + h, x0 : x0 + w]
         np.testing.assert_allclose(kids["flux_conserved"][:, 0], [(cut * c).sum() for c in cells])
-        np.testing.assert_allclose(kids["flux_model"][:, 0],
-                                   [np.maximum(cut * c, 0).sum() for c in cells])
+        np.testing.assert_allclose(
+            kids["flux_model"][:, 0], [np.maximum(cut * c, 0).sum() for c in cells]
+        )
         masked_here = mask[y0 : y0 + h, x0 : x0 + w].any()
         want = "has_stray_flux" if masked_here else ""
         assert set(kids["child_flags"]) == {want}
@@ -603,26 +694,38 @@ def test_structured_array_without_astropy(scene, monkeypatch):
     monkeypatch.setitem(sys.modules, "astropy.table", None)  # import fails
     cat, _ = run(images, variance, psfs, peaks=peaks)
     assert isinstance(cat, np.ndarray) and cat.dtype.names == tuple(ref.colnames)
-    assert np.array_equal(cat["flux_conserved"], np.asarray(ref["flux_conserved"]),
-                          equal_nan=True)
+    assert np.array_equal(cat["flux_conserved"], np.asarray(ref["flux_conserved"]), equal_nan=True)
 
 
 def test_progress_bar_is_shown(scene, capsys):
     pytest.importorskip("tqdm")
     images, variance, psfs, peaks = scene
-    deblend_catalog(images, peaks=peaks, variance=variance, psf=psfs, progress=True,
-                    deblender_factory=factory, observation_factory=TestObservation)
+    deblend_catalog(
+        images,
+        peaks=peaks,
+        variance=variance,
+        psf=psfs,
+        progress=True,
+        deblender_factory=factory,
+        observation_factory=TestObservation,
+    )
     assert "deblend" in capsys.readouterr().err
 
 
 def test_observation_input_and_float32(scene):
     images, variance, psfs, peaks = make_scene(dtype=np.float32)
     obs = TestObservation(images, variance, psfs.astype(np.float32), bands=BANDS)
-    cat, md = deblend_catalog(obs, peaks=peaks, progress=False, deblender_factory=factory,
-                              observation_factory=TestObservation)
+    cat, md = deblend_catalog(
+        obs,
+        peaks=peaks,
+        progress=False,
+        deblender_factory=factory,
+        observation_factory=TestObservation,
+    )
     ref, _ = run(images.astype(np.float64), variance.astype(np.float64), psfs, peaks=peaks)
-    np.testing.assert_allclose(np.asarray(cat["flux_conserved"]),
-                               np.asarray(ref["flux_conserved"]), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(cat["flux_conserved"]), np.asarray(ref["flux_conserved"]), rtol=1e-5
+    )
     assert md.bands == BANDS and cat.meta["BANDS"] == "g,r,i"
 
 
@@ -647,9 +750,15 @@ def weights_reference(source, inverse, footprint, mask, dtype):
 
 
 @settings(max_examples=120, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.integers(1, 4), st.integers(1, 13), st.integers(1, 13),
-       st.sampled_from([np.float32, np.float64]), st.sampled_from([None, np.float32, np.float64]),
-       st.booleans())
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 4),
+    st.integers(1, 13),
+    st.integers(1, 13),
+    st.sampled_from([np.float32, np.float64]),
+    st.sampled_from([None, np.float32, np.float64]),
+    st.booleans(),
+)
 def test_parent_arrays_is_bit_identical_to_numpy(seed, nb, h, w, dtype, wdtype, with_mask):
     rng = np.random.default_rng(seed)
     images = cut_out(rng, (nb, h, w), dtype, lo=-1.0)
@@ -664,8 +773,15 @@ def test_parent_arrays_is_bit_identical_to_numpy(seed, nb, h, w, dtype, wdtype, 
     else:
         source, inverse = cut_out(rng, (nb, h, w), wdtype) * 1e3, False
     out = np.full((3, nb, h, w), np.nan, dtype=dtype)
-    _symmetric_cy.parent_arrays(images, variance, source, inverse, footprint.view(np.uint8),
-                                None if mask is None else mask.view(np.uint8), *out)
+    _symmetric_cy.parent_arrays(
+        images,
+        variance,
+        source,
+        inverse,
+        footprint.view(np.uint8),
+        None if mask is None else mask.view(np.uint8),
+        *out,
+    )
     want = weights_reference(source, inverse, footprint, mask, dtype)
     bits = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}[np.dtype(dtype)]
     assert np.array_equal(out[2].view(bits), want.view(bits))
@@ -677,16 +793,28 @@ def test_parent_arrays_refuses_bad_shapes():
     fp = np.ones((3, 4), np.uint8)
 
     def call(**kw):
-        args = dict(images=a, variance=a, source=a, inverse=True, footprint=fp, mask=None,
-                    images_out=np.empty_like(a), variance_out=np.empty_like(a),
-                    weights_out=np.empty_like(a))
+        args = dict(
+            images=a,
+            variance=a,
+            source=a,
+            inverse=True,
+            footprint=fp,
+            mask=None,
+            images_out=np.empty_like(a),
+            variance_out=np.empty_like(a),
+            weights_out=np.empty_like(a),
+        )
         args.update(kw)
         _symmetric_cy.parent_arrays(*args.values())
 
     call()
-    for name, bad in (("variance", np.ones((2, 3, 5))), ("source", np.ones((1, 3, 4))),
-                      ("weights_out", np.empty((2, 4, 4))), ("footprint", fp[:2]),
-                      ("mask", np.ones((4, 4), np.uint8))):
+    for name, bad in (
+        ("variance", np.ones((2, 3, 5))),
+        ("source", np.ones((1, 3, 4))),
+        ("weights_out", np.empty((2, 4, 4))),
+        ("footprint", fp[:2]),
+        ("mask", np.ones((4, 4), np.uint8)),
+    ):
         with pytest.raises(ValueError, match=name):
             call(**{name: bad})
 
@@ -704,8 +832,13 @@ def stats_reference(images, boxes, footprints, mask):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.integers(1, 4), st.integers(0, 6),
-       st.sampled_from([np.float32, np.float64]), st.booleans())
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 4),
+    st.integers(0, 6),
+    st.sampled_from([np.float32, np.float64]),
+    st.booleans(),
+)
 def test_parent_stats_match_numpy(seed, nb, n_parents, dtype, with_mask):
     rng = np.random.default_rng(seed)
     H, W = 17, 23
@@ -718,7 +851,9 @@ def test_parent_stats_match_numpy(seed, nb, n_parents, dtype, with_mask):
         footprints.append(rng.random((h, w)) < rng.uniform(0, 1))
     mask = rng.random((H, W)) < 0.3 if with_mask else None
     frame = SimpleNamespace(images=images, mask=mask)
-    stats = catalog_parents.parent_stats(frame, np.array(boxes, np.int64).reshape(-1, 4), footprints)
+    stats = catalog_parents.parent_stats(
+        frame, np.array(boxes, np.int64).reshape(-1, 4), footprints
+    )
     flux, cents, fracs = stats_reference(images, boxes, footprints, mask)
     scale = np.abs(images).sum()
     np.testing.assert_allclose(stats.flux, flux, rtol=1e-12, atol=1e-12 * scale)
@@ -731,9 +866,14 @@ def test_parent_stats_refuses_bad_arguments():
     boxes = np.array([[1, 1, 2, 3]], np.int64)
 
     def call(**kw):
-        args = dict(boxes=boxes, footprints=np.ones(6, np.uint8), mask=None,
-                    flux=np.empty((1, 2)), centroid=np.empty((1, 2)),
-                    counts=np.empty((1, 2), np.int64))
+        args = dict(
+            boxes=boxes,
+            footprints=np.ones(6, np.uint8),
+            mask=None,
+            flux=np.empty((1, 2)),
+            centroid=np.empty((1, 2)),
+            counts=np.empty((1, 2), np.int64),
+        )
         args.update(kw)
         _symmetric_cy.parent_stats(images, *args.values())
 
@@ -742,9 +882,13 @@ def test_parent_stats_refuses_bad_arguments():
         call(boxes=np.array([[4, 1, 2, 3]], np.int64))
     with pytest.raises(ValueError, match="boxes must be"):
         call(boxes=np.zeros((1, 3), np.int64))
-    for name, bad in (("footprints", np.ones(5, np.uint8)), ("mask", np.ones((5, 5), np.uint8)),
-                      ("flux", np.empty((1, 3))), ("centroid", np.empty((2, 2))),
-                      ("counts", np.empty((1, 1), np.int64))):
+    for name, bad in (
+        ("footprints", np.ones(5, np.uint8)),
+        ("mask", np.ones((5, 5), np.uint8)),
+        ("flux", np.empty((1, 3))),
+        ("centroid", np.empty((2, 2))),
+        ("counts", np.empty((1, 1), np.int64)),
+    ):
         with pytest.raises(ValueError, match=name):
             call(**{name: bad})
 
@@ -763,8 +907,9 @@ def test_check_parents_at_once_equals_parent_by_parent(seed, n_parents, peak_dty
         # as a flat pair, a footprint of None or of ints
         pk = np.c_[rng.integers(y0, y0 + h, n), rng.integers(x0, x0 + w, n)].astype(peak_dtype)
         if pk.dtype.kind == "f":
-            pk = pk + rng.uniform(-0.5, 0.5, pk.shape) * ((pk >= [y0 + 1, x0 + 1])
-                                                          & (pk < [y0 + h - 1, x0 + w - 1]))
+            pk = pk + rng.uniform(-0.5, 0.5, pk.shape) * (
+                (pk >= [y0 + 1, x0 + 1]) & (pk < [y0 + h - 1, x0 + w - 1])
+            )
         fp = [None, rng.random((h, w)) < 0.5, (rng.random((h, w)) < 0.5).astype(int)][i % 3]
         parents.append(CatalogParent(10 + i, (y0, x0, h, w), fp, pk[0] if n == 1 else pk))
     got = catalog_parents.check_parents(iter(parents), (H, W))  # any iterable
@@ -852,8 +997,10 @@ def assemble_reference(checked, ids, boxes, stats, reasons, outcomes, kind, nb):
             row["zero_flux"] = np.all(o.flux_conserved[i] == 0)
             row["child_flags"] = o.child_flags[i]
             row["deblend_runtime"] = o.runtime
-            for name, value in (("flux_conserved_err", o.flux_conserved_err),
-                                ("flux_model_err", o.flux_model_err)):
+            for name, value in (
+                ("flux_conserved_err", o.flux_conserved_err),
+                ("flux_model_err", o.flux_model_err),
+            ):
                 row[name] = np.nan if value is None else value[i]
             m = o.metrics or {}
             for name in (*table._BAND_METRICS, "chi2_reduced"):
@@ -890,9 +1037,16 @@ def test_bulk_assembly_equals_row_by_row(scene, monkeypatch, single):
 
     monkeypatch.setattr(driver, "assemble", spy)
     with np.errstate(invalid="ignore"):  # the test deblender's SED of an empty cell: NaN
-        run(images, variance, psfs, parents=parents, fac=fac, mask=mask,
-            config=CatalogConfig(max_number_of_peaks=2 if single else 600))
-    (args, got), = seen
+        run(
+            images,
+            variance,
+            psfs,
+            parents=parents,
+            fac=fac,
+            mask=mask,
+            config=CatalogConfig(max_number_of_peaks=2 if single else 600),
+        )
+    ((args, got),) = seen
     want = assemble_reference(*args)
     assert got.dtype == want.dtype
     for name in want.dtype.names:
@@ -940,8 +1094,12 @@ def test_bad_arguments(scene):
     with pytest.raises(ValueError, match=r"parents\[0\].*not inside the image"):
         run(images, variance, psfs, parents=[box_parent(1, (50, 0, 20, 20), [(55, 5)])])
     with pytest.raises(ValueError, match=r"parents\[0\].*footprint has shape"):
-        run(images, variance, psfs,
-            parents=[CatalogParent(1, (0, 0, 10, 10), np.ones((9, 10), bool), [(1, 1)])])
+        run(
+            images,
+            variance,
+            psfs,
+            parents=[CatalogParent(1, (0, 0, 10, 10), np.ones((9, 10), bool), [(1, 1)])],
+        )
     with pytest.raises(ValueError, match=r"parents\[0\].peaks\[1\].*outside its box"):
         run(images, variance, psfs, parents=[box_parent(1, (0, 0, 10, 10), [(1, 1), (12, 3)])])
     with pytest.raises(ValueError, match="unique"):
@@ -968,23 +1126,34 @@ def test_real_multi_band_deblender_conserves_flux_and_rebuilds(scene):
         assert len(kids) == prow["n_peaks"]
         # conserved children + unassigned flux = the footprint's flux (by construction of the
         # columns) and the unassigned part is small for these well-detected sources
-        np.testing.assert_allclose(prow["flux_unassigned"],
-                                   prow["flux_footprint"] - kids["flux_conserved"].sum(0))
+        np.testing.assert_allclose(
+            prow["flux_unassigned"], prow["flux_footprint"] - kids["flux_conserved"].sum(0)
+        )
         conserved = md.conserved_images(obs, int(prow["id"]))
-        np.testing.assert_allclose(conserved.sum(axis=(2, 3)), kids["flux_conserved"],
-                                   rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(
+            conserved.sum(axis=(2, 3)), kids["flux_conserved"], rtol=1e-4, atol=1e-3
+        )
 
 
 def test_real_single_band_deblender_runs_on_the_catalog():
     images, variance, psfs, peaks = make_scene(nb=1)
-    cat, _ = deblend_catalog(images[0], peaks=peaks, variance=variance[0], psf=psfs[0],
-                             executor="threads", progress=False)
+    cat, _ = deblend_catalog(
+        images[0],
+        peaks=peaks,
+        variance=variance[0],
+        psf=psfs[0],
+        executor="threads",
+        progress=False,
+    )
     par = cat[cat["is_parent"] & ~cat["skipped"]]
     assert not np.any(par["failed"]), list(par["error"])
     for prow in par:
         kids = cat[cat["parent_id"] == prow["id"]]
-        np.testing.assert_allclose(kids["flux_conserved"].sum(0) + prow["flux_unassigned"],
-                                   prow["flux_footprint"], rtol=1e-9)
+        np.testing.assert_allclose(
+            kids["flux_conserved"].sum(0) + prow["flux_unassigned"],
+            prow["flux_footprint"],
+            rtol=1e-9,
+        )
 
 
 def real_rows(cat):
@@ -993,8 +1162,10 @@ def real_rows(cat):
     for prow in cat[cat["is_parent"]]:
         kids = cat[cat["parent_id"] == prow["id"]]
         out[int(prow["id"])] = (
-            np.asarray(kids["flux_conserved"]).tobytes(), np.asarray(kids["flux_model"]).tobytes(),
-            np.asarray(kids["centroid_y"]).tobytes(), int(prow["iterations"]),
+            np.asarray(kids["flux_conserved"]).tobytes(),
+            np.asarray(kids["flux_model"]).tobytes(),
+            np.asarray(kids["centroid_y"]).tobytes(),
+            int(prow["iterations"]),
         )
     return out
 
@@ -1006,8 +1177,9 @@ def test_real_deblender_threads_equal_serial_and_a_failure_is_isolated(scene, ca
     obs = cdeblend.Observation(images, variance, psfs, bands=BANDS)
     cfg = CatalogConfig(skip_isolated=False)
     serial, _ = deblend_catalog(obs, peaks=peaks, config=cfg, executor="serial", progress=False)
-    threads, _ = deblend_catalog(obs, peaks=peaks, config=cfg, executor="threads",
-                                 progress=False, max_workers=2)
+    threads, _ = deblend_catalog(
+        obs, peaks=peaks, config=cfg, executor="threads", progress=False, max_workers=2
+    )
     assert real_rows(serial) == real_rows(threads)
 
     class Exploding:
@@ -1029,8 +1201,14 @@ def test_real_deblender_threads_equal_serial_and_a_failure_is_isolated(scene, ca
         return Exploding(config.multi_band or cdeblend.DeblendConfig())
 
     with caplog.at_level("WARNING", logger="cdeblend.catalog"):
-        broken, _ = deblend_catalog(obs, peaks=peaks, config=cfg, executor="serial",
-                                    progress=False, deblender_factory=factory_)
+        broken, _ = deblend_catalog(
+            obs,
+            peaks=peaks,
+            config=cfg,
+            executor="serial",
+            progress=False,
+            deblender_factory=factory_,
+        )
     failed = broken[broken["is_parent"] & broken["failed"]]
     assert len(failed) == 1 and failed["error"][0] == "LinAlgError"
     assert "injected failure" in caplog.text
@@ -1044,8 +1222,9 @@ def test_real_deblender_threads_equal_serial_and_a_failure_is_isolated(scene, ca
 def test_model_file_reproduces_the_catalog_fluxes_exactly(scene, tmp_path):
     """Fluxes re-apportioned from the saved model file equal the catalog's, bit for bit."""
     images, variance, psfs, peaks = scene
-    obs = cdeblend.Observation(images.astype(np.float32), variance.astype(np.float32),
-                               psfs.astype(np.float32), bands=BANDS)
+    obs = cdeblend.Observation(
+        images.astype(np.float32), variance.astype(np.float32), psfs.astype(np.float32), bands=BANDS
+    )
     cat, md = deblend_catalog(obs, peaks=peaks, executor="threads", progress=False)
     cdeblend.save_models(tmp_path / "m.fits", md)
     back = cdeblend.load_models(tmp_path / "m.fits")

@@ -39,8 +39,11 @@ def write_scene(folder):
     fits.PrimaryHDU(images.astype(np.float32)).writeto(folder / "cube.fits")
     hdus = [fits.PrimaryHDU()]
     for b, band in enumerate("gri"):
-        hdus.append(fits.ImageHDU((1 / variance[b]).astype(np.float32),
-                                  header=fits.Header([("BAND", band)])))
+        hdus.append(
+            fits.ImageHDU(
+                (1 / variance[b]).astype(np.float32), header=fits.Header([("BAND", band)])
+            )
+        )
     fits.HDUList(hdus).writeto(folder / "invvar.fits")
     for b, band in enumerate("gri"):
         fits.PrimaryHDU(psfs[b] * 3.0).writeto(folder / f"psf_{band}.fits")  # not normalised
@@ -51,11 +54,25 @@ def write_scene(folder):
 def test_deblend_and_show(tmp_path, capsys):
     images = write_scene(tmp_path)
     out = tmp_path / "out"
-    args = ["deblend", "--images", str(tmp_path / "cube.fits"),
-            "--invvar", str(tmp_path / "invvar.fits"),
-            "--psfs", *(str(tmp_path / f"psf_{b}.fits") for b in "gri"),
-            "--bands", "g", "r", "i", "--peaks", str(tmp_path / "peaks.csv"),
-            "--out", str(out), "--executor", "serial"]
+    args = [
+        "deblend",
+        "--images",
+        str(tmp_path / "cube.fits"),
+        "--invvar",
+        str(tmp_path / "invvar.fits"),
+        "--psfs",
+        *(str(tmp_path / f"psf_{b}.fits") for b in "gri"),
+        "--bands",
+        "g",
+        "r",
+        "i",
+        "--peaks",
+        str(tmp_path / "peaks.csv"),
+        "--out",
+        str(out),
+        "--executor",
+        "serial",
+    ]
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "not normalised (sum 3" in err and "normalising the PSF images" in err
@@ -67,8 +84,11 @@ def test_deblend_and_show(tmp_path, capsys):
     assert sorted(parents["n_peaks"]) == [1, 2] and not np.any(parents["failed"])
     pair = parents[parents["n_peaks"] == 2][0]
     # the children and the unassigned flux add up to the parent's flux in every band
-    np.testing.assert_allclose(children["flux_conserved"].sum(0) + pair["flux_unassigned"],
-                               pair["flux_footprint"], rtol=1e-5)
+    np.testing.assert_allclose(
+        children["flux_conserved"].sum(0) + pair["flux_unassigned"],
+        pair["flux_footprint"],
+        rtol=1e-5,
+    )
     models = load_models(out / "models.fits")
     assert models.bands == ("g", "r", "i")
     assert int(pair["id"]) in models.blends
@@ -76,27 +96,64 @@ def test_deblend_and_show(tmp_path, capsys):
         assert (out / name).read_bytes()[:8] == PNG
 
     show = tmp_path / "show"
-    assert main(["show", "--models", str(out / "models.fits"), "--parent", str(int(pair["id"])),
-                 "--images", str(tmp_path / "cube.fits"), "--out", str(show)]) == 0
+    assert (
+        main(
+            [
+                "show",
+                "--models",
+                str(out / "models.fits"),
+                "--parent",
+                str(int(pair["id"])),
+                "--images",
+                str(tmp_path / "cube.fits"),
+                "--out",
+                str(show),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "conserved_g" in table
     pngs = sorted(p.name for p in show.glob("*.png"))
     assert len(pngs) == 2 and all((show / p).read_bytes()[:8] == PNG for p in pngs)
     # the re-apportioned fluxes shown equal the catalog's (same models, same image)
     shown = [float(line.split()[3]) for line in table.splitlines()[2:4]]
-    np.testing.assert_allclose(sorted(shown), sorted(children["flux_conserved"][:, 0]),
-                               rtol=1e-4)
+    np.testing.assert_allclose(sorted(shown), sorted(children["flux_conserved"][:, 0]), rtol=1e-4)
     assert images.shape == (3, 48, 64)
 
 
 def test_errors_are_plain_words(tmp_path, capsys):
-    assert main(["deblend", "--images", str(tmp_path / "nope.fits"), "--variance",
-                 str(tmp_path / "nope.fits"), "--psfs", str(tmp_path / "p.fits")]) == 1
+    assert (
+        main(
+            [
+                "deblend",
+                "--images",
+                str(tmp_path / "nope.fits"),
+                "--variance",
+                str(tmp_path / "nope.fits"),
+                "--psfs",
+                str(tmp_path / "p.fits"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "error" in err and "not found" in err and "Traceback" not in err
     write_scene(tmp_path)
-    assert main(["show", "--models", str(tmp_path / "cube.fits"), "--parent", "1",
-                 "--images", str(tmp_path / "cube.fits")]) == 1
+    assert (
+        main(
+            [
+                "show",
+                "--models",
+                str(tmp_path / "cube.fits"),
+                "--parent",
+                "1",
+                "--images",
+                str(tmp_path / "cube.fits"),
+            ]
+        )
+        == 1
+    )
     assert "not a cdeblend model file" in capsys.readouterr().err
 
 
@@ -114,8 +171,9 @@ def test_demo_writes_tables(tmp_path):
 
 
 def test_help_and_console_script():
-    res = subprocess.run([sys.executable, "-m", "cdeblend.cli", "--help"], capture_output=True,
-                         text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "cdeblend.cli", "--help"], capture_output=True, text=True, check=True
+    )
     for sub in ("demo", "deblend", "show"):
         assert sub in res.stdout
     with pytest.raises(SystemExit) as exc:
@@ -134,13 +192,21 @@ def write_single_band(folder, sky=0.0, noise=2.0, seed=4):
     H, W = 80, 120
     yy, xx = np.mgrid[:H, :W]
     # (y, x, flux): the bright pair around x = 30, the faint pair around x = 90
-    sources = [(40, 27, 20000.0), (43, 34, 12000.0), (35, 88, 3000.0), (39, 94, 2500.0),
-               (65, 60, 4000.0)]
+    sources = [
+        (40, 27, 20000.0),
+        (43, 34, 12000.0),
+        (35, 88, 3000.0),
+        (39, 94, 2500.0),
+        (65, 60, 4000.0),
+    ]
     sigma = 1.7
     image = np.full((H, W), float(sky))
     for y, x, flux in sources:
-        image += flux * np.exp(-0.5 * ((yy - y) ** 2 + (xx - x) ** 2) / sigma**2) / (
-            2 * np.pi * sigma**2)
+        image += (
+            flux
+            * np.exp(-0.5 * ((yy - y) ** 2 + (xx - x) ** 2) / sigma**2)
+            / (2 * np.pi * sigma**2)
+        )
     image += rng.normal(0, noise, size=(H, W))
     fits.PrimaryHDU(image.astype(np.float32)).writeto(folder / "single.fits")
     return sources, sigma * 2.3548
@@ -155,8 +221,19 @@ def run(args, capsys):
 def test_single_band_without_variance_with_background_and_gaussian_psf(tmp_path, capsys):
     sources, fwhm = write_single_band(tmp_path, sky=500.0)
     out = tmp_path / "out"
-    base = ["deblend", "--images", str(tmp_path / "single.fits"), "--psf-fwhm", f"{fwhm:.3f}",
-            "--executor", "serial", "--out", str(out), "--max-plots", "1"]
+    base = [
+        "deblend",
+        "--images",
+        str(tmp_path / "single.fits"),
+        "--psf-fwhm",
+        f"{fwhm:.3f}",
+        "--executor",
+        "serial",
+        "--out",
+        str(out),
+        "--max-plots",
+        "1",
+    ]
     status, _, err = run(base + ["--background", "auto"], capsys)
     assert status == 0, err
     assert "no variance given" in err and "mesh background" in err
@@ -177,24 +254,58 @@ def test_single_band_without_variance_with_background_and_gaussian_psf(tmp_path,
     assert drawn == [f"parent{int(bright['id'])}_source{k}.png" for k in range(2)]
     assert (out / "field.png").read_bytes()[:8] == PNG
     # show on a single-band run explains instead of listing no parents
-    status, _, err = run(["show", "--models", str(out / "models.fits"), "--parent",
-                          str(int(bright["id"])), "--images", str(tmp_path / "single.fits")],
-                         capsys)
+    status, _, err = run(
+        [
+            "show",
+            "--models",
+            str(out / "models.fits"),
+            "--parent",
+            str(int(bright["id"])),
+            "--images",
+            str(tmp_path / "single.fits"),
+        ],
+        capsys,
+    )
     assert status == 1 and "single-band run" in err and "stored parents: []" not in err
 
 
 def test_unsubtracted_sky_warns(tmp_path, capsys):
     _, fwhm = write_single_band(tmp_path, sky=500.0)
-    status, _, err = run(["deblend", "--images", str(tmp_path / "single.fits"), "--psf-fwhm",
-                          f"{fwhm:.3f}", "--no-plots", "--executor", "serial", "--out",
-                          str(tmp_path / "o")], capsys)
+    status, _, err = run(
+        [
+            "deblend",
+            "--images",
+            str(tmp_path / "single.fits"),
+            "--psf-fwhm",
+            f"{fwhm:.3f}",
+            "--no-plots",
+            "--executor",
+            "serial",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert "looks not sky-subtracted" in err and "--background auto" in err
 
 
 def test_nothing_detected_exits_non_zero(tmp_path, capsys):
     fits.PrimaryHDU(np.random.default_rng(0).normal(size=(40, 40))).writeto(tmp_path / "n.fits")
-    status, _, err = run(["deblend", "--images", str(tmp_path / "n.fits"), "--psf-fwhm", "3",
-                          "--nsigma", "50", "--no-plots", "--out", str(tmp_path / "o")], capsys)
+    status, _, err = run(
+        [
+            "deblend",
+            "--images",
+            str(tmp_path / "n.fits"),
+            "--psf-fwhm",
+            "3",
+            "--nsigma",
+            "50",
+            "--no-plots",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert status == 3 and "nothing was detected" in err
     assert "INFO: 0 parents, 0 children" in err
 
@@ -215,10 +326,25 @@ def test_narrow_psf_chooses_a_narrower_model_psf(tmp_path, capsys):
     # end to end: three bands with a 1.1 px PSF in the first, no variance
     images = write_scene(tmp_path)
     fits.PrimaryHDU(images.astype(np.float32)).writeto(tmp_path / "cube2.fits")
-    status, _, err = run(["deblend", "--images", str(tmp_path / "cube2.fits"), "--psf-fwhm",
-                          "1.1", "3.5", "3.3", "--peaks", str(tmp_path / "peaks.csv"),
-                          "--no-plots", "--executor", "serial", "--out", str(tmp_path / "o")],
-                         capsys)
+    status, _, err = run(
+        [
+            "deblend",
+            "--images",
+            str(tmp_path / "cube2.fits"),
+            "--psf-fwhm",
+            "1.1",
+            "3.5",
+            "3.3",
+            "--peaks",
+            str(tmp_path / "peaks.csv"),
+            "--no-plots",
+            "--executor",
+            "serial",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert status == 0, err
     assert f"model PSF sigma {sigma:.2f} px" in err
 
@@ -235,8 +361,10 @@ def test_peak_files_with_common_column_names(tmp_path, capsys):
     pk, used = read_peak_table(tmp_path / "phot.csv")
     np.testing.assert_array_equal(pk, [[15, 16], [19, 22]])
     assert used.startswith("x_peak, y_peak (photutils")
-    cols = [fits.Column("xcentroid", "D", array=[16.2]), fits.Column("ycentroid", "D",
-                                                                      array=[15.4])]
+    cols = [
+        fits.Column("xcentroid", "D", array=[16.2]),
+        fits.Column("ycentroid", "D", array=[15.4]),
+    ]
     fits.BinTableHDU.from_columns(cols).writeto(tmp_path / "c.fits")
     np.testing.assert_allclose(read_peak_table(tmp_path / "c.fits")[0], [[15.4, 16.2]])
     (tmp_path / "bad.csv").write_text("ra,dec\n1,2\n")
@@ -247,19 +375,36 @@ def test_peak_files_with_common_column_names(tmp_path, capsys):
     (tmp_path / "sex.cat").write_text(
         "#   1 NUMBER   Running object number\n#   2 X_IMAGE  Object position along x [pixel]\n"
         "#   3 Y_IMAGE  Object position along y [pixel]\n"
-        "1 17.0 16.0\n2 23.0 20.0\n3 49.0 35.0\n")
-    status, _, err = run(["deblend", "--images", str(tmp_path / "cube.fits"), "--invvar",
-                          str(tmp_path / "invvar.fits"), "--psfs",
-                          *(str(tmp_path / f"psf_{b}.fits") for b in "gri"), "--peaks",
-                          str(tmp_path / "sex.cat"), "--no-plots", "--executor", "serial",
-                          "--out", str(tmp_path / "o")], capsys)
+        "1 17.0 16.0\n2 23.0 20.0\n3 49.0 35.0\n"
+    )
+    status, _, err = run(
+        [
+            "deblend",
+            "--images",
+            str(tmp_path / "cube.fits"),
+            "--invvar",
+            str(tmp_path / "invvar.fits"),
+            "--psfs",
+            *(str(tmp_path / f"psf_{b}.fits") for b in "gri"),
+            "--peaks",
+            str(tmp_path / "sex.cat"),
+            "--no-plots",
+            "--executor",
+            "serial",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert status == 0, err
     assert "columns X_IMAGE, Y_IMAGE (SExtractor, 1-based; converted to 0-based)" in err
     kids = read_catalog(tmp_path / "o" / "catalog.fits")
     kids = kids[~kids["is_parent"]]
     # the same pixels as the 0-based peaks.csv of write_scene: (15, 16) and (19, 22)
     assert sorted(zip(kids["peak_y"].tolist(), kids["peak_x"].tolist(), strict=True)) == [
-        (15, 16), (19, 22)]
+        (15, 16),
+        (19, 22),
+    ]
 
 
 def test_psf_problems_are_reported():
@@ -286,12 +431,19 @@ def test_field_picture_keeps_the_aspect(tmp_path):
 
     from cdeblend.display import plot_field
 
-    cat = {"is_parent": np.array([True, False]), "id": np.array([1, 2]),
-           "box_y0": np.array([2, -1]), "box_x0": np.array([3, -1]),
-           "box_height": np.array([10, -1]), "box_width": np.array([20, -1]),
-           "skipped": np.array([False, False]), "failed": np.array([False, False]),
-           "n_children": np.array([1, 0]), "peak_y": np.array([5, 5]),
-           "peak_x": np.array([8, 8])}
+    cat = {
+        "is_parent": np.array([True, False]),
+        "id": np.array([1, 2]),
+        "box_y0": np.array([2, -1]),
+        "box_x0": np.array([3, -1]),
+        "box_height": np.array([10, -1]),
+        "box_width": np.array([20, -1]),
+        "skipped": np.array([False, False]),
+        "failed": np.array([False, False]),
+        "n_children": np.array([1, 0]),
+        "peak_y": np.array([5, 5]),
+        "peak_x": np.array([8, 8]),
+    }
     wide = np.random.default_rng(2).normal(size=(1, 100, 700))
     fig = plot_field(wide, np.zeros_like(wide), cat, path=tmp_path / "f.png")
     w, h = fig.get_size_inches()
@@ -312,22 +464,49 @@ def test_detection_options_reach_detect(tmp_path, capsys, monkeypatch):
 
     seen = {}
 
-    def fake_detect(images, variance, psf=None, nsigma=5.0, min_area=3,
-                    filter_type="matched"):
+    def fake_detect(images, variance, psf=None, nsigma=5.0, min_area=3, filter_type="matched"):
         seen.update(nsigma=nsigma, min_area=min_area, psf=psf, filter_type=filter_type)
         return []
 
     monkeypatch.setattr(cdeblend.detection, "detect", fake_detect)
     write_single_band(tmp_path)
-    status, _, err = run(["deblend", "--images", str(tmp_path / "single.fits"), "--psf-fwhm",
-                          "4", "--nsigma", "2.5", "--min-area", "7", "--min-contrast", "0.2",
-                          "--no-plots", "--out", str(tmp_path / "o")], capsys)
+    status, _, err = run(
+        [
+            "deblend",
+            "--images",
+            str(tmp_path / "single.fits"),
+            "--psf-fwhm",
+            "4",
+            "--nsigma",
+            "2.5",
+            "--min-area",
+            "7",
+            "--min-contrast",
+            "0.2",
+            "--no-plots",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert seen["nsigma"] == 2.5 and seen["min_area"] == 7 and seen["psf"].shape[0] == 1
     assert "--min-contrast is not supported" in err
     assert status == 3  # the fake finds nothing
-    status, _, err = run(["deblend", "--images", str(tmp_path / "single.fits"), "--psf-fwhm",
-                          "4", "--filter", "none", "--no-plots", "--out", str(tmp_path / "o")],
-                         capsys)
+    status, _, err = run(
+        [
+            "deblend",
+            "--images",
+            str(tmp_path / "single.fits"),
+            "--psf-fwhm",
+            "4",
+            "--filter",
+            "none",
+            "--no-plots",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert seen["psf"] is None and seen["nsigma"] == 5.0  # unset options keep the defaults
 
 
@@ -375,14 +554,36 @@ def test_sextractor_settings_from_the_command_line(tmp_path, capsys):
     fits.PrimaryHDU(rms.astype(np.float32)).writeto(tmp_path / "rms.fits")
     kernel = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=float)
     variance = np.where(rms > 0, rms**2, 0.0)
-    expected = cdeblend.detect(image, variance, nsigma=1.5, min_area=5, grow=0, kernel=kernel,
-                               filter_type="conv")
-    status, _, err = run(["deblend", "--images", str(tmp_path / "single.fits"), "--rms",
-                          str(tmp_path / "rms.fits"), "--psf-fwhm", f"{fwhm:.3f}", "--nsigma",
-                          "1.5", "--min-area", "5", "--filter", "conv", "--filter-kernel",
-                          str(DATA / "sextractor_default.conv"), "--grow", "0",
-                          "--executor", "serial", "--no-plots", "--out", str(tmp_path / "o")],
-                         capsys)
+    expected = cdeblend.detect(
+        image, variance, nsigma=1.5, min_area=5, grow=0, kernel=kernel, filter_type="conv"
+    )
+    status, _, err = run(
+        [
+            "deblend",
+            "--images",
+            str(tmp_path / "single.fits"),
+            "--rms",
+            str(tmp_path / "rms.fits"),
+            "--psf-fwhm",
+            f"{fwhm:.3f}",
+            "--nsigma",
+            "1.5",
+            "--min-area",
+            "5",
+            "--filter",
+            "conv",
+            "--filter-kernel",
+            str(DATA / "sextractor_default.conv"),
+            "--grow",
+            "0",
+            "--executor",
+            "serial",
+            "--no-plots",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert status == 0, err
     assert "filter_type=conv" in err and "3 x 3 kernel" in err
     cat = read_catalog(tmp_path / "o" / "catalog.fits")
@@ -392,10 +593,22 @@ def test_sextractor_settings_from_the_command_line(tmp_path, capsys):
     assert not np.any(par["failed"])
     # the zero-rms row crosses the bright pair's footprint: masked there, not an error
     assert np.any(par["masked_fraction"] > 0)
-    status, _, err = run(["deblend", "--images", str(tmp_path / "single.fits"), "--psf-fwhm",
-                          "3", "--filter", "none", "--filter-kernel",
-                          str(DATA / "sextractor_default.conv"), "--out", str(tmp_path / "p")],
-                         capsys)
+    status, _, err = run(
+        [
+            "deblend",
+            "--images",
+            str(tmp_path / "single.fits"),
+            "--psf-fwhm",
+            "3",
+            "--filter",
+            "none",
+            "--filter-kernel",
+            str(DATA / "sextractor_default.conv"),
+            "--out",
+            str(tmp_path / "p"),
+        ],
+        capsys,
+    )
     assert status == 1 and "--filter-kernel needs a filter" in err
 
 
@@ -407,9 +620,24 @@ def test_nan_rows_with_only_an_image_and_a_psf_fwhm(tmp_path, capsys):
     image = fits.getdata(tmp_path / "single.fits").astype(np.float64)
     image[39:42] = np.nan  # through the bright pair at y = 40-43
     fits.PrimaryHDU(image).writeto(tmp_path / "nan.fits")
-    status, _, err = run(["deblend", "--images", str(tmp_path / "nan.fits"), "--psf-fwhm",
-                          f"{fwhm:.3f}", "--background", "auto", "--executor", "serial",
-                          "--max-plots", "1", "--out", str(tmp_path / "o")], capsys)
+    status, _, err = run(
+        [
+            "deblend",
+            "--images",
+            str(tmp_path / "nan.fits"),
+            "--psf-fwhm",
+            f"{fwhm:.3f}",
+            "--background",
+            "auto",
+            "--executor",
+            "serial",
+            "--max-plots",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert status == 0, err
     cat = read_catalog(tmp_path / "o" / "catalog.fits")
     par = cat[cat["is_parent"]]

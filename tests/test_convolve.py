@@ -197,10 +197,10 @@ def test_convolve_box_equals_full_frame(seed, y0, x0, h, w, planes, mode):
     full = np.array([reference_same_conv(frame[b], obs.diff_kernels[b]) for b in range(2)])
     gy0, gx0, gh, gw = grown
     assert conv.shape == (2, gh, gw)
-    np.testing.assert_allclose(conv, full[:, gy0:gy0 + gh, gx0:gx0 + gw], atol=1e-12)
+    np.testing.assert_allclose(conv, full[:, gy0 : gy0 + gh, gx0 : gx0 + gw], atol=1e-12)
     # nothing is lost outside the grown box
     outside = full.copy()
-    outside[:, gy0:gy0 + gh, gx0:gx0 + gw] = 0
+    outside[:, gy0 : gy0 + gh, gx0 : gx0 + gw] = 0
     assert np.abs(outside).max(initial=0) < 1e-12
 
 
@@ -219,7 +219,7 @@ def test_fft_loss_gradient_and_box_against_reference():
     frame = np.zeros(obs.shape[1:])
     frame[3:7, 2:8] = morph
     full = np.array([reference_same_conv(frame, obs.diff_kernels[b]) for b in range(3)])
-    np.testing.assert_allclose(conv, full[:, gy0:gy0 + gh, gx0:gx0 + gw], atol=1e-12)
+    np.testing.assert_allclose(conv, full[:, gy0 : gy0 + gh, gx0 : gx0 + gw], atol=1e-12)
 
 
 def test_threads_share_an_observation():
@@ -282,8 +282,9 @@ def test_exact_box_convolution_has_the_true_zeros(seed, y0, x0, dtype, zero_taps
                 frame[:, y0 + yy, x0 + xx] = arr[:, yy, xx]
     kern = obs.diff_kernels.astype(np.float64)
     full = np.array([reference_same_conv(frame[b], kern[b]) for b in range(2)])
-    support = np.array([reference_same_conv((frame[b] != 0) * 1.0, (kern[b] != 0) * 1.0) > 0.5
-                        for b in range(2)])
+    support = np.array(
+        [reference_same_conv((frame[b] != 0) * 1.0, (kern[b] != 0) * 1.0) > 0.5 for b in range(2)]
+    )
     gy0, gx0, gh, gw = grown
     sl = (slice(None), slice(gy0, gy0 + gh), slice(gx0, gx0 + gw))
     assert conv.dtype == dtype
@@ -304,9 +305,9 @@ def test_convolve_box_reuses_grid_buffers_without_stale_data():
         conv, (gy0, gx0, gh, gw) = obs.convolve_box(arr, (y0, x0, h, w), mode="fft")
         grids.add(obs._fft_shape(gh, gw))
         frame = np.zeros(obs.shape[1:])
-        frame[y0:y0 + h, x0:x0 + w] = arr
+        frame[y0 : y0 + h, x0 : x0 + w] = arr
         full = np.array([reference_same_conv(frame, obs.diff_kernels[b]) for b in range(2)])
-        np.testing.assert_allclose(conv, full[:, gy0:gy0 + gh, gx0:gx0 + gw], atol=1e-12)
+        np.testing.assert_allclose(conv, full[:, gy0 : gy0 + gh, gx0 : gx0 + gw], atol=1e-12)
     assert len(grids) == 1  # every box used the same FFT grid (and its buffers)
 
 
@@ -332,8 +333,9 @@ def test_batched_box_convolutions_match_one_by_one(dtype):
         for (conv, grown), a, box in zip(got, arrays, boxes, strict=True):
             ref, ref_grown = obs.convolve_box(a, box)
             assert grown == ref_grown and conv.dtype == dtype and conv.shape == ref.shape
-            np.testing.assert_allclose(conv, ref, rtol=tol,
-                                       atol=tol * max(np.abs(ref).max(initial=0), 1))
+            np.testing.assert_allclose(
+                conv, ref, rtol=tol, atol=tol * max(np.abs(ref).max(initial=0), 1)
+            )
 
 
 def test_cost_model_pair_count_is_the_direct_loops_work():
@@ -345,6 +347,7 @@ def test_cost_model_pair_count_is_the_direct_loops_work():
         for m in range(0, n + 1):
             for lo in range(0, n - m + 1):
                 for r in range(0, 20):
-                    per_tap = sum(max(min(n, lo + m + d) - max(0, lo + d), 0)
-                                  for d in range(-r, r + 1))
+                    per_tap = sum(
+                        max(min(n, lo + m + d) - max(0, lo + d), 0) for d in range(-r, r + 1)
+                    )
                     assert _pairs_within(n, lo, m, r) == per_tap

@@ -67,13 +67,18 @@ def test_conserved_images_add_up_to_the_image(real):
     total = np.clip(models, 0, None).sum(axis=0)
     covered = total > 0
     assert covered.mean() > 0.9
-    np.testing.assert_allclose(conserved.sum(axis=0)[covered], obs.images[covered], rtol=2e-5,
-                               atol=1e-5 * np.abs(obs.images).max())
+    np.testing.assert_allclose(
+        conserved.sum(axis=0)[covered],
+        obs.images[covered],
+        rtol=2e-5,
+        atol=1e-5 * np.abs(obs.images).max(),
+    )
     assert np.all(conserved[:, ~covered] == 0)
     # children keep the sign of the data
     assert np.all(conserved * np.sign(obs.images)[None] >= 0)
-    np.testing.assert_allclose(res.conserved_fluxes, conserved.sum(axis=(2, 3)), rtol=1e-5,
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        res.conserved_fluxes, conserved.sum(axis=(2, 3)), rtol=1e-5, atol=1e-3
+    )
 
 
 def test_models_are_the_convolved_source_models(real):
@@ -108,9 +113,13 @@ def test_morphologies_are_positive_monotonic_and_boxed(real):
                 if (y, x) == (cy, cx) or m[y, x] == 0:
                     continue
                 r = math.hypot(y - cy, x - cx)
-                near = [m[y + oy, x + ox] for oy, ox in NEIGHBOURS
-                        if 0 <= y + oy < h and 0 <= x + ox < w
-                        and math.hypot(y + oy - cy, x + ox - cx) < r]
+                near = [
+                    m[y + oy, x + ox]
+                    for oy, ox in NEIGHBOURS
+                    if 0 <= y + oy < h
+                    and 0 <= x + ox < w
+                    and math.hypot(y + oy - cy, x + ox - cx) < r
+                ]
                 assert m[y, x] <= max(near) * (1 + 1e-12)
 
 
@@ -154,12 +163,20 @@ def test_bad_input_is_rejected():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"max_iter": -1}, "max_iter"), ({"resize": 0}, "resize"), ({"optimizer": "sgd"}, "optimizer"),
-     ({"e_rel": float("nan")}, "e_rel"), ({"disk_percentile": 100}, "disk_percentile"),
-     ({"bg_thresh": -1.0}, "bg_thresh"), ({"monotonicity_size": 100}, "monotonicity_size"),
-     ({"rescue_rounds": 1.5}, "rescue_rounds"), ({"min_snr": -1}, "min_snr"),
-     ({"psf_fallback_bg_thresh": float("inf")}, "psf_fallback_bg_thresh"),
-     ({"sed_solver": "svd"}, "sed_solver"), ({"init_thresh_units": "nJy"}, "init_thresh_units")],
+    [
+        ({"max_iter": -1}, "max_iter"),
+        ({"resize": 0}, "resize"),
+        ({"optimizer": "sgd"}, "optimizer"),
+        ({"e_rel": float("nan")}, "e_rel"),
+        ({"disk_percentile": 100}, "disk_percentile"),
+        ({"bg_thresh": -1.0}, "bg_thresh"),
+        ({"monotonicity_size": 100}, "monotonicity_size"),
+        ({"rescue_rounds": 1.5}, "rescue_rounds"),
+        ({"min_snr": -1}, "min_snr"),
+        ({"psf_fallback_bg_thresh": float("inf")}, "psf_fallback_bg_thresh"),
+        ({"sed_solver": "svd"}, "sed_solver"),
+        ({"init_thresh_units": "nJy"}, "init_thresh_units"),
+    ],
 )
 def test_bad_config_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -190,8 +207,11 @@ def faint_pair(snr, sep_fwhm, ratio, angle, noise=5.0, B=5, psf_sigma=1.7, size=
     truth = flux * np.stack([sed_bright[:, None, None] * bright, sed_faint[:, None, None] * faint])
     images = truth.sum(axis=0) + noise * rng.normal(size=(B, size, size))
     psf = gaussian((21, 21), 10, 10, psf_sigma)
-    obs = Observation(images.astype(np.float32), np.full((B, size, size), noise**2, np.float32),
-                      np.repeat(psf[None], B, axis=0))
+    obs = Observation(
+        images.astype(np.float32),
+        np.full((B, size, size), noise**2, np.float32),
+        np.repeat(psf[None], B, axis=0),
+    )
     peaks = np.array([[yb, xb], [round(yf), round(xf)]])
     return obs, peaks, truth.sum(axis=(2, 3))
 
@@ -316,8 +336,9 @@ def test_well_separated_sources_get_their_own_flux():
     conserved = res.conserved_images()
     for i in range(2):
         inside = models[i].sum(axis=0) > 0
-        np.testing.assert_allclose(conserved[i].sum(axis=(1, 2)),
-                                   (images * inside).sum(axis=(1, 2)), rtol=1e-5)
+        np.testing.assert_allclose(
+            conserved[i].sum(axis=(1, 2)), (images * inside).sum(axis=(1, 2)), rtol=1e-5
+        )
         # and that is the source's flux within the noise (a few noise sigmas over the box)
         err = noise * np.sqrt(inside.sum()) * 4
         assert np.all(np.abs(conserved[i].sum(axis=(1, 2)) - flux[i]) < err + 0.03 * flux[i])
@@ -338,8 +359,9 @@ def test_pixels_without_weight_go_to_no_child():
     assert np.all(conserved[:, 2, :, 30:33] == 0)
     total = np.clip(res.models(), 0, None).sum(axis=0)
     ok = (total > 0) & (weights > 0)
-    np.testing.assert_allclose(conserved.sum(axis=0)[ok], images[ok], rtol=2e-5,
-                               atol=1e-5 * np.abs(images).max())
+    np.testing.assert_allclose(
+        conserved.sum(axis=0)[ok], images[ok], rtol=2e-5, atol=1e-5 * np.abs(images).max()
+    )
 
 
 def test_deblend_arrays_builds_the_observation_from_the_config():
@@ -348,8 +370,9 @@ def test_deblend_arrays_builds_the_observation_from_the_config():
     _, peaks = load_real()
     res = Deblender().deblend_arrays(images, variance, psfs, peaks)
     assert res.loss == pytest.approx(Deblender().deblend(load_real()[0], peaks).loss, rel=1e-12)
-    wide = Deblender(DeblendConfig(model_psf_sigma=1.2)).deblend_arrays(images, variance, psfs,
-                                                                       peaks)
+    wide = Deblender(DeblendConfig(model_psf_sigma=1.2)).deblend_arrays(
+        images, variance, psfs, peaks
+    )
     assert wide.blend.observation.model_psf.max() < res.blend.observation.model_psf.max()
     with pytest.raises(ValueError, match="model_psf_sigma"):
         DeblendConfig(model_psf_sigma=0.0)

@@ -216,8 +216,11 @@ def test_separable_smooth_matches_scipy(H, W, sigma, seed):
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**16), bands=st.integers(1, 4),
-       dtype=st.sampled_from([np.float32, np.float64]))
+@given(
+    seed=st.integers(0, 2**16),
+    bands=st.integers(1, 4),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
 def test_snr_coadd_and_noise_rms_kernels_match_numpy(seed, bands, dtype):
     """The catalog's S/N coadd and noise RMS against numpy, with pixels of zero, negative,
     infinite and NaN variance (no information) and NaN images."""
@@ -266,8 +269,12 @@ def test_label_footprints_matches_scipy(H, W, seed):
     assert np.array_equal(labels, ref)
     assert boxes.shape == (n, 4)
     for k, sl in enumerate(ndimage.find_objects(ref)):
-        assert tuple(boxes[k]) == (sl[0].start, sl[1].start, sl[0].stop - sl[0].start,
-                                   sl[1].stop - sl[1].start)
+        assert tuple(boxes[k]) == (
+            sl[0].start,
+            sl[1].start,
+            sl[0].stop - sl[0].start,
+            sl[1].stop - sl[1].start,
+        )
 
 
 # --- peak culling: the merge tree against a slow reference, and hand-made scenes ---
@@ -340,8 +347,7 @@ def merge_tree_reference(image, labels):
 
 
 @settings(max_examples=40, deadline=None)
-@given(H=st.integers(1, 9), W=st.integers(1, 9), seed=st.integers(0, 2**16),
-       ties=st.booleans())
+@given(H=st.integers(1, 9), W=st.integers(1, 9), seed=st.integers(0, 2**16), ties=st.booleans())
 def test_merge_tree_matches_reference(H, W, seed, ties):
     from cdeblend import _detection_cy
     from cdeblend.detection import _merge_tree
@@ -428,8 +434,9 @@ def test_one_galaxy_with_noise_is_one_peak(seed):
     parents = cdb.detect(img, var, psf_fwhm=3.0)
     assert len(parents) == 1 and len(parents[0].peaks) == 1
     assert np.abs(parents[0].peaks[0] - [32, 30]).max() <= 2
-    loose = cdb.detect(img, var, psf_fwhm=3.0, min_contrast=0, peak_significance=0,
-                       min_separation=0)
+    loose = cdb.detect(
+        img, var, psf_fwhm=3.0, min_contrast=0, peak_significance=0, min_separation=0
+    )
     assert sum(len(p.peaks) for p in loose) > 5
 
 
@@ -496,8 +503,7 @@ def test_culled_region_takes_its_peaks_along():
     assert find_peaks(det, labels, **kw).tolist() == [[5, 5], [5, 15], [5, 18]]
     # by hand, above the saddles: C / B = 8 / 10; (B + C) / A = 98 / 8000
     assert find_peaks(det, labels, min_contrast=0.5, **kw).tolist() == [[5, 5]]
-    assert find_peaks(det, labels, min_contrast=0.011, **kw).tolist() == [
-        [5, 5], [5, 15], [5, 18]]
+    assert find_peaks(det, labels, min_contrast=0.011, **kw).tolist() == [[5, 5], [5, 15], [5, 18]]
     # B fails 0.05 of A, C passes it against B but goes with B
     assert find_peaks(det, labels, min_contrast=0.05, **kw).tolist() == [[5, 5]]
 
@@ -516,7 +522,8 @@ def test_conv_filter_units_and_noise():
     # the Gaussian's noise: 1 / (2 sqrt(pi) s)
     g = cdb.detection_image(img, var, psf_fwhm=4.0, filter_type="conv")
     assert g[10:-10, 10:-10].std() == pytest.approx(
-        cdb.detection.filter_noise(psf_fwhm=4.0, filter_type="conv"), rel=0.1)
+        cdb.detection.filter_noise(psf_fwhm=4.0, filter_type="conv"), rel=0.1
+    )
     # the matched filter's is 1
     m = cdb.detection_image(img, var, kernel=conv)
     assert m[5:-5, 5:-5].std() == pytest.approx(1.0, rel=0.05)
@@ -525,8 +532,7 @@ def test_conv_filter_units_and_noise():
 def test_sextractor_settings_and_bad_arguments():
     img, var = scene()
     conv = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], float)
-    parents = cdb.detect(img, var, nsigma=1.5, min_area=5, grow=0, kernel=conv,
-                         filter_type="conv")
+    parents = cdb.detect(img, var, nsigma=1.5, min_area=5, grow=0, kernel=conv, filter_type="conv")
     assert len(parents) >= 2
     for p in parents:  # no growing: every footprint pixel is above 1.5 sigma filtered
         det = cdb.detection_image(img, var, kernel=conv, filter_type="conv")
@@ -561,8 +567,9 @@ def test_catalog_detects_with_the_psf_and_the_config_options():
     assert peaks_per_parent(cat) == [1, 2]
     # a minimum separation of 3 FWHM (14 px) merges the pair 9.8 px apart
     cfg = cdb.CatalogConfig(detection={"min_separation": 3.0})
-    cat, _ = cdb.deblend_catalog(img, variance=var, psf=psf, progress=False,
-                                 executor="serial", config=cfg)
+    cat, _ = cdb.deblend_catalog(
+        img, variance=var, psf=psf, progress=False, executor="serial", config=cfg
+    )
     assert peaks_per_parent(cat) == [1, 1]
 
 
@@ -591,9 +598,18 @@ def test_stricter_culling_keeps_a_subset(seed, ref):
     assert all(img[y, x] == mx[y, x] for y, x in loose)
     prev = {tuple(p) for p in loose}
     for c, sig, area in [(0.001, 0.5, 1), (0.01, 1.0, 2), (0.05, 2.0, 4), (0.2, 4.0, 8)]:
-        cur = {tuple(p) for p in find_peaks(img, labels, nsigma=0.5, min_contrast=c,
-                                            peak_significance=sig, min_area=area,
-                                            contrast_reference=ref)}
+        cur = {
+            tuple(p)
+            for p in find_peaks(
+                img,
+                labels,
+                nsigma=0.5,
+                min_contrast=c,
+                peak_significance=sig,
+                min_area=area,
+                contrast_reference=ref,
+            )
+        }
         assert cur <= prev
         # the brightest peak of every footprint always stays
         for lab in np.unique(labels[labels > 0]):

@@ -13,8 +13,43 @@ from hypothesis import strategies as st
 
 from cdeblend import _convolve_cy as C
 
-SMOOTH = [1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 15, 16, 18, 20, 25, 27, 30, 32, 36, 40, 45, 48, 50,
-          54, 60, 64, 75, 81, 96, 100, 125, 128, 243, 256, 1024]
+SMOOTH = [
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    8,
+    9,
+    10,
+    12,
+    15,
+    16,
+    18,
+    20,
+    25,
+    27,
+    30,
+    32,
+    36,
+    40,
+    45,
+    48,
+    50,
+    54,
+    60,
+    64,
+    75,
+    81,
+    96,
+    100,
+    125,
+    128,
+    243,
+    256,
+    1024,
+]
 TOL = {np.float32: 2e-6, np.float64: 1e-13}
 
 
@@ -29,8 +64,10 @@ def direct_conv(src: np.ndarray, kernel: np.ndarray, oy: int, ox: int, gh: int, 
     for dy in range(kh):
         for dx in range(kw):
             # out[y, x] += K[dy, dx] * frame_src[y - (dy - ry), x - (dx - rx)]
-            out += kernel[dy, dx] * frame[kh - 1 - dy : kh - 1 - dy + gh,
-                                          kw - 1 - dx : kw - 1 - dx + gw]
+            out += (
+                kernel[dy, dx]
+                * frame[kh - 1 - dy : kh - 1 - dy + gh, kw - 1 - dx : kw - 1 - dx + gw]
+            )
     return out
 
 
@@ -97,8 +134,7 @@ def test_kernel_spectrum_is_the_dft_of_the_wrapped_kernel():
     double=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_conv_cube_matches_the_direct_sum(nb, shared, h, w, ry, rx, grown, adjoint, double,
-                                          seed):
+def test_conv_cube_matches_the_direct_sum(nb, shared, h, w, ry, rx, grown, adjoint, double, seed):
     """Same-size (and grown-box) convolution of every band, two bands per transform or one
     plane with every kernel, and the adjoint (flipped kernels)."""
     rng = np.random.default_rng(seed)
@@ -139,8 +175,14 @@ def test_conv_planes_equals_conv_cube_plane_by_plane(nb, K, double, seed):
         o += h * w
         oo += nb * (h + kh - 1) * (w + kw - 1)
     out = np.zeros(oo, dtype)
-    C.conv_planes(work, np.concatenate([s.ravel() for s in srcs]), np.array(src_table, np.intp),
-                  fk, out, np.array(out_table, np.intp))
+    C.conv_planes(
+        work,
+        np.concatenate([s.ravel() for s in srcs]),
+        np.array(src_table, np.intp),
+        fk,
+        out,
+        np.array(out_table, np.intp),
+    )
     for i, (h, w) in enumerate(shapes):
         ref = np.empty((nb, h + kh - 1, w + kw - 1), dtype)
         C.conv_cube(work, srcs[i][None], kh // 2, kw // 2, fk, ref, False)
@@ -154,8 +196,9 @@ def test_conv_checks_its_arguments():
     src = np.ones((2, 10, 10), np.float32)
     out = np.empty((2, 10, 10), np.float32)
     with pytest.raises(TypeError, match="precision"):
-        C.conv_cube(work, src.astype(np.float64), 0, 0, fk.astype(np.float64),
-                    out.astype(np.float64), False)
+        C.conv_cube(
+            work, src.astype(np.float64), 0, 0, fk.astype(np.float64), out.astype(np.float64), False
+        )
     with pytest.raises(ValueError, match="does not fit"):
         C.conv_cube(work, src, 0, 5, fk, out, False)  # 5 + 10 columns > width 12
     with pytest.raises(ValueError, match="kernel transforms"):
@@ -163,5 +206,11 @@ def test_conv_checks_its_arguments():
     with pytest.raises(ValueError, match="planes"):
         C.conv_cube(work, np.ones((3, 10, 10), np.float32), 0, 0, fk, out, False)
     with pytest.raises(ValueError, match="plane 0"):
-        C.conv_planes(work, np.ones(10, np.float32), np.array([[0, 4, 4, 0, 0]], np.intp), fk,
-                      np.zeros(100, np.float32), np.array([[0, 6, 6]], np.intp))
+        C.conv_planes(
+            work,
+            np.ones(10, np.float32),
+            np.array([[0, 4, 4, 0, 0]], np.intp),
+            fk,
+            np.zeros(100, np.float32),
+            np.array([[0, 6, 6]], np.intp),
+        )

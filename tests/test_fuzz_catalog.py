@@ -48,8 +48,13 @@ def fields(draw):
     images, variance, kind = damage(draw, images, variance)
     B = images.shape[0]
     layout = draw(st.sampled_from(LAYOUTS))
-    if layout in ("int32", "int64", "bool") and kind in ("huge", "tiny", "nan_image",
-                                                         "inf_image", "nan_var"):
+    if layout in ("int32", "int64", "bool") and kind in (
+        "huge",
+        "tiny",
+        "nan_image",
+        "inf_image",
+        "nan_var",
+    ):
         layout = "plain"
     psf = draw(psf_images())
     psfs = np.repeat(psf[None], B, axis=0)
@@ -76,8 +81,9 @@ def _check_catalog(cat, images) -> None:
         # the children and the unassigned flux share out the footprint's flux (a lone
         # source without a child row owns all of it in its own row)
         held = mine["flux_conserved"] if len(mine) else row["flux_conserved"]
-        got = np.sum(np.asarray(held, dtype=np.float64).reshape(-1, nb),
-                     axis=0) + np.asarray(row["flux_unassigned"], dtype=np.float64)
+        got = np.sum(np.asarray(held, dtype=np.float64).reshape(-1, nb), axis=0) + np.asarray(
+            row["flux_unassigned"], dtype=np.float64
+        )
         want = np.asarray(row["flux_footprint"], dtype=np.float64)
         img = np.asarray(images, dtype=np.float64)
         scale = np.abs(img[np.isfinite(img)]).sum() + 1e-300  # no-data pixels count 0
@@ -103,12 +109,25 @@ def _same_models(a, b) -> None:
 @given(fields(), st.sampled_from(["serial", "threads"]), st.booleans())
 def test_fuzz_deblend_catalog_and_models(field, executor, skip_isolated):
     images, variance, psfs, peaks, mask = field
-    cfg = CatalogConfig(catch_failures=False, skip_isolated=skip_isolated,
-                        multi_band=DeblendConfig(max_iter=10, min_iter=2), model_psf_sigma=0.5)
-    out, err = outcome(lambda: deblend_catalog(images, peaks=peaks, variance=variance,
-                                               psf=psfs, mask=mask, config=cfg,
-                                               executor=executor, progress=False,
-                                               max_workers=2))
+    cfg = CatalogConfig(
+        catch_failures=False,
+        skip_isolated=skip_isolated,
+        multi_band=DeblendConfig(max_iter=10, min_iter=2),
+        model_psf_sigma=0.5,
+    )
+    out, err = outcome(
+        lambda: deblend_catalog(
+            images,
+            peaks=peaks,
+            variance=variance,
+            psf=psfs,
+            mask=mask,
+            config=cfg,
+            executor=executor,
+            progress=False,
+            max_workers=2,
+        )
+    )
     if err is not None:
         return
     cat, md = out
@@ -143,18 +162,23 @@ def test_fuzz_apportion_flux(data):
     image = rng.normal(size=(B, H, W))
     nan_at = None
     if data.draw(st.booleans()):
-        nan_at = (data.draw(st.integers(0, B - 1)), data.draw(st.integers(0, H - 1)),
-                  data.draw(st.integers(0, W - 1)))
+        nan_at = (
+            data.draw(st.integers(0, B - 1)),
+            data.draw(st.integers(0, H - 1)),
+            data.draw(st.integers(0, W - 1)),
+        )
         image[nan_at] = data.draw(st.sampled_from([np.nan, np.inf, -np.inf]))
     layout = data.draw(st.sampled_from(LAYOUTS))
     if nan_at is not None and layout in ("int32", "int64", "bool"):
         layout = "plain"
     image_in = relayout(image, layout)
     mask = None if data.draw(st.booleans()) else rng.random((H, W)) < 0.7
-    stack = FlatStack.from_arrays(arrays, np.array(boxes, dtype=np.int64).reshape(-1, 4),
-                                  dtype=dtype, bands=B)
-    res, err = outcome(lambda: apportion_flux(image_in if B > 1 else relayout(image[0], layout),
-                                              stack, mask))
+    stack = FlatStack.from_arrays(
+        arrays, np.array(boxes, dtype=np.int64).reshape(-1, 4), dtype=dtype, bands=B
+    )
+    res, err = outcome(
+        lambda: apportion_flux(image_in if B > 1 else relayout(image[0], layout), stack, mask)
+    )
     if err is not None:
         assert layout == "bool", f"unexpected rejection: {err}"
         return
@@ -172,7 +196,8 @@ def test_fuzz_apportion_flux(data):
         ya, yb, xa, xb = max(y0, 0), min(y0 + h, H), max(x0, 0), min(x0 + w, W)
         if yb > ya and xb > xa:
             want_sum[:, ya:yb, xa:xb] += np.maximum(a.astype(dtype), 0)[
-                :, ya - y0:yb - y0, xa - x0:xb - x0]
+                :, ya - y0 : yb - y0, xa - x0 : xb - x0
+            ]
     want_sum *= inside
     np.testing.assert_allclose(tsum, want_sum, rtol=1e-6, atol=0)
     for i, (y0, x0, h, w) in enumerate(boxes):
@@ -180,7 +205,7 @@ def test_fuzz_apportion_flux(data):
         assert c.shape == (B, h, w)
         ya, yb, xa, xb = max(y0, 0), min(y0 + h, H), max(x0, 0), min(x0 + w, W)
         if yb > ya and xb > xa:
-            total[:, ya:yb, xa:xb] += c[:, ya - y0:yb - y0, xa - x0:xb - x0]
+            total[:, ya:yb, xa:xb] += c[:, ya - y0 : yb - y0, xa - x0 : xb - x0]
     claimed = want_sum > 0
     img[~np.isfinite(img)] = 0  # outside the mask: never read
     tol = 1e-5 if dtype == np.float32 else 1e-12

@@ -43,13 +43,23 @@ def observations(draw, allow_bad: bool = True):
     psf = draw(psf_images(allow_bad=allow_bad))
     psfs = np.repeat(psf[None], B, axis=0)
     layout = draw(st.sampled_from(LAYOUTS if allow_bad else GOOD_LAYOUTS))
-    if layout in ("int32", "int64", "bool") and kind in ("huge", "tiny", "nan_image", "inf_image",
-                                             "nan_var"):
+    if layout in ("int32", "int64", "bool") and kind in (
+        "huge",
+        "tiny",
+        "nan_image",
+        "inf_image",
+        "nan_var",
+    ):
         layout = "plain"  # NaN/huge values have no integer representation
     sigma = draw(st.sampled_from([0.8, 0.5, None]))
-    return (relayout(images, layout), relayout(variance, layout),
-            relayout(psfs, draw(st.sampled_from(["plain", "float32", "swapped", "strided"]))),
-            peaks, sigma, kind)
+    return (
+        relayout(images, layout),
+        relayout(variance, layout),
+        relayout(psfs, draw(st.sampled_from(["plain", "float32", "swapped", "strided"]))),
+        peaks,
+        sigma,
+        kind,
+    )
 
 
 def _check_observation(obs: Observation, images, variance) -> None:
@@ -160,23 +170,35 @@ def test_fuzz_observation_optional_arguments(case, data):
     nkind = data.draw(st.sampled_from(["none", "good", "negative", "nan", "shape"]))
     if nkind != "none":
         n = rng.uniform(0.5, 2, B)
-        kw["noise_rms"] = {"good": n, "negative": -n, "nan": n * np.nan,
-                           "shape": np.append(n, 1.0)}[nkind]
+        kw["noise_rms"] = {
+            "good": n,
+            "negative": -n,
+            "nan": n * np.nan,
+            "shape": np.append(n, 1.0),
+        }[nkind]
     bkind = data.draw(st.sampled_from(["none", "good", "duplicate", "short", "string"]))
     if bkind != "none":
-        kw["bands"] = {"good": [f"b{i}" for i in range(B)], "duplicate": ["g"] * B,
-                       "short": ["g"] * (B - 1), "string": "grizy"[:B]}[bkind]
-    bad = (wkind in ("negative", "nan", "shape") or mkind in ("int", "shape")
-           or nkind in ("negative", "nan", "shape")
-           or (bkind == "duplicate" and B > 1) or bkind == "short")
+        kw["bands"] = {
+            "good": [f"b{i}" for i in range(B)],
+            "duplicate": ["g"] * B,
+            "short": ["g"] * (B - 1),
+            "string": "grizy"[:B],
+        }[bkind]
+    bad = (
+        wkind in ("negative", "nan", "shape")
+        or mkind == "shape"  # an integer mask is bit planes, non-zero = no data
+        or nkind in ("negative", "nan", "shape")
+        or (bkind == "duplicate" and B > 1)
+        or bkind == "short"
+    )
     obs, err = outcome(lambda: Observation(images, variance, psfs, model_psf_sigma=None, **kw))
     if err is not None:
         assert bad, f"unexpected rejection: {err}"
         return
     assert not bad, f"accepted bad input: {wkind}, {mkind}, {nkind}, {bkind}"
     _check_observation(obs, images, variance)
-    if mkind in ("2d", "3d"):
-        assert np.all(obs.weights[np.broadcast_to(kw["mask"], (B, H, W))] == 0)
+    if mkind in ("2d", "3d", "int"):
+        assert np.all(obs.weights[np.broadcast_to(kw["mask"] != 0, (B, H, W))] == 0)
     res = Deblender(FAST).deblend(obs, case[3])
     _check_result(res, obs, len(case[3]))
 

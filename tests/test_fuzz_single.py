@@ -37,13 +37,22 @@ def single_band_cases(draw, allow_bad: bool = True):
     else:
         kind = "none"
     layout = draw(st.sampled_from(LAYOUTS if allow_bad else GOOD_LAYOUTS))
-    if layout in ("int32", "int64", "bool") and kind in ("huge", "tiny", "nan_image", "inf_image",
-                                             "nan_var"):
+    if layout in ("int32", "int64", "bool") and kind in (
+        "huge",
+        "tiny",
+        "nan_image",
+        "inf_image",
+        "nan_var",
+    ):
         layout = "plain"
     psf = draw(psf_images(allow_bad=allow_bad))
-    return (relayout(images[0], layout), relayout(variance[0], layout),
-            relayout(psf, draw(st.sampled_from(["plain", "float32", "swapped", "strided"]))),
-            peaks, kind)
+    return (
+        relayout(images[0], layout),
+        relayout(variance[0], layout),
+        relayout(psf, draw(st.sampled_from(["plain", "float32", "swapped", "strided"]))),
+        peaks,
+        kind,
+    )
 
 
 @st.composite
@@ -93,9 +102,9 @@ def _check_single(res, image, variance, n_peaks: int) -> None:
     # children + unassigned = image on the (final) footprint; nothing off it
     y0, x0, h, w = res.footprint_box
     fp = np.zeros((H, W), dtype=bool)
-    fp[y0:y0 + h, x0:x0 + w] = res.final_footprint
+    fp[y0 : y0 + h, x0 : x0 + w] = res.final_footprint
     unassigned = np.zeros((H, W))
-    unassigned[y0:y0 + h, x0:x0 + w] = res.unassigned
+    unassigned[y0 : y0 + h, x0 : x0 + w] = res.unassigned
     total = cons.astype(np.float64).sum(axis=0) + unassigned
     scale = np.abs(img).max() + 1e-300
     tol = 1e-5 if res.dtype == np.float32 else 1e-9
@@ -110,8 +119,9 @@ def test_fuzz_single_band_deblend(case, data):
     fp, fp_kind = data.draw(footprints(np.shape(image), peaks))
     how = data.draw(st.sampled_from(PEAK_KINDS))
     peaks = vary_peaks(peaks, how, np.shape(image))
-    res, err = outcome(lambda: SingleBandDeblender().deblend(image, variance, psf, peaks,
-                                                            footprint=fp))
+    res, err = outcome(
+        lambda: SingleBandDeblender().deblend(image, variance, psf, peaks, footprint=fp)
+    )
     if err is None:
         assert how not in BAD_PEAKS
         assert fp_kind != "empty"
@@ -131,8 +141,9 @@ def test_fuzz_single_band_valid_inputs_succeed(case):
 @given(single_band_cases(), st.booleans())
 def test_fuzz_detect(case, give_peaks):
     image, variance, psf, peaks, _ = case
-    parents, err = outcome(lambda: detect(image, variance, psf,
-                                          peaks=peaks if give_peaks else None))
+    parents, err = outcome(
+        lambda: detect(image, variance, psf, peaks=peaks if give_peaks else None)
+    )
     if err is not None:
         return
     H, W = np.shape(image)
@@ -167,9 +178,9 @@ def test_fuzz_deblend_image(case):
         oy, ox = pr.origin
         y0, x0, h, w = res.footprint_box
         fp = np.zeros((H, W), dtype=bool)
-        fp[oy + y0:oy + y0 + h, ox + x0:ox + x0 + w] = res.final_footprint
+        fp[oy + y0 : oy + y0 + h, ox + x0 : ox + x0 + w] = res.final_footprint
         un = np.zeros((H, W))
-        un[oy + y0:oy + y0 + h, ox + x0:ox + x0 + w] = res.unassigned
+        un[oy + y0 : oy + y0 + h, ox + x0 : ox + x0 + w] = res.unassigned
         total = cons.astype(np.float64).sum(axis=0) + un
         tol = 1e-5 if res.dtype == np.float32 else 1e-9
         assert np.all(np.abs(total - img)[fp] <= tol * (np.abs(img).max() + 1e-300))

@@ -147,14 +147,14 @@ def test_psf_fallback_is_cropped_correctly_at_the_low_edge():
     assert comp.bg_thresh == 1.0  # the configured threshold (the reference uses 0.25 here)
 
 
-
 def test_residual_init_starts_faint_neighbours_from_their_own_light():
     with np.load(Path(__file__).parent / "data" / "sim_lsst_blend_0008.npz") as d:
         obs = Observation(d["images"], d["variance"], d["psfs"])
         peaks = np.stack([d["catalog"]["y"], d["catalog"]["x"]], axis=1).astype(int)
     plain, _ = initialize_blend(obs, peaks, DeblendConfig(set_spectra=False, max_components=1))
-    resid, _ = initialize_blend(obs, peaks, DeblendConfig(set_spectra=False, max_components=1,
-                                                          residual_init=True))
+    resid, _ = initialize_blend(
+        obs, peaks, DeblendConfig(set_spectra=False, max_components=1, residual_init=True)
+    )
     D = detection_image(obs)
     brightest = int(np.argmax(D[peaks[:, 0], peaks[:, 1]]))
     a, b = plain.sources[brightest].components[0], resid.sources[brightest].components[0]
@@ -200,6 +200,7 @@ def test_flood_fill_starts_on_the_brightest_symmetric_neighbour(seed, quirk):
 # Most are bit for bit: they sum in numpy's own (pairwise) order. Sizes above the GIL
 # threshold (_gil.pxi: 32768 operations) take the other branch of each kernel.
 
+
 def _numpy_snr(images, variance, psfs, peak):
     """peak_snr as numpy computed it."""
     sl_img, sl_psf = _centered_overlap(images.shape[1:], psfs.shape[1:], *peak)
@@ -226,8 +227,13 @@ def _random_cube(rng, B, H, W, dtype):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 6), H=st.integers(1, 40),
-       W=st.integers(1, 40), dtype=st.sampled_from([np.float32, np.float64]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    B=st.integers(1, 6),
+    H=st.integers(1, 40),
+    W=st.integers(1, 40),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
 def test_detection_coadd_matches_numpy(seed, B, H, W, dtype):
     from cdeblend import _monotonic_cy
 
@@ -239,15 +245,18 @@ def test_detection_coadd_matches_numpy(seed, B, H, W, dtype):
     for b in range(B):
         if noise[b] > 0:
             ref = ref + (1.0 / noise[b] ** 2) * images[b].astype(np.float64)
-    scale = sum(np.abs(images[b]).astype(np.float64) / noise[b] ** 2
-                for b in range(B) if noise[b] > 0)
+    scale = sum(
+        np.abs(images[b]).astype(np.float64) / noise[b] ** 2 for b in range(B) if noise[b] > 0
+    )
     D = _monotonic_cy.detection_coadd(images, noise)
     assert D.dtype == np.float64 and D.shape == (H, W)
     # the same sum in the same order (a fused multiply-add may round differently)
     np.testing.assert_allclose(D, ref, rtol=0, atol=1e-15 * (np.max(scale, initial=0) + 1e-300))
     obs = SimpleNamespace(images=images, noise_rms=noise.astype(dtype))
-    np.testing.assert_array_equal(detection_image(obs), _monotonic_cy.detection_coadd(
-        images, noise.astype(dtype).astype(np.float64)))
+    np.testing.assert_array_equal(
+        detection_image(obs),
+        _monotonic_cy.detection_coadd(images, noise.astype(dtype).astype(np.float64)),
+    )
 
 
 def test_detection_coadd_of_a_large_image_matches_numpy():
@@ -257,15 +266,25 @@ def test_detection_coadd_of_a_large_image_matches_numpy():
     images = _random_cube(rng, 5, 120, 90, np.float32)  # 54000 operations: GIL released
     noise = np.array([1.0, 0.5, 2.0, 0.0, 0.7])
     inv = np.divide(1.0, noise**2, out=np.zeros(5), where=noise > 0)
-    np.testing.assert_allclose(_monotonic_cy.detection_coadd(images, noise),
-                               np.tensordot(inv, images.astype(np.float64), axes=1),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        _monotonic_cy.detection_coadd(images, noise),
+        np.tensordot(inv, images.astype(np.float64), axes=1),
+        rtol=1e-12,
+        atol=1e-12,
+    )
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 6), H=st.integers(1, 30),
-       W=st.integers(1, 30), ph=st.integers(1, 23), pw=st.integers(1, 23),
-       n=st.integers(0, 8), dtype=st.sampled_from([np.float32, np.float64]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    B=st.integers(1, 6),
+    H=st.integers(1, 30),
+    W=st.integers(1, 30),
+    ph=st.integers(1, 23),
+    pw=st.integers(1, 23),
+    n=st.integers(0, 8),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
 def test_peak_snrs_match_numpy_bit_for_bit(seed, B, H, W, ph, pw, n, dtype):
     from cdeblend import _monotonic_cy
 
@@ -293,9 +312,16 @@ def test_peak_snrs_of_many_peaks_match_numpy():
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 6), H=st.integers(1, 30),
-       W=st.integers(1, 30), kh=st.integers(0, 10), kw=st.integers(0, 10),
-       n=st.integers(0, 6), dtype=st.sampled_from([np.float32, np.float64]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    B=st.integers(1, 6),
+    H=st.integers(1, 30),
+    W=st.integers(1, 30),
+    kh=st.integers(0, 10),
+    kw=st.integers(0, 10),
+    n=st.integers(0, 6),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
 def test_conv_at_and_peak_seds_match_numpy_bit_for_bit(seed, B, H, W, kh, kw, n, dtype):
     from cdeblend import _monotonic_cy
 
@@ -306,8 +332,9 @@ def test_conv_at_and_peak_seds_match_numpy_bit_for_bit(seed, B, H, W, kh, kw, n,
     images = _random_cube(rng, B, H, W, dtype)
     peaks = np.stack([rng.integers(0, H, n), rng.integers(0, W, n)], axis=1).astype(np.intp)
     for y, x in peaks:
-        np.testing.assert_array_equal(_monotonic_cy.conv_at(D, kernels, y, x),
-                                      _numpy_conv_at(D, kernels, y, x))
+        np.testing.assert_array_equal(
+            _monotonic_cy.conv_at(D, kernels, y, x), _numpy_conv_at(D, kernels, y, x)
+        )
     scale = rng.uniform(0.5, 2.0, size=n)
     scale[rng.random(n) < 0.3] = 0  # skipped
     sed = _monotonic_cy.peak_seds(images, D, kernels, peaks, scale)
@@ -318,8 +345,7 @@ def test_conv_at_and_peak_seds_match_numpy_bit_for_bit(seed, B, H, W, kh, kw, n,
             continue
         c = _numpy_conv_at(D, kernels, y, x)
         with np.errstate(all="ignore"):
-            r = np.divide(images[:, y, x].astype(np.float64), c, out=np.zeros(B),
-                          where=c != 0)
+            r = np.divide(images[:, y, x].astype(np.float64), c, out=np.zeros(B), where=c != 0)
         r = np.where(np.isfinite(r) & (r > 0), r, 0.0)
         np.testing.assert_array_equal(sed[i], r * scale[i])
 
@@ -353,9 +379,15 @@ def _numpy_extended(D, peak, t0, padding, quirk):
 
 
 @settings(max_examples=80, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), H=st.integers(1, 16), W=st.integers(1, 16),
-       t0=st.sampled_from([0.0, 0.3, 1.0]), padding=st.integers(0, 3), quirk=st.booleans(),
-       residual=st.booleans())
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    H=st.integers(1, 16),
+    W=st.integers(1, 16),
+    t0=st.sampled_from([0.0, 0.3, 1.0]),
+    padding=st.integers(0, 3),
+    quirk=st.booleans(),
+    residual=st.booleans(),
+)
 def test_extended_morphology_matches_numpy(seed, H, W, t0, padding, quirk, residual):
     from cdeblend import _monotonic_cy
 
@@ -371,8 +403,9 @@ def test_extended_morphology_matches_numpy(seed, H, W, t0, padding, quirk, resid
         claimed = rng.uniform(0, 1, (H, W))
         covered = (rng.random((H, W)) < 0.5).astype(np.uint8)
         claimed0, covered0 = claimed.copy(), covered.copy()
-    out = _monotonic_cy.extended_morphology(D, peak[0], peak[1], quirk, t0, padding, accepted,
-                                            queue, values, claimed, covered)
+    out = _monotonic_cy.extended_morphology(
+        D, peak[0], peak[1], quirk, t0, padding, accepted, queue, values, claimed, covered
+    )
     ref, raw = _numpy_extended(D, peak, t0, padding, quirk)
     if ref is None:
         assert out is None
@@ -394,8 +427,9 @@ def test_extended_morphology_of_a_large_image_matches_numpy():
     yy, xx = np.mgrid[:H, :W]
     D = 50 * np.exp(-((yy - 95) ** 2 + (xx - 88) ** 2) / 2000)
     accepted, queue, values = _monotonic_cy.mask_buffers(H, W)
-    morph, box, mxv = _monotonic_cy.extended_morphology(D, 95, 88, False, 1.0, 2, accepted,
-                                                        queue, values)
+    morph, box, mxv = _monotonic_cy.extended_morphology(
+        D, 95, 88, False, 1.0, 2, accepted, queue, values
+    )
     ref, _ = _numpy_extended(D, (95, 88), 1.0, 2, False)
     assert box == ref[1] and mxv == ref[2]
     assert morph.size + np.count_nonzero(morph) > 32768  # and so is the copy
@@ -410,17 +444,16 @@ def test_large_stamps_match_numpy():
     rng = np.random.default_rng(11)
     kernels = rng.normal(size=(6, 81, 81)).astype(np.float32)
     D = rng.normal(size=(90, 100))
-    np.testing.assert_array_equal(_monotonic_cy.conv_at(D, kernels, 45, 50),
-                                  _numpy_conv_at(D, kernels, 45, 50))
+    np.testing.assert_array_equal(
+        _monotonic_cy.conv_at(D, kernels, 45, 50), _numpy_conv_at(D, kernels, 45, 50)
+    )
     obs, peaks = load_real()  # 35 peaks x 5 bands x 41 x 41 kernels
     Dr = detection_image(obs)
     kern = obs.diff_kernels
-    sed = _monotonic_cy.peak_seds(obs.images, Dr, kern, peaks.astype(np.intp),
-                                  np.ones(len(peaks)))
+    sed = _monotonic_cy.peak_seds(obs.images, Dr, kern, peaks.astype(np.intp), np.ones(len(peaks)))
     for i, (y, x) in enumerate(peaks):
         c = _numpy_conv_at(Dr, kern, y, x)
-        r = np.divide(obs.images[:, y, x].astype(np.float64), c, out=np.zeros(len(c)),
-                      where=c != 0)
+        r = np.divide(obs.images[:, y, x].astype(np.float64), c, out=np.zeros(len(c)), where=c != 0)
         np.testing.assert_array_equal(sed[i], np.where(np.isfinite(r) & (r > 0), r, 0.0))
     P = rng.random((131, 131)) + 0.01
     images = rng.normal(size=(3, 150, 140))
@@ -435,9 +468,15 @@ def test_large_stamps_match_numpy():
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 6), H=st.integers(1, 25),
-       W=st.integers(1, 25), h=st.integers(1, 17), w=st.integers(1, 17),
-       dtype=st.sampled_from([np.float32, np.float64]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    B=st.integers(1, 6),
+    H=st.integers(1, 25),
+    W=st.integers(1, 25),
+    h=st.integers(1, 17),
+    w=st.integers(1, 17),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
 def test_psf_component_matches_numpy(seed, B, H, W, h, w, dtype):
     from cdeblend import _monotonic_cy
 
@@ -451,8 +490,12 @@ def test_psf_component_matches_numpy(seed, B, H, W, h, w, dtype):
     # the numpy code it replaces
     sl_img, sl_psf = _centered_overlap((H, W), P.shape, *peak)
     ref = P[sl_psf].copy()
-    ref_sed = np.array([max(0.0, float(images[b, peak[0], peak[1]]) / psf_peak[b])
-                        if psf_peak[b] > 0 else 0.0 for b in range(B)])
+    ref_sed = np.array(
+        [
+            max(0.0, float(images[b, peak[0], peak[1]]) / psf_peak[b]) if psf_peak[b] > 0 else 0.0
+            for b in range(B)
+        ]
+    )
     mx = ref.max()
     assert box == (sl_img[0].start, sl_img[1].start) + ref.shape
     np.testing.assert_array_equal(morph, ref / mx)
@@ -460,8 +503,13 @@ def test_psf_component_matches_numpy(seed, B, H, W, h, w, dtype):
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), h=st.integers(1, 40), w=st.integers(1, 40),
-       f=st.floats(0.05, 0.95), top=st.sampled_from([0.04, 1.0]))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    f=st.floats(0.05, 0.95),
+    top=st.sampled_from([0.04, 1.0]),
+)
 def test_bulge_disk_matches_numpy(seed, h, w, f, top):
     from cdeblend import _monotonic_cy
 
@@ -516,8 +564,9 @@ def test_init_kernels_reject_bad_shapes():
     with pytest.raises(ValueError, match="peak"):
         _monotonic_cy.extended_morphology(D, 5, 1, False, 0.0, 1, accepted, queue, values)
     with pytest.raises(ValueError, match="covered"):
-        _monotonic_cy.extended_morphology(D, 1, 1, False, 0.0, 1, accepted, queue, values,
-                                          np.zeros((5, 6)))
+        _monotonic_cy.extended_morphology(
+            D, 1, 1, False, 0.0, 1, accepted, queue, values, np.zeros((5, 6))
+        )
     with pytest.raises(ValueError, match="psf_peak"):
         _monotonic_cy.psf_component(np.ones((3, 3)), img, 1, 1, np.ones(3))
     with pytest.raises(ValueError, match="queue"):

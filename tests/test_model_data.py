@@ -32,8 +32,14 @@ fits = pytest.importorskip("astropy.io.fits")
 # ------------------------------------------------------------------------------------------
 
 
-def random_model_data(seed: int, nb: int = 3, dtype=np.float32, n_blends: int = 3,
-                      image_shape=(80, 100), inside: bool = False) -> ModelData:
+def random_model_data(
+    seed: int,
+    nb: int = 3,
+    dtype=np.float32,
+    n_blends: int = 3,
+    image_shape=(80, 100),
+    inside: bool = False,
+) -> ModelData:
     """Random stored models; with ``inside`` every component lies inside its blend box (as
     after a fit), otherwise components may stick out a little (the file format allows it)."""
     rng = np.random.default_rng(seed)
@@ -56,22 +62,37 @@ def random_model_data(seed: int, nb: int = 3, dtype=np.float32, n_blends: int = 
                 else:  # components may stick out of the blend box a little
                     cy = y0 + int(rng.integers(-2, H - 1))
                     cx = x0 + int(rng.integers(-2, W - 1))
-                comps.append(ComponentData(
-                    (cy, cx, h, w), (cy + h // 2, cx + w // 2),
-                    rng.random(nb).astype(dtype) * 100,
-                    rng.random((h, w)).astype(dtype),
-                ))
+                comps.append(
+                    ComponentData(
+                        (cy, cx, h, w),
+                        (cy + h // 2, cx + w // 2),
+                        rng.random(nb).astype(dtype) * 100,
+                        rng.random((h, w)).astype(dtype),
+                    )
+                )
             sources.append(SourceData(sid, k, comps))
             sid += 1
         footprint = rng.random((H, W)) < 0.8 if b % 2 == 0 else None
         blends[b * 7 + 1] = BlendData(
-            parent_id=b * 7 + 1, box=(y0, x0, H, W), bands=bands, sources=sources,
-            footprint=footprint, iterations=int(rng.integers(0, 300)),
-            loss=float(rng.normal()), converged=bool(b % 2), fallback=b == 1,
+            parent_id=b * 7 + 1,
+            box=(y0, x0, H, W),
+            bands=bands,
+            sources=sources,
+            footprint=footprint,
+            iterations=int(rng.integers(0, 300)),
+            loss=float(rng.normal()),
+            converged=bool(b % 2),
+            fallback=b == 1,
         )
     # and an isolated parent, kept as itself
-    blends[999] = BlendData(999, (3, 4, 6, 5), bands, [SourceData(999, 0, [])],
-                            footprint=rng.random((6, 5)) < 0.7, isolated=True)
+    blends[999] = BlendData(
+        999,
+        (3, 4, 6, 5),
+        bands,
+        [SourceData(999, 0, [])],
+        footprint=rng.random((6, 5)) < 0.7,
+        isolated=True,
+    )
     # Gaussian PSFs wider than the model PSF (sigma 0.8), as an Observation requires
     psfs = np.stack([integrated_gaussian_psf(1.2 + 0.3 * b, 9) for b in range(nb)]).astype(dtype)
     return ModelData(bands, integrated_gaussian_psf(0.8).astype(dtype), psfs, blends)
@@ -84,9 +105,15 @@ def assert_identical(a: ModelData, b: ModelData) -> None:
     assert list(a.blends) == list(b.blends)
     for pid, ba in a.blends.items():
         bb = b.blends[pid]
-        assert (ba.parent_id, ba.box, ba.bands, ba.iterations, ba.converged, ba.isolated,
-                ba.fallback) == (bb.parent_id, bb.box, bb.bands, bb.iterations, bb.converged,
-                                 bb.isolated, bb.fallback)
+        assert (
+            ba.parent_id,
+            ba.box,
+            ba.bands,
+            ba.iterations,
+            ba.converged,
+            ba.isolated,
+            ba.fallback,
+        ) == (bb.parent_id, bb.box, bb.bands, bb.iterations, bb.converged, bb.isolated, bb.fallback)
         assert ba.loss == bb.loss or (np.isnan(ba.loss) and np.isnan(bb.loss))
         if ba.footprint is None:
             assert bb.footprint is None
@@ -95,7 +122,10 @@ def assert_identical(a: ModelData, b: ModelData) -> None:
         assert len(ba.sources) == len(bb.sources)
         for sa, sb in zip(ba.sources, bb.sources, strict=True):
             assert (sa.id, sa.peak_id, len(sa.components)) == (
-                sb.id, sb.peak_id, len(sb.components))
+                sb.id,
+                sb.peak_id,
+                len(sb.components),
+            )
             for ca, cb in zip(sa.components, sb.components, strict=True):
                 assert ca.box == cb.box and ca.peak == cb.peak
                 for x, y in ((ca.sed, cb.sed), (ca.morphology, cb.morphology)):
@@ -123,15 +153,24 @@ def test_file_layout_is_as_documented(tmp_path):
     md = random_model_data(4)
     save_models(tmp_path / "m.fits", md)
     with fits.open(tmp_path / "m.fits") as hdul:
-        assert [h.name for h in hdul] == ["PRIMARY", "BLENDS", "SOURCES", "COMPONENTS",
-                                          "MORPHS", "FOOTPRINTS", "MODEL_PSF", "PSFS"]
+        assert [h.name for h in hdul] == [
+            "PRIMARY",
+            "BLENDS",
+            "SOURCES",
+            "COMPONENTS",
+            "MORPHS",
+            "FOOTPRINTS",
+            "MODEL_PSF",
+            "PSFS",
+        ]
         h = hdul[0].header
         assert h["SCHEMA"] == "cdeblend.model_data" and h["SCHVER"] == SCHEMA_VERSION
         assert [h[f"BAND{i + 1}"] for i in range(h["NBANDS"])] == list(md.bands)
         n_comp = sum(len(s.components) for b in md.blends.values() for s in b.sources)
         assert len(hdul["COMPONENTS"].data) == n_comp == h["NCOMPS"]
-        n_pix = sum(c.morphology.size for b in md.blends.values() for s in b.sources
-                    for c in s.components)
+        n_pix = sum(
+            c.morphology.size for b in md.blends.values() for s in b.sources for c in s.components
+        )
         assert hdul["MORPHS"].data.size == n_pix
 
 
@@ -347,8 +386,13 @@ def test_reload_reproduces_the_fit_exactly(tmp_path):
     blend = load_hsc_cosmos()
     obs = Observation(blend.images, blend.variance, blend.psfs, bands=blend.bands)
     res = Deblender().deblend(obs, blend.peaks)
-    md = ModelData(obs.bands, obs.model_psf, obs.psfs, {5: ModelData.from_blend(res, 5, (0, 0))},
-                   model_psf_sigma=obs.model_psf_sigma)
+    md = ModelData(
+        obs.bands,
+        obs.model_psf,
+        obs.psfs,
+        {5: ModelData.from_blend(res, 5, (0, 0))},
+        model_psf_sigma=obs.model_psf_sigma,
+    )
     save_models(tmp_path / "m.fits", md)
     back = load_models(tmp_path / "m.fits")
     assert back.model_psf_sigma == 0.8
@@ -377,18 +421,31 @@ def test_centroids_match_moments():
             if tot == 0:
                 assert np.all(np.isnan(c))
                 continue
-            inside = all(cc.box[0] >= y0 and cc.box[1] >= x0 and cc.box[0] + cc.box[2] <= y0 + H
-                         and cc.box[1] + cc.box[3] <= x0 + W for cc in s.components)
+            inside = all(
+                cc.box[0] >= y0
+                and cc.box[1] >= x0
+                and cc.box[0] + cc.box[2] <= y0 + H
+                and cc.box[1] + cc.box[3] <= x0 + W
+                for cc in s.components
+            )
             if inside:
                 m = dense[i]
                 np.testing.assert_allclose(
-                    c, ((yy * m).sum() / m.sum() + y0, (xx * m).sum() / m.sum() + x0))
+                    c, ((yy * m).sum() / m.sum() + y0, (xx * m).sum() / m.sum() + x0)
+                )
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.integers(1, 9), st.integers(0, 12), st.integers(0, 12),
-       st.sampled_from([np.float32, np.float64]), st.sampled_from([np.float32, np.float64]),
-       st.integers(-50, 500), st.integers(-50, 500))
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 9),
+    st.integers(0, 12),
+    st.integers(0, 12),
+    st.sampled_from([np.float32, np.float64]),
+    st.sampled_from([np.float32, np.float64]),
+    st.integers(-50, 500),
+    st.integers(-50, 500),
+)
 def test_component_moments_match_numpy(seed, nb, h, w, sed_dtype, morph_dtype, y0, x0):
     from cdeblend._symmetric_cy import component_moments
 
@@ -399,8 +456,11 @@ def test_component_moments_match_numpy(seed, nb, h, w, sed_dtype, morph_dtype, y
     # the numpy computation BlendData.centroids made per component
     m = morph.astype(np.float64)
     wsed = float(np.sum(sed, dtype=np.float64))
-    want = (wsed * m.sum(), wsed * float((y0 + np.arange(h)) @ m.sum(axis=1)),
-            wsed * float(m.sum(axis=0) @ (x0 + np.arange(w))))
+    want = (
+        wsed * m.sum(),
+        wsed * float((y0 + np.arange(h)) @ m.sum(axis=1)),
+        wsed * float(m.sum(axis=0) @ (x0 + np.arange(w))),
+    )
     scale = abs(wsed) * m.sum() * (1 + abs(y0) + abs(x0) + h + w) + 1e-300
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * scale)
 
@@ -427,14 +487,20 @@ def test_centroids_of_any_array_layout():
 
 def test_from_blend_moves_boxes_to_the_image_frame():
     rng = np.random.default_rng(0)
-    comps = [SimpleNamespace(sed=rng.random(2), morphology=rng.random((3, 4)), box=(1, 2, 3, 4),
-                             peak=(2, 3))]
+    comps = [
+        SimpleNamespace(
+            sed=rng.random(2), morphology=rng.random((3, 4)), box=(1, 2, 3, 4), peak=(2, 3)
+        )
+    ]
     result = SimpleNamespace(
         blend=SimpleNamespace(sources=[SimpleNamespace(components=comps, peak_id=0)]),
-        iterations=12, loss=3.25, converged=True,
+        iterations=12,
+        loss=3.25,
+        converged=True,
     )
-    bd = ModelData.from_blend(result, 7, origin=(10, 20), shape=(8, 9), bands=("g", "r"),
-                              source_ids=[55])
+    bd = ModelData.from_blend(
+        result, 7, origin=(10, 20), shape=(8, 9), bands=("g", "r"), source_ids=[55]
+    )
     c = bd.sources[0].components[0]
     assert bd.box == (10, 20, 8, 9) and c.box == (11, 22, 3, 4) and c.peak == (12, 23)
     assert (bd.iterations, bd.loss, bd.converged, bd.sources[0].id) == (12, 3.25, True, 55)
@@ -451,11 +517,17 @@ def test_rebuild_refuses_components_outside_the_blend_box():
     md = random_model_data(21, dtype=np.float64)  # components may stick out of the box
     images = np.zeros((3, 80, 100))
     stick_out = [
-        pid for pid, bd in md.blends.items() if not bd.isolated and any(
-            c.box[0] < bd.box[0] or c.box[1] < bd.box[1]
+        pid
+        for pid, bd in md.blends.items()
+        if not bd.isolated
+        and any(
+            c.box[0] < bd.box[0]
+            or c.box[1] < bd.box[1]
             or c.box[0] + c.box[2] > bd.box[0] + bd.box[2]
             or c.box[1] + c.box[3] > bd.box[1] + bd.box[3]
-            for s in bd.sources for c in s.components)
+            for s in bd.sources
+            for c in s.components
+        )
     ]
     assert stick_out  # the draw holds one
     for pid in md.blends:
@@ -470,8 +542,9 @@ def test_rebuild_refuses_components_outside_the_blend_box():
 
 def test_rebuild_refuses_non_finite_parameters():
     md = random_model_data(33, dtype=np.float64, inside=True)
-    pid, comp = next((pid, c) for pid, bd in md.blends.items() for s in bd.sources
-                     for c in s.components)
+    pid, comp = next(
+        (pid, c) for pid, bd in md.blends.items() for s in bd.sources for c in s.components
+    )
     comp.sed[0] = np.nan
     with pytest.raises(ValueError, match="sed has NaN"):
         md.rebuild(np.zeros((3, 80, 100)), pid)

@@ -31,8 +31,10 @@ def reference_project(m, cy, cx):
     win = m[max(cy - 1, 0) : cy + 2, max(cx - 1, 0) : cx + 2]
     iy, ix = np.unravel_index(int(np.argmax(win)), win.shape)
     cy, cx = max(cy - 1, 0) + iy, max(cx - 1, 0) + ix
-    pixels = sorted(((y, x) for y in range(h) for x in range(w)),
-                    key=lambda p: (p[0] - cy) ** 2 + (p[1] - cx) ** 2)
+    pixels = sorted(
+        ((y, x) for y in range(h) for x in range(w)),
+        key=lambda p: (p[0] - cy) ** 2 + (p[1] - cx) ** 2,
+    )
     for y, x in pixels:
         if (y, x) == (cy, cx):
             continue
@@ -108,15 +110,24 @@ def test_radial_project_is_idempotent_and_monotone():
             if (y, x) == (cy, cx):
                 continue
             r = math.hypot(y - cy, x - cx)
-            near = [once[y + oy, x + ox] for oy, ox in NEIGHBOURS
-                    if 0 <= y + oy < 21 and 0 <= x + ox < 17
-                    and math.hypot(y + oy - cy, x + ox - cx) < r]
+            near = [
+                once[y + oy, x + ox]
+                for oy, ox in NEIGHBOURS
+                if 0 <= y + oy < 21
+                and 0 <= x + ox < 17
+                and math.hypot(y + oy - cy, x + ox - cx) < r
+            ]
             assert once[y, x] <= max(near) + 1e-15
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 12), st.integers(1, 12), st.integers(0, 2**32 - 1), st.booleans(),
-       st.sampled_from([np.float32, np.float64]))
+@given(
+    st.integers(1, 12),
+    st.integers(1, 12),
+    st.integers(0, 2**32 - 1),
+    st.booleans(),
+    st.sampled_from([np.float32, np.float64]),
+)
 def test_monotonic_mask_matches_reference(H, W, seed, symmetric, dtype):
     rng = np.random.default_rng(seed)
     img = np.round(rng.normal(1.0, 1.0, size=(H, W)), 1).astype(dtype)  # ties on purpose
@@ -136,8 +147,9 @@ def test_monotonic_mask_matches_reference(H, W, seed, symmetric, dtype):
     acc = np.zeros((H, W), dtype=np.uint8)
     out = np.zeros((H, W), dtype=dtype)
     queue = np.zeros(H * W, dtype=np.int64)
-    n, y0, x0, y1, x1 = _monotonic_cy.monotonic_mask(img, sy, sx, my, mx, symmetric, acc, queue,
-                                                     out)
+    n, y0, x0, y1, x1 = _monotonic_cy.monotonic_mask(
+        img, sy, sx, my, mx, symmetric, acc, queue, out
+    )
     np.testing.assert_array_equal(acc.astype(bool), ref)
     assert n == ref.sum()
     np.testing.assert_array_equal(np.sort(queue[:n]), np.flatnonzero(ref))

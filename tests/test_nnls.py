@@ -82,7 +82,7 @@ def test_matches_scipy_nnls_on_the_cholesky_factor(seed, n, extra, bands, mode):
             assert np.count_nonzero(got[b]) <= n
     # every band is solved alone as in the batch (same code, same order)
     for b in range(bands):
-        alone, _ = solve(gram[b:b + 1], rhs[b:b + 1])
+        alone, _ = solve(gram[b : b + 1], rhs[b : b + 1])
         np.testing.assert_array_equal(alone[0], got[b])
 
 
@@ -117,8 +117,9 @@ def test_single_component_is_the_clipped_ratio():
     np.testing.assert_array_equal(x[:4, 0], [1.5, 0.0, 0.0, 0.0])
     assert np.isnan(x[4, 0])  # as max(nan, 0.0) in the scipy path
     for b in range(4):
-        np.testing.assert_array_equal(spectra._nnls_solve(gram[b], rhs[b]),
-                                      spectra._nnls_scipy(gram[b], rhs[b]))
+        np.testing.assert_array_equal(
+            spectra._nnls_solve(gram[b], rhs[b]), spectra._nnls_scipy(gram[b], rhs[b])
+        )
 
 
 def test_degenerate_and_ill_conditioned_take_the_fallback():
@@ -140,8 +141,10 @@ def test_degenerate_and_ill_conditioned_take_the_fallback():
     indefinite = np.array([[1.0, 2.0], [2.0, 1.0]])
     assert solve(indefinite[None], np.ones((1, 2)))[1][0] == 1
     good, r = random_problem(rng, 4, 3, "mixed")
-    for bad_g, bad_r in [(good, np.where(np.arange(4) == 1, np.nan, r)),
-                         (np.where(np.eye(4) > 0, np.inf, good), r)]:
+    for bad_g, bad_r in [
+        (good, np.where(np.arange(4) == 1, np.nan, r)),
+        (np.where(np.eye(4) > 0, np.inf, good), r),
+    ]:
         assert solve(bad_g[None], bad_r[None])[1][0] == 1
 
 
@@ -175,8 +178,9 @@ def test_mixed_batch_only_falls_back_where_needed():
     np.testing.assert_array_equal(status, [0, 1, 0])
     got = spectra._nnls_solve_bands(gram, rhs)
     for b in range(3):
-        np.testing.assert_allclose(got[b], spectra._nnls_scipy(gram[b], rhs[b]),
-                                   rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(
+            got[b], spectra._nnls_scipy(gram[b], rhs[b]), rtol=1e-10, atol=1e-12
+        )
 
 
 def test_arguments_are_validated():
@@ -213,8 +217,9 @@ def test_fit_seds_unchanged_on_the_bundled_blend(monkeypatch, weighted, flip):
     if flip:  # data upside down: the morphologies no longer fit, many SEDs hit 0
         obs = cdeblend.Observation(demo.images[:, ::-1], demo.variance[:, ::-1], demo.psfs)
     got = spectra.fit_seds(obs, morphs, boxes, weighted=weighted, solver="nnls")
-    assert np.array_equal(got, spectra.fit_seds(obs, morphs, boxes, weighted=weighted,
-                                                solver="nnls"))  # deterministic
+    assert np.array_equal(
+        got, spectra.fit_seds(obs, morphs, boxes, weighted=weighted, solver="nnls")
+    )  # deterministic
 
     def scipy_only(g, r, out):  # every band through the scipy path, as before nnls_gram
         return np.ones(len(g), dtype=np.intc)
@@ -243,7 +248,7 @@ def sparse_design(rng: np.random.Generator, n: int, size: int, mode: str) -> np.
             continue
         h, w = rng.integers(3, 9, size=2)
         y0, x0 = rng.integers(0, size - h), rng.integers(0, size - w)
-        a[y0:y0 + h, x0:x0 + w, k] = rng.random((h, w)) + 0.1
+        a[y0 : y0 + h, x0 : x0 + w, k] = rng.random((h, w)) + 0.1
     return a.reshape(size * size, n) * rng.uniform(0.1, 10.0, size=n)
 
 
@@ -303,7 +308,7 @@ def test_sparse_bands_are_solved_alone_and_the_order_does_not_matter():
     got, status = solve_sparse(gram, rhs)
     np.testing.assert_array_equal(status, 0)
     for b in range(3):
-        alone, _ = solve_sparse(gram[b:b + 1], rhs[b:b + 1])
+        alone, _ = solve_sparse(gram[b : b + 1], rhs[b : b + 1])
         np.testing.assert_array_equal(alone[0], got[b])
     perm = rng.permutation(80)
     shuffled, _ = solve_sparse(gram[:, perm][:, :, perm], rhs[:, perm])
@@ -380,8 +385,9 @@ def test_sparse_arguments_are_validated():
     with pytest.raises(ValueError, match="indptr must run"):
         nnls_sparse(np.array([0, 1, 3], dtype=np.intp), indices, data, r, out)
     with pytest.raises(ValueError, match="non-decreasing"):
-        nnls_sparse(np.array([0, 2, 1, 2], dtype=np.intp), indices, data, np.ones((1, 3)),
-                    np.empty((1, 3)))
+        nnls_sparse(
+            np.array([0, 2, 1, 2], dtype=np.intp), indices, data, np.ones((1, 3)), np.empty((1, 3))
+        )
     with pytest.raises(ValueError, match="outside"):
         nnls_sparse(indptr, np.array([0, 2], dtype=np.intp), data, r, out)
     with pytest.raises(ValueError, match="data must have shape"):

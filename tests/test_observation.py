@@ -63,8 +63,8 @@ def test_difference_kernel_reproduces_observed_psf():
         # direct 2-D convolution of the kernel with the model PSF
         for dy in range(15):
             for dx in range(15):
-                full[dy:dy + hp, dx:dx + hp] += model[dy, dx] * kern[b]
-        rebuilt = full[7:7 + hp, 7:7 + hp]
+                full[dy : dy + hp, dx : dx + hp] += model[dy, dx] * kern[b]
+        rebuilt = full[7 : 7 + hp, 7 : 7 + hp]
         inner = slice(8, hp - 8)
         err = np.abs(rebuilt - psfs[b])[inner, inner].max()
         assert err < 1e-3 * psfs[b].max()
@@ -92,8 +92,9 @@ def test_pixels_without_data_get_zero_weight_and_value():
     for b, y, x in bad:
         good[b, y, x] = False
     for b in range(3):
-        np.testing.assert_allclose(obs.noise_rms[b], np.sqrt(variance[b][good[b]]).mean(),
-                                   rtol=1e-6)  # float32 data
+        np.testing.assert_allclose(
+            obs.noise_rms[b], np.sqrt(variance[b][good[b]]).mean(), rtol=1e-6
+        )  # float32 data
     # masks: bool (True = bad) and integer bit planes (non-zero = bad) mean the same
     images, variance, psfs = make_obs_inputs()
     mask = np.zeros(images.shape[1:], dtype=bool)
@@ -202,10 +203,13 @@ def test_observation_pickles_and_shares_kernels():
     again = pickle.loads(pickle.dumps(obs))
     np.testing.assert_array_equal(again.convolve(model), ref)
     np.testing.assert_array_equal(again.diff_kernels, obs.diff_kernels)
-    other = obs._on_arrays(obs.images[:, :10].copy(), obs.variance[:, :10].copy(),
-                           obs.weights[:, :10].copy())
+    other = obs._on_arrays(
+        obs.images[:, :10].copy(), obs.variance[:, :10].copy(), obs.weights[:, :10].copy()
+    )
     assert other.diff_kernels is obs.diff_kernels and other._kernel_cache is obs._kernel_cache
-    np.testing.assert_allclose(other.convolve(model[:, :10]),
-                               Observation(obs.images[:, :10], obs.variance[:, :10],
-                                           psfs).convolve(model[:, :10]), rtol=1e-12,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        other.convolve(model[:, :10]),
+        Observation(obs.images[:, :10], obs.variance[:, :10], psfs).convolve(model[:, :10]),
+        rtol=1e-12,
+        atol=1e-12,
+    )

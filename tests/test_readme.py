@@ -22,8 +22,12 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     total = scope["multi"].models().sum(axis=0)
     claimed = total > 0
     obs = scope["obs"]
-    np.testing.assert_allclose(children.sum(axis=0)[claimed], obs.images[claimed],
-                               rtol=1e-5, atol=1e-5 * np.abs(obs.images).max())
+    np.testing.assert_allclose(
+        children.sum(axis=0)[claimed],
+        obs.images[claimed],
+        rtol=1e-5,
+        atol=1e-5 * np.abs(obs.images).max(),
+    )
     assert again.shape[0] == 7 and (tmp_path / "models.fits").exists()
     # scarlet lite reaches 9011 in 48 iterations; the defaults fit longer (e_rel 1e-4)
     assert multi.iterations <= scope["cdb"].DeblendConfig().max_iter and multi.loss <= 9011.0

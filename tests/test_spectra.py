@@ -104,11 +104,9 @@ def test_noise_free_recovery(dtype):
     seds = np.array(seds)
     model = np.zeros((nb, h, w))
     for m, (y0, x0, bh, bw), s in zip(morphs, boxes, seds, strict=True):
-        model[:, y0:y0 + bh, x0:x0 + bw] += s[:, None, None] * m
+        model[:, y0 : y0 + bh, x0 : x0 + bw] += s[:, None, None] * m
     proto = make_obs(rng, nb, h, w)
-    images = np.array(
-        [convolve2d(model[b], proto.diff_kernels[b], mode="same") for b in range(nb)]
-    )
+    images = np.array([convolve2d(model[b], proto.diff_kernels[b], mode="same") for b in range(nb)])
     obs = Observation(images.astype(dtype), np.ones((nb, h, w)), gaussian_psfs(nb))
     got = fit_seds(obs, [m.astype(dtype) for m in morphs], boxes)
     rtol = 1e-9 if dtype == np.float64 else 2e-3
@@ -132,16 +130,21 @@ def test_fixed_model_is_subtracted():
 def test_overlapping_pairs_against_brute_force():
     rng = np.random.default_rng(4)
     boxes = np.column_stack(
-        [rng.integers(0, 100, 80), rng.integers(0, 100, 80), rng.integers(0, 20, 80),
-         rng.integers(0, 20, 80)]
+        [
+            rng.integers(0, 100, 80),
+            rng.integers(0, 100, 80),
+            rng.integers(0, 20, 80),
+            rng.integers(0, 20, 80),
+        ]
     )
     got = {tuple(p) for p in overlapping_pairs(boxes)}
     expect = set()
     for k in range(80):
         for j in range(k, 80):
             a, b = boxes[k], boxes[j]
-            if (max(a[0], b[0]) < min(a[0] + a[2], b[0] + b[2])
-                    and max(a[1], b[1]) < min(a[1] + a[3], b[1] + b[3])):
+            if max(a[0], b[0]) < min(a[0] + a[2], b[0] + b[2]) and max(a[1], b[1]) < min(
+                a[1] + a[3], b[1] + b[3]
+            ):
                 expect.add((k, j))
     assert got == expect
     assert len(overlapping_pairs(boxes)) == len(expect)  # no duplicates
@@ -253,8 +256,9 @@ def test_cholesky_kernel_rejects_singular_and_solver_falls_back():
 
     from cdeblend.spectra import _nnls_solve
 
-    assert cholesky_upper(np.array([[1.0, 1.0], [1.0, 1.0]]), np.empty((2, 2)),
-                          np.ones((2, 1))) == -1
+    assert (
+        cholesky_upper(np.array([[1.0, 1.0], [1.0, 1.0]]), np.empty((2, 2)), np.ones((2, 1))) == -1
+    )
     rng = np.random.default_rng(3)
     a = rng.random((20, 2))
     design = np.column_stack([a[:, 0], a[:, 1], a[:, 0]])  # components 0 and 2 identical
@@ -274,15 +278,22 @@ def test_overlapping_pairs_sweep_and_dense_paths_agree():
 
     rng = np.random.default_rng(11)
     n = spectra._DENSE_PAIRS + 40  # the sweep path
-    boxes = np.column_stack([rng.integers(0, 300, n), rng.integers(0, 300, n),
-                             rng.integers(0, 30, n), rng.integers(0, 30, n)])
+    boxes = np.column_stack(
+        [
+            rng.integers(0, 300, n),
+            rng.integers(0, 300, n),
+            rng.integers(0, 30, n),
+            rng.integers(0, 30, n),
+        ]
+    )
     sweep = {tuple(p) for p in overlapping_pairs(boxes)}
     dense = set()
     for k in range(n):
         for j in range(k, n):
             a, b = boxes[k], boxes[j]
-            if (max(a[0], b[0]) < min(a[0] + a[2], b[0] + b[2])
-                    and max(a[1], b[1]) < min(a[1] + a[3], b[1] + b[3])):
+            if max(a[0], b[0]) < min(a[0] + a[2], b[0] + b[2]) and max(a[1], b[1]) < min(
+                a[1] + a[3], b[1] + b[3]
+            ):
                 dense.add((k, j))
     assert sweep == dense
     # grouping: union-find and scipy's connected components give the same partition
@@ -292,8 +303,8 @@ def test_overlapping_pairs_sweep_and_dense_paths_agree():
     pairs = np.array(sorted(sweep))
     ng, labels = spectra._groups(pairs, n)
     ref_ng, ref = connected_components(
-        coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n)),
-        directed=False)
+        coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n)), directed=False
+    )
     assert ng == ref_ng
     assert len({(a, b) for a, b in zip(labels, ref, strict=True)}) == ng
     # groups are numbered in the order of their smallest member
@@ -326,7 +337,7 @@ def test_large_group_sparse_solver_matches_dense_and_design_nnls(monkeypatch, we
     design = np.zeros((nb, h * w, k))
     for i, (m, (y0, x0, bh, bw)) in enumerate(zip(morphs, boxes, strict=True)):
         frame = np.zeros((h, w))
-        frame[y0:y0 + bh, x0:x0 + bw] = m
+        frame[y0 : y0 + bh, x0 : x0 + bw] = m
         for b in range(nb):
             design[b, :, i] = convolve2d(frame, obs.diff_kernels[b], mode="same").ravel()
     images = np.einsum("bpk,kb->bp", design, truth).reshape(nb, h, w)

@@ -64,20 +64,27 @@ class FlatStack:
         """Validate the layout (the kernels index ``flat`` with it unchecked); return the
         row offsets, (N + 1,) int64."""
         if not isinstance(self.flat, np.ndarray) or self.flat.ndim != 1:
-            raise TypeError(f"flat must be a 1-D numpy array, got {type(self.flat).__name__} "
-                            f"of shape {np.shape(self.flat)}")
+            raise TypeError(
+                f"flat must be a 1-D numpy array, got {type(self.flat).__name__} "
+                f"of shape {np.shape(self.flat)}"
+            )
         if self.bands < 1 or self.bands > MAX_COORD:
             raise ValueError(f"bands must be >= 1, got {self.bands}")
         boxes = self.boxes
         if boxes.dtype != np.int64 or boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise ValueError(f"boxes must be an (N, 4) int64 array, got {boxes.dtype} "
-                             f"of shape {boxes.shape}")
+            raise ValueError(
+                f"boxes must be an (N, 4) int64 array, got {boxes.dtype} of shape {boxes.shape}"
+            )
         n = len(boxes)
         if n:
             # two reductions on the common path (this runs for every stack a fit makes)
             lo, hi = boxes.min(axis=0).tolist(), boxes.max(axis=0).tolist()
-            if (min(lo[2:]) < 0 or min(lo) < -MAX_COORD or max(hi) > MAX_COORD
-                    or self.bands * hi[2] * hi[3] * n > 2**62):
+            if (
+                min(lo[2:]) < 0
+                or min(lo) < -MAX_COORD
+                or max(hi) > MAX_COORD
+                or self.bands * hi[2] * hi[3] * n > 2**62
+            ):
                 self._refuse(boxes)
         sizes = self.bands * boxes[:, 2] * boxes[:, 3]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -92,8 +99,9 @@ class FlatStack:
             if h < 0 or w < 0:
                 raise ValueError(f"boxes[{i}] = {(y0, x0, h, w)} has a negative size")
             if max(abs(y0), abs(x0), h, w) > MAX_COORD:
-                raise ValueError(f"boxes[{i}] = {(y0, x0, h, w)} is out of range "
-                                 f"(|values| <= {MAX_COORD})")
+                raise ValueError(
+                    f"boxes[{i}] = {(y0, x0, h, w)} is out of range (|values| <= {MAX_COORD})"
+                )
         total = sum(self.bands * h * w for _, _, h, w in boxes.tolist())  # Python ints
         if total > 2**62:
             raise ValueError("boxes need more values than any buffer can hold")
@@ -206,8 +214,9 @@ def apportion_flux(
     return _apportion(img, templates, mask_u8)
 
 
-def _apportion(image: np.ndarray, templates: FlatStack,
-               mask_u8: np.ndarray | None = None) -> tuple[FlatStack, np.ndarray]:
+def _apportion(
+    image: np.ndarray, templates: FlatStack, mask_u8: np.ndarray | None = None
+) -> tuple[FlatStack, np.ndarray]:
     """:func:`apportion_flux` of a checked (B, H, W) image of the templates' dtype (finite
     inside the footprint), ``mask_u8`` (H, W) uint8 footprint or None for the whole image."""
     B, H, W = image.shape

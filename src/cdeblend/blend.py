@@ -169,8 +169,9 @@ class RadialMonotonicity:
 
         out = np.array(morph, dtype=np.float64, order="C", copy=True)
         self.ensure_covers(out.shape, peak)
-        _monotonic_cy.radial_project(out, int(peak[0]), int(peak[1]), self.dy, self.dx,
-                                     self.weights)
+        _monotonic_cy.radial_project(
+            out, int(peak[0]), int(peak[1]), self.dy, self.dx, self.weights
+        )
         return out
 
 
@@ -323,8 +324,9 @@ class PackedComponents:
     bg_thresh: np.ndarray
 
     @classmethod
-    def from_components(cls, components: Sequence[Component], bands: int,
-                        bind: bool = True) -> PackedComponents:
+    def from_components(
+        cls, components: Sequence[Component], bands: int, bind: bool = True
+    ) -> PackedComponents:
         """Pack the components; with ``bind`` their ``sed``/``morphology`` become views of
         the buffers."""
         K = len(components)
@@ -419,14 +421,16 @@ class Blend:
                     raise TypeError(f"{name} must be a Component, got {type(c).__name__}")
                 box = as_box(c.box, f"{name}.box")
                 check_inside(box, frame, f"{name}.box", "the blend's frame")
-                check_peak_in_box(as_point(c.peak, f"{name}.peak"), box, f"{name}.peak",
-                                  "its box")
+                check_peak_in_box(as_point(c.peak, f"{name}.peak"), box, f"{name}.peak", "its box")
                 if np.shape(c.sed) != (B,):
-                    raise ValueError(f"{name}.sed has shape {np.shape(c.sed)}, the blend has "
-                                     f"{B} bands")
+                    raise ValueError(
+                        f"{name}.sed has shape {np.shape(c.sed)}, the blend has {B} bands"
+                    )
                 if np.shape(c.morphology) != box[2:]:
-                    raise ValueError(f"{name}.morphology has shape {np.shape(c.morphology)}, "
-                                     f"its box needs {box[2:]}")
+                    raise ValueError(
+                        f"{name}.morphology has shape {np.shape(c.morphology)}, "
+                        f"its box needs {box[2:]}"
+                    )
 
     def pack(self) -> PackedComponents:
         """(Re)pack all components into flat buffers and bind them (see PackedComponents)."""
@@ -493,8 +497,9 @@ class Blend:
         stack = self.convolved_sources([i])
         return stack.get(0), tuple(int(v) for v in stack.boxes[0])
 
-    def convolved_sources(self, indices: Sequence[int] | None = None,
-                          packed: PackedComponents | None = None) -> FlatStack:
+    def convolved_sources(
+        self, indices: Sequence[int] | None = None, packed: PackedComponents | None = None
+    ) -> FlatStack:
         """The sources' models convolved to the observed PSFs, for re-apportioning.
 
         Each lies on its source's box grown by the kernel half-size and clipped to the
@@ -534,14 +539,18 @@ class Blend:
         # the kernels write every value (np.empty: zero-filling hands the GIL over)
         models = np.empty(int(sizes.sum()))
         _adam_cy.render_sources(p.sed, p.morph, p.comp, ranges, boxes, models, offsets)
-        grown = np.array([obs._grown_box(tuple(b))[1] if b[2] * b[3] else (b[0], b[1], 0, 0)
-                          for b in boxes.tolist()], dtype=np.int64).reshape(-1, 4)
+        grown = np.array(
+            [
+                obs._grown_box(tuple(b))[1] if b[2] * b[3] else (b[0], b[1], 0, 0)
+                for b in boxes.tolist()
+            ],
+            dtype=np.int64,
+        ).reshape(-1, 4)
         gsizes = B * grown[:, 2] * grown[:, 3]
         goffsets = np.zeros(len(idx), dtype=np.int64)
         goffsets[1:] = np.cumsum(gsizes)[:-1]
         out = np.empty(int(gsizes.sum()), dtype=obs.dtype)
-        obs._convolve_exact_into(models, [tuple(b) for b in boxes.tolist()], offsets, out,
-                                 goffsets)
+        obs._convolve_exact_into(models, [tuple(b) for b in boxes.tolist()], offsets, out, goffsets)
         return FlatStack(out, grown, B)
 
     def __repr__(self) -> str:

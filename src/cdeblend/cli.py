@@ -45,14 +45,20 @@ DETECTION_OPTIONS = {
 
 #: ``--filter`` choices -> (filter the detection image?, :func:`cdeblend.detect`'s
 #: ``filter_type``). "psf" is the historic name of "matched".
-FILTERS = {"psf": (True, "matched"), "matched": (True, "matched"), "conv": (True, "conv"),
-           "none": (False, "matched")}
+FILTERS = {
+    "psf": (True, "matched"),
+    "matched": (True, "matched"),
+    "conv": (True, "conv"),
+    "none": (False, "matched"),
+}
 
 #: The ``cdeblend deblend`` options that reproduce SExtractor's detection settings, shown in
 #: the help (``DETECT_THRESH``, ``DETECT_MINAREA``, ``FILTER Y`` with ``FILTER_NAME``; its
 #: footprints are not grown).
-SEXTRACTOR_RECIPE = ("--nsigma DETECT_THRESH --min-area DETECT_MINAREA --filter conv "
-                     "--filter-kernel FILTER_NAME --grow 0")
+SEXTRACTOR_RECIPE = (
+    "--nsigma DETECT_THRESH --min-area DETECT_MINAREA --filter conv "
+    "--filter-kernel FILTER_NAME --grow 0"
+)
 
 #: Exit status when nothing could be deblended because of the input (all parents skipped or
 #: failed, or nothing detected).
@@ -117,8 +123,17 @@ def _demo_single_band(out: Path, bands: Sequence[str], plots: bool) -> None:
         conserved = result.conserved_images()
         for k, child in enumerate(result.children):
             flags = ";".join(sorted(name for name, on in _flag_items(child.flags) if on))
-            rows.append([band, k, int(child.peak[0]), int(child.peak[1]),
-                         child.template_kind, float(child.flux), flags])
+            rows.append(
+                [
+                    band,
+                    k,
+                    int(child.peak[0]),
+                    int(child.peak[1]),
+                    child.template_kind,
+                    float(child.flux),
+                    flags,
+                ]
+            )
             if plots:
                 import matplotlib.pyplot as plt
 
@@ -126,14 +141,19 @@ def _demo_single_band(out: Path, bands: Sequence[str], plots: bool) -> None:
 
                 template = _place(child.template, child.template_box, image.shape)
                 fig = plot_single_band_child(
-                    image, template, conserved[k],
-                    path=out / f"single_{band}_child{k}.png", peak=child.peak,
+                    image,
+                    template,
+                    conserved[k],
+                    path=out / f"single_{band}_child{k}.png",
+                    peak=child.peak,
                     title=f"{band} band, child {k} ({child.template_kind} template)",
                     label=str(k),
                 )
                 plt.close(fig)
-        print(f"single band {band}: {len(result.children)} children in {elapsed * 1e3:.1f} ms, "
-              f"stray flux {result.stray_flux:.4g}")
+        print(
+            f"single band {band}: {len(result.children)} children in {elapsed * 1e3:.1f} ms, "
+            f"stray flux {result.stray_flux:.4g}"
+        )
     _write_csv(out / "single_band_fluxes.csv", header, rows)
     _print_table(header, rows)
 
@@ -160,21 +180,34 @@ def _demo_multi_band(out: Path, plots: bool) -> None:
     result = Deblender(DeblendConfig()).deblend(obs, blend.peaks)
     elapsed = time.perf_counter() - start
     bands = list(blend.bands)
-    header = (["source", "peak_y", "peak_x"] + [f"flux_{b}" for b in bands]
-              + [f"conserved_flux_{b}" for b in bands])
+    header = (
+        ["source", "peak_y", "peak_x"]
+        + [f"flux_{b}" for b in bands]
+        + [f"conserved_flux_{b}" for b in bands]
+    )
     rows = []
     for k, peak in enumerate(blend.peaks):
-        rows.append([k, int(peak[0]), int(peak[1])]
-                    + [float(v) for v in result.fluxes[k]]
-                    + [float(v) for v in result.conserved_fluxes[k]])
+        rows.append(
+            [k, int(peak[0]), int(peak[1])]
+            + [float(v) for v in result.fluxes[k]]
+            + [float(v) for v in result.conserved_fluxes[k]]
+        )
     _write_csv(out / "multi_band_fluxes.csv", header, rows)
     with open(out / "multi_band_summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["iterations", "loss", "converged", "time_ms"])
-        writer.writerow([result.iterations, _fmt(float(result.loss)), bool(result.converged),
-                         f"{elapsed * 1e3:.2f}"])
-    print(f"multi band ({''.join(bands)}): {len(rows)} sources, {result.iterations} iterations, "
-          f"loss {result.loss:.6g}, converged {bool(result.converged)}, {elapsed * 1e3:.1f} ms")
+        writer.writerow(
+            [
+                result.iterations,
+                _fmt(float(result.loss)),
+                bool(result.converged),
+                f"{elapsed * 1e3:.2f}",
+            ]
+        )
+    print(
+        f"multi band ({''.join(bands)}): {len(rows)} sources, {result.iterations} iterations, "
+        f"loss {result.loss:.6g}, converged {bool(result.converged)}, {elapsed * 1e3:.1f} ms"
+    )
     _print_table(header, rows)
     if plots:
         import matplotlib.pyplot as plt
@@ -188,8 +221,13 @@ def _demo_multi_band(out: Path, plots: bool) -> None:
         conserved = result.conserved_images()
         for k in range(len(models)):
             fig = plot_source_panels(
-                blend.images, models[k], total, conserved[k],
-                path=out / f"multi_source{k}.png", peak=blend.peaks[k], title=f"source {k}",
+                blend.images,
+                models[k],
+                total,
+                conserved[k],
+                path=out / f"multi_source{k}.png",
+                peak=blend.peaks[k],
+                title=f"source {k}",
                 label=str(k),
             )
             plt.close(fig)
@@ -209,8 +247,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
-                                                       list[str]]:
+def _read_inputs(
+    args: argparse.Namespace,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
     """Images, variance, no-data mask and band names from the command's FITS arguments."""
     with warnings.catch_warnings():
         # astropy warns about non-standard header cards (e.g. ESO's "ESO-LOG" lines) that do
@@ -219,8 +258,9 @@ def _read_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.n
         return _read_input_files(args)
 
 
-def _read_input_files(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray,
-                                                         np.ndarray | None, list[str]]:
+def _read_input_files(
+    args: argparse.Namespace,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
     """:func:`_read_inputs` without the warnings filter."""
     from .fits_io import read_image_stack, variance_from_inverse
 
@@ -276,8 +316,9 @@ def _checked_psfs(psfs: np.ndarray) -> np.ndarray:
     if np.any(sums <= 0):
         raise ValueError("psfs: a PSF image has a non-positive sum")
     if np.any(np.abs(sums - 1) > 1e-3):
-        logger.info("normalising the PSF images to unit sum (sums %s)",
-                    ", ".join(f"{v:.4g}" for v in sums))
+        logger.info(
+            "normalising the PSF images to unit sum (sums %s)", ", ".join(f"{v:.4g}" for v in sums)
+        )
     return psfs / sums[:, None, None]
 
 
@@ -288,8 +329,10 @@ def _psfs_from_args(args: argparse.Namespace, n_bands: int) -> np.ndarray:
     if args.psfs:
         return _read_psfs(args.psfs, n_bands)
     psfs = gaussian_psfs(args.psf_fwhm, n_bands)
-    logger.info("PSF: circular Gaussian(s) of FWHM %s px",
-                ", ".join(f"{f:g}" for f in np.broadcast_to(args.psf_fwhm, (n_bands,))))
+    logger.info(
+        "PSF: circular Gaussian(s) of FWHM %s px",
+        ", ".join(f"{f:g}" for f in np.broadcast_to(args.psf_fwhm, (n_bands,))),
+    )
     return psfs
 
 
@@ -327,15 +370,24 @@ def _subtract_background(images: np.ndarray, args: argparse.Namespace) -> np.nda
             out[b] = img - bkg.background
             logger.info(
                 "band %d: subtracted a %d px mesh background (median %.4g, range %.4g .. "
-                "%.4g; noise %.4g)", b, args.background_mesh, float(np.median(bkg.background)),
-                float(bkg.background.min()), float(bkg.background.max()), bkg.median_rms)
+                "%.4g; noise %.4g)",
+                b,
+                args.background_mesh,
+                float(np.median(bkg.background)),
+                float(bkg.background.min()),
+                float(bkg.background.max()),
+                bkg.median_rms,
+            )
         return out
     for b, img in enumerate(images):
         flag, level = looks_unsubtracted(img)
         if flag:
             logger.warning(
                 "band %d looks not sky-subtracted: its sigma-clipped median is %.1f times its "
-                "noise; use --background auto (or subtract the sky first)", b, level)
+                "noise; use --background auto (or subtract the sky first)",
+                b,
+                level,
+            )
     return images
 
 
@@ -348,9 +400,12 @@ def _noise_variance(images: np.ndarray, bands: Sequence[str]) -> np.ndarray:
     if not np.all(np.isfinite(sig) & (sig > 0)):
         raise ValueError(
             "images: cannot estimate the noise of a band (no finite pixel or a constant "
-            "image); give --variance, --invvar or --rms")
-    logger.info("no variance given: per-band noise from sigma-clipped pixels (3 sigma): %s",
-                ", ".join(f"{b} {s:.4g}" for b, s in zip(bands, sig, strict=True)))
+            "image); give --variance, --invvar or --rms"
+        )
+    logger.info(
+        "no variance given: per-band noise from sigma-clipped pixels (3 sigma): %s",
+        ", ".join(f"{b} {s:.4g}" for b, s in zip(bands, sig, strict=True)),
+    )
     return np.broadcast_to((sig**2)[:, None, None], images.shape).astype(images.dtype)
 
 
@@ -366,8 +421,9 @@ def _field_model(model_data: ModelData, observation: Observation) -> np.ndarray:
     return total
 
 
-def _detect_parents(images: np.ndarray, variance: np.ndarray, psfs: np.ndarray,
-                    args: argparse.Namespace) -> list:
+def _detect_parents(
+    images: np.ndarray, variance: np.ndarray, psfs: np.ndarray, args: argparse.Namespace
+) -> list:
     """Parents from :func:`cdeblend.detect` with the command's detection options."""
     from .detection import detect
 
@@ -378,8 +434,9 @@ def _detect_parents(images: np.ndarray, variance: np.ndarray, psfs: np.ndarray,
         if value is None:
             continue
         if keyword not in accepted:
-            logger.warning("--%s is not supported by this build's detection; ignored",
-                           option.replace("_", "-"))
+            logger.warning(
+                "--%s is not supported by this build's detection; ignored", option.replace("_", "-")
+            )
             continue
         kwargs[keyword] = value
     filtered, filter_type = FILTERS[args.filter]
@@ -396,8 +453,13 @@ def _detect_parents(images: np.ndarray, variance: np.ndarray, psfs: np.ndarray,
     else:
         what = f"{kernel.shape[0]} x {kernel.shape[1]} kernel" if kernel is not None else "PSF"
         how = f"{'smoothed by the' if filter_type == 'conv' else 'matched filter of the'} {what}"
-    logger.info("detection (%s; %s): %d parents with %d peaks", shown, how, len(parents),
-                sum(len(p.peaks) for p in parents))
+    logger.info(
+        "detection (%s; %s): %d parents with %d peaks",
+        shown,
+        how,
+        len(parents),
+        sum(len(p.peaks) for p in parents),
+    )
     return parents
 
 
@@ -409,8 +471,10 @@ def _filter_kernel(args: argparse.Namespace) -> np.ndarray | None:
     if path is None:
         return None
     if args.filter == "none":
-        raise ValueError("--filter-kernel needs a filter: --filter conv (SExtractor-like) or "
-                         "--filter matched, not --filter none")
+        raise ValueError(
+            "--filter-kernel needs a filter: --filter conv (SExtractor-like) or "
+            "--filter matched, not --filter none"
+        )
     return read_conv_kernel(path)
 
 
@@ -423,23 +487,42 @@ def _warn_one_big_parent(parents: Sequence, shape: tuple[int, int], background: 
     if share > 0.5:
         logger.warning(
             "parent %s covers %.0f%% of the image with %d peaks: if the sky was not "
-            "subtracted, use --background auto", biggest.id, 100 * share, len(biggest.peaks))
+            "subtracted, use --background auto",
+            biggest.id,
+            100 * share,
+            len(biggest.peaks),
+        )
 
 
 def _summary(catalog: object) -> dict[str, object]:
     """Counts of a catalog: parents, children, skipped by reason, failed, not converged."""
     parent = np.asarray(catalog["is_parent"], dtype=bool)
-    col = {name: np.asarray(catalog[name], dtype=bool)[parent]
-           for name in ("skipped", "failed", "converged", "skipped_isolated",
-                        "skipped_parent_too_big", "skipped_masked", "skipped_too_many_peaks")}
+    col = {
+        name: np.asarray(catalog[name], dtype=bool)[parent]
+        for name in (
+            "skipped",
+            "failed",
+            "converged",
+            "skipped_isolated",
+            "skipped_parent_too_big",
+            "skipped_masked",
+            "skipped_too_many_peaks",
+        )
+    }
     fitted = ~col["skipped"] & ~col["failed"]
     return {
         "parents": int(parent.sum()),
         "children": int((~parent).sum()),
-        "skipped": {reason[8:]: int(col[reason].sum())
-                    for reason in ("skipped_isolated", "skipped_parent_too_big",
-                                   "skipped_masked", "skipped_too_many_peaks")
-                    if col[reason].any()},
+        "skipped": {
+            reason[8:]: int(col[reason].sum())
+            for reason in (
+                "skipped_isolated",
+                "skipped_parent_too_big",
+                "skipped_masked",
+                "skipped_too_many_peaks",
+            )
+            if col[reason].any()
+        },
         "failed": int(col["failed"].sum()),
         "fitted": int(fitted.sum()),
         "not_converged": int((fitted & ~col["converged"]).sum()),
@@ -448,20 +531,26 @@ def _summary(catalog: object) -> dict[str, object]:
 
 def _summary_line(counts: dict, elapsed: float) -> str:
     skipped = ", ".join(f"{n} {why}" for why, n in counts["skipped"].items()) or "none"
-    return (f"{counts['parents']} parents, {counts['children']} children; skipped: {skipped}; "
-            f"{counts['failed']} failed; {counts['not_converged']} not converged; "
-            f"{elapsed:.2f} s")
+    return (
+        f"{counts['parents']} parents, {counts['children']} children; skipped: {skipped}; "
+        f"{counts['failed']} failed; {counts['not_converged']} not converged; "
+        f"{elapsed:.2f} s"
+    )
 
 
 def _nothing_deblended(counts: dict) -> str:
     """Why nothing could be deblended (empty if something was, or nothing needed to be)."""
     if counts["parents"] == 0:
-        return ("nothing was detected: check the images, the noise (--variance/--invvar/"
-                "--rms) and --nsigma")
+        return (
+            "nothing was detected: check the images, the noise (--variance/--invvar/"
+            "--rms) and --nsigma"
+        )
     needing = counts["parents"] - counts["skipped"].get("isolated", 0)
     if needing > 0 and counts["fitted"] == 0:
-        return ("no parent could be deblended (every blended parent was skipped or failed; "
-                "see the summary above)")
+        return (
+            "no parent could be deblended (every blended parent was skipped or failed; "
+            "see the summary above)"
+        )
     return ""
 
 
@@ -475,23 +564,31 @@ def _cmd_deblend(args: argparse.Namespace) -> int:
     if variance is None:
         variance = _noise_variance(images, bands)
     psfs = _psfs_from_args(args, images.shape[0])
-    kind = args.deblender if args.deblender != "auto" else (
-        "single" if images.shape[0] == 1 else "multi")
+    kind = (
+        args.deblender
+        if args.deblender != "auto"
+        else ("single" if images.shape[0] == 1 else "multi")
+    )
     sigma = args.model_psf_sigma
     if sigma is None:
         sigma = choose_model_psf_sigma(psfs)
         if kind == "multi" and sigma != 0.8:
-            logger.info("model PSF sigma %.2f px: the default 0.8 px is wider than the "
-                        "sharpest band's PSF (set it with --model-psf-sigma)", sigma)
-    config = CatalogConfig(deblender=args.deblender, skip_isolated=not args.fit_isolated,
-                           model_psf_sigma=sigma)
+            logger.info(
+                "model PSF sigma %.2f px: the default 0.8 px is wider than the "
+                "sharpest band's PSF (set it with --model-psf-sigma)",
+                sigma,
+            )
+    config = CatalogConfig(
+        deblender=args.deblender, skip_isolated=not args.fit_isolated, model_psf_sigma=sigma
+    )
     if args.peaks:
         peaks, used = read_peak_table(args.peaks)
         logger.info("peaks: %d from %s, columns %s", len(peaks), args.peaks, used)
         # grouped here as deblend_catalog would (same rule and settings), to keep the
         # footprints for the pictures
-        parents = parents_from_peaks(images, variance, peaks, config.footprint_snr,
-                                     config.footprint_grow)
+        parents = parents_from_peaks(
+            images, variance, peaks, config.footprint_snr, config.footprint_grow
+        )
     else:
         parents = _detect_parents(images, variance, psfs, args)
         _warn_one_big_parent(parents, images.shape[1:], args.background)
@@ -499,10 +596,18 @@ def _cmd_deblend(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     catalog, model_data = deblend_catalog(
-        images, parents=parents, config=config, executor=args.executor,
-        progress=not args.quiet, max_workers=args.workers,
-        variance=variance, psf=psfs, mask=mask, bands=bands,
-        wcs=read_wcs(args.images), flux_unit=read_flux_unit(args.images),  # RA/Dec, units
+        images,
+        parents=parents,
+        config=config,
+        executor=args.executor,
+        progress=not args.quiet,
+        max_workers=args.workers,
+        variance=variance,
+        psf=psfs,
+        mask=mask,
+        bands=bands,
+        wcs=read_wcs(args.images),
+        flux_unit=read_flux_unit(args.images),  # RA/Dec, units
     )
     elapsed = time.perf_counter() - start
     write_catalog(out / "catalog.fits", catalog)
@@ -510,10 +615,8 @@ def _cmd_deblend(args: argparse.Namespace) -> int:
     counts = _summary(catalog)
     logger.info("%s", _summary_line(counts, elapsed))
     if not args.no_plots and _have_matplotlib():
-        _draw_run(images, variance, psfs, mask, catalog, model_data, kind, out, args,
-                  parents)
-    print(f"catalog, models{'' if args.no_plots else ' and pictures'} written to "
-          f"{out.resolve()}")
+        _draw_run(images, variance, psfs, mask, catalog, model_data, kind, out, args, parents)
+    print(f"catalog, models{'' if args.no_plots else ' and pictures'} written to {out.resolve()}")
     problem = _nothing_deblended(counts)
     if problem:
         logger.error("%s", problem)
@@ -547,9 +650,18 @@ def _plot_order(catalog: object, max_plots: int) -> list[int]:
     return [int(i) for i in ids[order][: max(int(max_plots), 0)]]
 
 
-def _draw_run(images: np.ndarray, variance: np.ndarray, psfs: np.ndarray,
-              mask: np.ndarray | None, catalog: object, model_data: ModelData, kind: str,
-              out: Path, args: argparse.Namespace, parents: Sequence) -> None:
+def _draw_run(
+    images: np.ndarray,
+    variance: np.ndarray,
+    psfs: np.ndarray,
+    mask: np.ndarray | None,
+    catalog: object,
+    model_data: ModelData,
+    kind: str,
+    out: Path,
+    args: argparse.Namespace,
+    parents: Sequence,
+) -> None:
     """field.png and the panels of the ``--max-plots`` brightest parents."""
     import matplotlib.pyplot as plt
 
@@ -559,20 +671,25 @@ def _draw_run(images: np.ndarray, variance: np.ndarray, psfs: np.ndarray,
     order = _plot_order(catalog, args.max_plots)
     if kind == "multi":
         observation = model_data.observation(
-            images, weights=None if mask is None else (~_mask2d(mask, images)).astype(
-                images.dtype))
+            images, weights=None if mask is None else (~_mask2d(mask, images)).astype(images.dtype)
+        )
         total = _field_model(model_data, observation)
         for pid in _progress(order, "panels", not args.quiet):
             _show_parent(observation, model_data, pid, out, quiet=True)
     else:
-        total, panels = _single_band_models(images[0], variance[0], psfs[0], mask, catalog,
-                                            parents, set(order), not args.quiet)
+        total, panels = _single_band_models(
+            images[0], variance[0], psfs[0], mask, catalog, parents, set(order), not args.quiet
+        )
         for pid in order:
             if pid in panels:
                 _show_single_parent(images[0], total, panels[pid], pid, out)
-    fig = plot_field(images, total[None] if total.ndim == 2 else total, catalog,
-                     unmodelled=_unmodelled(parents, catalog, images.shape[1:]),
-                     model_name="model" if kind == "multi" else "sum of templates")
+    fig = plot_field(
+        images,
+        total[None] if total.ndim == 2 else total,
+        catalog,
+        unmodelled=_unmodelled(parents, catalog, images.shape[1:]),
+        model_name="model" if kind == "multi" else "sum of templates",
+    )
     fig.savefig(out / "field.png", dpi=100)
     plt.close(fig)
 
@@ -589,8 +706,7 @@ def _unmodelled(parents: Sequence, catalog: object, shape: tuple[int, int]) -> n
     return out
 
 
-def _drawable(images: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray,
-                                                                    np.ndarray | None]:
+def _drawable(images: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Images with no-data pixels (NaN, inf) set to 0 and added to the (B, H, W) mask:
     matplotlib's stretches fail on non-finite values, and the re-apportioned pictures must
     give those pixels no weight."""
@@ -611,16 +727,26 @@ def _child_ids(catalog: object) -> dict[int, dict[int, int]]:
     """parent id -> {index of the peak in the parent's peak list: the child's catalog id}."""
     parent = np.asarray(catalog["is_parent"], dtype=bool)
     out: dict[int, dict[int, int]] = {}
-    for pid, peak_id, cid in zip(np.asarray(catalog["parent_id"])[~parent],
-                                 np.asarray(catalog["peak_id"])[~parent],
-                                 np.asarray(catalog["id"])[~parent], strict=True):
+    for pid, peak_id, cid in zip(
+        np.asarray(catalog["parent_id"])[~parent],
+        np.asarray(catalog["peak_id"])[~parent],
+        np.asarray(catalog["id"])[~parent],
+        strict=True,
+    ):
         out.setdefault(int(pid), {})[int(peak_id)] = int(cid)
     return out
 
 
-def _single_band_models(image: np.ndarray, variance: np.ndarray, psf: np.ndarray,
-                        mask: np.ndarray | None, catalog: object, parents: Sequence,
-                        keep: set[int], progress: bool) -> tuple[np.ndarray, dict]:
+def _single_band_models(
+    image: np.ndarray,
+    variance: np.ndarray,
+    psf: np.ndarray,
+    mask: np.ndarray | None,
+    catalog: object,
+    parents: Sequence,
+    keep: set[int],
+    progress: bool,
+) -> tuple[np.ndarray, dict]:
     """Re-run the single-band deblender on every deblended parent for the field's model and
     the panels of the parents in ``keep``: its templates are not stored, and it is fast.
 
@@ -640,9 +766,14 @@ def _single_band_models(image: np.ndarray, variance: np.ndarray, psf: np.ndarray
         y0, x0, h, w = (int(v) for v in p.box)
         sl = (slice(y0, y0 + h), slice(x0, x0 + w))
         try:
-            res = deb.deblend(image[sl], variance[sl], psf,
-                              np.asarray(p.peaks) - (y0, x0), footprint=p.footprint,
-                              mask=None if m2 is None else m2[sl])
+            res = deb.deblend(
+                image[sl],
+                variance[sl],
+                psf,
+                np.asarray(p.peaks) - (y0, x0),
+                footprint=p.footprint,
+                mask=None if m2 is None else m2[sl],
+            )
         except (ValueError, TypeError) as err:
             logger.warning("parent %s: not redrawn for the pictures (%s)", pid, err)
             continue
@@ -659,8 +790,9 @@ def _single_band_models(image: np.ndarray, variance: np.ndarray, psf: np.ndarray
     return total, panels
 
 
-def _show_single_parent(image: np.ndarray, total: np.ndarray, panel: tuple, pid: int,
-                        out: Path) -> None:
+def _show_single_parent(
+    image: np.ndarray, total: np.ndarray, panel: tuple, pid: int, out: Path
+) -> None:
     """One PNG per child of a single-band parent: image, template, residual of all
     templates, conserved image."""
     import matplotlib.pyplot as plt
@@ -671,15 +803,27 @@ def _show_single_parent(image: np.ndarray, total: np.ndarray, panel: tuple, pid:
     cut = image[y0 : y0 + h, x0 : x0 + w]
     for k in range(len(tmpl)):
         fig = plot_single_band_child(
-            cut, tmpl[k], cons[k], path=out / f"parent{pid}_source{k}.png", peak=peaks[k],
+            cut,
+            tmpl[k],
+            cons[k],
+            path=out / f"parent{pid}_source{k}.png",
+            peak=peaks[k],
             title=f"parent {pid}, child {k} (catalog id {labels[k]})",
-            label=labels[k], total_template=total[y0 : y0 + h, x0 : x0 + w], origin=(y0, x0),
+            label=labels[k],
+            total_template=total[y0 : y0 + h, x0 : x0 + w],
+            origin=(y0, x0),
         )
         plt.close(fig)
 
 
-def _show_parent(observation: Observation, model_data: ModelData, pid: int, out: Path,
-                 quiet: bool = False, progress: bool = False) -> None:
+def _show_parent(
+    observation: Observation,
+    model_data: ModelData,
+    pid: int,
+    out: Path,
+    quiet: bool = False,
+    progress: bool = False,
+) -> None:
     """Write one PNG per source of parent ``pid`` (observation, model, residual, conserved)."""
     import matplotlib.pyplot as plt
 
@@ -697,14 +841,20 @@ def _show_parent(observation: Observation, model_data: ModelData, pid: int, out:
         src = blend.sources[k]
         peak = src.components[0].peak if src.components else (y0 + h // 2, x0 + w // 2)
         fig = plot_source_panels(
-            cut, models[k], total, conserved[k], path=out / f"parent{pid}_source{k}.png",
+            cut,
+            models[k],
+            total,
+            conserved[k],
+            path=out / f"parent{pid}_source{k}.png",
             peak=(peak[0] - y0, peak[1] - x0),
             title=f"parent {pid}, source {k} (catalog id {src.id})",
-            label=str(src.id), origin=(y0, x0),
+            label=str(src.id),
+            origin=(y0, x0),
         )
         plt.close(fig)
-        rows.append([k, int(peak[0]), int(peak[1])]
-                    + [float(v) for v in conserved[k].sum(axis=(1, 2))])
+        rows.append(
+            [k, int(peak[0]), int(peak[1])] + [float(v) for v in conserved[k].sum(axis=(1, 2))]
+        )
     if not quiet:
         header = ["source", "peak_y", "peak_x"] + [f"conserved_{b}" for b in model_data.bands]
         _print_table(header, rows)
@@ -719,25 +869,30 @@ def _cmd_show(args: argparse.Namespace) -> int:
     images, _, mask, _ = _read_inputs(args)
     images = _subtract_background(images, args)
     if images.shape[0] != len(model_data.bands):
-        raise ValueError(f"the images have {images.shape[0]} bands, the models "
-                         f"{len(model_data.bands)} ({', '.join(model_data.bands)})")
+        raise ValueError(
+            f"the images have {images.shape[0]} bands, the models "
+            f"{len(model_data.bands)} ({', '.join(model_data.bands)})"
+        )
     if not model_data.blends:
         raise ValueError(
             f"{args.models} holds no models: it is from a single-band run (the single-band "
             "deblender's templates are not stored) or nothing was fitted. A single-band run "
             "draws its parents' panels itself: cdeblend deblend --max-plots N writes "
-            "parent<id>_source<k>.png, brightest parents first")
+            "parent<id>_source<k>.png, brightest parents first"
+        )
     if args.parent not in model_data.blends:
         known = sorted(model_data.blends)
-        raise ValueError(f"parent {args.parent} is not in {args.models}; stored parents: "
-                         f"{known[:20]}{' ...' if len(known) > 20 else ''}")
+        raise ValueError(
+            f"parent {args.parent} is not in {args.models}; stored parents: "
+            f"{known[:20]}{' ...' if len(known) > 20 else ''}"
+        )
     blend = model_data.blends[args.parent]
     if blend.isolated or not blend.sources:
         raise ValueError(f"parent {args.parent} was not fitted (isolated): nothing to show")
     images, mask = _drawable(images, mask)
     observation = model_data.observation(
-        images, weights=None if mask is None else (~_mask2d(mask, images)).astype(
-            images.dtype))
+        images, weights=None if mask is None else (~_mask2d(mask, images)).astype(images.dtype)
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _show_parent(observation, model_data, args.parent, out, progress=not args.quiet)
@@ -761,10 +916,18 @@ def build_parser() -> argparse.ArgumentParser:
         "bands. Writes CSV tables and, with matplotlib, PNG pictures into --out.",
     )
     demo.add_argument("--out", default="cdeblend-demo", help="output folder (default: %(default)s)")
-    demo.add_argument("--bands", nargs="+", default=["r", "i"],
-                      help="bands for the single-band deblender (default: r i)")
-    demo.add_argument("--deblender", choices=["single", "multi", "both"], default="both",
-                      help="which deblender(s) to run (default: %(default)s)")
+    demo.add_argument(
+        "--bands",
+        nargs="+",
+        default=["r", "i"],
+        help="bands for the single-band deblender (default: r i)",
+    )
+    demo.add_argument(
+        "--deblender",
+        choices=["single", "multi", "both"],
+        default="both",
+        help="which deblender(s) to run (default: %(default)s)",
+    )
     demo.add_argument("--no-plots", action="store_true", help="write tables only")
     demo.set_defaults(func=_cmd_demo)
 
@@ -780,75 +943,140 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_image_args(deb, noise_required=False)
     psf = deb.add_mutually_exclusive_group(required=True)
-    psf.add_argument("--psfs", nargs="+",
-                     help="PSF image(s), odd-sized, one per band (files, extensions or a cube; "
-                     "one image is used for every band). Warns about PSFs that are not "
-                     "normalised (they are rescaled), have negative lobes or holes")
-    psf.add_argument("--psf-fwhm", nargs="+", type=float, metavar="FWHM",
-                     help="circular Gaussian PSF(s) of this FWHM in pixels: one value for every "
-                     "band or one per band")
-    deb.add_argument("--model-psf-sigma", type=float, default=None,
-                     help="multi band: width (pixels) of the model PSF the sources are made "
-                     "at; default 0.8, or narrower than the sharpest band's PSF when that is "
-                     "narrower (logged)")
+    psf.add_argument(
+        "--psfs",
+        nargs="+",
+        help="PSF image(s), odd-sized, one per band (files, extensions or a cube; "
+        "one image is used for every band). Warns about PSFs that are not "
+        "normalised (they are rescaled), have negative lobes or holes",
+    )
+    psf.add_argument(
+        "--psf-fwhm",
+        nargs="+",
+        type=float,
+        metavar="FWHM",
+        help="circular Gaussian PSF(s) of this FWHM in pixels: one value for every "
+        "band or one per band",
+    )
+    deb.add_argument(
+        "--model-psf-sigma",
+        type=float,
+        default=None,
+        help="multi band: width (pixels) of the model PSF the sources are made "
+        "at; default 0.8, or narrower than the sharpest band's PSF when that is "
+        "narrower (logged)",
+    )
     _add_background_args(deb)
     det = deb.add_argument_group(
-        "detection", "used when no --peaks are given; unset options keep cdeblend.detect's "
-        "defaults")
-    det.add_argument("--nsigma", type=float, default=None,
-                     help="detection threshold in noise units: of the detection image with "
-                     "--filter psf/matched/none, of the unfiltered pixels with --filter conv "
-                     "(SExtractor's DETECT_THRESH)")
-    det.add_argument("--min-area", type=int, default=None,
-                     help="minimum footprint area in pixels above the threshold "
-                     "(SExtractor's DETECT_MINAREA)")
-    det.add_argument("--min-contrast", type=float, default=None,
-                     help="a peak other than its footprint's brightest needs more than this "
-                     "fraction of its brighter neighbour's flux above their saddle (like "
-                     "SExtractor's DEBLEND_MINCONT; 0 turns the test off)")
-    det.add_argument("--peak-significance", type=float, default=None,
-                     help="a peak other than its footprint's brightest must rise this many "
-                     "noise sigma above the saddle to its brighter neighbour (like the LSST "
-                     "peak significance)")
-    det.add_argument("--min-separation", type=float, default=None,
-                     help="minimum distance between the peaks of a parent in units of the PSF "
-                     "FWHM (of the --filter-kernel's FWHM when one is given)")
-    det.add_argument("--grow", type=int, default=None,
-                     help="grow footprints by this many pixels (cdeblend.detect's default 2; "
-                     "SExtractor does not grow them: --grow 0)")
-    det.add_argument("--filter", choices=list(FILTERS), default="psf",
-                     help="detection filter. psf (default; same as matched): matched filter, "
-                     "threshold in S/N of the filtered image; conv: smoothed as SExtractor's "
-                     "FILTER Y and sep's filter_type='conv', threshold in the noise of the "
-                     "unfiltered pixels; none: unfiltered. The filter is the PSF, or "
-                     "--filter-kernel")
-    det.add_argument("--filter-kernel", metavar="FILE", default=None,
-                     help="filter kernel instead of the PSF: a SExtractor .conv file (a "
-                     "'CONV NORM' line, '#' comments, rows of numbers, e.g. default.conv) or "
-                     "a FITS image, odd sides")
-    det.add_argument("--measure-noise", action="store_true", default=None,
-                     help="measure the detection image's noise outside the footprints instead "
-                     "of trusting the variance (correlated noise of drizzled or resampled "
-                     "coadds)")
-    deb.add_argument("--peaks",
-                     help="peak list (x, y): FITS table, CSV or text with a header, or a "
-                     "SExtractor ASCII_HEAD catalog. Columns x/y, photutils x_peak/y_peak or "
-                     "xcentroid/ycentroid, sep xpeak/ypeak (0-based), SExtractor "
-                     "X_IMAGE/Y_IMAGE, XWIN_IMAGE/YWIN_IMAGE (1-based, converted); the "
-                     "columns used are logged")
-    deb.add_argument("--deblender", choices=["auto", "multi", "single"], default="auto",
-                     help="auto: single band for one band, multi band otherwise")
-    deb.add_argument("--executor", choices=["serial", "threads", "dask"], default="threads",
-                     help="how parents are spread over workers (default: %(default)s)")
+        "detection", "used when no --peaks are given; unset options keep cdeblend.detect's defaults"
+    )
+    det.add_argument(
+        "--nsigma",
+        type=float,
+        default=None,
+        help="detection threshold in noise units: of the detection image with "
+        "--filter psf/matched/none, of the unfiltered pixels with --filter conv "
+        "(SExtractor's DETECT_THRESH)",
+    )
+    det.add_argument(
+        "--min-area",
+        type=int,
+        default=None,
+        help="minimum footprint area in pixels above the threshold (SExtractor's DETECT_MINAREA)",
+    )
+    det.add_argument(
+        "--min-contrast",
+        type=float,
+        default=None,
+        help="a peak other than its footprint's brightest needs more than this "
+        "fraction of its brighter neighbour's flux above their saddle (like "
+        "SExtractor's DEBLEND_MINCONT; 0 turns the test off)",
+    )
+    det.add_argument(
+        "--peak-significance",
+        type=float,
+        default=None,
+        help="a peak other than its footprint's brightest must rise this many "
+        "noise sigma above the saddle to its brighter neighbour (like the LSST "
+        "peak significance)",
+    )
+    det.add_argument(
+        "--min-separation",
+        type=float,
+        default=None,
+        help="minimum distance between the peaks of a parent in units of the PSF "
+        "FWHM (of the --filter-kernel's FWHM when one is given)",
+    )
+    det.add_argument(
+        "--grow",
+        type=int,
+        default=None,
+        help="grow footprints by this many pixels (cdeblend.detect's default 2; "
+        "SExtractor does not grow them: --grow 0)",
+    )
+    det.add_argument(
+        "--filter",
+        choices=list(FILTERS),
+        default="psf",
+        help="detection filter. psf (default; same as matched): matched filter, "
+        "threshold in S/N of the filtered image; conv: smoothed as SExtractor's "
+        "FILTER Y and sep's filter_type='conv', threshold in the noise of the "
+        "unfiltered pixels; none: unfiltered. The filter is the PSF, or "
+        "--filter-kernel",
+    )
+    det.add_argument(
+        "--filter-kernel",
+        metavar="FILE",
+        default=None,
+        help="filter kernel instead of the PSF: a SExtractor .conv file (a "
+        "'CONV NORM' line, '#' comments, rows of numbers, e.g. default.conv) or "
+        "a FITS image, odd sides",
+    )
+    det.add_argument(
+        "--measure-noise",
+        action="store_true",
+        default=None,
+        help="measure the detection image's noise outside the footprints instead "
+        "of trusting the variance (correlated noise of drizzled or resampled "
+        "coadds)",
+    )
+    deb.add_argument(
+        "--peaks",
+        help="peak list (x, y): FITS table, CSV or text with a header, or a "
+        "SExtractor ASCII_HEAD catalog. Columns x/y, photutils x_peak/y_peak or "
+        "xcentroid/ycentroid, sep xpeak/ypeak (0-based), SExtractor "
+        "X_IMAGE/Y_IMAGE, XWIN_IMAGE/YWIN_IMAGE (1-based, converted); the "
+        "columns used are logged",
+    )
+    deb.add_argument(
+        "--deblender",
+        choices=["auto", "multi", "single"],
+        default="auto",
+        help="auto: single band for one band, multi band otherwise",
+    )
+    deb.add_argument(
+        "--executor",
+        choices=["serial", "threads", "dask"],
+        default="threads",
+        help="how parents are spread over workers (default: %(default)s)",
+    )
     deb.add_argument("--workers", type=int, default=None, help="number of workers")
-    deb.add_argument("--fit-isolated", action="store_true",
-                     help="also fit parents with a single peak")
-    deb.add_argument("--max-plots", type=int, default=10,
-                     help="parents to draw panels for, brightest first (default: %(default)s)")
+    deb.add_argument(
+        "--fit-isolated", action="store_true", help="also fit parents with a single peak"
+    )
+    deb.add_argument(
+        "--max-plots",
+        type=int,
+        default=10,
+        help="parents to draw panels for, brightest first (default: %(default)s)",
+    )
     deb.add_argument("--out", default="cdeblend-out", help="output folder (default: %(default)s)")
     deb.add_argument("--no-plots", action="store_true", help="write no pictures")
-    deb.add_argument("--quiet", action="store_true",
-                     help="no progress bars and no INFO messages (warnings still show)")
+    deb.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars and no INFO messages (warnings still show)",
+    )
     deb.set_defaults(func=_cmd_deblend)
 
     show = sub.add_parser(
@@ -870,30 +1098,52 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_background_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--background", choices=["none", "auto"], default="none",
-                        help="auto: subtract a mesh background per band (SExtractor-like: "
-                        "sigma-clipped mode per --background-mesh mesh, 3 x 3 median filter, "
-                        "bilinear; see cdeblend.background). none (default): the images are "
-                        "sky-subtracted; a warning says when they do not look it")
-    parser.add_argument("--background-mesh", type=int, default=64,
-                        help="mesh size in pixels for --background auto (default: %(default)s)")
+    parser.add_argument(
+        "--background",
+        choices=["none", "auto"],
+        default="none",
+        help="auto: subtract a mesh background per band (SExtractor-like: "
+        "sigma-clipped mode per --background-mesh mesh, 3 x 3 median filter, "
+        "bilinear; see cdeblend.background). none (default): the images are "
+        "sky-subtracted; a warning says when they do not look it",
+    )
+    parser.add_argument(
+        "--background-mesh",
+        type=int,
+        default=64,
+        help="mesh size in pixels for --background auto (default: %(default)s)",
+    )
 
 
 def _add_image_args(parser: argparse.ArgumentParser, noise_required: bool = True) -> None:
-    parser.add_argument("--images", nargs="+", required=True,
-                        help="image FITS file(s): one per band, multi-extension, or a cube")
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        required=True,
+        help="image FITS file(s): one per band, multi-extension, or a cube",
+    )
     noise = parser.add_mutually_exclusive_group(required=noise_required)
-    noise.add_argument("--variance", nargs="+",
-                       help="variance FITS file(s), like --images; <= 0 or NaN means no data")
-    noise.add_argument("--invvar", nargs="+",
-                       help="inverse-variance FITS file(s); <= 0 means no data")
-    noise.add_argument("--rms", nargs="+",
-                       help="noise (standard deviation) FITS file(s), e.g. SExtractor's "
-                       "BACKGROUND_RMS; <= 0 means no data. Without --variance, --invvar or "
-                       "--rms, a constant noise per band is estimated from the sigma-clipped "
-                       "pixels (logged)")
-    parser.add_argument("--bands", nargs="+",
-                        help="band names (default: BAND/FILTER header keywords, else 0, 1, ...)")
+    noise.add_argument(
+        "--variance",
+        nargs="+",
+        help="variance FITS file(s), like --images; <= 0 or NaN means no data",
+    )
+    noise.add_argument(
+        "--invvar", nargs="+", help="inverse-variance FITS file(s); <= 0 means no data"
+    )
+    noise.add_argument(
+        "--rms",
+        nargs="+",
+        help="noise (standard deviation) FITS file(s), e.g. SExtractor's "
+        "BACKGROUND_RMS; <= 0 means no data. Without --variance, --invvar or "
+        "--rms, a constant noise per band is estimated from the sigma-clipped "
+        "pixels (logged)",
+    )
+    parser.add_argument(
+        "--bands",
+        nargs="+",
+        help="band names (default: BAND/FILTER header keywords, else 0, 1, ...)",
+    )
 
 
 def _add_survey_parser(sub: argparse._SubParsersAction) -> None:
@@ -914,10 +1164,18 @@ def _add_survey_parser(sub: argparse._SubParsersAction) -> None:
     survey.add_argument("--out", required=True, help="output folder")
     where = survey.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of a running dask scheduler")
-    where.add_argument("--workers", type=int, default=None,
-                       help="worker processes of a local cluster (default: the cores)")
-    survey.add_argument("--threads", type=int, default=None,
-                        help="threads per patch (default: the cores shared by the workers)")
+    where.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes of a local cluster (default: the cores)",
+    )
+    survey.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads per patch (default: the cores shared by the workers)",
+    )
     survey.add_argument("--quiet", action="store_true", help="no line per finished patch")
     survey.set_defaults(func=_cmd_survey)
 
@@ -925,14 +1183,25 @@ def _add_survey_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd_survey(args: argparse.Namespace) -> int:
     from .survey import deblend_survey
 
-    rows = deblend_survey(args.manifest, args.out, scheduler=args.scheduler,
-                          workers=args.workers, threads=args.threads, progress=not args.quiet)
+    rows = deblend_survey(
+        args.manifest,
+        args.out,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        threads=args.threads,
+        progress=not args.quiet,
+    )
     failed = [r["name"] for r in rows if r["status"] == "failed"]
-    print(f"{len(rows) - len(failed)} of {len(rows)} patches finished; summary in "
-          f"{Path(args.out).resolve() / 'summary.csv'}")
+    print(
+        f"{len(rows) - len(failed)} of {len(rows)} patches finished; summary in "
+        f"{Path(args.out).resolve() / 'summary.csv'}"
+    )
     if failed:
-        print(f"cdeblend survey: {len(failed)} patch(es) failed: {', '.join(failed[:20])}"
-              f"{' ...' if len(failed) > 20 else ''}", file=sys.stderr)
+        print(
+            f"cdeblend survey: {len(failed)} patch(es) failed: {', '.join(failed[:20])}"
+            f"{' ...' if len(failed) > 20 else ''}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -236,27 +236,53 @@ class DeblendConfig:
         reproduces the reference's loss on the bundled HSC blend (9011 after 48
         iterations). ``overrides`` replace single fields.
         """
-        settings = dict(e_rel=1e-3, converge_window=0, init_thresh_units="image",
-                        sed_solver="lstsq", keep_best=False, rescue_faint=False)
+        settings = dict(
+            e_rel=1e-3,
+            converge_window=0,
+            init_thresh_units="image",
+            sed_solver="lstsq",
+            keep_best=False,
+            rescue_faint=False,
+        )
         settings.update(overrides)
         return cls(**settings)
 
     def __post_init__(self) -> None:
-        for name in ("max_iter", "min_iter", "converge_window", "max_components", "init_padding",
-                     "component_padding", "rescue_rounds", "max_spectrum_cutoff",
-                     "monotonicity_size"):
+        for name in (
+            "max_iter",
+            "min_iter",
+            "converge_window",
+            "max_components",
+            "init_padding",
+            "component_padding",
+            "rescue_rounds",
+            "max_spectrum_cutoff",
+            "monotonicity_size",
+        ):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-        if self.resize is not None and (not isinstance(self.resize, (int, np.integer))
-                                        or self.resize < 1):
+        if self.resize is not None and (
+            not isinstance(self.resize, (int, np.integer)) or self.resize < 1
+        ):
             raise ValueError(f"resize must be a positive integer or None, got {self.resize!r}")
         if self.optimizer not in _OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, "
-                             f"got {self.optimizer!r}")
-        for name in ("e_rel", "morph_step", "sed_step", "sed_min_step", "floor", "eps",
-                     "min_snr", "initial_bg_thresh", "rescue_snr", "rescue_fraction",
-                     "rescue_init_level"):
+            raise ValueError(
+                f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {self.optimizer!r}"
+            )
+        for name in (
+            "e_rel",
+            "morph_step",
+            "sed_step",
+            "sed_min_step",
+            "floor",
+            "eps",
+            "min_snr",
+            "initial_bg_thresh",
+            "rescue_snr",
+            "rescue_fraction",
+            "rescue_init_level",
+        ):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -265,8 +291,9 @@ class DeblendConfig:
         if self.sed_solver not in ("nnls", "lstsq"):
             raise ValueError(f"sed_solver must be 'nnls' or 'lstsq', got {self.sed_solver!r}")
         if self.init_thresh_units not in ("image", "detection"):
-            raise ValueError(f"init_thresh_units must be 'image' or 'detection', "
-                             f"got {self.init_thresh_units!r}")
+            raise ValueError(
+                f"init_thresh_units must be 'image' or 'detection', got {self.init_thresh_units!r}"
+            )
         if not 0 < self.disk_percentile < 100:
             raise ValueError(f"disk_percentile must be in (0, 100), got {self.disk_percentile}")
         if self.model_psf_sigma is not None and not self.model_psf_sigma > 0:
@@ -277,9 +304,9 @@ class DeblendConfig:
                 raise ValueError(f"{name} must be >= 0 or None, got {v!r}")
         self._check_residual_options()
         if self.monotonicity_size < 3 or self.monotonicity_size % 2 == 0:
-            raise ValueError(f"monotonicity_size must be odd and >= 3, "
-                             f"got {self.monotonicity_size}")
-
+            raise ValueError(
+                f"monotonicity_size must be odd and >= 3, got {self.monotonicity_size}"
+            )
 
     def _check_residual_options(self) -> None:
         """Validate the residual-source settings."""
@@ -348,8 +375,9 @@ class DeblendResult:
         """The components packed once for the products (not re-bound)."""
         if self._snapshot is None:
             self.blend.check_geometry()  # the user may have edited boxes since the fit
-            self._snapshot = PackedComponents.from_components(self.blend.components,
-                                                              self.blend.shape[0], bind=False)
+            self._snapshot = PackedComponents.from_components(
+                self.blend.components, self.blend.shape[0], bind=False
+            )
         return self._snapshot
 
     def _convolved_stack(self) -> FlatStack:
@@ -418,8 +446,9 @@ class DeblendResult:
         """
         from .metrics import conserved_flux_errors, variance_plane
 
-        return conserved_flux_errors(self._convolved_stack(),
-                                     variance_plane(self.blend.observation))
+        return conserved_flux_errors(
+            self._convolved_stack(), variance_plane(self.blend.observation)
+        )
 
     @property
     def flux_err(self) -> np.ndarray:
@@ -429,8 +458,9 @@ class DeblendResult:
 
         return model_flux_errors(self)
 
-    def add_source(self, peak, sed=None, config: DeblendConfig | None = None,
-                   max_iter: int | None = None) -> DeblendResult:
+    def add_source(
+        self, peak, sed=None, config: DeblendConfig | None = None, max_iter: int | None = None
+    ) -> DeblendResult:
         """Add a source at ``peak`` (optionally with its (B,) model flux ``sed``) and
         continue the fit; see :meth:`Deblender.add_source`."""
         return Deblender(config).add_source(self, peak, sed, max_iter)
@@ -497,9 +527,17 @@ class Deblender:
 
             return fallback_result(observation, peaks, self.config, exc)
         t2 = time.perf_counter()
-        result = DeblendResult(blend, loss, history, it, converged, info["snr"],
-                               {"init": t1 - t0, "fit": t2 - t1}, info["spectrum_init"],
-                               stats.get("rescued", 0))
+        result = DeblendResult(
+            blend,
+            loss,
+            history,
+            it,
+            converged,
+            info["snr"],
+            {"init": t1 - t0, "fit": t2 - t1},
+            info["spectrum_init"],
+            stats.get("rescued", 0),
+        )
         if self.config.residual_sources:
             result = self._with_residual_sources(result)
         return result
@@ -511,8 +549,9 @@ class Deblender:
 
         return add_residual_sources(result, self.config)
 
-    def add_source(self, result: DeblendResult, peak, sed=None,
-                   max_iter: int | None = None) -> DeblendResult:
+    def add_source(
+        self, result: DeblendResult, peak, sed=None, max_iter: int | None = None
+    ) -> DeblendResult:
         """Add one or more sources to a fitted or reloaded blend and continue its fit.
 
         The other sources start from their fitted SEDs and morphologies (nothing is
@@ -541,15 +580,22 @@ class Deblender:
 
         return add_sources(result, peak, sed, self.config, max_iter)
 
-
-    def deblend_arrays(self, images, variance, psfs, peaks, bands=None, weights=None,
-                       mask=None) -> DeblendResult:
+    def deblend_arrays(
+        self, images, variance, psfs, peaks, bands=None, weights=None, mask=None
+    ) -> DeblendResult:
         """Build an :class:`~cdeblend.observation.Observation` with the configured model PSF
         and deblend it (arguments as for the Observation, plus the peaks)."""
         from .observation import Observation
 
-        obs = Observation(images, variance, psfs, bands=bands, weights=weights, mask=mask,
-                          model_psf_sigma=self.config.model_psf_sigma)
+        obs = Observation(
+            images,
+            variance,
+            psfs,
+            bands=bands,
+            weights=weights,
+            mask=mask,
+            model_psf_sigma=self.config.model_psf_sigma,
+        )
         return self.deblend(obs, peaks)
 
 
@@ -573,14 +619,14 @@ class _Fitter:
         self.obs = obs
         packed = blend.pack()
         self._components = blend.components
-        self._peaks = np.array([c.peak for c in self._components],
-                               dtype=np.int64).reshape(-1, 2)
+        self._peaks = np.array([c.peak for c in self._components], dtype=np.int64).reshape(-1, 2)
         # SED moments as one (3, K, B) array
         self.sed_state = np.zeros((3,) + packed.sed.shape)
         self._new_buffers(packed.morph.size)
         self.morph_all[0] = packed.morph
-        self.blend._packed = PackedComponents(packed.sed, self.morph_all[0], packed.comp,
-                                              packed.bg_thresh)
+        self.blend._packed = PackedComponents(
+            packed.sed, self.morph_all[0], packed.comp, packed.bg_thresh
+        )
         self.mono = RadialMonotonicity((config.monotonicity_size - 1) // 2)
         self._cover()
         self.noise = np.ascontiguousarray(obs.noise_rms, dtype=np.float64)
@@ -590,14 +636,30 @@ class _Fitter:
         self.best: tuple | None = None  # (loss, sed, morph, comp, bg_thresh) of the best iterate
         self._best_bufs: tuple | None = None
         self._hist = np.zeros(max(config.max_iter, 1))  # loss of iteration i at index i
-        self.kernel = _adam_cy.FitKernel(self.noise, self.min_step, config.sed_step,
-                                         config.morph_step, config.b1, config.b2, config.eps,
-                                         config.floor, _OPTIMIZERS[config.optimizer])
+        self.kernel = _adam_cy.FitKernel(
+            self.noise,
+            self.min_step,
+            config.sed_step,
+            config.morph_step,
+            config.b1,
+            config.b2,
+            config.eps,
+            config.floor,
+            _OPTIMIZERS[config.optimizer],
+        )
         B, H, W = blend.shape
         n0, n1 = obs._fft_shape(H, W)
         fk = None if obs._pick_mode("auto", B, H, W) == "real" else obs._kernel_cache.get(n0, n1)
-        self.kernel.set_data(np.ascontiguousarray(obs.images), obs.weights, obs.diff_kernels,
-                             obs._grad_kernels, fk, n0, n1, self._hist)
+        self.kernel.set_data(
+            np.ascontiguousarray(obs.images),
+            obs.weights,
+            obs.diff_kernels,
+            obs._grad_kernels,
+            fk,
+            n0,
+            n1,
+            self._hist,
+        )
 
     def _new_buffers(self, size: int) -> None:
         """Two zeroed (4, cap) morphology buffers for a layout of ``size`` pixels, with room
@@ -609,12 +671,12 @@ class _Fitter:
     @property
     def morph_all(self) -> np.ndarray:
         """The morphologies and their ADAM moments, (4, size): the rows of the buffer in use."""
-        return self._mbuf[self._cur][:, :self._size]
+        return self._mbuf[self._cur][:, : self._size]
 
     @property
     def history(self) -> np.ndarray:
         """The loss before each iteration's update so far."""
-        return self._hist[:self.it]
+        return self._hist[: self.it]
 
     def _cover(self) -> None:
         """Grow the monotonicity operator to cover every box about its peak (+1 px)."""
@@ -632,15 +694,18 @@ class _Fitter:
         comps = self.blend.components
         K, B = len(comps), old.sed.shape[1]
         same = len(comps) == len(self._components) and all(
-            a is b for a, b in zip(comps, self._components, strict=True))
+            a is b for a, b in zip(comps, self._components, strict=True)
+        )
         if same:
             mapping = np.arange(K, dtype=np.int64)
             boxes = old.comp[:, :4] if new_boxes is None else new_boxes
         else:
             old_index = {id(c): k for k, c in enumerate(self._components)}
             mapping = np.array([old_index.get(id(c), -1) for c in comps], dtype=np.int64)
-            boxes = np.array([old.comp[k, :4] if k >= 0 else c.box
-                              for k, c in zip(mapping, comps, strict=True)], dtype=np.int64)
+            boxes = np.array(
+                [old.comp[k, :4] if k >= 0 else c.box for k, c in zip(mapping, comps, strict=True)],
+                dtype=np.int64,
+            )
             self._peaks = np.array([c.peak for c in comps], dtype=np.int64).reshape(-1, 2)
         comp = np.zeros((K, 7), dtype=np.int64)
         comp[:, :4] = boxes
@@ -672,8 +737,7 @@ class _Fitter:
         self._new_buffers(size)
         dst = self.morph_all
         for r in range(4):
-            _adam_cy.copy_overlap(np.ascontiguousarray(rows[r]), old.comp, dst[r], comp,
-                                  mapping)
+            _adam_cy.copy_overlap(np.ascontiguousarray(rows[r]), old.comp, dst[r], comp, mapping)
         self.blend._packed = PackedComponents(old.sed, dst[0], comp, old.bg_thresh)
         self._cover()
 
@@ -697,18 +761,39 @@ class _Fitter:
         while self.it < max_iter:
             p = self.blend._packed
             if p is not bound:  # first iteration and after Python re-packed
-                kernel.bind(p.sed, self.sed_state, self._mbuf[self._cur], p.comp, p.bg_thresh,
-                            self.mono.table, bounds, self._peaks, new_comp,
-                            self._mbuf[1 - self._cur], 0, self._size)
+                kernel.bind(
+                    p.sed,
+                    self.sed_state,
+                    self._mbuf[self._cur],
+                    p.comp,
+                    p.bg_thresh,
+                    self.mono.table,
+                    bounds,
+                    self._peaks,
+                    new_comp,
+                    self._mbuf[1 - self._cur],
+                    0,
+                    self._size,
+                )
                 bound = p
             best = self._best_buffers(p) if cfg.keep_best else (None, None, None)
             b = self.best
             # windowed test: one iteration per call, the test below (the kernel's is off)
-            stop, e_rel = ((min(max_iter, self.it + 1), 0.0) if cfg.converge_window
-                           else (max_iter, cfg.e_rel))
+            stop, e_rel = (
+                (min(max_iter, self.it + 1), 0.0) if cfg.converge_window else (max_iter, cfg.e_rel)
+            )
             status, self.it, size, improved, best_loss, best_size = kernel.iterate(
-                self.it, start, stop, cfg.min_iter, e_rel, cfg.resize or 0,
-                cfg.component_padding, *best, b is not None, b[0] if b is not None else 0.0)
+                self.it,
+                start,
+                stop,
+                cfg.min_iter,
+                e_rel,
+                cfg.resize or 0,
+                cfg.component_padding,
+                *best,
+                b is not None,
+                b[0] if b is not None else 0.0,
+            )
             if cfg.converge_window and self.it > start + cfg.min_iter and self._settled():
                 status |= _adam_cy.CONVERGED
             # the kernel may have re-gridded into the other buffer (p.comp updated in place)
@@ -717,9 +802,20 @@ class _Fitter:
                 self._size = kernel.size
                 p = PackedComponents(p.sed, self.morph_all[0], p.comp, p.bg_thresh)
                 self.blend._packed = bound = p
-                kernel.bind(p.sed, self.sed_state, self._mbuf[self._cur], p.comp,
-                            p.bg_thresh, self.mono.table, bounds, self._peaks, new_comp,
-                            self._mbuf[1 - self._cur], 0, self._size)
+                kernel.bind(
+                    p.sed,
+                    self.sed_state,
+                    self._mbuf[self._cur],
+                    p.comp,
+                    p.bg_thresh,
+                    self.mono.table,
+                    bounds,
+                    self._peaks,
+                    new_comp,
+                    self._mbuf[1 - self._cur],
+                    0,
+                    self._size,
+                )
             if improved:
                 self.best = (best_loss, best[0], best[1][:best_size], best[2], p.bg_thresh)
             if status & _adam_cy.RESIZED:  # the new layout needs room: Python makes it
@@ -759,8 +855,11 @@ class _Fitter:
         cap = self._mbuf[0].shape[1]
         bufs = self._best_bufs
         if bufs is None or bufs[0].shape != p.sed.shape or bufs[1].size < cap:
-            bufs = self._best_bufs = (np.empty_like(p.sed), np.empty(cap),
-                                      np.empty((len(p.comp), 7), dtype=np.int64))
+            bufs = self._best_bufs = (
+                np.empty_like(p.sed),
+                np.empty(cap),
+                np.empty((len(p.comp), 7), dtype=np.int64),
+            )
         return bufs
 
     def final_loss(self) -> float:
@@ -798,23 +897,32 @@ class _Fitter:
         # weighted least-squares amplitude of a point source in the residual images - conv
         # at every peak, per band (one Cython call, on the PSF stamps only)
         pp, rp = np.empty((len(sources), B)), np.empty((len(sources), B))
-        _adam_cy.point_source_products(obs.weights, obs.images, conv,
-                                       np.ascontiguousarray(obs.psfs, dtype=np.float64),
-                                       np.array([s.peak for s in sources], dtype=np.int64),
-                                       pp, rp)
+        _adam_cy.point_source_products(
+            obs.weights,
+            obs.images,
+            conv,
+            np.ascontiguousarray(obs.psfs, dtype=np.float64),
+            np.array([s.peak for s in sources], dtype=np.int64),
+            pp,
+            rp,
+        )
         amp = np.divide(rp, pp, out=np.zeros_like(rp), where=pp > 0)
         num, den = rp.sum(axis=1), pp.sum(axis=1)
         snr = np.divide(num, np.sqrt(den), out=np.zeros_like(num), where=den > 0)
         # each source's model flux from the packed parameters (components in source order)
         comp_flux = p.sed.sum(axis=1) * _morph_sums(p)
         starts = np.cumsum([0] + [len(s.components) for s in self.blend.sources])
-        flux = {id(s): float(comp_flux[starts[k]:starts[k + 1]].sum())
-                for k, s in enumerate(self.blend.sources)}
+        flux = {
+            id(s): float(comp_flux[starts[k] : starts[k + 1]].sum())
+            for k, s in enumerate(self.blend.sources)
+        }
         model_psf = _model_psf(obs)
         added = 0
         for i, src in enumerate(sources):
-            if (snr[i] < cfg.rescue_snr
-                    or np.sum(np.maximum(amp[i], 0)) <= cfg.rescue_fraction * flux[id(src)]):
+            if (
+                snr[i] < cfg.rescue_snr
+                or np.sum(np.maximum(amp[i], 0)) <= cfg.rescue_fraction * flux[id(src)]
+            ):
                 continue
             sl_img, sl_psf = _centered_overlap(conv.shape[1:], model_psf.shape, *src.peak)
             morph = model_psf[sl_psf] / model_psf.max()

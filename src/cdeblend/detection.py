@@ -53,7 +53,7 @@ logger = logging.getLogger("cdeblend.detection")
 # background-subtracted (a galaxy filling a sky-subtracted cutout stays near 0.6).
 CROWDED_FRACTION = 0.9
 #: Pixels an image needs before most of it above threshold means an unsubtracted sky.
-MIN_FIELD_PIXELS = 10_000
+MIN_FIELD_PIXELS = 4096
 # Fewest pixels outside the footprints to measure the detection image's noise from.
 MIN_NOISE_PIXELS = 1000
 

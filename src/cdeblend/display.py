@@ -170,15 +170,20 @@ def plot_panels(
             from matplotlib.colors import AsinhNorm
 
             norm = AsinhNorm(linear_width=vmax / 50, vmin=-vmax, vmax=vmax)
-            ax.imshow(panel, origin="lower", cmap="RdGy_r", norm=norm, interpolation="nearest",
-                      extent=extent)
+            ax.imshow(
+                panel,
+                origin="lower",
+                cmap="RdGy_r",
+                norm=norm,
+                interpolation="nearest",
+                extent=extent,
+            )
         else:
             ax.imshow(panel, origin="lower", interpolation="nearest", extent=extent)
         if peaks is not None:
             for k, (py, px) in enumerate(np.asarray(peaks).reshape(-1, 2)):
                 text = str(k) if labels is None else str(labels[k])
-                ax.text(px + ox, py + oy, text, color="cyan", ha="center", va="center",
-                        fontsize=8)
+                ax.text(px + ox, py + oy, text, color="cyan", ha="center", va="center", fontsize=8)
         ax.set_title(title, fontsize=9)
         if origin is None or ax is not axes[0]:
             ax.set_xticks([])
@@ -422,9 +427,21 @@ def _draw_parents(ax: Any, catalog: Any, label_limit: int, ids: bool) -> None:
     """Boxes of the parents (colour by outcome), their ids and the children's peaks."""
     plt = _pyplot()
     parent = np.asarray(catalog["is_parent"], dtype=bool)
-    col = {name: np.asarray(catalog[name]) for name in
-           ("id", "box_y0", "box_x0", "box_height", "box_width", "skipped", "failed",
-            "n_children", "peak_y", "peak_x")}
+    col = {
+        name: np.asarray(catalog[name])
+        for name in (
+            "id",
+            "box_y0",
+            "box_x0",
+            "box_height",
+            "box_width",
+            "skipped",
+            "failed",
+            "n_children",
+            "peak_y",
+            "peak_x",
+        )
+    }
     n_parents = int(parent.sum())
     fontsize = 7 if n_parents < 60 else 5
     for k in np.flatnonzero(parent):
@@ -436,18 +453,39 @@ def _draw_parents(ax: Any, catalog: Any, label_limit: int, ids: bool) -> None:
             color = "yellow"
         else:
             color = "0.6"
-        ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), w, h, fill=False, edgecolor=color,
-                                   linewidth=0.7))
+        ax.add_patch(
+            plt.Rectangle((x0 - 0.5, y0 - 0.5), w, h, fill=False, edgecolor=color, linewidth=0.7)
+        )
         if ids and n_parents <= label_limit:
-            ax.text(x0, y0 + h - 1, str(int(col["id"][k])), color=color,
-                    fontsize=fontsize, ha="left", va="top")
+            ax.text(
+                x0,
+                y0 + h - 1,
+                str(int(col["id"][k])),
+                color=color,
+                fontsize=fontsize,
+                ha="left",
+                va="top",
+            )
         if col["n_children"][k] == 0:
-            ax.plot(col["peak_x"][k], col["peak_y"][k], marker="+", color=color,
-                    markersize=4, linewidth=0)
+            ax.plot(
+                col["peak_x"][k],
+                col["peak_y"][k],
+                marker="+",
+                color=color,
+                markersize=4,
+                linewidth=0,
+            )
     kids = ~parent
     if kids.any():
-        ax.plot(col["peak_x"][kids], col["peak_y"][kids], marker="+", color="cyan",
-                markersize=4, markeredgewidth=0.8, linewidth=0)
+        ax.plot(
+            col["peak_x"][kids],
+            col["peak_y"][kids],
+            marker="+",
+            color="cyan",
+            markersize=4,
+            markeredgewidth=0.8,
+            linewidth=0,
+        )
 
 
 def plot_loss(

@@ -103,8 +103,11 @@ def _image_headers(paths: Sequence[str | Path]) -> list[Any]:
     headers = []
     for path in paths:
         with fits.open(path, memmap=False) as hdul:
-            headers += [h.header.copy() for h in hdul
-                        if getattr(h, "is_image", False) and h.header.get("NAXIS", 0) >= 2]
+            headers += [
+                h.header.copy()
+                for h in hdul
+                if getattr(h, "is_image", False) and h.header.get("NAXIS", 0) >= 2
+            ]
     return headers
 
 

@@ -59,9 +59,12 @@ def _centered_overlap(shape: tuple[int, int], size: tuple[int, int], y: int, x: 
 
 def _peak_snrs(observation, peaks: np.ndarray) -> np.ndarray:
     """:func:`peak_snr` of every row of ``peaks`` ((N, 2) intp), in one kernel call."""
-    return _monotonic_cy.peak_snrs(np.ascontiguousarray(observation.images),
-                                   np.ascontiguousarray(observation.variance),
-                                   np.ascontiguousarray(observation.psfs), peaks)
+    return _monotonic_cy.peak_snrs(
+        np.ascontiguousarray(observation.images),
+        np.ascontiguousarray(observation.variance),
+        np.ascontiguousarray(observation.psfs),
+        peaks,
+    )
 
 
 def peak_snr(observation, peak: tuple[int, int]) -> float:
@@ -92,10 +95,16 @@ class _MaskWorkspace:
         self.accepted, self.queue, self.values = _monotonic_cy.mask_buffers(*shape)
 
 
-def _extended_morphology(D: np.ndarray, peak: tuple[int, int], t0: float, padding: int,
-                         ws: _MaskWorkspace, center_flip_quirk: bool,
-                         claimed: np.ndarray | None = None, covered: np.ndarray | None = None,
-                         ) -> tuple[np.ndarray, Box, float] | None:
+def _extended_morphology(
+    D: np.ndarray,
+    peak: tuple[int, int],
+    t0: float,
+    padding: int,
+    ws: _MaskWorkspace,
+    center_flip_quirk: bool,
+    claimed: np.ndarray | None = None,
+    covered: np.ndarray | None = None,
+) -> tuple[np.ndarray, Box, float] | None:
     """Symmetric + monotonic-mask morphology of one peak (spec 2.2 steps 2-6).
 
     Parameters
@@ -122,9 +131,19 @@ def _extended_morphology(D: np.ndarray, peak: tuple[int, int], t0: float, paddin
         None when nothing extended is left; else the peak-normalised morphology, its box and
         the value it was divided by.
     """
-    return _monotonic_cy.extended_morphology(D, peak[0], peak[1], center_flip_quirk, t0,
-                                             padding, ws.accepted, ws.queue, ws.values,
-                                             claimed, covered)
+    return _monotonic_cy.extended_morphology(
+        D,
+        peak[0],
+        peak[1],
+        center_flip_quirk,
+        t0,
+        padding,
+        ws.accepted,
+        ws.queue,
+        ws.values,
+        claimed,
+        covered,
+    )
 
 
 def _model_psf(observation) -> np.ndarray:
@@ -142,9 +161,16 @@ def _fit_all_seds(blend: Blend, observation, config: DeblendConfig) -> bool:
     comps = blend.components
     try:
         # the morphologies were just made here (finite, on their boxes): no checks
-        seds = np.asarray(spectra._fit_seds(observation, [c.morphology for c in comps],
-                                            [c.box for c in comps], config.weighted_sed_fit,
-                                            observation.images, config.sed_solver))
+        seds = np.asarray(
+            spectra._fit_seds(
+                observation,
+                [c.morphology for c in comps],
+                [c.box for c in comps],
+                config.weighted_sed_fit,
+                observation.images,
+                config.sed_solver,
+            )
+        )
     except np.linalg.LinAlgError:
         return False
     if not np.all(np.isfinite(seds)):
@@ -154,8 +180,9 @@ def _fit_all_seds(blend: Blend, observation, config: DeblendConfig) -> bool:
     return True
 
 
-def _revive_dead_sources(blend: Blend, observation, singles: list, init_seds: list,
-                         config: DeblendConfig) -> int:
+def _revive_dead_sources(
+    blend: Blend, observation, singles: list, init_seds: list, config: DeblendConfig
+) -> int:
     """Restart the sources that the joint SED fit left below the noise threshold.
 
     A detected source whose fitted SEDs put even its peak below the noise threshold in
@@ -204,9 +231,16 @@ def _revive_dead_sources(blend: Blend, observation, singles: list, init_seds: li
         fixed[:, y0 : y0 + h, x0 : x0 + w] += c.sed[:, None, None] * c.morphology[None]
     data = observation.images - observation.convolve(fixed)
     try:
-        seds = np.asarray(spectra._fit_seds(observation, [c.morphology for c in others],
-                                            [c.box for c in others], config.weighted_sed_fit,
-                                            data, config.sed_solver))
+        seds = np.asarray(
+            spectra._fit_seds(
+                observation,
+                [c.morphology for c in others],
+                [c.box for c in others],
+                config.weighted_sed_fit,
+                data,
+                config.sed_solver,
+            )
+        )
     except np.linalg.LinAlgError:
         return len(dead)  # keep the first joint fit's SEDs
     if np.all(np.isfinite(seds)):
@@ -247,10 +281,12 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
     kernels = np.ascontiguousarray(observation.diff_kernels)
     model_psf = _model_psf(observation)
     # conv_b(P_model) at its centre: the model-space peak of a unit point source, observed
-    psf_peak = _monotonic_cy.conv_at(model_psf, kernels, model_psf.shape[0] // 2,
-                                     model_psf.shape[1] // 2)
-    psf_thresh = (config.bg_thresh if config.psf_fallback_bg_thresh is None
-                  else config.psf_fallback_bg_thresh)
+    psf_peak = _monotonic_cy.conv_at(
+        model_psf, kernels, model_psf.shape[0] // 2, model_psf.shape[1] // 2
+    )
+    psf_thresh = (
+        config.bg_thresh if config.psf_fallback_bg_thresh is None else config.psf_fallback_bg_thresh
+    )
     bg = config.bg_thresh
     peak_arr = np.ascontiguousarray(peaks, dtype=np.intp).reshape(-1, 2)
     peak_list = [(int(y), int(x)) for y, x in peak_arr.tolist()]
@@ -273,8 +309,9 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
         D_use = D
         if covered is not None and covered[peak]:
             D_use = D - claimed
-        exts[i] = _extended_morphology(D_use, peak, t0, config.init_padding, ws,
-                                       config.center_flip_quirk, claimed, covered)
+        exts[i] = _extended_morphology(
+            D_use, peak, t0, config.init_padding, ws, config.center_flip_quirk, claimed, covered
+        )
     # S/N of every peak; SEDs of the extended ones: the ratio of the image to the convolved
     # detection image at the peak, times the morphology's maximum (it is peak-normalised)
     snrs = _peak_snrs(observation, peak_arr)
@@ -293,8 +330,9 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
     for i, peak in enumerate(peak_list):
         ext = exts[i]
         if ext is None:
-            morph, box, sed = _monotonic_cy.psf_component(model_psf, images, peak[0], peak[1],
-                                                          psf_peak)
+            morph, box, sed = _monotonic_cy.psf_component(
+                model_psf, images, peak[0], peak[1], psf_peak
+            )
             single = Component(sed, morph, box, peak, psf_thresh, kind="psf", copy=False)
             comps = [single]
         else:
@@ -306,8 +344,10 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
             if parts is not None:
                 # SEDs below: from the joint fit, or (if it does not run) from a fit of
                 # these two morphologies alone
-                comps = [Component(sed, parts[0], box, peak, bg, "bulge", copy=False),
-                         Component(sed, parts[1], box, peak, bg, "disk", copy=False)]
+                comps = [
+                    Component(sed, parts[0], box, peak, bg, "bulge", copy=False),
+                    Component(sed, parts[1], box, peak, bg, "disk", copy=False),
+                ]
         sources.append(Source(comps, peak, i))
         singles.append(single)
         init_seds.append(sed)
@@ -324,10 +364,14 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
                 continue
             bulge, disk = src.components
             try:
-                fitted = np.asarray(spectra.fit_seds(observation, [bulge.morphology,
-                                                                   disk.morphology],
-                                                     [bulge.box, disk.box],
-                                                     solver=config.sed_solver))
+                fitted = np.asarray(
+                    spectra.fit_seds(
+                        observation,
+                        [bulge.morphology, disk.morphology],
+                        [bulge.box, disk.box],
+                        solver=config.sed_solver,
+                    )
+                )
             except np.linalg.LinAlgError:
                 fitted = None
             if fitted is None or not np.all(np.isfinite(fitted)):

@@ -104,7 +104,9 @@ def integrated_gaussian_psf(
     u = np.arange(size, dtype=np.float64) - size // 2
     s2 = math.sqrt(2.0) * sigma
     g = (
-        math.sqrt(math.pi) / 2.0 * sigma
+        math.sqrt(math.pi)
+        / 2.0
+        * sigma
         * (erfc((np.abs(u) - 0.5) / s2) - erfc((np.abs(u) + 0.5) / s2))
     )
     psf = np.outer(g, g)
@@ -155,7 +157,7 @@ def difference_kernels(
     kern = scipy.fft.fftshift(scipy.fft.irfft2(ratio, s=shape), axes=axes)
     y0 = (shape[0] - hp + 1) // 2
     x0 = (shape[1] - wp + 1) // 2
-    return np.ascontiguousarray(kern[..., y0:y0 + hp, x0:x0 + wp])
+    return np.ascontiguousarray(kern[..., y0 : y0 + hp, x0 : x0 + wp])
 
 
 def _effective_area(psf: np.ndarray) -> np.ndarray:
@@ -232,8 +234,12 @@ class _KernelCache:
             if hit is not None:
                 self.entries.move_to_end(key)
                 return hit
-        value = kernel_spectrum(np.ascontiguousarray(self.kernels, dtype=np.float64), n0, n1,
-                                np.float64 if key[2] else self.kernels.dtype)
+        value = kernel_spectrum(
+            np.ascontiguousarray(self.kernels, dtype=np.float64),
+            n0,
+            n1,
+            np.float64 if key[2] else self.kernels.dtype,
+        )
         with self.lock:
             if key not in self.entries:
                 self.entries[key] = value
@@ -443,9 +449,14 @@ class Observation:
         self._local = threading.local()
         self._modes: dict[tuple, str] = {}
 
-    def _on_arrays(self, images: np.ndarray, variance: np.ndarray, weights: np.ndarray,
-                   noise_rms: np.ndarray | None = None,
-                   origin: tuple[int, int] = (0, 0)) -> Observation:
+    def _on_arrays(
+        self,
+        images: np.ndarray,
+        variance: np.ndarray,
+        weights: np.ndarray,
+        noise_rms: np.ndarray | None = None,
+        origin: tuple[int, int] = (0, 0),
+    ) -> Observation:
         """A new Observation of other arrays sharing this one's bands, PSFs, model PSF,
         difference kernels, cached kernel transforms and convolution-mode choices.
 
@@ -531,9 +542,12 @@ class Observation:
                 f"({height}, {width})"
             )
         sl = (slice(None), slice(y0, y0 + h), slice(x0, x0 + w))
-        return self._on_arrays(self.images[sl].copy(), self.variance[sl].copy(),
-                               self.weights[sl].copy(),
-                               origin=(self.origin[0] + y0, self.origin[1] + x0))
+        return self._on_arrays(
+            self.images[sl].copy(),
+            self.variance[sl].copy(),
+            self.weights[sl].copy(),
+            origin=(self.origin[0] + y0, self.origin[1] + x0),
+        )
 
     # ------------------------------------------------------------------ convolution engine
     def _fft_shape(self, h: int, w: int) -> tuple[int, int]:
@@ -730,7 +744,7 @@ class Observation:
         if arr.shape[1:] != (h, w):
             raise ValueError(f"array has shape {np.shape(array)} but box has size ({h}, {w})")
         (cy0, cx0, ch, cw), grown = self._grown_box((y0, x0, h, w))
-        src = arr[:, cy0 - y0:cy0 - y0 + ch, cx0 - x0:cx0 - x0 + cw]
+        src = arr[:, cy0 - y0 : cy0 - y0 + ch, cx0 - x0 : cx0 - x0 + cw]
         return src, (cy0, cx0, ch, cw), grown
 
     def convolve_box(self, array: Any, box: Any, mode: str = "auto") -> tuple[np.ndarray, Box]:
@@ -765,13 +779,19 @@ class Observation:
         if self._pick_mode(mode, src.shape[0], gh, gw, (ch, cw)) == "real":
             # the direct loop only visits taps x source pixels: cost ~ B * taps * h * w
             out = np.zeros((nb, gh, gw), dtype=self.dtype)
-            convolve_direct(np.ascontiguousarray(src), self.diff_kernels, out,
-                            cy0 - gy0, cx0 - gx0)
+            convolve_direct(np.ascontiguousarray(src), self.diff_kernels, out, cy0 - gy0, cx0 - gx0)
             return out, grown
         n0, n1 = self._fft_shape(gh, gw)
         out = np.empty((nb, gh, gw), dtype=self.dtype)
-        conv_cube(self._work(n0, n1, gw), np.ascontiguousarray(src), cy0 - gy0, cx0 - gx0,
-                  self._kernel_cache.get(n0, n1), out, False)
+        conv_cube(
+            self._work(n0, n1, gw),
+            np.ascontiguousarray(src),
+            cy0 - gy0,
+            cx0 - gx0,
+            self._kernel_cache.get(n0, n1),
+            out,
+            False,
+        )
         return out, grown
 
     def _grown_box(self, box: Box) -> tuple[Box, Box]:
@@ -782,8 +802,9 @@ class Observation:
         grown = _clip_box((cy0 - ry, cx0 - rx, ch + 2 * ry, cw + 2 * rx), (height, width))
         return (cy0, cx0, ch, cw), grown
 
-    def _convolve_boxes(self, arrays: Sequence[Any],
-                        boxes: Sequence[Any]) -> list[tuple[np.ndarray, Box]]:
+    def _convolve_boxes(
+        self, arrays: Sequence[Any], boxes: Sequence[Any]
+    ) -> list[tuple[np.ndarray, Box]]:
         """:meth:`convolve_box` of many 2-D morphologies (mode "auto"), batched (see
         :meth:`_convolve_morphs_into`); each result equals :meth:`convolve_box`'s up to
         floating-point round-off."""
@@ -795,11 +816,14 @@ class Observation:
         offsets[1:] = np.cumsum(sizes)[:-1]
         flat = np.zeros(int(sizes.sum()), dtype=self.dtype)
         self._convolve_morphs_into(arrays, box_list, flat, offsets)
-        return [(flat[o:o + n].reshape(nb, g[2], g[3]), g)
-                for o, n, g in zip(offsets, sizes, grown, strict=True)]
+        return [
+            (flat[o : o + n].reshape(nb, g[2], g[3]), g)
+            for o, n, g in zip(offsets, sizes, grown, strict=True)
+        ]
 
-    def _convolve_morphs_into(self, arrays: Sequence[Any], boxes: Sequence[Box],
-                              flat: np.ndarray, offsets: np.ndarray) -> None:
+    def _convolve_morphs_into(
+        self, arrays: Sequence[Any], boxes: Sequence[Box], flat: np.ndarray, offsets: np.ndarray
+    ) -> None:
         """Convolve 2-D morphologies, each on its box, with every band's kernel into
         ``flat``: morphology k's (B, gh, gw) convolution on its grown box (see
         :meth:`_grown_box`) starts at ``offsets[k]``; an empty grown box writes nothing.
@@ -816,16 +840,15 @@ class Observation:
             y0, x0, h, w = box
             arr = self._check_model(array, "array", allow_2d=True)
             if arr.shape[0] != 1 or arr.shape[1:] != (h, w):
-                raise ValueError(f"array {k} has shape {np.shape(array)} but its box is "
-                                 f"({h}, {w})")
+                raise ValueError(f"array {k} has shape {np.shape(array)} but its box is ({h}, {w})")
             (cy0, cx0, ch, cw), (gy0, gx0, gh, gw) = self._grown_box(box)
             if ch == 0 or cw == 0 or gh == 0 or gw == 0:
                 continue  # nothing of it in the frame: its convolution is 0
             if self._pick_mode("auto", 1, gh, gw, (ch, cw)) == "real":
                 conv, _ = self.convolve_box(arr, box, mode="real")
-                flat[offsets[k]:offsets[k] + conv.size] = conv.ravel()
+                flat[offsets[k] : offsets[k] + conv.size] = conv.ravel()
                 continue
-            src = arr[0, cy0 - y0:cy0 - y0 + ch, cx0 - x0:cx0 - x0 + cw]
+            src = arr[0, cy0 - y0 : cy0 - y0 + ch, cx0 - x0 : cx0 - x0 + cw]
             grid = self._fft_shape(gh, gw)
             if 2 * grid[0] * grid[1] >= frame_grid[0] * frame_grid[1]:
                 grid = frame_grid  # nearly the frame's: share the frame's grid (fewer calls)
@@ -841,26 +864,30 @@ class Observation:
             planes = np.empty(o, dtype=self.dtype)
             for j, item in enumerate(items):
                 src = item[1]
-                planes[src_table[j, 0]:src_table[j, 0] + src.size].reshape(src.shape)[...] = src
+                planes[src_table[j, 0] : src_table[j, 0] + src.size].reshape(src.shape)[...] = src
             work = self._work(n0, n1, int(out_table[:, 2].max()))
-            conv_planes(work, planes, src_table, self._kernel_cache.get(n0, n1), flat,
-                        out_table)
+            conv_planes(work, planes, src_table, self._kernel_cache.get(n0, n1), flat, out_table)
 
     def _convolve_box_exact(self, array: Any, box: Any) -> tuple[np.ndarray, Box]:
         """:meth:`convolve_box` for the products of a fit: exactly 0 wherever the true
         convolution is 0 (one item of :meth:`_convolve_exact_into`)."""
         src, clipped, grown = self._box_source(array, box)
         nb = self.shape[0]
-        model = np.ascontiguousarray(np.broadcast_to(src, (nb,) + src.shape[1:]),
-                                     dtype=np.float64)
+        model = np.ascontiguousarray(np.broadcast_to(src, (nb,) + src.shape[1:]), dtype=np.float64)
         out = np.zeros(nb * grown[2] * grown[3], dtype=self.dtype)
-        self._convolve_exact_into(model.ravel(), [clipped], np.zeros(1, np.intp), out,
-                                  np.zeros(1, np.intp))
+        self._convolve_exact_into(
+            model.ravel(), [clipped], np.zeros(1, np.intp), out, np.zeros(1, np.intp)
+        )
         return out.reshape(nb, grown[2], grown[3]), grown
 
-    def _convolve_exact_into(self, models: np.ndarray, boxes: Sequence[Box],
-                             offsets: np.ndarray, out: np.ndarray,
-                             out_offsets: np.ndarray) -> None:
+    def _convolve_exact_into(
+        self,
+        models: np.ndarray,
+        boxes: Sequence[Box],
+        offsets: np.ndarray,
+        out: np.ndarray,
+        out_offsets: np.ndarray,
+    ) -> None:
         """Convolve per-source (B, h, w) models for the products of a fit: exactly 0
         wherever the true convolution is 0.
 
@@ -884,33 +911,49 @@ class Observation:
             (cy0, cx0, ch, cw), (gy0, gx0, gh, gw) = self._grown_box(box)
             if ch == 0 or cw == 0 or gh == 0 or gw == 0:
                 continue
-            model = models[offsets[k]:offsets[k] + nb * ch * cw].reshape(nb, ch, cw)
-            dst = out[out_offsets[k]:out_offsets[k] + nb * gh * gw].reshape(nb, gh, gw)
+            model = models[offsets[k] : offsets[k] + nb * ch * cw].reshape(nb, ch, cw)
+            dst = out[out_offsets[k] : out_offsets[k] + nb * gh * gw].reshape(nb, gh, gw)
             if self._pick_mode("auto", nb, gh, gw, (ch, cw)) == "real":
                 dst[...] = 0
-                convolve_direct(model.astype(self.dtype), self.diff_kernels, dst,
-                                cy0 - gy0, cx0 - gx0)
+                convolve_direct(
+                    model.astype(self.dtype), self.diff_kernels, dst, cy0 - gy0, cx0 - gx0
+                )
                 continue
             grid = self._fft_shape(gh, gw)
             if 2 * grid[0] * grid[1] >= frame_grid[0] * frame_grid[1]:
                 grid = frame_grid  # nearly the frame's: share the frame's grid (fewer calls)
             grids.setdefault(grid, []).append((k, cy0 - gy0, cx0 - gx0, ch, cw, gh, gw))
         for (n0, n1), items in grids.items():
-            src_table = np.array([(offsets[k], ch, cw, oy, ox)
-                                  for k, oy, ox, ch, cw, _, _ in items], dtype=np.intp)
-            out_table = np.array([(out_offsets[k], gh, gw) for k, *_, gh, gw in items],
-                                 dtype=np.intp)
+            src_table = np.array(
+                [(offsets[k], ch, cw, oy, ox) for k, oy, ox, ch, cw, _, _ in items], dtype=np.intp
+            )
+            out_table = np.array(
+                [(out_offsets[k], gh, gw) for k, *_, gh, gw in items], dtype=np.intp
+            )
             work = self._work(n0, n1, int(out_table[:, 2].max()), double=True)
-            conv_exact(work, models, src_table, self._kernel_cache.get(n0, n1, exact=True),
-                       out, out_table, ry, rx, bool(taps.all()))
+            conv_exact(
+                work,
+                models,
+                src_table,
+                self._kernel_cache.get(n0, n1, exact=True),
+                out,
+                out_table,
+                ry,
+                rx,
+                bool(taps.all()),
+            )
             if taps.all():
                 continue
             for k, oy, ox, ch, cw, gh, gw in items:  # general kernels: count the pairs
                 ind = np.zeros((nb, gh, gw))  # (non-zero pixel, non-zero tap) that overlap
-                ind[:, oy:oy + ch, ox:ox + cw] = (
-                    models[offsets[k]:offsets[k] + nb * ch * cw].reshape(nb, ch, cw) != 0)
-                support = np.stack([
-                    scipy.signal.fftconvolve(ind[b], taps[b].astype(np.float64), mode="same")
-                    > 0.5 for b in range(nb)
-                ])
-                out[out_offsets[k]:out_offsets[k] + nb * gh * gw] *= support.ravel()
+                ind[:, oy : oy + ch, ox : ox + cw] = (
+                    models[offsets[k] : offsets[k] + nb * ch * cw].reshape(nb, ch, cw) != 0
+                )
+                support = np.stack(
+                    [
+                        scipy.signal.fftconvolve(ind[b], taps[b].astype(np.float64), mode="same")
+                        > 0.5
+                        for b in range(nb)
+                    ]
+                )
+                out[out_offsets[k] : out_offsets[k] + nb * gh * gw] *= support.ravel()

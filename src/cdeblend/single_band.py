@@ -734,8 +734,11 @@ class SingleBandDeblender:
         if self.config.footprint_nsigma is None:
             from .detection import detect
 
-            fwhm = psf_fwhm_from_moments(psf) if not callable(psf) else _callable_fwhm(
-                psf, image.shape)
+            fwhm = (
+                psf_fwhm_from_moments(psf)
+                if not callable(psf)
+                else _callable_fwhm(psf, image.shape)
+            )
             parents = detect(
                 image,
                 variance,
@@ -877,8 +880,10 @@ def split_mask(
         width = 8 * arr.dtype.itemsize - (arr.dtype.kind == "i")
         top = max(config.mask_bits.values(), default=0)
         if top >= width:
-            raise TypeError(f"mask of dtype {arr.dtype} cannot hold the mask planes' bits (up "
-                            f"to bit {top} in config.mask_bits): use int32, or a bool mask")
+            raise TypeError(
+                f"mask of dtype {arr.dtype} cannot hold the mask planes' bits (up "
+                f"to bit {top} in config.mask_bits): use int32, or a bool mask"
+            )
     no_data = as_no_data_mask(arr, "mask", shape, bad_bits=config.no_data_bits())
     return (None if arr.dtype == np.bool_ else arr), no_data
 
@@ -1478,8 +1483,7 @@ class _Run:
             final_fp = final_fp & ~unclaimed
         children: list[Child] = []
         dtype = self.image.dtype
-        cons_err, tmpl_err = self._flux_errors(act, boxes, flat, pmask, pimg, stray_vals,
-                                               cy, cx)
+        cons_err, tmpl_err = self._flux_errors(act, boxes, flat, pmask, pimg, stray_vals, cy, cx)
         for k, i in enumerate(act):
             t = self.templates[i]
             b = boxes[k]

@@ -77,8 +77,9 @@ def overlapping_pairs(boxes: np.ndarray) -> np.ndarray:
     if len(boxes) <= _DENSE_PAIRS:  # small blends: one vectorised all-pairs test
         y0, x0 = boxes[:, 0], boxes[:, 1]
         y1, x1 = y0 + boxes[:, 2], x0 + boxes[:, 3]
-        hit = ((np.maximum(y0[:, None], y0[None]) < np.minimum(y1[:, None], y1[None]))
-               & (np.maximum(x0[:, None], x0[None]) < np.minimum(x1[:, None], x1[None])))
+        hit = (np.maximum(y0[:, None], y0[None]) < np.minimum(y1[:, None], y1[None])) & (
+            np.maximum(x0[:, None], x0[None]) < np.minimum(x1[:, None], x1[None])
+        )
         k, j = np.nonzero(np.triu(hit))
         return np.stack([k, j], axis=1).astype(np.int64)
     nonempty = np.flatnonzero((boxes[:, 2] > 0) & (boxes[:, 3] > 0))
@@ -192,8 +193,9 @@ def _sparse_gram(
     return perm, indptr, np.ascontiguousarray(cols[order], dtype=np.intp), data
 
 
-def _nnls_solve_sparse(ik: np.ndarray, il: np.ndarray, values: np.ndarray,
-                       rhs: np.ndarray) -> np.ndarray:
+def _nnls_solve_sparse(
+    ik: np.ndarray, il: np.ndarray, values: np.ndarray, rhs: np.ndarray
+) -> np.ndarray:
     """:func:`_nnls_solve_bands` of a large group from its pairs' products (P, B) and the
     right-hand sides (B, n): the sparse solver, and the dense path for any band it leaves
     (not positive definite, ill-conditioned or its round cap reached).
@@ -212,8 +214,9 @@ def _nnls_solve_sparse(ik: np.ndarray, il: np.ndarray, values: np.ndarray,
     local = np.full(n, -1, dtype=np.intp)
     local[keep] = np.arange(np.count_nonzero(keep))
     sel = keep[ik] & keep[il]
-    reduced = _nnls_solve_sparse_unique(local[ik[sel]], local[il[sel]], values[sel],
-                                        np.ascontiguousarray(rhs[:, keep]))
+    reduced = _nnls_solve_sparse_unique(
+        local[ik[sel]], local[il[sel]], values[sel], np.ascontiguousarray(rhs[:, keep])
+    )
     counts = np.bincount(rep, minlength=n)
     return reduced[:, local[rep]] / counts[rep]
 
@@ -227,8 +230,7 @@ def _duplicates(ik: np.ndarray, il: np.ndarray, values: np.ndarray, n: int) -> n
     diag[ik[on]] = values[on]
     a, b, v = ik[~on], il[~on], values[~on]
     total = diag[a] + diag[b]
-    same = np.all((total - 2.0 * v <= 64 * np.finfo(np.float64).eps * total) & (total > 0),
-                  axis=1)
+    same = np.all((total - 2.0 * v <= 64 * np.finfo(np.float64).eps * total) & (total > 0), axis=1)
     if not same.any():
         return np.arange(n)
     count, labels = _groups(np.stack([a[same], b[same]], axis=1), n)
@@ -237,8 +239,9 @@ def _duplicates(ik: np.ndarray, il: np.ndarray, values: np.ndarray, n: int) -> n
     return first[labels]
 
 
-def _nnls_solve_sparse_unique(ik: np.ndarray, il: np.ndarray, values: np.ndarray,
-                              rhs: np.ndarray) -> np.ndarray:
+def _nnls_solve_sparse_unique(
+    ik: np.ndarray, il: np.ndarray, values: np.ndarray, rhs: np.ndarray
+) -> np.ndarray:
     """:func:`_nnls_solve_sparse` without the duplicate test."""
     n = rhs.shape[1]
     perm, indptr, indices, data = _sparse_gram(ik, il, values, n)
@@ -333,9 +336,7 @@ def fit_seds(
     if not isinstance(observation, Observation):
         raise TypeError(f"observation must be an Observation, got {type(observation).__name__}")
     if len(morphologies) != len(boxes):
-        raise ValueError(
-            f"morphologies has {len(morphologies)} entries but boxes has {len(boxes)}"
-        )
+        raise ValueError(f"morphologies has {len(morphologies)} entries but boxes has {len(boxes)}")
     nb = observation.shape[0]
     if len(morphologies) == 0:
         return np.zeros((0, nb))
@@ -357,9 +358,14 @@ def fit_seds(
     return _fit_seds(observation, morphs, box_list, weighted, data, solver)
 
 
-def _fit_seds(observation: Observation, morphs: Sequence[np.ndarray],
-              box_list: Sequence[tuple[int, int, int, int]], weighted: bool,
-              data: np.ndarray, solver: str) -> np.ndarray:
+def _fit_seds(
+    observation: Observation,
+    morphs: Sequence[np.ndarray],
+    box_list: Sequence[tuple[int, int, int, int]],
+    weighted: bool,
+    data: np.ndarray,
+    solver: str,
+) -> np.ndarray:
     """:func:`fit_seds` of checked inputs: finite 2-D morphologies of their boxes' shapes,
     boxes as int tuples, ``data`` the images (minus any fixed model)."""
     nb = observation.shape[0]
@@ -401,9 +407,9 @@ def _fit_seds(observation: Observation, morphs: Sequence[np.ndarray],
         pair_bounds = np.searchsorted(pair_group[pair_order], np.arange(ngroups + 1))
         local = np.empty(nk, dtype=np.intp)
         for g in range(ngroups):
-            members = order[bounds[g]:bounds[g + 1]]
+            members = order[bounds[g] : bounds[g + 1]]
             local[members] = np.arange(members.size)
-            sel = pair_order[pair_bounds[g]:pair_bounds[g + 1]]
+            sel = pair_order[pair_bounds[g] : pair_bounds[g + 1]]
             ik, il = local[pairs[sel, 0]], local[pairs[sel, 1]]
             group_rhs = np.ascontiguousarray(rhs[members].T)
             if solver == "nnls" and members.size > _SPARSE_NNLS:
