@@ -30,7 +30,7 @@ include "_conv_kernels.pxi"
 
 import numpy as np
 
-#: ADAM variants (spec 3.5); AMSGrad is the pipeline default.
+#: ADAM variants (docs/spec/multi_band.md 3.5); AMSGrad is the pipeline default.
 AMSGRAD = 0
 ADAM = 1
 
@@ -173,7 +173,7 @@ def adam_prox_step(const real[:, :, ::1] grad,
                    double floor, int variant, bint monotonic,
                    const int32_t[::1] vdy, const int32_t[::1] vdx, const double[:, ::1] vw,
                    bint want_bounds, int64_t[:, ::1] bounds):
-    """One proximal ADAM iteration of every component (spec 3.3-3.7), in place.
+    """One proximal ADAM iteration of every component (docs/spec/multi_band.md 3.3-3.7), in place.
 
     For each component: SED gradient with the current morphology, morphology gradient with
     the SED before its update; SED step ``max(sed_min_step[b], sed_step * mean(sed))``, morphology
@@ -427,7 +427,7 @@ cdef int _prox_core(const real[:, :, ::1] grad,
 
 def copy_overlap(const double[::1] src, const int64_t[:, ::1] src_comp, double[::1] dst,
                  const int64_t[:, ::1] dst_comp, const int64_t[::1] mapping):
-    """Re-grid flat per-component arrays onto new boxes (box resizing, spec 3.9).
+    """Re-grid flat per-component arrays onto new boxes (box resizing, docs/spec/multi_band.md 3.9).
 
     Component j of the destination layout takes, on the overlap of its box and the box of
     source component ``mapping[j]``, that component's values; nothing is copied when
@@ -484,7 +484,8 @@ def copy_overlap_rows(const double[:, ::1] src, const int64_t[:, ::1] src_comp,
 def resized_table(const int64_t[:, ::1] comp, const int64_t[:, ::1] bounds,
                   const int64_t[:, ::1] peaks, Py_ssize_t pad, Py_ssize_t H, Py_ssize_t W,
                   int64_t[:, ::1] out):
-    """New component table after box resizing (spec 3.9), or -1 when no box changes.
+    """New component table after box resizing (docs/spec/multi_band.md 3.9), or -1 when no box
+    changes.
 
     Component k's new box spans its significant pixels ``bounds[k]`` (local, inclusive, as
     written by :func:`adam_prox_step`) plus ``pad`` on every side, clipped to the
@@ -756,7 +757,7 @@ cdef class FitKernel:
                 Py_ssize_t min_iter, double e_rel, Py_ssize_t resize, Py_ssize_t pad,
                 double[:, ::1] best_sed, double[::1] best_morph, int64_t[:, ::1] best_comp,
                 bint has_best, double best_loss):
-        """Run iterations ``it, it + 1, ...`` without the GIL (spec 3.3-3.10).
+        """Run iterations ``it, it + 1, ...`` without the GIL (docs/spec/multi_band.md 3.3-3.10).
 
         Each iteration renders the model, takes the loss and its gradient (forward
         convolution, weighted residual, adjoint convolution), stores the loss in the history

@@ -101,7 +101,8 @@ cdef int _apportion(const real[:, :, ::1] image, const double[:, :, ::1] tsum,
 
 
 # --------------------------------------------------------------------------- stray flux
-# Single-band stray flux (spec 3.9): pixels of the parent that no template claims are handed
+# Single-band stray flux (docs/spec/single_band.md 3.9): pixels of the parent that no template
+# claims are handed
 # to children by a contribution c_i(q) per candidate pixel q. Candidates are given as a list
 # of pixels; contributions are an (N, n_candidates) array.
 

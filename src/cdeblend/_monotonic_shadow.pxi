@@ -1,4 +1,5 @@
-# Single-band "shadow casting" monotonic projection (spec 3.5, meas_deblender makeMonotonic).
+# Single-band "shadow casting" monotonic projection (docs/spec/single_band.md 3.5,
+# meas_deblender makeMonotonic).
 #
 # Included by _monotonic_cy.pyx, which provides the cimports (int64_t, uint8_t).
 

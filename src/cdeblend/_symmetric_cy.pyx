@@ -1,10 +1,13 @@
 # cython: language_level=3
 """Template kernels of the single-band deblender.
 
-- ``symmetric_template``: the 180-degree symmetric template of a peak (spec 3.2).
-- ``edge_max`` and ``ramp_image``: the edge test and the PSF-shaped ramp of spec 3.3.
-- ``median_smooth``: the (2h+1)^2 median filter of a template's interior (spec 3.4).
-- ``clip_to_nonzero``: trim each footprint span to its non-zero part (spec 3.6).
+- ``symmetric_template``: the 180-degree symmetric template of a peak (docs/spec/single_band.md
+  3.2).
+- ``edge_max`` and ``ramp_image``: the edge test and the PSF-shaped ramp of
+  docs/spec/single_band.md 3.3.
+- ``median_smooth``: the (2h+1)^2 median filter of a template's interior
+  (docs/spec/single_band.md 3.4).
+- ``clip_to_nonzero``: trim each footprint span to its non-zero part (docs/spec/single_band.md 3.6).
 
 Also the pixel loops of detection and of the catalog driver (PSF-fit rows, moments, disc
 dilation, separable smoothing, the S/N coadd and the noise RMS).
@@ -251,7 +254,8 @@ def psf_fit_rows(const double[:, ::1] image, const double[:, ::1] variance,
                  Py_ssize_t x0c, Py_ssize_t x1c, const double[:, :, ::1] neighbours,
                  double[:, ::1] design, double[::1] data, double[::1] radial,
                  int64_t[:, ::1] pixels):
-    """Weighted rows of the PSF-fit design matrix (spec 3.1), one per valid stamp pixel.
+    """Weighted rows of the PSF-fit design matrix (docs/spec/single_band.md 3.1), one per valid
+    stamp pixel.
 
     The stamp is ``neighbours.shape[1:]`` pixels at (sy0, sx0) in the frame of ``image``.
     A pixel is valid when it is in ``fp``, within ``r1`` of (cy, cx) and has variance > 0.

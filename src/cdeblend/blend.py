@@ -71,7 +71,7 @@ def overlap_slices(a: Box, b: Box) -> tuple[tuple[slice, slice], tuple[slice, sl
 # ----------------------------------------------------------------------------- monotonicity
 @functools.lru_cache(maxsize=8)
 def radial_visiting_list(half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The weighted radial monotonicity operator (spec 3.7.1) as a visiting list.
+    """The weighted radial monotonicity operator (docs/spec/multi_band.md 3.7.1) as a visiting list.
 
     Parameters
     ----------
@@ -206,7 +206,8 @@ class Component:
     peak : tuple of int
         ``(y, x)`` of the source's peak in the blend's frame (inside ``box``).
     bg_thresh : float or None
-        Noise threshold in units of the noise RMS per band (spec 3.7 step 3); None means
+        Noise threshold in units of the noise RMS per band (docs/spec/multi_band.md 3.7 step
+        3); None means
         plain positivity and no box resizing.
     kind : str
         "extended", "bulge", "disk" or "psf" (how it was initialised).

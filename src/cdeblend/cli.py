@@ -340,7 +340,8 @@ def choose_model_psf_sigma(psfs: np.ndarray, default: float = 0.8) -> float:
     """The model PSF width: ``default`` unless a band's PSF is narrower, then narrower still.
 
     The multi-band fit convolves models made at the model PSF with difference kernels to
-    each band's PSF, so the model PSF must be narrower than the sharpest band (spec; else
+    each band's PSF, so the model PSF must be narrower than the sharpest band
+    (docs/spec/multi_band.md 1.3; else
     :class:`cdeblend.Observation` refuses it). Widths are compared by the noise-equivalent
     area ``1 / sum(p^2)``; the narrower choice is the sigma of an integrated Gaussian with
     70 % of the sharpest band's equivalent sigma, rounded down to 0.05 px (as the

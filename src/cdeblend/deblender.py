@@ -601,7 +601,7 @@ class Deblender:
 
 # ----------------------------------------------------------------------------- the fit
 class _Fitter:
-    """Proximal ADAM on every component of a blend (spec 3.3-3.10).
+    """Proximal ADAM on every component of a blend (docs/spec/multi_band.md 3.3-3.10).
 
     Holds the packed parameters' ADAM moments, the monotonicity operator and the Cython
     :class:`~cdeblend._adam_cy.FitKernel`, which runs the iterations themselves (render,
@@ -949,7 +949,8 @@ def _morph_sums(p: PackedComponents) -> np.ndarray:
 def fit_blend(
     blend: Blend, config: DeblendConfig, stats: dict | None = None
 ) -> tuple[float, np.ndarray, int, bool]:
-    """Proximal ADAM fit of every component of ``blend`` (spec 3.3-3.10), in place.
+    """Proximal ADAM fit of every component of ``blend`` (docs/spec/multi_band.md 3.3-3.10), in
+    place.
 
     With ``config.rescue_faint``, sources left under-fitted at convergence get a point-like
     component and the fit continues (at most ``config.rescue_rounds`` times). ``stats``, if

@@ -1,6 +1,7 @@
 """Initial morphologies and SEDs of a multi-band blend (scarlet lite's chi^2 initializer).
 
-Per peak (spec 2.2): the chi^2 detection image is made 180 degree symmetric about the peak,
+Per peak (docs/spec/multi_band.md 2.2): the chi^2 detection image is made 180 degree symmetric
+about the peak,
 the pixels reachable from the peak by non-increasing positive paths form the morphology
 (the monotonic mask, a Cython flood fill that only touches the pixels it accepts, so the
 cost per peak is the size of the source, not of the blend), the morphology is trimmed at
@@ -68,7 +69,8 @@ def _peak_snrs(observation, peaks: np.ndarray) -> np.ndarray:
 
 
 def peak_snr(observation, peak: tuple[int, int]) -> float:
-    """Matched-filter S/N of a point source at ``peak`` over all bands (spec 2.2 step 1).
+    """Matched-filter S/N of a point source at ``peak`` over all bands (docs/spec/multi_band.md
+    2.2 step 1).
 
     Parameters
     ----------
@@ -105,7 +107,7 @@ def _extended_morphology(
     claimed: np.ndarray | None = None,
     covered: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Box, float] | None:
-    """Symmetric + monotonic-mask morphology of one peak (spec 2.2 steps 2-6).
+    """Symmetric + monotonic-mask morphology of one peak (docs/spec/multi_band.md 2.2 steps 2-6).
 
     Parameters
     ----------
@@ -250,7 +252,7 @@ def _revive_dead_sources(
 
 
 def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> tuple[Blend, dict]:
-    """Initial sources of a blend (spec 2.1-2.4).
+    """Initial sources of a blend (docs/spec/multi_band.md 2.1-2.4).
 
     Parameters
     ----------

@@ -125,7 +125,8 @@ def _centered_pad(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def difference_kernels(
     psfs: np.ndarray, model_psf: np.ndarray, padding: int = KERNEL_FFT_PADDING
 ) -> np.ndarray:
-    """Kernels ``K_b`` with ``psfs[b] ~= K_b * model_psf`` (Fourier-space ratio, spec 1.4).
+    """Kernels ``K_b`` with ``psfs[b] ~= K_b * model_psf`` (Fourier-space ratio,
+    docs/spec/multi_band.md 1.4).
 
     Parameters
     ----------

@@ -6,7 +6,7 @@ ramped at the footprint edge, median smoothed and made monotonic; the image is t
 among the children in proportion to their templates, and the pixels that no template
 claims (the stray flux) are handed out by a rule or left unassigned.
 
-The steps follow ``/work/shared/spec/single_band.md`` (the [dev] behaviours). The heavy
+The steps follow ``docs/spec/single_band.md`` (the [dev] behaviours). The heavy
 loops live in :mod:`cdeblend._symmetric_cy`, :mod:`cdeblend._monotonic_cy` and
 :mod:`cdeblend._apportion_cy`; this module validates every input before calling them.
 """
@@ -89,7 +89,7 @@ class SingleBandConfig:
     ----------
     fit_psfs : bool
         Fit a PSF (with centroid, linear background and neighbours) to every peak and use
-        the PSF as its template when the fit is good (spec 3.1).
+        the PSF as its template when the fit is good (docs/spec/single_band.md 3.1).
     psf_chisq1, psf_chisq2, psf_chisq2b : float
         chi^2/dof cuts of the unshifted fit, the fit with derivative terms, and the refit at
         the shifted centre. Setting all three to 0 forces symmetric templates.

@@ -5,7 +5,7 @@
 returns a catalog (one row per parent and per child) and the :class:`~cdeblend.ModelData` of
 the multi-band fits.
 
-Per parent, in this order (spec 5.2 and 5.4; the first rule that applies wins):
+Per parent, in this order (docs/spec/multi_band.md 5.2 and 5.4; the first rule that applies wins):
 
 =========================  ===============================================================
 flag                       when

@@ -30,7 +30,7 @@ FLAGS = (
 
 @dataclass(frozen=True)
 class CatalogConfig:
-    """Settings of :func:`deblend_catalog` (pipeline defaults of spec section 6).
+    """Settings of :func:`deblend_catalog` (pipeline defaults of docs/spec/multi_band.md section 6).
 
     Attributes
     ----------

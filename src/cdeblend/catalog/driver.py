@@ -115,7 +115,8 @@ def deblend_catalog(
     if kind == "single" and nb != 1:
         raise ValueError(f"the single-band deblender needs one band, the images have {nb}")
 
-    # The noise level that sets the fit's thresholds is the whole image's (spec 5.1), not
+    # The noise level that sets the fit's thresholds is the whole image's
+    # (docs/spec/multi_band.md 5.1), not
     # each parent's cut-out's; only the package's own Observation takes it. It (a pass over
     # every pixel of the variance) and the shared template observation do not depend on the
     # parents: with its own thread pool the catalog computes them in the pool while this

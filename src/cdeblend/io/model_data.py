@@ -20,7 +20,8 @@ computed by exactly the code that computed them after the fit (bit-identical), a
 * :class:`BlendData` - one parent: ``parent_id``, ``box (y0, x0, H, W)`` in the full image,
   ``bands``, ``sources``, the parent ``footprint`` (H, W) bool (or None = whole box) and fit
   metadata (``iterations``, ``loss``, ``converged``). An *isolated* blend (a single-peak
-  parent that was not fitted, spec 5.2 ``persistIsolated``) has ``isolated = True`` and one
+  parent that was not fitted, docs/spec/multi_band.md 5.2 ``persistIsolated``) has ``isolated =
+  True`` and one
   source without components: its conserved image is the image inside the footprint. A
   ``fallback`` blend holds the fallback model of a fit that raised (:mod:`cdeblend.fallback`).
 * :class:`ModelData` - ``bands``, the model PSF ``(hm, wm)`` and its ``model_psf_sigma``,
