@@ -72,7 +72,8 @@ def main() -> None:
         return all(
             np.array_equal(np.asarray(cat[n]), np.asarray(ref[n]), equal_nan=True)
             for n in ref.colnames
-            if np.asarray(ref[n]).dtype.kind in "fiub"
+            # deblend_runtime is a wall-clock time, never the same twice
+            if np.asarray(ref[n]).dtype.kind in "fiub" and n != "deblend_runtime"
         )
 
     deblend_catalog(obs, peaks=peaks, config=cfg, executor="serial", progress=False)
