@@ -169,11 +169,14 @@ def single_band(
     peaks = blend.peaks
     noise = float(np.sqrt(np.median(variance)))  # linear part of the stretch: +-1 sigma
 
-    deblender = cdb.SingleBandDeblender(cdb.SingleBandConfig(keep_stages=True))
+    # The walk-through follows the LSST task's settings on the footprint of every positive
+    # pixel connected to a peak (the code blocks of docs/overview.md run the same); the
+    # defaults, SingleBandConfig(), differ and are compared in the last table.
+    deblender = cdb.SingleBandDeblender(_walkthrough_config(keep_stages=True))
     res = deblender.deblend(image, variance, psf, peaks)
     children = {c.index: c for c in res.children}
-    # The same run without the monotonic projection: what the seed's figures show.
-    plain_config = cdb.SingleBandConfig(monotonic_template=False, keep_stages=True)
+    # The same run without the monotonic projection: the LSST overview's templates.
+    plain_config = _walkthrough_config(monotonic_template=False, keep_stages=True)
     plain = cdb.SingleBandDeblender(plain_config)
     res_plain = plain.deblend(image, variance, psf, peaks)
     children_plain = {c.index: c for c in res_plain.children}
@@ -209,7 +212,7 @@ def single_band(
         fig = _grey_panels(
             [image[ys, xs], sym[ys, xs], no_mono[ys, xs], final[ys, xs]],
             ["r image", "symmetric template", "+ ramp, median (no monotonic)",
-             "final (monotonic, default)"],
+             "final (monotonic)"],
             peaks=peaks, offset=off, vmax=vmax, linear_width=noise, suptitle=f"source {k}",
         )
         _save(fig, out, f"template{k}.png", written)
@@ -240,15 +243,17 @@ def single_band(
         vmax = float(max(templates[k].max(), conserved[k].max()))
         fig = _grey_panels(
             [image[ys, xs], templates[k][ys, xs], conserved[k][ys, xs], conserved_plain[k][ys, xs]],
-            ["r image", "template", "child (default)", "child (no monotonic)"],
+            ["r image", "template", "child (monotonic)", "child (no monotonic)"],
             peaks=peaks, offset=off, vmax=vmax, linear_width=noise, suptitle=f"source {k}",
         )
         _save(fig, out, f"single_child{k}.png", written)
 
     # --- numbers -----------------------------------------------------------------------------
+    res_def = cdb.SingleBandDeblender(cdb.SingleBandConfig()).deblend(image, variance, psf, peaks)
+    children_def = {c.index: c for c in res_def.children}
     rows = []
     for k in range(len(peaks)):
-        c, cp = children.get(k), children_plain.get(k)
+        c, cp, cd = children.get(k), children_plain.get(k), children_def.get(k)
         q = c.psf_fit if c is not None else {}
         rows.append([
             k, f"({peaks[k][0]}, {peaks[k][1]})",
@@ -259,10 +264,13 @@ def single_band(
             f"{q['q2']:.2f}" if "q2" in q else "-",
             cp.template_kind if cp else "-",
             f"{cp.flux:.1f}" if cp else "-",
+            f"{cd.flux:.1f}" if cd else "-",
         ])
     header = ["source", "peak (y, x)", "template", "flux", "flags", "chi2/dof fit 1",
-              "chi2/dof fit 2", "template (no monotonic)", "flux (no monotonic)"]
+              "chi2/dof fit 2", "template (no monotonic)", "flux (no monotonic)",
+              "flux (SingleBandConfig())"]
     fp_flux = float(np.sum(image[_footprint_slices(res)][res.footprint]))
+    fp_flux_def = float(np.sum(image[_footprint_slices(res_def)][res_def.footprint]))
     halo = _flux_beyond(conserved[HALO_SOURCE], peaks[HALO_SOURCE])
     # Light centroid of source 0 (11 x 11 box on its peak) against its integer peak.
     py, px = peaks[0]
@@ -270,7 +278,8 @@ def single_band(
     yy, xx = np.mgrid[py - 5 : py + 6, px - 5 : px + 6]
     cy, cx = float((cut * yy).sum() / cut.sum()), float((cut * xx).sum() / cut.sum())
     lines = [
-        f"### single band ({BAND} band, SingleBandConfig() and monotonic_template=False)",
+        f"### single band ({BAND} band, SingleBandConfig.lsst(footprint_nsigma=0.0), the same "
+        "with monotonic_template=False, and SingleBandConfig())",
         "",
         f"source 0: peak pixel (y, x) = ({py}, {px}), light centroid ({cy:.2f}, {cx:.2f})",
         f"source {HALO_SOURCE}: child flux beyond {HALO_RADIUS} px of its peak {halo:.1f} "
@@ -281,19 +290,32 @@ def single_band(
         _table(
             ["run", "children", "sum of children", "stray flux", "footprint flux"],
             [
-                ["default", len(res.children), f"{sum(c.flux for c in res.children):.1f}",
-                 f"{res.stray_flux:.2f}", f"{fp_flux:.1f}"],
-                ["no monotonic", len(res_plain.children),
+                ["lsst(footprint_nsigma=0.0)", len(res.children),
+                 f"{sum(c.flux for c in res.children):.1f}", f"{res.stray_flux:.2f}",
+                 f"{fp_flux:.1f}"],
+                ["the same, no monotonic", len(res_plain.children),
                  f"{sum(c.flux for c in res_plain.children):.1f}",
                  f"{res_plain.stray_flux:.2f}", f"{fp_flux:.1f}"],
+                ["SingleBandConfig() (defaults)", len(res_def.children),
+                 f"{sum(c.flux for c in res_def.children):.1f}",
+                 f"{res_def.stray_flux:.2f}", f"{fp_flux_def:.1f}"],
             ],
         ),
     ]
     if not timing:
         return lines, []
-    fast = cdb.SingleBandDeblender(cdb.SingleBandConfig())
-    ms = _best_time(lambda: fast.deblend(image, variance, psf, peaks), repeat=21)
-    return lines, [["single band, r band, 7 peaks", f"{ms:.1f}"]]
+    times = []
+    for name, config in (("lsst(footprint_nsigma=0.0)", _walkthrough_config()),
+                         ("SingleBandConfig()", cdb.SingleBandConfig())):
+        fast = cdb.SingleBandDeblender(config)
+        ms = _best_time(lambda fast=fast: fast.deblend(image, variance, psf, peaks), repeat=21)
+        times.append([f"single band, {name}", f"{ms:.1f}"])
+    return lines, times
+
+
+def _walkthrough_config(**overrides) -> cdb.SingleBandConfig:
+    """The single-band walk-through's settings: the LSST task's, footprint above 0 sigma."""
+    return cdb.SingleBandConfig.lsst(footprint_nsigma=0.0, **overrides)
 
 
 HALO_SOURCE, HALO_RADIUS = 2, 5  # how far source 2's child reaches (section 4 and 7)
@@ -319,17 +341,34 @@ def _footprint_slices(res) -> tuple[slice, slice]:
 # docs/precision.md): their rows, and every number computed from them, are marked with
 # MACHINE_MARK in the printed tables and the tutorial, and tests/test_docs.py compares them
 # with a tolerance instead of verbatim.
-MACHINE_DEPENDENT = ("e_rel=1e-5", "e_rel=1e-5, max_iter=1000")
+MACHINE_DEPENDENT = (
+    "defaults",
+    "defaults, last bit of 5 pixels changed",
+    "e_rel=1e-5, max_iter=1000",
+)
 MACHINE_MARK = " (*)"
 RUNS = {
-    "pipeline defaults": {},
-    "e_rel=1e-4": {"e_rel": 1e-4},
-    "e_rel=1e-5": {"e_rel": 1e-5},
-    "e_rel=1e-5, max_iter=1000": {"e_rel": 1e-5, "max_iter": 1000},
-    # scarlet lite's own choices, without cdeblend's corrections (see DeblendConfig)
-    "reference settings": {"sed_solver": "lstsq", "keep_best": False, "rescue_faint": False},
-    "keep_best=False": {"keep_best": False},
+    "defaults": cdb.DeblendConfig(),
+    "reference (LSST pipeline)": cdb.DeblendConfig.reference(),
+    # what the reference's fit would return with keep_best (its lowest loss)
+    "reference, keep_best=True": cdb.DeblendConfig.reference(keep_best=True),
+    # the defaults with the reference's one-step convergence test: the old early stop
+    "e_rel=1e-3, converge_window=0": cdb.DeblendConfig(e_rel=1e-3, converge_window=0),
+    "e_rel=1e-3": cdb.DeblendConfig(e_rel=1e-3),
+    "e_rel=1e-5, max_iter=1000": cdb.DeblendConfig(e_rel=1e-5, max_iter=1000),
 }
+# The defaults again on the image with 5 pixel values moved by one unit in the last place:
+# a round-off-sized change of the input, to show how much the stop depends on round-off.
+PERTURBED = "defaults, last bit of 5 pixels changed"
+
+
+def _nudged(images: np.ndarray, n: int = 5, seed: int = 1) -> np.ndarray:
+    """A copy of ``images`` with ``n`` random pixel values moved to the next float up."""
+    out = images.copy()
+    flat = out.reshape(-1)
+    idx = np.random.default_rng(seed).choice(flat.size, n, replace=False)
+    flat[idx] = np.nextafter(flat[idx], np.inf)
+    return out
 
 
 def multi_band(
@@ -337,9 +376,11 @@ def multi_band(
 ) -> tuple[list[str], list]:
     """Multi-band figures (source panels, loss); returns (text, timing rows)."""
     obs = cdb.Observation(blend.images, blend.variance, blend.psfs, bands=blend.bands)
-    results = {name: cdb.Deblender(cdb.DeblendConfig(**kw)).deblend(obs, blend.peaks)
-               for name, kw in RUNS.items()}
-    res = results["pipeline defaults"]
+    results = {name: cdb.Deblender(config).deblend(obs, blend.peaks)
+               for name, config in RUNS.items()}
+    nudged = cdb.Observation(_nudged(blend.images), blend.variance, blend.psfs, bands=blend.bands)
+    results[PERTURBED] = cdb.Deblender(RUNS["defaults"]).deblend(nudged, blend.peaks)
+    res = results["defaults"]
     models = res.models()
     total = models.sum(axis=0)
     conserved = res.conserved_images()
@@ -357,14 +398,16 @@ def multi_band(
         _save(fig, out, f"multi_source{k}.png", written)
 
     # --- loss per iteration ----------------------------------------------------------------
-    fig = display.plot_loss(res.loss_history, title="loss per iteration (pipeline defaults)")
+    fig = display.plot_loss(res.loss_history, title="loss per iteration (defaults)")
     _save(fig, out, "multi_loss.png", written)
 
     long = results["e_rel=1e-5, max_iter=1000"]
     n_data = int(np.count_nonzero(np.asarray(obs.weights) > 0))
     fig, ax = plt.subplots(figsize=(5.5, 3.3))
     ax.plot(long.loss_history, lw=1, color="0.5", label="e_rel=1e-5, max_iter=1000")
-    ax.plot(res.loss_history, lw=1.5, color="C3", label="pipeline defaults (e_rel=1e-3)")
+    ax.plot(res.loss_history, lw=1.5, color="C3", label="defaults (e_rel=1e-4, window 3)")
+    ref = results["reference (LSST pipeline)"]
+    ax.plot(ref.loss_history, lw=1.5, color="C0", label="reference (LSST pipeline)")
     ax.axhline(n_data / 2, color="k", ls=":", lw=1, label="pixels / 2 (noise-only residual)")
     ax.set_yscale("log")
     ax.set_ylim(0.9 * n_data / 2, 3e4)
@@ -378,6 +421,7 @@ def multi_band(
     # --- numbers -----------------------------------------------------------------------------
     bands = list(blend.bands)
     comp = [len(s.components) for s in res.blend.sources]
+    # The defaults' fit runs hundreds of iterations: its per-source tables are marked too.
     model_rows = [[k, comp[k]] + [f"{v:.1f}" for v in res.fluxes[k]] for k in range(len(comp))]
     cons_rows = [[k] + [f"{v:.1f}" for v in res.conserved_fluxes[k]] for k in range(len(comp))]
     run_rows = []
@@ -395,21 +439,20 @@ def multi_band(
     change_rows = [[k, f"{100 * d_model[k]:.1f}%", f"{100 * d_cons[k]:.1f}%"]
                    for k in range(len(comp))]
     h = res.loss_history
-    rel = np.abs(np.diff(h)) / np.abs(h[1:])
     lines = [
         "### multi band (DeblendConfig(), bands " + "".join(bands) + ")",
         "",
-        _table(["source", "components"] + [f"model {b}" for b in bands], model_rows),
+        _table(["source" + MACHINE_MARK, "components"] + [f"model {b}" for b in bands],
+               model_rows),
         "",
-        _table(["source"] + [f"re-apportioned {b}" for b in bands], cons_rows),
+        _table(["source" + MACHINE_MARK] + [f"re-apportioned {b}" for b in bands], cons_rows),
         "",
         "image flux per band: " + ", ".join(
             f"{b} {v:.1f}" for b, v in zip(bands, blend.images.sum(axis=(1, 2)), strict=True)),
-        f"pipeline defaults: {res.iterations} iterations, converged {res.converged}, "
-        f"loss {res.loss:.1f}, lowest loss in the history {h.min():.1f} at iteration "
-        f"{int(h.argmin())}, last relative change {rel[-1]:.2e}",
-        "loss at iterations 0, 10, 20, 30, 40: "
-        + ", ".join(f"{h[i]:.0f}" for i in (0, 10, 20, 30, 40) if i < len(h)),
+        _loss_line("defaults" + MACHINE_MARK, res),
+        "loss at iterations 0, 10, 20, 30, 40, 100, 200: "
+        + ", ".join(f"{h[i]:.0f}" for i in (0, 10, 20, 30, 40, 100, 200) if i < len(h)),
+        _loss_line("reference (LSST pipeline)", results["reference (LSST pipeline)"]),
         f"pixel values with weight > 0 (all bands): {n_data}",
         f"source {HALO_SOURCE}, r-band child flux beyond {HALO_RADIUS} px of its peak: "
         f"{_flux_beyond(conserved[HALO_SOURCE, bands.index(BAND)], blend.peaks[HALO_SOURCE]):.1f}"
@@ -421,20 +464,28 @@ def multi_band(
                 f"model flux {BAND}, sources 0-3", f"re-apportioned {BAND}, sources 0-3"],
                run_rows),
         "",
-        "largest change over the bands, pipeline defaults vs e_rel=1e-5, max_iter=1000:",
+        "largest change over the bands, defaults vs e_rel=1e-5, max_iter=1000:",
         "",
         _table(["source" + MACHINE_MARK, "model flux", "re-apportioned flux"], change_rows),
         "",
-        f"rows marked{MACHINE_MARK} come from fits of hundreds of iterations: their numbers "
-        "depend on the machine's round-off",
+        f"rows and tables marked{MACHINE_MARK} depend on the machine's round-off: fits of "
+        "hundreds of iterations, and the defaults' run on the nudged image",
     ]
     times = []
-    for name, kw in RUNS.items() if timing else ():
-        deb = cdb.Deblender(cdb.DeblendConfig(**kw))
-        repeat = 3 if kw.get("max_iter", 300) > 300 else 7
+    for name, config in RUNS.items() if timing else ():
+        deb = cdb.Deblender(config)
+        repeat = 3 if config.max_iter > 300 else 7
         ms = _best_time(lambda deb=deb: deb.deblend(obs, blend.peaks), repeat=repeat)
         times.append([f"multi band, {name}", f"{ms:.0f}"])
     return lines, times
+
+
+def _loss_line(name: str, fit) -> str:
+    """Iterations, final loss and where the lowest loss of the history was."""
+    h = fit.loss_history
+    return (f"{name}: {fit.iterations} iterations, converged {fit.converged}, loss "
+            f"{fit.loss:.1f}, lowest loss in the history {h.min():.1f} at iteration "
+            f"{int(h.argmin())}")
 
 
 # ---------------------------------------------------------------------------------------

@@ -104,11 +104,14 @@ def _numbers(cell: str) -> list[tuple[float, bool]]:
 def _close(printed: str, tutorial: str) -> bool:
     """A machine-dependent cell: same words, numbers within the round-off tolerance.
 
-    The marked rows come from fits of 300-1000 iterations, which take round-off-dependent
-    paths once the loss is flat. Measured across machines of this kind and earlier FFT
-    back-ends (docs/overview.md): losses and fluxes of those fits differ by < 1 %, so 3 %
-    leaves room; the percentage changes against the long fit differ by up to 1.5 points (a
-    faint source's flux is the denominator), so 3 points.
+    The marked rows come from fits of hundreds of iterations (the defaults' fit, 289 on the
+    bundled blend, and the 1000-iteration fit), which take round-off-dependent paths once the
+    loss is flat. Measured across machines of this kind and earlier FFT back-ends
+    (docs/overview.md): losses and fluxes of the long fit differ by < 1 %, so 3 % leaves
+    room; the percentage changes against the long fit differ by up to 1.5 points (a faint
+    source's flux is the denominator), so 3 points. The tolerance does not cover a machine
+    on which the defaults' convergence test fires at another iteration (the tutorial's
+    nudged-image row stops at 65 instead of 289): there the tables must be regenerated.
     """
     if re.sub(r"-?\d+(?:\.\d+)?", "#", printed) != re.sub(r"-?\d+(?:\.\d+)?", "#", tutorial):
         return False
@@ -144,7 +147,7 @@ def test_tutorial_tables_are_the_scripts(generated):
             match = [c for c in theirs if c[0] == cells[0]]
             if not match:
                 missing.append(row)
-            elif whole:
+            elif whole and "%" in row:
                 # Differences against the long fit: a faint source's share moves by several
                 # points with round-off (source 4's re-apportioned change: 4.0 % on the
                 # machine that wrote the tutorial, 10.7 % on another), so only the form is
@@ -164,17 +167,20 @@ def test_machine_dependent_rows_are_marked(generated):
     """The long fits' rows are marked in the script's output and in the tutorial."""
     _, _, stdout = generated
     text = TUTORIAL.read_text()
-    for name in ("e_rel=1e-5 (*)", "e_rel=1e-5, max_iter=1000 (*)"):
+    for name in ("defaults (*)", "e_rel=1e-5, max_iter=1000 (*)",
+                 "defaults, last bit of 5 pixels changed (*)"):
         assert f"| {name} |" in stdout and f"| {name} |" in text
     assert "| source (*) |" in stdout and "| source (*) |" in text
 
 
 def test_bright_sources_do_not_depend_on_the_long_fit(generated):
     """What the tutorial claims of the machine-dependent change table on every machine: the
-    two bright sources' re-apportioned fluxes move by less than 1 % from 48 to 1000
-    iterations, while some faint source's moves by more than 10 %."""
+    two bright sources' re-apportioned fluxes move by less than 1 % from the defaults' fit
+    to the 1000-iteration fit, while some faint source's moves by more than 10 %."""
     _, _, stdout = generated
-    table = next(t for t in _tables(stdout) if _cells(t[0])[0] == "source (*)")
+    table = next(t for t in _tables(stdout) if _cells(t[0])[1:] == ["model flux",
+                                                                    "re-apportioned flux"])
+    assert _cells(table[0])[0] == "source (*)"
     change = {int(_cells(r)[0]): float(_cells(r)[2].rstrip("%")) for r in table[2:]}
     assert change[0] < 1.0 and change[1] < 1.0
     assert max(change.values()) > 10.0
