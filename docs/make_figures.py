@@ -53,8 +53,17 @@ def _label_peaks(ax, peaks: np.ndarray, offset: tuple[int, int] = (0, 0), only=N
     for k, (py, px) in enumerate(np.asarray(peaks)):
         if only is not None and k not in only:
             continue
-        ax.text(px - offset[1], py - offset[0], str(k), color="white", fontsize=9,
-                ha="center", va="center", path_effects=stroke, clip_on=True)
+        ax.text(
+            px - offset[1],
+            py - offset[0],
+            str(k),
+            color="white",
+            fontsize=9,
+            ha="center",
+            va="center",
+            path_effects=stroke,
+            clip_on=True,
+        )
 
 
 def _window(peak: Sequence[int], shape: tuple[int, int], half: int) -> tuple[slice, slice]:
@@ -149,8 +158,9 @@ def blend_figures(blend: cdb.DemoBlend, out: Path, written: list[str]) -> None:
 
     r = blend.band_index(BAND)
     noise = float(np.sqrt(np.median(blend.variance[r])))
-    fig = _grey_panels([blend.images[r]], ["r band"], peaks=blend.peaks, size=4.0,
-                       linear_width=noise)
+    fig = _grey_panels(
+        [blend.images[r]], ["r band"], peaks=blend.peaks, size=4.0, linear_width=noise
+    )
     _save(fig, out, "blend_r.png", written)
 
 
@@ -193,7 +203,10 @@ def single_band(
     fig = _grey_panels(
         [image[ys, xs], sym0[ys, xs], (image - sym0)[ys, xs], res.templates()[0][ys, xs]],
         ["r image", "symmetric template", "image - symmetric", "final template"],
-        peaks=peaks, offset=off, linear_width=noise, suptitle="source 0",
+        peaks=peaks,
+        offset=off,
+        linear_width=noise,
+        suptitle="source 0",
     )
     _save(fig, out, "template0.png", written)
 
@@ -205,15 +218,20 @@ def single_band(
         sym = stage(ck, "symmetric")
         no_mono = res_plain.templates()[k]
         final = res.templates()[k]
-        _expect(ck.template_kind == "monotonic" and cp.template_kind == "symmetric",
-                f"source {k} should have a monotonic (default) and a symmetric template")
+        _expect(
+            ck.template_kind == "monotonic" and cp.template_kind == "symmetric",
+            f"source {k} should have a monotonic (default) and a symmetric template",
+        )
         # Scale on the source's own peak so that its faint template is visible.
         vmax = float(sym.max())
         fig = _grey_panels(
             [image[ys, xs], sym[ys, xs], no_mono[ys, xs], final[ys, xs]],
-            ["r image", "symmetric template", "+ ramp, median (no monotonic)",
-             "final (monotonic)"],
-            peaks=peaks, offset=off, vmax=vmax, linear_width=noise, suptitle=f"source {k}",
+            ["r image", "symmetric template", "+ ramp, median (no monotonic)", "final (monotonic)"],
+            peaks=peaks,
+            offset=off,
+            vmax=vmax,
+            linear_width=noise,
+            suptitle=f"source {k}",
         )
         _save(fig, out, f"template{k}.png", written)
 
@@ -228,7 +246,10 @@ def single_band(
     fig = _grey_panels(
         [image[ys, xs], tpsf[ys, xs], (image - tpsf)[ys, xs], child[ys, xs]],
         ["r image", "PSF template", "image - PSF template", "child (re-apportioned)"],
-        peaks=peaks, offset=off, vmax=float(tpsf.max()) * 1.5, linear_width=noise,
+        peaks=peaks,
+        offset=off,
+        vmax=float(tpsf.max()) * 1.5,
+        linear_width=noise,
         suptitle=f"source {k_psf}",
     )
     _save(fig, out, f"psf_template{k_psf}.png", written)
@@ -244,7 +265,11 @@ def single_band(
         fig = _grey_panels(
             [image[ys, xs], templates[k][ys, xs], conserved[k][ys, xs], conserved_plain[k][ys, xs]],
             ["r image", "template", "child (monotonic)", "child (no monotonic)"],
-            peaks=peaks, offset=off, vmax=vmax, linear_width=noise, suptitle=f"source {k}",
+            peaks=peaks,
+            offset=off,
+            vmax=vmax,
+            linear_width=noise,
+            suptitle=f"source {k}",
         )
         _save(fig, out, f"single_child{k}.png", written)
 
@@ -255,20 +280,32 @@ def single_band(
     for k in range(len(peaks)):
         c, cp, cd = children.get(k), children_plain.get(k), children_def.get(k)
         q = c.psf_fit if c is not None else {}
-        rows.append([
-            k, f"({peaks[k][0]}, {peaks[k][1]})",
-            c.template_kind if c else "-",
-            f"{c.flux:.1f}" if c else "-",
-            ", ".join(sorted(c.flags)) if c else "-",
-            f"{q['q1']:.2f}" if "q1" in q else "-",
-            f"{q['q2']:.2f}" if "q2" in q else "-",
-            cp.template_kind if cp else "-",
-            f"{cp.flux:.1f}" if cp else "-",
-            f"{cd.flux:.1f}" if cd else "-",
-        ])
-    header = ["source", "peak (y, x)", "template", "flux", "flags", "chi2/dof fit 1",
-              "chi2/dof fit 2", "template (no monotonic)", "flux (no monotonic)",
-              "flux (SingleBandConfig())"]
+        rows.append(
+            [
+                k,
+                f"({peaks[k][0]}, {peaks[k][1]})",
+                c.template_kind if c else "-",
+                f"{c.flux:.1f}" if c else "-",
+                ", ".join(sorted(c.flags)) if c else "-",
+                f"{q['q1']:.2f}" if "q1" in q else "-",
+                f"{q['q2']:.2f}" if "q2" in q else "-",
+                cp.template_kind if cp else "-",
+                f"{cp.flux:.1f}" if cp else "-",
+                f"{cd.flux:.1f}" if cd else "-",
+            ]
+        )
+    header = [
+        "source",
+        "peak (y, x)",
+        "template",
+        "flux",
+        "flags",
+        "chi2/dof fit 1",
+        "chi2/dof fit 2",
+        "template (no monotonic)",
+        "flux (no monotonic)",
+        "flux (SingleBandConfig())",
+    ]
     fp_flux = float(np.sum(image[_footprint_slices(res)][res.footprint]))
     fp_flux_def = float(np.sum(image[_footprint_slices(res_def)][res_def.footprint]))
     halo = _flux_beyond(conserved[HALO_SOURCE], peaks[HALO_SOURCE])
@@ -290,23 +327,37 @@ def single_band(
         _table(
             ["run", "children", "sum of children", "stray flux", "footprint flux"],
             [
-                ["lsst(footprint_nsigma=0.0)", len(res.children),
-                 f"{sum(c.flux for c in res.children):.1f}", f"{res.stray_flux:.2f}",
-                 f"{fp_flux:.1f}"],
-                ["the same, no monotonic", len(res_plain.children),
-                 f"{sum(c.flux for c in res_plain.children):.1f}",
-                 f"{res_plain.stray_flux:.2f}", f"{fp_flux:.1f}"],
-                ["SingleBandConfig() (defaults)", len(res_def.children),
-                 f"{sum(c.flux for c in res_def.children):.1f}",
-                 f"{res_def.stray_flux:.2f}", f"{fp_flux_def:.1f}"],
+                [
+                    "lsst(footprint_nsigma=0.0)",
+                    len(res.children),
+                    f"{sum(c.flux for c in res.children):.1f}",
+                    f"{res.stray_flux:.2f}",
+                    f"{fp_flux:.1f}",
+                ],
+                [
+                    "the same, no monotonic",
+                    len(res_plain.children),
+                    f"{sum(c.flux for c in res_plain.children):.1f}",
+                    f"{res_plain.stray_flux:.2f}",
+                    f"{fp_flux:.1f}",
+                ],
+                [
+                    "SingleBandConfig() (defaults)",
+                    len(res_def.children),
+                    f"{sum(c.flux for c in res_def.children):.1f}",
+                    f"{res_def.stray_flux:.2f}",
+                    f"{fp_flux_def:.1f}",
+                ],
             ],
         ),
     ]
     if not timing:
         return lines, []
     times = []
-    for name, config in (("lsst(footprint_nsigma=0.0)", _walkthrough_config()),
-                         ("SingleBandConfig()", cdb.SingleBandConfig())):
+    for name, config in (
+        ("lsst(footprint_nsigma=0.0)", _walkthrough_config()),
+        ("SingleBandConfig()", cdb.SingleBandConfig()),
+    ):
         fast = cdb.SingleBandDeblender(config)
         ms = _best_time(lambda fast=fast: fast.deblend(image, variance, psf, peaks), repeat=21)
         times.append([f"single band, {name}", f"{ms:.1f}"])
@@ -376,8 +427,9 @@ def multi_band(
 ) -> tuple[list[str], list]:
     """Multi-band figures (source panels, loss); returns (text, timing rows)."""
     obs = cdb.Observation(blend.images, blend.variance, blend.psfs, bands=blend.bands)
-    results = {name: cdb.Deblender(config).deblend(obs, blend.peaks)
-               for name, config in RUNS.items()}
+    results = {
+        name: cdb.Deblender(config).deblend(obs, blend.peaks) for name, config in RUNS.items()
+    }
     nudged = cdb.Observation(_nudged(blend.images), blend.variance, blend.psfs, bands=blend.bands)
     results[PERTURBED] = cdb.Deblender(RUNS["defaults"]).deblend(nudged, blend.peaks)
     res = results["defaults"]
@@ -391,8 +443,12 @@ def multi_band(
         ys, xs = _window(blend.peaks[k], shape, 12)
         sl = (slice(None), ys, xs)
         fig = display.plot_source_panels(
-            blend.images[sl], models[k][sl], total[sl], conserved[k][sl],
-            peak=None, title=f"source {k}",
+            blend.images[sl],
+            models[k][sl],
+            total[sl],
+            conserved[k][sl],
+            peak=None,
+            title=f"source {k}",
         )
         _label_peaks(fig.axes[0], blend.peaks, (ys.start, xs.start), only=[k])
         _save(fig, out, f"multi_source{k}.png", written)
@@ -427,28 +483,36 @@ def multi_band(
     run_rows = []
     for name, r in results.items():
         label = name + (MACHINE_MARK if name in MACHINE_DEPENDENT else "")
-        run_rows.append([
-            label, r.iterations, "yes" if r.converged else "no", r.rescued, f"{r.loss:.0f}",
-            f"{2 * r.loss / n_data:.3f}",
-            " / ".join(f"{v:.1f}" for v in r.fluxes[:4, bands.index(BAND)]),
-            " / ".join(f"{v:.1f}" for v in r.conserved_fluxes[:4, bands.index(BAND)]),
-        ])
+        run_rows.append(
+            [
+                label,
+                r.iterations,
+                "yes" if r.converged else "no",
+                r.rescued,
+                f"{r.loss:.0f}",
+                f"{2 * r.loss / n_data:.3f}",
+                " / ".join(f"{v:.1f}" for v in r.fluxes[:4, bands.index(BAND)]),
+                " / ".join(f"{v:.1f}" for v in r.conserved_fluxes[:4, bands.index(BAND)]),
+            ]
+        )
     # How far the short fit is from the long one, per source (largest over the bands).
     d_model = np.max(np.abs(res.fluxes / long.fluxes - 1), axis=1)
     d_cons = np.max(np.abs(res.conserved_fluxes / long.conserved_fluxes - 1), axis=1)
-    change_rows = [[k, f"{100 * d_model[k]:.1f}%", f"{100 * d_cons[k]:.1f}%"]
-                   for k in range(len(comp))]
+    change_rows = [
+        [k, f"{100 * d_model[k]:.1f}%", f"{100 * d_cons[k]:.1f}%"] for k in range(len(comp))
+    ]
     h = res.loss_history
     lines = [
         "### multi band (DeblendConfig(), bands " + "".join(bands) + ")",
         "",
-        _table(["source" + MACHINE_MARK, "components"] + [f"model {b}" for b in bands],
-               model_rows),
+        _table(["source" + MACHINE_MARK, "components"] + [f"model {b}" for b in bands], model_rows),
         "",
         _table(["source" + MACHINE_MARK] + [f"re-apportioned {b}" for b in bands], cons_rows),
         "",
-        "image flux per band: " + ", ".join(
-            f"{b} {v:.1f}" for b, v in zip(bands, blend.images.sum(axis=(1, 2)), strict=True)),
+        "image flux per band: "
+        + ", ".join(
+            f"{b} {v:.1f}" for b, v in zip(bands, blend.images.sum(axis=(1, 2)), strict=True)
+        ),
         _loss_line("defaults" + MACHINE_MARK, res),
         "loss at iterations 0, 10, 20, 30, 40, 100, 200: "
         + ", ".join(f"{h[i]:.0f}" for i in (0, 10, 20, 30, 40, 100, 200) if i < len(h)),
@@ -460,9 +524,19 @@ def multi_band(
         "",
         "### convergence: the same blend fitted with different stopping rules",
         "",
-        _table(["run", "iterations", "converged", "rescued", "loss", "2 loss / pixels",
-                f"model flux {BAND}, sources 0-3", f"re-apportioned {BAND}, sources 0-3"],
-               run_rows),
+        _table(
+            [
+                "run",
+                "iterations",
+                "converged",
+                "rescued",
+                "loss",
+                "2 loss / pixels",
+                f"model flux {BAND}, sources 0-3",
+                f"re-apportioned {BAND}, sources 0-3",
+            ],
+            run_rows,
+        ),
         "",
         "largest change over the bands, defaults vs e_rel=1e-5, max_iter=1000:",
         "",
@@ -483,9 +557,11 @@ def multi_band(
 def _loss_line(name: str, fit) -> str:
     """Iterations, final loss and where the lowest loss of the history was."""
     h = fit.loss_history
-    return (f"{name}: {fit.iterations} iterations, converged {fit.converged}, loss "
-            f"{fit.loss:.1f}, lowest loss in the history {h.min():.1f} at iteration "
-            f"{int(h.argmin())}")
+    return (
+        f"{name}: {fit.iterations} iterations, converged {fit.converged}, loss "
+        f"{fit.loss:.1f}, lowest loss in the history {h.min():.1f} at iteration "
+        f"{int(h.argmin())}"
+    )
 
 
 # ---------------------------------------------------------------------------------------
