@@ -745,6 +745,23 @@ class _Fitter:
         """Point the components' ``sed``/``morphology``/``box`` at the packed buffers."""
         self.blend._packed.bind(self._components)
 
+    def _bind(self, p: PackedComponents, bounds: np.ndarray, new_comp: np.ndarray) -> None:
+        """Point the fit kernel at the packed parameters and the current morphology buffer."""
+        self.kernel.bind(
+            p.sed,
+            self.sed_state,
+            self._mbuf[self._cur],
+            p.comp,
+            p.bg_thresh,
+            self.mono.table,
+            bounds,
+            self._peaks,
+            new_comp,
+            self._mbuf[1 - self._cur],
+            0,
+            self._size,
+        )
+
     def run(self, max_iter: int) -> bool:
         """Iterate until convergence (at least ``min_iter`` iterations from now) or until
         the blend's iteration count reaches ``max_iter``; returns whether it converged."""
@@ -761,20 +778,7 @@ class _Fitter:
         while self.it < max_iter:
             p = self.blend._packed
             if p is not bound:  # first iteration and after Python re-packed
-                kernel.bind(
-                    p.sed,
-                    self.sed_state,
-                    self._mbuf[self._cur],
-                    p.comp,
-                    p.bg_thresh,
-                    self.mono.table,
-                    bounds,
-                    self._peaks,
-                    new_comp,
-                    self._mbuf[1 - self._cur],
-                    0,
-                    self._size,
-                )
+                self._bind(p, bounds, new_comp)
                 bound = p
             best = self._best_buffers(p) if cfg.keep_best else (None, None, None)
             b = self.best
@@ -802,20 +806,7 @@ class _Fitter:
                 self._size = kernel.size
                 p = PackedComponents(p.sed, self.morph_all[0], p.comp, p.bg_thresh)
                 self.blend._packed = bound = p
-                kernel.bind(
-                    p.sed,
-                    self.sed_state,
-                    self._mbuf[self._cur],
-                    p.comp,
-                    p.bg_thresh,
-                    self.mono.table,
-                    bounds,
-                    self._peaks,
-                    new_comp,
-                    self._mbuf[1 - self._cur],
-                    0,
-                    self._size,
-                )
+                self._bind(p, bounds, new_comp)
             if improved:
                 self.best = (best_loss, best[0], best[1][:best_size], best[2], p.bg_thresh)
             if status & _adam_cy.RESIZED:  # the new layout needs room: Python makes it
