@@ -160,7 +160,7 @@ class SingleBandDeblender:
         run = ParentRun(
             self.config, image, variance, mask, fp, fp_box, pbox, psf, pk, cen, float(sigma1), fwhm
         )
-        run.no_data = no_data
+        run.no_data = no_data  # (H, W) bool pixels without data, or None
         return run.execute()
 
 

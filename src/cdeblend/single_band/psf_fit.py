@@ -61,8 +61,10 @@ def _solve(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 class _Rows(NamedTuple):
-    """The weighted design matrix of one stamp (columns: PSF, background, neighbours,
-    derivatives), its right-hand side, the pixel weights and the pixels (frame coordinates)."""
+    """The weighted design matrix of one stamp's valid pixels (columns: PSF, linear
+    background, neighbours, then the two derivatives), its right-hand side, the sum of the
+    pixel weights (the fits' dof before the parameters), the pixels (frame coordinates) and
+    the number of neighbour columns."""
 
     A: np.ndarray
     b: np.ndarray
