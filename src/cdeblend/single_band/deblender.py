@@ -22,7 +22,7 @@ from .inputs import check_inputs, estimate_sigma1
 from .portions import Portions, apportion_templates, conserved_image, flux_errors
 from .psf import PsfImages, psf_fwhm_at, psf_fwhm_from_moments
 from .psf_fit import PsfFit, PsfFitter
-from .results import Child, SingleBandResult
+from .results import Child, SingleBandResult, skipped_child, template_child
 from .stray import Stray, hand_out_stray
 from .templates import (
     Ramp,
@@ -453,45 +453,19 @@ class ParentRun:
         oy, ox = self.pbox[0], self.pbox[1]
         box = (int(cbox[0] + oy), int(cbox[1] + ox), int(cbox[2]), int(cbox[3]))
         tbox = (int(t.box[0] + fr.y0), int(t.box[1] + fr.x0), int(t.box[2]), int(t.box[3]))
-        kind = "psf" if t.kind == "psf" else ("monotonic" if t.monotonic else "symmetric")
-        fit = self.fits[i]
-        return Child(
-            index=int(i),
-            peak=(int(self.pk[i, 0]), int(self.pk[i, 1])),
-            box=box,
-            conserved=cons,
-            template=t.values,
-            template_box=tbox,
-            template_footprint=t.fp.astype(bool),
-            template_kind=kind,
-            flux=float(cons.sum(dtype=np.float64)),
-            flags=frozenset(flags),
-            weight=t.weight,
-            psf_flux=fit.get("psf_flux"),
-            psf_center=fit.get("psf_center"),
-            psf_fit={k: v for k, v in fit.items() if k not in ("psf_flux", "psf_center")},
-            stages=self.stages[i],
-        )
+        peak = (int(self.pk[i, 0]), int(self.pk[i, 1]))
+        return template_child(int(i), peak, box, cons, t, tbox, flags, self.fits[i], self.stages[i])
 
     def zero_child(self, i: int, cons: np.ndarray) -> Child:
         """The all-zero child of a skipped peak (``propagate_all_peaks``)."""
+        peak = (int(self.pk[i, 0]), int(self.pk[i, 1]))
         box = tuple(int(v) for v in self.pbox)
-        return Child(
-            index=int(i),
-            peak=(int(self.pk[i, 0]), int(self.pk[i, 1])),
-            box=box,
-            conserved=cons,
-            template=np.zeros((0, 0)),
-            template_box=(box[0], box[1], 0, 0),
-            template_footprint=np.zeros((0, 0), dtype=bool),
-            template_kind="none",
-            flux=0.0,
-            flags=frozenset(self.peak_flags[i] | {"skipped"}),
-            stages=self.stages[i],
-        )
+        return skipped_child(int(i), peak, box, cons, self.peak_flags[i], self.stages[i])
 
-    def result(self, children, unassigned, final_fp, template_sum=None) -> SingleBandResult:
-        """The deblended parent."""
+    def result(
+        self, children, unassigned, final_fp, template_sum=None, error=None
+    ) -> SingleBandResult:
+        """The deblended parent (``unassigned`` and ``final_fp`` on the parent box)."""
         dtype = self.image.dtype
         unassigned = unassigned.astype(dtype, copy=False)
         return SingleBandResult(
@@ -506,6 +480,7 @@ class ParentRun:
             flags=frozenset(self.flags),
             peak_flags=[frozenset(f) for f in self.peak_flags],
             template_sum=template_sum,
+            error=error,
             dtype=dtype,
         )
 
@@ -513,20 +488,7 @@ class ParentRun:
         """The result without children: the whole footprint unassigned."""
         fpb = self.fp_box.astype(bool)
         unassigned = np.where(fpb, self.image[self.pslice()], 0).astype(self.image.dtype)
-        return SingleBandResult(
-            children=[],
-            stray_flux=float(unassigned.sum(dtype=np.float64)),
-            shape=self.image.shape,
-            footprint_box=self.pbox,
-            footprint=fpb,
-            final_footprint=fpb.copy(),
-            unassigned=unassigned,
-            n_peaks=self.N,
-            flags=frozenset(self.flags),
-            peak_flags=[frozenset(f) for f in self.peak_flags],
-            error=error,
-            dtype=self.image.dtype,
-        )
+        return self.result([], unassigned, fpb, error=error)
 
     def pslice(self) -> tuple[slice, slice]:
         """Slices of the parent box in the image."""

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from .frame import paste
+from .frame import Box, Template, paste
 
-__all__ = ["Child", "SingleBandResult"]
+__all__ = ["Child", "SingleBandResult", "skipped_child", "template_child"]
 
 
 @dataclass
@@ -161,3 +161,60 @@ class SingleBandResult:
         for c in self.children:
             paste(out[c.index], c.template, c.template_box)
         return out
+
+
+def template_child(
+    index: int,
+    peak: tuple[int, int],
+    box: Box,
+    conserved: np.ndarray,
+    t: Template,
+    template_box: Box,
+    flags: set[str],
+    fit: dict[str, Any],
+    stages: dict[str, Any],
+) -> Child:
+    """The child of a peak with template ``t`` (boxes in the image frame; ``fit`` the PSF
+    fit record, {} without one)."""
+    kind = "psf" if t.kind == "psf" else ("monotonic" if t.monotonic else "symmetric")
+    return Child(
+        index=index,
+        peak=peak,
+        box=box,
+        conserved=conserved,
+        template=t.values,
+        template_box=template_box,
+        template_footprint=t.fp.astype(bool),
+        template_kind=kind,
+        flux=float(conserved.sum(dtype=np.float64)),
+        flags=frozenset(flags),
+        weight=t.weight,
+        psf_flux=fit.get("psf_flux"),
+        psf_center=fit.get("psf_center"),
+        psf_fit={k: v for k, v in fit.items() if k not in ("psf_flux", "psf_center")},
+        stages=stages,
+    )
+
+
+def skipped_child(
+    index: int,
+    peak: tuple[int, int],
+    box: Box,
+    conserved: np.ndarray,
+    flags: set[str],
+    stages: dict[str, Any],
+) -> Child:
+    """The all-zero child of a skipped peak (``propagate_all_peaks``), on the parent ``box``."""
+    return Child(
+        index=index,
+        peak=peak,
+        box=box,
+        conserved=conserved,
+        template=np.zeros((0, 0)),
+        template_box=(box[0], box[1], 0, 0),
+        template_footprint=np.zeros((0, 0), dtype=bool),
+        template_kind="none",
+        flux=0.0,
+        flags=frozenset(flags | {"skipped"}),
+        stages=stages,
+    )
