@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.signal import convolve2d
 
+import cdeblend.box
 from cdeblend import Observation, fit_seds
 from cdeblend.spectra import overlapping_pairs
 
@@ -277,7 +278,7 @@ def test_overlapping_pairs_sweep_and_dense_paths_agree():
     from cdeblend import spectra
 
     rng = np.random.default_rng(11)
-    n = spectra._DENSE_PAIRS + 40  # the sweep path
+    n = cdeblend.box._DENSE_PAIRS + 40  # the sweep path
     boxes = np.column_stack(
         [
             rng.integers(0, 300, n),
