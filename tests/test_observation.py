@@ -203,10 +203,10 @@ def test_observation_pickles_and_shares_kernels():
     again = pickle.loads(pickle.dumps(obs))
     np.testing.assert_array_equal(again.convolve(model), ref)
     np.testing.assert_array_equal(again.diff_kernels, obs.diff_kernels)
-    other = obs._on_arrays(
+    other = obs.with_arrays(
         obs.images[:, :10].copy(), obs.variance[:, :10].copy(), obs.weights[:, :10].copy()
     )
-    assert other.diff_kernels is obs.diff_kernels and other._kernel_cache is obs._kernel_cache
+    assert other.diff_kernels is obs.diff_kernels and other.convolver.cache is obs.convolver.cache
     np.testing.assert_allclose(
         other.convolve(model[:, :10]),
         Observation(obs.images[:, :10], obs.variance[:, :10], psfs).convolve(model[:, :10]),

@@ -511,7 +511,7 @@ class Blend:
         _adam_cy.render_sources(p.sed, p.morph, p.comp, ranges, boxes, models, offsets)
         grown = np.array(
             [
-                obs._grown_box(tuple(b))[1] if b[2] * b[3] else (b[0], b[1], 0, 0)
+                obs.convolver.grown_box(tuple(b))[1] if b[2] * b[3] else (b[0], b[1], 0, 0)
                 for b in boxes.tolist()
             ],
             dtype=np.int64,
@@ -520,7 +520,7 @@ class Blend:
         goffsets = np.zeros(len(idx), dtype=np.int64)
         goffsets[1:] = np.cumsum(gsizes)[:-1]
         out = np.empty(int(gsizes.sum()), dtype=obs.dtype)
-        obs._convolve_exact_into(
+        obs.convolver.convolve_exact_into(
             models, [tuple(b) for b in boxes.tolist()], offsets, out, goffsets
         )
         return FlatStack(out, grown, B)

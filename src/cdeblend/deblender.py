@@ -648,13 +648,14 @@ class _Fitter:
             _OPTIMIZERS[config.optimizer],
         )
         B, H, W = blend.shape
-        n0, n1 = obs._fft_shape(H, W)
-        fk = None if obs._pick_mode("auto", B, H, W) == "real" else obs._kernel_cache.get(n0, n1)
+        conv = obs.convolver
+        n0, n1 = conv.fft_shape(H, W)
+        fk = None if conv.pick_mode("auto", B, H, W) == "real" else conv.kernel_spectrum(n0, n1)
         self.kernel.set_data(
             np.ascontiguousarray(obs.images),
             obs.weights,
             obs.diff_kernels,
-            obs._grad_kernels,
+            conv.adjoint_kernels,
             fk,
             n0,
             n1,

@@ -239,7 +239,7 @@ def _component_shapes(blend, packed) -> tuple[FlatStack, np.ndarray]:
     boxes = [tuple(b) for b in packed.comp[:, :4].tolist()]
     morphs = [packed.morph_view(k)[None] for k in range(K)]
     grown = np.array(
-        [obs._grown_box(b)[1] if b[2] * b[3] else (b[0], b[1], 0, 0) for b in boxes],
+        [obs.convolver.grown_box(b)[1] if b[2] * b[3] else (b[0], b[1], 0, 0) for b in boxes],
         dtype=np.int64,
     ).reshape(-1, 4)
     gsizes = B * grown[:, 2] * grown[:, 3]
@@ -248,7 +248,7 @@ def _component_shapes(blend, packed) -> tuple[FlatStack, np.ndarray]:
     # the batched FFT of the 2-D morphologies: its round-off outside the true support only
     # adds terms ~1e-7 of the Fisher sums
     out = np.zeros(int(gsizes.sum()), dtype=obs.dtype)
-    obs._convolve_morphs_into(morphs, boxes, out, goffsets)
+    obs.convolver.convolve_morphs_into(morphs, boxes, out, goffsets)
     sums = np.array([m.sum() for m in morphs]).reshape(K)
     return FlatStack(out, grown, B), sums
 

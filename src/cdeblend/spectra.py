@@ -327,7 +327,7 @@ def _fit_seds(
     # grown boxes first (pure box arithmetic), so one flat buffer holds every convolved model
     grown = np.zeros((nk, 4), dtype=np.intp)
     for k, box in enumerate(box_list):
-        clipped, g = observation._grown_box(box)
+        clipped, g = observation.convolver.grown_box(box)
         if clipped[2] and clipped[3]:
             grown[k] = g
     sizes = nb * grown[:, 2] * grown[:, 3]
@@ -336,7 +336,7 @@ def _fit_seds(
     # every non-empty grown box is written (np.empty: zero-filling hands the GIL over)
     flat = np.empty(int(sizes.sum()), dtype=dtype)
     # batched by FFT grid (each grid's kernel transform is computed once)
-    observation._convolve_morphs_into(morphs, box_list, flat, offsets)
+    observation.convolver.convolve_morphs_into(morphs, box_list, flat, offsets)
 
     pairs = overlapping_pairs(grown).astype(np.intp)
     weights = observation.weights
