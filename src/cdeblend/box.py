@@ -13,7 +13,8 @@ index their buffers without bounds checks, see ``src/cdeblend/meson.build``):
 :func:`check_peak_in_box`. Each raises a ``ValueError`` (or a ``TypeError`` for non-integer
 values) that names the offending argument.
 
-Arithmetic: :func:`union`, :func:`intersect`, :func:`grow`, :func:`clip`; slicing:
+Arithmetic: :func:`union`, :func:`intersect`, :func:`grow`, :func:`centered`,
+:func:`clip`; slicing:
 :func:`overlap_slices`, :func:`clip_slices`, :func:`place`; many boxes:
 :func:`overlapping_pairs`.
 """
@@ -33,6 +34,7 @@ __all__ = [
     "as_boxes",
     "as_int",
     "as_point",
+    "centered",
     "check_inside",
     "check_peak_in_box",
     "clip",
@@ -178,6 +180,13 @@ def grow(a: Box, r: int | tuple[int, int]) -> Box:
     """Box ``a`` grown by ``r`` pixels on every side (``r = (ry, rx)``: per axis)."""
     ry, rx = (r, r) if np.ndim(r) == 0 else r
     return (a[0] - ry, a[1] - rx, a[2] + 2 * ry, a[3] + 2 * rx)
+
+
+def centered(center: Sequence[int], size: Sequence[int]) -> Box:
+    """The box of a ``size = (h, w)`` stamp whose pixel ``(h // 2, w // 2)`` lies on the
+    pixel ``center = (y, x)`` (the centre of an odd-sized stamp)."""
+    h, w = (int(v) for v in size)
+    return (int(center[0]) - h // 2, int(center[1]) - w // 2, h, w)
 
 
 def clip(box: Box, shape: tuple[int, int]) -> Box:
