@@ -475,7 +475,7 @@ class Blend:
         Each lies on its source's box grown by the kernel half-size and clipped to the
         blend (a null source: an empty box at its peak) and is exactly 0 wherever the true
         convolution is 0 (FFT round-off there would claim flux when apportioning; see
-        :meth:`~cdeblend.observation.Observation._convolve_exact_into`). The models are
+        :meth:`~cdeblend.convolution.Convolver.convolve_exact_into`). The models are
         rendered and convolved in a few Cython calls for all sources.
 
         Parameters
