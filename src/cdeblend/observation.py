@@ -193,6 +193,9 @@ class Observation:
         Background RMS per band.
     diff_kernels : (B, hp, wp) numpy.ndarray
         Difference kernels ``K_b`` with ``psfs[b] ~= K_b * model_psf``.
+    convolver : cdeblend.convolution.Convolver
+        The convolution engine of those kernels on this observation's frame (kernel
+        transforms, work buffers, cost model; shared transforms with cut-outs).
     shape : tuple of int
         ``(B, H, W)``.
     dtype : numpy.dtype
