@@ -26,6 +26,7 @@ import numpy as np
 import scipy.fft
 
 from cdeblend import Observation
+from cdeblend.convolution import Convolver
 
 try:  # only for comparison
     import ducc0.fft as ducc_fft
@@ -167,7 +168,7 @@ def main() -> None:
             f"{name:30s} {dt:8s} {t_lg * 1e6:8.1f}us {t_l * 1e6:7.1f}us {t_c * 1e6:7.1f}us"
             f"  {loss:.9g}"
         )
-    n0, n1 = obs._fft_shape(*images.shape[1:])
+    n0, n1 = obs.convolver.fft_shape(*images.shape[1:])
     print(f"\nFFT grid: cdeblend {n0}x{n1}, reference-style {ref.fft_shape[0]}x{ref.fft_shape[1]}")
 
     print("\nloss_and_gradient (float32, auto mode) over the simulated blends:")
@@ -206,8 +207,8 @@ def main() -> None:
         x = rng.random((6, size, size)).astype(np.float32)
         img = np.zeros((6, size, size), np.float32)
         o = Observation(img, np.ones_like(img), psf6 if psf6 is not None else psfs[:1].repeat(6, 0))
-        o._setup_kernels(kern6.astype(np.float32), None)
-        n0, n1 = o._fft_shape(size, size)
+        o.convolver = Convolver(kern6.astype(np.float32), o.shape[1:])
+        n0, n1 = o.convolver.fft_shape(size, size)
         out = np.empty_like(x)
         times, results = [], []
         n = max(3, int(2e6 / (n0 * n1)))

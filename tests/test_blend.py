@@ -106,7 +106,7 @@ def test_convolved_sources_match_source_by_source(dtype, force_fft):
     blend.pack()
     blend.components[1].morphology = blend.components[1].morphology * 2.0  # not a view
     if force_fft:
-        obs._pick_mode = lambda mode, *args: "fft" if mode == "auto" else mode
+        obs.convolver.pick_mode = lambda mode, *args: "fft" if mode == "auto" else mode
     stack = blend.convolved_sources()
     assert stack.flat.dtype == dtype and len(stack) == 3
     assert tuple(stack.boxes[2]) == (3, 3, 0, 0)

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdeblend import Observation
+from cdeblend.convolution import Convolver
 
 
 def reference_same_conv(x, kernel):
@@ -270,11 +271,13 @@ def test_exact_box_convolution_has_the_true_zeros(seed, y0, x0, dtype, zero_taps
         k = obs.diff_kernels.astype(np.float64)
         k[:, :2, :] = 0
         k[0, :, -3:] = 0
-        obs._setup_kernels(k.astype(dtype), None)
-    obs._pick_mode = lambda *args, **kwargs: "fft"  # the small case would use the direct loop
+        obs.convolver = Convolver(k.astype(dtype), obs.shape[1:])
+    obs.convolver.pick_mode = lambda *args, **kwargs: (
+        "fft"
+    )  # the small case would use the direct loop
     h, w = 12, 10
     arr = rng.random((2, h, w)) * (rng.random((h, w)) < 0.15)  # isolated pixels, zeros between
-    conv, grown = obs._convolve_box_exact(arr.astype(dtype), (y0, x0, h, w))
+    conv, grown = obs.convolver.convolve_box_exact(arr.astype(dtype), (y0, x0, h, w))
     frame = np.zeros(obs.shape)
     for yy in range(h):
         for xx in range(w):
@@ -303,7 +306,7 @@ def test_convolve_box_reuses_grid_buffers_without_stale_data():
     for y0, x0, h, w in boxes:
         arr = rng.random((h, w))
         conv, (gy0, gx0, gh, gw) = obs.convolve_box(arr, (y0, x0, h, w), mode="fft")
-        grids.add(obs._fft_shape(gh, gw))
+        grids.add(obs.convolver.fft_shape(gh, gw))
         frame = np.zeros(obs.shape[1:])
         frame[y0 : y0 + h, x0 : x0 + w] = arr
         full = np.array([reference_same_conv(frame, obs.diff_kernels[b]) for b in range(2)])
@@ -328,8 +331,8 @@ def test_batched_box_convolutions_match_one_by_one(dtype):
     tol = 1e-12 if dtype == np.float64 else 2e-6
     for force_fft in (False, True):
         if force_fft:  # the cost model picks the direct loop for some of these small boxes
-            obs._pick_mode = lambda mode, *args: "fft" if mode == "auto" else mode
-        got = obs._convolve_boxes(arrays, boxes)
+            obs.convolver.pick_mode = lambda mode, *args: "fft" if mode == "auto" else mode
+        got = obs.convolver.convolve_boxes(arrays, boxes)
         for (conv, grown), a, box in zip(got, arrays, boxes, strict=True):
             ref, ref_grown = obs.convolve_box(a, box)
             assert grown == ref_grown and conv.dtype == dtype and conv.shape == ref.shape
@@ -341,7 +344,7 @@ def test_batched_box_convolutions_match_one_by_one(dtype):
 def test_cost_model_pair_count_is_the_direct_loops_work():
     """The cost model's closed-form count of (output, source) pairs within the kernel
     radius along one axis, against the direct loop's per-tap overlaps."""
-    from cdeblend.observation import _pairs_within
+    from cdeblend.convolution import _pairs_within
 
     for n in range(1, 25):
         for m in range(0, n + 1):
@@ -351,3 +354,30 @@ def test_cost_model_pair_count_is_the_direct_loops_work():
                         max(min(n, lo + m + d) - max(0, lo + d), 0) for d in range(-r, r + 1)
                     )
                     assert _pairs_within(n, lo, m, r) == per_tap
+
+
+@pytest.mark.parametrize("mode", ["fft", "real"])
+def test_convolver_on_its_own_against_the_reference(mode):
+    """A Convolver built from bare kernels (no Observation): the slow reference convolution,
+    the adjoint identity <K x, r> = <x, K^T r>, and a convolver of another frame
+    (on_frame) or unpickled gives the same values while sharing (or rebuilding) the cache."""
+    import pickle
+
+    rng = np.random.default_rng(8)
+    kernels = rng.random((2, 7, 5))
+    conv = Convolver(kernels, (17, 13))
+    x = rng.random((2, 17, 13))
+    r = rng.random((2, 17, 13))
+    got = conv.convolve(x, mode=mode)
+    ref = np.array([reference_same_conv(x[b], kernels[b]) for b in range(2)])
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+    adj = conv.convolve(r, adjoint=True, mode=mode)
+    assert np.isclose(np.sum(got * r), np.sum(x * adj), rtol=1e-12)
+    other = conv.on_frame((9, 11))
+    assert other.cache is conv.cache and other.modes is conv.modes and other.shape == (2, 9, 11)
+    np.testing.assert_array_equal(other.convolve(x, mode=mode), got)
+    again = pickle.loads(pickle.dumps(conv))
+    assert again.cache is not conv.cache
+    np.testing.assert_array_equal(again.convolve(x, mode=mode), got)
+    with pytest.raises(ValueError, match="mode must be"):
+        conv.convolve(x, mode="fast")

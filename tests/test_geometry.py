@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cdeblend import Blend, Component, Deblender, FlatStack, Observation, Source, apportion_flux
-from cdeblend._geometry import MAX_COORD, as_box, as_point
+from cdeblend.box import MAX_COORD, as_box, as_point
 from cdeblend.observation import integrated_gaussian_psf
 
 

@@ -203,13 +203,35 @@ def test_observation_pickles_and_shares_kernels():
     again = pickle.loads(pickle.dumps(obs))
     np.testing.assert_array_equal(again.convolve(model), ref)
     np.testing.assert_array_equal(again.diff_kernels, obs.diff_kernels)
-    other = obs._on_arrays(
+    other = obs.with_arrays(
         obs.images[:, :10].copy(), obs.variance[:, :10].copy(), obs.weights[:, :10].copy()
     )
-    assert other.diff_kernels is obs.diff_kernels and other._kernel_cache is obs._kernel_cache
+    assert other.diff_kernels is obs.diff_kernels and other.convolver.cache is obs.convolver.cache
     np.testing.assert_allclose(
         other.convolve(model[:, :10]),
         Observation(obs.images[:, :10], obs.variance[:, :10], psfs).convolve(model[:, :10]),
         rtol=1e-12,
         atol=1e-12,
     )
+
+
+def test_boxes_are_checked_by_the_one_box_rule():
+    """cutout, convolve_box and fit_seds take boxes through cdeblend.box.as_box: integral
+    floats are whole pixels, a fractional or huge value is refused naming the argument
+    (it was truncated before), empty boxes convolve to nothing."""
+    from cdeblend import fit_seds
+
+    obs = Observation(*make_obs_inputs(dtype=np.float64))
+    assert obs.cutout((2.0, 3.0, 5.0, 6.0)).shape == (3, 5, 6)
+    with pytest.raises(TypeError, match="box must be an integer"):
+        obs.cutout((2, 3.5, 5, 6))
+    with pytest.raises(TypeError, match="box must be an integer"):
+        obs.convolve_box(np.ones((2, 2)), (0, 0.5, 2, 2))
+    with pytest.raises(ValueError, match="out of range"):
+        obs.convolve_box(np.ones((2, 2)), (2**40, 0, 2, 2))
+    conv, grown = obs.convolve_box(np.ones((0, 2)), (4, 4, 0, 2))
+    assert conv.shape == (3, grown[2], grown[3]) and not conv.any()
+    with pytest.raises(TypeError, match=r"boxes\[1\] must be an integer"):
+        fit_seds(obs, [np.ones((2, 2))] * 2, [(1, 1, 2, 2), (3, 3.25, 2, 2)])
+    seds = fit_seds(obs, [np.ones((2, 2))], [(1.0, 1.0, 2.0, 2.0)])
+    np.testing.assert_array_equal(seds, fit_seds(obs, [np.ones((2, 2))], [(1, 1, 2, 2)]))

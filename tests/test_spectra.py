@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.signal import convolve2d
 
+import cdeblend.box
 from cdeblend import Observation, fit_seds
 from cdeblend.spectra import overlapping_pairs
 
@@ -277,7 +278,7 @@ def test_overlapping_pairs_sweep_and_dense_paths_agree():
     from cdeblend import spectra
 
     rng = np.random.default_rng(11)
-    n = spectra._DENSE_PAIRS + 40  # the sweep path
+    n = cdeblend.box._DENSE_PAIRS + 40  # the sweep path
     boxes = np.column_stack(
         [
             rng.integers(0, 300, n),
@@ -329,7 +330,7 @@ def test_large_group_sparse_solver_matches_dense_and_design_nnls(monkeypatch, we
         y0, x0 = 3 + (i * 5) % 40, 3 + (i * 7) % 40
         morphs.append(rng.random((6, 6)) + 0.05)
         boxes.append((y0, x0, 6, 6))
-    grown = np.array([obs._grown_box(b)[1] for b in boxes])
+    grown = np.array([obs.convolver.grown_box(b)[1] for b in boxes])
     ngroups, _ = spectra._groups(spectra.overlapping_pairs(grown), k)
     assert ngroups == 1
     truth = rng.uniform(-1.0, 3.0, size=(k, 2))  # some SEDs would be negative

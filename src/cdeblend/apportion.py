@@ -18,27 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import _apportion_cy
-from ._geometry import MAX_COORD, as_int
 from ._validate import as_float_array, as_no_data_mask, clear_no_data, no_data_pixels
+from .box import MAX_COORD, as_boxes, as_int
 
 __all__ = ["FlatStack", "apportion_flux"]
-
-
-def _as_boxes(boxes: object) -> np.ndarray:
-    """(N, 4) int64 boxes; integer-valued input only (a float 2.5 is not a pixel)."""
-    arr = np.asarray(boxes)
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise ValueError("boxes must hold integers (y0, x0, h, w)")
-        if arr.size and np.max(np.abs(arr)) > MAX_COORD:
-            raise ValueError(f"boxes hold values out of range (|values| <= {MAX_COORD})")
-    elif arr.dtype.kind not in "iu":
-        raise TypeError(f"boxes must be an integer (N, 4) array, got dtype {arr.dtype}")
-    elif arr.dtype.kind == "u" and arr.size and np.max(arr) > MAX_COORD:
-        raise ValueError(f"boxes hold values out of range (|values| <= {MAX_COORD})")
-    if arr.size % 4:
-        raise ValueError(f"boxes must have shape (N, 4), got {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.int64).reshape(-1, 4)
 
 
 class FlatStack:
@@ -56,7 +39,7 @@ class FlatStack:
 
     def __init__(self, flat: np.ndarray, boxes: np.ndarray, bands: int) -> None:
         self.flat = flat
-        self.boxes = _as_boxes(boxes)
+        self.boxes = as_boxes(boxes)
         self.bands = as_int(bands, "bands")
         self.offsets = self._check()
 
@@ -118,7 +101,7 @@ class FlatStack:
 
         ``bands`` is needed only for an empty list (it is read off the arrays otherwise).
         """
-        boxes = _as_boxes(boxes)
+        boxes = as_boxes(boxes)
         if len(arrays) != len(boxes):
             raise ValueError(f"got {len(arrays)} arrays but {len(boxes)} boxes")
         if len(arrays) == 0:

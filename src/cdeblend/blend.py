@@ -21,8 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _adam_cy
-from ._geometry import as_box, as_point, check_inside, check_peak_in_box
 from .apportion import FlatStack
+from .box import Box, as_box, as_point, check_inside, check_peak_in_box, overlap_slices
+from .box import grow as box_grow  # noqa: F401 (re-exported: the former home of the box helpers)
+from .box import intersect as box_intersect  # noqa: F401
+from .box import union as box_union
 
 __all__ = [
     "Blend",
@@ -32,40 +35,6 @@ __all__ = [
     "Source",
     "radial_visiting_list",
 ]
-
-Box = tuple[int, int, int, int]
-
-
-def box_union(a: Box, b: Box) -> Box:
-    """Smallest box containing boxes ``a`` and ``b`` (an empty box is ignored)."""
-    if a[2] * a[3] == 0:
-        return b
-    if b[2] * b[3] == 0:
-        return a
-    y0, x0 = min(a[0], b[0]), min(a[1], b[1])
-    y1, x1 = max(a[0] + a[2], b[0] + b[2]), max(a[1] + a[3], b[1] + b[3])
-    return (y0, x0, y1 - y0, x1 - x0)
-
-
-def box_intersect(a: Box, b: Box) -> Box:
-    """Intersection of two boxes (zero height or width when they do not overlap)."""
-    y0, x0 = max(a[0], b[0]), max(a[1], b[1])
-    y1 = min(a[0] + a[2], b[0] + b[2])
-    x1 = min(a[1] + a[3], b[1] + b[3])
-    return (y0, x0, max(y1 - y0, 0), max(x1 - x0, 0))
-
-
-def box_grow(a: Box, r: int) -> Box:
-    """Box ``a`` grown by ``r`` pixels on every side."""
-    return (a[0] - r, a[1] - r, a[2] + 2 * r, a[3] + 2 * r)
-
-
-def overlap_slices(a: Box, b: Box) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
-    """Slices selecting the common area of an array on box ``a`` and one on box ``b``."""
-    c = box_intersect(a, b)
-    sa = (slice(c[0] - a[0], c[0] - a[0] + c[2]), slice(c[1] - a[1], c[1] - a[1] + c[3]))
-    sb = (slice(c[0] - b[0], c[0] - b[0] + c[2]), slice(c[1] - b[1], c[1] - b[1] + c[3]))
-    return sa, sb
 
 
 # ----------------------------------------------------------------------------- monotonicity
@@ -506,7 +475,7 @@ class Blend:
         Each lies on its source's box grown by the kernel half-size and clipped to the
         blend (a null source: an empty box at its peak) and is exactly 0 wherever the true
         convolution is 0 (FFT round-off there would claim flux when apportioning; see
-        :meth:`~cdeblend.observation.Observation._convolve_exact_into`). The models are
+        :meth:`~cdeblend.convolution.Convolver.convolve_exact_into`). The models are
         rendered and convolved in a few Cython calls for all sources.
 
         Parameters
@@ -542,7 +511,7 @@ class Blend:
         _adam_cy.render_sources(p.sed, p.morph, p.comp, ranges, boxes, models, offsets)
         grown = np.array(
             [
-                obs._grown_box(tuple(b))[1] if b[2] * b[3] else (b[0], b[1], 0, 0)
+                obs.convolver.grown_box(tuple(b))[1] if b[2] * b[3] else (b[0], b[1], 0, 0)
                 for b in boxes.tolist()
             ],
             dtype=np.int64,
@@ -551,7 +520,9 @@ class Blend:
         goffsets = np.zeros(len(idx), dtype=np.int64)
         goffsets[1:] = np.cumsum(gsizes)[:-1]
         out = np.empty(int(gsizes.sum()), dtype=obs.dtype)
-        obs._convolve_exact_into(models, [tuple(b) for b in boxes.tolist()], offsets, out, goffsets)
+        obs.convolver.convolve_exact_into(
+            models, [tuple(b) for b in boxes.tolist()], offsets, out, goffsets
+        )
         return FlatStack(out, grown, B)
 
     def __repr__(self) -> str:

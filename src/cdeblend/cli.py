@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .box import place
+
 if TYPE_CHECKING:  # pragma: no cover
     from .model_data import ModelData
     from .observation import Observation
@@ -63,17 +65,6 @@ SEXTRACTOR_RECIPE = (
 #: Exit status when nothing could be deblended because of the input (all parents skipped or
 #: failed, or nothing detected).
 EXIT_NOTHING_DEBLENDED = 3
-
-
-def _place(array: np.ndarray, box: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
-    """Put a (h, w) array that lives on ``box`` into a zero (H, W) frame (clipping)."""
-    out = np.zeros(shape, dtype=np.float64)
-    y0, x0, h, w = (int(v) for v in box)
-    ya, yb = max(y0, 0), min(y0 + h, shape[0])
-    xa, xb = max(x0, 0), min(x0 + w, shape[1])
-    if ya < yb and xa < xb:
-        out[ya:yb, xa:xb] = np.asarray(array)[ya - y0 : yb - y0, xa - x0 : xb - x0]
-    return out
 
 
 def _have_matplotlib() -> bool:
@@ -139,7 +130,7 @@ def _demo_single_band(out: Path, bands: Sequence[str], plots: bool) -> None:
 
                 from .display import plot_single_band_child
 
-                template = _place(child.template, child.template_box, image.shape)
+                template = place(child.template, child.template_box, image.shape)
                 fig = plot_single_band_child(
                     image,
                     template,
@@ -347,14 +338,14 @@ def choose_model_psf_sigma(psfs: np.ndarray, default: float = 0.8) -> float:
     70 % of the sharpest band's equivalent sigma, rounded down to 0.05 px (as the
     observation's own suggestion), and at least 0.05 px.
     """
-    from .observation import _effective_area, integrated_gaussian_psf
+    from .observation import effective_area, integrated_gaussian_psf
 
-    area = float(np.min(_effective_area(psfs)))
-    if area >= float(_effective_area(integrated_gaussian_psf(default))) * (1 - 1e-3):
+    area = float(np.min(effective_area(psfs)))
+    if area >= float(effective_area(integrated_gaussian_psf(default))) * (1 - 1e-3):
         return float(default)
     sig_obs = np.sqrt(max(area / (4 * np.pi) - 1 / 12, 0.0))
     sigma = max(np.floor(0.7 * sig_obs * 20) / 20, 0.05)
-    while sigma > 0.05 and float(_effective_area(integrated_gaussian_psf(sigma))) > area:
+    while sigma > 0.05 and float(effective_area(integrated_gaussian_psf(sigma))) > area:
         sigma -= 0.05
     return float(round(sigma, 2))
 
@@ -781,8 +772,8 @@ def _single_band_models(
         tmpl = np.zeros((len(res.children), h, w))
         cons = np.zeros((len(res.children), h, w))
         for i, ch in enumerate(res.children):
-            tmpl[i] = _place(np.asarray(ch.template) * ch.weight, ch.template_box, (h, w))
-            cons[i] = _place(ch.conserved, ch.box, (h, w))
+            tmpl[i] = place(np.asarray(ch.template) * ch.weight, ch.template_box, (h, w))
+            cons[i] = place(ch.conserved, ch.box, (h, w))
         total[sl] += tmpl.sum(axis=0)
         if pid in keep:
             labels = [str(kids[pid].get(int(c.index), "?")) for c in res.children]

@@ -25,7 +25,8 @@ from .blend import (
     RadialMonotonicity,
     overlap_slices,
 )
-from .initialization import _centered_overlap, _model_psf, initialize_blend
+from .box import centered, clip_slices
+from .initialization import _model_psf, initialize_blend
 
 __all__ = ["DeblendConfig", "DeblendResult", "Deblender"]
 
@@ -648,13 +649,14 @@ class _Fitter:
             _OPTIMIZERS[config.optimizer],
         )
         B, H, W = blend.shape
-        n0, n1 = obs._fft_shape(H, W)
-        fk = None if obs._pick_mode("auto", B, H, W) == "real" else obs._kernel_cache.get(n0, n1)
+        conv = obs.convolver
+        n0, n1 = conv.fft_shape(H, W)
+        fk = None if conv.pick_mode("auto", B, H, W) == "real" else conv.kernel_spectrum(n0, n1)
         self.kernel.set_data(
             np.ascontiguousarray(obs.images),
             obs.weights,
             obs.diff_kernels,
-            obs._grad_kernels,
+            conv.adjoint_kernels,
             fk,
             n0,
             n1,
@@ -915,7 +917,7 @@ class _Fitter:
                 or np.sum(np.maximum(amp[i], 0)) <= cfg.rescue_fraction * flux[id(src)]
             ):
                 continue
-            sl_img, sl_psf = _centered_overlap(conv.shape[1:], model_psf.shape, *src.peak)
+            sl_img, sl_psf = clip_slices(centered(src.peak, model_psf.shape), conv.shape[1:])
             morph = model_psf[sl_psf] / model_psf.max()
             box = (sl_img[0].start, sl_img[1].start, morph.shape[0], morph.shape[1])
             sed = np.maximum(amp[i], cfg.floor) * model_psf.max()

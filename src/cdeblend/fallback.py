@@ -23,7 +23,8 @@ import numpy as np
 from scipy.optimize import nnls
 
 from .blend import Blend, Component, Source
-from .initialization import _centered_overlap, _model_psf
+from .box import centered, clip_slices
+from .initialization import _model_psf
 
 __all__ = ["fallback_result"]
 
@@ -38,7 +39,7 @@ def psf_sources(observation: Any, peaks: np.ndarray, bg_thresh: float | None) ->
     psf = _model_psf(observation)
     sources = []
     for i, (py, px) in enumerate(np.asarray(peaks, dtype=np.int64).tolist()):
-        sl_img, sl_psf = _centered_overlap((H, W), psf.shape, py, px)
+        sl_img, sl_psf = clip_slices(centered((py, px), psf.shape), (H, W))
         morph = psf[sl_psf]
         morph = morph / morph.max()
         box = (sl_img[0].start, sl_img[1].start, morph.shape[0], morph.shape[1])

@@ -22,7 +22,8 @@ import scipy.signal
 
 from . import _adam_cy
 from .blend import Blend, Component, Source
-from .initialization import _centered_overlap, _model_psf
+from .box import centered, clip_slices
+from .initialization import _model_psf
 
 __all__ = ["add_residual_sources", "add_sources", "residual_peaks", "residual_snr_image"]
 
@@ -79,7 +80,7 @@ def _point_component(
     """A component shaped as the model PSF at ``peak`` with model flux ``flux`` (B,)."""
     model_psf = _model_psf(obs)
     _, H, W = obs.shape
-    sl_img, sl_psf = _centered_overlap((H, W), model_psf.shape, *peak)
+    sl_img, sl_psf = clip_slices(centered(peak, model_psf.shape), (H, W))
     morph = model_psf[sl_psf] / model_psf.max()
     box = (sl_img[0].start, sl_img[1].start, morph.shape[0], morph.shape[1])
     sed = np.maximum(np.asarray(flux, dtype=np.float64) / morph.sum(), floor)

@@ -46,18 +46,6 @@ def detection_image(observation) -> np.ndarray:
     return _monotonic_cy.detection_coadd(np.ascontiguousarray(observation.images), noise)
 
 
-def _centered_overlap(shape: tuple[int, int], size: tuple[int, int], y: int, x: int):
-    """Slices of an image of ``shape`` and of a centred ``size`` stamp placed at (y, x)."""
-    H, W = shape
-    h, w = size
-    ry, rx = h // 2, w // 2
-    ya, yb = max(y - ry, 0), min(y - ry + h, H)
-    xa, xb = max(x - rx, 0), min(x - rx + w, W)
-    img = (slice(ya, yb), slice(xa, xb))
-    stamp = (slice(ya - (y - ry), yb - (y - ry)), slice(xa - (x - rx), xb - (x - rx)))
-    return img, stamp
-
-
 def _peak_snrs(observation, peaks: np.ndarray) -> np.ndarray:
     """:func:`peak_snr` of every row of ``peaks`` ((N, 2) intp), in one kernel call."""
     return _monotonic_cy.peak_snrs(

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import _adam_cy, _apportion_cy
 from .apportion import FlatStack
+from .box import clip_slices, overlapping_pairs
 
 __all__ = [
     "CATALOG_COLUMNS",
@@ -142,17 +143,6 @@ def conserved_flux_errors(
     return np.sqrt(FlatStack(out, templates.boxes, B).sums())
 
 
-def _overlapping_pairs(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs k <= l of boxes with a non-empty intersection."""
-    y0, x0 = boxes[:, 0], boxes[:, 1]
-    y1, x1 = y0 + boxes[:, 2], x0 + boxes[:, 3]
-    hit = (np.maximum(y0[:, None], y0[None]) < np.minimum(y1[:, None], y1[None])) & (
-        np.maximum(x0[:, None], x0[None]) < np.minimum(x1[:, None], x1[None])
-    )
-    k, l_ = np.nonzero(np.triu(hit))
-    return k, l_
-
-
 def fisher_matrices(shapes: FlatStack, ivar: np.ndarray) -> np.ndarray:
     """(B, K, K) Fisher matrices ``sum_p C_k C_l ivar`` of linear amplitudes of the shapes.
 
@@ -167,7 +157,7 @@ def fisher_matrices(shapes: FlatStack, ivar: np.ndarray) -> np.ndarray:
     _, H, W = ivar.shape
     F = np.zeros((B, K, K))
     boxes = shapes.boxes
-    for k, l_ in zip(*_overlapping_pairs(boxes), strict=True):
+    for k, l_ in overlapping_pairs(boxes).tolist():
         a, b = tuple(int(v) for v in boxes[k]), tuple(int(v) for v in boxes[l_])
         y0, x0 = max(a[0], b[0], 0), max(a[1], b[1], 0)
         y1 = min(a[0] + a[2], b[0] + b[2], H)
@@ -249,7 +239,7 @@ def _component_shapes(blend, packed) -> tuple[FlatStack, np.ndarray]:
     boxes = [tuple(b) for b in packed.comp[:, :4].tolist()]
     morphs = [packed.morph_view(k)[None] for k in range(K)]
     grown = np.array(
-        [obs._grown_box(b)[1] if b[2] * b[3] else (b[0], b[1], 0, 0) for b in boxes],
+        [obs.convolver.grown_box(b)[1] if b[2] * b[3] else (b[0], b[1], 0, 0) for b in boxes],
         dtype=np.int64,
     ).reshape(-1, 4)
     gsizes = B * grown[:, 2] * grown[:, 3]
@@ -258,7 +248,7 @@ def _component_shapes(blend, packed) -> tuple[FlatStack, np.ndarray]:
     # the batched FFT of the 2-D morphologies: its round-off outside the true support only
     # adds terms ~1e-7 of the Fisher sums
     out = np.zeros(int(gsizes.sum()), dtype=obs.dtype)
-    obs._convolve_morphs_into(morphs, boxes, out, goffsets)
+    obs.convolver.convolve_morphs_into(morphs, boxes, out, goffsets)
     sums = np.array([m.sum() for m in morphs]).reshape(K)
     return FlatStack(out, grown, B), sums
 
@@ -345,15 +335,6 @@ def _source_models(blend, packed) -> FlatStack:
     return FlatStack(out, boxes, B)
 
 
-def _clip_slices(box, H: int, W: int):
-    """Slices of the frame and of the box's array for the part of ``box`` in the frame."""
-    y0, x0, h, w = (int(v) for v in box)
-    ya, xa = max(y0, 0), max(x0, 0)
-    yb, xb = min(y0 + h, H), min(x0 + w, W)
-    yb, xb = max(yb, ya), max(xb, xa)
-    return (slice(ya, yb), slice(xa, xb)), (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))
-
-
 def blend_metrics(result) -> BlendMetrics:
     """The metrics of :class:`BlendMetrics` for a :class:`~cdeblend.DeblendResult`."""
     blend = result.blend
@@ -371,7 +352,7 @@ def blend_metrics(result) -> BlendMetrics:
     # conserved images anyway)
     conv_total = np.zeros((B, H, W))
     for i in range(n):
-        fr, bx = _clip_slices(conv.boxes[i], H, W)
+        fr, bx = clip_slices(conv.boxes[i], (H, W))
         conv_total[(slice(None),) + fr] += conv.get(i)[(slice(None),) + bx]
     chi = np.where(has_data, weights * (np.asarray(obs.images, np.float64) - conv_total) ** 2, 0.0)
 
@@ -383,7 +364,7 @@ def blend_metrics(result) -> BlendMetrics:
     coverage = np.full((n, B), np.nan)
     edge = np.zeros(n, dtype=bool)
     for i in range(n):
-        fr, bx = _clip_slices(models.boxes[i], H, W)
+        fr, bx = clip_slices(models.boxes[i], (H, W))
         m = models.get(i)[(slice(None),) + bx]
         M = total[(slice(None),) + fr]
         fp = (m > 0).any(axis=0)
@@ -404,7 +385,7 @@ def blend_metrics(result) -> BlendMetrics:
         blendedness[i, ok] = 1.0 - (m * m).sum(axis=(1, 2))[ok] / cross[ok]
         fraction[i, flux > 0] = overlap[i, flux > 0] / flux[flux > 0]
         # the data-side metrics on the convolved model's footprint
-        gfr, gbx = _clip_slices(conv.boxes[i], H, W)
+        gfr, gbx = clip_slices(conv.boxes[i], (H, W))
         cfp = (conv.get(i)[(slice(None),) + gbx] > 0).any(axis=0)
         npix = int(cfp.sum())
         if npix:

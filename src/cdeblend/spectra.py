@@ -41,65 +41,16 @@ from ._convolve_cy import (
     nnls_gram,
     nnls_sparse,
 )
-from .observation import Observation, _as_box
+from .box import as_box, overlapping_pairs
+from .observation import Observation
 
 __all__ = ["fit_seds", "overlapping_pairs"]
-
-#: Up to this many boxes, overlapping pairs come from one dense K x K test (cheaper than the
-#: sweep's per-box Python loop).
-_DENSE_PAIRS = 128
 
 #: Overlap groups with more components than this are solved by the sparse NNLS
 #: (``nnls_sparse``, cost about linear in the group size) instead of the dense active set
 #: (``nnls_gram``, cost about cubic); both return the unique minimiser up to round-off. Below
 #: it the dense method is as fast, and small blends keep their bit-for-bit results.
 _SPARSE_NNLS = 64
-
-
-def overlapping_pairs(boxes: np.ndarray) -> np.ndarray:
-    """Index pairs ``(k, l)``, ``k <= l``, of boxes that share at least one pixel.
-
-    Boxes are sorted by ``y0`` and swept: for each box only the boxes starting before its
-    bottom edge are tested, so the cost follows the number of overlapping candidates rather
-    than ``K^2``.
-
-    Parameters
-    ----------
-    boxes : (K, 4) int array
-        ``(y0, x0, h, w)`` per box.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(P, 2)`` int64 pairs including every ``(k, k)`` of a non-empty box.
-    """
-    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-    if len(boxes) <= _DENSE_PAIRS:  # small blends: one vectorised all-pairs test
-        y0, x0 = boxes[:, 0], boxes[:, 1]
-        y1, x1 = y0 + boxes[:, 2], x0 + boxes[:, 3]
-        hit = (np.maximum(y0[:, None], y0[None]) < np.minimum(y1[:, None], y1[None])) & (
-            np.maximum(x0[:, None], x0[None]) < np.minimum(x1[:, None], x1[None])
-        )
-        k, j = np.nonzero(np.triu(hit))
-        return np.stack([k, j], axis=1).astype(np.int64)
-    nonempty = np.flatnonzero((boxes[:, 2] > 0) & (boxes[:, 3] > 0))
-    order = nonempty[np.argsort(boxes[nonempty, 0], kind="stable")]
-    y0 = boxes[order, 0]
-    y1 = y0 + boxes[order, 2]
-    x0 = boxes[order, 1]
-    x1 = x0 + boxes[order, 3]
-    out = []
-    for i in range(order.size):
-        # candidates: later boxes (in y0 order) whose top edge is above box i's bottom edge
-        j_end = int(np.searchsorted(y0, y1[i], side="left"))
-        j = np.arange(i, j_end)
-        hit = j[(x0[j] < x1[i]) & (x0[i] < x1[j])]
-        if hit.size:
-            a, b = order[i], order[hit]
-            out.append(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1))
-    if not out:
-        return np.zeros((0, 2), dtype=np.int64)
-    return np.concatenate(out)
 
 
 def _groups(pairs: np.ndarray, n: int) -> tuple[int, np.ndarray]:
@@ -344,7 +295,7 @@ def fit_seds(
     if fixed_model is not None:
         data = data - observation.convolve(fixed_model)
 
-    box_list = [_as_box(b, f"boxes[{k}]") for k, b in enumerate(boxes)]
+    box_list = [as_box(b, f"boxes[{k}]", allow_empty=True) for k, b in enumerate(boxes)]
     morphs = []
     for k, (m, box) in enumerate(zip(morphologies, box_list, strict=True)):
         arr = np.asarray(m)
@@ -376,7 +327,7 @@ def _fit_seds(
     # grown boxes first (pure box arithmetic), so one flat buffer holds every convolved model
     grown = np.zeros((nk, 4), dtype=np.intp)
     for k, box in enumerate(box_list):
-        clipped, g = observation._grown_box(box)
+        clipped, g = observation.convolver.grown_box(box)
         if clipped[2] and clipped[3]:
             grown[k] = g
     sizes = nb * grown[:, 2] * grown[:, 3]
@@ -385,7 +336,7 @@ def _fit_seds(
     # every non-empty grown box is written (np.empty: zero-filling hands the GIL over)
     flat = np.empty(int(sizes.sum()), dtype=dtype)
     # batched by FFT grid (each grid's kernel transform is computed once)
-    observation._convolve_morphs_into(morphs, box_list, flat, offsets)
+    observation.convolver.convolve_morphs_into(morphs, box_list, flat, offsets)
 
     pairs = overlapping_pairs(grown).astype(np.intp)
     weights = observation.weights

@@ -87,7 +87,7 @@ def deblend_task(
         if task.kind == "multi":
             images, variance, weights = _parent_arrays(task)
             if task.template is not None:  # the image was validated once: no checks here
-                obs = task.template._on_arrays(
+                obs = task.template.with_arrays(
                     images, variance, weights, noise_rms=task.template.noise_rms
                 )
             else:

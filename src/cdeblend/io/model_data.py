@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .._geometry import as_box, as_int, as_point, check_inside
+from ..box import as_box, as_int, as_point, check_inside, overlap_slices
 from .schema import SCHEMA_VERSION
 
 __all__ = ["BlendData", "ComponentData", "ModelData", "SourceData"]
@@ -285,15 +285,8 @@ def _add_on_box(
 
     Both boxes are in the same (full image) frame; the part outside ``frame`` is dropped.
     """
-    y0, x0, h, w = (int(v) for v in box)
-    fy, fx, fh, fw = (int(v) for v in frame)
-    ya, yb = max(y0, fy), min(y0 + h, fy + fh)
-    xa, xb = max(x0, fx), min(x0 + w, fx + fw)
-    if ya >= yb or xa >= xb:
-        return
-    target[..., ya - fy : yb - fy, xa - fx : xb - fx] += values[
-        ..., ya - y0 : yb - y0, xa - x0 : xb - x0
-    ]
+    sa, sb = overlap_slices(tuple(int(v) for v in frame), tuple(int(v) for v in box))
+    target[(..., *sa)] += values[(..., *sb)]
 
 
 @dataclass(eq=False)

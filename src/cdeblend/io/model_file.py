@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .._geometry import MAX_COORD
+from ..box import MAX_COORD
 from .fits_scan import read_bounded
 from .model_data import BlendData, ComponentData, ModelData, SourceData
 from .schema import MAX_BLEND_PIXELS, SCHEMA_NAME, SCHEMA_VERSION

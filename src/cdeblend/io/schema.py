@@ -32,7 +32,7 @@ not FITS, a FITS file without the schema keywords, a newer schema version, a mis
 row/size counts that do not add up (a truncated file). A model file may come from anywhere,
 so the reader also refuses, naming the row or keyword, anything the kernels would trust:
 a path that is not a regular file (``/dev/zero``, a pipe), HDUs declaring more data than the
-file holds, box sides < 1 or values beyond :data:`~cdeblend._geometry.MAX_COORD`, blend
+file holds, box sides < 1 or values beyond :data:`~cdeblend.box.MAX_COORD`, blend
 boxes of more than :data:`MAX_BLEND_PIXELS` pixels, a peak outside its component's box, NaN
 or infinite SEDs, morphologies or PSFs, data whose dtype is not the one ``SEDTYPE`` /
 ``MORTYPE`` declare (nothing is cast), offsets that are not the running sums above, and a
