@@ -782,24 +782,19 @@ class _Fitter:
                 bound = p
             best = self._best_buffers(p) if cfg.keep_best else (None, None, None)
             b = self.best
-            # windowed test: one iteration per call, the test below (the kernel's is off)
-            stop, e_rel = (
-                (min(max_iter, self.it + 1), 0.0) if cfg.converge_window else (max_iter, cfg.e_rel)
-            )
             status, self.it, size, improved, best_loss, best_size = kernel.iterate(
                 self.it,
                 start,
-                stop,
+                max_iter,
                 cfg.min_iter,
-                e_rel,
+                cfg.e_rel,
                 cfg.resize or 0,
                 cfg.component_padding,
                 *best,
                 b is not None,
                 b[0] if b is not None else 0.0,
+                cfg.converge_window,
             )
-            if cfg.converge_window and self.it > start + cfg.min_iter and self._settled():
-                status |= _adam_cy.CONVERGED
             # the kernel may have re-gridded into the other buffer (p.comp updated in place)
             if kernel.current != 0 or kernel.size != self._size:
                 self._cur = (self._cur + kernel.current) % 2
@@ -816,29 +811,6 @@ class _Fitter:
                 break
         self.bind()
         return converged
-
-    def _settled(self) -> bool:
-        """Whether the lowest loss so far improved by less than ``e_rel`` per iteration
-        over the last ``converge_window`` iterations.
-
-        The reference stops after one iteration with ``|L[-1] - L[-2]| < e_rel |L[-1]|``.
-        The loss of proximal ADAM is not monotone: during the fast descent it often takes a
-        nearly flat step (a box resize, the prox trimming a component) and the one-step
-        test stops the fit far from the minimum (the bundled HSC blend with the initial trim
-        in detection units: loss 56,441 after 8 iterations, 8,258 when the fit goes on),
-        while later the loss jumps by a percent between iterations and the test may never
-        pass. The running minimum over a window sees neither.
-        """
-        w = self.config.converge_window
-        h = self._hist[: self.it]
-        if h.size < w + 1:
-            return False
-        run = np.minimum.accumulate(h)
-        old, new = run[-w - 1], run[-1]
-        tol = w * self.config.e_rel * abs(new)
-        # the best has stalled, and not because the loss is up on a jump (after a box resize
-        # the loss can stay above the best for a few iterations and then fall below it)
-        return bool(old - new < tol and h[-1] - new < tol)
 
     def _best_buffers(self, p: PackedComponents) -> tuple:
         """Buffers for the kernel's copy of the best iterate: reused while they fit, new
