@@ -335,7 +335,7 @@ def test_resized_table_and_reach_match_numpy(seed):
 def test_point_source_products_match_numpy(seed):
     """The rescue's per-peak point-source products against numpy on PSF stamps cut to the
     frame (peaks on edges and corners included)."""
-    from cdeblend.initialization import _centered_overlap
+    from cdeblend.initialization import centered_overlap
 
     rng = np.random.default_rng(seed)
     B, H, W = int(rng.integers(1, 4)), int(rng.integers(1, 25)), int(rng.integers(1, 25))
@@ -349,7 +349,7 @@ def test_point_source_products_match_numpy(seed):
     pp, rp = np.empty((5, B)), np.empty((5, B))
     _adam_cy.point_source_products(weights, images, conv, psfs, peaks, pp, rp)
     for i, (y, x) in enumerate(peaks):
-        sl_img, sl_psf = _centered_overlap((H, W), (hp, wp), int(y), int(x))
+        sl_img, sl_psf = centered_overlap((H, W), (hp, wp), int(y), int(x))
         sl_img, sl_psf = (slice(None),) + sl_img, (slice(None),) + sl_psf
         np.testing.assert_allclose(
             pp[i], np.sum(weights[sl_img] * psfs[sl_psf] ** 2, axis=(1, 2)), rtol=1e-12

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdeblend import DeblendConfig, Observation
-from cdeblend.initialization import _centered_overlap, detection_image, initialize_blend, peak_snr
+from cdeblend.initialization import centered_overlap, detection_image, initialize_blend, peak_snr
 
 DATA = Path(__file__).parent / "data" / "hsc_cosmos_35.npz"
 
@@ -203,7 +203,7 @@ def test_flood_fill_starts_on_the_brightest_symmetric_neighbour(seed, quirk):
 
 def _numpy_snr(images, variance, psfs, peak):
     """peak_snr as numpy computed it."""
-    sl_img, sl_psf = _centered_overlap(images.shape[1:], psfs.shape[1:], *peak)
+    sl_img, sl_psf = centered_overlap(images.shape[1:], psfs.shape[1:], *peak)
     P = np.asarray(psfs[(slice(None),) + sl_psf], dtype=np.float64)
     num = float(np.sum(images[(slice(None),) + sl_img] * P))
     den = float(np.sum(P * P * variance[(slice(None),) + sl_img]))
@@ -458,7 +458,7 @@ def test_large_stamps_match_numpy():
     P = rng.random((131, 131)) + 0.01
     images = rng.normal(size=(3, 150, 140))
     morph, box, psed = _monotonic_cy.psf_component(P, images, 70, 60, np.ones(3))
-    sl_img, sl_psf = _centered_overlap((150, 140), P.shape, 70, 60)
+    sl_img, sl_psf = centered_overlap((150, 140), P.shape, 70, 60)
     np.testing.assert_array_equal(morph, P[sl_psf] / P[sl_psf].max())
     np.testing.assert_array_equal(psed, np.maximum(images[:, 70, 60], 0) * P[sl_psf].max())
     m = rng.random((120, 100))
@@ -488,7 +488,7 @@ def test_psf_component_matches_numpy(seed, B, H, W, h, w, dtype):
     peak = (int(rng.integers(0, H)), int(rng.integers(0, W)))
     morph, box, sed = _monotonic_cy.psf_component(P, images, peak[0], peak[1], psf_peak)
     # the numpy code it replaces
-    sl_img, sl_psf = _centered_overlap((H, W), P.shape, *peak)
+    sl_img, sl_psf = centered_overlap((H, W), P.shape, *peak)
     ref = P[sl_psf].copy()
     ref_sed = np.array(
         [

@@ -23,7 +23,8 @@ import numpy as np
 from scipy.optimize import nnls
 
 from .blend import Blend, Component, Source
-from .initialization import _centered_overlap, _model_psf
+from .deblend_result import DeblendResult
+from .initialization import centered_overlap, model_psf_array
 
 __all__ = ["fallback_result"]
 
@@ -35,10 +36,10 @@ def psf_sources(observation: Any, peaks: np.ndarray, bg_thresh: float | None) ->
     normalised to 1 at the peak (the model PSF's maximum is its centre).
     """
     B, H, W = observation.shape
-    psf = _model_psf(observation)
+    psf = model_psf_array(observation)
     sources = []
     for i, (py, px) in enumerate(np.asarray(peaks, dtype=np.int64).tolist()):
-        sl_img, sl_psf = _centered_overlap((H, W), psf.shape, py, px)
+        sl_img, sl_psf = centered_overlap((H, W), psf.shape, py, px)
         morph = psf[sl_psf]
         morph = morph / morph.max()
         box = (sl_img[0].start, sl_img[1].start, morph.shape[0], morph.shape[1])
@@ -100,8 +101,6 @@ def fallback_result(observation: Any, peaks: np.ndarray, config: Any, error: Bas
     DeblendResult
         ``fallback = True``, ``iterations = 0``, ``converged = False``, one source per peak.
     """
-    from .deblender import DeblendResult
-
     t0 = time.perf_counter()
     blend = Blend(observation, psf_sources(observation, peaks, config.bg_thresh))
     seds = fit_seds_nnls(blend)

@@ -16,17 +16,19 @@ small blends ran slower than one) and release it for big ones.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from . import _monotonic_cy
 from .blend import Blend, Box, Component, Source
+from .deblend_config import DeblendConfig
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .deblender import DeblendConfig
-
-__all__ = ["detection_image", "initialize_blend", "peak_snr"]
+__all__ = [
+    "centered_overlap",
+    "detection_image",
+    "initialize_blend",
+    "model_psf_array",
+    "peak_snr",
+]
 
 
 def detection_image(observation) -> np.ndarray:
@@ -46,7 +48,7 @@ def detection_image(observation) -> np.ndarray:
     return _monotonic_cy.detection_coadd(np.ascontiguousarray(observation.images), noise)
 
 
-def _centered_overlap(shape: tuple[int, int], size: tuple[int, int], y: int, x: int):
+def centered_overlap(shape: tuple[int, int], size: tuple[int, int], y: int, x: int):
     """Slices of an image of ``shape`` and of a centred ``size`` stamp placed at (y, x)."""
     H, W = shape
     h, w = size
@@ -148,7 +150,7 @@ def _extended_morphology(
     )
 
 
-def _model_psf(observation) -> np.ndarray:
+def model_psf_array(observation) -> np.ndarray:
     """The model PSF as a 2-D float64 array (a single pixel for PSF-matched data)."""
     if observation.model_psf is None:
         return np.ones((1, 1))
@@ -281,7 +283,7 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
     else:  # the reference: image units, although D is not
         t0 = float(noise.sum()) / noise.size * config.initial_bg_thresh  # np.mean(noise)
     kernels = np.ascontiguousarray(observation.diff_kernels)
-    model_psf = _model_psf(observation)
+    model_psf = model_psf_array(observation)
     # conv_b(P_model) at its centre: the model-space peak of a unit point source, observed
     psf_peak = _monotonic_cy.conv_at(
         model_psf, kernels, model_psf.shape[0] // 2, model_psf.shape[1] // 2
