@@ -166,7 +166,7 @@ def _fit_all_seds(blend: Blend, observation, config: DeblendConfig) -> bool:
     try:
         # the morphologies were just made here (finite, on their boxes): no checks
         seds = np.asarray(
-            spectra._fit_seds(
+            spectra.fit_seds_checked(
                 observation,
                 [c.morphology for c in comps],
                 [c.box for c in comps],
@@ -236,7 +236,7 @@ def _revive_dead_sources(
     data = observation.images - observation.convolve(fixed)
     try:
         seds = np.asarray(
-            spectra._fit_seds(
+            spectra.fit_seds_checked(
                 observation,
                 [c.morphology for c in others],
                 [c.box for c in others],

@@ -43,7 +43,7 @@ from ._convolve_cy import (
 )
 from .observation import Observation, _as_box
 
-__all__ = ["fit_seds", "overlapping_pairs"]
+__all__ = ["fit_seds", "fit_seds_checked", "overlapping_pairs"]
 
 #: Up to this many boxes, overlapping pairs come from one dense K x K test (cheaper than the
 #: sweep's per-box Python loop).
@@ -355,10 +355,10 @@ def fit_seds(
         if arr.dtype.kind not in "iuf" or not np.all(np.isfinite(arr)):
             raise ValueError(f"morphologies[{k}] must hold finite real numbers")
         morphs.append(arr)
-    return _fit_seds(observation, morphs, box_list, weighted, data, solver)
+    return fit_seds_checked(observation, morphs, box_list, weighted, data, solver)
 
 
-def _fit_seds(
+def fit_seds_checked(
     observation: Observation,
     morphs: Sequence[np.ndarray],
     box_list: Sequence[tuple[int, int, int, int]],
