@@ -42,8 +42,9 @@ class DeblendConfig:
     converge_window : int
         Stop when, over the last ``converge_window`` iterations (3), the lowest loss so far
         improved by less than ``converge_window * e_rel`` of itself and the last loss is
-        within that of it. 0: the reference's test, ``|L[-1] - L[-2]| < e_rel * |L[-1]|``,
-        which stops on the first flat step of the fast descent.
+        within that of it (:func:`cdeblend._adam_cy.settled`, tested inside the fit
+        kernel). 0: the reference's test, ``|L[-1] - L[-2]| < e_rel * |L[-1]|``, which
+        stops on the first flat step of the fast descent.
     resize : int or None
         Resize the component boxes every this many iterations (3); None never resizes.
     optimizer : str
