@@ -134,7 +134,7 @@ def floor_seconds(obs, result) -> float:
 
 def run_one(images, variance, psfs, peaks, true_flux, dtype: str) -> dict:
     """Deblend one scene in this process and return its measurements."""
-    sed = _Timer(spectra, "_fit_seds")
+    sed = _Timer(spectra, "fit_seds_checked")
     init = _Timer(deblender, "initialize_blend")
     fit = _Timer(deblender, "fit_blend")
     c0, w0 = time.process_time(), time.perf_counter()

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 
 from cdeblend import Observation
-from cdeblend.blend import Blend, Component, Source, box_intersect, box_union, overlap_slices
+from cdeblend.blend import (
+    Blend,
+    Component,
+    PackedComponents,
+    Source,
+    box_intersect,
+    box_union,
+    overlap_slices,
+)
 
 
 def gaussian_psf(size, sigma):
@@ -135,3 +143,32 @@ def test_convolved_sources_match_source_by_source(dtype, force_fft):
         one, one_box = blend.source_model(i)
         assert one_box == tuple(int(v) for v in stack.boxes[i])
         np.testing.assert_array_equal(one, got)
+
+
+def test_packed_morph_sums_match_each_components_sum():
+    blend, _ = small_blend(seed=4)
+    p = blend.pack()
+    expect = [c.morphology.sum() for c in blend.components]
+    np.testing.assert_allclose(p.morph_sums(), expect, rtol=1e-13)
+    # a component whose box shrank to nothing (the fit's resize can do that) sums to 0
+    comp = p.comp.copy()
+    comp[1, 2:4] = 0
+    comp[2, 4] = comp[1, 4]
+    morph = np.concatenate([p.morph[: comp[1, 4]], p.morph[p.comp[2, 4] :]])
+    shrunk = PackedComponents(p.sed, morph, comp, p.bg_thresh)
+    np.testing.assert_allclose(shrunk.morph_sums(), [expect[0], 0.0, expect[2]], rtol=1e-13)
+
+
+def test_adopt_makes_packed_parameters_the_blends():
+    blend, _ = small_blend(seed=5)
+    p = blend.pack()
+    other = PackedComponents(p.sed * 2, p.morph * 3, p.comp.copy(), p.bg_thresh.copy())
+    blend.adopt(other)
+    assert blend.packed is other
+    for k, c in enumerate(blend.components):
+        assert np.shares_memory(c.sed, other.sed) and np.shares_memory(c.morphology, other.morph)
+        np.testing.assert_array_equal(c.sed, 2 * p.sed[k])
+        np.testing.assert_array_equal(c.morphology, 3 * p.morph_view(k))
+    short = PackedComponents(p.sed[:2], p.morph, p.comp[:2], p.bg_thresh[:2])
+    with pytest.raises(ValueError, match="packed holds 2 components, the blend has 3"):
+        blend.adopt(short)

@@ -248,7 +248,7 @@ def test_faint_source_next_to_a_bright_galaxy_is_not_lost():
 
 
 def test_rescue_gives_an_underfitted_source_a_point_component():
-    from cdeblend.deblender import _Fitter
+    from cdeblend.fit import Fitter
     from cdeblend.initialization import initialize_blend
 
     B, size, noise = 3, 48, 1.0
@@ -263,7 +263,7 @@ def test_rescue_gives_an_underfitted_source_a_point_component():
     blend, _ = initialize_blend(obs, peaks, config)
     for c in blend.sources[1].components:
         c.sed[:] = config.floor  # as if the fit had handed its light to nobody
-    fitter = _Fitter(blend, config)
+    fitter = Fitter(blend, config)
     n0, n1 = len(blend.sources[0].components), len(blend.sources[1].components)
     assert fitter.rescue() == 1
     assert len(blend.sources[0].components) == n0  # well fitted: left alone

@@ -21,7 +21,9 @@ if TYPE_CHECKING:  # the eager imports, for type checkers and IDEs
     from .blend import Blend, Component, Source
     from .catalog import CatalogConfig, deblend_catalog, read_catalog, write_catalog
     from .datasets import DemoBlend, load_hsc_cosmos
-    from .deblender import DeblendConfig, Deblender, DeblendResult
+    from .deblend_config import DeblendConfig
+    from .deblend_result import DeblendResult
+    from .deblender import Deblender
     from .detection import (
         Parent,
         ParentResult,
@@ -53,8 +55,8 @@ _EXPORTS = {
     "Child": "single_band",
     "Component": "blend",
     "ComponentData": "model_data",
-    "DeblendConfig": "deblender",
-    "DeblendResult": "deblender",
+    "DeblendConfig": "deblend_config",
+    "DeblendResult": "deblend_result",
     "Deblender": "deblender",
     "DemoBlend": "datasets",
     "FlatStack": "apportion",

@@ -537,6 +537,46 @@ cdef Py_ssize_t _resized_table(const int64_t[:, ::1] comp, const int64_t[:, ::1]
     return off if changed else -1
 
 
+def settled(const double[::1] history, Py_ssize_t window, double e_rel):
+    """Whether the lowest loss of ``history`` improved by less than ``e_rel`` per iteration
+    over the last ``window`` iterations (the fit's windowed convergence test).
+
+    With ``best`` the running minimum of the history: ``best[-window - 1] - best[-1]`` and
+    ``history[-1] - best[-1]`` are both below ``window * e_rel * |best[-1]|``. The
+    reference's one-step test stops on the first nearly flat step of proximal ADAM's fast
+    descent (a box resize, the prox trimming a component), and later the loss jumps by a
+    percent between iterations so that the test may never pass; the running minimum over a
+    window sees neither. A second condition keeps the fit going while the loss is up on a
+    jump (after a resize it can stay above the best for a few iterations and then fall
+    below it). False while the history is shorter than ``window + 1`` or holds a NaN.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    return _settled(history, history.shape[0], window, e_rel)
+
+
+cdef bint _settled(const double[::1] hist, Py_ssize_t n, Py_ssize_t w,
+                   double e_rel) noexcept nogil:
+    """:func:`settled` of ``hist[:n]``."""
+    cdef Py_ssize_t i
+    cdef double old, new, tol
+    if n < w + 1:
+        return False
+    for i in range(n):  # a NaN makes the running minimum NaN from there on: no test passes
+        if hist[i] != hist[i]:
+            return False
+    old = hist[0]
+    for i in range(1, n - w):
+        if hist[i] < old:
+            old = hist[i]
+    new = old
+    for i in range(n - w, n):
+        if hist[i] < new:
+            new = hist[i]
+    tol = <double>w * e_rel * fabs(new)
+    return old - new < tol and hist[n - 1] - new < tol
+
+
 cdef enum:
     _RESIZED = 1
     _CONVERGED = 2
@@ -547,7 +587,7 @@ CONVERGED = _CONVERGED
 
 
 cdef struct IterState:
-    Py_ssize_t it, start, max_iter, min_iter, resize, pad, new_size, best_size
+    Py_ssize_t it, start, max_iter, min_iter, window, resize, pad, new_size, best_size
     double e_rel, best_loss
     bint keep_best, has_best, improved
     int status
@@ -756,7 +796,7 @@ cdef class FitKernel:
     def iterate(self, Py_ssize_t it, Py_ssize_t start, Py_ssize_t max_iter,
                 Py_ssize_t min_iter, double e_rel, Py_ssize_t resize, Py_ssize_t pad,
                 double[:, ::1] best_sed, double[::1] best_morph, int64_t[:, ::1] best_comp,
-                bint has_best, double best_loss):
+                bint has_best, double best_loss, Py_ssize_t window=0):
         """Run iterations ``it, it + 1, ...`` without the GIL (docs/spec/multi_band.md 3.3-3.10).
 
         Each iteration renders the model, takes the loss and its gradient (forward
@@ -766,9 +806,11 @@ cdef class FitKernel:
         yet; None: no best-keeping), steps every component, and every ``resize`` iterations
         (0: never) resizes the boxes (padding ``pad``): the morphologies and their moments
         move to the other buffer in the new layout and ``comp`` is updated in place. It
-        stops after the convergence test ``|L[it] - L[it - 1]| < e_rel |L[it]|`` passes
-        (once ``it > start + min_iter``), at ``max_iter``, or when the new layout does not
-        fit the buffers or the monotonicity table (the table then waits in ``new_comp``).
+        stops after the convergence test passes (once ``it > start + min_iter``), at
+        ``max_iter``, or when the new layout does not fit the buffers or the monotonicity
+        table (the table then waits in ``new_comp``). The test is :func:`settled` on the
+        history with ``window`` > 0; with ``window`` 0 the reference's
+        ``|L[it] - L[it - 1]| < e_rel |L[it]|``.
 
         Returns
         -------
@@ -796,6 +838,7 @@ cdef class FitKernel:
         st.start = start
         st.max_iter = max_iter
         st.min_iter = min_iter
+        st.window = window if window > 0 else 0
         st.resize = resize
         st.pad = pad
         st.new_size = -1
@@ -890,7 +933,10 @@ cdef class FitKernel:
                         self.regrids += 1
             st.it += 1
             if st.it > st.start + st.min_iter and st.it >= 2:
-                if fabs(self.hist[st.it - 1] - self.hist[st.it - 2]) < (
+                if st.window > 0:
+                    if _settled(self.hist, st.it, st.window, st.e_rel):
+                        status |= _CONVERGED
+                elif fabs(self.hist[st.it - 1] - self.hist[st.it - 2]) < (
                         st.e_rel * fabs(self.hist[st.it - 1])):
                     status |= _CONVERGED
             if status:

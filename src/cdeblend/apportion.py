@@ -21,7 +21,7 @@ from . import _apportion_cy
 from ._validate import as_float_array, as_no_data_mask, clear_no_data, no_data_pixels
 from .box import MAX_COORD, as_boxes, as_int
 
-__all__ = ["FlatStack", "apportion_flux"]
+__all__ = ["FlatStack", "apportion_checked", "apportion_flux"]
 
 
 class FlatStack:
@@ -194,10 +194,10 @@ def apportion_flux(
     bad = as_no_data_mask(mask, "mask", (B, H, W))
     # a NaN or inf would spread to every child sharing the pixel: no data gives no flux
     img, _ = clear_no_data(img, None, no_data_pixels(img, None, bad))
-    return _apportion(img, templates, mask_u8)
+    return apportion_checked(img, templates, mask_u8)
 
 
-def _apportion(
+def apportion_checked(
     image: np.ndarray, templates: FlatStack, mask_u8: np.ndarray | None = None
 ) -> tuple[FlatStack, np.ndarray]:
     """:func:`apportion_flux` of a checked (B, H, W) image of the templates' dtype (finite

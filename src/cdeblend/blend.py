@@ -335,6 +335,15 @@ class PackedComponents:
             c.morphology = self.morph_view(k)
             c.box = tuple(int(v) for v in self.comp[k, :4])  # type: ignore[assignment]
 
+    def morph_sums(self) -> np.ndarray:
+        """(K,) sum of each component's morphology."""
+        sizes = self.comp[:, 2] * self.comp[:, 3]
+        sums = np.zeros(len(sizes))
+        nonempty = sizes > 0
+        if nonempty.any():
+            sums[nonempty] = np.add.reduceat(self.morph, self.comp[nonempty, 4])
+        return sums
+
 
 class Blend:
     """Sources fitted jointly to one :class:`~cdeblend.observation.Observation`.
@@ -407,6 +416,18 @@ class Blend:
         self.check_geometry()
         self._packed = PackedComponents.from_components(self.components, self.shape[0])
         return self._packed
+
+    def adopt(self, packed: PackedComponents) -> None:
+        """Make ``packed`` (one row per component, in order) the blend's packed parameters
+        and point the components' ``sed`` / ``morphology`` / ``box`` at its buffers (the
+        fit's parameters become the blend's)."""
+        components = self.components
+        if len(packed.comp) != len(components):
+            raise ValueError(
+                f"packed holds {len(packed.comp)} components, the blend has {len(components)}"
+            )
+        packed.bind(components)
+        self._packed = packed
 
     @property
     def packed(self) -> PackedComponents:

@@ -24,7 +24,8 @@ from scipy.optimize import nnls
 
 from .blend import Blend, Component, Source
 from .box import centered, clip_slices
-from .initialization import _model_psf
+from .deblend_result import DeblendResult
+from .initialization import model_psf_array
 
 __all__ = ["fallback_result"]
 
@@ -36,7 +37,7 @@ def psf_sources(observation: Any, peaks: np.ndarray, bg_thresh: float | None) ->
     normalised to 1 at the peak (the model PSF's maximum is its centre).
     """
     B, H, W = observation.shape
-    psf = _model_psf(observation)
+    psf = model_psf_array(observation)
     sources = []
     for i, (py, px) in enumerate(np.asarray(peaks, dtype=np.int64).tolist()):
         sl_img, sl_psf = clip_slices(centered((py, px), psf.shape), (H, W))
@@ -101,8 +102,6 @@ def fallback_result(observation: Any, peaks: np.ndarray, config: Any, error: Bas
     DeblendResult
         ``fallback = True``, ``iterations = 0``, ``converged = False``, one source per peak.
     """
-    from .deblender import DeblendResult
-
     t0 = time.perf_counter()
     blend = Blend(observation, psf_sources(observation, peaks, config.bg_thresh))
     seds = fit_seds_nnls(blend)

@@ -21,9 +21,13 @@ import scipy.ndimage
 import scipy.signal
 
 from . import _adam_cy
+from ._validate import as_peaks
 from .blend import Blend, Component, Source
 from .box import centered, clip_slices
-from .initialization import _model_psf
+from .deblend_config import DeblendConfig
+from .deblend_result import DeblendResult
+from .fit import fit_blend
+from .initialization import model_psf_array
 
 __all__ = ["add_residual_sources", "add_sources", "residual_peaks", "residual_snr_image"]
 
@@ -78,7 +82,7 @@ def _point_component(
     obs, peak: tuple[int, int], flux: np.ndarray, floor: float, bg_thresh: float | None
 ) -> Component:
     """A component shaped as the model PSF at ``peak`` with model flux ``flux`` (B,)."""
-    model_psf = _model_psf(obs)
+    model_psf = model_psf_array(obs)
     _, H, W = obs.shape
     sl_img, sl_psf = clip_slices(centered(peak, model_psf.shape), (H, W))
     morph = model_psf[sl_psf] / model_psf.max()
@@ -111,9 +115,6 @@ def add_sources(result, peaks, seds=None, config=None, max_iter: int | None = No
         The new sources come last (``added`` marks them); ``loss_history`` is the old
         history followed by the continued fit's, ``iterations`` counts both.
     """
-    from ._validate import as_peaks
-    from .deblender import DeblendConfig, DeblendResult, fit_blend
-
     config = DeblendConfig() if config is None else config
     if not isinstance(config, DeblendConfig):
         raise TypeError(f"config must be a DeblendConfig, got {type(config).__name__}")

@@ -16,17 +16,18 @@ small blends ran slower than one) and release it for big ones.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from . import _monotonic_cy
 from .blend import Blend, Box, Component, Source
+from .deblend_config import DeblendConfig
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .deblender import DeblendConfig
-
-__all__ = ["detection_image", "initialize_blend", "peak_snr"]
+__all__ = [
+    "detection_image",
+    "initialize_blend",
+    "model_psf_array",
+    "peak_snr",
+]
 
 
 def detection_image(observation) -> np.ndarray:
@@ -136,7 +137,7 @@ def _extended_morphology(
     )
 
 
-def _model_psf(observation) -> np.ndarray:
+def model_psf_array(observation) -> np.ndarray:
     """The model PSF as a 2-D float64 array (a single pixel for PSF-matched data)."""
     if observation.model_psf is None:
         return np.ones((1, 1))
@@ -152,7 +153,7 @@ def _fit_all_seds(blend: Blend, observation, config: DeblendConfig) -> bool:
     try:
         # the morphologies were just made here (finite, on their boxes): no checks
         seds = np.asarray(
-            spectra._fit_seds(
+            spectra.fit_seds_checked(
                 observation,
                 [c.morphology for c in comps],
                 [c.box for c in comps],
@@ -222,7 +223,7 @@ def _revive_dead_sources(
     data = observation.images - observation.convolve(fixed)
     try:
         seds = np.asarray(
-            spectra._fit_seds(
+            spectra.fit_seds_checked(
                 observation,
                 [c.morphology for c in others],
                 [c.box for c in others],
@@ -258,39 +259,51 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
     info : dict
         ``snr`` (N,), ``spectrum_init`` (bool: the joint SED fit ran).
     """
-    from . import spectra
-
     B, H, W = observation.shape
-    images = np.ascontiguousarray(observation.images)
     D = detection_image(observation)
-    noise = np.asarray(observation.noise_rms, dtype=np.float64)
-    if config.init_thresh_units == "detection":
-        t0 = float(np.sqrt(np.sum(1.0 / noise[noise > 0] ** 2))) * config.initial_bg_thresh
-    else:  # the reference: image units, although D is not
-        t0 = float(noise.sum()) / noise.size * config.initial_bg_thresh  # np.mean(noise)
-    kernels = np.ascontiguousarray(observation.diff_kernels)
-    model_psf = _model_psf(observation)
-    # conv_b(P_model) at its centre: the model-space peak of a unit point source, observed
-    psf_peak = _monotonic_cy.conv_at(
-        model_psf, kernels, model_psf.shape[0] // 2, model_psf.shape[1] // 2
-    )
-    psf_thresh = (
-        config.bg_thresh if config.psf_fallback_bg_thresh is None else config.psf_fallback_bg_thresh
-    )
-    bg = config.bg_thresh
     peak_arr = np.ascontiguousarray(peaks, dtype=np.intp).reshape(-1, 2)
     peak_list = [(int(y), int(x)) for y, x in peak_arr.tolist()]
-    ws = _MaskWorkspace((H, W))
-    # Extended morphologies, brightest peaks first. With ``residual_init`` a peak that lies
-    # inside the monotonic mask of a brighter one is initialised from the detection image
-    # minus what the brighter ones claimed (their symmetric masks), so that a faint source on
-    # a bright neighbour's wing starts from its own light, not from a symmetrised piece of
-    # the neighbour (off by default: it did not improve the simulations).
+    exts = _extended_morphologies(D, peak_list, _trim_level(observation, config), config)
+    snrs = _peak_snrs(observation, peak_arr)
+    blend, singles, init_seds = _initial_sources(observation, D, peak_arr, exts, snrs, config)
+    ran = False
+    cutoff = config.max_spectrum_cutoff
+    if config.set_spectra and (cutoff <= 0 or len(peak_list) * H * W < cutoff):
+        ran = _fit_all_seds(blend, observation, config)
+    if not ran:
+        _fit_bulge_disk_seds(blend, observation, singles, config)
+    if ran and config.rescue_faint and blend.components:
+        _revive_dead_sources(blend, observation, singles, init_seds, config)
+    _floor_seds(blend, config)
+    return blend, {"snr": snrs, "spectrum_init": ran}
+
+
+def _trim_level(observation, config: DeblendConfig) -> float:
+    """Level at which the initial morphologies are trimmed (``init_thresh_units``)."""
+    noise = np.asarray(observation.noise_rms, dtype=np.float64)
+    if config.init_thresh_units == "detection":
+        return float(np.sqrt(np.sum(1.0 / noise[noise > 0] ** 2))) * config.initial_bg_thresh
+    # the reference: image units, although the detection image is not
+    return float(noise.sum()) / noise.size * config.initial_bg_thresh  # np.mean(noise)
+
+
+def _extended_morphologies(
+    D: np.ndarray, peak_list: list, t0: float, config: DeblendConfig
+) -> list:
+    """Each peak's extended morphology ``(morph, box, scale)`` or None, brightest first.
+
+    With ``residual_init`` a peak that lies inside the monotonic mask of a brighter one is
+    initialised from the detection image minus what the brighter ones claimed (their
+    symmetric masks), so that a faint source on a bright neighbour's wing starts from its
+    own light, not from a symmetrised piece of the neighbour (off by default: it did not
+    improve the simulations).
+    """
+    ws = _MaskWorkspace(D.shape)
     exts: list = [None] * len(peak_list)
     claimed = covered = None
     if config.residual_init:
-        claimed = np.zeros((H, W))
-        covered = np.zeros((H, W), dtype=np.uint8)
+        claimed = np.zeros(D.shape)
+        covered = np.zeros(D.shape, dtype=np.uint8)
     # brightest first, ties in peak order, NaN last: np.argsort(-D[peaks], kind="stable"),
     # in Python because numpy's fancy indexing and argsort hand the GIL over even when tiny
     dp = [float(D[peak]) for peak in peak_list]
@@ -302,23 +315,50 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
         exts[i] = _extended_morphology(
             D_use, peak, t0, config.init_padding, ws, config.center_flip_quirk, claimed, covered
         )
-    # S/N of every peak; SEDs of the extended ones: the ratio of the image to the convolved
-    # detection image at the peak, times the morphology's maximum (it is peak-normalised)
-    snrs = _peak_snrs(observation, peak_arr)
+    return exts
+
+
+def _split_flags(snrs: np.ndarray, n: int, config: DeblendConfig) -> list:
+    """Whether each source is split into a bulge and a disk (``min_snr``, ``max_components``)."""
+    if config.max_components < 2:
+        return [False] * n
+    if config.min_snr > 0:
+        return (np.floor(snrs) / config.min_snr >= 2).tolist()
+    return [True] * n
+
+
+def _initial_sources(
+    observation,
+    D: np.ndarray,
+    peak_arr: np.ndarray,
+    exts: list,
+    snrs: np.ndarray,
+    config: DeblendConfig,
+) -> tuple[Blend, list, list]:
+    """The blend of one source per peak: a PSF-shaped component where the peak gave no
+    extended morphology, else the extended one (split into a bulge and a disk for bright
+    sources). Also returns per source its single component (kept for the rescue) and that
+    component's initial SED (never modified)."""
+    images = np.ascontiguousarray(observation.images)
+    kernels = np.ascontiguousarray(observation.diff_kernels)
+    model_psf = model_psf_array(observation)
+    # conv_b(P_model) at its centre: the model-space peak of a unit point source, observed
+    psf_peak = _monotonic_cy.conv_at(
+        model_psf, kernels, model_psf.shape[0] // 2, model_psf.shape[1] // 2
+    )
+    psf_thresh = (
+        config.bg_thresh if config.psf_fallback_bg_thresh is None else config.psf_fallback_bg_thresh
+    )
+    bg = config.bg_thresh
+    # SEDs of the extended ones: the ratio of the image to the convolved detection image at
+    # the peak, times the morphology's maximum (it is peak-normalised)
     scale = np.array([0.0 if e is None else e[2] for e in exts])
     seds = _monotonic_cy.peak_seds(images, D, kernels, peak_arr, scale)
-    if config.max_components < 2:
-        split = [False] * len(peak_list)
-    elif config.min_snr > 0:
-        split = (np.floor(snrs) / config.min_snr >= 2).tolist()
-    else:
-        split = [True] * len(peak_list)
+    split = _split_flags(snrs, len(exts), config)
     f = config.disk_percentile / 100.0
-    sources = []
-    singles = []  # per source its single component (kept for the rescue below) ...
-    init_seds = []  # ... and that component's initial SED (never modified)
-    for i, peak in enumerate(peak_list):
-        ext = exts[i]
+    sources, singles, init_seds = [], [], []
+    for i, (y, x) in enumerate(peak_arr.tolist()):
+        peak, ext = (int(y), int(x)), exts[i]
         if ext is None:
             morph, box, sed = _monotonic_cy.psf_component(
                 model_psf, images, peak[0], peak[1], psf_peak
@@ -332,7 +372,7 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
             comps = [single]
             parts = _monotonic_cy.bulge_disk(morph, f) if split[i] else None
             if parts is not None:
-                # SEDs below: from the joint fit, or (if it does not run) from a fit of
+                # SEDs later: from the joint fit, or (if it does not run) from a fit of
                 # these two morphologies alone
                 comps = [
                     Component(sed, parts[0], box, peak, bg, "bulge", copy=False),
@@ -341,41 +381,41 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
         sources.append(Source(comps, peak, i))
         singles.append(single)
         init_seds.append(sed)
-    blend = Blend(observation, sources)
-    ran = False
-    cutoff = config.max_spectrum_cutoff
-    if config.set_spectra and (cutoff <= 0 or len(peak_list) * H * W < cutoff):
-        ran = _fit_all_seds(blend, observation, config)
-    if not ran:
-        # the reference's per-source bulge/disk SEDs (neighbours ignored); the joint fit
-        # replaces them, so they are only computed when it does not run
-        for src, single in zip(blend.sources, singles, strict=True):
-            if len(src.components) != 2:
-                continue
-            bulge, disk = src.components
-            try:
-                fitted = np.asarray(
-                    spectra.fit_seds(
-                        observation,
-                        [bulge.morphology, disk.morphology],
-                        [bulge.box, disk.box],
-                        solver=config.sed_solver,
-                    )
+    return Blend(observation, sources), singles, init_seds
+
+
+def _fit_bulge_disk_seds(blend: Blend, observation, singles: list, config: DeblendConfig) -> None:
+    """The reference's per-source bulge/disk SEDs (neighbours ignored), used when the joint
+    fit does not run; a source whose fit fails keeps its single component."""
+    from . import spectra
+
+    for src, single in zip(blend.sources, singles, strict=True):
+        if len(src.components) != 2:
+            continue
+        bulge, disk = src.components
+        try:
+            fitted = np.asarray(
+                spectra.fit_seds(
+                    observation,
+                    [bulge.morphology, disk.morphology],
+                    [bulge.box, disk.box],
+                    solver=config.sed_solver,
                 )
-            except np.linalg.LinAlgError:
-                fitted = None
-            if fitted is None or not np.all(np.isfinite(fitted)):
-                src.components = [single]
-                continue
-            bulge.sed, disk.sed = (np.maximum(x, 0.0) for x in fitted)
+            )
+        except np.linalg.LinAlgError:
+            fitted = None
+        if fitted is None or not np.all(np.isfinite(fitted)):
+            src.components = [single]
+            continue
+        bulge.sed, disk.sed = (np.maximum(x, 0.0) for x in fitted)
+
+
+def _floor_seds(blend: Blend, config: DeblendConfig) -> None:
+    """Raise every SED value below ``floor`` (or not finite) to ``floor``."""
     comps = blend.components
-    if ran and config.rescue_faint and comps:
-        _revive_dead_sources(blend, observation, singles, init_seds, config)
-        comps = blend.components
     if comps:
         # all SEDs at once; each component gets its row
         S = np.array([c.sed for c in comps], dtype=np.float64)
         S = np.where(np.isfinite(S) & (S >= config.floor), S, config.floor)
         for c, s in zip(comps, S, strict=True):
             c.sed = s
-    return blend, {"snr": snrs, "spectrum_init": ran}

@@ -44,7 +44,7 @@ from ._convolve_cy import (
 from .box import as_box, overlapping_pairs
 from .observation import Observation
 
-__all__ = ["fit_seds", "overlapping_pairs"]
+__all__ = ["fit_seds", "fit_seds_checked", "overlapping_pairs"]
 
 #: Overlap groups with more components than this are solved by the sparse NNLS
 #: (``nnls_sparse``, cost about linear in the group size) instead of the dense active set
@@ -306,10 +306,10 @@ def fit_seds(
         if arr.dtype.kind not in "iuf" or not np.all(np.isfinite(arr)):
             raise ValueError(f"morphologies[{k}] must hold finite real numbers")
         morphs.append(arr)
-    return _fit_seds(observation, morphs, box_list, weighted, data, solver)
+    return fit_seds_checked(observation, morphs, box_list, weighted, data, solver)
 
 
-def _fit_seds(
+def fit_seds_checked(
     observation: Observation,
     morphs: Sequence[np.ndarray],
     box_list: Sequence[tuple[int, int, int, int]],

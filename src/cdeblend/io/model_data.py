@@ -467,7 +467,7 @@ class ModelData:
             result of the fit; ``loss``, ``iterations`` and ``converged`` are the stored ones.
         """
         from ..blend import Blend, Component, Source
-        from ..deblender import DeblendResult
+        from ..deblend_result import DeblendResult
         from ..observation import Observation
 
         bd = self._blend(parent_id)
@@ -529,7 +529,9 @@ class ModelData:
         DeblendResult
             The refitted blend; ``loss_history`` covers the new iterations only.
         """
-        from ..deblender import DeblendConfig, DeblendResult, fit_blend
+        from ..deblend_config import DeblendConfig
+        from ..deblend_result import DeblendResult
+        from ..fit import fit_blend
 
         config = DeblendConfig() if config is None else config
         result = self.rebuild(observation, parent_id, config)
