@@ -1,0 +1,73 @@
+"""Output helpers of the ``cdeblend`` command: tables on the terminal and in CSV files,
+arrays placed in a frame, optional matplotlib and tqdm."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def place(array: np.ndarray, box: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
+    """Put a (h, w) array that lives on ``box`` into a zero (H, W) frame (clipping)."""
+    out = np.zeros(shape, dtype=np.float64)
+    y0, x0, h, w = (int(v) for v in box)
+    ya, yb = max(y0, 0), min(y0 + h, shape[0])
+    xa, xb = max(x0, 0), min(x0 + w, shape[1])
+    if ya < yb and xa < xb:
+        out[ya:yb, xa:xb] = np.asarray(array)[ya - y0 : yb - y0, xa - x0 : xb - x0]
+    return out
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(h) for h in header]] + [[fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for k, row in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def fmt(value: object) -> str:
+    if isinstance(value, float | np.floating):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows([[fmt(v) for v in row] for row in rows])
+
+
+def flag_items(flags: object) -> list[tuple[str, bool]]:
+    """(name, value) pairs of a flags object: a dict, a dataclass or a set of names."""
+    if isinstance(flags, dict):
+        return [(str(k), bool(v)) for k, v in flags.items()]
+    if isinstance(flags, set | frozenset | list | tuple):
+        return [(str(k), True) for k in flags]
+    if hasattr(flags, "__dataclass_fields__"):
+        return [(k, bool(getattr(flags, k))) for k in flags.__dataclass_fields__]
+    return []
+
+
+def with_progress(items: Sequence, desc: str, enabled: bool) -> Sequence:
+    """``items`` wrapped in a tqdm bar when tqdm is installed and ``enabled``."""
+    if not enabled or len(items) < 2:
+        return items
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=desc, unit="parent" if desc != "show" else "source")
