@@ -206,7 +206,7 @@ def test_deblend_image_bad_input():
 @given(st.integers(1, 30), st.integers(1, 30), st.floats(0.3, 6.0), st.integers(0, 2**32 - 1))
 def test_separable_smooth_matches_scipy(H, W, sigma, seed):
     from cdeblend import _symmetric_cy
-    from cdeblend.detection import _gauss_kernel
+    from cdeblend.detection.image import _gauss_kernel
 
     img = np.random.default_rng(seed).normal(size=(H, W))
     out = np.empty_like(img)
@@ -350,7 +350,7 @@ def merge_tree_reference(image, labels):
 @given(H=st.integers(1, 9), W=st.integers(1, 9), seed=st.integers(0, 2**16), ties=st.booleans())
 def test_merge_tree_matches_reference(H, W, seed, ties):
     from cdeblend import _detection_cy
-    from cdeblend.detection import _merge_tree
+    from cdeblend.detection.peaks import _merge_tree
 
     rng = np.random.default_rng(seed)
     image = rng.normal(size=(H, W))
