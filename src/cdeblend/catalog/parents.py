@@ -9,7 +9,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .._validate import as_float_array, as_peaks, check_same_shape, clear_no_data, no_data_pixels
+from .._validate import as_float_array, as_peaks, check_same_shape
+from ..detection import detection_image
 from .frame import Frame
 
 __all__ = [
@@ -51,8 +52,9 @@ def parents_from_peaks(
 ) -> list[CatalogParent]:
     """Group a flat peak list into parents.
 
-    A footprint is a connected (8-neighbour) region of pixels whose S/N in the
-    inverse-variance coadd ``sum_b I_b / V_b / sqrt(sum_b 1 / V_b)`` is at least ``snr``,
+    A footprint is a connected (8-neighbour) region of pixels whose S/N in the unfiltered
+    detection image (:func:`cdeblend.detection_image`, the inverse-variance coadd
+    ``sum_b I_b / V_b / sqrt(sum_b 1 / V_b)``) is at least ``snr``,
     with every peak pixel switched on, dilated by a disc of radius ``grow``. Regions without
     a peak are dropped; parents are numbered 1, 2, ... in raster order of their first pixel
     and keep their peaks in input order.
@@ -71,14 +73,11 @@ def parents_from_peaks(
     from .. import _symmetric_cy
 
     img = as_float_array(images, "images", (2, 3), finite=False)
+    # the variance in the images' precision (as the catalog reads both)
     var = as_float_array(variance, "variance", (2, 3), dtype=img.dtype, finite=False)
     check_same_shape(img, "images", var, "variance")
-    img, var = clear_no_data(img, var, no_data_pixels(img, var))  # no data: S/N 0
-    if img.ndim == 2:
-        img, var = img[None], var[None]
-    pk = as_peaks(peaks, img.shape[1:])
-    sn = np.empty(img.shape[1:])
-    _symmetric_cy.snr_coadd(img, var, sn)
+    pk = as_peaks(peaks, img.shape[-2:])
+    sn = detection_image(img, var)  # unfiltered; pixels without data have S/N 0
     on = np.ascontiguousarray(sn >= snr)
     on[pk[:, 0], pk[:, 1]] = True
     if grow > 0:

@@ -4,17 +4,24 @@ unfiltered, matched-filtered or smoothed (SExtractor's ``FILTER Y``), and its no
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage, signal
+from scipy import ndimage
 
 from .. import _symmetric_cy
 from .._validate import as_float_array, check_psf, check_same_shape, clear_no_data, no_data_pixels
 
 
-def _as_stack(images, variance):
+def _as_stack(images, variance, keep_float32: bool = False):
     """Validated (B, H, W) images and variance (a single band gets B = 1); pixels without
-    data (see ``_validate.no_data_pixels``) get value 0 and variance 0."""
-    images = as_float_array(images, "images", (2, 3), dtype=np.float64, finite=False)
-    variance = as_float_array(variance, "variance", (2, 3), dtype=np.float64, finite=False)
+    data (see ``_validate.no_data_pixels``) get value 0 and variance 0.
+
+    float64, or with ``keep_float32`` float32 when both arrays are (for the S/N kernel,
+    which reads either and computes in double: the same values at half the memory).
+    """
+    dtype = np.float64
+    if keep_float32 and np.asarray(images).dtype == np.asarray(variance).dtype == np.float32:
+        dtype = np.float32
+    images = as_float_array(images, "images", (2, 3), dtype=dtype, finite=False)
+    variance = as_float_array(variance, "variance", (2, 3), dtype=dtype, finite=False)
     check_same_shape(images, "images", variance, "variance")
     images, variance = clear_no_data(images, variance, no_data_pixels(images, variance))
     if images.ndim == 2:
@@ -63,10 +70,28 @@ def detection_image(
     numpy.ndarray
         (H, W) float64 detection image in units of sigma.
     """
+    return detection_image_and_sums(images, variance, psf, psf_fwhm, kernel, filter_type)[0]
+
+
+def detection_image_and_sums(
+    images, variance, psf=None, psf_fwhm=None, kernel=None, filter_type: str = "matched"
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """:func:`detection_image` and the coadd's two sums (:func:`coadd`) it was filtered from,
+    for a second filter of the same sums (None: the image is unfiltered).
+
+    The unfiltered image is the S/N kernel's (``_symmetric_cy.snr_coadd``: one pass in
+    double, no (B, H, W) temporaries); it equals ``num / sqrt(den)`` of :func:`coadd` to the
+    bit (both add the bands in order, in double).
+    """
     if filter_type not in ("matched", "conv"):
         raise ValueError(f"filter_type must be 'matched' or 'conv', got {filter_type!r}")
+    if psf is None and psf_fwhm is None and kernel is None:
+        images, variance = _as_stack(images, variance, keep_float32=True)
+        out = np.empty(images.shape[1:])
+        _symmetric_cy.snr_coadd(images, variance, out)
+        return out, None
     num, den = coadd(images, variance)
-    return filter_coadd(num, den, psf, psf_fwhm, kernel, filter_type)
+    return filter_coadd(num, den, psf, psf_fwhm, kernel, filter_type), (num, den)
 
 
 def coadd(images, variance) -> tuple[np.ndarray, np.ndarray]:
@@ -78,11 +103,10 @@ def coadd(images, variance) -> tuple[np.ndarray, np.ndarray]:
 
 
 def filter_coadd(num, den, psf, psf_fwhm, kernel, filter_type) -> np.ndarray:
-    """:func:`detection_image` from the coadd's two sums."""
+    """:func:`detection_image` from the coadd's two sums, with a filter (``psf``, ``psf_fwhm``
+    or ``kernel``)."""
     conv = filter_type == "conv"
     tiny = np.finfo(np.float64).tiny
-    if psf is None and psf_fwhm is None and kernel is None:
-        return np.divide(num, np.sqrt(den), out=np.zeros_like(num), where=den > 0)
     if psf is None and psf_fwhm is not None:
         if not (np.isfinite(psf_fwhm) and psf_fwhm > 0):
             raise ValueError(f"psf_fwhm must be finite and > 0, got {psf_fwhm}")
@@ -115,6 +139,8 @@ def filter_coadd(num, den, psf, psf_fwhm, kernel, filter_type) -> np.ndarray:
         num_f = ndimage.correlate(num, p / p.sum(), mode="constant")
         den_f = ndimage.correlate(den, k2[::-1, ::-1], mode="constant")
     else:
+        from scipy import signal  # imported when needed: it alone takes ~1 s to import
+
         both = signal.fftconvolve(np.stack([num, den]), np.stack([k, k2]), mode="same", axes=(1, 2))
         num_f, den_f = both[0], both[1]
     return num_f / np.sqrt(np.maximum(den_f, tiny))

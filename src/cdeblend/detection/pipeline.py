@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 
-from .image import check_kernel, coadd, filter_coadd, filter_noise
+from .image import check_kernel, detection_image_and_sums, filter_coadd, filter_noise
 from .parents import Parent, find_footprints, group_peaks
 from .peaks import (
     CONTRAST_REFERENCE,
@@ -144,10 +144,7 @@ def detect(
             psf = getattr(obs, "psfs", None)
     if kernel is not None:
         kernel = check_kernel(kernel)
-    if filter_type not in ("matched", "conv"):
-        raise ValueError(f"filter_type must be 'matched' or 'conv', got {filter_type!r}")
-    num, den = coadd(images, variance)
-    det = filter_coadd(num, den, psf, psf_fwhm, kernel, filter_type)
+    det, sums = detection_image_and_sums(images, variance, psf, psf_fwhm, kernel, filter_type)
     _warn_if_unsubtracted(det, nsigma)
     labels, _ = find_footprints(det, nsigma=nsigma, grow=grow, min_area=min_area)
     det_noise = filter_noise(psf, psf_fwhm, kernel, filter_type)
@@ -164,7 +161,7 @@ def detect(
             if not (np.isfinite(peak_filter) and peak_filter > 0):
                 raise ValueError(f"peak_filter must be finite and > 0 or None, got {peak_filter}")
             width = float(peak_filter) * scale
-            image = filter_coadd(num, den, None, width, None, "conv")
+            image = filter_coadd(*sums, None, width, None, "conv")
             noise = filter_noise(psf_fwhm=width, filter_type="conv")
             if measure_noise:
                 noise = _outside_noise(image, labels) or noise
