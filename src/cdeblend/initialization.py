@@ -26,11 +26,15 @@ from .blend import Blend, Box, Component, Source
 if TYPE_CHECKING:  # pragma: no cover
     from .deblender import DeblendConfig
 
-__all__ = ["detection_image", "initialize_blend", "peak_snr"]
+__all__ = ["chi2_coadd", "initialize_blend", "peak_snr"]
 
 
-def detection_image(observation) -> np.ndarray:
+def chi2_coadd(observation) -> np.ndarray:
     """The chi^2 (inverse-variance, "Kaiser") coadd ``sum_b images_b / noise_rms_b**2``.
+
+    The initializer's image, not :func:`cdeblend.detection_image`: each band weighs by its
+    one noise level (not per pixel), and the sum stays in image units over variance (it is
+    not divided by ``sqrt(sum_b 1 / noise_rms_b**2)`` into S/N, nor filtered).
 
     Parameters
     ----------
@@ -274,7 +278,7 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
 
     B, H, W = observation.shape
     images = np.ascontiguousarray(observation.images)
-    D = detection_image(observation)
+    D = chi2_coadd(observation)
     noise = np.asarray(observation.noise_rms, dtype=np.float64)
     if config.init_thresh_units == "detection":
         t0 = float(np.sqrt(np.sum(1.0 / noise[noise > 0] ** 2))) * config.initial_bg_thresh
