@@ -15,39 +15,47 @@ from .._validate import as_peaks
 
 @dataclass
 class Parent:
-    """One parent: a footprint and the peaks inside it.
+    """One parent: a footprint and the peaks inside it, deblended on its own.
+
+    The one parent type: :func:`detect` and :func:`group_peaks` make them, so does the
+    catalog's :func:`cdeblend.catalog.parents_from_peaks`, and
+    :func:`cdeblend.deblend_catalog` takes them (or any object with ``id``, ``box``,
+    ``footprint`` and ``peaks``).
 
     Attributes
     ----------
     id : int
-        1-based label of the parent (its value in the label image).
+        Id of the parent (1-based; from detection, its value in the label image).
     box : tuple of int
         (y0, x0, h, w) of the footprint's bounding box in the image frame.
-    footprint : numpy.ndarray
-        bool (h, w) footprint on ``box``.
+    footprint : numpy.ndarray or None
+        bool (h, w) footprint on ``box``; None means the whole box.
     peaks : numpy.ndarray
-        (K, 2) int64 (y, x) peaks in the image frame, brightest first.
-    peak_index : numpy.ndarray
+        (K, 2) int64 (y, x) peaks in the image frame (detected peaks: brightest first;
+        given peaks: in the caller's order).
+    peak_index : numpy.ndarray or None
         (K,) rows of these peaks in the caller's peak list (detected peaks: their order of
-        detection over the whole image).
+        detection over the whole image); None when not known.
     """
 
     id: int
     box: tuple[int, int, int, int]
-    footprint: np.ndarray
+    footprint: np.ndarray | None
     peaks: np.ndarray
-    peak_index: np.ndarray
+    peak_index: np.ndarray | None = None
 
     @property
     def area(self) -> int:
         """Number of footprint pixels."""
+        if self.footprint is None:
+            return int(self.box[2]) * int(self.box[3])
         return int(self.footprint.sum())
 
     def full_footprint(self, shape: tuple[int, int]) -> np.ndarray:
         """The footprint as an (H, W) bool mask of the whole image."""
         out = np.zeros(shape, dtype=bool)
         y0, x0, h, w = self.box
-        out[y0 : y0 + h, x0 : x0 + w] = self.footprint
+        out[y0 : y0 + h, x0 : x0 + w] = True if self.footprint is None else self.footprint
         return out
 
 
