@@ -11,7 +11,8 @@ Every Python module under ``src/cdeblend``:
   _symmetric_cy``, the compiled kernels, or ``from ._validate import as_peaks``) is fine: the
   module is private, the names are its public face;
 - takes part in no import cycle among cdeblend modules, counting the imports that run when
-  the module is imported (module level, outside ``if TYPE_CHECKING:``).
+  the module is imported (module level, outside ``if TYPE_CHECKING:``);
+- is listed in ``meson.build`` (as is every kernel), so that a wheel installs it.
 
 Each rule is its own test and prints its offenders. Rules that files still being split break
 are marked ``xfail`` (not strict) with the offenders known when this test was written.
@@ -255,6 +256,25 @@ def test_no_import_cycle():
     offenders = import_cycles()
     _report("import cycles among cdeblend modules (import-time imports)", offenders)
     assert not offenders
+
+
+def test_every_module_is_installed():
+    """Every Python module and kernel is listed in src/cdeblend/meson.build (else a wheel or
+    a non-editable install lacks it while the editable build still imports it)."""
+    listed = set()
+    for build in PACKAGE.rglob("meson.build"):
+        text = build.read_text()
+        for path in PACKAGE.rglob("*"):
+            rel = path.relative_to(build.parent).as_posix()
+            # Python sources by path; kernels by extension name (built from name + '.pyx')
+            named = f"'{rel}'" if path.suffix == ".py" else f"'{path.stem}'"
+            if path.suffix in (".py", ".pyx") and named in text:
+                listed.add(path.relative_to(PACKAGE).as_posix())
+    sources = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")}
+    sources |= {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.pyx")}
+    missing = sorted(sources - listed)
+    _report("modules not listed in meson.build", missing)
+    assert not missing
 
 
 def test_the_rules_see_what_they_check(tmp_path):
