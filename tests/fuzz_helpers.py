@@ -14,18 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from hypothesis import HealthCheck, event, settings
+from hypothesis import event, settings
 from hypothesis import strategies as st
 
-#: Settings of every fuzz test: few examples (the suite must stay fast), no deadline.
-#: ``CDEBLEND_FUZZ_EXAMPLES=2000`` runs a longer, randomised hunt.
+#: Settings of every fuzz test: few examples (the suite must stay fast); the deadline and
+#: the health checks are those of the suite's Hypothesis profile (tests/conftest.py, loaded
+#: before this module). ``CDEBLEND_FUZZ_EXAMPLES=2000`` runs a longer, randomised hunt.
 _HUNT = int(os.environ.get("CDEBLEND_FUZZ_EXAMPLES", "0"))
-FUZZ = settings(
-    max_examples=_HUNT or 100,
-    deadline=None,
-    derandomize=not _HUNT,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = settings(max_examples=_HUNT or 100, derandomize=not _HUNT)
 
 LAYOUTS = (
     "plain",
@@ -196,6 +192,30 @@ def damage(draw, images: np.ndarray, variance: np.ndarray) -> tuple[np.ndarray, 
         images *= 1e-30
         variance *= 1e-60
     return images, variance, kind
+
+
+#: Damage with values that an integer layout cannot hold (NaN, inf, huge or tiny values).
+NOT_INTEGER = ("huge", "tiny", "nan_image", "inf_image", "nan_var")
+
+
+def damaged_scene(draw, allow_bad: bool = True, **scene_options):
+    """A :func:`scenes` scene, damaged by :func:`damage` when ``allow_bad``: ``(images,
+    variance, peaks, kind)`` (kind ``"none"``: undamaged)."""
+    images, variance, peaks = draw(scenes(**scene_options))
+    if not allow_bad:
+        return images, variance, peaks, "none"
+    images, variance, kind = damage(draw, images, variance)
+    return images, variance, peaks, kind
+
+
+def layout_for(draw, kind: str, allow_bad: bool = True) -> str:
+    """A layout of :data:`LAYOUTS` (``GOOD_LAYOUTS`` unless ``allow_bad``) for data damaged
+    by ``kind``: "plain" instead of an integer layout when the damage has no integer
+    representation."""
+    layout = draw(st.sampled_from(LAYOUTS if allow_bad else GOOD_LAYOUTS))
+    if layout in ("int32", "int64", "bool") and kind in NOT_INTEGER:
+        layout = "plain"
+    return layout
 
 
 PEAK_KINDS = (

@@ -274,6 +274,34 @@ def test_parents_from_peaks_groups_the_scene(scene):
     assert total.max() == 1  # footprints do not overlap
 
 
+def test_catalog_and_detection_share_one_parent_type(scene):
+    """parents_from_peaks, detect and group_peaks all give cdeblend.Parent (CatalogParent and
+    ParentLike are its old names); peak_index points back into the caller's peak list, and
+    each peak lies in its parent's footprint, which is the thresholded unfiltered
+    detection image's connected region (grown by 0 here) around it."""
+    from scipy import ndimage
+
+    from cdeblend.catalog import ParentLike
+
+    images, variance, psfs, peaks = scene
+    assert CatalogParent is cdeblend.Parent and ParentLike is cdeblend.Parent
+    parents = parents_from_peaks(images, variance, peaks, snr=3.0, grow=0)
+    detected = cdeblend.detect(images, variance, psfs)
+    assert all(type(p) is cdeblend.Parent for p in parents + detected)
+    on = cdeblend.detection_image(images, variance) >= 3.0
+    on[peaks[:, 0], peaks[:, 1]] = True
+    labels, _ = ndimage.label(on, structure=np.ones((3, 3), bool))
+    seen = []
+    for p in parents:
+        assert np.array_equal(np.asarray(peaks)[p.peak_index], p.peaks)
+        y0, x0, h, w = p.box
+        lab = labels[p.peaks[0, 0], p.peaks[0, 1]]
+        assert np.array_equal(labels[y0 : y0 + h, x0 : x0 + w] == lab, p.footprint)
+        assert p.area == int((labels == lab).sum())
+        seen.extend(p.peak_index.tolist())
+    assert sorted(seen) == list(range(len(peaks)))
+
+
 # ------------------------------------------------------------------------------------------
 # rows against an independent numpy computation
 # ------------------------------------------------------------------------------------------

@@ -206,7 +206,7 @@ def test_deblend_image_bad_input():
 @given(st.integers(1, 30), st.integers(1, 30), st.floats(0.3, 6.0), st.integers(0, 2**32 - 1))
 def test_separable_smooth_matches_scipy(H, W, sigma, seed):
     from cdeblend import _symmetric_cy
-    from cdeblend.detection import _gauss_kernel
+    from cdeblend.detection.image import _gauss_kernel
 
     img = np.random.default_rng(seed).normal(size=(H, W))
     out = np.empty_like(img)
@@ -252,6 +252,37 @@ def test_snr_coadd_and_noise_rms_kernels_match_numpy(seed, bands, dtype):
                 np.testing.assert_allclose(mean, np.mean(np.sqrt(v[b][good])), rtol=1e-12)
         else:
             assert np.isnan(mean)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    bands=st.integers(1, 5),
+    dtypes=st.sampled_from([(np.float64,) * 2, (np.float32,) * 2, (np.float32, np.float64)]),
+)
+def test_unfiltered_detection_image_is_the_coadd_ratio_to_the_bit(seed, bands, dtypes):
+    """One detection image: unfiltered (the catalog's grouping of peaks uses it) it is the
+    S/N kernel's, and that equals ``num / sqrt(den)`` of the coadd the filtered images are
+    made from, bit for bit and sign of zero included, with pixels without data (zero, NaN,
+    infinite variance; NaN or infinite values; negative zeros) and in either precision."""
+    from cdeblend.detection.image import coadd
+
+    rng = np.random.default_rng(seed)
+    H, W = int(rng.integers(1, 30)), int(rng.integers(1, 30))
+    images = (rng.normal(size=(bands, H, W)) * 10.0 ** rng.uniform(-3, 4)).astype(dtypes[0])
+    variance = rng.uniform(1e-3, 1e3, size=(bands, H, W)).astype(dtypes[1])
+    u = rng.random(images.shape)
+    variance[u < 0.1] = 0
+    variance[(u >= 0.1) & (u < 0.15)] = np.nan
+    variance[(u >= 0.15) & (u < 0.2)] = np.inf
+    images[(u >= 0.2) & (u < 0.25)] = np.nan
+    images[(u >= 0.25) & (u < 0.3)] = -0.0
+    det = cdb.detection_image(images, variance)
+    num, den = coadd(images, variance)
+    ref = np.divide(num, np.sqrt(den), out=np.zeros_like(num), where=den > 0)
+    assert det.dtype == np.float64 and det.shape == (H, W)
+    assert np.array_equal(det, ref)
+    assert np.array_equal(np.signbit(det), np.signbit(ref))
 
 
 @settings(max_examples=80, deadline=None)
@@ -350,7 +381,7 @@ def merge_tree_reference(image, labels):
 @given(H=st.integers(1, 9), W=st.integers(1, 9), seed=st.integers(0, 2**16), ties=st.booleans())
 def test_merge_tree_matches_reference(H, W, seed, ties):
     from cdeblend import _detection_cy
-    from cdeblend.detection import _merge_tree
+    from cdeblend.detection.peaks import _merge_tree
 
     rng = np.random.default_rng(seed)
     image = rng.normal(size=(H, W))

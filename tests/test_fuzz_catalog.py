@@ -20,11 +20,11 @@ from fuzz_helpers import (
     FUZZ,
     LAYOUTS,
     assert_finite,
-    damage,
+    damaged_scene,
+    layout_for,
     outcome,
     psf_images,
     relayout,
-    scenes,
 )
 from hypothesis import given
 from hypothesis import strategies as st
@@ -44,18 +44,9 @@ pytest.importorskip("astropy")
 
 @st.composite
 def fields(draw):
-    images, variance, peaks = draw(scenes(max_size=36, min_size=4))
-    images, variance, kind = damage(draw, images, variance)
+    images, variance, peaks, kind = damaged_scene(draw, max_size=36, min_size=4)
     B = images.shape[0]
-    layout = draw(st.sampled_from(LAYOUTS))
-    if layout in ("int32", "int64", "bool") and kind in (
-        "huge",
-        "tiny",
-        "nan_image",
-        "inf_image",
-        "nan_var",
-    ):
-        layout = "plain"
+    layout = layout_for(draw, kind)
     psf = draw(psf_images())
     psfs = np.repeat(psf[None], B, axis=0)
     mask = None

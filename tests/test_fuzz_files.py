@@ -12,7 +12,7 @@ A crash must fail the test and nothing else, so the known crashers and a few hun
 random files run in a **subprocess** (this file is also its script: ``python
 test_fuzz_files.py CASES.json``), which reports every case's outcome; a signal there fails
 the test with the case that was running. The hypothesis tests run in this process: under
-``ci/boundscheck.sh`` (kernels built with bounds checks) an out-of-bounds access there is an
+``.ci/boundscheck.sh`` (kernels built with bounds checks) an out-of-bounds access there is an
 IndexError, which fails the test.
 """
 
@@ -485,7 +485,7 @@ if FUZZ is not None:
     @settings(FUZZ, max_examples=FUZZ.max_examples // 2)  # each writes and fits a file
     @given(mutations())
     def test_fuzz_crafted_files(base_file, tmp_path_factory, muts):
-        """In this process (bounds-checked kernels under ci/boundscheck.sh)."""
+        """In this process (bounds-checked kernels under .ci/boundscheck.sh)."""
         path = tmp_path_factory.mktemp("crafted") / "case.fits"
         try:
             craft(

@@ -12,15 +12,13 @@ import numpy as np
 from fuzz_helpers import (
     BAD_PEAKS,
     FUZZ,
-    GOOD_LAYOUTS,
-    LAYOUTS,
     PEAK_KINDS,
     assert_finite,
-    damage,
+    damaged_scene,
+    layout_for,
     outcome,
     psf_images,
     relayout,
-    scenes,
     vary_peaks,
 )
 from hypothesis import given
@@ -34,23 +32,11 @@ FAST = DeblendConfig(max_iter=15, min_iter=2)
 
 @st.composite
 def observations(draw, allow_bad: bool = True):
-    images, variance, peaks = draw(scenes())
+    images, variance, peaks, kind = damaged_scene(draw, allow_bad)
     B = images.shape[0]
-    if allow_bad:
-        images, variance, kind = damage(draw, images, variance)
-    else:
-        kind = "none"
     psf = draw(psf_images(allow_bad=allow_bad))
     psfs = np.repeat(psf[None], B, axis=0)
-    layout = draw(st.sampled_from(LAYOUTS if allow_bad else GOOD_LAYOUTS))
-    if layout in ("int32", "int64", "bool") and kind in (
-        "huge",
-        "tiny",
-        "nan_image",
-        "inf_image",
-        "nan_var",
-    ):
-        layout = "plain"  # NaN/huge values have no integer representation
+    layout = layout_for(draw, kind, allow_bad)
     sigma = draw(st.sampled_from([0.8, 0.5, None]))
     return (
         relayout(images, layout),

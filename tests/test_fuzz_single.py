@@ -12,15 +12,13 @@ import numpy as np
 from fuzz_helpers import (
     BAD_PEAKS,
     FUZZ,
-    GOOD_LAYOUTS,
-    LAYOUTS,
     PEAK_KINDS,
     assert_finite,
-    damage,
+    damaged_scene,
+    layout_for,
     outcome,
     psf_images,
     relayout,
-    scenes,
     vary_peaks,
 )
 from hypothesis import given
@@ -31,20 +29,8 @@ from cdeblend import SingleBandDeblender, deblend_image, detect
 
 @st.composite
 def single_band_cases(draw, allow_bad: bool = True):
-    images, variance, peaks = draw(scenes(bands=1))
-    if allow_bad:
-        images, variance, kind = damage(draw, images, variance)
-    else:
-        kind = "none"
-    layout = draw(st.sampled_from(LAYOUTS if allow_bad else GOOD_LAYOUTS))
-    if layout in ("int32", "int64", "bool") and kind in (
-        "huge",
-        "tiny",
-        "nan_image",
-        "inf_image",
-        "nan_var",
-    ):
-        layout = "plain"
+    images, variance, peaks, kind = damaged_scene(draw, allow_bad, bands=1)
+    layout = layout_for(draw, kind, allow_bad)
     psf = draw(psf_images(allow_bad=allow_bad))
     return (
         relayout(images[0], layout),

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from cdeblend import DeblendConfig, Observation
 from cdeblend.box import centered, clip_slices
-from cdeblend.initialization import detection_image, initialize_blend, peak_snr
+from cdeblend.initialization import chi2_coadd, initialize_blend, peak_snr
 
 DATA = Path(__file__).parent / "data" / "hsc_cosmos_35.npz"
 
@@ -71,9 +71,9 @@ def reference_single(obs, peak, t0, padding=2):
     return morph / morph.max(), (y0, x0, y1 - y0, x1 - x0), sed
 
 
-def test_detection_image_and_snr_formulas():
+def test_chi2_coadd_and_snr_formulas():
     obs, peaks = load_real()
-    D = detection_image(obs)
+    D = chi2_coadd(obs)
     ref = sum(obs.images[b].astype(np.float64) / obs.noise_rms[b] ** 2 for b in range(5))
     np.testing.assert_allclose(D, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
     # S/N of a point source: sum(I P) / sqrt(sum(P^2 V)) with the PSF centred on the peak
@@ -156,7 +156,7 @@ def test_residual_init_starts_faint_neighbours_from_their_own_light():
     resid, _ = initialize_blend(
         obs, peaks, DeblendConfig(set_spectra=False, max_components=1, residual_init=True)
     )
-    D = detection_image(obs)
+    D = chi2_coadd(obs)
     brightest = int(np.argmax(D[peaks[:, 0], peaks[:, 1]]))
     a, b = plain.sources[brightest].components[0], resid.sources[brightest].components[0]
     assert a.box == b.box
@@ -255,7 +255,7 @@ def test_detection_coadd_matches_numpy(seed, B, H, W, dtype):
     np.testing.assert_allclose(D, ref, rtol=0, atol=1e-15 * (np.max(scale, initial=0) + 1e-300))
     obs = SimpleNamespace(images=images, noise_rms=noise.astype(dtype))
     np.testing.assert_array_equal(
-        detection_image(obs),
+        chi2_coadd(obs),
         _monotonic_cy.detection_coadd(images, noise.astype(dtype).astype(np.float64)),
     )
 
@@ -449,7 +449,7 @@ def test_large_stamps_match_numpy():
         _monotonic_cy.conv_at(D, kernels, 45, 50), _numpy_conv_at(D, kernels, 45, 50)
     )
     obs, peaks = load_real()  # 35 peaks x 5 bands x 41 x 41 kernels
-    Dr = detection_image(obs)
+    Dr = chi2_coadd(obs)
     kern = obs.diff_kernels
     sed = _monotonic_cy.peak_seds(obs.images, Dr, kern, peaks.astype(np.intp), np.ones(len(peaks)))
     for i, (y, x) in enumerate(peaks):

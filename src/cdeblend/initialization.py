@@ -23,15 +23,19 @@ from .blend import Blend, Box, Component, Source
 from .deblend_config import DeblendConfig
 
 __all__ = [
-    "detection_image",
+    "chi2_coadd",
     "initialize_blend",
     "model_psf_array",
     "peak_snr",
 ]
 
 
-def detection_image(observation) -> np.ndarray:
+def chi2_coadd(observation) -> np.ndarray:
     """The chi^2 (inverse-variance, "Kaiser") coadd ``sum_b images_b / noise_rms_b**2``.
+
+    The initializer's image, not :func:`cdeblend.detection_image`: each band weighs by its
+    one noise level (not per pixel), and the sum stays in image units over variance (it is
+    not divided by ``sqrt(sum_b 1 / noise_rms_b**2)`` into S/N, nor filtered).
 
     Parameters
     ----------
@@ -260,7 +264,7 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
         ``snr`` (N,), ``spectrum_init`` (bool: the joint SED fit ran).
     """
     B, H, W = observation.shape
-    D = detection_image(observation)
+    D = chi2_coadd(observation)
     peak_arr = np.ascontiguousarray(peaks, dtype=np.intp).reshape(-1, 2)
     peak_list = [(int(y), int(x)) for y, x in peak_arr.tolist()]
     exts = _extended_morphologies(D, peak_list, _trim_level(observation, config), config)

@@ -344,7 +344,7 @@ def run_patch(spec: PatchSpec, out: str, threads: int | None = None) -> dict[str
     dict
         The patch's summary row (keys :data:`SUMMARY_COLUMNS`).
     """
-    from .cli import _cmd_deblend
+    from .cli import run_deblend
 
     start, cpu_start = time.perf_counter(), time.process_time()
     final = Path(out) / spec.name
@@ -355,7 +355,7 @@ def run_patch(spec: PatchSpec, out: str, threads: int | None = None) -> dict[str
         args.out, args.no_plots, args.quiet = str(tmp), True, True
         args.executor, args.workers = "threads", threads
         with _captured_stdout() as log:
-            status = _cmd_deblend(args)
+            status = run_deblend(args)
         if status != 0:
             raise RuntimeError(f"cdeblend deblend returned {status}")
         (tmp / "log.txt").write_text(log.getvalue())

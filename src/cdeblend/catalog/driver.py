@@ -15,7 +15,7 @@ from ..model_data import BlendData, ModelData, SourceData
 from .config import CatalogConfig, skip_reason
 from .executors import check_executor, run_tasks, submit_or_run, usable_cpus
 from .frame import Frame, as_frame
-from .parents import ParentLike, check_parents, footprint_flux_err, parent_stats, parents_from_peaks
+from .parents import Parent, check_parents, footprint_flux_err, parent_stats, parents_from_peaks
 from .table import assemble, celestial_wcs, describe_columns, to_table
 from .tasks import Outcome, Task
 from .worker import deblend_task, default_deblender_factory, default_observation_factory
@@ -26,7 +26,7 @@ __all__ = ["deblend_catalog"]
 def deblend_catalog(
     observation_or_image: Any,
     peaks: Any = None,
-    parents: Sequence[ParentLike] | None = None,
+    parents: Sequence[Parent] | None = None,
     config: CatalogConfig | None = None,
     executor: Any = "threads",
     progress: bool = True,

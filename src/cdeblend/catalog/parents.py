@@ -1,15 +1,17 @@
-"""Parents: the parent types, grouping a flat peak list into parents, checking the parents
-given, and the footprint statistics of every parent (flux, centroid, masked fraction)."""
+"""Parents in the catalog: grouping a flat peak list into parents (of the one parent type,
+:class:`cdeblend.Parent`, that detection makes too), checking the parents given, and the
+footprint statistics of every parent (flux, centroid, masked fraction)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from .._validate import as_float_array, as_peaks, check_same_shape, clear_no_data, no_data_pixels
+from .._validate import as_float_array, as_peaks, check_same_shape
+from ..detection import Parent, detection_image
 from .frame import Frame
 
 __all__ = [
@@ -23,23 +25,12 @@ __all__ = [
 ]
 
 
-class ParentLike(Protocol):
-    """What :func:`deblend_catalog` needs of a parent (``detect`` returns such objects)."""
-
-    id: int
-    box: Sequence[int]  # (y0, x0, h, w) in the image frame
-    footprint: np.ndarray | None  # (h, w) bool on the box; None = the whole box
-    peaks: np.ndarray  # (N, 2) (y, x) in the image frame
-
-
-@dataclass
-class CatalogParent:
-    """A minimal parent: id, box ``(y0, x0, h, w)``, footprint on the box, peaks (image frame)."""
-
-    id: int
-    box: tuple[int, int, int, int]
-    footprint: np.ndarray | None
-    peaks: np.ndarray
+#: The catalog's names of :class:`cdeblend.Parent`, kept for code written against them: the
+#: catalog and detection share one parent type (``CatalogParent(id, box, footprint, peaks)``
+#: still builds one). :func:`deblend_catalog` reads any object with ``id``, ``box``,
+#: ``footprint`` (or None) and ``peaks``.
+CatalogParent = Parent
+ParentLike = Parent
 
 
 def parents_from_peaks(
@@ -48,11 +39,12 @@ def parents_from_peaks(
     peaks: Any,
     snr: float = 3.0,
     grow: int = 2,
-) -> list[CatalogParent]:
+) -> list[Parent]:
     """Group a flat peak list into parents.
 
-    A footprint is a connected (8-neighbour) region of pixels whose S/N in the
-    inverse-variance coadd ``sum_b I_b / V_b / sqrt(sum_b 1 / V_b)`` is at least ``snr``,
+    A footprint is a connected (8-neighbour) region of pixels whose S/N in the unfiltered
+    detection image (:func:`cdeblend.detection_image`, the inverse-variance coadd
+    ``sum_b I_b / V_b / sqrt(sum_b 1 / V_b)``) is at least ``snr``,
     with every peak pixel switched on, dilated by a disc of radius ``grow``. Regions without
     a peak are dropped; parents are numbered 1, 2, ... in raster order of their first pixel
     and keep their peaks in input order.
@@ -71,14 +63,11 @@ def parents_from_peaks(
     from .. import _symmetric_cy
 
     img = as_float_array(images, "images", (2, 3), finite=False)
+    # the variance in the images' precision (as the catalog reads both)
     var = as_float_array(variance, "variance", (2, 3), dtype=img.dtype, finite=False)
     check_same_shape(img, "images", var, "variance")
-    img, var = clear_no_data(img, var, no_data_pixels(img, var))  # no data: S/N 0
-    if img.ndim == 2:
-        img, var = img[None], var[None]
-    pk = as_peaks(peaks, img.shape[1:])
-    sn = np.empty(img.shape[1:])
-    _symmetric_cy.snr_coadd(img, var, sn)
+    pk = as_peaks(peaks, img.shape[-2:])
+    sn = detection_image(img, var)  # unfiltered; pixels without data have S/N 0
     on = np.ascontiguousarray(sn >= snr)
     on[pk[:, 0], pk[:, 1]] = True
     if grow > 0:
@@ -95,12 +84,14 @@ def parents_from_peaks(
     starts = np.searchsorted(peak_label[order], np.arange(1, len(boxes) + 2))
     for lab in np.unique(peak_label).tolist():  # labels are raster ordered
         y0, x0, h, w = boxes[lab - 1].tolist()
+        rows = order[starts[lab - 1] : starts[lab]]
         parents.append(
-            CatalogParent(
+            Parent(
                 id=len(parents) + 1,
                 box=(y0, x0, h, w),
                 footprint=labels[y0 : y0 + h, x0 : x0 + w] == lab,
-                peaks=pk[order[starts[lab - 1] : starts[lab]]],
+                peaks=pk[rows],
+                peak_index=rows,
             )
         )
     return parents

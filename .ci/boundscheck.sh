@@ -4,8 +4,8 @@
 # An out-of-bounds access in a kernel then raises IndexError in the test that caused it
 # instead of reading or writing past a buffer.
 #
-#   ci/boundscheck.sh            kernel tests + fuzz tests
-#   ci/boundscheck.sh --all      the whole test suite
+#   .ci/boundscheck.sh            kernel tests + fuzz tests
+#   .ci/boundscheck.sh --all      the whole test suite
 #
 # Environment: BOUNDSCHECK_VENV (default: a new temporary folder) and PYTHON (default python3).
 # The package is installed the README's way (pip, isolated build, the test extra) with the

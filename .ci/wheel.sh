@@ -5,7 +5,7 @@
 # runs when the module is loaded), then install the wheel into a fresh virtual environment with NO C
 # compiler on PATH and run the whole test suite against the installed wheel.
 #
-#   ci/wheel.sh
+#   .ci/wheel.sh
 #
 # Environment: WHEEL_WORK (default: a new temporary folder; the build venv, the wheels and the
 # test venv go there; a wheel already in WHEEL_WORK/dist is reused), PYTHON (default

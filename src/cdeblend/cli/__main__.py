@@ -1,0 +1,7 @@
+"""``python -m cdeblend.cli``: the ``cdeblend`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
