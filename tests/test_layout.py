@@ -14,8 +14,7 @@ Every Python module under ``src/cdeblend``:
   the module is imported (module level, outside ``if TYPE_CHECKING:``);
 - is listed in ``meson.build`` (as is every kernel), so that a wheel installs it.
 
-Each rule is its own test and prints its offenders. Rules that files still being split break
-are marked ``xfail`` (not strict) with the offenders known when this test was written.
+Each rule is its own test and prints its offenders.
 """
 
 from __future__ import annotations
@@ -219,33 +218,20 @@ def _report(title: str, offenders: list[str]) -> None:
 # Offenders when this test was written: files that other changes of issue 14 are splitting
 # (single_band.py, deblender.py, observation.py) and names they import privately. The lead
 # makes these tests strict once those changes are merged.
-KNOWN_LONG = "single_band.py, deblender.py, observation.py"
-KNOWN_PRIVATE = (
-    "deblender/fallback/incremental import initialization._centered_overlap/_model_psf, "
-    "deblender imports apportion._apportion, spectra imports observation._as_box, "
-    "cli.deblend imports observation._effective_area, and others"
-)
 
 
-@pytest.mark.xfail(strict=False, reason=f"modules still being split: {KNOWN_LONG}")
 def test_no_module_over_600_lines():
     offenders = long_modules()
     _report(f"modules over {MAX_MODULE_LINES} lines", offenders)
     assert not offenders
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=f"functions of the modules being split ({KNOWN_LONG}) and "
-    "initialization.initialize_blend",
-)
 def test_no_function_over_80_lines():
     offenders = long_functions()
     _report(f"functions over {MAX_FUNCTION_LINES} lines (docstrings not counted)", offenders)
     assert not offenders
 
 
-@pytest.mark.xfail(strict=False, reason=f"private names still imported: {KNOWN_PRIVATE}")
 def test_no_private_name_imported_across_modules():
     offenders = private_imports()
     _report("private names imported from another cdeblend module", offenders)
