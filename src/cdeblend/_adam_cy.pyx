@@ -19,13 +19,11 @@ from libc.math cimport fabs, isfinite, pow, sqrt
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, malloc
 
-ctypedef fused real:
-    float
-    double
+from ._fft cimport *
+from ._shared.fused cimport real
+from ._shared.gil cimport _release_gil
 
 include "_monotonic_radial.pxi"
-include "_gil.pxi"
-include "_fft.pxi"
 include "_conv_kernels.pxi"
 
 import numpy as np

@@ -6,34 +6,25 @@
 #
 # They replace runs of short numpy calls in the Python glue around the fits: numpy releases
 # the GIL for any operation on more than ~500 elements, so each of those calls handed the GIL
-# to the other worker thread for microseconds of work (see _gil.pxi). Included from
+# to the other worker thread for microseconds of work (see _shared/gil.pxd). Included from
 # _symmetric_cy.pyx after _gil.pxi; its own fused types, as `real` is declared after the
 # include.
 
 from libc.math cimport NAN
-
-ctypedef fused cat_real:
-    float
-    double
-
-# a second, independent float type: a source of weights or an SED of another precision
-ctypedef fused cat_other:
-    float
-    double
 
 
 cdef inline tuple _shape3(const Py_ssize_t* shape):
     return (shape[0], shape[1], shape[2])
 
 
-cdef int _parent_arrays_loop(const cat_real[:, :, :] images, const cat_real[:, :, :] variance,
-                             const cat_other[:, :, :] source, bint inverse,
+cdef int _parent_arrays_loop(const real[:, :, :] images, const real[:, :, :] variance,
+                             const other_real[:, :, :] source, bint inverse,
                              const uint8_t[:, :] footprint, const uint8_t[:, :] mask,
-                             bint has_mask, cat_real[:, :, ::1] images_out,
-                             cat_real[:, :, ::1] variance_out,
-                             cat_real[:, :, ::1] weights_out) except -1 nogil:
+                             bint has_mask, real[:, :, ::1] images_out,
+                             real[:, :, ::1] variance_out,
+                             real[:, :, ::1] weights_out) except -1 nogil:
     cdef Py_ssize_t B = images.shape[0], h = images.shape[1], w = images.shape[2], b, i, j
-    cdef cat_other s, f, m
+    cdef other_real s, f, m
     for b in range(B):
         for i in range(h):
             for j in range(w):
@@ -41,22 +32,22 @@ cdef int _parent_arrays_loop(const cat_real[:, :, :] images, const cat_real[:, :
                 variance_out[b, i, j] = variance[b, i, j]
                 s = source[b, i, j]
                 if inverse:
-                    s = (<cat_other>1 / s) if s > 0 else 0
+                    s = (<other_real>1 / s) if s > 0 else 0
                 # multiplied (not branched) in the source's precision, then cast: the
                 # arithmetic of numpy's where(v > 0, 1 / v, 0) * footprint * ~mask
                 f = 1 if footprint[i, j] else 0
                 m = 0 if has_mask and mask[i, j] else 1
-                weights_out[b, i, j] = <cat_real>(s * f * m)
+                weights_out[b, i, j] = <real>(s * f * m)
     return 0
 
 
-def parent_arrays(const cat_real[:, :, :] images not None,
-                  const cat_real[:, :, :] variance not None,
-                  const cat_other[:, :, :] source not None, bint inverse,
+def parent_arrays(const real[:, :, :] images not None,
+                  const real[:, :, :] variance not None,
+                  const other_real[:, :, :] source not None, bint inverse,
                   const uint8_t[:, :] footprint not None, const uint8_t[:, :] mask,
-                  cat_real[:, :, ::1] images_out not None,
-                  cat_real[:, :, ::1] variance_out not None,
-                  cat_real[:, :, ::1] weights_out not None):
+                  real[:, :, ::1] images_out not None,
+                  real[:, :, ::1] variance_out not None,
+                  real[:, :, ::1] weights_out not None):
     """Fill a parent's contiguous images, variance and weights in one pass.
 
     ``images_out`` and ``variance_out`` receive copies of ``images`` and ``variance`` (any
@@ -105,14 +96,14 @@ def parent_arrays(const cat_real[:, :, :] images not None,
                             images_out, variance_out, weights_out)
 
 
-cdef int _parent_stats_loop(const cat_real[:, :, ::1] images, const int64_t[:, ::1] boxes,
+cdef int _parent_stats_loop(const real[:, :, ::1] images, const int64_t[:, ::1] boxes,
                             const uint8_t[::1] footprints, const uint8_t[:, ::1] mask,
                             bint has_mask, double[:, ::1] flux, double[:, ::1] centroid,
                             int64_t[:, ::1] counts, double[::1] row) except -1 nogil:
     cdef Py_ssize_t P = boxes.shape[0], B = images.shape[0], p, b, i, j, y, x
     cdef Py_ssize_t y0, x0, h, w, off = 0
     cdef int64_t n_fp, n_masked
-    cdef cat_real s
+    cdef real s
     cdef double pos, tot, sy, sx, rtot, rx
     for p in range(P):
         y0 = boxes[p, 0]
@@ -162,7 +153,7 @@ cdef int _parent_stats_loop(const cat_real[:, :, ::1] images, const int64_t[:, :
     return 0
 
 
-def parent_stats(const cat_real[:, :, ::1] images not None, const int64_t[:, ::1] boxes not None,
+def parent_stats(const real[:, :, ::1] images not None, const int64_t[:, ::1] boxes not None,
                  const uint8_t[::1] footprints not None, const uint8_t[:, ::1] mask,
                  double[:, ::1] flux not None, double[:, ::1] centroid not None,
                  int64_t[:, ::1] counts not None):
@@ -226,7 +217,7 @@ def parent_stats(const cat_real[:, :, ::1] images not None, const int64_t[:, ::1
                            row)
 
 
-cdef int _component_moments_loop(const cat_other[::1] sed, const cat_real[:, ::1] morphology,
+cdef int _component_moments_loop(const other_real[::1] sed, const real[:, ::1] morphology,
                                  Py_ssize_t y0, Py_ssize_t x0, double[3] out) except -1 nogil:
     cdef Py_ssize_t h = morphology.shape[0], w = morphology.shape[1], i, j
     cdef double wsed = 0.0, m, tot = 0.0, sy = 0.0, sx = 0.0, rtot, rx
@@ -247,8 +238,8 @@ cdef int _component_moments_loop(const cat_other[::1] sed, const cat_real[:, ::1
     return 0
 
 
-def component_moments(const cat_other[::1] sed not None,
-                      const cat_real[:, ::1] morphology not None, Py_ssize_t y0,
+def component_moments(const other_real[::1] sed not None,
+                      const real[:, ::1] morphology not None, Py_ssize_t y0,
                       Py_ssize_t x0):
     """Flux-weighted moments of a component ``sed x morphology`` placed at (y0, x0).
 

@@ -21,10 +21,11 @@ from libc.stdint cimport int32_t
 from libc.stdlib cimport free, malloc
 from cython cimport floating
 
+from ._fft cimport *
+from ._shared.gil cimport _release_gil
+
 import numpy as np
 
-include "_fft.pxi"
-include "_gil.pxi"
 include "_conv_kernels.pxi"
 include "_nnls.pxi"
 include "_sparse_nnls.pxi"
@@ -307,7 +308,7 @@ cdef class FFTWork:
 
 cdef inline double _fft_work(FFTWork work, double transforms) noexcept:
     """Elementary operations of that many 2-D transforms on the work's grid (for the GIL
-    rule of _gil.pxi)."""
+    rule of _shared/gil.pxd)."""
     cdef double n = <double>work.n0 * work.n1
     return 5.0 * transforms * n * log2(n + 1.0)
 

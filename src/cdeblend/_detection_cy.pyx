@@ -13,9 +13,9 @@ See docs in ``cdeblend.detection.find_peaks`` for how the numbers are used.
 
 from libc.stdint cimport int32_t, int64_t, uint8_t
 
-import numpy as np
+from ._shared.gil cimport _release_gil
 
-include "_gil.pxi"
+import numpy as np
 
 
 cdef inline Py_ssize_t _root(Py_ssize_t[::1] uf, Py_ssize_t k) noexcept nogil:

@@ -11,11 +11,9 @@ The two live in separate include files so that each can be read on its own.
 
 from libc.stdint cimport int64_t, uint8_t
 
-ctypedef fused real:
-    float
-    double
+from ._shared.fused cimport other_real, real
+from ._shared.gil cimport _release_gil
 
 include "_monotonic_shadow.pxi"
-include "_gil.pxi"
 include "_init_kernels.pxi"
 include "_monotonic_radial.pxi"

@@ -226,7 +226,7 @@ def monotonic_mask(const real[:, ::1] image, Py_ssize_t sy, Py_ssize_t sx,
     receives their values; ``queue`` (at least H * W long) lists the accepted flat indices in
     visiting order. The caller resets ``accepted`` and ``out`` through ``queue[:n]``.
 
-    The GIL is released when the fill may visit many pixels (H * W, see ``_gil.pxi``).
+    The GIL is released when the fill may visit many pixels (H * W, see ``_shared/gil.pxd``).
 
     Returns
     -------

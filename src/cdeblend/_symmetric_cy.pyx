@@ -20,14 +20,12 @@ from libc.math cimport INFINITY, exp, sqrt
 from libc.stdlib cimport free, malloc
 from libc.stdint cimport int32_t, int64_t, uint8_t
 
+from ._shared.fused cimport other_real, real
+from ._shared.gil cimport _release_gil
+
 import numpy as np
 
-include "_gil.pxi"
 include "_catalog_kernels.pxi"
-
-ctypedef fused real:
-    float
-    double
 
 
 def symmetric_template(const real[:, ::1] image, const uint8_t[:, ::1] footprint,
