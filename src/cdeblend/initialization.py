@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import _monotonic_cy
+from . import _initialization_cy
 from .blend import Blend, Box, Component, Source
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +43,7 @@ def detection_image(observation) -> np.ndarray:
         (H, W) float64, the bands added in order (bands with zero noise get no weight).
     """
     noise = np.asarray(observation.noise_rms, dtype=np.float64)
-    return _monotonic_cy.detection_coadd(np.ascontiguousarray(observation.images), noise)
+    return _initialization_cy.detection_coadd(np.ascontiguousarray(observation.images), noise)
 
 
 def _centered_overlap(shape: tuple[int, int], size: tuple[int, int], y: int, x: int):
@@ -60,7 +60,7 @@ def _centered_overlap(shape: tuple[int, int], size: tuple[int, int], y: int, x: 
 
 def _peak_snrs(observation, peaks: np.ndarray) -> np.ndarray:
     """:func:`peak_snr` of every row of ``peaks`` ((N, 2) intp), in one kernel call."""
-    return _monotonic_cy.peak_snrs(
+    return _initialization_cy.peak_snrs(
         np.ascontiguousarray(observation.images),
         np.ascontiguousarray(observation.variance),
         np.ascontiguousarray(observation.psfs),
@@ -94,7 +94,7 @@ class _MaskWorkspace:
     leave them zeroed (they reset them through the list of accepted pixels)."""
 
     def __init__(self, shape: tuple[int, int]) -> None:
-        self.accepted, self.queue, self.values = _monotonic_cy.mask_buffers(*shape)
+        self.accepted, self.queue, self.values = _initialization_cy.mask_buffers(*shape)
 
 
 def _extended_morphology(
@@ -133,7 +133,7 @@ def _extended_morphology(
         None when nothing extended is left; else the peak-normalised morphology, its box and
         the value it was divided by.
     """
-    return _monotonic_cy.extended_morphology(
+    return _initialization_cy.extended_morphology(
         D,
         peak[0],
         peak[1],
@@ -283,7 +283,7 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
     kernels = np.ascontiguousarray(observation.diff_kernels)
     model_psf = _model_psf(observation)
     # conv_b(P_model) at its centre: the model-space peak of a unit point source, observed
-    psf_peak = _monotonic_cy.conv_at(
+    psf_peak = _initialization_cy.conv_at(
         model_psf, kernels, model_psf.shape[0] // 2, model_psf.shape[1] // 2
     )
     psf_thresh = (
@@ -318,7 +318,7 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
     # detection image at the peak, times the morphology's maximum (it is peak-normalised)
     snrs = _peak_snrs(observation, peak_arr)
     scale = np.array([0.0 if e is None else e[2] for e in exts])
-    seds = _monotonic_cy.peak_seds(images, D, kernels, peak_arr, scale)
+    seds = _initialization_cy.peak_seds(images, D, kernels, peak_arr, scale)
     if config.max_components < 2:
         split = [False] * len(peak_list)
     elif config.min_snr > 0:
@@ -332,7 +332,7 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
     for i, peak in enumerate(peak_list):
         ext = exts[i]
         if ext is None:
-            morph, box, sed = _monotonic_cy.psf_component(
+            morph, box, sed = _initialization_cy.psf_component(
                 model_psf, images, peak[0], peak[1], psf_peak
             )
             single = Component(sed, morph, box, peak, psf_thresh, kind="psf", copy=False)
@@ -342,7 +342,7 @@ def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> t
             sed = seds[i]
             single = Component(sed, morph, box, peak, bg, kind="extended", copy=False)
             comps = [single]
-            parts = _monotonic_cy.bulge_disk(morph, f) if split[i] else None
+            parts = _initialization_cy.bulge_disk(morph, f) if split[i] else None
             if parts is not None:
                 # SEDs below: from the joint fit, or (if it does not run) from a fit of
                 # these two morphologies alone

@@ -1,20 +1,29 @@
-# Kernels of the multi-band initialisation (cdeblend.initialization): the chi^2 detection
-# coadd, the matched-filter S/N and the SED ratio at the peaks, the trimmed and boxed
-# monotonic-mask morphology of a peak, the PSF-shaped fallback and the bulge/disk split.
-#
-# Each replaces a handful of numpy calls on stamps of a few hundred to a few thousand
-# elements. numpy releases the GIL for every such call, and on a thread pool of small blends
-# the hand-overs cost more than the work (see _shared/gil.pxd); these kernels keep the GIL for small
-# work and release it for large work (big blends), computing the same thing either way.
-# Sums that the numpy code did with ``np.sum`` are done in numpy's own pairwise order
-# (``_np_sum``), so they give the same bits. Outputs are allocated with ``np.empty`` and
-# zeroed here: ``np.zeros`` releases the GIL for every allocation above 1 KiB (calloc).
-#
-# Included by _monotonic_cy.pyx after _gil.pxi; uses the fused type ``real``, ``int64_t`` and
-# ``uint8_t`` of that module and the flood fill of _monotonic_radial.pxi.
+# cython: language_level=3
+"""Kernels of the multi-band initialisation (:mod:`cdeblend.initialization`).
+
+The chi^2 detection coadd, the matched-filter S/N and the SED ratio at the peaks, the trimmed
+and boxed monotonic-mask morphology of a peak (the flood fill of ``_monotonic_cy``, cimported),
+the PSF-shaped fallback and the bulge/disk split.
+
+Each replaces a handful of numpy calls on stamps of a few hundred to a few thousand elements.
+numpy releases the GIL for every such call, and on a thread pool of small blends the
+hand-overs cost more than the work (see ``_shared/gil.pxd``); these kernels keep the GIL for
+small work and release it for large work (big blends), computing the same thing either way.
+Sums that the numpy code did with ``np.sum`` are done in numpy's own pairwise order
+(``_np_sum``), so they give the same bits. Outputs are allocated with ``np.empty`` and zeroed
+here: ``np.zeros`` releases the GIL for every allocation above 1 KiB (calloc).
+
+PSFs and kernels are typed (``other_real``) independently of the images (``real``) and of the
+float64 detection image.
+"""
 
 from libc.math cimport INFINITY, isfinite, sqrt
+from libc.stdint cimport int64_t, uint8_t
 from libc.string cimport memset
+
+from ._monotonic_cy cimport _flood_fill, _mm_value
+from ._shared.fused cimport other_real, real
+from ._shared.gil cimport _release_gil
 
 import numpy as np
 
