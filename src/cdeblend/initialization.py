@@ -9,7 +9,7 @@ the noise level and boxed, and the SED is the ratio of the image to the convolve
 image at the peak. Peaks that give nothing get a PSF-shaped component. Bright sources are
 split into a bulge and a disk. Finally all SEDs are fitted jointly by least squares.
 
-The work on stamps runs in the Cython kernels of ``_init_kernels.pxi``, which keep the GIL
+The work on stamps runs in the Cython kernels of ``_initialization_cy``, which keep the GIL
 for small blends (numpy handed it over for every call on a stamp: two threads initialising
 small blends ran slower than one) and release it for big ones.
 """
