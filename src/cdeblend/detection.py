@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, signal
 
-from . import _detection_cy, _symmetric_cy
+from . import _detection_cy
 from ._validate import (
     as_float_array,
     as_peaks,
@@ -185,11 +185,11 @@ def _filtered(num, den, psf, psf_fwhm, kernel, filter_type) -> np.ndarray:
         s = psf_fwhm / 2.3548
         tmp = np.empty_like(num)
         num_f, den_f = np.empty_like(num), np.empty_like(den)
-        _symmetric_cy.separable_smooth(num, _gauss_kernel(s), tmp, num_f)
+        _detection_cy.separable_smooth(num, _gauss_kernel(s), tmp, num_f)
         if conv:
-            _symmetric_cy.separable_smooth(den, _gauss_kernel(s), tmp, den_f)
+            _detection_cy.separable_smooth(den, _gauss_kernel(s), tmp, den_f)
             return num_f / np.sqrt(np.maximum(den_f, tiny))
-        _symmetric_cy.separable_smooth(den, _gauss_kernel(s / np.sqrt(2)), tmp, den_f)
+        _detection_cy.separable_smooth(den, _gauss_kernel(s / np.sqrt(2)), tmp, den_f)
         num, den = num_f, den_f / (4 * np.pi * s * s)
         return num / np.sqrt(np.maximum(den, tiny))
     if psf is not None:
@@ -292,7 +292,7 @@ def find_footprints(
     if grow > 0 and above.any():
         out = np.empty(above.shape, dtype=np.uint8)
         prefix = np.empty((above.shape[0], above.shape[1] + 1), dtype=np.int32)
-        _symmetric_cy.dilate_disc(above.view(np.uint8), grow, out, prefix)
+        _detection_cy.dilate_disc(above.view(np.uint8), grow, out, prefix)
         grown = out.view(bool)
     labels, n = ndimage.label(grown, structure=np.ones((3, 3), dtype=bool))
     if n and min_area > 1:

@@ -42,7 +42,7 @@ from ._convolve_cy import (
     kernel_spectrum,
     weighted_residual,
 )
-from ._symmetric_cy import mean_sqrt
+from ._detection_cy import mean_sqrt
 from ._validate import (
     as_float_array,
     as_no_data_mask,

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.linalg import lapack
 
-from . import _apportion_cy, _linalg_cy, _monotonic_cy, _symmetric_cy
+from . import _apportion_cy, _detection_cy, _linalg_cy, _monotonic_cy, _symmetric_cy
 from ._validate import (
     as_float_array,
     as_no_data_mask,
@@ -1348,7 +1348,7 @@ class _Run:
         self._psf_hat = np.ascontiguousarray(hat / mx if mx > 0 else hat)
         self._pdil = np.empty((fr.h, fr.w), dtype=np.uint8)
         prefix = np.empty((fr.h, fr.w + 1), dtype=np.int32)
-        _symmetric_cy.dilate_disc(fr.fp, s, self._pdil, prefix)
+        _detection_cy.dilate_disc(fr.fp, s, self._pdil, prefix)
 
     # -------------------------------------------------------------- 3.4-3.6
     def _median(self, t: _Template) -> None:

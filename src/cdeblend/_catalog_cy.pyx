@@ -1,16 +1,23 @@
-# Pixel loops of the catalog driver (cdeblend.catalog) and of cdeblend.model_data.
-#
-# - ``parent_arrays``: a parent's contiguous images, variance and weights, in one pass.
-# - ``parent_stats``: every parent's footprint pixel counts, flux per band and centroid.
-# - ``component_moments``: a component's flux-weighted zeroth and first moments.
-#
-# They replace runs of short numpy calls in the Python glue around the fits: numpy releases
-# the GIL for any operation on more than ~500 elements, so each of those calls handed the GIL
-# to the other worker thread for microseconds of work (see _shared/gil.pxd). Included from
-# _symmetric_cy.pyx after _gil.pxi; its own fused types, as `real` is declared after the
-# include.
+# cython: language_level=3
+"""Pixel loops of the catalog driver (:mod:`cdeblend.catalog`) and of the model files.
+
+- ``parent_arrays``: a parent's contiguous images, variance and weights, in one pass.
+- ``parent_stats``: every parent's footprint pixel counts, flux per band and centroid.
+- ``component_moments``: a component's flux-weighted zeroth and first moments.
+
+They replace runs of short numpy calls in the Python glue around the fits: numpy releases the
+GIL for any operation on more than ~500 elements, so each of those calls handed the GIL to the
+other worker thread for microseconds of work (see ``_shared/gil.pxd``). A source of weights
+or an SED may have another precision (``other_real``) than the images (``real``).
+"""
 
 from libc.math cimport NAN
+from libc.stdint cimport int64_t, uint8_t
+
+from ._shared.fused cimport other_real, real
+from ._shared.gil cimport _release_gil
+
+import numpy as np
 
 
 cdef inline tuple _shape3(const Py_ssize_t* shape):
@@ -263,119 +270,3 @@ def component_moments(const other_real[::1] sed not None,
     else:
         _component_moments_loop(sed, morphology, y0, x0, out)
     return out[0], out[1], out[2]
-
-
-def label_footprints(const uint8_t[:, ::1] on not None, int32_t[:, ::1] labels not None):
-    """8-connected labels of the set pixels of ``on``, and each label's bounding box.
-
-    Labels are 1, 2, ... in the raster order of each region's first pixel (scipy's
-    ``ndimage.label`` numbering); background pixels get 0. Returns ``boxes`` (n, 4) int64
-    ``(y0, x0, h, w)`` of label ``k + 1`` in row k. Two passes with a union-find over
-    provisional labels (a region's smallest provisional label is its first pixel's).
-    """
-    cdef Py_ssize_t H = on.shape[0], W = on.shape[1]
-    if labels.shape[0] != H or labels.shape[1] != W:
-        raise ValueError(f"labels must have the shape of on, {(H, W)}")
-    # a pixel starts a provisional label only when its west and north neighbours are unset,
-    # so a 2 x 2 block holds at most one such pixel
-    cdef Py_ssize_t cap = ((H + 1) // 2) * ((W + 1) // 2) + 2
-    parent_arr = np.empty(cap, dtype=np.intp)
-    cdef Py_ssize_t[::1] parent = parent_arr
-    cdef Py_ssize_t n
-    n = _label_pass1(on, labels, parent)
-    final_arr = np.empty(n + 1, dtype=np.intp)
-    cdef Py_ssize_t[::1] final = final_arr
-    cdef Py_ssize_t count = _label_resolve(parent, n, final)
-    boxes_arr = np.empty((count, 4), dtype=np.int64)
-    cdef int64_t[:, ::1] boxes = boxes_arr
-    _label_pass2(labels, final, boxes)
-    return boxes_arr
-
-
-cdef inline Py_ssize_t _label_root(Py_ssize_t[::1] parent, Py_ssize_t i) noexcept nogil:
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i
-
-
-cdef inline Py_ssize_t _label_join(Py_ssize_t[::1] parent, Py_ssize_t a,
-                                   Py_ssize_t b) noexcept nogil:
-    """Union of the sets of provisional labels a and b; returns the smaller root."""
-    a = _label_root(parent, a)
-    b = _label_root(parent, b)
-    if a < b:
-        parent[b] = a
-        return a
-    parent[a] = b
-    return b
-
-
-cdef Py_ssize_t _label_pass1(const uint8_t[:, ::1] on, int32_t[:, ::1] labels,
-                             Py_ssize_t[::1] parent) except -1 nogil:
-    """Provisional labels in raster order, joined through the already visited neighbours
-    (west, north-west, north, north-east); returns their number."""
-    cdef Py_ssize_t H = on.shape[0], W = on.shape[1], y, x, n = 0, lab, q
-    for y in range(H):
-        for x in range(W):
-            if not on[y, x]:
-                labels[y, x] = 0
-                continue
-            lab = 0
-            if x > 0 and labels[y, x - 1]:
-                lab = labels[y, x - 1]
-            if y > 0:
-                for q in range(x - 1 if x > 0 else 0, x + 2 if x + 2 <= W else W):
-                    if labels[y - 1, q]:
-                        lab = (labels[y - 1, q] if lab == 0
-                               else _label_join(parent, lab, labels[y - 1, q]))
-            if lab == 0:
-                n += 1
-                parent[n] = n
-                lab = n
-            labels[y, x] = <int32_t>lab
-    return n
-
-
-cdef Py_ssize_t _label_resolve(Py_ssize_t[::1] parent, Py_ssize_t n,
-                               Py_ssize_t[::1] final) except -1 nogil:
-    """Final label of every provisional label: roots numbered in increasing order."""
-    cdef Py_ssize_t i, r, count = 0
-    final[0] = 0
-    for i in range(1, n + 1):
-        r = _label_root(parent, i)
-        if r == i:
-            count += 1
-            final[i] = count
-        else:
-            final[i] = final[r]
-    return count
-
-
-cdef int _label_pass2(int32_t[:, ::1] labels, const Py_ssize_t[::1] final,
-                      int64_t[:, ::1] boxes) except -1 nogil:
-    cdef Py_ssize_t H = labels.shape[0], W = labels.shape[1], y, x, k
-    for k in range(boxes.shape[0]):
-        boxes[k, 0] = H
-        boxes[k, 1] = W
-        boxes[k, 2] = -1
-        boxes[k, 3] = -1
-    for y in range(H):
-        for x in range(W):
-            if labels[y, x] == 0:
-                continue
-            k = final[labels[y, x]]
-            labels[y, x] = <int32_t>k
-            k -= 1
-            if y < boxes[k, 0]:
-                boxes[k, 0] = y
-            if x < boxes[k, 1]:
-                boxes[k, 1] = x
-            if y > boxes[k, 2]:
-                boxes[k, 2] = y
-            if x > boxes[k, 3]:
-                boxes[k, 3] = x
-    for k in range(boxes.shape[0]):  # (y0, x0, y1, x1) inclusive -> (y0, x0, h, w)
-        boxes[k, 2] = boxes[k, 2] - boxes[k, 0] + 1
-        boxes[k, 3] = boxes[k, 3] - boxes[k, 1] + 1
-    return 0
