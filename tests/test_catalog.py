@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import cdeblend
 from cdeblend import (
     CatalogConfig,
-    _symmetric_cy,
+    _catalog_cy,
     deblend_catalog,
     load_models,
     save_models,
@@ -801,7 +801,7 @@ def test_parent_arrays_is_bit_identical_to_numpy(seed, nb, h, w, dtype, wdtype, 
     else:
         source, inverse = cut_out(rng, (nb, h, w), wdtype) * 1e3, False
     out = np.full((3, nb, h, w), np.nan, dtype=dtype)
-    _symmetric_cy.parent_arrays(
+    _catalog_cy.parent_arrays(
         images,
         variance,
         source,
@@ -833,7 +833,7 @@ def test_parent_arrays_refuses_bad_shapes():
             weights_out=np.empty_like(a),
         )
         args.update(kw)
-        _symmetric_cy.parent_arrays(*args.values())
+        _catalog_cy.parent_arrays(*args.values())
 
     call()
     for name, bad in (
@@ -903,7 +903,7 @@ def test_parent_stats_refuses_bad_arguments():
             counts=np.empty((1, 2), np.int64),
         )
         args.update(kw)
-        _symmetric_cy.parent_stats(images, *args.values())
+        _catalog_cy.parent_stats(images, *args.values())
 
     call()
     with pytest.raises(ValueError, match=r"boxes\[0\]"):

@@ -205,12 +205,12 @@ def test_deblend_image_bad_input():
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 30), st.integers(1, 30), st.floats(0.3, 6.0), st.integers(0, 2**32 - 1))
 def test_separable_smooth_matches_scipy(H, W, sigma, seed):
-    from cdeblend import _symmetric_cy
+    from cdeblend import _detection_cy
     from cdeblend.detection.image import _gauss_kernel
 
     img = np.random.default_rng(seed).normal(size=(H, W))
     out = np.empty_like(img)
-    _symmetric_cy.separable_smooth(img, _gauss_kernel(sigma), np.empty_like(img), out)
+    _detection_cy.separable_smooth(img, _gauss_kernel(sigma), np.empty_like(img), out)
     ref = ndimage.gaussian_filter(img, sigma, mode="constant", truncate=3.5)
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-12)
 
@@ -224,7 +224,7 @@ def test_separable_smooth_matches_scipy(H, W, sigma, seed):
 def test_snr_coadd_and_noise_rms_kernels_match_numpy(seed, bands, dtype):
     """The catalog's S/N coadd and noise RMS against numpy, with pixels of zero, negative,
     infinite and NaN variance (no information) and NaN images."""
-    from cdeblend import _symmetric_cy
+    from cdeblend import _detection_cy
 
     rng = np.random.default_rng(seed)
     H, W = int(rng.integers(1, 20)), int(rng.integers(1, 20))
@@ -236,7 +236,7 @@ def test_snr_coadd_and_noise_rms_kernels_match_numpy(seed, bands, dtype):
     variance[(bad >= 0.15) & (bad < 0.2)] = np.nan
     variance[(bad >= 0.2) & (bad < 0.22)] = -1
     out = np.empty((H, W))
-    _symmetric_cy.snr_coadd(images, variance, out)
+    _detection_cy.snr_coadd(images, variance, out)
     v = variance.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         ivar = np.where((v > 0) & np.isfinite(v), 1.0 / v, 0.0)
@@ -245,7 +245,7 @@ def test_snr_coadd_and_noise_rms_kernels_match_numpy(seed, bands, dtype):
     np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-300)
     for b in range(bands):
         good = np.isfinite(v[b])
-        mean, n = _symmetric_cy.mean_sqrt(variance[b])
+        mean, n = _detection_cy.mean_sqrt(variance[b])
         assert n == good.sum()
         if n:
             with np.errstate(invalid="ignore"):  # sqrt of the negative test values
@@ -290,13 +290,13 @@ def test_unfiltered_detection_image_is_the_coadd_ratio_to_the_bit(seed, bands, d
 def test_label_footprints_matches_scipy(H, W, seed):
     """The catalog's footprint labelling: scipy's 8-connected labels (same numbering, raster
     order of first pixels) and find_objects boxes, from sparse to dense masks."""
-    from cdeblend import _symmetric_cy
+    from cdeblend import _detection_cy
 
     rng = np.random.default_rng(seed)
     on = rng.random((H, W)) < rng.random() ** 2
     ref, n = ndimage.label(on, structure=np.ones((3, 3), bool))
     labels = np.full((H, W), -7, dtype=np.int32)
-    boxes = _symmetric_cy.label_footprints(on.view(np.uint8), labels)
+    boxes = _detection_cy.label_footprints(on.view(np.uint8), labels)
     assert np.array_equal(labels, ref)
     assert boxes.shape == (n, 4)
     for k, sl in enumerate(ndimage.find_objects(ref)):

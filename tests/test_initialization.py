@@ -197,9 +197,9 @@ def test_flood_fill_starts_on_the_brightest_symmetric_neighbour(seed, quirk):
 
 
 # ------------------------------------------------------------------------------------------
-# The kernels of the initialisation (_init_kernels.pxi) against the numpy code they replace.
+# The kernels of the initialisation (_initialization_cy) against the numpy code they replace.
 # Most are bit for bit: they sum in numpy's own (pairwise) order. Sizes above the GIL
-# threshold (_gil.pxi: 32768 operations) take the other branch of each kernel.
+# threshold (_shared/gil.pxd: 32768 operations) take the other branch of each kernel.
 
 
 def _numpy_snr(images, variance, psfs, peak):
@@ -236,7 +236,7 @@ def _random_cube(rng, B, H, W, dtype):
     dtype=st.sampled_from([np.float32, np.float64]),
 )
 def test_detection_coadd_matches_numpy(seed, B, H, W, dtype):
-    from cdeblend import _monotonic_cy
+    from cdeblend import _initialization_cy
 
     rng = np.random.default_rng(seed)
     images = _random_cube(rng, B, H, W, dtype)
@@ -249,26 +249,26 @@ def test_detection_coadd_matches_numpy(seed, B, H, W, dtype):
     scale = sum(
         np.abs(images[b]).astype(np.float64) / noise[b] ** 2 for b in range(B) if noise[b] > 0
     )
-    D = _monotonic_cy.detection_coadd(images, noise)
+    D = _initialization_cy.detection_coadd(images, noise)
     assert D.dtype == np.float64 and D.shape == (H, W)
     # the same sum in the same order (a fused multiply-add may round differently)
     np.testing.assert_allclose(D, ref, rtol=0, atol=1e-15 * (np.max(scale, initial=0) + 1e-300))
     obs = SimpleNamespace(images=images, noise_rms=noise.astype(dtype))
     np.testing.assert_array_equal(
         chi2_coadd(obs),
-        _monotonic_cy.detection_coadd(images, noise.astype(dtype).astype(np.float64)),
+        _initialization_cy.detection_coadd(images, noise.astype(dtype).astype(np.float64)),
     )
 
 
 def test_detection_coadd_of_a_large_image_matches_numpy():
-    from cdeblend import _monotonic_cy
+    from cdeblend import _initialization_cy
 
     rng = np.random.default_rng(3)
     images = _random_cube(rng, 5, 120, 90, np.float32)  # 54000 operations: GIL released
     noise = np.array([1.0, 0.5, 2.0, 0.0, 0.7])
     inv = np.divide(1.0, noise**2, out=np.zeros(5), where=noise > 0)
     np.testing.assert_allclose(
-        _monotonic_cy.detection_coadd(images, noise),
+        _initialization_cy.detection_coadd(images, noise),
         np.tensordot(inv, images.astype(np.float64), axes=1),
         rtol=1e-12,
         atol=1e-12,
@@ -287,7 +287,7 @@ def test_detection_coadd_of_a_large_image_matches_numpy():
     dtype=st.sampled_from([np.float32, np.float64]),
 )
 def test_peak_snrs_match_numpy_bit_for_bit(seed, B, H, W, ph, pw, n, dtype):
-    from cdeblend import _monotonic_cy
+    from cdeblend import _initialization_cy
 
     rng = np.random.default_rng(seed)
     images = _random_cube(rng, B, H, W, dtype)
@@ -295,7 +295,7 @@ def test_peak_snrs_match_numpy_bit_for_bit(seed, B, H, W, ph, pw, n, dtype):
     variance[:, rng.random((H, W)) < 0.1] = 0
     psfs = rng.random((B, ph, pw)).astype(dtype)  # any size, even ones too
     peaks = np.stack([rng.integers(0, H, n), rng.integers(0, W, n)], axis=1).astype(np.intp)
-    snr = _monotonic_cy.peak_snrs(images, variance, psfs, peaks)
+    snr = _initialization_cy.peak_snrs(images, variance, psfs, peaks)
     ref = [_numpy_snr(images, variance, psfs, tuple(p)) for p in peaks]
     np.testing.assert_array_equal(snr, np.array(ref, dtype=np.float64).reshape(n))
     if n:
@@ -304,10 +304,10 @@ def test_peak_snrs_match_numpy_bit_for_bit(seed, B, H, W, ph, pw, n, dtype):
 
 
 def test_peak_snrs_of_many_peaks_match_numpy():
-    from cdeblend import _monotonic_cy
+    from cdeblend import _initialization_cy
 
     obs, peaks = load_real()  # 35 peaks x 5 bands x 41 x 41 PSFs: the GIL is released
-    snr = _monotonic_cy.peak_snrs(obs.images, obs.variance, obs.psfs, peaks.astype(np.intp))
+    snr = _initialization_cy.peak_snrs(obs.images, obs.variance, obs.psfs, peaks.astype(np.intp))
     ref = [_numpy_snr(obs.images, obs.variance, obs.psfs, tuple(p)) for p in peaks]
     np.testing.assert_array_equal(snr, ref)
 
@@ -324,7 +324,7 @@ def test_peak_snrs_of_many_peaks_match_numpy():
     dtype=st.sampled_from([np.float32, np.float64]),
 )
 def test_conv_at_and_peak_seds_match_numpy_bit_for_bit(seed, B, H, W, kh, kw, n, dtype):
-    from cdeblend import _monotonic_cy
+    from cdeblend import _initialization_cy
 
     rng = np.random.default_rng(seed)
     kernels = rng.normal(size=(B, 2 * kh + 1, 2 * kw + 1)).astype(dtype)
@@ -334,11 +334,11 @@ def test_conv_at_and_peak_seds_match_numpy_bit_for_bit(seed, B, H, W, kh, kw, n,
     peaks = np.stack([rng.integers(0, H, n), rng.integers(0, W, n)], axis=1).astype(np.intp)
     for y, x in peaks:
         np.testing.assert_array_equal(
-            _monotonic_cy.conv_at(D, kernels, y, x), _numpy_conv_at(D, kernels, y, x)
+            _initialization_cy.conv_at(D, kernels, y, x), _numpy_conv_at(D, kernels, y, x)
         )
     scale = rng.uniform(0.5, 2.0, size=n)
     scale[rng.random(n) < 0.3] = 0  # skipped
-    sed = _monotonic_cy.peak_seds(images, D, kernels, peaks, scale)
+    sed = _initialization_cy.peak_seds(images, D, kernels, peaks, scale)
     assert sed.shape == (n, B)
     for i, (y, x) in enumerate(peaks):
         if scale[i] == 0:
@@ -390,7 +390,7 @@ def _numpy_extended(D, peak, t0, padding, quirk):
     residual=st.booleans(),
 )
 def test_extended_morphology_matches_numpy(seed, H, W, t0, padding, quirk, residual):
-    from cdeblend import _monotonic_cy
+    from cdeblend import _initialization_cy
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:H, :W]
@@ -398,13 +398,13 @@ def test_extended_morphology_matches_numpy(seed, H, W, t0, padding, quirk, resid
     D = 3 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8) + rng.normal(0, 0.3, (H, W))
     D = np.round(D, 1)  # ties on purpose
     peak = (int(rng.integers(0, H)), int(rng.integers(0, W)))
-    accepted, queue, values = _monotonic_cy.mask_buffers(H, W)
+    accepted, queue, values = _initialization_cy.mask_buffers(H, W)
     claimed = covered = None
     if residual:
         claimed = rng.uniform(0, 1, (H, W))
         covered = (rng.random((H, W)) < 0.5).astype(np.uint8)
         claimed0, covered0 = claimed.copy(), covered.copy()
-    out = _monotonic_cy.extended_morphology(
+    out = _initialization_cy.extended_morphology(
         D, peak[0], peak[1], quirk, t0, padding, accepted, queue, values, claimed, covered
     )
     ref, raw = _numpy_extended(D, peak, t0, padding, quirk)
@@ -422,13 +422,13 @@ def test_extended_morphology_matches_numpy(seed, H, W, t0, padding, quirk, resid
 
 
 def test_extended_morphology_of_a_large_image_matches_numpy():
-    from cdeblend import _monotonic_cy
+    from cdeblend import _initialization_cy
 
     H, W = 190, 180  # the flood fill may visit 34200 pixels: the GIL is released
     yy, xx = np.mgrid[:H, :W]
     D = 50 * np.exp(-((yy - 95) ** 2 + (xx - 88) ** 2) / 2000)
-    accepted, queue, values = _monotonic_cy.mask_buffers(H, W)
-    morph, box, mxv = _monotonic_cy.extended_morphology(
+    accepted, queue, values = _initialization_cy.mask_buffers(H, W)
+    morph, box, mxv = _initialization_cy.extended_morphology(
         D, 95, 88, False, 1.0, 2, accepted, queue, values
     )
     ref, _ = _numpy_extended(D, (95, 88), 1.0, 2, False)
@@ -440,30 +440,32 @@ def test_extended_morphology_of_a_large_image_matches_numpy():
 
 def test_large_stamps_match_numpy():
     """The branches that release the GIL, on stamps above the threshold."""
-    from cdeblend import _monotonic_cy
+    from cdeblend import _initialization_cy
 
     rng = np.random.default_rng(11)
     kernels = rng.normal(size=(6, 81, 81)).astype(np.float32)
     D = rng.normal(size=(90, 100))
     np.testing.assert_array_equal(
-        _monotonic_cy.conv_at(D, kernels, 45, 50), _numpy_conv_at(D, kernels, 45, 50)
+        _initialization_cy.conv_at(D, kernels, 45, 50), _numpy_conv_at(D, kernels, 45, 50)
     )
     obs, peaks = load_real()  # 35 peaks x 5 bands x 41 x 41 kernels
     Dr = chi2_coadd(obs)
     kern = obs.diff_kernels
-    sed = _monotonic_cy.peak_seds(obs.images, Dr, kern, peaks.astype(np.intp), np.ones(len(peaks)))
+    sed = _initialization_cy.peak_seds(
+        obs.images, Dr, kern, peaks.astype(np.intp), np.ones(len(peaks))
+    )
     for i, (y, x) in enumerate(peaks):
         c = _numpy_conv_at(Dr, kern, y, x)
         r = np.divide(obs.images[:, y, x].astype(np.float64), c, out=np.zeros(len(c)), where=c != 0)
         np.testing.assert_array_equal(sed[i], np.where(np.isfinite(r) & (r > 0), r, 0.0))
     P = rng.random((131, 131)) + 0.01
     images = rng.normal(size=(3, 150, 140))
-    morph, box, psed = _monotonic_cy.psf_component(P, images, 70, 60, np.ones(3))
+    morph, box, psed = _initialization_cy.psf_component(P, images, 70, 60, np.ones(3))
     sl_img, sl_psf = clip_slices(centered((70, 60), P.shape), (150, 140))
     np.testing.assert_array_equal(morph, P[sl_psf] / P[sl_psf].max())
     np.testing.assert_array_equal(psed, np.maximum(images[:, 70, 60], 0) * P[sl_psf].max())
     m = rng.random((120, 100))
-    bulge, disk = _monotonic_cy.bulge_disk(m, 0.25)
+    bulge, disk = _initialization_cy.bulge_disk(m, 0.25)
     np.testing.assert_array_equal(bulge, np.maximum(m - 0.25, 0) / np.maximum(m - 0.25, 0).max())
     np.testing.assert_array_equal(disk, np.minimum(m, 0.25) / np.minimum(m, 0.25).max())
 
@@ -479,7 +481,7 @@ def test_large_stamps_match_numpy():
     dtype=st.sampled_from([np.float32, np.float64]),
 )
 def test_psf_component_matches_numpy(seed, B, H, W, h, w, dtype):
-    from cdeblend import _monotonic_cy
+    from cdeblend import _initialization_cy
 
     rng = np.random.default_rng(seed)
     P = rng.random((h, w)) + 0.01
@@ -487,7 +489,7 @@ def test_psf_component_matches_numpy(seed, B, H, W, h, w, dtype):
     psf_peak = rng.normal(0.5, 0.5, size=B)
     psf_peak[rng.random(B) < 0.2] = 0
     peak = (int(rng.integers(0, H)), int(rng.integers(0, W)))
-    morph, box, sed = _monotonic_cy.psf_component(P, images, peak[0], peak[1], psf_peak)
+    morph, box, sed = _initialization_cy.psf_component(P, images, peak[0], peak[1], psf_peak)
     # the numpy code it replaces
     sl_img, sl_psf = clip_slices(centered(peak, P.shape), (H, W))
     ref = P[sl_psf].copy()
@@ -512,12 +514,12 @@ def test_psf_component_matches_numpy(seed, B, H, W, h, w, dtype):
     top=st.sampled_from([0.04, 1.0]),
 )
 def test_bulge_disk_matches_numpy(seed, h, w, f, top):
-    from cdeblend import _monotonic_cy
+    from cdeblend import _initialization_cy
 
     rng = np.random.default_rng(seed)
     morph = rng.uniform(0, top, size=(h, w))  # top < f: no bulge
     morph[rng.random((h, w)) < 0.3] = 0
-    parts = _monotonic_cy.bulge_disk(morph, f)
+    parts = _initialization_cy.bulge_disk(morph, f)
     disk = np.minimum(morph, f)
     bulge = np.maximum(morph - f, 0)
     if not (bulge.max() > 0 and disk.max() > 0):
@@ -528,48 +530,50 @@ def test_bulge_disk_matches_numpy(seed, h, w, f, top):
 
 
 def test_mask_buffers_are_zeroed():
-    from cdeblend import _monotonic_cy
+    from cdeblend import _initialization_cy
 
     for H, W in ((0, 5), (3, 4), (200, 170)):
-        accepted, queue, values = _monotonic_cy.mask_buffers(H, W)
+        accepted, queue, values = _initialization_cy.mask_buffers(H, W)
         assert accepted.shape == values.shape == (H, W) and queue.shape == (H * W,)
         assert accepted.dtype == np.uint8 and queue.dtype == np.int64
         assert not accepted.any() and not values.any()
 
 
 def test_init_kernels_reject_bad_shapes():
-    from cdeblend import _monotonic_cy
+    from cdeblend import _initialization_cy, _monotonic_cy
 
     img = np.zeros((2, 5, 6))
     peaks = np.array([[1, 1]], dtype=np.intp)
     with pytest.raises(ValueError, match="noise"):
-        _monotonic_cy.detection_coadd(img, np.ones(3))
+        _initialization_cy.detection_coadd(img, np.ones(3))
     with pytest.raises(ValueError, match="variance"):
-        _monotonic_cy.peak_snrs(img, np.zeros((2, 5, 5)), np.ones((2, 3, 3)), peaks)
+        _initialization_cy.peak_snrs(img, np.zeros((2, 5, 5)), np.ones((2, 3, 3)), peaks)
     with pytest.raises(ValueError, match="psfs"):
-        _monotonic_cy.peak_snrs(img, img, np.ones((3, 3, 3)), peaks)
+        _initialization_cy.peak_snrs(img, img, np.ones((3, 3, 3)), peaks)
     with pytest.raises(ValueError, match="peaks"):
-        _monotonic_cy.peak_snrs(img, img, np.ones((2, 3, 3)), np.array([[5, 0]], dtype=np.intp))
+        _initialization_cy.peak_snrs(
+            img, img, np.ones((2, 3, 3)), np.array([[5, 0]], dtype=np.intp)
+        )
     with pytest.raises(ValueError, match="kernels"):
-        _monotonic_cy.conv_at(np.zeros((5, 6)), np.ones((2, 2, 3)), 1, 1)
+        _initialization_cy.conv_at(np.zeros((5, 6)), np.ones((2, 2, 3)), 1, 1)
     with pytest.raises(ValueError, match="D"):
-        _monotonic_cy.peak_seds(img, np.zeros((5, 5)), np.ones((2, 3, 3)), peaks, np.ones(1))
+        _initialization_cy.peak_seds(img, np.zeros((5, 5)), np.ones((2, 3, 3)), peaks, np.ones(1))
     with pytest.raises(ValueError, match="scale"):
-        _monotonic_cy.peak_seds(img, np.zeros((5, 6)), np.ones((2, 3, 3)), peaks, np.ones(2))
-    accepted, queue, values = _monotonic_cy.mask_buffers(5, 6)
+        _initialization_cy.peak_seds(img, np.zeros((5, 6)), np.ones((2, 3, 3)), peaks, np.ones(2))
+    accepted, queue, values = _initialization_cy.mask_buffers(5, 6)
     D = np.zeros((5, 6))
     with pytest.raises(ValueError, match="accepted"):
-        _monotonic_cy.extended_morphology(D, 1, 1, False, 0.0, 1, accepted[:4], queue, values)
+        _initialization_cy.extended_morphology(D, 1, 1, False, 0.0, 1, accepted[:4], queue, values)
     with pytest.raises(ValueError, match="queue"):
-        _monotonic_cy.extended_morphology(D, 1, 1, False, 0.0, 1, accepted, queue[:10], values)
+        _initialization_cy.extended_morphology(D, 1, 1, False, 0.0, 1, accepted, queue[:10], values)
     with pytest.raises(ValueError, match="peak"):
-        _monotonic_cy.extended_morphology(D, 5, 1, False, 0.0, 1, accepted, queue, values)
+        _initialization_cy.extended_morphology(D, 5, 1, False, 0.0, 1, accepted, queue, values)
     with pytest.raises(ValueError, match="covered"):
-        _monotonic_cy.extended_morphology(
+        _initialization_cy.extended_morphology(
             D, 1, 1, False, 0.0, 1, accepted, queue, values, np.zeros((5, 6))
         )
     with pytest.raises(ValueError, match="psf_peak"):
-        _monotonic_cy.psf_component(np.ones((3, 3)), img, 1, 1, np.ones(3))
+        _initialization_cy.psf_component(np.ones((3, 3)), img, 1, 1, np.ones(3))
     with pytest.raises(ValueError, match="queue"):
         _monotonic_cy.monotonic_mask(D, 0, 0, 0, 0, True, accepted, queue[:3], values)
     with pytest.raises(ValueError, match="start"):

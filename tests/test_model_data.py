@@ -447,7 +447,7 @@ def test_centroids_match_moments():
     st.integers(-50, 500),
 )
 def test_component_moments_match_numpy(seed, nb, h, w, sed_dtype, morph_dtype, y0, x0):
-    from cdeblend._symmetric_cy import component_moments
+    from cdeblend._catalog_cy import component_moments
 
     rng = np.random.default_rng(seed)
     sed = (rng.normal(size=nb) * 10).astype(sed_dtype)

@@ -11,10 +11,10 @@ from scipy.linalg import solve_triangular
 from scipy.optimize import nnls
 
 import cdeblend
-from cdeblend import _convolve_cy, spectra
+from cdeblend import _spectra_cy, spectra
 from cdeblend.initialization import initialize_blend
 
-nnls_gram = _convolve_cy.nnls_gram
+nnls_gram = _spectra_cy.nnls_gram
 EPS = np.finfo(np.float64).eps
 DATA = Path(__file__).parent / "data"
 
@@ -234,7 +234,7 @@ def test_fit_seds_unchanged_on_the_bundled_blend(monkeypatch, weighted, flip):
 # The sparse solver of large overlap groups (nnls_sparse)
 # ------------------------------------------------------------------------------------------
 
-nnls_sparse = _convolve_cy.nnls_sparse
+nnls_sparse = _spectra_cy.nnls_sparse
 
 
 def sparse_design(rng: np.random.Generator, n: int, size: int, mode: str) -> np.ndarray:

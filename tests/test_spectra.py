@@ -234,7 +234,7 @@ def test_nnls_matches_dense_nnls(seed, k, weighted):
 @settings(max_examples=20, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(1, 30))
 def test_cholesky_kernel_matches_numpy(seed, n):
-    from cdeblend._convolve_cy import cholesky_upper
+    from cdeblend._spectra_cy import cholesky_upper
 
     rng = np.random.default_rng(seed)
     a = rng.normal(size=(n + 3, n))
@@ -253,7 +253,7 @@ def test_cholesky_kernel_matches_numpy(seed, n):
 
 
 def test_cholesky_kernel_rejects_singular_and_solver_falls_back():
-    from cdeblend._convolve_cy import cholesky_upper
+    from cdeblend._spectra_cy import cholesky_upper
 
     from cdeblend.spectra import _nnls_solve
 

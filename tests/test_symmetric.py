@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdeblend import _symmetric_cy
+from cdeblend import _detection_cy, _symmetric_cy
 
 
 # ------------------------------------------------------------------ references
@@ -263,7 +263,7 @@ def test_dilate_disc_matches_scipy(H, W, r, seed):
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     ref = ndimage.binary_dilation(mask, structure=(yy * yy + xx * xx) <= r * r)
     out = np.empty((H, W), np.uint8)
-    _symmetric_cy.dilate_disc(mask.view(np.uint8), r, out, np.empty((H, W + 1), np.int32))
+    _detection_cy.dilate_disc(mask.view(np.uint8), r, out, np.empty((H, W + 1), np.int32))
     assert np.array_equal(out.astype(bool), ref)
 
 

@@ -16,17 +16,15 @@ so their order does not matter. Nothing here allocates Python objects or holds t
 """
 
 from libc.math cimport fabs, isfinite, pow, sqrt
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 
-ctypedef fused real:
-    float
-    double
-
-include "_monotonic_radial.pxi"
-include "_gil.pxi"
-include "_fft.pxi"
-include "_conv_kernels.pxi"
+from ._convolve_cy cimport _direct_conv, _fft_cube, _weighted_residual
+from ._fft cimport cd_conv, cd_conv_free, cd_conv_init
+from ._monotonic_cy cimport (RadialTable, _radial_project_table, _table_free,
+                             _table_from_list)
+from ._shared.fused cimport real
+from ._shared.gil cimport _release_gil
 
 import numpy as np
 

@@ -11,11 +11,8 @@ positive. Inputs are trusted: ``cdeblend.apportion`` validates them.
 
 from libc.stdint cimport int64_t, uint8_t
 
-include "_gil.pxi"
-
-ctypedef fused real:
-    float
-    double
+from ._shared.fused cimport real
+from ._shared.gil cimport _release_gil
 
 
 cdef inline void _clip_box(const int64_t[:, ::1] boxes, Py_ssize_t i, Py_ssize_t H,

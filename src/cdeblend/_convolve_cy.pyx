@@ -16,24 +16,23 @@ where ``(oy, ox)`` is the position of the source grid's origin in the output gri
 this operation is the same call with the kernel flipped in y and x and the offsets negated.
 """
 
-from libc.math cimport INFINITY, log2, sqrt
-from libc.stdint cimport int32_t
+from libc.math cimport log2
 from libc.stdlib cimport free, malloc
-from cython cimport floating
+
+from ._fft cimport (cd_conv, cd_conv_free, cd_conv_init, cd_fast_len, cd_fft_cols_d,
+                    cd_fft_cols_f, cd_fwd2d_d, cd_fwd2d_f, cd_inv2d_d, cd_inv2d_f, cd_mul2_d,
+                    cd_mul2_f, cd_mul_d, cd_mul_f, cd_pair_mul_d, cd_pair_mul_f, cd_plan,
+                    cd_spectrum_d)
+from ._shared.fused cimport real
+from ._shared.gil cimport _release_gil
 
 import numpy as np
 
-include "_fft.pxi"
-include "_gil.pxi"
-include "_conv_kernels.pxi"
-include "_nnls.pxi"
-include "_sparse_nnls.pxi"
-
 
 def convolve_direct(
-    const floating[:, :, ::1] src,
-    const floating[:, :, ::1] kernel,
-    floating[:, :, ::1] out,
+    const real[:, :, ::1] src,
+    const real[:, :, ::1] kernel,
+    real[:, :, ::1] out,
     Py_ssize_t oy=0,
     Py_ssize_t ox=0,
 ):
@@ -59,10 +58,10 @@ def convolve_direct(
 
 
 def weighted_residual(
-    const floating[:, :, ::1] model_conv,
-    const floating[:, :, ::1] images,
-    const floating[:, :, ::1] weights,
-    floating[:, :, ::1] residual,
+    const real[:, :, ::1] model_conv,
+    const real[:, :, ::1] images,
+    const real[:, :, ::1] weights,
+    real[:, :, ::1] residual,
     bint store=True,
 ):
     """Return ``0.5 * sum(w * (images - model_conv)^2)`` and store ``w * (model_conv - images)``.
@@ -81,191 +80,162 @@ def weighted_residual(
     return total
 
 
-cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
-    """sum a[i] b[i] in double, in four interleaved partial sums (a fixed order, so the
-    result is deterministic, and one the compiler can vectorise)."""
-    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
-    cdef Py_ssize_t i = 0
-    while i + 4 <= n:
-        s0 += <double>a[i] * <double>b[i]
-        s1 += <double>a[i + 1] * <double>b[i + 1]
-        s2 += <double>a[i + 2] * <double>b[i + 2]
-        s3 += <double>a[i + 3] * <double>b[i + 3]
-        i += 4
-    while i < n:
-        s0 += <double>a[i] * <double>b[i]
-        i += 1
-    return (s0 + s1) + (s2 + s3)
+# ------------------------------------------------------------------------------------------
+# The kernels (also cimported by _adam_cy through _convolve_cy.pxd)
+# ------------------------------------------------------------------------------------------
 
-
-def gram_pairs(
-    const floating[::1] flat,
-    const Py_ssize_t[::1] offsets,
-    const Py_ssize_t[:, ::1] boxes,
-    const Py_ssize_t[:, ::1] pairs,
-    const floating[:, :, ::1] weights,
-    bint weighted,
-    double[:, ::1] out,
-):
-    """Per-band inner products of pairs of arrays over the overlap of their boxes.
-
-    Array k is ``flat[offsets[k]:].reshape(B, h_k, w_k)`` on ``boxes[k] = (y0, x0, h, w)`` (frame
-    coordinates). For pair p = (k, l), ``out[p, b] = sum c_k[b] c_l[b] (w[b])`` over the common
-    pixels, accumulated in double precision (row sums first, then rows in order).
-    ``weights`` (B, H, W) is read only when ``weighted``.
-    """
-    # each array takes part in its pairs: the work is about (pairs / arrays) x the pixels
-    cdef double work = <double>flat.shape[0] * pairs.shape[0] / max(boxes.shape[0], 1)
-    if _release_gil(work):
-        with nogil:
-            _gram_pairs(flat, offsets, boxes, pairs, weights, weighted, out)
-    else:
-        _gram_pairs(flat, offsets, boxes, pairs, weights, weighted, out)
-
-
-cdef int _gram_pairs(const floating[::1] flat, const Py_ssize_t[::1] offsets,
-                     const Py_ssize_t[:, ::1] boxes, const Py_ssize_t[:, ::1] pairs,
-                     const floating[:, :, ::1] weights, bint weighted,
-                     double[:, ::1] out) except -1 nogil:
-    cdef Py_ssize_t nb = out.shape[1], npairs = pairs.shape[0]
-    cdef Py_ssize_t p, k, j, b, y, x, ya, yb, xa, xb, hk, wk, hl, wl
-    cdef Py_ssize_t rk, rl
-    cdef double acc, row
-    for p in range(npairs):
-        k = pairs[p, 0]
-        j = pairs[p, 1]
-        ya = max(boxes[k, 0], boxes[j, 0])
-        xa = max(boxes[k, 1], boxes[j, 1])
-        yb = min(boxes[k, 0] + boxes[k, 2], boxes[j, 0] + boxes[j, 2])
-        xb = min(boxes[k, 1] + boxes[k, 3], boxes[j, 1] + boxes[j, 3])
-        hk = boxes[k, 2]
-        wk = boxes[k, 3]
-        hl = boxes[j, 2]
-        wl = boxes[j, 3]
-        for b in range(nb):
-            acc = 0.0
-            for y in range(ya, yb):
-                rk = offsets[k] + (b * hk + y - boxes[k, 0]) * wk - boxes[k, 1]
-                rl = offsets[j] + (b * hl + y - boxes[j, 0]) * wl - boxes[j, 1]
-                if weighted:
-                    row = 0.0
-                    for x in range(xa, xb):
-                        row += <double>flat[rk + x] * flat[rl + x] * weights[b, y, x]
-                else:
-                    row = _dot(&flat[rk + xa], &flat[rl + xa], xb - xa)
-                acc += row
-            out[p, b] = acc
+cdef int _direct_conv(const real[:, :, ::1] src, const real[:, :, ::1] kernel,
+                      real[:, :, ::1] out, Py_ssize_t oy, Py_ssize_t ox) except -1 nogil:
+    """Accumulate into ``out`` (B, H, W) the convolution of ``src`` (B or 1, h, w), placed at
+    ``(oy, ox)`` of out's grid, with the centred kernels (B, kh, kw) (see convolve_direct)."""
+    cdef Py_ssize_t nb = out.shape[0], H = out.shape[1], W = out.shape[2]
+    cdef Py_ssize_t h = src.shape[1], w = src.shape[2]
+    cdef Py_ssize_t kh = kernel.shape[1], kw = kernel.shape[2]
+    cdef Py_ssize_t ry = kh // 2, rx = kw // 2
+    cdef bint shared = src.shape[0] == 1
+    cdef Py_ssize_t b, bs, y, yin, ky, kx, sx, x, xlo, xhi
+    cdef real v
+    for b in range(nb):
+        bs = 0 if shared else b
+        for y in range(H):
+            for ky in range(kh):
+                # source row that tap row ky brings to output row y
+                yin = y - oy - (ky - ry)
+                if yin < 0 or yin >= h:
+                    continue
+                for kx in range(kw):
+                    v = kernel[b, ky, kx]
+                    if v == 0:
+                        continue
+                    # source column = x - sx; keep both x and x - sx in range
+                    sx = ox + kx - rx
+                    xlo = sx if sx > 0 else 0
+                    xhi = sx + w if sx + w < W else W
+                    for x in range(xlo, xhi):
+                        out[b, y, x] += v * src[bs, yin, x - sx]
     return 0
 
 
-def data_products(
-    const floating[::1] flat,
-    const Py_ssize_t[::1] offsets,
-    const Py_ssize_t[:, ::1] boxes,
-    const floating[:, :, ::1] data,
-    const floating[:, :, ::1] weights,
-    bint weighted,
-    double[:, ::1] out,
-):
-    """``out[k, b] = sum c_k[b] data[b] (w[b])`` over box k (inside the frame), in double."""
-    if _release_gil(<double>flat.shape[0]):
-        with nogil:
-            _data_products(flat, offsets, boxes, data, weights, weighted, out)
+cdef inline double _wsq(real d, real w) noexcept nogil:
+    """d * (w * d) with the product w * d rounded to the working precision first (the
+    stored residual), then the multiplication in double."""
+    cdef real r = w * d
+    return <double>d * <double>r
+
+
+cdef double _weighted_residual(const real[:, :, ::1] model_conv,
+                               const real[:, :, ::1] images,
+                               const real[:, :, ::1] weights,
+                               real[:, :, ::1] residual, bint store) except? -1 nogil:
+    """``0.5 * sum(w * (images - model_conv)^2)``, and ``residual = w * (model_conv -
+    images)`` when ``store`` (on the images' ``[:, :H, :W]``; the other arrays may be
+    larger). Accumulated in double in a fixed order (deterministic)."""
+    cdef Py_ssize_t nb = images.shape[0], H = images.shape[1], W = images.shape[2]
+    cdef Py_ssize_t b, y, x
+    cdef double total = 0.0, s0, s1, s2, s3
+    cdef const real* mc
+    cdef const real* im
+    cdef const real* wt
+    cdef real* rs
+    for b in range(nb):
+        for y in range(H):
+            mc = &model_conv[b, y, 0]
+            im = &images[b, y, 0]
+            wt = &weights[b, y, 0]
+            if store:
+                rs = &residual[b, y, 0]
+                for x in range(W):
+                    rs[x] = wt[x] * (mc[x] - im[x])
+            # four interleaved partial sums per row: a fixed order (deterministic) that the
+            # compiler can vectorise
+            s0 = s1 = s2 = s3 = 0.0
+            x = 0
+            while x + 4 <= W:
+                s0 += _wsq(mc[x] - im[x], wt[x])
+                s1 += _wsq(mc[x + 1] - im[x + 1], wt[x + 1])
+                s2 += _wsq(mc[x + 2] - im[x + 2], wt[x + 2])
+                s3 += _wsq(mc[x + 3] - im[x + 3], wt[x + 3])
+                x += 4
+            while x < W:
+                s0 += _wsq(mc[x] - im[x], wt[x])
+                x += 1
+            total += (s0 + s1) + (s2 + s3)
+    return 0.5 * total
+
+
+# the FFT core in one precision or the other
+cdef inline void _fwd(cd_conv* c, const real* a, Py_ssize_t lda, int ha, int wa, int oya,
+                      int oxa, const real* b, Py_ssize_t ldb, int hb, int wb, int oyb,
+                      int oxb) noexcept nogil:
+    if real is float:
+        cd_fwd2d_f(c, a, lda, ha, wa, oya, oxa, b, ldb, hb, wb, oyb, oxb)
     else:
-        _data_products(flat, offsets, boxes, data, weights, weighted, out)
+        cd_fwd2d_d(c, a, lda, ha, wa, oya, oxa, b, ldb, hb, wb, oyb, oxb)
 
 
-cdef int _data_products(const floating[::1] flat, const Py_ssize_t[::1] offsets,
-                        const Py_ssize_t[:, ::1] boxes, const floating[:, :, ::1] data,
-                        const floating[:, :, ::1] weights, bint weighted,
-                        double[:, ::1] out) except -1 nogil:
-    cdef Py_ssize_t nb = out.shape[1], nk = out.shape[0]
-    cdef Py_ssize_t k, b, y, x, y0, x0, h, w, r
-    cdef double acc, row
-    for k in range(nk):
-        y0 = boxes[k, 0]
-        x0 = boxes[k, 1]
-        h = boxes[k, 2]
-        w = boxes[k, 3]
-        for b in range(nb):
-            acc = 0.0
-            for y in range(y0, y0 + h):
-                r = offsets[k] + (b * h + y - y0) * w - x0
-                if weighted:
-                    row = 0.0
-                    for x in range(x0, x0 + w):
-                        row += <double>flat[r + x] * data[b, y, x] * weights[b, y, x]
-                else:
-                    row = _dot(&flat[r + x0], &data[b, y, x0], w)
-                acc += row
-            out[k, b] = acc
+cdef inline void _inv(cd_conv* c, real* a, Py_ssize_t lda, int ha, int wa, real* b,
+                      Py_ssize_t ldb, int hb, int wb) noexcept nogil:
+    if real is float:
+        cd_inv2d_f(c, a, lda, ha, wa, b, ldb, hb, wb, 0)
+    else:
+        cd_inv2d_d(c, a, lda, ha, wa, b, ldb, hb, wb, 0)
+
+
+cdef inline void _pair_mul(cd_conv* c, const real* fa, const real* fb,
+                           int conj) noexcept nogil:
+    if real is float:
+        cd_pair_mul_f(c, fa, fb, conj)
+    else:
+        cd_pair_mul_d(c, fa, fb, conj)
+
+
+cdef inline void _mul(cd_conv* c, const real* f, int conj) noexcept nogil:
+    if real is float:
+        cd_mul_f(c, f, conj)
+    else:
+        cd_mul_d(c, f, conj)
+
+
+cdef inline void _mul2(cd_conv* c, const real* fa, const real* fb,
+                       int conj) noexcept nogil:
+    if real is float:
+        cd_mul2_f(c, fa, fb, conj)
+    else:
+        cd_mul2_d(c, fa, fb, conj)
+
+
+cdef int _fft_cube(cd_conv* c, const real[:, :, ::1] src, int oy, int ox,
+                   const real[:, :, :, ::1] fk, real[:, :, ::1] out,
+                   int conj) except -1 nogil:
+    """FFT convolution of ``src`` (B or 1, h, w) placed at ``(oy, ox)`` of the grid with
+    every band's kernel (transforms ``fk``, conjugated with ``conj``), the grid's ``[0, gh)
+    x [0, gw)`` corner into ``out`` (B, gh, gw): two bands per transform, or one plane
+    transformed once and two kernels per inverse transform."""
+    cdef Py_ssize_t nb = out.shape[0], gh = out.shape[1], gw = out.shape[2]
+    cdef Py_ssize_t h = src.shape[1], w = src.shape[2], b = 0
+    cdef const real* s1
+    cdef const real* f1
+    cdef real* o1
+    if src.shape[0] == 1:
+        _fwd(c, &src[0, 0, 0], w, h, w, oy, ox, <const real*>NULL, 0, 0, 0, 0, 0)
+        while b < nb:
+            if b + 1 < nb:
+                _mul2(c, &fk[b, 0, 0, 0], &fk[b + 1, 0, 0, 0], conj)
+                _inv(c, &out[b, 0, 0], gw, gh, gw, &out[b + 1, 0, 0], gw, gh, gw)
+            else:
+                _mul(c, &fk[b, 0, 0, 0], conj)
+                _inv(c, &out[b, 0, 0], gw, gh, gw, <real*>NULL, 0, 0, 0)
+            b += 2
+        return 0
+    while b < nb:
+        s1 = &src[b + 1, 0, 0] if b + 1 < nb else NULL
+        f1 = &fk[b + 1, 0, 0, 0] if b + 1 < nb else NULL
+        o1 = &out[b + 1, 0, 0] if b + 1 < nb else NULL
+        _fwd(c, &src[b, 0, 0], w, h, w, oy, ox, s1, w, h, w, oy, ox)
+        _pair_mul(c, &fk[b, 0, 0, 0], f1, conj)
+        _inv(c, &out[b, 0, 0], gw, gh, gw, o1, gw, gh, gw)
+        b += 2
     return 0
-
-
-def cholesky_upper(const double[:, ::1] gram, double[:, ::1] root, double[:, ::1] rhs):
-    """Cholesky factor ``gram = R^T R`` (R upper triangular, written to ``root``), then
-    ``rhs <- R^-T rhs`` (forward substitution, every column of ``rhs`` (n, m)).
-
-    Single-threaded and in a fixed order (deterministic; a threaded LAPACK on a busy machine
-    was what made the initialization of large blends slow).
-
-    Returns
-    -------
-    float
-        ``||R^-1||_F^2``, an upper bound of ``1 / lambda_min(gram)``, or -1 when ``gram`` is
-        not positive definite (``root`` and ``rhs`` are then undefined).
-    """
-    cdef Py_ssize_t n = gram.shape[0], m = rhs.shape[1]
-    cdef double total
-    if _release_gil(<double>n * n * (n + m)):
-        with nogil:
-            total = _cholesky_upper(gram, root, rhs)
-    else:
-        total = _cholesky_upper(gram, root, rhs)
-    return total
-
-
-cdef double _cholesky_upper(const double[:, ::1] gram, double[:, ::1] root,
-                            double[:, ::1] rhs) except? -2 nogil:
-    cdef Py_ssize_t n = gram.shape[0], m = rhs.shape[1], i, j, k, c
-    cdef double acc, d, total = 0.0
-    cdef double* col
-    for i in range(n):
-        for j in range(n):
-            root[i, j] = 0.0
-    for j in range(n):
-        # row j of R: R[j, j] = sqrt(G[j, j] - sum_k R[k, j]^2), R[j, i] for i > j
-        acc = gram[j, j]
-        for k in range(j):
-            acc -= root[k, j] * root[k, j]
-        if not acc > 0:
-            return -1.0
-        d = sqrt(acc)
-        root[j, j] = d
-        for i in range(j + 1, n):
-            acc = gram[j, i]
-            for k in range(j):
-                acc -= root[k, j] * root[k, i]
-            root[j, i] = acc / d
-    for c in range(m):  # solve R^T y = rhs[:, c]
-        for i in range(n):
-            acc = rhs[i, c]
-            for k in range(i):
-                acc -= root[k, i] * rhs[k, c]
-            rhs[i, c] = acc / root[i, i]
-    # ||R^-1||_F^2 column by column: R x = e_j
-    col = <double*>malloc(n * sizeof(double))
-    if col == NULL:
-        return INFINITY
-    for j in range(n):
-        for i in range(j, -1, -1):
-            acc = 1.0 if i == j else 0.0
-            for k in range(i + 1, j + 1):
-                acc -= root[i, k] * col[k]
-            col[i] = acc / root[i, i]
-            total += col[i] * col[i]
-    free(col)
-    return total
 
 
 # ------------------------------------------------------------------------------------------
@@ -307,7 +277,7 @@ cdef class FFTWork:
 
 cdef inline double _fft_work(FFTWork work, double transforms) noexcept:
     """Elementary operations of that many 2-D transforms on the work's grid (for the GIL
-    rule of _gil.pxi)."""
+    rule of _shared/gil.pxd)."""
     cdef double n = <double>work.n0 * work.n1
     return 5.0 * transforms * n * log2(n + 1.0)
 
@@ -324,7 +294,7 @@ cdef int _check_work(FFTWork work, bint is_double, object fk, Py_ssize_t nb) exc
 cdef int _kernel_spectrum(cd_conv* c, const double[:, :, ::1] kernels,
                           const Py_ssize_t[::1] iy, const Py_ssize_t[::1] ix,
                           double[:, :, ::1] planes, double[:, :, ::1] spec,
-                          floating[:, :, :, ::1] o) except -1 nogil:
+                          real[:, :, :, ::1] o) except -1 nogil:
     cdef Py_ssize_t nb = kernels.shape[0], kh = kernels.shape[1], kw = kernels.shape[2]
     cdef Py_ssize_t n0 = planes.shape[1], n1 = planes.shape[2]
     cdef Py_ssize_t b, y, x, c2, kx, ky, mx, my
@@ -351,11 +321,11 @@ cdef int _kernel_spectrum(cd_conv* c, const double[:, :, ::1] kernels,
                 zi = spec[1, kx, ky]
                 ur = spec[0, mx, my]
                 ui = spec[1, mx, my]
-                o[b, 0, kx, ky] = <floating>(0.5 * (zr + ur))
-                o[b, 1, kx, ky] = <floating>(0.5 * (zi - ui))
+                o[b, 0, kx, ky] = <real>(0.5 * (zr + ur))
+                o[b, 1, kx, ky] = <real>(0.5 * (zi - ui))
                 if b + 1 < nb:
-                    o[b + 1, 0, kx, ky] = <floating>(0.5 * (zi + ui))
-                    o[b + 1, 1, kx, ky] = <floating>(-0.5 * (zr - ur))
+                    o[b + 1, 0, kx, ky] = <real>(0.5 * (zi + ui))
+                    o[b + 1, 1, kx, ky] = <real>(-0.5 * (zr - ur))
     return 0
 
 
@@ -389,7 +359,7 @@ def kernel_spectrum(const double[:, :, ::1] kernels, int n0, int n1, dtype=np.fl
 
 cdef int _spectrum_into(cd_conv* c, const double[:, :, ::1] kernels, const Py_ssize_t[::1] iy,
                         const Py_ssize_t[::1] ix, double[:, :, ::1] planes,
-                        double[:, :, ::1] spec, floating[:, :, :, ::1] o,
+                        double[:, :, ::1] spec, real[:, :, :, ::1] o,
                         bint release) except -1:
     if release:
         with nogil:
@@ -399,8 +369,8 @@ cdef int _spectrum_into(cd_conv* c, const double[:, :, ::1] kernels, const Py_ss
     return 0
 
 
-def conv_cube(FFTWork work, const floating[:, :, ::1] src, int oy, int ox,
-              const floating[:, :, :, ::1] fk, floating[:, :, ::1] out, bint adjoint):
+def conv_cube(FFTWork work, const real[:, :, ::1] src, int oy, int ox,
+              const real[:, :, :, ::1] fk, real[:, :, ::1] out, bint adjoint):
     """Convolve ``src`` (Bs, h, w), placed at ``(oy, ox)`` of the grid, with every band's
     kernel (transforms ``fk`` from :func:`kernel_spectrum`; ``adjoint``: their conjugates,
     the flipped kernels) and write the grid's ``[0, gh) x [0, gw)`` corner to ``out``
@@ -409,7 +379,7 @@ def conv_cube(FFTWork work, const floating[:, :, ::1] src, int oy, int ox,
     cdef Py_ssize_t nb = out.shape[0], gh = out.shape[1], gw = out.shape[2]
     cdef Py_ssize_t ns = src.shape[0], h = src.shape[1], w = src.shape[2]
     cdef int conj = 1 if adjoint else 0
-    _check_work(work, floating is double, fk, nb)
+    _check_work(work, real is double, fk, nb)
     if ns != nb and ns != 1:
         raise ValueError(f"src has {ns} planes, expected {nb} or 1")
     if (oy < 0 or ox < 0 or oy + h > work.n0 or ox + w > work.width or gh > work.n0
@@ -424,8 +394,8 @@ def conv_cube(FFTWork work, const floating[:, :, ::1] src, int oy, int ox,
     return out
 
 
-def conv_planes(FFTWork work, const floating[::1] src, const Py_ssize_t[:, ::1] src_table,
-                const floating[:, :, :, ::1] fk, floating[::1] out,
+def conv_planes(FFTWork work, const real[::1] src, const Py_ssize_t[:, ::1] src_table,
+                const real[:, :, :, ::1] fk, real[::1] out,
                 const Py_ssize_t[:, ::1] out_table):
     """Convolve many planes with every band's kernel, two planes per transform.
 
@@ -434,7 +404,7 @@ def conv_planes(FFTWork work, const floating[::1] src, const Py_ssize_t[:, ::1] 
     [0, gw)`` corner with ``(o', gh, gw) = out_table[k]``, go to ``out[o':]`` as (B, gh, gw).
     """
     cdef Py_ssize_t nb = fk.shape[0], K = src_table.shape[0], i
-    _check_work(work, floating is double, fk, nb)
+    _check_work(work, real is double, fk, nb)
     if out_table.shape[0] != K or src_table.shape[1] != 5 or out_table.shape[1] != 3:
         raise ValueError("src_table must be (K, 5) and out_table (K, 3)")
     for i in range(K):
@@ -452,9 +422,9 @@ def conv_planes(FFTWork work, const floating[::1] src, const Py_ssize_t[:, ::1] 
     return out
 
 
-cdef int _conv_planes(cd_conv* c, const floating[::1] src,
+cdef int _conv_planes(cd_conv* c, const real[::1] src,
                       const Py_ssize_t[:, ::1] src_table,
-                      const floating[:, :, :, ::1] fk, floating[::1] out,
+                      const real[:, :, :, ::1] fk, real[::1] out,
                       const Py_ssize_t[:, ::1] out_table) except -1 nogil:
     cdef Py_ssize_t nb = fk.shape[0], K = src_table.shape[0], k, b, oa, ob, sa, sb
     cdef Py_ssize_t ha, wa, hb, wb, gha, gwa, ghb, gwb
@@ -482,7 +452,7 @@ cdef int _conv_planes(cd_conv* c, const floating[::1] src,
             k += 2
         else:
             _fwd(c, &src[sa], wa, ha, wa, src_table[k, 3], src_table[k, 4],
-                 <const floating*>NULL, 0, 0, 0, 0, 0)
+                 <const real*>NULL, 0, 0, 0, 0, 0)
             b = 0
             while b < nb:
                 if b + 1 < nb:
@@ -491,31 +461,31 @@ cdef int _conv_planes(cd_conv* c, const floating[::1] src,
                          &out[oa + (b + 1) * gha * gwa], gwa, gha, gwa)
                 else:
                     _mul(c, &fk[b, 0, 0, 0], 0)
-                    _inv(c, &out[oa + b * gha * gwa], gwa, gha, gwa, <floating*>NULL,
+                    _inv(c, &out[oa + b * gha * gwa], gwa, gha, gwa, <real*>NULL,
                          0, 0, 0)
                 b += 2
             k += 1
     return 0
 
 
-def fft_cols(FFTWork work, int axis_len, floating[:, ::1] re, floating[:, ::1] im):
+def fft_cols(FFTWork work, int axis_len, real[:, ::1] re, real[:, ::1] im):
     """In-place forward DFT along axis 0 of the (n, V) complex array ``re + i im``, with
     ``n`` the grid's ``n0`` (``axis_len == 0``) or ``n1`` (1). For tests of the core."""
     cdef const cd_plan* p = &work.c.p0 if axis_len == 0 else &work.c.p1
     cdef int n = work.n0 if axis_len == 0 else work.n1
     if re.shape[0] != n or im.shape[0] != n or re.shape[1] != im.shape[1]:
         raise ValueError("re and im must be (n, V) arrays of the plan's length")
-    if floating is double and not work.double or floating is float and work.double:
+    if real is double and not work.double or real is float and work.double:
         raise TypeError("precision mismatch")
     with nogil:
-        if floating is float:
+        if real is float:
             cd_fft_cols_f(&work.c, p, re.shape[1], re.shape[1], &re[0, 0], &im[0, 0])
         else:
             cd_fft_cols_d(&work.c, p, re.shape[1], re.shape[1], &re[0, 0], &im[0, 0])
 
 
 def conv_exact(FFTWork work, const double[::1] src, const Py_ssize_t[:, ::1] src_table,
-               const double[:, :, :, ::1] fk, floating[::1] out,
+               const double[:, :, :, ::1] fk, real[::1] out,
                const Py_ssize_t[:, ::1] out_table, int ry, int rx, bint support):
     """Convolve multi-band planes band by band in double precision, for the products of a
     fit (the per-source models that share the flux).
@@ -565,7 +535,7 @@ def conv_exact(FFTWork work, const double[::1] src, const Py_ssize_t[:, ::1] src
 
 
 cdef int _conv_exact(cd_conv* c, const double[::1] src, const Py_ssize_t[:, ::1] src_table,
-                     const double[:, :, :, ::1] fk, floating[::1] out,
+                     const double[:, :, :, ::1] fk, real[::1] out,
                      const Py_ssize_t[:, ::1] out_table, int ry, int rx, bint support,
                      double* tmp, int* pre) except -1 nogil:
     cdef Py_ssize_t nb = fk.shape[0], K = src_table.shape[0], k, b, y, x
@@ -618,46 +588,5 @@ cdef int _conv_exact(cd_conv* c, const double[::1] src, const Py_ssize_t[:, ::1]
                                 - pre[yb * (gw + 1) + xa] + pre[ya * (gw + 1) + xa]) == 0:
                             out[oo + (b * gh + y) * gw + x] = 0
                             continue
-                    out[oo + (b * gh + y) * gw + x] = <floating>tmp[(b * gh + y) * gw + x]
+                    out[oo + (b * gh + y) * gw + x] = <real>tmp[(b * gh + y) * gw + x]
     return 0
-
-
-def connected_groups(const Py_ssize_t[:, ::1] pairs, Py_ssize_t n, int32_t[::1] labels):
-    """Connected components of the graph on ``n`` nodes with edges ``pairs`` (P, 2).
-
-    ``labels[i]`` is the index of node i's component, components numbered in the order of
-    their smallest node; returns their number. Union-find joining roots to the smaller one.
-    """
-    if labels.shape[0] != n:
-        raise ValueError(f"labels must have {n} entries, got {labels.shape[0]}")
-    if pairs.shape[0] and pairs.shape[1] != 2:
-        raise ValueError("pairs must be (P, 2)")
-    cdef Py_ssize_t p, a, b, i, count = 0
-    for p in range(pairs.shape[0]):
-        if not (0 <= pairs[p, 0] < n and 0 <= pairs[p, 1] < n):
-            raise ValueError(f"pairs[{p}] names a node outside 0..{n - 1}")
-    parent_arr = np.arange(n, dtype=np.intp)
-    cdef Py_ssize_t[::1] parent = parent_arr
-    for p in range(pairs.shape[0]):
-        a = _root(parent, pairs[p, 0])
-        b = _root(parent, pairs[p, 1])
-        if a < b:
-            parent[b] = a
-        elif b < a:
-            parent[a] = b
-    # a root is the smallest node of its group: number the groups in that order
-    for i in range(n):
-        a = _root(parent, i)
-        if a == i:
-            labels[i] = count
-            count += 1
-        else:
-            labels[i] = labels[a]
-    return count
-
-
-cdef inline Py_ssize_t _root(Py_ssize_t[::1] parent, Py_ssize_t i) noexcept:
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i

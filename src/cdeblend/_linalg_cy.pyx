@@ -21,9 +21,9 @@ usual work threshold.
 
 from libc.math cimport fabs, sqrt
 
-import numpy as np
+from ._shared.gil cimport _release_gil
 
-include "_gil.pxi"
+import numpy as np
 
 
 def householder_reduce(const double[:, ::1] a, const double[::1] b, double[:, ::1] r,

@@ -9,7 +9,7 @@ the noise level and boxed, and the SED is the ratio of the image to the convolve
 image at the peak. Peaks that give nothing get a PSF-shaped component. Bright sources are
 split into a bulge and a disk. Finally all SEDs are fitted jointly by least squares.
 
-The work on stamps runs in the Cython kernels of ``_init_kernels.pxi``, which keep the GIL
+The work on stamps runs in the Cython kernels of ``_initialization_cy``, which keep the GIL
 for small blends (numpy handed it over for every call on a stamp: two threads initialising
 small blends ran slower than one) and release it for big ones.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _monotonic_cy
+from . import _initialization_cy
 from .blend import Blend, Box, Component, Source
 from .deblend_config import DeblendConfig
 
@@ -48,12 +48,12 @@ def chi2_coadd(observation) -> np.ndarray:
         (H, W) float64, the bands added in order (bands with zero noise get no weight).
     """
     noise = np.asarray(observation.noise_rms, dtype=np.float64)
-    return _monotonic_cy.detection_coadd(np.ascontiguousarray(observation.images), noise)
+    return _initialization_cy.detection_coadd(np.ascontiguousarray(observation.images), noise)
 
 
 def _peak_snrs(observation, peaks: np.ndarray) -> np.ndarray:
     """:func:`peak_snr` of every row of ``peaks`` ((N, 2) intp), in one kernel call."""
-    return _monotonic_cy.peak_snrs(
+    return _initialization_cy.peak_snrs(
         np.ascontiguousarray(observation.images),
         np.ascontiguousarray(observation.variance),
         np.ascontiguousarray(observation.psfs),
@@ -87,7 +87,7 @@ class _MaskWorkspace:
     leave them zeroed (they reset them through the list of accepted pixels)."""
 
     def __init__(self, shape: tuple[int, int]) -> None:
-        self.accepted, self.queue, self.values = _monotonic_cy.mask_buffers(*shape)
+        self.accepted, self.queue, self.values = _initialization_cy.mask_buffers(*shape)
 
 
 def _extended_morphology(
@@ -126,7 +126,7 @@ def _extended_morphology(
         None when nothing extended is left; else the peak-normalised morphology, its box and
         the value it was divided by.
     """
-    return _monotonic_cy.extended_morphology(
+    return _initialization_cy.extended_morphology(
         D,
         peak[0],
         peak[1],
@@ -347,7 +347,7 @@ def _initial_sources(
     kernels = np.ascontiguousarray(observation.diff_kernels)
     model_psf = model_psf_array(observation)
     # conv_b(P_model) at its centre: the model-space peak of a unit point source, observed
-    psf_peak = _monotonic_cy.conv_at(
+    psf_peak = _initialization_cy.conv_at(
         model_psf, kernels, model_psf.shape[0] // 2, model_psf.shape[1] // 2
     )
     psf_thresh = (
@@ -357,14 +357,14 @@ def _initial_sources(
     # SEDs of the extended ones: the ratio of the image to the convolved detection image at
     # the peak, times the morphology's maximum (it is peak-normalised)
     scale = np.array([0.0 if e is None else e[2] for e in exts])
-    seds = _monotonic_cy.peak_seds(images, D, kernels, peak_arr, scale)
+    seds = _initialization_cy.peak_seds(images, D, kernels, peak_arr, scale)
     split = _split_flags(snrs, len(exts), config)
     f = config.disk_percentile / 100.0
     sources, singles, init_seds = [], [], []
     for i, (y, x) in enumerate(peak_arr.tolist()):
         peak, ext = (int(y), int(x)), exts[i]
         if ext is None:
-            morph, box, sed = _monotonic_cy.psf_component(
+            morph, box, sed = _initialization_cy.psf_component(
                 model_psf, images, peak[0], peak[1], psf_peak
             )
             single = Component(sed, morph, box, peak, psf_thresh, kind="psf", copy=False)
@@ -374,7 +374,7 @@ def _initial_sources(
             sed = seds[i]
             single = Component(sed, morph, box, peak, bg, kind="extended", copy=False)
             comps = [single]
-            parts = _monotonic_cy.bulge_disk(morph, f) if split[i] else None
+            parts = _initialization_cy.bulge_disk(morph, f) if split[i] else None
             if parts is not None:
                 # SEDs later: from the joint fit, or (if it does not run) from a fit of
                 # these two morphologies alone

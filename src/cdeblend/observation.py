@@ -33,7 +33,7 @@ import scipy.fft
 from scipy.special import erfc
 
 from ._convolve_cy import weighted_residual
-from ._symmetric_cy import mean_sqrt
+from ._detection_cy import mean_sqrt
 from ._validate import (
     as_float_array,
     as_no_data_mask,

@@ -18,7 +18,7 @@ Memory is ``O(sum_k B x grown area + nnz(G))`` instead of ``O(B K H W)``.
 
 With ``solver="nnls"`` each block is solved non-negatively: by the dense active set
 (``nnls_gram``, cost about cubic in the block size) up to ``_SPARSE_NNLS`` components, above
-by the sparse solver of ``_sparse_nnls.pxi`` (coordinate descent and exact passive solves on
+by the sparse solver of ``_spectra_cy`` (coordinate descent and exact passive solves on
 envelope Cholesky factors, about linear in the block size for components that overlap only
 their neighbours); both return the unique minimiser up to round-off.
 """
@@ -33,7 +33,7 @@ from scipy.optimize import nnls
 from scipy.sparse import csr_array
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
-from ._convolve_cy import (
+from ._spectra_cy import (
     cholesky_upper,
     connected_groups,
     data_products,

@@ -318,7 +318,7 @@ def _shared_setup(frame: Frame, noise_rms: Any) -> tuple[np.ndarray, Any]:
     """The image's noise RMS per band (the observation's, else the mean of
     ``sqrt(variance)`` over the finite pixels) and the template observation sharing the PSFs'
     kernels with every parent."""
-    from .._symmetric_cy import mean_sqrt
+    from .._detection_cy import mean_sqrt
 
     if noise_rms is None:
         # the noise of the pixels with data (a no-data pixel's variance 0 is not noise)

@@ -60,7 +60,7 @@ def parents_from_peaks(
     grow : int
         Dilation radius in pixels.
     """
-    from .. import _symmetric_cy
+    from .. import _detection_cy
 
     img = as_float_array(images, "images", (2, 3), finite=False)
     # the variance in the images' precision (as the catalog reads both)
@@ -73,10 +73,10 @@ def parents_from_peaks(
     if grow > 0:
         grown = np.empty(on.shape, dtype=np.uint8)
         prefix = np.empty((on.shape[0], on.shape[1] + 1), dtype=np.int32)
-        _symmetric_cy.dilate_disc(on.view(np.uint8), int(grow), grown, prefix)
+        _detection_cy.dilate_disc(on.view(np.uint8), int(grow), grown, prefix)
         on = grown.view(bool)
     labels = np.empty(on.shape, dtype=np.int32)
-    boxes = _symmetric_cy.label_footprints(on.view(np.uint8), labels)
+    boxes = _detection_cy.label_footprints(on.view(np.uint8), labels)
     peak_label = labels[pk[:, 0], pk[:, 1]]
     parents = []
     # group the peaks by footprint in one sort (stable: each parent keeps input order)
@@ -210,7 +210,7 @@ def parent_stats(frame: Frame, boxes: np.ndarray, footprints: list[np.ndarray]) 
     One pass over the parents' pixels instead of a few numpy calls per parent; the flux is
     summed in double, row by row (numpy sums pairwise: the last bits may differ).
     """
-    from .. import _symmetric_cy
+    from .. import _catalog_cy
 
     P, nb = len(footprints), frame.images.shape[0]
     flux = np.empty((P, nb))
@@ -218,9 +218,7 @@ def parent_stats(frame: Frame, boxes: np.ndarray, footprints: list[np.ndarray]) 
     counts = np.empty((P, 2), dtype=np.int64)
     flat = np.concatenate([fp.reshape(-1) for fp in footprints]) if P else np.zeros(0, bool)
     mask = None if frame.mask is None else np.ascontiguousarray(frame.mask).view(np.uint8)
-    _symmetric_cy.parent_stats(
-        frame.images, boxes, flat.view(np.uint8), mask, flux, centroid, counts
-    )
+    _catalog_cy.parent_stats(frame.images, boxes, flat.view(np.uint8), mask, flux, centroid, counts)
     # the division of Python's float(masked) / max(pixels, 1), in bulk
     return ParentStats(flux, centroid, counts[:, 1] / np.maximum(counts[:, 0], 1))
 

@@ -54,13 +54,13 @@ def _parent_arrays(task: Task) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     observation's weights), times the footprint, in the images' dtype; pixels without data
     have variance 0 (and weight 0) in their band already (:func:`as_frame`). One
     call instead of a few numpy calls, each of which would hand the GIL to the other
-    workers for a few microseconds (see ``_gil.pxi``).
+    workers for a few microseconds (see ``_shared/gil.pxd``).
     """
-    from .. import _symmetric_cy
+    from .. import _catalog_cy
 
     out = np.empty((3, *task.images.shape), dtype=task.images.dtype)
     source, inverse = (task.variance, True) if task.weights is None else (task.weights, False)
-    _symmetric_cy.parent_arrays(
+    _catalog_cy.parent_arrays(
         task.images,
         task.variance,
         source,

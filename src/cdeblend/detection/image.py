@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .. import _symmetric_cy
+from .. import _detection_cy
 from .._validate import as_float_array, check_psf, check_same_shape, clear_no_data, no_data_pixels
 
 
@@ -79,7 +79,7 @@ def detection_image_and_sums(
     """:func:`detection_image` and the coadd's two sums (:func:`coadd`) it was filtered from,
     for a second filter of the same sums (None: the image is unfiltered).
 
-    The unfiltered image is the S/N kernel's (``_symmetric_cy.snr_coadd``: one pass in
+    The unfiltered image is the S/N kernel's (``_detection_cy.snr_coadd``: one pass in
     double, no (B, H, W) temporaries); it equals ``num / sqrt(den)`` of :func:`coadd` to the
     bit (both add the bands in order, in double).
     """
@@ -88,7 +88,7 @@ def detection_image_and_sums(
     if psf is None and psf_fwhm is None and kernel is None:
         images, variance = _as_stack(images, variance, keep_float32=True)
         out = np.empty(images.shape[1:])
-        _symmetric_cy.snr_coadd(images, variance, out)
+        _detection_cy.snr_coadd(images, variance, out)
         return out, None
     num, den = coadd(images, variance)
     return filter_coadd(num, den, psf, psf_fwhm, kernel, filter_type), (num, den)
@@ -114,11 +114,11 @@ def filter_coadd(num, den, psf, psf_fwhm, kernel, filter_type) -> np.ndarray:
         s = psf_fwhm / 2.3548
         tmp = np.empty_like(num)
         num_f, den_f = np.empty_like(num), np.empty_like(den)
-        _symmetric_cy.separable_smooth(num, _gauss_kernel(s), tmp, num_f)
+        _detection_cy.separable_smooth(num, _gauss_kernel(s), tmp, num_f)
         if conv:
-            _symmetric_cy.separable_smooth(den, _gauss_kernel(s), tmp, den_f)
+            _detection_cy.separable_smooth(den, _gauss_kernel(s), tmp, den_f)
             return num_f / np.sqrt(np.maximum(den_f, tiny))
-        _symmetric_cy.separable_smooth(den, _gauss_kernel(s / np.sqrt(2)), tmp, den_f)
+        _detection_cy.separable_smooth(den, _gauss_kernel(s / np.sqrt(2)), tmp, den_f)
         num, den = num_f, den_f / (4 * np.pi * s * s)
         return num / np.sqrt(np.maximum(den, tiny))
     if psf is not None:

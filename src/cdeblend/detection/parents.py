@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .. import _symmetric_cy
+from .. import _detection_cy
 from .._validate import as_peaks
 
 
@@ -82,7 +82,7 @@ def find_footprints(
     if grow > 0 and above.any():
         out = np.empty(above.shape, dtype=np.uint8)
         prefix = np.empty((above.shape[0], above.shape[1] + 1), dtype=np.int32)
-        _symmetric_cy.dilate_disc(above.view(np.uint8), grow, out, prefix)
+        _detection_cy.dilate_disc(above.view(np.uint8), grow, out, prefix)
         grown = out.view(bool)
     labels, n = ndimage.label(grown, structure=np.ones((3, 3), dtype=bool))
     if n and min_area > 1:

@@ -248,7 +248,7 @@ class BlendData:
         moments); a unit-sum, centred PSF leaves a centroid unchanged. NaN for a source with
         no flux.
         """
-        from .._symmetric_cy import component_moments
+        from .._catalog_cy import component_moments
 
         # one kernel call per component (summed in double, row by row) rather than a
         # handful of numpy calls: this runs in the catalog's worker threads

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _monotonic_cy, _symmetric_cy
+from .. import _detection_cy, _monotonic_cy, _symmetric_cy
 from .frame import Box, Frame, Template, on_box
 from .psf import PsfImages
 
@@ -122,7 +122,7 @@ class Ramp:
         self.psf_hat = np.ascontiguousarray(hat / mx if mx > 0 else hat)
         self.pdil = np.empty((fr.h, fr.w), dtype=np.uint8)
         prefix = np.empty((fr.h, fr.w + 1), dtype=np.int32)
-        _symmetric_cy.dilate_disc(fr.fp, s, self.pdil, prefix)
+        _detection_cy.dilate_disc(fr.fp, s, self.pdil, prefix)
 
     def apply(self, t: Template, py: int, px: int) -> Template | None:
         """The ramped template of the peak (py, px), or None when ``t`` needs no ramp."""

@@ -1,27 +1,31 @@
-# Kernels of the multi-band initialisation (cdeblend.initialization): the chi^2 detection
-# coadd, the matched-filter S/N and the SED ratio at the peaks, the trimmed and boxed
-# monotonic-mask morphology of a peak, the PSF-shaped fallback and the bulge/disk split.
-#
-# Each replaces a handful of numpy calls on stamps of a few hundred to a few thousand
-# elements. numpy releases the GIL for every such call, and on a thread pool of small blends
-# the hand-overs cost more than the work (see _gil.pxi); these kernels keep the GIL for small
-# work and release it for large work (big blends), computing the same thing either way.
-# Sums that the numpy code did with ``np.sum`` are done in numpy's own pairwise order
-# (``_np_sum``), so they give the same bits. Outputs are allocated with ``np.empty`` and
-# zeroed here: ``np.zeros`` releases the GIL for every allocation above 1 KiB (calloc).
-#
-# Included by _monotonic_cy.pyx after _gil.pxi; uses the fused type ``real``, ``int64_t`` and
-# ``uint8_t`` of that module and the flood fill of _monotonic_radial.pxi.
+# cython: language_level=3
+"""Kernels of the multi-band initialisation (:mod:`cdeblend.initialization`).
+
+The chi^2 detection coadd, the matched-filter S/N and the SED ratio at the peaks, the trimmed
+and boxed monotonic-mask morphology of a peak (the flood fill of ``_monotonic_cy``, cimported),
+the PSF-shaped fallback and the bulge/disk split.
+
+Each replaces a handful of numpy calls on stamps of a few hundred to a few thousand elements.
+numpy releases the GIL for every such call, and on a thread pool of small blends the
+hand-overs cost more than the work (see ``_shared/gil.pxd``); these kernels keep the GIL for
+small work and release it for large work (big blends), computing the same thing either way.
+Sums that the numpy code did with ``np.sum`` are done in numpy's own pairwise order
+(``_np_sum``), so they give the same bits. Outputs are allocated with ``np.empty`` and zeroed
+here: ``np.zeros`` releases the GIL for every allocation above 1 KiB (calloc).
+
+PSFs and kernels are typed (``other_real``) independently of the images (``real``) and of the
+float64 detection image.
+"""
 
 from libc.math cimport INFINITY, isfinite, sqrt
+from libc.stdint cimport int64_t, uint8_t
 from libc.string cimport memset
 
-import numpy as np
+from ._monotonic_cy cimport _flood_fill, _mm_value
+from ._shared.fused cimport other_real, real
+from ._shared.gil cimport _release_gil
 
-# PSFs and kernels, typed independently of the images (and of the float64 detection image)
-ctypedef fused kreal:
-    float
-    double
+import numpy as np
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -148,7 +152,7 @@ cdef int _detection_coadd(const real[:, :, ::1] images, const double[::1] inv,
 
 # -------------------------------------------------------------------- S/N and SED ratio
 def peak_snrs(const real[:, :, ::1] images, const real[:, :, ::1] variance,
-              const kreal[:, :, ::1] psfs, const Py_ssize_t[:, ::1] peaks):
+              const other_real[:, :, ::1] psfs, const Py_ssize_t[:, ::1] peaks):
     """Matched-filter S/N of a point source at each peak over all bands.
 
     ``sum(I P) / sqrt(sum(P^2 V))`` over the overlap of the image and the PSFs centred on
@@ -190,7 +194,7 @@ def peak_snrs(const real[:, :, ::1] images, const real[:, :, ::1] variance,
 
 
 cdef int _peak_snrs(const real[:, :, ::1] images, const real[:, :, ::1] variance,
-                    const kreal[:, :, ::1] psfs, const Py_ssize_t[:, ::1] peaks,
+                    const other_real[:, :, ::1] psfs, const Py_ssize_t[:, ::1] peaks,
                     double[::1] scratch, double[::1] snr) except -1 nogil:
     cdef Py_ssize_t nb = images.shape[0], H = images.shape[1], W = images.shape[2]
     cdef Py_ssize_t ph = psfs.shape[1], pw = psfs.shape[2]
@@ -223,7 +227,7 @@ cdef int _peak_snrs(const real[:, :, ::1] images, const real[:, :, ::1] variance
     return 0
 
 
-def conv_at(const double[:, ::1] plane, const kreal[:, :, ::1] kernels, Py_ssize_t y,
+def conv_at(const double[:, ::1] plane, const other_real[:, :, ::1] kernels, Py_ssize_t y,
             Py_ssize_t x):
     """``convolve(plane, kernels[b])[y, x]`` for every band (zero outside the plane).
 
@@ -260,7 +264,7 @@ def conv_at(const double[:, ::1] plane, const kreal[:, :, ::1] kernels, Py_ssize
     return out
 
 
-cdef int _conv_at(const double[:, ::1] plane, const kreal[:, :, ::1] kernels, Py_ssize_t y,
+cdef int _conv_at(const double[:, ::1] plane, const other_real[:, :, ::1] kernels, Py_ssize_t y,
                   Py_ssize_t x, double[::1] scratch, double[::1] out) except -1 nogil:
     """``out[b]``: the convolution of ``plane`` with ``kernels[b]`` at (y, x) (see conv_at)."""
     cdef Py_ssize_t H = plane.shape[0], W = plane.shape[1]
@@ -280,7 +284,7 @@ cdef int _conv_at(const double[:, ::1] plane, const kreal[:, :, ::1] kernels, Py
 
 
 def peak_seds(const real[:, :, ::1] images, const double[:, ::1] D,
-              const kreal[:, :, ::1] kernels, const Py_ssize_t[:, ::1] peaks,
+              const other_real[:, :, ::1] kernels, const Py_ssize_t[:, ::1] peaks,
               const double[::1] scale):
     """Initial SEDs of extended components: the ratio of the image to the convolved
     detection image at each peak, ``images[b, y, x] / conv(D, kernels[b])[y, x]`` (0 where
@@ -333,7 +337,7 @@ def peak_seds(const real[:, :, ::1] images, const double[:, ::1] D,
 
 
 cdef int _peak_seds(const real[:, :, ::1] images, const double[:, ::1] D,
-                    const kreal[:, :, ::1] kernels, const Py_ssize_t[:, ::1] peaks,
+                    const other_real[:, :, ::1] kernels, const Py_ssize_t[:, ::1] peaks,
                     const double[::1] scale, double[::1] scratch, double[::1] conv,
                     double[:, ::1] sed) except -1 nogil:
     cdef Py_ssize_t i, b, py, px

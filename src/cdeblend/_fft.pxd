@@ -1,4 +1,5 @@
-# Declarations of the C FFT core (_fft.h); included by the kernels that call it.
+# Declarations of the C FFT core (_fft.h), its only way in: cimported by the kernels that
+# convolve (_convolve_cy, and _adam_cy for its FitKernel's transform buffers).
 
 cdef extern from "_fft.h" nogil:
     ctypedef struct cd_plan:

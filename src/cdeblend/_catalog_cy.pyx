@@ -1,39 +1,37 @@
-# Pixel loops of the catalog driver (cdeblend.catalog) and of cdeblend.model_data.
-#
-# - ``parent_arrays``: a parent's contiguous images, variance and weights, in one pass.
-# - ``parent_stats``: every parent's footprint pixel counts, flux per band and centroid.
-# - ``component_moments``: a component's flux-weighted zeroth and first moments.
-#
-# They replace runs of short numpy calls in the Python glue around the fits: numpy releases
-# the GIL for any operation on more than ~500 elements, so each of those calls handed the GIL
-# to the other worker thread for microseconds of work (see _gil.pxi). Included from
-# _symmetric_cy.pyx after _gil.pxi; its own fused types, as `real` is declared after the
-# include.
+# cython: language_level=3
+"""Pixel loops of the catalog driver (:mod:`cdeblend.catalog`) and of the model files.
+
+- ``parent_arrays``: a parent's contiguous images, variance and weights, in one pass.
+- ``parent_stats``: every parent's footprint pixel counts, flux per band and centroid.
+- ``component_moments``: a component's flux-weighted zeroth and first moments.
+
+They replace runs of short numpy calls in the Python glue around the fits: numpy releases the
+GIL for any operation on more than ~500 elements, so each of those calls handed the GIL to the
+other worker thread for microseconds of work (see ``_shared/gil.pxd``). A source of weights
+or an SED may have another precision (``other_real``) than the images (``real``).
+"""
 
 from libc.math cimport NAN
+from libc.stdint cimport int64_t, uint8_t
 
-ctypedef fused cat_real:
-    float
-    double
+from ._shared.fused cimport other_real, real
+from ._shared.gil cimport _release_gil
 
-# a second, independent float type: a source of weights or an SED of another precision
-ctypedef fused cat_other:
-    float
-    double
+import numpy as np
 
 
 cdef inline tuple _shape3(const Py_ssize_t* shape):
     return (shape[0], shape[1], shape[2])
 
 
-cdef int _parent_arrays_loop(const cat_real[:, :, :] images, const cat_real[:, :, :] variance,
-                             const cat_other[:, :, :] source, bint inverse,
+cdef int _parent_arrays_loop(const real[:, :, :] images, const real[:, :, :] variance,
+                             const other_real[:, :, :] source, bint inverse,
                              const uint8_t[:, :] footprint, const uint8_t[:, :] mask,
-                             bint has_mask, cat_real[:, :, ::1] images_out,
-                             cat_real[:, :, ::1] variance_out,
-                             cat_real[:, :, ::1] weights_out) except -1 nogil:
+                             bint has_mask, real[:, :, ::1] images_out,
+                             real[:, :, ::1] variance_out,
+                             real[:, :, ::1] weights_out) except -1 nogil:
     cdef Py_ssize_t B = images.shape[0], h = images.shape[1], w = images.shape[2], b, i, j
-    cdef cat_other s, f, m
+    cdef other_real s, f, m
     for b in range(B):
         for i in range(h):
             for j in range(w):
@@ -41,22 +39,22 @@ cdef int _parent_arrays_loop(const cat_real[:, :, :] images, const cat_real[:, :
                 variance_out[b, i, j] = variance[b, i, j]
                 s = source[b, i, j]
                 if inverse:
-                    s = (<cat_other>1 / s) if s > 0 else 0
+                    s = (<other_real>1 / s) if s > 0 else 0
                 # multiplied (not branched) in the source's precision, then cast: the
                 # arithmetic of numpy's where(v > 0, 1 / v, 0) * footprint * ~mask
                 f = 1 if footprint[i, j] else 0
                 m = 0 if has_mask and mask[i, j] else 1
-                weights_out[b, i, j] = <cat_real>(s * f * m)
+                weights_out[b, i, j] = <real>(s * f * m)
     return 0
 
 
-def parent_arrays(const cat_real[:, :, :] images not None,
-                  const cat_real[:, :, :] variance not None,
-                  const cat_other[:, :, :] source not None, bint inverse,
+def parent_arrays(const real[:, :, :] images not None,
+                  const real[:, :, :] variance not None,
+                  const other_real[:, :, :] source not None, bint inverse,
                   const uint8_t[:, :] footprint not None, const uint8_t[:, :] mask,
-                  cat_real[:, :, ::1] images_out not None,
-                  cat_real[:, :, ::1] variance_out not None,
-                  cat_real[:, :, ::1] weights_out not None):
+                  real[:, :, ::1] images_out not None,
+                  real[:, :, ::1] variance_out not None,
+                  real[:, :, ::1] weights_out not None):
     """Fill a parent's contiguous images, variance and weights in one pass.
 
     ``images_out`` and ``variance_out`` receive copies of ``images`` and ``variance`` (any
@@ -105,14 +103,14 @@ def parent_arrays(const cat_real[:, :, :] images not None,
                             images_out, variance_out, weights_out)
 
 
-cdef int _parent_stats_loop(const cat_real[:, :, ::1] images, const int64_t[:, ::1] boxes,
+cdef int _parent_stats_loop(const real[:, :, ::1] images, const int64_t[:, ::1] boxes,
                             const uint8_t[::1] footprints, const uint8_t[:, ::1] mask,
                             bint has_mask, double[:, ::1] flux, double[:, ::1] centroid,
                             int64_t[:, ::1] counts, double[::1] row) except -1 nogil:
     cdef Py_ssize_t P = boxes.shape[0], B = images.shape[0], p, b, i, j, y, x
     cdef Py_ssize_t y0, x0, h, w, off = 0
     cdef int64_t n_fp, n_masked
-    cdef cat_real s
+    cdef real s
     cdef double pos, tot, sy, sx, rtot, rx
     for p in range(P):
         y0 = boxes[p, 0]
@@ -162,7 +160,7 @@ cdef int _parent_stats_loop(const cat_real[:, :, ::1] images, const int64_t[:, :
     return 0
 
 
-def parent_stats(const cat_real[:, :, ::1] images not None, const int64_t[:, ::1] boxes not None,
+def parent_stats(const real[:, :, ::1] images not None, const int64_t[:, ::1] boxes not None,
                  const uint8_t[::1] footprints not None, const uint8_t[:, ::1] mask,
                  double[:, ::1] flux not None, double[:, ::1] centroid not None,
                  int64_t[:, ::1] counts not None):
@@ -226,7 +224,7 @@ def parent_stats(const cat_real[:, :, ::1] images not None, const int64_t[:, ::1
                            row)
 
 
-cdef int _component_moments_loop(const cat_other[::1] sed, const cat_real[:, ::1] morphology,
+cdef int _component_moments_loop(const other_real[::1] sed, const real[:, ::1] morphology,
                                  Py_ssize_t y0, Py_ssize_t x0, double[3] out) except -1 nogil:
     cdef Py_ssize_t h = morphology.shape[0], w = morphology.shape[1], i, j
     cdef double wsed = 0.0, m, tot = 0.0, sy = 0.0, sx = 0.0, rtot, rx
@@ -247,8 +245,8 @@ cdef int _component_moments_loop(const cat_other[::1] sed, const cat_real[:, ::1
     return 0
 
 
-def component_moments(const cat_other[::1] sed not None,
-                      const cat_real[:, ::1] morphology not None, Py_ssize_t y0,
+def component_moments(const other_real[::1] sed not None,
+                      const real[:, ::1] morphology not None, Py_ssize_t y0,
                       Py_ssize_t x0):
     """Flux-weighted moments of a component ``sed x morphology`` placed at (y0, x0).
 
@@ -272,119 +270,3 @@ def component_moments(const cat_other[::1] sed not None,
     else:
         _component_moments_loop(sed, morphology, y0, x0, out)
     return out[0], out[1], out[2]
-
-
-def label_footprints(const uint8_t[:, ::1] on not None, int32_t[:, ::1] labels not None):
-    """8-connected labels of the set pixels of ``on``, and each label's bounding box.
-
-    Labels are 1, 2, ... in the raster order of each region's first pixel (scipy's
-    ``ndimage.label`` numbering); background pixels get 0. Returns ``boxes`` (n, 4) int64
-    ``(y0, x0, h, w)`` of label ``k + 1`` in row k. Two passes with a union-find over
-    provisional labels (a region's smallest provisional label is its first pixel's).
-    """
-    cdef Py_ssize_t H = on.shape[0], W = on.shape[1]
-    if labels.shape[0] != H or labels.shape[1] != W:
-        raise ValueError(f"labels must have the shape of on, {(H, W)}")
-    # a pixel starts a provisional label only when its west and north neighbours are unset,
-    # so a 2 x 2 block holds at most one such pixel
-    cdef Py_ssize_t cap = ((H + 1) // 2) * ((W + 1) // 2) + 2
-    parent_arr = np.empty(cap, dtype=np.intp)
-    cdef Py_ssize_t[::1] parent = parent_arr
-    cdef Py_ssize_t n
-    n = _label_pass1(on, labels, parent)
-    final_arr = np.empty(n + 1, dtype=np.intp)
-    cdef Py_ssize_t[::1] final = final_arr
-    cdef Py_ssize_t count = _label_resolve(parent, n, final)
-    boxes_arr = np.empty((count, 4), dtype=np.int64)
-    cdef int64_t[:, ::1] boxes = boxes_arr
-    _label_pass2(labels, final, boxes)
-    return boxes_arr
-
-
-cdef inline Py_ssize_t _label_root(Py_ssize_t[::1] parent, Py_ssize_t i) noexcept nogil:
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return i
-
-
-cdef inline Py_ssize_t _label_join(Py_ssize_t[::1] parent, Py_ssize_t a,
-                                   Py_ssize_t b) noexcept nogil:
-    """Union of the sets of provisional labels a and b; returns the smaller root."""
-    a = _label_root(parent, a)
-    b = _label_root(parent, b)
-    if a < b:
-        parent[b] = a
-        return a
-    parent[a] = b
-    return b
-
-
-cdef Py_ssize_t _label_pass1(const uint8_t[:, ::1] on, int32_t[:, ::1] labels,
-                             Py_ssize_t[::1] parent) except -1 nogil:
-    """Provisional labels in raster order, joined through the already visited neighbours
-    (west, north-west, north, north-east); returns their number."""
-    cdef Py_ssize_t H = on.shape[0], W = on.shape[1], y, x, n = 0, lab, q
-    for y in range(H):
-        for x in range(W):
-            if not on[y, x]:
-                labels[y, x] = 0
-                continue
-            lab = 0
-            if x > 0 and labels[y, x - 1]:
-                lab = labels[y, x - 1]
-            if y > 0:
-                for q in range(x - 1 if x > 0 else 0, x + 2 if x + 2 <= W else W):
-                    if labels[y - 1, q]:
-                        lab = (labels[y - 1, q] if lab == 0
-                               else _label_join(parent, lab, labels[y - 1, q]))
-            if lab == 0:
-                n += 1
-                parent[n] = n
-                lab = n
-            labels[y, x] = <int32_t>lab
-    return n
-
-
-cdef Py_ssize_t _label_resolve(Py_ssize_t[::1] parent, Py_ssize_t n,
-                               Py_ssize_t[::1] final) except -1 nogil:
-    """Final label of every provisional label: roots numbered in increasing order."""
-    cdef Py_ssize_t i, r, count = 0
-    final[0] = 0
-    for i in range(1, n + 1):
-        r = _label_root(parent, i)
-        if r == i:
-            count += 1
-            final[i] = count
-        else:
-            final[i] = final[r]
-    return count
-
-
-cdef int _label_pass2(int32_t[:, ::1] labels, const Py_ssize_t[::1] final,
-                      int64_t[:, ::1] boxes) except -1 nogil:
-    cdef Py_ssize_t H = labels.shape[0], W = labels.shape[1], y, x, k
-    for k in range(boxes.shape[0]):
-        boxes[k, 0] = H
-        boxes[k, 1] = W
-        boxes[k, 2] = -1
-        boxes[k, 3] = -1
-    for y in range(H):
-        for x in range(W):
-            if labels[y, x] == 0:
-                continue
-            k = final[labels[y, x]]
-            labels[y, x] = <int32_t>k
-            k -= 1
-            if y < boxes[k, 0]:
-                boxes[k, 0] = y
-            if x < boxes[k, 1]:
-                boxes[k, 1] = x
-            if y > boxes[k, 2]:
-                boxes[k, 2] = y
-            if x > boxes[k, 3]:
-                boxes[k, 3] = x
-    for k in range(boxes.shape[0]):  # (y0, x0, y1, x1) inclusive -> (y0, x0, h, w)
-        boxes[k, 2] = boxes[k, 2] - boxes[k, 0] + 1
-        boxes[k, 3] = boxes[k, 3] - boxes[k, 1] + 1
-    return 0

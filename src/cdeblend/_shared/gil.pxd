@@ -1,4 +1,4 @@
-# When a kernel releases the GIL.
+# When a kernel releases the GIL (cimported by every kernel).
 #
 # Releasing the GIL lets another thread run Python meanwhile, but getting it back means
 # waiting for that thread's next release, and each hand-over moves the Python working set
