@@ -33,6 +33,7 @@ from ._validate import (
     clear_no_data,
     no_data_pixels,
 )
+from .peaks import subpixel_centers
 
 __all__ = [
     "DEFAULT_MASK_BITS",
@@ -90,6 +91,13 @@ class SingleBandConfig:
     fit_psfs : bool
         Fit a PSF (with centroid, linear background and neighbours) to every peak and use
         the PSF as its template when the fit is good (docs/spec/single_band.md 3.1).
+    subpixel_centers : bool
+        Start the PSF fits of a call without ``centers`` at each peak's sub-pixel centre,
+        the vertex of a parabola through the image's 3 pixels along each axis
+        (:func:`cdeblend.peaks.subpixel_centers`), instead of the integer peak (True;
+        :meth:`lsst` uses the peak). Integer catalog peaks are up to half a pixel off
+        the source's centre; on the simulated single-band sets the sub-pixel start
+        improved the median flux error in every blendedness bin (README, "Defaults").
     psf_chisq1, psf_chisq2, psf_chisq2b : float
         chi^2/dof cuts of the unshifted fit, the fit with derivative terms, and the refit at
         the shifted centre. Setting all three to 0 forces symmetric templates.
@@ -175,6 +183,7 @@ class SingleBandConfig:
     """
 
     fit_psfs: bool = True
+    subpixel_centers: bool = True
     psf_chisq1: float = 1.5
     psf_chisq2: float = 1.5
     psf_chisq2b: float = 1.5
@@ -210,9 +219,17 @@ class SingleBandConfig:
 
     @classmethod
     def lsst(cls, **overrides) -> SingleBandConfig:
-        """The LSST task's settings (``weight_templates=False``, ``stray_flux_rule="trim"``);
+        """The LSST task's settings (``weight_templates=False``, ``stray_flux_rule="trim"``,
+        ``subpixel_centers=False``);
         ``overrides`` replace single fields."""
-        return cls(**{"weight_templates": False, "stray_flux_rule": "trim", **overrides})
+        return cls(
+            **{
+                "weight_templates": False,
+                "stray_flux_rule": "trim",
+                "subpixel_centers": False,
+                **overrides,
+            }
+        )
 
     def __post_init__(self) -> None:
         if self.footprint_nsigma is not None and not np.isfinite(self.footprint_nsigma):
@@ -690,9 +707,8 @@ class SingleBandDeblender:
             psf_arr = as_float_array(psf, "psf", 2, dtype=np.float64)
             check_psf(psf_arr, "psf")
         pk = as_peaks(peaks, image.shape, "peaks")
-        if centers is None:
-            cen = pk.astype(np.float64)
-        else:
+        cen = None  # the default is made in _deblend_checked (shared with deblend_image)
+        if centers is not None:
             cen = as_float_array(centers, "centers", 2, dtype=np.float64)
             if cen.shape != pk.shape:
                 raise ValueError(f"centers has shape {cen.shape}, peaks have {pk.shape}")
@@ -803,7 +819,8 @@ class SingleBandDeblender:
             The ``not_deblended_mask`` bit is set in an integer mask, in place, on skipped
             parents.
         centers : numpy.ndarray, optional
-            (N, 2) float (y, x) positions for the PSF fits (default: the peaks).
+            (N, 2) float (y, x) positions for the PSF fits (default: the peaks, refined to
+            sub-pixel centres with ``config.subpixel_centers``).
         sigma1 : float, optional
             Background noise; default sqrt of the median variance over unmasked pixels.
         psf_fwhm : float, optional
@@ -853,6 +870,8 @@ class SingleBandDeblender:
                 fwhm = psf_fwhm_from_moments(psf)
         if cen is None:
             cen = pk.astype(np.float64)
+            if self.config.subpixel_centers:
+                cen = subpixel_centers(image, pk)
         fp_box = np.ascontiguousarray(fp[pbox[0] : pbox[0] + pbox[2], pbox[1] : pbox[1] + pbox[3]])
         run = _Run(
             self.config, image, variance, mask, fp, fp_box, pbox, psf, pk, cen, float(sigma1), fwhm
