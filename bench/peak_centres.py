@@ -11,6 +11,8 @@ Multi band (``DeblendConfig()``), the peaks handed to the deblender:
   - ``refined``: :func:`cdeblend.peaks.refine_peaks` on the chi^2 detection image (a move of
     at most 1 px, each step rising by more than ``--k`` times the noise of a difference of
     two pixels, ``sqrt(2 sum_b 1/sigma_b^2)``);
+  - ``refined, S/N >= 100``: the same for the peaks whose matched-filter S/N
+    (:func:`cdeblend.initialization.peak_snr`) is at least 100, the others as given;
   - ``truth``: the pixel of the true centre (an oracle no user has: the most any peak
     refinement could give).
 
@@ -39,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy  # noqa: E402  (this folder's bench/accuracy.py: set loading and the table)
 
 from cdeblend import DeblendConfig, Deblender, Observation, SingleBandConfig  # noqa: E402
-from cdeblend.initialization import detection_image  # noqa: E402
+from cdeblend.initialization import detection_image, peak_snr  # noqa: E402
 from cdeblend.peaks import refine_peaks  # noqa: E402
 
 TUNE = "hard_lsst_tune,hard_hsc_tune,lsst_tune,hsc_tune,hard_single_tune,single_tune"
@@ -50,12 +52,18 @@ def truth_peaks(data: dict) -> np.ndarray:
     return np.floor(np.stack([data["true_y"], data["true_x"]], axis=1) + 0.5).astype(np.int64)
 
 
-def refined_peaks(data: dict, k: float) -> np.ndarray:
-    """The catalog's peaks refined on the chi^2 detection image with a noise threshold."""
+def refined_peaks(data: dict, k: float, min_snr: float = 0.0) -> np.ndarray:
+    """The catalog's peaks refined on the chi^2 detection image with a noise threshold
+    (only those with matched-filter S/N >= ``min_snr``)."""
     obs = Observation(data["images"], data["variance"], data["psfs"])
     noise = np.asarray(obs.noise_rms, dtype=np.float64)
     sigma_d = float(np.sqrt(np.sum(1.0 / noise[noise > 0] ** 2)))
-    return refine_peaks(detection_image(obs), accuracy.peaks_of(data), 1, k * np.sqrt(2) * sigma_d)
+    peaks = accuracy.peaks_of(data)
+    refined = refine_peaks(detection_image(obs), peaks, 1, k * np.sqrt(2) * sigma_d)
+    if min_snr > 0:
+        snr = np.array([peak_snr(obs, (int(y), int(x))) for y, x in peaks])
+        refined = np.where((snr >= min_snr)[:, None], refined, peaks)
+    return refined
 
 
 def multi_band_with(peak_fn):
@@ -101,6 +109,11 @@ def main(argv=None) -> None:
                 (
                     f"refined (k={args.k:g})",
                     multi_band_with(lambda d: refined_peaks(d, args.k)),
+                    cfg,
+                ),
+                (
+                    f"refined S/N>=100 (k={args.k:g})",
+                    multi_band_with(lambda d: refined_peaks(d, args.k, 100.0)),
                     cfg,
                 ),
                 ("truth pixels (oracle)", multi_band_with(truth_peaks), cfg),
