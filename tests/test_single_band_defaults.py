@@ -112,7 +112,10 @@ def test_lsst_preset_and_defaults():
     assert default.weight_templates and default.stray_flux_rule == "r-to-peak"
     assert default.footprint_nsigma is None
     # everything else is the task's
-    assert SingleBandConfig(weight_templates=False, stray_flux_rule="trim") == lsst
+    assert (
+        SingleBandConfig(weight_templates=False, stray_flux_rule="trim", subpixel_centers=False)
+        == lsst
+    )
     assert SingleBandConfig.lsst(max_number_of_peaks=3).max_number_of_peaks == 3
     with pytest.raises(ValueError, match="footprint_nsigma"):
         SingleBandConfig(footprint_nsigma=float("nan"))

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..peaks import subpixel_centers
 from .config import SingleBandConfig
 from .frame import Frame, Template
 from .inputs import check_inputs, estimate_sigma1
@@ -101,7 +102,8 @@ class SingleBandDeblender:
             The ``not_deblended_mask`` bit is set in an integer mask, in place, on skipped
             parents.
         centers : numpy.ndarray, optional
-            (N, 2) float (y, x) positions for the PSF fits (default: the peaks).
+            (N, 2) float (y, x) positions for the PSF fits (default: the peaks, refined to
+            sub-pixel centres with ``config.subpixel_centers``).
         sigma1 : float, optional
             Background noise; default sqrt of the median variance over unmasked pixels.
         psf_fwhm : float, optional
@@ -156,6 +158,8 @@ class SingleBandDeblender:
                 fwhm = psf_fwhm_from_moments(psf)
         if cen is None:
             cen = pk.astype(np.float64)
+            if self.config.subpixel_centers:
+                cen = subpixel_centers(image, pk)
         fp_box = np.ascontiguousarray(fp[pbox[0] : pbox[0] + pbox[2], pbox[1] : pbox[1] + pbox[3]])
         run = ParentRun(
             self.config, image, variance, mask, fp, fp_box, pbox, psf, pk, cen, float(sigma1), fwhm

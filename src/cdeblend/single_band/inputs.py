@@ -75,9 +75,8 @@ def check_inputs(
         psf_arr = as_float_array(psf, "psf", 2, dtype=np.float64)
         check_psf(psf_arr, "psf")
     pk = as_peaks(peaks, image.shape, "peaks")
-    if centers is None:
-        cen = pk.astype(np.float64)
-    else:
+    cen = None  # the default is made in _deblend_checked (shared with deblend_image)
+    if centers is not None:
         cen = as_float_array(centers, "centers", 2, dtype=np.float64)
         if cen.shape != pk.shape:
             raise ValueError(f"centers has shape {cen.shape}, peaks have {pk.shape}")
