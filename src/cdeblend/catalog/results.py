@@ -117,6 +117,7 @@ def _multi_errors_and_metrics(res: Any, n: int, nb: int) -> dict[str, Any]:
             "deblend_fluxOverlapFraction": m.flux_overlap_fraction,
             "deblend_maxOverlap": m.max_overlap,
             "deblend_dataCoverage": m.data_coverage,
+            "flux_deblend_err": np.asarray(res.deblend_flux_err, np.float64).reshape(n, nb),
             "deblend_edgePixels": m.edge_pixels,
             "deblend_zeroFlux": m.zero_flux,
             "chi2_reduced": m.chi2_reduced,
