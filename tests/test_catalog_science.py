@@ -91,7 +91,7 @@ def test_single_band_too_big_parent_is_flagged_in_the_catalog():
 def test_single_band_failure_is_flagged_in_the_catalog(monkeypatch):
     image, variance, psf, peaks = scene()
     calls = []
-    real = single_band._Run._steps
+    real = single_band.deblender.ParentRun.steps
 
     def steps(self):
         calls.append(1)
@@ -99,7 +99,7 @@ def test_single_band_failure_is_flagged_in_the_catalog(monkeypatch):
             raise FloatingPointError("injected")
         return real(self)
 
-    monkeypatch.setattr(single_band._Run, "_steps", steps)
+    monkeypatch.setattr(single_band.deblender.ParentRun, "steps", steps)
     # the deblender's own failure flag (it catches the exception)...
     cat, _ = run(
         image,

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdeblend import _linalg_cy
-from cdeblend.single_band import _BAD_CHISQ, _QR_FIRST, _lanczos5, _lstsq, _shift_image
+from cdeblend.single_band.lstsq import BAD_CHISQ, QR_FIRST, lstsq
+from cdeblend.single_band.psf import lanczos5, shift_image
 
 
 @settings(max_examples=40, deadline=None)
@@ -51,12 +52,12 @@ def test_kernels_check_shapes():
 
 @pytest.mark.parametrize("m,n", [(600, 9), (3000, 12), (400, 40)])
 def test_large_lstsq_is_numpys(m, n):
-    """The reduced path (m n >= _QR_FIRST) gives numpy's lstsq and its chi^2."""
-    assert m * n >= _QR_FIRST
+    """The reduced path (m n >= QR_FIRST) gives numpy's lstsq and its chi^2."""
+    assert m * n >= QR_FIRST
     rng = np.random.default_rng(m + n)
     a = rng.normal(size=(m, n)) * rng.uniform(0.01, 100.0, size=n)
     b = a @ rng.normal(size=n) + rng.normal(size=m)
-    sol, chi2 = _lstsq(a[:, :], b)
+    sol, chi2 = lstsq(a[:, :], b)
     ref, res, rank, sv = np.linalg.lstsq(a, b, rcond=-1)
     cond = sv[0] / sv[-1]
     np.testing.assert_allclose(
@@ -65,11 +66,11 @@ def test_large_lstsq_is_numpys(m, n):
     assert chi2 == pytest.approx(float(res[0]), rel=1e-10)
     # a non-contiguous view (the deblender passes column slices) is the same problem
     wide = np.hstack([a, rng.normal(size=(m, 3))])
-    np.testing.assert_array_equal(_lstsq(wide[:, :n], b)[0], sol)
+    np.testing.assert_array_equal(lstsq(wide[:, :n], b)[0], sol)
     # a zero column: a rank below n is reported as before
     dup = np.hstack([a, a[:, :1]])
     dup[:, -1] = 0.0
-    assert _lstsq(dup, b)[1] == _BAD_CHISQ
+    assert lstsq(dup, b)[1] == BAD_CHISQ
 
 
 def test_shift_image_is_the_banded_matrix_product():
@@ -81,9 +82,9 @@ def test_shift_image_is_the_banded_matrix_product():
         (61, 17, 0.0, 0.7),
     ]:
         img = rng.random((h, w))
-        ly = _lanczos5(np.subtract.outer(np.arange(h), np.arange(h)) - dy)
-        lx = _lanczos5(np.subtract.outer(np.arange(w), np.arange(w)) - dx)
+        ly = lanczos5(np.subtract.outer(np.arange(h), np.arange(h)) - dy)
+        lx = lanczos5(np.subtract.outer(np.arange(w), np.arange(w)) - dx)
         ref = ly @ img @ lx.T
         np.testing.assert_allclose(
-            _shift_image(img, dy, dx), ref / ref.sum(), rtol=0, atol=1e-14 * np.abs(ref).max()
+            shift_image(img, dy, dx), ref / ref.sum(), rtol=0, atol=1e-14 * np.abs(ref).max()
         )

@@ -482,7 +482,7 @@ def test_label_footprint_and_failure_isolation():
 
 # --------------------------------------------------------------------- PSF handling
 def test_psf_shift_and_fwhm():
-    from cdeblend.single_band import _lanczos5, _shift_image, psf_fwhm_from_moments
+    from cdeblend.single_band.psf import lanczos5, psf_fwhm_from_moments, shift_image
 
     yy, xx = np.mgrid[-10:11, -10:11]
     g = np.exp(-(yy**2 + xx**2) / (2 * 2.0**2))
@@ -490,13 +490,13 @@ def test_psf_shift_and_fwhm():
     # A well-sampled Gaussian moved by (0.3, -0.2) matches the analytic shift closely...
     moved = np.exp(-((yy - 0.3) ** 2 + (xx + 0.2) ** 2) / (2 * 2.0**2))
     moved /= moved.sum()
-    assert np.abs(_shift_image(g, 0.3, -0.2) - moved).max() < 2e-3 * g.max()
+    assert np.abs(shift_image(g, 0.3, -0.2) - moved).max() < 2e-3 * g.max()
     # ...and equals the direct separable Lanczos-5 sum.
     i = np.arange(21)
-    ly = _lanczos5(np.subtract.outer(i, i) - 0.3)
-    lx = _lanczos5(np.subtract.outer(i, i) + 0.2)
+    ly = lanczos5(np.subtract.outer(i, i) - 0.3)
+    lx = lanczos5(np.subtract.outer(i, i) + 0.2)
     ref = ly @ g @ lx.T
-    np.testing.assert_allclose(_shift_image(g, 0.3, -0.2), ref / ref.sum(), atol=1e-15)
+    np.testing.assert_allclose(shift_image(g, 0.3, -0.2), ref / ref.sum(), atol=1e-15)
     # Adaptive-moment FWHM of an elliptical, tilted Gaussian: 2.35 det(C)^(1/4).
     yy, xx = np.mgrid[-20:21, -20:21]
     cinv = np.array([[1 / 4.0, 0.05], [0.05, 1 / 9.0]])
@@ -506,7 +506,7 @@ def test_psf_shift_and_fwhm():
 
 
 def test_callable_psf_and_centers_match_the_array():
-    from cdeblend.single_band import _round_half_away, _shift_image
+    from cdeblend.single_band.psf import round_half_away, shift_image
 
     img, var, psf, peaks = three_source_scene(seed=5)
     cfg = SingleBandConfig(footprint_nsigma=1.0, catch_failures=False)
@@ -516,8 +516,8 @@ def test_callable_psf_and_centers_match_the_array():
     def psf_at(y, x):
         # A PSF model that centres the image on (y, x), as the fixed array is shifted.
         calls.append((y, x))
-        iy, ix = _round_half_away(y), _round_half_away(x)
-        img = psf if (y == iy and x == ix) else _shift_image(psf, y - iy, x - ix)
+        iy, ix = round_half_away(y), round_half_away(x)
+        img = psf if (y == iy and x == ix) else shift_image(psf, y - iy, x - ix)
         return img, (iy - h, ix - h)
 
     a = SingleBandDeblender(cfg).deblend(img, var, psf, peaks)
@@ -584,15 +584,15 @@ def test_threads_give_identical_results():
 
 @pytest.mark.parametrize("m,n,rank", [(40, 6, 6), (40, 6, 4), (5, 5, 5), (3, 6, 3), (30, 1, 1)])
 def test_lstsq_matches_numpy(m, n, rank):
-    from cdeblend.single_band import _BAD_CHISQ, _lstsq
+    from cdeblend.single_band.lstsq import BAD_CHISQ, lstsq
 
     rng = np.random.default_rng(m * 10 + n + rank)
     A = rng.normal(size=(m, rank)) @ rng.normal(size=(rank, n))
     b = rng.normal(size=m)
-    sol, chi2 = _lstsq(A, b)
+    sol, chi2 = lstsq(A, b)
     ref, _, ref_rank, _ = np.linalg.lstsq(A, b, rcond=-1)
     np.testing.assert_allclose(sol, ref, rtol=1e-10, atol=1e-12)
     if ref_rank < n or m <= n:
-        assert chi2 == _BAD_CHISQ
+        assert chi2 == BAD_CHISQ
     else:
         assert chi2 == pytest.approx(float(np.sum((b - A @ ref) ** 2)), rel=1e-10)
