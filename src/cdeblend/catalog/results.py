@@ -198,5 +198,10 @@ def summarize_single(res: Any, task: Task) -> Outcome:
         parent_flags=_flag_names(getattr(res, "flags", None)),
         flux_model_err=e_model,
         flux_conserved_err=e_cons,
-        metrics={"deblend_zeroFlux": f_cons == 0},
+        metrics={
+            "deblend_zeroFlux": f_cons == 0,
+            "flux_deblend_err": np.array(
+                [getattr(ch, "deblend_flux_err", np.nan) for ch in children], np.float64
+            ).reshape(n, 1),
+        },
     )
