@@ -16,7 +16,11 @@ default settings) and ``sim_single`` (single-band deblender), the pull
 * ``model|true``: the model flux against the true flux, same error;
 * ``model|noise*``, ``model|true*``: the same with the conserved flux's error instead (the
   error of the image summed with the model's shares: what a free-form morphology, which
-  follows the noise pixel by pixel, leaves of the SED's optimal weighting).
+  follows the noise pixel by pixel, leaves of the SED's optimal weighting);
+* ``cons|true+``, ``model|true+`` (multi band): against the true flux with the total errors
+  ``conserved_flux_total_err`` (noise and the deblending term ``deblend_flux_err`` in
+  quadrature) and ``flux_total_err`` (Fisher error, deblending term and the model's misfit
+  ``conserved - model`` in quadrature): the errors to use against the truth.
 
 Entries with band S/N >= ``--snr`` (default 20) are binned by the truth blendedness
 ``1 - sum(t_i^2) / sum(t_i T)`` (``T`` the noiseless scene including undetected sources):
@@ -30,6 +34,8 @@ Reads the simulations from ``--data`` (default ``../shared/data`` relative to th
 root). Usage::
 
     python bench/flux_errors.py [--data PATH] [--sets sim_lsst,sim_hsc,sim_single] [--snr 20]
+    python bench/flux_errors.py --sets-dir /work/simsets --sets lsst_heldout,hsc_heldout \
+        --limit 100   (sets made by bench/accuracy.py; fresh seeds)
 """
 
 from __future__ import annotations
@@ -116,6 +122,8 @@ def run_multi(path: str) -> dict:
         cons_noiseless=noiseless.sums(),
         model=res.fluxes,
         model_err=res.flux_err,
+        cons_tot=res.conserved_flux_total_err,
+        model_tot=res.flux_total_err,
         true=data["true_flux"],
         blendedness=blendedness,
         snr=snr,
@@ -171,8 +179,10 @@ def table(rows: list[dict], snr_min: float, title: str) -> None:
         ("model|true", "model", "true", "model_err"),
         ("model|noise*", "model", "model_noiseless", "cons_err"),
         ("model|true*", "model", "true", "cons_err"),
+        ("cons|true+", "cons", "true", "cons_tot"),
+        ("model|true+", "model", "true", "model_tot"),
     )
-    for name, f, t, s in kinds:
+    for name, f, t, s in (k for k in kinds if k[3] in cat):
         for lo, hi, label in BINS:
             sel = good & (cat["blendedness"] >= lo) & (cat["blendedness"] < hi)
             sel &= np.isfinite(cat[f]) & np.isfinite(cat[s]) & (cat[s] > 0)
@@ -191,12 +201,19 @@ def main() -> None:
     ap.add_argument("--sets", default="sim_lsst,sim_hsc,sim_single")
     ap.add_argument("--snr", type=float, default=20.0)
     ap.add_argument("--limit", type=int, default=0, help="blends per set (0: all)")
+    ap.add_argument(
+        "--sets-dir",
+        type=Path,
+        default=None,
+        help="read the sets from this folder instead of --data (e.g. bench/accuracy.py's)",
+    )
     args = ap.parse_args()
     for name in args.sets.split(","):
-        files = sorted(glob.glob(os.path.join(args.data, name, "*.npz")))
+        root = args.sets_dir if args.sets_dir is not None else args.data
+        files = sorted(glob.glob(os.path.join(root, name, "*.npz")))
         if args.limit:
             files = files[: args.limit]
-        run = run_single if name == "sim_single" else run_multi
+        run = run_single if "single" in name else run_multi
         t0 = time.perf_counter()
         rows = [run(f) for f in files]
         table(

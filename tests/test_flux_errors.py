@@ -269,3 +269,80 @@ def test_a_reloaded_blend_has_the_fits_errors_and_metrics():
     a, b = back.metrics(), res.metrics()
     np.testing.assert_allclose(a.blendedness, b.blendedness, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(a.chi2_reduced, b.chi2_reduced, rtol=1e-5)
+
+
+# ----------------------------------------------------------- deblending uncertainty
+def _dense_deblend_error(stack, has_data, mask, shape):
+    """Slow reference: place every clipped template in the frame, then sum s_i (S - T_i)."""
+    B, H, W = shape
+    n = len(stack)
+    dense = np.zeros((n, B, H, W))
+    for i in range(n):
+        y0, x0, h, w = (int(v) for v in stack.boxes[i])
+        t = np.maximum(stack.get(i), 0.0)
+        for y in range(h):
+            for x in range(w):
+                if 0 <= y0 + y < H and 0 <= x0 + x < W:
+                    dense[i, :, y0 + y, x0 + x] = t[:, y, x]
+    dense *= mask[None, None]
+    total = dense.sum(axis=0)
+    out = np.zeros((n, B))
+    for i in range(n):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            term = np.where(total > 0, dense[i] * (total - dense[i]) / total, 0.0)
+        out[i] = np.where(has_data, term, 0.0).sum(axis=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_deblend_flux_errors_match_a_dense_reference(seed):
+    """Random boxes (some reaching outside the frame), negative template values, pixels
+    without data and a footprint mask: the kernel-based sum equals the dense one."""
+    from cdeblend.metrics import deblend_flux_errors
+
+    rng = np.random.default_rng(seed)
+    B, H, W, n = int(rng.integers(1, 4)), 23, 19, int(rng.integers(1, 7))
+    arrays, boxes = [], []
+    for _ in range(n):
+        h, w = int(rng.integers(1, 12)), int(rng.integers(1, 12))
+        y0, x0 = int(rng.integers(-4, H - 2)), int(rng.integers(-4, W - 2))
+        arrays.append(rng.normal(0.5, 1.0, (B, h, w)))
+        boxes.append((y0, x0, h, w))
+    stack = FlatStack.from_arrays(arrays, boxes)
+    has_data = rng.random((B, H, W)) > 0.2
+    mask = rng.random((H, W)) > 0.1
+    got = deblend_flux_errors(stack, has_data, mask)
+    want = _dense_deblend_error(stack, has_data, mask, (B, H, W))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_deblend_flux_errors_by_hand():
+    """Two one-pixel-overlap children: on the shared pixel (values 3 and 1, sum 4) the
+    first takes 3/4 of it and draws 3/4 * 1 of the second's light, the second 1/4 * 3;
+    an isolated third child draws nothing."""
+    from cdeblend.metrics import deblend_flux_errors
+
+    a = np.array([[[5.0, 3.0]]])  # (B=1, 1, 2) at columns 0-1
+    b = np.array([[[1.0, 7.0]]])  # at columns 1-2
+    c = np.array([[[2.0]]])  # alone at column 5
+    stack = FlatStack.from_arrays([a, b, c], [(0, 0, 1, 2), (0, 1, 1, 2), (0, 5, 1, 1)])
+    got = deblend_flux_errors(stack, np.ones((1, 1, 6), bool))
+    np.testing.assert_allclose(got[:, 0], [0.75, 0.75, 0.0])
+    # without data on the shared pixel nobody draws anything
+    no_data = np.ones((1, 1, 6), bool)
+    no_data[0, 0, 1] = False
+    np.testing.assert_allclose(deblend_flux_errors(stack, no_data)[:, 0], [0, 0, 0])
+
+
+def test_total_errors_combine_their_parts():
+    """The totals are the parts in quadrature, and a lone source has no deblending error."""
+    rng = np.random.default_rng(3)
+    images, var, psfs = one_source_scene(rng)
+    obs = Observation(images, var, psfs)
+    res = Deblender(DeblendConfig(max_iter=30)).deblend(obs, [(15, 14)])
+    np.testing.assert_allclose(res.deblend_flux_err, 0.0, atol=1e-9)
+    np.testing.assert_allclose(res.conserved_flux_total_err, res.conserved_flux_err)
+    misfit2 = (res.conserved_fluxes - res.fluxes) ** 2 - res.conserved_flux_err**2
+    want = np.sqrt(res.flux_err**2 + np.maximum(misfit2, 0.0))
+    np.testing.assert_allclose(res.flux_total_err, want)
+    assert np.all(res.flux_total_err >= res.flux_err)

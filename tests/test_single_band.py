@@ -68,8 +68,34 @@ def test_conservation(rule, dtype, tol):
     tsum = np.maximum(res.templates(), 0).sum(axis=0)
     assert np.all(un[(tsum > 0) & fp] == 0)
     if rule != "trim":
-        # With a stray rule, only non-positive pixels stay unassigned.
-        assert np.all(un[img > 0] == 0)
+        # With a stray rule (negative pixels too, the default) every pixel with a value
+        # goes to a child: the children alone add up to the footprint.
+        assert np.all(un[img != 0] == 0)
+        assert res.stray_flux == 0.0
+
+
+@pytest.mark.parametrize("rule", [r for r in RULES if r != "trim"])
+def test_positive_only_stray_flux_leaves_the_negative_pixels(rule):
+    """The LSST rule (``stray_flux_negative=False``) hands out the positive unclaimed
+    pixels only: exactly the negative unclaimed ones stay unassigned, and the children's
+    conserved fluxes are those of the default run minus what they got of those pixels."""
+    img, var, psf, peaks = three_source_scene(np.float64, seed=2)
+    base = dict(stray_flux_rule=rule, catch_failures=False)
+    whole = np.ones(img.shape, bool)  # a footprint with noise pixels of both signs
+    pos = SingleBandDeblender(SingleBandConfig(stray_flux_negative=False, **base))
+    res = pos.deblend(img, var, psf, peaks, footprint=whole)
+    every = SingleBandDeblender(SingleBandConfig(**base))
+    every = every.deblend(img, var, psf, peaks, footprint=whole)
+    un, fp = full_unassigned(res)
+    tsum = np.maximum(res.templates(), 0).sum(axis=0)
+    negative_unclaimed = fp & (tsum == 0) & (img < 0)
+    assert negative_unclaimed.any()
+    np.testing.assert_array_equal(un != 0, negative_unclaimed)
+    assert res.stray_flux == pytest.approx(img[negative_unclaimed].sum())
+    # the default run gives those pixels away too, and changes nothing else
+    gained = every.conserved_images() - res.conserved_images()
+    assert np.all(gained[:, ~negative_unclaimed] == 0)
+    np.testing.assert_allclose(gained.sum(axis=0)[negative_unclaimed], img[negative_unclaimed])
 
 
 def test_conservation_with_every_option():

@@ -153,6 +153,33 @@ class DeblendResult:
 
         return model_flux_errors(self)
 
+    @property
+    def deblend_flux_err(self) -> np.ndarray:
+        """(N, B) deblending uncertainty of the fluxes: the neighbours' light in the child's
+        share of the pixels, ``sum_p s_i (M - m_i)`` with the convolved models (0 for an
+        isolated source); see :func:`cdeblend.metrics.deblend_flux_errors`."""
+        from .metrics import deblend_flux_errors
+
+        return deblend_flux_errors(self._convolved_stack(), self.blend.observation.weights > 0)
+
+    @property
+    def conserved_flux_total_err(self) -> np.ndarray:
+        """(N, B) :attr:`conserved_flux_err` and :attr:`deblend_flux_err` in quadrature: the
+        error to compare a conserved flux with the truth (``docs/trust.md``)."""
+        return np.hypot(self.conserved_flux_err, self.deblend_flux_err)
+
+    @property
+    def flux_total_err(self) -> np.ndarray:
+        """(N, B) error of the model flux against the truth: :attr:`flux_err`,
+        :attr:`deblend_flux_err` and the model's misfit in quadrature (``docs/trust.md``).
+
+        The misfit is the conserved minus the model flux (the child's share of the
+        residual); its square less the conserved flux's noise variance (what the noise
+        alone puts into it, floored at 0) is the model's own error: the wings and
+        structure a smooth monotonic morphology does not follow."""
+        misfit2 = (self.conserved_fluxes - self.fluxes) ** 2 - self.conserved_flux_err**2
+        return np.sqrt(self.flux_err**2 + self.deblend_flux_err**2 + np.maximum(misfit2, 0.0))
+
     def add_source(
         self, peak, sed=None, config: DeblendConfig | None = None, max_iter: int | None = None
     ) -> DeblendResult:

@@ -117,6 +117,7 @@ def _multi_errors_and_metrics(res: Any, n: int, nb: int) -> dict[str, Any]:
             "deblend_fluxOverlapFraction": m.flux_overlap_fraction,
             "deblend_maxOverlap": m.max_overlap,
             "deblend_dataCoverage": m.data_coverage,
+            "flux_deblend_err": np.asarray(res.deblend_flux_err, np.float64).reshape(n, nb),
             "deblend_edgePixels": m.edge_pixels,
             "deblend_zeroFlux": m.zero_flux,
             "chi2_reduced": m.chi2_reduced,
@@ -197,5 +198,10 @@ def summarize_single(res: Any, task: Task) -> Outcome:
         parent_flags=_flag_names(getattr(res, "flags", None)),
         flux_model_err=e_model,
         flux_conserved_err=e_cons,
-        metrics={"deblend_zeroFlux": f_cons == 0},
+        metrics={
+            "deblend_zeroFlux": f_cons == 0,
+            "flux_deblend_err": np.array(
+                [getattr(ch, "deblend_flux_err", np.nan) for ch in children], np.float64
+            ).reshape(n, 1),
+        },
     )

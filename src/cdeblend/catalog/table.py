@@ -67,6 +67,7 @@ _BAND_METRICS = (
     "deblend_fluxOverlapFraction",
     "deblend_maxOverlap",
     "deblend_dataCoverage",
+    "flux_deblend_err",
 )
 
 

@@ -416,7 +416,7 @@ class ParentRun:
                 cfg, parts.image, unclaimed, templates, parts.boxes, is_psf, peaks, self.fp_box
             )
             if stray is not None:
-                given = stray.shares.sum(axis=0) > 0
+                given = (stray.shares != 0).any(axis=0)
                 unassigned[stray.y[given], stray.x[given]] = 0.0
         children = self.children(act, parts, stray)
         return self.result(
@@ -429,7 +429,7 @@ class ParentRun:
         for every other peak), in peak order."""
         pb = self.frame.pbox
         dtype = self.image.dtype
-        cons_err, tmpl_err = flux_errors(self.frame, parts, stray)
+        cons_err, tmpl_err, deblend_err = flux_errors(self.frame, parts, stray)
         children: list[Child] = []
         for k, i in enumerate(act):
             peak = (int(self.fpk[i, 0]) - pb[0], int(self.fpk[i, 1]) - pb[1])
@@ -440,12 +440,13 @@ class ParentRun:
             child = self.child(i, cons.astype(dtype, copy=False), cbox, flags)
             child.flux_err = float(cons_err[k])
             child.template_flux_err = float(tmpl_err[k])
+            child.deblend_flux_err = float(deblend_err[k])
             children.append(child)
         if self.cfg.propagate_all_peaks:
             for i in range(self.N):
                 if self.templates[i] is None or self.skipped[i]:
                     child = self.zero_child(i, np.zeros((pb[2], pb[3]), dtype=dtype))
-                    child.flux_err = 0.0
+                    child.flux_err = child.deblend_flux_err = 0.0
                     children.append(child)
             children.sort(key=lambda c: c.index)
         return children

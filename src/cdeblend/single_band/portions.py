@@ -95,7 +95,7 @@ def conserved_image(
     cbox = None if ov is None else (ov[0], ov[2], ov[1] - ov[0], ov[3] - ov[2])
     sy = sx = sv = None
     if stray is not None:
-        got = stray.shares[k] > 0
+        got = stray.shares[k] != 0  # negative stray pixels are given too
         if got.any():
             sy, sx, sv = stray.y[got], stray.x[got], stray.shares[k][got]
             y0, y1 = int(sy.min()), int(sy.max()) + 1
@@ -114,11 +114,12 @@ def conserved_image(
 
 def flux_errors(
     frame: Frame, parts: Portions, stray: Stray | None
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(n,) standard deviations of the children's conserved fluxes and of their templates'
-    fluxes (see :class:`~cdeblend.single_band.Child`), from the variance on the parent box."""
+    fluxes from the variance on the parent box, and the deblending uncertainties of the
+    conserved fluxes (see :class:`~cdeblend.single_band.Child`)."""
     from ..apportion import FlatStack
-    from ..metrics import conserved_flux_errors, fisher_flux_errors
+    from ..metrics import conserved_flux_errors, deblend_flux_errors, fisher_flux_errors
 
     pb = frame.pbox
     sl = (slice(pb[0], pb[0] + pb[2]), slice(pb[1], pb[1] + pb[3]))
@@ -129,7 +130,7 @@ def flux_errors(
     var = np.where(good, var, 0.0)
     n = len(parts.boxes)
     if n == 0:
-        return np.zeros(0), np.zeros(0)
+        return np.zeros(0), np.zeros(0), np.zeros(0)
     flat = np.ascontiguousarray(parts.flat, dtype=np.float64)
     stack = FlatStack(flat, parts.boxes, 1)
     cons2 = conserved_flux_errors(stack, var[None], parts.mask)[:, 0] ** 2
@@ -140,4 +141,5 @@ def flux_errors(
         cons2 += (share**2 * var[cy, cx][None]).sum(axis=1)
     ivar = np.divide(1.0, var, out=np.zeros_like(var), where=var > 0)
     tmpl = fisher_flux_errors(stack, ivar[None], stack.sums()[:, 0], np.arange(n), n)
-    return np.sqrt(cons2), tmpl[:, 0]
+    deblend = deblend_flux_errors(stack, good[None], parts.mask)[:, 0]
+    return np.sqrt(cons2), tmpl[:, 0], deblend

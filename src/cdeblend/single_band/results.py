@@ -57,6 +57,10 @@ class Child:
         Standard deviation of the template's flux (its sum) when the templates' amplitudes
         are fitted jointly to the image by weighted least squares with their shapes held
         (NaN when the data do not constrain it).
+    deblend_flux_err : float
+        Deblending uncertainty of ``flux``: the other templates' flux in the child's share
+        of the pixels they share, ``sum_p s (T - t)`` (0 for a lone template; stray pixels
+        not counted); see :func:`cdeblend.metrics.deblend_flux_errors`.
     """
 
     index: int
@@ -76,6 +80,7 @@ class Child:
     stages: dict[str, Any] = field(default_factory=dict)
     flux_err: float = float("nan")
     template_flux_err: float = float("nan")
+    deblend_flux_err: float = float("nan")
 
 
 @dataclass
@@ -145,6 +150,14 @@ class SingleBandResult:
         out = np.full(self.n_peaks, np.nan)
         for c in self.children:
             out[c.index] = c.flux_err
+        return out
+
+    @property
+    def deblend_flux_err(self) -> np.ndarray:
+        """(N_peaks,) :attr:`Child.deblend_flux_err` of each peak's child (NaN without)."""
+        out = np.full(self.n_peaks, np.nan)
+        for c in self.children:
+            out[c.index] = c.deblend_flux_err
         return out
 
     @property

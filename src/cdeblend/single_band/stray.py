@@ -1,5 +1,6 @@
-"""Stray flux: the positive pixels of the footprint that no template claims (docs/spec/
-single_band.md 3.9), handed to the children by ``SingleBandConfig.stray_flux_rule``.
+"""Stray flux: the pixels of the footprint that no template claims (docs/spec/
+single_band.md 3.9: the positive ones; all of them with ``stray_flux_negative``), handed to
+the children by ``SingleBandConfig.stray_flux_rule``.
 
 Coordinates are those of the parent box; templates are given with their boxes there.
 """
@@ -38,12 +39,13 @@ def hand_out_stray(
     peaks: np.ndarray,
     fp_box: np.ndarray,
 ) -> Stray | None:
-    """Share the positive ``unclaimed`` pixels of ``image`` (None when there are none).
+    """Share the ``unclaimed`` pixels of ``image`` (the positive ones only unless
+    ``cfg.stray_flux_negative``; None when there are none).
 
     ``boxes`` (n, 4) are the templates' boxes, ``is_psf`` (n,) whether each is a PSF
     template, ``peaks`` (n, 2) their peaks and ``fp_box`` the footprint, all on the parent box.
     """
-    cy, cx = np.nonzero(unclaimed & (image > 0))
+    cy, cx = np.nonzero(unclaimed & ((image != 0) if cfg.stray_flux_negative else (image > 0)))
     if not cy.size:
         return None
     shares = stray_shares(
