@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .observation import MODEL_PSF_SIGMA
+
 __all__ = ["OPTIMIZERS", "DeblendConfig"]
 
 #: Names of the fit's optimizers (``DeblendConfig.optimizer``).
@@ -193,7 +195,7 @@ class DeblendConfig:
     max_spectrum_cutoff: int = 0
     weighted_sed_fit: bool = False
     sed_solver: str = "nnls"
-    model_psf_sigma: float | None = 0.8
+    model_psf_sigma: float | None = MODEL_PSF_SIGMA
     bg_thresh: float | None = 1.0
     component_padding: int = 5
     monotonicity_size: int = 101

@@ -46,11 +46,16 @@ from .box import Box, as_box
 from .convolution import Convolver
 
 __all__ = [
+    "MODEL_PSF_SIGMA",
     "Observation",
     "difference_kernels",
     "effective_area",
     "integrated_gaussian_psf",
 ]
+
+#: Sigma (pixels) of the Gaussian model-frame PSF of the multi-band model (the LSST
+#: pipeline's 0.8): the one default every entry point uses.
+MODEL_PSF_SIGMA = 0.8
 
 #: Width of the model-PSF grid (the reference always uses 15 x 15).
 MODEL_PSF_SIZE = 15
@@ -223,7 +228,7 @@ class Observation:
         bands: Sequence[str] | None = None,
         weights: Any = None,
         mask: Any = None,
-        model_psf_sigma: float | None = 0.8,
+        model_psf_sigma: float | None = MODEL_PSF_SIGMA,
         dtype: Any = None,
         noise_rms: Any = None,
     ) -> None:

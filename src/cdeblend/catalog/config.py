@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..observation import MODEL_PSF_SIGMA
+
 __all__ = [
     "ERROR_WIDTH",
     "FLAGS",
@@ -96,7 +98,7 @@ class CatalogConfig:
     persist_models: bool = True
     persist_isolated: bool = True
     store_footprints: bool = True
-    model_psf_sigma: float = 0.8
+    model_psf_sigma: float = MODEL_PSF_SIGMA
     footprint_snr: float = 3.0
     footprint_grow: int = 2
     detection: Any = None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..observation import MODEL_PSF_SIGMA
 from .detect import SEXTRACTOR_RECIPE, add_detection_args, detect_parents, warn_one_big_parent
 from .inputs import (
     add_background_args,
@@ -163,7 +164,7 @@ def _model_psf_sigma(args: argparse.Namespace, psfs: np.ndarray, kind: str) -> f
     sigma = args.model_psf_sigma
     if sigma is None:
         sigma = choose_model_psf_sigma(psfs)
-        if kind == "multi" and sigma != 0.8:
+        if kind == "multi" and sigma != MODEL_PSF_SIGMA:
             logger.info(
                 "model PSF sigma %.2f px: the default 0.8 px is wider than the "
                 "sharpest band's PSF (set it with --model-psf-sigma)",
@@ -196,7 +197,7 @@ def _parents(
     return parents
 
 
-def choose_model_psf_sigma(psfs: np.ndarray, default: float = 0.8) -> float:
+def choose_model_psf_sigma(psfs: np.ndarray, default: float = MODEL_PSF_SIGMA) -> float:
     """The model PSF width: ``default`` unless a band's PSF is narrower, then narrower still.
 
     The multi-band fit convolves models made at the model PSF with difference kernels to

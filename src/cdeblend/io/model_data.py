@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..box import as_box, as_int, as_point, check_inside, overlap_slices
+from ..observation import MODEL_PSF_SIGMA
 from .schema import SCHEMA_VERSION
 
 __all__ = ["BlendData", "ComponentData", "ModelData", "SourceData"]
@@ -314,7 +315,7 @@ class ModelData:
     model_psf: np.ndarray
     psfs: np.ndarray
     blends: dict[int, BlendData] = field(default_factory=dict)
-    model_psf_sigma: float | None = 0.8
+    model_psf_sigma: float | None = MODEL_PSF_SIGMA
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
