@@ -68,23 +68,31 @@ def test_conservation(rule, dtype, tol):
     tsum = np.maximum(res.templates(), 0).sum(axis=0)
     assert np.all(un[(tsum > 0) & fp] == 0)
     if rule != "trim":
-        # With a stray rule (negative pixels too, the default) every pixel with a value
-        # goes to a child: the children alone add up to the footprint.
-        assert np.all(un[img != 0] == 0)
-        assert res.stray_flux == 0.0
+        # With a stray rule (positive pixels, the default), only non-positive pixels stay
+        # unassigned; with stray_flux_negative every pixel with a value goes to a child.
+        assert np.all(un[img > 0] == 0)
+        every = SingleBandConfig(
+            stray_flux_rule=rule,
+            stray_flux_negative=True,
+            footprint_nsigma=1.0,
+            catch_failures=False,
+        )
+        res = SingleBandDeblender(every).deblend(img, var, psf, peaks)
+        un, fp = full_unassigned(res)
+        assert np.all(un[img != 0] == 0) and res.stray_flux == 0.0
 
 
 @pytest.mark.parametrize("rule", [r for r in RULES if r != "trim"])
 def test_positive_only_stray_flux_leaves_the_negative_pixels(rule):
-    """The LSST rule (``stray_flux_negative=False``) hands out the positive unclaimed
-    pixels only: exactly the negative unclaimed ones stay unassigned, and the children's
-    conserved fluxes are those of the default run minus what they got of those pixels."""
+    """The default (LSST) rule hands out the positive unclaimed pixels only: exactly the
+    negative unclaimed ones stay unassigned, and with ``stray_flux_negative`` the children
+    get those pixels too and nothing else changes."""
     img, var, psf, peaks = three_source_scene(np.float64, seed=2)
     base = dict(stray_flux_rule=rule, catch_failures=False)
     whole = np.ones(img.shape, bool)  # a footprint with noise pixels of both signs
-    pos = SingleBandDeblender(SingleBandConfig(stray_flux_negative=False, **base))
+    pos = SingleBandDeblender(SingleBandConfig(**base))
     res = pos.deblend(img, var, psf, peaks, footprint=whole)
-    every = SingleBandDeblender(SingleBandConfig(**base))
+    every = SingleBandDeblender(SingleBandConfig(stray_flux_negative=True, **base))
     every = every.deblend(img, var, psf, peaks, footprint=whole)
     un, fp = full_unassigned(res)
     tsum = np.maximum(res.templates(), 0).sum(axis=0)

@@ -99,10 +99,13 @@ class SingleBandConfig:
     stray_flux_rule : {"trim", "r-to-peak", "r-to-footprint", "nearest-footprint"}
         How stray flux is shared; "trim" gives none and shrinks the final footprint.
     stray_flux_negative : bool
-        Also hand out the negative unclaimed pixels (True, the default), so that the
-        children add up to the whole footprint and a conserved flux does not keep only the
-        positive noise around it (the LSST rule, False, hands out positive pixels only:
-        on ``sim_single`` that biased the conserved fluxes by +1 sigma of their noise).
+        Also hand out the negative unclaimed pixels, so that the children add up to the
+        whole footprint and a conserved flux does not keep only the positive noise around
+        it (on ``sim_single`` the positive-only rule biases the conserved fluxes up by about
+        1 sigma of their noise). Off by default (the LSST rule, positive pixels only): that
+        upward noise happens to offset the light lost outside the footprint, and measured
+        slightly better against the truth on the simulated sets (median |dF/F| 0.0735
+        against 0.0743 on ``single_tune``, 0.0738 against 0.0757 held out; README).
     stray_flux_to_point_sources : {"necessary", "always", "never"}
         Whether PSF-template children take stray flux.
     clip_stray_flux_fraction : float
@@ -171,7 +174,7 @@ class SingleBandConfig:
     max_temp_dot_prod: float = 0.5
     assign_stray_flux: bool = True
     stray_flux_rule: str = "r-to-peak"
-    stray_flux_negative: bool = True
+    stray_flux_negative: bool = False
     stray_flux_to_point_sources: str = "necessary"
     clip_stray_flux_fraction: float = 0.001
     get_template_sum: bool = False
