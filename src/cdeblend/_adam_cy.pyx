@@ -612,17 +612,20 @@ cdef void _render_bands(const double[:, ::1] sed, const double[::1] morph,
 cdef void _residual_rows(const floating[:, :, ::1] model_conv,
                          const floating[:, :, ::1] images, const floating[:, :, ::1] weights,
                          floating[:, :, ::1] residual, Py_ssize_t b0, Py_ssize_t b1,
-                         double* rows) noexcept nogil:
-    """:func:`_weighted_residual` (with ``store``) of bands ``b0 <= b < b1``, each row's sum
-    of ``w d^2`` into ``rows[b * H + y]`` (the same partial sums)."""
+                         double* rows, Py_ssize_t y0=0, Py_ssize_t y1=-1) noexcept nogil:
+    """:func:`_weighted_residual` (with ``store``) of bands ``b0 <= b < b1`` (rows ``y0 <= y
+    < y1``, default all), each row's sum of ``w d^2`` into ``rows[b * H + y]`` (the same
+    partial sums)."""
     cdef Py_ssize_t H = images.shape[1], W = images.shape[2], b, y, x
     cdef double s0, s1, s2, s3
     cdef const floating* mc
     cdef const floating* im
     cdef const floating* wt
     cdef floating* rs
+    if y1 < 0:
+        y1 = H
     for b in range(b0, b1):
-        for y in range(H):
+        for y in range(y0, y1):
             mc = &model_conv[b, y, 0]
             im = &images[b, y, 0]
             wt = &weights[b, y, 0]
@@ -663,6 +666,41 @@ cdef void _band_job(cd_conv* c, Py_ssize_t b, const double[:, ::1] sed,
     _inv(c, &grd[b, 0, 0], W, H, W, &grd[b + 1, 0, 0] if two else NULL, W, H, W)
 
 
+cdef inline void _conv1_part(cd_conv* c, cd_conv* s, int phase, int p, int P,
+                             const floating* a, Py_ssize_t lda, int h, int w,
+                             const floating* f, int conj, floating* out,
+                             Py_ssize_t ldo) noexcept nogil:
+    if floating is float:
+        cd_conv1_part_f(c, s, phase, p, P, a, lda, h, w, f, conj, out, ldo)
+    else:
+        cd_conv1_part_d(c, s, phase, p, P, a, lda, h, w, f, conj, out, ldo)
+
+
+cdef void _single_band_threads(cd_conv* convs, int nt, Py_ssize_t b,
+                               const floating[:, :, ::1] img, const floating[:, :, ::1] wgt,
+                               floating[:, :, ::1] mdl, floating[:, :, ::1] cnv,
+                               floating[:, :, ::1] res, floating[:, :, ::1] grd,
+                               const floating[:, :, :, ::1] fk, double* rows) noexcept nogil:
+    """:func:`_band_job` of one band (already rendered) with each transform shared by
+    ``nt`` threads, phase by phase (``cd_conv1_part``): the band left over when the pairs
+    of bands do not split evenly over the threads."""
+    cdef int H = img.shape[1], W = img.shape[2], phase, p, lo, hi, chunk
+    cdef int last = 7
+    for phase in range(2 * (last + 1)):
+        for p in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+            if phase <= last:  # the model's convolution, then the residual of its rows
+                _conv1_part(&convs[0], &convs[threadid()], phase, p, nt, &mdl[b, 0, 0], W, H,
+                            W, &fk[b, 0, 0, 0], 0, &cnv[b, 0, 0], W)
+                if phase == last:  # the rows this thread just wrote (cd_conv1_part's split)
+                    chunk = (((H + nt - 1) // nt) + 7) & ~7
+                    lo = min(p * chunk, H)
+                    hi = min(lo + chunk, H)
+                    _residual_rows(cnv, img, wgt, res, b, b + 1, rows, lo, hi)
+            else:  # the adjoint convolution of the residual
+                _conv1_part(&convs[0], &convs[threadid()], phase - last - 1, p, nt,
+                            &res[b, 0, 0], W, H, W, &fk[b, 0, 0, 0], 1, &grd[b, 0, 0], W)
+
+
 cdef double _loss_and_gradient(cd_conv* convs, int nt, const double[:, ::1] sed,
                                const double[::1] morph, const int64_t[:, ::1] comp,
                                const floating[:, :, ::1] img, const floating[:, :, ::1] wgt,
@@ -673,7 +711,15 @@ cdef double _loss_and_gradient(cd_conv* convs, int nt, const double[:, ::1] sed,
     band pairs on ``nt`` threads (thread t uses ``convs[t]``; ``rows``: B H doubles)."""
     cdef Py_ssize_t B = img.shape[0], H = img.shape[1], jobs = (B + 1) // 2, j, i
     cdef double total = 0.0
-    if nt > 1 and jobs > 1:
+    if nt > 1 and B % 2 == 1:
+        # the pairs side by side, then the odd band's transforms shared by the threads
+        if B > 1:
+            for j in prange(B // 2, num_threads=nt, schedule="static", chunksize=1):
+                _band_job(&convs[threadid()], 2 * j, sed, morph, comp, img, wgt, mdl, cnv,
+                          res, grd, fk, rows)
+        _render_bands(sed, morph, comp, mdl, H, img.shape[2], B - 1, B)
+        _single_band_threads(convs, nt, B - 1, img, wgt, mdl, cnv, res, grd, fk, rows)
+    elif nt > 1 and jobs > 1:
         for j in prange(jobs, num_threads=nt, schedule="static", chunksize=1):
             _band_job(&convs[threadid()], 2 * j, sed, morph, comp, img, wgt, mdl, cnv, res,
                       grd, fk, rows)
