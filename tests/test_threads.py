@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import multiprocessing as mp
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -53,16 +55,21 @@ def fit(scene, dtype, threads, monkeypatch):
 
 
 @pytest.mark.skipif(not _adam_cy.OPENMP, reason="the kernel was built without OpenMP")
-@pytest.mark.parametrize("bands", [4, 5])  # an odd band count leaves one band on its own
+# an odd band count leaves one band on its own: its transforms are shared by the threads
+# (split) or run on one of them
+@pytest.mark.parametrize(("bands", "split"), [(1, True), (4, True), (5, True), (5, False)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_two_threads_give_the_arrays_of_one(bands, dtype, monkeypatch):
+def test_two_threads_give_the_arrays_of_one(bands, split, dtype, monkeypatch):
     scene = gaussian_scene(bands, 130, 8, seed=bands)
     _threads.set_num_threads(2)
+    # any blend goes parallel; the split from the smallest grid on, or never
+    old = _adam_cy.parallel_thresholds(1.0, 1.0 if split else 1e30)
     try:
         one, used1 = fit(scene, dtype, 1, monkeypatch)
         two, used2 = fit(scene, dtype, 2, monkeypatch)
     finally:
         _threads.set_num_threads(None)
+        _adam_cy.parallel_thresholds(*old)
     assert (used1, used2) == (1, 2)
     assert one.iterations == two.iterations
     assert one.loss == two.loss
@@ -115,6 +122,21 @@ def test_a_bad_environment_variable_is_named(bad, monkeypatch):
     monkeypatch.setenv("CDEBLEND_NUM_THREADS", bad)
     with pytest.raises(ValueError, match="CDEBLEND_NUM_THREADS"):
         _threads.num_threads()
+
+
+def _child_threads() -> int:
+    return _threads.num_threads()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_starts_at_one_thread():
+    _threads.set_num_threads(2)
+    try:
+        with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("fork")) as pool:
+            assert pool.submit(_child_threads).result() == 1
+        assert _threads.num_threads() == 2
+    finally:
+        _threads.set_num_threads(None)
 
 
 def test_bad_counts_are_rejected():

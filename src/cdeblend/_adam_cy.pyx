@@ -585,6 +585,22 @@ OPENMP = bool(CD_OPENMP)
 #: threads' start and join would cost more than they save).
 cdef double _PARALLEL_WORK = 5.0 * 128 * 128
 
+#: From this FFT grid size (values) on, an odd band's transforms are shared by the threads
+#: phase by phase (16 waits per iteration: worth it once half a transform takes longer).
+cdef double _SPLIT_GRID = 384.0 * 384
+
+
+def parallel_thresholds(work=None, split=None):
+    """The two size thresholds above (set the given ones; for tests, which need small
+    blends on every path). Returns the previous ``(work, split)``."""
+    global _PARALLEL_WORK, _SPLIT_GRID
+    old = (_PARALLEL_WORK, _SPLIT_GRID)
+    if work is not None:
+        _PARALLEL_WORK = work
+    if split is not None:
+        _SPLIT_GRID = split
+    return old
+
 
 cdef void _render_bands(const double[:, ::1] sed, const double[::1] morph,
                         const int64_t[:, ::1] comp, floating[:, :, ::1] model, Py_ssize_t H,
@@ -615,7 +631,8 @@ cdef void _residual_rows(const floating[:, :, ::1] model_conv,
                          double* rows, Py_ssize_t y0=0, Py_ssize_t y1=-1) noexcept nogil:
     """:func:`_weighted_residual` (with ``store``) of bands ``b0 <= b < b1`` (rows ``y0 <= y
     < y1``, default all), each row's sum of ``w d^2`` into ``rows[b * H + y]`` (the same
-    partial sums)."""
+    partial sums). ``residual`` may be ``model_conv`` (each row is read before it is
+    overwritten)."""
     cdef Py_ssize_t H = images.shape[1], W = images.shape[2], b, y, x
     cdef double s0, s1, s2, s3
     cdef const floating* mc
@@ -630,8 +647,6 @@ cdef void _residual_rows(const floating[:, :, ::1] model_conv,
             im = &images[b, y, 0]
             wt = &weights[b, y, 0]
             rs = &residual[b, y, 0]
-            for x in range(W):
-                rs[x] = wt[x] * (mc[x] - im[x])
             s0 = s1 = s2 = s3 = 0.0
             x = 0
             while x + 4 <= W:
@@ -644,6 +659,8 @@ cdef void _residual_rows(const floating[:, :, ::1] model_conv,
                 s0 += _wsq(mc[x] - im[x], wt[x])
                 x += 1
             rows[b * H + y] = (s0 + s1) + (s2 + s3)
+            for x in range(W):
+                rs[x] = wt[x] * (mc[x] - im[x])
 
 
 cdef void _band_job(cd_conv* c, Py_ssize_t b, const double[:, ::1] sed,
@@ -711,7 +728,7 @@ cdef double _loss_and_gradient(cd_conv* convs, int nt, const double[:, ::1] sed,
     band pairs on ``nt`` threads (thread t uses ``convs[t]``; ``rows``: B H doubles)."""
     cdef Py_ssize_t B = img.shape[0], H = img.shape[1], jobs = (B + 1) // 2, j, i
     cdef double total = 0.0
-    if nt > 1 and B % 2 == 1:
+    if nt > 1 and B % 2 == 1 and <double>convs[0].n0 * convs[0].n1 >= _SPLIT_GRID:
         # the pairs side by side, then the odd band's transforms shared by the threads
         if B > 1:
             for j in prange(B // 2, num_threads=nt, schedule="static", chunksize=1):
@@ -865,7 +882,15 @@ cdef class FitKernel:
         if images.shape[0] != self.bg_rms.shape[0]:
             raise ValueError("images and bg_rms differ in the number of bands")
         B, H, W = images.shape
-        work = [np.empty((B, H, W), dtype) for _ in range(4)]
+        if fk is not None:
+            # model and gradient share a buffer, as do the convolved model and the residual:
+            # a band's model is read (transformed) before its gradient is written, its
+            # convolution before its residual (_band_job), and the next render comes after
+            # the step has read the gradient
+            work = [np.empty((B, H, W), dtype) for _ in range(2)]
+            work = [work[0], work[1], work[1], work[0]]
+        else:
+            work = [np.empty((B, H, W), dtype) for _ in range(4)]
         self.dbl = dtype == np.float64
         self.use_fft = fk is not None
         if self.use_fft:

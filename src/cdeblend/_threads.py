@@ -11,7 +11,10 @@ precedence,
 * the cores this process may run on.
 
 A pool that already runs several parents at once (the catalog's thread pool) limits each
-worker with :func:`thread_limit`, so that the threads do not outnumber the cores.
+worker with :func:`thread_limit`, so that the threads do not outnumber the cores. A process
+forked from this one (a process pool's worker) starts at one thread: GNU OpenMP's threads
+do not survive a fork, and a child entering a parallel region its parent used can hang;
+:func:`set_num_threads` in the child lifts this.
 """
 
 from __future__ import annotations
@@ -53,6 +56,15 @@ def _from_env() -> int | None:
     except ValueError:
         raise ValueError(f"{_ENV} must be a positive integer, got {text!r}") from None
     return _check(n, _ENV)
+
+
+def _after_fork_in_child() -> None:
+    global _global
+    _global = 1
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def num_threads() -> int:
