@@ -19,13 +19,24 @@ process) of
 
 * ``init`` (initialization, including ``SED``, the joint SED fit) and ``fit``, ``iter``
   iterations and ``ms/it`` the fit's CPU time per iteration,
+* ``thr``: the threads of the fit (``--threads``, the environment variable
+  ``CDEBLEND_NUM_THREADS`` of the child; default: the usable cores), ``fit w``: the fit's
+  wall-clock seconds (with several threads its CPU time counts every thread), ``fit m``: the
+  fit's CPU seconds on the calling thread alone (``time.thread_time``; the other threads
+  wait without spinning, so on an idle machine the fit's wall time is this plus the time
+  the calling thread waits for a slower one: on a loaded machine, where the wall time says
+  little, ``fit s`` of one thread over ``fit m`` of several estimates the speed-up),
 * ``floor``: milliseconds of one ``Observation.loss_and_gradient`` on the blend (the forward
-  and adjoint FFT convolutions every iteration needs), and ``it/floor`` the ratio,
+  and adjoint FFT convolutions every iteration needs, one thread), and ``it/floor`` the
+  ratio of ``ms/it`` to it,
 * ``wall``: wall-clock seconds of the whole deblend, ``RSS``: peak resident memory (MB),
 * ``|dF/F|``: median over sources and bands of the conserved flux error against the truth,
   ``loss`` the final loss,
 
-next to scarlet lite's figures where the issue quotes them. ``--synth SIZES`` runs the older
+next to scarlet lite's figures where the issue quotes them. With several ``--threads`` counts
+(e.g. ``1,2``) each scene runs once per count, and a last table gives the speed-up of the
+fit and of the whole deblend (wall clock) over the first count, and whether the results
+(iterations, loss, conserved fluxes) are identical. ``--synth SIZES`` runs the older
 synthetic blends of ``bench/synth.py`` instead (``SIZE:N_SOURCES`` list, e.g.
 ``60:5,150:25,400:120,1000:600``).
 
@@ -34,6 +45,7 @@ largest overlap group of crops of scene ``e`` (sparse solver against the dense a
 
     python bench/scaling.py [--scenes a,b,c,d,e] [--data PATH] [--cache DIR]
                             [--crowded-seed 2026] [--synth SIZES] [--dtype float32|float64]
+                            [--threads 1,2]
     python bench/scaling.py --sed-scaling 100,300,600,1000,3000 [--dense-max 1100]
     python bench/scaling.py --single-band 400,800
 
@@ -59,7 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import synth  # noqa: E402
 
 import cdeblend  # noqa: E402
-from cdeblend import deblender, spectra  # noqa: E402
+from cdeblend import _threads, deblender, spectra  # noqa: E402
 
 #: The recipe's scenes (size, sources, seed); ``e`` takes its seed from --crowded-seed.
 SCENES = {
@@ -102,18 +114,19 @@ class _Timer:
     """Wraps a function and sums the CPU and wall seconds of its calls."""
 
     def __init__(self, module, name: str):
-        self.cpu = self.wall = 0.0
+        self.cpu = self.wall = self.main = 0.0
         self.module, self.name = module, name
         self.inner = getattr(module, name)
         setattr(module, name, self)
 
     def __call__(self, *args, **kwargs):
-        c, w = time.process_time(), time.perf_counter()
+        c, w, t = time.process_time(), time.perf_counter(), time.thread_time()
         try:
             return self.inner(*args, **kwargs)
         finally:
             self.cpu += time.process_time() - c
             self.wall += time.perf_counter() - w
+            self.main += time.thread_time() - t
 
 
 def floor_seconds(obs, result) -> float:
@@ -149,9 +162,15 @@ def run_one(images, variance, psfs, peaks, true_flux, dtype: str) -> dict:
     return {
         "n": len(peaks),
         "components": len(result.blend.components),
+        "threads": _threads.num_threads(),
         "sed": sed.cpu,
         "init": init.cpu,
         "fit": fit.cpu,
+        "fit_wall": fit.wall,
+        "fit_main": fit.main,
+        "fluxes_digest": float(
+            np.nansum(fluxes * np.arange(1, fluxes.size + 1).reshape(fluxes.shape))
+        ),
         "cpu": cpu,
         "wall": wall,
         "iterations": int(result.iterations),
@@ -286,7 +305,10 @@ def child(args) -> None:
     print(json.dumps(out))
 
 
-def spawn(target: str, args) -> dict:
+def spawn(target: str, args, threads: str | None = None) -> dict:
+    env = dict(os.environ)
+    if threads is not None:
+        env["CDEBLEND_NUM_THREADS"] = threads
     cmd = [
         sys.executable,
         __file__,
@@ -297,7 +319,7 @@ def spawn(target: str, args) -> dict:
         "--dtype",
         args.dtype,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -340,6 +362,10 @@ def main() -> None:
         "--single-band",
         help="N1,N2,...: only time a crowded single-band parent "
         "of that many peaks with OpenBLAS at its default threads and at 1",
+    )
+    ap.add_argument(
+        "--threads",
+        help="N1,N2,...: run each scene with that many fit threads (default: the usable cores)",
     )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -386,27 +412,55 @@ def main() -> None:
         "one fresh process per scene; CPU seconds (time.process_time) unless marked wall"
     )
     head = (
-        f"{'scene':>14} {'N':>5} {'K':>5} {'SED s':>6} {'init s':>7} {'fit s':>7} "
-        f"{'iter':>5} {'ms/it':>7} {'floor ms':>8} {'it/floor':>8} {'wall s':>7} "
+        f"{'scene':>14} {'N':>5} {'K':>5} {'thr':>3} {'SED s':>6} {'init s':>7} {'fit s':>7} "
+        f"{'fit m':>6} {'fit w':>6} {'iter':>5} {'ms/it':>7} {'floor ms':>8} {'it/floor':>8} "
+        f"{'wall s':>7} "
         f"{'RSS MB':>7} {'|dF/F|':>7} {'loss':>11}  scarlet lite (issue 11)"
     )
     print(head)
     print("-" * len(head))
+    counts = args.threads.split(",") if args.threads else [None]
+    runs: dict[str, list[dict]] = {}
     for name, target in targets:
-        r = spawn(target, args)
-        per_it = r["fit"] / max(r["iterations"], 1)
-        label = name
-        if not args.synth:
-            size = SCENES[name][0]
-            label = f"{name} {size}x{size}"
-        print(
-            f"{label:>14} {r['n']:>5} {r['components']:>5} {r['sed']:>6.2f} {r['init']:>7.2f} "
-            f"{r['fit']:>7.2f} {r['iterations']:>5} {1e3 * per_it:>7.1f} "
-            f"{1e3 * r['floor']:>8.1f} {per_it / r['floor']:>8.2f} {r['wall']:>7.1f} "
-            f"{r['rss_mb']:>7.0f} {r['flux_err']:>7.4f} {r['loss']:>11.0f}  "
-            f"{SCARLET_LITE.get(name, '-')}",
-            flush=True,
-        )
+        for threads in counts:
+            r = spawn(target, args, threads)
+            runs.setdefault(name, []).append(r)
+            per_it = r["fit"] / max(r["iterations"], 1)
+            label = name
+            if not args.synth:
+                size = SCENES[name][0]
+                label = f"{name} {size}x{size}"
+            print(
+                f"{label:>14} {r['n']:>5} {r['components']:>5} {r['threads']:>3} "
+                f"{r['sed']:>6.2f} {r['init']:>7.2f} {r['fit']:>7.2f} {r['fit_main']:>6.2f} "
+                f"{r['fit_wall']:>6.2f} "
+                f"{r['iterations']:>5} {1e3 * per_it:>7.1f} {1e3 * r['floor']:>8.1f} "
+                f"{per_it / r['floor']:>8.2f} {r['wall']:>7.1f} {r['rss_mb']:>7.0f} "
+                f"{r['flux_err']:>7.4f} {r['loss']:>11.0f}  {SCARLET_LITE.get(name, '-')}",
+                flush=True,
+            )
+    if len(counts) > 1:
+        speedups(runs)
+
+
+def speedups(runs: dict[str, list[dict]]) -> None:
+    """The speed-up of each scene's runs over its first (fewest threads): of the fit's wall
+    time, of the whole deblend's, and the estimate from CPU times (``fit s`` of the first
+    over ``fit m``, see the module docstring)."""
+    print()
+    head = f"{'scene':>6} {'threads':>7} {'fit x':>6} {'wall x':>6} {'CPU est x':>9}  identical"
+    print(head)
+    print("-" * len(head))
+    for name, rs in runs.items():
+        base = rs[0]
+        for r in rs[1:]:
+            same = all(r[k] == base[k] for k in ("iterations", "loss", "fluxes_digest"))
+            print(
+                f"{name:>6} {base['threads']:>3}->{r['threads']:<3} "
+                f"{base['fit_wall'] / r['fit_wall']:>6.2f} {base['wall'] / r['wall']:>6.2f} "
+                f"{base['fit'] / r['fit_main']:>9.2f}  "
+                f"{'yes' if same else 'NO'}"
+            )
 
 
 if __name__ == "__main__":

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the eager imports, for type checkers and IDEs
+    from ._threads import set_num_threads, thread_limit
     from .apportion import FlatStack, apportion_flux
     from .blend import Blend, Component, Source
     from .catalog import CatalogConfig, deblend_catalog, read_catalog, write_catalog
@@ -46,6 +48,12 @@ if TYPE_CHECKING:  # the eager imports, for type checkers and IDEs
     from .single_band import Child, SingleBandConfig, SingleBandDeblender, SingleBandResult
     from .spectra import fit_seds
     from .survey import deblend_survey
+
+# The fit's threads (cdeblend._threads) wait for each other at every iteration. OpenMP's
+# default lets a waiting thread spin, which on a busy machine (or under a pool of workers)
+# burns the cores the other threads need; passive waiting sleeps instead. Only a default:
+# it takes effect if no OpenMP runtime is loaded yet and the variable is not set.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 #: public name -> the module of the package that defines it
 _EXPORTS = {
@@ -83,6 +91,8 @@ _EXPORTS = {
     "load_models": "model_data",
     "read_catalog": "catalog",
     "save_models": "model_data",
+    "set_num_threads": "_threads",
+    "thread_limit": "_threads",
     "write_catalog": "catalog",
 }
 
@@ -124,6 +134,8 @@ __all__ = [
     "load_models",
     "read_catalog",
     "save_models",
+    "set_num_threads",
+    "thread_limit",
     "write_catalog",
 ]
 

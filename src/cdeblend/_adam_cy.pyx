@@ -298,129 +298,146 @@ cdef int _prox_core(const real[:, :, ::1] grad,
                     double* gs) except -1 nogil:
     """One proximal ADAM iteration of every component (see :func:`adam_prox_step`);
     ``gs``: work space of :func:`_scratch_size` doubles."""
-    cdef Py_ssize_t K = comp.shape[0], B = sed.shape[1]
-    cdef Py_ssize_t k, b, i, y, x, off, y0, x0, h, w, py, px, pk
+    cdef Py_ssize_t k
+    cdef double t = <double>(it + 1)
+    cdef double c1 = 1 - pow(b1, t), c2 = 1 - pow(b2, t)
+    cdef double damp = 0.1 if it == 0 else 1.0
+    for k in range(comp.shape[0]):
+        _prox_one(k, grad, sed, sed_m, sed_v, sed_vhat, morph, morph_m, morph_v, morph_vhat,
+                  comp, bg_thresh, bg_rms, sed_min_step, sed_step, morph_step, b1, b2, eps,
+                  c1, c2, damp, floor, variant, monotonic, table, want_bounds, bounds, gs)
+    return 0
+
+
+cdef void _prox_one(Py_ssize_t k, const real[:, :, ::1] grad,
+                    double[:, ::1] sed, double[:, ::1] sed_m, double[:, ::1] sed_v,
+                    double[:, ::1] sed_vhat,
+                    double[::1] morph, double[::1] morph_m, double[::1] morph_v,
+                    double[::1] morph_vhat,
+                    const int64_t[:, ::1] comp, const double[::1] bg_thresh,
+                    const double[::1] bg_rms, const double[::1] sed_min_step,
+                    double sed_step, double morph_step, double b1, double b2, double eps,
+                    double c1, double c2, double damp, double floor, int variant,
+                    bint monotonic, const RadialTable* table, bint want_bounds,
+                    int64_t[:, ::1] bounds, double* gs) noexcept nogil:
+    """Component k's step of :func:`_prox_core` (``c1``, ``c2``: the bias corrections of the
+    iteration, ``damp`` its step factor). It writes only component k's parameters, moments
+    and bounds and its work space ``gs``: components may run on different threads."""
+    cdef Py_ssize_t B = sed.shape[1]
+    cdef Py_ssize_t b, i, y, x, off, y0, x0, h, w, py, px, pk
     cdef Py_ssize_t ly0, lx0, ly1, lx1
-    cdef double t = <double>(it + 1), c1, c2, mean_s, step, damp, thr, mx, v, inv
-    cdef double* gm
-    cdef double* s_old
-    cdef double* tb
+    cdef double mean_s, step, thr, mx, v, inv
+    cdef double* gm = gs + 3 * B
+    cdef double* s_old = gs + B
+    cdef double* tb = gs + 2 * B
     cdef double* sk
     cdef bint keep
-    s_old = gs + B
-    tb = gs + 2 * B
-    gm = gs + 3 * B
-    c1 = 1 - pow(b1, t)
-    c2 = 1 - pow(b2, t)
-    damp = 0.1 if it == 0 else 1.0
-    for k in range(K):
-        y0 = comp[k, 0]
-        x0 = comp[k, 1]
-        h = comp[k, 2]
-        w = comp[k, 3]
-        off = comp[k, 4]
-        py = comp[k, 5]
-        px = comp[k, 6]
-        for b in range(B):
-            s_old[b] = sed[k, b]
-        _gradients(grad, s_old, &morph[off], B, y0, x0, h, w, gs, gm)
+    y0 = comp[k, 0]
+    x0 = comp[k, 1]
+    h = comp[k, 2]
+    w = comp[k, 3]
+    off = comp[k, 4]
+    py = comp[k, 5]
+    px = comp[k, 6]
+    for b in range(B):
+        s_old[b] = sed[k, b]
+    _gradients(grad, s_old, &morph[off], B, y0, x0, h, w, gs, gm)
 
-        # --- SED: ADAM step, then floor
-        mean_s = 0.0
-        for b in range(B):
-            mean_s += s_old[b]
-        mean_s /= B
-        for b in range(B):
-            step = sed_min_step[b]
-            if sed_step * mean_s > step:
-                step = sed_step * mean_s
-            v = sed[k, b] - damp * step * _adam_delta(
-                gs[b], &sed_m[k, b], &sed_v[k, b], &sed_vhat[k, b], b1, b2, eps, c1, c2,
-                variant)
-            if not isfinite(v) or v < floor:
-                v = floor
-            sed[k, b] = v
+    # --- SED: ADAM step, then floor
+    mean_s = 0.0
+    for b in range(B):
+        mean_s += s_old[b]
+    mean_s /= B
+    for b in range(B):
+        step = sed_min_step[b]
+        if sed_step * mean_s > step:
+            step = sed_step * mean_s
+        v = sed[k, b] - damp * step * _adam_delta(
+            gs[b], &sed_m[k, b], &sed_v[k, b], &sed_vhat[k, b], b1, b2, eps, c1, c2,
+            variant)
+        if not isfinite(v) or v < floor:
+            v = floor
+        sed[k, b] = v
 
-        # --- morphology: ADAM step
-        step = damp * morph_step
-        if variant == 0:
-            _amsgrad_run(&morph[off], &morph_m[off], &morph_v[off], &morph_vhat[off], gm,
-                         h * w, step, b1, b2, eps)
-        else:
-            for i in range(h * w):
-                morph[off + i] -= step * _adam_delta(
-                    gm[i], &morph_m[off + i], &morph_v[off + i], &morph_vhat[off + i],
-                    b1, b2, eps, c1, c2, variant)
-
-        # --- morphology prox chain
-        if monotonic:
-            _radial_project_table(&morph[off], h, w, py, px, table)
-        thr = bg_thresh[k]
-        for b in range(B):
-            tb[b] = bg_rms[b] * thr
-        sk = &sed[k, 0]
-        mx = 0.0  # the maximum, found in the same pass
+    # --- morphology: ADAM step
+    step = damp * morph_step
+    if variant == 0:
+        _amsgrad_run(&morph[off], &morph_m[off], &morph_v[off], &morph_vhat[off], gm,
+                     h * w, step, b1, b2, eps)
+    else:
         for i in range(h * w):
-            v = morph[off + i]
-            if not isfinite(v):
+            morph[off + i] -= step * _adam_delta(
+                gm[i], &morph_m[off + i], &morph_v[off + i], &morph_vhat[off + i],
+                b1, b2, eps, c1, c2, variant)
+
+    # --- morphology prox chain
+    if monotonic:
+        _radial_project_table(&morph[off], h, w, py, px, table)
+    thr = bg_thresh[k]
+    for b in range(B):
+        tb[b] = bg_rms[b] * thr
+    sk = &sed[k, 0]
+    mx = 0.0  # the maximum, found in the same pass
+    for i in range(h * w):
+        v = morph[off + i]
+        if not isfinite(v):
+            v = 0.0
+        elif thr >= 0:
+            keep = False
+            for b in range(B):
+                if sk[b] * v >= tb[b]:
+                    keep = True
+                    break
+            if not keep:
                 v = 0.0
-            elif thr >= 0:
+        elif v < 0:
+            v = 0.0
+        morph[off + i] = v
+        if v > mx:
+            mx = v
+    pk = off + py * w + px
+    if morph[pk] < floor:
+        morph[pk] = floor
+        if floor > mx:
+            mx = floor
+    if mx > 0:
+        inv = 1.0 / mx
+        for i in range(h * w):
+            morph[off + i] *= inv
+
+    # --- significant pixels, for box resizing
+    if want_bounds:
+        if thr < 0:
+            bounds[k, 0] = bounds[k, 1] = bounds[k, 2] = bounds[k, 3] = -2
+            return
+        ly0 = h
+        lx0 = w
+        ly1 = -1
+        lx1 = -1
+        for y in range(h):
+            for x in range(w):
+                v = morph[off + y * w + x]
                 keep = False
                 for b in range(B):
-                    if sk[b] * v >= tb[b]:
+                    if sed[k, b] * v >= tb[b]:
                         keep = True
                         break
-                if not keep:
-                    v = 0.0
-            elif v < 0:
-                v = 0.0
-            morph[off + i] = v
-            if v > mx:
-                mx = v
-        pk = off + py * w + px
-        if morph[pk] < floor:
-            morph[pk] = floor
-            if floor > mx:
-                mx = floor
-        if mx > 0:
-            inv = 1.0 / mx
-            for i in range(h * w):
-                morph[off + i] *= inv
-
-        # --- significant pixels, for box resizing
-        if want_bounds:
-            if thr < 0:
-                bounds[k, 0] = bounds[k, 1] = bounds[k, 2] = bounds[k, 3] = -2
-                continue
-            ly0 = h
-            lx0 = w
-            ly1 = -1
-            lx1 = -1
-            for y in range(h):
-                for x in range(w):
-                    v = morph[off + y * w + x]
-                    keep = False
-                    for b in range(B):
-                        if sed[k, b] * v >= tb[b]:
-                            keep = True
-                            break
-                    if keep:
-                        if y < ly0:
-                            ly0 = y
-                        if y > ly1:
-                            ly1 = y
-                        if x < lx0:
-                            lx0 = x
-                        if x > lx1:
-                            lx1 = x
-            if ly1 < 0:
-                bounds[k, 0] = bounds[k, 1] = bounds[k, 2] = bounds[k, 3] = -1
-            else:
-                bounds[k, 0] = ly0
-                bounds[k, 1] = lx0
-                bounds[k, 2] = ly1
-                bounds[k, 3] = lx1
-    return 0
+                if keep:
+                    if y < ly0:
+                        ly0 = y
+                    if y > ly1:
+                        ly1 = y
+                    if x < lx0:
+                        lx0 = x
+                    if x > lx1:
+                        lx1 = x
+        if ly1 < 0:
+            bounds[k, 0] = bounds[k, 1] = bounds[k, 2] = bounds[k, 3] = -1
+        else:
+            bounds[k, 0] = ly0
+            bounds[k, 1] = lx0
+            bounds[k, 2] = ly1
+            bounds[k, 3] = lx1
 
 
 def copy_overlap(const double[::1] src, const int64_t[:, ::1] src_comp, double[::1] dst,
@@ -575,6 +592,230 @@ cdef bint _settled(const double[::1] hist, Py_ssize_t n, Py_ssize_t w,
     return old - new < tol and hist[n - 1] - new < tol
 
 
+# --- One iteration on several threads (OpenMP through cython.parallel; serial without it).
+#
+# The loss and its gradient split by band: each band's model, convolution, residual and
+# adjoint convolution need only that band, so a job takes a pair of bands (two real planes
+# per complex transform, as _fft_cube) with its own FFT buffers. The components' steps then
+# split by component: each reads the shared gradient and writes only its own parameters.
+# The loss is summed row by row into a buffer and added up afterwards in the serial order, so
+# every result is the same for any number of threads.
+
+from cython.parallel cimport prange, threadid
+
+from ._convolve_cy cimport _fwd, _inv, _pair_mul, _wsq
+from ._fft cimport cd_conv1_part_d, cd_conv1_part_f
+from libc.stdlib cimport calloc, realloc
+
+from . import _threads
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #define CD_OPENMP 1
+    #else
+    #define CD_OPENMP 0
+    #endif
+    """
+    const int CD_OPENMP
+
+#: Whether the kernel was built with OpenMP (else every fit runs on one thread).
+OPENMP = bool(CD_OPENMP)
+
+#: Below this many FFT grid values times bands an iteration stays on one thread (the
+#: threads' start and join would cost more than they save).
+cdef double _PARALLEL_WORK = 5.0 * 128 * 128
+
+#: From this FFT grid size (values) on, an odd band's transforms are shared by the threads
+#: phase by phase (16 waits per iteration: worth it once half a transform takes longer).
+cdef double _SPLIT_GRID = 384.0 * 384
+
+
+def parallel_thresholds(work=None, split=None):
+    """The two size thresholds above (set the given ones; for tests, which need small
+    blends on every path). Returns the previous ``(work, split)``."""
+    global _PARALLEL_WORK, _SPLIT_GRID
+    old = (_PARALLEL_WORK, _SPLIT_GRID)
+    if work is not None:
+        _PARALLEL_WORK = work
+    if split is not None:
+        _SPLIT_GRID = split
+    return old
+
+
+cdef void _render_bands(const double[:, ::1] sed, const double[::1] morph,
+                        const int64_t[:, ::1] comp, real[:, :, ::1] model, Py_ssize_t H,
+                        Py_ssize_t W, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    """:func:`_render` of bands ``b0 <= b < b1`` only (the same sums in the same order)."""
+    cdef Py_ssize_t K = comp.shape[0], k, b, y, x, off, y0, x0, h, w
+    cdef double s
+    for b in range(b0, b1):
+        for y in range(H):
+            for x in range(W):
+                model[b, y, x] = 0
+    for k in range(K):
+        y0 = comp[k, 0]
+        x0 = comp[k, 1]
+        h = comp[k, 2]
+        w = comp[k, 3]
+        off = comp[k, 4]
+        for b in range(b0, b1):
+            s = sed[k, b]
+            for y in range(h):
+                for x in range(w):
+                    model[b, y0 + y, x0 + x] += <real>(s * morph[off + y * w + x])
+
+
+cdef void _residual_rows(const real[:, :, ::1] model_conv,
+                         const real[:, :, ::1] images, const real[:, :, ::1] weights,
+                         real[:, :, ::1] residual, Py_ssize_t b0, Py_ssize_t b1,
+                         double* rows, Py_ssize_t y0=0, Py_ssize_t y1=-1) noexcept nogil:
+    """:func:`_weighted_residual` (with ``store``) of bands ``b0 <= b < b1`` (rows ``y0 <= y
+    < y1``, default all), each row's sum of ``w d^2`` into ``rows[b * H + y]`` (the same
+    partial sums). ``residual`` may be ``model_conv`` (each row is read before it is
+    overwritten)."""
+    cdef Py_ssize_t H = images.shape[1], W = images.shape[2], b, y, x
+    cdef double s0, s1, s2, s3
+    cdef const real* mc
+    cdef const real* im
+    cdef const real* wt
+    cdef real* rs
+    if y1 < 0:
+        y1 = H
+    for b in range(b0, b1):
+        for y in range(y0, y1):
+            mc = &model_conv[b, y, 0]
+            im = &images[b, y, 0]
+            wt = &weights[b, y, 0]
+            rs = &residual[b, y, 0]
+            s0 = s1 = s2 = s3 = 0.0
+            x = 0
+            while x + 4 <= W:
+                s0 += _wsq(mc[x] - im[x], wt[x])
+                s1 += _wsq(mc[x + 1] - im[x + 1], wt[x + 1])
+                s2 += _wsq(mc[x + 2] - im[x + 2], wt[x + 2])
+                s3 += _wsq(mc[x + 3] - im[x + 3], wt[x + 3])
+                x += 4
+            while x < W:
+                s0 += _wsq(mc[x] - im[x], wt[x])
+                x += 1
+            rows[b * H + y] = (s0 + s1) + (s2 + s3)
+            for x in range(W):
+                rs[x] = wt[x] * (mc[x] - im[x])
+
+
+cdef void _band_job(cd_conv* c, Py_ssize_t b, const double[:, ::1] sed,
+                    const double[::1] morph, const int64_t[:, ::1] comp,
+                    const real[:, :, ::1] img, const real[:, :, ::1] wgt,
+                    real[:, :, ::1] mdl, real[:, :, ::1] cnv,
+                    real[:, :, ::1] res, real[:, :, ::1] grd,
+                    const real[:, :, :, ::1] fk, double* rows) noexcept nogil:
+    """Bands ``b`` and ``b + 1`` (if any) of one iteration's loss and gradient: render,
+    convolve, weighted residual, adjoint convolution (as :func:`_fft_cube` pairs them)."""
+    cdef Py_ssize_t B = img.shape[0], H = img.shape[1], W = img.shape[2]
+    cdef bint two = b + 1 < B
+    _render_bands(sed, morph, comp, mdl, H, W, b, b + 2 if two else b + 1)
+    _fwd(c, &mdl[b, 0, 0], W, H, W, 0, 0, &mdl[b + 1, 0, 0] if two else NULL, W, H, W, 0, 0)
+    _pair_mul(c, &fk[b, 0, 0, 0], &fk[b + 1, 0, 0, 0] if two else NULL, 0)
+    _inv(c, &cnv[b, 0, 0], W, H, W, &cnv[b + 1, 0, 0] if two else NULL, W, H, W)
+    _residual_rows(cnv, img, wgt, res, b, b + 2 if two else b + 1, rows)
+    _fwd(c, &res[b, 0, 0], W, H, W, 0, 0, &res[b + 1, 0, 0] if two else NULL, W, H, W, 0, 0)
+    _pair_mul(c, &fk[b, 0, 0, 0], &fk[b + 1, 0, 0, 0] if two else NULL, 1)
+    _inv(c, &grd[b, 0, 0], W, H, W, &grd[b + 1, 0, 0] if two else NULL, W, H, W)
+
+
+cdef inline void _conv1_part(cd_conv* c, cd_conv* s, int phase, int p, int P,
+                             const real* a, Py_ssize_t lda, int h, int w,
+                             const real* f, int conj, real* out,
+                             Py_ssize_t ldo) noexcept nogil:
+    if real is float:
+        cd_conv1_part_f(c, s, phase, p, P, a, lda, h, w, f, conj, out, ldo)
+    else:
+        cd_conv1_part_d(c, s, phase, p, P, a, lda, h, w, f, conj, out, ldo)
+
+
+cdef void _single_band_threads(cd_conv* convs, int nt, Py_ssize_t b,
+                               const real[:, :, ::1] img, const real[:, :, ::1] wgt,
+                               real[:, :, ::1] mdl, real[:, :, ::1] cnv,
+                               real[:, :, ::1] res, real[:, :, ::1] grd,
+                               const real[:, :, :, ::1] fk, double* rows) noexcept nogil:
+    """:func:`_band_job` of one band (already rendered) with each transform shared by
+    ``nt`` threads, phase by phase (``cd_conv1_part``): the band left over when the pairs
+    of bands do not split evenly over the threads."""
+    cdef int H = img.shape[1], W = img.shape[2], phase, p, lo, hi, chunk
+    cdef int last = 7
+    for phase in range(2 * (last + 1)):
+        for p in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+            if phase <= last:  # the model's convolution, then the residual of its rows
+                _conv1_part(&convs[0], &convs[threadid()], phase, p, nt, &mdl[b, 0, 0], W, H,
+                            W, &fk[b, 0, 0, 0], 0, &cnv[b, 0, 0], W)
+                if phase == last:  # the rows this thread just wrote (cd_conv1_part's split)
+                    chunk = (((H + nt - 1) // nt) + 7) & ~7
+                    lo = min(p * chunk, H)
+                    hi = min(lo + chunk, H)
+                    _residual_rows(cnv, img, wgt, res, b, b + 1, rows, lo, hi)
+            else:  # the adjoint convolution of the residual
+                _conv1_part(&convs[0], &convs[threadid()], phase - last - 1, p, nt,
+                            &res[b, 0, 0], W, H, W, &fk[b, 0, 0, 0], 1, &grd[b, 0, 0], W)
+
+
+cdef double _loss_and_gradient(cd_conv* convs, int nt, const double[:, ::1] sed,
+                               const double[::1] morph, const int64_t[:, ::1] comp,
+                               const real[:, :, ::1] img, const real[:, :, ::1] wgt,
+                               real[:, :, ::1] mdl, real[:, :, ::1] cnv,
+                               real[:, :, ::1] res, real[:, :, ::1] grd,
+                               const real[:, :, :, ::1] fk, double* rows) noexcept nogil:
+    """The loss of the rendered parameters and its gradient ``grd`` w.r.t. the model, the
+    band pairs on ``nt`` threads (thread t uses ``convs[t]``; ``rows``: B H doubles)."""
+    cdef Py_ssize_t B = img.shape[0], H = img.shape[1], jobs = (B + 1) // 2, j, i
+    cdef double total = 0.0
+    if nt > 1 and B % 2 == 1 and <double>convs[0].n0 * convs[0].n1 >= _SPLIT_GRID:
+        # the pairs side by side, then the odd band's transforms shared by the threads
+        if B > 1:
+            for j in prange(B // 2, num_threads=nt, schedule="static", chunksize=1):
+                _band_job(&convs[threadid()], 2 * j, sed, morph, comp, img, wgt, mdl, cnv,
+                          res, grd, fk, rows)
+        _render_bands(sed, morph, comp, mdl, H, img.shape[2], B - 1, B)
+        _single_band_threads(convs, nt, B - 1, img, wgt, mdl, cnv, res, grd, fk, rows)
+    elif nt > 1 and jobs > 1:
+        for j in prange(jobs, num_threads=nt, schedule="static", chunksize=1):
+            _band_job(&convs[threadid()], 2 * j, sed, morph, comp, img, wgt, mdl, cnv, res,
+                      grd, fk, rows)
+    else:
+        for j in range(jobs):
+            _band_job(&convs[0], 2 * j, sed, morph, comp, img, wgt, mdl, cnv, res, grd, fk,
+                      rows)
+    for i in range(B * H):  # the order of _weighted_residual's running sum
+        total += rows[i]
+    return 0.5 * total
+
+
+cdef void _prox_threads(int nt, const real[:, :, ::1] grad,
+                        double[:, ::1] sed, double[:, ::1] sed_m, double[:, ::1] sed_v,
+                        double[:, ::1] sed_vhat,
+                        double[::1] morph, double[::1] morph_m, double[::1] morph_v,
+                        double[::1] morph_vhat,
+                        const int64_t[:, ::1] comp, const double[::1] bg_thresh,
+                        const double[::1] bg_rms, const double[::1] sed_min_step,
+                        double sed_step, double morph_step, Py_ssize_t it, double b1,
+                        double b2, double eps, double floor, int variant, bint monotonic,
+                        const RadialTable* table, bint want_bounds,
+                        int64_t[:, ::1] bounds, double* scratch,
+                        Py_ssize_t per_thread) noexcept nogil:
+    """:func:`_prox_core` with the components on ``nt`` threads (thread t's work space at
+    ``scratch + t * per_thread``); components are handed out a few at a time, as their
+    sizes vary."""
+    cdef Py_ssize_t k
+    cdef double t = <double>(it + 1)
+    cdef double c1 = 1 - pow(b1, t), c2 = 1 - pow(b2, t)
+    cdef double damp = 0.1 if it == 0 else 1.0
+    for k in prange(comp.shape[0], num_threads=nt, schedule="dynamic", chunksize=4):
+        _prox_one(k, grad, sed, sed_m, sed_v, sed_vhat, morph, morph_m, morph_v, morph_vhat,
+                  comp, bg_thresh, bg_rms, sed_min_step, sed_step, morph_step, b1, b2, eps,
+                  c1, c2, damp, floor, variant, monotonic, table, want_bounds, bounds,
+                  scratch + threadid() * per_thread)
+
+
 cdef enum:
     _RESIZED = 1
     _CONVERGED = 2
@@ -626,7 +867,16 @@ cdef class FitKernel:
     cdef int variant
     # data (set_data): one precision is used, the other views stay empty
     cdef bint has_data, dbl, use_fft
-    cdef cd_conv conv
+    # FFT buffers of each thread (convs[0] for one thread), the loss's row sums, the step's
+    # work space of each thread (per_thread doubles each) and the threads of this iterate()
+    cdef cd_conv* convs
+    cdef int nconv
+    cdef double* rows
+    cdef double* tscratch
+    cdef Py_ssize_t tscratch_size
+    cdef int nt, img_width
+    #: Threads of :meth:`iterate` (0: :func:`cdeblend._threads.num_threads` at each call).
+    cdef public int num_threads
     cdef float[:, :, ::1] img_f, wgt_f, mdl_f, cnv_f, res_f, grd_f, ker_f, gker_f
     cdef float[:, :, :, ::1] fk_f
     cdef double[:, :, ::1] img_d, wgt_d, mdl_d, cnv_d, res_d, grd_d, ker_d, gker_d
@@ -649,9 +899,13 @@ cdef class FitKernel:
         self.variant = variant
 
     def __dealloc__(self):
-        if self.has_data and self.use_fft:
-            cd_conv_free(&self.conv)
+        cdef int i
+        for i in range(self.nconv):
+            cd_conv_free(&self.convs[i])
+        free(self.convs)
         free(self.scratch)
+        free(self.rows)
+        free(self.tscratch)
 
     def set_data(self, images, weights, kernels, grad_kernels, fk, int n0, int n1,
                  double[::1] history):
@@ -669,16 +923,30 @@ cdef class FitKernel:
         if images.shape[0] != self.bg_rms.shape[0]:
             raise ValueError("images and bg_rms differ in the number of bands")
         B, H, W = images.shape
-        work = [np.empty((B, H, W), dtype) for _ in range(4)]
+        if fk is not None:
+            # model and gradient share a buffer, as do the convolved model and the residual:
+            # a band's model is read (transformed) before its gradient is written, its
+            # convolution before its residual (_band_job), and the next render comes after
+            # the step has read the gradient
+            work = [np.empty((B, H, W), dtype) for _ in range(2)]
+            work = [work[0], work[1], work[1], work[0]]
+        else:
+            work = [np.empty((B, H, W), dtype) for _ in range(4)]
         self.dbl = dtype == np.float64
         self.use_fft = fk is not None
         if self.use_fft:
             if fk.dtype != dtype or fk.shape != (B, 2, n1, n0) or n0 < H or n1 < W:
                 raise ValueError("kernel transforms do not match the images")
-            st = cd_conv_init(&self.conv, n0, n1, W, self.dbl)
+            self.convs = <cd_conv*>calloc(1, sizeof(cd_conv))
+            self.rows = <double*>malloc(B * H * sizeof(double))
+            if self.convs == NULL or self.rows == NULL:
+                raise MemoryError()
+            st = cd_conv_init(&self.convs[0], n0, n1, W, self.dbl)
             if st != 0:
                 raise (ValueError if st == -1 else MemoryError)(
                     f"cannot make FFT buffers for the ({n0}, {n1}) grid")
+            self.nconv = 1
+            self.img_width = W
         else:
             if (kernels.dtype != dtype or grad_kernels.dtype != dtype
                     or kernels.shape[0] != B or grad_kernels.shape != kernels.shape):
@@ -705,6 +973,11 @@ cdef class FitKernel:
             self.scratch_size = 0
             raise MemoryError()
         self.has_data = True
+
+    @property
+    def threads(self):
+        """The threads the last :meth:`iterate` ran on."""
+        return max(self.nt, 1)
 
     def set_history(self, double[::1] history):
         """Replace the loss-history buffer (a longer copy)."""
@@ -847,6 +1120,8 @@ cdef class FitKernel:
         st.has_best = has_best
         st.improved = False
         st.status = 0
+        self._prepare_threads(self.num_threads if self.num_threads > 0
+                              else _threads.num_threads())
         with nogil:
             if self.dbl:
                 self._iterate(self.img_d, self.wgt_d, self.mdl_d, self.cnv_d, self.res_d,
@@ -858,13 +1133,55 @@ cdef class FitKernel:
                               best_morph, best_comp, &st)
         return st.status, st.it, st.new_size, st.improved, st.best_loss, st.best_size
 
+    cdef int _prepare_threads(self, int nt) except -1:
+        """Set the threads of the next iterations to ``nt`` (1 without OpenMP or for a
+        small blend) and give each its FFT buffers (fewer threads if memory runs out)."""
+        cdef cd_conv* grown
+        cdef Py_ssize_t B = self.bg_rms.shape[0]
+        cdef double work
+        if self.use_fft:
+            work = <double>B * self.convs[0].n0 * self.convs[0].n1
+        else:
+            work = <double>B * self.scratch_size
+        if not CD_OPENMP or work < _PARALLEL_WORK or nt < 1:
+            nt = 1
+        if self.use_fft and nt > self.nconv:
+            grown = <cd_conv*>realloc(self.convs, nt * sizeof(cd_conv))
+            if grown != NULL:
+                self.convs = grown
+                while self.nconv < nt:
+                    if cd_conv_init(&self.convs[self.nconv], self.convs[0].n0,
+                                    self.convs[0].n1, self.img_width,
+                                    self.dbl) != 0:
+                        break
+                    self.nconv += 1
+            nt = self.nconv
+        self.nt = nt
+        return 0
+
+    cdef Py_ssize_t _thread_scratch(self, Py_ssize_t B) noexcept nogil:
+        """Doubles of each thread's work space for the step (whole cache lines), grown to
+        the current boxes; 0 for one thread (or no memory: the step then runs serially)."""
+        cdef Py_ssize_t per
+        cdef double* grown
+        if self.nt <= 1:
+            return 0
+        per = (_scratch_size(self.comp, B) + 7) & ~(<Py_ssize_t>7)
+        if per * self.nt > self.tscratch_size:
+            grown = <double*>realloc(self.tscratch, per * self.nt * sizeof(double))
+            if grown == NULL:
+                return 0
+            self.tscratch = grown
+            self.tscratch_size = per * self.nt
+        return per
+
     cdef int _iterate(self, real[:, :, ::1] img, real[:, :, ::1] wgt, real[:, :, ::1] mdl,
                       real[:, :, ::1] cnv, real[:, :, ::1] res, real[:, :, ::1] grd,
                       real[:, :, :, ::1] fk, real[:, :, ::1] ker, real[:, :, ::1] gker,
                       double[:, ::1] best_sed, double[::1] best_morph,
                       int64_t[:, ::1] best_comp, IterState* st) except -1 nogil:
         cdef Py_ssize_t H = img.shape[1], W = img.shape[2], K = self.comp.shape[0]
-        cdef Py_ssize_t B = img.shape[0], n, k, b, r, cap = self.mbuf0.shape[1]
+        cdef Py_ssize_t B = img.shape[0], n, k, b, r, cap = self.mbuf0.shape[1], per
         cdef double loss
         cdef bint do_resize
         cdef int status
@@ -875,16 +1192,15 @@ cdef class FitKernel:
             t = &self.table.table
         while st.it < st.max_iter:
             m = self.mbuf0 if self.current == 0 else self.mbuf1
-            _render(self.sed, m[0, :self.size], self.comp, mdl, H, W)
             if self.use_fft:
-                _fft_cube(&self.conv, mdl, 0, 0, fk, cnv, 0)
+                loss = _loss_and_gradient(self.convs, self.nt, self.sed, m[0, :self.size],
+                                          self.comp, img, wgt, mdl, cnv, res, grd, fk,
+                                          self.rows)
             else:
+                _render(self.sed, m[0, :self.size], self.comp, mdl, H, W)
                 cnv[...] = 0
                 _direct_conv(mdl, ker, cnv, 0, 0)
-            loss = _weighted_residual(cnv, img, wgt, res, True)
-            if self.use_fft:
-                _fft_cube(&self.conv, res, 0, 0, fk, grd, 1)
-            else:
+                loss = _weighted_residual(cnv, img, wgt, res, True)
                 grd[...] = 0
                 _direct_conv(res, gker, grd, 0, 0)
             self.hist[st.it] = loss
@@ -903,11 +1219,21 @@ cdef class FitKernel:
                 st.improved = True
             do_resize = st.resize > 0 and st.it > 0 and st.it % st.resize == 0
             n = self.size
-            _prox_core(grd, self.sed, self.sed_state[0], self.sed_state[1],
-                       self.sed_state[2], m[0, :n], m[1, :n], m[2, :n], m[3, :n], self.comp,
-                       self.bg_thresh, self.bg_rms, self.min_step, self.sed_step,
-                       self.morph_step, st.it, self.b1, self.b2, self.eps, self.floor,
-                       self.variant, t != NULL, t, do_resize, self.bounds, self.scratch)
+            per = self._thread_scratch(B)
+            if per > 0:
+                _prox_threads(self.nt, grd, self.sed, self.sed_state[0], self.sed_state[1],
+                              self.sed_state[2], m[0, :n], m[1, :n], m[2, :n], m[3, :n],
+                              self.comp, self.bg_thresh, self.bg_rms, self.min_step,
+                              self.sed_step, self.morph_step, st.it, self.b1, self.b2,
+                              self.eps, self.floor, self.variant, t != NULL, t, do_resize,
+                              self.bounds, self.tscratch, per)
+            else:
+                _prox_core(grd, self.sed, self.sed_state[0], self.sed_state[1],
+                           self.sed_state[2], m[0, :n], m[1, :n], m[2, :n], m[3, :n],
+                           self.comp, self.bg_thresh, self.bg_rms, self.min_step,
+                           self.sed_step, self.morph_step, st.it, self.b1, self.b2, self.eps,
+                           self.floor, self.variant, t != NULL, t, do_resize, self.bounds,
+                           self.scratch)
             status = 0
             if do_resize:
                 n = _resized_table(self.comp, self.bounds, self.peaks, st.pad, H, W,

@@ -3,7 +3,8 @@
 # so the call through a function pointer (how Cython calls across modules) costs nothing
 # measurable.
 
-from ._fft cimport cd_conv
+from ._fft cimport (cd_conv, cd_fwd2d_d, cd_fwd2d_f, cd_inv2d_d, cd_inv2d_f, cd_pair_mul_d,
+                    cd_pair_mul_f)
 from ._shared.fused cimport real
 
 
@@ -18,3 +19,38 @@ cdef double _weighted_residual(const real[:, :, ::1] model_conv,
 cdef int _fft_cube(cd_conv* c, const real[:, :, ::1] src, int oy, int ox,
                    const real[:, :, :, ::1] fk, real[:, :, ::1] out,
                    int conj) except -1 nogil
+
+
+# Small helpers inlined where they are called (per pixel, or per transform of one band):
+# their bodies live here so that _adam_cy's threaded iteration inlines them too.
+cdef inline double _wsq(real d, real w) noexcept nogil:
+    """d * (w * d) with the product w * d rounded to the working precision first (the
+    stored residual), then the multiplication in double."""
+    cdef real r = w * d
+    return <double>d * <double>r
+
+
+# the FFT core in one precision or the other
+cdef inline void _fwd(cd_conv* c, const real* a, Py_ssize_t lda, int ha, int wa, int oya,
+                      int oxa, const real* b, Py_ssize_t ldb, int hb, int wb, int oyb,
+                      int oxb) noexcept nogil:
+    if real is float:
+        cd_fwd2d_f(c, a, lda, ha, wa, oya, oxa, b, ldb, hb, wb, oyb, oxb)
+    else:
+        cd_fwd2d_d(c, a, lda, ha, wa, oya, oxa, b, ldb, hb, wb, oyb, oxb)
+
+
+cdef inline void _inv(cd_conv* c, real* a, Py_ssize_t lda, int ha, int wa, real* b,
+                      Py_ssize_t ldb, int hb, int wb) noexcept nogil:
+    if real is float:
+        cd_inv2d_f(c, a, lda, ha, wa, b, ldb, hb, wb, 0)
+    else:
+        cd_inv2d_d(c, a, lda, ha, wa, b, ldb, hb, wb, 0)
+
+
+cdef inline void _pair_mul(cd_conv* c, const real* fa, const real* fb,
+                           int conj) noexcept nogil:
+    if real is float:
+        cd_pair_mul_f(c, fa, fb, conj)
+    else:
+        cd_pair_mul_d(c, fa, fb, conj)

@@ -20,9 +20,8 @@ from libc.math cimport log2
 from libc.stdlib cimport free, malloc
 
 from ._fft cimport (cd_conv, cd_conv_free, cd_conv_init, cd_fast_len, cd_fft_cols_d,
-                    cd_fft_cols_f, cd_fwd2d_d, cd_fwd2d_f, cd_inv2d_d, cd_inv2d_f, cd_mul2_d,
-                    cd_mul2_f, cd_mul_d, cd_mul_f, cd_pair_mul_d, cd_pair_mul_f, cd_plan,
-                    cd_spectrum_d)
+                    cd_fft_cols_f, cd_fwd2d_d, cd_fwd2d_f, cd_inv2d_d, cd_mul2_d, cd_mul2_f,
+                    cd_mul_d, cd_mul_f, cd_plan, cd_spectrum_d)
 from ._shared.fused cimport real
 from ._shared.gil cimport _release_gil
 
@@ -116,13 +115,6 @@ cdef int _direct_conv(const real[:, :, ::1] src, const real[:, :, ::1] kernel,
     return 0
 
 
-cdef inline double _wsq(real d, real w) noexcept nogil:
-    """d * (w * d) with the product w * d rounded to the working precision first (the
-    stored residual), then the multiplication in double."""
-    cdef real r = w * d
-    return <double>d * <double>r
-
-
 cdef double _weighted_residual(const real[:, :, ::1] model_conv,
                                const real[:, :, ::1] images,
                                const real[:, :, ::1] weights,
@@ -164,31 +156,6 @@ cdef double _weighted_residual(const real[:, :, ::1] model_conv,
 
 
 # the FFT core in one precision or the other
-cdef inline void _fwd(cd_conv* c, const real* a, Py_ssize_t lda, int ha, int wa, int oya,
-                      int oxa, const real* b, Py_ssize_t ldb, int hb, int wb, int oyb,
-                      int oxb) noexcept nogil:
-    if real is float:
-        cd_fwd2d_f(c, a, lda, ha, wa, oya, oxa, b, ldb, hb, wb, oyb, oxb)
-    else:
-        cd_fwd2d_d(c, a, lda, ha, wa, oya, oxa, b, ldb, hb, wb, oyb, oxb)
-
-
-cdef inline void _inv(cd_conv* c, real* a, Py_ssize_t lda, int ha, int wa, real* b,
-                      Py_ssize_t ldb, int hb, int wb) noexcept nogil:
-    if real is float:
-        cd_inv2d_f(c, a, lda, ha, wa, b, ldb, hb, wb, 0)
-    else:
-        cd_inv2d_d(c, a, lda, ha, wa, b, ldb, hb, wb, 0)
-
-
-cdef inline void _pair_mul(cd_conv* c, const real* fa, const real* fb,
-                           int conj) noexcept nogil:
-    if real is float:
-        cd_pair_mul_f(c, fa, fb, conj)
-    else:
-        cd_pair_mul_d(c, fa, fb, conj)
-
-
 cdef inline void _mul(cd_conv* c, const real* f, int conj) noexcept nogil:
     if real is float:
         cd_mul_f(c, f, conj)

@@ -85,6 +85,11 @@ void cd_spectrum_f(const cd_conv *c, float *out);
 void cd_inv2d_f(cd_conv *c, float *a, ptrdiff_t lda, int ha, int wa, float *b, ptrdiff_t ldb,
                 int hb, int wb, int accumulate);
 void cd_fft_cols_f(cd_conv *c, const cd_plan *p, int V, ptrdiff_t ld, float *re, float *im);
+/* conv1_part: part p of P of phase 0-7 of one plane's convolution with one kernel on c's
+ * grid with s's strip buffers (see _fft_impl.h), for threads that share one transform */
+void cd_conv1_part_f(cd_conv *c, cd_conv *s, int phase, int p, int P, const float *a,
+                     ptrdiff_t lda, int h, int w, const float *f, int conj, float *out,
+                     ptrdiff_t ldo);
 
 void cd_fwd2d_d(cd_conv *c, const double *a, ptrdiff_t lda, int ha, int wa, int oya, int oxa,
                 const double *b, ptrdiff_t ldb, int hb, int wb, int oyb, int oxb);
@@ -95,5 +100,8 @@ void cd_spectrum_d(const cd_conv *c, double *out);
 void cd_inv2d_d(cd_conv *c, double *a, ptrdiff_t lda, int ha, int wa, double *b, ptrdiff_t ldb,
                 int hb, int wb, int accumulate);
 void cd_fft_cols_d(cd_conv *c, const cd_plan *p, int V, ptrdiff_t ld, double *re, double *im);
+void cd_conv1_part_d(cd_conv *c, cd_conv *s, int phase, int p, int P, const double *a,
+                     ptrdiff_t lda, int h, int w, const double *f, int conj, double *out,
+                     ptrdiff_t ldo);
 
 #endif

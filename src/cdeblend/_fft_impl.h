@@ -450,3 +450,97 @@ CD_HOT void SUF(cd_inv2d)(cd_conv *c, R *a, ptrdiff_t lda, int ha, int wa, R *b,
                     dst[x] = src[x] * scale;
         }
 }
+
+/* ------------------------------------------------------------- one plane on several threads
+ * The convolution of one real plane a (h x w, row stride lda, at the grid's origin) with one
+ * kernel transform f (conjugated with conj) into out (h x w, row stride ldo): what
+ * cd_fwd2d (no second plane), cd_pair_mul (no second kernel) and cd_inv2d compute, cut into
+ * 8 phases (0-7) of which each of P threads runs part p, the threads waiting for each other
+ * between phases. The parts split columns or rows, so every value is computed by the same
+ * operations as in the one-thread calls (the same results). The grids are c's; the strip
+ * buffers of the transforms are s's (the calling thread's own cd_conv on the same grid). */
+static CD_INLINE void SUF(part)(int n, int p, int P, int *lo, int *hi)
+{
+    int chunk = ((n + P - 1) / P + 7) & ~7; /* whole vectors */
+    long long a = (long long)p * chunk, b = a + chunk;
+    *lo = a < n ? (int)a : n;
+    *hi = b < n ? (int)b : n;
+}
+
+CD_HOT void SUF(cd_conv1_part)(cd_conv *c, cd_conv *s, int phase, int p, int P, const R *a,
+                               ptrdiff_t lda, int h, int w, const R *f, int conj, R *out,
+                               ptrdiff_t ldo)
+{
+    const int n0 = c->n0, n1 = c->n1, V = SUF(width8)(c, w);
+    const ptrdiff_t ldy = c->ldy, ldt = c->ldt;
+    R *yr = (R *)c->yr, *yi = (R *)c->yi, *tr = (R *)c->tr, *ti = (R *)c->ti;
+    R *wr = (R *)c->wr, *wi = (R *)c->wi;
+    int lo, hi;
+    switch (phase) {
+    case 0: /* place the plane (columns lo..hi), transform them along axis 0 */
+        SUF(part)(V, p, P, &lo, &hi);
+        if (hi <= lo)
+            return;
+        for (int y = 0; y < n0; y++) {
+            R *row = yr + y * ldy;
+            memset(yi + y * ldy + lo, 0, (size_t)(hi - lo) * sizeof(R));
+            int copy = y < h ? (w < hi ? w : hi) - lo : 0;
+            if (copy < 0)
+                copy = 0;
+            if (copy > 0)
+                memcpy(row + lo, a + y * lda + lo, (size_t)copy * sizeof(R));
+            memset(row + lo + copy, 0, (size_t)(hi - lo - copy) * sizeof(R));
+        }
+        SUF(fft_cols)(s, &c->p0, hi - lo, ldy, yr + lo, yi + lo);
+        return;
+    case 1: /* transpose columns lo..hi of the w used ones; clear spectrum rows >= w */
+        SUF(part)(w, p, P, &lo, &hi);
+        SUF(transpose)(n0, hi - lo, yr + lo, ldy, tr + (size_t)lo * ldt, ldt);
+        SUF(transpose)(n0, hi - lo, yi + lo, ldy, ti + (size_t)lo * ldt, ldt);
+        SUF(part)(n1 - w, p, P, &lo, &hi);
+        memset(tr + (size_t)(w + lo) * ldt, 0, (size_t)(hi - lo) * ldt * sizeof(R));
+        memset(ti + (size_t)(w + lo) * ldt, 0, (size_t)(hi - lo) * ldt * sizeof(R));
+        return;
+    case 2: /* transform along kx */
+        SUF(part)(n0, p, P, &lo, &hi);
+        if (hi > lo)
+            SUF(fft_cols)(s, &c->p1, hi - lo, ldt, tr + lo, ti + lo);
+        return;
+    case 3: { /* times the kernel, spectrum rows lo..hi */
+        const size_t nt = (size_t)n0 * n1;
+        SUF(part)(n1, p, P, &lo, &hi);
+        for (int kx = lo; kx < hi; kx++) {
+            const size_t o = (size_t)kx * n0;
+            SUF(mul_row)(n0, tr + kx * ldt, ti + kx * ldt, f + o, f + nt + o, wr + kx * ldt,
+                         wi + kx * ldt, conj ? (R)-1 : (R)1);
+        }
+        return;
+    }
+    case 4: /* inverse along kx (forward with re and im swapped) */
+        SUF(part)(n0, p, P, &lo, &hi);
+        if (hi > lo)
+            SUF(fft_cols)(s, &c->p1, hi - lo, ldt, wi + lo, wr + lo);
+        return;
+    case 5: /* transpose the w rows used back */
+        SUF(part)(w, p, P, &lo, &hi);
+        SUF(transpose)(hi - lo, n0, wr + (size_t)lo * ldt, ldt, yr + lo, ldy);
+        SUF(transpose)(hi - lo, n0, wi + (size_t)lo * ldt, ldt, yi + lo, ldy);
+        return;
+    case 6: /* inverse along axis 0 */
+        SUF(part)(V, p, P, &lo, &hi);
+        if (hi > lo)
+            SUF(fft_cols)(s, &c->p0, hi - lo, ldy, yi + lo, yr + lo);
+        return;
+    default: { /* scaled real part, output rows lo..hi */
+        const R scale = (R)(1.0 / ((double)n0 * (double)n1));
+        SUF(part)(h, p, P, &lo, &hi);
+        for (int y = lo; y < hi; y++) {
+            const R *restrict src = yr + y * ldy;
+            R *restrict dst = out + y * ldo;
+            for (int x = 0; x < w; x++)
+                dst[x] = src[x] * scale;
+        }
+        return;
+    }
+    }
+}

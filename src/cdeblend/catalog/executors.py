@@ -4,6 +4,7 @@ client, largest parent first, with an optional progress bar."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .._threads import thread_limit
 from .tasks import Outcome, Task
 
 __all__ = ["check_executor", "run_tasks", "submit_or_run", "usable_cpus"]
@@ -91,6 +93,18 @@ def _largest_first(tasks: list[Task]) -> list[int]:
     return sorted(range(len(tasks)), key=cost.__getitem__)
 
 
+def _limited(fn: Callable[[Task], Outcome], threads: int, task: Task) -> Outcome:
+    with thread_limit(threads):
+        return fn(task)
+
+
+def _per_worker(fn: Callable[[Task], Outcome], workers: int) -> Callable[[Task], Outcome]:
+    """``fn`` with each fit limited to this machine's share of cores per worker: a pool that
+    runs parents side by side already keeps the cores busy, and a fit's own threads on top
+    would only compete with the other workers (a module-level partial: it pickles)."""
+    return functools.partial(_limited, fn, max(usable_cpus() // max(workers, 1), 1))
+
+
 def run_tasks(
     tasks: list[Task],
     fn: Callable[[Task], Outcome],
@@ -109,6 +123,11 @@ def run_tasks(
                 bar.update(1)
         elif executor == "threads" or isinstance(executor, cf.Executor):
             own = executor == "threads"
+            workers = (
+                (max_workers or usable_cpus()) if own else getattr(executor, "_max_workers", 0)
+            )
+            # an unknown pool (no worker count) gets one thread per fit
+            fn = _per_worker(fn, workers or usable_cpus())
             # one thread per usable core: more only queue up for the GIL between kernels
             pool = (
                 cf.ThreadPoolExecutor(max_workers=max_workers or usable_cpus()) if own else executor
@@ -129,6 +148,11 @@ def run_tasks(
                     pool.shutdown(wait=True)
         elif executor == "dask" or _is_client(executor):
             client = executor if _is_client(executor) else _current_client()
+            # the local scheduler runs max_workers (default: a core each) parents at once; a
+            # cluster's workers get one thread per fit
+            fn = _per_worker(
+                fn, (max_workers or usable_cpus()) if client is None else usable_cpus()
+            )
             if client is None:
                 import dask
                 from dask import delayed
