@@ -19,7 +19,7 @@ from libc.math cimport fabs, isfinite, pow, sqrt
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 
-from ._convolve_cy cimport _direct_conv, _fft_cube, _weighted_residual
+from ._convolve_cy cimport _direct_conv, _weighted_residual
 from ._fft cimport cd_conv, cd_conv_free, cd_conv_init
 from ._monotonic_cy cimport (RadialTable, _radial_project_table, _table_free,
                              _table_from_list)

@@ -20,8 +20,8 @@ from libc.math cimport log2
 from libc.stdlib cimport free, malloc
 
 from ._fft cimport (cd_conv, cd_conv_free, cd_conv_init, cd_fast_len, cd_fft_cols_d,
-                    cd_fft_cols_f, cd_fwd2d_d, cd_fwd2d_f, cd_inv2d_d, cd_mul2_d, cd_mul2_f,
-                    cd_mul_d, cd_mul_f, cd_plan, cd_spectrum_d)
+                    cd_fft_cols_f, cd_mul2_d, cd_mul2_f, cd_mul_d, cd_mul_f, cd_plan,
+                    cd_spectrum_d)
 from ._shared.fused cimport real
 from ._shared.gil cimport _release_gil
 
