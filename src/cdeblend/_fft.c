@@ -84,11 +84,14 @@ int cd_plan_init(cd_plan *p, int n)
     return 0;
 }
 
-/* Columns per cache strip: two strip buffers (re + im) of n x strip values stay within
- * about 256 KiB; at least 16 columns (two AVX vectors of floats), a multiple of 8. */
+/* Columns per cache strip: the four strip buffers (two complex ones) of n x strip values
+ * fill about 1 MiB (an L2 cache); at least 16 columns (two AVX vectors of floats), a
+ * multiple of 8. Wide strips matter more than a strict cache fit: the late stages of a
+ * transform loop over strip-wide rows, and at 1024 rows a 256 KiB budget left 16-column
+ * strips whose short loops ran the column pass ~1.7 x slower (bench/convolve.py). */
 static int strip_width(int nmax, int vmax, size_t dsize)
 {
-    size_t s = (256u * 1024u) / (4u * (size_t)nmax * dsize);
+    size_t s = (1024u * 1024u) / (4u * (size_t)nmax * dsize);
     s &= ~(size_t)7;
     if (s < 16)
         s = 16;
