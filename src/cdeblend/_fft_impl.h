@@ -207,6 +207,20 @@ static CD_INLINE void SUF(stage)(const cd_plan *p, int s, int V, const R *x_r, c
     }
 }
 
+/* One full 8 x 8 tile of transpose: constant trip counts, so the compiler keeps the tile
+ * in registers (vector loads, shuffles, vector stores) instead of 64 scalar moves. */
+static CD_INLINE void SUF(tile8)(const R *restrict in, ptrdiff_t ldi, R *restrict out,
+                                 ptrdiff_t ldo)
+{
+    R t[8][8];
+    for (int i = 0; i < 8; i++)
+        for (int j = 0; j < 8; j++)
+            t[j][i] = in[i * ldi + j];
+    for (int j = 0; j < 8; j++)
+        for (int i = 0; i < 8; i++)
+            out[j * ldo + i] = t[j][i];
+}
+
 /* out[j, i] = in[i, j] for i < rows, j < cols, in 8 x 8 tiles */
 static CD_INLINE void SUF(transpose)(int rows, int cols, const R *restrict in, ptrdiff_t ldi,
                                      R *restrict out, ptrdiff_t ldo)
@@ -215,6 +229,10 @@ static CD_INLINE void SUF(transpose)(int rows, int cols, const R *restrict in, p
         const int i1 = i0 + 8 < rows ? i0 + 8 : rows;
         for (int j0 = 0; j0 < cols; j0 += 8) {
             const int j1 = j0 + 8 < cols ? j0 + 8 : cols;
+            if (i1 - i0 == 8 && j1 - j0 == 8) {
+                SUF(tile8)(in + i0 * ldi + j0, ldi, out + j0 * ldo + i0, ldo);
+                continue;
+            }
             for (int i = i0; i < i1; i++)
                 for (int j = j0; j < j1; j++)
                     out[j * ldo + i] = in[i * ldi + j];
