@@ -84,18 +84,19 @@ int cd_plan_init(cd_plan *p, int n)
     return 0;
 }
 
-/* Columns per cache strip: the four strip buffers (re + im, ping-pong) of n x strip values
- * within about 2 MiB (L3, not L2: each butterfly call runs over a strip's row, and wider rows
- * amortise its set-up; measured on an AMD EPYC with 512 KiB L2 per core, one 1024 x 1024
- * float convolution pair took 52 ms at 2 MiB, 57 at 1 MiB, 64 at 512 KiB, 77 at 256 KiB;
- * the strip changes which columns run together, not the arithmetic of any column); at
- * least 16 columns (two AVX vectors of floats), a multiple of 8. */
+/* Columns per cache strip: the four strip buffers (two complex ones) of n x strip values
+ * fill about 1 MiB (an L2 cache), a multiple of 8 columns, and at least 256 bytes of each
+ * row (64 floats, 32 doubles) on longer transforms. Wide strips matter more than a strict
+ * cache fit: the late stages of a transform loop over strip-wide rows, and each strip row
+ * of the first stage is a separate page of a large grid. At 1024 rows a 256 KiB budget
+ * (16-column strips) ran the column pass ~1.7 x slower; at 2048 rows 64 columns beat 32
+ * by ~9 % (bench/convolve.py and timings of the C functions). */
 static int strip_width(int nmax, int vmax, size_t dsize)
 {
-    size_t s = (2048u * 1024u) / (4u * (size_t)nmax * dsize);
+    size_t s = (1024u * 1024u) / (4u * (size_t)nmax * dsize);
     s &= ~(size_t)7;
-    if (s < 16)
-        s = 16;
+    if (s < 256u / dsize)
+        s = 256u / dsize;
     if (s > (size_t)vmax)
         s = (size_t)vmax;
     return (int)s;

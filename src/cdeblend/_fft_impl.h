@@ -147,6 +147,11 @@ static CD_INLINE void SUF(stage)(const cd_plan *p, int s, int V, const R *x_r, c
     const R *twr = TW(p) + p->offset[s];
     const size_t ntw = p->ntw;
     const ptrdiff_t is = (ptrdiff_t)mp * ldx, os = (ptrdiff_t)L * mp * ldy;
+    /* rows k of one j are consecutive in x and in y: with rows of exactly V values (the
+     * strip buffers) the k and v loops are one contiguous loop of mp * V values, long
+     * vector loops instead of mp short ones */
+    const int merge = ldx == V && ldy == V;
+    const int kn = merge ? 1 : mp, vw = merge ? mp * V : V;
     R wbuf[10];
     for (int j = 0; j < L; j++) {
         const int tw = j != 0;
@@ -154,45 +159,45 @@ static CD_INLINE void SUF(stage)(const cd_plan *p, int s, int V, const R *x_r, c
             wbuf[q] = twr[(size_t)j * r + q];
             wbuf[r + q] = twr[ntw + (size_t)j * r + q];
         }
-        for (int k = 0; k < mp; k++) {
+        for (int k = 0; k < kn; k++) {
             const ptrdiff_t i0 = ((ptrdiff_t)j * m + k) * ldx, o0 = ((ptrdiff_t)j * mp + k) * ldy;
             const R *xr = x_r + i0, *xi = x_i + i0;
             R *yr = y_r + o0, *yi = y_i + o0;
             switch (r) {
             case 4:
                 if (tw)
-                    SUF(bf4)(V, 1, xr, xi, xr + is, xi + is, xr + 2 * is, xi + 2 * is,
+                    SUF(bf4)(vw, 1, xr, xi, xr + is, xi + is, xr + 2 * is, xi + 2 * is,
                              xr + 3 * is, xi + 3 * is, yr, yi, yr + os, yi + os, yr + 2 * os,
                              yi + 2 * os, yr + 3 * os, yi + 3 * os, wbuf);
                 else
-                    SUF(bf4)(V, 0, xr, xi, xr + is, xi + is, xr + 2 * is, xi + 2 * is,
+                    SUF(bf4)(vw, 0, xr, xi, xr + is, xi + is, xr + 2 * is, xi + 2 * is,
                              xr + 3 * is, xi + 3 * is, yr, yi, yr + os, yi + os, yr + 2 * os,
                              yi + 2 * os, yr + 3 * os, yi + 3 * os, wbuf);
                 break;
             case 2:
                 if (tw)
-                    SUF(bf2)(V, 1, xr, xi, xr + is, xi + is, yr, yi, yr + os, yi + os,
+                    SUF(bf2)(vw, 1, xr, xi, xr + is, xi + is, yr, yi, yr + os, yi + os,
                              wbuf[1], wbuf[3]);
                 else
-                    SUF(bf2)(V, 0, xr, xi, xr + is, xi + is, yr, yi, yr + os, yi + os,
+                    SUF(bf2)(vw, 0, xr, xi, xr + is, xi + is, yr, yi, yr + os, yi + os,
                              wbuf[1], wbuf[3]);
                 break;
             case 3:
                 if (tw)
-                    SUF(bf3)(V, 1, xr, xi, xr + is, xi + is, xr + 2 * is, xi + 2 * is, yr, yi,
+                    SUF(bf3)(vw, 1, xr, xi, xr + is, xi + is, xr + 2 * is, xi + 2 * is, yr, yi,
                              yr + os, yi + os, yr + 2 * os, yi + 2 * os, wbuf);
                 else
-                    SUF(bf3)(V, 0, xr, xi, xr + is, xi + is, xr + 2 * is, xi + 2 * is, yr, yi,
+                    SUF(bf3)(vw, 0, xr, xi, xr + is, xi + is, xr + 2 * is, xi + 2 * is, yr, yi,
                              yr + os, yi + os, yr + 2 * os, yi + 2 * os, wbuf);
                 break;
             default:
                 if (tw)
-                    SUF(bf5)(V, 1, xr, xi, xr + is, xi + is, xr + 2 * is, xi + 2 * is,
+                    SUF(bf5)(vw, 1, xr, xi, xr + is, xi + is, xr + 2 * is, xi + 2 * is,
                              xr + 3 * is, xi + 3 * is, xr + 4 * is, xi + 4 * is, yr, yi,
                              yr + os, yi + os, yr + 2 * os, yi + 2 * os, yr + 3 * os,
                              yi + 3 * os, yr + 4 * os, yi + 4 * os, wbuf);
                 else
-                    SUF(bf5)(V, 0, xr, xi, xr + is, xi + is, xr + 2 * is, xi + 2 * is,
+                    SUF(bf5)(vw, 0, xr, xi, xr + is, xi + is, xr + 2 * is, xi + 2 * is,
                              xr + 3 * is, xi + 3 * is, xr + 4 * is, xi + 4 * is, yr, yi,
                              yr + os, yi + os, yr + 2 * os, yi + 2 * os, yr + 3 * os,
                              yi + 3 * os, yr + 4 * os, yi + 4 * os, wbuf);
@@ -202,40 +207,18 @@ static CD_INLINE void SUF(stage)(const cd_plan *p, int s, int V, const R *x_r, c
     }
 }
 
-/* In-place forward transform along axis 0 of an (n, V) array of row stride ld, a strip of
- * at most c->strip columns at a time: the first stage reads the array and the last writes
- * it back, the stages between ping-pong in two strip buffers that stay in cache. */
-static CD_INLINE void SUF(fft_cols)(cd_conv *c, const cd_plan *p, int V, ptrdiff_t ld, R *re,
-                                    R *im)
+/* One full 8 x 8 tile of transpose: constant trip counts, so the compiler keeps the tile
+ * in registers (vector loads, shuffles, vector stores) instead of 64 scalar moves. */
+static CD_INLINE void SUF(tile8)(const R *restrict in, ptrdiff_t ldi, R *restrict out,
+                                 ptrdiff_t ldo)
 {
-    const int n = p->n, S = c->strip, ns = p->nstages;
-    if (ns == 0 || V <= 0)
-        return;
-    R *ar = (R *)c->ar, *ai = (R *)c->ai, *br = (R *)c->br, *bi = (R *)c->bi;
-    for (int c0 = 0; c0 < V; c0 += S) {
-        const int w = V - c0 < S ? V - c0 : S;
-        R *xr = re + c0, *xi = im + c0;
-        if (ns == 1) {
-            SUF(stage)(p, 0, w, xr, xi, ld, ar, ai, w);
-            for (int i = 0; i < n; i++) {
-                memcpy(xr + i * ld, ar + (size_t)i * w, (size_t)w * sizeof(R));
-                memcpy(xi + i * ld, ai + (size_t)i * w, (size_t)w * sizeof(R));
-            }
-            continue;
-        }
-        SUF(stage)(p, 0, w, xr, xi, ld, ar, ai, w);
-        R *sr = ar, *si = ai, *dr = br, *di = bi;
-        for (int s = 1; s < ns - 1; s++) {
-            SUF(stage)(p, s, w, sr, si, w, dr, di, w);
-            R *t = sr;
-            sr = dr;
-            dr = t;
-            t = si;
-            si = di;
-            di = t;
-        }
-        SUF(stage)(p, ns - 1, w, sr, si, w, xr, xi, ld);
-    }
+    R t[8][8];
+    for (int i = 0; i < 8; i++)
+        for (int j = 0; j < 8; j++)
+            t[j][i] = in[i * ldi + j];
+    for (int j = 0; j < 8; j++)
+        for (int i = 0; i < 8; i++)
+            out[j * ldo + i] = t[j][i];
 }
 
 /* out[j, i] = in[i, j] for i < rows, j < cols, in 8 x 8 tiles */
@@ -246,11 +229,73 @@ static CD_INLINE void SUF(transpose)(int rows, int cols, const R *restrict in, p
         const int i1 = i0 + 8 < rows ? i0 + 8 : rows;
         for (int j0 = 0; j0 < cols; j0 += 8) {
             const int j1 = j0 + 8 < cols ? j0 + 8 : cols;
+            if (i1 - i0 == 8 && j1 - j0 == 8) {
+                SUF(tile8)(in + i0 * ldi + j0, ldi, out + j0 * ldo + i0, ldo);
+                continue;
+            }
             for (int i = i0; i < i1; i++)
                 for (int j = j0; j < j1; j++)
                     out[j * ldo + i] = in[i * ldi + j];
         }
     }
+}
+
+/* Forward transform along axis 0 of an (n, V) array of row stride ld, a strip of at most
+ * c->strip columns at a time: the first stage reads the array, the stages after it
+ * ping-pong in two strip buffers that stay in cache. The last stage writes the array back
+ * (outr == NULL) or, while the strip is still in cache, the transpose of its first `rows`
+ * rows and `cols` columns: out[j, i] (row stride ldo) = x[i, j]. The fused transpose saves
+ * a pass over a grid that does not fit in cache. */
+static CD_INLINE void SUF(fft_cols_to)(cd_conv *c, const cd_plan *p, int V, ptrdiff_t ld,
+                                       R *re, R *im, R *outr, R *outi, ptrdiff_t ldo,
+                                       int rows, int cols)
+{
+    const int n = p->n, S = c->strip, ns = p->nstages;
+    if (V <= 0)
+        return;
+    R *ar = (R *)c->ar, *ai = (R *)c->ai, *br = (R *)c->br, *bi = (R *)c->bi;
+    for (int c0 = 0; c0 < V; c0 += S) {
+        const int w = V - c0 < S ? V - c0 : S;
+        R *xr = re + c0, *xi = im + c0;
+        const R *sr = xr, *si = xi;
+        ptrdiff_t lds = ld;
+        R *dr = ar, *di = ai;
+        for (int s = 0; s < ns; s++) {
+            const int last = s == ns - 1;
+            if (last && outr == NULL && s > 0) {
+                SUF(stage)(p, s, w, sr, si, lds, xr, xi, ld);
+                break;
+            }
+            SUF(stage)(p, s, w, sr, si, lds, dr, di, w);
+            sr = dr;
+            si = di;
+            lds = w;
+            dr = dr == ar ? br : ar;
+            di = di == ai ? bi : ai;
+        }
+        if (outr == NULL) {
+            if (ns == 1)  /* a single stage ran out of place into the strip buffer */
+                for (int i = 0; i < n; i++) {
+                    memcpy(xr + i * ld, ar + (size_t)i * w, (size_t)w * sizeof(R));
+                    memcpy(xi + i * ld, ai + (size_t)i * w, (size_t)w * sizeof(R));
+                }
+            continue;
+        }
+        const int wo = cols - c0 < w ? cols - c0 : w;
+        if (wo <= 0)
+            continue;
+        SUF(transpose)(rows, wo, sr, lds, outr + c0 * ldo, ldo);
+        SUF(transpose)(rows, wo, si, lds, outi + c0 * ldo, ldo);
+    }
+}
+
+/* In-place forward transform along axis 0 of an (n, V) array of row stride ld. */
+static CD_INLINE void SUF(fft_cols)(cd_conv *c, const cd_plan *p, int V, ptrdiff_t ld, R *re,
+                                    R *im)
+{
+    if (p->nstages == 0)
+        return;
+    SUF(fft_cols_to)(c, p, V, ld, re, im, NULL, NULL, 0, 0, 0);
 }
 
 /* The first V columns of the (n0, ld) grid: rows [oy, oy + h) hold the (h, w) plane a (row
@@ -294,10 +339,8 @@ CD_HOT void SUF(cd_fwd2d)(cd_conv *c, const R *a, ptrdiff_t lda, int ha, int wa,
     const ptrdiff_t ldy = c->ldy, ldt = c->ldt;
     SUF(place)(yr, ldy, n0, V, a, lda, ha, wa, oya, oxa);
     SUF(place)(yi, ldy, n0, V, b, ldb, hb, wb, oyb, oxb);
-    SUF(fft_cols)(c, &c->p0, V, ldy, yr, yi);
     /* columns >= wc are zero: transpose the others, clear the rest of the spectrum rows */
-    SUF(transpose)(n0, wc, yr, ldy, tr, ldt);
-    SUF(transpose)(n0, wc, yi, ldy, ti, ldt);
+    SUF(fft_cols_to)(c, &c->p0, V, ldy, yr, yi, tr, ti, ldt, n0, wc);
     memset(tr + (size_t)wc * ldt, 0, (size_t)(n1 - wc) * ldt * sizeof(R));
     memset(ti + (size_t)wc * ldt, 0, (size_t)(n1 - wc) * ldt * sizeof(R));
     SUF(fft_cols)(c, &c->p1, n0, ldt, tr, ti);
@@ -418,14 +461,13 @@ CD_HOT void SUF(cd_inv2d)(cd_conv *c, R *a, ptrdiff_t lda, int ha, int wa, R *b,
     const ptrdiff_t ldy = c->ldy, ldt = c->ldt;
     R *yr = (R *)c->yr, *yi = (R *)c->yi, *wr = (R *)c->wr, *wi = (R *)c->wi;
     /* inverse = forward with the real and imaginary planes swapped */
-    SUF(fft_cols)(c, &c->p1, n0, ldt, wi, wr);
     int wc = wa;
     if (b != NULL && wb > wc)
         wc = wb;
     const int V = SUF(width8)(c, wc);
     (void)n1;
-    SUF(transpose)(wc, n0, wr, ldt, yr, ldy);
-    SUF(transpose)(wc, n0, wi, ldt, yi, ldy);
+    /* only the first wc rows (x < wc) are needed: transpose those into the work grid */
+    SUF(fft_cols_to)(c, &c->p1, n0, ldt, wi, wr, yi, yr, ldy, wc, n0);
     SUF(fft_cols)(c, &c->p0, V, ldy, yi, yr);
     const R scale = (R)(1.0 / ((double)n0 * (double)n1));
     for (int y = 0; y < ha; y++) {
