@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+# the same comparison as bench/fingerprint.py (this folder is on sys.path when run as a script)
+from fingerprint import compare
+
 import cdeblend as cdb
 from cdeblend.catalog import parents_from_peaks
 
@@ -158,28 +161,6 @@ def command(data: Path) -> dict[str, np.ndarray]:
         peaks = ["--peaks", str(emmi / "image.cat"), "--no-plots"]
         _run(out, "peaks", ["deblend", *emmi_args, *peaks, "--out", str(t / "p")], t / "p")
     return out
-
-
-def compare(new: dict[str, np.ndarray], old_path: Path) -> int:
-    """Print the arrays that differ; return how many."""
-    old = np.load(old_path)
-    names = sorted(set(new) | set(old.files))
-    bad = 0
-    for name in names:
-        if name not in new or name not in old.files:
-            print(f"only in {'old' if name in old.files else 'new'}: {name}")
-            bad += 1
-            continue
-        a, b = new[name], old[name]
-        if not (
-            a.shape == b.shape
-            and a.dtype == b.dtype
-            and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
-        ):
-            bad += 1
-            print(f"differs: {name} {a.shape} {b.shape}")
-    print(f"{len(names) - bad} of {len(names)} arrays bit-identical")
-    return bad
 
 
 def main(argv: list[str] | None = None) -> int:

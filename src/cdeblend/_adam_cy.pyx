@@ -105,24 +105,7 @@ def render(const double[:, ::1] sed, const double[::1] morph, const int64_t[:, :
 cdef int _render(const double[:, ::1] sed, const double[::1] morph,
                  const int64_t[:, ::1] comp, real[:, :, ::1] model, Py_ssize_t H,
                  Py_ssize_t W) except -1 nogil:
-    cdef Py_ssize_t K = comp.shape[0], B = model.shape[0]
-    cdef Py_ssize_t k, b, y, x, off, y0, x0, h, w
-    cdef double s
-    for b in range(B):
-        for y in range(H):
-            for x in range(W):
-                model[b, y, x] = 0
-    for k in range(K):
-        y0 = comp[k, 0]
-        x0 = comp[k, 1]
-        h = comp[k, 2]
-        w = comp[k, 3]
-        off = comp[k, 4]
-        for b in range(B):
-            s = sed[k, b]
-            for y in range(h):
-                for x in range(w):
-                    model[b, y0 + y, x0 + x] += <real>(s * morph[off + y * w + x])
+    _render_bands(sed, morph, comp, model, H, W, 0, model.shape[0])
     return 0
 
 
