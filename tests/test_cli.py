@@ -670,3 +670,38 @@ def test_panels_with_origin_are_in_image_pixels():
         (text,) = ax.texts
         assert text.get_text() == "17" and text.get_position() == (104, 53)
     plt.close(fig)
+
+
+def test_single_band_pictures_model_is_the_sum_of_the_templates():
+    """The field's model in the single-band pictures is the sum of the children's final
+    templates, which already carry their weights (weighted twice, bright stars showed deep
+    negative residuals in the EMMI picture)."""
+    from cdeblend import Parent, SingleBandConfig, SingleBandDeblender
+    from cdeblend.box import place
+    from cdeblend.cli.pictures import _single_band_models
+
+    rng = np.random.default_rng(5)
+    H, W = 40, 44
+    y, x = np.mgrid[:H, :W]
+    image = 300 * np.exp(-((y - 18) ** 2 + (x - 15) ** 2) / 8.0)
+    image += 120 * np.exp(-((y - 22) ** 2 + (x - 25) ** 2) / 6.0)
+    image += rng.normal(0, 1, (H, W))
+    variance = np.ones((H, W))
+    psf = np.exp(-((np.mgrid[:11, :11] - 5) ** 2).sum(axis=0) / 5.0)
+    psf /= psf.sum()
+    peaks = np.array([(18, 15), (22, 25)])
+    footprint = image > 3
+    parent = Parent(id=1, box=(0, 0, H, W), peaks=peaks, footprint=footprint)
+    catalog = {
+        "is_parent": np.array([True, False, False]),
+        "parent_id": np.array([0, 1, 1]),
+        "peak_id": np.array([-1, 0, 1]),
+        "id": np.array([1, 2, 3]),
+    }
+    total, _ = _single_band_models(image, variance, psf, None, catalog, [parent], set(), False)
+    res = SingleBandDeblender(SingleBandConfig()).deblend(
+        image, variance, psf, peaks, footprint=footprint
+    )
+    assert any(c.weight != 1.0 for c in res.children)  # weighting is on and matters here
+    want = sum(place(c.template, c.template_box, (H, W)) for c in res.children)
+    np.testing.assert_array_equal(total, want)

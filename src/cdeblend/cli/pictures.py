@@ -179,7 +179,8 @@ def _single_band_models(
         tmpl = np.zeros((len(res.children), h, w))
         cons = np.zeros((len(res.children), h, w))
         for i, ch in enumerate(res.children):
-            tmpl[i] = place(np.asarray(ch.template) * ch.weight, ch.template_box, (h, w))
+            # the template is already scaled by its weight (single_band/weights.py)
+            tmpl[i] = place(ch.template, ch.template_box, (h, w))
             cons[i] = place(ch.conserved, ch.box, (h, w))
         total[sl] += tmpl.sum(axis=0)
         if pid in keep:

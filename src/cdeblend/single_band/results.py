@@ -40,7 +40,8 @@ class Child:
         ``deblended_as_psf``, ``psf_fit_with_decenter``, ``ramped``, ``has_stray_flux``...
         and, with ``propagate_all_peaks``, the skip reason of a skipped peak.
     weight : float
-        Template weight (1 unless template weighting is on).
+        Template weight (1 unless template weighting is on), already applied to
+        ``template``.
     psf_flux : float or None
         Flux of the chosen PSF fit (None without a fit record).
     psf_center : tuple of float or None
