@@ -113,7 +113,12 @@ def test_lsst_preset_and_defaults():
     assert default.footprint_nsigma is None
     # everything else is the task's
     assert (
-        SingleBandConfig(weight_templates=False, stray_flux_rule="trim", subpixel_centers=False)
+        SingleBandConfig(
+            weight_templates=False,
+            stray_flux_rule="trim",
+            subpixel_centers=False,
+            half_pixel_symmetry=False,
+        )
         == lsst
     )
     assert SingleBandConfig.lsst(max_number_of_peaks=3).max_number_of_peaks == 3
@@ -122,10 +127,11 @@ def test_lsst_preset_and_defaults():
 
 
 def test_template_weight_floor_keeps_every_bright_source():
-    """A harder simulated blend (seed 2001's first, made by the data folder's
-    make_blends.py, truth kept) where the unconstrained template weights leave a source with
-    S/N >= 20 without flux; the default floor gives every such source its share."""
-    f = np.load(DATA / "hard_single_blend_0000.npz")
+    """A harder simulated single-band blend (blend 10 of seed 2003, made by the data folder's
+    make_blends.py, truth kept; its ``description`` gives the command) where the
+    unconstrained template weights leave a source with S/N >= 20 without flux; the default
+    floor gives every such source its share."""
+    f = np.load(DATA / "hard_single_blend_0010.npz")
     peaks = np.stack([f["catalog"]["y"], f["catalog"]["x"]], axis=1)
     bright = f["snr"] >= 20
     kept = {}

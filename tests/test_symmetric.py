@@ -8,14 +8,15 @@ from cdeblend import _detection_cy, _symmetric_cy
 
 
 # ------------------------------------------------------------------ references
-def ref_symmetric(image, fp, py, px, y0, x0, h, w):
+def ref_symmetric(image, fp, cy2, cx2, y0, x0, h, w):
+    """Mirror about (cy2 / 2, cx2 / 2): a pixel (even) or a half-way point (odd)."""
     T = np.zeros((h, w))
     S = np.zeros((h, w), dtype=bool)
     H, W = image.shape
     for i in range(h):
         for j in range(w):
             y, x = y0 + i, x0 + j
-            my, mx = 2 * py - y, 2 * px - x
+            my, mx = cy2 - y, cx2 - x
             if 0 <= y < H and 0 <= x < W and 0 <= my < H and 0 <= mx < W:
                 if fp[y, x] and fp[my, mx]:
                     S[i, j] = True
@@ -75,14 +76,15 @@ def test_symmetric_matches_reference(H, W, seed, dtype):
     rng = np.random.default_rng(seed)
     image = rng.normal(size=(H, W)).astype(dtype)
     fp = (rng.random((H, W)) < 0.7).astype(np.uint8)
-    py, px = int(rng.integers(0, H)), int(rng.integers(0, W))
+    # Twice the centre: a pixel (even) or a point half-way between pixels (odd).
+    cy2, cx2 = int(rng.integers(-1, 2 * H)), int(rng.integers(-1, 2 * W))
     y0, x0 = int(rng.integers(-2, H)), int(rng.integers(-2, W))
     h, w = int(rng.integers(1, H + 3)), int(rng.integers(1, W + 3))
     T = np.empty((h, w))
     S = np.empty((h, w), dtype=np.uint8)
     bbox = np.empty(4, dtype=np.int64)
-    n = _symmetric_cy.symmetric_template(image, fp, py, px, y0, x0, T, S, bbox)
-    rT, rS = ref_symmetric(image.astype(np.float64), fp, py, px, y0, x0, h, w)
+    n = _symmetric_cy.symmetric_template(image, fp, cy2, cx2, y0, x0, T, S, bbox)
+    rT, rS = ref_symmetric(image.astype(np.float64), fp, cy2, cx2, y0, x0, h, w)
     assert np.array_equal(S.astype(bool), rS)
     assert np.array_equal(T, rT)
     assert n == rS.sum()
@@ -99,7 +101,7 @@ def test_symmetric_template_is_symmetric():
     fp[py, px] = 1
     T = np.empty((30, 30))
     S = np.empty((30, 30), dtype=np.uint8)
-    _symmetric_cy.symmetric_template(image, fp, py, px, 0, 0, T, S, np.empty(4, np.int64))
+    _symmetric_cy.symmetric_template(image, fp, 2 * py, 2 * px, 0, 0, T, S, np.empty(4, np.int64))
     for y in range(30):
         for x in range(30):
             my, mx = 2 * py - y, 2 * px - x

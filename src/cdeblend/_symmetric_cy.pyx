@@ -1,8 +1,8 @@
 # cython: language_level=3
 """Template kernels of the single-band deblender.
 
-- ``symmetric_template``: the 180-degree symmetric template of a peak (docs/spec/single_band.md
-  3.2).
+- ``symmetric_template``: the 180-degree symmetric template of a peak
+  (docs/spec/single_band.md 3.2), about a pixel or a point half-way between pixels.
 - ``edge_max`` and ``ramp_image``: the edge test and the PSF-shaped ramp of
   docs/spec/single_band.md 3.3.
 - ``median_smooth``: the (2h+1)^2 median filter of a template's interior
@@ -22,14 +22,17 @@ from ._shared.fused cimport real
 
 
 def symmetric_template(const real[:, ::1] image, const uint8_t[:, ::1] footprint,
-                       Py_ssize_t py, Py_ssize_t px, Py_ssize_t y0, Py_ssize_t x0,
+                       Py_ssize_t cy2, Py_ssize_t cx2, Py_ssize_t y0, Py_ssize_t x0,
                        double[:, ::1] template, uint8_t[:, ::1] sym,
                        int64_t[::1] bbox):
-    """Fill the symmetric template of the peak (py, px) on the box at (y0, x0).
+    """Fill the template symmetric about the centre c = (cy2 / 2, cx2 / 2) on the box at
+    (y0, x0).
 
-    ``template`` and ``sym`` cover the box ``(y0, x0, h, w)`` in the frame of ``image``.
-    A pixel q of the box is in the symmetric footprint when q and its mirror 2p - q are
-    both in ``footprint``; its value is ``max(0, min(I(q), I(2p - q)))``, and 0 elsewhere.
+    ``cy2, cx2`` are twice the centre, so that the centre is a pixel (even values: the
+    peak p, c2 = 2p) or lies half-way between two pixels (odd values). ``template`` and
+    ``sym`` cover the box ``(y0, x0, h, w)`` in the frame of ``image``. A pixel q of the box
+    is in the symmetric footprint when q and its mirror c2 - q are both in ``footprint``; its
+    value is ``max(0, min(I(q), I(c2 - q)))``, and 0 elsewhere.
     ``bbox`` receives (ymin, xmin, ymax, xmax) of the symmetric footprint in box
     coordinates (inclusive). Returns the number of its pixels.
     """
@@ -41,10 +44,10 @@ def symmetric_template(const real[:, ::1] image, const uint8_t[:, ::1] footprint
     with nogil:
         for i in range(h):
             y = y0 + i
-            my = 2 * py - y
+            my = cy2 - y
             for j in range(w):
                 x = x0 + j
-                mx = 2 * px - x
+                mx = cx2 - x
                 template[i, j] = 0.0
                 sym[i, j] = 0
                 if (y < 0 or y >= H or x < 0 or x >= W or my < 0 or my >= H

@@ -65,6 +65,12 @@ class SingleBandConfig:
         :meth:`lsst` uses the peak). Integer catalog peaks are up to half a pixel off
         the source's centre; on the simulated single-band sets the sub-pixel start
         improved the median flux error in every blendedness bin (README, "Defaults").
+    half_pixel_symmetry : bool
+        Mirror each symmetric template about the point nearest the peak's centre among the
+        pixel and the half-way points between pixels (True; :meth:`lsst`: the peak pixel).
+        The centre is the sub-pixel one (``subpixel_centers`` or ``centers=``); a bright
+        star 0.4 px off its peak pixel mirrored about that pixel gets a flat core, which
+        the template weights then inflate into a halo (README, "Defaults").
     psf_chisq1, psf_chisq2, psf_chisq2b : float
         chi^2/dof cuts of the unshifted fit, the fit with derivative terms, and the refit at
         the shifted centre. Setting all three to 0 forces symmetric templates.
@@ -159,6 +165,7 @@ class SingleBandConfig:
 
     fit_psfs: bool = True
     subpixel_centers: bool = True
+    half_pixel_symmetry: bool = True
     psf_chisq1: float = 1.5
     psf_chisq2: float = 1.5
     psf_chisq2b: float = 1.5
@@ -196,12 +203,14 @@ class SingleBandConfig:
     @classmethod
     def lsst(cls, **overrides) -> SingleBandConfig:
         """The LSST task's settings (``weight_templates=False``, ``stray_flux_rule="trim"``,
-        ``subpixel_centers=False``); ``overrides`` replace single fields."""
+        ``subpixel_centers=False``, ``half_pixel_symmetry=False``); ``overrides`` replace
+        single fields."""
         return cls(
             **{
                 "weight_templates": False,
                 "stray_flux_rule": "trim",
                 "subpixel_centers": False,
+                "half_pixel_symmetry": False,
                 **overrides,
             }
         )

@@ -32,6 +32,7 @@ from .templates import (
     median_smooth,
     patch_edges,
     symmetric_template,
+    symmetry_shift,
 )
 from .weights import degenerate_template, weight_templates
 
@@ -336,16 +337,16 @@ class ParentRun:
         cfg = self.cfg
         fr = self.frame
         py, px = int(self.fpk[i, 0]), int(self.fpk[i, 1])
-        t = symmetric_template(fr, py, px)
+        half, t = self.symmetric(i)
         if t is None:
             self.skip(i, "failed_symmetric_template")
             return
         if cfg.edge_handling == "noclip" and fr.mask is not None:
-            if patch_edges(fr, t, py, px, 1 << cfg.mask_bits["EDGE"]):
+            if patch_edges(fr, t, py, px, 1 << cfg.mask_bits["EDGE"], half):
                 self.peak_flags[i].add("patched")
         self.keep(i, "symmetric", t)
         if cfg.edge_handling == "ramp":
-            ramped = self.ramp.apply(t, py, px)
+            ramped = self.ramp.apply(t, py, px, half)
             if ramped is not None:
                 t = ramped
                 self.peak_flags[i].add("ramped")
@@ -359,6 +360,19 @@ class ParentRun:
         if cfg.clip_footprint_to_nonzero:
             clip_to_nonzero(t)
         self.templates[i] = t
+
+    def symmetric(self, i: int) -> tuple[tuple[int, int], Template | None]:
+        """Peak ``i``'s symmetric template and its centre's shift in half-pixels: about the
+        half-pixel point nearest its sub-pixel centre (``half_pixel_symmetry``) when that
+        template holds the peak pixel, else about the peak pixel."""
+        py, px = int(self.fpk[i, 0]), int(self.fpk[i, 1])
+        if self.cfg.half_pixel_symmetry:
+            half = symmetry_shift(self.fcen[i] - self.fpk[i])
+            if half != (0, 0):
+                t = symmetric_template(self.frame, py, px, half)
+                if t is not None and t.covers(py, px):
+                    return half, t
+        return (0, 0), symmetric_template(self.frame, py, px)
 
     def keep(self, i: int, name: str, t: Template) -> None:
         """Keep a copy of peak ``i``'s template after stage ``name`` (``keep_stages``)."""

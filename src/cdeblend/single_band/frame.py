@@ -94,6 +94,11 @@ class Template:
         self.weight = 1.0
         self.monotonic = False
 
+    def covers(self, y: int, x: int) -> bool:
+        """Whether the frame pixel (y, x) is in the template's footprint."""
+        i, j = y - self.box[0], x - self.box[1]
+        return 0 <= i < self.box[2] and 0 <= j < self.box[3] and bool(self.fp[i, j])
+
     def crop(self, ymin: int, xmin: int, ymax: int, xmax: int) -> None:
         """Cut the box to rows ymin..ymax and columns xmin..xmax (box coordinates)."""
         y0, x0, _, _ = self.box

@@ -24,6 +24,7 @@ __all__ = [
     "median_smooth",
     "patch_edges",
     "symmetric_template",
+    "symmetry_shift",
 ]
 
 #: Ramp trigger: an edge pixel at or above this many sigma1.
@@ -31,20 +32,25 @@ RAMP_SIGMA = 3.0
 
 
 # ------------------------------------------------------------------------ 3.2 symmetric
-def symmetric_template(frame: Frame, py: int, px: int) -> Template | None:
-    """The symmetric template of the peak (py, px) on the parent box (None: it fails)."""
+def symmetric_template(
+    frame: Frame, py: int, px: int, half: tuple[int, int] = (0, 0)
+) -> Template | None:
+    """The template of the peak (py, px) on the parent box, symmetric about the peak shifted
+    by ``half`` half-pixels per axis (each -1, 0 or 1; see :func:`symmetry_shift`), or None
+    when it fails."""
     pb = frame.pbox
-    y0 = max(pb[0], 2 * py - (pb[0] + pb[2] - 1))
-    y1 = min(pb[0] + pb[2] - 1, 2 * py - pb[0])
-    x0 = max(pb[1], 2 * px - (pb[1] + pb[3] - 1))
-    x1 = min(pb[1] + pb[3] - 1, 2 * px - pb[1])
+    cy2, cx2 = 2 * py + half[0], 2 * px + half[1]
+    y0 = max(pb[0], cy2 - (pb[0] + pb[2] - 1))
+    y1 = min(pb[0] + pb[2] - 1, cy2 - pb[0])
+    x0 = max(pb[1], cx2 - (pb[1] + pb[3] - 1))
+    x1 = min(pb[1] + pb[3] - 1, cx2 - pb[1])
     if y1 < y0 or x1 < x0 or not frame.fp[py, px]:
         return None
     h, w = y1 - y0 + 1, x1 - x0 + 1
     vals = np.empty((h, w), dtype=np.float64)
     sym = np.empty((h, w), dtype=np.uint8)
     bbox = np.empty(4, dtype=np.int64)
-    n = _symmetric_cy.symmetric_template(frame.image, frame.fp, py, px, y0, x0, vals, sym, bbox)
+    n = _symmetric_cy.symmetric_template(frame.image, frame.fp, cy2, cx2, y0, x0, vals, sym, bbox)
     if n == 0:
         return None
     t = Template((y0, x0, h, w), vals, sym, "symmetric")
@@ -52,7 +58,22 @@ def symmetric_template(frame: Frame, py: int, px: int) -> Template | None:
     return t
 
 
-def patch_edges(frame: Frame, t: Template, py: int, px: int, edge_bit: int) -> bool:
+def symmetry_shift(offset: np.ndarray) -> tuple[int, int]:
+    """Half-pixels (-1, 0 or 1 per axis) from the peak pixel to the symmetry centre nearest
+    the sub-pixel ``offset`` (centre minus peak, each within half a pixel).
+
+    A template can only be mirrored pixel onto pixel about a pixel or a point half-way
+    between two pixels. A star centred 0.4 px off its peak pixel mirrored about that pixel
+    pairs its bright neighbour pixel with a faint one and keeps the faint one's value: the
+    template's core comes out flat and its least-squares weight large (README, "Defaults").
+    """
+    dy, dx = (int(np.clip(np.rint(2.0 * float(v)), -1, 1)) for v in offset)
+    return dy, dx
+
+
+def patch_edges(
+    frame: Frame, t: Template, py: int, px: int, edge_bit: int, half: tuple[int, int] = (0, 0)
+) -> bool:
     """ "noclip": add parent pixels whose mirror is off the parent box, when the template
     touches EDGE-masked pixels; returns whether it did (the peak is then ``patched``)."""
     y0, x0, h, w = t.box
@@ -62,7 +83,7 @@ def patch_edges(frame: Frame, t: Template, py: int, px: int, edge_bit: int) -> b
     pb = frame.pbox
     sl = (slice(pb[0], pb[0] + pb[2]), slice(pb[1], pb[1] + pb[3]))
     yy, xx = np.mgrid[sl]
-    my, mx = 2 * py - yy, 2 * px - xx
+    my, mx = 2 * py + half[0] - yy, 2 * px + half[1] - xx
     off = (my < pb[0]) | (my >= pb[0] + pb[2]) | (mx < pb[1]) | (mx >= pb[1] + pb[3])
     add = off & (frame.fp[sl] != 0)
     if not add.any():
@@ -124,8 +145,11 @@ class Ramp:
         prefix = np.empty((fr.h, fr.w + 1), dtype=np.int32)
         _detection_cy.dilate_disc(fr.fp, s, self.pdil, prefix)
 
-    def apply(self, t: Template, py: int, px: int) -> Template | None:
-        """The ramped template of the peak (py, px), or None when ``t`` needs no ramp."""
+    def apply(
+        self, t: Template, py: int, px: int, half: tuple[int, int] = (0, 0)
+    ) -> Template | None:
+        """The ramped template of the peak (py, px) (symmetric about the peak shifted by
+        ``half`` half-pixels), or None when ``t`` needs no ramp."""
         fr = self.frame
         if _symmetric_cy.edge_max(t.values, t.fp) < RAMP_SIGMA * self.sigma1:
             return None
@@ -146,7 +170,9 @@ class Ramp:
         vals = np.empty((bh, bw), dtype=np.float64)
         sym = np.empty((bh, bw), dtype=np.uint8)
         bb = np.empty(4, dtype=np.int64)
-        _symmetric_cy.symmetric_template(np.ascontiguousarray(J), pdil, py, px, 0, 0, vals, sym, bb)
+        cy2, cx2 = 2 * py + half[0], 2 * px + half[1]
+        J = np.ascontiguousarray(J)
+        _symmetric_cy.symmetric_template(J, pdil, cy2, cx2, 0, 0, vals, sym, bb)
         sym &= inimg
         vals *= sym
         if not sym.any():
