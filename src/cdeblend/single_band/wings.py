@@ -107,7 +107,8 @@ def outside_ratio(template: np.ndarray, box: Box, fraction: np.ndarray, total: f
     template : numpy.ndarray
         (h, w) non-negative weights of the point sources (negative values count as 0).
     box : tuple of int
-        (y0, x0, h, w) of ``template`` in ``fraction``'s coordinates.
+        (y0, x0, h, w) of ``template`` in ``fraction``'s coordinates (inside its frame:
+        ``fraction`` is 0 off it, so pixels there would count as keeping no light).
     fraction : numpy.ndarray
         (H, W) :func:`inside_fraction` of the region (pixels off it count as 0).
     total : float
