@@ -175,3 +175,55 @@ def test_total_error_describes_the_truth_on_simulations():
     assert 0.5 < width < 2.0
     assert np.all(np.abs(total) < 7)
     assert np.median(np.abs(noise)) / 0.6745 > 2 * width
+
+
+# --------------------------------------------------------------------- catalog
+class Recorder:
+    """The single-band deblender, keeping every result it returns."""
+
+    def __init__(self) -> None:
+        self.deblender = SingleBandDeblender()
+        self.results: list = []
+
+    def deblend(self, *args, **kwargs):
+        res = self.deblender.deblend(*args, **kwargs)
+        self.results.append(res)
+        return res
+
+
+def test_catalog_has_the_wing_column():
+    """``flux_wing`` is each child's ``wing_flux``; with ``flux_conserved_err`` and
+    ``flux_deblend_err`` in quadrature it gives ``flux_total_err``."""
+    from cdeblend.catalog import deblend_catalog
+
+    rng = np.random.default_rng(7)
+    H, W = 40, 70
+    psf = gaussian_psf(1.4, 15)
+    image = np.zeros((H, W))
+    for y, x, f in ((12, 12, 900.0), (14, 18, 500.0), (28, 50, 700.0), (25, 55, 300.0)):
+        paste(image, f * psf, (y - 7, x - 7, 15, 15))
+    var = np.full((H, W), 0.25)
+    image += rng.normal(0, 0.5, (H, W))
+    peaks = np.array([(12, 12), (14, 18), (28, 50), (25, 55)])
+    rec = Recorder()
+    cat, _ = deblend_catalog(
+        image,
+        peaks=peaks,
+        variance=var,
+        psf=psf,
+        executor="serial",
+        progress=False,
+        deblender_factory=lambda kind, config, **kw: rec,
+    )
+    kids = np.asarray(cat)[~np.asarray(cat)["is_parent"]]
+    children = [c for res in rec.results for c in res.children]
+    assert len(kids) == len(children) == 4
+    wing = np.array([c.wing_flux for c in children])
+    assert np.all(wing > 0)
+    np.testing.assert_array_equal(kids["flux_wing"][:, 0], wing)
+    total = np.sqrt(
+        kids["flux_conserved_err"][:, 0] ** 2
+        + kids["flux_deblend_err"][:, 0] ** 2
+        + kids["flux_wing"][:, 0] ** 2
+    )
+    np.testing.assert_allclose(total, [c.flux_total_err for c in children], rtol=1e-12)
