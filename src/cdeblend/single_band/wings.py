@@ -2,16 +2,17 @@
 
 A child's conserved flux sums the image over the parent footprint only; the source's light
 outside it (and in pixels without data) is lost: on simulated LSST-like single-band blends
-a median 1.4 % for isolated stars and 2.5 % for isolated galaxies, a few sigma at S/N 100
-(docs/trust.md). The estimate here has no free coefficient:
+a median 1.3-1.7 % for isolated stars and 2.0-2.8 % for isolated galaxies, about twice the
+noise error at S/N >= 20 (docs/trust.md). The estimate here has no free coefficient:
 
 * a child with a PSF template is a point source at its PSF fit's centre ``c``: the PSF image
   ``P_c`` there puts ``sum_{p not in R} P_c(p) / sum_{p in R} P_c(p)`` of its light outside
   for every unit inside, ``R`` the footprint's pixels with data;
 * any other child is taken as point sources distributed like its (non-negative) template
   ``T``: each pixel ``q`` of it keeps the fraction ``f(q) = sum_{p in R} P(p - q)`` of its
-  light in ``R`` (``P`` the PSF at the peak), and the child's light outside over its light
-  inside is ``sum_q T(q) (1 - f(q)) / sum_q T(q) f(q)``. The template is already seen
+  light in ``R`` (``P`` the unit-sum PSF image, one per parent), and the child's light
+  outside over its light inside is ``sum_q T(q) (1 - f(q)) / sum_q T(q) f(q)``. The
+  template is already seen
   through the PSF, so this spreads its light once more than the truth, while it misses
   the intrinsic profile beyond the footprint; the two roughly cancel on the simulations
   (docs/trust.md gives the ratio of estimated to true wing light).
@@ -153,8 +154,13 @@ def wing_ratios(
     templates : sequence of Template
         The children's templates on the frame; a template of kind "psf" is a point source.
     centers : sequence of tuple of float
-        (y, x) image coordinates of each child: the PSF fit's centre of a PSF template, the
-        peak's centre otherwise.
+        (y, x) image coordinates of each child's PSF fit centre (used for PSF templates
+        only: the others share one map of ``f``, see the module's docstring).
+
+    Returns
+    -------
+    numpy.ndarray
+        (n,) the ratios; a child's ``wing_flux`` is its conserved flux times its ratio.
     """
     region = (frame.fp != 0) & (frame.variance > 0)
     out = np.zeros(len(templates))
