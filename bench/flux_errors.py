@@ -20,7 +20,15 @@ default settings) and ``sim_single`` (single-band deblender), the pull
 * ``cons|true+``, ``model|true+`` (multi band): against the true flux with the total errors
   ``conserved_flux_total_err`` (noise and the deblending term ``deblend_flux_err`` in
   quadrature) and ``flux_total_err`` (Fisher error, deblending term and the model's misfit
-  ``conserved - model`` in quadrature): the errors to use against the truth.
+  ``conserved - model`` in quadrature): the errors to use against the truth;
+* single band, ``cons|true+``: the conserved flux against the true flux with
+  ``Child.flux_total_err`` (noise, deblending term and the estimated light outside the
+  footprint ``Child.wing_flux`` in quadrature); ``cons+wing|true+``: ``flux + wing_flux``
+  with the same error. A second table compares ``wing_flux`` with the source's true light
+  outside the footprint (and its pixels without data).
+
+The single-band deblender is called as a user would (bench/accuracy.py does the same): one
+call with the blend's peaks and the default footprint.
 
 Entries with band S/N >= ``--snr`` (default 20) are binned by the truth blendedness
 ``1 - sum(t_i^2) / sum(t_i T)`` (``T`` the noiseless scene including undetected sources):
@@ -30,12 +38,14 @@ error ``e`` that, added in quadrature (``sigma^2 + (e F_true)^2``), brings the r
 the pull to 1 (0 when the noise explains the scatter): the deblending error in units of
 the flux.
 
-Reads the simulations from ``--data`` (default ``../shared/data`` relative to the repository
-root). Usage::
+Reads the shared simulations (``sim_*``) from ``--data`` (default ``../shared/data``
+relative to the repository root) and the other sets from ``--sets-dir`` (default
+``/work/simsets``, made by bench/accuracy.py with fresh seeds: ``*_tune`` 20xx to choose,
+``*_heldout`` 21xx held out). Usage::
 
     python bench/flux_errors.py [--data PATH] [--sets sim_lsst,sim_hsc,sim_single] [--snr 20]
-    python bench/flux_errors.py --sets-dir /work/simsets --sets lsst_heldout,hsc_heldout \
-        --limit 100   (sets made by bench/accuracy.py; fresh seeds)
+    python bench/flux_errors.py --sets lsst_heldout,hsc_heldout --limit 100
+    python bench/flux_errors.py --sets single_tune,hard_single_tune --limit 300
 """
 
 from __future__ import annotations
@@ -58,6 +68,7 @@ from cdeblend import (
 )
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = ("sim_lsst", "sim_hsc", "sim_single")
 BINS = ((0.0, 0.05, "<0.05"), (0.05, 0.3, "0.05-0.3"), (0.3, np.inf, ">=0.3"))
 
 
@@ -131,30 +142,40 @@ def run_multi(path: str) -> dict:
 
 
 def run_single(path: str) -> dict:
+    """One single-band blend, deblended as a user would: one call with the default
+    footprint (the detection footprints holding a peak, merged), as bench/accuracy.py."""
     with np.load(path, allow_pickle=False) as d:
         data = {k: d[k] for k in d.files}
     cat = data["catalog"]
     peaks = np.stack([cat["y"], cat["x"]], axis=1).astype(np.int64)
     img, var = data["images"][0].astype(np.float64), data["variance"][0].astype(np.float64)
-    # the whole frame is the parent (every peak in one footprint)
-    res = SingleBandDeblender(SingleBandConfig()).deblend(
-        img, var, data["psfs"][0], peaks, footprint=np.ones(img.shape, bool)
-    )
+    psf = data["psfs"][0].astype(np.float64)
+    res = SingleBandDeblender(SingleBandConfig()).deblend(img, var, psf, peaks)
     blendedness, snr, scene = truth_arrays(data)
-    res0 = SingleBandDeblender(SingleBandConfig()).deblend(
-        scene[0], var, data["psfs"][0], peaks, footprint=np.ones(img.shape, bool)
-    )
+    # the model flux's truth for its noise alone: the same call on the noiseless scene
+    # (its own footprint: the noiseless scene's detection footprint is larger)
+    res0 = SingleBandDeblender(SingleBandConfig()).deblend(scene[0], var, psf, peaks)
     n = len(peaks)
-    out = {
-        k: np.full((n, 1), np.nan)
-        for k in ("cons", "cons_err", "cons_noiseless", "model", "model_err", "model_noiseless")
-    }
+    keys = ("cons", "cons_err", "cons_noiseless", "model", "model_err", "model_noiseless")
+    keys += ("cons_tot", "wing", "wing_true", "cons_wing", "deblend_err")
+    out = {k: np.full((n, 1), np.nan) for k in keys}
     for ch in res0.children:
         out["model_noiseless"][ch.index] = float(np.sum(ch.template))
+    fp = np.zeros(img.shape, bool)
+    y0, x0, h, w = res.footprint_box
+    fp[y0 : y0 + h, x0 : x0 + w] = res.footprint
+    fp &= var > 0
+    true = data["true_images"][:, 0].astype(np.float64)
     for ch in res.children:
         i = ch.index
         out["cons"][i] = ch.flux
         out["cons_err"][i] = ch.flux_err
+        out["cons_tot"][i] = ch.flux_total_err
+        out["wing"][i] = ch.wing_flux
+        out["deblend_err"][i] = ch.deblend_flux_err
+        out["cons_wing"][i] = ch.flux + ch.wing_flux
+        # the source's light that the footprint (with data) misses
+        out["wing_true"][i] = float(true[i][~fp].sum())
         out["model"][i] = float(np.sum(ch.template))
         out["model_err"][i] = ch.template_flux_err
         # the same shares applied to the noiseless scene: share = conserved / image
@@ -164,14 +185,45 @@ def run_single(path: str) -> dict:
             share = np.where(img[sl] != 0, ch.conserved / img[sl], 0.0)
         out["cons_noiseless"][i] = float(np.sum(share * scene[0][sl]))
     out.update(true=data["true_flux"], blendedness=blendedness, snr=snr)
+    out["is_star"] = data["is_star"][:, None].astype(float)
     return out
+
+
+def wing_table(cat: dict, good: np.ndarray) -> None:
+    """Single band: the terms of ``Child.flux_total_err`` (median share of its variance and
+    median size over the noise error) per blendedness bin; then the estimated wing light
+    (``Child.wing_flux``) against the true light outside the footprint, stars and galaxies
+    apart."""
+    print(
+        f"{'terms':<12} {'blendedness':<11} {'n':>5} {'deb^2/tot^2':>12} {'wing^2/tot^2':>13}"
+        f" {'deb/noise':>10} {'wing/noise':>11}  (median)"
+    )
+    for lo, hi, label in BINS:
+        sel = good & (cat["blendedness"] >= lo) & (cat["blendedness"] < hi)
+        sel &= np.isfinite(cat["cons_tot"]) & (cat["cons_tot"] > 0)
+        tot2, noise = cat["cons_tot"][sel] ** 2, cat["cons_err"][sel]
+        deb, wing = cat["deblend_err"][sel], np.abs(cat["wing"][sel])
+        med = [np.median(v) if v.size else np.nan for v in (deb**2 / tot2, wing**2 / tot2)]
+        med += [np.median(v) if v.size else np.nan for v in (deb / noise, wing / noise)]
+        print(
+            f"{'':<12} {label:<11} {sel.sum():>5} {med[0]:>12.2f} {med[1]:>13.2f}"
+            f" {med[2]:>10.2f} {med[3]:>11.2f}"
+        )
+    print(f"{'wing':<12} {'blendedness':<11} {'n':>5} {'lost %':>7} {'est/true':>9}  (median)")
+    for star, kind in ((1.0, "stars"), (0.0, "galaxies")):
+        for lo, hi, label in BINS:
+            sel = good & (cat["blendedness"] >= lo) & (cat["blendedness"] < hi)
+            sel &= (cat["is_star"] == star) & np.isfinite(cat["wing"]) & (cat["wing_true"] > 0)
+            lost = np.median(cat["wing_true"][sel] / cat["true"][sel]) if sel.any() else np.nan
+            ratio = np.median(cat["wing"][sel] / cat["wing_true"][sel]) if sel.any() else np.nan
+            print(f"{kind:<12} {label:<11} {sel.sum():>5} {100 * lost:>7.2f} {ratio:>9.2f}")
 
 
 def table(rows: list[dict], snr_min: float, title: str) -> None:
     cat = {k: np.concatenate([r[k] for r in rows]).ravel() for k in rows[0]}
     good = cat["snr"] >= snr_min
     print(f"\n{title}: entries (source x band) with band S/N >= {snr_min:g}")
-    print(f"{'pull':<12} {'blendedness':<11} {'n':>5} {'rstd':>6} {'median':>7} {'extra':>7}")
+    print(f"{'pull':<15} {'blendedness':<11} {'n':>5} {'rstd':>6} {'median':>7} {'extra':>7}")
     kinds = (
         ("cons|noise", "cons", "cons_noiseless", "cons_err"),
         ("cons|true", "cons", "true", "cons_err"),
@@ -181,6 +233,7 @@ def table(rows: list[dict], snr_min: float, title: str) -> None:
         ("model|true*", "model", "true", "cons_err"),
         ("cons|true+", "cons", "true", "cons_tot"),
         ("model|true+", "model", "true", "model_tot"),
+        ("cons+wing|true+", "cons_wing", "true", "cons_tot"),
     )
     for name, f, t, s in (k for k in kinds if k[3] in cat):
         for lo, hi, label in BINS:
@@ -190,9 +243,11 @@ def table(rows: list[dict], snr_min: float, title: str) -> None:
             pull = (fv - tv) / sv
             extra = extra_error(fv, cat["true"][sel], sv) if t == "true" else float("nan")
             print(
-                f"{name:<12} {label:<11} {sel.sum():>5} {robust_std(pull):>6.2f} "
+                f"{name:<15} {label:<11} {sel.sum():>5} {robust_std(pull):>6.2f} "
                 f"{np.median(pull) if pull.size else np.nan:>7.2f} {extra:>7.3f}"
             )
+    if "wing" in cat:
+        wing_table(cat, good)
 
 
 def main() -> None:
@@ -204,12 +259,12 @@ def main() -> None:
     ap.add_argument(
         "--sets-dir",
         type=Path,
-        default=None,
-        help="read the sets from this folder instead of --data (e.g. bench/accuracy.py's)",
+        default=Path("/work/simsets"),
+        help="folder of the sets made by bench/accuracy.py (every set but the shared sim_*)",
     )
     args = ap.parse_args()
     for name in args.sets.split(","):
-        root = args.sets_dir if args.sets_dir is not None else args.data
+        root = args.data if name in SHARED else args.sets_dir
         files = sorted(glob.glob(os.path.join(root, name, "*.npz")))
         if args.limit:
             files = files[: args.limit]

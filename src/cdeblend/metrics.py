@@ -59,6 +59,13 @@ CATALOG_COLUMNS: dict[str, tuple[str, str]] = {
         "flux_conserved_err (and, with flux_conserved - flux_model, to flux_model_err) "
         "for the error against the truth (docs/trust.md)",
     ),
+    "flux_wing": (
+        "image",
+        "Single band: the child's estimated light outside its parent's footprint (and its "
+        "pixels without data), which flux_conserved misses; add it in quadrature to "
+        "flux_conserved_err and flux_deblend_err for the error against the truth "
+        "(docs/trust.md); NaN for multi band",
+    ),
     "deblend_blendedness": (
         "",
         "Bosch et al. 2018 blendedness 1 - sum(m^2) / sum(m M) of the child's model m and "

@@ -83,6 +83,8 @@ with the morphologies held; the single-band template amplitude's; NaN for parent
 child, in model space as the LSST pipeline, ``deblend_blendedness``,
 ``deblend_fluxOverlap``, ``deblend_fluxOverlapFraction``, ``deblend_maxOverlap``,
 ``deblend_dataCoverage``, ``deblend_zeroFlux`` (all (B,)), ``deblend_edgePixels``;
+``flux_deblend_err`` (B,) and, single band, ``flux_wing`` (B,) (the light outside the
+footprint: add both in quadrature to ``flux_conserved_err`` against the truth);
 ``chi2_reduced`` (a child's over its convolved footprint, a parent's over its data) and
 ``deblend_runtime`` (ms, parents and their children). The multi-band metrics are NaN for
 the single-band deblender, which has no model. A source the multi-band deblender added from

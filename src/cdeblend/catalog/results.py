@@ -203,5 +203,8 @@ def summarize_single(res: Any, task: Task) -> Outcome:
             "flux_deblend_err": np.array(
                 [getattr(ch, "deblend_flux_err", np.nan) for ch in children], np.float64
             ).reshape(n, 1),
+            "flux_wing": np.array(
+                [getattr(ch, "wing_flux", np.nan) for ch in children], np.float64
+            ).reshape(n, 1),
         },
     )

@@ -68,6 +68,7 @@ _BAND_METRICS = (
     "deblend_maxOverlap",
     "deblend_dataCoverage",
     "flux_deblend_err",
+    "flux_wing",
 )
 
 

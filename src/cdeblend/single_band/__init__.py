@@ -17,6 +17,7 @@ The steps follow ``docs/spec/single_band.md`` (the [dev] behaviours). The module
 - :mod:`.templates`: symmetric templates, ramp, median, monotonic, clip (3.2-3.6);
 - :mod:`.weights`: template weights and degenerate templates (3.7-3.8);
 - :mod:`.portions` (the image split, 3.9) and :mod:`.stray` (stray flux);
+- :mod:`.wings`: each child's light outside the footprint and its total flux error;
 - :mod:`.results`: :class:`Child` and :class:`SingleBandResult`.
 
 The heavy loops live in :mod:`cdeblend._symmetric_cy`, :mod:`cdeblend._monotonic_cy` and

@@ -35,6 +35,7 @@ from .templates import (
     symmetry_shift,
 )
 from .weights import degenerate_template, weight_templates
+from .wings import total_flux_error, wing_ratios
 
 __all__ = ["MAX_DEGENERATE_REMOVALS", "ParentRun", "SingleBandDeblender", "axis_ratio"]
 
@@ -444,6 +445,9 @@ class ParentRun:
         pb = self.frame.pbox
         dtype = self.image.dtype
         cons_err, tmpl_err, deblend_err = flux_errors(self.frame, parts, stray)
+        wings = wing_ratios(
+            self.frame, self.psf, [self.templates[i] for i in act], self.centers(act)
+        )
         children: list[Child] = []
         for k, i in enumerate(act):
             peak = (int(self.fpk[i, 0]) - pb[0], int(self.fpk[i, 1]) - pb[1])
@@ -455,15 +459,29 @@ class ParentRun:
             child.flux_err = float(cons_err[k])
             child.template_flux_err = float(tmpl_err[k])
             child.deblend_flux_err = float(deblend_err[k])
+            child.wing_flux = child.flux * float(wings[k])
+            child.flux_total_err = total_flux_error(
+                child.flux_err, child.deblend_flux_err, child.wing_flux
+            )
             children.append(child)
         if self.cfg.propagate_all_peaks:
             for i in range(self.N):
                 if self.templates[i] is None or self.skipped[i]:
                     child = self.zero_child(i, np.zeros((pb[2], pb[3]), dtype=dtype))
                     child.flux_err = child.deblend_flux_err = 0.0
+                    child.wing_flux = child.flux_total_err = 0.0
                     children.append(child)
             children.sort(key=lambda c: c.index)
         return children
+
+    def centers(self, act: list[int]) -> list[tuple[float, float]]:
+        """Image (y, x) of each active peak's light: its PSF fit's centre for a PSF
+        template, the peak's centre otherwise (for :func:`.wings.wing_ratios`)."""
+        out = []
+        for i in act:
+            c = self.fits[i].get("psf_center") if self.is_psf[i] else None
+            out.append(tuple(self.cen[i]) if c is None else tuple(c))
+        return out
 
     def child(self, i: int, cons: np.ndarray, cbox, flags: set[str]) -> Child:
         """Peak ``i``'s child with conserved image ``cons`` on ``cbox`` (parent box)."""

@@ -62,6 +62,20 @@ class Child:
         Deblending uncertainty of ``flux``: the other templates' flux in the child's share
         of the pixels they share, ``sum_p s (T - t)`` (0 for a lone template; stray pixels
         not counted); see :func:`cdeblend.metrics.deblend_flux_errors`.
+    wing_flux : float
+        Estimated light of the source outside the parent footprint (and in its pixels
+        without data), which ``flux`` does not hold: ``flux`` times the PSF's light outside
+        over its light inside, the PSF placed at the PSF fit's centre of a PSF template or,
+        for any other template, at every template pixel weighted by the template (see
+        :mod:`cdeblend.single_band.wings`). ``flux + wing_flux`` estimates the total flux
+        (docs/trust.md: it removes the median bias, but does not lower the median error
+        on every simulated set, so ``flux`` stays the catalog's flux).
+    flux_total_err : float
+        Uncertainty of ``flux`` against the source's total flux:
+        ``sqrt(flux_err^2 + deblend_flux_err^2 + wing_flux^2)``, the noise, the deblending
+        uncertainty and the lost wings (counted at their full size), with no coefficient
+        fitted; its pulls on simulations are in docs/trust.md. Use it, not ``flux_err``,
+        when comparing fluxes with other catalogs or truth.
     """
 
     index: int
@@ -82,6 +96,8 @@ class Child:
     flux_err: float = float("nan")
     template_flux_err: float = float("nan")
     deblend_flux_err: float = float("nan")
+    wing_flux: float = float("nan")
+    flux_total_err: float = float("nan")
 
 
 @dataclass
@@ -159,6 +175,22 @@ class SingleBandResult:
         out = np.full(self.n_peaks, np.nan)
         for c in self.children:
             out[c.index] = c.deblend_flux_err
+        return out
+
+    @property
+    def wing_flux(self) -> np.ndarray:
+        """(N_peaks,) :attr:`Child.wing_flux` of each peak's child (NaN without)."""
+        out = np.full(self.n_peaks, np.nan)
+        for c in self.children:
+            out[c.index] = c.wing_flux
+        return out
+
+    @property
+    def flux_total_err(self) -> np.ndarray:
+        """(N_peaks,) :attr:`Child.flux_total_err` of each peak's child (NaN without)."""
+        out = np.full(self.n_peaks, np.nan)
+        for c in self.children:
+            out[c.index] = c.flux_total_err
         return out
 
     @property
