@@ -84,12 +84,29 @@ class SingleBandConfig:
         Trim template footprints to their non-zero spans (3.6).
     weight_templates : bool
         Scale templates by a least-squares fit to the image (3.7).
+    weight_by_variance : bool
+        Weight that fit's pixels by their inverse variance (True; :meth:`lsst` fits with
+        equal weights, as the LSST task does when it weights templates).
     min_template_weight : float
         Floor of those least-squares weights (0.1). The unconstrained fit gives a template
         that its neighbours' templates can stand in for a weight near or below 0, and its
         child then gets no flux: 22 of 861 sources with S/N >= 20 were lost that way on a
         harder simulated set. With the floor no bright source was lost on any set, and the
         median flux error was the same or better (README, "Defaults").
+    faint_psf_snr : float
+        A peak whose PSF fit fails the chi^2 cuts but has a positive flux of S/N below
+        this (the fit's flux over its noise, ``flux sqrt(sum PSF^2) / sigma1``) takes the
+        PSF template when its symmetric template holds more than ``faint_psf_ratio`` times
+        that flux: a faint peak's symmetric template is mostly its neighbours' light (a
+        peak between two bright sources gets both), and the fit's chi^2 fails because of
+        the neighbours, not because the source is extended. When the joint weights then
+        floor such a PSF template at ``min_template_weight`` (the PSF fit's flux was not
+        its light), it gets its symmetric template back and the weights are refitted.
+        10 by default; 0 turns the rule off (:meth:`lsst`). On the simulated single-band
+        tuning sets the median flux error improved over all entries and in every
+        blendedness bin (README, "Defaults").
+    faint_psf_ratio : float
+        See ``faint_psf_snr`` (5).
     remove_degenerate_templates : bool
         Drop one of each pair of templates whose cosine exceeds ``max_temp_dot_prod`` (3.8).
     max_temp_dot_prod : float
@@ -169,7 +186,10 @@ class SingleBandConfig:
     monotonic_template: bool = True
     clip_footprint_to_nonzero: bool = True
     weight_templates: bool = True
+    weight_by_variance: bool = True
     min_template_weight: float = 0.1
+    faint_psf_snr: float = 10.0
+    faint_psf_ratio: float = 5.0
     remove_degenerate_templates: bool = False
     max_temp_dot_prod: float = 0.5
     assign_stray_flux: bool = True
@@ -196,12 +216,15 @@ class SingleBandConfig:
     @classmethod
     def lsst(cls, **overrides) -> SingleBandConfig:
         """The LSST task's settings (``weight_templates=False``, ``stray_flux_rule="trim"``,
-        ``subpixel_centers=False``); ``overrides`` replace single fields."""
+        ``subpixel_centers=False``, ``faint_psf_snr=0``, ``weight_by_variance=False``);
+        ``overrides`` replace single fields."""
         return cls(
             **{
                 "weight_templates": False,
+                "weight_by_variance": False,
                 "stray_flux_rule": "trim",
                 "subpixel_centers": False,
+                "faint_psf_snr": 0.0,
                 **overrides,
             }
         )
@@ -228,6 +251,10 @@ class SingleBandConfig:
             raise ValueError(
                 f"min_template_weight must be finite and >= 0, got {self.min_template_weight!r}"
             )
+        for name in ("faint_psf_snr", "faint_psf_ratio"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {v!r}")
         if self.median_filter_halfsize < 0:
             raise ValueError("median_filter_halfsize must be >= 0")
         if self.tiny_footprint_size < 0:

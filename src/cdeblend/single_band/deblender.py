@@ -235,8 +235,9 @@ class ParentRun:
             self.fit_psfs()
         for i in np.flatnonzero(~self.skipped & ~self.is_psf):
             self.build_template(i)
+        swapped = self.swap_faint_templates()
         if cfg.weight_templates:
-            self.weight()
+            self.weight_keeping_faint(swapped)
         if cfg.remove_degenerate_templates:
             self.remove_degenerate()
         return self.apportion()
@@ -313,12 +314,14 @@ class ParentRun:
         )
         self.ramp = Ramp(fr, self.psf, self.pbox, self.ramp_s, self.sigma1)
         self.is_psf = np.zeros(self.N, dtype=bool)
+        # Peaks whose PSF fit failed the chi^2 cuts at S/N < faint_psf_snr: their fits.
+        self.faint_fits: dict[int, PsfFit] = {}
 
     def fit_psfs(self) -> None:
         """3.1: fit the PSF to every peak; a good fit gives the peak a PSF template."""
-        fitter = PsfFitter(self.cfg, self.frame, self.psf, self.fcen, self.fwhm)
+        self.fitter = PsfFitter(self.cfg, self.frame, self.psf, self.fcen, self.fwhm, self.sigma1)
         for i in np.flatnonzero(~self.skipped):
-            self.take_psf_fit(i, fitter.fit(i))
+            self.take_psf_fit(i, self.fitter.fit(i))
 
     def take_psf_fit(self, i: int, fit: PsfFit) -> None:
         """Record peak ``i``'s PSF fit: skip, flags, fit record and PSF template."""
@@ -330,6 +333,8 @@ class ParentRun:
         if fit.template is not None:
             self.templates[i] = fit.template
             self.is_psf[i] = True
+        elif fit.skip is None and fit.snr < self.cfg.faint_psf_snr and fit.record:
+            self.faint_fits[i] = fit
 
     def build_template(self, i: int) -> None:
         """3.2-3.6: peak ``i``'s symmetric template, ramped, smoothed, monotonic, clipped."""
@@ -360,6 +365,45 @@ class ParentRun:
             clip_to_nonzero(t)
         self.templates[i] = t
 
+    def swap_faint_templates(self) -> dict[int, Template]:
+        """Give the PSF template to the faint peaks (``faint_fits``) whose symmetric
+        template holds more than ``faint_psf_ratio`` times their PSF-fit flux (see
+        ``SingleBandConfig.faint_psf_snr``); returns their symmetric templates by peak."""
+        swapped: dict[int, Template] = {}
+        for i, fit in self.faint_fits.items():
+            t = self.templates[i]
+            if t is None or self.skipped[i] or self.is_psf[i]:
+                continue
+            flux = fit.record["psf_flux"]
+            if not float(t.values.sum()) > self.cfg.faint_psf_ratio * flux:
+                continue
+            psf_t = self.fitter.psf_template(fit)
+            if psf_t is None:
+                continue
+            swapped[i] = t
+            self.templates[i] = psf_t
+            self.is_psf[i] = True
+            self.peak_flags[i].add("faint_psf")
+        return swapped
+
+    def weight_keeping_faint(self, swapped: dict[int, Template]) -> None:
+        """:meth:`weight`; a swapped faint peak whose PSF template the fit floors at
+        ``min_template_weight`` gets its symmetric template back (its PSF-fit flux was a
+        neighbour's wing, not its light) and the weights are refitted."""
+        before = {i: (self.templates[i].values, self.templates[i].weight) for i in self.active()}
+        self.weight()
+        floor = self.cfg.min_template_weight
+        back = [i for i in swapped if self.templates[i].weight <= floor * (1 + 1e-9)]
+        if not back:
+            return
+        for i, (values, weight) in before.items():
+            self.templates[i].values, self.templates[i].weight = values, weight
+        for i in back:
+            self.templates[i] = swapped[i]
+            self.is_psf[i] = False
+            self.peak_flags[i].discard("faint_psf")
+        self.weight()
+
     def keep(self, i: int, name: str, t: Template) -> None:
         """Keep a copy of peak ``i``'s template after stage ``name`` (``keep_stages``)."""
         if not self.cfg.keep_stages:
@@ -373,7 +417,9 @@ class ParentRun:
         act = self.active()
         if act:
             templates = [self.templates[i] for i in act]
-            weight_templates(self.frame, templates, self.cfg.min_template_weight)
+            weight_templates(
+                self.frame, templates, self.cfg.min_template_weight, self.cfg.weight_by_variance
+            )
 
     def remove_degenerate(self) -> None:
         """3.8: drop degenerate templates one at a time, reweighting after each."""
