@@ -2,6 +2,7 @@
 default and LSST settings."""
 
 import inspect
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,7 @@ def test_lsst_preset_and_defaults():
             stray_flux_rule="trim",
             subpixel_centers=False,
             faint_psf_snr=0.0,
+            subtract_psf_templates=False,
         )
         == lsst
     )
@@ -163,12 +165,12 @@ def test_faint_peak_on_a_bright_wing_takes_the_psf_template():
     wing fails the PSF fit's chi^2 because of the neighbour; its symmetric template holds
     more than 5 times its PSF-fit flux, mostly the neighbour's light. The default gives it
     the PSF template, and its flux comes within 30% of the truth instead of several times
-    it; without the rule (faint_psf_snr=0) nothing changes in kind."""
+    it; without the rule (faint_psf_snr=0) nothing changes in kind. The point sources are
+    left in the image here (subtract_psf_templates=False), so that only this rule acts."""
     image, variance, psf, peaks, true_flux = load("hard_single_blend_2003_0024.npz")
-    new = SingleBandDeblender().deblend(image, variance, psf, peaks)
-    old = SingleBandDeblender(SingleBandConfig(faint_psf_snr=0)).deblend(
-        image, variance, psf, peaks
-    )
+    keep = SingleBandConfig(subtract_psf_templates=False)
+    new = SingleBandDeblender(keep).deblend(image, variance, psf, peaks)
+    old = SingleBandDeblender(replace(keep, faint_psf_snr=0.0)).deblend(image, variance, psf, peaks)
     c_new = next(c for c in new.children if c.index == 3)
     c_old = next(c for c in old.children if c.index == 3)
     assert "faint_psf" in c_new.flags and c_new.template_kind == "psf"
@@ -183,3 +185,28 @@ def test_faint_peak_on_a_bright_wing_takes_the_psf_template():
         np.testing.assert_allclose(
             total[res.footprint], image[y0 : y0 + h, x0 : x0 + w][res.footprint], atol=1e-3
         )
+
+
+def test_point_source_behind_a_neighbours_mirror_keeps_its_flux():
+    """A harder simulated blend (seed 2003's blend 171, made by the data folder's
+    make_blends.py, truth kept): source 4 (S/N 21) gets a PSF template, but its mirror image
+    about source 1 lands on source 0, so source 1's symmetric template (the minimum of the
+    two) holds source 4's light, and the joint fit floors source 4's template: it kept 6% of
+    its flux. With the symmetric templates made from the image minus the PSF templates (the
+    default) it keeps more than 40%, and the children still add up to the image."""
+    image, variance, psf, peaks, true_flux = load("hard_single_blend_2003_0171.npz")
+    kept = {}
+    for sub in (False, True):
+        res = SingleBandDeblender(SingleBandConfig(subtract_psf_templates=sub)).deblend(
+            image, variance, psf, peaks
+        )
+        c = next(c for c in res.children if c.index == 4)
+        assert c.template_kind == "psf"
+        kept[sub] = c.flux / true_flux[4]
+        y0, x0, h, w = res.footprint_box
+        total = res.conserved_images().sum(axis=0)[y0 : y0 + h, x0 : x0 + w] + res.unassigned
+        np.testing.assert_allclose(
+            total[res.footprint], image[y0 : y0 + h, x0 : x0 + w][res.footprint], atol=1e-3
+        )
+    assert kept[False] < 0.1  # the failure
+    assert kept[True] > 0.4

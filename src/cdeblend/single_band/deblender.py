@@ -18,7 +18,7 @@ import numpy as np
 
 from ..peaks import subpixel_centers
 from .config import SingleBandConfig
-from .frame import Frame, Template
+from .frame import Frame, Template, paste
 from .inputs import check_inputs, estimate_sigma1
 from .portions import Portions, apportion_templates, conserved_image, flux_errors
 from .psf import PsfImages, psf_fwhm_at, psf_fwhm_from_moments
@@ -233,8 +233,7 @@ class ParentRun:
         self.enter_frame()
         if cfg.fit_psfs:
             self.fit_psfs()
-        for i in np.flatnonzero(~self.skipped & ~self.is_psf):
-            self.build_template(i)
+        self.build_templates()
         swapped = self.swap_faint_templates()
         if cfg.weight_templates:
             self.weight_keeping_faint(swapped)
@@ -335,6 +334,24 @@ class ParentRun:
             self.is_psf[i] = True
         elif fit.skip is None and fit.snr < self.cfg.faint_psf_snr and fit.record:
             self.faint_fits[i] = fit
+
+    def build_templates(self) -> None:
+        """3.2-3.6 for every peak without a PSF template; with ``subtract_psf_templates``
+        they are made from the image minus the PSF templates."""
+        fr = self.frame
+        image = fr.image
+        psf_peaks = np.flatnonzero(self.is_psf & ~self.skipped)
+        if self.cfg.subtract_psf_templates and psf_peaks.size:
+            model = np.zeros_like(image)
+            for i in psf_peaks:
+                t = self.templates[i]
+                paste(model, t.values, t.box)
+            fr.image = image - model
+        try:
+            for i in np.flatnonzero(~self.skipped & ~self.is_psf):
+                self.build_template(i)
+        finally:
+            fr.image = image
 
     def build_template(self, i: int) -> None:
         """3.2-3.6: peak ``i``'s symmetric template, ramped, smoothed, monotonic, clipped."""
