@@ -49,7 +49,7 @@ class SingleBandConfig:
     The defaults are the LSST task's except ``weight_templates=True`` (templates scaled by a
     joint least-squares fit to the image, its pixels weighted by their inverse variance),
     ``stray_flux_rule="r-to-peak"`` (stray flux goes to the children instead of being
-    trimmed away), ``subpixel_centers=True``, ``faint_psf_snr=10`` (faint peaks on a
+    trimmed away), ``subpixel_centers=True``, ``faint_psf_snr=20`` (faint peaks on a
     neighbour's wing take the PSF template), ``subtract_psf_templates=True`` (symmetric
     templates made without the point sources; all measured on simulated LSST-like blends,
     see the README's Defaults) and the footprint of a call without one
@@ -105,18 +105,21 @@ class SingleBandConfig:
         harder simulated set. With the floor no bright source was lost on any set, and the
         median flux error was the same or better (README, "Defaults").
     faint_psf_snr : float
-        A peak whose PSF fit fails the chi^2 cuts but has a positive flux of S/N below
-        this (the fit's flux over its noise, ``flux sqrt(sum PSF^2) / sigma1``) takes the
-        PSF template when its symmetric template holds more than ``faint_psf_ratio`` times
-        that flux: a faint peak's symmetric template is mostly its neighbours' light (a
-        peak between two bright sources gets both), and the fit's chi^2 fails because of
-        the neighbours, not because the source is extended. When the joint weights then
-        floor such a PSF template at ``min_template_weight`` (the PSF fit's flux was not
-        its light), it gets its symmetric template back and the weights are refitted
-        (without ``weight_templates`` the PSF template stays). Its child has the flag
-        ``faint_psf``. 10 by default; 0 turns the rule off (:meth:`lsst`). On the
-        simulated single-band tuning sets the median flux error improved over all entries
-        and in every blendedness bin (README, "Defaults").
+        A peak without a PSF template takes one when its PSF fit's flux has S/N below
+        this (``flux sqrt(sum PSF^2) / sigma1``) and its symmetric template holds more
+        than ``faint_psf_ratio`` times that flux: a faint peak's symmetric template is
+        mostly its neighbours' light (a peak between two bright sources gets both), and
+        its PSF fit fails the chi^2 cuts because of the neighbours, not because the source
+        is extended. The fit is the peak's first one when that failed the cuts at such a
+        S/N, else a fit to the image minus the other templates (the first fit also took a
+        neighbour's wing for the peak's light). When the joint weights then floor such a
+        PSF template at ``min_template_weight`` (the fit's flux was not its light), the
+        peak gets its symmetric template back and the weights are refitted (without
+        ``weight_templates`` the PSF template stays). Its child has the flag
+        ``faint_psf``. 20 by default (30 lost bright sources on the tuning sets); 0 turns
+        the rule off (:meth:`lsst`). On the simulated single-band tuning sets the median
+        flux error improved over all entries and in every blendedness bin (README,
+        "Defaults").
     faint_psf_ratio : float
         See ``faint_psf_snr`` (5).
     remove_degenerate_templates : bool
@@ -201,7 +204,7 @@ class SingleBandConfig:
     weight_templates: bool = True
     weight_by_variance: bool = True
     min_template_weight: float = 0.1
-    faint_psf_snr: float = 10.0
+    faint_psf_snr: float = 20.0
     faint_psf_ratio: float = 5.0
     remove_degenerate_templates: bool = False
     max_temp_dot_prod: float = 0.5

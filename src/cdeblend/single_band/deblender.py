@@ -10,6 +10,7 @@ of the stray flux (:mod:`.stray`), and the children (:mod:`.results`).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 
 from ..peaks import subpixel_centers
 from .config import SingleBandConfig
-from .frame import Frame, Template, paste
+from .frame import Frame, Template, on_box, paste
 from .inputs import check_inputs, estimate_sigma1
 from .portions import Portions, apportion_templates, conserved_image, flux_errors
 from .psf import PsfImages, psf_fwhm_at, psf_fwhm_from_moments
@@ -315,6 +316,8 @@ class ParentRun:
         self.is_psf = np.zeros(self.N, dtype=bool)
         # Peaks whose PSF fit failed the chi^2 cuts at S/N < faint_psf_snr: their fits.
         self.faint_fits: dict[int, PsfFit] = {}
+        # The first fit records of peaks given a faint peak's PSF template.
+        self.first_fits: dict[int, dict[str, Any]] = {}
 
     def fit_psfs(self) -> None:
         """3.1: fit the PSF to every peak; a good fit gives the peak a PSF template."""
@@ -383,16 +386,28 @@ class ParentRun:
         self.templates[i] = t
 
     def swap_faint_templates(self) -> dict[int, Template]:
-        """Give the PSF template to the faint peaks (``faint_fits``) whose symmetric
-        template holds more than ``faint_psf_ratio`` times their PSF-fit flux (see
-        ``SingleBandConfig.faint_psf_snr``); returns their symmetric templates by peak."""
+        """Give the PSF template to the faint peaks whose symmetric template holds more
+        than ``faint_psf_ratio`` times their PSF-fit flux (see
+        ``SingleBandConfig.faint_psf_snr``); returns their symmetric templates by peak.
+
+        A peak's fit is its first one when that failed the chi^2 cuts at S/N below
+        ``faint_psf_snr`` (``faint_fits``), else a fit to the image minus the other
+        templates (its first fit also took a neighbour's wing for its own light)."""
+        cfg = self.cfg
         swapped: dict[int, Template] = {}
-        for i, fit in self.faint_fits.items():
-            t = self.templates[i]
-            if t is None or self.skipped[i] or self.is_psf[i]:
+        if not (cfg.fit_psfs and cfg.faint_psf_snr > 0):
+            return swapped
+        act = self.active()
+        model = self.template_model(act)
+        for i in act:
+            if self.is_psf[i]:
                 continue
-            flux = fit.record["psf_flux"]
-            if not float(t.values.sum()) > self.cfg.faint_psf_ratio * flux:
+            t = self.templates[i]
+            fit = self.faint_fits.get(i) or self.residual_fit(i, model)
+            if (
+                fit is None
+                or not float(t.values.sum()) > cfg.faint_psf_ratio * fit.record["psf_flux"]
+            ):
                 continue
             psf_t = self.fitter.psf_template(fit)
             if psf_t is None:
@@ -401,7 +416,32 @@ class ParentRun:
             self.templates[i] = psf_t
             self.is_psf[i] = True
             self.peak_flags[i].add("faint_psf")
+            # the child's PSF-fit record is the fit its template comes from
+            self.first_fits[i] = self.fits[i]
+            self.fits[i] = fit.record
         return swapped
+
+    def template_model(self, act: list[int]) -> np.ndarray:
+        """The sum of the templates of peaks ``act`` on the frame."""
+        fr = self.frame
+        model = np.zeros((fr.h, fr.w))
+        for i in act:
+            t = self.templates[i]
+            paste(model, t.values, t.box)
+        return model
+
+    def residual_fit(self, i: int, model: np.ndarray) -> PsfFit | None:
+        """Peak ``i``'s PSF fit to the image minus the other templates (``model`` less its
+        own), when its flux has S/N below ``faint_psf_snr`` (else None)."""
+        fr = self.frame
+        t = self.templates[i]
+        rest = copy.copy(fr)
+        rest.image = fr.image - (model - on_box(t.values, t.box, (0, 0, fr.h, fr.w)))
+        fitter = PsfFitter(self.cfg, rest, self.psf, self.fcen, self.fwhm, self.sigma1)
+        fit = fitter.fit(i)
+        if fit.skip is None and fit.record and fit.snr < self.cfg.faint_psf_snr:
+            return fit
+        return None
 
     def weight_keeping_faint(self, swapped: dict[int, Template]) -> None:
         """:meth:`weight`; a swapped faint peak whose PSF template the fit floors at
@@ -419,6 +459,7 @@ class ParentRun:
             self.templates[i] = swapped[i]
             self.is_psf[i] = False
             self.peak_flags[i].discard("faint_psf")
+            self.fits[i] = self.first_fits.pop(i)
         self.weight()
 
     def keep(self, i: int, name: str, t: Template) -> None:
