@@ -10,7 +10,6 @@ of the stray flux (:mod:`.stray`), and the children (:mod:`.results`).
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +18,7 @@ import numpy as np
 
 from ..peaks import subpixel_centers
 from .config import SingleBandConfig
-from .frame import Frame, Template, on_box, paste
+from .frame import Frame, Template
 from .inputs import check_inputs, estimate_sigma1
 from .portions import Portions, apportion_templates, conserved_image, flux_errors
 from .psf import PsfImages, psf_fwhm_at, psf_fwhm_from_moments
@@ -32,6 +31,7 @@ from .templates import (
     make_monotonic,
     median_smooth,
     patch_edges,
+    sum_templates,
     symmetric_template,
 )
 from .weights import degenerate_template, weight_templates
@@ -345,11 +345,7 @@ class ParentRun:
         image = fr.image
         psf_peaks = np.flatnonzero(self.is_psf & ~self.skipped)
         if self.cfg.subtract_psf_templates and psf_peaks.size:
-            model = np.zeros_like(image)
-            for i in psf_peaks:
-                t = self.templates[i]
-                paste(model, t.values, t.box)
-            fr.image = image - model
+            fr.image = image - sum_templates([self.templates[i] for i in psf_peaks], image.shape)
         try:
             for i in np.flatnonzero(~self.skipped & ~self.is_psf):
                 self.build_template(i)
@@ -398,12 +394,14 @@ class ParentRun:
         if not (cfg.fit_psfs and cfg.faint_psf_snr > 0):
             return swapped
         act = self.active()
-        model = self.template_model(act)
+        model = sum_templates([self.templates[i] for i in act], self.frame.image.shape)
         for i in act:
             if self.is_psf[i]:
                 continue
             t = self.templates[i]
-            fit = self.faint_fits.get(i) or self.residual_fit(i, model)
+            fit = self.faint_fits.get(i) or self.fitter.fit_without(i, model, t)
+            if fit is not None and not fit.snr < cfg.faint_psf_snr:
+                fit = None
             if (
                 fit is None
                 or not float(t.values.sum()) > cfg.faint_psf_ratio * fit.record["psf_flux"]
@@ -420,28 +418,6 @@ class ParentRun:
             self.first_fits[i] = self.fits[i]
             self.fits[i] = fit.record
         return swapped
-
-    def template_model(self, act: list[int]) -> np.ndarray:
-        """The sum of the templates of peaks ``act`` on the frame."""
-        fr = self.frame
-        model = np.zeros((fr.h, fr.w))
-        for i in act:
-            t = self.templates[i]
-            paste(model, t.values, t.box)
-        return model
-
-    def residual_fit(self, i: int, model: np.ndarray) -> PsfFit | None:
-        """Peak ``i``'s PSF fit to the image minus the other templates (``model`` less its
-        own), when its flux has S/N below ``faint_psf_snr`` (else None)."""
-        fr = self.frame
-        t = self.templates[i]
-        rest = copy.copy(fr)
-        rest.image = fr.image - (model - on_box(t.values, t.box, (0, 0, fr.h, fr.w)))
-        fitter = PsfFitter(self.cfg, rest, self.psf, self.fcen, self.fwhm, self.sigma1)
-        fit = fitter.fit(i)
-        if fit.skip is None and fit.record and fit.snr < self.cfg.faint_psf_snr:
-            return fit
-        return None
 
     def weight_keeping_faint(self, swapped: dict[int, Template]) -> None:
         """:meth:`weight`; a swapped faint peak whose PSF template the fit floors at

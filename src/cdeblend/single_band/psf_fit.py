@@ -9,6 +9,7 @@ its template.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -146,6 +147,17 @@ class PsfFitter:
         if out.template is not None:
             out.flags.add("deblended_as_psf")
         return out
+
+    def fit_without(self, i: int, model: np.ndarray, own: Template) -> PsfFit | None:
+        """Peak ``i``'s fit to the image minus the other templates: ``model`` (their sum
+        with peak i's, frame-sized) less ``own`` (peak i's template); None when the peak
+        is skipped or has no fit."""
+        fr = self.frame
+        rest = copy.copy(fr)
+        rest.image = fr.image - (model - on_box(own.values, own.box, (0, 0, fr.h, fr.w)))
+        fitter = PsfFitter(self.cfg, rest, self.psf, self.centers, self.fwhm, self.sigma1)
+        fit = fitter.fit(i)
+        return fit if fit.skip is None and fit.record else None
 
     def _stamp(self, cy: float, cx: float, clip0, out: PsfFit) -> Box | None:
         """The fit stamp (the peak's R1 box cut to the parent box), or None with
