@@ -637,3 +637,27 @@ def test_lstsq_matches_numpy(m, n, rank):
         assert chi2 == BAD_CHISQ
     else:
         assert chi2 == pytest.approx(float(np.sum((b - A @ ref) ** 2)), rel=1e-10)
+
+
+@pytest.mark.parametrize("by_variance", [False, True])
+def test_template_weight_matches_the_closed_form(by_variance):
+    """One template: the least-squares weight is sum(t b / v) / sum(t^2 / v) (v = 1 without
+    by_variance), on the footprint's pixels only."""
+    from cdeblend.single_band.frame import Frame, Template
+    from cdeblend.single_band.weights import weight_templates
+
+    rng = np.random.default_rng(11)
+    H = W = 12
+    image = rng.normal(size=(H, W)) + 3.0
+    variance = rng.uniform(0.5, 4.0, size=(H, W))
+    fp = np.zeros((H, W), dtype=bool)
+    fp[2:10, 3:11] = True
+    frame = Frame(image, variance, None, fp, (0, 0, H, W), 0)  # frame = image
+    vals = rng.uniform(0.1, 1.0, size=(5, 6))
+    t = Template((3, 4, 5, 6), vals.copy(), np.ones((5, 6), dtype=np.uint8), "symmetric")
+    weight_templates(frame, [t], 0.0, by_variance)
+    b = image[3:8, 4:10]
+    v = variance[3:8, 4:10] if by_variance else np.ones_like(b)
+    expect = np.sum(vals * b / v) / np.sum(vals**2 / v)
+    assert t.weight == pytest.approx(expect, rel=1e-10)
+    np.testing.assert_allclose(t.values, vals * expect, rtol=1e-12)

@@ -14,6 +14,7 @@ The steps follow ``docs/spec/single_band.md`` (the [dev] behaviours). The module
 - :mod:`.inputs`: the checks of every input, the default footprint, sigma1;
 - :mod:`.frame`: the working frame, templates and boxes;
 - :mod:`.psf` (PSF images, FWHM), :mod:`.psf_fit` (3.1) and :mod:`.lstsq` (its solver);
+- :mod:`.faint`: PSF templates for faint peaks on a neighbour's wing;
 - :mod:`.templates`: symmetric templates, ramp, median, monotonic, clip (3.2-3.6);
 - :mod:`.weights`: template weights and degenerate templates (3.7-3.8);
 - :mod:`.portions` (the image split, 3.9) and :mod:`.stray` (stray flux);

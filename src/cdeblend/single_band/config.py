@@ -47,9 +47,12 @@ class SingleBandConfig:
     """Settings of :class:`SingleBandDeblender`.
 
     The defaults are the LSST task's except ``weight_templates=True`` (templates scaled by a
-    joint least-squares fit to the image), ``stray_flux_rule="r-to-peak"`` (stray flux goes
-    to the children instead of being trimmed away; both measured on simulated LSST-like
-    blends, see the README's Defaults) and the footprint of a call without one
+    joint least-squares fit to the image, its pixels weighted by their inverse variance),
+    ``stray_flux_rule="r-to-peak"`` (stray flux goes to the children instead of being
+    trimmed away), ``subpixel_centers=True``, ``faint_psf_snr=20`` (faint peaks on a
+    neighbour's wing take the PSF template), ``subtract_psf_templates=True`` (symmetric
+    templates made without the point sources; all measured on simulated LSST-like blends,
+    see the README's Defaults) and the footprint of a call without one
     (``footprint_nsigma=None``: the detection footprint of
     :func:`~cdeblend.detection.deblend_image`). :meth:`lsst` gives the LSST task's settings.
 
@@ -80,6 +83,14 @@ class SingleBandConfig:
         "ramp": extend templates that are cut off at the footprint edge with a PSF-shaped
         ramp (3.3); "clip": leave them truncated; "noclip": patch pixels whose mirror falls
         outside the parent box when the template touches EDGE-masked pixels (3.2).
+    subtract_psf_templates : bool
+        Make the symmetric templates from the image minus the PSF templates (True;
+        :meth:`lsst` uses the image). A point source whose mirror image about a neighbour
+        lands on another source is otherwise part of that neighbour's symmetric template
+        (the minimum of two bright pixels), and the joint weights then floor its own PSF
+        template: on the simulated single-band tuning sets, sources with S/N >= 20 kept
+        down to 6% of their flux that way. Subtracting them improved the median flux
+        error over all entries and in the blended bins (README, "Defaults").
     median_smooth_template : bool
         Median filter each template's interior (3.4).
     median_filter_halfsize : int
@@ -90,12 +101,33 @@ class SingleBandConfig:
         Trim template footprints to their non-zero spans (3.6).
     weight_templates : bool
         Scale templates by a least-squares fit to the image (3.7).
+    weight_by_variance : bool
+        Weight that fit's pixels by their inverse variance (True; :meth:`lsst` fits with
+        equal weights, as the LSST task does when it weights templates).
     min_template_weight : float
         Floor of those least-squares weights (0.1). The unconstrained fit gives a template
         that its neighbours' templates can stand in for a weight near or below 0, and its
         child then gets no flux: 22 of 861 sources with S/N >= 20 were lost that way on a
         harder simulated set. With the floor no bright source was lost on any set, and the
         median flux error was the same or better (README, "Defaults").
+    faint_psf_snr : float
+        A peak without a PSF template takes one when its PSF fit's flux has S/N below
+        this (``flux sqrt(sum PSF^2) / sigma1``) and its symmetric template holds more
+        than ``faint_psf_ratio`` times that flux: a faint peak's symmetric template is
+        mostly its neighbours' light (a peak between two bright sources gets both), and
+        its PSF fit fails the chi^2 cuts because of the neighbours, not because the source
+        is extended. The fit is the peak's first one when that failed the cuts at such a
+        S/N, else a fit to the image minus the other templates (the first fit also took a
+        neighbour's wing for the peak's light). When the joint weights then floor such a
+        PSF template at ``min_template_weight`` (the fit's flux was not its light), the
+        peak gets its symmetric template back and the weights are refitted (without
+        ``weight_templates`` the PSF template stays). Its child has the flag
+        ``faint_psf``. 20 by default (30 lost bright sources on the tuning sets); 0 turns
+        the rule off (:meth:`lsst`). On the simulated single-band tuning sets the median
+        flux error improved over all entries and in every blendedness bin (README,
+        "Defaults").
+    faint_psf_ratio : float
+        See ``faint_psf_snr`` (5).
     remove_degenerate_templates : bool
         Drop one of each pair of templates whose cosine exceeds ``max_temp_dot_prod`` (3.8).
     max_temp_dot_prod : float
@@ -171,12 +203,16 @@ class SingleBandConfig:
     psf_chisq2b: float = 1.5
     tiny_footprint_size: int = 2
     edge_handling: str = "ramp"
+    subtract_psf_templates: bool = True
     median_smooth_template: bool = True
     median_filter_halfsize: int = 2
     monotonic_template: bool = True
     clip_footprint_to_nonzero: bool = True
     weight_templates: bool = True
+    weight_by_variance: bool = True
     min_template_weight: float = 0.1
+    faint_psf_snr: float = 20.0
+    faint_psf_ratio: float = 5.0
     remove_degenerate_templates: bool = False
     max_temp_dot_prod: float = 0.5
     assign_stray_flux: bool = True
@@ -203,14 +239,18 @@ class SingleBandConfig:
     @classmethod
     def lsst(cls, **overrides) -> SingleBandConfig:
         """The LSST task's settings (``weight_templates=False``, ``stray_flux_rule="trim"``,
-        ``subpixel_centers=False``, ``half_pixel_symmetry=False``); ``overrides`` replace
-        single fields."""
+        ``subpixel_centers=False``, ``half_pixel_symmetry=False``, ``faint_psf_snr=0``,
+        ``weight_by_variance=False``, ``subtract_psf_templates=False``); ``overrides``
+        replace single fields."""
         return cls(
             **{
                 "weight_templates": False,
+                "weight_by_variance": False,
                 "stray_flux_rule": "trim",
                 "subpixel_centers": False,
                 "half_pixel_symmetry": False,
+                "faint_psf_snr": 0.0,
+                "subtract_psf_templates": False,
                 **overrides,
             }
         )
@@ -237,6 +277,10 @@ class SingleBandConfig:
             raise ValueError(
                 f"min_template_weight must be finite and >= 0, got {self.min_template_weight!r}"
             )
+        for name in ("faint_psf_snr", "faint_psf_ratio"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {v!r}")
         if self.median_filter_halfsize < 0:
             raise ValueError("median_filter_halfsize must be >= 0")
         if self.tiny_footprint_size < 0:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..peaks import subpixel_centers
 from .config import SingleBandConfig
+from .faint import swap_faint_templates, weight_keeping_faint
 from .frame import Frame, Template
 from .inputs import check_inputs, estimate_sigma1
 from .portions import Portions, apportion_templates, conserved_image, flux_errors
@@ -31,6 +32,7 @@ from .templates import (
     make_monotonic,
     median_smooth,
     patch_edges,
+    sum_templates,
     symmetric_template,
     symmetry_shift,
 )
@@ -235,10 +237,10 @@ class ParentRun:
         self.enter_frame()
         if cfg.fit_psfs:
             self.fit_psfs()
-        for i in np.flatnonzero(~self.skipped & ~self.is_psf):
-            self.build_template(i)
+        self.build_templates()
+        swapped = swap_faint_templates(self)
         if cfg.weight_templates:
-            self.weight()
+            weight_keeping_faint(self, swapped)
         if cfg.remove_degenerate_templates:
             self.remove_degenerate()
         return self.apportion()
@@ -315,12 +317,16 @@ class ParentRun:
         )
         self.ramp = Ramp(fr, self.psf, self.pbox, self.ramp_s, self.sigma1)
         self.is_psf = np.zeros(self.N, dtype=bool)
+        # Peaks whose PSF fit failed the chi^2 cuts at S/N < faint_psf_snr: their fits.
+        self.faint_fits: dict[int, PsfFit] = {}
+        # The first fit records of peaks given a faint peak's PSF template.
+        self.first_fits: dict[int, dict[str, Any]] = {}
 
     def fit_psfs(self) -> None:
         """3.1: fit the PSF to every peak; a good fit gives the peak a PSF template."""
-        fitter = PsfFitter(self.cfg, self.frame, self.psf, self.fcen, self.fwhm)
+        self.fitter = PsfFitter(self.cfg, self.frame, self.psf, self.fcen, self.fwhm, self.sigma1)
         for i in np.flatnonzero(~self.skipped):
-            self.take_psf_fit(i, fitter.fit(i))
+            self.take_psf_fit(i, self.fitter.fit(i))
 
     def take_psf_fit(self, i: int, fit: PsfFit) -> None:
         """Record peak ``i``'s PSF fit: skip, flags, fit record and PSF template."""
@@ -332,6 +338,22 @@ class ParentRun:
         if fit.template is not None:
             self.templates[i] = fit.template
             self.is_psf[i] = True
+        elif fit.skip is None and fit.snr < self.cfg.faint_psf_snr and fit.record:
+            self.faint_fits[i] = fit
+
+    def build_templates(self) -> None:
+        """3.2-3.6 for every peak without a PSF template; with ``subtract_psf_templates``
+        they are made from the image minus the PSF templates."""
+        fr = self.frame
+        image = fr.image
+        psf_peaks = np.flatnonzero(self.is_psf & ~self.skipped)
+        if self.cfg.subtract_psf_templates and psf_peaks.size:
+            fr.image = image - sum_templates([self.templates[i] for i in psf_peaks], image.shape)
+        try:
+            for i in np.flatnonzero(~self.skipped & ~self.is_psf):
+                self.build_template(i)
+        finally:
+            fr.image = image
 
     def build_template(self, i: int) -> None:
         """3.2-3.6: peak ``i``'s symmetric template, ramped, smoothed, monotonic, clipped."""
@@ -388,7 +410,9 @@ class ParentRun:
         act = self.active()
         if act:
             templates = [self.templates[i] for i in act]
-            weight_templates(self.frame, templates, self.cfg.min_template_weight)
+            weight_templates(
+                self.frame, templates, self.cfg.min_template_weight, self.cfg.weight_by_variance
+            )
 
     def remove_degenerate(self) -> None:
         """3.8: drop degenerate templates one at a time, reweighting after each."""

@@ -9,6 +9,7 @@ its template.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -40,12 +41,15 @@ class PsfFit:
         fit).
     template : Template or None
         The PSF template, when the fit is good.
+    snr : float
+        S/N of the chosen fit's flux, ``flux sqrt(sum PSF^2) / sigma1`` (NaN without a fit).
     """
 
     skip: str | None = None
     flags: set[str] = field(default_factory=set)
     record: dict[str, Any] = field(default_factory=dict)
     template: Template | None = None
+    snr: float = float("nan")
 
 
 class _FitFailed(Exception):
@@ -88,6 +92,8 @@ class PsfFitter:
         (N, 2) float (y, x) fit positions of every peak, frame coordinates.
     fwhm : float
         PSF FWHM in pixels (sets the stamp and fit radii).
+    sigma1 : float
+        Background noise (for :meth:`flux_snr`).
     """
 
     def __init__(
@@ -97,12 +103,14 @@ class PsfFitter:
         psf: PsfImages,
         centers: np.ndarray,
         fwhm: float,
+        sigma1: float = float("nan"),
     ) -> None:
         self.cfg = cfg
         self.frame = frame
         self.psf = psf
         self.centers = centers
         self.fwhm = fwhm
+        self.sigma1 = sigma1
 
     def clipped(self, cy: float, cx: float) -> tuple[np.ndarray, Box, tuple | None]:
         """PSF at (cy, cx) in frame coords: (values, box, box clipped to the parent box as
@@ -132,12 +140,24 @@ class PsfFitter:
         if chosen is None:
             return out
         center, flux, good = chosen
+        out.snr = self.flux_snr(center, flux)
         if not (good and flux > 0):
             return out
         out.template = self._template(center, flux)
         if out.template is not None:
             out.flags.add("deblended_as_psf")
         return out
+
+    def fit_without(self, i: int, model: np.ndarray, own: Template) -> PsfFit | None:
+        """Peak ``i``'s fit to the image minus the other templates: ``model`` (their sum
+        with peak i's, frame-sized) less ``own`` (peak i's template); None when the peak
+        is skipped or has no fit."""
+        fr = self.frame
+        rest = copy.copy(fr)
+        rest.image = fr.image - (model - on_box(own.values, own.box, (0, 0, fr.h, fr.w)))
+        fitter = PsfFitter(self.cfg, rest, self.psf, self.centers, self.fwhm, self.sigma1)
+        fit = fitter.fit(i)
+        return fit if fit.skip is None and fit.record else None
 
     def _stamp(self, cy: float, cx: float, clip0, out: PsfFit) -> Box | None:
         """The fit stamp (the peak's R1 box cut to the parent box), or None with
@@ -286,6 +306,21 @@ class PsfFitter:
         col[inside] = psf_b[py_[inside] - box_b[0], px_[inside] - box_b[1]]
         Ab[:, 0] = col * rows.A[:, 1]
         return _solve(Ab, rows.b)
+
+    def flux_snr(self, center: tuple[float, float], flux: float) -> float:
+        """S/N of a PSF flux at ``center`` (frame coordinates) on a background of noise
+        ``sigma1``: ``flux sqrt(sum PSF^2) / sigma1``."""
+        arr, _, _ = self.clipped(*center)
+        return float(flux * math.sqrt(float(np.sum(np.square(arr)))) / self.sigma1)
+
+    def psf_template(self, fit: PsfFit) -> Template | None:
+        """The PSF template of a fit's chosen centre and flux, whatever its chi^2 (None
+        when the flux is not positive or the PSF misses the parent box)."""
+        if not fit.record or not fit.record["psf_flux"] > 0:
+            return None
+        cy, cx = fit.record["psf_center"]
+        fr = self.frame
+        return self._template((cy - fr.y0, cx - fr.x0), float(fit.record["psf_flux"]))
 
     def _template(self, center: tuple[float, float], flux: float) -> Template | None:
         """flux x PSF on the parent footprint within the PSF box, clipped to non-zero."""

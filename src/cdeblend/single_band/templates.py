@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _detection_cy, _monotonic_cy, _symmetric_cy
-from .frame import Box, Frame, Template, on_box
+from .frame import Box, Frame, Template, on_box, paste
 from .psf import PsfImages
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "make_monotonic",
     "median_smooth",
     "patch_edges",
+    "sum_templates",
     "symmetric_template",
     "symmetry_shift",
 ]
@@ -211,3 +212,11 @@ def clip_to_nonzero(t: Template) -> None:
         t.crop(*(int(v) for v in bb))
     else:
         t.values[:] = 0.0
+
+
+def sum_templates(templates: list[Template], shape: tuple[int, int]) -> np.ndarray:
+    """The sum of ``templates`` on a frame of ``shape`` (float64)."""
+    total = np.zeros(shape)
+    for t in templates:
+        paste(total, t.values, t.box)
+    return total

@@ -12,15 +12,30 @@ from .frame import Frame, Template, on_box, overlap
 __all__ = ["degenerate_template", "template_dots", "weight_templates"]
 
 
-def weight_templates(frame: Frame, templates: Sequence[Template], min_weight: float) -> None:
+def weight_templates(
+    frame: Frame, templates: Sequence[Template], min_weight: float, by_variance: bool = False
+) -> None:
     """Scale the templates by a joint least-squares fit to the image on the parent
-    footprint, each weight floored at ``min_weight`` (in place)."""
+    footprint, each weight floored at ``min_weight`` (in place).
+
+    With ``by_variance`` each pixel's row is divided by its noise (pixels without a
+    positive variance are left out), so that the fit is the maximum-likelihood one.
+    """
     pmask = frame.fp != 0
+    if by_variance:
+        pmask = pmask & (frame.variance > 0)
     cols = []
     for t in templates:
         cols.append(on_box(t.values, t.box, (0, 0, frame.h, frame.w))[pmask])
     A = np.stack(cols, axis=1)
-    w, *_ = np.linalg.lstsq(A, frame.image[pmask], rcond=-1)
+    b = frame.image[pmask]
+    if by_variance:
+        inv_sigma = 1.0 / np.sqrt(frame.variance[pmask])
+        A = A * inv_sigma[:, None]
+        b = b * inv_sigma
+    w = np.zeros(len(templates))
+    if b.size:
+        w, *_ = np.linalg.lstsq(A, b, rcond=-1)
     # a weight at or below 0 would leave its child without flux (config docstring)
     w = np.maximum(w, min_weight)
     for k, t in enumerate(templates):
