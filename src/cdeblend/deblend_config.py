@@ -111,6 +111,19 @@ class DeblendConfig:
         Margin kept around significant pixels when boxes are resized (5).
     monotonicity_size : int
         Initial side of the monotonicity table (101); it grows when a box needs more.
+    min_gradient : float
+        In [0, 1): the radial monotonicity makes each morphology pixel at most
+        ``1 - min_gradient`` times the weighted mean of its closer neighbours (0, the
+        reference: plain monotonicity, which lets a bright source's profile stay flat over a
+        fainter neighbour's peak and take its light; scarlet's ``min_gradient``).
+    symmetry : float
+        Strength in [0, 1] of the partial 180-degree symmetry prox applied to every
+        morphology after the monotonicity (0, none: the reference). Each pixel whose mirror
+        about the peak lies in the box moves this fraction of the way to the minimum of
+        itself and its mirror (:func:`cdeblend._symmetry_cy.symmetrize`): radial
+        monotonicity alone lets a bright source stay flat over a fainter neighbour's peak on
+        its wing and take its light; a galaxy has about as much light there as at the
+        mirror position, where no neighbour is.
     psf_fallback_bg_thresh : float or None
         Threshold of PSF-shaped fallback components; None uses ``bg_thresh``. The reference
         always uses 0.25 here (its quirk; set 0.25 to reproduce it).
@@ -138,6 +151,11 @@ class DeblendConfig:
         A source that the initial joint SED fit leaves below the noise threshold restarts
         with its peak-ratio SED capped at this many noise RMS at its peak (5), and the other
         sources' SEDs are fitted again without it (``rescue_faint``).
+    rescue_dead_level : float or None
+        The level, in noise RMS at the peak, below which (in every band) a source of the
+        initial joint SED fit counts as left dead and is restarted as above (None: the noise
+        threshold ``bg_thresh``, the default). A higher level also restarts sources that the
+        joint fit left barely above the noise, which the fit then usually erased.
 
     Failure
     -------
@@ -199,6 +217,8 @@ class DeblendConfig:
     bg_thresh: float | None = 1.0
     component_padding: int = 5
     monotonicity_size: int = 101
+    min_gradient: float = 0.0
+    symmetry: float = 0.0
     psf_fallback_bg_thresh: float | None = None
     center_flip_quirk: bool = False
     keep_best: bool = True
@@ -207,6 +227,7 @@ class DeblendConfig:
     rescue_fraction: float = 0.5
     rescue_rounds: int = 2
     rescue_init_level: float = 5.0
+    rescue_dead_level: float | None = None
     fallback: bool = True
     residual_sources: bool = False
     residual_snr: float = 5.0
@@ -274,6 +295,10 @@ class DeblendConfig:
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if not (np.isfinite(self.min_gradient) and 0 <= self.min_gradient < 1):
+            raise ValueError(f"min_gradient must be in [0, 1), got {self.min_gradient!r}")
+        if not (np.isfinite(self.symmetry) and 0 <= self.symmetry <= 1):
+            raise ValueError(f"symmetry must be in [0, 1], got {self.symmetry!r}")
         if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
             raise ValueError(f"b1 and b2 must be in [0, 1), got {self.b1!r}, {self.b2!r}")
         if self.sed_solver not in ("nnls", "lstsq"):
@@ -286,7 +311,7 @@ class DeblendConfig:
             raise ValueError(f"disk_percentile must be in (0, 100), got {self.disk_percentile}")
         if self.model_psf_sigma is not None and not self.model_psf_sigma > 0:
             raise ValueError(f"model_psf_sigma must be > 0 or None, got {self.model_psf_sigma!r}")
-        for name in ("bg_thresh", "psf_fallback_bg_thresh"):
+        for name in ("bg_thresh", "psf_fallback_bg_thresh", "rescue_dead_level"):
             v = getattr(self, name)
             if v is not None and not (np.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be >= 0 or None, got {v!r}")

@@ -51,7 +51,9 @@ class Fitter:
         self._new_buffers(packed.morph.size)
         self.morph_all[0] = packed.morph
         self.packed = PackedComponents(packed.sed, self.morph_all[0], packed.comp, packed.bg_thresh)
-        self.mono = RadialMonotonicity((config.monotonicity_size - 1) // 2)
+        self.mono = RadialMonotonicity(
+            (config.monotonicity_size - 1) // 2, config.min_gradient
+        )
         self._cover()
         self.noise = np.ascontiguousarray(obs.noise_rms, dtype=np.float64)
         self.min_step = self.noise * config.sed_min_step
@@ -194,6 +196,19 @@ class Fitter:
             0,
             self._size,
         )
+        self.kernel.set_symmetry(self._symmetry(p.comp))
+
+    def _symmetry(self, comp: np.ndarray) -> np.ndarray | None:
+        """Each component's symmetry strength (``DeblendConfig.symmetry``; None when it is 0).
+
+        Every component gets the configured strength: on the tuning sets, applying it only
+        to components whose box holds another source's peak was worse (hard_lsst_tune
+        0.1006 against 0.0952 at strength 1).
+        """
+        s = self.config.symmetry
+        if s <= 0 or len(comp) == 0:
+            return None
+        return np.full(len(comp), s)
 
     def run(self, max_iter: int) -> bool:
         """Iterate until convergence (at least ``min_iter`` iterations from now) or until

@@ -198,7 +198,8 @@ def _revive_dead_sources(
 
     noise = np.asarray(observation.noise_rms, dtype=np.float64)
     comps = blend.components
-    thresh = noise * (config.bg_thresh or 0.0)
+    level = config.bg_thresh if config.rescue_dead_level is None else config.rescue_dead_level
+    thresh = noise * (level or 0.0)
     above = np.any(np.array([c.sed for c in comps]) > thresh, axis=1).tolist()
     dead, k = [], 0
     for src, single, sed in zip(blend.sources, singles, init_seds, strict=True):
