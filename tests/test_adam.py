@@ -29,7 +29,8 @@ def reference_step(
     grad, comps, state, bg_rms, min_step, sed_step, morph_step, it, variant, symmetry=None
 ):
     """One iteration on plain per-component arrays; returns new seds, morphs and bounds
-    (``symmetry``: each component's strength, see test_morph_constraints.reference_symmetrize)."""
+    (``symmetry``: each component's (strength, dy, dx) row, see
+    test_morph_constraints.reference_symmetrize)."""
     out = []
     t = it + 1
     damp = 0.1 if it == 0 else 1.0
@@ -59,7 +60,10 @@ def reference_step(
         if symmetry is not None:
             from test_morph_constraints import reference_symmetrize
 
-            m_new = reference_symmetrize(m_new, py, px, symmetry[k])
+            strength, sy, sx = symmetry[k]
+            cy, cx = py + sy / 2, px + sx / 2
+            if strength > 0 and 0 <= cy <= h - 1 and 0 <= cx <= w - 1:
+                m_new = reference_symmetrize(m_new, cy, cx, strength)
         if c.bg_thresh is not None:
             tb = bg_rms * c.bg_thresh
             below = np.all(s_new[:, None, None] * m_new[None] < tb[:, None, None], axis=0)

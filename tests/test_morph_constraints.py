@@ -14,14 +14,14 @@ from cdeblend.blend import Blend, Component, PackedComponents, RadialMonotonicit
 from cdeblend.fit import Fitter
 
 
-def reference_symmetrize(m, py, px, strength):
-    """Pixel by pixel: q with its mirror 2p - q in the array moves ``strength`` of the way to
-    min(m[q], m[2p - q]); the others stay."""
+def reference_symmetrize(m, cy, cx, strength):
+    """Pixel by pixel: q with its mirror 2c - q in the array moves ``strength`` of the way to
+    min(m[q], m[2c - q]); the others stay (c: a pixel or half-pixel position)."""
     out = m.copy()
     h, w = m.shape
     for y in range(h):
         for x in range(w):
-            my, mx = 2 * py - y, 2 * px - x
+            my, mx = int(2 * cy) - y, int(2 * cx) - x
             if 0 <= my < h and 0 <= mx < w:
                 lo = min(m[y, x], m[my, mx])
                 out[y, x] = m[y, x] + strength * (lo - m[y, x])
@@ -38,7 +38,8 @@ def reference_symmetrize(m, py, px, strength):
 def test_symmetrize_matches_reference(h, w, seed, strength):
     rng = np.random.default_rng(seed)
     m = rng.random((h, w)) - 0.2  # negative values too: the prox runs before the threshold
-    py, px = int(rng.integers(0, h)), int(rng.integers(0, w))
+    # pixel centres and half-pixel positions
+    py, px = int(rng.integers(0, 2 * h - 1)) / 2, int(rng.integers(0, 2 * w - 1)) / 2
     s = float(rng.random()) if strength is None else strength
     ref = reference_symmetrize(m, py, px, s)
     _symmetry_cy.symmetrize(m, py, px, s)
@@ -60,14 +61,24 @@ def test_full_strength_is_the_symmetric_minimum():
 
 def test_symmetrize_rejects_bad_arguments():
     m = np.ones((3, 3))
-    with pytest.raises(ValueError, match="peak"):
+    with pytest.raises(ValueError, match="centre"):
         _symmetry_cy.symmetrize(m, 3, 0, 0.5)
+    with pytest.raises(ValueError, match="multiple of 0.5"):
+        _symmetry_cy.symmetrize(m, 1.2, 0, 0.5)
     with pytest.raises(ValueError, match="strength"):
         _symmetry_cy.symmetrize(m, 1, 1, 1.5)
     with pytest.raises(ValueError, match="symmetry"):
         DeblendConfig(symmetry=-0.1)
     with pytest.raises(ValueError, match="symmetry"):
         DeblendConfig(symmetry=float("nan"))
+
+
+def _random_rows(rng, K):
+    """(K, 3) symmetry rows: strengths (some 0) and doubled-centre shifts in {-1, 0, 1}."""
+    rows = np.zeros((K, 3))
+    rows[:, 0] = rng.random(K) * (rng.random(K) > 0.3)
+    rows[:, 1:] = rng.integers(-1, 2, (K, 2))
+    return rows
 
 
 def _step_args(rng, B, H, W, K):
@@ -96,8 +107,7 @@ def test_adam_prox_step_with_symmetry_matches_reference(seed, variant):
         )
         for c in comps
     ]
-    strength = rng.random(K)
-    strength[rng.random(K) < 0.3] = 0.0
+    strength = _random_rows(rng, K)
     bg_rms = rng.uniform(0.05, 0.5, B)
     op = RadialMonotonicity(half=20)
     bounds = np.zeros((K, 4), dtype=np.int64)
@@ -128,14 +138,16 @@ def test_fit_kernel_symmetry_equals_adam_prox_step(seed):
     sed_b, sed_state = a.sed.copy(), np.zeros((3,) + a.sed.shape)
     morph_all = np.zeros((4, a.morph.size))
     morph_all[0] = a.morph
-    strength = rng.random(K)
+    strength = _random_rows(rng, K)
     bg_rms = rng.uniform(0.05, 0.5, B)
     op = RadialMonotonicity(half=20)
     b_ref, b_new = (np.zeros((K, 4), dtype=np.int64) for _ in range(2))
     kern = _adam_cy.FitKernel(bg_rms, bg_rms / 10, 0.03, 0.01, B1, B2, EPS, FLOOR, 0)
     kern.bind(sed_b, sed_state, morph_all, a.comp, a.bg_thresh, op.table, b_new)
-    with pytest.raises(ValueError, match="one strength per component"):
-        kern.set_symmetry(np.zeros(K + 1))
+    with pytest.raises(ValueError, match="one \\(strength, dy, dx\\) row per component"):
+        kern.set_symmetry(np.zeros((K + 1, 3)))
+    with pytest.raises(ValueError, match="shifts"):
+        kern.set_symmetry(np.full((K, 3), 0.5))
     kern.set_symmetry(strength)
     for it in range(3):
         grad = rng.normal(size=(B, H, W))
@@ -165,7 +177,7 @@ def _fitter(symmetry):
 
 def test_fitter_gives_every_component_the_strength():
     f = _fitter(0.7)
-    np.testing.assert_array_equal(f._symmetry(f.packed.comp), [0.7, 0.7])
+    np.testing.assert_array_equal(f._symmetry(f.packed.comp), [[0.7, 0, 0], [0.7, 0, 0]])
     assert _fitter(0.0)._symmetry(f.packed.comp) is None
     f.run(3)  # the kernel accepts them (one per component)
 

@@ -155,7 +155,7 @@ def adam_prox_step(const real[:, :, ::1] grad,
                    double floor, int variant, bint monotonic,
                    const int32_t[::1] vdy, const int32_t[::1] vdx, const double[:, ::1] vw,
                    bint want_bounds, int64_t[:, ::1] bounds,
-                   const double[::1] symmetry=None):
+                   const double[:, ::1] symmetry=None):
     """One proximal ADAM iteration of every component (docs/spec/multi_band.md 3.3-3.7), in place.
 
     For each component: SED gradient with the current morphology, morphology gradient with
@@ -163,7 +163,8 @@ def adam_prox_step(const real[:, :, ::1] grad,
     step ``morph_step``, both divided by 10 when ``it == 0``; SED prox (floor, non-finite ->
     floor); morphology prox: radial monotonicity about the peak (if ``monotonic``), the
     partial symmetry of :func:`cdeblend._symmetry_cy.symmetrize` with strength
-    ``symmetry[k]`` ((K,) float64; None: none), noise threshold
+    ``symmetry[k, 0]`` about the doubled centre ``2 peak + symmetry[k, 1:]`` ((K, 3)
+    float64, the shifts in {-1, 0, 1}; None: none), noise threshold
     ``sed[b] * m < bg_rms[b] * bg_thresh[k]`` in all bands -> 0 (plain positivity when
     ``bg_thresh[k] < 0``), non-finite -> 0, peak pixel at least ``floor``, peak-normalise.
 
@@ -219,7 +220,7 @@ def fit_step(const real[:, :, ::1] grad,
              double sed_step, double morph_step, Py_ssize_t it, double b1, double b2,
              double eps, double floor, int variant, MonotonicTable table,
              bint want_bounds, int64_t[:, ::1] bounds,
-             const double[::1] symmetry=None):
+             const double[:, ::1] symmetry=None):
     """:func:`adam_prox_step` for the fitter: the SED moments as one (3, K, B) array, the
     morphology and its three moments as the rows of one (4, N) array, and a prebuilt
     :class:`MonotonicTable` (None: no monotonicity). ``grad`` may be a strided view (e.g. the
@@ -234,24 +235,28 @@ def fit_step(const real[:, :, ::1] grad,
                table is not None, t, want_bounds, bounds, _symmetry_ptr(symmetry))
 
 
-cdef _check_symmetry(const double[::1] symmetry, Py_ssize_t K):
-    """Raise unless ``symmetry`` is None or K strengths in [0, 1]."""
-    cdef Py_ssize_t k
+cdef _check_symmetry(const double[:, ::1] symmetry, Py_ssize_t K):
+    """Raise unless ``symmetry`` is None or (K, 3) rows (strength in [0, 1], doubled-centre
+    shifts in {-1, 0, 1})."""
+    cdef Py_ssize_t k, a
     if symmetry is None:
         return
-    if symmetry.shape[0] != K:
-        raise ValueError(f"symmetry must hold one strength per component ({K}), "
-                         f"got {symmetry.shape[0]}")
+    if symmetry.shape[0] != K or symmetry.shape[1] != 3:
+        raise ValueError(f"symmetry must hold one (strength, dy, dx) row per component "
+                         f"({K}), got shape ({symmetry.shape[0]}, {symmetry.shape[1]})")
     for k in range(K):
-        if not 0 <= symmetry[k] <= 1:
-            raise ValueError(f"symmetry strengths must be in [0, 1], got {symmetry[k]!r}")
+        if not 0 <= symmetry[k, 0] <= 1:
+            raise ValueError(f"symmetry strengths must be in [0, 1], got {symmetry[k, 0]!r}")
+        for a in range(1, 3):
+            if symmetry[k, a] not in (-1.0, 0.0, 1.0):
+                raise ValueError(f"symmetry shifts must be -1, 0 or 1, got {symmetry[k, a]!r}")
 
 
-cdef inline const double* _symmetry_ptr(const double[::1] symmetry) noexcept nogil:
-    """The strengths' data, or NULL (no symmetry) for None or no components."""
+cdef inline const double* _symmetry_ptr(const double[:, ::1] symmetry) noexcept nogil:
+    """The rows' data, or NULL (no symmetry) for None or no components."""
     if symmetry is None or symmetry.shape[0] == 0:
         return NULL
-    return &symmetry[0]
+    return &symmetry[0, 0]
 
 
 cdef Py_ssize_t _scratch_size(const int64_t[:, ::1] comp, Py_ssize_t B) noexcept nogil:
@@ -318,7 +323,7 @@ cdef int _prox_core(const real[:, :, ::1] grad,
         _prox_one(k, grad, sed, sed_m, sed_v, sed_vhat, morph, morph_m, morph_v, morph_vhat,
                   comp, bg_thresh, bg_rms, sed_min_step, sed_step, morph_step, b1, b2, eps,
                   c1, c2, damp, floor, variant, monotonic, table, want_bounds, bounds, gs,
-                  0.0 if symmetry == NULL else symmetry[k])
+                  NULL if symmetry == NULL else symmetry + 3 * k)
     return 0
 
 
@@ -332,13 +337,13 @@ cdef void _prox_one(Py_ssize_t k, const real[:, :, ::1] grad,
                     double sed_step, double morph_step, double b1, double b2, double eps,
                     double c1, double c2, double damp, double floor, int variant,
                     bint monotonic, const RadialTable* table, bint want_bounds,
-                    int64_t[:, ::1] bounds, double* gs, double symmetry) noexcept nogil:
+                    int64_t[:, ::1] bounds, double* gs, const double* symmetry) noexcept nogil:
     """Component k's step of :func:`_prox_core` (``c1``, ``c2``: the bias corrections of the
     iteration, ``damp`` its step factor). It writes only component k's parameters, moments
     and bounds and its work space ``gs``: components may run on different threads."""
     cdef Py_ssize_t B = sed.shape[1]
     cdef Py_ssize_t b, i, y, x, off, y0, x0, h, w, py, px, pk
-    cdef Py_ssize_t ly0, lx0, ly1, lx1
+    cdef Py_ssize_t ly0, lx0, ly1, lx1, cy2, cx2
     cdef double mean_s, step, thr, mx, v, inv
     cdef double* gm = gs + 3 * B
     cdef double* s_old = gs + B
@@ -386,8 +391,12 @@ cdef void _prox_one(Py_ssize_t k, const real[:, :, ::1] grad,
     # --- morphology prox chain
     if monotonic:
         _radial_project_table(&morph[off], h, w, py, px, table)
-    if symmetry > 0:
-        _symmetrize(&morph[off], h, w, py, px, symmetry)
+    if symmetry != NULL and symmetry[0] > 0:
+        # the doubled centre, clipped to the box (a shift past its edge is dropped)
+        cy2 = 2 * py + <Py_ssize_t>symmetry[1]
+        cx2 = 2 * px + <Py_ssize_t>symmetry[2]
+        if 0 <= cy2 <= 2 * (h - 1) and 0 <= cx2 <= 2 * (w - 1):
+            _symmetrize(&morph[off], h, w, cy2, cx2, symmetry[0])
     thr = bg_thresh[k]
     for b in range(B):
         tb[b] = bg_rms[b] * thr
@@ -829,7 +838,7 @@ cdef void _prox_threads(int nt, const real[:, :, ::1] grad,
                   comp, bg_thresh, bg_rms, sed_min_step, sed_step, morph_step, b1, b2, eps,
                   c1, c2, damp, floor, variant, monotonic, table, want_bounds, bounds,
                   scratch + threadid() * per_thread,
-                  0.0 if symmetry == NULL else symmetry[k])
+                  NULL if symmetry == NULL else symmetry + 3 * k)
 
 
 cdef enum:
@@ -894,7 +903,7 @@ cdef class FitKernel:
     #: Threads of :meth:`iterate` (0: :func:`cdeblend._threads.num_threads` at each call).
     cdef public int num_threads
     # strength of each component's partial symmetry prox (set_symmetry; None: none)
-    cdef double[::1] symmetry
+    cdef double[:, ::1] symmetry
     cdef float[:, :, ::1] img_f, wgt_f, mdl_f, cnv_f, res_f, grd_f, ker_f, gker_f
     cdef float[:, :, :, ::1] fk_f
     cdef double[:, :, ::1] img_d, wgt_d, mdl_d, cnv_d, res_d, grd_d, ker_d, gker_d
@@ -1069,10 +1078,10 @@ cdef class FitKernel:
         else:
             _render(self.sed, m[0, :self.size], self.comp, model, H, W)
 
-    def set_symmetry(self, double[::1] symmetry):
-        """Strength in [0, 1] of each bound component's partial symmetry prox ((K,), kept
-        by reference; None: none). Set it again when :meth:`bind` changes the number of
-        components."""
+    def set_symmetry(self, double[:, ::1] symmetry):
+        """Each bound component's partial symmetry prox: (K, 3) rows (strength in [0, 1],
+        shifts in {-1, 0, 1} of the doubled centre ``2 peak``), kept by reference; None:
+        none. Set it again when :meth:`bind` changes the number of components."""
         if symmetry is not None:
             _check_symmetry(symmetry, self.comp.shape[0] if self.comp is not None else 0)
         self.symmetry = symmetry

@@ -11,29 +11,31 @@ about its centre: at the faint neighbour's position it has about as much light a
 mirror position, where no neighbour is. Pulling each morphology towards the minimum of
 itself and its mirror image (the SDSS deblender's symmetric template, docs/spec/single_band.md
 3.2) removes such bumps; ``strength`` < 1 keeps part of the free shape for galaxies that are
-not symmetric.
+not symmetric. The centre may be a half-pixel position: the peak pixel is up to half a
+pixel off a source's true centre, and symmetry about the wrong pixel removes real light.
 """
 
 
-def symmetrize(double[:, ::1] morph, Py_ssize_t py, Py_ssize_t px, double strength):
-    """Pull ``morph`` towards its 180-degree symmetric minimum about (py, px), in place.
+def symmetrize(double[:, ::1] morph, double cy, double cx, double strength):
+    """Pull ``morph`` towards its 180-degree symmetric minimum about (cy, cx), in place.
 
     Parameters
     ----------
     morph : numpy.ndarray
         (h, w) float64, C-contiguous; modified in place.
-    py, px : int
-        The peak, inside the array.
+    cy, cx : float
+        The centre, a pixel centre or a half-pixel position (multiples of 0.5) inside the
+        array.
     strength : float
-        In [0, 1]: each pixel q whose mirror ``2 p - q`` is inside the array becomes
-        ``(1 - strength) m[q] + strength min(m[q], m[2 p - q])``; the others are unchanged.
+        In [0, 1]: each pixel q whose mirror ``2 c - q`` is inside the array becomes
+        ``(1 - strength) m[q] + strength min(m[q], m[2 c - q])``; the others are unchanged.
     """
     cdef Py_ssize_t h = morph.shape[0], w = morph.shape[1]
-    if not (0 <= py < h and 0 <= px < w):
-        raise ValueError(f"the peak ({py}, {px}) must lie inside the (h, w) = ({h}, {w}) array")
+    if not (2 * cy == <Py_ssize_t>(2 * cy) and 2 * cx == <Py_ssize_t>(2 * cx)):
+        raise ValueError(f"the centre ({cy}, {cx}) must be a multiple of 0.5")
+    if not (0 <= cy <= h - 1 and 0 <= cx <= w - 1):
+        raise ValueError(f"the centre ({cy}, {cx}) must lie inside the (h, w) = ({h}, {w}) array")
     if not 0 <= strength <= 1:
         raise ValueError(f"strength must be in [0, 1], got {strength!r}")
-    if h * w == 0:
-        return
     with nogil:
-        _symmetrize(&morph[0, 0], h, w, py, px, strength)
+        _symmetrize(&morph[0, 0], h, w, <Py_ssize_t>(2 * cy), <Py_ssize_t>(2 * cx), strength)

@@ -111,6 +111,11 @@ class DeblendConfig:
         Margin kept around significant pixels when boxes are resized (5).
     monotonicity_size : int
         Initial side of the monotonicity table (101); it grows when a box needs more.
+    symmetry_center : str
+        Centre of the symmetry: "peak" (default), the peak pixel, or "subpixel", the
+        half-pixel grid point nearest the peak's sub-pixel centre in the chi^2 detection
+        image (:func:`cdeblend.peaks.subpixel_centers`): a peak pixel is up to half a pixel
+        off the true centre, and symmetry about the wrong pixel removes real light.
     min_gradient : float
         In [0, 1): the radial monotonicity makes each morphology pixel at most
         ``1 - min_gradient`` times the weighted mean of its closer neighbours (0, the
@@ -151,6 +156,10 @@ class DeblendConfig:
         A source that the initial joint SED fit leaves below the noise threshold restarts
         with its peak-ratio SED capped at this many noise RMS at its peak (5), and the other
         sources' SEDs are fitted again without it (``rescue_faint``).
+    rescue_shape : str
+        Morphology a dead source restarts with: "initial" (default), its initial
+        morphology, or "psf", the model PSF (a faint source on a bright neighbour's wing
+        has a broad, flat initial morphology made mostly of the neighbour's light).
     rescue_dead_level : float or None
         The level, in noise RMS at the peak, below which (in every band) a source of the
         initial joint SED fit counts as left dead and is restarted as above (None: the noise
@@ -219,6 +228,7 @@ class DeblendConfig:
     monotonicity_size: int = 101
     min_gradient: float = 0.0
     symmetry: float = 0.0
+    symmetry_center: str = "peak"
     psf_fallback_bg_thresh: float | None = None
     center_flip_quirk: bool = False
     keep_best: bool = True
@@ -228,6 +238,7 @@ class DeblendConfig:
     rescue_rounds: int = 2
     rescue_init_level: float = 5.0
     rescue_dead_level: float | None = None
+    rescue_shape: str = "initial"
     fallback: bool = True
     residual_sources: bool = False
     residual_snr: float = 5.0
@@ -303,6 +314,12 @@ class DeblendConfig:
             raise ValueError(f"b1 and b2 must be in [0, 1), got {self.b1!r}, {self.b2!r}")
         if self.sed_solver not in ("nnls", "lstsq"):
             raise ValueError(f"sed_solver must be 'nnls' or 'lstsq', got {self.sed_solver!r}")
+        if self.symmetry_center not in ("peak", "subpixel"):
+            raise ValueError(
+                f"symmetry_center must be 'peak' or 'subpixel', got {self.symmetry_center!r}"
+            )
+        if self.rescue_shape not in ("initial", "psf"):
+            raise ValueError(f"rescue_shape must be 'initial' or 'psf', got {self.rescue_shape!r}")
         if self.init_thresh_units not in ("image", "detection"):
             raise ValueError(
                 f"init_thresh_units must be 'image' or 'detection', got {self.init_thresh_units!r}"
