@@ -2,6 +2,8 @@
 symmetry prox (_symmetry_cy, and its use in the fit kernel) and the minimum gradient of the
 radial monotonicity."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,6 +14,7 @@ from test_monotonic_radial import reference_weights
 from cdeblend import DeblendConfig, Observation, _adam_cy, _symmetry_cy
 from cdeblend.blend import Blend, Component, PackedComponents, RadialMonotonicity, Source
 from cdeblend.fit import Fitter
+from cdeblend.initialization import initialize_blend, model_psf_array
 
 
 def reference_symmetrize(m, cy, cx, strength):
@@ -240,3 +243,41 @@ def test_min_gradient_rejects_bad_values():
         RadialMonotonicity(4, min_gradient=1.0)
     with pytest.raises(ValueError, match="min_gradient"):
         DeblendConfig(min_gradient=-0.5)
+
+
+def _blend_8():
+    with np.load(Path(__file__).parent / "data" / "sim_lsst_blend_0008.npz") as d:
+        obs = Observation(d["images"], d["variance"], d["psfs"])
+        peaks = np.stack([d["catalog"]["y"], d["catalog"]["x"]], axis=1)
+    return obs, peaks
+
+
+@pytest.mark.parametrize("shape", ["initial", "psf"])
+def test_rescue_dead_level_restarts_the_weak_sources(shape):
+    """Sources that the joint SED fit leaves below ``rescue_dead_level`` noise RMS at the peak
+    in every band restart as one component at most ``rescue_init_level`` noise RMS; the
+    others keep their components."""
+    obs, peaks = _blend_8()
+    noise = obs.noise_rms
+    plain, _ = initialize_blend(obs, peaks, DeblendConfig(rescue_faint=False))
+    level = 5.0
+    weak = [max(np.max(c.sed / noise) for c in s.components) < level for s in plain.sources]
+    assert any(weak) and not all(weak)
+    config = DeblendConfig(rescue_dead_level=level, rescue_shape=shape)
+    blend, _ = initialize_blend(obs, peaks, config)
+    for s, p, w in zip(blend.sources, plain.sources, weak, strict=True):
+        if w:
+            (c,) = s.components
+            assert np.max(c.sed / noise) <= config.rescue_init_level * (1 + 1e-12)
+            if shape == "psf":  # the model PSF's shape, peak-normalised, on the peak
+                P = model_psf_array(obs)
+                assert c.morphology[c.local_peak] == 1.0
+                if c.morphology.shape == P.shape:  # not cut by the image edge
+                    np.testing.assert_allclose(c.morphology, P / P.max(), rtol=1e-12)
+        else:
+            assert len(s.components) == len(p.components)
+
+
+def test_reference_keeps_the_constraints_off():
+    c = DeblendConfig.reference()
+    assert (c.symmetry, c.rescue_dead_level, c.min_gradient) == (0.0, None, 0.0)

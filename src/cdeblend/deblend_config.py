@@ -263,6 +263,9 @@ class DeblendConfig:
             sed_solver="lstsq",
             keep_best=False,
             rescue_faint=False,
+            symmetry=0.0,
+            symmetry_center="peak",
+            rescue_dead_level=None,
         )
         settings.update(overrides)
         return cls(**settings)
