@@ -152,6 +152,17 @@ def test_fit_kernel_symmetry_equals_adam_prox_step(seed):
     with pytest.raises(ValueError, match="shifts"):
         kern.set_symmetry(np.full((K, 3), 0.5))
     kern.set_symmetry(strength)
+    # re-binding another table drops strengths of the wrong length (no stale reads)
+    one = PackedComponents.from_components(comps[:1], B)
+    if K > 1:
+        kern.bind(one.sed, np.zeros((3, 1, B)), np.zeros((4, one.morph.size)), one.comp,
+                  one.bg_thresh, op.table, np.zeros((1, 4), dtype=np.int64))  # fmt: skip
+        kern.bind(sed_b, sed_state, morph_all, a.comp, a.bg_thresh, op.table, b_new)
+        kern.step(np.zeros((B, H, W)), 0, False)  # runs without symmetry, no error
+        sed_b[...] = a.sed
+        morph_all[0] = a.morph
+        sed_state[...] = 0
+        kern.set_symmetry(strength)
     for it in range(3):
         grad = rng.normal(size=(B, H, W))
         _adam_cy.adam_prox_step(

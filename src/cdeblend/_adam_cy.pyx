@@ -1053,6 +1053,8 @@ cdef class FitKernel:
         self.bg_thresh = bg_thresh
         self.table = table
         self.bounds = bounds
+        if self.symmetry is not None and self.symmetry.shape[0] != K:
+            self.symmetry = None  # set for another component table: set_symmetry again
         self.peaks = peaks
         self.new_comp = new_comp
         self.identity = np.arange(K, dtype=np.int64)

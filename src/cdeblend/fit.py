@@ -60,6 +60,7 @@ class Fitter:
         self.best: tuple | None = None  # (loss, sed, morph, comp, bg_thresh) of the best iterate
         self._best_bufs: tuple | None = None
         self._hist = np.zeros(max(config.max_iter, 1))  # loss of iteration i at index i
+        self._shift_cache: np.ndarray | None = None  # (K, 2) symmetry-centre shifts
         self.kernel = self._make_kernel()
 
     def _make_kernel(self) -> _adam_cy.FitKernel:
@@ -222,9 +223,7 @@ class Fitter:
         (the peak pixels)."""
         if self.config.symmetry_center != "subpixel":
             return None
-        if getattr(self, "_shift_cache", None) is None or len(self._shift_cache) != len(
-            self._peaks
-        ):
+        if self._shift_cache is None or len(self._shift_cache) != len(self._peaks):
             from .initialization import chi2_coadd
             from .peaks import subpixel_centers
 
