@@ -25,8 +25,12 @@ def random_components(rng, B, H, W, K):
     return comps
 
 
-def reference_step(grad, comps, state, bg_rms, min_step, sed_step, morph_step, it, variant):
-    """One iteration on plain per-component arrays; returns new seds, morphs and bounds."""
+def reference_step(
+    grad, comps, state, bg_rms, min_step, sed_step, morph_step, it, variant, symmetry=None
+):
+    """One iteration on plain per-component arrays; returns new seds, morphs and bounds
+    (``symmetry``: each component's (strength, dy, dx) row, see
+    test_morph_constraints.reference_symmetrize)."""
     out = []
     t = it + 1
     damp = 0.1 if it == 0 else 1.0
@@ -53,6 +57,13 @@ def reference_step(grad, comps, state, bg_rms, min_step, sed_step, morph_step, i
         s_new = np.where(np.isfinite(s_new) & (s_new >= FLOOR), s_new, FLOOR)
         py, px = c.local_peak
         m_new = reference_project(m_new, py, px)
+        if symmetry is not None:
+            from test_morph_constraints import reference_symmetrize
+
+            strength, sy, sx = symmetry[k]
+            cy, cx = py + sy / 2, px + sx / 2
+            if strength > 0 and 0 <= cy <= h - 1 and 0 <= cx <= w - 1:
+                m_new = reference_symmetrize(m_new, cy, cx, strength)
         if c.bg_thresh is not None:
             tb = bg_rms * c.bg_thresh
             below = np.all(s_new[:, None, None] * m_new[None] < tb[:, None, None], axis=0)

@@ -25,6 +25,7 @@ from ._monotonic_cy cimport (RadialTable, _radial_project_table, _table_free,
                              _table_from_list)
 from ._shared.fused cimport real
 from ._shared.gil cimport _release_gil
+from ._symmetry_cy cimport _symmetrize
 
 import numpy as np
 
@@ -153,14 +154,18 @@ def adam_prox_step(const real[:, :, ::1] grad,
                    double eps,
                    double floor, int variant, bint monotonic,
                    const int32_t[::1] vdy, const int32_t[::1] vdx, const double[:, ::1] vw,
-                   bint want_bounds, int64_t[:, ::1] bounds):
+                   bint want_bounds, int64_t[:, ::1] bounds,
+                   const double[:, ::1] symmetry=None):
     """One proximal ADAM iteration of every component (docs/spec/multi_band.md 3.3-3.7), in place.
 
     For each component: SED gradient with the current morphology, morphology gradient with
     the SED before its update; SED step ``max(sed_min_step[b], sed_step * mean(sed))``, morphology
     step ``morph_step``, both divided by 10 when ``it == 0``; SED prox (floor, non-finite ->
-    floor); morphology prox: radial monotonicity about the peak (if ``monotonic``), noise
-    threshold ``sed[b] * m < bg_rms[b] * bg_thresh[k]`` in all bands -> 0 (plain positivity when
+    floor); morphology prox: radial monotonicity about the peak (if ``monotonic``), the
+    partial symmetry of :func:`cdeblend._symmetry_cy.symmetrize` with strength
+    ``symmetry[k, 0]`` about the doubled centre ``2 peak + symmetry[k, 1:]`` ((K, 3)
+    float64, the shifts in {-1, 0, 1}; None: none), noise threshold
+    ``sed[b] * m < bg_rms[b] * bg_thresh[k]`` in all bands -> 0 (plain positivity when
     ``bg_thresh[k] < 0``), non-finite -> 0, peak pixel at least ``floor``, peak-normalise.
 
     With ``want_bounds``, ``bounds[k] = (y0, x0, y1, x1)`` (local, inclusive) of the pixels
@@ -170,6 +175,7 @@ def adam_prox_step(const real[:, :, ::1] grad,
     cdef RadialTable table
     cdef int status
     table.cnt = NULL
+    _check_symmetry(symmetry, comp.shape[0])
     if monotonic:
         with nogil:
             status = _table_from_list(&table, &vdy[0], &vdx[0], &vw[0, 0], vdy.shape[0])
@@ -178,7 +184,8 @@ def adam_prox_step(const real[:, :, ::1] grad,
     try:
         _prox_step(grad, sed, sed_m, sed_v, sed_vhat, morph, morph_m, morph_v, morph_vhat, comp,
                    bg_thresh, bg_rms, sed_min_step, sed_step, morph_step, it, b1, b2, eps,
-                   floor, variant, monotonic, &table, want_bounds, bounds)
+                   floor, variant, monotonic, &table, want_bounds, bounds,
+                   _symmetry_ptr(symmetry))
     finally:
         if monotonic:
             _table_free(&table)
@@ -212,18 +219,44 @@ def fit_step(const real[:, :, ::1] grad,
              const double[::1] bg_rms, const double[::1] sed_min_step,
              double sed_step, double morph_step, Py_ssize_t it, double b1, double b2,
              double eps, double floor, int variant, MonotonicTable table,
-             bint want_bounds, int64_t[:, ::1] bounds):
+             bint want_bounds, int64_t[:, ::1] bounds,
+             const double[:, ::1] symmetry=None):
     """:func:`adam_prox_step` for the fitter: the SED moments as one (3, K, B) array, the
     morphology and its three moments as the rows of one (4, N) array, and a prebuilt
     :class:`MonotonicTable` (None: no monotonicity). ``grad`` may be a strided view (e.g. the
     corner of an FFT buffer)."""
     cdef RadialTable* t = NULL
+    _check_symmetry(symmetry, comp.shape[0])
     if table is not None:
         t = &table.table
     _prox_step(grad, sed, sed_state[0], sed_state[1], sed_state[2], morph_all[0],
                morph_all[1], morph_all[2], morph_all[3], comp, bg_thresh, bg_rms,
                sed_min_step, sed_step, morph_step, it, b1, b2, eps, floor, variant,
-               table is not None, t, want_bounds, bounds)
+               table is not None, t, want_bounds, bounds, _symmetry_ptr(symmetry))
+
+
+cdef _check_symmetry(const double[:, ::1] symmetry, Py_ssize_t K):
+    """Raise unless ``symmetry`` is None or (K, 3) rows (strength in [0, 1], doubled-centre
+    shifts in {-1, 0, 1})."""
+    cdef Py_ssize_t k, a
+    if symmetry is None:
+        return
+    if symmetry.shape[0] != K or symmetry.shape[1] != 3:
+        raise ValueError(f"symmetry must hold one (strength, dy, dx) row per component "
+                         f"({K}), got shape ({symmetry.shape[0]}, {symmetry.shape[1]})")
+    for k in range(K):
+        if not 0 <= symmetry[k, 0] <= 1:
+            raise ValueError(f"symmetry strengths must be in [0, 1], got {symmetry[k, 0]!r}")
+        for a in range(1, 3):
+            if symmetry[k, a] not in (-1.0, 0.0, 1.0):
+                raise ValueError(f"symmetry shifts must be -1, 0 or 1, got {symmetry[k, a]!r}")
+
+
+cdef inline const double* _symmetry_ptr(const double[:, ::1] symmetry) noexcept nogil:
+    """The rows' data, or NULL (no symmetry) for None or no components."""
+    if symmetry is None or symmetry.shape[0] == 0:
+        return NULL
+    return &symmetry[0, 0]
 
 
 cdef Py_ssize_t _scratch_size(const int64_t[:, ::1] comp, Py_ssize_t B) noexcept nogil:
@@ -245,7 +278,7 @@ cdef int _prox_step(const real[:, :, ::1] grad,
                     double sed_step, double morph_step, Py_ssize_t it, double b1, double b2,
                     double eps, double floor, int variant, bint monotonic,
                     const RadialTable* table, bint want_bounds,
-                    int64_t[:, ::1] bounds) except -1:
+                    int64_t[:, ::1] bounds, const double* symmetry) except -1:
     """:func:`_prox_core` with its work space allocated here."""
     cdef double* scratch = <double*>malloc(_scratch_size(comp, sed.shape[1]) * sizeof(double))
     if scratch == NULL:
@@ -257,11 +290,12 @@ cdef int _prox_step(const real[:, :, ::1] grad,
                 _prox_core(grad, sed, sed_m, sed_v, sed_vhat, morph, morph_m, morph_v,
                            morph_vhat, comp, bg_thresh, bg_rms, sed_min_step, sed_step,
                            morph_step, it, b1, b2, eps, floor, variant, monotonic, table,
-                           want_bounds, bounds, scratch)
+                           want_bounds, bounds, scratch, symmetry)
         else:
             _prox_core(grad, sed, sed_m, sed_v, sed_vhat, morph, morph_m, morph_v, morph_vhat,
                        comp, bg_thresh, bg_rms, sed_min_step, sed_step, morph_step, it, b1, b2,
-                       eps, floor, variant, monotonic, table, want_bounds, bounds, scratch)
+                       eps, floor, variant, monotonic, table, want_bounds, bounds, scratch,
+                       symmetry)
     finally:
         free(scratch)
     return 0
@@ -278,7 +312,7 @@ cdef int _prox_core(const real[:, :, ::1] grad,
                     double eps, double floor, int variant, bint monotonic,
                     const RadialTable* table, bint want_bounds,
                     int64_t[:, ::1] bounds,
-                    double* gs) except -1 nogil:
+                    double* gs, const double* symmetry) except -1 nogil:
     """One proximal ADAM iteration of every component (see :func:`adam_prox_step`);
     ``gs``: work space of :func:`_scratch_size` doubles."""
     cdef Py_ssize_t k
@@ -288,7 +322,8 @@ cdef int _prox_core(const real[:, :, ::1] grad,
     for k in range(comp.shape[0]):
         _prox_one(k, grad, sed, sed_m, sed_v, sed_vhat, morph, morph_m, morph_v, morph_vhat,
                   comp, bg_thresh, bg_rms, sed_min_step, sed_step, morph_step, b1, b2, eps,
-                  c1, c2, damp, floor, variant, monotonic, table, want_bounds, bounds, gs)
+                  c1, c2, damp, floor, variant, monotonic, table, want_bounds, bounds, gs,
+                  NULL if symmetry == NULL else symmetry + 3 * k)
     return 0
 
 
@@ -302,13 +337,13 @@ cdef void _prox_one(Py_ssize_t k, const real[:, :, ::1] grad,
                     double sed_step, double morph_step, double b1, double b2, double eps,
                     double c1, double c2, double damp, double floor, int variant,
                     bint monotonic, const RadialTable* table, bint want_bounds,
-                    int64_t[:, ::1] bounds, double* gs) noexcept nogil:
+                    int64_t[:, ::1] bounds, double* gs, const double* symmetry) noexcept nogil:
     """Component k's step of :func:`_prox_core` (``c1``, ``c2``: the bias corrections of the
     iteration, ``damp`` its step factor). It writes only component k's parameters, moments
     and bounds and its work space ``gs``: components may run on different threads."""
     cdef Py_ssize_t B = sed.shape[1]
     cdef Py_ssize_t b, i, y, x, off, y0, x0, h, w, py, px, pk
-    cdef Py_ssize_t ly0, lx0, ly1, lx1
+    cdef Py_ssize_t ly0, lx0, ly1, lx1, cy2, cx2
     cdef double mean_s, step, thr, mx, v, inv
     cdef double* gm = gs + 3 * B
     cdef double* s_old = gs + B
@@ -356,6 +391,12 @@ cdef void _prox_one(Py_ssize_t k, const real[:, :, ::1] grad,
     # --- morphology prox chain
     if monotonic:
         _radial_project_table(&morph[off], h, w, py, px, table)
+    if symmetry != NULL and symmetry[0] > 0:
+        # the doubled centre, clipped to the box (a shift past its edge is dropped)
+        cy2 = 2 * py + <Py_ssize_t>symmetry[1]
+        cx2 = 2 * px + <Py_ssize_t>symmetry[2]
+        if 0 <= cy2 <= 2 * (h - 1) and 0 <= cx2 <= 2 * (w - 1):
+            _symmetrize(&morph[off], h, w, cy2, cx2, symmetry[0])
     thr = bg_thresh[k]
     for b in range(B):
         tb[b] = bg_rms[b] * thr
@@ -784,7 +825,7 @@ cdef void _prox_threads(int nt, const real[:, :, ::1] grad,
                         double b2, double eps, double floor, int variant, bint monotonic,
                         const RadialTable* table, bint want_bounds,
                         int64_t[:, ::1] bounds, double* scratch,
-                        Py_ssize_t per_thread) noexcept nogil:
+                        Py_ssize_t per_thread, const double* symmetry) noexcept nogil:
     """:func:`_prox_core` with the components on ``nt`` threads (thread t's work space at
     ``scratch + t * per_thread``); components are handed out a few at a time, as their
     sizes vary."""
@@ -796,7 +837,8 @@ cdef void _prox_threads(int nt, const real[:, :, ::1] grad,
         _prox_one(k, grad, sed, sed_m, sed_v, sed_vhat, morph, morph_m, morph_v, morph_vhat,
                   comp, bg_thresh, bg_rms, sed_min_step, sed_step, morph_step, b1, b2, eps,
                   c1, c2, damp, floor, variant, monotonic, table, want_bounds, bounds,
-                  scratch + threadid() * per_thread)
+                  scratch + threadid() * per_thread,
+                  NULL if symmetry == NULL else symmetry + 3 * k)
 
 
 cdef enum:
@@ -860,6 +902,8 @@ cdef class FitKernel:
     cdef int nt, img_width
     #: Threads of :meth:`iterate` (0: :func:`cdeblend._threads.num_threads` at each call).
     cdef public int num_threads
+    # strength of each component's partial symmetry prox (set_symmetry; None: none)
+    cdef double[:, ::1] symmetry
     cdef float[:, :, ::1] img_f, wgt_f, mdl_f, cnv_f, res_f, grd_f, ker_f, gker_f
     cdef float[:, :, :, ::1] fk_f
     cdef double[:, :, ::1] img_d, wgt_d, mdl_d, cnv_d, res_d, grd_d, ker_d, gker_d
@@ -1009,6 +1053,8 @@ cdef class FitKernel:
         self.bg_thresh = bg_thresh
         self.table = table
         self.bounds = bounds
+        if self.symmetry is not None and self.symmetry.shape[0] != K:
+            self.symmetry = None  # set for another component table: set_symmetry again
         self.peaks = peaks
         self.new_comp = new_comp
         self.identity = np.arange(K, dtype=np.int64)
@@ -1034,6 +1080,14 @@ cdef class FitKernel:
         else:
             _render(self.sed, m[0, :self.size], self.comp, model, H, W)
 
+    def set_symmetry(self, double[:, ::1] symmetry):
+        """Each bound component's partial symmetry prox: (K, 3) rows (strength in [0, 1],
+        shifts in {-1, 0, 1} of the doubled centre ``2 peak``), kept by reference; None:
+        none. Set it again when :meth:`bind` changes the number of components."""
+        if symmetry is not None:
+            _check_symmetry(symmetry, self.comp.shape[0] if self.comp is not None else 0)
+        self.symmetry = symmetry
+
     def step(self, const real[:, :, ::1] grad, Py_ssize_t it, bint want_bounds):
         """:func:`fit_step` of the bound parameters (bounds into the bound ``bounds``)."""
         cdef RadialTable* t = NULL
@@ -1045,7 +1099,8 @@ cdef class FitKernel:
                    m[0, :n], m[1, :n], m[2, :n], m[3, :n],
                    self.comp, self.bg_thresh, self.bg_rms, self.min_step, self.sed_step,
                    self.morph_step, it, self.b1, self.b2, self.eps, self.floor, self.variant,
-                   self.table is not None, t, want_bounds, self.bounds)
+                   self.table is not None, t, want_bounds, self.bounds,
+                   _symmetry_ptr(self.symmetry))
 
     def iterate(self, Py_ssize_t it, Py_ssize_t start, Py_ssize_t max_iter,
                 Py_ssize_t min_iter, double e_rel, Py_ssize_t resize, Py_ssize_t pad,
@@ -1209,14 +1264,15 @@ cdef class FitKernel:
                               self.comp, self.bg_thresh, self.bg_rms, self.min_step,
                               self.sed_step, self.morph_step, st.it, self.b1, self.b2,
                               self.eps, self.floor, self.variant, t != NULL, t, do_resize,
-                              self.bounds, self.tscratch, per)
+                              self.bounds, self.tscratch, per,
+                              _symmetry_ptr(self.symmetry))
             else:
                 _prox_core(grd, self.sed, self.sed_state[0], self.sed_state[1],
                            self.sed_state[2], m[0, :n], m[1, :n], m[2, :n], m[3, :n],
                            self.comp, self.bg_thresh, self.bg_rms, self.min_step,
                            self.sed_step, self.morph_step, st.it, self.b1, self.b2, self.eps,
                            self.floor, self.variant, t != NULL, t, do_resize, self.bounds,
-                           self.scratch)
+                           self.scratch, _symmetry_ptr(self.symmetry))
             status = 0
             if do_resize:
                 n = _resized_table(self.comp, self.bounds, self.peaks, st.pad, H, W,

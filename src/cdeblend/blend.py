@@ -102,9 +102,16 @@ class RadialMonotonicity:
     ----------
     half : int
         Initial half-size of the offset grid (the pipeline uses a 101 x 101 table, half 50).
+    min_gradient : float
+        In [0, 1): each pixel is at most ``1 - min_gradient`` times the weighted mean of its
+        closer neighbours (0, the pipeline: plain monotonicity; scarlet's ``min_gradient``).
+        The neighbour weights are scaled by ``1 - min_gradient``.
     """
 
-    def __init__(self, half: int = 50) -> None:
+    def __init__(self, half: int = 50, min_gradient: float = 0.0) -> None:
+        if not 0 <= min_gradient < 1:
+            raise ValueError(f"min_gradient must be in [0, 1), got {min_gradient!r}")
+        self.min_gradient = float(min_gradient)
         self.half = 0
         self.dy = self.dx = self.weights = None
         self._table = None
@@ -115,6 +122,8 @@ class RadialMonotonicity:
         if half > self.half:
             self.half = int(half)
             self.dy, self.dx, self.weights = radial_visiting_list(self.half)
+            if self.min_gradient > 0:
+                self.weights = self.weights * (1.0 - self.min_gradient)
             self._table = None
 
     @property
@@ -122,7 +131,7 @@ class RadialMonotonicity:
         """The operator in the grid layout of :func:`cdeblend._adam_cy.fit_step` (shared by
         every operator of this size: it is only read)."""
         if self._table is None:
-            self._table = _monotonic_table(self.half)
+            self._table = _monotonic_table(self.half, self.min_gradient)
         return self._table
 
     def ensure_covers(self, shape: tuple[int, int], peak: tuple[int, int]) -> None:
@@ -145,10 +154,14 @@ class RadialMonotonicity:
 
 
 @functools.lru_cache(maxsize=8)
-def _monotonic_table(half: int) -> _adam_cy.MonotonicTable:
-    """The grid table of :func:`radial_visiting_list` ``(half)``, built once per size (the
-    fit of every blend needs one; building it took a good part of a small blend's time)."""
-    return _adam_cy.MonotonicTable(*radial_visiting_list(half))
+def _monotonic_table(half: int, min_gradient: float = 0.0) -> _adam_cy.MonotonicTable:
+    """The grid table of :func:`radial_visiting_list` ``(half)`` with the weights scaled by
+    ``1 - min_gradient``, built once per size (the fit of every blend needs one; building
+    it took a good part of a small blend's time)."""
+    dy, dx, weights = radial_visiting_list(half)
+    if min_gradient > 0:
+        weights = weights * (1.0 - min_gradient)
+    return _adam_cy.MonotonicTable(dy, dx, weights)
 
 
 # ----------------------------------------------------------------------------- the model

@@ -51,7 +51,7 @@ class Fitter:
         self._new_buffers(packed.morph.size)
         self.morph_all[0] = packed.morph
         self.packed = PackedComponents(packed.sed, self.morph_all[0], packed.comp, packed.bg_thresh)
-        self.mono = RadialMonotonicity((config.monotonicity_size - 1) // 2)
+        self.mono = RadialMonotonicity((config.monotonicity_size - 1) // 2, config.min_gradient)
         self._cover()
         self.noise = np.ascontiguousarray(obs.noise_rms, dtype=np.float64)
         self.min_step = self.noise * config.sed_min_step
@@ -60,6 +60,7 @@ class Fitter:
         self.best: tuple | None = None  # (loss, sed, morph, comp, bg_thresh) of the best iterate
         self._best_bufs: tuple | None = None
         self._hist = np.zeros(max(config.max_iter, 1))  # loss of iteration i at index i
+        self._shift_cache: np.ndarray | None = None  # (K, 2) symmetry-centre shifts
         self.kernel = self._make_kernel()
 
     def _make_kernel(self) -> _adam_cy.FitKernel:
@@ -194,6 +195,42 @@ class Fitter:
             0,
             self._size,
         )
+        self.kernel.set_symmetry(self._symmetry(p.comp))
+
+    def _symmetry(self, comp: np.ndarray) -> np.ndarray | None:
+        """Each component's symmetry prox (``DeblendConfig.symmetry``): (K, 3) rows of the
+        strength and the shifts of the doubled centre (``2 peak + shift``); None when the
+        strength is 0.
+
+        Every component gets the configured strength: on the tuning sets, applying it only
+        to components whose box holds another source's peak was worse (hard_lsst_tune
+        0.1006 against 0.0952 at strength 1). With ``symmetry_center="subpixel"`` the
+        centre is the half-pixel grid point nearest the peak's sub-pixel centre in the
+        detection image (:func:`cdeblend.peaks.subpixel_centers`).
+        """
+        s = self.config.symmetry
+        if s <= 0 or len(comp) == 0:
+            return None
+        out = np.zeros((len(comp), 3))
+        out[:, 0] = s
+        shifts = self._symmetry_shifts()
+        if shifts is not None:
+            out[:, 1:] = shifts
+        return out
+
+    def _symmetry_shifts(self) -> np.ndarray | None:
+        """(K, 2) shifts in {-1, 0, 1} of the components' doubled symmetry centres, or None
+        (the peak pixels)."""
+        if self.config.symmetry_center != "subpixel":
+            return None
+        if self._shift_cache is None or len(self._shift_cache) != len(self._peaks):
+            from .initialization import chi2_coadd
+            from .peaks import subpixel_centers
+
+            D = chi2_coadd(self.obs)
+            centres = subpixel_centers(D, self._peaks)
+            self._shift_cache = np.clip(np.rint(2 * (centres - self._peaks)), -1, 1)
+        return self._shift_cache
 
     def run(self, max_iter: int) -> bool:
         """Iterate until convergence (at least ``min_iter`` iterations from now) or until

@@ -198,7 +198,8 @@ def _revive_dead_sources(
 
     noise = np.asarray(observation.noise_rms, dtype=np.float64)
     comps = blend.components
-    thresh = noise * (config.bg_thresh or 0.0)
+    level = config.bg_thresh if config.rescue_dead_level is None else config.rescue_dead_level
+    thresh = noise * (level or 0.0)
     above = np.any(np.array([c.sed for c in comps]) > thresh, axis=1).tolist()
     dead, k = [], 0
     for src, single, sed in zip(blend.sources, singles, init_seds, strict=True):
@@ -209,6 +210,8 @@ def _revive_dead_sources(
             if level > config.rescue_init_level:
                 sed = sed * (config.rescue_init_level / level)
             single.sed = sed
+            if config.rescue_shape == "psf" and single.kind != "psf":
+                single = _point_like(observation, single)
             src.components = [single]
             dead.append(src)
         k += nc
@@ -242,6 +245,20 @@ def _revive_dead_sources(
         for c, s in zip(others, seds, strict=True):
             c.sed = np.ascontiguousarray(np.maximum(s, 0), dtype=np.float64)
     return len(dead)
+
+
+def _point_like(observation, single: Component) -> Component:
+    """``single`` restarted with the model PSF's shape (peak-normalised, so the same SED
+    gives the same peak level) instead of its initial morphology (``rescue_shape="psf"``)."""
+    model_psf = model_psf_array(observation)
+    kernels = np.ascontiguousarray(observation.diff_kernels)
+    psf_peak = _initialization_cy.conv_at(
+        model_psf, kernels, model_psf.shape[0] // 2, model_psf.shape[1] // 2
+    )
+    morph, box, _ = _initialization_cy.psf_component(
+        model_psf, np.ascontiguousarray(observation.images), *single.peak, psf_peak
+    )
+    return Component(single.sed, morph, box, single.peak, single.bg_thresh, kind="extended")
 
 
 def initialize_blend(observation, peaks: np.ndarray, config: DeblendConfig) -> tuple[Blend, dict]:
