@@ -120,6 +120,7 @@ def test_lsst_preset_and_defaults():
             stray_flux_rule="trim",
             subpixel_centers=False,
             half_pixel_symmetry=False,
+            median_filter_halfsize=2,
             faint_psf_snr=0.0,
             subtract_psf_templates=False,
         )

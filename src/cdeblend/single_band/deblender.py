@@ -375,7 +375,7 @@ class ParentRun:
                 self.peak_flags[i].add("ramped")
             self.keep(i, "ramped", t)
         if cfg.median_smooth_template:
-            median_smooth(t, cfg.median_filter_halfsize)
+            median_smooth(t, cfg.median_halfsize(self.fwhm))
             self.keep(i, "median", t)
         if cfg.monotonic_template:
             make_monotonic(t, py, px)
