@@ -440,7 +440,7 @@ def copy_overlap(const double[::1] src, const int64_t[:, ::1] src_comp, double[:
 
 cdef int _copy_overlap(const double[::1] src, const int64_t[:, ::1] src_comp,
                        double[::1] dst, const int64_t[:, ::1] dst_comp,
-                       const int64_t[::1] mapping) except -1 nogil:
+                       const int64_t[::1] mapping) noexcept nogil:
     cdef Py_ssize_t K = dst_comp.shape[0], j, k, y, x, ya, yb, xa, xb
     cdef Py_ssize_t sy0, sx0, sw, soff, dy0, dx0, dw, doff
     for j in range(K):
@@ -585,6 +585,7 @@ cdef bint _settled(const double[::1] hist, Py_ssize_t n, Py_ssize_t w,
 # every result is the same for any number of threads.
 
 from cython.parallel cimport prange, threadid
+from libc.string cimport memcpy, memset
 
 from ._convolve_cy cimport _fwd, _inv, _pair_mul, _wsq
 from ._fft cimport cd_conv1_part_d, cd_conv1_part_f
@@ -647,6 +648,62 @@ cdef void _render_bands(const double[:, ::1] sed, const double[::1] morph,
             for y in range(h):
                 for x in range(w):
                     model[b, y0 + y, x0 + x] += <real>(s * morph[off + y * w + x])
+
+
+cdef void _render_rows(const double[:, ::1] sed, const double[::1] morph,
+                       const int64_t[:, ::1] comp, real[:, :, ::1] model, Py_ssize_t W,
+                       Py_ssize_t b, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """Rows ``r0 <= y < r1`` of band ``b`` of :func:`_render_bands` (the same sums in the
+    same order: each pixel adds the components in their order), so that threads can share
+    one band's render."""
+    cdef Py_ssize_t K = comp.shape[0], k, y, x, off, y0, x0, w, ya, yb
+    cdef double s
+    for y in range(r0, r1):
+        for x in range(W):
+            model[b, y, x] = 0
+    for k in range(K):
+        y0 = comp[k, 0]
+        x0 = comp[k, 1]
+        w = comp[k, 3]
+        off = comp[k, 4]
+        ya = y0 if y0 > r0 else r0
+        yb = y0 + comp[k, 2] if y0 + comp[k, 2] < r1 else r1
+        s = sed[k, b]
+        for y in range(ya, yb):
+            for x in range(w):
+                model[b, y, x0 + x] += <real>(s * morph[off + (y - y0) * w + x])
+
+
+cdef inline void _chunk(Py_ssize_t n, int p, int nt, Py_ssize_t* lo,
+                        Py_ssize_t* hi) noexcept nogil:
+    """Part ``p`` of ``nt`` of ``[0, n)``: ``[lo, hi)``, whole cache lines of doubles."""
+    cdef Py_ssize_t chunk = (((n + nt - 1) // nt) + 7) & ~(<Py_ssize_t>7)
+    lo[0] = p * chunk if p * chunk < n else n
+    hi[0] = lo[0] + chunk if lo[0] + chunk < n else n
+
+
+cdef void _copy_threads(double* dst, const double* src, Py_ssize_t n,
+                        int nt) noexcept nogil:
+    """``dst[:n] = src[:n]`` in ``nt`` parts on as many threads (a copy of the morphologies
+    of a large blend is a pass over tens of MB: serial, the other threads would wait)."""
+    cdef int p
+    cdef Py_ssize_t lo, hi
+    if nt <= 1:
+        memcpy(dst, src, n * sizeof(double))
+        return
+    for p in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+        _chunk(n, p, nt, &lo, &hi)
+        if hi > lo:
+            memcpy(dst + lo, src + lo, (hi - lo) * sizeof(double))
+
+
+cdef void _regrid_row(const double[:, ::1] m, Py_ssize_t size, const int64_t[:, ::1] comp,
+                      double[:, ::1] dst, Py_ssize_t n, const int64_t[:, ::1] new_comp,
+                      const int64_t[::1] mapping, Py_ssize_t r) noexcept nogil:
+    """Row ``r`` (the morphology or one of its moments) of the kernel's re-gridding: zero
+    ``dst[r, :n]``, then :func:`_copy_overlap` onto the new table."""
+    memset(&dst[r, 0], 0, n * sizeof(double))
+    _copy_overlap(m[r, :size], comp, dst[r, :n], new_comp, mapping)
 
 
 cdef void _residual_rows(const real[:, :, ::1] model_conv,
@@ -750,7 +807,8 @@ cdef double _loss_and_gradient(cd_conv* convs, int nt, const double[:, ::1] sed,
                                const real[:, :, :, ::1] fk, double* rows) noexcept nogil:
     """The loss of the rendered parameters and its gradient ``grd`` w.r.t. the model, the
     band pairs on ``nt`` threads (thread t uses ``convs[t]``; ``rows``: B H doubles)."""
-    cdef Py_ssize_t B = img.shape[0], H = img.shape[1], jobs = (B + 1) // 2, j, i
+    cdef Py_ssize_t B = img.shape[0], H = img.shape[1], jobs = (B + 1) // 2, j, i, lo, hi
+    cdef int p
     cdef double total = 0.0
     if nt > 1 and B % 2 == 1 and <double>convs[0].n0 * convs[0].n1 >= _SPLIT_GRID:
         # the pairs side by side, then the odd band's transforms shared by the threads
@@ -758,7 +816,9 @@ cdef double _loss_and_gradient(cd_conv* convs, int nt, const double[:, ::1] sed,
             for j in prange(B // 2, num_threads=nt, schedule="static", chunksize=1):
                 _band_job(&convs[threadid()], 2 * j, sed, morph, comp, img, wgt, mdl, cnv,
                           res, grd, fk, rows)
-        _render_bands(sed, morph, comp, mdl, H, img.shape[2], B - 1, B)
+        for p in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+            _chunk(H, p, nt, &lo, &hi)
+            _render_rows(sed, morph, comp, mdl, img.shape[2], B - 1, lo, hi)
         _single_band_threads(convs, nt, B - 1, img, wgt, mdl, cnv, res, grd, fk, rows)
     elif nt > 1 and jobs > 1:
         for j in prange(jobs, num_threads=nt, schedule="static", chunksize=1):
@@ -1194,8 +1254,8 @@ cdef class FitKernel:
                         best_sed[k, b] = self.sed[k, b]
                     for b in range(7):
                         best_comp[k, b] = self.comp[k, b]
-                for n in range(self.size):
-                    best_morph[n] = m[0, n]
+                if self.size > 0:
+                    _copy_threads(&best_morph[0], &m[0, 0], self.size, self.nt)
                 st.best_size = self.size
                 st.best_loss = loss
                 st.has_best = True
@@ -1227,11 +1287,15 @@ cdef class FitKernel:
                         status |= _RESIZED
                     else:  # re-grid into the other buffer
                         dst = self.mbuf1 if self.current == 0 else self.mbuf0
-                        for r in range(4):
-                            for k in range(n):
-                                dst[r, k] = 0.0
-                            _copy_overlap(m[r, :self.size], self.comp, dst[r, :n],
-                                          self.new_comp, self.identity)
+                        if self.nt > 1:  # the four rows side by side
+                            for r in prange(4, num_threads=self.nt, schedule="static",
+                                            chunksize=1):
+                                _regrid_row(m, self.size, self.comp, dst, n, self.new_comp,
+                                            self.identity, r)
+                        else:
+                            for r in range(4):
+                                _regrid_row(m, self.size, self.comp, dst, n, self.new_comp,
+                                            self.identity, r)
                         for k in range(K):
                             for b in range(7):
                                 self.comp[k, b] = self.new_comp[k, b]
