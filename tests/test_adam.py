@@ -364,3 +364,45 @@ def test_point_source_products_match_numpy(seed):
         _adam_cy.point_source_products(
             weights, images, conv, psfs, np.array([[H, 0]]), pp[:1], rp[:1]
         )
+
+
+def _passes(sed: np.ndarray, thresholds: np.ndarray, v: float) -> bool:
+    """The prox chain's noise test of one pixel, band by band (as rounded products)."""
+    return any(float(s) * v >= float(t) for s, t in zip(sed, thresholds, strict=True))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_keep_cut_is_the_band_by_band_noise_test(seed):
+    """The one-comparison threshold (``v >= cut``) keeps exactly the pixels the band-by-band
+    test keeps, on the values next to every quotient and on under- and overflowing
+    products (SEDs and thresholds over the whole double range, zeros included)."""
+    rng = np.random.default_rng(seed)
+    for trial in range(300):
+        B = int(rng.integers(1, 6))
+        span = (-320, 300) if trial % 2 else (-25, 5)
+        sed = 10.0 ** rng.uniform(*span, B)
+        sed[rng.random(B) < 0.15] = 0.0
+        thresholds = 10.0 ** rng.uniform(-320, 300, B) * rng.choice([0.0, 1.0, 1.0], B)
+        cut = _adam_cy.keep_cut(sed, thresholds)
+        values = [0.0, -0.0, 5e-324, -5e-324, 1e308, -1e308, *rng.normal(size=10)]
+        with np.errstate(over="ignore"):
+            starts = [t / s if s > 0 else 1.0 for s, t in zip(sed, thresholds, strict=True)]
+            for x in [*starts, cut]:
+                x = float(np.clip(x, -1.7e308, 1.7e308))
+                for _ in range(4):
+                    x = np.nextafter(x, -np.inf)
+                for _ in range(9):
+                    values.append(x)
+                    x = np.nextafter(x, np.inf)
+            for v in values:
+                assert (v >= cut) == _passes(sed, thresholds, v), (sed, thresholds, v, cut)
+
+
+def test_keep_cut_without_a_cut_and_bad_input():
+    assert np.isnan(_adam_cy.keep_cut(np.array([1.0, -1.0]), np.array([1.0, 1.0])))
+    assert np.isnan(_adam_cy.keep_cut(np.array([1.0]), np.array([np.inf])))
+    assert _adam_cy.keep_cut(np.array([0.0]), np.array([0.0])) == -np.inf
+    assert _adam_cy.keep_cut(np.array([0.0]), np.array([1.0])) == np.inf
+    assert _adam_cy.keep_cut(np.array([2.0, 4.0]), np.array([1.0, 1.0])) == 0.25
+    with pytest.raises(ValueError, match="sed and thresholds"):
+        _adam_cy.keep_cut(np.array([1.0]), np.array([1.0, 2.0]))

@@ -15,8 +15,10 @@ All components read the same ``grad`` (Jacobi style: no re-rendering between com
 so their order does not matter. Nothing here allocates Python objects or holds the GIL.
 """
 
-from libc.math cimport fabs, isfinite, pow, sqrt
-from libc.stdint cimport int32_t, int64_t
+from libc.float cimport DBL_MAX
+from libc.math cimport INFINITY, NAN, fabs, isfinite, nextafter, pow, sqrt
+from libc.string cimport memcpy
+from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 from ._convolve_cy cimport _direct_conv, _weighted_residual
@@ -292,6 +294,100 @@ cdef int _prox_core(const real[:, :, ::1] grad,
     return 0
 
 
+cdef inline int64_t _order_key(double v) noexcept nogil:
+    """An integer that orders finite doubles as their values (both zeros map to 0)."""
+    cdef int64_t u
+    memcpy(&u, &v, sizeof(double))
+    return -(u & INT64_MAX) if u < 0 else u
+
+
+cdef inline double _from_key(int64_t key) noexcept nogil:
+    """The double of :func:`_order_key` ``key`` (+0.0 for 0)."""
+    cdef uint64_t u = (<uint64_t>(-key) | (<uint64_t>1 << 63)) if key < 0 else <uint64_t>key
+    cdef double v
+    memcpy(&v, &u, sizeof(double))
+    return v
+
+
+cdef double _band_cut(double s, double t) noexcept nogil:
+    """The least finite ``v`` with ``s * v >= t`` as computed (rounded): ``-inf`` when every
+    finite ``v`` passes, ``+inf`` when none does, NaN when ``s < 0`` or ``s``, ``t`` are not
+    finite. For ``s >= 0`` the rounded product is monotone in ``v``, so the passing values
+    are exactly those ``>=`` this cut."""
+    cdef double c, lo
+    cdef int64_t a, z, mid
+    cdef int _step
+    if not (isfinite(s) and isfinite(t)) or s < 0:
+        return NAN
+    if s * -DBL_MAX >= t:
+        return -INFINITY
+    if not s * DBL_MAX >= t:
+        return INFINITY
+    # s > 0 here: start at the quotient and walk a few values to the least passing one
+    c = t / s
+    c = DBL_MAX if c > DBL_MAX else (-DBL_MAX if c < -DBL_MAX else c)
+    if s * c >= t:
+        for _step in range(8):
+            lo = nextafter(c, -INFINITY)
+            if not s * lo >= t:
+                return c
+            c = lo
+    else:
+        for _step in range(8):
+            c = nextafter(c, INFINITY)
+            if s * c >= t:
+                return c
+    # bisection on the ordered values (-DBL_MAX fails, DBL_MAX passes), on one side of zero
+    # so that the keys' difference fits
+    a = _order_key(-DBL_MAX)
+    z = _order_key(DBL_MAX)
+    if s * 0.0 >= t:
+        z = 0
+    else:
+        a = 0
+    while z - a > 1:
+        mid = a + (z - a) // 2
+        if s * _from_key(mid) >= t:
+            z = mid
+        else:
+            a = mid
+    return _from_key(z)
+
+
+cdef double _keep_cut(const double* sk, const double* tb, Py_ssize_t B) noexcept nogil:
+    """The noise threshold of the prox chain as one comparison: a finite ``v`` passes
+    (``sk[b] * v >= tb[b]`` in some band) exactly when ``v >=`` the least
+    :func:`_band_cut`; NaN when a band has no cut (then test band by band)."""
+    cdef double cut = INFINITY, c
+    cdef Py_ssize_t b
+    for b in range(B):
+        c = _band_cut(sk[b], tb[b])
+        if c != c:
+            return c
+        if c < cut:
+            cut = c
+    return cut
+
+
+def keep_cut(const double[::1] sed, const double[::1] thresholds):
+    """:func:`_keep_cut` of one component's ``sed`` and per-band ``thresholds`` (for tests)."""
+    if sed.shape[0] != thresholds.shape[0] or sed.shape[0] == 0:
+        raise ValueError("sed and thresholds must be non-empty and of one length")
+    return _keep_cut(&sed[0], &thresholds[0], sed.shape[0])
+
+
+cdef inline bint _significant(double v, const double* sk, const double* tb, Py_ssize_t B,
+                              double cut) noexcept nogil:
+    """``sk[b] * v >= tb[b]`` in some band, by the cut of :func:`_keep_cut` if it has one."""
+    cdef Py_ssize_t b
+    if cut == cut:
+        return v >= cut
+    for b in range(B):
+        if sk[b] * v >= tb[b]:
+            return True
+    return False
+
+
 cdef void _prox_one(Py_ssize_t k, const real[:, :, ::1] grad,
                     double[:, ::1] sed, double[:, ::1] sed_m, double[:, ::1] sed_v,
                     double[:, ::1] sed_vhat,
@@ -309,12 +405,11 @@ cdef void _prox_one(Py_ssize_t k, const real[:, :, ::1] grad,
     cdef Py_ssize_t B = sed.shape[1]
     cdef Py_ssize_t b, i, y, x, off, y0, x0, h, w, py, px, pk
     cdef Py_ssize_t ly0, lx0, ly1, lx1
-    cdef double mean_s, step, thr, mx, v, inv
+    cdef double mean_s, step, thr, mx, v, inv, cut
     cdef double* gm = gs + 3 * B
     cdef double* s_old = gs + B
     cdef double* tb = gs + 2 * B
     cdef double* sk
-    cdef bint keep
     y0 = comp[k, 0]
     x0 = comp[k, 1]
     h = comp[k, 2]
@@ -360,24 +455,29 @@ cdef void _prox_one(Py_ssize_t k, const real[:, :, ::1] grad,
     for b in range(B):
         tb[b] = bg_rms[b] * thr
     sk = &sed[k, 0]
+    cut = _keep_cut(sk, tb, B) if thr >= 0 else NAN
     mx = 0.0  # the maximum, found in the same pass
-    for i in range(h * w):
-        v = morph[off + i]
-        if not isfinite(v):
-            v = 0.0
-        elif thr >= 0:
-            keep = False
-            for b in range(B):
-                if sk[b] * v >= tb[b]:
-                    keep = True
-                    break
-            if not keep:
+    if cut == cut:  # the threshold as one comparison (the same pixels pass)
+        for i in range(h * w):
+            v = morph[off + i]
+            if not (isfinite(v) and v >= cut):
                 v = 0.0
-        elif v < 0:
-            v = 0.0
-        morph[off + i] = v
-        if v > mx:
-            mx = v
+            morph[off + i] = v
+            if v > mx:
+                mx = v
+    else:
+        for i in range(h * w):
+            v = morph[off + i]
+            if not isfinite(v):
+                v = 0.0
+            elif thr >= 0:
+                if not _significant(v, sk, tb, B, cut):
+                    v = 0.0
+            elif v < 0:
+                v = 0.0
+            morph[off + i] = v
+            if v > mx:
+                mx = v
     pk = off + py * w + px
     if morph[pk] < floor:
         morph[pk] = floor
@@ -400,12 +500,7 @@ cdef void _prox_one(Py_ssize_t k, const real[:, :, ::1] grad,
         for y in range(h):
             for x in range(w):
                 v = morph[off + y * w + x]
-                keep = False
-                for b in range(B):
-                    if sed[k, b] * v >= tb[b]:
-                        keep = True
-                        break
-                if keep:
+                if _significant(v, sk, tb, B, cut):
                     if y < ly0:
                         ly0 = y
                     if y > ly1:
@@ -585,7 +680,7 @@ cdef bint _settled(const double[::1] hist, Py_ssize_t n, Py_ssize_t w,
 # every result is the same for any number of threads.
 
 from cython.parallel cimport prange, threadid
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
 
 from ._convolve_cy cimport _fwd, _inv, _pair_mul, _wsq
 from ._fft cimport cd_conv1_part_d, cd_conv1_part_f
