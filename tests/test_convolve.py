@@ -381,3 +381,52 @@ def test_convolver_on_its_own_against_the_reference(mode):
     np.testing.assert_array_equal(again.convolve(x, mode=mode), got)
     with pytest.raises(ValueError, match="mode must be"):
         conv.convolve(x, mode="fast")
+
+
+@pytest.mark.parametrize("zero_taps", [False, True])
+def test_exact_convolutions_on_threads_match_one_thread(monkeypatch, zero_taps):
+    """The products' batched exact convolutions run each FFT grid's models in parts on
+    threads: the same values bit for bit as on one thread, and each model's values (and
+    exact zeros) those of its own single convolution."""
+    import cdeblend
+    from cdeblend import convolution
+
+    rng = np.random.default_rng(5)
+    obs = make_obs(rng, 3, 40, 44, 9, 11, dtype=np.float32)
+    conv = obs.convolver
+    if zero_taps:
+        k = conv.kernels.astype(np.float64)
+        k[:, :2, :] = 0
+        conv = Convolver(k.astype(np.float32), obs.shape[1:])
+    conv.pick_mode = lambda *args, **kwargs: "fft"
+    monkeypatch.setattr(convolution, "_MIN_PART", 2)
+    nb, boxes, models, offsets = 3, [], [], [0]
+    for _ in range(9):  # one box size: one FFT grid
+        h, w = 6, 7
+        y0, x0 = int(rng.integers(0, 40 - h)), int(rng.integers(0, 44 - w))
+        boxes.append((y0, x0, h, w))
+        models.append((rng.random((nb, h, w)) * (rng.random((h, w)) < 0.5)).ravel())
+        offsets.append(offsets[-1] + models[-1].size)
+    flat = np.concatenate(models)
+    grown = [conv.grown_box(b)[1] for b in boxes]
+    sizes = [nb * g[2] * g[3] for g in grown]
+    out_offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
+    calls = []
+    real = convolution.conv_exact
+    monkeypatch.setattr(convolution, "conv_exact", lambda *a: calls.append(1) or real(*a))
+    results = []
+    for threads in (1, 2):
+        out = np.full(sum(sizes), np.nan, dtype=np.float32)
+        calls.clear()
+        with cdeblend.thread_limit(threads):
+            conv.convolve_exact_into(flat, boxes, np.array(offsets[:-1]), out, out_offsets)
+        results.append((out, len(calls)))
+    (one, n1), (two, n2) = results
+    assert n2 > n1
+    np.testing.assert_array_equal(two, one)
+    for k, box in enumerate(boxes):
+        single, _ = conv.convolve_box_exact(models[k].reshape(nb, box[2], box[3]), box)
+        got = one[out_offsets[k] : out_offsets[k] + sizes[k]].reshape(single.shape)
+        # (its own grid may differ from the shared one: float32 round-off)
+        np.testing.assert_allclose(got, single, rtol=0, atol=1e-6 * np.abs(single).max())
+        assert np.array_equal(got == 0, single == 0)
