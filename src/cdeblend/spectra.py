@@ -21,6 +21,10 @@ With ``solver="nnls"`` each block is solved non-negatively: by the dense active 
 by the sparse solver of ``_spectra_cy`` (coordinate descent and exact passive solves on
 envelope Cholesky factors, about linear in the block size for components that overlap only
 their neighbours); both return the unique minimiser up to round-off.
+
+The convolutions, the products and the sparse solver's bands run on the fit's threads
+(:func:`cdeblend._threads.num_threads`), in parts that are each computed alone: the SEDs do
+not depend on the thread count.
 """
 
 from __future__ import annotations
