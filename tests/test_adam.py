@@ -406,3 +406,36 @@ def test_keep_cut_without_a_cut_and_bad_input():
     assert _adam_cy.keep_cut(np.array([2.0, 4.0]), np.array([1.0, 1.0])) == 0.25
     with pytest.raises(ValueError, match="sed and thresholds"):
         _adam_cy.keep_cut(np.array([1.0]), np.array([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_larger_monotonicity_table_gives_the_same_step(seed):
+    """The fitter grows its monotonicity table with room to spare: the step with any table
+    that covers the boxes is the same bit for bit as with the smallest one."""
+    from cdeblend.blend import _monotonic_table
+
+    rng = np.random.default_rng(seed)
+    B, H, W, K = 3, 60, 60, 6
+    for _ in range(20):
+        comp = np.zeros((K, 7), np.int64)
+        off = 0
+        for k in range(K):
+            h, w = (int(v) for v in rng.integers(3, 30, 2))
+            y0, x0 = int(rng.integers(0, H - h)), int(rng.integers(0, W - w))
+            comp[k] = (y0, x0, h, w, off, rng.integers(0, h), rng.integers(0, w))
+            off += h * w
+        reach = _adam_cy.monotonic_reach(comp)
+        grad = rng.normal(size=(B, H, W)).astype(np.float32)
+        sed0, morph0 = rng.random((K, B)), rng.random(off) ** 3
+        outs = []
+        for half in (reach, reach + 1, reach + reach // 4 + 7):
+            sed, morph = sed0.copy(), np.zeros((4, off))
+            morph[0] = morph0
+            state, bounds = np.zeros((3, K, B)), np.empty((K, 4), np.int64)
+            _adam_cy.fit_step(grad, sed, state, morph, comp, np.full(K, 0.5), np.ones(B),
+                              np.full(B, 1e-3), 0.1, 0.1, 3, 0.9, 0.999, 1e-8, 1e-20, 0,
+                              _monotonic_table(int(half)), True, bounds)  # fmt: skip
+            outs.append((sed, morph, bounds))
+        for out in outs[1:]:
+            for a, b in zip(out, outs[0], strict=True):
+                np.testing.assert_array_equal(a, b)
