@@ -29,9 +29,8 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -78,22 +77,6 @@ def _even_parts(items: list, parts: int) -> list[list]:
     step = -(-len(items) // max(min(parts, len(items) // _MIN_PART), 1))
     step = max(step + step % 2, 2)
     return [items[i : i + step] for i in range(0, len(items), step)]
-
-
-def _grids_on_threads(run: Callable[[int, int, list], None], grids: dict) -> None:
-    """``run(n0, n1, items)`` for every ``(n0, n1)`` grid's items; a grid with many items in
-    parts (:func:`_even_parts`) on the fit's threads (:func:`cdeblend._threads.num_threads`)."""
-    jobs = [
-        (n0, n1, part)
-        for (n0, n1), items in grids.items()
-        for part in _even_parts(items, num_threads())
-    ]
-    if len(jobs) > len(grids):
-        with ThreadPoolExecutor(num_threads()) as pool:
-            list(pool.map(lambda job: run(*job), jobs))
-        return
-    for job in jobs:
-        run(*job)
 
 
 def _pairs_within(n: int, lo: int, m: int, r: int) -> int:
@@ -455,7 +438,17 @@ class Convolver:
             src = arr[0, cy0 - y0 : cy0 - y0 + ch, cx0 - x0 : cx0 - x0 + cw]
             grid = self._shared_grid(gh, gw)
             grids.setdefault(grid, []).append((k, src, cy0 - gy0, cx0 - gx0, gh, gw))
-        _grids_on_threads(partial(self._convolve_planes, flat=flat, offsets=offsets), grids)
+        jobs = [
+            (n0, n1, part)
+            for (n0, n1), items in grids.items()
+            for part in _even_parts(items, num_threads())
+        ]
+        if len(jobs) > len(grids):  # the parts of each grid on the threads
+            with ThreadPoolExecutor(num_threads()) as pool:
+                list(pool.map(lambda job: self._convolve_planes(*job, flat, offsets), jobs))
+            return
+        for n0, n1, items in jobs:
+            self._convolve_planes(n0, n1, items, flat, offsets)
 
     def _convolve_planes(
         self, n0: int, n1: int, items: list, flat: np.ndarray, offsets: np.ndarray
@@ -525,34 +518,20 @@ class Convolver:
                 continue
             grid = self._shared_grid(gh, gw)
             grids.setdefault(grid, []).append((k, cy0 - gy0, cx0 - gx0, ch, cw, gh, gw))
-        run = partial(
-            self._exact_planes, models=models, offsets=offsets, out=out, out_offsets=out_offsets
-        )
-        _grids_on_threads(run, grids)
-
-    def _exact_planes(
-        self,
-        n0: int,
-        n1: int,
-        items: list,
-        models: np.ndarray,
-        offsets: np.ndarray,
-        out: np.ndarray,
-        out_offsets: np.ndarray,
-    ) -> None:
-        """One :func:`~cdeblend._convolve_cy.conv_exact` call for the models ``items`` of
-        :meth:`convolve_exact_into` that share the ``(n0, n1)`` grid (each item alone)."""
         taps = self.kernels != 0
-        src_table = np.array(
-            [(offsets[k], ch, cw, oy, ox) for k, oy, ox, ch, cw, _, _ in items], dtype=np.intp
-        )
-        out_table = np.array([(out_offsets[k], gh, gw) for k, *_, gh, gw in items], dtype=np.intp)
-        work = self.work(n0, n1, int(out_table[:, 2].max()), double=True)
-        ry, rx = self.kernel_radius
-        spectrum = self.kernel_spectrum(n0, n1, exact=True)
-        conv_exact(work, models, src_table, spectrum, out, out_table, ry, rx, bool(taps.all()))
-        if not taps.all():
-            self._cut_to_support(taps, models, offsets, out, out_offsets, items)
+        for (n0, n1), items in grids.items():
+            src_table = np.array(
+                [(offsets[k], ch, cw, oy, ox) for k, oy, ox, ch, cw, _, _ in items], dtype=np.intp
+            )
+            out_table = np.array(
+                [(out_offsets[k], gh, gw) for k, *_, gh, gw in items], dtype=np.intp
+            )
+            work = self.work(n0, n1, int(out_table[:, 2].max()), double=True)
+            ry, rx = self.kernel_radius
+            spectrum = self.kernel_spectrum(n0, n1, exact=True)
+            conv_exact(work, models, src_table, spectrum, out, out_table, ry, rx, bool(taps.all()))
+            if not taps.all():
+                self._cut_to_support(taps, models, offsets, out, out_offsets, items)
 
     def _cut_to_support(
         self,
