@@ -17,7 +17,9 @@ its own) through the public API: ``Observation(images, variance, psfs)`` and
 as peaks. Per scene the table gives CPU seconds (``time.process_time``, all threads of the
 process) of
 
-* ``init`` (initialization, including ``SED``, the joint SED fit) and ``fit``, ``iter``
+* ``init`` (initialization, including ``SED``, the joint SED fit, whose convolutions,
+  products and band solves run on the fit's threads; ``SED m`` and ``init m`` are their
+  CPU seconds on the calling thread alone, as ``fit m`` below) and ``fit``, ``iter``
   iterations and ``ms/it`` the fit's CPU time per iteration,
 * ``thr``: the threads of the fit (``--threads``, the environment variable
   ``CDEBLEND_NUM_THREADS`` of the child; default: the usable cores), ``fit w``: the fit's
@@ -164,7 +166,9 @@ def run_one(images, variance, psfs, peaks, true_flux, dtype: str) -> dict:
         "components": len(result.blend.components),
         "threads": _threads.num_threads(),
         "sed": sed.cpu,
+        "sed_main": sed.main,
         "init": init.cpu,
+        "init_main": init.main,
         "fit": fit.cpu,
         "fit_wall": fit.wall,
         "fit_main": fit.main,
@@ -412,7 +416,8 @@ def main() -> None:
         "one fresh process per scene; CPU seconds (time.process_time) unless marked wall"
     )
     head = (
-        f"{'scene':>14} {'N':>5} {'K':>5} {'thr':>3} {'SED s':>6} {'init s':>7} {'fit s':>7} "
+        f"{'scene':>14} {'N':>5} {'K':>5} {'thr':>3} {'SED s':>6} {'SED m':>6} {'init s':>7} "
+        f"{'init m':>6} {'fit s':>7} "
         f"{'fit m':>6} {'fit w':>6} {'iter':>5} {'ms/it':>7} {'floor ms':>8} {'it/floor':>8} "
         f"{'wall s':>7} "
         f"{'RSS MB':>7} {'|dF/F|':>7} {'loss':>11}  scarlet lite (issue 11)"
@@ -432,7 +437,8 @@ def main() -> None:
                 label = f"{name} {size}x{size}"
             print(
                 f"{label:>14} {r['n']:>5} {r['components']:>5} {r['threads']:>3} "
-                f"{r['sed']:>6.2f} {r['init']:>7.2f} {r['fit']:>7.2f} {r['fit_main']:>6.2f} "
+                f"{r['sed']:>6.2f} {r['sed_main']:>6.2f} {r['init']:>7.2f} {r['init_main']:>6.2f} "
+                f"{r['fit']:>7.2f} {r['fit_main']:>6.2f} "
                 f"{r['fit_wall']:>6.2f} "
                 f"{r['iterations']:>5} {1e3 * per_it:>7.1f} {1e3 * r['floor']:>8.1f} "
                 f"{per_it / r['floor']:>8.2f} {r['wall']:>7.1f} {r['rss_mb']:>7.0f} "

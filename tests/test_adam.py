@@ -375,3 +375,78 @@ def test_point_source_products_match_numpy(seed):
         _adam_cy.point_source_products(
             weights, images, conv, psfs, np.array([[H, 0]]), pp[:1], rp[:1]
         )
+
+
+def _passes(sed: np.ndarray, thresholds: np.ndarray, v: float) -> bool:
+    """The prox chain's noise test of one pixel, band by band (as rounded products)."""
+    return any(float(s) * v >= float(t) for s, t in zip(sed, thresholds, strict=True))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_keep_cut_is_the_band_by_band_noise_test(seed):
+    """The one-comparison threshold (``v >= cut``) keeps exactly the pixels the band-by-band
+    test keeps, on the values next to every quotient and on under- and overflowing
+    products (SEDs and thresholds over the whole double range, zeros included)."""
+    rng = np.random.default_rng(seed)
+    for trial in range(300):
+        B = int(rng.integers(1, 6))
+        span = (-320, 300) if trial % 2 else (-25, 5)
+        sed = 10.0 ** rng.uniform(*span, B)
+        sed[rng.random(B) < 0.15] = 0.0
+        thresholds = 10.0 ** rng.uniform(-320, 300, B) * rng.choice([0.0, 1.0, 1.0], B)
+        cut = _adam_cy.keep_cut(sed, thresholds)
+        values = [0.0, -0.0, 5e-324, -5e-324, 1e308, -1e308, *rng.normal(size=10)]
+        with np.errstate(over="ignore"):
+            starts = [t / s if s > 0 else 1.0 for s, t in zip(sed, thresholds, strict=True)]
+            for x in [*starts, cut]:
+                x = float(np.clip(x, -1.7e308, 1.7e308))
+                for _ in range(4):
+                    x = np.nextafter(x, -np.inf)
+                for _ in range(9):
+                    values.append(x)
+                    x = np.nextafter(x, np.inf)
+            for v in values:
+                assert (v >= cut) == _passes(sed, thresholds, v), (sed, thresholds, v, cut)
+
+
+def test_keep_cut_without_a_cut_and_bad_input():
+    assert np.isnan(_adam_cy.keep_cut(np.array([1.0, -1.0]), np.array([1.0, 1.0])))
+    assert np.isnan(_adam_cy.keep_cut(np.array([1.0]), np.array([np.inf])))
+    assert _adam_cy.keep_cut(np.array([0.0]), np.array([0.0])) == -np.inf
+    assert _adam_cy.keep_cut(np.array([0.0]), np.array([1.0])) == np.inf
+    assert _adam_cy.keep_cut(np.array([2.0, 4.0]), np.array([1.0, 1.0])) == 0.25
+    with pytest.raises(ValueError, match="sed and thresholds"):
+        _adam_cy.keep_cut(np.array([1.0]), np.array([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_larger_monotonicity_table_gives_the_same_step(seed):
+    """The fitter grows its monotonicity table with room to spare: the step with any table
+    that covers the boxes is the same bit for bit as with the smallest one."""
+    from cdeblend.blend import _monotonic_table
+
+    rng = np.random.default_rng(seed)
+    B, H, W, K = 3, 60, 60, 6
+    for _ in range(20):
+        comp = np.zeros((K, 7), np.int64)
+        off = 0
+        for k in range(K):
+            h, w = (int(v) for v in rng.integers(3, 30, 2))
+            y0, x0 = int(rng.integers(0, H - h)), int(rng.integers(0, W - w))
+            comp[k] = (y0, x0, h, w, off, rng.integers(0, h), rng.integers(0, w))
+            off += h * w
+        reach = _adam_cy.monotonic_reach(comp)
+        grad = rng.normal(size=(B, H, W)).astype(np.float32)
+        sed0, morph0 = rng.random((K, B)), rng.random(off) ** 3
+        outs = []
+        for half in (reach, reach + 1, reach + reach // 4 + 7):
+            sed, morph = sed0.copy(), np.zeros((4, off))
+            morph[0] = morph0
+            state, bounds = np.zeros((3, K, B)), np.empty((K, 4), np.int64)
+            _adam_cy.fit_step(grad, sed, state, morph, comp, np.full(K, 0.5), np.ones(B),
+                              np.full(B, 1e-3), 0.1, 0.1, 3, 0.9, 0.999, 1e-8, 1e-20, 0,
+                              _monotonic_table(int(half)), True, bounds)  # fmt: skip
+            outs.append((sed, morph, bounds))
+        for out in outs[1:]:
+            for a, b in zip(out, outs[0], strict=True):
+                np.testing.assert_array_equal(a, b)

@@ -369,7 +369,8 @@ def test_sparse_leaves_degenerate_systems_to_the_dense_path(monkeypatch):
         return status
 
     monkeypatch.setattr(spectra, "nnls_sparse", second_band_capped)
-    got = spectra._nnls_solve_sparse(ik, il, products, both)
+    with cdeblend.thread_limit(1):  # one call for both bands (with threads: one per band)
+        got = spectra._nnls_solve_sparse(ik, il, products, both)
     assert calls == [[0, 0]]
     np.testing.assert_array_equal(got[1], ref[1])  # the dense path's own answer
     np.testing.assert_allclose(got[0], ref[0], rtol=0, atol=1e-9 * np.abs(ref[0]).max())
@@ -431,3 +432,26 @@ def test_sparse_duplicates_share_one_sed():
         return x @ gram @ x - 2 * rhs @ x
 
     assert objective(got) == pytest.approx(objective(dense), rel=1e-10)
+
+
+def test_sparse_bands_on_threads_match_one_thread():
+    """The SED fit's sparse solve with its bands on threads gives the one-thread results bit
+    for bit (each band is solved alone)."""
+    rng = np.random.default_rng(11)
+    a = sparse_design(rng, 90, 60, "single")
+    grams, rhss = [], []
+    for _ in range(5):
+        scaled = a * rng.uniform(0.5, 2.0, size=a.shape[1])
+        d = scaled @ rng.normal(size=90) + rng.normal(size=a.shape[0])
+        grams.append(scaled.T @ scaled)
+        rhss.append(scaled.T @ d)
+    ik, il = np.nonzero(np.triu(np.any(np.array(grams) != 0, axis=0)))
+    products = np.stack([g[ik, il] for g in grams], axis=1)
+    rhs = np.array(rhss)
+    with cdeblend.thread_limit(1):
+        one = spectra._nnls_solve_sparse(ik, il, products, rhs)
+    with cdeblend.thread_limit(3):
+        three = spectra._nnls_solve_sparse(ik, il, products, rhs)
+    np.testing.assert_array_equal(three, one)
+    ref = spectra._nnls_solve_bands(spectra._dense_gram(ik, il, products, 90), rhs)
+    np.testing.assert_allclose(one, ref, rtol=0, atol=1e-8 * np.abs(ref).max())

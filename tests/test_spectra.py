@@ -356,3 +356,44 @@ def test_large_group_sparse_solver_matches_dense_and_design_nnls(monkeypatch, we
     monkeypatch.setattr(spectra, "_SPARSE_NNLS", 10**9)  # the dense active set
     dense = fit_seds(obs, morphs, boxes, weighted=weighted, solver="nnls")
     np.testing.assert_allclose(got, dense, rtol=0, atol=1e-10 * np.abs(dense).max())
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_threads_give_the_one_thread_seds_bit_for_bit(monkeypatch, weighted):
+    """The SED fit's convolutions, Gram products and sparse solve run in parts on threads;
+    every part is computed alone, so the SEDs are those of one thread bit for bit."""
+    import cdeblend
+    from cdeblend import _convolve_cy, convolution, spectra
+
+    rng = np.random.default_rng(23)
+    h = w = 64
+    obs = make_obs(rng, 3, h, w, np.float32, size=21)
+    morphs, boxes = [], []
+    for i in range(spectra._SPARSE_NNLS + 40):  # one overlap group of equal boxes
+        y0, x0 = (i * 5) % 52, (i * 11) % 52
+        morphs.append(rng.random((12, 12)) + 0.05)
+        boxes.append((y0, x0, 12, 12))
+    # small parts, so that this small blend takes every threaded path
+    monkeypatch.setattr(spectra, "_MIN_PART_ROWS", 8)
+    monkeypatch.setattr(convolution, "_MIN_PART", 8)
+    calls = {"planes": 0, "gram": 0}
+    real_planes, real_gram = _convolve_cy.conv_planes, spectra._gram_rows
+
+    def planes(*args):
+        calls["planes"] += 1
+        return real_planes(*args)
+
+    def gram(*args):
+        calls["gram"] += 1
+        return real_gram(*args)
+
+    monkeypatch.setattr(convolution, "conv_planes", planes)
+    monkeypatch.setattr(spectra, "_gram_rows", gram)
+    with cdeblend.thread_limit(1):
+        one = fit_seds(obs, morphs, boxes, weighted=weighted, solver="nnls")
+    single = dict(calls)
+    with cdeblend.thread_limit(2):
+        two = fit_seds(obs, morphs, boxes, weighted=weighted, solver="nnls")
+    assert calls["planes"] > 2 * single["planes"] and calls["gram"] > 2 * single["gram"]
+    np.testing.assert_array_equal(two, one)
+    assert np.all(one >= 0) and np.any(one > 0)

@@ -15,8 +15,10 @@ All components read the same ``grad`` (Jacobi style: no re-rendering between com
 so their order does not matter. Nothing here allocates Python objects or holds the GIL.
 """
 
-from libc.math cimport fabs, isfinite, pow, sqrt
-from libc.stdint cimport int32_t, int64_t
+from libc.float cimport DBL_MAX
+from libc.math cimport INFINITY, NAN, fabs, isfinite, nextafter, pow, sqrt
+from libc.string cimport memcpy
+from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 from ._convolve_cy cimport _direct_conv, _weighted_residual
@@ -327,6 +329,100 @@ cdef int _prox_core(const real[:, :, ::1] grad,
     return 0
 
 
+cdef inline int64_t _order_key(double v) noexcept nogil:
+    """An integer that orders finite doubles as their values (both zeros map to 0)."""
+    cdef int64_t u
+    memcpy(&u, &v, sizeof(double))
+    return -(u & INT64_MAX) if u < 0 else u
+
+
+cdef inline double _from_key(int64_t key) noexcept nogil:
+    """The double of :func:`_order_key` ``key`` (+0.0 for 0)."""
+    cdef uint64_t u = (<uint64_t>(-key) | (<uint64_t>1 << 63)) if key < 0 else <uint64_t>key
+    cdef double v
+    memcpy(&v, &u, sizeof(double))
+    return v
+
+
+cdef double _band_cut(double s, double t) noexcept nogil:
+    """The least finite ``v`` with ``s * v >= t`` as computed (rounded): ``-inf`` when every
+    finite ``v`` passes, ``+inf`` when none does, NaN when ``s < 0`` or ``s``, ``t`` are not
+    finite. For ``s >= 0`` the rounded product is monotone in ``v``, so the passing values
+    are exactly those ``>=`` this cut."""
+    cdef double c, lo
+    cdef int64_t a, z, mid
+    cdef int _step
+    if not (isfinite(s) and isfinite(t)) or s < 0:
+        return NAN
+    if s * -DBL_MAX >= t:
+        return -INFINITY
+    if not s * DBL_MAX >= t:
+        return INFINITY
+    # s > 0 here: start at the quotient and walk a few values to the least passing one
+    c = t / s
+    c = DBL_MAX if c > DBL_MAX else (-DBL_MAX if c < -DBL_MAX else c)
+    if s * c >= t:
+        for _step in range(8):
+            lo = nextafter(c, -INFINITY)
+            if not s * lo >= t:
+                return c
+            c = lo
+    else:
+        for _step in range(8):
+            c = nextafter(c, INFINITY)
+            if s * c >= t:
+                return c
+    # bisection on the ordered values (-DBL_MAX fails, DBL_MAX passes), on one side of zero
+    # so that the keys' difference fits
+    a = _order_key(-DBL_MAX)
+    z = _order_key(DBL_MAX)
+    if s * 0.0 >= t:
+        z = 0
+    else:
+        a = 0
+    while z - a > 1:
+        mid = a + (z - a) // 2
+        if s * _from_key(mid) >= t:
+            z = mid
+        else:
+            a = mid
+    return _from_key(z)
+
+
+cdef double _keep_cut(const double* sk, const double* tb, Py_ssize_t B) noexcept nogil:
+    """The noise threshold of the prox chain as one comparison: a finite ``v`` passes
+    (``sk[b] * v >= tb[b]`` in some band) exactly when ``v >=`` the least
+    :func:`_band_cut`; NaN when a band has no cut (then test band by band)."""
+    cdef double cut = INFINITY, c
+    cdef Py_ssize_t b
+    for b in range(B):
+        c = _band_cut(sk[b], tb[b])
+        if c != c:
+            return c
+        if c < cut:
+            cut = c
+    return cut
+
+
+def keep_cut(const double[::1] sed, const double[::1] thresholds):
+    """:func:`_keep_cut` of one component's ``sed`` and per-band ``thresholds`` (for tests)."""
+    if sed.shape[0] != thresholds.shape[0] or sed.shape[0] == 0:
+        raise ValueError("sed and thresholds must be non-empty and of one length")
+    return _keep_cut(&sed[0], &thresholds[0], sed.shape[0])
+
+
+cdef inline bint _significant(double v, const double* sk, const double* tb, Py_ssize_t B,
+                              double cut) noexcept nogil:
+    """``sk[b] * v >= tb[b]`` in some band, by the cut of :func:`_keep_cut` if it has one."""
+    cdef Py_ssize_t b
+    if cut == cut:
+        return v >= cut
+    for b in range(B):
+        if sk[b] * v >= tb[b]:
+            return True
+    return False
+
+
 cdef void _prox_one(Py_ssize_t k, const real[:, :, ::1] grad,
                     double[:, ::1] sed, double[:, ::1] sed_m, double[:, ::1] sed_v,
                     double[:, ::1] sed_vhat,
@@ -344,12 +440,11 @@ cdef void _prox_one(Py_ssize_t k, const real[:, :, ::1] grad,
     cdef Py_ssize_t B = sed.shape[1]
     cdef Py_ssize_t b, i, y, x, off, y0, x0, h, w, py, px, pk
     cdef Py_ssize_t ly0, lx0, ly1, lx1, cy2, cx2
-    cdef double mean_s, step, thr, mx, v, inv
+    cdef double mean_s, step, thr, mx, v, inv, cut
     cdef double* gm = gs + 3 * B
     cdef double* s_old = gs + B
     cdef double* tb = gs + 2 * B
     cdef double* sk
-    cdef bint keep
     y0 = comp[k, 0]
     x0 = comp[k, 1]
     h = comp[k, 2]
@@ -401,24 +496,29 @@ cdef void _prox_one(Py_ssize_t k, const real[:, :, ::1] grad,
     for b in range(B):
         tb[b] = bg_rms[b] * thr
     sk = &sed[k, 0]
+    cut = _keep_cut(sk, tb, B) if thr >= 0 else NAN
     mx = 0.0  # the maximum, found in the same pass
-    for i in range(h * w):
-        v = morph[off + i]
-        if not isfinite(v):
-            v = 0.0
-        elif thr >= 0:
-            keep = False
-            for b in range(B):
-                if sk[b] * v >= tb[b]:
-                    keep = True
-                    break
-            if not keep:
+    if cut == cut:  # the threshold as one comparison (the same pixels pass)
+        for i in range(h * w):
+            v = morph[off + i]
+            if not (isfinite(v) and v >= cut):
                 v = 0.0
-        elif v < 0:
-            v = 0.0
-        morph[off + i] = v
-        if v > mx:
-            mx = v
+            morph[off + i] = v
+            if v > mx:
+                mx = v
+    else:
+        for i in range(h * w):
+            v = morph[off + i]
+            if not isfinite(v):
+                v = 0.0
+            elif thr >= 0:
+                if not _significant(v, sk, tb, B, cut):
+                    v = 0.0
+            elif v < 0:
+                v = 0.0
+            morph[off + i] = v
+            if v > mx:
+                mx = v
     pk = off + py * w + px
     if morph[pk] < floor:
         morph[pk] = floor
@@ -441,12 +541,7 @@ cdef void _prox_one(Py_ssize_t k, const real[:, :, ::1] grad,
         for y in range(h):
             for x in range(w):
                 v = morph[off + y * w + x]
-                keep = False
-                for b in range(B):
-                    if sed[k, b] * v >= tb[b]:
-                        keep = True
-                        break
-                if keep:
+                if _significant(v, sk, tb, B, cut):
                     if y < ly0:
                         ly0 = y
                     if y > ly1:
@@ -481,7 +576,7 @@ def copy_overlap(const double[::1] src, const int64_t[:, ::1] src_comp, double[:
 
 cdef int _copy_overlap(const double[::1] src, const int64_t[:, ::1] src_comp,
                        double[::1] dst, const int64_t[:, ::1] dst_comp,
-                       const int64_t[::1] mapping) except -1 nogil:
+                       const int64_t[::1] mapping) noexcept nogil:
     cdef Py_ssize_t K = dst_comp.shape[0], j, k, y, x, ya, yb, xa, xb
     cdef Py_ssize_t sy0, sx0, sw, soff, dy0, dx0, dw, doff
     for j in range(K):
@@ -626,6 +721,7 @@ cdef bint _settled(const double[::1] hist, Py_ssize_t n, Py_ssize_t w,
 # every result is the same for any number of threads.
 
 from cython.parallel cimport prange, threadid
+from libc.string cimport memset
 
 from ._convolve_cy cimport _fwd, _inv, _pair_mul, _wsq
 from ._fft cimport cd_conv1_part_d, cd_conv1_part_f
@@ -688,6 +784,62 @@ cdef void _render_bands(const double[:, ::1] sed, const double[::1] morph,
             for y in range(h):
                 for x in range(w):
                     model[b, y0 + y, x0 + x] += <real>(s * morph[off + y * w + x])
+
+
+cdef void _render_rows(const double[:, ::1] sed, const double[::1] morph,
+                       const int64_t[:, ::1] comp, real[:, :, ::1] model, Py_ssize_t W,
+                       Py_ssize_t b, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """Rows ``r0 <= y < r1`` of band ``b`` of :func:`_render_bands` (the same sums in the
+    same order: each pixel adds the components in their order), so that threads can share
+    one band's render."""
+    cdef Py_ssize_t K = comp.shape[0], k, y, x, off, y0, x0, w, ya, yb
+    cdef double s
+    for y in range(r0, r1):
+        for x in range(W):
+            model[b, y, x] = 0
+    for k in range(K):
+        y0 = comp[k, 0]
+        x0 = comp[k, 1]
+        w = comp[k, 3]
+        off = comp[k, 4]
+        ya = y0 if y0 > r0 else r0
+        yb = y0 + comp[k, 2] if y0 + comp[k, 2] < r1 else r1
+        s = sed[k, b]
+        for y in range(ya, yb):
+            for x in range(w):
+                model[b, y, x0 + x] += <real>(s * morph[off + (y - y0) * w + x])
+
+
+cdef inline void _chunk(Py_ssize_t n, int p, int nt, Py_ssize_t* lo,
+                        Py_ssize_t* hi) noexcept nogil:
+    """Part ``p`` of ``nt`` of ``[0, n)``: ``[lo, hi)``, whole cache lines of doubles."""
+    cdef Py_ssize_t chunk = (((n + nt - 1) // nt) + 7) & ~(<Py_ssize_t>7)
+    lo[0] = p * chunk if p * chunk < n else n
+    hi[0] = lo[0] + chunk if lo[0] + chunk < n else n
+
+
+cdef void _copy_threads(double* dst, const double* src, Py_ssize_t n,
+                        int nt) noexcept nogil:
+    """``dst[:n] = src[:n]`` in ``nt`` parts on as many threads (a copy of the morphologies
+    of a large blend is a pass over tens of MB: serial, the other threads would wait)."""
+    cdef int p
+    cdef Py_ssize_t lo, hi
+    if nt <= 1:
+        memcpy(dst, src, n * sizeof(double))
+        return
+    for p in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+        _chunk(n, p, nt, &lo, &hi)
+        if hi > lo:
+            memcpy(dst + lo, src + lo, (hi - lo) * sizeof(double))
+
+
+cdef void _regrid_row(const double[:, ::1] m, Py_ssize_t size, const int64_t[:, ::1] comp,
+                      double[:, ::1] dst, Py_ssize_t n, const int64_t[:, ::1] new_comp,
+                      const int64_t[::1] mapping, Py_ssize_t r) noexcept nogil:
+    """Row ``r`` (the morphology or one of its moments) of the kernel's re-gridding: zero
+    ``dst[r, :n]``, then :func:`_copy_overlap` onto the new table."""
+    memset(&dst[r, 0], 0, n * sizeof(double))
+    _copy_overlap(m[r, :size], comp, dst[r, :n], new_comp, mapping)
 
 
 cdef void _residual_rows(const real[:, :, ::1] model_conv,
@@ -791,7 +943,8 @@ cdef double _loss_and_gradient(cd_conv* convs, int nt, const double[:, ::1] sed,
                                const real[:, :, :, ::1] fk, double* rows) noexcept nogil:
     """The loss of the rendered parameters and its gradient ``grd`` w.r.t. the model, the
     band pairs on ``nt`` threads (thread t uses ``convs[t]``; ``rows``: B H doubles)."""
-    cdef Py_ssize_t B = img.shape[0], H = img.shape[1], jobs = (B + 1) // 2, j, i
+    cdef Py_ssize_t B = img.shape[0], H = img.shape[1], jobs = (B + 1) // 2, j, i, lo, hi
+    cdef int p
     cdef double total = 0.0
     if nt > 1 and B % 2 == 1 and <double>convs[0].n0 * convs[0].n1 >= _SPLIT_GRID:
         # the pairs side by side, then the odd band's transforms shared by the threads
@@ -799,7 +952,9 @@ cdef double _loss_and_gradient(cd_conv* convs, int nt, const double[:, ::1] sed,
             for j in prange(B // 2, num_threads=nt, schedule="static", chunksize=1):
                 _band_job(&convs[threadid()], 2 * j, sed, morph, comp, img, wgt, mdl, cnv,
                           res, grd, fk, rows)
-        _render_bands(sed, morph, comp, mdl, H, img.shape[2], B - 1, B)
+        for p in prange(nt, num_threads=nt, schedule="static", chunksize=1):
+            _chunk(H, p, nt, &lo, &hi)
+            _render_rows(sed, morph, comp, mdl, img.shape[2], B - 1, lo, hi)
         _single_band_threads(convs, nt, B - 1, img, wgt, mdl, cnv, res, grd, fk, rows)
     elif nt > 1 and jobs > 1:
         for j in prange(jobs, num_threads=nt, schedule="static", chunksize=1):
@@ -1249,8 +1404,8 @@ cdef class FitKernel:
                         best_sed[k, b] = self.sed[k, b]
                     for b in range(7):
                         best_comp[k, b] = self.comp[k, b]
-                for n in range(self.size):
-                    best_morph[n] = m[0, n]
+                if self.size > 0:
+                    _copy_threads(&best_morph[0], &m[0, 0], self.size, self.nt)
                 st.best_size = self.size
                 st.best_loss = loss
                 st.has_best = True
@@ -1283,11 +1438,15 @@ cdef class FitKernel:
                         status |= _RESIZED
                     else:  # re-grid into the other buffer
                         dst = self.mbuf1 if self.current == 0 else self.mbuf0
-                        for r in range(4):
-                            for k in range(n):
-                                dst[r, k] = 0.0
-                            _copy_overlap(m[r, :self.size], self.comp, dst[r, :n],
-                                          self.new_comp, self.identity)
+                        if self.nt > 1:  # the four rows side by side
+                            for r in prange(4, num_threads=self.nt, schedule="static",
+                                            chunksize=1):
+                                _regrid_row(m, self.size, self.comp, dst, n, self.new_comp,
+                                            self.identity, r)
+                        else:
+                            for r in range(4):
+                                _regrid_row(m, self.size, self.comp, dst, n, self.new_comp,
+                                            self.identity, r)
                         for k in range(K):
                             for b in range(7):
                                 self.comp[k, b] = self.new_comp[k, b]

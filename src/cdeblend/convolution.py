@@ -30,6 +30,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ from ._convolve_cy import (
     fast_len,
     kernel_spectrum,
 )
+from ._threads import num_threads
 from .box import Box, as_box, clip
 
 __all__ = ["Convolver", "KernelCache"]
@@ -61,8 +63,20 @@ _FFT_OVERHEAD = 20e-6
 #: a catalog meets many small grids; the bytes, not the count, bound the cache.
 _KERNEL_CACHE_SIZE = 1024
 _KERNEL_CACHE_BYTES = 128 * 2**20
+#: Fewest morphologies of one FFT grid that :meth:`Convolver.convolve_morphs_into` hands to
+#: a thread of its own.
+_MIN_PART = 32
 #: At most this many FFT grids keep work buffers per thread (LRU).
 _BUFFER_CACHE_SIZE = 6
+
+
+def _even_parts(items: list, parts: int) -> list[list]:
+    """``items`` cut into at most ``parts`` runs of about equal length, each but the last of
+    an even length (``conv_planes`` transforms planes two by two, so each run pairs its
+    planes as the whole list does: the same results), at least ``_MIN_PART`` items each."""
+    step = -(-len(items) // max(min(parts, len(items) // _MIN_PART), 1))
+    step = max(step + step % 2, 2)
+    return [items[i : i + step] for i in range(0, len(items), step)]
 
 
 def _pairs_within(n: int, lo: int, m: int, r: int) -> int:
@@ -424,7 +438,16 @@ class Convolver:
             src = arr[0, cy0 - y0 : cy0 - y0 + ch, cx0 - x0 : cx0 - x0 + cw]
             grid = self._shared_grid(gh, gw)
             grids.setdefault(grid, []).append((k, src, cy0 - gy0, cx0 - gx0, gh, gw))
-        for (n0, n1), items in grids.items():
+        jobs = [
+            (n0, n1, part)
+            for (n0, n1), items in grids.items()
+            for part in _even_parts(items, num_threads())
+        ]
+        if len(jobs) > len(grids):  # the parts of each grid on the threads
+            with ThreadPoolExecutor(num_threads()) as pool:
+                list(pool.map(lambda job: self._convolve_planes(*job, flat, offsets), jobs))
+            return
+        for n0, n1, items in jobs:
             self._convolve_planes(n0, n1, items, flat, offsets)
 
     def _convolve_planes(

@@ -21,11 +21,17 @@ With ``solver="nnls"`` each block is solved non-negatively: by the dense active 
 by the sparse solver of ``_spectra_cy`` (coordinate descent and exact passive solves on
 envelope Cholesky factors, about linear in the block size for components that overlap only
 their neighbours); both return the unique minimiser up to round-off.
+
+The convolutions, the products and the sparse solver's bands run on the fit's threads
+(:func:`cdeblend._threads.num_threads`), in parts that are each computed alone: the SEDs do
+not depend on the thread count.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -41,6 +47,7 @@ from ._spectra_cy import (
     nnls_gram,
     nnls_sparse,
 )
+from ._threads import num_threads
 from .box import as_box, overlapping_pairs
 from .observation import Observation
 
@@ -51,6 +58,32 @@ __all__ = ["fit_seds", "fit_seds_checked", "overlapping_pairs"]
 #: (``nnls_gram``, cost about cubic); both return the unique minimiser up to round-off. Below
 #: it the dense method is as fast, and small blends keep their bit-for-bit results.
 _SPARSE_NNLS = 64
+#: Fewest Gram pairs or components that the SED fit's products hand to a thread of their own.
+_MIN_PART_ROWS = 256
+
+
+def _in_parts(fn: Callable[[int, int], object], n: int) -> None:
+    """``fn(a, b)`` over rows ``[a, b)`` of ``[0, n)``, in parts on the fit's threads
+    (:func:`cdeblend._threads.num_threads`; a few parts per thread, as rows differ in cost).
+    Every row is computed alone by the same call, so the results do not depend on the
+    count."""
+    nt = num_threads()
+    if nt <= 1 or n < _MIN_PART_ROWS * 2:
+        fn(0, n)
+        return
+    step = max(-(-n // (4 * nt)), _MIN_PART_ROWS)
+    with ThreadPoolExecutor(nt) as pool:
+        list(pool.map(lambda a: fn(a, min(a + step, n)), range(0, n, step)))
+
+
+def _gram_rows(flat, offsets, grown, pairs, weights, weighted, out, a: int, b: int) -> None:
+    """``gram_pairs`` of pairs ``[a, b)`` (their rows of ``out``)."""
+    gram_pairs(flat, offsets, grown, pairs[a:b], weights, weighted, out[a:b])
+
+
+def _data_rows(flat, offsets, grown, data, weights, weighted, out, a: int, b: int) -> None:
+    """``data_products`` of components ``[a, b)`` (their rows of ``out``)."""
+    data_products(flat, offsets[a:b], grown[a:b], data, weights, weighted, out[a:b])
 
 
 def _groups(pairs: np.ndarray, n: int) -> tuple[int, np.ndarray]:
@@ -197,7 +230,7 @@ def _nnls_solve_sparse_unique(
     n = rhs.shape[1]
     perm, indptr, indices, data = _sparse_gram(ik, il, values, n)
     solved = np.empty(rhs.shape)
-    status = nnls_sparse(indptr, indices, data, np.ascontiguousarray(rhs[:, perm]), solved)
+    status = _nnls_sparse_bands(indptr, indices, data, np.ascontiguousarray(rhs[:, perm]), solved)
     out = np.empty(rhs.shape)
     out[:, perm] = solved
     bad = np.flatnonzero(status)
@@ -205,6 +238,27 @@ def _nnls_solve_sparse_unique(
         gram = _dense_gram(ik, il, values[:, bad], n)
         out[bad] = _nnls_solve_bands(gram, np.ascontiguousarray(rhs[bad]))
     return out
+
+
+def _nnls_sparse_bands(
+    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rhs: np.ndarray, out: np.ndarray
+) -> np.ndarray:
+    """``nnls_sparse`` with the bands on the fit's threads (:func:`cdeblend._threads.
+    num_threads`): each band's system is solved alone, so the results are the same for any
+    count (``nnls_sparse`` releases the GIL)."""
+    nb = data.shape[0]
+    nt = min(num_threads(), nb)
+    if nt <= 1:
+        return nnls_sparse(indptr, indices, data, rhs, out)
+    status = np.zeros(nb, dtype=np.intc)
+
+    def solve(b: int) -> None:
+        sl = slice(b, b + 1)
+        status[b] = nnls_sparse(indptr, indices, data[sl], rhs[sl], out[sl])[0]
+
+    with ThreadPoolExecutor(nt) as pool:
+        list(pool.map(solve, range(nb)))
+    return status
 
 
 def _nnls_scipy(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -338,13 +392,15 @@ def fit_seds_checked(
     # batched by FFT grid (each grid's kernel transform is computed once)
     observation.convolver.convolve_morphs_into(morphs, box_list, flat, offsets)
 
-    pairs = overlapping_pairs(grown).astype(np.intp)
+    pairs = np.ascontiguousarray(overlapping_pairs(grown), dtype=np.intp)
     weights = observation.weights
     products = np.zeros((len(pairs), nb))
-    gram_pairs(flat, offsets, grown, np.ascontiguousarray(pairs), weights, weighted, products)
+    _in_parts(
+        partial(_gram_rows, flat, offsets, grown, pairs, weights, weighted, products), len(pairs)
+    )
     rhs = np.zeros((nk, nb))
     data = np.ascontiguousarray(data, dtype=dtype)
-    data_products(flat, offsets, grown, data, weights, weighted, rhs)
+    _in_parts(partial(_data_rows, flat, offsets, grown, data, weights, weighted, rhs), nk)
     del flat
 
     # G is block diagonal over the connected groups of overlapping boxes: solve each alone
