@@ -24,8 +24,10 @@ def reference_weights(dy, dx):
     return {o: v / tot for o, v in raw.items()} if tot > 0 else {}
 
 
-def reference_project(m, cy, cx):
-    """Radial monotonic projection of a copy of m about (cy, cx), pixel by pixel."""
+def reference_project(m, cy, cx, g=0.0):
+    """Radial monotonic projection of a copy of m about (cy, cx), pixel by pixel; with
+    ``g`` (scarlet's minimum gradient) each pixel is capped at (1 - g) times the weighted
+    mean of its closer neighbours."""
     m = np.array(m, dtype=np.float64)
     h, w = m.shape
     win = m[max(cy - 1, 0) : cy + 2, max(cx - 1, 0) : cx + 2]
@@ -42,7 +44,7 @@ def reference_project(m, cy, cx):
         for (oy, ox), wt in reference_weights(y - cy, x - cx).items():
             if 0 <= y + oy < h and 0 <= x + ox < w:
                 ref += wt * m[y + oy, x + ox]
-        m[y, x] = min(m[y, x], ref)
+        m[y, x] = min(m[y, x], (1 - g) * ref)
     return m
 
 

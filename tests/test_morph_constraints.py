@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_adam import B1, B2, EPS, FLOOR, random_components, reference_step
-from test_monotonic_radial import reference_weights
+from test_monotonic_radial import reference_project
 
 from cdeblend import DeblendConfig, Observation, _adam_cy, _symmetry_cy
 from cdeblend.blend import Blend, Component, PackedComponents, RadialMonotonicity, Source
@@ -197,26 +197,8 @@ def test_fitter_gives_every_component_the_strength():
 
 
 def reference_project_gradient(m, cy, cx, g):
-    """test_monotonic_radial.reference_project with each pixel capped at (1 - g) times the
-    weighted mean of its closer neighbours."""
-    m = np.array(m, dtype=np.float64)
-    h, w = m.shape
-    win = m[max(cy - 1, 0) : cy + 2, max(cx - 1, 0) : cx + 2]
-    iy, ix = np.unravel_index(int(np.argmax(win)), win.shape)
-    cy, cx = max(cy - 1, 0) + iy, max(cx - 1, 0) + ix
-    pixels = sorted(
-        ((y, x) for y in range(h) for x in range(w)),
-        key=lambda p: (p[0] - cy) ** 2 + (p[1] - cx) ** 2,
-    )
-    for y, x in pixels:
-        if (y, x) == (cy, cx):
-            continue
-        ref = 0.0
-        for (oy, ox), wt in reference_weights(y - cy, x - cx).items():
-            if 0 <= y + oy < h and 0 <= x + ox < w:
-                ref += wt * m[y + oy, x + ox]
-        m[y, x] = min(m[y, x], (1 - g) * ref)
-    return m
+    """test_monotonic_radial.reference_project with the minimum gradient ``g``."""
+    return reference_project(m, cy, cx, g)
 
 
 @settings(max_examples=30, deadline=None)
