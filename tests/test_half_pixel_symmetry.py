@@ -55,7 +55,3 @@ def test_star_between_pixels_keeps_its_core():
     assert vals0[21 - box0[0], 15 - box0[1]] == pytest.approx(image[19, 15])
     assert vals0[21 - box0[0], 15 - box0[1]] < 0.4 * image[21, 15]
 
-
-def test_lsst_preset_mirrors_about_the_peak_pixel():
-    assert SingleBandConfig().half_pixel_symmetry
-    assert not SingleBandConfig.lsst().half_pixel_symmetry
