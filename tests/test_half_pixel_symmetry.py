@@ -54,4 +54,3 @@ def test_star_between_pixels_keeps_its_core():
     )
     assert vals0[21 - box0[0], 15 - box0[1]] == pytest.approx(image[19, 15])
     assert vals0[21 - box0[0], 15 - box0[1]] < 0.4 * image[21, 15]
-
