@@ -78,7 +78,7 @@ def fingerprint(data: Path, n_sims: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _without_checksums(path: Path) -> np.ndarray:
+def without_checksums(path: Path) -> np.ndarray:
     """A FITS file's bytes, CHECKSUM and DATASUM cards blanked (their comments hold the time)."""
     cards = bytearray(path.read_bytes())
     for at in range(0, len(cards) - 79, 80):
@@ -94,8 +94,8 @@ def _files(catalog, model, out: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cdb.write_catalog(Path(tmp) / "cat.fits", catalog)
         cdb.save_models(Path(tmp) / "models.fits", model)
-        out["files/catalog.fits"] = _without_checksums(Path(tmp) / "cat.fits")
-        out["files/models.fits"] = _without_checksums(Path(tmp) / "models.fits")
+        out["files/catalog.fits"] = without_checksums(Path(tmp) / "cat.fits")
+        out["files/models.fits"] = without_checksums(Path(tmp) / "models.fits")
         back = cdb.load_models(Path(tmp) / "models.fits")
     for pid in sorted(back.blends):
         out[f"files/models/{pid}"] = back.models(pid)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 # the same comparison as bench/fingerprint.py (this folder is on sys.path when run as a script)
-from fingerprint import compare
+from fingerprint import compare, without_checksums
 
 import cdeblend as cdb
 from cdeblend.catalog import parents_from_peaks
@@ -100,14 +100,6 @@ def library(data: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _without_checksums(path: Path) -> np.ndarray:
-    cards = bytearray(path.read_bytes())
-    for at in range(0, len(cards) - 79, 80):
-        if cards[at : at + 8] in (b"CHECKSUM", b"DATASUM "):
-            cards[at : at + 80] = b" " * 80
-    return np.frombuffer(bytes(cards), np.uint8)
-
-
 def _steady(text: str) -> str:
     """The command's messages without what changes from run to run (times, progress bars)."""
     keep = []
@@ -135,7 +127,7 @@ def _run(out: dict, name: str, argv: list[str], folder: Path) -> None:
                 if col != "deblend_runtime":  # wall-clock time
                     out[f"cli/{name}/catalog/{col}"] = np.asarray(table[col])
         elif path.suffix == ".fits":
-            out[f"cli/{name}/{path.name}"] = _without_checksums(path)
+            out[f"cli/{name}/{path.name}"] = without_checksums(path)
         elif path.suffix in (".png", ".csv") and path.name != "multi_band_summary.csv":
             digest = hashlib.sha256(path.read_bytes()).hexdigest()  # the summary holds a time
             out[f"cli/{name}/{path.name}"] = np.array([digest])
