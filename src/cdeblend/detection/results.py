@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validate import as_float_array, check_psf, check_same_shape, clear_no_data, no_data_pixels
+from .._validate import as_float_array, check_psf
 from .parents import Parent
 from .peaks import MIN_SEPARATION
 from .pipeline import detect
@@ -103,18 +103,13 @@ def deblend_image(
     from ..single_band import (
         SingleBandConfig,
         SingleBandDeblender,
+        checked_image,
         estimate_sigma1,
         psf_fwhm_from_moments,
-        split_mask,
     )
 
     cfg = SingleBandConfig() if config is None else config
-    image = as_float_array(image, "image", 2, finite=False)
-    variance = as_float_array(variance, "variance", 2, finite=False)
-    check_same_shape(image, "image", variance, "variance")
-    mask, no_data = split_mask(mask, image.shape, cfg)
-    no_data = no_data_pixels(image, variance, no_data)
-    image, variance = clear_no_data(image, variance, no_data)
+    image, variance, mask, no_data = checked_image(cfg, image, variance, mask)
     no_data = no_data if no_data.any() else None
     if callable(psf):
         raise TypeError("deblend_image needs a PSF image; use SingleBandDeblender for a callable")

@@ -30,6 +30,7 @@ from .deblender import SingleBandDeblender
 from .inputs import DETECT_GROW as DETECT_GROW
 from .inputs import DETECT_MIN_AREA as DETECT_MIN_AREA
 from .inputs import DETECT_NSIGMA as DETECT_NSIGMA
+from .inputs import checked_image as checked_image
 from .inputs import estimate_sigma1 as estimate_sigma1
 from .inputs import split_mask as split_mask
 from .psf import psf_fwhm_from_moments

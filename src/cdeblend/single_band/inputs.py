@@ -32,6 +32,7 @@ __all__ = [
     "Inputs",
     "check_footprint",
     "check_inputs",
+    "checked_image",
     "default_footprint",
     "estimate_sigma1",
     "split_mask",
@@ -58,17 +59,26 @@ class Inputs(NamedTuple):
     no_data: np.ndarray | None
 
 
-def check_inputs(
-    cfg: SingleBandConfig, image, variance, psf, peaks, footprint, mask, centers
-) -> Inputs:
-    """Check the arguments of :meth:`SingleBandDeblender.deblend`; pixels without data are
-    cleared (value and variance 0)."""
+def checked_image(cfg: SingleBandConfig, image, variance, mask) -> tuple:
+    """``(image, variance, mask, no_data)``: the image and variance as float arrays of one
+    shape, the mask's deblender planes (:func:`split_mask`) and the (H, W) bool pixels
+    without data, whose value and variance are cleared to 0. The first checks of both
+    single-band entry points (:meth:`SingleBandDeblender.deblend`, ``deblend_image``)."""
     image = as_float_array(image, "image", 2, finite=False)
     variance = as_float_array(variance, "variance", 2, finite=False)
     check_same_shape(image, "image", variance, "variance")
     mask, no_data = split_mask(mask, image.shape, cfg)
     no_data = no_data_pixels(image, variance, no_data)
     image, variance = clear_no_data(image, variance, no_data)
+    return image, variance, mask, no_data
+
+
+def check_inputs(
+    cfg: SingleBandConfig, image, variance, psf, peaks, footprint, mask, centers
+) -> Inputs:
+    """Check the arguments of :meth:`SingleBandDeblender.deblend`; pixels without data are
+    cleared (value and variance 0)."""
+    image, variance, mask, no_data = checked_image(cfg, image, variance, mask)
     if callable(psf):
         psf_arr = psf
     else:
