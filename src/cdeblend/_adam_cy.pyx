@@ -723,7 +723,7 @@ cdef bint _settled(const double[::1] hist, Py_ssize_t n, Py_ssize_t w,
 from cython.parallel cimport prange, threadid
 from libc.string cimport memset
 
-from ._convolve_cy cimport _fwd, _inv, _pair_mul, _wsq
+from ._convolve_cy cimport _fwd, _inv, _pair_mul, _row_wsq
 from ._fft cimport cd_conv1_part_d, cd_conv1_part_f
 from libc.stdlib cimport calloc, realloc
 
@@ -851,7 +851,6 @@ cdef void _residual_rows(const real[:, :, ::1] model_conv,
     partial sums). ``residual`` may be ``model_conv`` (each row is read before it is
     overwritten)."""
     cdef Py_ssize_t H = images.shape[1], W = images.shape[2], b, y, x
-    cdef double s0, s1, s2, s3
     cdef const real* mc
     cdef const real* im
     cdef const real* wt
@@ -864,18 +863,7 @@ cdef void _residual_rows(const real[:, :, ::1] model_conv,
             im = &images[b, y, 0]
             wt = &weights[b, y, 0]
             rs = &residual[b, y, 0]
-            s0 = s1 = s2 = s3 = 0.0
-            x = 0
-            while x + 4 <= W:
-                s0 += _wsq(mc[x] - im[x], wt[x])
-                s1 += _wsq(mc[x + 1] - im[x + 1], wt[x + 1])
-                s2 += _wsq(mc[x + 2] - im[x + 2], wt[x + 2])
-                s3 += _wsq(mc[x + 3] - im[x + 3], wt[x + 3])
-                x += 4
-            while x < W:
-                s0 += _wsq(mc[x] - im[x], wt[x])
-                x += 1
-            rows[b * H + y] = (s0 + s1) + (s2 + s3)
+            rows[b * H + y] = _row_wsq(mc, im, wt, W)
             for x in range(W):
                 rs[x] = wt[x] * (mc[x] - im[x])
 

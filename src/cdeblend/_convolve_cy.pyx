@@ -124,7 +124,7 @@ cdef double _weighted_residual(const real[:, :, ::1] model_conv,
     larger). Accumulated in double in a fixed order (deterministic)."""
     cdef Py_ssize_t nb = images.shape[0], H = images.shape[1], W = images.shape[2]
     cdef Py_ssize_t b, y, x
-    cdef double total = 0.0, s0, s1, s2, s3
+    cdef double total = 0.0
     cdef const real* mc
     cdef const real* im
     cdef const real* wt
@@ -138,20 +138,7 @@ cdef double _weighted_residual(const real[:, :, ::1] model_conv,
                 rs = &residual[b, y, 0]
                 for x in range(W):
                     rs[x] = wt[x] * (mc[x] - im[x])
-            # four interleaved partial sums per row: a fixed order (deterministic) that the
-            # compiler can vectorise
-            s0 = s1 = s2 = s3 = 0.0
-            x = 0
-            while x + 4 <= W:
-                s0 += _wsq(mc[x] - im[x], wt[x])
-                s1 += _wsq(mc[x + 1] - im[x + 1], wt[x + 1])
-                s2 += _wsq(mc[x + 2] - im[x + 2], wt[x + 2])
-                s3 += _wsq(mc[x + 3] - im[x + 3], wt[x + 3])
-                x += 4
-            while x < W:
-                s0 += _wsq(mc[x] - im[x], wt[x])
-                x += 1
-            total += (s0 + s1) + (s2 + s3)
+            total += _row_wsq(mc, im, wt, W)
     return 0.5 * total
 
 
