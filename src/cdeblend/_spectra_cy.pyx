@@ -433,6 +433,23 @@ cdef int _nnls_system(const double[:, ::1] gram, const double[::1] rhs, double[:
     return _NNLS_OK
 
 
+cdef const double[:, ::1] _rhs_view(object rhs):
+    """``rhs`` as a (B, n) float64 view of the NNLS entry points (ValueError naming it)."""
+    try:
+        return rhs
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"rhs must be a C-contiguous (B, n) float64 array: {exc}") from None
+
+
+cdef double[:, ::1] _out_view(object out):
+    """``out`` as a writable (B, n) float64 view (ValueError naming it)."""
+    try:
+        return out
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"out must be a writable C-contiguous (B, n) float64 array: {exc}") from None
+
+
 def nnls_gram(gram, rhs, out, maxiter=None):
     """Non-negative minimisers of ``x^T G_b x - 2 x^T r_b`` for every band ``b``.
 
@@ -471,15 +488,8 @@ def nnls_gram(gram, rhs, out, maxiter=None):
         g = gram
     except (TypeError, ValueError) as exc:
         raise ValueError(f"gram must be a C-contiguous (B, n, n) float64 array: {exc}") from None
-    try:
-        r = rhs
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"rhs must be a C-contiguous (B, n) float64 array: {exc}") from None
-    try:
-        o = out
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"out must be a writable C-contiguous (B, n) float64 array: {exc}") from None
+    r = _rhs_view(rhs)
+    o = _out_view(out)
     cdef Py_ssize_t nb = g.shape[0], n = g.shape[1], cap
     if g.shape[2] != n:
         raise ValueError(f"gram must have shape (B, n, n), got ({nb}, {n}, {g.shape[2]})")
@@ -848,15 +858,8 @@ def nnls_sparse(indptr, indices, data, rhs, out, maxround=None):
         d = data
     except (TypeError, ValueError) as exc:
         raise ValueError(f"data must be a C-contiguous (B, nnz) float64 array: {exc}") from None
-    try:
-        r = rhs
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"rhs must be a C-contiguous (B, n) float64 array: {exc}") from None
-    try:
-        o = out
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"out must be a writable C-contiguous (B, n) float64 array: {exc}") from None
+    r = _rhs_view(rhs)
+    o = _out_view(out)
     cdef Py_ssize_t n = ip.shape[0] - 1, nnz = ix.shape[0], nb = d.shape[0], b, i, t
     if n < 0:
         raise ValueError("indptr must have n + 1 >= 1 entries")
