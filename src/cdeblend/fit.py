@@ -340,19 +340,9 @@ class Fitter:
             return 0
         _adam_cy.render(p.sed, p.morph, p.comp, self.model)
         conv = obs.convolve(self.model)
-        B = conv.shape[0]
         # weighted least-squares amplitude of a point source in the residual images - conv
         # at every peak, per band (one Cython call, on the PSF stamps only)
-        pp, rp = np.empty((len(sources), B)), np.empty((len(sources), B))
-        _adam_cy.point_source_products(
-            obs.weights,
-            obs.images,
-            conv,
-            np.ascontiguousarray(obs.psfs, dtype=np.float64),
-            np.array([s.peak for s in sources], dtype=np.int64),
-            pp,
-            rp,
-        )
+        rp, pp = obs.point_products(conv, [s.peak for s in sources])
         amp = np.divide(rp, pp, out=np.zeros_like(rp), where=pp > 0)
         num, den = rp.sum(axis=1), pp.sum(axis=1)
         snr = np.divide(num, np.sqrt(den), out=np.zeros_like(num), where=den > 0)

@@ -62,19 +62,7 @@ def _residual_convolved(blend: Blend) -> np.ndarray:
 
 def _point_amplitudes(blend: Blend, peaks: np.ndarray) -> np.ndarray:
     """(M, B) weighted least-squares flux of a point source at each peak in the residual."""
-    obs = blend.observation
-    conv = _residual_convolved(blend)
-    B = conv.shape[0]
-    pp, rp = np.empty((len(peaks), B)), np.empty((len(peaks), B))
-    _adam_cy.point_source_products(
-        obs.weights,
-        obs.images,
-        conv,
-        np.ascontiguousarray(obs.psfs, dtype=np.float64),
-        np.ascontiguousarray(peaks, dtype=np.int64),
-        pp,
-        rp,
-    )
+    rp, pp = blend.observation.point_products(_residual_convolved(blend), peaks)
     return np.divide(rp, pp, out=np.zeros_like(rp), where=pp > 0)
 
 

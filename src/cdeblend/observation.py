@@ -32,6 +32,7 @@ import numpy as np
 import scipy.fft
 from scipy.special import erfc
 
+from ._adam_cy import point_source_products
 from ._convolve_cy import weighted_residual
 from ._detection_cy import mean_sqrt
 from ._validate import (
@@ -449,6 +450,18 @@ class Observation:
             self.weights[sl].copy(),
             origin=(self.origin[0] + y0, self.origin[1] + x0),
         )
+
+    def point_products(self, model_conv: np.ndarray, peaks: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(rp, pp)``, (N, B): a point source's weighted least-squares products at each
+        peak in the residual ``images - model_conv`` (:func:`cdeblend._adam_cy.
+        point_source_products`): its amplitude is ``rp / pp``, its S/N
+        ``sum_b rp / sqrt(sum_b pp)``."""
+        peaks = np.ascontiguousarray(peaks, dtype=np.int64)
+        pp = np.empty((len(peaks), self.images.shape[0]))
+        rp = np.empty_like(pp)
+        psfs = np.ascontiguousarray(self.psfs, dtype=np.float64)
+        point_source_products(self.weights, self.images, model_conv, psfs, peaks, pp, rp)
+        return rp, pp
 
     # ------------------------------------------------------------------ convolution
     def convolve(self, model: Any, out: np.ndarray | None = None, mode: str = "auto") -> np.ndarray:
