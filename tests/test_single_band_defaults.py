@@ -122,6 +122,7 @@ def test_lsst_preset_and_defaults():
             half_pixel_symmetry=False,
             median_filter_halfsize=2,
             faint_psf_snr=0.0,
+            faint_psf_flux_floor=False,
             subtract_psf_templates=False,
         )
         == lsst
@@ -155,7 +156,7 @@ def test_template_weight_floor_is_checked(bad):
         SingleBandConfig(min_template_weight=bad)
 
 
-@pytest.mark.parametrize("name", ["faint_psf_snr", "faint_psf_ratio"])
+@pytest.mark.parametrize("name", ["faint_psf_snr", "faint_psf_ratio", "faint_psf_flux_floor"])
 @pytest.mark.parametrize("bad", [-1.0, np.nan, np.inf])
 def test_faint_psf_settings_are_checked(name, bad):
     with pytest.raises(ValueError, match=name):
@@ -169,9 +170,12 @@ def test_faint_peak_on_a_bright_wing_takes_the_psf_template():
     more than 5 times its PSF-fit flux, mostly the neighbour's light. The default gives it
     the PSF template, and its flux comes within 30% of the truth instead of several times
     it; without the rule (faint_psf_snr=0) nothing changes in kind. The point sources are
-    left in the image here (subtract_psf_templates=False), so that only this rule acts."""
+    left in the image here (subtract_psf_templates=False) and the PSF template's weight has
+    the plain floor (faint_psf_flux_floor=0), so that only this rule acts; with the
+    default floor (at least what the floored symmetric template held) it keeps the PSF
+    template and its error stays well under the symmetric template's."""
     image, variance, psf, peaks, true_flux = load("hard_single_blend_2003_0024.npz")
-    keep = SingleBandConfig(subtract_psf_templates=False)
+    keep = SingleBandConfig(subtract_psf_templates=False, faint_psf_flux_floor=0.0)
     new = SingleBandDeblender(keep).deblend(image, variance, psf, peaks)
     old = SingleBandDeblender(replace(keep, faint_psf_snr=0.0)).deblend(image, variance, psf, peaks)
     c_new = next(c for c in new.children if c.index == 3)
@@ -181,6 +185,12 @@ def test_faint_peak_on_a_bright_wing_takes_the_psf_template():
     assert not any("faint_psf" in c.flags for c in old.children)
     assert abs(c_new.flux / true_flux[3] - 1) < 0.3
     assert abs(c_old.flux / true_flux[3] - 1) > 1
+    floored = SingleBandDeblender(replace(keep, faint_psf_flux_floor=1.0)).deblend(
+        image, variance, psf, peaks
+    )
+    c_fl = next(c for c in floored.children if c.index == 3)
+    assert "faint_psf" in c_fl.flags and c_fl.template_kind == "psf"
+    assert abs(c_fl.flux / true_flux[3] - 1) < 0.5 * abs(c_old.flux / true_flux[3] - 1)
     # the swap is a template choice: the children still add up to the footprint's image
     for res in (new, old):
         y0, x0, h, w = res.footprint_box
@@ -222,9 +232,16 @@ def test_faint_peak_refitted_without_its_neighbours_takes_the_psf_template():
     image minus the other templates it is faint, and its symmetric template (8 times its
     true flux) gives way to the PSF template of that fit: the error drops from +275% to
     about +30% (with the templates mirrored about the peak pixels, from +707% to +200%: the
-    faint source still takes part of the wings it sits on)."""
+    faint source still takes part of the wings it sits on). With the default weight floor
+    of such a template (``faint_psf_flux_floor=1``: at least what the floored symmetric
+    template held) it keeps the PSF template and the error is about +100%."""
     image, variance, psf, peaks, true_flux = load("hard_single_blend_2003_0149.npz")
-    new = SingleBandDeblender().deblend(image, variance, psf, peaks)
+    floored = SingleBandDeblender().deblend(image, variance, psf, peaks)
+    c_fl = next(c for c in floored.children if c.index == 7)
+    assert "faint_psf" in c_fl.flags and c_fl.template_kind == "psf"
+    new = SingleBandDeblender(SingleBandConfig(faint_psf_flux_floor=0.0)).deblend(
+        image, variance, psf, peaks
+    )
     old = SingleBandDeblender(SingleBandConfig(faint_psf_snr=0)).deblend(
         image, variance, psf, peaks
     )
@@ -239,3 +256,37 @@ def test_faint_peak_refitted_without_its_neighbours_takes_the_psf_template():
     err_new = abs(c_new.flux / true_flux[7] - 1)
     err_old = abs(c_old.flux / true_flux[7] - 1)
     assert err_new < 1 < 2 < err_old
+    assert abs(c_fl.flux / true_flux[7] - 1) < 0.5 * err_old
+
+
+def test_bright_galaxy_beside_a_much_brighter_one_keeps_its_flux():
+    """A harder simulated blend (seed 2003's blend 16, made by the data folder's
+    make_blends.py, truth kept): galaxy 0 (S/N 54, half-light radius 0.47") sits 0.7 FWHM
+    from galaxy 3 (24 times brighter). Its PSF fit, which galaxy 3's PSF and the background
+    also take light from, holds about a quarter of its flux (S/N 15, under faint_psf_snr); its
+    symmetric template (mostly galaxy 3's light) more than 5 times that: the faint-peak
+    rule gives it the PSF template, and the joint fit scales that down to 16% of its true
+    flux. The default floor of that weight (at least ``min_template_weight`` times the
+    symmetric template's flux, what the symmetric template kept when the joint fit floored
+    it) keeps most of its flux; the children still add up to the image."""
+    image, variance, psf, peaks, true_flux = load("hard_single_blend_2003_0016.npz")
+    kept, children = {}, {}
+    for floor in (0.0, SingleBandConfig().faint_psf_flux_floor):
+        config = SingleBandConfig(faint_psf_flux_floor=floor, keep_stages=True)
+        res = SingleBandDeblender(config).deblend(image, variance, psf, peaks)
+        c = next(c for c in res.children if c.index == 0)
+        assert "faint_psf" in c.flags and c.template_kind == "psf"
+        kept[floor], children[floor] = c.flux / true_flux[0], c
+        y0, x0, h, w = res.footprint_box
+        total = res.conserved_images().sum(axis=0)[y0 : y0 + h, x0 : x0 + w] + res.unassigned
+        np.testing.assert_allclose(
+            total[res.footprint], image[y0 : y0 + h, x0 : x0 + w][res.footprint], atol=1e-3
+        )
+    assert kept[0.0] < 0.25  # the failure
+    assert 0.5 < kept[1.0] < 2
+    # the floor: the PSF template holds at least min_template_weight x the symmetric
+    # template it replaced (the last stage kept before the swap)
+    c = children[1.0]
+    sym_flux = c.stages["monotonic"][1].sum()
+    assert c.template.sum() >= SingleBandConfig().min_template_weight * sym_flux * (1 - 1e-9)
+    assert children[0.0].template.sum() < SingleBandConfig().min_template_weight * sym_flux
