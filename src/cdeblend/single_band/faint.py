@@ -2,8 +2,8 @@
 
 Their PSF fit fails its chi^2 cuts because of the neighbour, not because they are extended,
 and their symmetric template is then mostly the neighbour's light; such a peak takes its PSF
-template instead. By default (``faint_psf_flux_floor=1``) that template's weight is floored so
-that it holds at least what the floored symmetric template would have held; with
+template instead. That template's weight is floored so that it holds at least
+``faint_psf_flux_floor`` (0.7) times what the floored symmetric template would have held; with
 ``faint_psf_flux_floor=0`` the peak gets the symmetric template back when the joint weight
 fit floors the PSF template at ``min_template_weight`` (README, "Defaults"). Steps of
 :class:`~cdeblend.single_band.deblender.ParentRun`.
@@ -59,9 +59,10 @@ def swap_faint_templates(run: ParentRun) -> dict[int, Template]:
 
 
 def symmetric_floors(run: ParentRun, swapped: dict[int, Template]) -> dict[int, float]:
-    """The weight floor of each swapped peak's PSF template (``faint_psf_flux_floor``):
-    ``min_template_weight`` times its symmetric template's flux over its PSF template's,
-    so that the PSF template holds at least what the floored symmetric template would.
+    """The weight floor of each swapped peak's PSF template: ``faint_psf_flux_floor``
+    times ``min_template_weight`` times its symmetric template's flux over its PSF
+    template's, so that at 1 the PSF template holds at least what the floored symmetric
+    template would.
 
     Beside a much brighter galaxy the joint fit floors the symmetric template of a
     galaxy of S/N 20-100 (the neighbour's template stands in for it) and the floor then
