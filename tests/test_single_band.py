@@ -661,3 +661,32 @@ def test_template_weight_matches_the_closed_form(by_variance):
     expect = np.sum(vals * b / v) / np.sum(vals**2 / v)
     assert t.weight == pytest.approx(expect, rel=1e-10)
     np.testing.assert_allclose(t.values, vals * expect, rtol=1e-12)
+
+
+def test_template_weight_floors_per_template():
+    """Two templates on disjoint pixels: each least-squares weight is its own closed form;
+    a per-template floor above one of them replaces exactly that weight, a floor below
+    the other leaves it alone."""
+    from cdeblend.single_band.frame import Frame, Template
+    from cdeblend.single_band.weights import weight_templates
+
+    rng = np.random.default_rng(12)
+    H, W = 8, 16
+    image = rng.normal(size=(H, W)) + 2.0
+    variance = rng.uniform(0.5, 3.0, size=(H, W))
+    frame = Frame(image, variance, None, np.ones((H, W), dtype=bool), (0, 0, H, W), 0)
+    vals = [rng.uniform(0.1, 1.0, size=(H, 8)) for _ in range(2)]
+    expect = [
+        np.sum(v * image[:, 8 * k : 8 * k + 8] / variance[:, 8 * k : 8 * k + 8])
+        / np.sum(v**2 / variance[:, 8 * k : 8 * k + 8])
+        for k, v in enumerate(vals)
+    ]
+    floors = np.array([expect[0] * 1.5, expect[1] * 0.5])
+    ts = [
+        Template((0, 8 * k, H, 8), v.copy(), np.ones((H, 8), dtype=np.uint8), "symmetric")
+        for k, v in enumerate(vals)
+    ]
+    weight_templates(frame, ts, floors, True)
+    assert ts[0].weight == pytest.approx(floors[0], rel=1e-12)
+    assert ts[1].weight == pytest.approx(expect[1], rel=1e-10)
+    np.testing.assert_allclose(ts[0].values, vals[0] * floors[0], rtol=1e-12)

@@ -405,14 +405,16 @@ class ParentRun:
         box = (t.box[0] + fr.y0, t.box[1] + fr.x0, t.box[2], t.box[3])
         self.stages[i][name] = (box, t.values.copy(), t.fp.astype(bool))
 
-    def weight(self) -> None:
-        """3.7: scale the templates by a least-squares fit to the image."""
+    def weight(self, floors: dict[int, float] | None = None) -> None:
+        """3.7: scale the templates by a least-squares fit to the image (each weight
+        floored at ``min_template_weight``, or at ``floors[i]`` for peak i when higher)."""
         act = self.active()
         if act:
             templates = [self.templates[i] for i in act]
-            weight_templates(
-                self.frame, templates, self.cfg.min_template_weight, self.cfg.weight_by_variance
-            )
+            floor = self.cfg.min_template_weight
+            if floors:
+                floor = np.array([max(floor, floors.get(i, floor)) for i in act])
+            weight_templates(self.frame, templates, floor, self.cfg.weight_by_variance)
 
     def remove_degenerate(self) -> None:
         """3.8: drop degenerate templates one at a time, reweighting after each."""

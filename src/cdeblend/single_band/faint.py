@@ -2,8 +2,11 @@
 
 Their PSF fit fails its chi^2 cuts because of the neighbour, not because they are extended,
 and their symmetric template is then mostly the neighbour's light; such a peak takes its PSF
-template instead, and gets the symmetric one back when the joint weight fit floors the PSF
-template (README, "Defaults"). Steps of :class:`~cdeblend.single_band.deblender.ParentRun`.
+template instead. That template's weight is floored so that it holds at least
+``faint_psf_flux_floor`` (0.7) times what the floored symmetric template would have held; with
+``faint_psf_flux_floor=0`` the peak gets the symmetric template back when the joint weight
+fit floors the PSF template at ``min_template_weight`` (README, "Defaults"). Steps of
+:class:`~cdeblend.single_band.deblender.ParentRun`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from .templates import sum_templates
 if TYPE_CHECKING:
     from .deblender import ParentRun
 
-__all__ = ["swap_faint_templates", "weight_keeping_faint"]
+__all__ = ["swap_faint_templates", "symmetric_floors", "weight_keeping_faint"]
 
 
 def swap_faint_templates(run: ParentRun) -> dict[int, Template]:
@@ -55,10 +58,35 @@ def swap_faint_templates(run: ParentRun) -> dict[int, Template]:
     return swapped
 
 
+def symmetric_floors(run: ParentRun, swapped: dict[int, Template]) -> dict[int, float]:
+    """The weight floor of each swapped peak's PSF template: ``faint_psf_flux_floor``
+    times ``min_template_weight`` times its symmetric template's flux over its PSF
+    template's, so that at 1 the PSF template holds at least what the floored symmetric
+    template would.
+
+    Beside a much brighter galaxy the joint fit floors the symmetric template of a
+    galaxy of S/N 20-100 (the neighbour's template stands in for it) and the floor then
+    keeps it about its flux; its PSF fit, which the neighbour's PSF and the background
+    also take light from, can hold a quarter of that or less, and the joint fit scales
+    that PSF template further down (``SingleBandConfig.faint_psf_flux_floor``)."""
+    floor = run.cfg.faint_psf_flux_floor * run.cfg.min_template_weight
+    out: dict[int, float] = {}
+    for i, sym in swapped.items():
+        psf_flux = float(run.templates[i].values.sum())
+        if psf_flux > 0:
+            out[i] = floor * float(sym.values.sum()) / psf_flux
+    return out
+
+
 def weight_keeping_faint(run: ParentRun, swapped: dict[int, Template]) -> None:
     """``run.weight()``; a swapped faint peak whose PSF template the fit floors at
     ``min_template_weight`` gets its symmetric template back (its PSF-fit flux was a
-    neighbour's wing, not its light) and the weights are refitted."""
+    neighbour's wing, not its light) and the weights are refitted. With
+    ``faint_psf_flux_floor`` the PSF templates are floored by :func:`symmetric_floors`
+    instead and stay."""
+    if run.cfg.faint_psf_flux_floor > 0:
+        run.weight(symmetric_floors(run, swapped))
+        return
     before = {i: (run.templates[i].values, run.templates[i].weight) for i in run.active()}
     run.weight()
     floor = run.cfg.min_template_weight

@@ -13,10 +13,14 @@ __all__ = ["degenerate_template", "template_dots", "weight_templates"]
 
 
 def weight_templates(
-    frame: Frame, templates: Sequence[Template], min_weight: float, by_variance: bool = False
+    frame: Frame,
+    templates: Sequence[Template],
+    min_weight: float | np.ndarray,
+    by_variance: bool = False,
 ) -> None:
     """Scale the templates by a joint least-squares fit to the image on the parent
-    footprint, each weight floored at ``min_weight`` (in place).
+    footprint, each weight floored at ``min_weight`` (in place; a number, or one floor
+    per template).
 
     With ``by_variance`` each pixel's row is divided by its noise (pixels without a
     positive variance are left out), so that the fit is the maximum-likelihood one.
