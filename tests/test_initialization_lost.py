@@ -128,3 +128,18 @@ def test_blend_without_lost_sources_is_untouched():
 def test_bad_rescue_lost_settings(kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
         DeblendConfig(**kw)
+
+
+@pytest.mark.parametrize("sed", ["fit", "peak", "shoulder"])
+def test_repair_with_missing_data_at_the_lost_peak(sed):
+    # no data (zero weight) on and around the faint peak: the repair must neither raise
+    # (the deblender would return its fallback) nor make non-finite children
+    obs, peaks, _ = load()
+    mask = np.zeros(obs.shape, dtype=bool)
+    y, x = peaks[2]
+    mask[:, y - 1 : y + 2, x - 1 : x + 2] = True
+    masked = Observation(obs.images, obs.variance, obs.psfs, mask=mask)
+    cfg = DeblendConfig(rescue_lost=True, rescue_lost_sed=sed, fallback=False)
+    res = Deblender(cfg).deblend(masked, peaks)
+    assert np.all(np.isfinite(res.conserved_images()))
+    assert np.all(np.isfinite(res.fluxes))
