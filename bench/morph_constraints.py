@@ -1,5 +1,6 @@
 """The multi-band morphology constraints of ``DeblendConfig`` (``symmetry``,
-``symmetry_center``, ``rescue_dead_level``, ``min_gradient``) per set and blendedness bin.
+``symmetry_center``, ``rescue_dead_level``, ``min_gradient``) and the repair of lost sources
+(``rescue_lost``, ``rescue_lost_sed``, ``rescue_lost_fraction``) per set and blendedness bin.
 
 For each set and each configuration: the median |dF/F| of the conserved children for entries
 with band S/N >= 10 (the data folder's ``metrics.py``), overall and per blendedness bin, and
@@ -41,6 +42,19 @@ CONFIGS = {
     "bold": {"symmetry": 0.25, "symmetry_center": "subpixel", "rescue_dead_level": 5.0},
     "rescue_dead_level=5": {"rescue_dead_level": 5.0},
     "min_gradient=0.1": {"min_gradient": 0.1},
+    "residual_init": {"residual_init": True},
+    "rescue_shape=psf": {"rescue_shape": "psf"},
+    "rescue_lost": {"rescue_lost": True},
+    "lost_fit": {"rescue_lost": True, "rescue_lost_sed": "fit"},
+    "lost_shoulder": {"rescue_lost": True, "rescue_lost_sed": "shoulder"},
+    "lost_f0.1": {"rescue_lost": True, "rescue_lost_fraction": 0.1},
+    "lost_f0.4": {"rescue_lost": True, "rescue_lost_fraction": 0.4},
+    "bold+lost": {
+        "symmetry": 0.25,
+        "symmetry_center": "subpixel",
+        "rescue_dead_level": 5.0,
+        "rescue_lost": True,
+    },
 }
 
 

@@ -21,6 +21,7 @@ from .deblend_config import DeblendConfig
 from .deblend_result import DeblendResult
 from .fit import fit_blend
 from .initialization import initialize_blend
+from .lost import rescue_lost_sources
 
 __all__ = ["DeblendConfig", "DeblendResult", "Deblender"]
 
@@ -72,6 +73,8 @@ class Deblender:
             blend, info = initialize_blend(observation, peaks, self.config)
             t1 = time.perf_counter()
             loss, history, it, converged = fit_blend(blend, self.config, stats)
+            if self.config.rescue_lost and rescue_lost_sources(blend, info["snr"], self.config):
+                loss = blend.loss()
         except Exception as exc:  # the inputs were valid: keep a model for every peak
             if not self.config.fallback:
                 raise

@@ -1,0 +1,266 @@
+"""Repair of detected sources that the fit left without light (``DeblendConfig.rescue_lost``).
+
+A faint source a few pixels from a much brighter one can end the fit with almost no flux:
+the initial joint SED fit gives it 0 (the bright neighbour's initial morphology covers its
+peak), and although the initial rescue restarts it, radial monotonicity lets the bright
+neighbour's morphology stay flat over the faint peak (a shoulder) and the fit hands the
+faint source's light to that shoulder. The post-convergence rescue of :mod:`cdeblend.fit`
+looks at the residual, which the shoulder has already explained.
+
+After the fit, a detected source (matched-filter S/N >= ``rescue_lost_snr``) that holds less
+than ``rescue_lost_fraction`` of the model at its own peak is restarted as a point source.
+The components of other sources whose boxes hold its peak lose their shoulder there: inside
+the point source's box, each of their morphology pixels becomes the minimum of itself and
+its mirror about the component's sub-pixel centre (0 where the mirror is outside its box),
+which a galaxy's light satisfies (it is about as bright at the mirror position, where no
+neighbour sits). The point source's SED and the touched neighbours' SEDs then come from the
+images (``rescue_lost_sed``). A repair is kept only when it gives the source more flux than
+it had and leaves no touched neighbour with less than ``rescue_lost_fraction`` of its flux.
+The fit does not run again: no iterations are added.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _initialization_cy
+from .blend import Blend, Component
+
+__all__ = ["lost_sources", "rescue_lost_sources", "mirror_min"]
+
+
+def mirror_min(
+    morph: np.ndarray, peak: tuple[int, int], region: tuple, shift: tuple = (0, 0)
+) -> np.ndarray:
+    """``morph`` with the pixels of ``region`` replaced by ``min(morph, mirror)``.
+
+    Parameters
+    ----------
+    morph : numpy.ndarray
+        (h, w) morphology.
+    peak : tuple of int
+        Its peak in its own frame; the mirror of (y, x) is
+        (2 py + sy - y, 2 px + sx - x), a centre half a pixel off the peak when a shift is
+        not 0.
+    region : tuple of int
+        ``(y0, x0, h, w)`` in the morphology's frame (clipped to it).
+    shift : tuple of int
+        ``(sy, sx)``, each in {-1, 0, 1}: twice the symmetry centre's offset from the peak.
+
+    Returns
+    -------
+    numpy.ndarray
+        A new array; pixels whose mirror is outside the morphology become 0.
+    """
+    h, w = morph.shape
+    out = np.array(morph, dtype=np.float64, copy=True)
+    y0, x0 = max(region[0], 0), max(region[1], 0)
+    y1, x1 = min(region[0] + region[2], h), min(region[1] + region[3], w)
+    if y1 <= y0 or x1 <= x0:
+        return out
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    my, mx = 2 * peak[0] + int(shift[0]) - yy, 2 * peak[1] + int(shift[1]) - xx
+    inside = (my >= 0) & (my < h) & (mx >= 0) & (mx < w)
+    mirror = np.zeros(yy.shape)
+    mirror[inside] = morph[my[inside], mx[inside]]
+    out[y0:y1, x0:x1] = np.minimum(morph[y0:y1, x0:x1], mirror)
+    return out
+
+
+def _point_sources(blend: Blend) -> tuple[list, np.ndarray]:
+    """Every source's point-source component (peak-ratio SED, model PSF shape) and its
+    flux per band, (N, B)."""
+    from .initialization import model_psf_array
+
+    obs = blend.observation
+    model_psf = model_psf_array(obs)
+    kernels = np.ascontiguousarray(obs.diff_kernels)
+    psf_peak = _initialization_cy.conv_at(
+        model_psf, kernels, model_psf.shape[0] // 2, model_psf.shape[1] // 2
+    )
+    images = np.ascontiguousarray(obs.images)
+    comps, fluxes = [], []
+    for src in blend.sources:
+        morph, box, sed = _initialization_cy.psf_component(model_psf, images, *src.peak, psf_peak)
+        comps.append(Component(sed, morph, box, src.peak, None, kind="psf", copy=False))
+        fluxes.append(sed * morph.sum())
+    return comps, np.array(fluxes).reshape(len(comps), -1)
+
+
+def lost_sources(
+    blend: Blend, snrs: np.ndarray, min_snr: float, fraction: float
+) -> tuple[list, list]:
+    """Indices of the lost sources and every source's point-source component.
+
+    A source is lost when its peak S/N is at least ``min_snr`` and it holds less than
+    ``fraction`` of the blend's model (all bands, model space) at its own peak pixel: the
+    re-apportioned children would give it almost none of the light there.
+    """
+    points, _ = _point_sources(blend)
+    total = blend.model().sum(axis=0)
+    lost = []
+    for i, src in enumerate(blend.sources):
+        if snrs[i] < min_snr:
+            continue
+        own = sum(float(c.sed.sum() * c.morphology[c.local_peak]) for c in src.components)
+        if own < fraction * float(total[src.peak]):
+            lost.append(i)
+    return lost, points
+
+
+def _contains(box: tuple, peak: tuple) -> bool:
+    return box[0] <= peak[0] < box[0] + box[2] and box[1] <= peak[1] < box[1] + box[3]
+
+
+def rescue_lost_sources(blend: Blend, snrs: np.ndarray, config) -> int:
+    """Restart the lost sources as point sources (see the module's docstring).
+
+    Each lost source is repaired on its own, in order: its point source and the touched
+    neighbours' components get SEDs from a joint NNLS fit to the images minus every other
+    component. The repair is kept only when the point source gets flux and no touched
+    neighbour source keeps less than ``rescue_lost_fraction`` of its flux (a repair that
+    took a real neighbour's light would swap the two; a neighbour that had taken the lost
+    source's light legitimately loses a good part of its flux).
+
+    Parameters
+    ----------
+    blend : Blend
+        The fitted blend, modified in place.
+    snrs : numpy.ndarray
+        (N,) matched-filter S/N at each source's peak.
+    config : DeblendConfig
+        ``rescue_lost_snr``, ``rescue_lost_fraction``, ``weighted_sed_fit``, ``bg_thresh``.
+
+    Returns
+    -------
+    int
+        The number of sources restarted.
+    """
+    lost, points = lost_sources(
+        blend, np.asarray(snrs), config.rescue_lost_snr, config.rescue_lost_fraction
+    )
+    if not lost:
+        return 0
+    shifts = _center_shifts(blend)
+    restarted = sum(_repair_one(blend, i, points[i], shifts, config) for i in lost)
+    if restarted:
+        blend.pack()  # the components' arrays were replaced: re-bind the flat buffers
+    return restarted
+
+
+def _center_shifts(blend: Blend) -> np.ndarray:
+    """(N, 2) twice each source's sub-pixel centre offset from its peak, in {-1, 0, 1}
+    (:func:`cdeblend.peaks.subpixel_centers` of the chi^2 detection image): a catalog peak
+    is up to a pixel off the true centre, and mirroring about the wrong pixel removes real
+    light."""
+    from .initialization import chi2_coadd
+    from .peaks import subpixel_centers
+
+    peaks = np.array([src.peak for src in blend.sources], dtype=np.intp).reshape(-1, 2)
+    centres = subpixel_centers(chi2_coadd(blend.observation), peaks)
+    return np.clip(np.rint(2 * (centres - peaks)), -1, 1).astype(np.intp)
+
+
+def _touched(blend: Blend, i: int, point: Component, shifts: np.ndarray) -> dict:
+    """The other sources' components whose boxes hold source ``i``'s peak, keyed (j, k),
+    with their morphologies mirror-minimised inside the point source's box."""
+    out = {}
+    for j, src in enumerate(blend.sources):
+        if j == i:
+            continue
+        for k, c in enumerate(src.components):
+            if _contains(c.box, point.peak):
+                region = (
+                    point.box[0] - c.box[0],
+                    point.box[1] - c.box[1],
+                    point.box[2],
+                    point.box[3],
+                )
+                out[(j, k)] = mirror_min(c.morphology, c.local_peak, region, shifts[j])
+    return out
+
+
+def _repair_one(blend: Blend, i: int, point: Component, shifts: np.ndarray, config) -> bool:
+    """Repair lost source ``i`` (see :func:`rescue_lost_sources`); True when kept."""
+    touched = _touched(blend, i, point, shifts)
+    keys = sorted(touched)
+    morphs = [point.morphology] + [touched[key] for key in keys]
+    boxes = [point.box] + [blend.sources[j].components[k].box for j, k in keys]
+    obs = blend.observation
+    fixed = np.zeros(obs.shape, dtype=obs.dtype)
+    for j, src in enumerate(blend.sources):
+        for k, c in enumerate(src.components):
+            if j != i and (j, k) not in touched:
+                _add(fixed, c.box, c.sed, c.morphology)
+    if config.rescue_lost_sed in ("peak", "shoulder"):
+        seds = _peak_then_fit(obs, fixed, point, keys, touched, blend, config)
+    else:
+        seds = _fit(obs, obs.images - obs.convolve(fixed), morphs, boxes, config)
+    if seds is None or not np.any(seds[0] > 0):
+        return False
+    seds = np.maximum(seds, 0.0)
+    # the touched neighbours' fluxes before and after
+    before: dict = {}
+    after: dict = {}
+    for (j, k), morph, sed in zip(keys, morphs[1:], seds[1:], strict=True):
+        c = blend.sources[j].components[k]
+        before[j] = before.get(j, 0.0) + float(c.sed.sum() * c.morphology.sum())
+        after[j] = after.get(j, 0.0) + float(sed.sum() * morph.sum())
+    # a neighbour left with less than that fraction of its flux would be lost in its turn
+    if any(after[j] < config.rescue_lost_fraction * before[j] for j in before):
+        return False
+    old = sum(float(c.sed.sum() * c.morphology.sum()) for c in blend.sources[i].components)
+    if float(seds[0].sum() * point.morphology.sum()) <= old:
+        return False
+    blend.sources[i].components = [
+        Component(seds[0], point.morphology, point.box, point.peak, config.bg_thresh, "psf")
+    ]
+    for (j, k), morph, sed in zip(keys, morphs[1:], seds[1:], strict=True):
+        c = blend.sources[j].components[k]
+        c.morphology = np.ascontiguousarray(morph)
+        c.sed = np.ascontiguousarray(sed)
+    return True
+
+
+def _add(model: np.ndarray, box: tuple, sed: np.ndarray, morph: np.ndarray) -> None:
+    """Add ``sed (x) morph`` on ``box`` to the (B, H, W) ``model``."""
+    y0, x0, h, w = box
+    model[:, y0 : y0 + h, x0 : x0 + w] += sed[:, None, None] * morph[None]
+
+
+def _fit(obs, data: np.ndarray, morphs: list, boxes: list, config) -> np.ndarray | None:
+    """Joint NNLS SEDs of ``morphs`` on ``boxes`` to ``data``; None when it fails."""
+    from . import spectra
+
+    try:
+        seds = np.asarray(
+            spectra.fit_seds_checked(obs, morphs, boxes, config.weighted_sed_fit, data, "nnls")
+        )
+    except np.linalg.LinAlgError:
+        return None
+    return np.maximum(seds, 0.0) if np.all(np.isfinite(seds)) else None
+
+
+def _peak_then_fit(obs, fixed, point, keys, touched, blend, config) -> np.ndarray | None:
+    """``rescue_lost_sed="peak"``: the point source's SED from the image at its peak minus
+    every other model there (the touched neighbours without their shoulders), then the
+    touched neighbours' SEDs fitted with the point source fixed. Rows as :func:`_fit`."""
+    others = fixed.copy()
+    for j, k in keys:
+        c = blend.sources[j].components[k]
+        _add(others, c.box, c.sed, touched[(j, k)])
+    y, x = point.peak
+    conv = obs.convolve(others)[:, y, x]
+    img = np.asarray(obs.images[:, y, x], dtype=np.float64)
+    # point.sed reproduces the image at the peak; scale it to the image minus the others
+    ratio = np.divide(img - conv, img, out=np.zeros_like(img), where=img > 0)
+    sed0 = np.maximum(point.sed * np.clip(ratio, 0.0, 1.0), 0.0)
+    if config.rescue_lost_sed == "shoulder" or not keys:
+        # the neighbours keep their SEDs and lose only their shoulders
+        old = [blend.sources[j].components[k].sed for j, k in keys]
+        return np.vstack([sed0[None], *[s[None] for s in old]])
+    _add(fixed, point.box, sed0, point.morphology)
+    morphs = [touched[key] for key in keys]
+    boxes = [blend.sources[j].components[k].box for j, k in keys]
+    seds = _fit(obs, obs.images - obs.convolve(fixed), morphs, boxes, config)
+    return None if seds is None else np.vstack([sed0[None], seds])
