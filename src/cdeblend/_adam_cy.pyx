@@ -34,6 +34,13 @@ import numpy as np
 #: ADAM variants (docs/spec/multi_band.md 3.5); AMSGrad is the pipeline default.
 AMSGRAD = 0
 ADAM = 1
+#: Flag bit added to the variant (``AMSGRAD | NORM_TO_SED``): when the step raised a
+#: morphology's peak above 1, the SED is multiplied by the factor the peak normalisation
+#: divides the morphology by, so that the normalisation leaves the model unchanged
+#: (``DeblendConfig.norm_to_sed``).
+cdef enum:
+    _NORM_TO_SED = 4
+NORM_TO_SED = _NORM_TO_SED
 
 
 cdef inline void _gradients(const real[:, :, ::1] grad, const double* s, const double* m,
@@ -467,21 +474,21 @@ cdef void _prox_one(Py_ssize_t k, const real[:, :, ::1] grad,
             step = sed_step * mean_s
         v = sed[k, b] - damp * step * _adam_delta(
             gs[b], &sed_m[k, b], &sed_v[k, b], &sed_vhat[k, b], b1, b2, eps, c1, c2,
-            variant)
+            variant & 3)
         if not isfinite(v) or v < floor:
             v = floor
         sed[k, b] = v
 
     # --- morphology: ADAM step
     step = damp * morph_step
-    if variant == 0:
+    if variant & 3 == 0:
         _amsgrad_run(&morph[off], &morph_m[off], &morph_v[off], &morph_vhat[off], gm,
                      h * w, step, b1, b2, eps)
     else:
         for i in range(h * w):
             morph[off + i] -= step * _adam_delta(
                 gm[i], &morph_m[off + i], &morph_v[off + i], &morph_vhat[off + i],
-                b1, b2, eps, c1, c2, variant)
+                b1, b2, eps, c1, c2, variant & 3)
 
     # --- morphology prox chain
     if monotonic:
@@ -528,6 +535,18 @@ cdef void _prox_one(Py_ssize_t k, const real[:, :, ::1] grad,
         inv = 1.0 / mx
         for i in range(h * w):
             morph[off + i] *= inv
+        if variant & _NORM_TO_SED and mx > 1:
+            # a step that raised the peak moves that factor into the SED (the model is
+            # kept): a morphology whose light must concentrate (the initial ones are the
+            # observed, PSF-convolved profiles) raises its peak, and the SED follows at once
+            # rather than at its own step of 1 % of its mean per iteration. A peak that fell
+            # is renormalised as in the reference (the SED is kept): carrying that too let
+            # a bright neighbour's growth fade fainter components away (tuning sets, lost
+            # sources; bench/fit_speed.py)
+            for b in range(B):
+                sed[k, b] *= mx
+            if thr >= 0:  # the bounds below test the new SED
+                cut = _keep_cut(sk, tb, B)
 
     # --- significant pixels, for box resizing
     if want_bounds:
