@@ -1,4 +1,4 @@
-"""Fewer fit iterations (``DeblendConfig.norm_to_sed``, ``e_rel``): iterations and accuracy.
+"""Fewer fit iterations (``DeblendConfig.peak_carry``, ``e_rel``): iterations and accuracy.
 
 For each set and each configuration: the median |dF/F| of the conserved children for entries
 with band S/N >= 10 (the data folder's ``metrics.py``), overall and per blendedness bin, the
@@ -14,7 +14,7 @@ The made sets are read from ``--sets-dir`` (default ``/work/simsets``; see
 
 Usage::
 
-    python bench/fit_speed.py [--sets a,b] [--n 300] [--configs defaults,norm,norm+e3]
+    python bench/fit_speed.py [--sets a,b] [--n 300] [--configs defaults,carry=0.01]
     python bench/fit_speed.py --scene /tmp/cdeblend_scaling/scaling_c_400x400_120src_seed103.npz
 """
 
@@ -37,10 +37,14 @@ TUNE = "hard_lsst_tune,hard_hsc_tune,lsst_tune,hsc_tune"
 #: the configurations compared (name: DeblendConfig fields)
 CONFIGS = {
     "defaults": {},
-    "e_rel=1e-3": {"e_rel": 1e-3},
-    "norm": {"norm_to_sed": True},
-    "norm+e_rel=3e-4": {"norm_to_sed": True, "e_rel": 3e-4},
-    "norm+e_rel=1e-3": {"norm_to_sed": True, "e_rel": 1e-3},
+    "e_rel=3e-4": {"e_rel": 3e-4},
+    "carry=inf": {"peak_carry": float("inf")},
+    "carry=0.01": {"peak_carry": 0.01},
+    "carry=0.02": {"peak_carry": 0.02},
+    "carry=0.005": {"peak_carry": 0.005},
+    "carry=inf+e_rel=3e-4": {"peak_carry": float("inf"), "e_rel": 3e-4},
+    "carry=0.01+e_rel=3e-4": {"peak_carry": 0.01, "e_rel": 3e-4},
+    "carry=0.02+e_rel=3e-4": {"peak_carry": 0.02, "e_rel": 3e-4},
 }
 
 

@@ -47,7 +47,7 @@ largest overlap group of crops of scene ``e`` (sparse solver against the dense a
 
     python bench/scaling.py [--scenes a,b,c,d,e] [--data PATH] [--cache DIR]
                             [--crowded-seed 2026] [--synth SIZES] [--dtype float32|float64]
-                            [--threads 1,2] [--config '{"norm_to_sed": true}']
+                            [--threads 1,2] [--config '{"peak_carry": 0.01}']
     python bench/scaling.py --sed-scaling 100,300,600,1000,3000 [--dense-max 1100]
     python bench/scaling.py --single-band 400,800
 
@@ -392,7 +392,7 @@ def main() -> None:
     ap.add_argument(
         "--config",
         default="{}",
-        help="DeblendConfig overrides as JSON, e.g. '{\"norm_to_sed\": true}' (default: none)",
+        help="DeblendConfig overrides as JSON, e.g. '{\"peak_carry\": 0.01}' (default: none)",
     )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -25,12 +25,6 @@ __all__ = ["Fitter", "fit_blend"]
 _OPTIMIZERS = {"amsgrad": _adam_cy.AMSGRAD, "adam": _adam_cy.ADAM}
 
 
-def _variant(config: DeblendConfig) -> int:
-    """The kernel's optimizer and flag bits of ``config``."""
-    flags = _adam_cy.NORM_TO_SED if config.norm_to_sed else 0
-    return _OPTIMIZERS[config.optimizer] | flags
-
-
 class Fitter:
     """Proximal ADAM on every component of a blend (docs/spec/multi_band.md 3.3-3.10).
 
@@ -82,7 +76,8 @@ class Fitter:
             config.b2,
             config.eps,
             config.floor,
-            _variant(config),
+            _OPTIMIZERS[config.optimizer],
+            carry=config.peak_carry,
         )
         B, H, W = self.blend.shape
         conv = obs.convolver
