@@ -77,7 +77,7 @@ class Fitter:
             config.eps,
             config.floor,
             _OPTIMIZERS[config.optimizer],
-            carry=config.peak_carry,
+            config.peak_carry,
         )
         B, H, W = self.blend.shape
         conv = obs.convolver
