@@ -13,9 +13,9 @@ r_e 1.5-8 px, 20 % stars, Gaussian noise,
 Scenes are generated once into ``--cache`` (only the arrays the bench reads are kept). Each
 scene is deblended in a fresh subprocess (so that its peak resident memory, ``ru_maxrss``, is
 its own) through the public API: ``Observation(images, variance, psfs)`` and
-``Deblender().deblend`` with the default :class:`cdeblend.DeblendConfig`, the true positions
-as peaks. Per scene the table gives CPU seconds (``time.process_time``, all threads of the
-process) of
+``Deblender().deblend`` with the default :class:`cdeblend.DeblendConfig` (or ``--config``,
+overrides as JSON), the true positions as peaks. Per scene the table gives CPU seconds
+(``time.process_time``, all threads of the process) of
 
 * ``init`` (initialization, including ``SED``, the joint SED fit, whose convolutions,
   products and band solves run on the fit's threads; ``SED m`` and ``init m`` are their
@@ -47,7 +47,7 @@ largest overlap group of crops of scene ``e`` (sparse solver against the dense a
 
     python bench/scaling.py [--scenes a,b,c,d,e] [--data PATH] [--cache DIR]
                             [--crowded-seed 2026] [--synth SIZES] [--dtype float32|float64]
-                            [--threads 1,2]
+                            [--threads 1,2] [--config '{"peak_carry": 0.01}']
     python bench/scaling.py --sed-scaling 100,300,600,1000,3000 [--dense-max 1100]
     python bench/scaling.py --single-band 400,800
 
@@ -147,14 +147,17 @@ def floor_seconds(obs, result) -> float:
         reps *= 4
 
 
-def run_one(images, variance, psfs, peaks, true_flux, dtype: str) -> dict:
-    """Deblend one scene in this process and return its measurements."""
+def run_one(
+    images, variance, psfs, peaks, true_flux, dtype: str, config: dict | None = None
+) -> dict:
+    """Deblend one scene in this process (``config``: DeblendConfig overrides) and return
+    its measurements."""
     sed = _Timer(spectra, "fit_seds_checked")
     init = _Timer(deblender, "initialize_blend")
     fit = _Timer(deblender, "fit_blend")
     c0, w0 = time.process_time(), time.perf_counter()
     obs = cdeblend.Observation(images, variance, psfs, dtype=np.dtype(dtype))
-    result = cdeblend.Deblender().deblend(obs, peaks)
+    result = cdeblend.Deblender(cdeblend.DeblendConfig(**(config or {}))).deblend(obs, peaks)
     if result.fallback:
         # a fit that raised falls back to PSF models: its timings would mean nothing
         raise RuntimeError(f"the fit raised, fallback models returned: {result.error}")
@@ -303,12 +306,22 @@ def child(args) -> None:
     if args.one.startswith("synth:"):
         size, n = (int(v) for v in args.one[6:].split(":"))
         s = synth.make_scene(size, size, n, seed=args.seed)
-        out = run_one(s.images, s.variance, s.psfs, s.peaks, s.true_flux, args.dtype)
+        out = run_one(
+            s.images, s.variance, s.psfs, s.peaks, s.true_flux, args.dtype, json.loads(args.config)
+        )
     else:
         with np.load(args.one) as d:
             cat = d["catalog"]
             peaks = np.stack([cat["y"], cat["x"]], axis=1).round().astype(np.intp)
-            out = run_one(d["images"], d["variance"], d["psfs"], peaks, d["true_flux"], args.dtype)
+            out = run_one(
+                d["images"],
+                d["variance"],
+                d["psfs"],
+                peaks,
+                d["true_flux"],
+                args.dtype,
+                json.loads(args.config),
+            )
     print(json.dumps(out))
 
 
@@ -325,6 +338,8 @@ def spawn(target: str, args, threads: str | None = None) -> dict:
         str(args.seed),
         "--dtype",
         args.dtype,
+        "--config",
+        args.config,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -374,6 +389,11 @@ def main() -> None:
         "--threads",
         help="N1,N2,...: run each scene with that many fit threads (default: the usable cores)",
     )
+    ap.add_argument(
+        "--config",
+        default="{}",
+        help="DeblendConfig overrides as JSON, e.g. '{\"peak_carry\": 0.01}' (default: none)",
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -415,7 +435,7 @@ def main() -> None:
             targets.append((name, str(make_scene_file(args.data, args.cache, name, seed))))
         source = f"the shared scaling recipe (make_scaling_blends.py; e: seed {args.crowded_seed})"
     print(
-        f"cdeblend {cdeblend.__version__}, default DeblendConfig, {source}, {args.dtype}, "
+        f"cdeblend {cdeblend.__version__}, DeblendConfig({args.config}), {source}, {args.dtype}, "
         "one fresh process per scene; CPU seconds (time.process_time) unless marked wall"
     )
     head = (

@@ -26,11 +26,22 @@ def random_components(rng, B, H, W, K):
 
 
 def reference_step(
-    grad, comps, state, bg_rms, min_step, sed_step, morph_step, it, variant, symmetry=None
+    grad,
+    comps,
+    state,
+    bg_rms,
+    min_step,
+    sed_step,
+    morph_step,
+    it,
+    variant,
+    symmetry=None,
+    carry=0.0,
 ):
     """One iteration on plain per-component arrays; returns new seds, morphs and bounds
     (``symmetry``: each component's (strength, dy, dx) row, see
-    test_morph_constraints.reference_symmetrize)."""
+    test_morph_constraints.reference_symmetrize; ``carry``: the cap of the peak factor
+    moved into the SED)."""
     out = []
     t = it + 1
     damp = 0.1 if it == 0 else 1.0
@@ -71,7 +82,10 @@ def reference_step(
         else:
             m_new[m_new < 0] = 0
         m_new[py, px] = max(m_new[py, px], FLOOR)
-        m_new /= m_new.max()
+        peak = m_new.max()
+        m_new /= peak
+        if carry > 0 and peak > 1:  # a raised peak's factor moves into the SED
+            s_new = s_new * min(peak, 1 + carry)
         if c.bg_thresh is None:
             bounds = (-2, -2, -2, -2)
         else:
@@ -88,8 +102,9 @@ def reference_step(
     st.integers(0, 2**32 - 1),
     st.sampled_from([0, 1]),
     st.sampled_from([np.float32, np.float64]),
+    st.sampled_from([0.0, 0.003, 0.05, np.inf]),
 )
-def test_adam_prox_step_matches_reference(B, seed, variant, dtype):
+def test_adam_prox_step_matches_reference(B, seed, variant, dtype, carry):
     rng = np.random.default_rng(seed)
     H, W, K = 12, 10, int(rng.integers(1, 5))
     comps = random_components(rng, B, H, W, K)
@@ -112,7 +127,9 @@ def test_adam_prox_step_matches_reference(B, seed, variant, dtype):
     bounds = np.zeros((K, 4), dtype=np.int64)
     for it in range(3):  # a few iterations so that the moments and the /10 rule matter
         grad = rng.normal(size=(B, H, W)).astype(dtype)
-        ref = reference_step(grad, ref_comps, state, bg_rms, min_step, 0.03, 0.01, it, variant)
+        ref = reference_step(
+            grad, ref_comps, state, bg_rms, min_step, 0.03, 0.01, it, variant, carry=carry
+        )
         _adam_cy.adam_prox_step(
             grad,
             packed.sed,
@@ -141,6 +158,7 @@ def test_adam_prox_step_matches_reference(B, seed, variant, dtype):
             op.weights,
             True,
             bounds,
+            carry=carry,
         )
         for k, (s_new, m_new, bnd) in enumerate(ref):
             np.testing.assert_allclose(comps[k].sed, s_new, rtol=1e-12, atol=1e-300)
@@ -240,7 +258,8 @@ def test_fit_kernel_equals_adam_prox_step(seed, dtype):
     bg_rms = rng.uniform(0.05, 0.5, B)
     op = RadialMonotonicity(half=20)
     b_ref, b_new = (np.zeros((K, 4), dtype=np.int64) for _ in range(2))
-    kern = _adam_cy.FitKernel(bg_rms, bg_rms / 10, 0.03, 0.01, B1, B2, EPS, FLOOR, 0)
+    carry = (0.0, 0.02, np.inf)[seed % 3]
+    kern = _adam_cy.FitKernel(bg_rms, bg_rms / 10, 0.03, 0.01, B1, B2, EPS, FLOOR, 0, carry)
     kern.bind(sed_b, sed_state, morph_all, a.comp, a.bg_thresh, op.table, b_new)
     for it in range(3):
         grad = rng.normal(size=(B, H, W)).astype(dtype)
@@ -274,6 +293,7 @@ def test_fit_kernel_equals_adam_prox_step(seed, dtype):
             op.weights,
             True,
             b_ref,
+            carry=carry,
         )
         kern.step(padded, it, True)
         assert np.array_equal(sed_b, a.sed) and np.array_equal(morph_all[0], a.morph)

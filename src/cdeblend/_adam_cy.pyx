@@ -157,7 +157,7 @@ def adam_prox_step(const real[:, :, ::1] grad,
                    double floor, int variant, bint monotonic,
                    const int32_t[::1] vdy, const int32_t[::1] vdx, const double[:, ::1] vw,
                    bint want_bounds, int64_t[:, ::1] bounds,
-                   const double[:, ::1] symmetry=None):
+                   const double[:, ::1] symmetry=None, double carry=0.0):
     """One proximal ADAM iteration of every component (docs/spec/multi_band.md 3.3-3.7), in place.
 
     For each component: SED gradient with the current morphology, morphology gradient with
@@ -168,11 +168,14 @@ def adam_prox_step(const real[:, :, ::1] grad,
     ``symmetry[k, 0]`` about the doubled centre ``2 peak + symmetry[k, 1:]`` ((K, 3)
     float64, the shifts in {-1, 0, 1}; None: none), noise threshold
     ``sed[b] * m < bg_rms[b] * bg_thresh[k]`` in all bands -> 0 (plain positivity when
-    ``bg_thresh[k] < 0``), non-finite -> 0, peak pixel at least ``floor``, peak-normalise.
+    ``bg_thresh[k] < 0``), non-finite -> 0, peak pixel at least ``floor``, peak-normalise;
+    with ``carry`` > 0, when the maximum p before the normalisation is above 1, the SED is
+    multiplied by ``min(p, 1 + carry)`` (``DeblendConfig.peak_carry``).
 
     With ``want_bounds``, ``bounds[k] = (y0, x0, y1, x1)`` (local, inclusive) of the pixels
-    where ``any_b sed[b] * m >= bg_rms[b] * bg_thresh[k]`` after the update, or all -1 if none
-    (components without a threshold get -2: they never resize).
+    where ``any_b sed[b] * m >= bg_rms[b] * bg_thresh[k]`` after the update (with the
+    carried SED), or all -1 if none (components without a threshold get -2: they never
+    resize).
     """
     cdef RadialTable table
     cdef int status
@@ -186,7 +189,7 @@ def adam_prox_step(const real[:, :, ::1] grad,
     try:
         _prox_step(grad, sed, sed_m, sed_v, sed_vhat, morph, morph_m, morph_v, morph_vhat, comp,
                    bg_thresh, bg_rms, sed_min_step, sed_step, morph_step, it, b1, b2, eps,
-                   floor, variant, monotonic, &table, want_bounds, bounds,
+                   floor, carry, variant, monotonic, &table, want_bounds, bounds,
                    _symmetry_ptr(symmetry))
     finally:
         if monotonic:
@@ -222,7 +225,7 @@ def fit_step(const real[:, :, ::1] grad,
              double sed_step, double morph_step, Py_ssize_t it, double b1, double b2,
              double eps, double floor, int variant, MonotonicTable table,
              bint want_bounds, int64_t[:, ::1] bounds,
-             const double[:, ::1] symmetry=None):
+             const double[:, ::1] symmetry=None, double carry=0.0):
     """:func:`adam_prox_step` for the fitter: the SED moments as one (3, K, B) array, the
     morphology and its three moments as the rows of one (4, N) array, and a prebuilt
     :class:`MonotonicTable` (None: no monotonicity). ``grad`` may be a strided view (e.g. the
@@ -233,7 +236,7 @@ def fit_step(const real[:, :, ::1] grad,
         t = &table.table
     _prox_step(grad, sed, sed_state[0], sed_state[1], sed_state[2], morph_all[0],
                morph_all[1], morph_all[2], morph_all[3], comp, bg_thresh, bg_rms,
-               sed_min_step, sed_step, morph_step, it, b1, b2, eps, floor, variant,
+               sed_min_step, sed_step, morph_step, it, b1, b2, eps, floor, carry, variant,
                table is not None, t, want_bounds, bounds, _symmetry_ptr(symmetry))
 
 
@@ -278,7 +281,7 @@ cdef int _prox_step(const real[:, :, ::1] grad,
                     const int64_t[:, ::1] comp, const double[::1] bg_thresh,
                     const double[::1] bg_rms, const double[::1] sed_min_step,
                     double sed_step, double morph_step, Py_ssize_t it, double b1, double b2,
-                    double eps, double floor, int variant, bint monotonic,
+                    double eps, double floor, double carry, int variant, bint monotonic,
                     const RadialTable* table, bint want_bounds,
                     int64_t[:, ::1] bounds, const double* symmetry) except -1:
     """:func:`_prox_core` with its work space allocated here."""
@@ -291,12 +294,12 @@ cdef int _prox_step(const real[:, :, ::1] grad,
             with nogil:
                 _prox_core(grad, sed, sed_m, sed_v, sed_vhat, morph, morph_m, morph_v,
                            morph_vhat, comp, bg_thresh, bg_rms, sed_min_step, sed_step,
-                           morph_step, it, b1, b2, eps, floor, variant, monotonic, table,
+                           morph_step, it, b1, b2, eps, floor, carry, variant, monotonic, table,
                            want_bounds, bounds, scratch, symmetry)
         else:
             _prox_core(grad, sed, sed_m, sed_v, sed_vhat, morph, morph_m, morph_v, morph_vhat,
                        comp, bg_thresh, bg_rms, sed_min_step, sed_step, morph_step, it, b1, b2,
-                       eps, floor, variant, monotonic, table, want_bounds, bounds, scratch,
+                       eps, floor, carry, variant, monotonic, table, want_bounds, bounds, scratch,
                        symmetry)
     finally:
         free(scratch)
@@ -311,7 +314,7 @@ cdef int _prox_core(const real[:, :, ::1] grad,
                     const int64_t[:, ::1] comp, const double[::1] bg_thresh,
                     const double[::1] bg_rms, const double[::1] sed_min_step,
                     double sed_step, double morph_step, Py_ssize_t it, double b1, double b2,
-                    double eps, double floor, int variant, bint monotonic,
+                    double eps, double floor, double carry, int variant, bint monotonic,
                     const RadialTable* table, bint want_bounds,
                     int64_t[:, ::1] bounds,
                     double* gs, const double* symmetry) except -1 nogil:
@@ -324,7 +327,7 @@ cdef int _prox_core(const real[:, :, ::1] grad,
     for k in range(comp.shape[0]):
         _prox_one(k, grad, sed, sed_m, sed_v, sed_vhat, morph, morph_m, morph_v, morph_vhat,
                   comp, bg_thresh, bg_rms, sed_min_step, sed_step, morph_step, b1, b2, eps,
-                  c1, c2, damp, floor, variant, monotonic, table, want_bounds, bounds, gs,
+                  c1, c2, damp, floor, carry, variant, monotonic, table, want_bounds, bounds, gs,
                   NULL if symmetry == NULL else symmetry + 3 * k)
     return 0
 
@@ -431,7 +434,7 @@ cdef void _prox_one(Py_ssize_t k, const real[:, :, ::1] grad,
                     const int64_t[:, ::1] comp, const double[::1] bg_thresh,
                     const double[::1] bg_rms, const double[::1] sed_min_step,
                     double sed_step, double morph_step, double b1, double b2, double eps,
-                    double c1, double c2, double damp, double floor, int variant,
+                    double c1, double c2, double damp, double floor, double carry, int variant,
                     bint monotonic, const RadialTable* table, bint want_bounds,
                     int64_t[:, ::1] bounds, double* gs, const double* symmetry) noexcept nogil:
     """Component k's step of :func:`_prox_core` (``c1``, ``c2``: the bias corrections of the
@@ -528,6 +531,21 @@ cdef void _prox_one(Py_ssize_t k, const real[:, :, ::1] grad,
         inv = 1.0 / mx
         for i in range(h * w):
             morph[off + i] *= inv
+        if carry > 0 and mx > 1:
+            # a step that raised the peak moves that factor (up to 1 + carry) into the SED,
+            # which the normalisation would take from the model: a morphology whose light
+            # must concentrate (the initial ones are the observed, PSF-convolved profiles)
+            # raises its peak, and the SED follows at once rather than at its own step of
+            # 1 % of its mean per iteration. A peak that fell is renormalised as in the
+            # reference (the SED is kept): carrying that too, or carrying without a cap,
+            # let a bright neighbour's growth fade fainter components away (tuning sets,
+            # lost sources; bench/fit_speed.py)
+            if mx > 1 + carry:
+                mx = 1 + carry
+            for b in range(B):
+                sed[k, b] *= mx
+            if thr >= 0:  # the bounds below test the new SED
+                cut = _keep_cut(sk, tb, B)
 
     # --- significant pixels, for box resizing
     if want_bounds:
@@ -965,7 +983,8 @@ cdef void _prox_threads(int nt, const real[:, :, ::1] grad,
                         const int64_t[:, ::1] comp, const double[::1] bg_thresh,
                         const double[::1] bg_rms, const double[::1] sed_min_step,
                         double sed_step, double morph_step, Py_ssize_t it, double b1,
-                        double b2, double eps, double floor, int variant, bint monotonic,
+                        double b2, double eps, double floor, double carry, int variant,
+                        bint monotonic,
                         const RadialTable* table, bint want_bounds,
                         int64_t[:, ::1] bounds, double* scratch,
                         Py_ssize_t per_thread, const double* symmetry) noexcept nogil:
@@ -979,7 +998,7 @@ cdef void _prox_threads(int nt, const real[:, :, ::1] grad,
     for k in prange(comp.shape[0], num_threads=nt, schedule="dynamic", chunksize=4):
         _prox_one(k, grad, sed, sed_m, sed_v, sed_vhat, morph, morph_m, morph_v, morph_vhat,
                   comp, bg_thresh, bg_rms, sed_min_step, sed_step, morph_step, b1, b2, eps,
-                  c1, c2, damp, floor, variant, monotonic, table, want_bounds, bounds,
+                  c1, c2, damp, floor, carry, variant, monotonic, table, want_bounds, bounds,
                   scratch + threadid() * per_thread,
                   NULL if symmetry == NULL else symmetry + 3 * k)
 
@@ -1031,7 +1050,7 @@ cdef class FitKernel:
     cdef int64_t[:, ::1] new_comp
     cdef int64_t[::1] identity
     cdef MonotonicTable table
-    cdef double sed_step, morph_step, b1, b2, eps, floor
+    cdef double sed_step, morph_step, b1, b2, eps, floor, carry
     cdef int variant
     # data (set_data): one precision is used, the other views stay empty
     cdef bint has_data, dbl, use_fft
@@ -1057,7 +1076,10 @@ cdef class FitKernel:
 
     def __init__(self, double[::1] bg_rms, double[::1] min_step, double sed_step,
                  double morph_step, double b1, double b2, double eps, double floor,
-                 int variant):
+                 int variant, double carry=0.0):
+        if not carry >= 0:
+            raise ValueError(f"carry must be >= 0, got {carry!r}")
+        self.carry = carry
         self.bg_rms = bg_rms
         self.min_step = min_step
         self.sed_step = sed_step
@@ -1241,7 +1263,8 @@ cdef class FitKernel:
         _prox_step(grad, self.sed, self.sed_state[0], self.sed_state[1], self.sed_state[2],
                    m[0, :n], m[1, :n], m[2, :n], m[3, :n],
                    self.comp, self.bg_thresh, self.bg_rms, self.min_step, self.sed_step,
-                   self.morph_step, it, self.b1, self.b2, self.eps, self.floor, self.variant,
+                   self.morph_step, it, self.b1, self.b2, self.eps, self.floor, self.carry,
+                   self.variant,
                    self.table is not None, t, want_bounds, self.bounds,
                    _symmetry_ptr(self.symmetry))
 
@@ -1406,16 +1429,16 @@ cdef class FitKernel:
                               self.sed_state[2], m[0, :n], m[1, :n], m[2, :n], m[3, :n],
                               self.comp, self.bg_thresh, self.bg_rms, self.min_step,
                               self.sed_step, self.morph_step, st.it, self.b1, self.b2,
-                              self.eps, self.floor, self.variant, t != NULL, t, do_resize,
-                              self.bounds, self.tscratch, per,
+                              self.eps, self.floor, self.carry, self.variant, t != NULL, t,
+                              do_resize, self.bounds, self.tscratch, per,
                               _symmetry_ptr(self.symmetry))
             else:
                 _prox_core(grd, self.sed, self.sed_state[0], self.sed_state[1],
                            self.sed_state[2], m[0, :n], m[1, :n], m[2, :n], m[3, :n],
                            self.comp, self.bg_thresh, self.bg_rms, self.min_step,
                            self.sed_step, self.morph_step, st.it, self.b1, self.b2, self.eps,
-                           self.floor, self.variant, t != NULL, t, do_resize, self.bounds,
-                           self.scratch, _symmetry_ptr(self.symmetry))
+                           self.floor, self.carry, self.variant, t != NULL, t, do_resize,
+                           self.bounds, self.scratch, _symmetry_ptr(self.symmetry))
             status = 0
             if do_resize:
                 n = _resized_table(self.comp, self.bounds, self.peaks, st.pad, H, W,

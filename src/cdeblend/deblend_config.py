@@ -59,6 +59,17 @@ class DeblendConfig:
         SED step as a fraction of the SED's mean (0.01) ...
     sed_min_step : float
         ... but at least this fraction of the band's noise RMS (0.1).
+    peak_carry : float
+        When a morphology's step raised its peak to p > 1, multiply the SED by
+        ``min(p, 1 + peak_carry)`` before the peak normalisation divides the morphology by
+        p, so that the model keeps (up to that cap) what the step gave it (0, the
+        reference: the SED is left alone and the model loses the factor; ``inf``: no cap).
+        The initial morphologies are the observed, PSF-convolved profiles: their light must
+        concentrate, the fit raises their peaks, and with the reference's normalisation the
+        SED must make up for the lost factor at its own step (1 % of its mean per
+        iteration). A peak that fell is renormalised as in the reference either way.
+        Without a cap a bright source's SED runs ahead of its fainter neighbours' and more
+        of them fade away (bench/fit_speed.py).
     floor : float
         Minimum SED value and minimum morphology value at the peak (1e-20).
 
@@ -241,6 +252,7 @@ class DeblendConfig:
     morph_step: float = 0.01
     sed_step: float = 0.01
     sed_min_step: float = 0.1
+    peak_carry: float = 0.0
     floor: float = 1e-20
     min_snr: float = 50.0
     max_components: int = 2
@@ -348,6 +360,8 @@ class DeblendConfig:
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if not self.peak_carry >= 0:  # inf allowed (no cap); NaN fails here
+            raise ValueError(f"peak_carry must be >= 0, got {self.peak_carry!r}")
         if not (np.isfinite(self.min_gradient) and 0 <= self.min_gradient < 1):
             raise ValueError(f"min_gradient must be in [0, 1), got {self.min_gradient!r}")
         if not (np.isfinite(self.symmetry) and 0 <= self.symmetry <= 1):

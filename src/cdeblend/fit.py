@@ -77,6 +77,7 @@ class Fitter:
             config.eps,
             config.floor,
             _OPTIMIZERS[config.optimizer],
+            config.peak_carry,
         )
         B, H, W = self.blend.shape
         conv = obs.convolver
