@@ -49,6 +49,8 @@ CONFIGS = {
     "lost_shoulder": {"rescue_lost": True, "rescue_lost_sed": "shoulder"},
     "lost_f0.1": {"rescue_lost": True, "rescue_lost_fraction": 0.1},
     "lost_f0.4": {"rescue_lost": True, "rescue_lost_fraction": 0.4},
+    "carry+lost": {"peak_carry": float("inf"), "e_rel": 3e-4, "rescue_lost": True},
+    "carry": {"peak_carry": float("inf"), "e_rel": 3e-4},
     "bold+lost": {
         "symmetry": 0.25,
         "symmetry_center": "subpixel",

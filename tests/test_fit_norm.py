@@ -76,8 +76,7 @@ def test_peak_carry_reaches_a_low_loss_sooner_on_a_noisy_blend(carry):
     assert final[carry] <= 1.01 * final[0.0]
 
 
-def test_peak_carry_is_validated_and_off_by_default():
-    assert DeblendConfig().peak_carry == 0.0
+def test_peak_carry_is_validated_and_off_in_the_reference():
     assert DeblendConfig.reference().peak_carry == 0.0
     assert DeblendConfig(peak_carry=np.inf).peak_carry == np.inf
     for bad in (-0.1, np.nan):

@@ -88,16 +88,18 @@ def test_lost_sources_flags_a_source_without_light_at_its_peak():
     assert 0 not in lost_sources(blend, snrs, 20.0, 0.99)[0]
 
 
-@pytest.mark.parametrize("sed, least", [("fit", 0.5), ("peak", 0.3), ("shoulder", 0.3)])
+@pytest.mark.parametrize("sed, least", [("fit", 0.5), ("peak", 0.2), ("shoulder", 0.2)])
 def test_faint_neighbour_is_recovered_against_truth(sed, least):
     obs, peaks, truth = load()
+    alone = Deblender(DeblendConfig(rescue_lost=False)).deblend(obs, peaks)
     cfg = DeblendConfig(rescue_lost=True, rescue_lost_sed=sed, rescue_lost_fraction=0.25)
     res = Deblender(cfg).deblend(obs, peaks)
     kept = res.conserved_images().sum(axis=(1, 2, 3)) / truth
-    # the faint source gets much of its light back (the fit alone left it 3 % when this was
-    # written: 53 of 1657; the repair gives it 73 % with "fit", 35 % with a point source's
-    # peak SED, as the galaxy is wider than the point source), the bright one and the third
-    # source stay within their usual errors
+    # the fit alone leaves the faint source about 3 % of its light; the repair gives much
+    # of it back (65-73 % with "fit", 29-35 % with a point source's peak SED, as the galaxy
+    # is wider than the point source, with and without the peak carry), the bright one and
+    # the third source stay within their usual errors
+    assert alone.conserved_images()[2].sum() < 0.1 * truth[2]
     assert kept[2] > least
     assert abs(kept[0] - 1) < 0.05
     assert abs(kept[1] - 1) < 0.25
