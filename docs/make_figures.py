@@ -29,6 +29,7 @@ from matplotlib.colors import AsinhNorm  # noqa: E402
 
 import cdeblend as cdb  # noqa: E402
 from cdeblend import display  # noqa: E402
+from cdeblend.lost import lost_sources  # noqa: E402
 
 DPI = 80
 # PNG metadata without the matplotlib version, so that the files depend only on the pixels.
@@ -541,6 +542,9 @@ def multi_band(
             run_rows,
         ),
         "",
+        "peak S/N (matched filter, all bands): " + ", ".join(f"{v:.0f}" for v in res.snr),
+        _lost_line(results, RUNS["defaults"]),
+        "",
         "largest change over the bands, defaults vs e_rel=1e-5, max_iter=1000:",
         "",
         _table(["source" + MACHINE_MARK, "model flux", "re-apportioned flux"], change_rows),
@@ -555,6 +559,20 @@ def multi_band(
         ms = _best_time(lambda deb=deb: deb.deblend(obs, blend.peaks), repeat=repeat)
         times.append([f"multi band, {name}", f"{ms:.0f}"])
     return lines, times
+
+
+def _lost_line(results: dict, config: cdb.DeblendConfig) -> str:
+    """Which sources rescue_lost's test finds lost at the end of each run."""
+    lost = {
+        name: lost_sources(r.blend, r.snr, config.rescue_lost_snr, config.rescue_lost_fraction)[0]
+        for name, r in results.items()
+    }
+    found = "; ".join(f"{name}: {v}" for name, v in lost.items() if len(v)) or "none"
+    return (
+        f"sources of peak S/N >= {config.rescue_lost_snr:g} holding < "
+        f"{100 * config.rescue_lost_fraction:g} % of the model at their peak, after each run: "
+        + found
+    )
 
 
 def _loss_line(name: str, fit) -> str:
