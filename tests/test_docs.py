@@ -98,12 +98,14 @@ def test_tutorial_tables_are_the_scripts(generated):
     """Every table row the script prints is in the tutorial: verbatim, or for the rows and
     tables marked machine-dependent, in the same form (same labels and words, numbers free).
 
-    The marked runs take round-off-dependent paths: the defaults' windowed convergence stops
-    the bundled blend's fit after 289 iterations (loss 8258) on the machine that wrote the
-    tutorial and after 65 (loss 8745) when the last bit of 5 of its 13,920 pixel values
-    changes; the 1000-iteration fit gave loss 8091 on one machine of this kind and 8103 on
-    another. So their numbers are not compared here; what the tutorial claims of them, on
-    every machine, is tested below.
+    The marked runs take round-off-dependent paths once their loss is flat: the
+    1000-iteration fit of the bundled blend stopped after 222 or 248 iterations (loss 8588 or
+    8570) when the last bit of 5 of its 13,920 pixel values changed, and the earlier
+    defaults' (peak_carry=0, e_rel=1e-4) after 289 (loss 8258) on the machine that wrote the
+    tutorial and after 65 (loss 8745) on a nudged image. So their numbers are not compared
+    here; what the tutorial claims of them, on every machine, is tested below. The defaults'
+    fit (50 iterations) is compared verbatim, like the reference's (48): under the same nudge
+    it stopped at the same iteration with the same printed numbers.
     """
     mark = " (*)"
     _, _, stdout = generated
@@ -146,12 +148,17 @@ def _runs(stdout: str) -> dict[str, list[str]]:
 
 def test_what_the_tutorial_says_of_the_runs_holds(generated):
     """On every machine: the defaults end below the reference's loss, the long fit below
-    the defaults', and the reference reproduces the LSST pipeline (9011 after 48)."""
+    the defaults', the earlier defaults (no peak carry) run longer than the defaults, the
+    defaults' stop does not depend on a round-off-sized change of the image, and the
+    reference reproduces the LSST pipeline (9011 after 48)."""
     _, _, stdout = generated
     runs = _runs(stdout)
     loss = {name: float(cells[4]) for name, cells in runs.items()}
+    iterations = {name: int(cells[1]) for name, cells in runs.items()}
     assert loss["defaults"] < loss["reference (LSST pipeline)"]
     assert loss["e_rel=1e-5, max_iter=1000"] < loss["defaults"]
+    assert iterations["earlier defaults: peak_carry=0, e_rel=1e-4"] > iterations["defaults"]
+    assert runs["defaults, last bit of 5 pixels changed"][1:] == runs["defaults"][1:]
     assert runs["reference (LSST pipeline)"][1] == "48"
     assert round(loss["reference (LSST pipeline)"]) == 9011
 
@@ -161,9 +168,8 @@ def test_machine_dependent_rows_are_marked(generated):
     _, _, stdout = generated
     text = TUTORIAL.read_text()
     for name in (
-        "defaults (*)",
         "e_rel=1e-5, max_iter=1000 (*)",
-        "defaults, last bit of 5 pixels changed (*)",
+        "earlier defaults: peak_carry=0, e_rel=1e-4 (*)",
     ):
         assert f"| {name} |" in stdout and f"| {name} |" in text
     assert "| source (*) |" in stdout and "| source (*) |" in text
@@ -171,17 +177,26 @@ def test_machine_dependent_rows_are_marked(generated):
 
 def test_bright_sources_do_not_depend_on_the_long_fit(generated):
     """What the tutorial claims of the machine-dependent change table on every machine: the
-    two bright sources' re-apportioned fluxes move by little from the defaults' fit to the
-    1000-iteration fit (0.1 % and 0.7 % after 289 iterations; 0.2 % and 1.3 % when the
-    defaults stop after 65, so 2 %), while some faint source's moves by more than 10 %."""
+    two bright sources' fluxes move by little from the defaults' fit to the 1000-iteration
+    fit, while the faint sources' move by several percent.
+
+    Measured, for the two paths the long fit took under a round-off-sized change of the
+    image (222 and 248 iterations): sources 0 and 1 by at most 0.1 % and 0.6 %
+    re-apportioned, 0.5 % and 1.1 % in the model, so 2 % for both; the largest change of a
+    faint source (2-6) 9.4-9.5 % re-apportioned and 12.9-13.0 % in the model, so more than
+    5 % ("several percent") and more than three times the bright sources' largest change.
+    """
     _, _, stdout = generated
     table = next(
         t for t in _tables(stdout) if _cells(t[0])[1:] == ["model flux", "re-apportioned flux"]
     )
     assert _cells(table[0])[0] == "source (*)"
-    change = {int(_cells(r)[0]): float(_cells(r)[2].rstrip("%")) for r in table[2:]}
-    assert change[0] < 2.0 and change[1] < 2.0
-    assert max(change.values()) > 10.0
+    for column in (1, 2):  # model flux, re-apportioned flux
+        change = {int(_cells(r)[0]): float(_cells(r)[column].rstrip("%")) for r in table[2:]}
+        bright = max(change[0], change[1])
+        faint = max(v for k, v in change.items() if k >= 2)
+        assert bright < 2.0
+        assert faint > 5.0 and faint > 3 * bright
 
 
 def test_tutorial_code_runs(tmp_path, monkeypatch):
