@@ -67,11 +67,13 @@ def mirror_min(
     return out
 
 
-def _point_sources(blend: Blend) -> tuple[list, np.ndarray]:
-    """Every source's point-source component (peak-ratio SED, model PSF shape) and its
-    flux per band, (N, B)."""
+def _point_sources(blend: Blend, indices: list) -> dict:
+    """The point-source component (peak-ratio SED, model PSF shape) of each source of
+    ``indices``, keyed by index."""
     from .initialization import model_psf_array
 
+    if not indices:
+        return {}
     obs = blend.observation
     model_psf = model_psf_array(obs)
     kernels = np.ascontiguousarray(obs.diff_kernels)
@@ -79,33 +81,34 @@ def _point_sources(blend: Blend) -> tuple[list, np.ndarray]:
         model_psf, kernels, model_psf.shape[0] // 2, model_psf.shape[1] // 2
     )
     images = np.ascontiguousarray(obs.images)
-    comps, fluxes = [], []
-    for src in blend.sources:
-        morph, box, sed = _initialization_cy.psf_component(model_psf, images, *src.peak, psf_peak)
-        comps.append(Component(sed, morph, box, src.peak, None, kind="psf", copy=False))
-        fluxes.append(sed * morph.sum())
-    return comps, np.array(fluxes).reshape(len(comps), -1)
+    out = {}
+    for i in indices:
+        peak = blend.sources[i].peak
+        morph, box, sed = _initialization_cy.psf_component(model_psf, images, *peak, psf_peak)
+        out[i] = Component(sed, morph, box, peak, None, kind="psf", copy=False)
+    return out
 
 
 def lost_sources(
     blend: Blend, snrs: np.ndarray, min_snr: float, fraction: float
-) -> tuple[list, list]:
-    """Indices of the lost sources and every source's point-source component.
+) -> tuple[list, dict]:
+    """Indices of the lost sources and their point-source components (keyed by index).
 
     A source is lost when its peak S/N is at least ``min_snr`` and it holds less than
     ``fraction`` of the blend's model (all bands, model space) at its own peak pixel: the
     re-apportioned children would give it almost none of the light there.
     """
-    points, _ = _point_sources(blend)
+    bright = [i for i in range(len(blend.sources)) if snrs[i] >= min_snr]
+    if not bright:
+        return [], {}
     total = blend.model().sum(axis=0)
     lost = []
-    for i, src in enumerate(blend.sources):
-        if snrs[i] < min_snr:
-            continue
+    for i in bright:
+        src = blend.sources[i]
         own = sum(float(c.sed.sum() * c.morphology[c.local_peak]) for c in src.components)
         if own < fraction * float(total[src.peak]):
             lost.append(i)
-    return lost, points
+    return lost, _point_sources(blend, lost)
 
 
 def _contains(box: tuple, peak: tuple) -> bool:
