@@ -150,24 +150,15 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--reference-settings",
         action="store_true",
-        help="the reference's choices: sed_solver='lstsq', keep_best=False, "
-        "rescue_faint=False (default: DeblendConfig())",
+        help="DeblendConfig.reference(), the LSST pipeline's scarlet lite settings "
+        "(default: DeblendConfig())",
     )
     args = ap.parse_args(argv)
     data = Path(args.data)
-    config = (
-        DeblendConfig(sed_solver="lstsq", keep_best=False, rescue_faint=False)
-        if args.reference_settings
-        else DeblendConfig()
-    )
+    config = DeblendConfig.reference() if args.reference_settings else DeblendConfig()
     print(f"cdeblend {cdeblend.__version__}; data from {data.resolve()}")
     print(
-        "config: "
-        + (
-            "reference settings (sed_solver='lstsq', keep_best=False, rescue_faint=False)"
-            if args.reference_settings
-            else "DeblendConfig()"
-        )
+        "config: " + ("DeblendConfig.reference()" if args.reference_settings else "DeblendConfig()")
     )
     sys.path.insert(0, str(data))
     import metrics  # the data folder's metrics.py
