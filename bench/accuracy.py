@@ -9,7 +9,7 @@ single-band sets. The figure is the median |dF/F| of the conserved children for 
 with band S/N >= 10 (the data folder's ``metrics.py``), overall and per blendedness bin,
 with the number of detected sources of truth S/N >= 20 that keep < 5% of their flux.
 
-Sets are read from ``--sets-dir`` (default ``/work/simsets``) when present; a missing set is
+Sets are read from ``--sets-dir`` (default ``../simsets``) when present; a missing set is
 made there with ``make_blends.py`` when ``--make`` is given (needs GalSim: ``--sim-python``).
 The shared sets are read from ``--data`` (default ``../shared/data`` relative to the
 repository root). The harder sets used for issue 10 (seeds 20xx to choose the defaults,
@@ -46,6 +46,7 @@ from cdeblend import (
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
+DEFAULT_SETS = Path(__file__).resolve().parents[2] / "simsets"
 HARD = [
     "--seeing-scale",
     "1.2",
@@ -207,7 +208,7 @@ def report(name: str, rows: list, lite_all_entries: bool) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="the shared data folder")
-    ap.add_argument("--sets-dir", default="/work/simsets", help="folder of the made sets")
+    ap.add_argument("--sets-dir", default=str(DEFAULT_SETS), help="folder of the made sets")
     ap.add_argument("--n", type=int, default=300, help="blends per set (first n)")
     ap.add_argument("--sets", default=",".join([*SHARED, *RECIPES]))
     ap.add_argument("--make", action="store_true", help="make missing sets")

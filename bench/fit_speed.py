@@ -8,7 +8,7 @@ CPU seconds. ``--scene PATH`` instead prints one scaling scene's (``bench/scalin
 cache) iterations, loss, median |dF/F| against the truth and CPU seconds per configuration,
 with the loss every 10 iterations.
 
-The made sets are read from ``--sets-dir`` (default ``/work/simsets``; see
+The made sets are read from ``--sets-dir`` (default ``../simsets``; see
 ``bench/accuracy.py`` for how they are made), the shared ``sim_*`` sets from ``--data``
 (default ``../shared/data`` relative to the repository root).
 
@@ -33,6 +33,7 @@ from cdeblend import DeblendConfig, Deblender, Observation
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
+DEFAULT_SETS = Path(__file__).resolve().parents[2] / "simsets"
 TUNE = "hard_lsst_tune,hard_hsc_tune,lsst_tune,hsc_tune"
 #: the configurations compared (name: DeblendConfig fields)
 CONFIGS = {
@@ -96,7 +97,7 @@ def scene(path: str, labels: list[str]) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="the shared data folder")
-    ap.add_argument("--sets-dir", default="/work/simsets", help="folder of the made sets")
+    ap.add_argument("--sets-dir", default=str(DEFAULT_SETS), help="folder of the made sets")
     ap.add_argument("--sets", default=TUNE)
     ap.add_argument("--n", type=int, default=300, help="blends per set (first n)")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"of {', '.join(CONFIGS)}")

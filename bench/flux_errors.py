@@ -40,7 +40,7 @@ the flux.
 
 Reads the shared simulations (``sim_*``) from ``--data`` (default ``../shared/data``
 relative to the repository root) and the other sets from ``--sets-dir`` (default
-``/work/simsets``, made by bench/accuracy.py with fresh seeds: ``*_tune`` 20xx to choose,
+``../simsets``, made by bench/accuracy.py with fresh seeds: ``*_tune`` 20xx to choose,
 ``*_heldout`` 21xx held out). Usage::
 
     python bench/flux_errors.py [--data PATH] [--sets sim_lsst,sim_hsc,sim_single] [--snr 20]
@@ -68,6 +68,7 @@ from cdeblend import (
 )
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_SETS = Path(__file__).resolve().parents[2] / "simsets"
 SHARED = ("sim_lsst", "sim_hsc", "sim_single")
 BINS = ((0.0, 0.05, "<0.05"), (0.05, 0.3, "0.05-0.3"), (0.3, np.inf, ">=0.3"))
 
@@ -259,7 +260,7 @@ def main() -> None:
     ap.add_argument(
         "--sets-dir",
         type=Path,
-        default=Path("/work/simsets"),
+        default=DEFAULT_SETS,
         help="folder of the sets made by bench/accuracy.py (every set but the shared sim_*)",
     )
     args = ap.parse_args()

@@ -7,7 +7,7 @@ with band S/N >= 10 (the data folder's ``metrics.py``), overall and per blendedn
 the number of sources of truth S/N >= 20 that keep < 5% of their flux ("lost"), with the
 lost ones listed (file, source, S/N, kept fraction) under ``--list-lost``.
 
-The made sets are read from ``--sets-dir`` (default ``/work/simsets``; see
+The made sets are read from ``--sets-dir`` (default ``../simsets``; see
 ``bench/accuracy.py`` for how they are made), the shared ``sim_*`` sets from ``--data``
 (default ``../shared/data`` relative to the repository root).
 
@@ -30,6 +30,7 @@ from cdeblend import DeblendConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
+DEFAULT_SETS = Path(__file__).resolve().parents[2] / "simsets"
 TUNE = "hard_lsst_tune,hard_hsc_tune,lsst_tune,hsc_tune"
 #: the configurations of the README's table (name: DeblendConfig fields)
 CONFIGS = {
@@ -90,7 +91,7 @@ def row(summary: dict) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="the shared data folder")
-    ap.add_argument("--sets-dir", default="/work/simsets", help="folder of the made sets")
+    ap.add_argument("--sets-dir", default=str(DEFAULT_SETS), help="folder of the made sets")
     ap.add_argument("--sets", default=TUNE)
     ap.add_argument("--n", type=int, default=300, help="blends per set (first n)")
     ap.add_argument("--configs", default="defaults,bold", help=f"of {', '.join(CONFIGS)}")

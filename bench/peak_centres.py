@@ -20,7 +20,7 @@ Single band (the one call ``SingleBandDeblender().deblend``), where the PSF fits
   - ``subpixel_centers=False``: at the integer peaks;
   - ``defaults``: at :func:`cdeblend.peaks.subpixel_centers` of the image.
 
-Sets are read from ``--sets-dir`` (default ``/work/simsets``, made by ``bench/accuracy.py
+Sets are read from ``--sets-dir`` (default ``../simsets``, made by ``bench/accuracy.py
 --make``) and the shared ones from ``--data`` (default ``../shared/data`` relative to the
 repository root). Tune on the ``*_tune`` sets; the ``*_heldout`` ones confirm a choice.
 
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy  # noqa: E402  (this folder's bench/accuracy.py: set loading and the table)
 
 from cdeblend import DeblendConfig, Deblender, Observation, SingleBandConfig  # noqa: E402
-from cdeblend.initialization import detection_image, peak_snr  # noqa: E402
+from cdeblend.initialization import chi2_coadd, peak_snr  # noqa: E402
 from cdeblend.peaks import refine_peaks  # noqa: E402
 
 TUNE = "hard_lsst_tune,hard_hsc_tune,lsst_tune,hsc_tune,hard_single_tune,single_tune"
@@ -59,7 +59,7 @@ def refined_peaks(data: dict, k: float, min_snr: float = 0.0) -> np.ndarray:
     noise = np.asarray(obs.noise_rms, dtype=np.float64)
     sigma_d = float(np.sqrt(np.sum(1.0 / noise[noise > 0] ** 2)))
     peaks = accuracy.peaks_of(data)
-    refined = refine_peaks(detection_image(obs), peaks, 1, k * np.sqrt(2) * sigma_d)
+    refined = refine_peaks(chi2_coadd(obs), peaks, 1, k * np.sqrt(2) * sigma_d)
     if min_snr > 0:
         snr = np.array([peak_snr(obs, (int(y), int(x))) for y, x in peaks])
         refined = np.where((snr >= min_snr)[:, None], refined, peaks)
@@ -79,7 +79,7 @@ def multi_band_with(peak_fn):
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(accuracy.DEFAULT_DATA), help="the shared data folder")
-    ap.add_argument("--sets-dir", default="/work/simsets", help="folder of the made sets")
+    ap.add_argument("--sets-dir", default=str(accuracy.DEFAULT_SETS), help="the made sets")
     ap.add_argument("--n", type=int, default=300, help="blends per set (first n)")
     ap.add_argument("--sets", default=TUNE)
     ap.add_argument("--k", type=float, default=2.0, help="refine_peaks threshold (noise units)")
