@@ -185,3 +185,82 @@ def assign_stray(const double[::1] values, const double[:, ::1] contrib,
                 if (with_psf or not is_psf[i]) and c > 0 and not (c < thr):
                     out[i, k] = values[k] * (c / tot)
     return unassigned
+
+
+cdef enum:
+    # NPY_BUFSIZE: the values numpy's einsum sums in one inner loop (see fisher_pairs)
+    _EINSUM_BUFFER = 8192
+
+
+def fisher_pairs(const real[::1] flat, const int64_t[::1] offsets,
+                 const int64_t[:, ::1] boxes, const int64_t[:, ::1] pairs,
+                 const double[:, :, ::1] ivar, double[:, :, ::1] F):
+    """Fill ``F[b, k, q] = F[b, q, k] = sum_p C_k C_q ivar`` for each pair ``(k, q)``.
+
+    ``C_k`` are the (B, h, w) rows of the flat stack. The sum runs over the pixels the two
+    boxes and the image share, in the order of numpy's
+    ``einsum("bij,bij,bij->b", ck, cl, ivar_slice)`` on those pixels (a running sum per
+    chunk of the pixels, the chunks' sums added in order: numpy's nditer buffer of 8192
+    values holds whole rows of the image slice, or 8192 pixels when the rows span the
+    image's width and are iterated as one), so that the Fisher matrices are bit-identical
+    to that per-pair loop (``tests/test_fisher_kernel.py``). Pairs without a shared pixel
+    are left untouched.
+    """
+    cdef double work = 0
+    cdef Py_ssize_t p, k, q
+    for p in range(pairs.shape[0]):
+        k = pairs[p, 0]
+        q = pairs[p, 1]
+        work += <double>min(boxes[k, 2] * boxes[k, 3], boxes[q, 2] * boxes[q, 3])
+    work *= ivar.shape[0]
+    if _release_gil(work):
+        with nogil:
+            _fisher_pairs(flat, offsets, boxes, pairs, ivar, F)
+    else:
+        _fisher_pairs(flat, offsets, boxes, pairs, ivar, F)
+
+
+cdef int _fisher_pairs(const real[::1] flat, const int64_t[::1] offsets,
+                       const int64_t[:, ::1] boxes, const int64_t[:, ::1] pairs,
+                       const double[:, :, ::1] ivar, double[:, :, ::1] F) except -1 nogil:
+    cdef Py_ssize_t B = ivar.shape[0], H = ivar.shape[1], W = ivar.shape[2]
+    cdef Py_ssize_t p, k, q, b, y, x, y0, y1, x0, x1, bk, bl, n, rows
+    cdef bint contiguous
+    cdef double total, acc
+    for p in range(pairs.shape[0]):
+        k = pairs[p, 0]
+        q = pairs[p, 1]
+        y0 = max(max(boxes[k, 0], boxes[q, 0]), 0)
+        x0 = max(max(boxes[k, 1], boxes[q, 1]), 0)
+        y1 = min(min(boxes[k, 0] + boxes[k, 2], boxes[q, 0] + boxes[q, 2]), H)
+        x1 = min(min(boxes[k, 1] + boxes[k, 3], boxes[q, 1] + boxes[q, 3]), W)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        # numpy's einsum buffers at most _EINSUM_BUFFER values per inner loop: whole rows
+        # of the slice, or plain chunks of the pixels when its rows are contiguous
+        contiguous = x1 - x0 == W
+        rows = max(_EINSUM_BUFFER // (x1 - x0), 1)
+        for b in range(B):
+            total = 0
+            acc = 0
+            n = 0
+            for y in range(y0, y1):
+                # row y of band b of each shape, minus its first column
+                bk = offsets[k] + (b * boxes[k, 2] + y - boxes[k, 0]) * boxes[k, 3]
+                bk -= boxes[k, 1]
+                bl = offsets[q] + (b * boxes[q, 2] + y - boxes[q, 0]) * boxes[q, 3]
+                bl -= boxes[q, 1]
+                for x in range(x0, x1):
+                    acc = acc + <double>flat[bk + x] * <double>flat[bl + x] * ivar[b, y, x]
+                    n += 1
+                    if contiguous and n == _EINSUM_BUFFER:
+                        total = total + acc
+                        acc = 0
+                        n = 0
+                if not contiguous and (y - y0 + 1) % rows == 0:
+                    total = total + acc
+                    acc = 0
+            total = total + acc
+            F[b, k, q] = total
+            F[b, q, k] = total
+    return 0

@@ -235,23 +235,18 @@ def fisher_matrices(shapes: FlatStack, ivar: np.ndarray) -> np.ndarray:
         (B, H, W) inverse variance (0 without data).
     """
     K, B = len(shapes), shapes.bands
-    _, H, W = ivar.shape
     F = np.zeros((B, K, K))
-    boxes = shapes.boxes
-    for k, l_ in overlapping_pairs(boxes).tolist():
-        a, b = tuple(int(v) for v in boxes[k]), tuple(int(v) for v in boxes[l_])
-        y0, x0 = max(a[0], b[0], 0), max(a[1], b[1], 0)
-        y1 = min(a[0] + a[2], b[0] + b[2], H)
-        x1 = min(a[1] + a[3], b[1] + b[3], W)
-        if y1 <= y0 or x1 <= x0:
-            continue
-        ck = shapes.get(k)[:, y0 - a[0] : y1 - a[0], x0 - a[1] : x1 - a[1]]
-        cl = shapes.get(l_)[:, y0 - b[0] : y1 - b[0], x0 - b[1] : x1 - b[1]]
-        v = np.einsum(
-            "bij,bij,bij->b", ck.astype(np.float64), cl.astype(np.float64), ivar[:, y0:y1, x0:x1]
-        )
-        F[:, k, l_] = v
-        F[:, l_, k] = v
+    # one kernel call for every overlapping pair (it sums in the order of the einsum of
+    # each pair's shared pixels it replaces, see _apportion_cy.fisher_pairs): a loop of
+    # small numpy calls here held the GIL for a third of a parent's summary
+    _apportion_cy.fisher_pairs(
+        np.ascontiguousarray(shapes.flat),
+        shapes.offsets,
+        np.ascontiguousarray(shapes.boxes, dtype=np.int64),
+        overlapping_pairs(shapes.boxes),
+        np.ascontiguousarray(ivar, dtype=np.float64),
+        F,
+    )
     return F
 
 

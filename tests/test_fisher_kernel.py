@@ -1,0 +1,79 @@
+"""The Fisher-matrix kernel (``_apportion_cy.fisher_pairs`` behind
+:func:`cdeblend.metrics.fisher_matrices`) against a slow numpy reference: the per-pair einsum
+loop it replaced, whose summation order it follows (so the match is exact)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cdeblend.apportion import FlatStack
+from cdeblend.box import overlapping_pairs
+from cdeblend.metrics import fisher_matrices
+
+
+def _reference(shapes: FlatStack, ivar: np.ndarray) -> np.ndarray:
+    """The per-pair numpy loop: einsum over the pixels two boxes and the image share."""
+    K, B = len(shapes), shapes.bands
+    _, H, W = ivar.shape
+    F = np.zeros((B, K, K))
+    boxes = shapes.boxes
+    for k, l_ in overlapping_pairs(boxes).tolist():
+        a, b = tuple(int(v) for v in boxes[k]), tuple(int(v) for v in boxes[l_])
+        y0, x0 = max(a[0], b[0], 0), max(a[1], b[1], 0)
+        y1, x1 = min(a[0] + a[2], b[0] + b[2], H), min(a[1] + a[3], b[1] + b[3], W)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        ck = shapes.get(k)[:, y0 - a[0] : y1 - a[0], x0 - a[1] : x1 - a[1]]
+        cl = shapes.get(l_)[:, y0 - b[0] : y1 - b[0], x0 - b[1] : x1 - b[1]]
+        v = np.einsum(
+            "bij,bij,bij->b", ck.astype(np.float64), cl.astype(np.float64), ivar[:, y0:y1, x0:x1]
+        )
+        F[:, k, l_] = v
+        F[:, l_, k] = v
+    return F
+
+
+def _random_stack(rng, K: int, B: int, H: int, W: int, dtype) -> FlatStack:
+    # boxes that reach outside the image on every side, some spanning its whole width
+    y0 = rng.integers(-8, H - 2, K)
+    x0 = rng.integers(-8, W - 2, K)
+    h = rng.integers(1, H + 10, K)
+    w = rng.integers(1, W + 10, K)
+    w[: K // 3] = W + 2 * 8
+    x0[: K // 3] = -8
+    boxes = np.stack([y0, x0, h, w], axis=1).astype(np.int64)
+    flat = rng.normal(size=int((B * h * w).sum())).astype(dtype)
+    return FlatStack(flat, boxes, B)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fisher_matrices_equal_the_einsum_loop(seed, dtype):
+    rng = np.random.default_rng(seed)
+    B, H, W = 3, int(rng.integers(5, 40)), int(rng.integers(5, 40))
+    shapes = _random_stack(rng, int(rng.integers(1, 12)), B, H, W, dtype)
+    ivar = rng.uniform(0, 2, size=(B, H, W))
+    ivar[rng.random((B, H, W)) < 0.2] = 0.0  # pixels without data
+    got = fisher_matrices(shapes, ivar)
+    np.testing.assert_array_equal(got, _reference(shapes, ivar))
+    # and it is a Gram matrix: symmetric
+    np.testing.assert_array_equal(got, got.transpose(0, 2, 1))
+
+
+def test_fisher_matrix_of_two_disjoint_shapes_is_diagonal():
+    ivar = np.full((1, 10, 10), 4.0)
+    boxes = np.array([[0, 0, 2, 2], [5, 5, 2, 2]], dtype=np.int64)
+    shapes = FlatStack(np.ones(8), boxes, 1)
+    # sum of 1 * 1 * 4 over the 4 pixels of each box; no shared pixel
+    np.testing.assert_array_equal(fisher_matrices(shapes, ivar)[0], [[16.0, 0.0], [0.0, 16.0]])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fisher_matrices_of_large_boxes_equal_the_einsum_loop(seed):
+    # more than numpy's 8192-value buffer per band: the sums are made in chunks
+    rng = np.random.default_rng(100 + seed)
+    B, H, W = 2, 150, 140
+    shapes = _random_stack(rng, 4, B, H, W, np.float32)
+    ivar = rng.uniform(0, 2, size=(B, H, W))
+    np.testing.assert_array_equal(fisher_matrices(shapes, ivar), _reference(shapes, ivar))
