@@ -1,6 +1,7 @@
-"""The Fisher-matrix kernel (``_apportion_cy.fisher_pairs`` behind
-:func:`cdeblend.metrics.fisher_matrices`) against a slow numpy reference: the per-pair einsum
-loop it replaced, whose summation order it follows (so the match is exact)."""
+"""The metrics kernels against slow numpy references, the loops they replaced, whose
+summation order they follow (so the match is exact): ``_apportion_cy.fisher_pairs`` behind
+:func:`cdeblend.metrics.fisher_matrices` and ``_apportion_cy.source_metrics`` behind
+:func:`cdeblend.metrics.blend_metrics`."""
 
 from __future__ import annotations
 
@@ -77,3 +78,36 @@ def test_fisher_matrices_of_large_boxes_equal_the_einsum_loop(seed):
     shapes = _random_stack(rng, 4, B, H, W, np.float32)
     ivar = rng.uniform(0, 2, size=(B, H, W))
     np.testing.assert_array_equal(fisher_matrices(shapes, ivar), _reference(shapes, ivar))
+
+
+def _inside_stack(rng, n: int, B: int, H: int, W: int, dtype) -> FlatStack:
+    """Boxes inside the (H, W) image, some on its edges, values of both signs."""
+    h = rng.integers(1, H + 1, n)
+    w = rng.integers(1, W + 1, n)
+    y0 = rng.integers(0, H - h + 1)
+    x0 = rng.integers(0, W - w + 1)
+    boxes = np.stack([y0, x0, h, w], axis=1).astype(np.int64)
+    flat = rng.normal(size=int((B * h * w).sum())).astype(dtype)
+    return FlatStack(flat, boxes, B)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_source_metrics_kernel_equals_the_numpy_loop(seed):
+    # _apportion_cy.source_metrics behind blend_metrics against the numpy loop it replaces
+    from cdeblend.metrics import _source_metrics, _source_metrics_numpy
+
+    rng = np.random.default_rng(200 + seed)
+    B, H, W, n = int(rng.integers(1, 5)), int(rng.integers(3, 120)), int(rng.integers(3, 90)), 5
+    models = _inside_stack(rng, n, B, H, W, np.float64)
+    # an empty model footprint (no positive pixel) and an all-positive one
+    models.get(0)[...] = -np.abs(models.get(0))
+    models.get(1)[...] = np.abs(models.get(1))
+    conv = _inside_stack(rng, n, B, H, W, np.float32)
+    conv.get(2)[...] = -1.0  # an empty convolved footprint
+    total = rng.normal(size=(B, H, W))
+    has_data = rng.random((B, H, W)) > 0.3
+    chi = np.where(has_data, rng.exponential(size=(B, H, W)), 0.0)
+    got = _source_metrics(models, total, conv, has_data, chi)
+    want = _source_metrics_numpy(models, total, conv, has_data, chi)
+    for g, e in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, e)
