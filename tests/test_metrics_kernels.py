@@ -111,3 +111,20 @@ def test_source_metrics_kernel_equals_the_numpy_loop(seed):
     want = _source_metrics_numpy(models, total, conv, has_data, chi)
     for g, e in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blend_chi_kernel_equals_the_numpy_calls(seed, dtype):
+    # _apportion_cy.blend_chi behind blend_metrics against the numpy path it replaces
+    from cdeblend.metrics import _chi
+
+    rng = np.random.default_rng(300 + seed)
+    B, H, W = int(rng.integers(1, 5)), int(rng.integers(3, 60)), int(rng.integers(3, 60))
+    conv = _inside_stack(rng, 6, B, H, W, np.float32)
+    images = rng.normal(size=(B, H, W)).astype(dtype)
+    weights = rng.uniform(-0.5, 2.0, size=(B, H, W)).astype(dtype)  # <= 0: no data
+    got = _chi(conv, images, weights, inside=True)
+    want = _chi(conv, images, weights, inside=False)
+    np.testing.assert_array_equal(got, want)
+    assert (got[weights <= 0] == 0).all() and (got >= 0).all()

@@ -11,7 +11,7 @@ positive. Inputs are trusted: ``cdeblend.apportion`` validates them.
 
 from libc.stdint cimport int64_t, uint8_t
 
-from ._shared.fused cimport real
+from ._shared.fused cimport other_real, real
 from ._shared.gil cimport _release_gil
 
 
@@ -407,4 +407,45 @@ cdef int _source_metrics(const double[::1] models, const int64_t[::1] moff,
                     if has_data[b, y0 + p // w, x0 + p % w]:
                         counts[i, 1 + b] += 1
         chi_sum[i] = 0. + _pairwise_sum(&scratch[0], nval)
+    return 0
+
+
+def blend_chi(const real[::1] conv, const int64_t[::1] offsets, const int64_t[:, ::1] boxes,
+              const other_real[:, :, ::1] images, const other_real[:, :, ::1] weights,
+              double[:, :, ::1] total, double[:, :, ::1] chi):
+    """``chi = w (image - M)^2`` where ``w > 0`` (else 0), ``M`` the sum of the rows.
+
+    ``total`` (zeros on entry) receives ``M``, the rows added in order (boxes inside the
+    image), as numpy's ``total[box] += row`` one row after the other; ``chi`` is computed
+    as ``where(w > 0, w * (image - M) ** 2, 0)`` in float64, so both are bit-identical to
+    those numpy calls.
+    """
+    if _release_gil(<double>conv.shape[0] + 2. * <double>chi.size):
+        with nogil:
+            _blend_chi(conv, offsets, boxes, images, weights, total, chi)
+    else:
+        _blend_chi(conv, offsets, boxes, images, weights, total, chi)
+
+
+cdef int _blend_chi(const real[::1] conv, const int64_t[::1] offsets,
+                    const int64_t[:, ::1] boxes, const other_real[:, :, ::1] images,
+                    const other_real[:, :, ::1] weights, double[:, :, ::1] total,
+                    double[:, :, ::1] chi) except -1 nogil:
+    cdef Py_ssize_t B = chi.shape[0], H = chi.shape[1], W = chi.shape[2]
+    cdef Py_ssize_t i, b, y, x, h, w, base
+    cdef double d, wt
+    for i in range(boxes.shape[0]):
+        h = boxes[i, 2]
+        w = boxes[i, 3]
+        for b in range(B):
+            for y in range(h):
+                base = offsets[i] + (b * h + y) * w
+                for x in range(w):
+                    total[b, boxes[i, 0] + y, boxes[i, 1] + x] += <double>conv[base + x]
+    for b in range(B):
+        for y in range(H):
+            for x in range(W):
+                wt = <double>weights[b, y, x]
+                d = <double>images[b, y, x] - total[b, y, x]
+                chi[b, y, x] = wt * (d * d) if wt > 0 else 0.
     return 0

@@ -431,23 +431,17 @@ def blend_metrics(result) -> BlendMetrics:
     blend = result.blend
     obs = blend.observation
     B, H, W = blend.shape
-    n = len(blend.sources)
     packed = result._packed_now()
     models = _source_models(blend, packed)
     total = np.zeros((B, H, W))
     _adam_cy.render(packed.sed, packed.morph, packed.comp, total)
-    weights = np.asarray(obs.weights, dtype=np.float64)
+    weights = np.asarray(obs.weights)
     has_data = weights > 0
     conv = result._convolved_stack()
-    # the convolved blend model: the sum of the sources' convolved models (made for the
-    # conserved images anyway)
-    conv_total = np.zeros((B, H, W))
-    for i in range(n):
-        fr, bx = clip_slices(conv.boxes[i], (H, W))
-        conv_total[(slice(None),) + fr] += conv.get(i)[(slice(None),) + bx]
-    chi = np.where(has_data, weights * (np.asarray(obs.images, np.float64) - conv_total) ** 2, 0.0)
+    inside = _inside(models, conv, H, W)
+    chi = _chi(conv, np.asarray(obs.images), weights, inside)
 
-    per_source = _source_metrics if _inside(models, conv, H, W) else _source_metrics_numpy
+    per_source = _source_metrics if inside else _source_metrics_numpy
     blendedness, overlap, fraction, max_overlap, chi2, coverage, edge = per_source(
         models, total, conv, has_data, chi
     )
@@ -468,6 +462,34 @@ def blend_metrics(result) -> BlendMetrics:
         iterations=int(result.iterations),
         converged=bool(result.converged),
     )
+
+
+def _chi(conv: FlatStack, images: np.ndarray, weights: np.ndarray, inside: bool) -> np.ndarray:
+    """(B, H, W) ``w (image - M)^2`` where ``w > 0`` (else 0), ``M`` the convolved blend
+    model: the sum of the sources' convolved models (made for the conserved images anyway).
+
+    One kernel pass when the boxes lie inside the image and the images and weights share a
+    float dtype (bit-identical to the numpy calls of the other case, which hand the GIL to
+    the other workers once per source)."""
+    B, H, W = images.shape
+    conv_total = np.zeros((B, H, W))
+    if inside and images.dtype == weights.dtype and images.dtype in (np.float32, np.float64):
+        chi = np.empty((B, H, W))
+        _apportion_cy.blend_chi(
+            np.ascontiguousarray(conv.flat),
+            conv.offsets,
+            np.ascontiguousarray(conv.boxes, dtype=np.int64),
+            np.ascontiguousarray(images),
+            np.ascontiguousarray(weights),
+            conv_total,
+            chi,
+        )
+        return chi
+    for i in range(len(conv)):
+        fr, bx = clip_slices(conv.boxes[i], (H, W))
+        conv_total[(slice(None),) + fr] += conv.get(i)[(slice(None),) + bx]
+    w = np.asarray(weights, dtype=np.float64)
+    return np.where(w > 0, w * (np.asarray(images, np.float64) - conv_total) ** 2, 0.0)
 
 
 def _inside(models: FlatStack, conv: FlatStack, H: int, W: int) -> bool:
