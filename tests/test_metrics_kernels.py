@@ -128,3 +128,25 @@ def test_blend_chi_kernel_equals_the_numpy_calls(seed, dtype):
     want = _chi(conv, images, weights, inside=False)
     np.testing.assert_array_equal(got, want)
     assert (got[weights <= 0] == 0).all() and (got >= 0).all()
+
+
+def test_source_metrics_kernel_of_a_null_source():
+    # a source without pixels (an empty box at its peak) has no flux, footprint or data
+    from cdeblend.metrics import _source_metrics, _source_metrics_numpy
+
+    rng = np.random.default_rng(7)
+    B, H, W = 2, 20, 30
+    boxes = np.array([[3, 4, 5, 6], [10, 10, 0, 0]], dtype=np.int64)
+    models = FlatStack(np.abs(rng.normal(size=B * 30)), boxes, B)
+    conv = FlatStack(np.abs(rng.normal(size=B * 30)).astype(np.float32), boxes, B)
+    total = np.abs(rng.normal(size=(B, H, W)))
+    has_data = np.ones((B, H, W), dtype=bool)
+    chi = rng.exponential(size=(B, H, W))
+    got = _source_metrics(models, total, conv, has_data, chi)
+    for g, e in zip(got, _source_metrics_numpy(models, total, conv, has_data, chi), strict=True):
+        np.testing.assert_array_equal(g, e)
+    blendedness, overlap, fraction, max_overlap, chi2, coverage, edge = got
+    assert np.isnan(blendedness[1]).all() and np.isnan(chi2[1]) and np.isnan(coverage[1]).all()
+    assert (overlap[1] == 0).all() and not edge[1]
+    # the data of the first source's footprint: every value, so coverage 1
+    np.testing.assert_array_equal(coverage[0], 1.0)
