@@ -64,6 +64,7 @@ class DeblendResult:
     _snapshot: PackedComponents | None = field(default=None, repr=False)
     _conserved: FlatStack | None = field(default=None, repr=False)
     added: np.ndarray | None = None
+    _tsum: np.ndarray | None = field(default=None, repr=False)
 
     # -- per-source products
     def _packed_now(self) -> PackedComponents:
@@ -105,7 +106,9 @@ class DeblendResult:
             obs = self.blend.observation
             # the observation's images are finite where the weight is non-zero: no checks
             image = np.where(obs.weights > 0, obs.images, 0).astype(obs.dtype, copy=False)
-            self._conserved, _ = apportion_checked(image, self._convolved_stack())
+            # the templates' sum is kept for the flux errors (the same sum over the same
+            # convolved models)
+            self._conserved, self._tsum = apportion_checked(image, self._convolved_stack())
         return self._conserved
 
     def conserved_images(self) -> np.ndarray:
@@ -141,8 +144,9 @@ class DeblendResult:
         """
         from .metrics import conserved_flux_errors, variance_plane
 
+        self.conserved()  # and its templates' sum
         return conserved_flux_errors(
-            self._convolved_stack(), variance_plane(self.blend.observation)
+            self._convolved_stack(), variance_plane(self.blend.observation), tsum=self._tsum
         )
 
     @property
@@ -160,7 +164,10 @@ class DeblendResult:
         isolated source); see :func:`cdeblend.metrics.deblend_flux_errors`."""
         from .metrics import deblend_flux_errors
 
-        return deblend_flux_errors(self._convolved_stack(), self.blend.observation.weights > 0)
+        self.conserved()  # and its templates' sum
+        return deblend_flux_errors(
+            self._convolved_stack(), self.blend.observation.weights > 0, tsum=self._tsum
+        )
 
     @property
     def conserved_flux_total_err(self) -> np.ndarray:
