@@ -173,3 +173,25 @@ def test_flux_errors_with_a_given_template_sum():
     )
     with pytest.raises(ValueError, match="tsum"):
         conserved_flux_errors(templates, var, tsum=tsum[:, 1:])
+
+
+def test_grown_boxes_equal_the_convolvers_one_by_one():
+    # metrics._grown_boxes (all boxes at once) against Convolver.grown_box per box
+    from cdeblend.convolution import Convolver
+    from cdeblend.metrics import _grown_boxes
+
+    rng = np.random.default_rng(5)
+    conv = Convolver(np.ones((2, 7, 5), dtype=np.float32), (30, 40))
+    boxes = np.stack(
+        [
+            rng.integers(-10, 35, 200),
+            rng.integers(-10, 45, 200),
+            rng.integers(0, 20, 200),  # some empty
+            rng.integers(0, 20, 200),
+        ],
+        axis=1,
+    ).astype(np.int64)
+    want = [
+        conv.grown_box(tuple(b))[1] if b[2] * b[3] else (b[0], b[1], 0, 0) for b in boxes.tolist()
+    ]
+    np.testing.assert_array_equal(_grown_boxes(boxes, conv), np.array(want, dtype=np.int64))

@@ -335,6 +335,27 @@ def _flux_sigma(w: np.ndarray, proj: np.ndarray, Gl: np.ndarray, dead: np.ndarra
     return np.where(dead, np.nan, np.sqrt(var))
 
 
+def _grown_boxes(boxes: np.ndarray, convolver) -> np.ndarray:
+    """(K, 4) ``convolver.grown_box(box)[1]`` of every non-empty box, ``(y0, x0, 0, 0)`` of
+    an empty one: the box clipped to the frame, grown by the kernel half-size, clipped
+    again (box.clip's arithmetic, for all boxes at once)."""
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    _, H, W = convolver.shape
+    ry, rx = convolver.kernel_radius
+
+    def clip(y0, x0, h, w):
+        ya, xa = np.maximum(y0, 0), np.maximum(x0, 0)
+        yb, xb = np.minimum(y0 + h, H), np.minimum(x0 + w, W)
+        return ya, xa, np.maximum(yb - ya, 0), np.maximum(xb - xa, 0)
+
+    y0, x0, h, w = boxes.T
+    cy, cx, ch, cw = clip(y0, x0, h, w)
+    grown = np.stack(clip(cy - ry, cx - rx, ch + 2 * ry, cw + 2 * rx), axis=1)
+    empty = h * w == 0
+    grown[empty] = np.stack([y0, x0, 0 * y0, 0 * x0], axis=1)[empty]
+    return grown
+
+
 def _component_shapes(blend, packed) -> tuple[FlatStack, np.ndarray]:
     """Each component's morphology (unit SED) convolved to every band's PSF, and its sum.
 
@@ -346,10 +367,7 @@ def _component_shapes(blend, packed) -> tuple[FlatStack, np.ndarray]:
     K = len(packed.comp)
     boxes = [tuple(b) for b in packed.comp[:, :4].tolist()]
     morphs = [packed.morph_view(k)[None] for k in range(K)]
-    grown = np.array(
-        [obs.convolver.grown_box(b)[1] if b[2] * b[3] else (b[0], b[1], 0, 0) for b in boxes],
-        dtype=np.int64,
-    ).reshape(-1, 4)
+    grown = _grown_boxes(packed.comp[:, :4], obs.convolver)
     gsizes = B * grown[:, 2] * grown[:, 3]
     goffsets = np.zeros(K, dtype=np.intp)
     goffsets[1:] = np.cumsum(gsizes)[:-1]
