@@ -94,7 +94,7 @@ def _inside_stack(rng, n: int, B: int, H: int, W: int, dtype) -> FlatStack:
 @pytest.mark.parametrize("seed", range(8))
 def test_source_metrics_kernel_equals_the_numpy_loop(seed):
     # _apportion_cy.source_metrics behind blend_metrics against the numpy loop it replaces
-    from cdeblend.metrics import _source_metrics, _source_metrics_numpy
+    from cdeblend.source_metrics import per_source_metrics, per_source_metrics_numpy
 
     rng = np.random.default_rng(200 + seed)
     B, H, W, n = int(rng.integers(1, 5)), int(rng.integers(3, 120)), int(rng.integers(3, 90)), 5
@@ -107,8 +107,8 @@ def test_source_metrics_kernel_equals_the_numpy_loop(seed):
     total = rng.normal(size=(B, H, W))
     has_data = rng.random((B, H, W)) > 0.3
     chi = np.where(has_data, rng.exponential(size=(B, H, W)), 0.0)
-    got = _source_metrics(models, total, conv, has_data, chi)
-    want = _source_metrics_numpy(models, total, conv, has_data, chi)
+    got = per_source_metrics(models, total, conv, has_data, chi)
+    want = per_source_metrics_numpy(models, total, conv, has_data, chi)
     for g, e in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, e)
 
@@ -117,22 +117,22 @@ def test_source_metrics_kernel_equals_the_numpy_loop(seed):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_blend_chi_kernel_equals_the_numpy_calls(seed, dtype):
     # _apportion_cy.blend_chi behind blend_metrics against the numpy path it replaces
-    from cdeblend.metrics import _chi
+    from cdeblend.source_metrics import chi_image
 
     rng = np.random.default_rng(300 + seed)
     B, H, W = int(rng.integers(1, 5)), int(rng.integers(3, 60)), int(rng.integers(3, 60))
     conv = _inside_stack(rng, 6, B, H, W, np.float32)
     images = rng.normal(size=(B, H, W)).astype(dtype)
     weights = rng.uniform(-0.5, 2.0, size=(B, H, W)).astype(dtype)  # <= 0: no data
-    got = _chi(conv, images, weights, inside=True)
-    want = _chi(conv, images, weights, inside=False)
+    got = chi_image(conv, images, weights, inside=True)
+    want = chi_image(conv, images, weights, inside=False)
     np.testing.assert_array_equal(got, want)
     assert (got[weights <= 0] == 0).all() and (got >= 0).all()
 
 
 def test_source_metrics_kernel_of_a_null_source():
     # a source without pixels (an empty box at its peak) has no flux, footprint or data
-    from cdeblend.metrics import _source_metrics, _source_metrics_numpy
+    from cdeblend.source_metrics import per_source_metrics, per_source_metrics_numpy
 
     rng = np.random.default_rng(7)
     B, H, W = 2, 20, 30
@@ -142,8 +142,8 @@ def test_source_metrics_kernel_of_a_null_source():
     total = np.abs(rng.normal(size=(B, H, W)))
     has_data = np.ones((B, H, W), dtype=bool)
     chi = rng.exponential(size=(B, H, W))
-    got = _source_metrics(models, total, conv, has_data, chi)
-    for g, e in zip(got, _source_metrics_numpy(models, total, conv, has_data, chi), strict=True):
+    got = per_source_metrics(models, total, conv, has_data, chi)
+    for g, e in zip(got, per_source_metrics_numpy(models, total, conv, has_data, chi), strict=True):
         np.testing.assert_array_equal(g, e)
     blendedness, overlap, fraction, max_overlap, chi2, coverage, edge = got
     assert np.isnan(blendedness[1]).all() and np.isnan(chi2[1]) and np.isnan(coverage[1]).all()
