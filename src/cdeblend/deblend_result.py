@@ -64,6 +64,8 @@ class DeblendResult:
     _snapshot: PackedComponents | None = field(default=None, repr=False)
     _conserved: FlatStack | None = field(default=None, repr=False)
     added: np.ndarray | None = None
+    _tsum: np.ndarray | None = field(default=None, repr=False)
+    _var: np.ndarray | None = field(default=None, repr=False)
 
     # -- per-source products
     def _packed_now(self) -> PackedComponents:
@@ -79,6 +81,15 @@ class DeblendResult:
         if self._conv is None:
             self._conv = self.blend.convolved_sources(packed=self._packed_now())
         return self._conv
+
+    def _variance_plane(self) -> np.ndarray:
+        """:func:`cdeblend.metrics.variance_plane` of the observation, made once for the
+        model and the conserved flux errors."""
+        if self._var is None:
+            from .metrics import variance_plane
+
+            self._var = variance_plane(self.blend.observation)
+        return self._var
 
     def _dense(self, stack: FlatStack) -> np.ndarray:
         B, H, W = self.blend.shape
@@ -105,7 +116,9 @@ class DeblendResult:
             obs = self.blend.observation
             # the observation's images are finite where the weight is non-zero: no checks
             image = np.where(obs.weights > 0, obs.images, 0).astype(obs.dtype, copy=False)
-            self._conserved, _ = apportion_checked(image, self._convolved_stack())
+            # the templates' sum is kept for the flux errors (the same sum over the same
+            # convolved models)
+            self._conserved, self._tsum = apportion_checked(image, self._convolved_stack())
         return self._conserved
 
     def conserved_images(self) -> np.ndarray:
@@ -139,10 +152,11 @@ class DeblendResult:
         ``sqrt(sum_p s_i(p)^2 V(p))`` with ``s_i`` the child's share of pixel ``p`` (the
         shares held fixed; pixels without data excluded); see :mod:`cdeblend.metrics`.
         """
-        from .metrics import conserved_flux_errors, variance_plane
+        from .metrics import conserved_flux_errors
 
+        self.conserved()  # and its templates' sum
         return conserved_flux_errors(
-            self._convolved_stack(), variance_plane(self.blend.observation)
+            self._convolved_stack(), self._variance_plane(), tsum=self._tsum
         )
 
     @property
@@ -160,7 +174,10 @@ class DeblendResult:
         isolated source); see :func:`cdeblend.metrics.deblend_flux_errors`."""
         from .metrics import deblend_flux_errors
 
-        return deblend_flux_errors(self._convolved_stack(), self.blend.observation.weights > 0)
+        self.conserved()  # and its templates' sum
+        return deblend_flux_errors(
+            self._convolved_stack(), self.blend.observation.weights > 0, tsum=self._tsum
+        )
 
     @property
     def conserved_flux_total_err(self) -> np.ndarray:

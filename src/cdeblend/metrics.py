@@ -27,7 +27,8 @@ import numpy as np
 
 from . import _adam_cy, _apportion_cy
 from .apportion import FlatStack
-from .box import clip_slices, overlapping_pairs
+from .box import overlapping_pairs
+from .source_metrics import boxes_inside, chi_image, per_source_metrics, per_source_metrics_numpy
 
 __all__ = [
     "CATALOG_COLUMNS",
@@ -116,7 +117,10 @@ def variance_plane(observation) -> np.ndarray:
 
 
 def conserved_flux_errors(
-    templates: FlatStack, variance: np.ndarray, mask: np.ndarray | None = None
+    templates: FlatStack,
+    variance: np.ndarray,
+    mask: np.ndarray | None = None,
+    tsum: np.ndarray | None = None,
 ) -> np.ndarray:
     """Standard deviation of each child's conserved flux, per band.
 
@@ -129,6 +133,9 @@ def conserved_flux_errors(
         (B, H, W) variance of the image, 0 where there is no data.
     mask : numpy.ndarray, optional
         (H, W) parent footprint; pixels outside it go to no child.
+    tsum : numpy.ndarray, optional
+        (B, H, W) float64 sum of the clipped templates on ``mask``, when the caller has it
+        (as :func:`cdeblend.apportion.apportion_checked` returns it): not summed again.
 
     Returns
     -------
@@ -147,8 +154,11 @@ def conserved_flux_errors(
         else np.ascontiguousarray(np.asarray(mask) != 0, dtype=np.uint8)
     )
     flat = np.ascontiguousarray(templates.flat, dtype=np.float64)
-    tsum = np.zeros((B, H, W))
-    _apportion_cy.template_sum(flat, templates.offsets, templates.boxes, mask_u8, tsum)
+    if tsum is None:
+        tsum = np.zeros((B, H, W))
+        _apportion_cy.template_sum(flat, templates.offsets, templates.boxes, mask_u8, tsum)
+    elif tsum.shape != (B, H, W) or tsum.dtype != np.float64:
+        raise ValueError(f"tsum must be float64 of shape {(B, H, W)}, got {tsum.shape}")
     # var * t^2 / s^2 is the apportioning kernel run on t^2 and s^2 (t > 0 iff t^2 > 0)
     clipped2 = np.square(np.maximum(flat, 0.0))
     out = np.empty_like(flat)
@@ -159,7 +169,10 @@ def conserved_flux_errors(
 
 
 def deblend_flux_errors(
-    templates: FlatStack, has_data: np.ndarray, mask: np.ndarray | None = None
+    templates: FlatStack,
+    has_data: np.ndarray,
+    mask: np.ndarray | None = None,
+    tsum: np.ndarray | None = None,
 ) -> np.ndarray:
     """Deblending uncertainty of each child's flux: the neighbours' light in its share.
 
@@ -180,6 +193,8 @@ def deblend_flux_errors(
         (B, H, W) or (H, W) bool, the pixels with data (the others give flux to no child).
     mask : numpy.ndarray, optional
         (H, W) parent footprint; pixels outside it go to no child.
+    tsum : numpy.ndarray, optional
+        As for :func:`conserved_flux_errors`.
 
     Returns
     -------
@@ -201,8 +216,11 @@ def deblend_flux_errors(
     )
     data = np.ascontiguousarray(data != 0, dtype=np.float64)
     flat = np.ascontiguousarray(templates.flat, dtype=np.float64)
-    tsum = np.zeros((B, H, W))
-    _apportion_cy.template_sum(flat, templates.offsets, templates.boxes, mask_u8, tsum)
+    if tsum is None:
+        tsum = np.zeros((B, H, W))
+        _apportion_cy.template_sum(flat, templates.offsets, templates.boxes, mask_u8, tsum)
+    elif tsum.shape != (B, H, W) or tsum.dtype != np.float64:
+        raise ValueError(f"tsum must be float64 of shape {(B, H, W)}, got {tsum.shape}")
     # T (S - T) / S = T - T^2 / S: the apportioning kernel (image * T / S) run with the
     # image S and with the image 1 and templates T^2, both only where there are data
     own = np.empty_like(flat)
@@ -235,23 +253,18 @@ def fisher_matrices(shapes: FlatStack, ivar: np.ndarray) -> np.ndarray:
         (B, H, W) inverse variance (0 without data).
     """
     K, B = len(shapes), shapes.bands
-    _, H, W = ivar.shape
     F = np.zeros((B, K, K))
-    boxes = shapes.boxes
-    for k, l_ in overlapping_pairs(boxes).tolist():
-        a, b = tuple(int(v) for v in boxes[k]), tuple(int(v) for v in boxes[l_])
-        y0, x0 = max(a[0], b[0], 0), max(a[1], b[1], 0)
-        y1 = min(a[0] + a[2], b[0] + b[2], H)
-        x1 = min(a[1] + a[3], b[1] + b[3], W)
-        if y1 <= y0 or x1 <= x0:
-            continue
-        ck = shapes.get(k)[:, y0 - a[0] : y1 - a[0], x0 - a[1] : x1 - a[1]]
-        cl = shapes.get(l_)[:, y0 - b[0] : y1 - b[0], x0 - b[1] : x1 - b[1]]
-        v = np.einsum(
-            "bij,bij,bij->b", ck.astype(np.float64), cl.astype(np.float64), ivar[:, y0:y1, x0:x1]
-        )
-        F[:, k, l_] = v
-        F[:, l_, k] = v
+    # one kernel call for every overlapping pair (it sums in the order of the einsum of
+    # each pair's shared pixels it replaces, see _apportion_cy.fisher_pairs): a loop of
+    # small numpy calls here held the GIL for a third of a parent's summary
+    _apportion_cy.fisher_pairs(
+        np.ascontiguousarray(shapes.flat),
+        shapes.offsets,
+        np.ascontiguousarray(shapes.boxes, dtype=np.int64),
+        overlapping_pairs(shapes.boxes),
+        np.ascontiguousarray(ivar, dtype=np.float64),
+        F,
+    )
     return F
 
 
@@ -290,22 +303,58 @@ def fisher_flux_errors(
     F = fisher_matrices(shapes, ivar)
     G = np.zeros((n, K))
     G[owner, np.arange(K)] = gain
+    d = np.sqrt(np.diagonal(F, axis1=1, axis2=2))  # (B, K)
+    if (d > 0).all():
+        # the usual case, every amplitude with data in every band: one batched
+        # eigendecomposition and product (the same LAPACK and BLAS calls per band as the
+        # loop below, with fewer numpy calls that hold the GIL)
+        Gl = G / d[:, None, :]
+        w, V = np.linalg.eigh(F / (d[:, :, None] * d[:, None, :]))
+        proj = Gl @ V
+        for b in range(B):
+            out[:, b] = _flux_sigma(w[b], proj[b], Gl[b], np.zeros(n, dtype=bool))
+        return out
     for b in range(B):
-        d = np.sqrt(np.diag(F[b]))
-        live = d > 0
+        live = d[b] > 0
         # scale to unit diagonal before inverting (the amplitudes differ by decades); one
         # eigendecomposition gives the pseudo-inverse and the null space
-        Fl = F[b][np.ix_(live, live)] / np.outer(d[live], d[live])
-        Gl = G[:, live] / d[live]
+        Fl = F[b][np.ix_(live, live)] / np.outer(d[b, live], d[b, live])
+        Gl = G[:, live] / d[b, live]
         w, V = np.linalg.eigh(Fl)
-        keep = w > 1e-10 * max(w.max(initial=0.0), 1e-300)
-        proj = Gl @ V  # the fluxes' gradients in the eigenbasis
-        var = (proj[:, keep] ** 2 / w[keep]).sum(axis=1)
-        # unconstrained: a component without data, or a gradient with a null-space part
-        dead = (G[:, ~live] != 0).any(axis=1)
-        dead |= np.abs(proj[:, ~keep]).max(axis=1, initial=0.0) > 1e-8 * np.abs(Gl).sum(axis=1)
-        out[:, b] = np.where(dead, np.nan, np.sqrt(var))
+        # a component without data leaves its fluxes unconstrained
+        out[:, b] = _flux_sigma(w, Gl @ V, Gl, (G[:, ~live] != 0).any(axis=1))
     return out
+
+
+def _flux_sigma(w: np.ndarray, proj: np.ndarray, Gl: np.ndarray, dead: np.ndarray) -> np.ndarray:
+    """(n,) flux standard deviations of one band from the eigenvalues ``w`` of the scaled
+    Fisher matrix, the fluxes' scaled gradients ``Gl`` and their projections ``proj`` on
+    the eigenvectors; NaN where ``dead`` or where a gradient has a null-space part."""
+    keep = w > 1e-10 * max(w.max(initial=0.0), 1e-300)
+    var = (proj[:, keep] ** 2 / w[keep]).sum(axis=1)
+    dead = dead | (np.abs(proj[:, ~keep]).max(axis=1, initial=0.0) > 1e-8 * np.abs(Gl).sum(axis=1))
+    return np.where(dead, np.nan, np.sqrt(var))
+
+
+def _grown_boxes(boxes: np.ndarray, convolver) -> np.ndarray:
+    """(K, 4) ``convolver.grown_box(box)[1]`` of every non-empty box, ``(y0, x0, 0, 0)`` of
+    an empty one: the box clipped to the frame, grown by the kernel half-size, clipped
+    again (box.clip's arithmetic, for all boxes at once)."""
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    _, H, W = convolver.shape
+    ry, rx = convolver.kernel_radius
+
+    def clip(y0, x0, h, w):
+        ya, xa = np.maximum(y0, 0), np.maximum(x0, 0)
+        yb, xb = np.minimum(y0 + h, H), np.minimum(x0 + w, W)
+        return ya, xa, np.maximum(yb - ya, 0), np.maximum(xb - xa, 0)
+
+    y0, x0, h, w = boxes.T
+    cy, cx, ch, cw = clip(y0, x0, h, w)
+    grown = np.stack(clip(cy - ry, cx - rx, ch + 2 * ry, cw + 2 * rx), axis=1)
+    empty = h * w == 0
+    grown[empty] = np.stack([y0, x0, 0 * y0, 0 * x0], axis=1)[empty]
+    return grown
 
 
 def _component_shapes(blend, packed) -> tuple[FlatStack, np.ndarray]:
@@ -319,10 +368,7 @@ def _component_shapes(blend, packed) -> tuple[FlatStack, np.ndarray]:
     K = len(packed.comp)
     boxes = [tuple(b) for b in packed.comp[:, :4].tolist()]
     morphs = [packed.morph_view(k)[None] for k in range(K)]
-    grown = np.array(
-        [obs.convolver.grown_box(b)[1] if b[2] * b[3] else (b[0], b[1], 0, 0) for b in boxes],
-        dtype=np.int64,
-    ).reshape(-1, 4)
+    grown = _grown_boxes(packed.comp[:, :4], obs.convolver)
     gsizes = B * grown[:, 2] * grown[:, 3]
     goffsets = np.zeros(K, dtype=np.intp)
     goffsets[1:] = np.cumsum(gsizes)[:-1]
@@ -344,7 +390,9 @@ def model_flux_errors(result) -> np.ndarray:
     if len(packed.comp) == 0:
         return np.zeros((n, B))
     shapes, sums = _component_shapes(blend, packed)
-    var = variance_plane(blend.observation)
+    # a DeblendResult makes it once for this and the conserved flux errors
+    var = result._variance_plane() if hasattr(result, "_variance_plane") else None
+    var = variance_plane(blend.observation) if var is None else var
     ivar = np.divide(1.0, var, out=np.zeros_like(var), where=var > 0)
     owner = np.repeat(np.arange(n), [len(s.components) for s in blend.sources])
     return fisher_flux_errors(shapes, ivar, sums, owner, n)
@@ -421,59 +469,20 @@ def blend_metrics(result) -> BlendMetrics:
     blend = result.blend
     obs = blend.observation
     B, H, W = blend.shape
-    n = len(blend.sources)
     packed = result._packed_now()
     models = _source_models(blend, packed)
     total = np.zeros((B, H, W))
     _adam_cy.render(packed.sed, packed.morph, packed.comp, total)
-    weights = np.asarray(obs.weights, dtype=np.float64)
+    weights = np.asarray(obs.weights)
     has_data = weights > 0
     conv = result._convolved_stack()
-    # the convolved blend model: the sum of the sources' convolved models (made for the
-    # conserved images anyway)
-    conv_total = np.zeros((B, H, W))
-    for i in range(n):
-        fr, bx = clip_slices(conv.boxes[i], (H, W))
-        conv_total[(slice(None),) + fr] += conv.get(i)[(slice(None),) + bx]
-    chi = np.where(has_data, weights * (np.asarray(obs.images, np.float64) - conv_total) ** 2, 0.0)
+    inside = boxes_inside(models, conv, H, W)
+    chi = chi_image(conv, np.asarray(obs.images), weights, inside)
 
-    blendedness = np.full((n, B), np.nan)
-    overlap = np.zeros((n, B))
-    fraction = np.full((n, B), np.nan)
-    max_overlap = np.zeros((n, B))
-    chi2 = np.full(n, np.nan)
-    coverage = np.full((n, B), np.nan)
-    edge = np.zeros(n, dtype=bool)
-    for i in range(n):
-        fr, bx = clip_slices(models.boxes[i], (H, W))
-        m = models.get(i)[(slice(None),) + bx]
-        M = total[(slice(None),) + fr]
-        fp = (m > 0).any(axis=0)
-        neighbours = (M - m) * fp
-        flux = m.sum(axis=(1, 2))
-        if fp.any():
-            overlap[i] = neighbours.sum(axis=(1, 2))
-            max_overlap[i] = neighbours.max(axis=(1, 2))
-            rows, cols = np.nonzero(fp)
-            edge[i] = bool(
-                rows.min() + fr[0].start == 0
-                or rows.max() + fr[0].start == H - 1
-                or cols.min() + fr[1].start == 0
-                or cols.max() + fr[1].start == W - 1
-            )
-        cross = (m * M).sum(axis=(1, 2))
-        ok = cross > 0
-        blendedness[i, ok] = 1.0 - (m * m).sum(axis=(1, 2))[ok] / cross[ok]
-        fraction[i, flux > 0] = overlap[i, flux > 0] / flux[flux > 0]
-        # the data-side metrics on the convolved model's footprint
-        gfr, gbx = clip_slices(conv.boxes[i], (H, W))
-        cfp = (conv.get(i)[(slice(None),) + gbx] > 0).any(axis=0)
-        npix = int(cfp.sum())
-        if npix:
-            data = has_data[(slice(None),) + gfr][:, cfp]
-            coverage[i] = data.mean(axis=1)
-            if data.any():
-                chi2[i] = chi[(slice(None),) + gfr][:, cfp].sum() / data.sum()
+    per_source = per_source_metrics if inside else per_source_metrics_numpy
+    blendedness, overlap, fraction, max_overlap, chi2, coverage, edge = per_source(
+        models, total, conv, has_data, chi
+    )
     cons = result.conserved_fluxes
     ndata = int(has_data.sum())
     timing = getattr(result, "timing", {}) or {}
