@@ -65,7 +65,6 @@ class DeblendResult:
     _conserved: FlatStack | None = field(default=None, repr=False)
     added: np.ndarray | None = None
     _tsum: np.ndarray | None = field(default=None, repr=False)
-    _var: np.ndarray | None = field(default=None, repr=False)
 
     # -- per-source products
     def _packed_now(self) -> PackedComponents:
@@ -81,15 +80,6 @@ class DeblendResult:
         if self._conv is None:
             self._conv = self.blend.convolved_sources(packed=self._packed_now())
         return self._conv
-
-    def _variance_plane(self) -> np.ndarray:
-        """:func:`cdeblend.metrics.variance_plane` of the observation, made once for the
-        model and the conserved flux errors."""
-        if self._var is None:
-            from .metrics import variance_plane
-
-            self._var = variance_plane(self.blend.observation)
-        return self._var
 
     def _dense(self, stack: FlatStack) -> np.ndarray:
         B, H, W = self.blend.shape
@@ -152,11 +142,11 @@ class DeblendResult:
         ``sqrt(sum_p s_i(p)^2 V(p))`` with ``s_i`` the child's share of pixel ``p`` (the
         shares held fixed; pixels without data excluded); see :mod:`cdeblend.metrics`.
         """
-        from .metrics import conserved_flux_errors
+        from .metrics import conserved_flux_errors, variance_plane
 
         self.conserved()  # and its templates' sum
         return conserved_flux_errors(
-            self._convolved_stack(), self._variance_plane(), tsum=self._tsum
+            self._convolved_stack(), variance_plane(self.blend.observation), tsum=self._tsum
         )
 
     @property

@@ -390,9 +390,7 @@ def model_flux_errors(result) -> np.ndarray:
     if len(packed.comp) == 0:
         return np.zeros((n, B))
     shapes, sums = _component_shapes(blend, packed)
-    # a DeblendResult makes it once for this and the conserved flux errors
-    var = result._variance_plane() if hasattr(result, "_variance_plane") else None
-    var = variance_plane(blend.observation) if var is None else var
+    var = variance_plane(blend.observation)
     ivar = np.divide(1.0, var, out=np.zeros_like(var), where=var > 0)
     owner = np.repeat(np.arange(n), [len(s.components) for s in blend.sources])
     return fisher_flux_errors(shapes, ivar, sums, owner, n)
