@@ -157,29 +157,6 @@ def test_source_metrics_kernel_of_a_null_source():
     np.testing.assert_array_equal(coverage[0], 1.0)
 
 
-def test_flux_errors_with_a_given_template_sum():
-    # the templates' sum of apportion_checked, passed on, gives the same errors
-    from cdeblend.apportion import apportion_checked
-    from cdeblend.metrics import conserved_flux_errors, deblend_flux_errors
-
-    rng = np.random.default_rng(11)
-    B, H, W = 3, 25, 30
-    templates = _inside_stack(rng, 5, B, H, W, np.float32)
-    image = rng.normal(size=(B, H, W)).astype(np.float32)
-    _, tsum = apportion_checked(image, templates)
-    var = rng.uniform(0.5, 2.0, size=(B, H, W))
-    has_data = rng.random((B, H, W)) > 0.2
-    np.testing.assert_array_equal(
-        conserved_flux_errors(templates, var, tsum=tsum), conserved_flux_errors(templates, var)
-    )
-    np.testing.assert_array_equal(
-        deblend_flux_errors(templates, has_data, tsum=tsum),
-        deblend_flux_errors(templates, has_data),
-    )
-    with pytest.raises(ValueError, match="tsum"):
-        conserved_flux_errors(templates, var, tsum=tsum[:, 1:])
-
-
 def test_grown_boxes_equal_the_convolvers_one_by_one():
     # metrics._grown_boxes (all boxes at once) against Convolver.grown_box per box
     from cdeblend.convolution import Convolver

@@ -64,7 +64,6 @@ class DeblendResult:
     _snapshot: PackedComponents | None = field(default=None, repr=False)
     _conserved: FlatStack | None = field(default=None, repr=False)
     added: np.ndarray | None = None
-    _tsum: np.ndarray | None = field(default=None, repr=False)
 
     # -- per-source products
     def _packed_now(self) -> PackedComponents:
@@ -106,9 +105,7 @@ class DeblendResult:
             obs = self.blend.observation
             # the observation's images are finite where the weight is non-zero: no checks
             image = np.where(obs.weights > 0, obs.images, 0).astype(obs.dtype, copy=False)
-            # the templates' sum is kept for the flux errors (the same sum over the same
-            # convolved models)
-            self._conserved, self._tsum = apportion_checked(image, self._convolved_stack())
+            self._conserved, _ = apportion_checked(image, self._convolved_stack())
         return self._conserved
 
     def conserved_images(self) -> np.ndarray:
@@ -144,9 +141,8 @@ class DeblendResult:
         """
         from .metrics import conserved_flux_errors, variance_plane
 
-        self.conserved()  # and its templates' sum
         return conserved_flux_errors(
-            self._convolved_stack(), variance_plane(self.blend.observation), tsum=self._tsum
+            self._convolved_stack(), variance_plane(self.blend.observation)
         )
 
     @property
@@ -164,10 +160,7 @@ class DeblendResult:
         isolated source); see :func:`cdeblend.metrics.deblend_flux_errors`."""
         from .metrics import deblend_flux_errors
 
-        self.conserved()  # and its templates' sum
-        return deblend_flux_errors(
-            self._convolved_stack(), self.blend.observation.weights > 0, tsum=self._tsum
-        )
+        return deblend_flux_errors(self._convolved_stack(), self.blend.observation.weights > 0)
 
     @property
     def conserved_flux_total_err(self) -> np.ndarray:

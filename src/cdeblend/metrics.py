@@ -117,10 +117,7 @@ def variance_plane(observation) -> np.ndarray:
 
 
 def conserved_flux_errors(
-    templates: FlatStack,
-    variance: np.ndarray,
-    mask: np.ndarray | None = None,
-    tsum: np.ndarray | None = None,
+    templates: FlatStack, variance: np.ndarray, mask: np.ndarray | None = None
 ) -> np.ndarray:
     """Standard deviation of each child's conserved flux, per band.
 
@@ -133,9 +130,6 @@ def conserved_flux_errors(
         (B, H, W) variance of the image, 0 where there is no data.
     mask : numpy.ndarray, optional
         (H, W) parent footprint; pixels outside it go to no child.
-    tsum : numpy.ndarray, optional
-        (B, H, W) float64 sum of the clipped templates on ``mask``, when the caller has it
-        (as :func:`cdeblend.apportion.apportion_checked` returns it): not summed again.
 
     Returns
     -------
@@ -154,11 +148,8 @@ def conserved_flux_errors(
         else np.ascontiguousarray(np.asarray(mask) != 0, dtype=np.uint8)
     )
     flat = np.ascontiguousarray(templates.flat, dtype=np.float64)
-    if tsum is None:
-        tsum = np.zeros((B, H, W))
-        _apportion_cy.template_sum(flat, templates.offsets, templates.boxes, mask_u8, tsum)
-    elif tsum.shape != (B, H, W) or tsum.dtype != np.float64:
-        raise ValueError(f"tsum must be float64 of shape {(B, H, W)}, got {tsum.shape}")
+    tsum = np.zeros((B, H, W))
+    _apportion_cy.template_sum(flat, templates.offsets, templates.boxes, mask_u8, tsum)
     # var * t^2 / s^2 is the apportioning kernel run on t^2 and s^2 (t > 0 iff t^2 > 0)
     clipped2 = np.square(np.maximum(flat, 0.0))
     out = np.empty_like(flat)
@@ -169,10 +160,7 @@ def conserved_flux_errors(
 
 
 def deblend_flux_errors(
-    templates: FlatStack,
-    has_data: np.ndarray,
-    mask: np.ndarray | None = None,
-    tsum: np.ndarray | None = None,
+    templates: FlatStack, has_data: np.ndarray, mask: np.ndarray | None = None
 ) -> np.ndarray:
     """Deblending uncertainty of each child's flux: the neighbours' light in its share.
 
@@ -193,8 +181,6 @@ def deblend_flux_errors(
         (B, H, W) or (H, W) bool, the pixels with data (the others give flux to no child).
     mask : numpy.ndarray, optional
         (H, W) parent footprint; pixels outside it go to no child.
-    tsum : numpy.ndarray, optional
-        As for :func:`conserved_flux_errors`.
 
     Returns
     -------
@@ -216,11 +202,8 @@ def deblend_flux_errors(
     )
     data = np.ascontiguousarray(data != 0, dtype=np.float64)
     flat = np.ascontiguousarray(templates.flat, dtype=np.float64)
-    if tsum is None:
-        tsum = np.zeros((B, H, W))
-        _apportion_cy.template_sum(flat, templates.offsets, templates.boxes, mask_u8, tsum)
-    elif tsum.shape != (B, H, W) or tsum.dtype != np.float64:
-        raise ValueError(f"tsum must be float64 of shape {(B, H, W)}, got {tsum.shape}")
+    tsum = np.zeros((B, H, W))
+    _apportion_cy.template_sum(flat, templates.offsets, templates.boxes, mask_u8, tsum)
     # T (S - T) / S = T - T^2 / S: the apportioning kernel (image * T / S) run with the
     # image S and with the image 1 and templates T^2, both only where there are data
     own = np.empty_like(flat)
