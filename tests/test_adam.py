@@ -25,6 +25,23 @@ def random_components(rng, B, H, W, K):
     return comps
 
 
+def reference_copies(comps: list, n_bands: int) -> tuple[list, list]:
+    """Copies of ``comps`` and zero ADAM moments (SED, morphology) per component, for
+    :func:`reference_step`."""
+    ref_comps = [
+        Component(c.sed.copy(), c.morphology.copy(), c.box, c.peak, c.bg_thresh) for c in comps
+    ]
+    zeros = np.zeros
+    state = [
+        (
+            {"m": zeros(n_bands), "v": zeros(n_bands), "vhat": zeros(n_bands)},
+            {"m": zeros(c.box[2:]), "v": zeros(c.box[2:]), "vhat": zeros(c.box[2:])},
+        )
+        for c in comps
+    ]
+    return ref_comps, state
+
+
 def reference_step(
     grad,
     comps,
@@ -109,16 +126,7 @@ def test_adam_prox_step_matches_reference(B, seed, variant, dtype, carry):
     H, W, K = 12, 10, int(rng.integers(1, 5))
     comps = random_components(rng, B, H, W, K)
     packed = PackedComponents.from_components(comps, B)
-    ref_comps = [
-        Component(c.sed.copy(), c.morphology.copy(), c.box, c.peak, c.bg_thresh) for c in comps
-    ]
-    state = [
-        (
-            {"m": np.zeros(B), "v": np.zeros(B), "vhat": np.zeros(B)},
-            {"m": np.zeros(c.box[2:]), "v": np.zeros(c.box[2:]), "vhat": np.zeros(c.box[2:])},
-        )
-        for c in comps
-    ]
+    ref_comps, state = reference_copies(comps, B)
     sm, sv, svh = (np.zeros_like(packed.sed) for _ in range(3))
     mm, mv, mvh = (np.zeros_like(packed.morph) for _ in range(3))
     bg_rms = rng.uniform(0.05, 0.5, B)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_adam import B1, B2, EPS, FLOOR, random_components, reference_step
+from test_adam import B1, B2, EPS, FLOOR, random_components, reference_copies, reference_step
 from test_monotonic_radial import reference_project
 
 from cdeblend import DeblendConfig, Observation, _adam_cy, _symmetry_cy
@@ -100,16 +100,7 @@ def test_adam_prox_step_with_symmetry_matches_reference(seed, variant):
     rng = np.random.default_rng(seed)
     B, H, W, K = 3, 12, 10, int(rng.integers(1, 5))
     comps, packed, (sm, sv, svh), (mm, mv, mvh) = _step_args(rng, B, H, W, K)
-    ref_comps = [
-        Component(c.sed.copy(), c.morphology.copy(), c.box, c.peak, c.bg_thresh) for c in comps
-    ]
-    state = [
-        (
-            {"m": np.zeros(B), "v": np.zeros(B), "vhat": np.zeros(B)},
-            {"m": np.zeros(c.box[2:]), "v": np.zeros(c.box[2:]), "vhat": np.zeros(c.box[2:])},
-        )
-        for c in comps
-    ]
+    ref_comps, state = reference_copies(comps, B)
     strength = _random_rows(rng, K)
     bg_rms = rng.uniform(0.05, 0.5, B)
     op = RadialMonotonicity(half=20)
