@@ -27,14 +27,10 @@ from pathlib import Path
 
 import numpy as np
 from accuracy import load, peaks_of
-from morph_constraints import row
+from morph_constraints import DEFAULT_DATA, DEFAULT_SETS, TUNE, row
 
 from cdeblend import DeblendConfig, Deblender, Observation
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data"
-DEFAULT_SETS = Path(__file__).resolve().parents[2] / "simsets"
-TUNE = "hard_lsst_tune,hard_hsc_tune,lsst_tune,hsc_tune"
 #: the configurations compared (name: DeblendConfig fields)
 CONFIGS = {
     "defaults": {},
