@@ -210,25 +210,10 @@ def _repair_one(
         seds = _peak_then_fit(obs, residual, point, keys, touched, blend, config)
     else:
         seds = _fit(obs, residual, morphs, boxes, config)
-    residual[region] = saved
-    if seds is None or not np.any(seds[0] > 0):
+    seds = _kept_seds(blend, i, point, keys, morphs, seds, config)
+    if seds is None:
+        residual[region] = saved
         return False
-    seds = np.maximum(seds, 0.0)
-    # the touched neighbours' fluxes before and after
-    before: dict = {}
-    after: dict = {}
-    for (j, k), morph, sed in zip(keys, morphs[1:], seds[1:], strict=True):
-        c = blend.sources[j].components[k]
-        before[j] = before.get(j, 0.0) + float(c.sed.sum() * c.morphology.sum())
-        after[j] = after.get(j, 0.0) + float(sed.sum() * morph.sum())
-    # a neighbour left with less than that fraction of its flux would be lost in its turn
-    if any(after[j] < config.rescue_lost_fraction * before[j] for j in before):
-        return False
-    old = sum(float(c.sed.sum() * c.morphology.sum()) for c in blend.sources[i].components)
-    if float(seds[0].sum() * point.morphology.sum()) <= old:
-        return False
-    for c in removed:
-        _add_convolved(residual, obs, c.box, c.sed, c.morphology, 1.0)
     blend.sources[i].components = [
         Component(seds[0], point.morphology, point.box, point.peak, config.bg_thresh, "psf")
     ]
@@ -239,6 +224,31 @@ def _repair_one(
     for c in blend.sources[i].components + [blend.sources[j].components[k] for j, k in keys]:
         _add_convolved(residual, obs, c.box, c.sed, c.morphology, -1.0)
     return True
+
+
+def _kept_seds(
+    blend: Blend, i: int, point: Component, keys: list, morphs: list, seds, config
+) -> np.ndarray | None:
+    """The repair's SEDs (clipped at 0) when it is kept, else None: the point source must
+    get flux, more than source ``i`` had, and no touched neighbour source may keep less
+    than ``rescue_lost_fraction`` of its flux."""
+    if seds is None or not np.any(seds[0] > 0):
+        return None
+    seds = np.maximum(seds, 0.0)
+    # the touched neighbours' fluxes before and after
+    before: dict = {}
+    after: dict = {}
+    for (j, k), morph, sed in zip(keys, morphs[1:], seds[1:], strict=True):
+        c = blend.sources[j].components[k]
+        before[j] = before.get(j, 0.0) + float(c.sed.sum() * c.morphology.sum())
+        after[j] = after.get(j, 0.0) + float(sed.sum() * morph.sum())
+    # a neighbour left with less than that fraction of its flux would be lost in its turn
+    if any(after[j] < config.rescue_lost_fraction * before[j] for j in before):
+        return None
+    old = sum(float(c.sed.sum() * c.morphology.sum()) for c in blend.sources[i].components)
+    if float(seds[0].sum() * point.morphology.sum()) <= old:
+        return None
+    return seds
 
 
 def _grown_union(obs, boxes: list) -> tuple:
