@@ -57,23 +57,28 @@ def test_peak_carry_recovers_the_true_fluxes_as_the_default_does(carry):
 
 
 @pytest.mark.parametrize("carry", [0.01, np.inf])
-def test_peak_carry_reaches_a_low_loss_sooner_on_a_noisy_blend(carry):
-    """On a simulated LSST-like blend (tests/data/sim_lsst_blend_0008.npz) the loss after
-    20 iterations with the option is below the default's after 20 (the initial
-    morphologies are PSF-convolved: their peaks must rise, and the SEDs follow at once), and
-    the converged loss is no higher than the default's (1 % allowed for the stopping point;
-    here it is 4 % lower)."""
+def test_peak_carry_reaches_the_defaults_loss_on_a_noisy_blend(carry):
+    """On a simulated LSST-like blend (tests/data/sim_lsst_blend_0008.npz), run for a fixed
+    60 iterations (no stopping test, whose stopping point moves with round-off), the
+    lowest loss with the carry is within 1 % of the lowest without it (measured 0.4 % and
+    0.7 % above, 12,713 without), and both fall well below the start. The carry's speed-up
+    is a crowded-scene effect (bench/scaling.py: the reference's scene c in 58 iterations
+    instead of 143); on this small blend both reach the same loss at about the same
+    iteration, so this test checks only that the carry does not cost fit quality."""
     with np.load(DATA / "sim_lsst_blend_0008.npz") as d:
         obs = Observation(d["images"], d["variance"], d["psfs"])
         cat = d["catalog"]
     peaks = np.stack([cat["y"], cat["x"]], axis=1).round().astype(int)
-    hist, final = {}, {}
+    best = {}
     for c in (0.0, carry):
-        config = DeblendConfig(peak_carry=c, rescue_faint=False)
+        config = DeblendConfig(
+            peak_carry=c, rescue_faint=False, rescue_lost=False, e_rel=0.0, max_iter=60
+        )
         res = Deblender(config).deblend(obs, peaks)
-        hist[c], final[c] = res.loss_history, res.loss
-    assert hist[carry][:21].min() < hist[0.0][:21].min()
-    assert final[carry] <= 1.01 * final[0.0]
+        assert res.iterations == 60
+        best[c] = res.loss_history.min()
+        assert best[c] < 0.9 * res.loss_history[0]
+    assert best[carry] <= 1.01 * best[0.0]
 
 
 def test_peak_carry_is_validated_and_off_in_the_reference():
