@@ -20,7 +20,6 @@ import time
 from typing import Any
 
 import numpy as np
-from scipy.optimize import nnls
 
 from .blend import Blend, Component, Source
 from .box import centered, clip_slices
@@ -56,6 +55,8 @@ def fit_seds_nnls(blend: Blend) -> np.ndarray:
     unit-SED model convolved to band b's PSF, over the pixels some model touches (elsewhere
     the SEDs change nothing). The design matrix holds those pixels only, one band at a time.
     """
+    from scipy.optimize import nnls  # the fallback path only (a slow import)
+
     B, H, W = blend.shape
     obs = blend.observation
     n = len(blend.sources)

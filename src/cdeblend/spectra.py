@@ -35,7 +35,6 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from scipy.optimize import nnls
 from scipy.sparse import csr_array
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
@@ -283,6 +282,10 @@ def _nnls_scipy(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     d = np.array(rhs, dtype=np.float64).reshape(n, 1)
     inv_norm = cholesky_upper(np.ascontiguousarray(gram, dtype=np.float64), root, d)
     # ||R^-1||_F^-2 is a lower bound of the smallest eigenvalue
+    # imported here: the fallback of ill-conditioned bands only, and scipy.optimize alone
+    # takes ~0.15 s to import (a fresh process's deblend need not pay for it)
+    from scipy.optimize import nnls
+
     if 0 <= inv_norm and inv_norm * cut < 1.0:
         return nnls(root, d[:, 0], maxiter=50 * n)[0]
     vals, vecs = np.linalg.eigh(gram)
