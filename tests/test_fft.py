@@ -121,6 +121,32 @@ def test_kernel_spectrum_is_the_dft_of_the_wrapped_kernel():
             np.testing.assert_allclose(fk[b, 1], f.imag.T, atol=1e-12)
 
 
+def test_kernel_spectrum_of_taps_at_both_row_ends_matches_numpy():
+    """The first pass runs only on the columns the wrapped taps reach (both ends of the
+    rows): odd and even band counts, 1-pixel and wide kernels, grids just wider than the
+    kernel and much wider, against numpy's DFT; float32 is the float64 result rounded."""
+    rng = np.random.default_rng(11)
+    for nb, kh, kw, n0, n1 in (
+        (5, 41, 41, 60, 45),
+        (4, 3, 5, 9, 6),
+        (1, 1, 1, 5, 8),
+        (3, 5, 3, 30, 4),
+        (2, 7, 11, 8, 12),
+    ):
+        k = rng.normal(size=(nb, kh, kw))
+        fk = C.kernel_spectrum(k, n0, n1)
+        pad = np.zeros((nb, n0, n1))
+        for y in range(kh):
+            for x in range(kw):
+                pad[:, (y - kh // 2) % n0, (x - kw // 2) % n1] += k[:, y, x]
+        f = np.fft.fft2(pad)
+        scale = np.abs(f).max()
+        np.testing.assert_allclose(fk[:, 0], f.real.transpose(0, 2, 1), atol=1e-12 * scale)
+        np.testing.assert_allclose(fk[:, 1], f.imag.transpose(0, 2, 1), atol=1e-12 * scale)
+        f32 = C.kernel_spectrum(k, n0, n1, np.float32)
+        np.testing.assert_array_equal(f32, fk.astype(np.float32))
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     nb=st.integers(1, 6),

@@ -21,7 +21,7 @@ from libc.stdlib cimport free, malloc
 
 from ._fft cimport (cd_conv, cd_conv_free, cd_conv_init, cd_fast_len, cd_fft_cols_d,
                     cd_fft_cols_f, cd_mul2_d, cd_mul2_f, cd_mul_d, cd_mul_f, cd_plan,
-                    cd_spectrum_d)
+                    cd_fwd2d_wrapped_d, cd_spectrum_d)
 from ._shared.fused cimport real
 from ._shared.gil cimport _release_gil
 
@@ -253,24 +253,29 @@ cdef int _kernel_spectrum(cd_conv* c, const double[:, :, ::1] kernels,
     cdef Py_ssize_t n0 = planes.shape[1], n1 = planes.shape[2]
     cdef Py_ssize_t b, y, x, c2, kx, ky, mx, my
     cdef double zr, zi, ur, ui
+    # the taps wrap to columns [0, kw - kw // 2) and [n1 - kw // 2, n1): only those columns
+    # need the first pass (the whole width when they fold over a narrower grid)
+    cdef int wl = <int>(kw - kw // 2), wr = <int>(kw // 2)
+    # ``planes`` is zero on entry; each pair's taps are cleared after its transform, so
+    # only the taps are written (not the whole grid)
     for b in range(0, nb, 2):
         for c2 in range(2):
-            for y in range(n0):
-                for x in range(n1):
-                    planes[c2, y, x] = 0.0
             if b + c2 < nb:
                 for y in range(kh):
                     for x in range(kw):
                         planes[c2, iy[y], ix[x]] += kernels[b + c2, y, x]
-        cd_fwd2d_d(c, &planes[0, 0, 0], n1, n0, n1, 0, 0, &planes[1, 0, 0], n1, n0,
-                   n1, 0, 0)
+        cd_fwd2d_wrapped_d(c, &planes[0, 0, 0], &planes[1, 0, 0], n1, wl, wr)
+        for c2 in range(2):
+            for y in range(kh):
+                for x in range(kw):
+                    planes[c2, iy[y], ix[x]] = 0.0
         cd_spectrum_d(c, &spec[0, 0, 0])
         # Z = A + i B with A, B the transforms of real planes: A(k) = (Z(k) +
         # conj Z(-k)) / 2, B(k) = (Z(k) - conj Z(-k)) / 2i
         for kx in range(n1):
-            mx = (n1 - kx) % n1
+            mx = n1 - kx if kx else 0
             for ky in range(n0):
-                my = (n0 - ky) % n0
+                my = n0 - ky if ky else 0  # (n0 - ky) % n0, without a division per value
                 zr = spec[0, kx, ky]
                 zi = spec[1, kx, ky]
                 ur = spec[0, mx, my]

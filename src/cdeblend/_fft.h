@@ -100,6 +100,13 @@ void cd_spectrum_d(const cd_conv *c, double *out);
 void cd_inv2d_d(cd_conv *c, double *a, ptrdiff_t lda, int ha, int wa, double *b, ptrdiff_t ldb,
                 int hb, int wb, int accumulate);
 void cd_fft_cols_d(cd_conv *c, const cd_plan *p, int V, ptrdiff_t ld, double *re, double *im);
+/* fwd2d_wrapped: forward transform of the full (n0, n1) planes a (real part) and b
+ *        (imaginary part), row stride ld, which are zero in columns [wl, n1 - wr) (wrapped
+ *        kernels): the same spectrum in c->t as cd_fwd2d of the whole planes. */
+void cd_fwd2d_wrapped_f(cd_conv *c, const float *a, const float *b, ptrdiff_t ld, int wl,
+                        int wr);
+void cd_fwd2d_wrapped_d(cd_conv *c, const double *a, const double *b, ptrdiff_t ld, int wl,
+                        int wr);
 void cd_conv1_part_d(cd_conv *c, cd_conv *s, int phase, int p, int P, const double *a,
                      ptrdiff_t lda, int h, int w, const double *f, int conj, double *out,
                      ptrdiff_t ldo);

@@ -33,6 +33,8 @@ cdef extern from "_fft.h" nogil:
     void cd_fft_cols_d(cd_conv *c, const cd_plan *p, int V, Py_ssize_t ld, double *re,
                        double *im)
     void cd_spectrum_d(const cd_conv *c, double *out)
+    void cd_fwd2d_wrapped_d(cd_conv *c, const double *a, const double *b, Py_ssize_t ld,
+                            int wl, int wr)
     void cd_conv1_part_f(cd_conv *c, cd_conv *s, int phase, int p, int P, const float *a,
                          Py_ssize_t lda, int h, int w, const float *f, int conj, float *out,
                          Py_ssize_t ldo)

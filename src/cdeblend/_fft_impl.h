@@ -346,6 +346,32 @@ CD_HOT void SUF(cd_fwd2d)(cd_conv *c, const R *a, ptrdiff_t lda, int ha, int wa,
     SUF(fft_cols)(c, &c->p1, n0, ldt, tr, ti);
 }
 
+/* The forward transform of two full (n0, n1) planes a, b (row stride ld) that are zero in
+ * columns [wl, n1 - wr): wrapped kernels, whose taps sit at both ends of the rows. The
+ * axis-0 pass runs on the wl + wr columns that hold taps only (a zero column transforms to
+ * zeros), straight from the planes; each column is transformed by the same arithmetic as
+ * in cd_fwd2d, so the spectrum is the same to the bit. */
+CD_HOT void SUF(cd_fwd2d_wrapped)(cd_conv *c, const R *a, const R *b, ptrdiff_t ld, int wl,
+                                  int wr)
+{
+    const int n0 = c->n0, n1 = c->n1;
+    R *tr = (R *)c->tr, *ti = (R *)c->ti;
+    const ptrdiff_t ldt = c->ldt;
+    R *ar = (R *)a, *br = (R *)b; /* fft_cols_to only reads its input when given an output */
+    if (wl < 0 || wr < 0 || wl + wr >= n1) {
+        wl = n1;
+        wr = 0;
+    }
+    SUF(fft_cols_to)(c, &c->p0, wl, ld, ar, br, tr, ti, ldt, n0, wl);
+    memset(tr + (size_t)wl * ldt, 0, (size_t)(n1 - wr - wl) * ldt * sizeof(R));
+    memset(ti + (size_t)wl * ldt, 0, (size_t)(n1 - wr - wl) * ldt * sizeof(R));
+    if (wr > 0)
+        SUF(fft_cols_to)(c, &c->p0, wr, ld, ar + (n1 - wr), br + (n1 - wr),
+                         tr + (size_t)(n1 - wr) * ldt, ti + (size_t)(n1 - wr) * ldt, ldt, n0,
+                         wr);
+    SUF(fft_cols)(c, &c->p1, n0, ldt, tr, ti);
+}
+
 /* One spectrum row of pair_mul: z = Z(kx, .), u = Z(-kx, .) (mirrored in ky below). */
 static CD_INLINE void SUF(pair_row)(int n0, const R *restrict zr, const R *restrict zi,
                                     const R *restrict ur, const R *restrict ui,
