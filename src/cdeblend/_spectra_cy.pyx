@@ -16,7 +16,7 @@ initialization of large blends slow).
 
 from libc.float cimport DBL_EPSILON
 from libc.math cimport INFINITY, fabs, isfinite, sqrt
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 
 from ._shared.fused cimport real
@@ -954,3 +954,39 @@ cdef inline Py_ssize_t _root(Py_ssize_t[::1] parent, Py_ssize_t i) noexcept:
         parent[i] = parent[parent[i]]
         i = parent[i]
     return i
+
+
+def swept_pairs(const int64_t[::1] order, const int64_t[::1] y0, const int64_t[::1] y1,
+                const int64_t[::1] x0, const int64_t[::1] x1):
+    """The overlapping pairs of non-empty boxes sorted by their top edge ``y0`` (ascending):
+    box i (``order[i]`` in the caller's numbering) spans rows ``[y0[i], y1[i])`` and columns
+    ``[x0[i], x1[i])``. For each i, the boxes j >= i whose top edge is above box i's bottom
+    edge are tested in order; the hits are ``(min, max)`` of their ``order`` numbers, as
+    (P, 2) int64 rows in that order (:func:`cdeblend.box.overlapping_pairs`)."""
+    cdef Py_ssize_t n = order.shape[0], i, j, p = 0
+    if y0.shape[0] != n or y1.shape[0] != n or x0.shape[0] != n or x1.shape[0] != n:
+        raise ValueError("order, y0, y1, x0 and x1 must have the same length")
+    for i in range(1, n):
+        if y0[i] < y0[i - 1]:
+            raise ValueError("y0 must be sorted in ascending order")
+    for i in range(n):  # first pass: count the hits
+        j = i
+        while j < n and y0[j] < y1[i]:
+            if x0[j] < x1[i] and x0[i] < x1[j]:
+                p += 1
+            j += 1
+    out_arr = np.empty((p, 2), dtype=np.int64)
+    cdef int64_t[:, ::1] out = out_arr
+    cdef int64_t a, b
+    p = 0
+    for i in range(n):
+        a = order[i]
+        j = i
+        while j < n and y0[j] < y1[i]:
+            if x0[j] < x1[i] and x0[i] < x1[j]:
+                b = order[j]
+                out[p, 0] = a if a < b else b
+                out[p, 1] = b if a < b else a
+                p += 1
+            j += 1
+    return out_arr

@@ -265,15 +265,8 @@ def _swept_pairs(boxes: np.ndarray) -> np.ndarray:
     y1 = y0 + boxes[order, 2]
     x0 = boxes[order, 1]
     x1 = x0 + boxes[order, 3]
-    out = []
-    for i in range(order.size):
-        # candidates: later boxes (in y0 order) whose top edge is above box i's bottom edge
-        j_end = int(np.searchsorted(y0, y1[i], side="left"))
-        j = np.arange(i, j_end)
-        hit = j[(x0[j] < x1[i]) & (x0[i] < x1[j])]
-        if hit.size:
-            a, b = order[i], order[hit]
-            out.append(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1))
-    if not out:
-        return np.zeros((0, 2), dtype=np.int64)
-    return np.concatenate(out)
+    # for each box, the later boxes (in y0 order) whose top edge is above its bottom edge,
+    # in one Cython call (a Python loop over the boxes cost ~30 us per box)
+    from ._spectra_cy import swept_pairs
+
+    return swept_pairs(*(np.ascontiguousarray(a, dtype=np.int64) for a in (order, y0, y1, x0, x1)))
