@@ -110,3 +110,19 @@ def test_flat_stack_sums_equal_row_sums(dtype):
     assert got.shape == (5, 3) and got.dtype == np.float64
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
     assert np.all(got[[1, 3]] == 0)
+
+
+def test_flat_stack_sums_by_chunks_equal_one_cast(monkeypatch):
+    """A float32 stack is cast to float64 by runs of rows: with runs of a few values (rows
+    larger than a run alone, empty rows at run ends) the sums are bit-identical to summing
+    one float64 copy of the whole buffer with one reduceat."""
+    from cdeblend import apportion
+
+    rng = np.random.default_rng(3)
+    boxes = [(0, 0, int(h), int(w)) for h, w in rng.integers(0, 6, size=(40, 2))]
+    arrays = [rng.normal(size=(2, h, w)).astype(np.float32) for _, _, h, w in boxes]
+    stack = FlatStack.from_arrays(arrays, boxes, dtype=np.float32)
+    one = FlatStack(stack.flat.astype(np.float64), stack.boxes, 2).sums()
+    for chunk in (1, 7, 30, 1 << 20):
+        monkeypatch.setattr(apportion, "_SUM_CHUNK", chunk)
+        np.testing.assert_array_equal(stack.sums(), one)

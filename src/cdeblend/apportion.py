@@ -23,6 +23,9 @@ from .box import MAX_COORD, as_boxes, as_int
 
 __all__ = ["FlatStack", "apportion_checked", "apportion_flux"]
 
+#: Values of a float32 stack that :meth:`FlatStack.sums` casts to float64 at a time.
+_SUM_CHUNK = 1 << 20
+
 
 class FlatStack:
     """Per-child arrays of shape (B, h_i, w_i), each on its own box, stored in one buffer.
@@ -132,9 +135,27 @@ class FlatStack:
         starts = (self.offsets[:-1, None] + np.arange(B)[None] * plane[:, None]).ravel()
         out = np.zeros(n * B)
         keep = np.repeat(plane > 0, B)
-        if keep.any():
-            # segments [start, next start) of the non-empty planes, summed in order
-            out[keep] = np.add.reduceat(self.flat.astype(np.float64, copy=False), starts[keep])
+        if not keep.any():
+            return out.reshape(n, B)
+        # segments [start, next start) of the non-empty planes, summed in order; a float32
+        # stack is cast by runs of rows of about _SUM_CHUNK values (each segment is summed
+        # from the same values as from one cast of the whole buffer, which would fault in
+        # twice the stack's bytes)
+        if self.flat.dtype == np.float64:
+            out[keep] = np.add.reduceat(self.flat, starts[keep])
+            return out.reshape(n, B)
+        offsets = self.offsets
+        r0 = 0
+        while r0 < n:
+            r1 = int(np.searchsorted(offsets, offsets[r0] + _SUM_CHUNK, side="right")) - 1
+            r1 = min(max(r1, r0 + 1), n)
+            sel = slice(r0 * B, r1 * B)
+            k = keep[sel]
+            if k.any():
+                lo = int(offsets[r0])
+                part = self.flat[lo : int(offsets[r1])].astype(np.float64)
+                out[sel][k] = np.add.reduceat(part, starts[sel][k] - lo)
+            r0 = r1
         return out.reshape(n, B)
 
 
