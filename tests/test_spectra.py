@@ -440,3 +440,43 @@ def test_swept_pairs_kernel_matches_the_numpy_sweep_in_order():
         swept_pairs(
             *(np.array(v, dtype=np.int64) for v in ([0, 1], [3, 1], [4, 2], [0, 0], [1, 1]))
         )
+
+
+def test_rcm_order_matches_scipy_reverse_cuthill_mckee():
+    """Our reverse Cuthill-McKee order (the sparse SED solve's row order, so its round-off)
+    equals scipy's on random symmetric patterns: repeated entries, missing diagonals,
+    disconnected parts, isolated nodes and ties in degree."""
+    from scipy.sparse import csr_array
+    from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+    from cdeblend.spectra import _rcm_order
+
+    rng = np.random.default_rng(8)
+    for _ in range(150):
+        n = int(rng.integers(1, 120))
+        p = int(rng.integers(0, 3 * n + 1))
+        a, b = rng.integers(0, n, p), rng.integers(0, n, p)
+        on = np.flatnonzero(rng.random(n) < 0.8)
+        ik = np.concatenate([np.minimum(a, b), on])
+        il = np.concatenate([np.maximum(a, b), on])
+        off = ik != il
+        rows, cols = np.concatenate([ik, il[off]]), np.concatenate([il, ik[off]])
+        pattern = csr_array((np.ones(rows.size), (rows, cols)), shape=(n, n))
+        ref = reverse_cuthill_mckee(pattern, symmetric_mode=True)
+        got = _rcm_order(rows, cols, n)
+        np.testing.assert_array_equal(got, ref)
+        assert np.array_equal(np.sort(got), np.arange(n))
+
+
+def test_cuthill_mckee_rejects_bad_tables():
+    from cdeblend._spectra_cy import cuthill_mckee
+
+    ptr, ind = np.array([0, 1, 2], dtype=np.intp), np.array([0, 1], dtype=np.intp)
+    seeds, degree = np.arange(2, dtype=np.intp), np.ones(2, dtype=np.int64)
+    assert cuthill_mckee(ptr, ind, seeds, degree).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="indices"):
+        cuthill_mckee(ptr, np.array([0, 5], dtype=np.intp), seeds, degree)
+    with pytest.raises(ValueError, match="seeds"):
+        cuthill_mckee(ptr, ind, np.array([0, 2], dtype=np.intp), degree)
+    with pytest.raises(ValueError, match="indptr"):
+        cuthill_mckee(ptr[:2], ind, seeds, degree)

@@ -990,3 +990,59 @@ def swept_pairs(const int64_t[::1] order, const int64_t[::1] y0, const int64_t[:
                 p += 1
             j += 1
     return out_arr
+
+
+def cuthill_mckee(const Py_ssize_t[::1] indptr, const Py_ssize_t[::1] indices,
+                  const Py_ssize_t[::1] seeds, const int64_t[::1] degree):
+    """Cuthill-McKee order of the symmetric pattern ``(indptr, indices)`` (CSR, n rows):
+    breadth-first from ``seeds[0]``, then from the first of ``seeds`` not yet reached (one
+    seed per connected part); the neighbours each node reaches first are appended in order
+    of ``degree``, ties in column order. Reversed, it is the reverse Cuthill-McKee order.
+
+    Returns the (n,) intp order (entry q: the node placed q-th).
+    """
+    cdef Py_ssize_t n = seeds.shape[0], z, s, i, j, jj, a, b, head, start, count = 0
+    cdef int64_t d
+    if indptr.shape[0] != n + 1 or degree.shape[0] != n:
+        raise ValueError(f"indptr must have {n + 1} entries and degree {n}")
+    if n and (indptr[0] != 0 or indptr[n] != indices.shape[0]):
+        raise ValueError("indptr does not span indices")
+    for jj in range(indices.shape[0]):
+        if not 0 <= indices[jj] < n:
+            raise ValueError(f"indices[{jj}] = {indices[jj]} is outside 0..{n - 1}")
+    for z in range(n):
+        if not 0 <= seeds[z] < n:
+            raise ValueError(f"seeds[{z}] = {seeds[z]} is outside 0..{n - 1}")
+    order_arr = np.empty(n, dtype=np.intp)
+    seen_arr = np.zeros(n, dtype=np.uint8)
+    cdef Py_ssize_t[::1] order = order_arr
+    cdef unsigned char[::1] seen = seen_arr
+    for z in range(n):
+        s = seeds[z]
+        if seen[s]:
+            continue
+        seen[s] = 1
+        order[count] = s
+        count += 1
+        head = count - 1
+        while head < count:  # the queue is order[head:count]
+            i = order[head]
+            head += 1
+            start = count
+            for jj in range(indptr[i], indptr[i + 1]):
+                j = indices[jj]
+                if not seen[j]:
+                    seen[j] = 1
+                    order[count] = j
+                    count += 1
+            for a in range(start + 1, count):  # stable insertion sort by degree
+                j = order[a]
+                d = degree[j]
+                b = a
+                while b > start and degree[order[b - 1]] > d:
+                    order[b] = order[b - 1]
+                    b -= 1
+                order[b] = j
+        if count == n:
+            break
+    return order_arr
