@@ -543,20 +543,14 @@ class Blend:
         # the kernels write every value (np.empty: zero-filling hands the GIL over)
         models = np.empty(int(sizes.sum()))
         _adam_cy.render_sources(p.sed, p.morph, p.comp, ranges, boxes, models, offsets)
-        grown = np.array(
-            [
-                obs.convolver.grown_box(tuple(b))[1] if b[2] * b[3] else (b[0], b[1], 0, 0)
-                for b in boxes.tolist()
-            ],
-            dtype=np.int64,
-        ).reshape(-1, 4)
+        grown = obs.convolver.grown_boxes(boxes)[1]
+        empty = boxes[:, 2] * boxes[:, 3] == 0
+        grown[empty] = boxes[empty] * np.array([1, 1, 0, 0])  # a null source: (y0, x0, 0, 0)
         gsizes = B * grown[:, 2] * grown[:, 3]
         goffsets = np.zeros(len(idx), dtype=np.int64)
         goffsets[1:] = np.cumsum(gsizes)[:-1]
         out = np.empty(int(gsizes.sum()), dtype=obs.dtype)
-        obs.convolver.convolve_exact_into(
-            models, [tuple(b) for b in boxes.tolist()], offsets, out, goffsets
-        )
+        obs.convolver.convolve_exact_into(models, boxes, offsets, out, goffsets)
         return FlatStack(out, grown, B)
 
     def __repr__(self) -> str:

@@ -253,7 +253,7 @@ def _kept_seds(
 
 def _grown_union(obs, boxes: list) -> tuple:
     """The (B, y, x) slices of the union of ``boxes`` grown by the convolution kernel."""
-    grown = np.array([obs.convolver.grown_box(box)[1] for box in boxes], dtype=np.intp)
+    grown = obs.convolver.grown_boxes(boxes)[1]
     y0, x0 = grown[:, 0].min(), grown[:, 1].min()
     y1, x1 = (grown[:, 0] + grown[:, 2]).max(), (grown[:, 1] + grown[:, 3]).max()
     return (slice(None), slice(int(y0), int(y1)), slice(int(x0), int(x1)))

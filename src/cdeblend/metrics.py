@@ -349,8 +349,10 @@ def _component_shapes(blend, packed) -> tuple[FlatStack, np.ndarray]:
     obs = blend.observation
     B = blend.shape[0]
     K = len(packed.comp)
-    boxes = [tuple(b) for b in packed.comp[:, :4].tolist()]
-    morphs = [packed.morph_view(k)[None] for k in range(K)]
+    boxes = packed.comp[:, :4]
+    flat = packed.morph
+    # the (h, w) views of the packed morphologies (morph_view's, without a call per view)
+    morphs = [flat[o : o + h * w].reshape(h, w) for _, _, h, w, o, _, _ in packed.comp.tolist()]
     grown = _grown_boxes(packed.comp[:, :4], obs.convolver)
     gsizes = B * grown[:, 2] * grown[:, 3]
     goffsets = np.zeros(K, dtype=np.intp)
