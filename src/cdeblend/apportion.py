@@ -43,6 +43,25 @@ class FlatStack:
         self.bands = as_int(bands, "bands")
         self.offsets = self._check()
 
+    @classmethod
+    def like(cls, flat: np.ndarray, layout: FlatStack) -> FlatStack:
+        """A stack of ``flat`` (``layout.flat``'s size) in the checked layout of ``layout``
+        (its boxes, bands and offsets), without checking them again: the products of a fit
+        make several stacks per blend on one layout, and each check is a few numpy calls
+        that hold the GIL."""
+        if not isinstance(flat, np.ndarray) or flat.shape != layout.flat.shape:
+            raise ValueError(
+                f"flat must be an array of shape {layout.flat.shape}, got {np.shape(flat)}"
+            )
+        new = object.__new__(cls)
+        new.flat, new.boxes, new.bands, new.offsets = (
+            flat,
+            layout.boxes,
+            layout.bands,
+            layout.offsets,
+        )
+        return new
+
     def _check(self) -> np.ndarray:
         """Validate the layout (the kernels index ``flat`` with it unchecked); return the
         row offsets, (N + 1,) int64."""
@@ -210,4 +229,4 @@ def apportion_checked(
     _apportion_cy.template_sum(flat, templates.offsets, templates.boxes, mask_u8, tsum)
     out = np.empty_like(flat)
     _apportion_cy.apportion(image, tsum, flat, templates.offsets, templates.boxes, mask_u8, out)
-    return FlatStack(out, templates.boxes, templates.bands), tsum
+    return FlatStack.like(out, templates), tsum

@@ -156,7 +156,7 @@ def conserved_flux_errors(
     _apportion_cy.apportion(
         var, np.square(tsum), clipped2, templates.offsets, templates.boxes, mask_u8, out
     )
-    return np.sqrt(FlatStack(out, templates.boxes, B).sums())
+    return np.sqrt(FlatStack.like(out, templates).sums())
 
 
 def deblend_flux_errors(
@@ -220,7 +220,7 @@ def deblend_flux_errors(
         mask_u8,
         squared,
     )
-    sums = FlatStack(own - squared, templates.boxes, B).sums()
+    sums = FlatStack.like(own - squared, templates).sums()
     # round-off can leave -1e-13 where a child is alone
     return np.maximum(sums, 0.0)
 
@@ -294,9 +294,7 @@ def fisher_flux_errors(
         Gl = G / d[:, None, :]
         w, V = np.linalg.eigh(F / (d[:, :, None] * d[:, None, :]))
         proj = Gl @ V
-        for b in range(B):
-            out[:, b] = _flux_sigma(w[b], proj[b], Gl[b], np.zeros(n, dtype=bool))
-        return out
+        return _flux_sigma_bands(w, proj, Gl)
     for b in range(B):
         live = d[b] > 0
         # scale to unit diagonal before inverting (the amplitudes differ by decades); one
@@ -317,6 +315,26 @@ def _flux_sigma(w: np.ndarray, proj: np.ndarray, Gl: np.ndarray, dead: np.ndarra
     var = (proj[:, keep] ** 2 / w[keep]).sum(axis=1)
     dead = dead | (np.abs(proj[:, ~keep]).max(axis=1, initial=0.0) > 1e-8 * np.abs(Gl).sum(axis=1))
     return np.where(dead, np.nan, np.sqrt(var))
+
+
+def _flux_sigma_bands(w: np.ndarray, proj: np.ndarray, Gl: np.ndarray) -> np.ndarray:
+    """(n, B) :func:`_flux_sigma` of every band (``w`` (B, K), ``proj`` and ``Gl`` (B, n, K))
+    with no flux marked dead beforehand. When every band keeps every eigenvalue (the usual
+    case) no flux is NaN and all bands go in two numpy calls. :func:`_flux_sigma` sums an
+    (n, K) array in Fortran order (what ``proj[:, keep]`` gives), which numpy sums over K
+    one term after the other; the terms here lie in that order too (each band's (n, K)
+    block is a transposed (K, n) one), so the sums are the same to the bit (a C-ordered
+    array would be summed pairwise, which rounds differently)."""
+    top = np.maximum(w.max(axis=1, initial=0.0), 1e-300)
+    keep = w > 1e-10 * top[:, None]
+    if not keep.all():
+        dead = np.zeros(proj.shape[1], dtype=bool)
+        return np.stack([_flux_sigma(w[b], proj[b], Gl[b], dead) for b in range(len(w))], axis=1)
+    # with every eigenvalue kept no gradient has a null-space part: none is NaN
+    B, n, K = proj.shape
+    terms = np.empty((B, K, n)).transpose(0, 2, 1)  # (B, n, K), each band Fortran-ordered
+    np.divide(proj**2, w[:, None, :], out=terms)
+    return np.sqrt(terms.sum(axis=2)).T
 
 
 def _grown_boxes(boxes: np.ndarray, convolver) -> np.ndarray:
