@@ -52,19 +52,15 @@ def mirror_min(
     numpy.ndarray
         A new array; pixels whose mirror is outside the morphology become 0.
     """
-    h, w = morph.shape
-    out = np.array(morph, dtype=np.float64, copy=True)
+    arr = np.ascontiguousarray(morph, dtype=np.float64)
+    h, w = arr.shape
     y0, x0 = max(region[0], 0), max(region[1], 0)
     y1, x1 = min(region[0] + region[2], h), min(region[1] + region[3], w)
     if y1 <= y0 or x1 <= x0:
-        return out
-    yy, xx = np.mgrid[y0:y1, x0:x1]
-    my, mx = 2 * peak[0] + int(shift[0]) - yy, 2 * peak[1] + int(shift[1]) - xx
-    inside = (my >= 0) & (my < h) & (mx >= 0) & (mx < w)
-    mirror = np.zeros(yy.shape)
-    mirror[inside] = morph[my[inside], mx[inside]]
-    out[y0:y1, x0:x1] = np.minimum(morph[y0:y1, x0:x1], mirror)
-    return out
+        return arr.copy()
+    py, px = (int(v) for v in peak)
+    sy, sx = (int(v) for v in shift)
+    return _initialization_cy.mirror_min(arr, py, px, sy, sx, y0, x0, y1, x1)
 
 
 def _point_sources(blend: Blend, indices: list) -> dict:

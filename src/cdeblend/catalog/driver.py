@@ -184,8 +184,12 @@ def _deblend_frame(
 
     # every parent's footprint flux, centroid and masked fraction in one pass over the image
     boxes = np.array([c[1] for c in checked], dtype=np.int64).reshape(-1, 4)
-    stats = parent_stats(frame, boxes, [c[2] for c in checked])
-    stats.flux_err = footprint_flux_err(frame, boxes, [c[2] for c in checked])
+    footprints = [c[2] for c in checked]
+    stats = parent_stats(frame, boxes, footprints)
+    # only the catalog needs the footprints' flux errors: with the catalog's own pool they
+    # are computed by the first free worker (queued before the parents, largest first)
+    # instead of here, while the second core waits for the first parent
+    flux_err = submit_or_run(own_pool, footprint_flux_err, frame, boxes, footprints)
     tasks, reasons = _make_tasks(checked, stats.masked_fraction.tolist(), frame, kind, cfg)
     for t in tasks:
         t.noise_rms = noise_rms
@@ -198,6 +202,7 @@ def _deblend_frame(
     fn = functools.partial(deblend_task, factory=factory, obs_factory=obs_factory, cfg=cfg)
     pool = own_pool if own_pool is not None else executor
     outcomes = {o.index: o for o in run_tasks(tasks, fn, pool, max_workers, progress)}
+    stats.flux_err = flux_err.result()
     for k, o in outcomes.items():  # the deblender's own skips reach the catalog's flags
         if o.skip_reason:
             reasons[k] = o.skip_reason
