@@ -110,3 +110,25 @@ def test_flat_stack_sums_equal_row_sums(dtype):
     assert got.shape == (5, 3) and got.dtype == np.float64
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
     assert np.all(got[[1, 3]] == 0)
+
+
+def test_unchecked_stack_constructors_equal_the_checked_one():
+    # FlatStack.like (another stack's layout) and FlatStack.of_clipped (boxes the package
+    # clipped itself) skip the range checks, not the layout: the same offsets and rows as
+    # the checked constructor, and a buffer of the wrong size is refused
+    rng = np.random.default_rng(2)
+    boxes = np.array([[0, 0, 3, 4], [2, 1, 0, 5], [1, 2, 2, 2]], dtype=np.int64)
+    B = 2
+    flat = rng.random(int((B * boxes[:, 2] * boxes[:, 3]).sum()))
+    ref = FlatStack(flat, boxes, B)
+    for got in (FlatStack.of_clipped(flat, boxes, B), FlatStack.like(flat * 2, ref)):
+        np.testing.assert_array_equal(got.offsets, ref.offsets)
+        np.testing.assert_array_equal(got.boxes, ref.boxes)
+        assert got.bands == B
+        for i in range(len(boxes)):
+            assert got.get(i).shape == ref.get(i).shape
+    np.testing.assert_array_equal(FlatStack.like(flat * 2, ref).sums(), 2 * ref.sums())
+    with pytest.raises(ValueError, match="flat"):
+        FlatStack.of_clipped(flat[:-1], boxes, B)
+    with pytest.raises(ValueError, match="flat"):
+        FlatStack.like(flat[:-1], ref)

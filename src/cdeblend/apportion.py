@@ -62,6 +62,21 @@ class FlatStack:
         )
         return new
 
+    @classmethod
+    def of_clipped(cls, flat: np.ndarray, boxes: np.ndarray, bands: int) -> FlatStack:
+        """A stack of boxes the package clipped to a frame itself ((N, 4) int64, sizes >= 0,
+        coordinates within the frame): only the buffer's size is checked (the range checks
+        of the constructor are a few numpy calls that hold the GIL, per stack of a fit's
+        products)."""
+        sizes = bands * boxes[:, 2] * boxes[:, 3]
+        offsets = np.zeros(len(boxes) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        if not isinstance(flat, np.ndarray) or flat.ndim != 1 or flat.size != offsets[-1]:
+            raise ValueError(f"flat must be 1-D with {offsets[-1]} values, got {np.shape(flat)}")
+        new = object.__new__(cls)
+        new.flat, new.boxes, new.bands, new.offsets = flat, boxes, bands, offsets
+        return new
+
     def _check(self) -> np.ndarray:
         """Validate the layout (the kernels index ``flat`` with it unchecked); return the
         row offsets, (N + 1,) int64."""

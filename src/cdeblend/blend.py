@@ -586,13 +586,14 @@ class Blend:
         _adam_cy.render_sources(p.sed, p.morph, p.comp, ranges, boxes, models, offsets)
         grown = obs.convolver.grown_boxes(boxes)[1]
         empty = boxes[:, 2] * boxes[:, 3] == 0
-        grown[empty] = boxes[empty] * np.array([1, 1, 0, 0])  # a null source: (y0, x0, 0, 0)
+        if empty.any():  # a null source: (y0, x0, 0, 0)
+            grown[empty] = boxes[empty] * np.array([1, 1, 0, 0])
         gsizes = B * grown[:, 2] * grown[:, 3]
         goffsets = np.zeros(len(idx), dtype=np.int64)
         goffsets[1:] = np.cumsum(gsizes)[:-1]
         out = np.empty(int(gsizes.sum()), dtype=obs.dtype)
         obs.convolver.convolve_exact_into(models, boxes, offsets, out, goffsets)
-        return FlatStack(out, grown, B)
+        return FlatStack.of_clipped(out, grown, B)
 
     def __repr__(self) -> str:
         return f"Blend(shape={self.shape}, sources={len(self.sources)})"

@@ -342,19 +342,10 @@ def _grown_boxes(boxes: np.ndarray, convolver) -> np.ndarray:
     an empty one: the box clipped to the frame, grown by the kernel half-size, clipped
     again (box.clip's arithmetic, for all boxes at once)."""
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-    _, H, W = convolver.shape
-    ry, rx = convolver.kernel_radius
-
-    def clip(y0, x0, h, w):
-        ya, xa = np.maximum(y0, 0), np.maximum(x0, 0)
-        yb, xb = np.minimum(y0 + h, H), np.minimum(x0 + w, W)
-        return ya, xa, np.maximum(yb - ya, 0), np.maximum(xb - xa, 0)
-
-    y0, x0, h, w = boxes.T
-    cy, cx, ch, cw = clip(y0, x0, h, w)
-    grown = np.stack(clip(cy - ry, cx - rx, ch + 2 * ry, cw + 2 * rx), axis=1)
-    empty = h * w == 0
-    grown[empty] = np.stack([y0, x0, 0 * y0, 0 * x0], axis=1)[empty]
+    grown = convolver.grown_boxes(boxes)[1]
+    empty = boxes[:, 2] * boxes[:, 3] == 0
+    if empty.any():
+        grown[empty] = boxes[empty] * np.array([1, 1, 0, 0])
     return grown
 
 
@@ -380,7 +371,7 @@ def _component_shapes(blend, packed) -> tuple[FlatStack, np.ndarray]:
     out = np.zeros(int(gsizes.sum()), dtype=obs.dtype)
     obs.convolver.convolve_morphs_into(morphs, boxes, out, goffsets)
     sums = np.array([m.sum() for m in morphs]).reshape(K)
-    return FlatStack(out, grown, B), sums
+    return FlatStack.of_clipped(out, grown, B), sums
 
 
 def model_flux_errors(result) -> np.ndarray:
