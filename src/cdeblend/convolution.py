@@ -493,22 +493,18 @@ class Convolver:
     ) -> None:
         """One :func:`~cdeblend._convolve_cy.conv_planes` call for the morphologies ``items``
         of :meth:`convolve_morphs_into` that share the ``(n0, n1)`` grid."""
-        n = len(items)
-        k, srcs, oy, ox, gh, gw = zip(*items, strict=True)
-        shapes = np.array([src.shape for src in srcs], dtype=np.intp).reshape(n, 2)
-        sizes = shapes[:, 0] * shapes[:, 1]
-        src_table = np.empty((n, 5), dtype=np.intp)
-        src_table[:, 0] = np.cumsum(sizes) - sizes
-        src_table[:, 1:3] = shapes
-        src_table[:, 3] = oy
-        src_table[:, 4] = ox
-        out_table = np.empty((n, 3), dtype=np.intp)
-        out_table[:, 0] = np.asarray(offsets)[list(k)]
-        out_table[:, 1] = gh
-        out_table[:, 2] = gw
+        # the tables in plain ints, one array each (per-row numpy calls held the GIL)
+        src_rows, out_rows, o = [], [], 0
+        for k, src, oy, ox, gh, gw in items:
+            h, w = src.shape
+            src_rows.append((o, h, w, oy, ox))
+            out_rows.append((int(offsets[k]), gh, gw))
+            o += h * w
+        src_table = np.array(src_rows, dtype=np.intp).reshape(-1, 5)
+        out_table = np.array(out_rows, dtype=np.intp).reshape(-1, 3)
         # one copy (and cast to the working dtype) of every plane
-        planes = np.concatenate([src.ravel() for src in srcs], dtype=self.dtype)
-        work = self.work(n0, n1, int(out_table[:, 2].max()))
+        planes = np.concatenate([item[1].ravel() for item in items], dtype=self.dtype)
+        work = self.work(n0, n1, max(row[2] for row in out_rows))
         conv_planes(work, planes, src_table, self.kernel_spectrum(n0, n1), flat, out_table)
 
     # ------------------------------------------------------------------ exact convolutions
