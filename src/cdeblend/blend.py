@@ -313,20 +313,24 @@ class PackedComponents:
         """Pack the components; with ``bind`` their ``sed``/``morphology`` become views of
         the buffers."""
         K = len(components)
-        comp = np.zeros((K, 7), dtype=np.int64)
+        # the tables from plain-int rows and the buffers in one copy each (a numpy call per
+        # component held the GIL; a blend is packed a few times per deblend)
+        rows = []
         off = 0
-        for k, c in enumerate(components):
+        for c in components:
             y0, x0, h, w = c.box
             py, px = c.local_peak
-            comp[k] = (y0, x0, h, w, off, py, px)
+            rows.append((y0, x0, h, w, off, py, px))
             off += h * w
+        comp = np.array(rows, dtype=np.int64).reshape(K, 7)
         sed = np.zeros((K, bands))
+        if K:
+            sed[...] = [c.sed for c in components]
         morph = np.zeros(off)
+        if off:
+            np.concatenate([np.ravel(c.morphology) for c in components], out=morph)
         thresh = np.array([-1.0 if c.bg_thresh is None else c.bg_thresh for c in components])
         packed = cls(sed, morph, comp, thresh.reshape(K))
-        for k, c in enumerate(components):
-            sed[k] = c.sed
-            morph[comp[k, 4] : comp[k, 4] + c.morphology.size] = c.morphology.ravel()
         if bind:
             packed.bind(components)
         return packed
@@ -343,10 +347,15 @@ class PackedComponents:
 
     def bind(self, components: Sequence[Component]) -> None:
         """Point every component's ``sed`` and ``morphology`` at the packed buffers."""
-        for k, c in enumerate(components):
-            c.sed = self.sed[k]
-            c.morphology = self.morph_view(k)
-            c.box = tuple(int(v) for v in self.comp[k, :4])  # type: ignore[assignment]
+        morph = self.morph
+        # the rows as Python ints once (a numpy scalar per value held the GIL); like the
+        # indexing it replaces, a shorter list binds the first rows
+        for c, sed, (y0, x0, h, w, off, _, _) in zip(
+            components, self.sed, self.comp.tolist(), strict=False
+        ):
+            c.sed = sed
+            c.morphology = morph[off : off + h * w].reshape(h, w)
+            c.box = (y0, x0, h, w)
 
     def morph_sums(self) -> np.ndarray:
         """(K,) sum of each component's morphology."""
