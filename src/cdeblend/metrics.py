@@ -491,17 +491,19 @@ class BlendMetrics:
 def _source_models(blend, packed) -> FlatStack:
     """Each source's model-space model on its box (float64)."""
     B = blend.shape[0]
-    sources = blend.sources
-    starts = np.cumsum([0] + [len(s.components) for s in sources])
-    ranges = np.stack([starts[:-1], starts[1:]], axis=1).astype(np.int64).reshape(-1, 2)
-    boxes = np.array([s.box for s in sources], dtype=np.int64).reshape(-1, 4)
-    sizes = B * boxes[:, 2] * boxes[:, 3]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    out = np.empty(int(offsets[-1]))
+    # the tables from plain-int rows (a numpy call per step held the GIL)
+    rows, a = [], 0
+    for s in blend.sources:
+        rows.append((a, a + len(s.components)))
+        a += len(s.components)
+    ranges = np.array(rows, dtype=np.int64).reshape(-1, 2)
+    boxes = np.array([s.box for s in blend.sources], dtype=np.int64).reshape(-1, 4)
+    # the sources' boxes hold their components', inside the blend (checked when packed)
+    stack = FlatStack.of_clipped(np.empty(int((B * boxes[:, 2] * boxes[:, 3]).sum())), boxes, B)
     _adam_cy.render_sources(
-        packed.sed, packed.morph, packed.comp, ranges, boxes, out, offsets[:-1].copy()
+        packed.sed, packed.morph, packed.comp, ranges, boxes, stack.flat, stack.offsets[:-1].copy()
     )
-    return FlatStack(out, boxes, B)
+    return stack
 
 
 def blend_metrics(result, has_data: np.ndarray | None = None) -> BlendMetrics:
