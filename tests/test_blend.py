@@ -206,3 +206,24 @@ def test_plain_geometry_fast_path_agrees_with_the_checks():
     assert not _geometry_is_plain(blend.sources, B, H, W)
     with pytest.raises(ValueError, match="bands"):
         blend.check_geometry()
+
+
+def test_all_finite_kernel_against_numpy():
+    # _adam_cy.all_finite (a component's SED and morphology check) against
+    # numpy.isfinite(...).all() on random values, above and below the GIL-release size,
+    # with a NaN or an infinity somewhere; a component with one is refused
+    from cdeblend._adam_cy import all_finite
+
+    rng = np.random.default_rng(6)
+    for n in [0, 1, 7, 300, 50_000]:
+        for bad in [None, np.nan, np.inf, -np.inf]:
+            a = rng.normal(size=n) * 1e300
+            if bad is not None and n:
+                a[rng.integers(n)] = bad
+            assert all_finite(a) == bool(np.isfinite(a).all())
+    morph = np.ones((3, 4))
+    morph[1, 2] = np.nan
+    with pytest.raises(ValueError, match="morphology has NaN"):
+        Component(np.ones(2), morph, (0, 0, 3, 4), (1, 1))
+    with pytest.raises(ValueError, match="sed has NaN"):
+        Component(np.array([1.0, np.inf]), np.ones((3, 4)), (0, 0, 3, 4), (1, 1))
