@@ -473,3 +473,29 @@ def dense_pairs(const int64_t[:, ::1] boxes):
                     out[count, 1] = j
                     count += 1
     return out_arr[:count].copy()
+
+
+def plane_sums(const double[::1] flat, const int64_t[::1] offsets,
+               const int64_t[:, ::1] boxes, double[:, ::1] out):
+    """``out[i, b]``: the sum of band ``b`` of row ``i`` of a flat stack (``FlatStack.sums``),
+    0 for an empty box; each as ``numpy.add.reduceat`` sums a segment (its first value,
+    plus the pairwise sum of the rest), so the same bits, in one call instead of the
+    index arithmetic and boolean selections around the numpy call."""
+    cdef Py_ssize_t n = boxes.shape[0], B = out.shape[1], i, b, s, size
+    if out.shape[0] != n or boxes.shape[1] != 4 or offsets.shape[0] < n:
+        raise ValueError("out must be (N, B), boxes (N, 4) and offsets (N,) or longer")
+    for i in range(n):
+        size = boxes[i, 2] * boxes[i, 3]
+        if offsets[i] < 0 or size < 0 or offsets[i] + B * size > flat.shape[0]:
+            raise ValueError(f"row {i} does not fit in flat")
+    with nogil:
+        for i in range(n):
+            size = boxes[i, 2] * boxes[i, 3]
+            for b in range(B):
+                if size == 0:
+                    out[i, b] = 0.0
+                    continue
+                s = offsets[i] + b * size
+                out[i, b] = flat[s]
+                if size > 1:
+                    out[i, b] = flat[s] + _pairwise_sum(&flat[s + 1], size - 1)

@@ -160,16 +160,16 @@ class FlatStack:
         return self.flat[self.offsets[i] : self.offsets[i + 1]].reshape(self.bands, h, w)
 
     def sums(self) -> np.ndarray:
-        """(N, B) float64 sum of every row per band (0 for empty boxes), in one call."""
-        n, B = len(self), self.bands
-        plane = self.boxes[:, 2] * self.boxes[:, 3]
-        starts = (self.offsets[:-1, None] + np.arange(B)[None] * plane[:, None]).ravel()
-        out = np.zeros(n * B)
-        keep = np.repeat(plane > 0, B)
-        if keep.any():
-            # segments [start, next start) of the non-empty planes, summed in order
-            out[keep] = np.add.reduceat(self.flat.astype(np.float64, copy=False), starts[keep])
-        return out.reshape(n, B)
+        """(N, B) float64 sum of every row per band (0 for empty boxes), in one call (each
+        plane summed as ``numpy.add.reduceat`` sums a segment: the same bits)."""
+        out = np.empty((len(self), self.bands))
+        _apportion_cy.plane_sums(
+            np.ascontiguousarray(self.flat, dtype=np.float64),
+            self.offsets,
+            np.ascontiguousarray(self.boxes, dtype=np.int64),
+            out,
+        )
+        return out
 
 
 def apportion_flux(
