@@ -374,32 +374,23 @@ def _is_pair(v: object) -> bool:
 
 def _geometry_is_plain(sources: list, B: int, H: int, W: int) -> bool:
     """True when every source and component passes :meth:`Blend.check_geometry` as the
-    package makes them (tuples of Python ints, float64 arrays): the same conditions in plain
-    comparisons. False sends the blend to the checks that name what is wrong.
-
-    A blend is checked whenever it is made or packed, a few times per deblend; the checks
-    with their conversions held the GIL for a few percent of a small blend's deblend."""
+    package makes them (tuples of Python ints, float64 arrays), by plain comparisons (the
+    checks with their conversions held the GIL for a few percent of a small blend's
+    deblend); False sends the blend to the checks that name what is wrong."""
     for src in sources:
         if type(src) is not Source or not _is_pair(src.peak):
             return False
-        sy, sx = src.peak
-        if not (0 <= sy < H and 0 <= sx < W):
+        if not (0 <= src.peak[0] < H and 0 <= src.peak[1] < W):
             return False
         for c in src.components:
-            if type(c) is not Component or not _is_pair(c.peak):
+            box, sed, morph = c.box, c.sed, c.morphology
+            if type(c) is not Component or not _is_pair(c.peak) or type(box) is not tuple:
                 return False
-            box = c.box
-            if type(box) is not tuple or len(box) != 4:
+            if len(box) != 4 or not all(type(v) is int for v in box):
                 return False
-            y0, x0, h, w = box
-            if not (type(y0) is int and type(x0) is int and type(h) is int and type(w) is int):
+            (y0, x0, h, w), (py, px) = box, c.peak
+            if not (0 <= y0 <= py < y0 + h <= H and 0 <= x0 <= px < x0 + w <= W):
                 return False
-            if h < 1 or w < 1 or y0 < 0 or x0 < 0 or y0 + h > H or x0 + w > W:
-                return False
-            py, px = c.peak
-            if not (y0 <= py < y0 + h and x0 <= px < x0 + w):
-                return False
-            sed, morph = c.sed, c.morphology
             if type(sed) is not np.ndarray or type(morph) is not np.ndarray:
                 return False
             if sed.shape != (B,) or morph.shape != (h, w):

@@ -343,9 +343,8 @@ class Convolver:
         return (cy0, cx0, ch, cw), grown
 
     def grown_boxes(self, boxes: Any) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`grown_box` of every row of an (K, 4) array of boxes at once: the (K, 4)
-        int64 clipped boxes and grown boxes (the same integer arithmetic, without a Python
-        call per box: the products and the SED fit convolve hundreds of boxes per blend)."""
+        """:meth:`grown_box` of every row of a (K, 4) array of boxes in one kernel call: the
+        (K, 4) int64 clipped and grown boxes (a Python call per box held the GIL)."""
         b = np.ascontiguousarray(boxes, dtype=np.int64).reshape(-1, 4)
         _, height, width = self.shape
         ry, rx = self.kernel_radius
@@ -437,32 +436,30 @@ class Convolver:
         """
         if len(arrays) != len(boxes):
             raise ValueError(f"got {len(arrays)} arrays but {len(boxes)} boxes")
-        # the box arithmetic for all morphologies at once, then one pass of plain ints (a
-        # Python call or a numpy call per morphology held the GIL for longer than the
-        # batched FFTs took)
+        # the box arithmetic at once, then plain ints: a Python or numpy call per
+        # morphology held the GIL for longer than the batched FFTs took
         box_arr = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
         clipped, grown = self.grown_boxes(box_arr)
         grids: dict[tuple[int, int], list] = {}
         plans: dict[tuple[int, int, int, int], tuple[int, int] | None] = {}
         rows = zip(arrays, box_arr.tolist(), clipped.tolist(), grown.tolist(), strict=True)
         for k, (array, (y0, x0, h, w), (cy0, cx0, ch, cw), (gy0, gx0, gh, gw)) in enumerate(rows):
-            arr = self._morph_input(array, k, h, w)
+            arr = array if isinstance(array, np.ndarray) else np.asarray(array)
+            arr = arr[0] if arr.ndim == 3 and arr.shape[0] == 1 else arr
+            if arr.shape != (h, w) or arr.dtype.kind not in "biuf":
+                raise ValueError(
+                    f"array {k} has shape {np.shape(array)} and dtype {arr.dtype}, its box is "
+                    f"({h}, {w}): it must be a real (h, w) array"
+                )
             if ch == 0 or cw == 0 or gh == 0 or gw == 0:
                 continue  # nothing of it in the frame: its convolution is 0
-            key = (gh, gw, ch, cw)
-            if key not in plans:  # None: the direct loop; else the FFT grid
-                real = self.pick_mode("auto", 1, gh, gw, (ch, cw)) == "real"
-                plans[key] = None if real else self._shared_grid(gh, gw)
-            grid = plans[key]
+            grid = self._grid_of(plans, 1, gh, gw, ch, cw)
             if grid is None:
                 conv, _ = self.convolve_box(arr, (y0, x0, h, w), mode="real")
                 flat[offsets[k] : offsets[k] + conv.size] = conv.ravel()
                 continue
-            src = (
-                arr
-                if (ch, cw) == (h, w)
-                else arr[cy0 - y0 : cy0 - y0 + ch, cx0 - x0 : cx0 - x0 + cw]
-            )
+            sub = (slice(cy0 - y0, cy0 - y0 + ch), slice(cx0 - x0, cx0 - x0 + cw))
+            src = arr if (ch, cw) == (h, w) else arr[sub]
             grids.setdefault(grid, []).append((k, src, cy0 - gy0, cx0 - gx0, gh, gw))
         jobs = [
             (n0, n1, part)
@@ -476,17 +473,13 @@ class Convolver:
         for n0, n1, items in jobs:
             self._convolve_planes(n0, n1, items, flat, offsets)
 
-    def _morph_input(self, array: Any, k: int, h: int, w: int) -> np.ndarray:
-        """Morphology ``k`` of :meth:`convolve_morphs_into` as a 2-D (h, w) real array (a
-        (1, h, w) one is accepted); converted to the working dtype where it is copied."""
-        arr = array if isinstance(array, np.ndarray) else np.asarray(array)
-        if arr.ndim == 3 and arr.shape[0] == 1:
-            arr = arr[0]
-        if arr.shape != (h, w):
-            raise ValueError(f"array {k} has shape {np.shape(array)} but its box is ({h}, {w})")
-        if arr.dtype.kind not in "biuf":
-            raise ValueError(f"array {k} must hold real numbers, got dtype {arr.dtype}")
-        return arr
+    def _grid_of(self, plans: dict, nb_in: int, gh: int, gw: int, ch: int, cw: int) -> Any:
+        """The FFT grid of a (ch, cw) source on a (gh, gw) grown box, None for the direct
+        loop: the cost model's choice, looked up once per shape (``plans``, per call)."""
+        if (gh, gw, ch, cw) not in plans:
+            real = self.pick_mode("auto", nb_in, gh, gw, (ch, cw)) == "real"
+            plans[gh, gw, ch, cw] = None if real else self._shared_grid(gh, gw)
+        return plans[gh, gw, ch, cw]
 
     def _convolve_planes(
         self, n0: int, n1: int, items: list, flat: np.ndarray, offsets: np.ndarray
@@ -543,8 +536,6 @@ class Convolver:
         Models sharing an FFT grid go to one Cython call, without the GIL.
         """
         nb = self.shape[0]
-        # the box arithmetic for all models at once, then one pass of plain ints (see
-        # convolve_morphs_into)
         clipped, grown = self.grown_boxes(np.asarray(boxes, dtype=np.int64).reshape(-1, 4))
         offs = np.asarray(offsets).tolist()
         out_offs = np.asarray(out_offsets).tolist()
@@ -555,11 +546,7 @@ class Convolver:
         ):
             if ch == 0 or cw == 0 or gh == 0 or gw == 0:
                 continue
-            key = (gh, gw, ch, cw)
-            if key not in plans:  # None: the direct loop; else the FFT grid
-                real = self.pick_mode("auto", nb, gh, gw, (ch, cw)) == "real"
-                plans[key] = None if real else self._shared_grid(gh, gw)
-            grid = plans[key]
+            grid = self._grid_of(plans, nb, gh, gw, ch, cw)
             if grid is None:
                 model = models[offs[k] : offs[k] + nb * ch * cw].reshape(nb, ch, cw)
                 dst = out[out_offs[k] : out_offs[k] + nb * gh * gw].reshape(nb, gh, gw)
