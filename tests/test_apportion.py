@@ -112,17 +112,57 @@ def test_flat_stack_sums_equal_row_sums(dtype):
     assert np.all(got[[1, 3]] == 0)
 
 
-def test_flat_stack_sums_by_chunks_equal_one_cast(monkeypatch):
-    """A float32 stack is cast to float64 by runs of rows: with runs of a few values (rows
-    larger than a run alone, empty rows at run ends) the sums are bit-identical to summing
-    one float64 copy of the whole buffer with one reduceat."""
-    from cdeblend import apportion
+def test_unchecked_stack_constructors_equal_the_checked_one():
+    # FlatStack.like (another stack's layout) and FlatStack.of_clipped (boxes the package
+    # clipped itself) skip the range checks, not the layout: the same offsets and rows as
+    # the checked constructor, and a buffer of the wrong size is refused
+    rng = np.random.default_rng(2)
+    boxes = np.array([[0, 0, 3, 4], [2, 1, 0, 5], [1, 2, 2, 2]], dtype=np.int64)
+    B = 2
+    flat = rng.random(int((B * boxes[:, 2] * boxes[:, 3]).sum()))
+    ref = FlatStack(flat, boxes, B)
+    for got in (FlatStack.of_clipped(flat, boxes, B), FlatStack.like(flat * 2, ref)):
+        np.testing.assert_array_equal(got.offsets, ref.offsets)
+        np.testing.assert_array_equal(got.boxes, ref.boxes)
+        assert got.bands == B
+        for i in range(len(boxes)):
+            assert got.get(i).shape == ref.get(i).shape
+    np.testing.assert_array_equal(FlatStack.like(flat * 2, ref).sums(), 2 * ref.sums())
+    with pytest.raises(ValueError, match="flat"):
+        FlatStack.of_clipped(flat[:-1], boxes, B)
+    with pytest.raises(ValueError, match="flat"):
+        FlatStack.like(flat[:-1], ref)
 
-    rng = np.random.default_rng(3)
-    boxes = [(0, 0, int(h), int(w)) for h, w in rng.integers(0, 6, size=(40, 2))]
-    arrays = [rng.normal(size=(2, h, w)).astype(np.float32) for _, _, h, w in boxes]
-    stack = FlatStack.from_arrays(arrays, boxes, dtype=np.float32)
-    one = FlatStack(stack.flat.astype(np.float64), stack.boxes, 2).sums()
-    for chunk in (1, 7, 30, 1 << 20):
-        monkeypatch.setattr(apportion, "_SUM_CHUNK", chunk)
-        np.testing.assert_array_equal(stack.sums(), one)
+
+def test_plane_sums_kernel_equals_numpy_reduceat():
+    # FlatStack.sums (the plane_sums kernel) against the numpy reduceat of the non-empty
+    # planes it replaced, to the bit (signed zeros included): random stacks with empty,
+    # single-pixel and large (pairwise-summed) planes, float32 and float64 buffers
+    from cdeblend._apportion_cy import plane_sums
+
+    rng = np.random.default_rng(9)
+    for t in range(200):
+        n, B = int(rng.integers(0, 8)), int(rng.integers(1, 7))
+        boxes = np.zeros((n, 4), np.int64)
+        boxes[:, 2:] = rng.integers(0, 40, (n, 2))
+        if n and t % 4 == 0:
+            boxes[0, 2:] = 1
+        sizes = B * boxes[:, 2] * boxes[:, 3]
+        flat = rng.normal(size=int(sizes.sum())) * 10.0 ** rng.integers(-5, 5, int(sizes.sum()))
+        if flat.size:
+            flat[rng.integers(flat.size)] = -0.0
+        if t % 2:
+            flat = flat.astype(np.float32)
+        stack = FlatStack(flat, boxes, B)
+        plane = boxes[:, 2] * boxes[:, 3]
+        starts = (stack.offsets[:-1, None] + np.arange(B)[None] * plane[:, None]).ravel()
+        want = np.zeros(n * B)
+        keep = np.repeat(plane > 0, B)
+        if keep.any():
+            want[keep] = np.add.reduceat(flat.astype(np.float64), starts[keep])
+        got = stack.sums()
+        assert got.shape == (n, B)
+        np.testing.assert_array_equal(got.ravel(), want)
+        np.testing.assert_array_equal(np.signbit(got.ravel()), np.signbit(want))
+    with pytest.raises(ValueError, match="does not fit"):
+        plane_sums(np.zeros(5), np.zeros(1, np.int64), np.array([[0, 0, 2, 3]]), np.empty((1, 1)))

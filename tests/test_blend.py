@@ -172,3 +172,58 @@ def test_adopt_makes_packed_parameters_the_blends():
     short = PackedComponents(p.sed[:2], p.morph, p.comp[:2], p.bg_thresh[:2])
     with pytest.raises(ValueError, match="packed holds 2 components, the blend has 3"):
         blend.adopt(short)
+
+
+def test_plain_geometry_fast_path_agrees_with_the_checks():
+    # _geometry_is_plain (plain comparisons for package-made blends) accepts exactly what
+    # check_geometry's full checks accept for plain values, and hands anything else to them
+    from cdeblend.blend import _geometry_is_plain
+
+    blend, _ = small_blend()
+    B, H, W = blend.shape
+    assert _geometry_is_plain(blend.sources, B, H, W)
+    blend.check_geometry()
+    c = blend.sources[0].components[0]
+    y0, x0, h, w = c.box
+    good_box, good_peak = c.box, c.peak
+    cases = [
+        ("box", (y0, x0, h, W + 1)),  # outside the frame
+        ("box", (-1, x0, h, w)),
+        ("box", (y0, x0, 0, w)),  # empty
+        ("peak", (y0 + h, x0)),  # outside its box
+        ("box", (np.int64(y0), x0, h, w)),  # valid, but not a plain int: the full checks
+    ]
+    for attr, value in cases:
+        setattr(c, attr, value)
+        assert not _geometry_is_plain(blend.sources, B, H, W)
+        if attr == "box" and isinstance(value[0], np.integer):
+            blend.check_geometry()  # accepted by the full checks
+        else:
+            with pytest.raises(ValueError):
+                blend.check_geometry()
+        c.box, c.peak = good_box, good_peak
+    c.sed = c.sed[:-1]  # wrong band count
+    assert not _geometry_is_plain(blend.sources, B, H, W)
+    with pytest.raises(ValueError, match="bands"):
+        blend.check_geometry()
+
+
+def test_all_finite_kernel_against_numpy():
+    # _adam_cy.all_finite (a component's SED and morphology check) against
+    # numpy.isfinite(...).all() on random values, above and below the GIL-release size,
+    # with a NaN or an infinity somewhere; a component with one is refused
+    from cdeblend._adam_cy import all_finite
+
+    rng = np.random.default_rng(6)
+    for n in [0, 1, 7, 300, 50_000]:
+        for bad in [None, np.nan, np.inf, -np.inf]:
+            a = rng.normal(size=n) * 1e300
+            if bad is not None and n:
+                a[rng.integers(n)] = bad
+            assert all_finite(a) == bool(np.isfinite(a).all())
+    morph = np.ones((3, 4))
+    morph[1, 2] = np.nan
+    with pytest.raises(ValueError, match="morphology has NaN"):
+        Component(np.ones(2), morph, (0, 0, 3, 4), (1, 1))
+    with pytest.raises(ValueError, match="sed has NaN"):
+        Component(np.array([1.0, np.inf]), np.ones((3, 4)), (0, 0, 3, 4), (1, 1))

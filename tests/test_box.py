@@ -69,3 +69,35 @@ def test_as_box_takes_box_like_objects_and_refuses_bad_values():
         bx.as_box((0, 2.5, 1, 1))
     with pytest.raises(ValueError, match="an empty size"):
         bx.as_box((0, 0, 0, 3))
+
+
+def test_dense_pairs_kernel_against_numpy_reference():
+    # the kernel behind overlapping_pairs' all-pairs path against the numpy all-pairs test
+    # it replaced: the same pairs in the same (row-major, k <= l) order, empty boxes
+    # (no pair, not even with themselves) and negative origins included
+    from cdeblend._apportion_cy import dense_pairs
+
+    rng = np.random.default_rng(3)
+    for n in [0, 1, 2, 7, 60, bx._DENSE_PAIRS]:
+        boxes = np.stack(
+            [
+                rng.integers(-10, 60, n),
+                rng.integers(-10, 60, n),
+                rng.integers(0, 25, n),
+                rng.integers(0, 25, n),
+            ],
+            axis=1,
+        ).astype(np.int64)
+        y0, x0 = boxes[:, 0], boxes[:, 1]
+        y1, x1 = y0 + boxes[:, 2], x0 + boxes[:, 3]
+        hit = (np.maximum(y0[:, None], y0[None]) < np.minimum(y1[:, None], y1[None])) & (
+            np.maximum(x0[:, None], x0[None]) < np.minimum(x1[:, None], x1[None])
+        )
+        k, j = np.nonzero(np.triu(hit))
+        want = np.stack([k, j], axis=1).astype(np.int64)
+        got = dense_pairs(boxes)
+        assert got.dtype == np.int64 and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(bx.overlapping_pairs(boxes), want)
+    with pytest.raises(ValueError, match="K, 4"):
+        dense_pairs(np.zeros((3, 3), dtype=np.int64))

@@ -274,6 +274,34 @@ def test_parents_from_peaks_groups_the_scene(scene):
     assert total.max() == 1  # footprints do not overlap
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_frame_parents_equal_parents_from_peaks(scene, dtype):
+    # the catalog's path (the S/N kernel alone on the checked frame) against the public
+    # parents_from_peaks of the raw arrays, with pixels without data (NaN, zero variance,
+    # a masked pixel) and an odd number of rows
+    from cdeblend.catalog.frame import as_frame
+
+    images, variance, psfs, peaks = scene
+    # (contiguous copies: parents_from_peaks refuses non-contiguous arrays)
+    images = np.ascontiguousarray(images[:, :59], dtype=dtype)
+    variance = np.ascontiguousarray(variance[:, :59], dtype=dtype)
+    images[0, 30, 30] = np.nan
+    variance[1, 5:9, 40:50] = 0.0
+    mask = np.zeros(images.shape[1:], bool)
+    mask[20, 20:25] = True
+    frame = as_frame(images, variance, psfs, mask, None, CatalogConfig())
+    want = parents_from_peaks(frame.images, frame.variance, peaks, snr=3.0, grow=2)
+    raw = np.where(mask, np.nan, images)
+    assert len(parents_from_peaks(raw, variance, peaks, snr=3.0, grow=2)) == len(want)
+    got = catalog_parents.frame_parents_from_peaks(frame.images, frame.variance, peaks, 3.0, 2)
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert (a.id, a.box) == (b.id, b.box)
+        np.testing.assert_array_equal(a.footprint, b.footprint)
+        np.testing.assert_array_equal(a.peaks, b.peaks)
+        np.testing.assert_array_equal(a.peak_index, b.peak_index)
+
+
 def test_catalog_and_detection_share_one_parent_type(scene):
     """parents_from_peaks, detect and group_peaks all give cdeblend.Parent (CatalogParent and
     ParentLike are its old names); peak_index points back into the caller's peak list, and

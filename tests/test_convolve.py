@@ -381,3 +381,60 @@ def test_convolver_on_its_own_against_the_reference(mode):
     np.testing.assert_array_equal(again.convolve(x, mode=mode), got)
     with pytest.raises(ValueError, match="mode must be"):
         conv.convolve(x, mode="fast")
+
+
+def test_grown_boxes_kernel_against_numpy_reference():
+    """Convolver.grown_boxes (one Cython call for all boxes) against a slow numpy reference
+    of box.clip's rule (the intersection with the frame, zero sizes when they do not
+    overlap), the box clipped, then grown by the kernel half-size and clipped again; and
+    row by row against Convolver.grown_box. Random boxes partly or wholly outside the
+    frame, empty ones included."""
+    rng = np.random.default_rng(11)
+    for kh, kw, H, W in [(7, 5, 30, 40), (1, 1, 9, 4), (41, 41, 25, 60)]:
+        conv = Convolver(np.ones((2, kh, kw), dtype=np.float32), (H, W))
+        n = 300
+        boxes = np.stack(
+            [
+                rng.integers(-50, H + 50, n),
+                rng.integers(-50, W + 50, n),
+                rng.integers(0, 40, n),
+                rng.integers(0, 40, n),
+            ],
+            axis=1,
+        ).astype(np.int64)
+
+        def clip_ref(b, H=H, W=W):
+            # pixel masks: the box's pixels inside the frame, their bounding box
+            ys = np.arange(b[0], b[0] + b[2])
+            xs = np.arange(b[1], b[1] + b[3])
+            yin, xin = ys[(ys >= 0) & (ys < H)], xs[(xs >= 0) & (xs < W)]
+            # without overlap the origin is the box's clamped at 0 (box.clip's convention)
+            y0 = yin[0] if len(yin) else max(b[0], 0)
+            x0 = xin[0] if len(xin) else max(b[1], 0)
+            return np.array([y0, x0, len(yin), len(xin)])
+
+        ry, rx = kh // 2, kw // 2
+        want_c = np.array([clip_ref(b) for b in boxes])
+        want_g = np.array([clip_ref(c + np.array([-ry, -rx, 2 * ry, 2 * rx])) for c in want_c])
+        got_c, got_g = conv.grown_boxes(boxes)
+        assert got_c.dtype == np.int64 and got_g.dtype == np.int64
+        np.testing.assert_array_equal(got_c, want_c)
+        np.testing.assert_array_equal(got_g, want_g)
+        one_by_one = [conv.grown_box(tuple(b)) for b in boxes.tolist()]
+        np.testing.assert_array_equal(got_c, [c for c, _ in one_by_one])
+        np.testing.assert_array_equal(got_g, [g for _, g in one_by_one])
+    # an empty list and a wrong shape
+    c, g = conv.grown_boxes(np.zeros((0, 4), dtype=np.int64))
+    assert c.shape == g.shape == (0, 4)
+    from cdeblend._convolve_cy import grown_boxes
+
+    with pytest.raises(ValueError, match="K, 4"):
+        grown_boxes(
+            np.zeros((3, 4), np.int64),
+            5,
+            5,
+            1,
+            1,
+            np.zeros((2, 4), np.int64),
+            np.zeros((3, 4), np.int64),
+        )

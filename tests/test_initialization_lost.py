@@ -145,3 +145,20 @@ def test_repair_with_missing_data_at_the_lost_peak(sed):
     res = Deblender(cfg).deblend(masked, peaks)
     assert np.all(np.isfinite(res.conserved_images()))
     assert np.all(np.isfinite(res.fluxes))
+
+
+def test_mirror_min_kernel_checks_its_region():
+    # the Cython kernel behind mirror_min (which clips the region first) refuses a region
+    # that is not inside the morphology instead of reading out of bounds
+    from cdeblend._initialization_cy import mirror_min as kernel
+
+    morph = np.random.default_rng(1).random((5, 6))
+    with pytest.raises(ValueError, match="not inside"):
+        kernel(morph, 2, 2, 0, 0, 0, 0, 6, 6)
+    with pytest.raises(ValueError, match="not inside"):
+        kernel(morph, 2, 2, 0, 0, -1, 0, 3, 3)
+    # the whole array as the region, against the pixel-by-pixel reference
+    np.testing.assert_array_equal(
+        kernel(morph, 2, 3, 1, -1, 0, 0, 5, 6),
+        reference_mirror_min(morph, (2, 3), (0, 0, 5, 6), (1, -1)),
+    )

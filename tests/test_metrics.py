@@ -114,3 +114,22 @@ def test_converged_is_true_when_e_rel_stops_the_fit():
     assert best[-w - 1] - best[-1] < w * 1e-2 * best[-1]
     assert h[-1] - best[-1] < w * 1e-2 * best[-1]
     assert res.metrics().converged is True
+
+
+def test_errors_and_metrics_in_one_call_equal_the_properties(fitted):
+    # metrics.result_errors_and_metrics (the catalog's one call, sharing the variance plane,
+    # the pixels with data and the templates' sum) gives the four products of the result's
+    # own methods to the bit (the simulated blend has pixels without data)
+    from dataclasses import fields, replace
+
+    from cdeblend.metrics import result_errors_and_metrics
+
+    res = fitted
+    m, flux_err, conserved_err, deblend_err = result_errors_and_metrics(res)
+    fresh = replace(res, _conv=None, _snapshot=None, _conserved=None)
+    want = fresh.metrics()
+    for f in fields(want):
+        np.testing.assert_array_equal(getattr(m, f.name), getattr(want, f.name))
+    np.testing.assert_array_equal(flux_err, fresh.flux_err)
+    np.testing.assert_array_equal(conserved_err, fresh.conserved_flux_err)
+    np.testing.assert_array_equal(deblend_err, fresh.deblend_flux_err)

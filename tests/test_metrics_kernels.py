@@ -177,3 +177,26 @@ def test_grown_boxes_equal_the_convolvers_one_by_one():
         conv.grown_box(tuple(b))[1] if b[2] * b[3] else (b[0], b[1], 0, 0) for b in boxes.tolist()
     ]
     np.testing.assert_array_equal(_grown_boxes(boxes, conv), np.array(want, dtype=np.int64))
+
+
+def test_flux_sigma_of_all_bands_equals_band_by_band():
+    # metrics._flux_sigma_bands (every band in two numpy calls when every eigenvalue is
+    # kept) against _flux_sigma band by band, to the bit; a band with a (near) zero
+    # eigenvalue takes the band-by-band path and gives NaN where a gradient has a
+    # null-space part
+    from cdeblend.metrics import _flux_sigma, _flux_sigma_bands
+
+    rng = np.random.default_rng(8)
+    for _ in range(300):
+        B, n, K = (int(v) for v in rng.integers(1, [8, 30, 200]))
+        w = rng.random((B, K)) + 0.05
+        proj, Gl = rng.normal(size=(2, B, n, K))
+        if rng.random() < 0.3:
+            w[rng.integers(B), rng.integers(K)] = 1e-14  # dropped: the band-by-band path
+        want = np.stack(
+            [_flux_sigma(w[b], proj[b], Gl[b], np.zeros(n, dtype=bool)) for b in range(B)],
+            axis=1,
+        )
+        got = _flux_sigma_bands(w, proj, Gl)
+        assert got.shape == (n, B)
+        np.testing.assert_array_equal(got, want)

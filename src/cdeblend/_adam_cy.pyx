@@ -1613,3 +1613,22 @@ cdef int _point_source_products(const real[:, :, ::1] weights, const real[:, :, 
             pp[i, b] = a
             rp[i, b] = c
     return 0
+
+
+def all_finite(const double[::1] values):
+    """Whether every value is finite (``numpy.isfinite(values).all()`` in one pass, without
+    the temporary array; a component checks its SED and morphology when it is made)."""
+    cdef Py_ssize_t i, n = values.shape[0]
+    cdef bint ok = True
+    if _release_gil(n):
+        with nogil:
+            for i in range(n):
+                if not isfinite(values[i]):
+                    ok = False
+                    break
+    else:
+        for i in range(n):
+            if not isfinite(values[i]):
+                ok = False
+                break
+    return ok

@@ -17,6 +17,7 @@ this operation is the same call with the kernel flipped in y and x and the offse
 """
 
 from libc.math cimport log2
+from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
 from ._fft cimport (cd_conv, cd_conv_free, cd_conv_init, cd_fast_len, cd_fft_cols_d,
@@ -549,3 +550,39 @@ cdef int _conv_exact(cd_conv* c, const double[::1] src, const Py_ssize_t[:, ::1]
                             continue
                     out[oo + (b * gh + y) * gw + x] = <real>tmp[(b * gh + y) * gw + x]
     return 0
+
+
+# ------------------------------------------------------------------------------------------
+# Box geometry of the batched convolutions
+# ------------------------------------------------------------------------------------------
+
+cdef inline void _clip_row(int64_t y0, int64_t x0, int64_t h, int64_t w, int64_t H, int64_t W,
+                           int64_t* out) noexcept nogil:
+    """``cdeblend.box.clip`` of one box into ``out[0:4]``."""
+    cdef int64_t ya = y0 if y0 > 0 else 0
+    cdef int64_t xa = x0 if x0 > 0 else 0
+    cdef int64_t yb = y0 + h if y0 + h < H else H
+    cdef int64_t xb = x0 + w if x0 + w < W else W
+    out[0] = ya
+    out[1] = xa
+    out[2] = yb - ya if yb > ya else 0
+    out[3] = xb - xa if xb > xa else 0
+
+
+def grown_boxes(const int64_t[:, ::1] boxes, int64_t H, int64_t W, int64_t ry, int64_t rx,
+                int64_t[:, ::1] clipped, int64_t[:, ::1] grown):
+    """Every box clipped to the ``(H, W)`` frame, and that grown by ``(ry, rx)`` and clipped
+    again (``Convolver.grown_box`` of each row; (K, 4) int64 rows ``y0, x0, h, w``).
+
+    One call for all the boxes of a batched convolution: the per-box Python arithmetic it
+    replaces held the GIL for longer than many of the small blends' FFTs took.
+    """
+    cdef Py_ssize_t k, n = boxes.shape[0]
+    if boxes.shape[1] != 4 or clipped.shape[0] != n or grown.shape[0] != n:
+        raise ValueError("boxes, clipped and grown must be (K, 4) arrays of one K")
+    if clipped.shape[1] != 4 or grown.shape[1] != 4:
+        raise ValueError("boxes, clipped and grown must be (K, 4) arrays of one K")
+    for k in range(n):
+        _clip_row(boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3], H, W, &clipped[k, 0])
+        _clip_row(clipped[k, 0] - ry, clipped[k, 1] - rx, clipped[k, 2] + 2 * ry,
+                  clipped[k, 3] + 2 * rx, H, W, &grown[k, 0])

@@ -681,3 +681,31 @@ cdef int _bulge_disk(const double[:, ::1] morph, double f, double bmax, double d
             bulge[y, x] = _bulge(morph[y, x], f) / bmax
             disk[y, x] = _disk(morph[y, x], f) / dmax
     return 0
+
+
+# ------------------------------------------------------------------------ lost sources
+def mirror_min(const double[:, ::1] morph, Py_ssize_t py, Py_ssize_t px, Py_ssize_t sy,
+               Py_ssize_t sx, Py_ssize_t y0, Py_ssize_t x0, Py_ssize_t y1, Py_ssize_t x1):
+    """A copy of ``morph`` whose pixels in rows ``[y0, y1)`` and columns ``[x0, x1)`` (inside
+    the array) are the minimum of themselves and their mirror ``(2 py + sy - y,
+    2 px + sx - x)``; a mirror outside the array counts as 0 (``cdeblend.lost.mirror_min``).
+
+    One pass instead of the index grids and fancy indexing of the numpy version (a dozen
+    calls per touched neighbour of a lost source, each holding the GIL)."""
+    cdef Py_ssize_t h = morph.shape[0], w = morph.shape[1], y, x, my, mx
+    cdef double v, m
+    if not (0 <= y0 <= y1 <= h and 0 <= x0 <= x1 <= w):
+        raise ValueError(f"region rows [{y0}, {y1}) and columns [{x0}, {x1}) are not inside "
+                         f"the ({h}, {w}) morphology")
+    out_arr = np.array(morph, dtype=np.float64, copy=True, order="C")
+    cdef double[:, ::1] out = out_arr
+    with nogil:
+        for y in range(y0, y1):
+            my = 2 * py + sy - y
+            for x in range(x0, x1):
+                mx = 2 * px + sx - x
+                m = morph[my, mx] if (0 <= my < h and 0 <= mx < w) else 0.0
+                v = morph[y, x]
+                # numpy.minimum's choice (the first when not greater)
+                out[y, x] = v if v <= m else m
+    return out_arr

@@ -23,9 +23,6 @@ from .box import MAX_COORD, as_boxes, as_int
 
 __all__ = ["FlatStack", "apportion_checked", "apportion_flux"]
 
-#: Values of a float32 stack that :meth:`FlatStack.sums` casts to float64 at a time.
-_SUM_CHUNK = 1 << 20
-
 
 class FlatStack:
     """Per-child arrays of shape (B, h_i, w_i), each on its own box, stored in one buffer.
@@ -45,6 +42,40 @@ class FlatStack:
         self.boxes = as_boxes(boxes)
         self.bands = as_int(bands, "bands")
         self.offsets = self._check()
+
+    @classmethod
+    def like(cls, flat: np.ndarray, layout: FlatStack) -> FlatStack:
+        """A stack of ``flat`` (``layout.flat``'s size) in the checked layout of ``layout``
+        (its boxes, bands and offsets), without checking them again: the products of a fit
+        make several stacks per blend on one layout, and each check is a few numpy calls
+        that hold the GIL."""
+        if not isinstance(flat, np.ndarray) or flat.shape != layout.flat.shape:
+            raise ValueError(
+                f"flat must be an array of shape {layout.flat.shape}, got {np.shape(flat)}"
+            )
+        new = object.__new__(cls)
+        new.flat, new.boxes, new.bands, new.offsets = (
+            flat,
+            layout.boxes,
+            layout.bands,
+            layout.offsets,
+        )
+        return new
+
+    @classmethod
+    def of_clipped(cls, flat: np.ndarray, boxes: np.ndarray, bands: int) -> FlatStack:
+        """A stack of boxes the package clipped to a frame itself ((N, 4) int64, sizes >= 0,
+        coordinates within the frame): only the buffer's size is checked (the range checks
+        of the constructor are a few numpy calls that hold the GIL, per stack of a fit's
+        products)."""
+        sizes = bands * boxes[:, 2] * boxes[:, 3]
+        offsets = np.zeros(len(boxes) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        if not isinstance(flat, np.ndarray) or flat.ndim != 1 or flat.size != offsets[-1]:
+            raise ValueError(f"flat must be 1-D with {offsets[-1]} values, got {np.shape(flat)}")
+        new = object.__new__(cls)
+        new.flat, new.boxes, new.bands, new.offsets = flat, boxes, bands, offsets
+        return new
 
     def _check(self) -> np.ndarray:
         """Validate the layout (the kernels index ``flat`` with it unchecked); return the
@@ -129,34 +160,20 @@ class FlatStack:
         return self.flat[self.offsets[i] : self.offsets[i + 1]].reshape(self.bands, h, w)
 
     def sums(self) -> np.ndarray:
-        """(N, B) float64 sum of every row per band (0 for empty boxes), in one call."""
-        n, B = len(self), self.bands
-        plane = self.boxes[:, 2] * self.boxes[:, 3]
-        starts = (self.offsets[:-1, None] + np.arange(B)[None] * plane[:, None]).ravel()
-        out = np.zeros(n * B)
-        keep = np.repeat(plane > 0, B)
-        if not keep.any():
-            return out.reshape(n, B)
-        # segments [start, next start) of the non-empty planes, summed in order; a float32
-        # stack is cast by runs of rows of about _SUM_CHUNK values (each segment is summed
-        # from the same values as from one cast of the whole buffer, which would fault in
-        # twice the stack's bytes)
-        if self.flat.dtype == np.float64:
-            out[keep] = np.add.reduceat(self.flat, starts[keep])
-            return out.reshape(n, B)
-        offsets = self.offsets
-        r0 = 0
-        while r0 < n:
-            r1 = int(np.searchsorted(offsets, offsets[r0] + _SUM_CHUNK, side="right")) - 1
-            r1 = min(max(r1, r0 + 1), n)
-            sel = slice(r0 * B, r1 * B)
-            k = keep[sel]
-            if k.any():
-                lo = int(offsets[r0])
-                part = self.flat[lo : int(offsets[r1])].astype(np.float64)
-                out[sel][k] = np.add.reduceat(part, starts[sel][k] - lo)
-            r0 = r1
-        return out.reshape(n, B)
+        """(N, B) float64 sum of every row per band (0 for empty boxes), in one call (each
+        plane summed as ``numpy.add.reduceat`` sums a segment: the same bits)."""
+        out = np.empty((len(self), self.bands))
+        flat = self.flat
+        if flat.dtype not in (np.float32, np.float64):
+            flat = flat.astype(np.float64)
+        _apportion_cy.plane_sums(
+            # a float32 stack is summed plane by plane in float64 by the kernel, uncast
+            np.ascontiguousarray(flat),
+            self.offsets,
+            np.ascontiguousarray(self.boxes, dtype=np.int64),
+            out,
+        )
+        return out
 
 
 def apportion_flux(
@@ -231,4 +248,4 @@ def apportion_checked(
     _apportion_cy.template_sum(flat, templates.offsets, templates.boxes, mask_u8, tsum)
     out = np.empty_like(flat)
     _apportion_cy.apportion(image, tsum, flat, templates.offsets, templates.boxes, mask_u8, out)
-    return FlatStack(out, templates.boxes, templates.bands), tsum
+    return FlatStack.like(out, templates), tsum

@@ -224,7 +224,8 @@ class Component:
                 f"morphology has shape {self.morphology.shape}, its box needs {self.box[2:]}"
             )
         for what, arr in (("sed", self.sed), ("morphology", self.morphology)):
-            if not np.all(np.isfinite(arr)):
+            # (C-contiguous float64 here: one kernel pass, not two numpy calls)
+            if not _adam_cy.all_finite(arr.reshape(-1)):
                 raise ValueError(f"{what} has NaN or infinite values")
 
     @property
@@ -313,20 +314,24 @@ class PackedComponents:
         """Pack the components; with ``bind`` their ``sed``/``morphology`` become views of
         the buffers."""
         K = len(components)
-        comp = np.zeros((K, 7), dtype=np.int64)
+        # the tables from plain-int rows and the buffers in one copy each (a numpy call per
+        # component held the GIL; a blend is packed a few times per deblend)
+        rows = []
         off = 0
-        for k, c in enumerate(components):
+        for c in components:
             y0, x0, h, w = c.box
             py, px = c.local_peak
-            comp[k] = (y0, x0, h, w, off, py, px)
+            rows.append((y0, x0, h, w, off, py, px))
             off += h * w
+        comp = np.array(rows, dtype=np.int64).reshape(K, 7)
         sed = np.zeros((K, bands))
+        if K:
+            sed[...] = [c.sed for c in components]
         morph = np.zeros(off)
+        if off:
+            np.concatenate([np.ravel(c.morphology) for c in components], out=morph)
         thresh = np.array([-1.0 if c.bg_thresh is None else c.bg_thresh for c in components])
         packed = cls(sed, morph, comp, thresh.reshape(K))
-        for k, c in enumerate(components):
-            sed[k] = c.sed
-            morph[comp[k, 4] : comp[k, 4] + c.morphology.size] = c.morphology.ravel()
         if bind:
             packed.bind(components)
         return packed
@@ -343,10 +348,15 @@ class PackedComponents:
 
     def bind(self, components: Sequence[Component]) -> None:
         """Point every component's ``sed`` and ``morphology`` at the packed buffers."""
-        for k, c in enumerate(components):
-            c.sed = self.sed[k]
-            c.morphology = self.morph_view(k)
-            c.box = tuple(int(v) for v in self.comp[k, :4])  # type: ignore[assignment]
+        morph = self.morph
+        # the rows as Python ints once (a numpy scalar per value held the GIL); like the
+        # indexing it replaces, a shorter list binds the first rows
+        for c, sed, (y0, x0, h, w, off, _, _) in zip(
+            components, self.sed, self.comp.tolist(), strict=False
+        ):
+            c.sed = sed
+            c.morphology = morph[off : off + h * w].reshape(h, w)
+            c.box = (y0, x0, h, w)
 
     def morph_sums(self) -> np.ndarray:
         """(K,) sum of each component's morphology."""
@@ -356,6 +366,36 @@ class PackedComponents:
         if nonempty.any():
             sums[nonempty] = np.add.reduceat(self.morph, self.comp[nonempty, 4])
         return sums
+
+
+def _is_pair(v: object) -> bool:
+    return type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int
+
+
+def _geometry_is_plain(sources: list, B: int, H: int, W: int) -> bool:
+    """True when every source and component passes :meth:`Blend.check_geometry` as the
+    package makes them (tuples of Python ints, float64 arrays), by plain comparisons (the
+    checks with their conversions held the GIL for a few percent of a small blend's
+    deblend); False sends the blend to the checks that name what is wrong."""
+    for src in sources:
+        if type(src) is not Source or not _is_pair(src.peak):
+            return False
+        if not (0 <= src.peak[0] < H and 0 <= src.peak[1] < W):
+            return False
+        for c in src.components:
+            box, sed, morph = c.box, c.sed, c.morphology
+            if type(c) is not Component or not _is_pair(c.peak) or type(box) is not tuple:
+                return False
+            if len(box) != 4 or not all(type(v) is int for v in box):
+                return False
+            (y0, x0, h, w), (py, px) = box, c.peak
+            if not (0 <= y0 <= py < y0 + h <= H and 0 <= x0 <= px < x0 + w <= W):
+                return False
+            if type(sed) is not np.ndarray or type(morph) is not np.ndarray:
+                return False
+            if sed.shape != (B,) or morph.shape != (h, w):
+                return False
+    return True
 
 
 class Blend:
@@ -402,6 +442,8 @@ class Blend:
         bounds checks; this runs when the blend is made and whenever it is (re)packed.
         """
         B, H, W = self.shape
+        if _geometry_is_plain(self.sources, B, H, W):
+            return
         frame = (0, 0, H, W)
         for i, src in enumerate(self.sources):
             if not isinstance(src, Source):
@@ -543,21 +585,16 @@ class Blend:
         # the kernels write every value (np.empty: zero-filling hands the GIL over)
         models = np.empty(int(sizes.sum()))
         _adam_cy.render_sources(p.sed, p.morph, p.comp, ranges, boxes, models, offsets)
-        grown = np.array(
-            [
-                obs.convolver.grown_box(tuple(b))[1] if b[2] * b[3] else (b[0], b[1], 0, 0)
-                for b in boxes.tolist()
-            ],
-            dtype=np.int64,
-        ).reshape(-1, 4)
+        grown = obs.convolver.grown_boxes(boxes)[1]
+        empty = boxes[:, 2] * boxes[:, 3] == 0
+        if empty.any():  # a null source: (y0, x0, 0, 0)
+            grown[empty] = boxes[empty] * np.array([1, 1, 0, 0])
         gsizes = B * grown[:, 2] * grown[:, 3]
         goffsets = np.zeros(len(idx), dtype=np.int64)
         goffsets[1:] = np.cumsum(gsizes)[:-1]
         out = np.empty(int(gsizes.sum()), dtype=obs.dtype)
-        obs.convolver.convolve_exact_into(
-            models, [tuple(b) for b in boxes.tolist()], offsets, out, goffsets
-        )
-        return FlatStack(out, grown, B)
+        obs.convolver.convolve_exact_into(models, boxes, offsets, out, goffsets)
+        return FlatStack.of_clipped(out, grown, B)
 
     def __repr__(self) -> str:
         return f"Blend(shape={self.shape}, sources={len(self.sources)})"

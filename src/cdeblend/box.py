@@ -247,13 +247,10 @@ def overlapping_pairs(boxes: np.ndarray) -> np.ndarray:
     """
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
     if len(boxes) <= _DENSE_PAIRS:
-        y0, x0 = boxes[:, 0], boxes[:, 1]
-        y1, x1 = y0 + boxes[:, 2], x0 + boxes[:, 3]
-        hit = (np.maximum(y0[:, None], y0[None]) < np.minimum(y1[:, None], y1[None])) & (
-            np.maximum(x0[:, None], x0[None]) < np.minimum(x1[:, None], x1[None])
-        )
-        k, j = np.nonzero(np.triu(hit))
-        return np.stack([k, j], axis=1).astype(np.int64)
+        # the all-pairs test in one kernel pass (as numpy, a dozen calls holding the GIL)
+        from ._apportion_cy import dense_pairs
+
+        return dense_pairs(boxes)
     return _swept_pairs(boxes)
 
 

@@ -44,6 +44,7 @@ from ._convolve_cy import (
     fast_len,
     kernel_spectrum,
 )
+from ._convolve_cy import grown_boxes as _grown_boxes
 from ._threads import num_threads
 from .box import Box, as_box, clip
 
@@ -341,6 +342,17 @@ class Convolver:
         grown = clip((cy0 - ry, cx0 - rx, ch + 2 * ry, cw + 2 * rx), (height, width))
         return (cy0, cx0, ch, cw), grown
 
+    def grown_boxes(self, boxes: Any) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`grown_box` of every row of a (K, 4) array of boxes in one kernel call: the
+        (K, 4) int64 clipped and grown boxes (a Python call per box held the GIL)."""
+        b = np.ascontiguousarray(boxes, dtype=np.int64).reshape(-1, 4)
+        _, height, width = self.shape
+        ry, rx = self.kernel_radius
+        clipped = np.empty_like(b)
+        grown = np.empty_like(b)
+        _grown_boxes(b, height, width, ry, rx, clipped, grown)
+        return clipped, grown
+
     def _box_source(self, array: Any, box: Any) -> tuple[np.ndarray, Box, Box]:
         """Check ``array`` on ``box`` and cut it to the frame.
 
@@ -422,21 +434,32 @@ class Convolver:
         :func:`~cdeblend._convolve_cy.conv_planes` call, two morphologies per transform and
         the GIL released throughout; small cases take the direct loop.
         """
+        if len(arrays) != len(boxes):
+            raise ValueError(f"got {len(arrays)} arrays but {len(boxes)} boxes")
+        # the box arithmetic at once, then plain ints: a Python or numpy call per
+        # morphology held the GIL for longer than the batched FFTs took
+        box_arr = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+        clipped, grown = self.grown_boxes(box_arr)
         grids: dict[tuple[int, int], list] = {}
-        for k, (array, box) in enumerate(zip(arrays, boxes, strict=True)):
-            y0, x0, h, w = box
-            arr = self.check_input(array, "array", allow_2d=True)
-            if arr.shape[0] != 1 or arr.shape[1:] != (h, w):
-                raise ValueError(f"array {k} has shape {np.shape(array)} but its box is ({h}, {w})")
-            (cy0, cx0, ch, cw), (gy0, gx0, gh, gw) = self.grown_box(box)
+        plans: dict[tuple[int, int, int, int], tuple[int, int] | None] = {}
+        rows = zip(arrays, box_arr.tolist(), clipped.tolist(), grown.tolist(), strict=True)
+        for k, (array, (y0, x0, h, w), (cy0, cx0, ch, cw), (gy0, gx0, gh, gw)) in enumerate(rows):
+            arr = array if isinstance(array, np.ndarray) else np.asarray(array)
+            arr = arr[0] if arr.ndim == 3 and arr.shape[0] == 1 else arr
+            if arr.shape != (h, w) or arr.dtype.kind not in "biuf":
+                raise ValueError(
+                    f"array {k} has shape {np.shape(array)} and dtype {arr.dtype}, its box is "
+                    f"({h}, {w}): it must be a real (h, w) array"
+                )
             if ch == 0 or cw == 0 or gh == 0 or gw == 0:
                 continue  # nothing of it in the frame: its convolution is 0
-            if self.pick_mode("auto", 1, gh, gw, (ch, cw)) == "real":
-                conv, _ = self.convolve_box(arr, box, mode="real")
+            grid = self._grid_of(plans, 1, gh, gw, ch, cw)
+            if grid is None:
+                conv, _ = self.convolve_box(arr, (y0, x0, h, w), mode="real")
                 flat[offsets[k] : offsets[k] + conv.size] = conv.ravel()
                 continue
-            src = arr[0, cy0 - y0 : cy0 - y0 + ch, cx0 - x0 : cx0 - x0 + cw]
-            grid = self._shared_grid(gh, gw)
+            sub = (slice(cy0 - y0, cy0 - y0 + ch), slice(cx0 - x0, cx0 - x0 + cw))
+            src = arr if (ch, cw) == (h, w) else arr[sub]
             grids.setdefault(grid, []).append((k, src, cy0 - gy0, cx0 - gx0, gh, gw))
         jobs = [
             (n0, n1, part)
@@ -450,23 +473,31 @@ class Convolver:
         for n0, n1, items in jobs:
             self._convolve_planes(n0, n1, items, flat, offsets)
 
+    def _grid_of(self, plans: dict, nb_in: int, gh: int, gw: int, ch: int, cw: int) -> Any:
+        """The FFT grid of a (ch, cw) source on a (gh, gw) grown box, None for the direct
+        loop: the cost model's choice, looked up once per shape (``plans``, per call)."""
+        if (gh, gw, ch, cw) not in plans:
+            real = self.pick_mode("auto", nb_in, gh, gw, (ch, cw)) == "real"
+            plans[gh, gw, ch, cw] = None if real else self._shared_grid(gh, gw)
+        return plans[gh, gw, ch, cw]
+
     def _convolve_planes(
         self, n0: int, n1: int, items: list, flat: np.ndarray, offsets: np.ndarray
     ) -> None:
         """One :func:`~cdeblend._convolve_cy.conv_planes` call for the morphologies ``items``
         of :meth:`convolve_morphs_into` that share the ``(n0, n1)`` grid."""
-        src_table = np.empty((len(items), 5), dtype=np.intp)
-        out_table = np.empty((len(items), 3), dtype=np.intp)
-        o = 0
-        for j, (k, src, oy, ox, gh, gw) in enumerate(items):
-            src_table[j] = (o, src.shape[0], src.shape[1], oy, ox)
-            out_table[j] = (offsets[k], gh, gw)
-            o += src.size
-        planes = np.empty(o, dtype=self.dtype)
-        for j, item in enumerate(items):
-            src = item[1]
-            planes[src_table[j, 0] : src_table[j, 0] + src.size].reshape(src.shape)[...] = src
-        work = self.work(n0, n1, int(out_table[:, 2].max()))
+        # the tables in plain ints, one array each (per-row numpy calls held the GIL)
+        src_rows, out_rows, o = [], [], 0
+        for k, src, oy, ox, gh, gw in items:
+            h, w = src.shape
+            src_rows.append((o, h, w, oy, ox))
+            out_rows.append((int(offsets[k]), gh, gw))
+            o += h * w
+        src_table = np.array(src_rows, dtype=np.intp).reshape(-1, 5)
+        out_table = np.array(out_rows, dtype=np.intp).reshape(-1, 3)
+        # one copy (and cast to the working dtype) of every plane
+        planes = np.concatenate([item[1].ravel() for item in items], dtype=self.dtype)
+        work = self.work(n0, n1, max(row[2] for row in out_rows))
         conv_planes(work, planes, src_table, self.kernel_spectrum(n0, n1), flat, out_table)
 
     # ------------------------------------------------------------------ exact convolutions
@@ -505,32 +536,38 @@ class Convolver:
         Models sharing an FFT grid go to one Cython call, without the GIL.
         """
         nb = self.shape[0]
+        clipped, grown = self.grown_boxes(np.asarray(boxes, dtype=np.int64).reshape(-1, 4))
+        offs = np.asarray(offsets).tolist()
+        out_offs = np.asarray(out_offsets).tolist()
         grids: dict[tuple[int, int], list] = {}
-        for k, box in enumerate(boxes):
-            (cy0, cx0, ch, cw), (gy0, gx0, gh, gw) = self.grown_box(box)
+        plans: dict[tuple[int, int, int, int], tuple[int, int] | None] = {}
+        for k, ((cy0, cx0, ch, cw), (gy0, gx0, gh, gw)) in enumerate(
+            zip(clipped.tolist(), grown.tolist(), strict=True)
+        ):
             if ch == 0 or cw == 0 or gh == 0 or gw == 0:
                 continue
-            model = models[offsets[k] : offsets[k] + nb * ch * cw].reshape(nb, ch, cw)
-            dst = out[out_offsets[k] : out_offsets[k] + nb * gh * gw].reshape(nb, gh, gw)
-            if self.pick_mode("auto", nb, gh, gw, (ch, cw)) == "real":
+            grid = self._grid_of(plans, nb, gh, gw, ch, cw)
+            if grid is None:
+                model = models[offs[k] : offs[k] + nb * ch * cw].reshape(nb, ch, cw)
+                dst = out[out_offs[k] : out_offs[k] + nb * gh * gw].reshape(nb, gh, gw)
                 dst[...] = 0
                 convolve_direct(model.astype(self.dtype), self.kernels, dst, cy0 - gy0, cx0 - gx0)
                 continue
-            grid = self._shared_grid(gh, gw)
-            grids.setdefault(grid, []).append((k, cy0 - gy0, cx0 - gx0, ch, cw, gh, gw))
+            grids.setdefault(grid, []).append(
+                (offs[k], ch, cw, cy0 - gy0, cx0 - gx0, out_offs[k], gh, gw, k)
+            )
         taps = self.kernels != 0
-        for (n0, n1), items in grids.items():
-            src_table = np.array(
-                [(offsets[k], ch, cw, oy, ox) for k, oy, ox, ch, cw, _, _ in items], dtype=np.intp
-            )
-            out_table = np.array(
-                [(out_offsets[k], gh, gw) for k, *_, gh, gw in items], dtype=np.intp
-            )
+        all_taps = bool(taps.all())
+        for (n0, n1), rows in grids.items():
+            table = np.array(rows, dtype=np.intp).reshape(-1, 9)
+            src_table = np.ascontiguousarray(table[:, :5])
+            out_table = np.ascontiguousarray(table[:, 5:8])
             work = self.work(n0, n1, int(out_table[:, 2].max()), double=True)
             ry, rx = self.kernel_radius
             spectrum = self.kernel_spectrum(n0, n1, exact=True)
-            conv_exact(work, models, src_table, spectrum, out, out_table, ry, rx, bool(taps.all()))
-            if not taps.all():
+            conv_exact(work, models, src_table, spectrum, out, out_table, ry, rx, all_taps)
+            if not all_taps:
+                items = [(k, oy, ox, ch, cw, gh, gw) for _, ch, cw, oy, ox, _, gh, gw, k in rows]
                 self._cut_to_support(taps, models, offsets, out, out_offsets, items)
 
     def _cut_to_support(

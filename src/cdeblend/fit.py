@@ -25,6 +25,29 @@ __all__ = ["Fitter", "fit_blend"]
 _OPTIMIZERS = {"amsgrad": _adam_cy.AMSGRAD, "adam": _adam_cy.ADAM}
 
 
+def _source_sums(values: np.ndarray, sources: list) -> dict[int, float]:
+    """``{id(source): values[its components].sum()}`` with the components in source order.
+
+    A source's one or two values are added in Python as numpy's sum adds them (from its
+    identity +0.0, which turns a -0.0 into 0.0), more through numpy: a numpy call per
+    source held the GIL."""
+    out: dict[int, float] = {}
+    vals = values.tolist()
+    a = 0
+    for s in sources:
+        n = len(s.components)
+        if n == 0:
+            out[id(s)] = 0.0
+        elif n == 1:
+            out[id(s)] = 0.0 + vals[a]
+        elif n == 2:
+            out[id(s)] = 0.0 + vals[a] + vals[a + 1]
+        else:
+            out[id(s)] = float(values[a : a + n].sum())
+        a += n
+    return out
+
+
 class Fitter:
     """Proximal ADAM on every component of a blend (docs/spec/multi_band.md 3.3-3.10).
 
@@ -349,11 +372,7 @@ class Fitter:
         snr = np.divide(num, np.sqrt(den), out=np.zeros_like(num), where=den > 0)
         # each source's model flux from the packed parameters (components in source order)
         comp_flux = p.sed.sum(axis=1) * p.morph_sums()
-        starts = np.cumsum([0] + [len(s.components) for s in self.blend.sources])
-        flux = {
-            id(s): float(comp_flux[starts[k] : starts[k + 1]].sum())
-            for k, s in enumerate(self.blend.sources)
-        }
+        flux = _source_sums(comp_flux, self.blend.sources)
         model_psf = model_psf_array(obs)
         added = 0
         for i, src in enumerate(sources):

@@ -52,19 +52,15 @@ def mirror_min(
     numpy.ndarray
         A new array; pixels whose mirror is outside the morphology become 0.
     """
-    h, w = morph.shape
-    out = np.array(morph, dtype=np.float64, copy=True)
+    arr = np.ascontiguousarray(morph, dtype=np.float64)
+    h, w = arr.shape
     y0, x0 = max(region[0], 0), max(region[1], 0)
     y1, x1 = min(region[0] + region[2], h), min(region[1] + region[3], w)
     if y1 <= y0 or x1 <= x0:
-        return out
-    yy, xx = np.mgrid[y0:y1, x0:x1]
-    my, mx = 2 * peak[0] + int(shift[0]) - yy, 2 * peak[1] + int(shift[1]) - xx
-    inside = (my >= 0) & (my < h) & (mx >= 0) & (mx < w)
-    mirror = np.zeros(yy.shape)
-    mirror[inside] = morph[my[inside], mx[inside]]
-    out[y0:y1, x0:x1] = np.minimum(morph[y0:y1, x0:x1], mirror)
-    return out
+        return arr.copy()
+    py, px = (int(v) for v in peak)
+    sy, sx = (int(v) for v in shift)
+    return _initialization_cy.mirror_min(arr, py, px, sy, sx, y0, x0, y1, x1)
 
 
 def _point_sources(blend: Blend, indices: list) -> dict:
@@ -253,7 +249,7 @@ def _kept_seds(
 
 def _grown_union(obs, boxes: list) -> tuple:
     """The (B, y, x) slices of the union of ``boxes`` grown by the convolution kernel."""
-    grown = np.array([obs.convolver.grown_box(box)[1] for box in boxes], dtype=np.intp)
+    grown = obs.convolver.grown_boxes(boxes)[1]
     y0, x0 = grown[:, 0].min(), grown[:, 1].min()
     y1, x1 = (grown[:, 0] + grown[:, 2]).max(), (grown[:, 1] + grown[:, 3]).max()
     return (slice(None), slice(int(y0), int(y1)), slice(int(x0), int(x1)))

@@ -156,7 +156,7 @@ def conserved_flux_errors(
     _apportion_cy.apportion(
         var, np.square(tsum), clipped2, templates.offsets, templates.boxes, mask_u8, out
     )
-    return np.sqrt(FlatStack(out, templates.boxes, B).sums())
+    return np.sqrt(FlatStack.like(out, templates).sums())
 
 
 def deblend_flux_errors(
@@ -220,9 +220,55 @@ def deblend_flux_errors(
         mask_u8,
         squared,
     )
-    sums = FlatStack(own - squared, templates.boxes, B).sums()
+    sums = FlatStack.like(own - squared, templates).sums()
     # round-off can leave -1e-13 where a child is alone
     return np.maximum(sums, 0.0)
+
+
+def _noise_and_deblend_errors(
+    templates: FlatStack, variance: np.ndarray, has_data: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``conserved_flux_errors(templates, variance)`` and
+    ``deblend_flux_errors(templates, has_data)`` (no footprint) with the templates' sum and
+    their clipped squares computed once: the same operations on the same values, so the
+    same numbers (tested), with a third fewer numpy calls holding the GIL per parent."""
+    var = np.ascontiguousarray(variance, dtype=np.float64)
+    B, H, W = var.shape
+    if B != templates.bands:
+        raise ValueError(f"variance has {B} bands, templates have {templates.bands}")
+    data = np.asarray(has_data)
+    if data.shape != (B, H, W):
+        raise ValueError(f"has_data must be (B, H, W) = {(B, H, W)}, got {data.shape}")
+    mask_u8 = np.ones((H, W), dtype=np.uint8)
+    flat = np.ascontiguousarray(templates.flat, dtype=np.float64)
+    offsets, boxes = templates.offsets, templates.boxes
+    tsum = np.zeros((B, H, W))
+    _apportion_cy.template_sum(flat, offsets, boxes, mask_u8, tsum)
+    clipped2 = np.square(np.maximum(flat, 0.0))
+    out = np.empty_like(flat)
+    _apportion_cy.apportion(var, np.square(tsum), clipped2, offsets, boxes, mask_u8, out)
+    noise = np.sqrt(FlatStack.like(out, templates).sums())
+    data = np.ascontiguousarray(data != 0, dtype=np.float64)
+    own = np.empty_like(flat)
+    _apportion_cy.apportion(data * tsum, tsum, flat, offsets, boxes, mask_u8, own)
+    squared = np.empty_like(flat)
+    _apportion_cy.apportion(data, tsum, clipped2, offsets, boxes, mask_u8, squared)
+    deblend = np.maximum(FlatStack.like(own - squared, templates).sums(), 0.0)
+    return noise, deblend
+
+
+def result_errors_and_metrics(result) -> tuple[BlendMetrics, np.ndarray, np.ndarray, np.ndarray]:
+    """A :class:`~cdeblend.DeblendResult`'s ``metrics()``, ``flux_err``,
+    ``conserved_flux_err`` and ``deblend_flux_err`` in one call (the catalog's summary of a
+    parent), sharing the variance plane, the pixels with data and the templates' sum that
+    each of them would compute again: the same numbers."""
+    obs = result.blend.observation
+    has_data = np.asarray(obs.weights) > 0
+    var = variance_plane(obs)
+    metrics = blend_metrics(result, has_data)
+    flux_err = model_flux_errors(result, var)
+    noise, deblend = _noise_and_deblend_errors(result._convolved_stack(), var, has_data)
+    return metrics, flux_err, noise, deblend
 
 
 def fisher_matrices(shapes: FlatStack, ivar: np.ndarray) -> np.ndarray:
@@ -294,9 +340,7 @@ def fisher_flux_errors(
         Gl = G / d[:, None, :]
         w, V = np.linalg.eigh(F / (d[:, :, None] * d[:, None, :]))
         proj = Gl @ V
-        for b in range(B):
-            out[:, b] = _flux_sigma(w[b], proj[b], Gl[b], np.zeros(n, dtype=bool))
-        return out
+        return _flux_sigma_bands(w, proj, Gl)
     for b in range(B):
         live = d[b] > 0
         # scale to unit diagonal before inverting (the amplitudes differ by decades); one
@@ -319,24 +363,35 @@ def _flux_sigma(w: np.ndarray, proj: np.ndarray, Gl: np.ndarray, dead: np.ndarra
     return np.where(dead, np.nan, np.sqrt(var))
 
 
+def _flux_sigma_bands(w: np.ndarray, proj: np.ndarray, Gl: np.ndarray) -> np.ndarray:
+    """(n, B) :func:`_flux_sigma` of every band (``w`` (B, K), ``proj`` and ``Gl`` (B, n, K))
+    with no flux marked dead beforehand. When every band keeps every eigenvalue (the usual
+    case) no flux is NaN and all bands go in two numpy calls. :func:`_flux_sigma` sums an
+    (n, K) array in Fortran order (what ``proj[:, keep]`` gives), which numpy sums over K
+    one term after the other; the terms here lie in that order too (each band's (n, K)
+    block is a transposed (K, n) one), so the sums are the same to the bit (a C-ordered
+    array would be summed pairwise, which rounds differently)."""
+    top = np.maximum(w.max(axis=1, initial=0.0), 1e-300)
+    keep = w > 1e-10 * top[:, None]
+    if not keep.all():
+        dead = np.zeros(proj.shape[1], dtype=bool)
+        return np.stack([_flux_sigma(w[b], proj[b], Gl[b], dead) for b in range(len(w))], axis=1)
+    # with every eigenvalue kept no gradient has a null-space part: none is NaN
+    B, n, K = proj.shape
+    terms = np.empty((B, K, n)).transpose(0, 2, 1)  # (B, n, K), each band Fortran-ordered
+    np.divide(proj**2, w[:, None, :], out=terms)
+    return np.sqrt(terms.sum(axis=2)).T
+
+
 def _grown_boxes(boxes: np.ndarray, convolver) -> np.ndarray:
     """(K, 4) ``convolver.grown_box(box)[1]`` of every non-empty box, ``(y0, x0, 0, 0)`` of
     an empty one: the box clipped to the frame, grown by the kernel half-size, clipped
     again (box.clip's arithmetic, for all boxes at once)."""
     boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-    _, H, W = convolver.shape
-    ry, rx = convolver.kernel_radius
-
-    def clip(y0, x0, h, w):
-        ya, xa = np.maximum(y0, 0), np.maximum(x0, 0)
-        yb, xb = np.minimum(y0 + h, H), np.minimum(x0 + w, W)
-        return ya, xa, np.maximum(yb - ya, 0), np.maximum(xb - xa, 0)
-
-    y0, x0, h, w = boxes.T
-    cy, cx, ch, cw = clip(y0, x0, h, w)
-    grown = np.stack(clip(cy - ry, cx - rx, ch + 2 * ry, cw + 2 * rx), axis=1)
-    empty = h * w == 0
-    grown[empty] = np.stack([y0, x0, 0 * y0, 0 * x0], axis=1)[empty]
+    grown = convolver.grown_boxes(boxes)[1]
+    empty = boxes[:, 2] * boxes[:, 3] == 0
+    if empty.any():
+        grown[empty] = boxes[empty] * np.array([1, 1, 0, 0])
     return grown
 
 
@@ -349,8 +404,10 @@ def _component_shapes(blend, packed) -> tuple[FlatStack, np.ndarray]:
     obs = blend.observation
     B = blend.shape[0]
     K = len(packed.comp)
-    boxes = [tuple(b) for b in packed.comp[:, :4].tolist()]
-    morphs = [packed.morph_view(k)[None] for k in range(K)]
+    boxes = packed.comp[:, :4]
+    flat = packed.morph
+    # the (h, w) views of the packed morphologies (morph_view's, without a call per view)
+    morphs = [flat[o : o + h * w].reshape(h, w) for _, _, h, w, o, _, _ in packed.comp.tolist()]
     grown = _grown_boxes(packed.comp[:, :4], obs.convolver)
     gsizes = B * grown[:, 2] * grown[:, 3]
     goffsets = np.zeros(K, dtype=np.intp)
@@ -360,12 +417,13 @@ def _component_shapes(blend, packed) -> tuple[FlatStack, np.ndarray]:
     out = np.zeros(int(gsizes.sum()), dtype=obs.dtype)
     obs.convolver.convolve_morphs_into(morphs, boxes, out, goffsets)
     sums = np.array([m.sum() for m in morphs]).reshape(K)
-    return FlatStack(out, grown, B), sums
+    return FlatStack.of_clipped(out, grown, B), sums
 
 
-def model_flux_errors(result) -> np.ndarray:
+def model_flux_errors(result, var: np.ndarray | None = None) -> np.ndarray:
     """(N, B) standard deviation of each source's model flux (:attr:`DeblendResult.fluxes`)
-    from the SED fit's Fisher matrix with the morphologies held."""
+    from the SED fit's Fisher matrix with the morphologies held (``var``: the observation's
+    :func:`variance_plane` when the caller has it)."""
     blend = result.blend
     B = blend.shape[0]
     n = len(blend.sources)
@@ -373,7 +431,8 @@ def model_flux_errors(result) -> np.ndarray:
     if len(packed.comp) == 0:
         return np.zeros((n, B))
     shapes, sums = _component_shapes(blend, packed)
-    var = variance_plane(blend.observation)
+    if var is None:
+        var = variance_plane(blend.observation)
     ivar = np.divide(1.0, var, out=np.zeros_like(var), where=var > 0)
     owner = np.repeat(np.arange(n), [len(s.components) for s in blend.sources])
     return fisher_flux_errors(shapes, ivar, sums, owner, n)
@@ -432,21 +491,24 @@ class BlendMetrics:
 def _source_models(blend, packed) -> FlatStack:
     """Each source's model-space model on its box (float64)."""
     B = blend.shape[0]
-    sources = blend.sources
-    starts = np.cumsum([0] + [len(s.components) for s in sources])
-    ranges = np.stack([starts[:-1], starts[1:]], axis=1).astype(np.int64).reshape(-1, 2)
-    boxes = np.array([s.box for s in sources], dtype=np.int64).reshape(-1, 4)
-    sizes = B * boxes[:, 2] * boxes[:, 3]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    out = np.empty(int(offsets[-1]))
+    # the tables from plain-int rows (a numpy call per step held the GIL)
+    rows, a = [], 0
+    for s in blend.sources:
+        rows.append((a, a + len(s.components)))
+        a += len(s.components)
+    ranges = np.array(rows, dtype=np.int64).reshape(-1, 2)
+    boxes = np.array([s.box for s in blend.sources], dtype=np.int64).reshape(-1, 4)
+    # the sources' boxes hold their components', inside the blend (checked when packed)
+    stack = FlatStack.of_clipped(np.empty(int((B * boxes[:, 2] * boxes[:, 3]).sum())), boxes, B)
     _adam_cy.render_sources(
-        packed.sed, packed.morph, packed.comp, ranges, boxes, out, offsets[:-1].copy()
+        packed.sed, packed.morph, packed.comp, ranges, boxes, stack.flat, stack.offsets[:-1].copy()
     )
-    return FlatStack(out, boxes, B)
+    return stack
 
 
-def blend_metrics(result) -> BlendMetrics:
-    """The metrics of :class:`BlendMetrics` for a :class:`~cdeblend.DeblendResult`."""
+def blend_metrics(result, has_data: np.ndarray | None = None) -> BlendMetrics:
+    """The metrics of :class:`BlendMetrics` for a :class:`~cdeblend.DeblendResult`
+    (``has_data``: the observation's ``weights > 0`` when the caller has it)."""
     blend = result.blend
     obs = blend.observation
     B, H, W = blend.shape
@@ -455,7 +517,8 @@ def blend_metrics(result) -> BlendMetrics:
     total = np.zeros((B, H, W))
     _adam_cy.render(packed.sed, packed.morph, packed.comp, total)
     weights = np.asarray(obs.weights)
-    has_data = weights > 0
+    if has_data is None:
+        has_data = weights > 0
     conv = result._convolved_stack()
     inside = boxes_inside(models, conv, H, W)
     chi = chi_image(conv, np.asarray(obs.images), weights, inside)

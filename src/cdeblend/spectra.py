@@ -397,11 +397,9 @@ def fit_seds_checked(
         return np.zeros((0, nb))
     dtype = observation.dtype
     # grown boxes first (pure box arithmetic), so one flat buffer holds every convolved model
-    grown = np.zeros((nk, 4), dtype=np.intp)
-    for k, box in enumerate(box_list):
-        clipped, g = observation.convolver.grown_box(box)
-        if clipped[2] and clipped[3]:
-            grown[k] = g
+    clipped, g = observation.convolver.grown_boxes(box_list)
+    nonempty = (clipped[:, 2] > 0) & (clipped[:, 3] > 0)
+    grown = np.where(nonempty[:, None], g, 0).astype(np.intp)
     sizes = nb * grown[:, 2] * grown[:, 3]
     offsets = np.zeros(nk, dtype=np.intp)
     offsets[1:] = np.cumsum(sizes)[:-1]

@@ -15,7 +15,13 @@ from ..model_data import BlendData, ModelData, SourceData
 from .config import CatalogConfig, skip_reason
 from .executors import check_executor, run_tasks, submit_or_run, usable_cpus
 from .frame import Frame, as_frame
-from .parents import Parent, check_parents, footprint_flux_err, parent_stats, parents_from_peaks
+from .parents import (
+    Parent,
+    check_parents,
+    footprint_flux_err,
+    frame_parents_from_peaks,
+    parent_stats,
+)
 from .table import assemble, celestial_wcs, describe_columns, to_table
 from .tasks import Outcome, Task
 from .worker import deblend_task, default_deblender_factory, default_observation_factory
@@ -169,7 +175,8 @@ def _deblend_frame(
         shared_future = submit_or_run(
             own_pool, _shared_setup, frame, getattr(observation_or_image, "noise_rms", None)
         )
-    checked = _checked_parents(_find_parents(frame, peaks, parents, cfg), frame.images.shape[1:])
+    found = _find_parents(frame, peaks, parents, cfg)
+    checked = _checked_parents(found, frame.images.shape[1:])
     ids = [int(c[0]) for c in checked]
     factory = default_deblender_factory if deblender_factory is None else deblender_factory
     obs_factory = (
@@ -184,8 +191,12 @@ def _deblend_frame(
 
     # every parent's footprint flux, centroid and masked fraction in one pass over the image
     boxes = np.array([c[1] for c in checked], dtype=np.int64).reshape(-1, 4)
-    stats = parent_stats(frame, boxes, [c[2] for c in checked])
-    stats.flux_err = footprint_flux_err(frame, boxes, [c[2] for c in checked])
+    footprints = [c[2] for c in checked]
+    stats = parent_stats(frame, boxes, footprints)
+    # only the catalog needs the footprints' flux errors: with the catalog's own pool they
+    # are computed by the first free worker (queued before the parents, largest first)
+    # instead of here, while the second core waits for the first parent
+    flux_err = submit_or_run(own_pool, footprint_flux_err, frame, boxes, footprints)
     tasks, reasons = _make_tasks(checked, stats.masked_fraction.tolist(), frame, kind, cfg)
     for t in tasks:
         t.noise_rms = noise_rms
@@ -198,6 +209,7 @@ def _deblend_frame(
     fn = functools.partial(deblend_task, factory=factory, obs_factory=obs_factory, cfg=cfg)
     pool = own_pool if own_pool is not None else executor
     outcomes = {o.index: o for o in run_tasks(tasks, fn, pool, max_workers, progress)}
+    stats.flux_err = flux_err.result()
     for k, o in outcomes.items():  # the deblender's own skips reach the catalog's flags
         if o.skip_reason:
             reasons[k] = o.skip_reason
@@ -218,7 +230,7 @@ def _find_parents(frame: Frame, peaks: Any, parents: Any, cfg: CatalogConfig) ->
     if parents is not None:
         return parents
     if peaks is not None:
-        return parents_from_peaks(
+        return frame_parents_from_peaks(
             frame.images, frame.variance, peaks, cfg.footprint_snr, cfg.footprint_grow
         )
     try:

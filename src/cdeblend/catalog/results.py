@@ -107,17 +107,24 @@ def _multi_errors_and_metrics(res: Any, n: int, nb: int) -> dict[str, Any]:
     (none for a result of another deblender that lacks them)."""
     if not hasattr(res, "metrics"):
         return {}
-    m = res.metrics()
+    from ..deblend_result import DeblendResult
+    from ..metrics import result_errors_and_metrics
+
+    if type(res) is DeblendResult:  # one call sharing what the four would each compute
+        m, flux_err, conserved_err, deblend_err = result_errors_and_metrics(res)
+    else:
+        m, flux_err = res.metrics(), res.flux_err
+        conserved_err, deblend_err = res.conserved_flux_err, res.deblend_flux_err
     return dict(
-        flux_model_err=np.asarray(res.flux_err, dtype=np.float64).reshape(n, nb),
-        flux_conserved_err=np.asarray(res.conserved_flux_err, dtype=np.float64).reshape(n, nb),
+        flux_model_err=np.asarray(flux_err, dtype=np.float64).reshape(n, nb),
+        flux_conserved_err=np.asarray(conserved_err, dtype=np.float64).reshape(n, nb),
         metrics={
             "deblend_blendedness": m.blendedness,
             "deblend_fluxOverlap": m.flux_overlap,
             "deblend_fluxOverlapFraction": m.flux_overlap_fraction,
             "deblend_maxOverlap": m.max_overlap,
             "deblend_dataCoverage": m.data_coverage,
-            "flux_deblend_err": np.asarray(res.deblend_flux_err, np.float64).reshape(n, nb),
+            "flux_deblend_err": np.asarray(deblend_err, np.float64).reshape(n, nb),
             "deblend_edgePixels": m.edge_pixels,
             "deblend_zeroFlux": m.zero_flux,
             "chi2_reduced": m.chi2_reduced,
