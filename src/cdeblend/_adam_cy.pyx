@@ -769,6 +769,22 @@ cdef double _PARALLEL_WORK = 5.0 * 128 * 128
 cdef double _SPLIT_GRID = 384.0 * 384
 
 
+#: Whether an odd band count's last band goes through the half-width transform (for tests
+#: and benchmarks, which compare the two ways).
+cdef bint _HALF_BAND = True
+
+
+def half_band(enabled=None):
+    """Whether fits made from now on convolve an odd band count's last band through a
+    complex transform of half the grid width (set it if given; for tests and benchmarks).
+    Returns the previous setting."""
+    global _HALF_BAND
+    old = bool(_HALF_BAND)
+    if enabled is not None:
+        _HALF_BAND = bool(enabled)
+    return old
+
+
 def parallel_thresholds(work=None, split=None):
     """The two size thresholds above (set the given ones; for tests, which need small
     blends on every path). Returns the previous ``(work, split)``."""
@@ -1179,7 +1195,7 @@ cdef class FitKernel:
                     f"cannot make FFT buffers for the ({n0}, {n1}) grid")
             self.nconv = 1
             self.img_width = W
-            if B % 2 == 1 and n1 % 2 == 0:
+            if _HALF_BAND and B % 2 == 1 and n1 % 2 == 0:
                 self._init_half(n0, n1 // 2, (W + 1) // 2)
         else:
             if (kernels.dtype != dtype or grad_kernels.dtype != dtype
