@@ -625,7 +625,9 @@ CD_HOT void SUF(cd_conv1_part)(cd_conv *c, cd_conv *s, int phase, int p, int P, 
  * W(ky, k) = Y(ky, k) + Y(ky, k + M) + i exp(2 pi i k / 2M) (Y(ky, k) - Y(ky, k + M)),
  * k < M, with Y(ky, k + M) = conj Y(-ky, M - k) (Y is the spectrum of a real plane), whose
  * inverse holds the even output columns in its real part and the odd ones in its imaginary
- * part. The phases split as in cd_conv1_part (the same results for any P); phase 3 works
+ * part. The phases split as in cd_conv1_part (the same results for any P: alone, P = 1,
+ * phases 0 and 4 write the transposes of phases 1 and 5 from their last stage, the same
+ * values by the same operations, a pass over the grid fewer); phase 3 works
  * on the pairs of spectrum rows (k, M - k), k = 0 .. M / 2, with s's strip buffers as its
  * scratch rows. */
 
@@ -642,16 +644,24 @@ static CD_INLINE void SUF(rhalf_row)(const cd_conv *c, int K, const R *f, int co
     const R *restrict fr = f + (size_t)K * n0, *restrict fi = f + nt + (size_t)K * n0;
     const double ang = 2.0 * CD_PI * (double)K / (double)N;
     const R tc = (R)cos(ang), ts = (R)-sin(ang), sg = conj ? (R)-1 : (R)1;
-    for (int ky = 0; ky < n0; ky++) {
-        const int km = ky ? n0 - ky : 0;
-        /* S = A + conj B, D = A - conj B, X = (S - i t D) / 2 */
-        const R sr = ar[ky] + br[km], si = ai[ky] - bi[km];
-        const R dr = ar[ky] - br[km], di = ai[ky] + bi[km];
-        const R xr = (sr + tc * di + ts * dr) * (R)0.5, xi = (si - tc * dr + ts * di) * (R)0.5;
-        const R gr = fr[ky], gi = sg * fi[ky];
-        yr[ky] = gr * xr - gi * xi;
-        yi[ky] = gr * xi + gi * xr;
-    }
+    /* B at -ky: row start for ky = 0, then read backwards from its end (a loop without
+     * the wrap, which vectorises) */
+    const R *restrict vr = br + n0, *restrict vi = bi + n0;
+#define CD_RHALF_Y(ky, mr, mi)                                                               \
+    do {                                                                                     \
+        /* S = A + conj B, D = A - conj B, X = (S - i t D) / 2 */                            \
+        const R sr = ar[ky] + (mr), si = ai[ky] - (mi);                                      \
+        const R dr = ar[ky] - (mr), di = ai[ky] + (mi);                                      \
+        const R xr = (sr + tc * di + ts * dr) * (R)0.5;                                      \
+        const R xi = (si - tc * dr + ts * di) * (R)0.5;                                      \
+        const R gr = fr[ky], gi = sg * fi[ky];                                               \
+        yr[ky] = gr * xr - gi * xi;                                                          \
+        yi[ky] = gr * xi + gi * xr;                                                          \
+    } while (0)
+    CD_RHALF_Y(0, br[0], bi[0]);
+    for (int ky = 1; ky < n0; ky++)
+        CD_RHALF_Y(ky, vr[-ky], vi[-ky]);
+#undef CD_RHALF_Y
 }
 
 /* row k of W from the rows k (p) and M - k (q) of Y */
@@ -661,14 +671,19 @@ static CD_INLINE void SUF(rhalf_pack)(int n0, int k, int M, const R *restrict pr
 {
     const double ang = 2.0 * CD_PI * (double)k / (double)(2 * M);
     const R uc = (R)cos(ang), us = (R)sin(ang);
-    for (int ky = 0; ky < n0; ky++) {
-        const int km = ky ? n0 - ky : 0;
-        /* P + Q and P - Q, Q = conj Y(-ky, M - k); W = (P + Q) + i u (P - Q) */
-        const R ser = pr[ky] + qr[km], sei = pi[ky] - qi[km];
-        const R dor = pr[ky] - qr[km], doi = pi[ky] + qi[km];
-        wr[ky] = ser - uc * doi - us * dor;
-        wi[ky] = sei + uc * dor - us * doi;
-    }
+    const R *restrict vr = qr + n0, *restrict vi = qi + n0;
+#define CD_RHALF_W(ky, mr, mi)                                                               \
+    do {                                                                                     \
+        /* P + Q and P - Q, Q = conj Y(-ky, M - k); W = (P + Q) + i u (P - Q) */             \
+        const R ser = pr[ky] + (mr), sei = pi[ky] - (mi);                                    \
+        const R dor = pr[ky] - (mr), doi = pi[ky] + (mi);                                    \
+        wr[ky] = ser - uc * doi - us * dor;                                                  \
+        wi[ky] = sei + uc * dor - us * doi;                                                  \
+    } while (0)
+    CD_RHALF_W(0, qr[0], qi[0]);
+    for (int ky = 1; ky < n0; ky++)
+        CD_RHALF_W(ky, vr[-ky], vi[-ky]);
+#undef CD_RHALF_W
 }
 
 CD_HOT void SUF(cd_rconv1_part)(cd_conv *c, cd_conv *s, int phase, int p, int P, const R *a,
@@ -685,19 +700,36 @@ CD_HOT void SUF(cd_rconv1_part)(cd_conv *c, cd_conv *s, int phase, int p, int P,
         SUF(part)(V, p, P, &lo, &hi);
         if (hi <= lo)
             return;
-        for (int y = 0; y < n0; y++) {
-            R *restrict rr = yr + y * ldy, *restrict ri = yi + y * ldy;
-            const R *restrict src = a + y * lda;
-            for (int k = lo; k < hi; k++) {
-                const int x = 2 * k;
-                rr[k] = y < h && x < w ? src[x] : (R)0;
-                ri[k] = y < h && x + 1 < w ? src[x + 1] : (R)0;
+        {
+            /* columns k < kp hold whole pairs; k = w / 2 of an odd w only an even column */
+            const int kp = w / 2 < lo ? lo : w / 2 < hi ? w / 2 : hi;
+            const int ke = w % 2 && w / 2 >= lo && w / 2 < hi;
+            for (int y = 0; y < n0; y++) {
+                R *restrict rr = yr + y * ldy, *restrict ri = yi + y * ldy;
+                int k = lo;
+                if (y < h) {
+                    const R *restrict src = a + y * lda;
+                    for (; k < kp; k++) {
+                        rr[k] = src[2 * k];
+                        ri[k] = src[2 * k + 1];
+                    }
+                    if (ke) {
+                        rr[k] = src[2 * k];
+                        ri[k] = 0;
+                        k++;
+                    }
+                }
+                memset(rr + k, 0, (size_t)(hi - k) * sizeof(R));
+                memset(ri + k, 0, (size_t)(hi - k) * sizeof(R));
             }
         }
-        SUF(fft_cols)(s, &c->p0, hi - lo, ldy, yr + lo, yi + lo);
+        if (P == 1) /* alone: phase 1's transpose fused into the transform's last stage */
+            SUF(fft_cols_to)(s, &c->p0, V, ldy, yr, yi, tr, ti, ldt, n0, wz);
+        else
+            SUF(fft_cols)(s, &c->p0, hi - lo, ldy, yr + lo, yi + lo);
         return;
     case 1: /* transpose columns lo..hi of the wz used ones; clear spectrum rows >= wz */
-        SUF(part)(wz, p, P, &lo, &hi);
+        SUF(part)(P == 1 ? 0 : wz, p, P, &lo, &hi);
         SUF(transpose)(n0, hi - lo, yr + lo, ldy, tr + (size_t)lo * ldt, ldt);
         SUF(transpose)(n0, hi - lo, yi + lo, ldy, ti + (size_t)lo * ldt, ldt);
         SUF(part)(M - wz, p, P, &lo, &hi);
@@ -723,12 +755,16 @@ CD_HOT void SUF(cd_rconv1_part)(cd_conv *c, cd_conv *s, int phase, int p, int P,
         return;
     }
     case 4: /* inverse along kx (forward with re and im swapped) */
+        if (P == 1) { /* alone: phase 5's transpose fused into the last stage */
+            SUF(fft_cols_to)(s, &c->p1, n0, ldt, wi, wr, yi, yr, ldy, wz, n0);
+            return;
+        }
         SUF(part)(n0, p, P, &lo, &hi);
         if (hi > lo)
             SUF(fft_cols)(s, &c->p1, hi - lo, ldt, wi + lo, wr + lo);
         return;
     case 5: /* transpose the wz rows used back */
-        SUF(part)(wz, p, P, &lo, &hi);
+        SUF(part)(P == 1 ? 0 : wz, p, P, &lo, &hi);
         SUF(transpose)(hi - lo, n0, wr + (size_t)lo * ldt, ldt, yr + lo, ldy);
         SUF(transpose)(hi - lo, n0, wi + (size_t)lo * ldt, ldt, yi + lo, ldy);
         return;
@@ -743,9 +779,9 @@ CD_HOT void SUF(cd_rconv1_part)(cd_conv *c, cd_conv *s, int phase, int p, int P,
         for (int y = lo; y < hi; y++) {
             const R *restrict sr = yr + y * ldy, *restrict si = yi + y * ldy;
             R *restrict dst = out + y * ldo;
-            for (int x = 0; x + 1 < w; x += 2) {
-                dst[x] = sr[x / 2] * scale;
-                dst[x + 1] = si[x / 2] * scale;
+            for (int m = 0; m < w / 2; m++) {
+                dst[2 * m] = sr[m] * scale;
+                dst[2 * m + 1] = si[m] * scale;
             }
             if (w % 2)
                 dst[w - 1] = sr[w / 2] * scale;
