@@ -766,7 +766,11 @@ cdef double _PARALLEL_WORK = 5.0 * 128 * 128
 
 #: From this FFT grid size (values) on, an odd band's transforms are shared by the threads
 #: phase by phase (16 waits per iteration: worth it once half a transform takes longer).
-cdef double _SPLIT_GRID = 384.0 * 384
+#: With the lone band on the half-width grid, 2 threads of a loaded 2-core machine ran
+#: scene c of bench/scaling.py (a 432^2 grid) faster with that band on one thread (10.3
+#: against 10.9 ms per iteration, CPU 17.2 against 20.0 ms) and scene d (1024^2) faster
+#: split (86.7 against 93.4 ms): bench/odd_band.py's fits, thresholds set by hand.
+cdef double _SPLIT_GRID = 640.0 * 640
 
 
 #: Whether an odd band count's last band goes through the half-width transform (for tests
