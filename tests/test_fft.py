@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cdeblend import _adam_cy
 from cdeblend import _convolve_cy as C
 
 SMOOTH = [
@@ -240,3 +241,61 @@ def test_conv_checks_its_arguments():
             np.zeros(100, np.float32),
             np.array([[0, 6, 6]], np.intp),
         )
+
+
+def _half_width_reference(plane, kernel_grid, adjoint):
+    """Circular convolution of the plane (zero padded to the grid) with the grid's kernel
+    (the conjugate spectrum for the adjoint), by numpy's complex FFT, cropped to the plane."""
+    n0, n1 = kernel_grid.shape
+    h, w = plane.shape
+    pad = np.zeros((n0, n1))
+    pad[:h, :w] = plane
+    f = np.fft.fft2(kernel_grid)
+    return np.fft.ifft2(np.fft.fft2(pad) * (np.conj(f) if adjoint else f)).real[:h, :w]
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    grow0=st.integers(0, 12),
+    grow1=st.integers(0, 12),
+    adjoint=st.booleans(),
+    double=st.booleans(),
+    parts=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_half_width_real_convolution_matches_numpy(
+    h, w, grow0, grow1, adjoint, double, parts, seed
+):
+    """The fit's lone band (an odd band count's last one) convolved through a complex
+    transform of half the grid width (even and odd columns packed): numpy's full complex
+    convolution on random planes and kernels, small, non-square and odd-sized planes on
+    even grid widths; and the same bits however the phases are split (the threads)."""
+    rng = np.random.default_rng(seed)
+    dtype = np.float64 if double else np.float32
+    n0 = C.fast_len(h + grow0)
+    n1 = C.fast_len(w + grow1)
+    while n1 % 2:
+        n1 = C.fast_len(n1 + 1)
+    plane = rng.normal(size=(h, w)).astype(dtype)
+    kernel_grid = rng.normal(size=(n0, n1))
+    f = np.fft.fft2(kernel_grid)
+    fk = np.stack([f.real.T, f.imag.T]).astype(dtype)
+    out = _adam_cy.real_convolve(plane, fk, n0, n1, adjoint, parts)
+    ref = _half_width_reference(plane.astype(np.float64), kernel_grid, adjoint)
+    err = np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-300)
+    assert err < 50 * TOL[dtype], err
+    np.testing.assert_array_equal(out, _adam_cy.real_convolve(plane, fk, n0, n1, adjoint, 1))
+
+
+def test_half_width_real_convolution_checks_its_arguments():
+    fk = np.zeros((2, 6, 4))
+    with pytest.raises(ValueError, match="does not fit"):
+        _adam_cy.real_convolve(np.zeros((3, 3)), np.zeros((2, 5, 4)), 4, 5)
+    with pytest.raises(ValueError, match="fk must have shape"):
+        _adam_cy.real_convolve(np.zeros((3, 3)), fk[:, :4], 4, 6)
+    with pytest.raises(TypeError, match="plane"):
+        _adam_cy.real_convolve(np.zeros((3, 3), np.int64), fk, 4, 6)
+    with pytest.raises(ValueError, match="parts"):
+        _adam_cy.real_convolve(np.zeros((3, 3)), fk, 4, 6, False, 0)

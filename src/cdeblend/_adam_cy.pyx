@@ -742,7 +742,7 @@ from cython.parallel cimport prange, threadid
 from libc.string cimport memset
 
 from ._convolve_cy cimport _fwd, _inv, _pair_mul, _row_wsq
-from ._fft cimport cd_conv1_part_d, cd_conv1_part_f
+from ._fft cimport cd_conv1_part_d, cd_conv1_part_f, cd_rconv1_part_d, cd_rconv1_part_f
 from libc.stdlib cimport calloc, realloc
 
 from . import _threads
@@ -766,7 +766,27 @@ cdef double _PARALLEL_WORK = 5.0 * 128 * 128
 
 #: From this FFT grid size (values) on, an odd band's transforms are shared by the threads
 #: phase by phase (16 waits per iteration: worth it once half a transform takes longer).
-cdef double _SPLIT_GRID = 384.0 * 384
+#: With the lone band on the half-width grid, 2 threads of a loaded 2-core machine ran
+#: scene c of bench/scaling.py (a 432^2 grid) faster with that band on one thread (10.3
+#: against 10.9 ms per iteration, CPU 17.2 against 20.0 ms) and scene d (1024^2) faster
+#: split (86.7 against 93.4 ms): bench/odd_band.py's fits, thresholds set by hand.
+cdef double _SPLIT_GRID = 640.0 * 640
+
+
+#: Whether an odd band count's last band goes through the half-width transform (for tests
+#: and benchmarks, which compare the two ways).
+cdef bint _HALF_BAND = True
+
+
+def half_band(enabled=None):
+    """Whether fits made from now on convolve an odd band count's last band through a
+    complex transform of half the grid width (set it if given; for tests and benchmarks).
+    Returns the previous setting."""
+    global _HALF_BAND
+    old = bool(_HALF_BAND)
+    if enabled is not None:
+        _HALF_BAND = bool(enabled)
+    return old
 
 
 def parallel_thresholds(work=None, split=None):
@@ -886,17 +906,22 @@ cdef void _residual_rows(const real[:, :, ::1] model_conv,
                 rs[x] = wt[x] * (mc[x] - im[x])
 
 
-cdef void _band_job(cd_conv* c, Py_ssize_t b, const double[:, ::1] sed,
+cdef void _band_job(cd_conv* c, cd_conv* half, Py_ssize_t b, const double[:, ::1] sed,
                     const double[::1] morph, const int64_t[:, ::1] comp,
                     const real[:, :, ::1] img, const real[:, :, ::1] wgt,
                     real[:, :, ::1] mdl, real[:, :, ::1] cnv,
                     real[:, :, ::1] res, real[:, :, ::1] grd,
                     const real[:, :, :, ::1] fk, double* rows) noexcept nogil:
     """Bands ``b`` and ``b + 1`` (if any) of one iteration's loss and gradient: render,
-    convolve, weighted residual, adjoint convolution (as :func:`_fft_cube` pairs them)."""
+    convolve, weighted residual, adjoint convolution (as :func:`_fft_cube` pairs them). A
+    band on its own goes through the half-width grid ``half`` when there is one
+    (:func:`_single_band_threads` on one thread: the same results)."""
     cdef Py_ssize_t B = img.shape[0], H = img.shape[1], W = img.shape[2]
     cdef bint two = b + 1 < B
     _render_bands(sed, morph, comp, mdl, H, W, b, b + 2 if two else b + 1)
+    if not two and half != NULL:
+        _single_band_threads(c, half, 1, b, img, wgt, mdl, cnv, res, grd, fk, rows, 0)
+        return
     _fwd(c, &mdl[b, 0, 0], W, H, W, 0, 0, &mdl[b + 1, 0, 0] if two else NULL, W, H, W, 0, 0)
     _pair_mul(c, &fk[b, 0, 0, 0], &fk[b + 1, 0, 0, 0] if two else NULL, 0)
     _inv(c, &cnv[b, 0, 0], W, H, W, &cnv[b + 1, 0, 0] if two else NULL, W, H, W)
@@ -906,49 +931,78 @@ cdef void _band_job(cd_conv* c, Py_ssize_t b, const double[:, ::1] sed,
     _inv(c, &grd[b, 0, 0], W, H, W, &grd[b + 1, 0, 0] if two else NULL, W, H, W)
 
 
-cdef inline void _conv1_part(cd_conv* c, cd_conv* s, int phase, int p, int P,
-                             const real* a, Py_ssize_t lda, int h, int w,
+cdef inline void _conv1_part(cd_conv* c, cd_conv* half, cd_conv* s, int phase, int p,
+                             int P, const real* a, Py_ssize_t lda, int h, int w,
                              const real* f, int conj, real* out,
                              Py_ssize_t ldo) noexcept nogil:
-    if real is float:
+    """Part ``p`` of ``P`` of one phase of a real plane's convolution: on the half-width
+    grid ``half`` (``cd_rconv1_part``) when there is one, else on ``c``'s grid."""
+    if half != NULL:
+        if real is float:
+            cd_rconv1_part_f(half, s, phase, p, P, a, lda, h, w, f, conj, out, ldo)
+        else:
+            cd_rconv1_part_d(half, s, phase, p, P, a, lda, h, w, f, conj, out, ldo)
+    elif real is float:
         cd_conv1_part_f(c, s, phase, p, P, a, lda, h, w, f, conj, out, ldo)
     else:
         cd_conv1_part_d(c, s, phase, p, P, a, lda, h, w, f, conj, out, ldo)
 
 
-cdef void _single_band_threads(cd_conv* convs, int nt, Py_ssize_t b,
+cdef void _single_band_part(cd_conv* convs, cd_conv* half, cd_conv* s, int phase, int p,
+                            int nt, Py_ssize_t b, const real[:, :, ::1] img,
+                            const real[:, :, ::1] wgt, real[:, :, ::1] cnv,
+                            real[:, :, ::1] res, real[:, :, ::1] grd,
+                            const real[:, :, :, ::1] fk, real[:, :, ::1] mdl,
+                            double* rows) noexcept nogil:
+    """Part ``p`` of ``nt`` of phase ``phase`` (0-15) of :func:`_single_band_threads`."""
+    cdef int H = img.shape[1], W = img.shape[2], lo, hi, chunk
+    cdef int last = 7
+    if phase <= last:  # the model's convolution, then the residual of its rows
+        _conv1_part(&convs[0], half, s, phase, p, nt, &mdl[b, 0, 0], W, H, W,
+                    &fk[b, 0, 0, 0], 0, &cnv[b, 0, 0], W)
+        if phase == last:  # the rows this thread just wrote (cd_conv1_part's split)
+            chunk = (((H + nt - 1) // nt) + 7) & ~7
+            lo = min(p * chunk, H)
+            hi = min(lo + chunk, H)
+            _residual_rows(cnv, img, wgt, res, b, b + 1, rows, lo, hi)
+    else:  # the adjoint convolution of the residual
+        _conv1_part(&convs[0], half, s, phase - last - 1, p, nt, &res[b, 0, 0], W, H, W,
+                    &fk[b, 0, 0, 0], 1, &grd[b, 0, 0], W)
+
+
+cdef void _single_band_threads(cd_conv* convs, cd_conv* half, int nt, Py_ssize_t b,
                                const real[:, :, ::1] img, const real[:, :, ::1] wgt,
                                real[:, :, ::1] mdl, real[:, :, ::1] cnv,
                                real[:, :, ::1] res, real[:, :, ::1] grd,
-                               const real[:, :, :, ::1] fk, double* rows) noexcept nogil:
+                               const real[:, :, :, ::1] fk, double* rows,
+                               bint threads=1) noexcept nogil:
     """:func:`_band_job` of one band (already rendered) with each transform shared by
-    ``nt`` threads, phase by phase (``cd_conv1_part``): the band left over when the pairs
-    of bands do not split evenly over the threads."""
-    cdef int H = img.shape[1], W = img.shape[2], phase, p, lo, hi, chunk
-    cdef int last = 7
-    for phase in range(2 * (last + 1)):
+    ``nt`` threads, phase by phase (``cd_conv1_part``, or ``cd_rconv1_part`` on the
+    half-width grid ``half`` if not NULL): the band left over when the pairs of bands do
+    not split evenly over the threads. Without ``threads`` the calling thread runs it alone
+    (``nt`` 1, its buffers ``convs[0]``), by the same operations."""
+    cdef int phase, p
+    if not threads:
+        for phase in range(16):
+            _single_band_part(convs, half, &convs[0], phase, 0, 1, b, img, wgt, cnv, res, grd,
+                              fk, mdl, rows)
+        return
+    for phase in range(16):
         for p in prange(nt, num_threads=nt, schedule="static", chunksize=1):
-            if phase <= last:  # the model's convolution, then the residual of its rows
-                _conv1_part(&convs[0], &convs[threadid()], phase, p, nt, &mdl[b, 0, 0], W, H,
-                            W, &fk[b, 0, 0, 0], 0, &cnv[b, 0, 0], W)
-                if phase == last:  # the rows this thread just wrote (cd_conv1_part's split)
-                    chunk = (((H + nt - 1) // nt) + 7) & ~7
-                    lo = min(p * chunk, H)
-                    hi = min(lo + chunk, H)
-                    _residual_rows(cnv, img, wgt, res, b, b + 1, rows, lo, hi)
-            else:  # the adjoint convolution of the residual
-                _conv1_part(&convs[0], &convs[threadid()], phase - last - 1, p, nt,
-                            &res[b, 0, 0], W, H, W, &fk[b, 0, 0, 0], 1, &grd[b, 0, 0], W)
+            _single_band_part(convs, half, &convs[threadid()], phase, p, nt, b, img, wgt, cnv,
+                              res, grd, fk, mdl, rows)
 
 
-cdef double _loss_and_gradient(cd_conv* convs, int nt, const double[:, ::1] sed,
+cdef double _loss_and_gradient(cd_conv* convs, cd_conv* half, int nt,
+                               const double[:, ::1] sed,
                                const double[::1] morph, const int64_t[:, ::1] comp,
                                const real[:, :, ::1] img, const real[:, :, ::1] wgt,
                                real[:, :, ::1] mdl, real[:, :, ::1] cnv,
                                real[:, :, ::1] res, real[:, :, ::1] grd,
                                const real[:, :, :, ::1] fk, double* rows) noexcept nogil:
     """The loss of the rendered parameters and its gradient ``grd`` w.r.t. the model, the
-    band pairs on ``nt`` threads (thread t uses ``convs[t]``; ``rows``: B H doubles)."""
+    band pairs on ``nt`` threads (thread t uses ``convs[t]``; ``rows``: B H doubles; an
+    odd band count's last band on the half-width grid ``half`` if not NULL)."""
     cdef Py_ssize_t B = img.shape[0], H = img.shape[1], jobs = (B + 1) // 2, j, i, lo, hi
     cdef int p
     cdef double total = 0.0
@@ -956,19 +1010,19 @@ cdef double _loss_and_gradient(cd_conv* convs, int nt, const double[:, ::1] sed,
         # the pairs side by side, then the odd band's transforms shared by the threads
         if B > 1:
             for j in prange(B // 2, num_threads=nt, schedule="static", chunksize=1):
-                _band_job(&convs[threadid()], 2 * j, sed, morph, comp, img, wgt, mdl, cnv,
+                _band_job(&convs[threadid()], half, 2 * j, sed, morph, comp, img, wgt, mdl, cnv,
                           res, grd, fk, rows)
         for p in prange(nt, num_threads=nt, schedule="static", chunksize=1):
             _chunk(H, p, nt, &lo, &hi)
             _render_rows(sed, morph, comp, mdl, img.shape[2], B - 1, lo, hi)
-        _single_band_threads(convs, nt, B - 1, img, wgt, mdl, cnv, res, grd, fk, rows)
+        _single_band_threads(convs, half, nt, B - 1, img, wgt, mdl, cnv, res, grd, fk, rows)
     elif nt > 1 and jobs > 1:
         for j in prange(jobs, num_threads=nt, schedule="static", chunksize=1):
-            _band_job(&convs[threadid()], 2 * j, sed, morph, comp, img, wgt, mdl, cnv, res,
+            _band_job(&convs[threadid()], half, 2 * j, sed, morph, comp, img, wgt, mdl, cnv, res,
                       grd, fk, rows)
     else:
         for j in range(jobs):
-            _band_job(&convs[0], 2 * j, sed, morph, comp, img, wgt, mdl, cnv, res, grd, fk,
+            _band_job(&convs[0], half, 2 * j, sed, morph, comp, img, wgt, mdl, cnv, res, grd, fk,
                       rows)
     for i in range(B * H):  # the order of _weighted_residual's running sum
         total += rows[i]
@@ -1058,6 +1112,9 @@ cdef class FitKernel:
     # work space of each thread (per_thread doubles each) and the threads of this iterate()
     cdef cd_conv* convs
     cdef int nconv
+    # an odd band count's last band: the (n0, n1 / 2) grid of its half-width transforms
+    # (NULL: it goes through the full grid, as when n1 is odd)
+    cdef cd_conv* half
     cdef double* rows
     cdef double* tscratch
     cdef Py_ssize_t tscratch_size
@@ -1095,6 +1152,9 @@ cdef class FitKernel:
         for i in range(self.nconv):
             cd_conv_free(&self.convs[i])
         free(self.convs)
+        if self.half != NULL:
+            cd_conv_free(self.half)
+            free(self.half)
         free(self.scratch)
         free(self.rows)
         free(self.tscratch)
@@ -1139,6 +1199,8 @@ cdef class FitKernel:
                     f"cannot make FFT buffers for the ({n0}, {n1}) grid")
             self.nconv = 1
             self.img_width = W
+            if _HALF_BAND and B % 2 == 1 and n1 % 2 == 0:
+                self._init_half(n0, n1 // 2, (W + 1) // 2)
         else:
             if (kernels.dtype != dtype or grad_kernels.dtype != dtype
                     or kernels.shape[0] != B or grad_kernels.shape != kernels.shape):
@@ -1337,6 +1399,16 @@ cdef class FitKernel:
                               best_morph, best_comp, &st)
         return st.status, st.it, st.new_size, st.improved, st.best_loss, st.best_size
 
+    cdef int _init_half(self, int n0, int m, int width) except -1:
+        """The half-width grid of the lone band (none if out of memory: the full grid then
+        serves, as it does for an odd grid width)."""
+        self.half = <cd_conv*>calloc(1, sizeof(cd_conv))
+        if self.half != NULL and cd_conv_init(self.half, n0, m, width, self.dbl) != 0:
+            cd_conv_free(self.half)
+            free(self.half)
+            self.half = NULL
+        return 0
+
     cdef int _prepare_threads(self, int nt) except -1:
         """Set the threads of the next iterations to ``nt`` (1 without OpenMP or for a
         small blend) and give each its FFT buffers (fewer threads if memory runs out)."""
@@ -1397,9 +1469,9 @@ cdef class FitKernel:
         while st.it < st.max_iter:
             m = self.mbuf0 if self.current == 0 else self.mbuf1
             if self.use_fft:
-                loss = _loss_and_gradient(self.convs, self.nt, self.sed, m[0, :self.size],
-                                          self.comp, img, wgt, mdl, cnv, res, grd, fk,
-                                          self.rows)
+                loss = _loss_and_gradient(self.convs, self.half, self.nt, self.sed,
+                                          m[0, :self.size], self.comp, img, wgt, mdl, cnv,
+                                          res, grd, fk, self.rows)
             else:
                 _render(self.sed, m[0, :self.size], self.comp, mdl, H, W)
                 cnv[...] = 0
@@ -1632,3 +1704,49 @@ def all_finite(const double[::1] values):
                 ok = False
                 break
     return ok
+
+
+def real_convolve(plane, fk, int n0, int n1, bint conj=False, int parts=1):
+    """One real plane (h, w) convolved with one kernel transform ``fk`` (2, n1, n0) of the
+    full (n0, n1) grid, ``n1`` even, as the fit convolves an odd band count's last band: a
+    complex transform of half the width (``cd_rconv1_part``), each phase run in ``parts``
+    parts one after another (as that many threads split it). For tests."""
+    cdef cd_conv half
+    cdef int phase, p, h, w
+    cdef float[:, ::1] af, of
+    cdef float[:, :, ::1] ff
+    cdef double[:, ::1] ad, od
+    cdef double[:, :, ::1] fd
+    plane = np.asarray(plane)
+    if plane.dtype not in (np.float32, np.float64) or plane.ndim != 2:
+        raise TypeError("plane must be a 2-D float32 or float64 array")
+    h, w = plane.shape
+    if n1 % 2 or n1 < 2 or n0 < h or n1 < w or h < 1 or w < 1:
+        raise ValueError(f"plane {plane.shape} does not fit the ({n0}, {n1}) grid")
+    if parts < 1:
+        raise ValueError(f"parts must be >= 1, got {parts}")
+    fk = np.ascontiguousarray(fk, dtype=plane.dtype)
+    if fk.shape != (2, n1, n0):
+        raise ValueError(f"fk must have shape (2, {n1}, {n0}), got {fk.shape}")
+    plane = np.ascontiguousarray(plane)
+    out = np.empty_like(plane)
+    dbl = plane.dtype == np.float64
+    st = cd_conv_init(&half, n0, n1 // 2, (w + 1) // 2, dbl)
+    if st != 0:
+        raise (ValueError if st == -1 else MemoryError)(f"no half grid for ({n0}, {n1})")
+    try:
+        if dbl:
+            ad, od, fd = plane, out, fk
+            for phase in range(8):
+                for p in range(parts):
+                    cd_rconv1_part_d(&half, &half, phase, p, parts, &ad[0, 0], w, h, w,
+                                     &fd[0, 0, 0], conj, &od[0, 0], w)
+        else:
+            af, of, ff = plane, out, fk
+            for phase in range(8):
+                for p in range(parts):
+                    cd_rconv1_part_f(&half, &half, phase, p, parts, &af[0, 0], w, h, w,
+                                     &ff[0, 0, 0], conj, &of[0, 0], w)
+    finally:
+        cd_conv_free(&half)
+    return out

@@ -110,5 +110,15 @@ void cd_fwd2d_wrapped_d(cd_conv *c, const double *a, const double *b, ptrdiff_t 
 void cd_conv1_part_d(cd_conv *c, cd_conv *s, int phase, int p, int P, const double *a,
                      ptrdiff_t lda, int h, int w, const double *f, int conj, double *out,
                      ptrdiff_t ldo);
+/* rconv1_part: cd_conv1_part with a complex transform of half the width (the real plane's
+ * even and odd columns packed as one complex plane, see _fft_impl.h): c is a cd_conv of the
+ * (n0, n1 / 2) grid, f the kernel transform of the full (n0, n1) grid (n1 even), s a
+ * cd_conv on a grid at least as large as c's (its strip buffers) */
+void cd_rconv1_part_f(cd_conv *c, cd_conv *s, int phase, int p, int P, const float *a,
+                      ptrdiff_t lda, int h, int w, const float *f, int conj, float *out,
+                      ptrdiff_t ldo);
+void cd_rconv1_part_d(cd_conv *c, cd_conv *s, int phase, int p, int P, const double *a,
+                      ptrdiff_t lda, int h, int w, const double *f, int conj, double *out,
+                      ptrdiff_t ldo);
 
 #endif

@@ -41,3 +41,9 @@ cdef extern from "_fft.h" nogil:
     void cd_conv1_part_d(cd_conv *c, cd_conv *s, int phase, int p, int P, const double *a,
                          Py_ssize_t lda, int h, int w, const double *f, int conj,
                          double *out, Py_ssize_t ldo)
+    void cd_rconv1_part_f(cd_conv *c, cd_conv *s, int phase, int p, int P, const float *a,
+                          Py_ssize_t lda, int h, int w, const float *f, int conj, float *out,
+                          Py_ssize_t ldo)
+    void cd_rconv1_part_d(cd_conv *c, cd_conv *s, int phase, int p, int P, const double *a,
+                          Py_ssize_t lda, int h, int w, const double *f, int conj,
+                          double *out, Py_ssize_t ldo)

@@ -612,3 +612,181 @@ CD_HOT void SUF(cd_conv1_part)(cd_conv *c, cd_conv *s, int phase, int p, int P, 
     }
     }
 }
+
+/* ----------------------------------------------------- one real plane on a half-width grid
+ * The convolution of cd_conv1_part (one real plane a, h x w at the origin, with one kernel
+ * transform f of the full (n0, 2 M) grid, conjugated with conj, into out) computed with a
+ * complex transform of half the width: c is a cd_conv of the (n0, M) grid. The even and odd
+ * columns of the plane are packed as the real and imaginary parts of one (n0, M) plane
+ * z = a[:, 0::2] + i a[:, 1::2]; its transform Z gives the half spectrum of the plane,
+ * kx = 0 .. M, as X(ky, kx) = E + t O with t = exp(-2 pi i kx / 2M),
+ * E = (Z(ky, kx) + conj Z(-ky, -kx)) / 2, O = (Z(ky, kx) - conj Z(-ky, -kx)) / 2i (kx mod
+ * M); the product Y = F X (F: rows kx = 0 .. M of f) is packed back as
+ * W(ky, k) = Y(ky, k) + Y(ky, k + M) + i exp(2 pi i k / 2M) (Y(ky, k) - Y(ky, k + M)),
+ * k < M, with Y(ky, k + M) = conj Y(-ky, M - k) (Y is the spectrum of a real plane), whose
+ * inverse holds the even output columns in its real part and the odd ones in its imaginary
+ * part. The phases split as in cd_conv1_part (the same results for any P: alone, P = 1,
+ * phases 0 and 4 write the transposes of phases 1 and 5 from their last stage, the same
+ * values by the same operations, a pass over the grid fewer); phase 3 works
+ * on the pairs of spectrum rows (k, M - k), k = 0 .. M / 2, with s's strip buffers as its
+ * scratch rows. */
+
+/* rows K of Y (K = 0 .. M): Y(ky, K) = F(ky, K) X(ky, K), into (yr, yi) */
+static CD_INLINE void SUF(rhalf_row)(const cd_conv *c, int K, const R *f, int conj,
+                                     R *restrict yr, R *restrict yi)
+{
+    const int n0 = c->n0, M = c->n1, N = 2 * M;
+    const size_t nt = (size_t)n0 * N;
+    const ptrdiff_t ldt = c->ldt;
+    const int zk = K % M, zm = (M - zk) % M;
+    const R *restrict ar = (const R *)c->tr + zk * ldt, *restrict ai = (const R *)c->ti + zk * ldt;
+    const R *restrict br = (const R *)c->tr + zm * ldt, *restrict bi = (const R *)c->ti + zm * ldt;
+    const R *restrict fr = f + (size_t)K * n0, *restrict fi = f + nt + (size_t)K * n0;
+    const double ang = 2.0 * CD_PI * (double)K / (double)N;
+    const R tc = (R)cos(ang), ts = (R)-sin(ang), sg = conj ? (R)-1 : (R)1;
+    /* B at -ky: row start for ky = 0, then read backwards from its end (a loop without
+     * the wrap, which vectorises) */
+    const R *restrict vr = br + n0, *restrict vi = bi + n0;
+#define CD_RHALF_Y(ky, mr, mi)                                                               \
+    do {                                                                                     \
+        /* S = A + conj B, D = A - conj B, X = (S - i t D) / 2 */                            \
+        const R sr = ar[ky] + (mr), si = ai[ky] - (mi);                                      \
+        const R dr = ar[ky] - (mr), di = ai[ky] + (mi);                                      \
+        const R xr = (sr + tc * di + ts * dr) * (R)0.5;                                      \
+        const R xi = (si - tc * dr + ts * di) * (R)0.5;                                      \
+        const R gr = fr[ky], gi = sg * fi[ky];                                               \
+        yr[ky] = gr * xr - gi * xi;                                                          \
+        yi[ky] = gr * xi + gi * xr;                                                          \
+    } while (0)
+    CD_RHALF_Y(0, br[0], bi[0]);
+    for (int ky = 1; ky < n0; ky++)
+        CD_RHALF_Y(ky, vr[-ky], vi[-ky]);
+#undef CD_RHALF_Y
+}
+
+/* row k of W from the rows k (p) and M - k (q) of Y */
+static CD_INLINE void SUF(rhalf_pack)(int n0, int k, int M, const R *restrict pr,
+                                      const R *restrict pi, const R *restrict qr,
+                                      const R *restrict qi, R *restrict wr, R *restrict wi)
+{
+    const double ang = 2.0 * CD_PI * (double)k / (double)(2 * M);
+    const R uc = (R)cos(ang), us = (R)sin(ang);
+    const R *restrict vr = qr + n0, *restrict vi = qi + n0;
+#define CD_RHALF_W(ky, mr, mi)                                                               \
+    do {                                                                                     \
+        /* P + Q and P - Q, Q = conj Y(-ky, M - k); W = (P + Q) + i u (P - Q) */             \
+        const R ser = pr[ky] + (mr), sei = pi[ky] - (mi);                                    \
+        const R dor = pr[ky] - (mr), doi = pi[ky] + (mi);                                    \
+        wr[ky] = ser - uc * doi - us * dor;                                                  \
+        wi[ky] = sei + uc * dor - us * doi;                                                  \
+    } while (0)
+    CD_RHALF_W(0, qr[0], qi[0]);
+    for (int ky = 1; ky < n0; ky++)
+        CD_RHALF_W(ky, vr[-ky], vi[-ky]);
+#undef CD_RHALF_W
+}
+
+CD_HOT void SUF(cd_rconv1_part)(cd_conv *c, cd_conv *s, int phase, int p, int P, const R *a,
+                                ptrdiff_t lda, int h, int w, const R *f, int conj, R *out,
+                                ptrdiff_t ldo)
+{
+    const int n0 = c->n0, M = c->n1, wz = (w + 1) / 2, V = SUF(width8)(c, wz);
+    const ptrdiff_t ldy = c->ldy, ldt = c->ldt;
+    R *yr = (R *)c->yr, *yi = (R *)c->yi, *tr = (R *)c->tr, *ti = (R *)c->ti;
+    R *wr = (R *)c->wr, *wi = (R *)c->wi;
+    int lo, hi;
+    switch (phase) {
+    case 0: /* pack the plane's columns 2k, 2k + 1 (k = lo..hi), transform along axis 0 */
+        SUF(part)(V, p, P, &lo, &hi);
+        if (hi <= lo)
+            return;
+        {
+            /* columns k < kp hold whole pairs; k = w / 2 of an odd w only an even column */
+            const int kp = w / 2 < lo ? lo : w / 2 < hi ? w / 2 : hi;
+            const int ke = w % 2 && w / 2 >= lo && w / 2 < hi;
+            for (int y = 0; y < n0; y++) {
+                R *restrict rr = yr + y * ldy, *restrict ri = yi + y * ldy;
+                int k = lo;
+                if (y < h) {
+                    const R *restrict src = a + y * lda;
+                    for (; k < kp; k++) {
+                        rr[k] = src[2 * k];
+                        ri[k] = src[2 * k + 1];
+                    }
+                    if (ke) {
+                        rr[k] = src[2 * k];
+                        ri[k] = 0;
+                        k++;
+                    }
+                }
+                memset(rr + k, 0, (size_t)(hi - k) * sizeof(R));
+                memset(ri + k, 0, (size_t)(hi - k) * sizeof(R));
+            }
+        }
+        if (P == 1) /* alone: phase 1's transpose fused into the transform's last stage */
+            SUF(fft_cols_to)(s, &c->p0, V, ldy, yr, yi, tr, ti, ldt, n0, wz);
+        else
+            SUF(fft_cols)(s, &c->p0, hi - lo, ldy, yr + lo, yi + lo);
+        return;
+    case 1: /* transpose columns lo..hi of the wz used ones; clear spectrum rows >= wz */
+        SUF(part)(P == 1 ? 0 : wz, p, P, &lo, &hi);
+        SUF(transpose)(n0, hi - lo, yr + lo, ldy, tr + (size_t)lo * ldt, ldt);
+        SUF(transpose)(n0, hi - lo, yi + lo, ldy, ti + (size_t)lo * ldt, ldt);
+        SUF(part)(M - wz, p, P, &lo, &hi);
+        memset(tr + (size_t)(wz + lo) * ldt, 0, (size_t)(hi - lo) * ldt * sizeof(R));
+        memset(ti + (size_t)(wz + lo) * ldt, 0, (size_t)(hi - lo) * ldt * sizeof(R));
+        return;
+    case 2: /* transform along kx */
+        SUF(part)(n0, p, P, &lo, &hi);
+        if (hi > lo)
+            SUF(fft_cols)(s, &c->p1, hi - lo, ldt, tr + lo, ti + lo);
+        return;
+    case 3: { /* unpack, times the kernel, pack: the row pairs (k, M - k), k = lo..hi */
+        R *pr = (R *)s->ar, *pi = (R *)s->ai, *qr = (R *)s->br, *qi = (R *)s->bi;
+        SUF(part)(M / 2 + 1, p, P, &lo, &hi);
+        for (int k = lo; k < hi; k++) {
+            SUF(rhalf_row)(c, k, f, conj, pr, pi);
+            SUF(rhalf_row)(c, M - k, f, conj, qr, qi);
+            SUF(rhalf_pack)(n0, k, M, pr, pi, qr, qi, wr + k * ldt, wi + k * ldt);
+            if (k > 0 && 2 * k != M)
+                SUF(rhalf_pack)(n0, M - k, M, qr, qi, pr, pi, wr + (M - k) * ldt,
+                                wi + (M - k) * ldt);
+        }
+        return;
+    }
+    case 4: /* inverse along kx (forward with re and im swapped) */
+        if (P == 1) { /* alone: phase 5's transpose fused into the last stage */
+            SUF(fft_cols_to)(s, &c->p1, n0, ldt, wi, wr, yi, yr, ldy, wz, n0);
+            return;
+        }
+        SUF(part)(n0, p, P, &lo, &hi);
+        if (hi > lo)
+            SUF(fft_cols)(s, &c->p1, hi - lo, ldt, wi + lo, wr + lo);
+        return;
+    case 5: /* transpose the wz rows used back */
+        SUF(part)(P == 1 ? 0 : wz, p, P, &lo, &hi);
+        SUF(transpose)(hi - lo, n0, wr + (size_t)lo * ldt, ldt, yr + lo, ldy);
+        SUF(transpose)(hi - lo, n0, wi + (size_t)lo * ldt, ldt, yi + lo, ldy);
+        return;
+    case 6: /* inverse along axis 0 */
+        SUF(part)(V, p, P, &lo, &hi);
+        if (hi > lo)
+            SUF(fft_cols)(s, &c->p0, hi - lo, ldy, yi + lo, yr + lo);
+        return;
+    default: { /* scaled, unpacked: output rows lo..hi */
+        const R scale = (R)(1.0 / ((double)n0 * (double)(2 * M)));
+        SUF(part)(h, p, P, &lo, &hi);
+        for (int y = lo; y < hi; y++) {
+            const R *restrict sr = yr + y * ldy, *restrict si = yi + y * ldy;
+            R *restrict dst = out + y * ldo;
+            for (int m = 0; m < w / 2; m++) {
+                dst[2 * m] = sr[m] * scale;
+                dst[2 * m + 1] = si[m] * scale;
+            }
+            if (w % 2)
+                dst[w - 1] = sr[w / 2] * scale;
+        }
+        return;
+    }
+    }
+}
