@@ -535,6 +535,50 @@ static CD_INLINE void SUF(part)(int n, int p, int P, int *lo, int *hi)
     *hi = b < n ? (int)b : n;
 }
 
+/* The phases cd_conv1_part and cd_rconv1_part share (1, 2, 4, 5 and 6): the transposes
+ * between the two axes and the column transforms of c's grid. used: the plane columns (and
+ * spectrum rows) in use; moved: those this part transposes (0 when the caller fused the
+ * transposes into the transforms); V: the columns transformed along axis 0. */
+static CD_INLINE void SUF(conv_phase)(cd_conv *c, cd_conv *s, int phase, int p, int P,
+                                      int used, int moved, int V)
+{
+    const int n0 = c->n0, n1 = c->n1;
+    const ptrdiff_t ldy = c->ldy, ldt = c->ldt;
+    R *yr = (R *)c->yr, *yi = (R *)c->yi, *tr = (R *)c->tr, *ti = (R *)c->ti;
+    R *wr = (R *)c->wr, *wi = (R *)c->wi;
+    int lo, hi;
+    switch (phase) {
+    case 1: /* transpose columns lo..hi of the used ones; clear spectrum rows >= used */
+        SUF(part)(moved, p, P, &lo, &hi);
+        SUF(transpose)(n0, hi - lo, yr + lo, ldy, tr + (size_t)lo * ldt, ldt);
+        SUF(transpose)(n0, hi - lo, yi + lo, ldy, ti + (size_t)lo * ldt, ldt);
+        SUF(part)(n1 - used, p, P, &lo, &hi);
+        memset(tr + (size_t)(used + lo) * ldt, 0, (size_t)(hi - lo) * ldt * sizeof(R));
+        memset(ti + (size_t)(used + lo) * ldt, 0, (size_t)(hi - lo) * ldt * sizeof(R));
+        return;
+    case 2: /* transform along kx */
+        SUF(part)(n0, p, P, &lo, &hi);
+        if (hi > lo)
+            SUF(fft_cols)(s, &c->p1, hi - lo, ldt, tr + lo, ti + lo);
+        return;
+    case 4: /* inverse along kx (forward with re and im swapped) */
+        SUF(part)(n0, p, P, &lo, &hi);
+        if (hi > lo)
+            SUF(fft_cols)(s, &c->p1, hi - lo, ldt, wi + lo, wr + lo);
+        return;
+    case 5: /* transpose the used rows back */
+        SUF(part)(moved, p, P, &lo, &hi);
+        SUF(transpose)(hi - lo, n0, wr + (size_t)lo * ldt, ldt, yr + lo, ldy);
+        SUF(transpose)(hi - lo, n0, wi + (size_t)lo * ldt, ldt, yi + lo, ldy);
+        return;
+    default: /* 6: inverse along axis 0 */
+        SUF(part)(V, p, P, &lo, &hi);
+        if (hi > lo)
+            SUF(fft_cols)(s, &c->p0, hi - lo, ldy, yi + lo, yr + lo);
+        return;
+    }
+}
+
 CD_HOT void SUF(cd_conv1_part)(cd_conv *c, cd_conv *s, int phase, int p, int P, const R *a,
                                ptrdiff_t lda, int h, int w, const R *f, int conj, R *out,
                                ptrdiff_t ldo)
@@ -561,18 +605,12 @@ CD_HOT void SUF(cd_conv1_part)(cd_conv *c, cd_conv *s, int phase, int p, int P, 
         }
         SUF(fft_cols)(s, &c->p0, hi - lo, ldy, yr + lo, yi + lo);
         return;
-    case 1: /* transpose columns lo..hi of the w used ones; clear spectrum rows >= w */
-        SUF(part)(w, p, P, &lo, &hi);
-        SUF(transpose)(n0, hi - lo, yr + lo, ldy, tr + (size_t)lo * ldt, ldt);
-        SUF(transpose)(n0, hi - lo, yi + lo, ldy, ti + (size_t)lo * ldt, ldt);
-        SUF(part)(n1 - w, p, P, &lo, &hi);
-        memset(tr + (size_t)(w + lo) * ldt, 0, (size_t)(hi - lo) * ldt * sizeof(R));
-        memset(ti + (size_t)(w + lo) * ldt, 0, (size_t)(hi - lo) * ldt * sizeof(R));
-        return;
-    case 2: /* transform along kx */
-        SUF(part)(n0, p, P, &lo, &hi);
-        if (hi > lo)
-            SUF(fft_cols)(s, &c->p1, hi - lo, ldt, tr + lo, ti + lo);
+    case 1:
+    case 2:
+    case 4:
+    case 5:
+    case 6:
+        SUF(conv_phase)(c, s, phase, p, P, w, w, V);
         return;
     case 3: { /* times the kernel, spectrum rows lo..hi */
         const size_t nt = (size_t)n0 * n1;
@@ -584,21 +622,6 @@ CD_HOT void SUF(cd_conv1_part)(cd_conv *c, cd_conv *s, int phase, int p, int P, 
         }
         return;
     }
-    case 4: /* inverse along kx (forward with re and im swapped) */
-        SUF(part)(n0, p, P, &lo, &hi);
-        if (hi > lo)
-            SUF(fft_cols)(s, &c->p1, hi - lo, ldt, wi + lo, wr + lo);
-        return;
-    case 5: /* transpose the w rows used back */
-        SUF(part)(w, p, P, &lo, &hi);
-        SUF(transpose)(hi - lo, n0, wr + (size_t)lo * ldt, ldt, yr + lo, ldy);
-        SUF(transpose)(hi - lo, n0, wi + (size_t)lo * ldt, ldt, yi + lo, ldy);
-        return;
-    case 6: /* inverse along axis 0 */
-        SUF(part)(V, p, P, &lo, &hi);
-        if (hi > lo)
-            SUF(fft_cols)(s, &c->p0, hi - lo, ldy, yi + lo, yr + lo);
-        return;
     default: { /* scaled real part, output rows lo..hi */
         const R scale = (R)(1.0 / ((double)n0 * (double)n1));
         SUF(part)(h, p, P, &lo, &hi);
@@ -728,19 +751,6 @@ CD_HOT void SUF(cd_rconv1_part)(cd_conv *c, cd_conv *s, int phase, int p, int P,
         else
             SUF(fft_cols)(s, &c->p0, hi - lo, ldy, yr + lo, yi + lo);
         return;
-    case 1: /* transpose columns lo..hi of the wz used ones; clear spectrum rows >= wz */
-        SUF(part)(P == 1 ? 0 : wz, p, P, &lo, &hi);
-        SUF(transpose)(n0, hi - lo, yr + lo, ldy, tr + (size_t)lo * ldt, ldt);
-        SUF(transpose)(n0, hi - lo, yi + lo, ldy, ti + (size_t)lo * ldt, ldt);
-        SUF(part)(M - wz, p, P, &lo, &hi);
-        memset(tr + (size_t)(wz + lo) * ldt, 0, (size_t)(hi - lo) * ldt * sizeof(R));
-        memset(ti + (size_t)(wz + lo) * ldt, 0, (size_t)(hi - lo) * ldt * sizeof(R));
-        return;
-    case 2: /* transform along kx */
-        SUF(part)(n0, p, P, &lo, &hi);
-        if (hi > lo)
-            SUF(fft_cols)(s, &c->p1, hi - lo, ldt, tr + lo, ti + lo);
-        return;
     case 3: { /* unpack, times the kernel, pack: the row pairs (k, M - k), k = lo..hi */
         R *pr = (R *)s->ar, *pi = (R *)s->ai, *qr = (R *)s->br, *qi = (R *)s->bi;
         SUF(part)(M / 2 + 1, p, P, &lo, &hi);
@@ -759,19 +769,12 @@ CD_HOT void SUF(cd_rconv1_part)(cd_conv *c, cd_conv *s, int phase, int p, int P,
             SUF(fft_cols_to)(s, &c->p1, n0, ldt, wi, wr, yi, yr, ldy, wz, n0);
             return;
         }
-        SUF(part)(n0, p, P, &lo, &hi);
-        if (hi > lo)
-            SUF(fft_cols)(s, &c->p1, hi - lo, ldt, wi + lo, wr + lo);
-        return;
-    case 5: /* transpose the wz rows used back */
-        SUF(part)(P == 1 ? 0 : wz, p, P, &lo, &hi);
-        SUF(transpose)(hi - lo, n0, wr + (size_t)lo * ldt, ldt, yr + lo, ldy);
-        SUF(transpose)(hi - lo, n0, wi + (size_t)lo * ldt, ldt, yi + lo, ldy);
-        return;
-    case 6: /* inverse along axis 0 */
-        SUF(part)(V, p, P, &lo, &hi);
-        if (hi > lo)
-            SUF(fft_cols)(s, &c->p0, hi - lo, ldy, yi + lo, yr + lo);
+        /* fall through */
+    case 1: /* with P = 1 phase 0 wrote the transpose: nothing to move */
+    case 2:
+    case 5:
+    case 6:
+        SUF(conv_phase)(c, s, phase, p, P, wz, P == 1 ? 0 : wz, V);
         return;
     default: { /* scaled, unpacked: output rows lo..hi */
         const R scale = (R)(1.0 / ((double)n0 * (double)(2 * M)));
