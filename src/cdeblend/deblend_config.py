@@ -18,6 +18,15 @@ __all__ = ["OPTIMIZERS", "DeblendConfig"]
 #: Names of the fit's optimizers (``DeblendConfig.optimizer``).
 OPTIMIZERS = ("amsgrad", "adam")
 
+#: The settings that name one of a few choices, and their choices.
+_CHOICES = {
+    "sed_solver": ("nnls", "lstsq"),
+    "symmetry_center": ("peak", "subpixel"),
+    "rescue_lost_sed": ("fit", "peak", "shoulder"),
+    "rescue_shape": ("initial", "psf"),
+    "init_thresh_units": ("image", "detection"),
+}
+
 
 @dataclass(frozen=True)
 class DeblendConfig:
@@ -404,22 +413,11 @@ class DeblendConfig:
             raise ValueError(
                 f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}"
             )
-        if self.sed_solver not in ("nnls", "lstsq"):
-            raise ValueError(f"sed_solver must be 'nnls' or 'lstsq', got {self.sed_solver!r}")
-        if self.symmetry_center not in ("peak", "subpixel"):
-            raise ValueError(
-                f"symmetry_center must be 'peak' or 'subpixel', got {self.symmetry_center!r}"
-            )
-        if self.rescue_lost_sed not in ("fit", "peak", "shoulder"):
-            raise ValueError(
-                f"rescue_lost_sed must be 'fit', 'peak' or 'shoulder', got {self.rescue_lost_sed!r}"
-            )
-        if self.rescue_shape not in ("initial", "psf"):
-            raise ValueError(f"rescue_shape must be 'initial' or 'psf', got {self.rescue_shape!r}")
-        if self.init_thresh_units not in ("image", "detection"):
-            raise ValueError(
-                f"init_thresh_units must be 'image' or 'detection', got {self.init_thresh_units!r}"
-            )
+        for name, options in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in options:
+                *rest, last = (repr(o) for o in options)
+                raise ValueError(f"{name} must be {', '.join(rest)} or {last}, got {value!r}")
 
     def _check_residual_options(self) -> None:
         """Validate the residual-source settings."""
