@@ -69,6 +69,10 @@ _KERNEL_CACHE_BYTES = 128 * 2**20
 _MIN_PART = 32
 #: At most this many FFT grids keep work buffers per thread (LRU).
 _BUFFER_CACHE_SIZE = 6
+#: The kernel transforms one call of ``conv_exact`` holds at most (bytes; a larger grid
+#: goes alone): a big blend's sources have many box sizes, and the transforms of all their
+#: grids would outgrow the kernel cache's budget.
+_EXACT_BATCH_BYTES = _KERNEL_CACHE_BYTES // 2
 
 
 def _even_parts(items: list, parts: int) -> list[list]:
@@ -78,6 +82,23 @@ def _even_parts(items: list, parts: int) -> list[list]:
     step = -(-len(items) // max(min(parts, len(items) // _MIN_PART), 1))
     step = max(step + step % 2, 2)
     return [items[i : i + step] for i in range(0, len(items), step)]
+
+
+def _spectrum_batches(grids: dict[tuple[int, int], list], nb: int) -> list[list[tuple[int, int]]]:
+    """The FFT grids ``(n0, n1)`` of :meth:`Convolver.convolve_exact_into`, largest first,
+    cut into runs whose double-precision kernel transforms (``nb`` bands) take at most
+    ``_EXACT_BATCH_BYTES`` together (one grid at least): one
+    :func:`~cdeblend._convolve_cy.conv_exact` call each, which holds their transforms."""
+    batches: list[list[tuple[int, int]]] = []
+    size = _EXACT_BATCH_BYTES
+    for n0, n1 in sorted(grids, key=lambda grid: -grid[0] * grid[1]):
+        nbytes = nb * 2 * n0 * n1 * 8
+        if size + nbytes > _EXACT_BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append((n0, n1))
+        size += nbytes
+    return batches
 
 
 def _pairs_within(n: int, lo: int, m: int, r: int) -> int:
@@ -533,7 +554,10 @@ class Convolver:
         round-off is ~1e-16 of the peak, below float32 resolution), and the result is cut to
         the support of the true convolution: the model's non-zero pixels dilated by the
         kernel's non-zero taps. Small cases, where the direct loop is cheaper, use it.
-        Models sharing an FFT grid go to one Cython call, without the GIL.
+        The others go to one Cython call for all their FFT grids (a few calls when the
+        grids' kernel transforms would take much memory), without the GIL, the models on
+        the available threads (:func:`cdeblend._threads.num_threads`; each model on one
+        thread, with the same results for any count).
         """
         nb = self.shape[0]
         clipped, grown = self.grown_boxes(np.asarray(boxes, dtype=np.int64).reshape(-1, 4))
@@ -558,17 +582,47 @@ class Convolver:
             )
         taps = self.kernels != 0
         all_taps = bool(taps.all())
-        for (n0, n1), rows in grids.items():
-            table = np.array(rows, dtype=np.intp).reshape(-1, 9)
-            src_table = np.ascontiguousarray(table[:, :5])
-            out_table = np.ascontiguousarray(table[:, 5:8])
-            work = self.work(n0, n1, int(out_table[:, 2].max()), double=True)
-            ry, rx = self.kernel_radius
-            spectrum = self.kernel_spectrum(n0, n1, exact=True)
-            conv_exact(work, models, src_table, spectrum, out, out_table, ry, rx, all_taps)
+        for batch in _spectrum_batches(grids, nb):
+            self._conv_exact(batch, grids, models, out, all_taps)
             if not all_taps:
-                items = [(k, oy, ox, ch, cw, gh, gw) for _, ch, cw, oy, ox, _, gh, gw, k in rows]
+                items = [
+                    (k, oy, ox, ch, cw, gh, gw)
+                    for grid in batch
+                    for _, ch, cw, oy, ox, _, gh, gw, k in grids[grid]
+                ]
                 self._cut_to_support(taps, models, offsets, out, out_offsets, items)
+
+    def _conv_exact(
+        self,
+        batch: list[tuple[int, int]],
+        grids: dict,
+        models: np.ndarray,
+        out: np.ndarray,
+        all_taps: bool,
+    ) -> int:
+        """One :func:`~cdeblend._convolve_cy.conv_exact` call for the models of
+        :meth:`convolve_exact_into` on the FFT grids ``batch`` (largest first: the threads
+        take the models in this order, so that a long one does not come last), on this
+        thread's share of the threads (:func:`cdeblend._threads.num_threads`). Returns the
+        threads it used."""
+        rows, grid_rows, spectra = [], [], []
+        for g, (n0, n1) in enumerate(batch):
+            items = grids[n0, n1]
+            grid_rows.append((n0, n1, max(item[7] for item in items)))
+            spectra.append(self.kernel_spectrum(n0, n1, exact=True))
+            rows.extend((*item[:8], g) for item in items)
+        ry, rx = self.kernel_radius
+        return conv_exact(
+            models,
+            np.array(rows, dtype=np.intp).reshape(-1, 9),
+            np.array(grid_rows, dtype=np.intp).reshape(-1, 3),
+            tuple(spectra),
+            out,
+            ry,
+            rx,
+            all_taps,
+            num_threads(),
+        )
 
     def _cut_to_support(
         self,
