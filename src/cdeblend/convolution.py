@@ -38,13 +38,13 @@ import numpy as np
 from ._convolve_cy import (
     FFTWork,
     conv_cube,
-    conv_exact,
     conv_planes,
     convolve_direct,
     fast_len,
     kernel_spectrum,
 )
 from ._convolve_cy import grown_boxes as _grown_boxes
+from ._exact import convolve_exact_grids
 from ._threads import num_threads
 from .box import Box, as_box, clip
 
@@ -69,10 +69,10 @@ _KERNEL_CACHE_BYTES = 128 * 2**20
 _MIN_PART = 32
 #: At most this many FFT grids keep work buffers per thread (LRU).
 _BUFFER_CACHE_SIZE = 6
-#: The kernel transforms one call of ``conv_exact`` holds at most (bytes; a larger grid
-#: goes alone): a big blend's sources have many box sizes, and the transforms of all their
-#: grids would outgrow the kernel cache's budget.
-_EXACT_BATCH_BYTES = _KERNEL_CACHE_BYTES // 2
+#: Fewest grid values times bands of the missing kernel transforms that
+#: :meth:`KernelCache.get_many` computes on several threads (a thread pool's start costs
+#: ~0.2 ms, the transforms of 5 bands on a 128 x 128 grid about as much).
+_SPECTRA_PARALLEL_WORK = 5 * 128 * 128 * 4
 
 
 def _even_parts(items: list, parts: int) -> list[list]:
@@ -82,23 +82,6 @@ def _even_parts(items: list, parts: int) -> list[list]:
     step = -(-len(items) // max(min(parts, len(items) // _MIN_PART), 1))
     step = max(step + step % 2, 2)
     return [items[i : i + step] for i in range(0, len(items), step)]
-
-
-def _spectrum_batches(grids: dict[tuple[int, int], list], nb: int) -> list[list[tuple[int, int]]]:
-    """The FFT grids ``(n0, n1)`` of :meth:`Convolver.convolve_exact_into`, largest first,
-    cut into runs whose double-precision kernel transforms (``nb`` bands) take at most
-    ``_EXACT_BATCH_BYTES`` together (one grid at least): one
-    :func:`~cdeblend._convolve_cy.conv_exact` call each, which holds their transforms."""
-    batches: list[list[tuple[int, int]]] = []
-    size = _EXACT_BATCH_BYTES
-    for n0, n1 in sorted(grids, key=lambda grid: -grid[0] * grid[1]):
-        nbytes = nb * 2 * n0 * n1 * 8
-        if size + nbytes > _EXACT_BATCH_BYTES:
-            batches.append([])
-            size = 0
-        batches[-1].append((n0, n1))
-        size += nbytes
-    return batches
 
 
 def _pairs_within(n: int, lo: int, m: int, r: int) -> int:
@@ -155,6 +138,24 @@ class KernelCache:
                 _, old = self.entries.popitem(last=False)
                 self.nbytes -= old.nbytes
         return value
+
+    def get_many(
+        self, grids: Sequence[tuple[int, int]], exact: bool = False, threads: int = 1
+    ) -> list[np.ndarray]:
+        """:meth:`get` of every ``(n0, n1)`` grid, the missing transforms computed on up to
+        ``threads`` threads when they are many (the same values: each is one call)."""
+        flag = exact or self.kernels.dtype == np.float64  # as get's key
+        with self.lock:
+            missing = [g for g in dict.fromkeys(grids) if (*g, flag) not in self.entries]
+        # grid values x bands of the missing ones: a thread pool only for real work
+        work = sum(n0 * n1 for n0, n1 in missing) * self.kernels.shape[0]
+        made: dict[tuple[int, int], np.ndarray] = {}
+        if threads > 1 and len(missing) > 1 and work >= _SPECTRA_PARALLEL_WORK:
+            with ThreadPoolExecutor(min(threads, len(missing))) as pool:
+                made = dict(
+                    zip(missing, pool.map(lambda g: self.get(*g, exact), missing), strict=True)
+                )
+        return [made[g] if g in made else self.get(*g, exact) for g in grids]
 
 
 class Convolver:
@@ -580,75 +581,4 @@ class Convolver:
             grids.setdefault(grid, []).append(
                 (offs[k], ch, cw, cy0 - gy0, cx0 - gx0, out_offs[k], gh, gw, k)
             )
-        taps = self.kernels != 0
-        all_taps = bool(taps.all())
-        for batch in _spectrum_batches(grids, nb):
-            self._conv_exact(batch, grids, models, out, all_taps)
-            if not all_taps:
-                items = [
-                    (k, oy, ox, ch, cw, gh, gw)
-                    for grid in batch
-                    for _, ch, cw, oy, ox, _, gh, gw, k in grids[grid]
-                ]
-                self._cut_to_support(taps, models, offsets, out, out_offsets, items)
-
-    def _conv_exact(
-        self,
-        batch: list[tuple[int, int]],
-        grids: dict,
-        models: np.ndarray,
-        out: np.ndarray,
-        all_taps: bool,
-    ) -> int:
-        """One :func:`~cdeblend._convolve_cy.conv_exact` call for the models of
-        :meth:`convolve_exact_into` on the FFT grids ``batch`` (largest first: the threads
-        take the models in this order, so that a long one does not come last), on this
-        thread's share of the threads (:func:`cdeblend._threads.num_threads`). Returns the
-        threads it used."""
-        rows, grid_rows, spectra = [], [], []
-        for g, (n0, n1) in enumerate(batch):
-            items = grids[n0, n1]
-            grid_rows.append((n0, n1, max(item[7] for item in items)))
-            spectra.append(self.kernel_spectrum(n0, n1, exact=True))
-            rows.extend((*item[:8], g) for item in items)
-        ry, rx = self.kernel_radius
-        return conv_exact(
-            models,
-            np.array(rows, dtype=np.intp).reshape(-1, 9),
-            np.array(grid_rows, dtype=np.intp).reshape(-1, 3),
-            tuple(spectra),
-            out,
-            ry,
-            rx,
-            all_taps,
-            num_threads(),
-        )
-
-    def _cut_to_support(
-        self,
-        taps: np.ndarray,
-        models: np.ndarray,
-        offsets: np.ndarray,
-        out: np.ndarray,
-        out_offsets: np.ndarray,
-        items: list,
-    ) -> None:
-        """Zero the FFT convolutions of :meth:`convolve_exact_into` off the true support
-        when some kernel taps are 0 (with all taps non-zero, ``conv_exact`` cuts them to
-        the dilated box itself): count the overlapping (non-zero pixel, non-zero tap)
-        pairs."""
-        from scipy.signal import fftconvolve  # only kernels with zero taps get here
-
-        nb = self.shape[0]
-        for k, oy, ox, ch, cw, gh, gw in items:
-            ind = np.zeros((nb, gh, gw))
-            ind[:, oy : oy + ch, ox : ox + cw] = (
-                models[offsets[k] : offsets[k] + nb * ch * cw].reshape(nb, ch, cw) != 0
-            )
-            support = np.stack(
-                [
-                    fftconvolve(ind[b], taps[b].astype(np.float64), mode="same") > 0.5
-                    for b in range(nb)
-                ]
-            )
-            out[out_offsets[k] : out_offsets[k] + nb * gh * gw] *= support.ravel()
+        convolve_exact_grids(self, grids, models, offsets, out, out_offsets)
