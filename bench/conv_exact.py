@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import statistics
 import sys
 import time
@@ -44,10 +43,6 @@ import scaling  # noqa: E402
 
 import cdeblend  # noqa: E402
 from cdeblend import _threads, convolution  # noqa: E402
-
-
-def _has_exact() -> bool:
-    return importlib.util.find_spec("cdeblend._exact") is not None
 
 
 def load_scene(data: Path, cache: Path, name: str):
@@ -112,7 +107,11 @@ def main() -> None:
     models, boxes, offsets, out, out_offsets = capture_exact_call(result)
     used: list = []
     # the module that calls conv_exact (convolution itself before the threaded version)
-    caller = importlib.import_module("cdeblend._exact") if _has_exact() else convolution
+    caller = (
+        convolution
+        if hasattr(convolution, "conv_exact")
+        else importlib.import_module("cdeblend._exact")
+    )
     inner = caller.conv_exact
 
     def counting(*a):
