@@ -15,7 +15,7 @@ from cdeblend._convolve_cy import (
     kernel_spectrum,
 )
 
-from cdeblend import _exact, _threads, convolution
+from cdeblend import _exact, _threads
 from cdeblend.convolution import Convolver
 
 
@@ -274,26 +274,3 @@ def test_convolve_exact_into_on_threads(zero_taps, dtype, parallel_always, monke
         got = one[o : o + nb * g[2] * g[3]].reshape(nb, g[2], g[3])
         assert np.array_equal(got != 0, support & (ref != 0))
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * max(np.abs(ref).max(), 1))
-
-
-def test_kernel_transforms_made_on_threads(monkeypatch):
-    """:meth:`KernelCache.get_many` on two threads: the transforms ``get`` makes one by one
-    (bit for bit), numpy's 2-D DFT of the wrapped kernels, and kept in the cache."""
-    rng = np.random.default_rng(9)
-    kernels = random_kernels(rng, 3, 9, 7).astype(np.float32)
-    grids = [(fast_len(n), fast_len(m)) for n, m in ((20, 30), (27, 16), (40, 40), (12, 50))]
-    grids.append(grids[1])  # a grid twice: one transform
-    monkeypatch.setattr(convolution, "_SPECTRA_PARALLEL_WORK", 0)
-    cache = convolution.KernelCache(kernels)
-    many = cache.get_many(grids, exact=True, threads=2)
-    alone = convolution.KernelCache(kernels)
-    for (n0, n1), spec in zip(grids, many, strict=True):
-        assert spec.dtype == np.float64
-        assert spec.tobytes() == alone.get(n0, n1, exact=True).tobytes()
-        assert cache.get(n0, n1, exact=True) is spec
-        plane = np.zeros((3, n0, n1))
-        plane[:, :9, :7] = kernels
-        ref = np.fft.fft2(np.roll(plane, (-4, -3), axis=(1, 2)))
-        np.testing.assert_allclose(spec[:, 0], ref.real.transpose(0, 2, 1), atol=1e-12)
-        np.testing.assert_allclose(spec[:, 1], ref.imag.transpose(0, 2, 1), atol=1e-12)
-    assert many[1] is many[-1]

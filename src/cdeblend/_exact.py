@@ -83,7 +83,7 @@ def _conv_batch(
         items = grids[n0, n1]
         grid_rows.append((n0, n1, max(item[7] for item in items)))
         rows.extend((*item[:8], g) for item in items)
-    spectra = conv.cache.get_many(batch, exact=True, threads=num_threads())
+    spectra = [conv.kernel_spectrum(n0, n1, exact=True) for n0, n1 in batch]
     ry, rx = conv.kernel_radius
     return conv_exact(
         models,

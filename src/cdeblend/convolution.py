@@ -69,10 +69,6 @@ _KERNEL_CACHE_BYTES = 128 * 2**20
 _MIN_PART = 32
 #: At most this many FFT grids keep work buffers per thread (LRU).
 _BUFFER_CACHE_SIZE = 6
-#: Fewest grid values times bands of the missing kernel transforms that
-#: :meth:`KernelCache.get_many` computes on several threads (a thread pool's start costs
-#: ~0.2 ms, the transforms of 5 bands on a 128 x 128 grid about as much).
-_SPECTRA_PARALLEL_WORK = 5 * 128 * 128 * 4
 
 
 def _even_parts(items: list, parts: int) -> list[list]:
@@ -138,24 +134,6 @@ class KernelCache:
                 _, old = self.entries.popitem(last=False)
                 self.nbytes -= old.nbytes
         return value
-
-    def get_many(
-        self, grids: Sequence[tuple[int, int]], exact: bool = False, threads: int = 1
-    ) -> list[np.ndarray]:
-        """:meth:`get` of every ``(n0, n1)`` grid, the missing transforms computed on up to
-        ``threads`` threads when they are many (the same values: each is one call)."""
-        flag = exact or self.kernels.dtype == np.float64  # as get's key
-        with self.lock:
-            missing = [g for g in dict.fromkeys(grids) if (*g, flag) not in self.entries]
-        # grid values x bands of the missing ones: a thread pool only for real work
-        work = sum(n0 * n1 for n0, n1 in missing) * self.kernels.shape[0]
-        made: dict[tuple[int, int], np.ndarray] = {}
-        if threads > 1 and len(missing) > 1 and work >= _SPECTRA_PARALLEL_WORK:
-            with ThreadPoolExecutor(min(threads, len(missing))) as pool:
-                made = dict(
-                    zip(missing, pool.map(lambda g: self.get(*g, exact), missing), strict=True)
-                )
-        return [made[g] if g in made else self.get(*g, exact) for g in grids]
 
 
 class Convolver:
