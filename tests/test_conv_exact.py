@@ -204,6 +204,8 @@ def test_bad_tables_are_rejected():
         conv_exact(src, table[:, :8].copy(), grids, spectra, out, 2, 2, True)
     with pytest.raises(ValueError, match="spectra"):
         conv_exact(src, table, grids, spectra * 2, out, 2, 2, True)
+    with pytest.raises(ValueError, match="do not match"):  # no bands
+        conv_exact(src, table, grids, (spectra[0][:0],), out, 2, 2, True)
     bad = grids.copy()
     bad[0, :2] = 7  # not 2^a 3^b 5^c
     with pytest.raises(ValueError, match="bad FFT grid"):

@@ -548,7 +548,8 @@ def conv_exact(const double[::1] src, const Py_ssize_t[:, ::1] table,
         fk = spectra[g]
         if g == 0:
             nb = fk.shape[0]
-        if fk.shape[0] != nb or fk.shape[1] != 2 or fk.shape[2] != n1 or fk.shape[3] != n0:
+        if (nb < 1 or fk.shape[0] != nb or fk.shape[1] != 2 or fk.shape[2] != n1
+                or fk.shape[3] != n0):
             raise ValueError(f"kernel transforms of shape {tuple(fk.shape)} do not match "
                              f"{nb} bands on the ({n0}, {n1}) grid")
     for k in range(K):
