@@ -18,7 +18,8 @@ this operation is the same call with the kernel flipped in y and x and the offse
 
 from libc.math cimport log2
 from libc.stdint cimport int64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
+from cython.parallel cimport prange, threadid
 
 from ._fft cimport (cd_conv, cd_conv_free, cd_conv_init, cd_fast_len, cd_fft_cols_d,
                     cd_fft_cols_f, cd_mul2_d, cd_mul2_f, cd_mul_d, cd_mul_f, cd_plan,
@@ -27,6 +28,19 @@ from ._shared.fused cimport real
 from ._shared.gil cimport _release_gil
 
 import numpy as np
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #define CD_OPENMP 1
+    #else
+    #define CD_OPENMP 0
+    #endif
+    """
+    const int CD_OPENMP
+
+#: Whether the kernels were built with OpenMP (else conv_exact runs on one thread).
+OPENMP = bool(CD_OPENMP)
 
 
 def convolve_direct(
@@ -444,112 +458,254 @@ def fft_cols(FFTWork work, int axis_len, real[:, ::1] re, real[:, ::1] im):
             cd_fft_cols_d(&work.c, p, re.shape[1], re.shape[1], &re[0, 0], &im[0, 0])
 
 
-def conv_exact(FFTWork work, const double[::1] src, const Py_ssize_t[:, ::1] src_table,
-               const double[:, :, :, ::1] fk, real[::1] out,
-               const Py_ssize_t[:, ::1] out_table, int ry, int rx, bint support):
+# ------------------------------------------------------------------------------------------
+# The products' exact convolutions: many FFT grids in one call, the items on threads
+# ------------------------------------------------------------------------------------------
+
+#: Below this many grid values times bands (summed over the items) a call of conv_exact
+#: stays on one thread: starting and joining the threads would cost more than they save
+#: (the threshold of the fit's iterations, _adam_cy._PARALLEL_WORK).
+cdef double _EXACT_PARALLEL_WORK = 5.0 * 128 * 128
+
+
+def exact_parallel_work(work=None):
+    """The threshold above (set it if given; for tests, which need small cases on both
+    paths). Returns the previous value."""
+    global _EXACT_PARALLEL_WORK
+    old = _EXACT_PARALLEL_WORK
+    if work is not None:
+        _EXACT_PARALLEL_WORK = work
+    return old
+
+
+#: Simulated allocation failures (for tests of the fallbacks): the threads from these
+#: indices on get no work buffers (before the threads start) or no FFT plans (in the loop).
+cdef int _FAIL_BUFFERS = 1 << 30
+cdef int _FAIL_PLANS = 1 << 30
+
+
+def exact_memory_faults(buffers=None, plans=None):
+    """Simulate running out of memory in :func:`conv_exact` from thread ``buffers`` on (its
+    work buffers) or ``plans`` on (its FFT plans); -1 restores normal allocation. For tests.
+    Returns the previous ``(buffers, plans)`` (-1: none)."""
+    global _FAIL_BUFFERS, _FAIL_PLANS
+    old = tuple(-1 if v == 1 << 30 else v for v in (_FAIL_BUFFERS, _FAIL_PLANS))
+    if buffers is not None:
+        _FAIL_BUFFERS = 1 << 30 if buffers < 0 else buffers
+    if plans is not None:
+        _FAIL_PLANS = 1 << 30 if plans < 0 else plans
+    return old
+
+
+ctypedef struct _ExactThread:
+    cd_conv c        # FFT plans and buffers of grid ``grid`` (none while grid is -1)
+    Py_ssize_t grid
+    double* tmp      # the item's double-precision convolution, (B, gh, gw)
+    int* pre         # prefix counts of the support cut, (gh + 1) x (gw + 1)
+
+
+def conv_exact(const double[::1] src, const Py_ssize_t[:, ::1] table,
+               const Py_ssize_t[:, ::1] grids, tuple spectra, real[::1] out, int ry, int rx,
+               bint support, int num_threads=1):
     """Convolve multi-band planes band by band in double precision, for the products of a
-    fit (the per-source models that share the flux).
+    fit (the per-source models that share the flux), the items on up to ``num_threads``
+    threads.
 
-    Item k is ``src[o:o + B * h * w]`` as (B, h, w) with ``(o, h, w, oy, ox) =
-    src_table[k]``, placed at ``(oy, ox)`` of the grid; the grid's ``[0, gh) x [0, gw)``
-    corner of its convolution, with ``(o', gh, gw) = out_table[k]``, goes to ``out[o':]`` as
-    (B, gh, gw) in out's precision. With ``support`` each band is cut to the support of the
-    true convolution for kernels without zero taps: pixels within ``ry`` rows and ``rx``
-    columns of a non-zero input pixel (FFT round-off elsewhere would claim flux).
+    Item k, ``(o, h, w, oy, ox, o', gh, gw, g) = table[k]``, is ``src[o:o + B * h * w]`` as
+    (B, h, w), placed at ``(oy, ox)`` of FFT grid ``g``: ``(n0, n1, width) = grids[g]``,
+    inputs and outputs at most ``width`` columns wide, the kernels' transforms on it
+    ``spectra[g]`` (:func:`kernel_spectrum`, float64). The grid's ``[0, gh) x [0, gw)``
+    corner of its convolution goes to ``out[o':]`` as (B, gh, gw) in out's precision. With
+    ``support`` each band is cut to the support of the true convolution for kernels without
+    zero taps: pixels within ``ry`` rows and ``rx`` columns of a non-zero input pixel (FFT
+    round-off elsewhere would claim flux).
+
+    Each item is computed by one thread with its own FFT buffers, by the same operations
+    as on one thread: the results do not depend on the thread count. Threads take items in
+    the table's order, one at a time (put the large grids first). A call with less work than
+    :func:`exact_parallel_work`, or built without OpenMP, stays on one thread; so does every
+    thread for which the work buffers cannot be allocated. Returns the threads used.
     """
-    cdef Py_ssize_t nb = fk.shape[0], K = src_table.shape[0], i
-    cdef Py_ssize_t ghmax = 0, gwmax = 0
-    cdef double* tmp
-    cdef int* pre
-    _check_work(work, True, fk, nb)
-    if out_table.shape[0] != K or src_table.shape[1] != 5 or out_table.shape[1] != 3:
-        raise ValueError("src_table must be (K, 5) and out_table (K, 3)")
-    for i in range(K):
-        o, h, w, oy, ox = (src_table[i, j] for j in range(5))
-        oo, gh, gw = (out_table[i, j] for j in range(3))
-        if (h < 1 or w < 1 or oy < 0 or ox < 0 or oy + h > gh or ox + w > gw
-                or gh > work.n0 or gw > work.width or o < 0 or o + nb * h * w > src.shape[0]
-                or oo < 0 or oo + nb * gh * gw > out.shape[0]):
-            raise ValueError(f"item {i} does not fit the grid or the buffers")
-        ghmax = max(ghmax, gh)
-        gwmax = max(gwmax, gw)
+    cdef Py_ssize_t K = table.shape[0], G = grids.shape[0], nb = 0, k, g
+    cdef Py_ssize_t tmp_size = 0, pre_size = 0
+    cdef double work = 0.0, flops = 0.0, n
+    cdef int nt, nalloc, t
+    cdef const double** fks
+    cdef _ExactThread* th
+    cdef char* failed
+    cdef const double[:, :, :, ::1] fk
+    if table.shape[1] != 9 or grids.shape[1] != 3:
+        raise ValueError("table must be (K, 9) and grids (G, 3)")
+    if len(spectra) != G:
+        raise ValueError(f"got {len(spectra)} spectra for {G} grids")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    for g in range(G):
+        n0, n1, width = grids[g, 0], grids[g, 1], grids[g, 2]
+        if (n0 < 1 or n1 < 1 or n0 > (1 << 30) or n1 > (1 << 30) or cd_fast_len(n0) != n0
+                or cd_fast_len(n1) != n1 or width < 1 or width > n1):
+            raise ValueError(f"bad FFT grid {g}: ({n0}, {n1}) for width {width}")
+        fk = spectra[g]
+        if g == 0:
+            nb = fk.shape[0]
+        if (nb < 1 or fk.shape[0] != nb or fk.shape[1] != 2 or fk.shape[2] != n1
+                or fk.shape[3] != n0):
+            raise ValueError(f"kernel transforms of shape {tuple(fk.shape)} do not match "
+                             f"{nb} bands on the ({n0}, {n1}) grid")
+    for k in range(K):
+        o, h, w, oy, ox, oo, gh, gw, g = (table[k, j] for j in range(9))
+        if (g < 0 or g >= G or h < 1 or w < 1 or oy < 0 or ox < 0 or oy + h > gh
+                or ox + w > gw or gh > grids[g, 0] or gw > grids[g, 2] or o < 0
+                or o + nb * h * w > src.shape[0] or oo < 0 or oo + nb * gh * gw > out.shape[0]):
+            raise ValueError(f"item {k} does not fit its grid or the buffers")
+        tmp_size = max(tmp_size, nb * gh * gw)
+        pre_size = max(pre_size, (gh + 1) * (gw + 1))
+        n = <double>grids[g, 0] * grids[g, 1]
+        work += n * nb
+        flops += 5.0 * nb * n * log2(n + 1.0)  # as _fft_work, for the GIL rule
     if K == 0:
-        return out
-    tmp = <double*>malloc(nb * ghmax * gwmax * sizeof(double))
-    pre = <int*>malloc((ghmax + 1) * (gwmax + 1) * sizeof(int))
-    if tmp == NULL or pre == NULL:
-        free(tmp)
-        free(pre)
-        raise MemoryError()
+        return 1
+    nt = num_threads if CD_OPENMP and work >= _EXACT_PARALLEL_WORK else 1
+    nt = <int>min(nt, K)
+    nalloc = nt
+    fks = <const double**>malloc(G * sizeof(double*))
+    failed = <char*>calloc(K, sizeof(char))
+    th = <_ExactThread*>calloc(nalloc, sizeof(_ExactThread))
     try:
-        if _release_gil(_fft_work(work, K * nb)):
+        if fks == NULL or failed == NULL or th == NULL:
+            raise MemoryError()
+        for t in range(nalloc):
+            th[t].grid = -1
+        for g in range(G):
+            fk = spectra[g]
+            fks[g] = &fk[0, 0, 0, 0]
+        # each thread's buffers; a thread without them is not started
+        for t in range(nalloc):
+            th[t].tmp = <double*>malloc(tmp_size * sizeof(double))
+            th[t].pre = <int*>malloc(pre_size * sizeof(int))
+            if th[t].tmp == NULL or th[t].pre == NULL or t >= _FAIL_BUFFERS:
+                if t == 0:
+                    raise MemoryError()
+                nt = t
+                break
+        if nt > 1 or _release_gil(flops):
             with nogil:
-                _conv_exact(&work.c, src, src_table, fk, out, out_table, ry, rx, support, tmp,
-                            pre)
+                _exact_items(th, nt, src, table, grids, fks, nb, out, ry, rx, support, failed)
         else:
-            _conv_exact(&work.c, src, src_table, fk, out, out_table, ry, rx, support, tmp, pre)
+            _exact_items(th, nt, src, table, grids, fks, nb, out, ry, rx, support, failed)
+        # the items whose thread could not get FFT buffers, on the calling thread
+        for k in range(K):
+            if failed[k] and _exact_item(th, 0, src, table, grids, fks, nb, out, ry, rx,
+                                         support, k) != 0:
+                g = table[k, 8]
+                raise MemoryError(f"no memory for FFT buffers on the ({grids[g, 0]}, "
+                                  f"{grids[g, 1]}) grid")
     finally:
-        free(tmp)
-        free(pre)
-    return out
+        if th != NULL:
+            for t in range(nalloc):
+                _exact_thread_free(&th[t])
+        free(th)
+        free(failed)
+        free(fks)
+    return nt
 
 
-cdef int _conv_exact(cd_conv* c, const double[::1] src, const Py_ssize_t[:, ::1] src_table,
-                     const double[:, :, :, ::1] fk, real[::1] out,
-                     const Py_ssize_t[:, ::1] out_table, int ry, int rx, bint support,
-                     double* tmp, int* pre) except -1 nogil:
-    cdef Py_ssize_t nb = fk.shape[0], K = src_table.shape[0], k, b, y, x
-    cdef Py_ssize_t o, h, w, oy, ox, oo, gh, gw, ya, yb, xa, xb
-    cdef const double* s0
+cdef void _exact_thread_free(_ExactThread* t) noexcept nogil:
+    if t.grid >= 0:
+        cd_conv_free(&t.c)
+    t.grid = -1
+    free(t.tmp)
+    free(t.pre)
+    t.tmp = NULL
+    t.pre = NULL
+
+
+cdef void _exact_items(_ExactThread* th, int nt, const double[::1] src,
+                       const Py_ssize_t[:, ::1] table, const Py_ssize_t[:, ::1] grids,
+                       const double** fks, Py_ssize_t nb, real[::1] out, int ry, int rx,
+                       bint support, char* failed) noexcept nogil:
+    """:func:`_exact_item` of every item, thread t with ``th[t]`` (``failed[k]`` set when
+    the thread had no memory for item k's grid)."""
+    cdef Py_ssize_t K = table.shape[0], k
+    if nt <= 1:
+        for k in range(K):
+            failed[k] = _exact_item(th, 0, src, table, grids, fks, nb, out, ry, rx, support,
+                                    k) != 0
+        return
+    # one item at a time: their costs vary with their grids
+    for k in prange(K, num_threads=nt, schedule="dynamic", chunksize=1):
+        failed[k] = _exact_item(th, threadid(), src, table, grids, fks, nb, out, ry, rx,
+                                support, k) != 0
+
+
+cdef int _exact_item(_ExactThread* th, int tid, const double[::1] src,
+                     const Py_ssize_t[:, ::1] table, const Py_ssize_t[:, ::1] grids,
+                     const double** fks, Py_ssize_t nb, real[::1] out, int ry, int rx,
+                     bint support, Py_ssize_t k) noexcept nogil:
+    """Item ``k`` of :func:`conv_exact` with thread ``tid``'s buffers ``th[tid]``, its FFT
+    plans made for the item's grid if they are another's; -1 (nothing written) when out of
+    memory."""
+    cdef _ExactThread* t = &th[tid]
+    cdef Py_ssize_t g = table[k, 8]
+    if t.grid != g:
+        if t.grid >= 0:
+            cd_conv_free(&t.c)
+            t.grid = -1
+        if tid >= _FAIL_PLANS or cd_conv_init(&t.c, <int>grids[g, 0], <int>grids[g, 1],
+                                              <int>grids[g, 2], 1) != 0:
+            return -1
+        t.grid = g
+    _exact_one(&t.c, src, table, k, fks[g], nb, out, ry, rx, support, t.tmp, t.pre)
+    return 0
+
+
+cdef void _exact_one(cd_conv* c, const double[::1] src, const Py_ssize_t[:, ::1] table,
+                     Py_ssize_t k, const double* fk, Py_ssize_t nb, real[::1] out, int ry,
+                     int rx, bint support, double* tmp, int* pre) noexcept nogil:
+    """Item ``k`` of :func:`conv_exact` on ``c``'s grid (kernel transforms ``fk``, band b's
+    at ``fk + b * 2 * n1 * n0``), through the work buffers ``tmp`` and ``pre``."""
+    cdef Py_ssize_t o = table[k, 0], h = table[k, 1], w = table[k, 2]
+    cdef Py_ssize_t oy = table[k, 3], ox = table[k, 4]
+    cdef Py_ssize_t oo = table[k, 5], gh = table[k, 6], gw = table[k, 7]
+    cdef Py_ssize_t fstride = 2 * <Py_ssize_t>c.n1 * c.n0, b, y, x, ya, yb, xa, xb
     cdef const double* s1
     cdef const double* f1
     cdef double* t1
     cdef int cnt
-    for k in range(K):
-        o = src_table[k, 0]
-        h = src_table[k, 1]
-        w = src_table[k, 2]
-        oy = src_table[k, 3]
-        ox = src_table[k, 4]
-        oo = out_table[k, 0]
-        gh = out_table[k, 1]
-        gw = out_table[k, 2]
-        b = 0
-        while b < nb:  # two bands per transform
-            s0 = &src[o + b * h * w]
-            s1 = &src[o + (b + 1) * h * w] if b + 1 < nb else NULL
-            f1 = &fk[b + 1, 0, 0, 0] if b + 1 < nb else NULL
-            t1 = tmp + (b + 1) * gh * gw if b + 1 < nb else NULL
-            _fwd(c, s0, w, h, w, oy, ox, s1, w, h, w, oy, ox)
-            _pair_mul(c, &fk[b, 0, 0, 0], f1, 0)
-            _inv(c, tmp + b * gh * gw, gw, gh, gw, t1, gw, gh, gw)
-            b += 2
-        for b in range(nb):
-            if support:
-                # prefix counts of the non-zero input pixels on the output grid
-                for x in range(gw + 1):
-                    pre[x] = 0
-                for y in range(gh):
-                    cnt = 0
-                    pre[(y + 1) * (gw + 1)] = 0
-                    for x in range(gw):
-                        if (oy <= y < oy + h and ox <= x < ox + w
-                                and src[o + (b * h + y - oy) * w + x - ox] != 0):
-                            cnt += 1
-                        pre[(y + 1) * (gw + 1) + x + 1] = pre[y * (gw + 1) + x + 1] + cnt
+    b = 0
+    while b < nb:  # two bands per transform
+        s1 = &src[o + (b + 1) * h * w] if b + 1 < nb else NULL
+        f1 = fk + (b + 1) * fstride if b + 1 < nb else NULL
+        t1 = tmp + (b + 1) * gh * gw if b + 1 < nb else NULL
+        _fwd(c, &src[o + b * h * w], w, h, w, oy, ox, s1, w, h, w, oy, ox)
+        _pair_mul(c, fk + b * fstride, f1, 0)
+        _inv(c, tmp + b * gh * gw, gw, gh, gw, t1, gw, gh, gw)
+        b += 2
+    for b in range(nb):
+        if support:
+            # prefix counts of the non-zero input pixels on the output grid
+            for x in range(gw + 1):
+                pre[x] = 0
             for y in range(gh):
-                ya = y - ry if y > ry else 0
-                yb = y + ry + 1 if y + ry + 1 < gh else gh
+                cnt = 0
+                pre[(y + 1) * (gw + 1)] = 0
                 for x in range(gw):
-                    if support:
-                        xa = x - rx if x > rx else 0
-                        xb = x + rx + 1 if x + rx + 1 < gw else gw
-                        if (pre[yb * (gw + 1) + xb] - pre[ya * (gw + 1) + xb]
-                                - pre[yb * (gw + 1) + xa] + pre[ya * (gw + 1) + xa]) == 0:
-                            out[oo + (b * gh + y) * gw + x] = 0
-                            continue
-                    out[oo + (b * gh + y) * gw + x] = <real>tmp[(b * gh + y) * gw + x]
-    return 0
+                    if (oy <= y < oy + h and ox <= x < ox + w
+                            and src[o + (b * h + y - oy) * w + x - ox] != 0):
+                        cnt += 1
+                    pre[(y + 1) * (gw + 1) + x + 1] = pre[y * (gw + 1) + x + 1] + cnt
+        for y in range(gh):
+            ya = y - ry if y > ry else 0
+            yb = y + ry + 1 if y + ry + 1 < gh else gh
+            for x in range(gw):
+                if support:
+                    xa = x - rx if x > rx else 0
+                    xb = x + rx + 1 if x + rx + 1 < gw else gw
+                    if (pre[yb * (gw + 1) + xb] - pre[ya * (gw + 1) + xb]
+                            - pre[yb * (gw + 1) + xa] + pre[ya * (gw + 1) + xa]) == 0:
+                        out[oo + (b * gh + y) * gw + x] = 0
+                        continue
+                out[oo + (b * gh + y) * gw + x] = <real>tmp[(b * gh + y) * gw + x]
 
 
 # ------------------------------------------------------------------------------------------

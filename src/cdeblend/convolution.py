@@ -38,13 +38,13 @@ import numpy as np
 from ._convolve_cy import (
     FFTWork,
     conv_cube,
-    conv_exact,
     conv_planes,
     convolve_direct,
     fast_len,
     kernel_spectrum,
 )
 from ._convolve_cy import grown_boxes as _grown_boxes
+from ._exact import convolve_exact_grids
 from ._threads import num_threads
 from .box import Box, as_box, clip
 
@@ -533,7 +533,10 @@ class Convolver:
         round-off is ~1e-16 of the peak, below float32 resolution), and the result is cut to
         the support of the true convolution: the model's non-zero pixels dilated by the
         kernel's non-zero taps. Small cases, where the direct loop is cheaper, use it.
-        Models sharing an FFT grid go to one Cython call, without the GIL.
+        The others go to one Cython call for all their FFT grids (a few calls when the
+        grids' kernel transforms would take much memory), without the GIL, the models on
+        the available threads (:func:`cdeblend._threads.num_threads`; each model on one
+        thread, with the same results for any count).
         """
         nb = self.shape[0]
         clipped, grown = self.grown_boxes(np.asarray(boxes, dtype=np.int64).reshape(-1, 4))
@@ -556,45 +559,4 @@ class Convolver:
             grids.setdefault(grid, []).append(
                 (offs[k], ch, cw, cy0 - gy0, cx0 - gx0, out_offs[k], gh, gw, k)
             )
-        taps = self.kernels != 0
-        all_taps = bool(taps.all())
-        for (n0, n1), rows in grids.items():
-            table = np.array(rows, dtype=np.intp).reshape(-1, 9)
-            src_table = np.ascontiguousarray(table[:, :5])
-            out_table = np.ascontiguousarray(table[:, 5:8])
-            work = self.work(n0, n1, int(out_table[:, 2].max()), double=True)
-            ry, rx = self.kernel_radius
-            spectrum = self.kernel_spectrum(n0, n1, exact=True)
-            conv_exact(work, models, src_table, spectrum, out, out_table, ry, rx, all_taps)
-            if not all_taps:
-                items = [(k, oy, ox, ch, cw, gh, gw) for _, ch, cw, oy, ox, _, gh, gw, k in rows]
-                self._cut_to_support(taps, models, offsets, out, out_offsets, items)
-
-    def _cut_to_support(
-        self,
-        taps: np.ndarray,
-        models: np.ndarray,
-        offsets: np.ndarray,
-        out: np.ndarray,
-        out_offsets: np.ndarray,
-        items: list,
-    ) -> None:
-        """Zero the FFT convolutions of :meth:`convolve_exact_into` off the true support
-        when some kernel taps are 0 (with all taps non-zero, ``conv_exact`` cuts them to
-        the dilated box itself): count the overlapping (non-zero pixel, non-zero tap)
-        pairs."""
-        from scipy.signal import fftconvolve  # only kernels with zero taps get here
-
-        nb = self.shape[0]
-        for k, oy, ox, ch, cw, gh, gw in items:
-            ind = np.zeros((nb, gh, gw))
-            ind[:, oy : oy + ch, ox : ox + cw] = (
-                models[offsets[k] : offsets[k] + nb * ch * cw].reshape(nb, ch, cw) != 0
-            )
-            support = np.stack(
-                [
-                    fftconvolve(ind[b], taps[b].astype(np.float64), mode="same") > 0.5
-                    for b in range(nb)
-                ]
-            )
-            out[out_offsets[k] : out_offsets[k] + nb * gh * gw] *= support.ravel()
+        convolve_exact_grids(self, grids, models, offsets, out, out_offsets)
