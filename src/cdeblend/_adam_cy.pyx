@@ -689,26 +689,30 @@ cdef Py_ssize_t _resized_table(const int64_t[:, ::1] comp, const int64_t[:, ::1]
     return off if changed else -1
 
 
-def settled(const double[::1] history, Py_ssize_t window, double e_rel):
+def settled(const double[::1] history, Py_ssize_t window, double e_rel, bint last=True):
     """Whether the lowest loss of ``history`` improved by less than ``e_rel`` per iteration
     over the last ``window`` iterations (the fit's windowed convergence test).
 
     With ``best`` the running minimum of the history: ``best[-window - 1] - best[-1]`` and
-    ``history[-1] - best[-1]`` are both below ``window * e_rel * |best[-1]|``. The
+    (with ``last``) ``history[-1] - best[-1]`` are both below
+    ``window * e_rel * |best[-1]|``. The
     reference's one-step test stops on the first nearly flat step of proximal ADAM's fast
     descent (a box resize, the prox trimming a component), and later the loss jumps by a
     percent between iterations so that the test may never pass; the running minimum over a
     window sees neither. A second condition keeps the fit going while the loss is up on a
     jump (after a resize it can stay above the best for a few iterations and then fall
-    below it). False while the history is shorter than ``window + 1`` or holds a NaN.
+    below it). Without ``last`` only the lowest loss counts (``DeblendConfig.convergence``
+    "lowest"): the oscillation where a fit with the peak carry ends then cannot keep it
+    going, and the best iterate is the one returned. False while the history is shorter
+    than ``window + 1`` or holds a NaN.
     """
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    return _settled(history, history.shape[0], window, e_rel)
+    return _settled(history, history.shape[0], window, e_rel, last)
 
 
 cdef bint _settled(const double[::1] hist, Py_ssize_t n, Py_ssize_t w,
-                   double e_rel) noexcept nogil:
+                   double e_rel, bint last) noexcept nogil:
     """:func:`settled` of ``hist[:n]``."""
     cdef Py_ssize_t i
     cdef double old, new, tol
@@ -726,7 +730,7 @@ cdef bint _settled(const double[::1] hist, Py_ssize_t n, Py_ssize_t w,
         if hist[i] < new:
             new = hist[i]
     tol = <double>w * e_rel * fabs(new)
-    return old - new < tol and hist[n - 1] - new < tol
+    return old - new < tol and (not last or hist[n - 1] - new < tol)
 
 
 # --- One iteration on several threads (OpenMP through cython.parallel; serial without it).
@@ -1069,7 +1073,7 @@ CONVERGED = _CONVERGED
 cdef struct IterState:
     Py_ssize_t it, start, max_iter, min_iter, window, resize, pad, new_size, best_size
     double e_rel, best_loss
-    bint keep_best, has_best, improved
+    bint keep_best, has_best, improved, last
     int status
 
 
@@ -1333,7 +1337,7 @@ cdef class FitKernel:
     def iterate(self, Py_ssize_t it, Py_ssize_t start, Py_ssize_t max_iter,
                 Py_ssize_t min_iter, double e_rel, Py_ssize_t resize, Py_ssize_t pad,
                 double[:, ::1] best_sed, double[::1] best_morph, int64_t[:, ::1] best_comp,
-                bint has_best, double best_loss, Py_ssize_t window=0):
+                bint has_best, double best_loss, Py_ssize_t window=0, bint last=True):
         """Run iterations ``it, it + 1, ...`` without the GIL (docs/spec/multi_band.md 3.3-3.10).
 
         Each iteration renders the model, takes the loss and its gradient (forward
@@ -1346,7 +1350,7 @@ cdef class FitKernel:
         stops after the convergence test passes (once ``it > start + min_iter``), at
         ``max_iter``, or when the new layout does not fit the buffers or the monotonicity
         table (the table then waits in ``new_comp``). The test is :func:`settled` on the
-        history with ``window`` > 0; with ``window`` 0 the reference's
+        history with ``window`` > 0 (and ``last``); with ``window`` 0 the reference's
         ``|L[it] - L[it - 1]| < e_rel |L[it]|``.
 
         Returns
@@ -1381,6 +1385,7 @@ cdef class FitKernel:
         st.new_size = -1
         st.best_size = -1
         st.e_rel = e_rel
+        st.last = last
         st.best_loss = best_loss
         st.keep_best = keep
         st.has_best = has_best
@@ -1539,7 +1544,7 @@ cdef class FitKernel:
             st.it += 1
             if st.it > st.start + st.min_iter and st.it >= 2:
                 if st.window > 0:
-                    if _settled(self.hist, st.it, st.window, st.e_rel):
+                    if _settled(self.hist, st.it, st.window, st.e_rel, st.last):
                         status |= _CONVERGED
                 elif fabs(self.hist[st.it - 1] - self.hist[st.it - 2]) < (
                         st.e_rel * fabs(self.hist[st.it - 1])):

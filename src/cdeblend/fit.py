@@ -302,6 +302,7 @@ class Fitter:
                 b is not None,
                 b[0] if b is not None else 0.0,
                 cfg.converge_window,
+                cfg.convergence == "settled",
             )
             # the kernel may have re-gridded into the other buffer (p.comp updated in place)
             if kernel.current != 0 or kernel.size != self._size:
