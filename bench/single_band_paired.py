@@ -45,16 +45,18 @@ BINS = [
 KEPT = (0.05, 0.2, 0.35)
 
 
-def run_set(folder: Path, n: int, configs, metrics):
+def run_set(folder: Path, n: int, configs, metrics, run=accuracy.single_band):
     """Per entry (|dF/F|, blendedness, S/N) for each config, the entries' blend numbers,
-    and per config the kept fractions of the sources with truth S/N >= 20."""
+    and per config the kept fractions of the sources with truth S/N >= 20 (``run``: the
+    one call of ``bench/accuracy.py`` that gives a blend's (K, B, H, W) conserved
+    children)."""
     entries = [[] for _ in configs]
     kept = [[] for _ in configs]
     blend = []
     for b, f in enumerate(sorted(folder.glob("*.npz"))[:n]):
         data = accuracy.load(f)
         for k, cfg in enumerate(configs):
-            cons = accuracy.single_band(data, cfg)
+            cons = run(data, cfg)
             frac = cons.sum(axis=(1, 2, 3)) / data["true_flux"].sum(axis=1)
             kept[k].extend(frac[data["snr"] >= 20])
             recs = metrics.evaluate_pair(data, {"conserved": cons}, f.name)
