@@ -10,17 +10,21 @@ from cdeblend import DeblendConfig, Deblender, Observation, _adam_cy
 DATA = Path(__file__).parent / "data" / "hsc_cosmos_35.npz"
 
 
-def settled_reference(history: np.ndarray, window: int, e_rel: float, last: bool = True) -> bool:
+def settled_reference(
+    history: np.ndarray, window: int, e_rel: float, last: bool = True, start: int = 0
+) -> bool:
     """The windowed test in numpy: the running minimum improved by less than
-    ``window * e_rel`` of itself over the last ``window`` iterations, and (with ``last``)
-    the last loss is within that of it."""
+    ``window * e_rel`` of itself over the last ``window`` iterations, and the last loss is
+    within that of it; without ``last`` the second condition is dropped once a loss after
+    ``start`` fell below the loss at ``start``."""
     h = np.asarray(history, dtype=np.float64)
     if h.size < window + 1:
         return False
     run = np.minimum.accumulate(h)
     old, new = run[-window - 1], run[-1]
     tol = window * e_rel * abs(new)
-    return bool(old - new < tol and (not last or h[-1] - new < tol))
+    fell = bool(np.any(h[start + 1 :] < h[start]))
+    return bool(old - new < tol and (h[-1] - new < tol or (not last and fell)))
 
 
 def random_history(rng: np.random.Generator) -> np.ndarray:
@@ -41,8 +45,10 @@ def test_settled_matches_the_numpy_reference_on_random_histories(last):
         h = random_history(rng)
         window = int(rng.integers(1, 5))
         e_rel = float(rng.choice([0.0, 1e-6, 1e-4, 1e-3, 1e-2]))
-        expect = settled_reference(h, window, e_rel, last)
-        assert _adam_cy.settled(h, window, e_rel, last) == expect, (h, window, e_rel)
+        start = int(rng.integers(0, max(h.size, 1)))
+        expect = settled_reference(h, window, e_rel, last, start)
+        got = _adam_cy.settled(h, window, e_rel, last, start)
+        assert got == expect, (h, window, e_rel, start)
         outcomes.add(expect)
     assert outcomes == {True, False}  # both branches were exercised
 
@@ -53,6 +59,13 @@ def test_without_the_last_loss_a_raised_end_still_settles():
     h = np.array([200.0, 120.0, 90.0, 97.0, 93.0, 95.0])
     assert not _adam_cy.settled(h, 3, 1e-3)
     assert _adam_cy.settled(h, 3, 1e-3, False)
+    # ... but not while no loss after the start (index 2) fell below the start's
+    assert not _adam_cy.settled(h, 3, 1e-3, False, start=2)
+
+
+def test_settled_rejects_a_start_outside_the_history():
+    with pytest.raises(ValueError, match="start"):
+        _adam_cy.settled(np.ones(5), 2, 1e-3, False, start=5)
 
 
 def test_settled_rejects_an_empty_window():
@@ -109,11 +122,18 @@ def test_the_fit_stops_where_the_windowed_test_first_passes(
     assert recomputed == pytest.approx(res.loss, rel=1e-9)
 
 
-def test_lowest_needs_the_best_iterate_and_a_window():
-    with pytest.raises(ValueError, match="keep_best"):
-        DeblendConfig(convergence="lowest", keep_best=False)
-    with pytest.raises(ValueError, match="converge_window"):
-        DeblendConfig(convergence="lowest", converge_window=0)
+def test_without_the_best_iterate_lowest_waits_for_a_settled_last_loss():
+    # keep_best=False returns the last iterate, so "lowest" then stops where "settled" does
+    obs, peaks = load_real()
+    runs = [
+        Deblender(DeblendConfig(keep_best=False, convergence=c, rescue_faint=False)).deblend(
+            obs, peaks
+        )
+        for c in ("lowest", "settled")
+    ]
+    assert np.array_equal(runs[0].loss_history, runs[1].loss_history)
+    h, w = runs[0].loss_history, DeblendConfig().converge_window
+    assert settled_reference(h, w, DeblendConfig().e_rel, last=True)
     with pytest.raises(ValueError, match="convergence"):
         DeblendConfig(convergence="last")
 

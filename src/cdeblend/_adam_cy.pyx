@@ -689,7 +689,8 @@ cdef Py_ssize_t _resized_table(const int64_t[:, ::1] comp, const int64_t[:, ::1]
     return off if changed else -1
 
 
-def settled(const double[::1] history, Py_ssize_t window, double e_rel, bint last=True):
+def settled(const double[::1] history, Py_ssize_t window, double e_rel, bint last=True,
+            Py_ssize_t start=0):
     """Whether the lowest loss of ``history`` improved by less than ``e_rel`` per iteration
     over the last ``window`` iterations (the fit's windowed convergence test).
 
@@ -701,19 +702,41 @@ def settled(const double[::1] history, Py_ssize_t window, double e_rel, bint las
     percent between iterations so that the test may never pass; the running minimum over a
     window sees neither. A second condition keeps the fit going while the loss is up on a
     jump (after a resize it can stay above the best for a few iterations and then fall
-    below it). Without ``last`` only the lowest loss counts (``DeblendConfig.convergence``
-    "lowest"): the oscillation where a fit with the peak carry ends then cannot keep it
-    going, and the best iterate is the one returned. False while the history is shorter
-    than ``window + 1`` or holds a NaN.
+    below it). Without ``last`` (``DeblendConfig.convergence`` "lowest") the second
+    condition is dropped once an iterate after ``start`` (where this run of the fit began)
+    has a lower loss than ``history[start]``: the oscillation where a fit with the peak
+    carry ends then cannot keep it going, and the best iterate is the one returned; before
+    that (the first steps can raise the loss above the start's for longer than a window)
+    both conditions hold. False while the history is shorter than ``window + 1`` or holds
+    a NaN.
     """
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    return _settled(history, history.shape[0], window, e_rel, last)
+    if not 0 <= start < max(history.shape[0], 1):
+        raise ValueError(f"start must index the history, got {start}")
+    return _stop(history, history.shape[0], window, e_rel, last, start)
+
+
+cdef bint _stop(const double[::1] hist, Py_ssize_t n, Py_ssize_t w, double e_rel,
+                bint last, Py_ssize_t start) noexcept nogil:
+    """:func:`settled` of ``hist[:n]``."""
+    if _settled(hist, n, w, e_rel, True):
+        return True
+    return not last and _fell(hist, n, start) and _settled(hist, n, w, e_rel, False)
+
+
+cdef bint _fell(const double[::1] hist, Py_ssize_t n, Py_ssize_t start) noexcept nogil:
+    """Whether some loss of ``hist[start + 1:n]`` is below ``hist[start]``."""
+    cdef Py_ssize_t i
+    for i in range(start + 1, n):
+        if hist[i] < hist[start]:
+            return True
+    return False
 
 
 cdef bint _settled(const double[::1] hist, Py_ssize_t n, Py_ssize_t w,
                    double e_rel, bint last) noexcept nogil:
-    """:func:`settled` of ``hist[:n]``."""
+    """The running-minimum conditions of :func:`settled` on ``hist[:n]``."""
     cdef Py_ssize_t i
     cdef double old, new, tol
     if n < w + 1:
@@ -1544,7 +1567,7 @@ cdef class FitKernel:
             st.it += 1
             if st.it > st.start + st.min_iter and st.it >= 2:
                 if st.window > 0:
-                    if _settled(self.hist, st.it, st.window, st.e_rel, st.last):
+                    if _stop(self.hist, st.it, st.window, st.e_rel, st.last, st.start):
                         status |= _CONVERGED
                 elif fabs(self.hist[st.it - 1] - self.hist[st.it - 2]) < (
                         st.e_rel * fabs(self.hist[st.it - 1])):

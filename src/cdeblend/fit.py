@@ -302,7 +302,8 @@ class Fitter:
                 b is not None,
                 b[0] if b is not None else 0.0,
                 cfg.converge_window,
-                cfg.convergence == "settled",
+                # without the best iterate the last one is returned: it must be settled
+                cfg.convergence == "settled" or not cfg.keep_best,
             )
             # the kernel may have re-gridded into the other buffer (p.comp updated in place)
             if kernel.current != 0 or kernel.size != self._size:
@@ -349,6 +350,23 @@ class Fitter:
         self.packed = PackedComponents(sed, morph, comp, thresh)
         self.bind()
         return best
+
+    def resume_from_best(self) -> None:
+        """Continue from the best iterate seen if it is better than the current parameters:
+        its SEDs and morphologies go back into the fit's buffers, the ADAM moments stay
+        (moved onto the best iterate's boxes where they overlap), so that a rescue looks at
+        the best model and the fit goes on from it. The convergence test stops wherever
+        the late oscillation of the loss happens to be, up to a few % above the best."""
+        if self.best is None:
+            return
+        loss, sed, morph, comp, _ = self.best
+        if not loss < self.final_loss():
+            return
+        size = int(np.sum(comp[:, 2] * comp[:, 3]))
+        self._regrid(comp.copy(), size, np.arange(len(comp), dtype=np.int64))
+        self.morph_all[0] = morph
+        self.packed.sed[...] = sed
+        self.bind()
 
     def rescue(self) -> int:
         """Give under-fitted sources a point-like component (see DeblendConfig.rescue_faint).
@@ -418,7 +436,11 @@ def fit_blend(
     rescued = 0
     if config.rescue_faint and config.max_iter > 0:
         for _ in range(config.rescue_rounds):
-            added = fitter.rescue() if fitter.it < config.max_iter else 0
+            if fitter.it >= config.max_iter:
+                break
+            if config.keep_best:
+                fitter.resume_from_best()
+            added = fitter.rescue()
             if not added:
                 break
             rescued += added
