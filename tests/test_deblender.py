@@ -400,8 +400,9 @@ def test_windowed_convergence_does_not_stop_on_one_flat_step():
     """The bundled blend with the initial trim in detection units takes a nearly flat step
     (relative change < 1e-3) in the middle of its fast descent: the reference's one-step
     test stops there; the windowed test on the lowest loss goes on to below scarlet lite's
-    final loss and stops once the best loss has settled. Without the peak carry (whose
-    faster descent has no such step)."""
+    final loss and stops once the best loss has settled (the default "lowest" test: the
+    last loss may sit above it, and the best iterate is returned). Without the peak carry
+    (whose faster descent has no such step)."""
     obs, peaks = load_real()
     one_step = Deblender(DeblendConfig(e_rel=1e-3, converge_window=0, peak_carry=0.0))
     one_step = one_step.deblend(obs, peaks)
@@ -412,6 +413,7 @@ def test_windowed_convergence_does_not_stop_on_one_flat_step():
     w, e_rel = DeblendConfig().converge_window, 1e-3
     best = np.minimum.accumulate(windowed.loss_history)
     assert best[-w - 1] - best[-1] < w * e_rel * best[-1]
-    assert windowed.loss_history[-1] - best[-1] < w * e_rel * best[-1]
+    assert windowed.loss_history[1:].min() < windowed.loss_history[0]
+    assert windowed.loss <= best[-1]
     with pytest.raises(ValueError, match="converge_window"):
         DeblendConfig(converge_window=-1)

@@ -148,16 +148,18 @@ def _runs(stdout: str) -> dict[str, list[str]]:
 
 def test_what_the_tutorial_says_of_the_runs_holds(generated):
     """On every machine: the defaults end below the reference's loss, the long fit below
-    the defaults', the earlier defaults (no peak carry) run longer than the defaults, the
-    defaults' stop does not depend on a round-off-sized change of the image, and the
-    reference reproduces the LSST pipeline (9011 after 48)."""
+    the defaults' and after more than twice their iterations, the defaults' stop does not
+    depend on a round-off-sized change of the image, and the reference reproduces the LSST
+    pipeline (9011 after 48). (The earlier defaults' iterations are not compared: without
+    the peak carry where they stop is round-off's choice, 65 or 289 on this blend.)"""
     _, _, stdout = generated
     runs = _runs(stdout)
     loss = {name: float(cells[4]) for name, cells in runs.items()}
     iterations = {name: int(cells[1]) for name, cells in runs.items()}
     assert loss["defaults"] < loss["reference (LSST pipeline)"]
-    assert loss["e_rel=1e-5, max_iter=1000"] < loss["defaults"]
-    assert iterations["earlier defaults: peak_carry=0, e_rel=1e-4"] > iterations["defaults"]
+    long = 'e_rel=1e-5, max_iter=1000, convergence="settled"'
+    assert loss[long] < loss["defaults"]
+    assert iterations[long] > 2 * iterations["defaults"]
     assert runs["defaults, last bit of 5 pixels changed"][1:] == runs["defaults"][1:]
     assert runs["reference (LSST pipeline)"][1] == "48"
     assert round(loss["reference (LSST pipeline)"]) == 9011
@@ -168,7 +170,7 @@ def test_machine_dependent_rows_are_marked(generated):
     _, _, stdout = generated
     text = TUTORIAL.read_text()
     for name in (
-        "e_rel=1e-5, max_iter=1000 (*)",
+        'e_rel=1e-5, max_iter=1000, convergence="settled" (*)',
         "earlier defaults: peak_carry=0, e_rel=1e-4 (*)",
     ):
         assert f"| {name} |" in stdout and f"| {name} |" in text
