@@ -157,3 +157,34 @@ def test_source_sums_equal_numpys_per_source_sums():
         for k, s in enumerate(sources):
             want = float(values[starts[k] : starts[k + 1]].sum())
             assert np.array_equal(got[id(s)], want) and np.signbit(got[id(s)]) == np.signbit(want)
+
+
+def test_resume_from_best_puts_the_best_iterate_back_into_the_fit():
+    """After a stop above the best loss, the rescue and the rest of the fit start from the
+    best iterate: its loss, recomputed, is the stored best, the blend's components show it,
+    the ADAM moments are kept, and the fit goes on from there."""
+    from cdeblend.fit import Fitter
+    from cdeblend.initialization import initialize_blend
+
+    obs, peaks = load_real()
+    config = DeblendConfig(rescue_faint=False, e_rel=0.0)  # never converges: we stop it
+    blend, _ = initialize_blend(obs, peaks, config)
+    fitter = Fitter(blend, config)
+    for n in range(20, config.max_iter):  # stop on an iterate above the best one
+        fitter.run(n)
+        if fitter.final_loss() > 1.001 * fitter.best[0]:
+            break
+    best_loss = fitter.best[0]
+    assert best_loss < fitter.final_loss()
+    moments = fitter.morph_all[1:].copy()
+    same_boxes = np.array_equal(fitter.best[3], fitter.packed.comp)
+    fitter.resume_from_best()
+    # the kernel sums the loss in its own order: round-off of ~1e-8 (float32 images)
+    assert fitter.final_loss() == pytest.approx(best_loss, rel=1e-6)
+    assert obs.loss(blend.model()) == pytest.approx(best_loss, rel=1e-6)
+    # the moments stay (moved onto the best iterate's boxes; here they are the same boxes)
+    assert same_boxes and np.array_equal(fitter.morph_all[1:], moments)
+    start = fitter.it
+    fitter.run(start + 6)
+    assert fitter.it == start + 6 and np.all(np.isfinite(fitter.history[start:]))
+    assert fitter.history[start] == pytest.approx(best_loss, rel=1e-6)
