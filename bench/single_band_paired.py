@@ -105,13 +105,17 @@ def report(name: str, entries, kept, blend, boot: int, seed: int = 1) -> None:
         print(f"  {lab}: truth S/N >= 20: {len(k)}; {counts}")
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--a", default="{}", help="SingleBandConfig keywords of A (JSON)")
-    ap.add_argument("--b", default="{}", help="SingleBandConfig keywords of B (JSON)")
+def paired_main(argv, config_class, run, default_sets: str, description: str) -> None:
+    """The command line of a paired comparison: settings A and B of ``config_class`` (JSON
+    keywords), each set's first ``--n`` blends through ``run`` (a one call of
+    ``bench/accuracy.py``), one table per set."""
+    name = config_class.__name__
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--a", default="{}", help=f"{name} keywords of A (JSON)")
+    ap.add_argument("--b", default="{}", help=f"{name} keywords of B (JSON)")
     ap.add_argument("--data", default=str(accuracy.DEFAULT_DATA), help="the shared data folder")
     ap.add_argument("--sets-dir", default="/work/simsets", help="folder of the made sets")
-    ap.add_argument("--sets", default="single_tune,hard_single_tune")
+    ap.add_argument("--sets", default=default_sets)
     ap.add_argument("--n", type=int, default=300, help="blends per set (first n)")
     ap.add_argument("--boot", type=int, default=400, help="bootstrap resamplings")
     args = ap.parse_args(argv)
@@ -120,16 +124,24 @@ def main(argv=None) -> None:
     import metrics  # the data folder's metrics.py
 
     kw_a, kw_b = json.loads(args.a), json.loads(args.b)
-    configs = [SingleBandConfig(**kw_a), SingleBandConfig(**kw_b)]
-    print(f"A = SingleBandConfig(**{kw_a}); B = SingleBandConfig(**{kw_b})")
+    configs = [config_class(**kw_a), config_class(**kw_b)]
+    print(f"A = {name}(**{kw_a}); B = {name}(**{kw_b})")
     print("median |dF/F| of the conserved children (data folder's metrics.py)")
-    for name in args.sets.split(","):
-        folder = data / name if name in accuracy.SHARED else Path(args.sets_dir) / name
+    for set_name in args.sets.split(","):
+        if set_name in accuracy.SHARED:
+            folder = data / set_name
+        else:
+            folder = Path(args.sets_dir) / set_name
         if not any(folder.glob("*.npz")):
-            print(f"# {name}: no blends in {folder}", file=sys.stderr)
+            print(f"# {set_name}: no blends in {folder}", file=sys.stderr)
             continue
-        entries, kept, blend = run_set(folder, args.n, configs, metrics)
-        report(name, entries, kept, blend, args.boot)
+        entries, kept, blend = run_set(folder, args.n, configs, metrics, run)
+        report(set_name, entries, kept, blend, args.boot)
+
+
+def main(argv=None) -> None:
+    sets = "single_tune,hard_single_tune"
+    paired_main(argv, SingleBandConfig, accuracy.single_band, sets, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

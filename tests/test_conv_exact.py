@@ -135,13 +135,19 @@ def test_two_threads_give_the_bits_of_one_and_the_reference(bands, seed, dtype, 
         np.testing.assert_allclose(got, conv, rtol=tol, atol=tol * max(np.abs(conv).max(), 1))
 
 
+def one_grid(rng: np.random.Generator, kernels: np.ndarray, n: int) -> tuple:
+    """Three random 2-band models on one (n, n) FFT grid (fast lengths) with its spectra:
+    ``(src, table, grids, spectra, total)`` for :func:`run`."""
+    grid = (fast_len(n), fast_len(n))
+    src, table, grids, _, total = make_items(rng, 2, 2, 2, [grid], per_grid=3)
+    return src, table, grids, (kernel_spectrum(kernels, *grid),), total
+
+
 def test_without_the_cut_the_fft_values_stay(parallel_always):
     """``support=False`` keeps the FFT round-off off the support (tiny, not exact zeros)."""
     rng = np.random.default_rng(7)
     kernels = random_kernels(rng, 2, 5, 5)
-    grid_list = [(fast_len(24), fast_len(24))]
-    src, table, grids, models, total = make_items(rng, 2, 2, 2, grid_list, per_grid=3)
-    spectra = (kernel_spectrum(kernels, *grid_list[0]),)
+    src, table, grids, spectra, total = one_grid(rng, kernels, 24)
     cut, _ = run(src, table, grids, spectra, total, np.float64, 2, 2, True, 2)
     raw, _ = run(src, table, grids, spectra, total, np.float64, 2, 2, False, 2)
     assert np.count_nonzero(raw) > np.count_nonzero(cut)
@@ -151,14 +157,10 @@ def test_without_the_cut_the_fft_values_stay(parallel_always):
 def test_small_work_stays_on_one_thread():
     rng = np.random.default_rng(3)
     kernels = random_kernels(rng, 2, 5, 5)
-    small = [(fast_len(16), fast_len(16))]
-    src, table, grids, _, total = make_items(rng, 2, 2, 2, small, per_grid=3)
-    spectra = (kernel_spectrum(kernels, *small[0]),)
+    src, table, grids, spectra, total = one_grid(rng, kernels, 16)
     _, used = run(src, table, grids, spectra, total, np.float32, 2, 2, True, 2)
     assert used == 1  # 3 x 2 x 16 x 16 grid values, far below the threshold
-    big = [(fast_len(128), fast_len(128))]
-    src, table, grids, _, total = make_items(rng, 2, 2, 2, big, per_grid=3)
-    spectra = (kernel_spectrum(kernels, *big[0]),)
+    src, table, grids, spectra, total = one_grid(rng, kernels, 128)
     _, used = run(src, table, grids, spectra, total, np.float32, 2, 2, True, 2)
     assert used == (2 if OPENMP else 1)
     _, used = run(src, table, grids, spectra, total, np.float32, 2, 2, True, 1)
