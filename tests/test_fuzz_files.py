@@ -178,7 +178,11 @@ def _apply(hdul, m) -> None:
     elif kind == "imagetype":
         _, hdu, dtype = m
         data = hdul[hdu].data
-        hdul[hdu] = fits.ImageHDU(None if data is None else data.astype(dtype), name=hdu)
+        with np.errstate(
+            invalid="ignore"
+        ):  # NaN or inf cast to an integer type: garbage, on purpose
+            cast = None if data is None else data.astype(dtype)
+        hdul[hdu] = fits.ImageHDU(cast, name=hdu)
     elif kind == "reshape":  # an image of another shape
         _, hdu, shape = m
         hdul[hdu] = fits.ImageHDU(np.ones(shape), name=hdu)
