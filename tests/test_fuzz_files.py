@@ -178,9 +178,8 @@ def _apply(hdul, m) -> None:
     elif kind == "imagetype":
         _, hdu, dtype = m
         data = hdul[hdu].data
-        with np.errstate(
-            invalid="ignore"
-        ):  # NaN or inf cast to an integer type: garbage, on purpose
+        # a NaN or inf cast to an integer type gives garbage: on purpose, a hostile file
+        with np.errstate(invalid="ignore"):
             cast = None if data is None else data.astype(dtype)
         hdul[hdu] = fits.ImageHDU(cast, name=hdu)
     elif kind == "reshape":  # an image of another shape
