@@ -13,9 +13,12 @@ Executor): processes share no GIL, so the gap between the two rows is the cost o
 Python work that holds the GIL. BLAS threads (numpy's eigh in the SED fit) also compete for
 the cores: run with ``OPENBLAS_NUM_THREADS=1`` for a clean comparison. It also prints the
 largest parents' share of the serial time, which bounds the speed-up (a pool cannot finish
-before its longest task).
+before its longest task). With ``--no-metrics`` the catalog is made without the metric and
+flux-error columns (``CatalogConfig(metrics=False)``): the speed-up of that run against the
+default's shows how much the per-parent metrics (Python work under the GIL between the fits)
+cost the pool.
 
-    python bench/threads.py [--data DIR] [--workers 2] [--repeat 15]
+    python bench/threads.py [--data DIR] [--workers 2] [--repeat 15] [--no-metrics]
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=here.parents[2] / "shared" / "data")
     ap.add_argument("--workers", default="2", help="comma list of thread counts")
     ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument(
+        "--no-metrics",
+        action="store_true",
+        help="CatalogConfig(metrics=False): no metric or flux-error columns",
+    )
     args = ap.parse_args()
     path = args.data / "field_lsst_512.npz"
     print(f"data: {path}")
@@ -59,7 +67,8 @@ def main() -> None:
         f"cdeblend {cdeblend.__version__}; image {obs.images.shape}, {len(peaks)} peaks, "
         f"{os.cpu_count()} CPUs; {args.repeat} alternating runs per executor"
     )
-    cfg = CatalogConfig()
+    cfg = CatalogConfig(metrics=not args.no_metrics)
+    print(f"metric columns: {'no' if args.no_metrics else 'yes'}")
 
     def once(executor, workers: int | None):
         c0, t0 = _cpu(), time.perf_counter()
