@@ -68,8 +68,8 @@ def deblend_catalog(
         also computes the image's noise level and the shared PSF kernels while the parents
         are found; the fits run without the GIL), ``"dask"`` (the running distributed
         client, else dask's threaded scheduler), an Executor, or a Client. Parents are
-        submitted largest first. On 2 cores bench/threads.py measured 1.58-1.72x (median 1.63x) over serial
-        with threads and 1.4x with a warm
+        submitted largest first. On 2 cores bench/threads.py measured 1.58-1.72x (median
+        1.63x) over serial with threads and 1.4x with a warm
         ``ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn"))``, with
         identical results (a process pool costs about a second to start).
     progress : bool
