@@ -72,7 +72,7 @@ class DeblendConfig:
         3), as it must with ``keep_best=False`` (the last iterate is returned, and it
         should not be an oscillation's high point); a window of 0 is the reference's
         one-step test either way. With the peak carry the loss ends in an
-        oscillation of 1-5 % with spikes of up to twice that (scene c of the reference's
+        oscillation of 1-5 % with spikes of up to twice the loss (scene c of the reference's
         scaling recipe), and "settled" stops wherever the oscillation happens to touch
         the lowest loss: 52-137 iterations on copies of scene c that differ by one float32
         unit in the last place on 1 % of the pixels; "lowest" with a window of 6 stops
