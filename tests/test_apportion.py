@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+from footprint_reference import children_footprint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdeblend import FlatStack, apportion_flux
+from cdeblend import FlatStack, apportion_flux, model_footprint
 
 
 def reference_apportion(image, arrays, boxes, mask):
@@ -86,6 +87,54 @@ def test_children_add_up_to_image(dtype, tol):
     assert err <= tol * np.abs(image).max()
     # Unclaimed pixels receive nothing.
     assert np.all(total[~claimed] == 0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(apportion_cases(), st.sampled_from([0.0, 0.03, 0.5, 2.0]), st.booleans())
+def test_model_footprint_matches_reference(case, thresh, holes):
+    """The children's footprint against the pixel-by-pixel reference, with pixels without
+    data (zero, negative or infinite variance) in some bands."""
+    image, arrays, boxes, _ = case
+    B, H, W = image.shape
+    rng = np.random.default_rng(len(arrays) + H * W)
+    variance = rng.uniform(0.01, 4.0, size=(B, H, W))
+    if holes:
+        variance[rng.random((B, H, W)) < 0.2] = rng.choice([0.0, -1.0, np.inf])
+    stack = FlatStack.from_arrays(arrays, np.asarray(boxes).reshape(-1, 4), bands=B)
+    got = model_footprint(stack, variance, thresh)
+    inside, edge = children_footprint(densify(stack, H, W), variance, thresh)
+    assert got.shape == (H, W) and got.dtype == bool
+    assert np.array_equal(got[~edge], inside[~edge])
+
+
+def test_model_footprint_thresholds_the_total_in_noise_units():
+    """Hand-made case: two templates, two bands; a pixel is in where either band's total
+    reaches ``thresh`` noise sigmas (band 1 has four times band 0's variance)."""
+    a = np.zeros((2, 1, 4))
+    a[0, 0] = [0.5, 0.2, 0.0, -1.0]  # band 0
+    a[1, 0] = [0.0, 0.0, 0.9, 0.0]  # band 1
+    b = np.zeros((2, 1, 4))
+    b[0, 0] = [0.0, 0.1, 0.0, 0.0]
+    stack = FlatStack.from_arrays([a, b], [(0, 0, 1, 4), (0, 0, 1, 4)])
+    variance = np.stack([np.full((1, 4), 0.25), np.full((1, 4), 1.0)])  # sigma 0.5 and 1
+    # totals in sigmas: band 0: 1.0, 0.6, 0, 0 (the -1 is clipped); band 1: 0, 0, 0.9, 0
+    assert model_footprint(stack, variance, 0.0).tolist() == [[True, True, True, False]]
+    assert model_footprint(stack, variance, 0.6).tolist() == [[True, True, True, False]]
+    assert model_footprint(stack, variance, 0.7).tolist() == [[True, False, True, False]]
+    assert model_footprint(stack, variance, 0.95).tolist() == [[True, False, False, False]]
+    variance[0, 0, 0] = 0.0  # no data in band 0 at the first pixel: band 1 has nothing there
+    assert model_footprint(stack, variance, 0.0).tolist() == [[False, True, True, False]]
+
+
+def test_model_footprint_bad_input():
+    stack = FlatStack.from_arrays([np.ones((2, 3, 3))], [(0, 0, 3, 3)])
+    with pytest.raises(TypeError, match="templates"):
+        model_footprint(np.ones((2, 3, 3)), np.ones((2, 3, 3)), 0.1)
+    with pytest.raises(ValueError, match="variance"):
+        model_footprint(stack, np.ones((3, 3, 3)), 0.1)
+    for bad in (-0.1, np.nan, np.inf):
+        with pytest.raises(ValueError, match="thresh"):
+            model_footprint(stack, np.ones((2, 3, 3)), bad)
 
 
 def test_bad_input():

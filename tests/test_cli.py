@@ -106,6 +106,8 @@ def test_deblend_and_show(tmp_path, capsys):
                 str(int(pair["id"])),
                 "--images",
                 str(tmp_path / "cube.fits"),
+                "--invvar",
+                str(tmp_path / "invvar.fits"),
                 "--out",
                 str(show),
             ]
@@ -116,7 +118,8 @@ def test_deblend_and_show(tmp_path, capsys):
     assert "conserved_g" in table
     pngs = sorted(p.name for p in show.glob("*.png"))
     assert len(pngs) == 2 and all((show / p).read_bytes()[:8] == PNG for p in pngs)
-    # the re-apportioned fluxes shown equal the catalog's (same models, same image)
+    # the re-apportioned fluxes shown equal the catalog's (same models, image and noise: the
+    # children's footprint is measured in noise units)
     shown = [float(line.split()[3]) for line in table.splitlines()[2:4]]
     np.testing.assert_allclose(sorted(shown), sorted(children["flux_conserved"][:, 0]), rtol=1e-4)
     assert images.shape == (3, 48, 64)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from footprint_reference import result_footprint
 from fuzz_helpers import FUZZ, scenes
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -51,12 +52,12 @@ def force_failure(monkeypatch, exc=None):
 
 def assert_conserved(res) -> None:
     """Children add up to the image (zero where the weight is zero) wherever the models'
-    clipped sum is positive, and get nothing elsewhere."""
+    clipped sum is positive on the children's footprint, and get nothing elsewhere."""
     obs = res.blend.observation
     image = np.where(obs.weights > 0, obs.images, 0.0)
     cons = res.conserved_images()
     models = np.maximum(res.models(), 0).sum(axis=0)
-    claimed = models > 0
+    claimed = (models > 0) & result_footprint(res)[None]
     total = cons.sum(axis=0)
     assert np.all(np.isfinite(cons))
     np.testing.assert_allclose(total[claimed], image[claimed], rtol=1e-12, atol=1e-12)

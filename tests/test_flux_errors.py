@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from footprint_reference import result_footprint
 
 from cdeblend import (
     DeblendConfig,
@@ -38,14 +39,16 @@ def robust_std(x):
 
 # ------------------------------------------------------------------ hand-computed cases
 def test_one_source_alone_has_the_footprint_error():
-    """A lone source owns every pixel its convolved model reaches: its conserved flux is
-    the image summed there, with variance the variance summed there (no-data pixels out)."""
+    """A lone source owns every pixel its convolved model reaches on the children's
+    footprint: its conserved flux is the image summed there, with variance the variance
+    summed there (no-data pixels out)."""
     rng = np.random.default_rng(1)
     images, var, psfs = one_source_scene(rng)
     var[1, 3:6, 4:9] = np.inf  # no data: weight 0
     obs = Observation(images, var, psfs)
     res = Deblender(DeblendConfig(max_iter=30)).deblend(obs, [(15, 14)])
-    support = (res.models()[0] > 0) & (obs.weights > 0)
+    support = (res.models()[0] > 0) & (obs.weights > 0) & result_footprint(res)[None]
+    assert support.sum() < ((res.models()[0] > 0) & (obs.weights > 0)).sum()
     expected = np.sqrt(np.where(support, var.astype(np.float64), 0).sum(axis=(1, 2)))
     np.testing.assert_allclose(res.conserved_flux_err[0], expected, rtol=1e-6)
     # the flux is the image summed over the same pixels: the error describes this sum

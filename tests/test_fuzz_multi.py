@@ -9,6 +9,7 @@ conserved children adding up to the image wherever the models claim flux.
 from __future__ import annotations
 
 import numpy as np
+from footprint_reference import result_footprint
 from fuzz_helpers import (
     BAD_PEAKS,
     FUZZ,
@@ -104,9 +105,13 @@ def _check_result(res, obs: Observation, n_peaks: int) -> None:
     cons = res.conserved_images()
     assert_finite("conserved images", cons)
     assert_finite("conserved fluxes", res.conserved_fluxes)
-    # conservation: where some model is positive and the pixel has weight, the children
-    # add up to the image
-    claimed = (np.maximum(models.astype(np.float64), 0).sum(axis=0) > 0) & (obs.weights > 0)
+    # conservation: where some model is positive, the pixel has weight and lies on the
+    # children's footprint, the children add up to the image
+    claimed = (
+        (np.maximum(models.astype(np.float64), 0).sum(axis=0) > 0)
+        & (obs.weights > 0)
+        & result_footprint(res)[None]
+    )
     total = cons.astype(np.float64).sum(axis=0)
     image = obs.images.astype(np.float64)
     scale = np.abs(image).max() + 1e-300

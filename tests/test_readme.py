@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from footprint_reference import result_footprint
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -18,9 +19,9 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     exec(compile(blocks[0], str(README), "exec"), scope)  # noqa: S102 - our own README
     multi, children, again = scope["multi"], scope["children"], scope["again"]
     assert children.shape == (7, 5, 58, 48)
-    # "they add up to the image" wherever the models claim a pixel
+    # "they add up to the image" wherever the models claim a pixel of the children's footprint
     total = scope["multi"].models().sum(axis=0)
-    claimed = total > 0
+    claimed = (total > 0) & result_footprint(multi)[None]
     obs = scope["obs"]
     np.testing.assert_allclose(
         children.sum(axis=0)[claimed],

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the eager imports, for type checkers and IDEs
     from ._threads import set_num_threads, thread_limit
-    from .apportion import FlatStack, apportion_flux
+    from .apportion import FlatStack, apportion_flux, model_footprint
     from .blend import Blend, Component, Source
     from .catalog import CatalogConfig, deblend_catalog, read_catalog, write_catalog
     from .datasets import DemoBlend, load_hsc_cosmos
@@ -78,6 +78,7 @@ _EXPORTS = {
     "Source": "blend",
     "SourceData": "model_data",
     "apportion_flux": "apportion",
+    "model_footprint": "apportion",
     "deblend_catalog": "catalog",
     "deblend_image": "detection",
     "deblend_survey": "survey",
@@ -132,6 +133,7 @@ __all__ = [
     "group_peaks",
     "load_hsc_cosmos",
     "load_models",
+    "model_footprint",
     "read_catalog",
     "save_models",
     "set_num_threads",

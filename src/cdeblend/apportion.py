@@ -21,7 +21,7 @@ from . import _apportion_cy
 from ._validate import as_float_array, as_no_data_mask, clear_no_data, no_data_pixels
 from .box import MAX_COORD, as_boxes, as_int
 
-__all__ = ["FlatStack", "apportion_checked", "apportion_flux"]
+__all__ = ["FlatStack", "apportion_checked", "apportion_flux", "model_footprint"]
 
 
 class FlatStack:
@@ -249,3 +249,45 @@ def apportion_checked(
     out = np.empty_like(flat)
     _apportion_cy.apportion(image, tsum, flat, templates.offsets, templates.boxes, mask_u8, out)
     return FlatStack.like(out, templates), tsum
+
+
+def model_footprint(templates: FlatStack, variance: np.ndarray, thresh: float) -> np.ndarray:
+    """The pixels where the templates' sum is significant: the children's footprint.
+
+    Parameters
+    ----------
+    templates : FlatStack
+        One (B, h, w) template per child, in the image frame (negative values count as 0).
+    variance : numpy.ndarray
+        (B, H, W) variance of the image, 0 (or not finite) where there is no data.
+    thresh : float
+        In units of the noise RMS ``sqrt(variance)``; >= 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) bool: True where, in at least one band with data, the sum of the clipped
+        templates is positive and at least ``thresh * sqrt(variance)``.
+    """
+    if not isinstance(templates, FlatStack):
+        raise TypeError(f"templates must be a FlatStack, got {type(templates).__name__}")
+    if not (np.isfinite(thresh) and thresh >= 0):
+        raise ValueError(f"thresh must be a finite number >= 0, got {thresh!r}")
+    var = np.asarray(variance, dtype=np.float64)
+    if var.ndim != 3 or var.shape[0] != templates.bands:
+        raise ValueError(
+            f"variance must be (B, H, W) with B = {templates.bands} bands, got {var.shape}"
+        )
+    templates.offsets = templates._check()
+    B, H, W = var.shape
+    tsum = np.zeros((B, H, W), dtype=np.float64)
+    _apportion_cy.template_sum(
+        np.ascontiguousarray(templates.flat),
+        templates.offsets,
+        templates.boxes,
+        np.ones((H, W), dtype=np.uint8),
+        tsum,
+    )
+    has_data = np.isfinite(var) & (var > 0)
+    noise = np.sqrt(np.where(has_data, var, 0.0))
+    return np.any(has_data & (tsum > 0) & (tsum >= thresh * noise), axis=0)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .apportion import FlatStack, apportion_checked
+from .apportion import FlatStack, apportion_checked, model_footprint
 from .blend import Blend, PackedComponents, overlap_slices
 from .deblend_config import DeblendConfig
 
@@ -47,6 +47,10 @@ class DeblendResult:
     added : numpy.ndarray or None
         (N,) bool: sources added after detection (:meth:`Deblender.add_source`, or residual
         peaks with ``DeblendConfig.residual_sources``); None when there are none.
+    conserved_thresh : float
+        The children's footprint threshold (``DeblendConfig.conserved_thresh``): the
+        conserved children share the image where the total convolved model reaches this
+        many times the noise RMS in at least one band (:attr:`footprint`).
     """
 
     blend: Blend
@@ -64,6 +68,8 @@ class DeblendResult:
     _snapshot: PackedComponents | None = field(default=None, repr=False)
     _conserved: FlatStack | None = field(default=None, repr=False)
     added: np.ndarray | None = None
+    conserved_thresh: float = DeblendConfig.conserved_thresh
+    _footprint: np.ndarray | None = field(default=None, repr=False)
 
     # -- per-source products
     def _packed_now(self) -> PackedComponents:
@@ -95,22 +101,40 @@ class DeblendResult:
         """(N, B, H, W) each source's model convolved to the observed PSFs."""
         return self._dense(self._convolved_stack())
 
+    @property
+    def footprint(self) -> np.ndarray:
+        """(H, W) bool, the children's footprint: the pixels where, in at least one band
+        with data, the total convolved model is positive and reaches
+        ``conserved_thresh * sqrt(variance)`` (:func:`cdeblend.apportion.model_footprint`).
+        The conserved children share the image there and nowhere else."""
+        if self._footprint is None:
+            from .metrics import variance_plane
+
+            self._footprint = model_footprint(
+                self._convolved_stack(),
+                variance_plane(self.blend.observation),
+                float(self.conserved_thresh),
+            )
+        return self._footprint
+
     def conserved(self) -> FlatStack:
         """Flux re-apportioned children in the flat layout (one row per source).
 
-        ``image * max(0, m_i) / sum_j max(0, m_j)`` with ``m_i`` the convolved model of
-        source i; pixels of zero weight count as 0 in the image.
+        ``image * max(0, m_i) / sum_j max(0, m_j)`` on the :attr:`footprint`, 0 elsewhere,
+        with ``m_i`` the convolved model of source i; pixels of zero weight count as 0 in
+        the image.
         """
         if self._conserved is None:
             obs = self.blend.observation
             # the observation's images are finite where the weight is non-zero: no checks
             image = np.where(obs.weights > 0, obs.images, 0).astype(obs.dtype, copy=False)
-            self._conserved, _ = apportion_checked(image, self._convolved_stack())
+            mask = np.ascontiguousarray(self.footprint, dtype=np.uint8)
+            self._conserved, _ = apportion_checked(image, self._convolved_stack(), mask)
         return self._conserved
 
     def conserved_images(self) -> np.ndarray:
-        """(N, B, H, W) flux re-apportioned children; they add up to the image wherever the
-        total convolved model is positive."""
+        """(N, B, H, W) flux re-apportioned children; they add up to the image on the
+        :attr:`footprint` (where the total convolved model is significant)."""
         return self._dense(self.conserved())
 
     @property
@@ -136,13 +160,14 @@ class DeblendResult:
     def conserved_flux_err(self) -> np.ndarray:
         """(N, B) standard deviation of :attr:`conserved_fluxes` from the variance plane.
 
-        ``sqrt(sum_p s_i(p)^2 V(p))`` with ``s_i`` the child's share of pixel ``p`` (the
-        shares held fixed; pixels without data excluded); see :mod:`cdeblend.metrics`.
+        ``sqrt(sum_p s_i(p)^2 V(p))`` over the :attr:`footprint`, with ``s_i`` the child's
+        share of pixel ``p`` (the shares held fixed; pixels without data excluded); see
+        :mod:`cdeblend.metrics`.
         """
         from .metrics import conserved_flux_errors, variance_plane
 
         return conserved_flux_errors(
-            self._convolved_stack(), variance_plane(self.blend.observation)
+            self._convolved_stack(), variance_plane(self.blend.observation), self.footprint
         )
 
     @property
@@ -160,7 +185,9 @@ class DeblendResult:
         isolated source); see :func:`cdeblend.metrics.deblend_flux_errors`."""
         from .metrics import deblend_flux_errors
 
-        return deblend_flux_errors(self._convolved_stack(), self.blend.observation.weights > 0)
+        return deblend_flux_errors(
+            self._convolved_stack(), self.blend.observation.weights > 0, self.footprint
+        )
 
     @property
     def conserved_flux_total_err(self) -> np.ndarray:

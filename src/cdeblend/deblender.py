@@ -92,6 +92,7 @@ class Deblender:
             {"init": t1 - t0, "fit": t2 - t1},
             info["spectrum_init"],
             stats.get("rescued", 0),
+            conserved_thresh=self.config.conserved_thresh,
         )
         if self.config.residual_sources:
             result = self._with_residual_sources(result)

@@ -120,4 +120,5 @@ def fallback_result(observation: Any, peaks: np.ndarray, config: Any, error: Bas
         {"init": 0.0, "fit": time.perf_counter() - t0},
         fallback=True,
         error=f"{type(error).__name__}: {error}",
+        conserved_thresh=config.conserved_thresh,
     )

@@ -153,6 +153,7 @@ def add_sources(result, peaks, seds=None, config=None, max_iter: int | None = No
         result.spectrum_init,
         int(result.rescued) + stats.get("rescued", 0),
         added=added,
+        conserved_thresh=config.conserved_thresh,
     )
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .inputs import add_background_args, add_image_args, read_inputs, subtract_background
+from .inputs import (
+    add_background_args,
+    add_image_args,
+    noise_variance,
+    read_inputs,
+    subtract_background,
+)
 from .pictures import drawable, mask2d, show_parent
 from .tables import have_matplotlib
 
@@ -34,8 +40,12 @@ def run_show(args: argparse.Namespace) -> int:
     if not have_matplotlib():
         raise ImportError("cdeblend show draws with matplotlib: pip install 'cdeblend[plot]'")
     model_data = load_models(args.models)
-    images, _, mask, _ = read_inputs(args)
+    images, variance, mask, bands = read_inputs(args)
     images = subtract_background(images, args)
+    if variance is None:
+        # the children's footprint is measured in noise units: the same estimate as
+        # ``cdeblend deblend`` without a noise map, so that both re-apportion alike
+        variance = noise_variance(images, bands)
     if images.shape[0] != len(model_data.bands):
         raise ValueError(
             f"the images have {images.shape[0]} bands, the models "
@@ -59,7 +69,9 @@ def run_show(args: argparse.Namespace) -> int:
         raise ValueError(f"parent {args.parent} was not fitted (isolated): nothing to show")
     images, mask = drawable(images, mask)
     observation = model_data.observation(
-        images, weights=None if mask is None else (~mask2d(mask, images)).astype(images.dtype)
+        images,
+        variance,
+        weights=None if mask is None else (~mask2d(mask, images)).astype(images.dtype),
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

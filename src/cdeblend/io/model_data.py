@@ -428,8 +428,10 @@ class ModelData:
     def observation(self, images: Any, variance: Any = None, weights: Any = None) -> Any:
         """An :class:`~cdeblend.Observation` of full images with the stored PSFs.
 
-        ``variance`` defaults to ones (re-apportioning needs no noise model) and pixels of zero
-        weight receive no flux.
+        Pixels of zero weight receive no flux. ``variance`` defaults to ones; give the images'
+        variance to re-apportion exactly as the fit did: the children's footprint
+        (``DeblendConfig.conserved_thresh``) is measured in noise units, and with unit
+        variance it holds nearly every pixel a model reaches.
         """
         from ..observation import Observation
 
@@ -459,7 +461,8 @@ class ModelData:
             Which blend.
         config : DeblendConfig, optional
             Gives the components their noise threshold (``bg_thresh``), needed only to
-            continue the fit (:meth:`restart`).
+            continue the fit (:meth:`restart`), and the children's footprint threshold
+            (``conserved_thresh``; default the default's).
 
         Returns
         -------
@@ -509,8 +512,15 @@ class ModelData:
             peak = comps[0].peak if comps else (bd.box[2] // 2, bd.box[3] // 2)
             sources.append(Source(comps, peak, index=s.peak_id if s.peak_id >= 0 else i))
         blend = Blend(obs, sources)
+        thresh = DeblendResult.conserved_thresh if config is None else config.conserved_thresh
         return DeblendResult(
-            blend, bd.loss, np.zeros(0), bd.iterations, bd.converged, np.full(len(sources), np.nan)
+            blend,
+            bd.loss,
+            np.zeros(0),
+            bd.iterations,
+            bd.converged,
+            np.full(len(sources), np.nan),
+            conserved_thresh=thresh,
         )
 
     def restart(self, observation: Any, parent_id: int, config: Any = None) -> Any:
@@ -537,14 +547,23 @@ class ModelData:
         config = DeblendConfig() if config is None else config
         result = self.rebuild(observation, parent_id, config)
         loss, history, iterations, converged = fit_blend(result.blend, config)
-        return DeblendResult(result.blend, loss, history, iterations, converged, result.snr)
+        return DeblendResult(
+            result.blend,
+            loss,
+            history,
+            iterations,
+            converged,
+            result.snr,
+            conserved_thresh=config.conserved_thresh,
+        )
 
     def conserved_images(self, observation: Any, parent_id: int) -> np.ndarray:
         """Re-apportion an observed image among a parent's stored sources, without refitting.
 
         Each source's model is convolved to every band's PSF, clipped at 0, and the image
-        inside the parent footprint (where the weights are positive) is split in proportion,
-        exactly as the deblender's own :meth:`~cdeblend.DeblendResult.conserved_images`.
+        inside the parent footprint (where the weights are positive) is split in proportion on
+        the children's footprint (measured with the observation's variance), exactly as the
+        deblender's own :meth:`~cdeblend.DeblendResult.conserved_images`.
 
         Parameters
         ----------
