@@ -122,6 +122,9 @@ def test_model_footprint_thresholds_the_total_in_noise_units():
     assert model_footprint(stack, variance, 0.6).tolist() == [[True, True, True, False]]
     assert model_footprint(stack, variance, 0.7).tolist() == [[True, False, True, False]]
     assert model_footprint(stack, variance, 0.95).tolist() == [[True, False, False, False]]
+    weights = np.ones_like(variance)
+    weights[1, 0, 2] = 0.0  # no data in band 1 at the third pixel: band 0 has nothing there
+    assert model_footprint(stack, variance, 0.0, weights).tolist() == [[True, True, False, False]]
     variance[0, 0, 0] = 0.0  # no data in band 0 at the first pixel: band 1 has nothing there
     assert model_footprint(stack, variance, 0.0).tolist() == [[False, True, True, False]]
 
@@ -135,6 +138,8 @@ def test_model_footprint_bad_input():
     for bad in (-0.1, np.nan, np.inf):
         with pytest.raises(ValueError, match="thresh"):
             model_footprint(stack, np.ones((2, 3, 3)), bad)
+    with pytest.raises(ValueError, match="weights"):
+        model_footprint(stack, np.ones((2, 3, 3)), 0.1, np.ones((2, 3, 4)))
 
 
 def test_bad_input():

@@ -251,7 +251,12 @@ def apportion_checked(
     return FlatStack.like(out, templates), tsum
 
 
-def model_footprint(templates: FlatStack, variance: np.ndarray, thresh: float) -> np.ndarray:
+def model_footprint(
+    templates: FlatStack,
+    variance: np.ndarray,
+    thresh: float,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
     """The pixels where the templates' sum is significant: the children's footprint.
 
     Parameters
@@ -259,9 +264,12 @@ def model_footprint(templates: FlatStack, variance: np.ndarray, thresh: float) -
     templates : FlatStack
         One (B, h, w) template per child, in the image frame (negative values count as 0).
     variance : numpy.ndarray
-        (B, H, W) variance of the image, 0 (or not finite) where there is no data.
+        (B, H, W) variance of the image; a pixel whose variance is not finite and positive
+        has no data.
     thresh : float
         In units of the noise RMS ``sqrt(variance)``; >= 0.
+    weights : numpy.ndarray, optional
+        (B, H, W) weights; a pixel of weight 0 has no data either.
 
     Returns
     -------
@@ -273,11 +281,13 @@ def model_footprint(templates: FlatStack, variance: np.ndarray, thresh: float) -
         raise TypeError(f"templates must be a FlatStack, got {type(templates).__name__}")
     if not (np.isfinite(thresh) and thresh >= 0):
         raise ValueError(f"thresh must be a finite number >= 0, got {thresh!r}")
-    var = np.asarray(variance, dtype=np.float64)
+    var = np.asarray(variance)
     if var.ndim != 3 or var.shape[0] != templates.bands:
         raise ValueError(
             f"variance must be (B, H, W) with B = {templates.bands} bands, got {var.shape}"
         )
+    if weights is not None and np.shape(weights) != var.shape:
+        raise ValueError(f"weights have shape {np.shape(weights)}, the variance {var.shape}")
     templates.offsets = templates._check()
     B, H, W = var.shape
     tsum = np.zeros((B, H, W), dtype=np.float64)
@@ -288,6 +298,14 @@ def model_footprint(templates: FlatStack, variance: np.ndarray, thresh: float) -
         np.ones((H, W), dtype=np.uint8),
         tsum,
     )
-    has_data = np.isfinite(var) & (var > 0)
-    noise = np.sqrt(np.where(has_data, var, 0.0))
-    return np.any(has_data & (tsum > 0) & (tsum >= thresh * noise), axis=0)
+    inside = np.zeros((H, W), dtype=bool)
+    # band by band: the temporaries stay one plane (a 2000 x 2000 scene has 192 MB cubes)
+    with np.errstate(invalid="ignore"):
+        for b in range(B):
+            vb = var[b].astype(np.float64)
+            good = np.isfinite(vb) & (vb > 0) & (tsum[b] > 0)
+            if weights is not None:
+                good &= np.asarray(weights[b]) > 0
+            level = thresh * np.sqrt(np.where(good, vb, 0.0))
+            inside |= good & (tsum[b] >= level)
+    return inside

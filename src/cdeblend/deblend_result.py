@@ -108,12 +108,9 @@ class DeblendResult:
         ``conserved_thresh * sqrt(variance)`` (:func:`cdeblend.apportion.model_footprint`).
         The conserved children share the image there and nowhere else."""
         if self._footprint is None:
-            from .metrics import variance_plane
-
+            obs = self.blend.observation
             self._footprint = model_footprint(
-                self._convolved_stack(),
-                variance_plane(self.blend.observation),
-                float(self.conserved_thresh),
+                self._convolved_stack(), obs.variance, float(self.conserved_thresh), obs.weights
             )
         return self._footprint
 
