@@ -123,7 +123,8 @@ def run_multi(path: str) -> dict:
     res = Deblender(DeblendConfig()).deblend(obs, peaks)
     blendedness, snr, scene = truth_arrays(data)
     image = np.where(obs.weights > 0, scene, 0.0).astype(obs.dtype)
-    noiseless, _ = apportion_flux(image, res._convolved_stack())
+    # the same shares on the same pixels: the children's footprint
+    noiseless, _ = apportion_flux(image, res._convolved_stack(), res.footprint)
     # the same fit of the noiseless scene: the model flux's truth for its noise alone
     obs0 = Observation(scene.astype(np.float32), data["variance"], data["psfs"])
     model0 = Deblender(DeblendConfig()).deblend(obs0, peaks).fluxes
@@ -236,7 +237,7 @@ def table(rows: list[dict], snr_min: float, title: str) -> None:
         ("model|true+", "model", "true", "model_tot"),
         ("cons+wing|true+", "cons_wing", "true", "cons_tot"),
     )
-    for name, f, t, s in (k for k in kinds if k[3] in cat):
+    for name, f, t, s in (k for k in kinds if k[1] in cat and k[3] in cat):
         for lo, hi, label in BINS:
             sel = good & (cat["blendedness"] >= lo) & (cat["blendedness"] < hi)
             sel &= np.isfinite(cat[f]) & np.isfinite(cat[s]) & (cat[s] > 0)

@@ -39,7 +39,8 @@ class DeblendConfig:
     (``keep_best``), detected sources are kept alive (``rescue_faint``), the initial trim is
     in the detection image's units (``init_thresh_units``), the fit stops when its lowest
     loss has settled over a window of two box resizes (``e_rel``, ``converge_window``,
-    ``convergence``) and returns the best iterate, and PSF-shaped fallback
+    ``convergence``) and returns the best iterate, the conserved children share only the
+    pixels where the model is significant (``conserved_thresh``), and PSF-shaped fallback
     components are cropped and normalised correctly and use ``bg_thresh``.
     :meth:`reference` follows the reference (its loss on the bundled HSC blend, 9011 after
     48 iterations, is reproduced).
