@@ -8,7 +8,7 @@ from footprint_reference import result_footprint
 
 from cdeblend import DeblendConfig, Deblender, Observation
 from cdeblend.blend import Blend, Component, Source
-from cdeblend.lost import lost_sources, mirror_min
+from cdeblend.lost import convolved_at, lost_sources, mirror_min
 
 # a harder LSST-like simulated blend (make_blends.py, seed 2001, blend 34; truth kept: the
 # fluxes and S/N): source 2 (truth S/N 22, 1657 counts) sits 9.5 px from source 0 (S/N
@@ -87,6 +87,50 @@ def test_lost_sources_flags_a_source_without_light_at_its_peak():
     assert lost_sources(blend, np.array([100.0, 10.0]), 20.0, 0.1)[0] == []
     # the bright source holds nearly all of its own peak
     assert 0 not in lost_sources(blend, snrs, 20.0, 0.99)[0]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_convolved_at_matches_scipy(seed):
+    """One pixel of the band-summed convolution, edges and corners included, against
+    scipy's full-image convolution with zero padding."""
+    from scipy.signal import convolve2d
+
+    rng = np.random.default_rng(seed)
+    B = int(rng.integers(1, 4))
+    H, W = (int(v) for v in rng.integers(1, 30, size=2))
+    kh, kw = (2 * int(v) + 1 for v in rng.integers(0, 8, size=2))
+    cube = rng.normal(size=(B, H, W))
+    kernels = rng.normal(size=(B, kh, kw))  # asymmetric: the flip matters
+    ref = sum(convolve2d(cube[b], kernels[b], mode="same") for b in range(B))
+    for y, x in [(0, 0), (H - 1, W - 1), (H // 2, 0), (int(rng.integers(H)), int(rng.integers(W)))]:
+        assert convolved_at(cube, kernels, (y, x)) == pytest.approx(ref[y, x], abs=1e-10)
+
+
+def test_a_galaxy_under_a_stars_wing_is_lost_in_the_image_not_in_the_model_frame():
+    """A faint galaxy 3 px from a star 400 times brighter: in the model frame (narrow PSF)
+    the star does not reach the galaxy's peak, which the galaxy holds alone; through the
+    observed PSF (Gaussian, sigma 2.5 px) the star holds nearly all of it, and so would
+    its re-apportioned child. The galaxy counts as lost."""
+    B, H, W = 2, 31, 31
+    y, x = np.mgrid[:H, :W]
+    psf = np.exp(-((y[:21, :21] - 10) ** 2 + (x[:21, :21] - 10) ** 2) / (2 * 2.5**2))
+    psfs = np.repeat((psf / psf.sum())[None], B, axis=0)
+    obs = Observation(np.zeros((B, H, W)), np.ones((B, H, W)), psfs)
+    star = np.zeros((H, W))
+    star[15, 15] = 1.0
+    galaxy = np.zeros((H, W))
+    galaxy[15, 18] = 1.0
+    sources = [
+        Source([Component(np.array([400.0, 400.0]), star, (0, 0, H, W), (15, 15))], (15, 15)),
+        Source([Component(np.array([1.0, 1.0]), galaxy, (0, 0, H, W), (15, 18))], (15, 18), 1),
+    ]
+    blend = Blend(obs, sources)
+    model = blend.model()
+    assert model[:, 15, 18].sum() == pytest.approx(2.0)  # the galaxy alone, model frame
+    conv = obs.convolve(model).sum(axis=0)
+    own = obs.convolve(sources[1].components[0].sed[:, None, None] * galaxy[None]).sum(axis=0)
+    assert own[15, 18] < 0.02 * conv[15, 18]  # the star's wing, through the PSF
+    assert lost_sources(blend, np.array([1000.0, 30.0]), 20.0, 0.25)[0] == [1]
 
 
 @pytest.mark.parametrize("sed, least", [("fit", 0.5), ("peak", 0.2), ("shoulder", 0.2)])

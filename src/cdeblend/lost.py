@@ -8,7 +8,8 @@ faint source's light to that shoulder. The post-convergence rescue of :mod:`cdeb
 looks at the residual, which the shoulder has already explained.
 
 After the fit, a detected source (matched-filter S/N >= ``rescue_lost_snr``) that holds less
-than ``rescue_lost_fraction`` of the model at its own peak is restarted as a point source.
+than ``rescue_lost_fraction`` of the convolved model at its own peak is restarted as a point
+source.
 The components of other sources whose boxes hold its peak lose their shoulder there: inside
 the point source's box, each of their morphology pixels becomes the minimum of itself and
 its mirror about the component's sub-pixel centre (0 where the mirror is outside its box),
@@ -26,7 +27,7 @@ import numpy as np
 from . import _initialization_cy
 from .blend import Blend, Component
 
-__all__ = ["lost_sources", "rescue_lost_sources", "mirror_min"]
+__all__ = ["convolved_at", "lost_sources", "mirror_min", "rescue_lost_sources"]
 
 
 def mirror_min(
@@ -91,20 +92,71 @@ def lost_sources(
     """Indices of the lost sources and their point-source components (keyed by index).
 
     A source is lost when its peak S/N is at least ``min_snr`` and it holds less than
-    ``fraction`` of the blend's model (all bands, model space) at its own peak pixel: the
-    re-apportioned children would give it almost none of the light there.
+    ``fraction`` of the blend's convolved model (all bands) at its own peak pixel: its share
+    of the image there, what its re-apportioned child gets. The observed PSF matters: in the
+    model frame a bright star 3 px away leaves a faint galaxy's peak to the galaxy alone,
+    while in the image the star's wing holds almost all of it.
     """
     bright = [i for i in range(len(blend.sources)) if snrs[i] >= min_snr]
     if not bright:
         return [], {}
-    total = blend.model().sum(axis=0)
+    total = blend.model()
+    kernels = np.asarray(blend.observation.diff_kernels, dtype=np.float64)
     lost = []
     for i in bright:
         src = blend.sources[i]
-        own = sum(float(c.sed.sum() * c.morphology[c.local_peak]) for c in src.components)
-        if own < fraction * float(total[src.peak]):
+        window = _window(total.shape[1:], src.peak, kernels.shape[1:])
+        own = np.zeros((total.shape[0],) + _window_shape(window), dtype=np.float64)
+        for c in src.components:
+            _add_to_window(own, window, c)
+        at_peak = convolved_at(own, kernels, src.peak, window)
+        if at_peak < fraction * convolved_at(total, kernels, src.peak):
             lost.append(i)
     return lost, _point_sources(blend, lost)
+
+
+def _window(shape: tuple, at: tuple, kernel_shape: tuple) -> tuple:
+    """``(y0, y1, x0, x1)``: the pixels under a kernel centred on ``at``, inside ``shape``."""
+    ry, rx = kernel_shape[0] // 2, kernel_shape[1] // 2
+    y, x = at
+    return max(y - ry, 0), min(y + ry + 1, shape[0]), max(x - rx, 0), min(x + rx + 1, shape[1])
+
+
+def _window_shape(window: tuple) -> tuple:
+    return window[1] - window[0], window[3] - window[2]
+
+
+def _add_to_window(out: np.ndarray, window: tuple, c: Component) -> None:
+    """Add component ``c``'s model (SED x morphology) where its box meets the window."""
+    y0, y1, x0, x1 = window
+    by, bx, h, w = c.box
+    ya, yb = max(by, y0), min(by + h, y1)
+    xa, xb = max(bx, x0), min(bx + w, x1)
+    if ya < yb and xa < xb:
+        morph = c.morphology[ya - by : yb - by, xa - bx : xb - bx]
+        out[:, ya - y0 : yb - y0, xa - x0 : xb - x0] += c.sed[:, None, None] * morph[None]
+
+
+def convolved_at(
+    cube: np.ndarray, kernels: np.ndarray, at: tuple, window: tuple | None = None
+) -> float:
+    """``sum_b convolve(cube[b], kernels[b])[at]``: one pixel of the convolved model, summed
+    over the bands (zero outside the frame).
+
+    ``cube`` is the (B, H, W) frame, or only the ``window`` of it under the kernel centred on
+    ``at`` (:func:`_window`); ``kernels`` (B, kh, kw) have odd sizes.
+    """
+    kh, kw = kernels.shape[1:]
+    ry, rx = kh // 2, kw // 2
+    y, x = at
+    if window is None:
+        window = _window(cube.shape[1:], at, (kh, kw))
+        cube = cube[:, window[0] : window[1], window[2] : window[3]]
+    y0, y1, x0, x1 = window
+    # convolution: the pixel (y', x') takes the kernel's tap (y - y' + ry, x - x' + rx)
+    flipped = kernels[:, ::-1, ::-1]
+    taps = flipped[:, ry - y + y0 : ry - y + y1, rx - x + x0 : rx - x + x1]
+    return float(np.sum(cube * taps, dtype=np.float64))
 
 
 def _contains(box: tuple, peak: tuple) -> bool:
