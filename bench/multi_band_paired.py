@@ -7,7 +7,7 @@ whole blends): each set's first ``--n`` blends go through ``Deblender(config).de
 (the one call of ``bench/accuracy.py``) with settings A and B. A difference inside the
 interval is noise.
 
-Sets are read from ``--sets-dir`` (default ``/work/simsets``, made by ``bench/accuracy.py
+Sets are read from ``--sets-dir`` (default ``../simsets``, made by ``bench/accuracy.py
 --make``); ``sim_lsst`` and ``sim_hsc`` from ``--data`` (default ``../shared/data``
 relative to the repository root).
 

@@ -10,7 +10,7 @@ blends (the entries of one blend move together), so that a difference inside it 
 'kept < x' counts the sources with truth S/N >= 20 whose child keeps less than x of their
 true flux ('lost' is x = 5%, as in ``bench/accuracy.py``).
 
-Sets are read from ``--sets-dir`` (default ``/work/simsets``, made by ``bench/accuracy.py
+Sets are read from ``--sets-dir`` (default ``../simsets``, made by ``bench/accuracy.py
 --make``); ``sim_single`` from ``--data`` (default ``../shared/data`` relative to the
 repository root).
 
@@ -114,7 +114,9 @@ def paired_main(argv, config_class, run, default_sets: str, description: str) ->
     ap.add_argument("--a", default="{}", help=f"{name} keywords of A (JSON)")
     ap.add_argument("--b", default="{}", help=f"{name} keywords of B (JSON)")
     ap.add_argument("--data", default=str(accuracy.DEFAULT_DATA), help="the shared data folder")
-    ap.add_argument("--sets-dir", default="/work/simsets", help="folder of the made sets")
+    ap.add_argument(
+        "--sets-dir", default=str(accuracy.DEFAULT_SETS), help="folder of the made sets"
+    )
     ap.add_argument("--sets", default=default_sets)
     ap.add_argument("--n", type=int, default=300, help="blends per set (first n)")
     ap.add_argument("--boot", type=int, default=400, help="bootstrap resamplings")
