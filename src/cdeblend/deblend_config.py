@@ -232,11 +232,11 @@ class DeblendConfig:
         than ``rescue_lost_fraction`` of the convolved model at its own peak (its child's
         share of the image there) restarts as a point source, and the other sources'
         components whose boxes hold its peak lose their shoulder there (each pixel near it
-        becomes the minimum of itself and its mirror about the component's sub-pixel
-        centre: radial monotonicity let the bright neighbour stay flat over the faint peak
-        and take its light). No iterations are added. A repair that leaves a touched neighbour with less than
-        ``rescue_lost_fraction`` of its flux, or the source with less than it had, is
-        not kept. On the tuning sets (``bench/morph_constraints.py``) it lowered the lost
+        becomes the minimum of itself and its mirror about the component's sub-pixel centre:
+        radial monotonicity let the bright neighbour stay flat over the faint peak and take
+        its light). No iterations are added. A repair that leaves a touched neighbour with
+        less than ``rescue_lost_fraction`` of its flux, or the source with less than it had,
+        is not kept. On the tuning sets (``bench/morph_constraints.py``) it lowered the lost
         S/N >= 20 sources from 21 to 7 and every blendedness bin's median |dF/F|. The share
         was first taken in the model frame, where a bright star's narrow model does not
         reach a galaxy 3 px away; taken through the observed PSF it finds the galaxies under
@@ -244,8 +244,8 @@ class DeblendConfig:
     rescue_lost_snr : float
         Minimum matched-filter S/N at the peak of a source to repair (20).
     rescue_lost_fraction : float
-        A source holding less than this fraction of the model (all bands) at its own peak
-        counts as lost (0.25).
+        A source holding less than this fraction of the convolved model (all bands) at its
+        own peak counts as lost (0.25).
     rescue_lost_sed : str
         SED of the restarted point source: "peak" (default), the image at its peak minus
         every other model there (the neighbours without their shoulders), then the touched
