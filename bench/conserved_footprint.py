@@ -27,13 +27,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from accuracy import BINS, load, peaks_of
+from accuracy import BINS, DEFAULT_DATA, DEFAULT_SETS, load, peaks_of
 
 from cdeblend import DeblendConfig, Deblender, Observation
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data"
-DEFAULT_SETS = Path(__file__).resolve().parents[2] / "simsets"
 TUNE = "hard_lsst_tune,hard_hsc_tune,lsst_tune,hsc_tune,sim_lsst,sim_hsc"
 THRESH = "0,0.01,0.02,0.03,0.05,0.1"
 
