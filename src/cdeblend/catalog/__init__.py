@@ -62,7 +62,8 @@ flux; for the single-band deblender the template's sum), ``flux_conserved (B,)``
 (re-apportioned image; for a lone source, an isolated parent or one peak that got no child,
 its footprint flux: a lone child owns all of its footprint), ``flux_footprint (B,)`` (a
 parent's image summed over its footprint; NaN for children), ``flux_unassigned (B,)``
-(footprint flux no child received; parents), ``masked_fraction``, ``deblender``
+(footprint flux no child received, the multi-band deblender's pixels outside the children's
+footprint included; parents), ``masked_fraction``, ``deblender``
 (``multi``, ``single`` or ``none``), ``iterations``, ``loss``, ``converged``, the flags
 above, ``zero_flux`` (a child with no conserved flux), ``child_flags`` (the single-band
 deblender's per-child flags, comma separated), ``deblender_flags`` (a parent's flags as its

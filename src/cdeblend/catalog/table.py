@@ -342,7 +342,10 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "flux_conserved": "Flux per band of the image re-apportioned by the models (a lone "
     "source: its footprint flux)",
     "flux_footprint": "Parent's image summed over its footprint per band; NaN for a child",
-    "flux_unassigned": "Parent's footprint flux no child received, per band",
+    "flux_unassigned": (
+        "Parent's footprint flux no child received (multi band: outside the children's "
+        "footprint, DeblendConfig.conserved_thresh), per band"
+    ),
     "masked_fraction": "Share of the parent footprint's pixels without data in any band",
     "deblender": "Deblender that ran on the parent: multi, single or none",
     "iterations": "Fit iterations of the multi-band deblender (-1: not fitted)",
