@@ -239,6 +239,28 @@ def test_damaged_data_fails_the_checksum(saved):
         load_models(bad)
 
 
+def test_the_childrens_footprint_threshold_is_stored(saved):
+    """``conserved_thresh`` survives the file; a file written before it was stored reads
+    as 0 (the rule it was made with); a damaged value is refused, not trusted."""
+    md = load_models(saved)
+    assert md.conserved_thresh == DeblendResult.conserved_thresh
+    md.conserved_thresh = 0.25
+    save_models(saved.with_name("t.fits"), md)
+    assert load_models(saved.with_name("t.fits")).conserved_thresh == 0.25
+    with fits.open(saved) as hdul:
+        del hdul[0].header["CONSTHR"]
+        hdul.writeto(saved.with_name("old.fits"), checksum=True)
+    assert load_models(saved.with_name("old.fits")).conserved_thresh == 0.0
+    for bad in (-1.0, "many"):  # FITS headers hold no NaN
+        with fits.open(saved) as hdul:
+            hdul[0].header["CONSTHR"] = bad
+            hdul.writeto(saved.with_name("bad.fits"), checksum=True, overwrite=True)
+        with pytest.raises(ValueError, match="damaged.*conserved_thresh"):
+            load_models(saved.with_name("bad.fits"))
+    with pytest.raises(ValueError, match="conserved_thresh"):
+        ModelData(md.bands, md.model_psf, md.psfs, conserved_thresh=-0.1)
+
+
 def test_inconsistent_counts_are_refused(saved):
     with fits.open(saved) as hdul:
         hdul[0].header["NCOMPS"] = hdul[0].header["NCOMPS"] + 1
@@ -423,6 +445,30 @@ def test_reload_reproduces_the_fit_exactly(tmp_path):
     assert again.loss_history[0] == pytest.approx(res.loss, rel=1e-6)
     assert again.loss <= again.loss_history[0]
     assert 3 <= again.iterations <= 30
+
+
+def test_reload_re_apportions_with_the_stored_threshold(tmp_path):
+    """A catalog fitted with a non-default children's footprint stores its threshold, and the
+    model file re-apportions the image to the catalog's conserved fluxes with it (with the
+    default threshold the fluxes would differ)."""
+    from cdeblend import CatalogConfig, DeblendConfig, deblend_catalog, load_hsc_cosmos
+
+    blend = load_hsc_cosmos()
+    obs = Observation(blend.images, blend.variance, blend.psfs, bands=blend.bands)
+    cfg = CatalogConfig(multi_band=DeblendConfig(conserved_thresh=0.3))
+    cat, md = deblend_catalog(obs, peaks=blend.peaks, config=cfg, executor="serial")
+    save_models(tmp_path / "m.fits", md)
+    back = load_models(tmp_path / "m.fits")
+    assert back.conserved_thresh == 0.3
+    pid = int(cat["id"][cat["is_parent"]][0])
+    children = cat[cat["parent_id"] == pid]
+    again = back.conserved_images(obs, pid).sum(axis=(2, 3))
+    np.testing.assert_allclose(
+        np.sort(again.sum(axis=1)), np.sort(children["flux_conserved"].sum(axis=1)), rtol=1e-5
+    )
+    back.conserved_thresh = DeblendResult.conserved_thresh
+    default = back.conserved_images(obs, pid).sum(axis=(2, 3))
+    assert not np.allclose(np.sort(default.sum(axis=1)), np.sort(again.sum(axis=1)), rtol=1e-3)
 
 
 def test_centroids_match_moments():

@@ -8,12 +8,30 @@ settings from here without importing the deblender that imports them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .observation import MODEL_PSF_SIGMA
 
-__all__ = ["OPTIMIZERS", "DeblendConfig"]
+__all__ = ["CONSERVED_THRESH", "OPTIMIZERS", "DeblendConfig", "check_conserved_thresh"]
+
+#: Default of ``DeblendConfig.conserved_thresh`` (noise RMS units), shared with the stored
+#: models (:class:`cdeblend.ModelData`).
+CONSERVED_THRESH = 0.03
+
+
+def check_conserved_thresh(value: Any) -> float:
+    """``value`` as a children's footprint threshold (``conserved_thresh``): a finite
+    number >= 0 (TypeError for what is not a number, ValueError for the rest)."""
+    try:
+        thresh = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"conserved_thresh must be a number, got {type(value).__name__}") from None
+    if not (np.isfinite(thresh) and thresh >= 0):
+        raise ValueError(f"conserved_thresh must be a finite number >= 0, got {value!r}")
+    return thresh
+
 
 #: Names of the fit's optimizers (``DeblendConfig.optimizer``).
 OPTIMIZERS = ("amsgrad", "adam")
@@ -346,7 +364,7 @@ class DeblendConfig:
     rescue_lost_snr: float = 20.0
     rescue_lost_fraction: float = 0.25
     rescue_lost_sed: str = "peak"
-    conserved_thresh: float = 0.03
+    conserved_thresh: float = CONSERVED_THRESH
     fallback: bool = True
     residual_sources: bool = False
     residual_snr: float = 5.0

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..deblend_config import CONSERVED_THRESH
 from ..model_data import BlendData, ModelData, SourceData
 from .config import CatalogConfig, skip_reason
 from .executors import check_executor, run_tasks, submit_or_run, usable_cpus
@@ -220,6 +221,7 @@ def _deblend_frame(
         model_psf=frame.model_psf,
         psfs=frame.psfs,
         model_psf_sigma=frame.model_psf_sigma,
+        conserved_thresh=getattr(cfg.multi_band, "conserved_thresh", CONSERVED_THRESH),
     )
     _collect_models(model, checked, reasons, outcomes, (max(ids) if ids else 0) + 1, kind, cfg)
     return to_table(cat, frame.bands), model

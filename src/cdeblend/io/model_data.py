@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..box import as_box, as_int, as_point, check_inside, overlap_slices
+from ..deblend_config import CONSERVED_THRESH, check_conserved_thresh
 from ..observation import MODEL_PSF_SIGMA
 from .schema import SCHEMA_VERSION
 
@@ -309,6 +310,11 @@ class ModelData:
         it rebuilds the same difference kernels as the fit used.
     schema_version : int
         Version of the persisted layout.
+    conserved_thresh : float
+        The children's footprint threshold the fit's children were made with
+        (``DeblendConfig.conserved_thresh``); :meth:`rebuild` and :meth:`conserved_images`
+        re-apportion with it. A file written before it was stored reads as 0, the rule
+        those files were made with (every pixel a model reaches).
     """
 
     bands: tuple[str, ...]
@@ -317,6 +323,7 @@ class ModelData:
     blends: dict[int, BlendData] = field(default_factory=dict)
     model_psf_sigma: float | None = MODEL_PSF_SIGMA
     schema_version: int = SCHEMA_VERSION
+    conserved_thresh: float = CONSERVED_THRESH
 
     def __post_init__(self) -> None:
         self.bands = tuple(str(b) for b in self.bands)
@@ -337,6 +344,7 @@ class ModelData:
             self.model_psf_sigma = float(self.model_psf_sigma)
             if not (np.isfinite(self.model_psf_sigma) and self.model_psf_sigma > 0):
                 raise ValueError(f"model_psf_sigma must be > 0 or None, got {self.model_psf_sigma}")
+        self.conserved_thresh = check_conserved_thresh(self.conserved_thresh)
         for pid, bd in self.blends.items():
             if not isinstance(bd, BlendData):
                 raise TypeError(f"blends[{pid!r}] must be a BlendData, got {type(bd).__name__}")
@@ -462,7 +470,7 @@ class ModelData:
         config : DeblendConfig, optional
             Gives the components their noise threshold (``bg_thresh``), needed only to
             continue the fit (:meth:`restart`), and the children's footprint threshold
-            (``conserved_thresh``; default the default's).
+            (``conserved_thresh``; default the one stored with the models).
 
         Returns
         -------
@@ -512,16 +520,9 @@ class ModelData:
             peak = comps[0].peak if comps else (bd.box[2] // 2, bd.box[3] // 2)
             sources.append(Source(comps, peak, index=s.peak_id if s.peak_id >= 0 else i))
         blend = Blend(obs, sources)
-        thresh = DeblendResult.conserved_thresh if config is None else config.conserved_thresh
-        return DeblendResult(
-            blend,
-            bd.loss,
-            np.zeros(0),
-            bd.iterations,
-            bd.converged,
-            np.full(len(sources), np.nan),
-            conserved_thresh=thresh,
-        )
+        fit = (bd.loss, np.zeros(0), bd.iterations, bd.converged, np.full(len(sources), np.nan))
+        thresh = self.conserved_thresh if config is None else config.conserved_thresh
+        return DeblendResult(blend, *fit, conserved_thresh=thresh)
 
     def restart(self, observation: Any, parent_id: int, config: Any = None) -> Any:
         """Continue the fit of a stored blend from its stored parameters (fresh ADAM state).
@@ -544,18 +545,12 @@ class ModelData:
         from ..deblend_result import DeblendResult
         from ..fit import fit_blend
 
-        config = DeblendConfig() if config is None else config
+        if config is None:
+            config = DeblendConfig(conserved_thresh=self.conserved_thresh)
         result = self.rebuild(observation, parent_id, config)
-        loss, history, iterations, converged = fit_blend(result.blend, config)
-        return DeblendResult(
-            result.blend,
-            loss,
-            history,
-            iterations,
-            converged,
-            result.snr,
-            conserved_thresh=config.conserved_thresh,
-        )
+        fit = fit_blend(result.blend, config)  # loss, history, iterations, converged
+        thresh = config.conserved_thresh
+        return DeblendResult(result.blend, *fit, result.snr, conserved_thresh=thresh)
 
     def conserved_images(self, observation: Any, parent_id: int) -> np.ndarray:
         """Re-apportion an observed image among a parent's stored sources, without refitting.

@@ -183,6 +183,7 @@ def _primary_hdu(
         h[f"BAND{i + 1}"] = band
     if md.model_psf_sigma is not None:
         h["MPSFSIG"] = (md.model_psf_sigma, "sigma of the Gaussian model PSF (pixels)")
+    h["CONSTHR"] = (md.conserved_thresh, "children's footprint threshold (noise RMS)")
     h["SEDTYPE"] = sed_dtype.name
     h["MORTYPE"] = mor_dtype.name
     h["NBLENDS"], h["NSOURCES"], h["NCOMPS"] = counts
@@ -326,6 +327,8 @@ def _read_hdus(hdul: Any, path: Path, warn_cls: type) -> ModelData:
         sed_dtype = _header_dtype(h, "SEDTYPE", path)
         mor_dtype = _header_dtype(h, "MORTYPE", path)
         sigma = h.get("MPSFSIG")
+        # files written before the children's footprint shared every pixel a model reached
+        thresh = h.get("CONSTHR", 0.0)
         counts = tuple(_header_int(h, k, path, 0) for k in ("NBLENDS", "NSOURCES", "NCOMPS"))
         bt, st, ct = (hdul[n].data for n in ("BLENDS", "SOURCES", "COMPONENTS"))
         morph_data = hdul["MORPHS"].data
@@ -366,6 +369,7 @@ def _read_hdus(hdul: Any, path: Path, warn_cls: type) -> ModelData:
             blends=blends,
             model_psf_sigma=None if sigma is None else float(sigma),
             schema_version=version,
+            conserved_thresh=thresh,
         )
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: model file is damaged: {exc}") from exc

@@ -11,6 +11,9 @@ HDU    EXTNAME       content
                      (int, :data:`SCHEMA_VERSION`), ``NBANDS``, ``BAND1..BANDn`` (names),
                      ``SEDTYPE`` / ``MORTYPE`` (dtype names of SEDs and morphologies),
                      ``MPSFSIG`` (model PSF sigma; absent for PSF-matched data),
+                     ``CONSTHR`` (the children's footprint threshold in noise RMS,
+                     ``DeblendConfig.conserved_thresh``; absent in files written before
+                     it was stored, which read as 0),
                      ``NBLENDS``, ``NSOURCES``, ``NCOMPS`` (row counts, checked on read)
 1      BLENDS        BinTable, one row per blend: ``PARENT_ID``, ``Y0``, ``X0``,
                      ``HEIGHT``, ``WIDTH``, ``SRC_START``, ``N_SOURCES`` (its rows in
