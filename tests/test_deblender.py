@@ -1,5 +1,6 @@
 """The multi-band deblender end to end: real HSC blend, invariants, bad input."""
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -474,6 +475,11 @@ def test_conserved_thresh_is_checked_and_the_reference_shares_every_positive_pix
         with pytest.raises(ValueError, match="conserved_thresh"):
             DeblendConfig(conserved_thresh=bad)
     assert DeblendConfig.reference().conserved_thresh == 0.0
+    fitted = Deblender(DeblendConfig(max_iter=5)).deblend(*load_real())
+    with pytest.raises(ValueError, match="conserved_thresh"):
+        dataclasses.replace(fitted, conserved_thresh=-1.0)
+    with pytest.raises(TypeError, match="conserved_thresh"):
+        dataclasses.replace(fitted, conserved_thresh="a lot")
     obs, peaks = load_real()
     res = Deblender(DeblendConfig.reference(max_iter=20)).deblend(obs, peaks)
     total = np.clip(res.models().astype(np.float64), 0, None).sum(axis=0)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .apportion import FlatStack, apportion_checked, model_footprint
 from .blend import Blend, PackedComponents, overlap_slices
-from .deblend_config import DeblendConfig
+from .deblend_config import DeblendConfig, check_conserved_thresh
 
 __all__ = ["DeblendResult"]
 
@@ -70,6 +70,10 @@ class DeblendResult:
     added: np.ndarray | None = None
     conserved_thresh: float = DeblendConfig.conserved_thresh
     _footprint: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # the products trust it: checked here, whoever builds the result
+        self.conserved_thresh = check_conserved_thresh(self.conserved_thresh)
 
     # -- per-source products
     def _packed_now(self) -> PackedComponents:
