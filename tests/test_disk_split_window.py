@@ -72,7 +72,10 @@ def test_a_disk_split_at_half_the_peak_leaves_the_neighbours_peaks_alone():
     the peak no plateau holds a peak and the ten sources' conserved fluxes are closer to the
     truth in every band."""
     obs, peaks, true_flux = load("hard_lsst_blend_2001_0102.npz")
-    quarter, half = DeblendConfig(disk_percentile=25.0), DeblendConfig(disk_percentile=50.0)
+    # the repair of lost sources after the fit is off: it mends part of the quarter split's
+    # damage afterwards, and this test is about the split
+    quarter = DeblendConfig(disk_percentile=25.0, rescue_lost=False)
+    half = DeblendConfig(disk_percentile=50.0, rescue_lost=False)
     covered_quarter = plateau_holds_a_peak(initialize_blend(obs, peaks, quarter)[0], peaks)
     covered_half = plateau_holds_a_peak(initialize_blend(obs, peaks, half)[0], peaks)
     assert covered_half < covered_quarter / 2, (covered_quarter, covered_half)

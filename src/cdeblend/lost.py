@@ -16,8 +16,9 @@ its mirror about the component's sub-pixel centre (0 where the mirror is outside
 which a galaxy's light satisfies (it is about as bright at the mirror position, where no
 neighbour sits). The point source's SED and the touched neighbours' SEDs then come from the
 images (``rescue_lost_sed``). A repair is kept only when it gives the source more flux than
-it had and leaves no touched neighbour with less than ``rescue_lost_fraction`` of its flux.
-The fit does not run again: no iterations are added.
+it had and leaves no touched neighbour with less than ``rescue_lost_fraction`` of its flux;
+refused for a neighbour, it is tried again without touching that neighbour (three attempts
+at most). The fit does not run again: no iterations are added.
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ def rescue_lost_sources(blend: Blend, snrs: np.ndarray, config) -> int:
     component. The repair is kept only when the point source gets flux and no touched
     neighbour source keeps less than ``rescue_lost_fraction`` of its flux (a repair that
     took a real neighbour's light would swap the two; a neighbour that had taken the lost
-    source's light legitimately loses a good part of its flux).
+    source's light legitimately loses a good part of its flux). A repair refused for some
+    neighbours is tried again without touching them (:data:`REPAIR_ATTEMPTS`).
 
     Parameters
     ----------
@@ -236,14 +238,34 @@ def _touched(blend: Blend, i: int, point: Component, shifts: np.ndarray) -> dict
     return out
 
 
+#: Attempts of one repair: each drops the touched neighbours the previous one starved.
+REPAIR_ATTEMPTS = 3
+
+
 def _repair_one(
     blend: Blend, i: int, point: Component, shifts: np.ndarray, residual: np.ndarray, config
 ) -> bool:
     """Repair lost source ``i`` (see :func:`rescue_lost_sources`); True when kept.
 
-    ``residual`` (images minus the convolved model) is updated in place when the repair is
-    kept and left as it was otherwise."""
+    A repair that would leave a touched neighbour with less than ``rescue_lost_fraction`` of
+    its flux is tried again without touching that neighbour (its shoulder and SED kept), up
+    to :data:`REPAIR_ATTEMPTS` times: a neighbour that is a real source keeps its light and
+    the others still give the lost source its own. ``residual`` (images minus the convolved
+    model) is updated in place when the repair is kept and left as it was otherwise."""
     touched = _touched(blend, i, point, shifts)
+    for _ in range(REPAIR_ATTEMPTS):
+        kept, starved = _attempt_repair(blend, i, point, touched, residual, config)
+        if kept or not starved:
+            return kept
+        touched = {key: morph for key, morph in touched.items() if key[0] not in starved}
+    return False
+
+
+def _attempt_repair(
+    blend: Blend, i: int, point: Component, touched: dict, residual: np.ndarray, config
+) -> tuple[bool, set]:
+    """One attempt of :func:`_repair_one` with the ``touched`` neighbours' components: whether
+    it was kept, and the neighbour sources it would have left with too little flux."""
     keys = sorted(touched)
     morphs = [point.morphology] + [touched[key] for key in keys]
     boxes = [point.box] + [blend.sources[j].components[k].box for j, k in keys]
@@ -258,10 +280,10 @@ def _repair_one(
         seds = _peak_then_fit(obs, residual, point, keys, touched, blend, config)
     else:
         seds = _fit(obs, residual, morphs, boxes, config)
-    seds = _kept_seds(blend, i, point, keys, morphs, seds, config)
+    seds, starved = _kept_seds(blend, i, point, keys, morphs, seds, config)
     if seds is None:
         residual[region] = saved
-        return False
+        return False, starved
     blend.sources[i].components = [
         Component(seds[0], point.morphology, point.box, point.peak, config.bg_thresh, "psf")
     ]
@@ -271,17 +293,17 @@ def _repair_one(
         c.sed = np.ascontiguousarray(sed)
     for c in blend.sources[i].components + [blend.sources[j].components[k] for j, k in keys]:
         _add_convolved(residual, obs, c.box, c.sed, c.morphology, -1.0)
-    return True
+    return True, set()
 
 
 def _kept_seds(
     blend: Blend, i: int, point: Component, keys: list, morphs: list, seds, config
-) -> np.ndarray | None:
-    """The repair's SEDs (clipped at 0) when it is kept, else None: the point source must
-    get flux, more than source ``i`` had, and no touched neighbour source may keep less
-    than ``rescue_lost_fraction`` of its flux."""
+) -> tuple[np.ndarray | None, set]:
+    """The repair's SEDs (clipped at 0) when it is kept, else None; and the touched
+    neighbour sources it would leave with less than ``rescue_lost_fraction`` of their flux
+    (which reject it). The point source must also get flux, more than source ``i`` had."""
     if seds is None or not np.any(seds[0] > 0):
-        return None
+        return None, set()
     seds = np.maximum(seds, 0.0)
     # the touched neighbours' fluxes before and after
     before: dict = {}
@@ -291,12 +313,13 @@ def _kept_seds(
         before[j] = before.get(j, 0.0) + float(c.sed.sum() * c.morphology.sum())
         after[j] = after.get(j, 0.0) + float(sed.sum() * morph.sum())
     # a neighbour left with less than that fraction of its flux would be lost in its turn
-    if any(after[j] < config.rescue_lost_fraction * before[j] for j in before):
-        return None
+    starved = {j for j in before if after[j] < config.rescue_lost_fraction * before[j]}
+    if starved:
+        return None, starved
     old = sum(float(c.sed.sum() * c.morphology.sum()) for c in blend.sources[i].components)
     if float(seds[0].sum() * point.morphology.sum()) <= old:
-        return None
-    return seds
+        return None, set()
+    return seds, set()
 
 
 def _grown_union(obs, boxes: list) -> tuple:
