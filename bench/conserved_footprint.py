@@ -47,7 +47,7 @@ def one_blend(path: Path, data_dir: str, thresholds: list[float]) -> tuple[list,
     bright = data["snr"] >= 20
     records, kept, area = [], [], []
     for t in thresholds:
-        res = dataclasses.replace(fitted, conserved_thresh=t, _footprint=None, _conserved=None)
+        res = dataclasses.replace(fitted, conserved_thresh=t)
         conserved = res.conserved_images()
         frac = conserved.sum(axis=(1, 2, 3)) / data["true_flux"].sum(axis=1)
         records.append(metrics.evaluate_pair(data, {"conserved": conserved}, path.name))

@@ -140,6 +140,13 @@ def test_model_footprint_bad_input():
             model_footprint(stack, np.ones((2, 3, 3)), bad)
     with pytest.raises(ValueError, match="weights"):
         model_footprint(stack, np.ones((2, 3, 3)), 0.1, np.ones((2, 3, 4)))
+    for bad in ("0.3", None, True):
+        with pytest.raises(TypeError, match="thresh"):
+            model_footprint(stack, np.ones((2, 3, 3)), bad)
+    ints = FlatStack.from_arrays([np.ones((2, 3, 3))], [(0, 0, 3, 3)])
+    ints.flat = ints.flat.astype(np.int64)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        model_footprint(ints, np.ones((2, 3, 3)), 0.1)
 
 
 def test_bad_input():

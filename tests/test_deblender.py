@@ -475,11 +475,25 @@ def test_conserved_thresh_is_checked_and_the_reference_shares_every_positive_pix
         with pytest.raises(ValueError, match="conserved_thresh"):
             DeblendConfig(conserved_thresh=bad)
     assert DeblendConfig.reference().conserved_thresh == 0.0
+    for bad in ("0.05", True):
+        with pytest.raises(TypeError, match="conserved_thresh"):
+            DeblendConfig(conserved_thresh=bad)
     fitted = Deblender(DeblendConfig(max_iter=5)).deblend(*load_real())
     with pytest.raises(ValueError, match="conserved_thresh"):
         dataclasses.replace(fitted, conserved_thresh=-1.0)
     with pytest.raises(TypeError, match="conserved_thresh"):
         dataclasses.replace(fitted, conserved_thresh="a lot")
+    with pytest.raises(ValueError, match="conserved_thresh"):
+        fitted.conserved_thresh = float("nan")
+    # a new threshold, by copy or in place, never reuses the children of the old one
+    before = fitted.conserved_fluxes.copy()
+    wide = dataclasses.replace(fitted, conserved_thresh=2.0)
+    assert wide.footprint.sum() < fitted.footprint.sum()
+    fresh = Deblender(DeblendConfig(max_iter=5, conserved_thresh=2.0)).deblend(*load_real())
+    np.testing.assert_array_equal(wide.conserved_fluxes, fresh.conserved_fluxes)
+    fitted.conserved_thresh = 2.0
+    np.testing.assert_array_equal(fitted.conserved_fluxes, fresh.conserved_fluxes)
+    assert not np.array_equal(fitted.conserved_fluxes, before)
     obs, peaks = load_real()
     res = Deblender(DeblendConfig.reference(max_iter=20)).deblend(obs, peaks)
     total = np.clip(res.models().astype(np.float64), 0, None).sum(axis=0)

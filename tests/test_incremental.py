@@ -189,3 +189,12 @@ def test_image_peak_rule_drops_residuals_of_truncated_wings():
     assert near_star(loose).any()  # the ring is significant
     assert not near_star(strict).any()
     assert any(np.hypot(*(p - (29, 28))) <= 1 for p in strict)
+
+
+def test_adding_a_source_keeps_the_results_childrens_footprint(hsc):
+    """Without a config the continued fit keeps the threshold the result was made with (a
+    reference() result shares every positive pixel), not the defaults'."""
+    obs, peaks, _ = hsc
+    ref = Deblender(DeblendConfig.reference(max_iter=10)).deblend(obs, peaks)
+    assert ref.add_source(MISSED, max_iter=5).conserved_thresh == 0.0
+    assert ref.add_source(MISSED, config=DeblendConfig(), max_iter=5).conserved_thresh == 0.03

@@ -279,6 +279,12 @@ def model_footprint(
     """
     if not isinstance(templates, FlatStack):
         raise TypeError(f"templates must be a FlatStack, got {type(templates).__name__}")
+    if templates.flat.dtype not in (np.float32, np.float64):
+        raise TypeError(f"templates must be float32 or float64, got {templates.flat.dtype}")
+    if isinstance(thresh, (str, bytes, bool, np.bool_)) or not isinstance(
+        thresh, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"thresh must be a number, got {type(thresh).__name__}")
     if not (np.isfinite(thresh) and thresh >= 0):
         raise ValueError(f"thresh must be a finite number >= 0, got {thresh!r}")
     var = np.asarray(variance)

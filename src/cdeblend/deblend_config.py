@@ -24,6 +24,8 @@ CONSERVED_THRESH = 0.03
 def check_conserved_thresh(value: Any) -> float:
     """``value`` as a children's footprint threshold (``conserved_thresh``): a finite
     number >= 0 (TypeError for what is not a number, ValueError for the rest)."""
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise TypeError(f"conserved_thresh must be a number, got {type(value).__name__}")
     try:
         thresh = float(value)
     except (TypeError, ValueError):
@@ -436,7 +438,6 @@ class DeblendConfig:
             "rescue_init_level",
             "rescue_lost_snr",
             "rescue_lost_fraction",
-            "conserved_thresh",
         ):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
@@ -449,6 +450,7 @@ class DeblendConfig:
             raise ValueError(f"symmetry must be in [0, 1], got {self.symmetry!r}")
         if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
             raise ValueError(f"b1 and b2 must be in [0, 1), got {self.b1!r}, {self.b2!r}")
+        check_conserved_thresh(self.conserved_thresh)
         if not self.rescue_lost_fraction <= 1:
             raise ValueError(
                 f"rescue_lost_fraction must be in [0, 1], got {self.rescue_lost_fraction!r}"

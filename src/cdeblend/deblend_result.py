@@ -66,14 +66,19 @@ class DeblendResult:
     error: str = ""
     _conv: FlatStack | None = field(default=None, repr=False)
     _snapshot: PackedComponents | None = field(default=None, repr=False)
-    _conserved: FlatStack | None = field(default=None, repr=False)
+    _conserved: FlatStack | None = field(default=None, repr=False, init=False)
     added: np.ndarray | None = None
     conserved_thresh: float = DeblendConfig.conserved_thresh
-    _footprint: np.ndarray | None = field(default=None, repr=False)
+    _footprint: np.ndarray | None = field(default=None, repr=False, init=False)
 
-    def __post_init__(self) -> None:
-        # the products trust it: checked here, whoever builds the result
-        self.conserved_thresh = check_conserved_thresh(self.conserved_thresh)
+    def __setattr__(self, name: str, value) -> None:
+        # the products trust the threshold: checked whoever sets it, and the children and
+        # their footprint made with the old one are dropped
+        if name == "conserved_thresh":
+            value = check_conserved_thresh(value)
+            object.__setattr__(self, "_footprint", None)
+            object.__setattr__(self, "_conserved", None)
+        object.__setattr__(self, name, value)
 
     # -- per-source products
     def _packed_now(self) -> PackedComponents:

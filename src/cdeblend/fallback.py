@@ -6,8 +6,9 @@ than lose the parent, :meth:`~cdeblend.Deblender.deblend` then builds this fallb
 PSF-shaped component per peak (the model PSF centred on the peak, cut to the blend), its SED
 fitted by non-negative least squares to the image band by band (the components' convolved
 models as the columns, weighted by the inverse variance), and the image re-apportioned among
-these models as after a fit, so that the children add up to the image wherever a model is
-positive. The result is flagged ``fallback`` and keeps the text of the error.
+these models as after a fit, so that the children add up to the image on the children's
+footprint (``DeblendConfig.conserved_thresh``). The result is flagged ``fallback`` and keeps
+the text of the error.
 
 Nothing here shares code with the fit that failed beyond the model classes: the design
 matrix is dense on the pixels the models touch and solved by ``scipy.optimize.nnls``, which

@@ -103,7 +103,8 @@ def add_sources(result, peaks, seds=None, config=None, max_iter: int | None = No
         The new sources come last (``added`` marks them); ``loss_history`` is the old
         history followed by the continued fit's, ``iterations`` counts both.
     """
-    config = DeblendConfig() if config is None else config
+    if config is None:  # the defaults, with the children's footprint the result was made with
+        config = DeblendConfig(conserved_thresh=result.conserved_thresh)
     if not isinstance(config, DeblendConfig):
         raise TypeError(f"config must be a DeblendConfig, got {type(config).__name__}")
     if max_iter is not None:

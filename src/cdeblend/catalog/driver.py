@@ -91,6 +91,9 @@ def deblend_catalog(
     deblender_factory : callable, optional
         ``factory(kind, config) -> deblender``, called once per parent with ``kind`` in
         ``{"multi", "single"}``; default: ``cdeblend.Deblender`` / ``SingleBandDeblender``.
+        The model file stores ``config.multi_band``'s children's footprint threshold
+        (``conserved_thresh``): a multi-band factory should fit with it, or the stored
+        models re-apportion on another footprint than the catalog's.
     observation_factory : callable, optional
         Builds the multi-band deblender's observation of a parent:
         ``factory(images, variance, psfs, bands=, weights=, model_psf_sigma=)``; default

@@ -42,8 +42,11 @@ def draw_run(
     images, mask = drawable(images, mask)
     order = _plot_order(catalog, args.max_plots)
     if kind == "multi":
+        # the variance: the children's footprint is measured in noise units
         observation = model_data.observation(
-            images, weights=None if mask is None else (~mask2d(mask, images)).astype(images.dtype)
+            images,
+            variance,
+            weights=None if mask is None else (~mask2d(mask, images)).astype(images.dtype),
         )
         total = _field_model(model_data, observation)
         for pid in with_progress(order, "panels", not args.quiet):

@@ -557,13 +557,16 @@ class ModelData:
 
         Each source's model is convolved to every band's PSF, clipped at 0, and the image
         inside the parent footprint (where the weights are positive) is split in proportion on
-        the children's footprint (measured with the observation's variance), exactly as the
-        deblender's own :meth:`~cdeblend.DeblendResult.conserved_images`.
+        the children's footprint (measured with the observation's variance), as the
+        deblender's own :meth:`~cdeblend.DeblendResult.conserved_images`: exactly so for an
+        :class:`~cdeblend.Observation` with the variance the fit saw.
 
         Parameters
         ----------
         observation : Observation or numpy.ndarray
-            The full image, in the frame the models were stored in.
+            The full image, in the frame the models were stored in. A plain array gets unit
+            variance (:meth:`observation`), and with it a footprint of nearly every pixel a
+            model reaches.
         parent_id : int
             Which blend.
 
