@@ -27,6 +27,7 @@ import numpy as np
 
 from . import _initialization_cy
 from .blend import Blend, Component
+from .box import overlap_slices
 
 __all__ = ["convolved_at", "lost_sources", "mirror_min", "rescue_lost_sources"]
 
@@ -130,12 +131,8 @@ def _window_shape(window: tuple) -> tuple:
 def _add_to_window(out: np.ndarray, window: tuple, c: Component) -> None:
     """Add component ``c``'s model (SED x morphology) where its box meets the window."""
     y0, y1, x0, x1 = window
-    by, bx, h, w = c.box
-    ya, yb = max(by, y0), min(by + h, y1)
-    xa, xb = max(bx, x0), min(bx + w, x1)
-    if ya < yb and xa < xb:
-        morph = c.morphology[ya - by : yb - by, xa - bx : xb - bx]
-        out[:, ya - y0 : yb - y0, xa - x0 : xb - x0] += c.sed[:, None, None] * morph[None]
+    in_window, in_box = overlap_slices((y0, x0, y1 - y0, x1 - x0), c.box)
+    out[(slice(None), *in_window)] += c.sed[:, None, None] * c.morphology[in_box][None]
 
 
 def convolved_at(

@@ -116,6 +116,13 @@ def variance_plane(observation) -> np.ndarray:
     return np.where(good, var, 0.0)
 
 
+def _footprint_u8(mask: np.ndarray | None, H: int, W: int) -> np.ndarray:
+    """The kernels' (H, W) uint8 footprint: ``mask != 0``, or every pixel for None."""
+    if mask is None:
+        return np.ones((H, W), dtype=np.uint8)
+    return np.ascontiguousarray(np.asarray(mask) != 0, dtype=np.uint8)
+
+
 def conserved_flux_errors(
     templates: FlatStack, variance: np.ndarray, mask: np.ndarray | None = None
 ) -> np.ndarray:
@@ -142,11 +149,7 @@ def conserved_flux_errors(
     B, H, W = var.shape
     if B != templates.bands:
         raise ValueError(f"variance has {B} bands, templates have {templates.bands}")
-    mask_u8 = (
-        np.ones((H, W), dtype=np.uint8)
-        if mask is None
-        else np.ascontiguousarray(np.asarray(mask) != 0, dtype=np.uint8)
-    )
+    mask_u8 = _footprint_u8(mask, H, W)
     flat = np.ascontiguousarray(templates.flat, dtype=np.float64)
     tsum = np.zeros((B, H, W))
     _apportion_cy.template_sum(flat, templates.offsets, templates.boxes, mask_u8, tsum)
@@ -195,11 +198,7 @@ def deblend_flux_errors(
             f"has_data must be (B, H, W) with B = {templates.bands} bands, got {data.shape}"
         )
     B, H, W = data.shape
-    mask_u8 = (
-        np.ones((H, W), dtype=np.uint8)
-        if mask is None
-        else np.ascontiguousarray(np.asarray(mask) != 0, dtype=np.uint8)
-    )
+    mask_u8 = _footprint_u8(mask, H, W)
     data = np.ascontiguousarray(data != 0, dtype=np.float64)
     flat = np.ascontiguousarray(templates.flat, dtype=np.float64)
     tsum = np.zeros((B, H, W))
@@ -242,11 +241,7 @@ def _noise_and_deblend_errors(
     data = np.asarray(has_data)
     if data.shape != (B, H, W):
         raise ValueError(f"has_data must be (B, H, W) = {(B, H, W)}, got {data.shape}")
-    mask_u8 = (
-        np.ones((H, W), dtype=np.uint8)
-        if mask is None
-        else np.ascontiguousarray(np.asarray(mask) != 0, dtype=np.uint8)
-    )
+    mask_u8 = _footprint_u8(mask, H, W)
     flat = np.ascontiguousarray(templates.flat, dtype=np.float64)
     offsets, boxes = templates.offsets, templates.boxes
     tsum = np.zeros((B, H, W))
