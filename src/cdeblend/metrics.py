@@ -46,7 +46,9 @@ CATALOG_COLUMNS: dict[str, tuple[str, str]] = {
     "flux_conserved_err": (
         "image",
         "Standard deviation of flux_conserved from the variance plane and the child's share "
-        "of each pixel (shares held fixed; noise only); a parent's: of its footprint flux",
+        "of each pixel (shares held fixed; noise only); 0 in a band where the child has no "
+        "share of any pixel (its flux there is 0 by construction: see flux_model_err); a "
+        "parent's: of its footprint flux",
     ),
     "flux_model_err": (
         "image",
@@ -70,7 +72,7 @@ CATALOG_COLUMNS: dict[str, tuple[str, str]] = {
     "deblend_blendedness": (
         "",
         "Bosch et al. 2018 blendedness 1 - sum(m^2) / sum(m M) of the child's model m and "
-        "the sum M of its parent's models (model space, per band)",
+        "the sum M of its parent's models (model space, per band; NaN for zero model flux)",
     ),
     "deblend_fluxOverlap": (
         "image",

@@ -78,10 +78,11 @@ rows). Results are the same whatever the executor, and bit-identical between exe
 (except ``deblend_runtime``, a wall-clock time).
 
 Uncertainties and metrics (units and descriptions in :data:`cdeblend.metrics.CATALOG_COLUMNS`):
-``flux_conserved_err (B,)`` (a child's from the variance and its pixel shares; a parent's:
-of ``flux_footprint``, fitted or not), ``flux_model_err (B,)`` (Fisher error of the SEDs
-with the morphologies held; the single-band template amplitude's; NaN for parents), and per
-child, in model space as the LSST pipeline, ``deblend_blendedness``,
+``flux_conserved_err (B,)`` (a child's from the variance and its pixel shares, 0 in a band
+where it has no share of any pixel; a parent's: of ``flux_footprint``, fitted or not),
+``flux_model_err (B,)`` (Fisher error of the SEDs with the morphologies held; the
+single-band template amplitude's; NaN for parents), and per child, in model space as the
+LSST pipeline, ``deblend_blendedness``,
 ``deblend_fluxOverlap``, ``deblend_fluxOverlapFraction``, ``deblend_maxOverlap``,
 ``deblend_dataCoverage``, ``deblend_zeroFlux`` (all (B,)), ``deblend_edgePixels``;
 ``flux_deblend_err`` (B,) and, single band, ``flux_wing`` (B,) (the light outside the
