@@ -246,7 +246,7 @@ def repair_order(lost: list, snrs: np.ndarray) -> list:
     peak too: the first repair is the one made on the fitted model. The brightest lost
     source has the most light to give back and the clearest peak, so it goes first
     (catalog order left an S/N 34 source in lsst_tune with 3 % of its flux after a fainter
-    one's repair; docs/trust.md).
+    one's repair; README.md, "Lost sources under a neighbour's wing").
     """
     return sorted(lost, key=lambda i: (-float(snrs[i]), i))
 
