@@ -211,12 +211,19 @@ def report(name: str, rows: list, lite_all_entries: bool) -> None:
         )
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def set_parser(description: str, sets: str) -> argparse.ArgumentParser:
+    """The command line the set benches share: ``--data``, ``--sets-dir``, ``--sets`` (default
+    ``sets``) and ``--n``."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="the shared data folder")
     ap.add_argument("--sets-dir", default=str(DEFAULT_SETS), help="folder of the made sets")
+    ap.add_argument("--sets", default=sets)
     ap.add_argument("--n", type=int, default=300, help="blends per set (first n)")
-    ap.add_argument("--sets", default=",".join([*SHARED, *RECIPES]))
+    return ap
+
+
+def main(argv=None) -> None:
+    ap = set_parser(__doc__.splitlines()[0], ",".join([*SHARED, *RECIPES]))
     ap.add_argument("--make", action="store_true", help="make missing sets")
     ap.add_argument(
         "--sim-python", default=sys.executable, help="a Python with GalSim for make_blends.py"

@@ -20,14 +20,13 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from accuracy import BINS, DEFAULT_DATA, DEFAULT_SETS, load, peaks_of
+from accuracy import BINS, load, peaks_of, set_parser
 
 from cdeblend import DeblendConfig, Deblender, Observation
 
@@ -71,11 +70,7 @@ def summary(records: list[dict]) -> tuple[list[float], float]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(DEFAULT_DATA), help="the shared data folder")
-    ap.add_argument("--sets-dir", default=str(DEFAULT_SETS), help="folder of the made sets")
-    ap.add_argument("--sets", default=TUNE)
-    ap.add_argument("--n", type=int, default=300, help="blends per set (first n)")
+    ap = set_parser(__doc__.splitlines()[0], TUNE)
     ap.add_argument("--thresh", default=THRESH, help="thresholds, comma separated")
     ap.add_argument("--workers", type=int, default=2, help="processes")
     args = ap.parse_args(argv)

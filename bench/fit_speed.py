@@ -20,14 +20,13 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from accuracy import load, peaks_of
-from morph_constraints import DEFAULT_DATA, DEFAULT_SETS, TUNE, row
+from accuracy import load, peaks_of, set_parser
+from morph_constraints import TUNE, row
 
 from cdeblend import DeblendConfig, Deblender, Observation
 
@@ -91,11 +90,7 @@ def scene(path: str, labels: list[str]) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(DEFAULT_DATA), help="the shared data folder")
-    ap.add_argument("--sets-dir", default=str(DEFAULT_SETS), help="folder of the made sets")
-    ap.add_argument("--sets", default=TUNE)
-    ap.add_argument("--n", type=int, default=300, help="blends per set (first n)")
+    ap = set_parser(__doc__.splitlines()[0], TUNE)
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"of {', '.join(CONFIGS)}")
     ap.add_argument("--scene", help="a scaling scene (.npz of bench/scaling.py's cache)")
     args = ap.parse_args(argv)

@@ -19,20 +19,16 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import ast
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from accuracy import BINS, load, multi_band
+from accuracy import BINS, load, multi_band, set_parser
 
 from cdeblend import DeblendConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data"
-DEFAULT_SETS = Path(__file__).resolve().parents[2] / "simsets"
 TUNE = "hard_lsst_tune,hard_hsc_tune,lsst_tune,hsc_tune"
 #: the configurations of the README's table (name: DeblendConfig fields)
 CONFIGS = {
@@ -114,11 +110,7 @@ def row(summary: dict) -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(DEFAULT_DATA), help="the shared data folder")
-    ap.add_argument("--sets-dir", default=str(DEFAULT_SETS), help="folder of the made sets")
-    ap.add_argument("--sets", default=TUNE)
-    ap.add_argument("--n", type=int, default=300, help="blends per set (first n)")
+    ap = set_parser(__doc__.splitlines()[0], TUNE)
     ap.add_argument(
         "--configs",
         default="defaults,bold",
