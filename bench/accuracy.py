@@ -14,7 +14,7 @@ made there with ``make_blends.py`` when ``--make`` is given (needs GalSim: ``--s
 The shared sets are read from ``--data`` (default ``../shared/data`` relative to the
 repository root). The harder sets used for issue 10 (seeds 20xx to choose the defaults,
 21xx held out and never looked at while choosing, 22xx a second held-out batch made after
-the last default changed: ``*_check``, multi band)::
+the last default changed: ``*_check``, and 23xx a third: ``*_fresh``; multi band)::
 
     --preset lsst --seeing-scale 1.2  --sep-min 0.7 --sep-max 2.5 --jitter 0.4
         --min-sources 3 --max-sources 10 --size 40 120            (hard_lsst_*)
@@ -87,6 +87,11 @@ RECIPES = {
     "hard_hsc_check": (2202, ["--preset", "hsc", *HSC_HARD]),
     "lsst_check": (2205, ["--preset", "lsst", *NORMAL]),
     "hsc_check": (2206, ["--preset", "hsc", *NORMAL]),
+    # a third held-out batch, made to judge variants of the lost-source repair (stop 17)
+    "hard_lsst_fresh": (2301, ["--preset", "lsst", *HARD]),
+    "hard_hsc_fresh": (2302, ["--preset", "hsc", *HSC_HARD]),
+    "lsst_fresh": (2305, ["--preset", "lsst", *NORMAL]),
+    "hsc_fresh": (2306, ["--preset", "hsc", *NORMAL]),
 }
 SHARED = ("sim_lsst", "sim_hsc", "sim_single")
 # scarlet lite, conserved median |dF/F| at S/N >= 10 (issue 10; same generator, other seeds)
@@ -104,7 +109,7 @@ BINS = ("blend<0.05", "0.05<=blend<0.3", "blend>=0.3")
 
 def lite_key(name: str) -> str:
     """The key of LITE for a set name (``hard_lsst_tune`` -> ``hard_lsst``)."""
-    for suffix in ("_tune", "_heldout", "_check"):
+    for suffix in ("_tune", "_heldout", "_check", "_fresh"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
