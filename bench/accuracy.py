@@ -68,30 +68,29 @@ HARD = [
 NORMAL = ["--min-sources", "2", "--max-sources", "8", "--size", "40", "120", "--jitter", "0.25"]
 SINGLE = ["--single-band", "--single-band-choices", "r,i"]
 HSC_HARD = [("1.15" if v == "1.2" else v) for v in HARD]
-# name: (seed, make_blends.py options); the 21xx seeds are the held-out sets
+#: the conditions: name -> (last digit of the seed, make_blends.py options)
+CONDITIONS = {
+    "hard_lsst": (1, ["--preset", "lsst", *HARD]),
+    "hard_hsc": (2, ["--preset", "hsc", *HSC_HARD]),
+    "hard_single": (3, ["--preset", "lsst", *HARD, *SINGLE]),
+    "single": (4, ["--preset", "lsst", *NORMAL, *SINGLE]),
+    "lsst": (5, ["--preset", "lsst", *NORMAL]),
+    "hsc": (6, ["--preset", "hsc", *NORMAL]),
+}
+#: the batches: suffix -> (seed base, conditions). 20xx chose the defaults, 21xx was held
+#: out; 22xx was made after the defaults were chosen (stop 16) and 23xx to judge the
+#: variants of the lost-source repair (stop 17), multi band only
+BATCHES = {
+    "tune": (2000, tuple(CONDITIONS)),
+    "heldout": (2100, tuple(CONDITIONS)),
+    "check": (2200, ("hard_lsst", "hard_hsc", "lsst", "hsc")),
+    "fresh": (2300, ("hard_lsst", "hard_hsc", "lsst", "hsc")),
+}
+# name: (seed, make_blends.py options), e.g. hard_lsst_tune: (2001, [...])
 RECIPES = {
-    "hard_lsst_tune": (2001, ["--preset", "lsst", *HARD]),
-    "hard_lsst_heldout": (2101, ["--preset", "lsst", *HARD]),
-    "hard_hsc_tune": (2002, ["--preset", "hsc", *HSC_HARD]),
-    "hard_hsc_heldout": (2102, ["--preset", "hsc", *HSC_HARD]),
-    "lsst_tune": (2005, ["--preset", "lsst", *NORMAL]),
-    "lsst_heldout": (2105, ["--preset", "lsst", *NORMAL]),
-    "hsc_tune": (2006, ["--preset", "hsc", *NORMAL]),
-    "hsc_heldout": (2106, ["--preset", "hsc", *NORMAL]),
-    "hard_single_tune": (2003, ["--preset", "lsst", *HARD, *SINGLE]),
-    "hard_single_heldout": (2103, ["--preset", "lsst", *HARD, *SINGLE]),
-    "single_tune": (2004, ["--preset", "lsst", *NORMAL, *SINGLE]),
-    "single_heldout": (2104, ["--preset", "lsst", *NORMAL, *SINGLE]),
-    # a second held-out batch, made after the defaults were chosen (stop 16)
-    "hard_lsst_check": (2201, ["--preset", "lsst", *HARD]),
-    "hard_hsc_check": (2202, ["--preset", "hsc", *HSC_HARD]),
-    "lsst_check": (2205, ["--preset", "lsst", *NORMAL]),
-    "hsc_check": (2206, ["--preset", "hsc", *NORMAL]),
-    # a third held-out batch, made to judge variants of the lost-source repair (stop 17)
-    "hard_lsst_fresh": (2301, ["--preset", "lsst", *HARD]),
-    "hard_hsc_fresh": (2302, ["--preset", "hsc", *HSC_HARD]),
-    "lsst_fresh": (2305, ["--preset", "lsst", *NORMAL]),
-    "hsc_fresh": (2306, ["--preset", "hsc", *NORMAL]),
+    f"{cond}_{suffix}": (base + CONDITIONS[cond][0], CONDITIONS[cond][1])
+    for suffix, (base, conds) in BATCHES.items()
+    for cond in conds
 }
 SHARED = ("sim_lsst", "sim_hsc", "sim_single")
 # scarlet lite, conserved median |dF/F| at S/N >= 10 (issue 10; same generator, other seeds)
@@ -109,9 +108,9 @@ BINS = ("blend<0.05", "0.05<=blend<0.3", "blend>=0.3")
 
 def lite_key(name: str) -> str:
     """The key of LITE for a set name (``hard_lsst_tune`` -> ``hard_lsst``)."""
-    for suffix in ("_tune", "_heldout", "_check", "_fresh"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
+    for suffix in BATCHES:
+        if name.endswith(f"_{suffix}"):
+            return name[: -len(suffix) - 1]
     return name
 
 
