@@ -42,12 +42,10 @@ from scipy.optimize import minimize, nnls
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy  # noqa: E402  (the sibling bench script: loading, the default folders)
 from single_band_paired import paired_main  # noqa: E402
+from truth_start import fit_steps  # noqa: E402  (the deblender's steps from a start)
 
 from cdeblend import DeblendConfig, Deblender, Observation  # noqa: E402
 from cdeblend.deblend_result import DeblendResult  # noqa: E402
-from cdeblend.fit import fit_blend  # noqa: E402
-from cdeblend.initialization import initialize_blend  # noqa: E402
-from cdeblend.lost import rescue_lost_sources  # noqa: E402
 
 #: a source of this peak S/N or more can trigger the second start (the lost test's level)
 TRIGGER_SNR = 20.0
@@ -72,16 +70,22 @@ def _covariances(params: np.ndarray, psf_var: float):
     return ea, b, ec, ea * ea + psf_var, ea * b, b * b + ec * ec + psf_var
 
 
-def gaussians(params: np.ndarray, centres: np.ndarray, grid, psf_var: float) -> np.ndarray:
-    """(M, H*W) unit-flux Gaussians at ``centres`` (M, 2) on the flattened pixel ``grid``."""
-    *_, cyy, cyx, cxx = _covariances(params, psf_var)
+def _profiles(params: np.ndarray, centres: np.ndarray, grid, psf_var: float):
+    """The Gaussians (M, H*W), ``u = C^-1 d`` (two (M, H*W) arrays), each Gaussian's
+    Cholesky entries and covariance, and the covariance determinants."""
+    ea, b, ec, cyy, cyx, cxx = _covariances(params, psf_var)
     det = cyy * cxx - cyx * cyx
     dy = grid[0][None] - centres[:, :1]
     dx = grid[1][None] - centres[:, 1:]
-    q = (cxx[:, None] * dy * dy - 2 * cyx[:, None] * dy * dx + cyy[:, None] * dx * dx) / det[
-        :, None
-    ]
-    return np.exp(-0.5 * q) / (2 * np.pi * np.sqrt(det))[:, None]
+    uy = (cxx[:, None] * dy - cyx[:, None] * dx) / det[:, None]
+    ux = (cyy[:, None] * dx - cyx[:, None] * dy) / det[:, None]
+    G = np.exp(-0.5 * (uy * dy + ux * dx)) / (2 * np.pi * np.sqrt(det))[:, None]
+    return G, uy, ux, (ea, b, ec, cyy, cyx, cxx), det
+
+
+def gaussians(params: np.ndarray, centres: np.ndarray, grid, psf_var: float) -> np.ndarray:
+    """(M, H*W) unit-flux Gaussians at ``centres`` (M, 2) on the flattened pixel ``grid``."""
+    return _profiles(params, centres, grid, psf_var)[0]
 
 
 def objective(params, centres, grid, psf_var, image):
@@ -91,13 +95,7 @@ def objective(params, centres, grid, psf_var, image):
     residual at fixed ``a`` (the envelope theorem): ``dG/dC = G (u u^T - C^-1) / 2`` with
     ``u = C^-1 d``, chained through ``C = L L^T``.
     """
-    ea, b, ec, cyy, cyx, cxx = _covariances(params, psf_var)
-    det = cyy * cxx - cyx * cyx
-    dy = grid[0][None] - centres[:, :1]
-    dx = grid[1][None] - centres[:, 1:]
-    uy = (cxx[:, None] * dy - cyx[:, None] * dx) / det[:, None]
-    ux = (cyy[:, None] * dx - cyx[:, None] * dy) / det[:, None]
-    G = np.exp(-0.5 * (uy * dy + ux * dx)) / (2 * np.pi * np.sqrt(det))[:, None]
+    G, uy, ux, (ea, b, ec, cyy, cyx, cxx), det = _profiles(params, centres, grid, psf_var)
     amp, _ = nnls(G.T, image)
     r = amp @ G - image
     w = G * (amp[:, None] * r[None])
@@ -181,19 +179,17 @@ def _source_fluxes(blend) -> np.ndarray:
 def deblend_from_fluxes(observation, peaks, config: DeblendConfig, fluxes) -> DeblendResult:
     """``Deblender.deblend``'s steps from the default start with each source's SEDs scaled,
     band by band, to ``fluxes`` (B, N) (scale factors clipped to [1e-3, 1e3])."""
-    blend, info = initialize_blend(observation, peaks, config)
-    now = _source_fluxes(blend)
-    for i, src in enumerate(blend.sources):
-        scale = np.where(now[i] > 0, fluxes[:, i] / np.maximum(now[i], 1e-300), 1.0)
-        for c in src.components:
-            c.sed = np.maximum(c.sed * np.clip(scale, 1e-3, 1e3), config.floor)
-    blend.pack()
-    loss, history, it, converged = fit_blend(blend, config, {})
-    if config.rescue_lost and rescue_lost_sources(blend, info["snr"], config):
-        loss = blend.loss()
-    # the bench reads the conserved children only: no timings, no rescue counts
-    fitted = (blend, loss, history, it, converged, info["snr"])
-    return DeblendResult(*fitted, conserved_thresh=config.conserved_thresh)
+
+    def scaled(blend) -> None:
+        now = _source_fluxes(blend)
+        for i, src in enumerate(blend.sources):
+            scale = np.where(now[i] > 0, fluxes[:, i] / np.maximum(now[i], 1e-300), 1.0)
+            for c in src.components:
+                c.sed = np.maximum(c.sed * np.clip(scale, 1e-3, 1e3), config.floor)
+
+    # the last step's state; the bench reads the conserved children only (no timings)
+    *_, (blend, info, *fitted) = fit_steps(observation, peaks, config, scaled)
+    return DeblendResult(blend, *fitted, info["snr"], conserved_thresh=config.conserved_thresh)
 
 
 class PrefitConfig:

@@ -25,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -52,41 +53,49 @@ def truth_loss(data: dict) -> float:
     return 0.5 * float(np.sum((data["images"] - scene) ** 2 / data["variance"]))
 
 
-def fit(obs: Observation, peaks: np.ndarray, config: DeblendConfig, data: dict | None):
-    """The deblender's steps (initialization, fit, lost-source repair) from its own start,
-    or from the truth when ``data`` is given (see the module's docstring): the loss and the
-    kept fractions after the fit and after the repair."""
+def fit_steps(obs: Observation, peaks: np.ndarray, config: DeblendConfig, start=None):
+    """The deblender's steps (initialization, fit, lost-source repair), with ``start(blend)``
+    changing the initial blend when given. Yields ``(blend, info, loss, history,
+    iterations, converged)`` after the fit, and again after a kept repair; the blend is
+    changed in place between the two."""
     blend, info = initialize_blend(obs, peaks, config)
-    if data is not None:
-        _, H, W = obs.shape
-        for i, src in enumerate(blend.sources):
-            morph = np.maximum(data["true_images"][i].sum(axis=0).astype(np.float64), 0.0)
-            at_peak = morph[tuple(src.peak)]
-            morph /= at_peak if at_peak > 0 else morph.max()
-            sed = data["true_images"][i].sum(axis=(1, 2)) / morph.sum()
-            src.components = [Component(sed, morph, (0, 0, H, W), src.peak, config.bg_thresh)]
+    if start is not None:
+        start(blend)
         blend.pack()
     loss, history, it, converged = fit_blend(blend, config, {})
-    out = [(loss, _conserved_fluxes(blend, info, loss, config))]
+    yield blend, info, loss, history, it, converged
     if config.rescue_lost and rescue_lost_sources(blend, info["snr"], config):
-        loss = blend.loss()
-        out.append((loss, _conserved_fluxes(blend, info, loss, config)))
-    return out
+        yield blend, info, blend.loss(), history, it, converged
+
+
+def _truth_start(blend, data: dict, bg_thresh) -> None:
+    """Each detected source as one component: its true image summed over the bands
+    (peak-normalised at its catalog peak, on the whole frame) times its true flux per band."""
+    _, H, W = blend.shape
+    for i, src in enumerate(blend.sources):
+        morph = np.maximum(data["true_images"][i].sum(axis=0).astype(np.float64), 0.0)
+        at_peak = morph[tuple(src.peak)]
+        morph /= at_peak if at_peak > 0 else morph.max()
+        sed = data["true_images"][i].sum(axis=(1, 2)) / morph.sum()
+        src.components = [Component(sed, morph, (0, 0, H, W), src.peak, bg_thresh)]
+
+
+def fit(obs: Observation, peaks: np.ndarray, config: DeblendConfig, data: dict | None):
+    """The loss and the kept fractions after the fit and after the repair, from the
+    deblender's own start, or from the truth when ``data`` is given (module docstring)."""
+    start = None
+    if data is not None:
+        start = functools.partial(_truth_start, data=data, bg_thresh=config.bg_thresh)
+    return [
+        (loss, _conserved_fluxes(blend, info, loss, config))
+        for blend, info, loss, *_ in fit_steps(obs, peaks, config, start)
+    ]
 
 
 def _conserved_fluxes(blend, info: dict, loss: float, config: DeblendConfig) -> np.ndarray:
     """(N,) each source's conserved flux (all bands) for the blend as it is now."""
     result = DeblendResult(
-        blend,
-        loss,
-        np.zeros(0),
-        0,
-        True,
-        info["snr"],
-        {},
-        info["spectrum_init"],
-        0,
-        conserved_thresh=config.conserved_thresh,
+        blend, loss, np.zeros(0), 0, True, info["snr"], conserved_thresh=config.conserved_thresh
     )
     return result.conserved_images().sum(axis=(1, 2, 3))
 
