@@ -274,6 +274,22 @@ class DeblendConfig:
         neighbours' SEDs fitted (NNLS) to the images minus every other component; "fit",
         its SED and the touched neighbours' fitted jointly; "shoulder", the "peak" point
         source while the neighbours keep their SEDs (they only lose the shoulder).
+    shape_prior : bool
+        Before that repair, fit each lost source's neighbourhood with Gaussians centred on
+        the peaks, and when the fit left a lost source with less than ``shape_prior_gate``
+        of its Gaussian flux, fit the blend again from the deblender's start with those
+        sources' SEDs scaled to their Gaussian fluxes (False; :mod:`cdeblend.shape_prior`).
+        It mends the large galaxy that the fit hands to a compact neighbour 3-4 px away,
+        a split the images alone do not rule out, but the Gaussians also inflate faint
+        sources on a bright neighbour's wing, and it fires on a fifth of the harder
+        LSST-like blends: off by default (README.md, "What is still lost").
+    shape_prior_gate : float
+        The fraction of its Gaussian flux below which a lost source counts as starved (0.2).
+    shape_prior_radius : int
+        Half-size in pixels of the window fitted around a lost source (20).
+    shape_prior_gaussians : int
+        Gaussians per source in that fit, sharing its peak as centre (2; one Gaussian
+        balloons faint sources).
 
     Children
     --------
@@ -368,6 +384,10 @@ class DeblendConfig:
     rescue_lost_snr: float = 20.0
     rescue_lost_fraction: float = 0.25
     rescue_lost_sed: str = "peak"
+    shape_prior: bool = False
+    shape_prior_gate: float = 0.2
+    shape_prior_radius: int = 20
+    shape_prior_gaussians: int = 2
     conserved_thresh: float = CONSERVED_THRESH
     fallback: bool = True
     residual_sources: bool = False
@@ -399,6 +419,7 @@ class DeblendConfig:
             symmetry_center="peak",
             rescue_dead_level=None,
             rescue_lost=False,
+            shape_prior=False,
             peak_carry=0.0,
             conserved_thresh=0.0,
         )
@@ -416,6 +437,7 @@ class DeblendConfig:
             "rescue_rounds",
             "max_spectrum_cutoff",
             "monotonicity_size",
+            "shape_prior_radius",
         ):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v < 0:
@@ -451,6 +473,13 @@ class DeblendConfig:
         if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
             raise ValueError(f"b1 and b2 must be in [0, 1), got {self.b1!r}, {self.b2!r}")
         check_conserved_thresh(self.conserved_thresh)
+        if not (np.isfinite(self.shape_prior_gate) and 0 <= self.shape_prior_gate <= 1):
+            raise ValueError(f"shape_prior_gate must be in [0, 1], got {self.shape_prior_gate!r}")
+        if not self.shape_prior_radius >= 1:
+            raise ValueError(f"shape_prior_radius must be >= 1, got {self.shape_prior_radius!r}")
+        g = self.shape_prior_gaussians
+        if isinstance(g, bool) or not isinstance(g, (int, np.integer)) or not 1 <= g <= 4:
+            raise ValueError(f"shape_prior_gaussians must be an integer in [1, 4], got {g!r}")
         if not self.rescue_lost_fraction <= 1:
             raise ValueError(
                 f"rescue_lost_fraction must be in [0, 1], got {self.rescue_lost_fraction!r}"

@@ -22,6 +22,7 @@ from .deblend_result import DeblendResult
 from .fit import fit_blend
 from .initialization import initialize_blend
 from .lost import rescue_lost_sources
+from .shape_prior import scale_seds, starved_start
 
 __all__ = ["DeblendConfig", "DeblendResult", "Deblender"]
 
@@ -73,6 +74,14 @@ class Deblender:
             blend, info = initialize_blend(observation, peaks, self.config)
             t1 = time.perf_counter()
             loss, history, it, converged = fit_blend(blend, self.config, stats)
+            start = {}
+            if self.config.shape_prior:
+                start = starved_start(blend, info["snr"], self.config)
+            if start:  # fit again from the shape prior's start (cdeblend.shape_prior)
+                blend, info = initialize_blend(observation, peaks, self.config)
+                scale_seds(blend, start, self.config.floor)
+                loss, history, more, converged = fit_blend(blend, self.config, stats)
+                it += more
             if self.config.rescue_lost and rescue_lost_sources(blend, info["snr"], self.config):
                 loss = blend.loss()
         except Exception as exc:  # the inputs were valid: keep a model for every peak
