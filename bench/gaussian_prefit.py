@@ -19,8 +19,12 @@ With ``gate`` < 0 every blend starts from the pre-fit fluxes. Otherwise setting 
 default deblender; when a source of peak S/N >= 20 ends with less than
 ``gate`` times its pre-fit flux, it runs again from the default initialization with each
 source's SEDs scaled, band by band, to the pre-fit fluxes (fit and lost-source repair as in
-``Deblender.deblend``), and that result is kept. A prototype for the README's study, not a
-package feature: the pre-fit runs on every blend in numpy (about 0.1-12 s a blend).
+``Deblender.deblend``), and that result is kept. The whole-blend prototype of the README's
+study: the pre-fit runs on every blend (about 0.1-12 s a blend). The package's option,
+``DeblendConfig(shape_prior=True)`` (:mod:`cdeblend.shape_prior`, whose Gaussians, objective
+and SED scaling this script uses), fits only a window around each lost source and only
+when the lost-source test flags one; measure it with ``bench/multi_band_paired.py --b
+'{"shape_prior": true}'``.
 
 Sets as in ``bench/multi_band_paired.py`` (``--sets-dir``, ``--data``).
 
@@ -46,79 +50,19 @@ from truth_start import fit_steps  # noqa: E402  (the deblender's steps from a s
 
 from cdeblend import DeblendConfig, Deblender, Observation  # noqa: E402
 from cdeblend.deblend_result import DeblendResult  # noqa: E402
+from cdeblend.shape_prior import (  # noqa: E402  (the package's Gaussians, used here globally)
+    _curvature_variance,
+    _model_fluxes,
+    _objective,
+    _profiles,
+    psf_variance,
+    scale_seds,
+)
 
 #: a source of this peak S/N or more can trigger the second start (the lost test's level)
 TRIGGER_SNR = 20.0
 #: blends that took the second start, per (gate, per_source)
 FIRED: dict = {}
-
-
-def psf_variance(psf: np.ndarray) -> float:
-    """Per-axis variance of a PSF image (the mean of its two second moments)."""
-    p = np.maximum(np.asarray(psf, dtype=np.float64), 0.0)
-    p = p / p.sum()
-    yy, xx = np.indices(p.shape)
-    cy, cx = (p * yy).sum(), (p * xx).sum()
-    return 0.5 * float((p * (yy - cy) ** 2).sum() + (p * (xx - cx) ** 2).sum())
-
-
-def _covariances(params: np.ndarray, psf_var: float):
-    """(yy, yx, xx) of each Gaussian: its Cholesky factor [[e^p0, 0], [p1, e^p2]] times its
-    transpose, plus the PSF variance on the diagonal."""
-    p = params.reshape(-1, 3)
-    ea, b, ec = np.exp(p[:, 0]), p[:, 1], np.exp(p[:, 2])
-    return ea, b, ec, ea * ea + psf_var, ea * b, b * b + ec * ec + psf_var
-
-
-def _profiles(params: np.ndarray, centres: np.ndarray, grid, psf_var: float):
-    """The Gaussians (M, H*W), ``u = C^-1 d`` (two (M, H*W) arrays), each Gaussian's
-    Cholesky entries and covariance, and the covariance determinants."""
-    ea, b, ec, cyy, cyx, cxx = _covariances(params, psf_var)
-    det = cyy * cxx - cyx * cyx
-    dy = grid[0][None] - centres[:, :1]
-    dx = grid[1][None] - centres[:, 1:]
-    uy = (cxx[:, None] * dy - cyx[:, None] * dx) / det[:, None]
-    ux = (cyy[:, None] * dx - cyx[:, None] * dy) / det[:, None]
-    G = np.exp(-0.5 * (uy * dy + ux * dx)) / (2 * np.pi * np.sqrt(det))[:, None]
-    return G, uy, ux, (ea, b, ec, cyy, cyx, cxx), det
-
-
-def gaussians(params: np.ndarray, centres: np.ndarray, grid, psf_var: float) -> np.ndarray:
-    """(M, H*W) unit-flux Gaussians at ``centres`` (M, 2) on the flattened pixel ``grid``."""
-    return _profiles(params, centres, grid, psf_var)[0]
-
-
-def objective(params, centres, grid, psf_var, image):
-    """``0.5 |G a - image|^2`` at the NNLS amplitudes ``a`` and its gradient in ``params``.
-
-    The amplitudes are optimal for every ``params``, so the gradient is that of the
-    residual at fixed ``a`` (the envelope theorem): ``dG/dC = G (u u^T - C^-1) / 2`` with
-    ``u = C^-1 d``, chained through ``C = L L^T``.
-    """
-    G, uy, ux, (ea, b, ec, cyy, cyx, cxx), det = _profiles(params, centres, grid, psf_var)
-    amp, _ = nnls(G.T, image)
-    r = amp @ G - image
-    w = G * (amp[:, None] * r[None])
-    gyy = 0.5 * (w * (uy * uy - (cxx / det)[:, None])).sum(axis=1)
-    gyx = 0.5 * (w * (uy * ux + (cyx / det)[:, None])).sum(axis=1)
-    gxx = 0.5 * (w * (ux * ux - (cyy / det)[:, None])).sum(axis=1)
-    grad = np.empty((ea.size, 3))
-    grad[:, 0] = 2 * ea * (gyy * ea + gyx * b)
-    grad[:, 1] = 2 * (gyx * ea + gxx * b)
-    grad[:, 2] = 2 * gxx * ec * ec
-    return 0.5 * float(r @ r), grad.ravel()
-
-
-def _curvature_variance(image: np.ndarray, peak, psf_var: float) -> float:
-    """The intrinsic variance a Gaussian would need to have ``image``'s Laplacian at
-    ``peak`` (``-2 I / lap I`` minus the PSF's), clipped to [0.3^2, 15^2] px^2."""
-    H, W = image.shape
-    y, x = int(peak[0]), int(peak[1])
-    steps = ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1))
-    near = [image[v, u] for v, u in steps if 0 <= v < H and 0 <= u < W]
-    lap = 4 * (np.mean(near) - image[y, x]) if near else 0.0
-    total = -2 * image[y, x] / lap if lap < 0 and image[y, x] > 0 else 2.25 + psf_var
-    return min(max(total - psf_var, 0.09), 225.0)
 
 
 def prefit_fluxes(
@@ -147,9 +91,9 @@ def prefit_fluxes(
     for diag in (flat + outer, curv + outer):
         x0 = np.stack([diag, np.zeros_like(diag), diag], axis=1).ravel()
         fit = minimize(
-            objective,
+            _objective,
             x0,
-            args=(centres, grid, coadd_var, coadd),
+            args=(centres, grid, coadd_var, coadd, np.ones_like(coadd)),
             jac=True,
             method="L-BFGS-B",
             bounds=bounds * centres.shape[0],
@@ -160,20 +104,9 @@ def prefit_fluxes(
     fluxes = np.zeros((B, centres.shape[0]))
     for b in range(B):
         sw = np.sqrt(weights[b])
-        G = gaussians(best.x, centres, grid, band_var[b]).T * sw[:, None]
+        G = _profiles(best.x, centres, grid, band_var[b])[0].T * sw[:, None]
         fluxes[b], _ = nnls(G, images[b] * sw)
     return fluxes.reshape(B, n, per_source).sum(axis=2)
-
-
-def _source_fluxes(blend) -> np.ndarray:
-    """(N, B) model flux of each source."""
-    B = blend.shape[0]
-    return np.array(
-        [
-            sum((c.sed * c.morphology.sum() for c in s.components), np.zeros(B))
-            for s in blend.sources
-        ]
-    )
 
 
 def deblend_from_fluxes(observation, peaks, config: DeblendConfig, fluxes) -> DeblendResult:
@@ -181,11 +114,7 @@ def deblend_from_fluxes(observation, peaks, config: DeblendConfig, fluxes) -> De
     band by band, to ``fluxes`` (B, N) (scale factors clipped to [1e-3, 1e3])."""
 
     def scaled(blend) -> None:
-        now = _source_fluxes(blend)
-        for i, src in enumerate(blend.sources):
-            scale = np.where(now[i] > 0, fluxes[:, i] / np.maximum(now[i], 1e-300), 1.0)
-            for c in src.components:
-                c.sed = np.maximum(c.sed * np.clip(scale, 1e-3, 1e3), config.floor)
+        scale_seds(blend, dict(enumerate(fluxes.T)), config.floor)
 
     # the last step's state; the bench reads the conserved children only (no timings)
     *_, (blend, info, *fitted) = fit_steps(observation, peaks, config, scaled)
@@ -215,7 +144,7 @@ def deblend(observation, peaks, setting: PrefitConfig) -> DeblendResult:
     pre = prefit_fluxes(observation, peaks, setting.per_source)
     total = pre.sum(axis=0)
     starved = (np.asarray(result.snr) >= TRIGGER_SNR) & (total > 0)
-    starved &= _source_fluxes(result.blend).sum(axis=1) < setting.gate * total
+    starved &= _model_fluxes(result.blend).sum(axis=1) < setting.gate * total
     if not starved.any():
         return result
     key = (setting.gate, setting.per_source)
