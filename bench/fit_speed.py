@@ -41,6 +41,7 @@ CONFIGS = {
     "carry=inf+e_rel=3e-4": {"peak_carry": float("inf"), "e_rel": 3e-4},
     "carry=0.01+e_rel=3e-4": {"peak_carry": 0.01, "e_rel": 3e-4},
     "carry=0.02+e_rel=3e-4": {"peak_carry": 0.02, "e_rel": 3e-4},
+    "shape_prior": {"shape_prior": True},
 }
 
 
