@@ -168,3 +168,27 @@ def test_missing_pixels_in_the_window_are_no_data(monkeypatch):
     children = result.conserved_images()
     assert np.isfinite(children).all()
     assert np.all(children[:, 1:3, y - 2 : y + 3, :] == 0)
+
+
+def test_the_result_describes_the_second_fit(monkeypatch):
+    """After a second fit the result's iterations stay within ``max_iter`` (they are the
+    second fit's, which made the model), and the model is that fit's."""
+    import cdeblend.deblender as deblender
+
+    fits = []
+    real = deblender.fit_blend
+
+    def counting(blend, config, stats):
+        out = real(blend, config, stats)
+        fits.append(out[2])
+        return out
+
+    monkeypatch.setattr(deblender, "fit_blend", counting)
+    with np.load(DATA / "hard_lsst_check_blend_0036.npz") as d:
+        obs = Observation(d["images"], d["variance"], d["psfs"])
+        peaks = np.stack([d["catalog"]["y"], d["catalog"]["x"]], axis=1).astype(np.int64)
+    config = DeblendConfig(shape_prior=True, max_iter=25, rescue_lost=False)
+    result = Deblender(config).deblend(obs, peaks)
+    assert len(fits) == 2  # the prior fired
+    assert result.iterations == fits[1] <= 25
+    assert result.loss == pytest.approx(result.blend.loss(), rel=1e-6)

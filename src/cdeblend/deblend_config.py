@@ -282,7 +282,8 @@ class DeblendConfig:
         It mends the large galaxy that the fit hands to a compact neighbour 3-4 px away,
         a split the images alone do not rule out, but the Gaussians also inflate faint
         sources on a bright neighbour's wing, and it fires on a fifth of the harder
-        LSST-like blends: off by default (README.md, "What is still lost").
+        LSST-like blends: off by default (README.md, "What is still lost"). After a second
+        fit the result's iterations, loss history and convergence are the second fit's.
     shape_prior_gate : float
         The fraction of its Gaussian flux below which a lost source counts as starved (0.2).
     shape_prior_radius : int

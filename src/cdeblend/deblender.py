@@ -80,8 +80,8 @@ class Deblender:
             if start:  # fit again from the shape prior's start (cdeblend.shape_prior)
                 blend, info = initialize_blend(observation, peaks, self.config)
                 scale_seds(blend, start, self.config.floor)
-                loss, history, more, converged = fit_blend(blend, self.config, stats)
-                it += more
+                # the result describes the fit that made its model: the second one
+                loss, history, it, converged = fit_blend(blend, self.config, stats)
             if self.config.rescue_lost and rescue_lost_sources(blend, info["snr"], self.config):
                 loss = blend.loss()
         except Exception as exc:  # the inputs were valid: keep a model for every peak
