@@ -32,6 +32,9 @@ Usage::
 
     python bench/gaussian_prefit.py --b '{"gate": 0.2}' [--sets hard_lsst_tune] [--n 150]
     python bench/gaussian_prefit.py --blends hard_lsst_heldout/blend_0275 --gate 0.2
+
+The per-blend view prints the default fit, the prototype's second start and the package
+option ``DeblendConfig(shape_prior=True)``.
 """
 
 from __future__ import annotations
@@ -177,6 +180,11 @@ def main(argv=None) -> None:
                 cons = _conserved(data, PrefitConfig(gate, args.per_source))
                 kept = cons.sum(axis=(1, 2, 3)) / truth
                 print(f"  gate {gate:.2f}, kept: {' '.join(f'{v:.2f}' for v in kept)}")
+            option = Deblender(DeblendConfig(shape_prior=True)).deblend(
+                obs, accuracy.peaks_of(data)
+            )
+            kept = option.conserved_images().sum(axis=(1, 2, 3)) / truth
+            print(f"  DeblendConfig(shape_prior=True), kept: {' '.join(f'{v:.2f}' for v in kept)}")
         return
     paired_main(argv, PrefitConfig, _conserved, "hard_lsst_tune,lsst_tune", __doc__.splitlines()[0])
     for (gate, per_source), count in sorted(FIRED.items()):
