@@ -57,6 +57,7 @@ from cdeblend.shape_prior import (  # noqa: E402  (the package's Gaussians, used
     _curvature_variance,
     _model_fluxes,
     _objective,
+    _pixel_grid,
     _profiles,
     psf_variance,
     scale_seds,
@@ -73,7 +74,7 @@ def prefit_fluxes(
 ) -> np.ndarray:
     """(B, N) fluxes of the Gaussian pre-fit (module docstring)."""
     B, H, W = observation.shape
-    grid = [g.ravel().astype(np.float64) for g in np.indices((H, W))]
+    grid = _pixel_grid((H, W))
     images = np.asarray(observation.images, dtype=np.float64).reshape(B, -1)
     weights = np.asarray(observation.weights, dtype=np.float64).reshape(B, -1)
     noise = np.asarray(observation.noise_rms, dtype=np.float64)

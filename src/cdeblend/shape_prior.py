@@ -31,6 +31,7 @@ import numpy as np
 from scipy.optimize import minimize, nnls
 
 from ._validate import as_float_array, as_peaks
+from .box import overlap_slices
 
 __all__ = ["gaussian_fluxes", "gaussian_images", "psf_variance", "scale_seds", "starved_start"]
 
@@ -53,6 +54,11 @@ def psf_variance(psf: np.ndarray) -> float:
     yy, xx = np.indices(p.shape)
     cy, cx = (p * yy).sum(), (p * xx).sum()
     return 0.5 * float((p * (yy - cy) ** 2).sum() + (p * (xx - cx) ** 2).sum())
+
+
+def _pixel_grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The flattened (y, x) pixel-centre coordinates of a ``shape`` image."""
+    return tuple(g.ravel().astype(np.float64) for g in np.indices(shape))
 
 
 def _covariances(params: np.ndarray, psf_var: float) -> tuple:
@@ -93,7 +99,7 @@ def gaussian_images(
     psf_var : float
         Variance added on the diagonal (a Gaussian PSF's).
     """
-    grid = tuple(g.ravel().astype(np.float64) for g in np.indices(shape))
+    grid = _pixel_grid(shape)
     params = np.asarray(params, dtype=np.float64)
     centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
     return _profiles(params, centres, grid, psf_var)[0].reshape((-1, *shape))
@@ -140,10 +146,9 @@ def _coadd(images: np.ndarray, weights: np.ndarray, band_w: np.ndarray) -> tuple
     return mean, total / max(float(total.max()), 1e-300)
 
 
-def _fit_shapes(coadd, pixel_w, centres, psf_var, peaks, per_source, max_iter) -> np.ndarray:
+def _fit_shapes(coadd, pixel_w, grid, centres, psf_var, peaks, per_source, max_iter) -> np.ndarray:
     """The Gaussians' shape parameters fitted to the coadd from two starts (every Gaussian
     1 px and 3^k px; the peak's curvature times 3^k), the lower loss kept."""
-    grid = tuple(g.ravel().astype(np.float64) for g in np.indices(coadd.shape))
     image, sqrt_w = coadd.ravel(), np.sqrt(pixel_w.ravel())
     outer = np.tile(np.log(3.0) * np.arange(per_source), len(peaks))
     flat = np.log(1.0) if per_source > 1 else np.log(1.5)
@@ -227,9 +232,9 @@ def gaussian_fluxes(
     coadd, pixel_w = _coadd(images, weights, band_w)
     psf_var = float((band_w * psf_variances).sum() / band_w.sum())
     centres = np.repeat(peaks.astype(np.float64), per_source, axis=0)
-    shapes = _fit_shapes(coadd, pixel_w, centres, psf_var, peaks, per_source, max_iter)
+    grid = _pixel_grid((H, W))
+    shapes = _fit_shapes(coadd, pixel_w, grid, centres, psf_var, peaks, per_source, max_iter)
     fluxes = np.zeros((B, centres.shape[0]))
-    grid = tuple(g.ravel().astype(np.float64) for g in np.indices((H, W)))
     for b in np.flatnonzero(has_data):
         sw = np.sqrt(weights[b].ravel())
         G = _profiles(shapes, centres, grid, psf_variances[b])[0]
@@ -248,19 +253,15 @@ def _model_fluxes(blend) -> np.ndarray:
 
 
 def _window_data(blend, group: list, window: tuple, total: np.ndarray) -> np.ndarray:
-    """The images in ``window`` minus the convolved models of the sources not in
-    ``group`` (``total``: the whole blend's convolved model)."""
+    """The images in ``window`` (``(y0, y1, x0, x1)``) minus the convolved models of the
+    sources not in ``group`` (``total``: the whole blend's convolved model)."""
     y0, y1, x0, x1 = window
-    obs = blend.observation
-    data = np.asarray(obs.images[:, y0:y1, x0:x1], dtype=np.float64) - total[:, y0:y1, x0:x1]
+    data = np.asarray(blend.observation.images[:, y0:y1, x0:x1], dtype=np.float64)
+    data = data - total[:, y0:y1, x0:x1]
     stack = blend.convolved_sources(group)
     for k in range(len(group)):
-        by, bx, bh, bw = (int(v) for v in stack.boxes[k])
-        ys, ye = max(by, y0), min(by + bh, y1)
-        xs, xe = max(bx, x0), min(bx + bw, x1)
-        if ye > ys and xe > xs:
-            part = stack.get(k)[:, ys - by : ye - by, xs - bx : xe - bx]
-            data[:, ys - y0 : ye - y0, xs - x0 : xe - x0] += part
+        in_window, in_box = overlap_slices((y0, x0, y1 - y0, x1 - x0), tuple(stack.boxes[k]))
+        data[(slice(None), *in_window)] += stack.get(k)[(slice(None), *in_box)]
     return data
 
 
@@ -284,7 +285,7 @@ def starved_start(blend, snrs: np.ndarray, config) -> dict[int, np.ndarray]:
         Source index -> (B,) fluxes, for every source of a starved lost source's window
         (the brightest lost source's window first).
     """
-    from .lost import lost_sources, repair_order
+    from .lost import _window, lost_sources, repair_order
 
     lost, _ = lost_sources(blend, snrs, config.rescue_lost_snr, config.rescue_lost_fraction)
     if not lost:
@@ -300,8 +301,7 @@ def starved_start(blend, snrs: np.ndarray, config) -> dict[int, np.ndarray]:
     for i in repair_order(lost, snrs):
         if i in start:  # a brighter lost source's window held it: already has a start
             continue
-        y, x = peaks[i]
-        window = (max(y - r, 0), min(y + r + 1, H), max(x - r, 0), min(x + r + 1, W))
+        window = _window((H, W), tuple(peaks[i]), (2 * r + 1, 2 * r + 1))
         inside = (peaks[:, 0] >= window[0]) & (peaks[:, 0] < window[1])
         inside &= (peaks[:, 1] >= window[2]) & (peaks[:, 1] < window[3])
         group = [int(j) for j in np.flatnonzero(inside)]
