@@ -31,7 +31,7 @@ import numpy as np
 from scipy.optimize import minimize, nnls
 
 from ._validate import as_float_array, as_peaks
-from .box import overlap_slices
+from .box import grow, intersect, overlap_slices
 
 __all__ = ["gaussian_fluxes", "gaussian_images", "psf_variance", "scale_seds", "starved_start"]
 
@@ -253,14 +253,14 @@ def _model_fluxes(blend) -> np.ndarray:
 
 
 def _window_data(blend, group: list, window: tuple, total: np.ndarray) -> np.ndarray:
-    """The images in ``window`` (``(y0, y1, x0, x1)``) minus the convolved models of the
-    sources not in ``group`` (``total``: the whole blend's convolved model)."""
-    y0, y1, x0, x1 = window
-    data = np.asarray(blend.observation.images[:, y0:y1, x0:x1], dtype=np.float64)
-    data = data - total[:, y0:y1, x0:x1]
+    """The images on the ``window`` box minus the convolved models of the sources not in
+    ``group`` (``total``: the whole blend's convolved model)."""
+    y0, x0, h, w = window
+    frame = (slice(None), slice(y0, y0 + h), slice(x0, x0 + w))
+    data = np.asarray(blend.observation.images[frame], dtype=np.float64) - total[frame]
     stack = blend.convolved_sources(group)
     for k in range(len(group)):
-        in_window, in_box = overlap_slices((y0, x0, y1 - y0, x1 - x0), tuple(stack.boxes[k]))
+        in_window, in_box = overlap_slices(window, tuple(stack.boxes[k]))
         data[(slice(None), *in_window)] += stack.get(k)[(slice(None), *in_box)]
     return data
 
@@ -285,7 +285,7 @@ def starved_start(blend, snrs: np.ndarray, config) -> dict[int, np.ndarray]:
         Source index -> (B,) fluxes, for every source of a starved lost source's window
         (the brightest lost source's window first).
     """
-    from .lost import _window, lost_sources, repair_order
+    from .lost import lost_sources, repair_order
 
     lost, _ = lost_sources(blend, snrs, config.rescue_lost_snr, config.rescue_lost_fraction)
     if not lost:
@@ -301,13 +301,13 @@ def starved_start(blend, snrs: np.ndarray, config) -> dict[int, np.ndarray]:
     for i in repair_order(lost, snrs):
         if i in start:  # a brighter lost source's window held it: already has a start
             continue
-        window = _window((H, W), tuple(peaks[i]), (2 * r + 1, 2 * r + 1))
-        inside = (peaks[:, 0] >= window[0]) & (peaks[:, 0] < window[1])
-        inside &= (peaks[:, 1] >= window[2]) & (peaks[:, 1] < window[3])
+        window = intersect(grow((*peaks[i], 1, 1), r), (0, 0, H, W))
+        y0, x0, h, w = window
+        inside = (peaks[:, 0] >= y0) & (peaks[:, 0] < y0 + h)
+        inside &= (peaks[:, 1] >= x0) & (peaks[:, 1] < x0 + w)
         group = [int(j) for j in np.flatnonzero(inside)]
         data = _window_data(blend, group, window, total)
-        y0, y1, x0, x1 = window
-        weights = np.asarray(obs.weights[:, y0:y1, x0:x1], dtype=np.float64)
+        weights = np.asarray(obs.weights[:, y0 : y0 + h, x0 : x0 + w], dtype=np.float64)
         local = peaks[group] - np.array([y0, x0])
         fluxes = gaussian_fluxes(data, weights, psf_var, local, config.shape_prior_gaussians)
         own = fluxes[:, group.index(i)].sum()
