@@ -79,12 +79,19 @@ CONDITIONS = {
 }
 #: the batches: suffix -> (seed base, conditions). 20xx chose the defaults, 21xx was held
 #: out; 22xx was made after the defaults were chosen (stop 16) and 23xx to judge the
-#: variants of the lost-source repair (stop 17), multi band only
+#: variants of the lost-source repair (stop 17), multi band only; 24xx-29xx to judge the
+#: shape prior's choice of fit after it was fixed on the others (stop 20)
 BATCHES = {
     "tune": (2000, tuple(CONDITIONS)),
     "heldout": (2100, tuple(CONDITIONS)),
     "check": (2200, ("hard_lsst", "hard_hsc", "lsst", "hsc")),
     "fresh": (2300, ("hard_lsst", "hard_hsc", "lsst", "hsc")),
+    "final": (2400, ("hard_lsst", "hard_hsc", "lsst", "hsc")),
+    "final2": (2500, ("hard_lsst",)),
+    "final3": (2600, ("hard_lsst",)),
+    "final4": (2700, ("hard_lsst",)),
+    "final5": (2800, ("hard_lsst",)),
+    "final6": (2900, ("hard_lsst",)),
 }
 # name: (seed, make_blends.py options), e.g. hard_lsst_tune: (2001, [...])
 RECIPES = {

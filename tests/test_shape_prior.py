@@ -3,6 +3,7 @@ the analytic gradient against finite differences, flux recovery on a noiseless G
 scene, input checks, and the twin galaxy it mends (issue 10)."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from cdeblend.shape_prior import (
     _objective,
     gaussian_fluxes,
     gaussian_images,
+    light_moment,
+    prefer_second,
     psf_variance,
 )
 
@@ -117,6 +120,12 @@ def test_bad_inputs_name_the_argument():
         DeblendConfig(shape_prior_gaussians=0)
     with pytest.raises(ValueError, match="shape_prior_radius"):
         DeblendConfig(shape_prior_radius=0)
+    with pytest.raises(ValueError, match="shape_prior_compactness"):
+        DeblendConfig(shape_prior_compactness=float("nan"))
+    with pytest.raises(ValueError, match="shape_prior_revival"):
+        DeblendConfig(shape_prior_revival=0)
+    with pytest.raises(ValueError, match="shape_prior_loss"):
+        DeblendConfig(shape_prior_loss=-1.0)
     assert not DeblendConfig.reference().shape_prior
 
 
@@ -183,12 +192,90 @@ def test_the_result_describes_the_second_fit(monkeypatch):
         fits.append(out[2])
         return out
 
+    chosen = []
+    real_prefer = deblender.prefer_second
+
+    def recording(*args):
+        chosen.append(real_prefer(*args))
+        return chosen[-1]
+
     monkeypatch.setattr(deblender, "fit_blend", counting)
+    monkeypatch.setattr(deblender, "prefer_second", recording)
     with np.load(DATA / "hard_lsst_check_blend_0036.npz") as d:
         obs = Observation(d["images"], d["variance"], d["psfs"])
         peaks = np.stack([d["catalog"]["y"], d["catalog"]["x"]], axis=1).astype(np.int64)
     config = DeblendConfig(shape_prior=True, max_iter=25, rescue_lost=False)
     result = Deblender(config).deblend(obs, peaks)
-    assert len(fits) == 2  # the prior fired
-    assert result.iterations == fits[1] <= 25
+    assert len(fits) == 2 and len(chosen) == 1  # the prior fired
+    assert result.iterations == fits[1 if chosen[0] else 0] <= 25
     assert result.loss == pytest.approx(result.blend.loss(), rel=1e-6)
+
+
+def _stub_blend(components_per_source, shape, loss=0.0):
+    """A stand-in for a Blend: sources with a peak and components (sed, morphology, box),
+    unit weights and a given loss."""
+    sources = [
+        SimpleNamespace(peak=peak, components=[SimpleNamespace(**c) for c in comps])
+        for peak, comps in components_per_source
+    ]
+    observation = SimpleNamespace(weights=np.ones(shape))
+    return SimpleNamespace(sources=sources, shape=shape, observation=observation, loss=lambda: loss)
+
+
+def test_light_moment_matches_a_pixel_loop():
+    """Random components and boxes (some reaching past the peak) against a loop over pixels."""
+    rng = np.random.default_rng(11)
+    per_source = []
+    for _ in range(3):
+        peak = tuple(int(v) for v in rng.integers(5, 25, 2))
+        comps = []
+        for _ in range(int(rng.integers(1, 3))):
+            h, w = (int(v) for v in rng.integers(3, 12, 2))
+            box = (peak[0] - int(rng.integers(0, h)), peak[1] - int(rng.integers(0, w)), h, w)
+            comps.append(dict(sed=rng.random(4), morphology=rng.random((h, w)), box=box))
+        per_source.append((peak, comps))
+    blend = _stub_blend(per_source, (4, 40, 40))
+    expected = 0.0
+    for i in (0, 2):
+        (py, px), comps = per_source[i]
+        for c in comps:
+            y0, x0, h, w = c["box"]
+            for y in range(h):
+                for x in range(w):
+                    r2 = (y0 + y - py) ** 2 + (x0 + x - px) ** 2
+                    expected += c["sed"].sum() * c["morphology"][y, x] * r2
+    assert light_moment(blend, [0, 2]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_prefer_second_by_compactness_or_revival():
+    """Hand-made cases. A source whose light sits 2 px off its peak (moment 4 per unit)
+    against the same light on its peak (moment 0): the second, more compact, is kept. With
+    equal moments the second is kept only when the starved source's flux grew more than
+    ``shape_prior_revival`` times; neither when its loss is too high."""
+
+    def one_pixel(offset, flux_a, flux_b, loss=0.0):
+        box_a = (10 + offset, 10, 1, 1)
+        return _stub_blend(
+            [
+                ((10, 10), [dict(sed=np.array([flux_a]), morphology=np.ones((1, 1)), box=box_a)]),
+                (
+                    (10, 14),
+                    [dict(sed=np.array([flux_b]), morphology=np.ones((1, 1)), box=(10, 14, 1, 1))],
+                ),
+            ],
+            (1, 30, 30),
+            loss,
+        )
+
+    config = DeblendConfig()
+    spread, compact = one_pixel(2, 1.0, 0.5), one_pixel(0, 1.0, 0.5)
+    assert light_moment(spread, [0, 1]) == pytest.approx(4.0)
+    assert prefer_second(spread, compact, [0, 1], [1], config)
+    assert not prefer_second(compact, spread, [0, 1], [1], config)
+    # equal moments: revival decides (source 1: 0.06 -> 0.5 is x8.3, 0.04 -> 0.5 x12.5)
+    assert not prefer_second(one_pixel(0, 1, 0.06), one_pixel(0, 1, 0.5), [0, 1], [1], config)
+    assert prefer_second(one_pixel(0, 1, 0.04), one_pixel(0, 1, 0.5), [0, 1], [1], config)
+    assert not prefer_second(one_pixel(0, 1, 0.04), one_pixel(0, 1, 0.5), [0, 1], [], config)
+    # a second fit whose loss is more than sqrt(N/2) = sqrt(900 / 2) = 21.2 higher is refused
+    assert prefer_second(spread, one_pixel(0, 1.0, 0.5, loss=21.0), [0, 1], [1], config)
+    assert not prefer_second(spread, one_pixel(0, 1.0, 0.5, loss=21.5), [0, 1], [1], config)

@@ -291,6 +291,13 @@ class DeblendConfig:
     shape_prior_gaussians : int
         Gaussians per source in that fit, sharing its peak as centre (2; one Gaussian
         balloons faint sources).
+    shape_prior_loss, shape_prior_compactness, shape_prior_revival : float
+        The second fit is kept when its loss is at most ``shape_prior_loss`` (1) times
+        sqrt(N/2) above the first's (N: the pixel values with data), and either the
+        windows' light, weighted by the squared distance from each source's own peak, is
+        below ``shape_prior_compactness`` times the first fit's (0.97), or a starved
+        source's model flux grew by more than ``shape_prior_revival`` times (10); else the
+        first fit is kept (:func:`cdeblend.shape_prior.prefer_second`).
 
     Children
     --------
@@ -389,6 +396,9 @@ class DeblendConfig:
     shape_prior_gate: float = 0.2
     shape_prior_radius: int = 20
     shape_prior_gaussians: int = 2
+    shape_prior_compactness: float = 0.97
+    shape_prior_revival: float = 10.0
+    shape_prior_loss: float = 1.0
     conserved_thresh: float = CONSERVED_THRESH
     fallback: bool = True
     residual_sources: bool = False
@@ -478,6 +488,10 @@ class DeblendConfig:
             raise ValueError(f"shape_prior_gate must be in [0, 1], got {self.shape_prior_gate!r}")
         if not self.shape_prior_radius >= 1:
             raise ValueError(f"shape_prior_radius must be >= 1, got {self.shape_prior_radius!r}")
+        for name in ("shape_prior_loss", "shape_prior_compactness", "shape_prior_revival"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
         g = self.shape_prior_gaussians
         if isinstance(g, bool) or not isinstance(g, (int, np.integer)) or not 1 <= g <= 4:
             raise ValueError(f"shape_prior_gaussians must be an integer in [1, 4], got {g!r}")

@@ -22,7 +22,7 @@ from .deblend_result import DeblendResult
 from .fit import fit_blend
 from .initialization import initialize_blend
 from .lost import rescue_lost_sources
-from .shape_prior import scale_seds, starved_start
+from .shape_prior import prefer_second, scale_seds, starved_start
 
 __all__ = ["DeblendConfig", "DeblendResult", "Deblender"]
 
@@ -73,15 +73,10 @@ class Deblender:
         try:
             blend, info = initialize_blend(observation, peaks, self.config)
             t1 = time.perf_counter()
-            loss, history, it, converged = fit_blend(blend, self.config, stats)
-            start = {}
+            fit = fit_blend(blend, self.config, stats)
             if self.config.shape_prior:
-                start = starved_start(blend, info["snr"], self.config)
-            if start:  # fit again from the shape prior's start (cdeblend.shape_prior)
-                blend, info = initialize_blend(observation, peaks, self.config)
-                scale_seds(blend, start, self.config.floor)
-                # the result describes the fit that made its model: the second one
-                loss, history, it, converged = fit_blend(blend, self.config, stats)
+                blend, fit = self._shape_prior(observation, peaks, blend, info, fit, stats)
+            loss, history, it, converged = fit
             if self.config.rescue_lost and rescue_lost_sources(blend, info["snr"], self.config):
                 loss = blend.loss()
         except Exception as exc:  # the inputs were valid: keep a model for every peak
@@ -106,6 +101,21 @@ class Deblender:
         if self.config.residual_sources:
             result = self._with_residual_sources(result)
         return result
+
+    def _shape_prior(self, observation, peaks, blend, info, fit, stats) -> tuple:
+        """The blend and fit (loss, history, iterations, converged) to keep: the fit again
+        from the shape prior's start when a lost source is starved and
+        :func:`cdeblend.shape_prior.prefer_second` prefers it, else the first."""
+        start, starved = starved_start(blend, info["snr"], self.config)
+        if not start:
+            return blend, fit
+        second, _ = initialize_blend(observation, peaks, self.config)
+        scale_seds(second, start, self.config.floor)
+        second_fit = fit_blend(second, self.config, stats)
+        if prefer_second(blend, second, list(start), starved, self.config):
+            # the result describes the fit that made its model: the second one
+            return second, second_fit
+        return blend, fit
 
     def _with_residual_sources(self, result: DeblendResult) -> DeblendResult:
         """Add the fit's significant residual peaks as sources and continue
