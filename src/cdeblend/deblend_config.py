@@ -278,12 +278,13 @@ class DeblendConfig:
         Before that repair, fit each lost source's neighbourhood with Gaussians centred on
         the peaks, and when the fit left a lost source with less than ``shape_prior_gate``
         of its Gaussian flux, fit the blend again from the deblender's start with those
-        sources' SEDs scaled to their Gaussian fluxes (False; :mod:`cdeblend.shape_prior`).
-        It mends the large galaxy that the fit hands to a compact neighbour 3-4 px away,
-        a split the images alone do not rule out, but the Gaussians also inflate faint
-        sources on a bright neighbour's wing, and it fires on a fifth of the harder
-        LSST-like blends: off by default (README.md, "What is still lost"). After a second
-        fit the result's iterations, loss history and convergence are the second fit's.
+        sources' SEDs scaled to their Gaussian fluxes, and keep that fit when the rule
+        below prefers it (False; :mod:`cdeblend.shape_prior`). It can mend the large
+        galaxy that the fit hands to a compact neighbour 3-4 px away, a split the images
+        alone do not rule out, but the Gaussians also inflate faint sources on a bright
+        neighbour's wing, and it fires on a fifth of the harder LSST-like blends: off by
+        default (README.md, "What is still lost"). When the second fit is kept the
+        result's iterations, loss history and convergence are the second fit's.
     shape_prior_gate : float
         The fraction of its Gaussian flux below which a lost source counts as starved (0.2).
     shape_prior_radius : int
