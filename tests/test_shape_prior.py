@@ -179,35 +179,33 @@ def test_missing_pixels_in_the_window_are_no_data(monkeypatch):
     assert np.all(children[:, 1:3, y - 2 : y + 3, :] == 0)
 
 
-def test_the_result_describes_the_second_fit(monkeypatch):
-    """After a second fit the result's iterations stay within ``max_iter`` (they are the
-    second fit's, which made the model), and the model is that fit's."""
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_result_describes_the_kept_fit(monkeypatch, keep):
+    """After a second fit the result's iterations stay within ``max_iter`` and are those of
+    the fit the choice kept (forced here both ways), and the model is that fit's."""
     import cdeblend.deblender as deblender
 
-    fits = []
+    fits, blends = [], []
     real = deblender.fit_blend
 
     def counting(blend, config, stats):
         out = real(blend, config, stats)
-        fits.append(out[2])
+        fits.append(out)
+        blends.append(blend)
         return out
 
-    chosen = []
-    real_prefer = deblender.prefer_second
-
-    def recording(*args):
-        chosen.append(real_prefer(*args))
-        return chosen[-1]
-
     monkeypatch.setattr(deblender, "fit_blend", counting)
-    monkeypatch.setattr(deblender, "prefer_second", recording)
+    monkeypatch.setattr(deblender, "prefer_second", lambda *args: keep)
     with np.load(DATA / "hard_lsst_check_blend_0036.npz") as d:
         obs = Observation(d["images"], d["variance"], d["psfs"])
         peaks = np.stack([d["catalog"]["y"], d["catalog"]["x"]], axis=1).astype(np.int64)
     config = DeblendConfig(shape_prior=True, max_iter=25, rescue_lost=False)
     result = Deblender(config).deblend(obs, peaks)
-    assert len(fits) == 2 and len(chosen) == 1  # the prior fired
-    assert result.iterations == fits[1 if chosen[0] else 0] <= 25
+    assert len(fits) == 2  # the prior fired
+    kept = 1 if keep else 0
+    assert result.blend is blends[kept]
+    assert result.iterations == fits[kept][2] <= 25
+    assert result.loss == fits[kept][0]
     assert result.loss == pytest.approx(result.blend.loss(), rel=1e-6)
 
 
