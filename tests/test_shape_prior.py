@@ -120,12 +120,20 @@ def test_bad_inputs_name_the_argument():
         DeblendConfig(shape_prior_gaussians=0)
     with pytest.raises(ValueError, match="shape_prior_radius"):
         DeblendConfig(shape_prior_radius=0)
-    with pytest.raises(ValueError, match="shape_prior_compactness"):
-        DeblendConfig(shape_prior_compactness=float("nan"))
-    with pytest.raises(ValueError, match="shape_prior_revival"):
-        DeblendConfig(shape_prior_revival=0)
-    with pytest.raises(ValueError, match="shape_prior_loss"):
-        DeblendConfig(shape_prior_loss=-1.0)
+    for value in (float("nan"), 0.0, 1.5, float("inf")):
+        with pytest.raises(ValueError, match="shape_prior_compactness"):
+            DeblendConfig(shape_prior_compactness=value)
+    for value in (0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="shape_prior_revival"):
+            DeblendConfig(shape_prior_revival=value)
+    for value in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="shape_prior_loss"):
+            DeblendConfig(shape_prior_loss=value)
+    for name in ("shape_prior_compactness", "shape_prior_revival", "shape_prior_loss"):
+        for value in (True, "1", None, np.array([1.0])):
+            with pytest.raises(TypeError, match=name):
+                DeblendConfig(**{name: value})
+    assert DeblendConfig(shape_prior_loss=0, shape_prior_compactness=1, shape_prior_revival=1)
     assert not DeblendConfig.reference().shape_prior
 
 
@@ -181,20 +189,22 @@ def test_missing_pixels_in_the_window_are_no_data(monkeypatch):
 
 @pytest.mark.parametrize("keep", [True, False])
 def test_the_result_describes_the_kept_fit(monkeypatch, keep):
-    """After a second fit the result's iterations stay within ``max_iter`` and are those of
-    the fit the choice kept (forced here both ways), and the model is that fit's."""
+    """After a second fit the result describes the fit the choice kept (forced here both
+    ways): its blend, loss, loss history, iterations (within ``max_iter``), convergence
+    and rescue count (each fit marked with its own)."""
     import cdeblend.deblender as deblender
 
     fits, blends = [], []
     real = deblender.fit_blend
 
-    def counting(blend, config, stats):
+    def marking(blend, config, stats):
         out = real(blend, config, stats)
+        stats["rescued"] = 100 + len(fits)  # 100: the first fit, 101: the second
         fits.append(out)
         blends.append(blend)
         return out
 
-    monkeypatch.setattr(deblender, "fit_blend", counting)
+    monkeypatch.setattr(deblender, "fit_blend", marking)
     monkeypatch.setattr(deblender, "prefer_second", lambda *args: keep)
     with np.load(DATA / "hard_lsst_check_blend_0036.npz") as d:
         obs = Observation(d["images"], d["variance"], d["psfs"])
@@ -203,10 +213,38 @@ def test_the_result_describes_the_kept_fit(monkeypatch, keep):
     result = Deblender(config).deblend(obs, peaks)
     assert len(fits) == 2  # the prior fired
     kept = 1 if keep else 0
+    loss, history, iterations, converged = fits[kept]
     assert result.blend is blends[kept]
-    assert result.iterations == fits[kept][2] <= 25
-    assert result.loss == fits[kept][0]
+    assert result.loss == loss
+    np.testing.assert_array_equal(result.loss_history, history)
+    assert result.iterations == iterations <= 25
+    assert result.converged == converged
+    assert result.rescued == 100 + kept
     assert result.loss == pytest.approx(result.blend.loss(), rel=1e-6)
+
+
+def test_a_failing_second_fit_keeps_the_first(monkeypatch):
+    """An error in the shape prior's second fit keeps the first fit (with ``fallback``,
+    the default) and is raised without it."""
+    import cdeblend.deblender as deblender
+
+    with np.load(DATA / "hard_lsst_check_blend_0036.npz") as d:
+        obs = Observation(d["images"], d["variance"], d["psfs"])
+        peaks = np.stack([d["catalog"]["y"], d["catalog"]["x"]], axis=1).astype(np.int64)
+    config = DeblendConfig(max_iter=25, rescue_lost=False)
+    plain = Deblender(config).deblend(obs, peaks)
+
+    def broken(*args):
+        raise RuntimeError("second fit failed")
+
+    monkeypatch.setattr(deblender, "scale_seds", broken)
+    config = DeblendConfig(shape_prior=True, max_iter=25, rescue_lost=False)
+    result = Deblender(config).deblend(obs, peaks)
+    assert result.loss == plain.loss
+    np.testing.assert_array_equal(result.conserved_images(), plain.conserved_images())
+    no_fallback = DeblendConfig(shape_prior=True, max_iter=25, rescue_lost=False, fallback=False)
+    with pytest.raises(RuntimeError, match="second fit failed"):
+        Deblender(no_fallback).deblend(obs, peaks)
 
 
 def _stub_blend(components_per_source, shape, loss=0.0):
@@ -274,6 +312,12 @@ def test_prefer_second_by_compactness_or_revival():
     assert not prefer_second(one_pixel(0, 1, 0.06), one_pixel(0, 1, 0.5), [0, 1], [1], config)
     assert prefer_second(one_pixel(0, 1, 0.04), one_pixel(0, 1, 0.5), [0, 1], [1], config)
     assert not prefer_second(one_pixel(0, 1, 0.04), one_pixel(0, 1, 0.5), [0, 1], [], config)
+    # the compactness factor itself: light 2 px off its peak (moment 4 per unit flux) against
+    # 0.96 and 0.98 of that light there (moments 3.84 and 3.92): kept, not kept (0.97)
+    assert prefer_second(spread, one_pixel(2, 0.96, 0.5), [0, 1], [], config)
+    assert not prefer_second(spread, one_pixel(2, 0.98, 0.5), [0, 1], [], config)
+    # a NaN loss never lets the second fit in
+    assert not prefer_second(spread, one_pixel(0, 1.0, 0.5, loss=np.nan), [0, 1], [1], config)
     # a second fit whose loss is more than sqrt(N/2) = sqrt(900 / 2) = 21.2 higher is refused
     assert prefer_second(spread, one_pixel(0, 1.0, 0.5, loss=21.0), [0, 1], [1], config)
     assert not prefer_second(spread, one_pixel(0, 1.0, 0.5, loss=21.5), [0, 1], [1], config)

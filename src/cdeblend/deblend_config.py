@@ -35,6 +35,17 @@ def check_conserved_thresh(value: Any) -> float:
     return thresh
 
 
+def _real_number(name: str, value: Any) -> float:
+    """``value`` as a float, or a TypeError naming ``name`` (str, bytes, bool, None, arrays
+    and other non-numbers)."""
+    if isinstance(value, (str, bytes, bool, np.bool_)) or value is None or np.ndim(value) != 0:
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
+
+
 #: Names of the fit's optimizers (``DeblendConfig.optimizer``).
 OPTIMIZERS = ("amsgrad", "adam")
 
@@ -292,13 +303,13 @@ class DeblendConfig:
     shape_prior_gaussians : int
         Gaussians per source in that fit, sharing its peak as centre (2; one Gaussian
         balloons faint sources).
-    shape_prior_loss, shape_prior_compactness, shape_prior_revival : float
-        The second fit is kept when its loss is at most ``shape_prior_loss`` (1) times
-        sqrt(N/2) above the first's (N: the pixel values with data), and either the
+    shape_prior_compactness, shape_prior_revival, shape_prior_loss : float
+        The second fit is kept when its loss is at most ``shape_prior_loss`` (1, >= 0)
+        times sqrt(N/2) above the first's (N: the pixel values with data), and either the
         windows' light, weighted by the squared distance from each source's own peak, is
-        below ``shape_prior_compactness`` times the first fit's (0.97), or a starved
-        source's model flux grew by more than ``shape_prior_revival`` times (10); else the
-        first fit is kept (:func:`cdeblend.shape_prior.prefer_second`).
+        below ``shape_prior_compactness`` (0.97, in (0, 1]) times the first fit's, or a
+        starved source's model flux grew by more than ``shape_prior_revival`` (10, >= 1)
+        times; else the first fit is kept (:func:`cdeblend.shape_prior.prefer_second`).
 
     Children
     --------
@@ -489,10 +500,7 @@ class DeblendConfig:
             raise ValueError(f"shape_prior_gate must be in [0, 1], got {self.shape_prior_gate!r}")
         if not self.shape_prior_radius >= 1:
             raise ValueError(f"shape_prior_radius must be >= 1, got {self.shape_prior_radius!r}")
-        for name in ("shape_prior_loss", "shape_prior_compactness", "shape_prior_revival"):
-            v = getattr(self, name)
-            if not (np.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        self._check_shape_prior_choice()
         g = self.shape_prior_gaussians
         if isinstance(g, bool) or not isinstance(g, (int, np.integer)) or not 1 <= g <= 4:
             raise ValueError(f"shape_prior_gaussians must be an integer in [1, 4], got {g!r}")
@@ -514,6 +522,20 @@ class DeblendConfig:
             raise ValueError(
                 f"monotonicity_size must be odd and >= 3, got {self.monotonicity_size}"
             )
+
+    def _check_shape_prior_choice(self) -> None:
+        """The bounds of the shape prior's choice of fit: a loss margin >= 0, a compactness
+        factor in (0, 1] (above 1 a less compact fit would count as more compact) and a
+        revival factor >= 1 (below 1 a shrinking source would count as revived)."""
+        loss = _real_number("shape_prior_loss", self.shape_prior_loss)
+        if not (np.isfinite(loss) and loss >= 0):
+            raise ValueError(f"shape_prior_loss must be a finite number >= 0, got {loss!r}")
+        compact = _real_number("shape_prior_compactness", self.shape_prior_compactness)
+        if not 0 < compact <= 1:
+            raise ValueError(f"shape_prior_compactness must be in (0, 1], got {compact!r}")
+        revival = _real_number("shape_prior_revival", self.shape_prior_revival)
+        if not (np.isfinite(revival) and revival >= 1):
+            raise ValueError(f"shape_prior_revival must be a finite number >= 1, got {revival!r}")
 
     def _check_choices(self) -> None:
         """Validate the settings that name one of a few choices."""

@@ -16,6 +16,7 @@ fit in :mod:`cdeblend.fit`, the result and its products in :mod:`cdeblend.deblen
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from .deblend_config import DeblendConfig
 from .deblend_result import DeblendResult
@@ -23,6 +24,11 @@ from .fit import fit_blend
 from .initialization import initialize_blend
 from .lost import rescue_lost_sources
 from .shape_prior import prefer_second, scale_seds, starved_start
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .blend import Blend
 
 __all__ = ["DeblendConfig", "DeblendResult", "Deblender"]
 
@@ -102,20 +108,34 @@ class Deblender:
             result = self._with_residual_sources(result)
         return result
 
-    def _shape_prior(self, observation, peaks, blend, info, fit, stats) -> tuple:
+    def _shape_prior(
+        self, observation, peaks: np.ndarray, blend: Blend, info: dict, fit: tuple, stats: dict
+    ) -> tuple[Blend, tuple]:
         """The blend and fit (loss, history, iterations, converged) to keep: the fit again
         from the shape prior's start when a lost source is starved and
-        :func:`cdeblend.shape_prior.prefer_second` prefers it, else the first."""
-        start, starved = starved_start(blend, info["snr"], self.config)
-        if not start:
+        :func:`cdeblend.shape_prior.prefer_second` prefers it, else the first.
+
+        ``stats`` receives the kept fit's. With ``fallback`` (the default) an error in the
+        second fit or the choice keeps the first fit: the option must not cost a valid one.
+        """
+        try:
+            start, starved = starved_start(blend, info["snr"], self.config)
+            if not start:
+                return blend, fit
+            second, _ = initialize_blend(observation, peaks, self.config)
+            scale_seds(second, start, self.config.floor)
+            second_stats: dict = {}
+            second_fit = fit_blend(second, self.config, second_stats)
+            keep = prefer_second(blend, second, list(start), starved, self.config)
+        except Exception:
+            if not self.config.fallback:
+                raise
             return blend, fit
-        second, _ = initialize_blend(observation, peaks, self.config)
-        scale_seds(second, start, self.config.floor)
-        second_fit = fit_blend(second, self.config, stats)
-        if prefer_second(blend, second, list(start), starved, self.config):
-            # the result describes the fit that made its model: the second one
-            return second, second_fit
-        return blend, fit
+        if not keep:
+            return blend, fit
+        # the result describes the fit that made its model: the second one
+        stats.update(second_stats)
+        return second, second_fit
 
     def _with_residual_sources(self, result: DeblendResult) -> DeblendResult:
         """Add the fit's significant residual peaks as sources and continue

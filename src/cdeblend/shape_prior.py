@@ -178,9 +178,10 @@ def _fit_shapes(coadd, pixel_w, grid, centres, psf_var, peaks, per_source, max_i
             jac=True,
             method="L-BFGS-B",
             bounds=bounds,
-            # a relative tolerance of 1e-6 on the loss, not scipy's 2e-9: the fluxes only
-            # set a start, and on 100 harder LSST-like blends it starved the same sources
-            # at half the cost (README.md, "What is still lost")
+            # a relative tolerance of 1e-6 on the loss, not scipy's 2e-9: on 100 harder
+            # LSST-like blends it starved the same sources at half the cost; the fluxes
+            # differ by 0.15 % (median), enough to move a close choice of fit (README.md,
+            # "What is still lost": blend 275)
             options={"maxiter": max_iter, "ftol": 1e-6},
         )
         if best is None or fit.fun < best.fun:
@@ -349,9 +350,25 @@ def scale_seds(blend, fluxes: dict[int, np.ndarray], floor: float) -> None:
     blend.pack()
 
 
-def light_moment(blend, sources) -> float:
-    """``sum_i sum_p m_i(p) |p - peak_i|^2`` over ``sources``: each source's model light (all
-    bands, model frame) weighted by its squared distance, in px^2, from its own peak."""
+def light_moment(blend, sources: list[int]) -> float:
+    """The light of ``sources`` weighted by the squared distance from each one's own peak.
+
+    ``sum_i sum_p m_i(p) |p - peak_i|^2``, with ``m_i`` source ``i``'s model (all bands
+    summed, model frame). It is not divided by the flux: a fit that moves light out of the
+    sources also lowers it.
+
+    Parameters
+    ----------
+    blend : Blend
+        A fitted blend.
+    sources : list of int
+        The sources summed over.
+
+    Returns
+    -------
+    float
+        The moment, in flux units x px^2.
+    """
     total = 0.0
     for i in sources:
         py, px = blend.sources[i].peak
@@ -369,12 +386,13 @@ def prefer_second(first, second, window: list[int], starved: list[int], config) 
     """Whether the second fit (from the shape prior's start) replaces the first.
 
     The two fits of a twin explain the images about equally well (module docstring), so a
-    prior chooses, among fits that do: the second is kept when its loss is at most
-    ``shape_prior_loss`` sqrt(N/2) above the first's (N the pixel values with data; sqrt(N/2)
-    is the loss's spread over noise draws) and it is either the more compact explanation of
-    the windows, its :func:`light_moment` over their sources below
-    ``shape_prior_compactness`` times the first's, or it revived a starved source, whose
-    model flux grew by more than ``shape_prior_revival`` times.
+    prior chooses among fits the data do not tell apart: the second is kept when its loss
+    is at most ``shape_prior_loss`` sqrt(N/2) above the first's (N the pixel values with
+    data; sqrt(N/2), the loss's spread over noise draws, is used as the scale of a
+    difference in the loss too small to decide on, a heuristic, not a test) and it is
+    either the more compact explanation of the windows, its :func:`light_moment` over their
+    sources below ``shape_prior_compactness`` times the first's, or it revived a starved
+    source, whose model flux grew by more than ``shape_prior_revival`` times.
 
     Parameters
     ----------
@@ -386,9 +404,15 @@ def prefer_second(first, second, window: list[int], starved: list[int], config) 
         The starved sources.
     config : DeblendConfig
         ``shape_prior_loss``, ``shape_prior_compactness`` and ``shape_prior_revival``.
+
+    Returns
+    -------
+    bool
+        True to keep the second fit; False (the first) also when a loss is not finite.
     """
     n = int(np.count_nonzero(np.asarray(first.observation.weights) > 0))
-    if second.loss() - first.loss() > config.shape_prior_loss * np.sqrt(n / 2):
+    # written so that a NaN loss refuses the second fit
+    if not second.loss() - first.loss() <= config.shape_prior_loss * np.sqrt(n / 2):
         return False
     m1, m2 = light_moment(first, window), light_moment(second, window)
     if m2 < config.shape_prior_compactness * m1:
