@@ -247,15 +247,15 @@ def test_a_failing_second_fit_keeps_the_first(monkeypatch):
         Deblender(no_fallback).deblend(obs, peaks)
 
 
-def _stub_blend(components_per_source, shape, loss=0.0):
+def _stub_blend(components_per_source, shape):
     """A stand-in for a Blend: sources with a peak and components (sed, morphology, box),
-    unit weights and a given loss."""
+    and unit weights."""
     sources = [
         SimpleNamespace(peak=peak, components=[SimpleNamespace(**c) for c in comps])
         for peak, comps in components_per_source
     ]
     observation = SimpleNamespace(weights=np.ones(shape))
-    return SimpleNamespace(sources=sources, shape=shape, observation=observation, loss=lambda: loss)
+    return SimpleNamespace(sources=sources, shape=shape, observation=observation)
 
 
 def test_light_moment_matches_a_pixel_loop():
@@ -289,7 +289,7 @@ def test_prefer_second_by_compactness_or_revival():
     equal moments the second is kept only when the starved source's flux grew more than
     ``shape_prior_revival`` times; neither when its loss is too high."""
 
-    def one_pixel(offset, flux_a, flux_b, loss=0.0):
+    def one_pixel(offset, flux_a, flux_b):
         box_a = (10 + offset, 10, 1, 1)
         return _stub_blend(
             [
@@ -300,24 +300,27 @@ def test_prefer_second_by_compactness_or_revival():
                 ),
             ],
             (1, 30, 30),
-            loss,
         )
 
     config = DeblendConfig()
+
+    def keep(first, second, starved, second_loss=0.0):
+        return prefer_second(first, second, (0.0, second_loss), [0, 1], starved, config)
+
     spread, compact = one_pixel(2, 1.0, 0.5), one_pixel(0, 1.0, 0.5)
     assert light_moment(spread, [0, 1]) == pytest.approx(4.0)
-    assert prefer_second(spread, compact, [0, 1], [1], config)
-    assert not prefer_second(compact, spread, [0, 1], [1], config)
+    assert keep(spread, compact, [1])
+    assert not keep(compact, spread, [1])
     # equal moments: revival decides (source 1: 0.06 -> 0.5 is x8.3, 0.04 -> 0.5 x12.5)
-    assert not prefer_second(one_pixel(0, 1, 0.06), one_pixel(0, 1, 0.5), [0, 1], [1], config)
-    assert prefer_second(one_pixel(0, 1, 0.04), one_pixel(0, 1, 0.5), [0, 1], [1], config)
-    assert not prefer_second(one_pixel(0, 1, 0.04), one_pixel(0, 1, 0.5), [0, 1], [], config)
+    assert not keep(one_pixel(0, 1, 0.06), one_pixel(0, 1, 0.5), [1])
+    assert keep(one_pixel(0, 1, 0.04), one_pixel(0, 1, 0.5), [1])
+    assert not keep(one_pixel(0, 1, 0.04), one_pixel(0, 1, 0.5), [])
     # the compactness factor itself: light 2 px off its peak (moment 4 per unit flux) against
     # 0.96 and 0.98 of that light there (moments 3.84 and 3.92): kept, not kept (0.97)
-    assert prefer_second(spread, one_pixel(2, 0.96, 0.5), [0, 1], [], config)
-    assert not prefer_second(spread, one_pixel(2, 0.98, 0.5), [0, 1], [], config)
+    assert keep(spread, one_pixel(2, 0.96, 0.5), [])
+    assert not keep(spread, one_pixel(2, 0.98, 0.5), [])
     # a NaN loss never lets the second fit in
-    assert not prefer_second(spread, one_pixel(0, 1.0, 0.5, loss=np.nan), [0, 1], [1], config)
+    assert not keep(spread, compact, [1], np.nan)
     # a second fit whose loss is more than sqrt(N/2) = sqrt(900 / 2) = 21.2 higher is refused
-    assert prefer_second(spread, one_pixel(0, 1.0, 0.5, loss=21.0), [0, 1], [1], config)
-    assert not prefer_second(spread, one_pixel(0, 1.0, 0.5, loss=21.5), [0, 1], [1], config)
+    assert keep(spread, compact, [1], 21.0)
+    assert not keep(spread, compact, [1], 21.5)

@@ -21,29 +21,24 @@ __all__ = ["CONSERVED_THRESH", "OPTIMIZERS", "DeblendConfig", "check_conserved_t
 CONSERVED_THRESH = 0.03
 
 
-def check_conserved_thresh(value: Any) -> float:
-    """``value`` as a children's footprint threshold (``conserved_thresh``): a finite
-    number >= 0 (TypeError for what is not a number, ValueError for the rest)."""
-    if isinstance(value, (str, bytes, bool, np.bool_)):
-        raise TypeError(f"conserved_thresh must be a number, got {type(value).__name__}")
-    try:
-        thresh = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"conserved_thresh must be a number, got {type(value).__name__}") from None
-    if not (np.isfinite(thresh) and thresh >= 0):
-        raise ValueError(f"conserved_thresh must be a finite number >= 0, got {value!r}")
-    return thresh
-
-
 def _real_number(name: str, value: Any) -> float:
     """``value`` as a float, or a TypeError naming ``name`` (str, bytes, bool, None, arrays
     and other non-numbers)."""
     if isinstance(value, (str, bytes, bool, np.bool_)) or value is None or np.ndim(value) != 0:
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}") from None
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
+
+
+def check_conserved_thresh(value: Any) -> float:
+    """``value`` as a children's footprint threshold (``conserved_thresh``): a finite
+    number >= 0 (TypeError for what is not a number, ValueError for the rest)."""
+    thresh = _real_number("conserved_thresh", value)
+    if not (np.isfinite(thresh) and thresh >= 0):
+        raise ValueError(f"conserved_thresh must be a finite number >= 0, got {value!r}")
+    return thresh
 
 
 #: Names of the fit's optimizers (``DeblendConfig.optimizer``).

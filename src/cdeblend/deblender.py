@@ -126,7 +126,8 @@ class Deblender:
             scale_seds(second, start, self.config.floor)
             second_stats: dict = {}
             second_fit = fit_blend(second, self.config, second_stats)
-            keep = prefer_second(blend, second, list(start), starved, self.config)
+            losses = (fit[0], second_fit[0])
+            keep = prefer_second(blend, second, losses, list(start), starved, self.config)
         except Exception:
             if not self.config.fallback:
                 raise

@@ -382,7 +382,9 @@ def light_moment(blend, sources: list[int]) -> float:
     return total
 
 
-def prefer_second(first, second, window: list[int], starved: list[int], config) -> bool:
+def prefer_second(
+    first, second, losses: tuple[float, float], window: list[int], starved: list[int], config
+) -> bool:
     """Whether the second fit (from the shape prior's start) replaces the first.
 
     The two fits of a twin explain the images about equally well (module docstring), so a
@@ -398,6 +400,8 @@ def prefer_second(first, second, window: list[int], starved: list[int], config) 
     ----------
     first, second : Blend
         The fitted blends, same sources.
+    losses : tuple of float
+        Their losses, as their fits returned them.
     window : list of int
         The sources of the starved sources' windows (the keys of :func:`starved_start`).
     starved : list of int
@@ -412,7 +416,7 @@ def prefer_second(first, second, window: list[int], starved: list[int], config) 
     """
     n = int(np.count_nonzero(np.asarray(first.observation.weights) > 0))
     # written so that a NaN loss refuses the second fit
-    if not second.loss() - first.loss() <= config.shape_prior_loss * np.sqrt(n / 2):
+    if not losses[1] - losses[0] <= config.shape_prior_loss * np.sqrt(n / 2):
         return False
     m1, m2 = light_moment(first, window), light_moment(second, window)
     if m2 < config.shape_prior_compactness * m1:
