@@ -4,24 +4,29 @@ Issue 10 quotes scarlet lite's figures on blends made with other seeds; across t
 LSST-like batches the median moves by about +-0.007 with the seed alone, so a quoted figure
 places a deblender only roughly. This bench runs the reference implementation,
 ``lsst.scarlet.lite``, on every blend that cdeblend's defaults deblend, and prints the
-paired table of ``bench/multi_band_paired.py`` (A = cdeblend ``DeblendConfig()``,
-B = scarlet lite): median |dF/F| of the conserved children at S/N >= 10, overall and per
-blendedness bin, B - A with a bootstrap interval over whole blends, and the sources of truth
-S/N >= 20 that keep < 5 / 20 / 35 % of their flux.
+paired table of ``bench/single_band_paired.py`` (the one ``bench/multi_band_paired.py``
+prints; A = cdeblend ``DeblendConfig()``, B = scarlet lite): median |dF/F| of the conserved
+children at S/N >= 10, overall and per blendedness bin, B - A with a bootstrap interval over
+whole blends, and the sources of truth S/N >= 20 that keep < 5 / 20 / 35 % of their flux.
+Both get the same integer peaks (``bench/accuracy.py``'s) and the whole blend stamp as the
+parent footprint (the pipeline would also zero the weights outside the detection footprint).
 
 scarlet lite is not on PyPI: install it from its repository (``lsst/scarlet_lite``, its C++
 operators need pybind11) so that ``import lsst.scarlet.lite`` works. It runs with the LSST
-pipeline's deblender settings (``ScarletDeblendTask``'s defaults, see ``lite_children``):
+pipeline's deblender settings (``ScarletDeblendTask``'s defaults, ``PIPELINE`` below):
 a Gaussian model PSF of sigma 0.8 px, the factorized chi^2 initialization with minimum
 S/N 50, background threshold 1 and a 101 x 101 monotonicity operator, the SEDs fitted once
 before the fit, proximal ADAM with steps scaled by a tenth of the noise, at most 300
 iterations, relative error 1e-3, at least 5 iterations, boxes resized every 3, then the
-flux re-apportioned over each source's footprint. A blend where it raises gets no children
-(all zero), as in the pipeline, and is counted.
+flux re-apportioned over each source's footprint. A blend where it raises (or moves a
+source off its peak, which the pipeline also treats as a failure) gets no children (all
+zero), as in the pipeline, and is counted as failed.
 
 scarlet lite takes seconds per blend where cdeblend takes tens of milliseconds, so its
-per-entry figures are kept in ``--cache`` (one ``.npz`` per set and count of blends) and
-read back on the next run.
+per-entry figures are kept in ``--cache`` (default: ``lite_cache`` in ``--sets-dir``), one
+``.npz`` per set, with a digest of the blend files it read and of the settings and
+scarlet lite version it ran with; a cache that does not match them is run again. CPU
+seconds are those of the deblending calls only (not loading or metrics).
 
 Usage::
 
@@ -31,6 +36,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from functools import partial
@@ -58,38 +64,43 @@ PIPELINE = dict(
 )
 
 
-def lite_children(data: dict, scl, monotonicity) -> tuple[np.ndarray, dict]:
-    """(N, B, H, W) conserved children of one blend by scarlet lite (``scl``), in catalog
-    order, and its iterations, loss and whether it raised (then every child is zero)."""
+def lite_run(scl):
+    """The one call of scarlet lite (module ``scl``): ``run(data) -> (children, stats)``,
+    the (N, B, H, W) conserved children in catalog order, its iterations and whether it
+    failed (then every child is zero)."""
+    # the pipeline builds one monotonicity operator and reuses it for every blend
+    monotonicity = scl.operators.Monotonicity((PIPELINE["monotonicity_size"],) * 2)
+    return partial(_lite_children, scl=scl, monotonicity=monotonicity)
+
+
+def _lite_children(data: dict, scl, monotonicity) -> tuple[np.ndarray, dict]:
     n = len(data["catalog"])
     n_bands, height, width = data["images"].shape
     out = np.zeros((n, n_bands, height, width), np.float32)
-    stats = {"iterations": 0, "loss": np.nan, "failed": False}
     try:
         blend = _lite_fit(data, scl, monotonicity)
+        blend.conserve_flux()
+        frame = scl.Box((height, width))
+        for k, source in enumerate(blend.sources):
+            if source.is_null:
+                continue
+            full = scl.Image.from_box(frame, bands=blend.observation.bands, dtype=np.float32)
+            source.flux_weighted_image.insert_into(full)
+            out[k] = full.data
     except Exception as exc:  # the pipeline flags the parent and keeps no children
-        stats.update(failed=True, error=repr(exc))
-        return out, stats
-    stats.update(iterations=int(blend.it), loss=float(-blend.loss[-1]))
-    blend.conserve_flux()
-    frame = scl.Box((height, width))
-    for k, source in enumerate(blend.sources):
-        if source.is_null:
-            continue
-        full = scl.Image.from_box(frame, bands=blend.observation.bands, dtype=np.float32)
-        source.flux_weighted_image.insert_into(full)
-        out[k] = full.data
-    return out, stats
+        out[:] = 0
+        return out, {"iterations": 0, "failed": True, "error": repr(exc)}
+    return out, {"iterations": int(blend.it), "failed": False}
 
 
 def _lite_fit(data: dict, scl, monotonicity):
     """scarlet lite's blend after the pipeline's initialization and fit."""
     images = np.array(data["images"], np.float32)
     variance = np.array(data["variance"], np.float32)
-    # no data: zero weight (and a zero image there, which then does not count)
+    # no data: zero weight, as the pipeline does; a non-finite image value is also zeroed
     good = np.isfinite(variance) & (variance > 0) & np.isfinite(images)
     weights = np.where(good, 1 / np.where(good, variance, 1), 0).astype(np.float32)
-    images[~good] = 0
+    images[~np.isfinite(images)] = 0
     model_psf = scl.utils.integrated_circular_gaussian(sigma=PIPELINE["model_psf_sigma"])
     observation = scl.Observation(
         images=images,
@@ -124,54 +135,105 @@ def _lite_fit(data: dict, scl, monotonicity):
         min_iter=PIPELINE["min_iter"],
         resize=PIPELINE["resize"],
     )
+    for source, peak in zip(sources, peaks, strict=True):
+        if source.components and tuple(source.center) != tuple(peak):
+            raise ValueError(f"source moved off its peak {tuple(peak)}: {source.center}")
     return blend
 
 
-def records(folder: Path, n: int, run, metrics) -> dict:
+def blend_files(folder: Path, n: int) -> list[Path]:
+    """The first ``n`` blends of a set, in the order every bench reads them."""
+    return sorted(folder.glob("*.npz"))[:n]
+
+
+def records(files: list[Path], run, metrics) -> dict:
     """Per entry (|dF/F|, blendedness, S/N) and its blend number, the kept fractions of the
-    sources of truth S/N >= 20, and the run's CPU seconds, iterations and failed blends."""
-    entries, blend, kept, iterations, failed = [], [], [], [], 0
-    cpu = time.process_time()
-    for b, f in enumerate(sorted(folder.glob("*.npz"))[:n]):
+    sources of truth S/N >= 20, and the run's CPU seconds (``run`` only), mean iterations,
+    failed blends and first error."""
+    entries, blend, kept, iterations, failed, error = [], [], [], [], 0, ""
+    cpu = 0.0
+    for b, f in enumerate(files):
         data = accuracy.load(f)
+        t0 = time.process_time()
         conserved, stats = run(data)
+        cpu += time.process_time() - t0
         iterations.append(stats["iterations"])
-        failed += stats["failed"]
-        frac = conserved.sum(axis=(1, 2, 3)) / data["true_flux"].sum(axis=1)
+        failed += bool(stats["failed"])
+        error = error or stats.get("error", "")
+        true = data["true_flux"].sum(axis=1)
+        frac = np.divide(
+            conserved.sum(axis=(1, 2, 3)), true, out=np.full(len(true), np.nan), where=true > 0
+        )
         kept.extend(frac[data["snr"] >= 20])
         for r in metrics.evaluate_pair(data, {"conserved": conserved}, f.name):
             entries.append((abs(r["conserved_dF/F"]), r["blendedness"], r.get("band_snr", np.inf)))
             blend.append(b)
     return {
-        "entries": np.array(entries),
-        "blend": np.array(blend),
+        "entries": np.array(entries).reshape(-1, 3),
+        "blend": np.array(blend, dtype=np.int64),
         "kept": np.array(kept),
-        "cpu": time.process_time() - cpu,
+        "cpu": cpu,
         "iterations": float(np.mean(iterations)),
         "failed": failed,
+        "error": error,
     }
 
 
 def cdeblend_run(data: dict) -> tuple[np.ndarray, dict]:
-    """cdeblend's defaults, the one call of ``bench/accuracy.py``."""
+    """cdeblend's defaults, the one call of ``bench/accuracy.py`` (with its iterations and
+    whether the fit fell back to PSF-shaped models)."""
     obs = accuracy.Observation(data["images"], data["variance"], data["psfs"])
     result = accuracy.Deblender(DeblendConfig()).deblend(obs, accuracy.peaks_of(data))
     return result.conserved_images(), {"iterations": result.iterations, "failed": result.fallback}
 
 
-def lite_records(folder: Path, n: int, metrics, cache: Path) -> dict:
-    """scarlet lite's records of a set, read from ``cache`` when there."""
-    path = cache / f"{folder.name}_{n}.npz"
-    if path.exists():
-        with np.load(path) as d:
-            return {k: d[k] for k in d.files}
+def digest(files: list[Path], scl) -> str:
+    """What scarlet lite's figures depend on: the blend files' bytes, the settings and its
+    version."""
+    h = hashlib.sha256(repr((PIPELINE, getattr(scl, "__version__", ""))).encode())
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def lite_records(name: str, files: list[Path], metrics, cache: Path) -> dict:
+    """scarlet lite's records of a set, read from ``cache`` when its digest matches."""
     import lsst.scarlet.lite as scl
 
-    monotonicity = scl.operators.Monotonicity((PIPELINE["monotonicity_size"],) * 2)
-    rec = records(folder, n, partial(lite_children, scl=scl, monotonicity=monotonicity), metrics)
+    key = digest(files, scl)
+    path = cache / f"{name}_{len(files)}.npz"
+    if path.exists():
+        with np.load(path) as d:
+            if "digest" in d.files and str(d["digest"]) == key:
+                rec = {k: d[k] for k in d.files}
+                rec["cached"] = True
+                return rec
+        print(f"# {path}: other blends or settings, run again", file=sys.stderr)
+    rec = records(files, lite_run(scl), metrics)
     cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **rec)
+    np.savez(path, digest=key, **rec)
     return rec
+
+
+def check_paired(a: dict, b: dict) -> None:
+    """Raise unless A's and B's entries are the same entries (blend, blendedness, S/N: the
+    truth's, so any misalignment shows) and the same bright sources."""
+    same = (
+        np.array_equal(a["blend"], b["blend"])
+        and a["entries"].shape == b["entries"].shape
+        and np.array_equal(a["entries"][:, 1:], b["entries"][:, 1:], equal_nan=True)
+        and len(a["kept"]) == len(b["kept"])
+    )
+    if not same:
+        raise RuntimeError("cdeblend's and scarlet lite's entries are not the same entries")
+
+
+def finite_pairs(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A's and B's entries and the blend numbers, without the entries where either |dF/F|
+    is not finite (a source of zero true flux)."""
+    ok = np.isfinite(a["entries"][:, 0]) & np.isfinite(b["entries"][:, 0])
+    return a["entries"][ok], b["entries"][ok], a["blend"][ok]
 
 
 def main(argv=None) -> None:
@@ -184,12 +246,11 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=300, help="blends per set (first n)")
     ap.add_argument("--boot", type=int, default=400, help="bootstrap resamplings")
     ap.add_argument(
-        "--cache",
-        default=str(accuracy.DEFAULT_SETS / "lite_cache"),
-        help="folder of scarlet lite's per-set figures",
+        "--cache", default=None, help="folder of scarlet lite's figures (SETS_DIR/lite_cache)"
     )
     args = ap.parse_args(argv)
     data = Path(args.data)
+    cache = Path(args.cache) if args.cache else Path(args.sets_dir) / "lite_cache"
     sys.path.insert(0, str(data))
     import metrics  # the data folder's metrics.py
 
@@ -197,27 +258,39 @@ def main(argv=None) -> None:
     print("median |dF/F| of the conserved children (data folder's metrics.py)")
     summary = []
     for name in args.sets.split(","):
-        folder = accuracy.ensure_set(name, Path(args.sets_dir), args.n, False, "", data)
-        if folder is None:
-            continue
-        a = records(folder, args.n, cdeblend_run, metrics)
-        b = lite_records(folder, args.n, metrics, Path(args.cache))
-        paired.report(
-            name, [a["entries"], b["entries"]], [a["kept"], b["kept"]], a["blend"], args.boot
+        folder = accuracy.ensure_set(
+            name, Path(args.sets_dir), args.n, make=False, sim_python="", data=data
         )
-        for label, r in (("A", a), ("B", b)):
-            print(
-                f"  {label}: CPU {float(r['cpu']):.0f} s, {float(r['iterations']):.1f} iterations"
-                f" per blend, {int(r['failed'])} blends failed"
-            )
-        summary.append((name, a, b))
+        files = blend_files(folder, args.n) if folder is not None else []
+        if not files:
+            print(f"# {name}: no blends", file=sys.stderr)
+            continue
+        a = records(files, cdeblend_run, metrics)
+        b = lite_records(name, files, metrics, cache)
+        check_paired(a, b)
+        ea, eb, blend = finite_pairs(a, b)
+        paired.report(name, [ea, eb], [a["kept"], b["kept"]], blend, args.boot)
+        _print_run("A", a, "fell back to PSF-shaped models")
+        _print_run("B", b, "failed (no children)")
+        summary.append((name, {**a, "entries": ea}, {**b, "entries": eb}))
     _summary_table(summary)
+
+
+def _print_run(label: str, r: dict, failed: str) -> None:
+    """One line of a run's cost and failures."""
+    cached = " (cached)" if r.get("cached") else ""
+    print(
+        f"  {label}: CPU {float(r['cpu']):.1f} s{cached}, {float(r['iterations']):.1f}"
+        f" iterations per blend, {int(r['failed'])} blends {failed}"
+        + (f"; first error {r['error']}" if str(r["error"]) else "")
+    )
 
 
 def _median(r: dict, lohi) -> float:
     """Median |dF/F| of a run's entries at S/N >= 10 in a blendedness bin (None: all)."""
     e = r["entries"]
-    return float(np.median(e[paired.in_bin(e, np.arange(len(e)), lohi, 10.0), 0]))
+    rows = paired.in_bin(e, np.arange(len(e)), lohi, 10.0)
+    return float(np.median(e[rows, 0])) if len(rows) else float("nan")
 
 
 def _summary_table(summary: list) -> None:
@@ -230,7 +303,7 @@ def _summary_table(summary: list) -> None:
     for name, a, b in summary:
         m = [(_median(a, lohi), _median(b, lohi)) for lohi in bins]
         cells = [f"{x:.4f}/{y:.4f}" for x, y in m]
-        ratio = m[0][0] / m[0][1]
+        ratio = m[0][0] / m[0][1] if m[0][1] > 0 else float("nan")
         lost = f"{int(np.sum(a['kept'] < 0.05))}|{int(np.sum(b['kept'] < 0.05))}"
         print(
             f"{name:20s} {cells[0]:>15s} ({ratio:.2f}) "

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy  # noqa: E402  (the sibling bench script: loading, the one call)
+import against_lite  # noqa: E402  (scarlet lite's one call)
 
 from cdeblend import DeblendConfig  # noqa: E402
 
@@ -50,34 +52,29 @@ FIELDS = (
 
 
 def configurations() -> list[tuple[str, object]]:
-    """(label, DeblendConfig or "lite") in the order of the table."""
+    """(label, run) in the order of the table; ``run(data)`` gives the (N, B, H, W)
+    conserved children."""
     reference = DeblendConfig.reference()
-    rows = [("defaults", DeblendConfig())]
+    configs = [("defaults", DeblendConfig())]
     for name in FIELDS:
         value = getattr(reference, name)
-        rows.append((f"defaults, {name}={value!r}", DeblendConfig(**{name: value})))
-    rows.append(("reference()", reference))
-    rows.append(('reference(sed_solver="nnls")', DeblendConfig.reference(sed_solver="nnls")))
+        configs.append((f"defaults, {name}={value!r}", DeblendConfig(**{name: value})))
+    configs.append(("reference()", reference))
+    configs.append(('reference(sed_solver="nnls")', DeblendConfig.reference(sed_solver="nnls")))
+    rows = [(label, partial(accuracy.multi_band, config=c)) for label, c in configs]
     try:
-        import lsst.scarlet.lite  # noqa: F401
+        import lsst.scarlet.lite as scl
     except ImportError:
         print("# lsst.scarlet.lite not installed: no scarlet lite row", file=sys.stderr)
     else:
-        rows.append(("scarlet lite", "lite"))
+        lite = against_lite.lite_run(scl)
+        rows.append(("scarlet lite", lambda data: lite(data)[0]))
     return rows
 
 
-def kept(data: dict, row: int, config) -> float:
+def kept(data: dict, row: int, run) -> float:
     """The fraction of source ``row``'s true flux its conserved child keeps."""
-    if config == "lite":
-        import against_lite
-        import lsst.scarlet.lite as scl
-
-        monotonicity = scl.operators.Monotonicity((against_lite.PIPELINE["monotonicity_size"],) * 2)
-        conserved, _ = against_lite.lite_children(data, scl, monotonicity)
-    else:
-        conserved = accuracy.multi_band(data, config)
-    return float(conserved[row].sum() / data["true_flux"][row].sum())
+    return float(run(data)[row].sum() / data["true_flux"][row].sum())
 
 
 def main(argv=None) -> None:
@@ -97,9 +94,9 @@ def main(argv=None) -> None:
     heads = [f"{name} {number}/{row}" for name, number, row in TWINS]
     print("kept fraction of the galaxy's true flux (%); < 5 % is lost")
     print(f"{'configuration':38s} " + " ".join(f"{h:>22s}" for h in heads))
-    for label, config in configurations():
-        cells = [100 * kept(data, row, config) for data, row in blends]
-        print(f"{label:38s} " + " ".join(f"{c:22.1f}" for c in cells), flush=True)
+    for label, run in configurations():
+        cells = [100 * kept(data, row, run) for data, row in blends]
+        print(f"{label:38s} " + " ".join(f"{c:22.2f}" for c in cells), flush=True)
 
 
 if __name__ == "__main__":
