@@ -158,10 +158,15 @@ def peaks_of(data: dict) -> np.ndarray:
     return np.stack([data["catalog"]["y"], data["catalog"]["x"]], axis=1).astype(np.int64)
 
 
+def multi_band_result(data: dict, config: DeblendConfig):
+    """The ``DeblendResult`` of the one multi-band call on a blend."""
+    obs = Observation(data["images"], data["variance"], data["psfs"])
+    return Deblender(config).deblend(obs, peaks_of(data))
+
+
 def multi_band(data: dict, config: DeblendConfig) -> np.ndarray:
     """(N, B, H, W) conserved children of one blend."""
-    obs = Observation(data["images"], data["variance"], data["psfs"])
-    return Deblender(config).deblend(obs, peaks_of(data)).conserved_images()
+    return multi_band_result(data, config).conserved_images()
 
 
 def single_band(data: dict, config: SingleBandConfig) -> np.ndarray:

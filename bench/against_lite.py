@@ -160,14 +160,10 @@ def records(files: list[Path], run, metrics) -> dict:
         iterations.append(stats["iterations"])
         failed += bool(stats["failed"])
         error = error or stats.get("error", "")
-        true = data["true_flux"].sum(axis=1)
-        frac = np.divide(
-            conserved.sum(axis=(1, 2, 3)), true, out=np.full(len(true), np.nan), where=true > 0
-        )
-        kept.extend(frac[data["snr"] >= 20])
-        for r in metrics.evaluate_pair(data, {"conserved": conserved}, f.name):
-            entries.append((abs(r["conserved_dF/F"]), r["blendedness"], r.get("band_snr", np.inf)))
-            blend.append(b)
+        rows, bright = paired.blend_figures(data, conserved, f.name, metrics)
+        entries.extend(rows)
+        kept.extend(bright)
+        blend.extend([b] * len(rows))
     return {
         "entries": np.array(entries).reshape(-1, 3),
         "blend": np.array(blend, dtype=np.int64),
@@ -182,8 +178,7 @@ def records(files: list[Path], run, metrics) -> dict:
 def cdeblend_run(data: dict) -> tuple[np.ndarray, dict]:
     """cdeblend's defaults, the one call of ``bench/accuracy.py`` (with its iterations and
     whether the fit fell back to PSF-shaped models)."""
-    obs = accuracy.Observation(data["images"], data["variance"], data["psfs"])
-    result = accuracy.Deblender(DeblendConfig()).deblend(obs, accuracy.peaks_of(data))
+    result = accuracy.multi_band_result(data, DeblendConfig())
     return result.conserved_images(), {"iterations": result.iterations, "failed": result.fallback}
 
 

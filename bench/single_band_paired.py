@@ -56,17 +56,27 @@ def run_set(folder: Path, n: int, configs, metrics, run=accuracy.single_band):
     for b, f in enumerate(sorted(folder.glob("*.npz"))[:n]):
         data = accuracy.load(f)
         for k, cfg in enumerate(configs):
-            cons = run(data, cfg)
-            frac = cons.sum(axis=(1, 2, 3)) / data["true_flux"].sum(axis=1)
-            kept[k].extend(frac[data["snr"] >= 20])
-            recs = metrics.evaluate_pair(data, {"conserved": cons}, f.name)
-            entries[k].extend(
-                (abs(r["conserved_dF/F"]), r["blendedness"], r.get("band_snr", np.inf))
-                for r in recs
-            )
+            rows, bright = blend_figures(data, run(data, cfg), f.name, metrics)
+            entries[k].extend(rows)
+            kept[k].extend(bright)
             if k == 0:
-                blend.extend([b] * len(recs))
+                blend.extend([b] * len(rows))
     return [np.array(e) for e in entries], [np.array(x) for x in kept], np.array(blend)
+
+
+def blend_figures(data: dict, conserved: np.ndarray, name: str, metrics) -> tuple[list, np.ndarray]:
+    """One blend's entries (|dF/F|, blendedness, S/N), a source and band each, from the
+    data folder's ``metrics.py``, and the kept fractions of its sources of truth S/N >= 20
+    (NaN for a source of no true flux)."""
+    true = data["true_flux"].sum(axis=1)
+    frac = np.divide(
+        conserved.sum(axis=(1, 2, 3)), true, out=np.full(len(true), np.nan), where=true > 0
+    )
+    rows = [
+        (abs(r["conserved_dF/F"]), r["blendedness"], r.get("band_snr", np.inf))
+        for r in metrics.evaluate_pair(data, {"conserved": conserved}, name)
+    ]
+    return rows, frac[data["snr"] >= 20]
 
 
 def in_bin(e: np.ndarray, rows: np.ndarray, lohi, cut: float) -> np.ndarray:
