@@ -80,7 +80,9 @@ CONDITIONS = {
 #: the batches: suffix -> (seed base, conditions). 20xx chose the defaults, 21xx was held
 #: out; 22xx was made after the defaults were chosen (stop 16) and 23xx to judge the
 #: variants of the lost-source repair (stop 17), multi band only; 24xx-29xx to judge the
-#: shape prior's choice of fit after it was fixed on the others (stop 20)
+#: shape prior's choice of fit after it was fixed on the others (stop 20); 30xx-32xx were
+#: made at stop 22, five stops after the defaults were last changed, to count the lost
+#: sources on seeds that no choice has seen
 BATCHES = {
     "tune": (2000, tuple(CONDITIONS)),
     "heldout": (2100, tuple(CONDITIONS)),
@@ -92,6 +94,9 @@ BATCHES = {
     "final4": (2700, ("hard_lsst",)),
     "final5": (2800, ("hard_lsst",)),
     "final6": (2900, ("hard_lsst",)),
+    "final7": (3000, ("hard_lsst", "hard_hsc", "lsst", "hsc")),
+    "final8": (3100, ("hard_lsst",)),
+    "final9": (3200, ("hard_lsst",)),
 }
 # name: (seed, make_blends.py options), e.g. hard_lsst_tune: (2001, [...])
 RECIPES = {
