@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ._nnls import nnls_checked
 from .blend import Blend, Component, Source
 from .box import centered, clip_slices
 from .deblend_result import DeblendResult
@@ -56,8 +57,6 @@ def fit_seds_nnls(blend: Blend) -> np.ndarray:
     unit-SED model convolved to band b's PSF, over the pixels some model touches (elsewhere
     the SEDs change nothing). The design matrix holds those pixels only, one band at a time.
     """
-    from scipy.optimize import nnls  # the fallback path only (a slow import)
-
     B, H, W = blend.shape
     obs = blend.observation
     n = len(blend.sources)
@@ -81,7 +80,7 @@ def fit_seds_nnls(blend: Blend) -> np.ndarray:
             A[row[y0 : y0 + h, x0 : x0 + w].ravel(), i] = stack.get(i)[b].ravel()
         A *= root[b][:, None]
         if np.any(A != 0):
-            seds[:, b] = nnls(A, image[b] * root[b], maxiter=50 * max(n, 1))[0]
+            seds[:, b] = nnls_checked(A, image[b] * root[b], maxiter=50 * max(n, 1))
     return seds
 
 

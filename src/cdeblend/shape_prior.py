@@ -34,8 +34,9 @@ Gaussians give the galaxy's light to the compact neighbour too); README.md.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize, nnls
+from scipy.optimize import minimize
 
+from ._nnls import nnls_checked
 from ._validate import as_float_array, as_peaks
 from .box import grow, intersect, overlap_slices
 
@@ -127,7 +128,7 @@ def _objective(params, centres, grid, psf_var, image, sqrt_w) -> tuple[float, np
     with ``u = C^-1 d``, chained through ``C = L L^T + psf_var I``.
     """
     G, uy, ux, (ea, b, ec, cyy, cyx, cxx), det = _profiles(params, centres, grid, psf_var)
-    amp, _ = nnls((G * sqrt_w[None]).T, image * sqrt_w)
+    amp = nnls_checked((G * sqrt_w[None]).T, image * sqrt_w)
     r = (amp @ G - image) * sqrt_w
     w = G * (amp[:, None] * (r * sqrt_w)[None])
     gyy = 0.5 * (w * (uy * uy - (cxx / det)[:, None])).sum(axis=1)
@@ -256,7 +257,7 @@ def gaussian_fluxes(
     for b in np.flatnonzero(has_data):
         sw = np.sqrt(weights[b].ravel())
         G = _profiles(shapes, centres, grid, psf_variances[b])[0]
-        fluxes[b], _ = nnls((G * sw[None]).T, images[b].ravel() * sw)
+        fluxes[b] = nnls_checked((G * sw[None]).T, images[b].ravel() * sw)
     return fluxes.reshape(B, len(peaks), per_source).sum(axis=2)
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ._nnls import nnls_checked
 from ._spectra_cy import (
     cholesky_upper,
     connected_groups,
@@ -276,7 +277,8 @@ def _nnls_sparse_bands(
 
 
 def _nnls_scipy(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
-    """Non-negative minimiser of ``x^T G x - 2 x^T r`` by scipy's NNLS (the reference path).
+    """Non-negative minimiser of ``x^T G x - 2 x^T r`` by scipy's NNLS, its optimality checked
+    (:func:`cdeblend._nnls.nnls_checked`; the reference path).
 
     With a Cholesky factor ``G = R^T R`` (single-threaded Cython), ``||R x - R^-T r||^2`` is
     the same objective up to a constant, so scipy's active-set NNLS runs on a matrix of at
@@ -297,12 +299,8 @@ def _nnls_scipy(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     d = np.array(rhs, dtype=np.float64).reshape(n, 1)
     inv_norm = cholesky_upper(np.ascontiguousarray(gram, dtype=np.float64), root, d)
     # ||R^-1||_F^-2 is a lower bound of the smallest eigenvalue
-    # imported here: the fallback of ill-conditioned bands only, and scipy.optimize alone
-    # takes ~0.15 s to import (a fresh process's deblend need not pay for it)
-    from scipy.optimize import nnls
-
     if 0 <= inv_norm and inv_norm * cut < 1.0:
-        return nnls(root, d[:, 0], maxiter=50 * n)[0]
+        return nnls_checked(root, d[:, 0], maxiter=50 * n)
     vals, vecs = np.linalg.eigh(gram)
     top = vals.max(initial=0.0)
     if top <= 0:
@@ -311,7 +309,7 @@ def _nnls_scipy(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     root = np.sqrt(vals[keep])
     a = root[:, None] * vecs[:, keep].T
     d = (vecs[:, keep].T @ rhs) / root
-    return nnls(a, d, maxiter=50 * n)[0]
+    return nnls_checked(a, d, maxiter=50 * n)
 
 
 def fit_seds(
