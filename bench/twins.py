@@ -102,7 +102,7 @@ def cut_table(folders: list[Path]) -> None:
     sources (truth S/N >= 20, kept < 5 %) out of the blends of ``folders``."""
     kept, child_snr, peak_snr, bright = [], [], [], []
     for folder in folders:
-        for f in sorted(folder.glob("*.npz"))[:300]:
+        for f in against_lite.blend_files(folder, 300):
             data = accuracy.load(f)
             result = accuracy.multi_band_result(data, DeblendConfig())
             flux = result.conserved_fluxes.sum(axis=1)
